@@ -1,0 +1,737 @@
+"""The ModelDeployment API (modeldeploy.dev/v1alpha1).
+
+These pydantic models are the single source of truth: the CRD's OpenAPI schema, including the CEL
+`x-kubernetes-validations` for cross-field rules, is generated from them (see `crd.py`), and the operator
+validates every object it reads with the same models, so a spec that slips past admission (an older CRD,
+validation disabled) gets the same message in its status as the API server would have given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from model_repo.options import SOURCE_SCHEMES, DType, ModelFormat, Task
+
+GROUP = "modeldeploy.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["mdeploy"]
+
+# Kubernetes resource.Quantity, as apimachinery parses it.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A branch, tag or commit: git's ref rules, without "..", leading "/" or "-", or whitespace.
+REVISION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
+SOURCE_PATTERN = r"^(" + "|".join(SOURCE_SCHEMES) + r")://"
+
+
+def _quantity_schema(description: str) -> dict[str, Any]:
+    return {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": QUANTITY_PATTERN,
+        "description": description,
+    }
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, int) or re.fullmatch(QUANTITY_PATTERN, value):
+        return value
+    raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 2, 500m, 8Gi)")
+
+
+Quantity = Annotated[int | str, AfterValidator(_check_quantity)]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule, written once: a CEL expression for the API server and a Python check for the
+    operator. `message` names the field and says what is allowed; both sides report it verbatim."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def as_schema(self) -> dict[str, str]:
+        rule = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            rule["fieldPath"] = self.field_path
+        return rule
+
+
+class SpecError(ValueError):
+    """A spec that breaks the API's rules; `messages` are each prefixed with the offending field."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+        validate_default=True,
+    )
+    # Path of this object inside a ModelDeployment, used to prefix rule messages in Python.
+    __rules__: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        broken = [rule.message for rule in type(self).__rules__ if not rule.check(self)]
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        if cls.__rules__:
+            target["x-kubernetes-validations"] = [rule.as_schema() for rule in cls.__rules__]
+        if cls.__doc__:
+            target["description"] = " ".join(cls.__doc__.split())
+        return schema
+
+    def dump(self) -> dict[str, Any]:
+        """The camelCase JSON form, without unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------- spec
+
+
+class ModelSource(ApiModel):
+    """Where the checkpoint comes from and how far to trust it."""
+
+    source: Annotated[
+        str,
+        Field(
+            min_length=6,
+            max_length=2048,
+            description=(
+                "URI of the Hugging Face Transformers checkpoint: hf://<org>/<name> (Hugging Face Hub), "
+                "s3://<bucket>/<prefix>, gs://<bucket>/<prefix>, pvc://<claim>/<path> (a "
+                "PersistentVolumeClaim in the same namespace) or file:///<path> (a path inside the "
+                "builder container; for local and test use)."
+            ),
+        ),
+    ]
+    revision: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=255,
+            pattern=REVISION_PATTERN,
+            description=(
+                "Branch, tag or commit of the checkpoint (hf:// only). Pinning a commit is recommended: a "
+                "moving branch changes what a pod restart serves."
+            ),
+        ),
+    ] = None
+    task: Annotated[
+        Task | None,
+        Field(
+            default=None,
+            description=(
+                "What the model is served for. Detected from the checkpoint's architecture when omitted."
+            ),
+        ),
+    ] = None
+    credentials_secret: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=253,
+            pattern=DNS1123_SUBDOMAIN,
+            description=(
+                "Name of a Secret in the same namespace whose keys become the builder's environment, e.g. "
+                "HF_TOKEN, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS. "
+                "Referenced, never copied."
+            ),
+        ),
+    ] = None
+    trust_remote_code: Annotated[
+        bool,
+        Field(
+            default=False,
+            description=(
+                "Allow Python code shipped inside the checkpoint (auto_map) to run in the builder and the "
+                "server. Off by default: a checkpoint that needs it is refused with a message naming this "
+                "field."
+            ),
+        ),
+    ] = False
+
+    __rules__ = (
+        Rule(
+            cel="self.source.matches('" + SOURCE_PATTERN + "')",
+            message=(
+                "spec.model.source must start with one of "
+                + ", ".join(f"{scheme}://" for scheme in SOURCE_SCHEMES)
+            ),
+            check=lambda m: m.source.split("://", 1)[0] in SOURCE_SCHEMES and "://" in m.source,
+            field_path=".source",
+        ),
+        Rule(
+            cel="!self.source.contains('..')",
+            message="spec.model.source must not contain '..' (path traversal)",
+            check=lambda m: ".." not in m.source,
+            field_path=".source",
+        ),
+        Rule(
+            cel="!has(self.revision) || !self.revision.contains('..')",
+            message="spec.model.revision must be a branch, tag or commit and must not contain '..'",
+            check=lambda m: m.revision is None or ".." not in m.revision,
+            field_path=".revision",
+        ),
+        Rule(
+            cel="!has(self.revision) || self.source.startsWith('hf://')",
+            message="spec.model.revision applies only to hf:// sources; remove it or use an hf:// source",
+            check=lambda m: m.revision is None or m.source.startswith("hf://"),
+            field_path=".revision",
+        ),
+    )
+
+
+class DynamicBatching(ApiModel):
+    """How Triton merges concurrent requests into one batch."""
+
+    max_queue_delay_microseconds: Annotated[
+        int,
+        Field(
+            default=2000,
+            ge=0,
+            le=1_000_000,
+            description=(
+                "How long a request may wait in the queue for others to batch with. 0 batches only what "
+                "is already waiting."
+            ),
+        ),
+    ] = 2000
+    preferred_batch_sizes: Annotated[
+        list[Annotated[int, Field(ge=1, le=4096)]] | None,
+        Field(
+            default=None,
+            max_length=16,
+            description="Batch sizes the scheduler aims for; each must be <= triton.maxBatchSize.",
+        ),
+    ] = None
+
+
+class TritonConfig(ApiModel):
+    """How the Triton model repository is generated and served."""
+
+    format: Annotated[
+        ModelFormat,
+        Field(
+            default=ModelFormat.AUTO,
+            description=(
+                "Repository format. auto: vllm for text-generation on GPUs, python otherwise. python: the "
+                "generic batched Python-backend runtime (any task, CPU or GPU). onnx: ONNX Runtime "
+                "ensemble (encoder tasks). vllm: Triton's vLLM backend (text-generation, GPUs)."
+            ),
+        ),
+    ] = ModelFormat.AUTO
+    max_batch_size: Annotated[
+        int,
+        Field(default=32, ge=1, le=4096, description="Largest batch Triton forms (config max_batch_size)."),
+    ] = 32
+    dynamic_batching: Annotated[
+        DynamicBatching,
+        Field(default_factory=DynamicBatching, description="Dynamic batching settings."),
+    ]
+    instances_per_device: Annotated[
+        int,
+        Field(
+            default=1,
+            ge=1,
+            le=16,
+            description="Model instances per GPU (or on the CPU when gpus is 0). Each one holds the weights.",
+        ),
+    ] = 1
+    max_sequence_length: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=8,
+            le=131072,
+            description=(
+                "Longest input in tokens; longer texts are truncated. Defaults to the checkpoint's "
+                "maximum positions."
+            ),
+        ),
+    ] = None
+    dtype: Annotated[
+        DType,
+        Field(
+            default=DType.AUTO,
+            description="Weights' dtype at serving time. auto: float16 on GPUs, float32 on the CPU.",
+        ),
+    ] = DType.AUTO
+    image: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=512,
+            description="Triton server image override (default: the operator's configured triton-runtime image).",
+        ),
+    ] = None
+    response_cache: Annotated[
+        bool,
+        Field(
+            default=False,
+            description=(
+                "Cache responses of identical requests in Triton's local cache. Not allowed for "
+                "text-generation (streaming models cannot use it)."
+            ),
+        ),
+    ] = False
+
+    __rules__ = (
+        Rule(
+            cel=(
+                "!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
+                "self.dynamicBatching.preferredBatchSizes.all(s, s <= self.maxBatchSize)"
+            ),
+            message=(
+                "spec.triton.dynamicBatching.preferredBatchSizes must each be <= spec.triton.maxBatchSize"
+            ),
+            check=lambda t: all(
+                size <= t.max_batch_size for size in (t.dynamic_batching.preferred_batch_sizes or [])
+            ),
+            field_path=".dynamicBatching.preferredBatchSizes",
+        ),
+    )
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key to tolerate.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; all effects when empty."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
+
+
+class ResourceAmounts(ApiModel):
+    """CPU and memory amounts (Kubernetes quantities)."""
+
+    cpu: Quantity | None = Field(
+        default=None,
+        json_schema_extra=_quantity_schema("CPU cores, e.g. 2 or 500m."),  # type: ignore[arg-type]
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        json_schema_extra=_quantity_schema("Memory, e.g. 8Gi."),  # type: ignore[arg-type]
+    )
+
+
+
+
+class Resources(ApiModel):
+    """Compute for each Triton pod."""
+
+    gpus: Annotated[
+        int,
+        Field(default=0, ge=0, le=16, description="NVIDIA GPUs per pod (nvidia.com/gpu). 0 serves on the CPU."),
+    ] = 0
+    gpu_product: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=63,
+            pattern=LABEL_VALUE,
+            description=(
+                "Required value of the nvidia.com/gpu.product node label (GPU Feature Discovery), e.g. "
+                "NVIDIA-A100-SXM4-80GB."
+            ),
+        ),
+    ] = None
+    requests: Annotated[
+        ResourceAmounts | None, Field(default=None, description="CPU/memory requests of the Triton container.")
+    ] = None
+    limits: Annotated[
+        ResourceAmounts | None, Field(default=None, description="CPU/memory limits of the Triton container.")
+    ] = None
+    node_selector: Annotated[
+        dict[str, str] | None,
+        Field(default=None, description="Extra node labels the pods must match."),
+    ] = None
+    tolerations: Annotated[
+        list[Toleration] | None,
+        Field(
+            default=None,
+            max_length=32,
+            description="Extra tolerations (the nvidia.com/gpu toleration is added when gpus > 0).",
+        ),
+    ] = None
+    affinity: Annotated[
+        dict[str, Any] | None,
+        Field(
+            default=None,
+            description="A core/v1 Affinity for the pods, merged with the GPU product affinity.",
+            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        ),
+    ] = None
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.gpuProduct) || self.gpus >= 1",
+            message="spec.resources.gpuProduct needs spec.resources.gpus >= 1",
+            check=lambda r: r.gpu_product is None or r.gpus >= 1,
+            field_path=".gpuProduct",
+        ),
+    )
+
+
+class AutoscalingMetric(StrEnum):
+    QUEUE_TIME = "queueTime"
+    QUEUE_COMPUTE_RATIO = "queueComputeRatio"
+    PENDING_REQUESTS = "pendingRequests"
+    CPU = "cpu"
+
+
+class AutoscalingEngine(StrEnum):
+    HPA = "hpa"
+    KEDA = "keda"
+
+
+# Targets used when `autoscaling.target` is omitted; chosen by bench/autoscaling (see the README).
+DEFAULT_TARGETS: dict[AutoscalingMetric, str] = {
+    AutoscalingMetric.QUEUE_TIME: "50000",  # average µs a request waits in Triton's queue
+    AutoscalingMetric.QUEUE_COMPUTE_RATIO: "1",  # queue time / compute time
+    AutoscalingMetric.PENDING_REQUESTS: "8",  # queued requests per pod
+    AutoscalingMetric.CPU: "70",  # % of the CPU request
+}
+
+
+class Autoscaling(ApiModel):
+    """Scale the Triton pods on a Triton metric (HPA with prometheus-adapter, or KEDA)."""
+
+    min_replicas: Annotated[
+        int, Field(default=1, ge=0, le=1000, description="Fewest pods. 0 needs scaleToZero (KEDA).")
+    ] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1000, description="Most pods.")]
+    metric: Annotated[
+        AutoscalingMetric,
+        Field(
+            default=AutoscalingMetric.QUEUE_COMPUTE_RATIO,
+            description=(
+                "queueTime: average µs a request waits in Triton's queue; queueComputeRatio: queue time "
+                "over compute time; pendingRequests: requests queued per pod; cpu: CPU utilisation %."
+            ),
+        ),
+    ] = AutoscalingMetric.QUEUE_COMPUTE_RATIO
+    target: Annotated[
+        Quantity | None,
+        Field(
+            default=None,
+            description=(
+                "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
+                "queueComputeRatio 1, pendingRequests 8, cpu 70."
+            ),
+            json_schema_extra=_quantity_schema(  # type: ignore[arg-type]
+                "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
+                "queueComputeRatio 1, pendingRequests 8, cpu 70."
+            ),
+        ),
+    ] = None
+    engine: Annotated[
+        AutoscalingEngine,
+        Field(default=AutoscalingEngine.HPA, description="hpa: autoscaling/v2 HPA; keda: a KEDA ScaledObject."),
+    ] = AutoscalingEngine.HPA
+    scale_to_zero: Annotated[
+        bool,
+        Field(default=False, description="Allow zero pods when idle (engine keda, minReplicas 0)."),
+    ] = False
+
+    @property
+    def effective_target(self) -> str:
+        return str(self.target) if self.target is not None else DEFAULT_TARGETS[self.metric]
+
+    __rules__ = (
+        Rule(
+            cel="self.maxReplicas >= self.minReplicas",
+            message="spec.autoscaling.maxReplicas must be >= spec.autoscaling.minReplicas",
+            check=lambda a: a.max_replicas >= a.min_replicas,
+            field_path=".maxReplicas",
+        ),
+        Rule(
+            cel="!self.scaleToZero || (self.minReplicas == 0 && self.engine == 'keda')",
+            message="spec.autoscaling.scaleToZero needs minReplicas == 0 and engine keda",
+            check=lambda a: not a.scale_to_zero or (a.min_replicas == 0 and a.engine == AutoscalingEngine.KEDA),
+            field_path=".scaleToZero",
+        ),
+        Rule(
+            cel="self.minReplicas > 0 || self.scaleToZero",
+            message="spec.autoscaling.minReplicas may be 0 only with scaleToZero: true",
+            check=lambda a: a.min_replicas > 0 or a.scale_to_zero,
+            field_path=".minReplicas",
+        ),
+    )
+
+
+class Cache(ApiModel):
+    """A PersistentVolumeClaim that keeps built model repositories, so restarts and scale-ups skip the build."""
+
+    claim_name: Annotated[
+        str | None,
+        Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Use this existing PVC."),
+    ] = None
+    size: Annotated[
+        Quantity | None,
+        Field(
+            default=None,
+            description="Create a PVC of this size (owned by the ModelDeployment).",
+            json_schema_extra=_quantity_schema(  # type: ignore[arg-type]
+                "Create a PVC of this size (owned by the ModelDeployment)."
+            ),
+        ),
+    ] = None
+    storage_class_name: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=253,
+            description="Storage class of the created PVC (with size); the cluster default when omitted.",
+        ),
+    ] = None
+
+    __rules__ = (
+        Rule(
+            cel="has(self.claimName) != has(self.size)",
+            message="spec.cache needs exactly one of claimName (an existing PVC) or size (a new PVC)",
+            check=lambda c: (c.claim_name is None) != (c.size is None),
+        ),
+        Rule(
+            cel="!has(self.storageClassName) || has(self.size)",
+            message="spec.cache.storageClassName applies only with spec.cache.size",
+            check=lambda c: c.storage_class_name is None or c.size is not None,
+            field_path=".storageClassName",
+        ),
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state of a ModelDeployment: a checkpoint served by Triton."""
+
+    model: Annotated[ModelSource, Field(description="The checkpoint to serve.")]
+    triton: Annotated[
+        TritonConfig,
+        Field(default_factory=TritonConfig, description="Triton repository and server settings."),
+    ]
+    resources: Annotated[
+        Resources, Field(default_factory=Resources, description="Compute and placement of each pod.")
+    ]
+    replicas: Annotated[
+        int,
+        Field(
+            default=1,
+            ge=0,
+            le=1000,
+            description="Number of Triton pods (ignored while autoscaling is set). kubectl scale sets it.",
+        ),
+    ] = 1
+    autoscaling: Annotated[
+        Autoscaling | None,
+        Field(default=None, description="Autoscale on a Triton metric; a fixed replica count when omitted."),
+    ] = None
+    cache: Annotated[
+        Cache | None,
+        Field(default=None, description="Keep built repositories on a PVC; built in every pod when omitted."),
+    ] = None
+
+    __rules__ = (
+        Rule(
+            cel=(
+                "!has(self.triton) || self.triton.format != 'vllm' || (has(self.model.task) && "
+                "self.model.task == 'text-generation' && has(self.resources) && self.resources.gpus >= 1)"
+            ),
+            message="spec.triton.format vllm needs spec.model.task text-generation and spec.resources.gpus >= 1",
+            check=lambda s: s.triton.format != ModelFormat.VLLM
+            or (s.model.task == Task.TEXT_GENERATION and s.resources.gpus >= 1),
+            field_path=".triton.format",
+        ),
+        Rule(
+            cel=(
+                "!has(self.triton) || self.triton.format != 'onnx' || !has(self.model.task) || "
+                "self.model.task != 'text-generation'"
+            ),
+            message="spec.triton.format onnx supports encoder tasks only; use python or vllm for text-generation",
+            check=lambda s: s.triton.format != ModelFormat.ONNX or s.model.task != Task.TEXT_GENERATION,
+            field_path=".triton.format",
+        ),
+        Rule(
+            cel=(
+                "!has(self.triton) || !self.triton.responseCache || !has(self.model.task) || "
+                "self.model.task != 'text-generation'"
+            ),
+            message="spec.triton.responseCache cannot be used with text-generation (a streaming model)",
+            check=lambda s: not s.triton.response_cache or s.model.task != Task.TEXT_GENERATION,
+            field_path=".triton.responseCache",
+        ),
+        Rule(
+            cel="!has(self.triton) || self.triton.dtype != 'float16' || (has(self.resources) && self.resources.gpus >= 1)",
+            message="spec.triton.dtype float16 needs spec.resources.gpus >= 1; use float32 or bfloat16 on the CPU",
+            check=lambda s: s.triton.dtype != DType.FLOAT16 or s.resources.gpus >= 1,
+            field_path=".triton.dtype",
+        ),
+    )
+
+
+# -------------------------------------------------------------------------------------------- status
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation the condition was computed from."
+    )
+    last_transition_time: str = Field(
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    BUILDING = "Building"
+    DEPLOYING = "Deploying"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class Endpoints(ApiModel):
+    """In-cluster URLs of the model."""
+
+    http: str | None = Field(default=None, description="KServe v2 HTTP/REST endpoint.")
+    grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
+    metrics: str | None = Field(default=None, description="Triton's Prometheus metrics.")
+    model_name: str | None = Field(default=None, description="Triton model name to call.")
+
+
+class ModelRepositoryStatus(ApiModel):
+    """The generated Triton model repository."""
+
+    digest: str | None = Field(default=None, description="Digest of the repository's inputs (cache key).")
+    format: ModelFormat | None = Field(default=None, description="Format the repository is built in.")
+    task: Task | None = Field(default=None, description="Task the model is served for.")
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state, written only by the operator."""
+
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    phase: Phase | None = Field(default=None, description="Summary: Pending, Building, Deploying, Ready, Degraded, Failed.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="ModelRepositoryReady, Available, AutoscalerReady and Ready.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int | None = Field(default=None, description="Pods that exist (scale subresource).")
+    ready_replicas: int | None = Field(default=None, description="Pods that are Ready.")
+    replica_summary: str | None = Field(default=None, description="ready/desired, for kubectl get.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    endpoints: Endpoints | None = Field(default=None, description="Where to send requests.")
+    model_repository: ModelRepositoryStatus | None = Field(default=None, description="The generated repository.")
+    message: str | None = Field(default=None, description="The most important thing to know right now.")
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class ModelDeployment(BaseModel):
+    """A ModelDeployment as the operator sees it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+
+def _format_error(error: Any) -> str:
+    path = ".".join(str(part) for part in error["loc"] if not isinstance(part, int) or True)
+    message: str = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+        # Rule messages already name their full field path.
+        if message.startswith("spec.") or not path:
+            return message
+    return f"{path}: {message}" if path else message
+
+
+def _to_camel_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(to_camel(part) if isinstance(part, str) else part for part in loc)
+
+
+def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:
+    """Validate a raw `spec` dict; raise SpecError whose messages each name the offending field."""
+    try:
+        return ModelDeploymentSpec.model_validate(spec)
+    except ValidationError as exc:
+        messages = []
+        for error in exc.errors():
+            loc = ("spec", *_to_camel_path(tuple(error["loc"])))
+            messages.append(_format_error({**error, "loc": loc}))
+        raise SpecError(messages) from exc
+
+
+def parse_model_deployment(body: dict[str, Any]) -> ModelDeployment:
+    """Validate a whole object (as kopf hands it over)."""
+    spec = parse_spec(dict(body.get("spec") or {}))
+    return ModelDeployment(
+        metadata=ObjectMeta.model_validate(dict(body.get("metadata") or {})),
+        spec=spec,
+        status=ModelDeploymentStatus.model_validate(body["status"]) if body.get("status") else None,
+    )

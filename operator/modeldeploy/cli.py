@@ -1,0 +1,65 @@
+"""The `modeldeploy` command line.
+
+Sub-commands import their heavy dependencies (torch, kopf, the Kubernetes client) lazily, so that
+`modeldeploy crd` and `--help` stay fast and the operator image does not need torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="modeldeploy",
+    help="Serve Hugging Face Transformers checkpoints with NVIDIA Triton on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("crd")
+def crd_command(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the ModelDeployment CustomResourceDefinition generated from the API models."""
+    from modeldeploy.crd import render_crd_yaml
+
+    text = render_crd_yaml()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+
+
+def _register_optional_commands() -> None:
+    # Each group lives with the code it drives; a missing optional piece must not break `crd` or `--help`.
+    from model_repo import cli as model_repo_cli
+
+    app.command("build", help="Build a Triton model repository from a checkpoint.")(model_repo_cli.build)
+    app.command("serve", help="Build a repository and serve it with a local tritonserver.")(
+        model_repo_cli.serve
+    )
+
+    from modeldeploy import operator_cli
+
+    app.command("operator", help="Run the operator (kopf).")(operator_cli.run_operator)
+    app.command("render", help="Print every object the operator would create, offline.")(
+        operator_cli.render
+    )
+
+    from modeldeploy.devcluster import devcluster_app
+
+    app.add_typer(devcluster_app, name="dev-cluster", help="A real local control plane with KWOK GPU nodes.")
+
+    from modeldeploy import demo
+
+    app.command("demo", help="Run the whole product on this machine, end to end.")(demo.run_demo)
+
+
+_register_optional_commands()

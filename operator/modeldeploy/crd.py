@@ -1,0 +1,159 @@
+"""Generate the ModelDeployment CustomResourceDefinition from the pydantic models.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no nullable `anyOf`, no
+`title`. Pydantic's JSON schema is close; this module inlines the references and rewrites the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from modeldeploy import api
+
+# Keys pydantic emits that a structural schema must not carry.
+_DROPPED_KEYS = {"title", "$defs", "discriminator"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
+        # A field's own description and default win over the referenced type's.
+        target.update(node)
+        node = target
+    if "allOf" in node and len(node["allOf"]) == 1:
+        inner = node.pop("allOf")[0]
+        node = {**_resolve(inner, defs), **node}
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        options = [option for option in node["anyOf"] if option != {"type": "null"}]
+        if len(options) == 1:
+            del node["anyOf"]
+            node = {**_resolve(options[0], defs), **node}
+    if node.get("default", 0) is None:
+        del node["default"]
+    # Structural schemas forbid additionalProperties beside properties; pruning drops unknown fields.
+    if "properties" in node or node.get("x-kubernetes-preserve-unknown-fields"):
+        node.pop("additionalProperties", None)
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    return {key: _resolve(value, defs) for key, value in node.items() if key not in _DROPPED_KEYS}
+
+
+def _structural(model: type[api.ApiModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    defs = schema.get("$defs", {})
+    resolved: dict[str, Any] = _resolve(schema, defs)
+    _fix_enums(resolved)
+    return resolved
+
+
+def _fix_enums(node: Any) -> None:
+    """Give enum nodes an explicit type (pydantic omits it for some Literal/StrEnum shapes)."""
+    if isinstance(node, dict):
+        if "enum" in node and "type" not in node:
+            node["type"] = "string"
+        if "properties" in node and "type" not in node:
+            node["type"] = "object"
+        for value in node.values():
+            _fix_enums(value)
+    elif isinstance(node, list):
+        for item in node:
+            _fix_enums(item)
+
+
+def _printer_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model.source"},
+        {"name": "Format", "type": "string", "jsonPath": ".status.modelRepository.format"},
+        {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = _structural(api.ModelDeploymentSpec)
+    status_schema = _structural(api.ModelDeploymentStatus)
+    # Nested objects with defaults: the API server only defaults inside an object that exists, so
+    # default the parent to {} and let its children's defaults fill it (no perpetual GitOps diff).
+    for name in ("triton", "resources"):
+        spec_schema["properties"][name]["default"] = {}
+    spec_schema["properties"]["triton"]["properties"]["dynamicBatching"]["default"] = {}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "modeldeploy", "app.kubernetes.io/part-of": "modeldeploy"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": api.SHORT_NAMES,
+                "categories": ["all", "modeldeploy"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": _printer_columns(),
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "ModelDeployment serves a Hugging Face Transformers checkpoint with NVIDIA "
+                                "Triton Inference Server: the operator generates the Triton model "
+                                "repository from the checkpoint and runs the pods, Service and autoscaler."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string", "description": "API version."},
+                                "kind": {"type": "string", "description": "Kind."},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"' if "\n" in data else None)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
+def render_crd_yaml() -> str:
+    header = "# Generated by `modeldeploy crd` from operator/modeldeploy/api.py. Do not edit.\n"
+    return header + yaml.dump(build_crd(), Dumper=_Dumper, sort_keys=False, width=100)
