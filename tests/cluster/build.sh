@@ -63,6 +63,7 @@ case "${1:-}" in
       IFS=: read -r name wrapper _ version <<<"$entry"
       is_built "$name" "$wrapper" "$version" || exit 1
     done
+    [[ -f "$bin_dir/kwok-stages.yaml" ]] || exit 1
     exit 0
     ;;
   "") ;;
@@ -164,5 +165,25 @@ for wrapper in etcd kwok kubernetes helm; do
   rmdir "$out"
   log "$wrapper $version: built in $((SECONDS - started)) s"
 done
+
+# KWOK >= 0.5 does nothing to nodes or pods without Stage resources. kwokctl hands its controller the
+# default node and pod stages of its own release in a config file; keep the same files next to the
+# binary, taken from the pinned module, so the stages always match the kwok that runs them.
+stages="$bin_dir/kwok-stages.yaml"
+stages_stamp="version=$KWOK_VERSION"
+if [[ ! -f "$stages" || "$(cat "$bin_dir/.kwok-stages.stamp" 2>/dev/null)" != "$stages_stamp" ]]; then
+  kwok_src="$(cd "$here/go/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+  tmp="$(mktemp "$bin_dir/.tmp-stages.XXXXXX")"
+  first=1
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    [[ $first -eq 1 ]] || echo "---" >>"$tmp"
+    first=0
+    cat "$kwok_src/kustomize/stage/$f" >>"$tmp"
+  done
+  mv -f "$tmp" "$stages"
+  echo "$stages_stamp" >"$bin_dir/.kwok-stages.stamp"
+  log "kwok $KWOK_VERSION: wrote default stages to $stages"
+fi
 
 echo "$bin_dir"

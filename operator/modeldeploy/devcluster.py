@@ -1,0 +1,1037 @@
+"""A real, local Kubernetes control plane for development and end-to-end tests.
+
+It runs the actual components, built from pinned Go modules by ``tests/cluster/build.sh`` (no Docker
+needed): etcd, kube-apiserver (RBAC, service-account tokens, audit log), kube-controller-manager,
+kube-scheduler, and the KWOK controller, which plays the kubelet for fake nodes so that pods get
+scheduled and become Running without containers. Two fake GPU nodes of different products and one
+CPU-only node are registered.
+
+Everything binds to free loopback ports and lives in one state directory. Each component runs in its
+own process group, whose pid is recorded in the state directory, so ``down`` from another process
+finds and ends them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import typer
+
+COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+REQUIRED_BINARIES: Final = (*COMPONENTS, "kubectl")
+
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+GPU_TAINT: Final = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+KWOK_NODE_ANNOTATION: Final = ("kwok.x-k8s.io/node", "fake")
+
+SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
+POD_CIDR: Final = "10.244.0.1/16"
+SERVICE_ACCOUNT_ISSUER: Final = "https://kubernetes.default.svc.cluster.local"
+ADMIN_USER: Final = "modeldeploy-admin"
+
+# Marks a directory as one of ours, so that a fresh `up` may wipe it; anything else is refused.
+_STATE_MARKER: Final = ".modeldeploy-dev-cluster"
+_PIDS_FILE: Final = "pids.json"
+_CLUSTER_FILE: Final = "cluster.json"
+
+# Metadata (who, what, when, response code) for every write; nothing for reads, so that the log stays
+# small and a test can count an operator's writes by user.
+AUDIT_POLICY: Final = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+"""
+WRITE_VERBS: Final = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+class DevClusterError(RuntimeError):
+    """The local control plane could not be built, started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    """A node that KWOK keeps Ready; its capacity is what the scheduler sees."""
+
+    name: str
+    cpu: str = "32"
+    memory: str = "256Gi"
+    gpus: int = 0
+    gpu_product: str | None = None
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        labels = {
+            "kubernetes.io/hostname": self.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+            **self.extra_labels,
+        }
+        capacity = {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "pods": "110",
+            "ephemeral-storage": "1Ti",
+        }
+        taints: list[dict[str, str]] = []
+        if self.gpus:
+            capacity[GPU_RESOURCE] = str(self.gpus)
+            labels["nvidia.com/gpu.present"] = "true"
+            labels["nvidia.com/gpu.count"] = str(self.gpus)
+            # GPU nodes are usually tainted so that only pods asking for GPUs land there.
+            taints.append(dict(GPU_TAINT))
+        if self.gpu_product:
+            labels[GPU_PRODUCT_LABEL] = self.gpu_product
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": labels,
+                "annotations": {
+                    KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
+                    "node.alpha.kubernetes.io/ttl": "0",
+                },
+            },
+            "spec": {"taints": taints} if taints else {},
+            "status": {
+                "capacity": capacity,
+                "allocatable": dict(capacity),
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "fake",
+                    "containerRuntimeVersion": "kwok",
+                },
+            },
+        }
+
+
+DEFAULT_NODES: Final = (
+    FakeNode("gpu-a100-0", cpu="96", memory="1Ti", gpus=8, gpu_product="NVIDIA-A100-SXM4-80GB"),
+    FakeNode("gpu-h100-0", cpu="96", memory="1Ti", gpus=8, gpu_product="NVIDIA-H100-80GB-HBM3"),
+    FakeNode("cpu-0", cpu="32", memory="128Gi"),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Binaries
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MODELDEPLOY_CACHE") or Path.home() / ".cache" / "modeldeploy")
+
+
+def default_state_dir() -> Path:
+    return default_cache_dir() / "dev-cluster"
+
+
+def build_script() -> Path | None:
+    """``tests/cluster/build.sh`` of the source checkout this module was imported from, if any."""
+    script = Path(__file__).resolve().parents[2] / "tests" / "cluster" / "build.sh"
+    return script if script.is_file() else None
+
+
+def _missing_binaries(bin_dir: Path) -> list[str]:
+    return [name for name in REQUIRED_BINARIES if not os.access(bin_dir / name, os.X_OK)] + (
+        [] if (bin_dir / "kwok-stages.yaml").is_file() else ["kwok-stages.yaml"]
+    )
+
+
+def ensure_binaries(*, build: bool = True) -> Path:
+    """The directory holding the control-plane binaries, building them first if ``build``.
+
+    ``MODELDEPLOY_CLUSTER_BIN_DIR`` points at a ready-made directory instead (no build).
+    """
+    override = os.environ.get("MODELDEPLOY_CLUSTER_BIN_DIR")
+    if override:
+        bin_dir = Path(override)
+        missing = _missing_binaries(bin_dir)
+        if missing:
+            raise DevClusterError(f"MODELDEPLOY_CLUSTER_BIN_DIR={bin_dir} lacks {', '.join(missing)}")
+        return bin_dir
+    script = build_script()
+    if script is None:
+        raise DevClusterError(
+            "the control-plane binaries are built by tests/cluster/build.sh of a source checkout; "
+            "this installation has none, so set MODELDEPLOY_CLUSTER_BIN_DIR to a directory that holds "
+            + ", ".join(REQUIRED_BINARIES)
+        )
+    if build:
+        # The build log goes to our stderr as it happens: a first build takes many minutes.
+        proc = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
+        if proc.returncode != 0:
+            raise DevClusterError(f"{script} failed (exit {proc.returncode}); see its messages above")
+        bin_dir = Path(proc.stdout.strip().splitlines()[-1])
+    else:
+        printed = subprocess.run(
+            ["bash", str(script), "--print-bin-dir"], capture_output=True, text=True, check=True
+        )
+        bin_dir = Path(printed.stdout.strip())
+    missing = _missing_binaries(bin_dir)
+    if missing:
+        raise DevClusterError(f"{bin_dir} lacks {', '.join(missing)}; run {script}")
+    return bin_dir
+
+
+# --------------------------------------------------------------------------------------------------
+# Certificates (openssl CLI, present wherever Kubernetes tooling is)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DevClusterError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def _new_key(pki: Path, name: str) -> Path:
+    # P-256 keys: generating them takes milliseconds, unlike RSA, and every component accepts them.
+    key = pki / f"{name}.key"
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key.name, cwd=pki)
+    key.chmod(0o600)
+    return key
+
+
+def _issue_cert(
+    pki: Path,
+    name: str,
+    subject: str,
+    *,
+    client: bool = False,
+    server_names: Sequence[str] = (),
+    server_ips: Sequence[str] = (),
+) -> tuple[Path, Path]:
+    key = _new_key(pki, name)
+    csr = pki / f"{name}.csr"
+    _openssl("req", "-new", "-key", key.name, "-subj", subject, "-out", csr.name, cwd=pki)
+    usages = ["clientAuth"] if client else ["serverAuth"]
+    extensions = [
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        f"extendedKeyUsage={','.join(usages)}",
+    ]
+    alt_names = [f"DNS:{n}" for n in server_names] + [f"IP:{ip}" for ip in server_ips]
+    if alt_names:
+        extensions.append(f"subjectAltName={','.join(alt_names)}")
+    ext_file = pki / f"{name}.ext"
+    ext_file.write_text("\n".join(extensions) + "\n")
+    cert = pki / f"{name}.crt"
+    _openssl(
+        "x509", "-req", "-in", csr.name, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "365", "-sha256", "-extfile", ext_file.name, "-out", cert.name,
+        cwd=pki,
+    )  # fmt: skip
+    csr.unlink()
+    ext_file.unlink()
+    return cert, key
+
+
+@dataclass(frozen=True)
+class _Pki:
+    ca_cert: Path
+    ca_key: Path
+    serving_cert: Path
+    serving_key: Path
+    sa_key: Path
+    sa_pub: Path
+    clients: Mapping[str, tuple[Path, Path]]
+
+
+# Identity (CN, O) of each client of the apiserver; distinct users keep the audit log readable.
+_CLIENT_IDENTITIES: Final = {
+    "admin": (ADMIN_USER, "system:masters"),
+    "kube-controller-manager": ("system:kube-controller-manager", ""),
+    "kube-scheduler": ("system:kube-scheduler", ""),
+    "kwok": ("kwok-controller", "system:masters"),
+}
+
+
+def _make_pki(pki: Path) -> _Pki:
+    pki.mkdir(parents=True, exist_ok=True)
+    ca_key = _new_key(pki, "ca")
+    _openssl(
+        "req", "-x509", "-new", "-key", ca_key.name, "-subj", "/CN=modeldeploy-dev-cluster-ca",
+        "-days", "365", "-sha256", "-out", "ca.crt",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        cwd=pki,
+    )  # fmt: skip
+    serving_cert, serving_key = _issue_cert(
+        pki,
+        "apiserver",
+        "/CN=kube-apiserver",
+        server_names=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        server_ips=("127.0.0.1", "10.96.0.1"),
+    )
+    sa_key = _new_key(pki, "service-account")
+    _openssl("pkey", "-in", sa_key.name, "-pubout", "-out", "service-account.pub", cwd=pki)
+    clients = {}
+    for name, (common_name, organization) in _CLIENT_IDENTITIES.items():
+        subject = f"/CN={common_name}" + (f"/O={organization}" if organization else "")
+        clients[name] = _issue_cert(pki, f"client-{name}", subject, client=True)
+    return _Pki(
+        ca_cert=pki / "ca.crt",
+        ca_key=ca_key,
+        serving_cert=serving_cert,
+        serving_key=serving_key,
+        sa_key=sa_key,
+        sa_pub=pki / "service-account.pub",
+        clients=clients,
+    )
+
+
+def _kubeconfig_yaml(server: str, ca_cert: Path, user: str, user_entry: Mapping[str, str]) -> str:
+    # JSON is YAML, and kubectl/client-go read it; no YAML library needed.
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "modeldeploy-dev",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_cert.read_bytes()).decode(),
+                },
+            }
+        ],
+        "users": [{"name": user, "user": dict(user_entry)}],
+        "contexts": [{"name": f"{user}@modeldeploy-dev", "context": {"cluster": "modeldeploy-dev", "user": user}}],
+        "current-context": f"{user}@modeldeploy-dev",
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file readable only by us, atomically (a reader never sees half a kubeconfig)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _cert_kubeconfig(server: str, pki: _Pki, client: str) -> str:
+    cert, key = pki.clients[client]
+    return _kubeconfig_yaml(
+        server,
+        pki.ca_cert,
+        client,
+        {
+            "client-certificate-data": base64.b64encode(cert.read_bytes()).decode(),
+            "client-key-data": base64.b64encode(key.read_bytes()).decode(),
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+
+
+def _free_ports(count: int) -> list[int]:
+    # All sockets stay open until every port is picked, so the same port is never handed out twice.
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses; the fields after it are plain.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel kills the component if the process that started it dies, so a
+    # crashed or SIGKILLed test session does not leave a control plane behind.
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class _Proc:
+    name: str
+    pid: int
+    start_time: int
+
+    def alive(self) -> bool:
+        return _process_start_time(self.pid) == self.start_time
+
+    def signal_group(self, sig: int) -> None:
+        # Each component leads its own process group (start_new_session), so this reaches any child.
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+
+
+def _read_pids(state_dir: Path) -> list[_Proc]:
+    try:
+        raw = json.loads((state_dir / _PIDS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [_Proc(p["name"], int(p["pid"]), int(p["start_time"])) for p in raw]
+
+
+def _write_pids(state_dir: Path, procs: Sequence[_Proc]) -> None:
+    text = json.dumps([{"name": p.name, "pid": p.pid, "start_time": p.start_time} for p in procs], indent=2)
+    tmp = state_dir / f".{_PIDS_FILE}.tmp"
+    tmp.write_text(text + "\n")
+    os.replace(tmp, state_dir / _PIDS_FILE)
+
+
+def _stop_processes(procs: Sequence[_Proc], timeout: float = 15.0) -> None:
+    # Reverse start order: clients of the apiserver first, etcd last, so nothing logs a lost backend.
+    for proc in reversed(procs):
+        proc.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout / len(procs)
+        while proc.alive() and time.monotonic() < deadline:
+            _reap(proc.pid)
+            time.sleep(0.05)
+        if proc.alive():
+            proc.signal_group(signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while any(p.alive() for p in procs) and time.monotonic() < deadline:
+        for p in procs:
+            _reap(p.pid)
+        time.sleep(0.05)
+    left = [f"{p.name} (pid {p.pid})" for p in procs if p.alive()]
+    if left:
+        raise DevClusterError(f"still running after SIGKILL: {', '.join(left)}")
+
+
+def _reap(pid: int) -> None:
+    # Our own children stay zombies until waited for; other processes' children are not ours to reap.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# --------------------------------------------------------------------------------------------------
+# The API, spoken directly: readiness polling must not pay for a kubectl process per try.
+
+
+class _Api:
+    def __init__(self, server: str, ca_cert: Path, client_cert: Path, client_key: Path) -> None:
+        self.server = server
+        self._ctx = ssl.create_default_context(cafile=str(ca_cert))
+        self._ctx.load_cert_chain(str(client_cert), str(client_key))
+
+    def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, timeout: float = 10.0
+    ) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, context=self._ctx, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float, logs: Sequence[Path] = ()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, ssl.SSLError):
+            pass
+        time.sleep(0.1)
+    tails = "".join(f"\n--- last lines of {log} ---\n{_tail(log)}" for log in logs)
+    raise DevClusterError(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError:
+        return False
+    except urllib.error.URLError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Audit log
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    verb: str
+    user: str
+    resource: str
+    namespace: str
+    name: str
+    subresource: str
+    code: int
+    raw: Mapping[str, Any]
+
+
+class AuditLog:
+    """Reads the apiserver's audit log (JSON lines), which records metadata of every write request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> int:
+        """A position to count events from: the log's current size."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def events(self, since: int = 0) -> list[AuditEvent]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(since)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        events = []
+        # A line still being written has no newline yet; it is left for the next read.
+        for line in data.split(b"\n")[:-1]:
+            if not line.strip():
+                continue
+            raw = json.loads(line)
+            ref = raw.get("objectRef") or {}
+            events.append(
+                AuditEvent(
+                    verb=raw.get("verb", ""),
+                    user=(raw.get("user") or {}).get("username", ""),
+                    resource=ref.get("resource", ""),
+                    namespace=ref.get("namespace", ""),
+                    name=ref.get("name", ""),
+                    subresource=ref.get("subresource", ""),
+                    code=int((raw.get("responseStatus") or {}).get("code", 0)),
+                    raw=raw,
+                )
+            )
+        return events
+
+    def writes(self, *, user: str | None = None, since: int = 0) -> list[AuditEvent]:
+        """Write requests (create/update/patch/delete), optionally only those made by ``user``."""
+        return [e for e in self.events(since) if e.verb in WRITE_VERBS and (user is None or e.user == user)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The cluster
+
+
+class DevCluster:
+    """The local control plane. ``with DevCluster(state_dir) as cluster: ...`` starts and stops it.
+
+    ``detached=True`` lets the components outlive this Python process (the CLI's ``up``); otherwise
+    they are killed by the kernel if this process dies before ``stop``.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        bin_dir: Path | None = None,
+        *,
+        nodes: Sequence[FakeNode] = DEFAULT_NODES,
+        detached: bool = False,
+        ready_timeout: float = 90.0,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.bin_dir = bin_dir if bin_dir is not None else ensure_binaries(build=False)
+        self.nodes = tuple(nodes)
+        self.detached = detached
+        self.ready_timeout = ready_timeout
+        self.kubeconfig = self.state_dir / "kubeconfig"
+        self.audit_log = AuditLog(self.state_dir / "audit.log")
+        self.log_dir = self.state_dir / "logs"
+        self.server = ""
+        self._procs: list[_Proc] = []
+        self._popens: list[subprocess.Popen[bytes]] = []
+        self._api: _Api | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> DevCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> DevCluster:
+        self._prepare_state_dir()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Ends every component (whole process groups) and waits until none is left."""
+        procs = self._procs or _read_pids(self.state_dir)
+        try:
+            if procs:
+                _stop_processes(procs)
+        finally:
+            for popen in self._popens:
+                with contextlib.suppress(Exception):
+                    popen.wait(timeout=0)
+            self._popens.clear()
+            self._procs = []
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / _PIDS_FILE).unlink()
+
+    def running(self) -> list[str]:
+        """Names of this cluster's components that are alive."""
+        return [p.name for p in (self._procs or _read_pids(self.state_dir)) if p.alive()]
+
+    # -- helpers for users -------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the pinned kubectl against this cluster as the admin."""
+        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise DevClusterError(
+                f"kubectl {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr.strip()}"
+            )
+        return proc
+
+    @property
+    def helm(self) -> Path:
+        return self.bin_dir / "helm"
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: Path | None = None, *, expiration_seconds: int = 86400
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` (TokenRequest token).
+
+        The ServiceAccount must exist; it gets exactly the permissions its (Cluster)RoleBindings give.
+        """
+        status, body = self._admin_api().request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": expiration_seconds},
+            },
+        )
+        if status != 201:
+            raise DevClusterError(f"TokenRequest for serviceaccount {namespace}/{name} failed ({status}): {body}")
+        token = body["status"]["token"]
+        path = path or self.state_dir / f"kubeconfig-sa-{namespace}-{name}"
+        user = f"system:serviceaccount:{namespace}:{name}"
+        _write_private(path, _kubeconfig_yaml(self.server, self.state_dir / "pki" / "ca.crt", user, {"token": token}))
+        return path
+
+    def version(self) -> dict[str, Any]:
+        status, body = self._admin_api().request("GET", "/version")
+        if status != 200:
+            raise DevClusterError(f"GET /version failed ({status}): {body}")
+        return dict(body)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _admin_api(self) -> _Api:
+        if self._api is None:
+            info = json.loads((self.state_dir / _CLUSTER_FILE).read_text())
+            pki = self.state_dir / "pki"
+            self.server = info["server"]
+            self._api = _Api(self.server, pki / "ca.crt", pki / "client-admin.crt", pki / "client-admin.key")
+        return self._api
+
+    def _prepare_state_dir(self) -> None:
+        leftovers = [p for p in _read_pids(self.state_dir) if p.alive()]
+        if leftovers:
+            # A previous run of this state dir that was never brought down: end it, it cannot be reused
+            # (its certificates and ports are about to be replaced).
+            _stop_processes(leftovers)
+        if self.state_dir.exists() and any(self.state_dir.iterdir()):
+            if not (self.state_dir / _STATE_MARKER).exists():
+                raise DevClusterError(
+                    f"{self.state_dir} is not empty and was not made by the dev cluster; refusing to wipe it"
+                )
+            shutil.rmtree(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / _STATE_MARKER).write_text("state of `modeldeploy dev-cluster`; wiped by `up`\n")
+        self.log_dir.mkdir()
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        try:
+            popen = subprocess.Popen(
+                [str(self.bin_dir / name), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+                start_new_session=True,
+                preexec_fn=None if self.detached else _die_with_parent,
+            )
+        finally:
+            log.close()
+        start_time = _process_start_time(popen.pid)
+        if start_time is None:
+            popen.wait()
+            raise DevClusterError(f"{name} exited at once:\n{_tail(self.log_dir / f'{name}.log')}")
+        self._popens.append(popen)
+        self._procs.append(_Proc(name, popen.pid, start_time))
+        _write_pids(self.state_dir, self._procs)
+
+    def _expect_alive(self, name: str) -> None:
+        proc = next(p for p in self._procs if p.name == name)
+        if not proc.alive():
+            raise DevClusterError(f"{name} exited:\n{_tail(self.log_dir / f'{name}.log')}")
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        sd = self.state_dir
+        pki = _make_pki(sd / "pki")
+        (
+            etcd_port,
+            apiserver_port,
+            kcm_port,
+            scheduler_port,
+            kwok_port,
+            kwok_node_port,
+        ) = _free_ports(6)
+        self.server = f"https://127.0.0.1:{apiserver_port}"
+        (sd / _CLUSTER_FILE).write_text(json.dumps({"server": self.server, "bin_dir": str(self.bin_dir)}) + "\n")
+        self._api = _Api(self.server, pki.ca_cert, *pki.clients["admin"])
+
+        _write_private(self.kubeconfig, _cert_kubeconfig(self.server, pki, "admin"))
+        component_kubeconfigs = {}
+        for client in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            path = sd / f"{client}.kubeconfig"
+            _write_private(path, _cert_kubeconfig(self.server, pki, client))
+            component_kubeconfigs[client] = path
+        (sd / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        kwok_config = sd / "kwok.yaml"
+        kwok_config.write_text(_kwok_config(self.bin_dir / "kwok-stages.yaml"))
+
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self._spawn(
+            "etcd",
+            [
+                "--name=dev",
+                f"--data-dir={sd / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                # A single member never talks to peers; port 0 keeps it off any fixed port.
+                "--listen-peer-urls=http://127.0.0.1:0",
+                "--initial-advertise-peer-urls=http://127.0.0.1:0",
+                "--initial-cluster=dev=http://127.0.0.1:0",
+                # Throwaway data: fsync costs seconds per test run and buys nothing here.
+                "--unsafe-no-fsync",
+                "--auto-compaction-retention=1",
+                "--log-level=warn",
+            ],
+        )
+        _wait_for(
+            "etcd /health",
+            lambda: self._expect_alive("etcd") is None and _http_ok(f"{etcd_url}/health"),
+            self.ready_timeout,
+            [self.log_dir / "etcd.log"],
+        )
+
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={apiserver_port}",
+                f"--cert-dir={sd / 'apiserver'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--audit-policy-file={sd / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log.path}",
+                "--audit-log-format=json",
+                # Blocking: an event is on disk when the request returns, so a test can count it at once.
+                "--audit-log-mode=blocking",
+                "--audit-log-maxbackup=0",
+                "--profiling=false",
+            ],
+        )
+        ca_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+        _wait_for(
+            "kube-apiserver /readyz",
+            lambda: self._expect_alive("kube-apiserver") is None
+            and _http_ok(f"{self.server}/readyz", ca_ctx),
+            self.ready_timeout,
+            [self.log_dir / "kube-apiserver.log"],
+        )
+
+        # Skip-verify for the two components' own health endpoints: they serve self-signed certs.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        common = [
+            "--bind-address=127.0.0.1",
+            "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+            # One instance each: leader election would only delay start-up.
+            "--leader-elect=false",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+        ]
+        kcm_kubeconfig = component_kubeconfigs["kube-controller-manager"]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                *common,
+                f"--kubeconfig={kcm_kubeconfig}",
+                f"--authentication-kubeconfig={kcm_kubeconfig}",
+                f"--authorization-kubeconfig={kcm_kubeconfig}",
+                f"--secure-port={kcm_port}",
+                f"--cert-dir={sd / 'kube-controller-manager'}",
+                # Every default controller: garbage collector, deployment/replicaset, HPA, job,
+                # namespace, serviceaccount(-token), endpoints, node lifecycle, ...
+                "--controllers=*",
+                # Each controller acts as its own ServiceAccount (as kubeadm sets it up), so the audit
+                # log tells the garbage collector from the deployment controller.
+                "--use-service-account-credentials=true",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            ],
+        )
+        scheduler_kubeconfig = component_kubeconfigs["kube-scheduler"]
+        self._spawn(
+            "kube-scheduler",
+            [
+                *common,
+                f"--kubeconfig={scheduler_kubeconfig}",
+                f"--authentication-kubeconfig={scheduler_kubeconfig}",
+                f"--authorization-kubeconfig={scheduler_kubeconfig}",
+                f"--secure-port={scheduler_port}",
+                f"--cert-dir={sd / 'kube-scheduler'}",
+            ],
+        )
+        kwok_cert, kwok_key = pki.clients["kwok"]
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={component_kubeconfigs['kwok']}",
+                f"--config={kwok_config}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION[0]}={KWOK_NODE_ANNOTATION[1]}",
+                f"--server-address=127.0.0.1:{kwok_port}",
+                "--node-ip=127.0.0.1",
+                f"--node-port={kwok_node_port}",
+                f"--tls-cert-file={kwok_cert}",
+                f"--tls-private-key-file={kwok_key}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
+
+        for node in self.nodes:
+            status, body = self._api.request("POST", "/api/v1/nodes", node.manifest())
+            if status != 201:
+                raise DevClusterError(f"creating node {node.name} failed ({status}): {body}")
+
+        _wait_for(
+            "kube-controller-manager /healthz",
+            lambda: self._expect_alive("kube-controller-manager") is None
+            and _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure),
+            self.ready_timeout,
+            [self.log_dir / "kube-controller-manager.log"],
+        )
+        _wait_for(
+            "kube-scheduler /readyz",
+            lambda: self._expect_alive("kube-scheduler") is None
+            and _http_ok(f"https://127.0.0.1:{scheduler_port}/readyz", insecure),
+            self.ready_timeout,
+            [self.log_dir / "kube-scheduler.log"],
+        )
+        _wait_for(
+            f"nodes {', '.join(n.name for n in self.nodes)} to be Ready (KWOK)",
+            lambda: self._expect_alive("kwok") is None and self._nodes_ready(),
+            self.ready_timeout,
+            [self.log_dir / "kwok.log"],
+        )
+        _wait_for(
+            "the default ServiceAccount (kube-controller-manager)",
+            lambda: self._api is not None
+            and self._api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            self.ready_timeout,
+            [self.log_dir / "kube-controller-manager.log"],
+        )
+        elapsed = time.monotonic() - started
+        info = {"server": self.server, "bin_dir": str(self.bin_dir), "startup_seconds": round(elapsed, 2)}
+        (sd / _CLUSTER_FILE).write_text(json.dumps(info) + "\n")
+
+    def _nodes_ready(self) -> bool:
+        assert self._api is not None
+        status, body = self._api.request("GET", "/api/v1/nodes")
+        if status != 200:
+            return False
+        ready = {
+            item["metadata"]["name"]
+            for item in body["items"]
+            if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in item.get("status", {}).get("conditions", [])
+            )
+        }
+        return all(node.name in ready for node in self.nodes)
+
+
+def _kwok_config(stages_file: Path) -> str:
+    # KWOK hands pods IPs from its CIDR; its default (10.0.0.1/24) would overlap the service range.
+    options = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        "options": {"cidr": POD_CIDR, "nodeIP": "127.0.0.1"},
+    }
+    # Then the node and pod stages kwokctl gives this KWOK release (copied by build.sh from its module).
+    return json.dumps(options) + "\n---\n" + stages_file.read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# Functions for the CLI
+
+
+def cluster_up(
+    state_dir: Path | None = None, *, build: bool = True, ready_timeout: float = 90.0
+) -> DevCluster:
+    """Starts a detached control plane in ``state_dir`` (replacing any previous one) and waits until ready."""
+    bin_dir = ensure_binaries(build=build)
+    cluster = DevCluster(state_dir or default_state_dir(), bin_dir, detached=True, ready_timeout=ready_timeout)
+    return cluster.start()
+
+
+def cluster_down(state_dir: Path | None = None) -> list[str]:
+    """Stops the control plane of ``state_dir``; returns the names of the components that were running."""
+    state_dir = (state_dir or default_state_dir()).resolve()
+    procs = _read_pids(state_dir)
+    was_running = [p.name for p in procs if p.alive()]
+    if procs:
+        _stop_processes(procs)
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir / _PIDS_FILE).unlink()
+    return was_running
+
+
+def cluster_kubeconfig(state_dir: Path | None = None) -> Path:
+    """The admin kubeconfig of the control plane of ``state_dir``; fails if it is not running."""
+    state_dir = (state_dir or default_state_dir()).resolve()
+    kubeconfig = state_dir / "kubeconfig"
+    procs = _read_pids(state_dir)
+    if not kubeconfig.is_file() or not procs or not all(p.alive() for p in procs):
+        raise DevClusterError(f"no dev cluster is running in {state_dir}; start one with `dev-cluster up`")
+    return kubeconfig
+
+
+devcluster_app = typer.Typer(help="A local Kubernetes control plane with fake GPU nodes (etcd, apiserver, KWOK).")
+
+_STATE_DIR_OPTION = typer.Option(
+    None, "--state-dir", help="Where the cluster keeps its data [default: $MODELDEPLOY_CACHE/dev-cluster]"
+)
+
+
+@devcluster_app.command("up")
+def up_command(
+    state_dir: Path | None = _STATE_DIR_OPTION,
+    build: bool = typer.Option(True, help="Build the binaries first (tests/cluster/build.sh) if missing"),
+    timeout: float = typer.Option(90.0, help="Seconds to wait for the cluster to become ready"),
+) -> None:
+    """Start the control plane in the background and wait until it is ready."""
+    try:
+        cluster = cluster_up(state_dir, build=build, ready_timeout=timeout)
+    except DevClusterError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    info = json.loads((cluster.state_dir / _CLUSTER_FILE).read_text())
+    typer.echo(f"dev cluster ready in {info['startup_seconds']} s at {cluster.server}", err=True)
+    typer.echo(f"export KUBECONFIG={cluster.kubeconfig}", err=True)
+    typer.echo(str(cluster.kubeconfig))
+
+
+@devcluster_app.command("down")
+def down_command(state_dir: Path | None = _STATE_DIR_OPTION) -> None:
+    """Stop every process of the control plane."""
+    try:
+        stopped = cluster_down(state_dir)
+    except DevClusterError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "no dev cluster was running", err=True)
+
+
+@devcluster_app.command("kubeconfig")
+def kubeconfig_command(state_dir: Path | None = _STATE_DIR_OPTION) -> None:
+    """Print the path of the admin kubeconfig of the running control plane."""
+    try:
+        typer.echo(str(cluster_kubeconfig(state_dir)))
+    except DevClusterError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m modeldeploy.devcluster`
+    sys.exit(devcluster_app())
