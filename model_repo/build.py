@@ -1,0 +1,462 @@
+"""Checkpoint → Triton model repository: fetch, inspect, digest, write, validate, rename into place."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_repo import __version__
+from model_repo.checkpoint import CheckpointInfo, inspect_checkpoint
+from model_repo.configs import (
+    GENERATION_INPUTS,
+    ModelConfigSpec,
+    Tensor,
+    Warmup,
+    task_outputs,
+    validate_config,
+)
+from model_repo.errors import BuildError
+from model_repo.fetch import FetchedCheckpoint, fetch
+from model_repo.options import DType, ModelFormat, Task
+
+RECORD_FILE = "modeldeploy.json"
+RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
+FILL_MASK_TOP_K = 5
+DEFAULT_MAX_NEW_TOKENS = 64
+# Waiting for company only pays when the instance is idle; while it is busy, requests queue anyway and
+# the next execution takes them all. A short wait lets a burst that arrives together run as one batch
+# while adding at most 0.5 ms to a lone request (a tiny fraction of one forward pass of any real model).
+DEFAULT_MAX_QUEUE_DELAY_US = 500
+DEFAULT_MAX_BATCH_SIZE = 32
+WARMUP_TEXT = "Triton warms this model up so that the first real request is not the slow one."
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    source: str
+    revision: str | None = None
+    task: Task | None = None
+    format: ModelFormat = ModelFormat.AUTO
+    dtype: DType = DType.AUTO
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    preferred_batch_sizes: tuple[int, ...] = ()
+    instances_per_device: int = 1
+    max_sequence_length: int | None = None
+    device: str = "cpu"
+    response_cache: bool = False
+    trust_remote_code: bool = False
+    model_name: str = "model"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    digest: str
+    format: ModelFormat
+    task: Task
+    model_name: str
+    path: Path
+    cache_hit: bool
+
+
+def _check_options(options: BuildOptions) -> None:
+    if options.device not in ("cpu", "gpu"):
+        raise BuildError(f"--device must be cpu or gpu, got {options.device!r}")
+    if options.max_batch_size < 1:
+        raise BuildError("--max-batch-size must be at least 1")
+    if options.max_queue_delay_us < 0:
+        raise BuildError("--max-queue-delay-us must not be negative")
+    if options.instances_per_device < 1:
+        raise BuildError("--instances-per-device must be at least 1")
+    for size in options.preferred_batch_sizes:
+        if not 1 <= size <= options.max_batch_size:
+            raise BuildError(
+                f"--preferred-batch-size {size} must be between 1 and --max-batch-size {options.max_batch_size}"
+            )
+    if options.max_sequence_length is not None and options.max_sequence_length < 2:
+        raise BuildError("--max-sequence-length must be at least 2")
+    if not _MODEL_NAME.match(options.model_name):
+        raise BuildError(
+            f"--model-name {options.model_name!r} must be 1-63 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    if options.device == "cpu" and options.dtype is DType.FLOAT16:
+        raise BuildError("--dtype float16 is not supported on CPU; use float32, bfloat16 or auto")
+
+
+def resolve_format(requested: ModelFormat, task: Task, device: str) -> ModelFormat:
+    """The `auto` rule: vLLM for generation on GPUs, the Python runtime for everything else."""
+    if requested is ModelFormat.AUTO:
+        return ModelFormat.VLLM if task is Task.TEXT_GENERATION and device == "gpu" else ModelFormat.PYTHON
+    if requested is ModelFormat.VLLM and task is not Task.TEXT_GENERATION:
+        raise BuildError(f"--format vllm serves text-generation only, not {task.value}; use python or onnx")
+    if requested is ModelFormat.VLLM and device != "gpu":
+        raise BuildError("--format vllm needs --device gpu (vLLM's Triton backend runs on GPUs)")
+    if requested is ModelFormat.ONNX and task is Task.TEXT_GENERATION:
+        raise BuildError("--format onnx covers encoder tasks only; text-generation uses python or vllm")
+    return requested
+
+
+def resolve_dtype(requested: DType, device: str, model_format: ModelFormat) -> str:
+    if model_format is ModelFormat.ONNX:
+        if requested not in (DType.AUTO, DType.FLOAT32):
+            raise BuildError(
+                "--format onnx exports float32; on GPUs TensorRT runs it in FP16. Leave --dtype auto or float32"
+            )
+        return "float32"
+    if requested is DType.AUTO:
+        return "float16" if device == "gpu" else "float32"
+    return requested.value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
+    """Identity of a repository: checkpoint content, revision, build options and builder version."""
+    relevant = dataclasses.asdict(options)
+    relevant.pop("source")  # the same bytes from another place make the same repository
+    identity = {
+        "builder": __version__,
+        "runtime": _sha256(RUNTIME_FILE),
+        "revision": fetched.revision or options.revision,
+        "options": {key: (value.value if hasattr(value, "value") else value) for key, value in relevant.items()},
+        "files": {name: _sha256(fetched.path / name) for name in fetched.files},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def read_record(repository: Path) -> dict[str, Any] | None:
+    try:
+        record: dict[str, Any] = json.loads((repository / RECORD_FILE).read_text())
+        return record
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _string_warmup_file(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<I", len(data)) + data)
+
+
+def _load_tokenizer(info: CheckpointInfo, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise BuildError(f"cannot load the checkpoint's tokenizer: {exc}") from exc
+    if info.task is Task.TOKEN_CLASSIFICATION and not tokenizer.is_fast:
+        raise BuildError("token-classification needs a fast tokenizer (tokenizer.json) for character offsets")
+    if info.task is Task.FILL_MASK and tokenizer.mask_token is None:
+        raise BuildError("fill-mask needs a tokenizer with a mask token; this one has none")
+    return tokenizer
+
+
+def load_model(info: CheckpointInfo, trust_remote_code: bool) -> Any:
+    """Load the task's Auto class on CPU in float32; weights never come from pickles without weights_only."""
+    import torch
+    import transformers
+
+    auto_class = {
+        Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
+        Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
+        Task.FEATURE_EXTRACTION: transformers.AutoModel,
+        Task.FILL_MASK: transformers.AutoModelForMaskedLM,
+        Task.TEXT_GENERATION: transformers.AutoModelForCausalLM,
+    }[info.task]
+    try:
+        model = auto_class.from_pretrained(
+            str(info.path),
+            dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=info.weights == "safetensors",
+        )
+    except Exception as exc:
+        raise BuildError(f"cannot load the checkpoint's weights for {info.task.value}: {exc}") from exc
+    return model.eval()
+
+
+def _max_sequence_length(info: CheckpointInfo, tokenizer: Any, requested: int | None) -> int:
+    limits = [info.max_positions] if info.max_positions else []
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
+        limits.append(tokenizer_limit)
+    hard_limit = min(limits) if limits else None
+    if requested is not None:
+        if hard_limit is not None and requested > hard_limit:
+            raise BuildError(f"--max-sequence-length {requested} exceeds the checkpoint's limit of {hard_limit}")
+        return requested
+    if info.sentence_transformers and info.sentence_transformers.max_seq_length:
+        limits.append(info.sentence_transformers.max_seq_length)
+    if not limits:
+        raise BuildError("the checkpoint states no maximum sequence length; pass --max-sequence-length")
+    return min(limits)
+
+
+def _copy_checkpoint(info: CheckpointInfo, target: Path, model: Any | None) -> None:
+    """Copy config, tokenizer and weights; pickled weights are re-saved as safetensors on the way."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in info.files:
+        if info.weights == "pickle" and (name.endswith(".bin") or name == "pytorch_model.bin.index.json"):
+            continue
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info.path / name, destination)
+    if info.weights == "pickle":
+        assert model is not None
+        model.save_pretrained(str(target), safe_serialization=True)
+
+
+def _validate_safetensors(info: CheckpointInfo) -> None:
+    from safetensors import safe_open
+
+    for name in info.files:
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(str(info.path / name), framework="pt") as handle:
+                    handle.keys()
+            except Exception as exc:
+                raise BuildError(f"corrupt weights file {name}: {exc}") from exc
+
+
+def _runtime_parameters(
+    info: CheckpointInfo, role: str, dtype: str, max_length: int, trust_remote_code: bool
+) -> dict[str, str]:
+    params = {
+        "role": role,
+        "task": info.task.value,
+        "dtype": dtype,
+        "max_sequence_length": str(max_length),
+        "trust_remote_code": "true" if trust_remote_code else "false",
+    }
+    if info.labels:
+        params["labels"] = json.dumps(list(info.labels))
+    if info.problem_type:
+        params["problem_type"] = info.problem_type
+    if info.task is Task.FEATURE_EXTRACTION:
+        st = info.sentence_transformers
+        params["pooling"] = st.pooling if st else "cls"
+        params["normalize"] = "true" if st and st.normalize else "false"
+    if info.task is Task.FILL_MASK:
+        params["top_k"] = str(FILL_MASK_TOP_K)
+    if info.task is Task.TEXT_GENERATION:
+        params["default_max_new_tokens"] = str(DEFAULT_MAX_NEW_TOKENS)
+    return params
+
+
+def _instance_kind(device: str) -> str:
+    return "KIND_GPU" if device == "gpu" else "KIND_CPU"
+
+
+def _warmup_text(info: CheckpointInfo, tokenizer: Any) -> str:
+    if info.task is Task.FILL_MASK:
+        return f"Triton warms this {tokenizer.mask_token} up before the first request."
+    return WARMUP_TEXT
+
+
+def _write_python_model(
+    repo: Path,
+    info: CheckpointInfo,
+    options: BuildOptions,
+    tokenizer: Any,
+    model: Any | None,
+    dtype: str,
+    max_length: int,
+    hidden_size: int,
+) -> list[Path]:
+    model_dir = repo / options.model_name
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True)
+    shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
+    _copy_checkpoint(info, version_dir / "checkpoint", model)
+    generation = info.task is Task.TEXT_GENERATION
+    role = "generator" if generation else "encoder"
+    parameters = _runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
+    warmup_file = "TEXT"
+    _string_warmup_file(model_dir / "warmup" / warmup_file, _warmup_text(info, tokenizer))
+    text_input = ("TYPE_STRING", (1,), f'input_data_file: "{warmup_file}"')
+    (model_dir / "warmup" / "MAX_NEW_TOKENS").write_bytes(struct.pack("<i", 2))
+    if generation:
+        # Decoupled: one request streams many responses, so Triton's batcher stays out of the way.
+        spec = ModelConfigSpec(
+            name=options.model_name,
+            backend="python",
+            max_batch_size=0,
+            inputs=GENERATION_INPUTS,
+            outputs=task_outputs(info.task, 0, 0, 0),
+            instance_kind=_instance_kind(options.device),
+            instance_count=options.instances_per_device,
+            decoupled=True,
+            parameters=parameters,
+            warmups=[
+                Warmup(
+                    "short_generation",
+                    1,
+                    {"TEXT": text_input, "MAX_NEW_TOKENS": ("TYPE_INT32", (1,), 'input_data_file: "MAX_NEW_TOKENS"')},
+                )
+            ],
+        )
+    else:
+        warmups = [Warmup("single", 1, {"TEXT": text_input})]
+        if options.max_batch_size > 1:
+            warmups.append(Warmup("full_batch", options.max_batch_size, {"TEXT": text_input}))
+        spec = ModelConfigSpec(
+            name=options.model_name,
+            backend="python",
+            max_batch_size=options.max_batch_size,
+            inputs=[Tensor("TEXT", "TYPE_STRING", (1,))],
+            outputs=task_outputs(info.task, len(info.labels), hidden_size, FILL_MASK_TOP_K),
+            instance_kind=_instance_kind(options.device),
+            instance_count=options.instances_per_device,
+            dynamic_batching=True,
+            max_queue_delay_us=options.max_queue_delay_us,
+            preferred_batch_sizes=options.preferred_batch_sizes,
+            response_cache=options.response_cache,
+            parameters=parameters,
+            warmups=warmups,
+        )
+    config_path = model_dir / "config.pbtxt"
+    config_path.write_text(spec.render())
+    return [config_path]
+
+
+def _write_vllm_model(
+    repo: Path, info: CheckpointInfo, options: BuildOptions, dtype: str, max_length: int, final_path: Path
+) -> list[Path]:
+    model_dir = repo / options.model_name
+    version_dir = model_dir / "1"
+    _copy_checkpoint(info, version_dir / "checkpoint", None)
+    # vLLM's backend passes model.json to its engine verbatim and does not resolve relative paths, so the
+    # checkpoint is named by the absolute path the repository will have: serve it where it was built.
+    engine_args = {
+        "model": str(final_path / options.model_name / "1" / "checkpoint"),
+        "dtype": dtype,
+        "max_model_len": max_length,
+        "gpu_memory_utilization": 0.9,
+        "tensor_parallel_size": 1,
+        "trust_remote_code": options.trust_remote_code,
+    }
+    (version_dir / "model.json").write_text(json.dumps(engine_args, indent=2) + "\n")
+    spec = ModelConfigSpec(
+        name=options.model_name,
+        backend="vllm",
+        max_batch_size=0,
+        inputs=[
+            Tensor("text_input", "TYPE_STRING", (1,)),
+            Tensor("stream", "TYPE_BOOL", (1,), optional=True),
+            Tensor("sampling_parameters", "TYPE_STRING", (1,), optional=True),
+            Tensor("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True),
+        ],
+        outputs=[Tensor("text_output", "TYPE_STRING", (-1,))],
+        instance_kind="KIND_MODEL",
+        instance_count=1,
+        decoupled=True,
+    )
+    config_path = model_dir / "config.pbtxt"
+    config_path.write_text(spec.render())
+    return [config_path]
+
+
+def _replace_directory(staged: Path, out: Path) -> None:
+    """Move `staged` to `out`; an existing `out` is swapped aside first and removed after."""
+    if not out.exists():
+        staged.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{staged.parent.name}"
+    out.rename(old)
+    try:
+        staged.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_repository(options: BuildOptions, out: Path, progress: Progress = lambda _m: None) -> BuildResult:
+    """Build the repository for `options` at `out`, atomically; a matching digest there is a cache hit."""
+    _check_options(options)
+    out = out.absolute()
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        download_dir = workdir / "download"
+        download_dir.mkdir()
+        progress(f"fetching {options.source}")
+        fetched = fetch(options.source, options.revision, download_dir, options.trust_remote_code, progress)
+        info = inspect_checkpoint(fetched.path, fetched.files, options.task, options.trust_remote_code)
+        model_format = resolve_format(options.format, info.task, options.device)
+        dtype = resolve_dtype(options.dtype, options.device, model_format)
+        if options.response_cache and info.task is Task.TEXT_GENERATION:
+            raise BuildError("--response-cache cannot be used with text-generation: streaming models can't cache")
+        digest = compute_digest(fetched, options)
+        record = read_record(out)
+        if record is not None and record.get("digest") == digest:
+            progress(f"cache hit: {out} already holds repository {digest[:12]}")
+            return BuildResult(digest, model_format, info.task, options.model_name, out, cache_hit=True)
+
+        progress(f"inspected: task={info.task.value} model_type={info.model_type} format={model_format.value}")
+        tokenizer = _load_tokenizer(info, options.trust_remote_code)
+        max_length = _max_sequence_length(info, tokenizer, options.max_sequence_length)
+        _validate_safetensors(info)
+        model = None
+        if model_format is not ModelFormat.VLLM or info.weights == "pickle":
+            progress("loading weights to verify them")
+            model = load_model(info, options.trust_remote_code)
+        hidden_size = info.hidden_size or 0
+        if model is not None and info.task is Task.FEATURE_EXTRACTION:
+            hidden_size = int(model.config.hidden_size)
+
+        repo = workdir / "repo"
+        repo.mkdir()
+        if model_format is ModelFormat.PYTHON:
+            configs = _write_python_model(repo, info, options, tokenizer, model, dtype, max_length, hidden_size)
+        elif model_format is ModelFormat.VLLM:
+            configs = _write_vllm_model(repo, info, options, dtype, max_length, out)
+        else:
+            from model_repo.onnx_format import write_onnx_models
+
+            configs = write_onnx_models(repo, info, options, tokenizer, model, max_length, hidden_size, progress)
+        for config_path in configs:
+            validate_config(config_path.read_text(), str(config_path.relative_to(repo)))
+
+        record = {
+            "digest": digest,
+            "format": model_format.value,
+            "task": info.task.value,
+            "model_name": options.model_name,
+            "builder_version": __version__,
+            "source": options.source,
+            "revision": fetched.revision or options.revision,
+            "dtype": dtype,
+            "device": options.device,
+            "max_sequence_length": max_length,
+            "labels": list(info.labels),
+            "checkpoint_files": list(fetched.files),
+        }
+        (repo / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _replace_directory(repo, out)
+        progress(f"wrote {model_format.value} repository {digest[:12]} to {out}")
+        return BuildResult(digest, model_format, info.task, options.model_name, out, cache_hit=False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,252 @@
+"""Inspect a checkpoint: read its config files (never its code) and decide task, labels and limits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model_repo.errors import BuildError
+from model_repo.options import Task
+
+# Auto classes transformers registers per task; the builder asks transformers rather than keeping its
+# own list of model families, so any architecture transformers supports for a task works.
+_TASK_MAPPING_NAMES: dict[Task, str] = {
+    Task.TEXT_CLASSIFICATION: "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    Task.TOKEN_CLASSIFICATION: "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    Task.TEXT_GENERATION: "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    Task.FILL_MASK: "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    Task.FEATURE_EXTRACTION: "MODEL_MAPPING_NAMES",
+}
+# Order matters when a class name appears in several mappings: heads before the bare encoder.
+_INFERENCE_ORDER: tuple[Task, ...] = (
+    Task.TEXT_CLASSIFICATION,
+    Task.TOKEN_CLASSIFICATION,
+    Task.TEXT_GENERATION,
+    Task.FILL_MASK,
+    Task.FEATURE_EXTRACTION,
+)
+# For trusted remote-code checkpoints the task comes from the auto_map keys instead.
+_AUTO_MAP_TASKS: dict[str, Task] = {
+    "AutoModelForSequenceClassification": Task.TEXT_CLASSIFICATION,
+    "AutoModelForTokenClassification": Task.TOKEN_CLASSIFICATION,
+    "AutoModelForCausalLM": Task.TEXT_GENERATION,
+    "AutoModelForMaskedLM": Task.FILL_MASK,
+    "AutoModel": Task.FEATURE_EXTRACTION,
+}
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+_SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+@dataclass(frozen=True)
+class SentenceTransformersInfo:
+    pooling: str  # "mean", "cls", "max" or "lasttoken"
+    normalize: bool
+    max_seq_length: int | None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    files: tuple[str, ...]
+    config: dict[str, Any]
+    model_type: str
+    architectures: tuple[str, ...]
+    task: Task
+    labels: tuple[str, ...]
+    weights: str  # "safetensors" or "pickle"
+    needs_remote_code: bool
+    sentence_transformers: SentenceTransformersInfo | None = None
+    max_positions: int | None = None
+    hidden_size: int | None = None
+    problem_type: str | None = field(default=None)
+
+
+def _mapping(task: Task) -> dict[str, Any]:
+    from transformers.models.auto import modeling_auto
+
+    mapping: dict[str, Any] = getattr(modeling_auto, _TASK_MAPPING_NAMES[task])
+    return mapping
+
+
+def _class_names(value: Any) -> set[str]:
+    return set(value) if isinstance(value, list | tuple) else {str(value)}
+
+
+def tasks_for_model_type(model_type: str) -> list[Task]:
+    return [task for task in _INFERENCE_ORDER if model_type in _mapping(task)]
+
+
+def _task_from_architectures(architectures: tuple[str, ...]) -> Task | None:
+    for task in _INFERENCE_ORDER:
+        known: set[str] = set()
+        for value in _mapping(task).values():
+            known |= _class_names(value)
+        if any(arch in known for arch in architectures):
+            return task
+    return None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildError(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _sentence_transformers(root: Path, files: tuple[str, ...]) -> SentenceTransformersInfo | None:
+    if "modules.json" not in files:
+        return None
+    modules = _read_json(root / "modules.json", "modules.json")
+    if not isinstance(modules, list):
+        raise BuildError("modules.json must be a list of sentence-transformers modules")
+    pooling = "cls"
+    normalize = False
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in _SUPPORTED_ST_MODULES:
+            raise BuildError(
+                f"sentence-transformers module {module.get('type')!r} is not supported; "
+                f"supported modules: {', '.join(_SUPPORTED_ST_MODULES)}"
+            )
+        if kind == "Normalize":
+            normalize = True
+        if kind == "Pooling":
+            pooling_config_name = f"{module.get('path', '').strip('/')}/config.json"
+            if pooling_config_name not in files:
+                raise BuildError(f"sentence-transformers pooling config {pooling_config_name} is missing")
+            pooling_config = _read_json(root / pooling_config_name, pooling_config_name)
+            pooling = _pooling_mode(pooling_config)
+    max_seq_length = None
+    if "sentence_bert_config.json" in files:
+        st_config = _read_json(root / "sentence_bert_config.json", "sentence_bert_config.json")
+        if isinstance(st_config.get("max_seq_length"), int):
+            max_seq_length = int(st_config["max_seq_length"])
+    return SentenceTransformersInfo(pooling=pooling, normalize=normalize, max_seq_length=max_seq_length)
+
+
+def _pooling_mode(pooling_config: dict[str, Any]) -> str:
+    mode = pooling_config.get("pooling_mode")
+    if isinstance(mode, str):
+        chosen = [mode.replace("_tokens", "").replace("_token", "")]
+    else:
+        flags = {
+            "cls": pooling_config.get("pooling_mode_cls_token"),
+            "mean": pooling_config.get("pooling_mode_mean_tokens"),
+            "max": pooling_config.get("pooling_mode_max_tokens"),
+            "lasttoken": pooling_config.get("pooling_mode_lasttoken"),
+        }
+        chosen = [name for name, enabled in flags.items() if enabled]
+    if len(chosen) != 1 or chosen[0] not in ("cls", "mean", "max", "lasttoken"):
+        raise BuildError(
+            f"unsupported sentence-transformers pooling {chosen or 'none'}; "
+            "exactly one of cls, mean, max, lasttoken is supported"
+        )
+    return chosen[0]
+
+
+def inspect_checkpoint(
+    root: Path, files: tuple[str, ...], task: Task | None, trust_remote_code: bool
+) -> CheckpointInfo:
+    """Read config files only. Raises BuildError naming the problem and the choices."""
+    if "config.json" not in files:
+        raise BuildError(f"no config.json in the checkpoint at {root}: not a Transformers checkpoint")
+    config = _read_json(root / "config.json", "config.json")
+    if not isinstance(config, dict):
+        raise BuildError("config.json must hold a JSON object")
+    model_type = str(config.get("model_type") or "")
+    architectures = tuple(str(a) for a in config.get("architectures") or ())
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    auto_map = config.get("auto_map") or {}
+    needs_remote_code = model_type not in CONFIG_MAPPING_NAMES
+    if needs_remote_code:
+        if not auto_map:
+            raise BuildError(
+                f"config.json model_type {model_type!r} is unknown to this transformers version "
+                "and the checkpoint ships no code for it"
+            )
+        if not trust_remote_code:
+            raise BuildError(
+                f"this checkpoint needs code shipped inside it (model_type {model_type!r}, "
+                f"auto_map {sorted(auto_map)}); refusing to run it. Set the option "
+                "trustRemoteCode: true (CLI: --trust-remote-code) only if you trust its author"
+            )
+
+    if not any(name in files for name in _TOKENIZER_FILES) and not any(n.endswith(".model") for n in files):
+        raise BuildError(
+            "no tokenizer in the checkpoint: expected tokenizer.json, vocab.txt, vocab.json+merges.txt "
+            "or a sentencepiece *.model file"
+        )
+    if any(name.endswith(".safetensors") for name in files):
+        weights = "safetensors"
+    elif any(name.startswith("pytorch_model") and name.endswith(".bin") for name in files):
+        weights = "pickle"
+    else:
+        raise BuildError("no weights in the checkpoint: expected *.safetensors or pytorch_model*.bin")
+
+    st_info = _sentence_transformers(root, files)
+    if needs_remote_code:
+        supported = [t for key, t in _AUTO_MAP_TASKS.items() if key in auto_map]
+        resolved = task or (Task.FEATURE_EXTRACTION if st_info else (supported[0] if supported else None))
+        if resolved is None or resolved not in supported:
+            raise BuildError(
+                f"task {resolved or '(none)'} is not provided by this checkpoint's code; "
+                f"its auto_map offers: {', '.join(t.value for t in supported) or 'nothing usable'}"
+            )
+    else:
+        supported = tasks_for_model_type(model_type)
+        if task is not None:
+            resolved = task
+        elif st_info is not None:
+            resolved = Task.FEATURE_EXTRACTION
+        else:
+            inferred = _task_from_architectures(architectures)
+            if inferred is None:
+                raise BuildError(
+                    f"cannot tell the task from architectures {list(architectures) or '(none)'}; "
+                    f"pass --task, one of: {', '.join(t.value for t in supported) or '(none for this model)'}"
+                )
+            resolved = inferred
+        if resolved not in supported:
+            raise BuildError(
+                f"model_type {model_type!r} has no {resolved.value} head in transformers; "
+                f"supported tasks for it: {', '.join(t.value for t in supported) or 'none'}"
+            )
+
+    labels: tuple[str, ...] = ()
+    if resolved in (Task.TEXT_CLASSIFICATION, Task.TOKEN_CLASSIFICATION):
+        id2label = config.get("id2label")
+        if not isinstance(id2label, dict) or not id2label:
+            raise BuildError(f"task {resolved.value} needs id2label in config.json")
+        try:
+            ordered = sorted((int(key), str(value)) for key, value in id2label.items())
+        except ValueError as exc:
+            raise BuildError("config.json id2label keys must be integers") from exc
+        if [index for index, _ in ordered] != list(range(len(ordered))):
+            raise BuildError("config.json id2label must number labels 0..N-1 without gaps")
+        labels = tuple(value for _, value in ordered)
+
+    max_positions = None
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            max_positions = int(config[key])
+            break
+    hidden = config.get("hidden_size", config.get("n_embd", config.get("d_model")))
+    return CheckpointInfo(
+        path=root,
+        files=files,
+        config=config,
+        model_type=model_type,
+        architectures=architectures,
+        task=resolved,
+        labels=labels,
+        weights=weights,
+        needs_remote_code=needs_remote_code,
+        sentence_transformers=st_info,
+        max_positions=max_positions,
+        hidden_size=int(hidden) if isinstance(hidden, int) else None,
+        problem_type=config.get("problem_type"),
+    )

@@ -1,0 +1,607 @@
+"""Generic Triton Python-backend runtime for Hugging Face Transformers checkpoints.
+
+The builder copies this one file into every Python model of a generated repository as `model.py`; the
+model's `config.pbtxt` parameters pick its role:
+
+- `encoder`: tokenizer + forward pass + post-processing for text-classification, token-classification,
+  feature-extraction and fill-mask (the `python` format);
+- `generator`: decoupled, token-by-token streaming text generation;
+- `tokenizer` / `postprocess`: the two Python halves around an ONNX model (the `onnx` format).
+
+It must stay self-contained: it runs on a stock Triton image where only torch, transformers, numpy and
+tokenizers are installed, so it imports nothing from `model_repo`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton by tests that exercise the pure helpers
+    pb_utils = None
+
+ENCODER_TASKS = ("text-classification", "token-classification", "feature-extraction", "fill-mask")
+# Sequence lengths in the ONNX path are rounded up to this so that consecutive tokenizer batches
+# produce few distinct shapes, which Triton's dynamic batcher in front of the ONNX model can merge.
+ONNX_LENGTH_QUANTUM = 16
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure helpers (no Triton, no torch): batching plan, padding and task post-processing.
+# ---------------------------------------------------------------------------------------------------
+
+
+def plan_length_groups(lengths: list[int], overhead_tokens: int, max_group: int) -> list[list[int]]:
+    """Split sequences into forward passes so that padding waste and per-pass overhead are minimal.
+
+    Sequences are sorted by length and cut into contiguous runs; a run costs `overhead_tokens` (the fixed
+    price of one forward pass, in token-equivalents) plus its size times its longest length (what padding
+    to that length computes). A dynamic program finds the cheapest cut, so a batch of equal lengths stays
+    one pass and a batch mixing 8- and 120-token texts is split. Returns lists of original indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    sorted_lengths = [lengths[index] for index in order]
+    count = len(order)
+    best = [0.0] + [math.inf] * count
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        for start in range(max(0, end - max_group), end):
+            cost = best[start] + overhead_tokens + (end - start) * sorted_lengths[end - 1]
+            if cost < best[end]:
+                best[end] = cost
+                cut[end] = start
+    groups: list[list[int]] = []
+    end = count
+    while end > 0:
+        start = cut[end]
+        groups.append(order[start:end])
+        end = start
+    groups.reverse()
+    return groups
+
+
+def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = None) -> np.ndarray:
+    width = length if length is not None else max(len(seq) for seq in sequences)
+    out = np.full((len(sequences), width), pad_value, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
+
+
+def softmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = values - values.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / exp.sum(axis=axis, keepdims=True)
+    return result
+
+
+def classification_outputs(
+    logits: np.ndarray, labels: list[str], multi_label: bool
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """LABEL, SCORE, SCORES for a [batch, num_labels] logits array (transformers' pipeline rules)."""
+    logits = logits.astype(np.float32)
+    if multi_label or logits.shape[-1] == 1:
+        scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    else:
+        scores = softmax(logits).astype(np.float32)
+    best = scores.argmax(axis=-1)
+    return [labels[i] for i in best], scores.max(axis=-1).astype(np.float32), scores
+
+
+def _split_tag(label: str) -> tuple[str, str]:
+    if label.startswith(("B-", "I-")):
+        return label[0], label[2:]
+    return "I", label
+
+
+def token_entities(
+    logits: np.ndarray,
+    offsets: list[tuple[int, int]],
+    special: list[int],
+    text: str,
+    labels: list[str],
+) -> list[dict[str, Any]]:
+    """Entities of one sequence, grouped like transformers' `aggregation_strategy="simple"`.
+
+    Consecutive tokens with the same entity type join unless a token starts a new entity (`B-`);
+    the group's score is the mean of its tokens' scores; `O` groups are dropped; `word` is the span of
+    the original text.
+    """
+    count = len(offsets)
+    probabilities = softmax(logits[:count].astype(np.float32))
+    tokens = []
+    for index in range(count):
+        if special[index]:
+            continue
+        label_id = int(probabilities[index].argmax())
+        tokens.append(
+            (labels[label_id], float(probabilities[index][label_id]), offsets[index][0], offsets[index][1])
+        )
+    groups: list[list[tuple[str, float, int, int]]] = []
+    for token in tokens:
+        if groups:
+            bi, tag = _split_tag(token[0])
+            _, last_tag = _split_tag(groups[-1][-1][0])
+            if tag == last_tag and bi != "B":
+                groups[-1].append(token)
+                continue
+        groups.append([token])
+    entities = []
+    for group in groups:
+        tag = group[0][0].split("-", 1)[-1]
+        if tag == "O":
+            continue
+        start, end = group[0][2], group[-1][3]
+        entities.append(
+            {
+                "entity_group": tag,
+                "score": float(np.mean([token[1] for token in group])),
+                "word": text[start:end],
+                "start": int(start),
+                "end": int(end),
+            }
+        )
+    return entities
+
+
+def pool_embeddings(hidden: np.ndarray, attention_mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
+    """Sentence embeddings from [batch, length, hidden] states, the way sentence-transformers pools."""
+    hidden = hidden.astype(np.float32)
+    mask = attention_mask.astype(np.float32)[:, :, None]
+    if pooling == "mean":
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+    elif pooling == "max":
+        pooled = np.where(mask > 0, hidden, -1e9).max(axis=1)
+    elif pooling == "lasttoken":
+        last = attention_mask.sum(axis=1).astype(np.int64) - 1
+        pooled = hidden[np.arange(hidden.shape[0]), last]
+    else:
+        pooled = hidden[:, 0]
+    if normalize:
+        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    result: np.ndarray = pooled.astype(np.float32)
+    return result
+
+
+def top_k_tokens(mask_logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and probabilities of the `top_k` best fillers for [batch, vocab] mask logits."""
+    probabilities = softmax(mask_logits.astype(np.float32))
+    ids = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
+    return ids, np.take_along_axis(probabilities, ids, axis=-1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton glue.
+# ---------------------------------------------------------------------------------------------------
+
+
+class RequestError(ValueError):
+    """A problem with one request; it fails that request only."""
+
+
+def _parameters(model_config: dict[str, Any]) -> dict[str, str]:
+    raw = model_config.get("parameters", {})
+    return {key: str(value.get("string_value", "")) for key, value in raw.items()}
+
+
+def _decode_texts(request: Any, name: str) -> list[str]:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise RequestError(f"input {name} is required")
+    texts = []
+    for item in tensor.as_numpy().reshape(-1):
+        if isinstance(item, bytes):
+            try:
+                text = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RequestError(f"{name} must be UTF-8 text") from exc
+        else:
+            text = str(item)
+        if not text.strip():
+            raise RequestError(f"{name} must not be empty")
+        texts.append(text)
+    if not texts:
+        raise RequestError(f"{name} must hold at least one text")
+    return texts
+
+
+def _optional_scalar(request: Any, name: str) -> float | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise RequestError(f"{name} must hold exactly one value")
+    value = float(values[0])
+    if not math.isfinite(value):
+        raise RequestError(f"{name} must be finite")
+    return value
+
+
+def _error_response(message: str) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def _string_tensor(name: str, values: list[str], shape: tuple[int, ...]) -> Any:
+    array = np.array([value.encode("utf-8") for value in values], dtype=np.object_).reshape(shape)
+    return pb_utils.Tensor(name, array)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        import torch
+
+        self.model_config: dict[str, Any] = json.loads(args["model_config"])
+        self.params = _parameters(self.model_config)
+        self.role = self.params["role"]
+        self.task = self.params["task"]
+        self.checkpoint = os.path.join(args["model_repository"], args["model_version"], "checkpoint")
+        self.max_length = int(self.params["max_sequence_length"])
+        self.labels: list[str] = json.loads(self.params.get("labels", "[]"))
+        self.pooling = self.params.get("pooling", "cls")
+        self.normalize = self.params.get("normalize", "false") == "true"
+        self.top_k = int(self.params.get("top_k", "5"))
+        self.multi_label = self.params.get("problem_type") == "multi_label_classification"
+        self.group_overhead = int(self.params.get("group_overhead_tokens", "96"))
+        self.max_batch = max(1, int(self.model_config.get("max_batch_size", 1)))
+        trust = self.params.get("trust_remote_code", "false") == "true"
+
+        if args.get("model_instance_kind") == "GPU":
+            self.device = torch.device("cuda", int(args.get("model_instance_device_id", "0")))
+        else:
+            self.device = torch.device("cpu")
+            # Instances run side by side in their own processes: share the cores instead of having
+            # each one start a thread per core and fight over them.
+            instances = sum(int(group.get("count", 1)) for group in self.model_config.get("instance_group", []))
+            cores = len(os.sched_getaffinity(0))
+            torch.set_num_threads(max(1, cores // max(1, instances)))
+
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint, trust_remote_code=trust)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.model: Any = None
+        if self.role in ("encoder", "generator"):
+            self._load_model(trust)
+
+    def _load_model(self, trust: bool) -> None:
+        import torch
+        import transformers
+
+        auto_class = {
+            "text-classification": transformers.AutoModelForSequenceClassification,
+            "token-classification": transformers.AutoModelForTokenClassification,
+            "feature-extraction": transformers.AutoModel,
+            "fill-mask": transformers.AutoModelForMaskedLM,
+            "text-generation": transformers.AutoModelForCausalLM,
+        }[self.task]
+        dtype = getattr(torch, self.params.get("dtype", "float32"))
+        self.model = auto_class.from_pretrained(self.checkpoint, dtype=dtype, trust_remote_code=trust)
+        self.model.to(self.device).eval()
+        self.input_names = [
+            name
+            for name in self.tokenizer.model_input_names
+            if name in ("input_ids", "attention_mask", "token_type_ids")
+        ]
+
+    # -- encoder ------------------------------------------------------------------------------------
+
+    def execute(self, requests: list[Any]) -> list[Any] | None:
+        if self.role == "generator":
+            for request in requests:
+                self._generate(request)
+            return None
+        if self.role == "postprocess":
+            return [self._postprocess_request(request) for request in requests]
+        responses: list[Any] = [None] * len(requests)
+        texts: list[str] = []
+        owners: list[tuple[int, int, int]] = []  # request index, first text, text count
+        for index, request in enumerate(requests):
+            try:
+                request_texts = _decode_texts(request, "TEXT")
+            except RequestError as exc:
+                responses[index] = _error_response(str(exc))
+                continue
+            owners.append((index, len(texts), len(request_texts)))
+            texts.extend(request_texts)
+        if texts:
+            try:
+                if self.role == "tokenizer":
+                    self._tokenize_for_onnx(requests, owners, texts, responses)
+                else:
+                    self._run_encoder(owners, texts, responses)
+            except Exception as exc:  # one bad batch must not take the server down
+                for index, _, _ in owners:
+                    if responses[index] is None:
+                        responses[index] = _error_response(f"inference failed: {exc}")
+        return responses
+
+    def _tokenize(self, texts: list[str], offsets: bool) -> Any:
+        return self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids="token_type_ids" in self.tokenizer.model_input_names,
+            return_offsets_mapping=offsets,
+            return_special_tokens_mask=offsets,
+        )
+
+    def _run_encoder(self, owners: list[tuple[int, int, int]], texts: list[str], responses: list[Any]) -> None:
+        import torch
+
+        needs_offsets = self.task == "token-classification"
+        encoded = self._tokenize(texts, needs_offsets)
+        ids: list[list[int]] = encoded["input_ids"]
+        per_text: list[dict[str, Any] | None] = [None] * len(texts)
+        failures: dict[int, str] = {}
+        if self.task == "fill-mask":
+            mask_id = self.tokenizer.mask_token_id
+            for position, seq in enumerate(ids):
+                if mask_id not in seq:
+                    failures[position] = f"TEXT must contain the mask token {self.tokenizer.mask_token}"
+        runnable = [position for position in range(len(texts)) if position not in failures]
+        groups = plan_length_groups([len(ids[i]) for i in runnable], self.group_overhead, self.max_batch)
+        with torch.inference_mode():
+            for group in groups:
+                members = [runnable[i] for i in group]
+                input_ids = pad_batch([ids[i] for i in members], self.pad_id)
+                attention = (input_ids != -1).astype(np.int64)
+                for row, member in enumerate(members):
+                    attention[row, len(ids[member]) :] = 0
+                inputs = {
+                    "input_ids": torch.from_numpy(input_ids).to(self.device),
+                    "attention_mask": torch.from_numpy(attention).to(self.device),
+                }
+                if "token_type_ids" in self.input_names and "token_type_ids" in encoded:
+                    types = pad_batch([encoded["token_type_ids"][i] for i in members], 0)
+                    inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
+                output = self.model(**inputs)
+                self._postprocess_group(members, output, attention, input_ids, encoded, texts, per_text)
+        for index, first, count in owners:
+            bad = [failures[p] for p in range(first, first + count) if p in failures]
+            if bad:
+                responses[index] = _error_response(bad[0])
+                continue
+            responses[index] = self._encoder_response([per_text[p] for p in range(first, first + count)])
+
+    def _postprocess_group(
+        self,
+        members: list[int],
+        output: Any,
+        attention: np.ndarray,
+        input_ids: np.ndarray,
+        encoded: Any,
+        texts: list[str],
+        per_text: list[dict[str, Any] | None],
+    ) -> None:
+        import torch
+
+        if self.task == "text-classification":
+            logits = output.logits.float().cpu().numpy()
+            names, best, scores = classification_outputs(logits, self.labels, self.multi_label)
+            for row, member in enumerate(members):
+                per_text[member] = {"LABEL": names[row], "SCORE": best[row], "SCORES": scores[row]}
+        elif self.task == "feature-extraction":
+            hidden = output.last_hidden_state.float().cpu().numpy()
+            pooled = pool_embeddings(hidden, attention, self.pooling, self.normalize)
+            for row, member in enumerate(members):
+                per_text[member] = {"EMBEDDING": pooled[row]}
+        elif self.task == "token-classification":
+            logits = output.logits.float().cpu().numpy()
+            for row, member in enumerate(members):
+                entities = token_entities(
+                    logits[row],
+                    encoded["offset_mapping"][member],
+                    encoded["special_tokens_mask"][member],
+                    texts[member],
+                    self.labels,
+                )
+                per_text[member] = {"ENTITIES": json.dumps(entities)}
+        else:  # fill-mask: only the first mask position of each text leaves the device
+            positions = torch.from_numpy((input_ids == self.tokenizer.mask_token_id).argmax(axis=1))
+            rows = torch.arange(len(members))
+            mask_logits = output.logits[rows, positions.to(output.logits.device)].float().cpu().numpy()
+            token_ids, probabilities = top_k_tokens(mask_logits, self.top_k)
+            for row, member in enumerate(members):
+                tokens = [self.tokenizer.decode([int(t)]) for t in token_ids[row]]
+                per_text[member] = {"TOKENS": tokens, "SCORES": probabilities[row]}
+
+    def _encoder_response(self, results: list[dict[str, Any] | None]) -> Any:
+        rows = [result for result in results if result is not None]
+        count = len(rows)
+        tensors = []
+        if self.task == "text-classification":
+            tensors = [
+                _string_tensor("LABEL", [r["LABEL"] for r in rows], (count, 1)),
+                pb_utils.Tensor("SCORE", np.array([r["SCORE"] for r in rows], dtype=np.float32).reshape(count, 1)),
+                pb_utils.Tensor("SCORES", np.stack([r["SCORES"] for r in rows]).astype(np.float32)),
+            ]
+        elif self.task == "feature-extraction":
+            tensors = [pb_utils.Tensor("EMBEDDING", np.stack([r["EMBEDDING"] for r in rows]).astype(np.float32))]
+        elif self.task == "token-classification":
+            tensors = [_string_tensor("ENTITIES", [r["ENTITIES"] for r in rows], (count, 1))]
+        else:
+            tokens = [token for r in rows for token in r["TOKENS"]]
+            tensors = [
+                _string_tensor("TOKENS", tokens, (count, self.top_k)),
+                pb_utils.Tensor("SCORES", np.stack([r["SCORES"] for r in rows]).astype(np.float32)),
+            ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    # -- onnx ensemble halves -------------------------------------------------------------------------
+
+    def _tokenize_for_onnx(
+        self, requests: list[Any], owners: list[tuple[int, int, int]], texts: list[str], responses: list[Any]
+    ) -> None:
+        encoded = self._tokenize(texts, offsets=True)
+        ids: list[list[int]] = encoded["input_ids"]
+        longest = max(len(seq) for seq in ids)
+        width = min(
+            max(longest, -(-longest // ONNX_LENGTH_QUANTUM) * ONNX_LENGTH_QUANTUM), max(longest, self.max_length)
+        )
+        input_ids = pad_batch(ids, self.pad_id, width)
+        attention = np.zeros_like(input_ids)
+        offsets = np.zeros((len(ids), width, 2), dtype=np.int64)
+        special = np.ones_like(input_ids)
+        for row, seq in enumerate(ids):
+            attention[row, : len(seq)] = 1
+            offsets[row, : len(seq)] = encoded["offset_mapping"][row]
+            special[row, : len(seq)] = encoded["special_tokens_mask"][row]
+        types = pad_batch(encoded["token_type_ids"], 0, width) if "token_type_ids" in encoded else None
+        for index, first, count in owners:
+            part = slice(first, first + count)
+            tensors = [
+                pb_utils.Tensor("input_ids", input_ids[part]),
+                pb_utils.Tensor("attention_mask", attention[part]),
+                pb_utils.Tensor("OFFSETS", offsets[part]),
+                pb_utils.Tensor("SPECIAL_TOKENS_MASK", special[part]),
+            ]
+            if types is not None and "token_type_ids" in self.params.get("onnx_inputs", ""):
+                tensors.append(pb_utils.Tensor("token_type_ids", types[part]))
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _postprocess_request(self, request: Any) -> Any:
+        try:
+            attention = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
+            output_name = self.params["onnx_output"]
+            values = pb_utils.get_input_tensor_by_name(request, output_name).as_numpy()
+            results: list[dict[str, Any] | None] = []
+            if self.task == "text-classification":
+                names, best, scores = classification_outputs(values, self.labels, self.multi_label)
+                results = [{"LABEL": n, "SCORE": b, "SCORES": s} for n, b, s in zip(names, best, scores, strict=True)]
+            elif self.task == "feature-extraction":
+                pooled = pool_embeddings(values, attention, self.pooling, self.normalize)
+                results = [{"EMBEDDING": row} for row in pooled]
+            elif self.task == "token-classification":
+                texts = _decode_texts(request, "TEXT")
+                offsets = pb_utils.get_input_tensor_by_name(request, "OFFSETS").as_numpy()
+                special = pb_utils.get_input_tensor_by_name(request, "SPECIAL_TOKENS_MASK").as_numpy()
+                for row, text in enumerate(texts):
+                    count = int(attention[row].sum())
+                    entities = token_entities(
+                        values[row],
+                        [tuple(pair) for pair in offsets[row][:count].tolist()],
+                        special[row][:count].tolist(),
+                        text,
+                        self.labels,
+                    )
+                    results.append({"ENTITIES": json.dumps(entities)})
+            else:
+                input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+                mask_hits = input_ids == self.tokenizer.mask_token_id
+                if not mask_hits.any(axis=1).all():
+                    raise RequestError(f"TEXT must contain the mask token {self.tokenizer.mask_token}")
+                positions = mask_hits.argmax(axis=1)
+                mask_logits = values[np.arange(values.shape[0]), positions]
+                token_ids, probabilities = top_k_tokens(mask_logits, self.top_k)
+                results = [
+                    {"TOKENS": [self.tokenizer.decode([int(t)]) for t in token_ids[row]], "SCORES": probabilities[row]}
+                    for row in range(len(token_ids))
+                ]
+            return self._encoder_response(results)
+        except RequestError as exc:
+            return _error_response(str(exc))
+
+    # -- generator ------------------------------------------------------------------------------------
+
+    def _generate(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            self._stream(request, sender)
+        except RequestError as exc:
+            sender.send(_error_response(str(exc)), flags=final)
+            return
+        except Exception as exc:
+            sender.send(_error_response(f"generation failed: {exc}"), flags=final)
+            return
+        sender.send(flags=final)
+
+    def _stream(self, request: Any, sender: Any) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        texts = _decode_texts(request, "TEXT")
+        if len(texts) != 1:
+            raise RequestError("TEXT must hold exactly one prompt")
+        max_new = _optional_scalar(request, "MAX_NEW_TOKENS")
+        max_new_tokens = int(max_new) if max_new is not None else int(self.params.get("default_max_new_tokens", "64"))
+        if max_new_tokens < 1:
+            raise RequestError("MAX_NEW_TOKENS must be at least 1")
+        temperature = _optional_scalar(request, "TEMPERATURE")
+        temperature = 1.0 if temperature is None else temperature
+        if temperature < 0:
+            raise RequestError("TEMPERATURE must be >= 0 (0 means greedy decoding)")
+        top_p = _optional_scalar(request, "TOP_P")
+        top_p = 1.0 if top_p is None else top_p
+        if not 0 < top_p <= 1:
+            raise RequestError("TOP_P must be in (0, 1]")
+        seed = _optional_scalar(request, "SEED")
+
+        # Positions are finite: leave room for the new tokens by dropping the start of a long prompt.
+        max_new_tokens = min(max_new_tokens, self.max_length - 1)
+        prompt_ids = self.tokenizer(texts[0], add_special_tokens=True)["input_ids"]
+        prompt_ids = prompt_ids[-(self.max_length - max_new_tokens) :]
+        input_ids = torch.tensor([prompt_ids], device=self.device)
+
+        tokenizer = self.tokenizer
+        state = {"tokens": [], "sent": ""}
+
+        class Streamer:
+            prompt_seen = False
+
+            def put(self, value: Any) -> None:
+                if not self.prompt_seen:
+                    self.prompt_seen = True
+                    return
+                state["tokens"].extend(int(t) for t in value.reshape(-1).tolist())
+                text = tokenizer.decode(state["tokens"], skip_special_tokens=True)
+                # A multi-byte character split across tokens decodes to U+FFFD until it completes.
+                if text.endswith("\ufffd"):
+                    return
+                delta = text[len(state["sent"]) :]
+                if delta:
+                    state["sent"] = text
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[_string_tensor("TEXT_OUTPUT", [delta], (1,))]))
+
+            def end(self) -> None:
+                text = tokenizer.decode(state["tokens"], skip_special_tokens=True)
+                delta = text[len(state["sent"]) :]
+                if delta:
+                    state["sent"] = text
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[_string_tensor("TEXT_OUTPUT", [delta], (1,))]))
+
+        class StopWhenCancelled(StoppingCriteria):  # type: ignore[misc]
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return bool(getattr(sender, "is_cancelled", lambda: False)())
+
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if temperature == 0
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        )
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.pad_id,
+                streamer=Streamer(),
+                stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
+                **sampling,
+            )
+
+    def finalize(self) -> None:
+        self.model = None

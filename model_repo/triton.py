@@ -1,0 +1,254 @@
+"""Find and run a local `tritonserver`: the one on PATH, else the one bundled in the nvidia-pytriton wheel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from model_repo.errors import BuildError
+
+
+class TritonError(BuildError):
+    """tritonserver could not be found, started, or did not become ready."""
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    binary: Path
+    backend_directory: Path | None  # None: the server's compiled-in default (/opt/tritonserver/backends)
+    cache_directory: Path | None
+    library_path: tuple[str, ...]
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "modeldeploy"
+
+
+def _pytriton_installation() -> TritonInstallation | None:
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    package = Path(pytriton.__file__).parent
+    dist = package / "tritonserver"
+    binary = dist / "bin" / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not binary.exists() or not stub.exists():
+        return None
+    # The server wants <backend-directory>/python/ to hold the backend library *and* the stub built for
+    # this interpreter's Python version; the wheel keeps stubs for every version apart, so assemble one.
+    backend_dir = _cache_root() / f"triton-backends-py{version}-{stub.stat().st_size}-{int(stub.stat().st_mtime)}"
+    if not (backend_dir / "python" / "triton_python_backend_stub").exists():
+        staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=_ensure_dir(_cache_root())))
+        shutil.copytree(dist / "backends", staging / "backends", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, staging / "backends" / "python" / "triton_python_backend_stub")
+        try:
+            (staging / "backends").rename(backend_dir)
+        except OSError:  # another process assembled it first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    libs = package.parent / "nvidia_pytriton.libs"
+    return TritonInstallation(
+        binary=binary,
+        backend_directory=backend_dir,
+        cache_directory=dist / "caches",
+        library_path=(str(libs),) if libs.exists() else (),
+    )
+
+
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def find_tritonserver() -> TritonInstallation:
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstallation(Path(on_path), None, None, ())
+    bundled = _pytriton_installation()
+    if bundled is not None:
+        return bundled
+    raise TritonError(
+        "tritonserver not found: put it on PATH or install the bundled one with "
+        "pip install 'modeldeploy[serve]' (nvidia-pytriton)"
+    )
+
+
+def server_environment(installation: TritonInstallation) -> dict[str, str]:
+    """Environment under which the Python backend's stub finds this interpreter and its packages."""
+    env = dict(os.environ)
+    # The stub embeds libpython: the interpreter's own LIBDIR must win over any other libpython on the
+    # system, else it fails with "undefined symbol: _PyModule_Add".
+    libdir = sysconfig.get_config_var("LIBDIR")
+    parts = [p for p in (libdir, *installation.library_path, env.get("LD_LIBRARY_PATH", "")) if p]
+    env["LD_LIBRARY_PATH"] = ":".join(parts)
+    python_path = [*site.getsitepackages(), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = ":".join(p for p in python_path if p)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _has_flag(args: Sequence[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in args)
+
+
+class TritonServer:
+    """A tritonserver process serving one model repository, as a context manager.
+
+    `extra_args` are raw tritonserver flags appended as given, so a caller can start the server with
+    exactly the flags a Kubernetes container would use; flags it sets itself (ports, repository) are
+    only added when `extra_args` does not already carry them.
+    """
+
+    def __init__(
+        self,
+        model_repository: Path | None,
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        extra_args: Sequence[str] = (),
+        ready_timeout_s: float = 180.0,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.model_repository = model_repository
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.extra_args = list(extra_args)
+        self.ready_timeout_s = ready_timeout_s
+        self.host = host
+        self._own_log = log_path is None
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+        self.installation = find_tritonserver()
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        args = [str(self.installation.binary)]
+        extra = self.extra_args
+        if self.model_repository is not None and not _has_flag(extra, "--model-repository"):
+            args.append(f"--model-repository={self.model_repository}")
+        defaults = {
+            "--http-port": str(self.http_port),
+            "--grpc-port": str(self.grpc_port),
+            "--metrics-port": str(self.metrics_port),
+            "--exit-timeout-secs": "10",
+        }
+        for flag, value in defaults.items():
+            if not _has_flag(extra, flag):
+                args.append(f"{flag}={value}")
+        if self.installation.backend_directory is not None and not _has_flag(extra, "--backend-directory"):
+            args.append(f"--backend-directory={self.installation.backend_directory}")
+        if self.installation.cache_directory is not None and not _has_flag(extra, "--cache-directory"):
+            args.append(f"--cache-directory={self.installation.cache_directory}")
+        args.extend(extra)
+        return args
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_environment(self.installation),
+                start_new_session=True,
+            )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise TritonError(f"tritonserver exited with code {code} before it was ready; log:\n{self.log()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise TritonError(f"tritonserver not ready within {self.ready_timeout_s:.0f}s; log:\n{self.log()}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        # Python-backend stubs live in the server's process group; make sure none outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        self.process = None
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._own_log and exc_type is None:
+            self.log_path.unlink(missing_ok=True)

