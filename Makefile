@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make demo   — set up everything and run the whole product on this machine
+#   make test   — set up everything and run the whole test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: setup cluster-binaries test demo crd lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# kube-apiserver, etcd, KWOK, helm, kubectl from pinned Go modules, cached outside the repository.
+cluster-binaries:
+	bash tests/cluster/build.sh
+
+test: setup cluster-binaries
+	$(VENV)/bin/pytest -p no:cacheprovider tests
+
+demo: setup cluster-binaries
+	$(VENV)/bin/modeldeploy demo $(DEMO_ARGS)
+
+crd: setup
+	$(VENV)/bin/modeldeploy crd -o crds/modeldeploy.dev_modeldeployments.yaml
+
+clean:
+	rm -rf $(VENV)
