@@ -28,7 +28,7 @@ demo: setup cluster-binaries
 	$(VENV)/bin/modeldeploy demo $(DEMO_ARGS)
 
 crd: setup
-	$(VENV)/bin/modeldeploy crd -o crds/modeldeploy.dev_modeldeployments.yaml
+	$(PY) scripts/regenerate.py
 
 clean:
 	rm -rf $(VENV)

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from modeldeploy.crd import build_crd, render_crd_yaml
+from modeldeploy.crd import build_crd, render_api_reference, render_crd_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "crds" / "modeldeploy.dev_modeldeployments.yaml"
@@ -88,3 +88,10 @@ def test_cel_rules_carry_messages(schema: dict[str, Any]) -> None:
     assert len(rules) >= 10
     for rule in rules:
         assert rule["message"].startswith("spec."), rule
+
+
+def test_readme_api_reference_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- api-reference:start -->\n", "<!-- api-reference:end -->"
+    section = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert section == render_api_reference(), "README's API reference is stale: `make crd` rewrites it"
