@@ -1,0 +1,289 @@
+"""`modeldeploy build` and `modeldeploy serve`.
+
+Plain functions with typer options; the operator's CLI registers them. Heavy imports (torch,
+transformers) happen inside the commands so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from model_repo.errors import BuildError
+from model_repo.options import DType, ModelFormat, Task
+
+if TYPE_CHECKING:
+    from model_repo.build import BuildOptions, BuildResult
+
+SourceOption = Annotated[
+    str,
+    typer.Option(
+        "--source",
+        help="Checkpoint URI: hf://org/name, s3://bucket/prefix, gs://bucket/prefix, pvc://claim/path "
+        "(under $MODELDEPLOY_PVC_ROOT, default /mnt/pvc) or file:///abs/path.",
+    ),
+]
+RevisionOption = Annotated[str | None, typer.Option("--revision", help="hf:// revision (branch, tag, commit).")]
+TaskOption = Annotated[Task | None, typer.Option("--task", help="Task; default: read from the checkpoint.")]
+FormatOption = Annotated[
+    ModelFormat,
+    typer.Option("--format", help="auto: vllm for text-generation on GPUs, python otherwise."),
+]
+DTypeOption = Annotated[DType, typer.Option("--dtype", help="auto: float16 on GPUs, float32 on CPUs.")]
+MaxBatchOption = Annotated[int, typer.Option("--max-batch-size", help="Largest batch Triton forms.")]
+QueueDelayOption = Annotated[
+    int,
+    typer.Option(
+        "--max-queue-delay-us",
+        help="How long an idle instance waits for more requests to batch (µs). Busy instances batch "
+        "whatever queued meanwhile regardless, so this only costs a lone request; keep it small.",
+    ),
+]
+PreferredOption = Annotated[
+    list[int] | None, typer.Option("--preferred-batch-size", help="Preferred batch size (repeatable).")
+]
+InstancesOption = Annotated[int, typer.Option("--instances-per-device", help="Model instances per device.")]
+MaxLengthOption = Annotated[
+    int | None, typer.Option("--max-sequence-length", help="Token limit; longer input is truncated.")
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="cpu or gpu.")]
+CacheOption = Annotated[
+    bool, typer.Option("--response-cache/--no-response-cache", help="Enable Triton's response cache.")
+]
+TrustOption = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Allow running code shipped inside the checkpoint."),
+]
+ModelNameOption = Annotated[str, typer.Option("--model-name", help="Triton model name.")]
+
+
+def _options(
+    source: str,
+    revision: str | None,
+    task: Task | None,
+    model_format: ModelFormat,
+    dtype: DType,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    preferred_batch_size: list[int] | None,
+    instances_per_device: int,
+    max_sequence_length: int | None,
+    device: str,
+    response_cache: bool,
+    trust_remote_code: bool,
+    model_name: str,
+) -> BuildOptions:
+    from model_repo.build import BuildOptions
+
+    return BuildOptions(
+        source=source,
+        revision=revision,
+        task=task,
+        format=model_format,
+        dtype=dtype,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        preferred_batch_sizes=tuple(preferred_batch_size or ()),
+        instances_per_device=instances_per_device,
+        max_sequence_length=max_sequence_length,
+        device=device,
+        response_cache=response_cache,
+        trust_remote_code=trust_remote_code,
+        model_name=model_name,
+    )
+
+
+def _progress(message: str) -> None:
+    typer.echo(f"modeldeploy: {message}", err=True)
+
+
+def _build(options: BuildOptions, out: Path) -> BuildResult:
+    from model_repo.build import build_repository
+
+    try:
+        return build_repository(options, out, progress=_progress)
+    except BuildError as exc:
+        typer.echo(f"modeldeploy build: error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def build(
+    source: SourceOption,
+    out: Annotated[Path, typer.Option("--out", help="Repository directory (written atomically).")],
+    revision: RevisionOption = None,
+    task: TaskOption = None,
+    model_format: FormatOption = ModelFormat.AUTO,
+    dtype: DTypeOption = DType.AUTO,
+    max_batch_size: MaxBatchOption = 32,
+    max_queue_delay_us: QueueDelayOption = 500,
+    preferred_batch_size: PreferredOption = None,
+    instances_per_device: InstancesOption = 1,
+    max_sequence_length: MaxLengthOption = None,
+    device: DeviceOption = "cpu",
+    response_cache: CacheOption = False,
+    trust_remote_code: TrustOption = False,
+    model_name: ModelNameOption = "model",
+) -> None:
+    """Build a Triton model repository from a Transformers checkpoint."""
+    options = _options(
+        source,
+        revision,
+        task,
+        model_format,
+        dtype,
+        max_batch_size,
+        max_queue_delay_us,
+        preferred_batch_size,
+        instances_per_device,
+        max_sequence_length,
+        device,
+        response_cache,
+        trust_remote_code,
+        model_name,
+    )
+    result = _build(options, out)
+    state = "cache hit" if result.cache_hit else "built"
+    typer.echo(
+        f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
+        f"model={result.model_name} digest={result.digest})"
+    )
+
+
+def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
+    """A curl and a tritonclient example for the served model."""
+    from model_repo.build import read_record
+
+    record = read_record(result.path) or {}
+    name = result.model_name
+    if result.format is ModelFormat.VLLM:
+        return (
+            f"curl -s -X POST http://{http_url}/v2/models/{name}/generate "
+            '-d \'{"text_input": "Hello, my name is", "parameters": {"stream": false, "max_tokens": 32}}\''
+        )
+    if result.task is Task.TEXT_GENERATION:
+        return (
+            f"curl -sN -X POST http://{http_url}/v2/models/{name}/generate_stream "
+            '-d \'{"TEXT": "Hello, my name is", "MAX_NEW_TOKENS": 32}\'\n\n'
+            "python - <<'EOF'\n"
+            "import numpy as np, queue, tritonclient.grpc as g\n"
+            f'c = g.InferenceServerClient("{grpc_url}"); q = queue.Queue()\n'
+            "c.start_stream(callback=lambda result, error: q.put(error or result))\n"
+            't = g.InferInput("TEXT", [1], "BYTES"); t.set_data_from_numpy(np.array([b"Hello, my name is"], dtype=object))\n'
+            f'c.async_stream_infer("{name}", [t], enable_empty_final_response=True)\n'
+            "while True:\n"
+            "    r = q.get(); assert not isinstance(r, Exception), r\n"
+            '    if r.get_response().parameters["triton_final_response"].bool_param: break\n'
+            '    print(r.as_numpy("TEXT_OUTPUT")[0].decode(), end="", flush=True)\n'
+            "c.stop_stream()\n"
+            "EOF"
+        )
+    sample = "Paris is the [MASK] of France." if result.task is Task.FILL_MASK else "Triton serves this model."
+    if result.task is Task.FILL_MASK and record.get("format") == "python":
+        sample = "Paris is the <mask token> of France."
+    return (
+        f"curl -s -X POST http://{http_url}/v2/models/{name}/infer -H 'Content-Type: application/json' "
+        f'-d \'{{"inputs": [{{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["{sample}"]}}]}}\'\n\n'
+        "python - <<'EOF'\n"
+        "import numpy as np, tritonclient.http as h\n"
+        f'c = h.InferenceServerClient("{http_url}")\n'
+        't = h.InferInput("TEXT", [1, 1], "BYTES")\n'
+        f't.set_data_from_numpy(np.array([[b"{sample}"]], dtype=object))\n'
+        f'r = c.infer("{name}", [t])\n'
+        'print({o["name"]: r.as_numpy(o["name"]).tolist() for o in r.get_response()["outputs"]})\n'
+        "EOF"
+    )
+
+
+def serve(
+    source: SourceOption,
+    revision: RevisionOption = None,
+    task: TaskOption = None,
+    model_format: FormatOption = ModelFormat.AUTO,
+    dtype: DTypeOption = DType.AUTO,
+    max_batch_size: MaxBatchOption = 32,
+    max_queue_delay_us: QueueDelayOption = 500,
+    preferred_batch_size: PreferredOption = None,
+    instances_per_device: InstancesOption = 1,
+    max_sequence_length: MaxLengthOption = None,
+    device: DeviceOption = "cpu",
+    response_cache: CacheOption = False,
+    trust_remote_code: TrustOption = False,
+    model_name: ModelNameOption = "model",
+    http_port: Annotated[int, typer.Option("--http-port")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
+    workdir: Annotated[
+        Path | None,
+        typer.Option("--workdir", help="Where the repository is built (a cache: reused when unchanged)."),
+    ] = None,
+) -> None:
+    """Build the repository and serve it with a local tritonserver until Ctrl-C."""
+    from model_repo.triton import TritonServer
+
+    options = _options(
+        source,
+        revision,
+        task,
+        model_format,
+        dtype,
+        max_batch_size,
+        max_queue_delay_us,
+        preferred_batch_size,
+        instances_per_device,
+        max_sequence_length,
+        device,
+        response_cache,
+        trust_remote_code,
+        model_name,
+    )
+    base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
+    result = _build(options, base / "repository")
+    extra = ["--disable-auto-complete-config", "--log-format=ISO8601"]
+    if response_cache:
+        extra.append("--cache-config=local,size=268435456")
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = TritonServer(
+        result.path,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        extra_args=extra,
+        ready_timeout_s=600,
+        log_path=base / "tritonserver.log",
+        host="127.0.0.1",
+    )
+    try:
+        _progress("starting tritonserver (log: %s)" % server.log_path)
+        server.start()
+        typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")
+        typer.echo(f"  HTTP    http://{server.http_url}")
+        typer.echo(f"  gRPC    {server.grpc_url}")
+        typer.echo(f"  metrics {server.metrics_url}")
+        typer.echo("example request:\n" + example_requests(result, server.http_url, server.grpc_url))
+        typer.echo("Ctrl-C to stop.")
+        while not stop.wait(1.0):
+            if server.process is None or server.process.poll() is not None:
+                typer.echo(f"tritonserver exited unexpectedly; log:\n{server.log()[-4000:]}", err=True)
+                raise typer.Exit(code=1)
+    except BuildError as exc:
+        typer.echo(f"modeldeploy serve: error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _progress("tritonserver stopped")
+    sys.stdout.flush()
