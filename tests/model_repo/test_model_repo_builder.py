@@ -1,0 +1,309 @@
+"""The builder without a server: bad inputs, remote-code refusal, digest cache, atomic output, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import typer
+from conftest import write_json
+from typer.testing import CliRunner
+
+from model_repo import cli
+from model_repo.build import RECORD_FILE, BuildOptions, build_repository, read_record
+from model_repo.configs import validate_config
+from model_repo.errors import BuildError
+from model_repo.fetch import select_files
+from model_repo.options import DType, ModelFormat, Task
+
+
+def _siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
+
+
+def _assert_refused(options: BuildOptions, out: Path, match: str) -> None:
+    before = _siblings(out)
+    with pytest.raises(BuildError, match=match):
+        build_repository(options, out)
+    assert not out.exists(), "a failed build left output behind"
+    assert _siblings(out) == before, "a failed build left temporary files behind"
+
+
+def test_build_writes_record_and_hits_cache(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    options = BuildOptions(source=f"file://{checkpoints['text-classification']}")
+    first = build_repository(options, out)
+    assert not first.cache_hit and first.format is ModelFormat.PYTHON and first.task is Task.TEXT_CLASSIFICATION
+    record = read_record(out)
+    assert record is not None and record["digest"] == first.digest and record["labels"] == [
+        "negative",
+        "neutral",
+        "positive",
+    ]
+    model_dir = out / "model"
+    assert (model_dir / "1" / "model.py").read_text() == (
+        Path(cli.__file__).parent / "runtime" / "model.py"
+    ).read_text()
+    assert (model_dir / "1" / "checkpoint" / "model.safetensors").exists()
+    config_mtime = (model_dir / "config.pbtxt").stat().st_mtime_ns
+
+    second = build_repository(options, out)
+    assert second.cache_hit and second.digest == first.digest
+    assert (model_dir / "config.pbtxt").stat().st_mtime_ns == config_mtime
+
+    third = build_repository(BuildOptions(source=options.source, max_batch_size=4), out)
+    assert not third.cache_hit and third.digest != first.digest
+    assert "max_batch_size: 4" in (model_dir / "config.pbtxt").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]
+
+
+def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    build_repository(BuildOptions(source=f"file://{checkpoints['fill-mask']}"), out)
+    runtime = (out / "model" / "1" / "model.py").read_text()
+    imports = {
+        line.split()[1].split(".")[0]
+        for line in runtime.splitlines()
+        if line.strip().startswith(("import ", "from "))
+    }
+    assert imports <= {"__future__", "json", "math", "os", "typing", "numpy", "torch", "transformers",
+                       "triton_python_backend_utils"}, imports
+
+
+def test_failed_rebuild_keeps_the_previous_repository(
+    checkpoints: dict[str, Path], copy_checkpoint: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    source = copy_checkpoint(checkpoints["text-classification"])
+    out = tmp_path / "out" / "repo"
+    good = build_repository(BuildOptions(source=f"file://{source}"), out)
+    (source / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(BuildError, match="corrupt weights"):
+        build_repository(BuildOptions(source=f"file://{source}"), out)
+    assert read_record(out) == read_record(good.path) and sorted(os.listdir(out.parent)) == ["repo"]
+
+
+def test_pickle_weights_are_loaded_safely_and_resaved_as_safetensors(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    source = tmp_path / "pickled"
+    shutil.copytree(checkpoints["text-classification"], source)
+    model = AutoModelForSequenceClassification.from_pretrained(str(source))
+    (source / "model.safetensors").unlink()
+    torch.save(model.state_dict(), source / "pytorch_model.bin")
+    out = tmp_path / "repo"
+    build_repository(BuildOptions(source=f"file://{source}"), out)
+    files = sorted(p.name for p in (out / "model" / "1" / "checkpoint").iterdir())
+    assert "model.safetensors" in files and not any(name.endswith(".bin") for name in files)
+
+
+BAD_BUILDS: list[tuple[str, str]] = [
+    ("unsupported-scheme", "scheme must be one of"),
+    ("path-traversal", "'..' path segments are not allowed"),
+    ("missing-directory", "does not exist"),
+    ("no-config", "no config.json"),
+    ("invalid-config-json", "config.json is not valid JSON"),
+    ("no-tokenizer", "no tokenizer in the checkpoint"),
+    ("no-weights", "no weights in the checkpoint"),
+    ("corrupt-weights", "corrupt weights file model.safetensors"),
+    ("task-without-head", "has no fill-mask head"),
+    ("no-architecture", "cannot tell the task"),
+    ("symlink-escape", "symlink to .* outside the source directory"),
+    ("unsupported-st-module", "sentence-transformers module .*Dense.* not supported"),
+    ("sequence-too-long", "exceeds the checkpoint's limit of 64"),
+    ("vllm-on-cpu", "vllm needs --device gpu"),
+    ("vllm-for-encoder", "vllm serves text-generation only"),
+    ("fp16-on-cpu", "float16 is not supported on CPU"),
+    ("cache-with-streaming", "response-cache cannot be used with text-generation"),
+    ("preferred-over-max", "preferred-batch-size 64 must be between 1 and --max-batch-size 32"),
+    ("bad-model-name", "--model-name"),
+    ("revision-for-local", "--revision applies to hf:// sources only"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), BAD_BUILDS, ids=[kind for kind, _ in BAD_BUILDS])
+def test_bad_builder_input_is_refused_cleanly(
+    kind: str,
+    message: str,
+    checkpoints: dict[str, Path],
+    copy_checkpoint: Callable[[Path], Path],
+    tmp_path: Path,
+) -> None:
+    bert = checkpoints["text-classification"]
+    options = BuildOptions(source=f"file://{bert}")
+    if kind == "unsupported-scheme":
+        options = BuildOptions(source="ftp://example/model")
+    elif kind == "path-traversal":
+        options = BuildOptions(source=f"file://{bert}/../../etc")
+    elif kind == "missing-directory":
+        options = BuildOptions(source=f"file://{tmp_path}/nothing-here")
+    elif kind == "no-config":
+        source = copy_checkpoint(bert)
+        (source / "config.json").unlink()
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "invalid-config-json":
+        source = copy_checkpoint(bert)
+        (source / "config.json").write_text("{not json")
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "no-tokenizer":
+        source = copy_checkpoint(bert)
+        for name in ("vocab.txt", "tokenizer.json"):
+            (source / name).unlink(missing_ok=True)
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "no-weights":
+        source = copy_checkpoint(bert)
+        (source / "model.safetensors").unlink()
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "corrupt-weights":
+        source = copy_checkpoint(bert)
+        (source / "model.safetensors").write_bytes(b"this is not a safetensors file")
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "task-without-head":
+        options = BuildOptions(source=f"file://{checkpoints['text-generation']}", task=Task.FILL_MASK)
+    elif kind == "no-architecture":
+        source = copy_checkpoint(bert)
+        config = json.loads((source / "config.json").read_text())
+        config.pop("architectures")
+        write_json(source / "config.json", config)
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "symlink-escape":
+        source = copy_checkpoint(bert)
+        secret = tmp_path / "secret.txt"
+        secret.write_text("not part of the model")
+        (source / "notes.txt").symlink_to(secret)
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "unsupported-st-module":
+        source = copy_checkpoint(checkpoints["feature-extraction"])
+        write_json(
+            source / "modules.json",
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Dense", "type": "sentence_transformers.models.Dense"},
+            ],
+        )
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "sequence-too-long":
+        options = BuildOptions(source=f"file://{bert}", max_sequence_length=4096)
+    elif kind == "vllm-on-cpu":
+        options = BuildOptions(source=f"file://{checkpoints['text-generation']}", format=ModelFormat.VLLM)
+    elif kind == "vllm-for-encoder":
+        options = BuildOptions(source=f"file://{bert}", format=ModelFormat.VLLM, device="gpu")
+    elif kind == "fp16-on-cpu":
+        options = BuildOptions(source=f"file://{bert}", dtype=DType.FLOAT16)
+    elif kind == "cache-with-streaming":
+        options = BuildOptions(source=f"file://{checkpoints['text-generation']}", response_cache=True)
+    elif kind == "preferred-over-max":
+        options = BuildOptions(source=f"file://{bert}", preferred_batch_sizes=(8, 64))
+    elif kind == "bad-model-name":
+        options = BuildOptions(source=f"file://{bert}", model_name="../escape")
+    elif kind == "revision-for-local":
+        options = BuildOptions(source=f"file://{bert}", revision="main")
+    _assert_refused(options, tmp_path / "out" / "repo", message)
+
+
+def test_remote_code_is_refused_and_never_imported(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+    source = tmp_path / "remote-code"
+    shutil.copytree(checkpoints["feature-extraction"], source)
+    marker = tmp_path / "MARKER"
+    (source / "modeling_marker.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('remote code ran')\n"
+    )
+    (source / "configuration_marker.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('remote code ran')\n"
+    )
+    config = json.loads((source / "config.json").read_text())
+    config.update(
+        model_type="marker-model",
+        architectures=["MarkerModel"],
+        auto_map={
+            "AutoConfig": "configuration_marker.MarkerConfig",
+            "AutoModel": "modeling_marker.MarkerModel",
+        },
+    )
+    write_json(source / "config.json", config)
+    out = tmp_path / "out" / "repo"
+    _assert_refused(BuildOptions(source=f"file://{source}"), out, "trustRemoteCode: true.*--trust-remote-code")
+    result = CliRunner().invoke(_app(), ["build", "--source", f"file://{source}", "--out", str(out)])
+    assert result.exit_code != 0 and "trust-remote-code" in result.output
+    assert not marker.exists(), "code from the checkpoint was executed"
+    assert not out.exists()
+
+
+def test_remote_code_files_are_fetched_only_when_trusted() -> None:
+    names = ["config.json", "modeling_x.py", "model.safetensors", "pytorch_model.bin", "README.md"]
+    assert select_files(names, trust_remote_code=False) == ["config.json", "model.safetensors"]
+    assert select_files(names, trust_remote_code=True) == ["config.json", "model.safetensors", "modeling_x.py"]
+
+
+def test_pvc_source_resolves_under_the_mount_root(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claim = tmp_path / "pvcs" / "models-claim" / "bert"
+    shutil.copytree(checkpoints["text-classification"], claim)
+    monkeypatch.setenv("MODELDEPLOY_PVC_ROOT", str(tmp_path / "pvcs"))
+    result = build_repository(BuildOptions(source="pvc://models-claim/bert"), tmp_path / "repo")
+    assert result.task is Task.TEXT_CLASSIFICATION
+
+
+def test_vllm_repository(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    source = f"file://{checkpoints['text-generation']}"
+    result = build_repository(BuildOptions(source=source, device="gpu", max_sequence_length=48), out)
+    assert result.format is ModelFormat.VLLM  # the auto rule: generation on GPUs
+    config = (out / "model" / "config.pbtxt").read_text()
+    validate_config(config, "vllm config")
+    assert 'backend: "vllm"' in config and "decoupled: true" in config and "KIND_MODEL" in config
+    engine = json.loads((out / "model" / "1" / "model.json").read_text())
+    assert engine["max_model_len"] == 48 and engine["dtype"] == "float16"
+    assert (Path(engine["model"]) / "model.safetensors").exists()
+    assert not (out / "model" / "1" / "model.py").exists()
+
+
+def test_gpu_python_config_uses_gpu_instances(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    options = BuildOptions(
+        source=f"file://{checkpoints['feature-extraction']}",
+        device="gpu",
+        instances_per_device=2,
+        preferred_batch_sizes=(8, 16),
+        response_cache=True,
+    )
+    build_repository(options, out)
+    config = (out / "model" / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU count: 2" in config and "preferred_batch_size: [ 8, 16 ]" in config
+    assert "response_cache { enable: true }" in config
+    assert 'string_value: "float16"' in config
+
+
+def test_invalid_config_text_is_a_build_error() -> None:
+    with pytest.raises(BuildError, match="not a valid Triton model config"):
+        validate_config('name: "x"\nmax_batch_size: "many"\n', "broken")
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("build")(cli.build)
+    app.command("serve")(cli.serve)
+    return app
+
+
+def test_cli_build_and_cache_hit(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    args = ["build", "--source", f"file://{checkpoints['fill-mask']}", "--out", str(out), "--model-name", "mlm"]
+    first = CliRunner().invoke(_app(), args)
+    assert first.exit_code == 0, first.output
+    assert "built:" in first.output and "task=fill-mask" in first.output
+    assert (out / "mlm" / "config.pbtxt").exists() and (out / RECORD_FILE).exists()
+    second = CliRunner().invoke(_app(), args)
+    assert second.exit_code == 0 and "cache hit" in second.output
+
+
+def test_cli_rejects_unknown_choices(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), ["build", "--source", "file:///x", "--out", str(tmp_path), "--task", "nope"])
+    assert result.exit_code != 0 and "text-classification" in result.output
