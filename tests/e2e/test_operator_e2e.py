@@ -1,0 +1,671 @@
+"""The operator, end to end, against the real local control plane.
+
+One operator process serves the whole module: ``modeldeploy operator --all-namespaces --standalone``,
+authenticated as a ServiceAccount bound to exactly the RBAC that ``helm template charts/modeldeploy``
+renders. After every test the operator must still be alive and must not have met a single RBAC denial
+(in its log or in the apiserver's audit log): a verb missing from the chart's role fails the test that
+needed it. Each test works in a namespace of its own.
+
+KWOK plays the kubelet: pods are scheduled onto fake GPU nodes and marked Running and Ready without
+containers, so what is tested is everything up to the container runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from modeldeploy.devcluster import GPU_PRODUCT_LABEL, DevCluster
+from operator_helpers import (
+    EXAMPLES_DIR,
+    NAME_LABEL,
+    ChartRbac,
+    KubeApi,
+    OperatorProcess,
+    applied_by_us,
+    assert_no_forbidden,
+    condition,
+    create_namespace,
+    install_chart_rbac,
+    install_crds,
+    is_ready,
+    load_manifests,
+    model_deployment,
+    owned_by,
+    pods_of,
+    running_ready,
+    unique_name,
+    wait_until,
+    watching,
+)
+
+pytestmark = pytest.mark.cluster
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-80GB"
+SOURCE = "hf://google-bert/bert-base-uncased"
+REVISION_1 = "86b5e0934494bd15c9632b12f734a8a67f723594"
+REVISION_2 = "0a6aa9128b6194f4f3c4db429b6cb4891cdb421b"
+RESTORE_SECONDS = 10.0
+READY_TIMEOUT = 90.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def api(cluster: DevCluster) -> Iterator[KubeApi]:
+    client = KubeApi(cluster.kubeconfig)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def rbac(cluster: DevCluster) -> Iterator[ChartRbac]:
+    install_crds(cluster)
+    chart_rbac = install_chart_rbac(cluster, release="md-e2e", namespace=unique_name("modeldeploy-system"))
+    yield chart_rbac
+    chart_rbac.uninstall(cluster)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: DevCluster, rbac: ChartRbac, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = OperatorProcess(rbac.kubeconfig, log, scope=("--all-namespaces",))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(autouse=True)
+def operator_stays_healthy_and_authorized(
+    request: pytest.FixtureRequest, cluster: DevCluster
+) -> Iterator[None]:
+    if "operator" not in request.fixturenames:
+        yield
+        return
+    operator: OperatorProcess = request.getfixturevalue("operator")
+    rbac: ChartRbac = request.getfixturevalue("rbac")
+    mark = cluster.audit_log.mark()
+    yield
+    assert operator.running, f"the operator died:\n{operator.log_tail()}"
+    assert operator.healthy(), f"the operator's /healthz fails:\n{operator.log_tail()}"
+    assert_no_forbidden(cluster, operator, rbac.user, since=mark)
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster, api: KubeApi) -> Iterator[str]:
+    name = create_namespace(cluster, unique_name("e2e"))
+    yield name
+    # ModelDeployments first, while the namespace is still live: the operator then sees plain deletions
+    # instead of trying to restore children in a namespace that refuses new content.
+    cluster.kubectl(
+        "delete", "modeldeployments", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False
+    )
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def apply(cluster: DevCluster, namespace: str, tmp_path: Path, *objects: dict[str, Any]) -> None:
+    """``kubectl apply -f`` of a file, as a user would do it."""
+    path = tmp_path / f"{objects[0]['metadata']['name']}.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+    cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+
+
+def md_of(api: KubeApi, namespace: str, name: str) -> dict[str, Any]:
+    md = api.model_deployment(namespace, name)
+    assert md is not None, f"modeldeployment {namespace}/{name} is gone"
+    return md
+
+
+def wait_ready(api: KubeApi, namespace: str, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        md = api.model_deployment(namespace, name)
+        return md if md and is_ready(md) else None
+
+    try:
+        return wait_until(f"modeldeployment {namespace}/{name} Ready", ready, timeout)
+    except AssertionError as err:
+        md = api.model_deployment(namespace, name)
+        raise AssertionError(f"{err}; status: {json.dumps((md or {}).get('status'), indent=1)}") from None
+
+
+def wait_observed(api: KubeApi, namespace: str, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """The ModelDeployment once the operator has processed its current generation."""
+
+    def observed() -> dict[str, Any] | None:
+        md = api.model_deployment(namespace, name)
+        if md and (md.get("status") or {}).get("observedGeneration") == md["metadata"]["generation"]:
+            return md
+        return None
+
+    return wait_until(f"{namespace}/{name} observedGeneration", observed, timeout)
+
+
+def wait_deployment_rolled_out(
+    api: KubeApi, namespace: str, name: str, replicas: int, timeout: float = READY_TIMEOUT
+) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        deployment = api.child("deployments", namespace, name)
+        if deployment is None:
+            return None
+        status = deployment.get("status") or {}
+        complete = (
+            status.get("observedGeneration") == deployment["metadata"]["generation"]
+            and deployment["spec"].get("replicas") == replicas
+            and status.get("updatedReplicas") == replicas
+            and status.get("availableReplicas") == replicas
+            and status.get("replicas") == replicas
+        )
+        return deployment if complete else None
+
+    return wait_until(f"deployment {namespace}/{name} rolled out with {replicas} replicas", done, timeout)
+
+
+def pod_uids(api: KubeApi, namespace: str, name: str) -> set[str]:
+    return {pod["metadata"]["uid"] for pod in pods_of(api, namespace, name)}
+
+
+def patch_md(cluster: DevCluster, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    cluster.kubectl(
+        "patch", "modeldeployment", name, "-n", namespace, "--type=merge", "-p", json.dumps(patch)
+    )
+
+
+def spec_for(
+    *,
+    replicas: int = 1,
+    gpus: int = 0,
+    gpu_product: str | None = None,
+    revision: str | None = REVISION_1,
+    **extra: Any,
+) -> dict[str, Any]:
+    model: dict[str, Any] = {"source": SOURCE, "task": "text-classification"}
+    if revision:
+        model["revision"] = revision
+    resources: dict[str, Any] = {"gpus": gpus}
+    if gpu_product:
+        resources["gpuProduct"] = gpu_product
+    return {"model": model, "replicas": replicas, "resources": resources, **extra}
+
+
+# --------------------------------------------------------------------------------------------------
+# The CRD
+
+
+def test_crd_is_established_and_explained(cluster: DevCluster, rbac: ChartRbac) -> None:
+    crd = json.loads(cluster.kubectl("get", "crd", "modeldeployments.modeldeploy.dev", "-o", "json").stdout)
+    established = [c for c in crd["status"]["conditions"] if c["type"] == "Established"]
+    assert established and established[0]["status"] == "True"
+
+    # The OpenAPI document that kubectl explain reads is published a moment after Established.
+    def explained() -> str | None:
+        proc = cluster.kubectl("explain", "modeldeployment.spec", check=False)
+        return proc.stdout if proc.returncode == 0 and "model" in proc.stdout else None
+
+    spec_doc = wait_until("kubectl explain modeldeployment.spec", explained, timeout=60)
+    assert "Desired state of a ModelDeployment" in spec_doc
+    for field_name, description in [
+        ("model", "The checkpoint to serve."),
+        ("autoscaling", "Autoscale on a Triton metric"),
+        ("replicas", "Number of Triton pods"),
+    ]:
+        assert field_name in spec_doc and description in spec_doc, spec_doc
+    source_doc = cluster.kubectl("explain", "modeldeployment.spec.model.source").stdout
+    assert "URI of the Hugging Face Transformers checkpoint" in source_doc
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving
+
+
+def test_gpu_model_is_served_by_owned_children_on_the_right_nodes(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-h100"
+    apply(
+        cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=2, gpus=1, gpu_product=H100))
+    )
+
+    timeout = f"--timeout={int(READY_TIMEOUT)}s"
+    waited = cluster.kubectl(
+        "wait", "--for=condition=Ready", f"modeldeployment/{name}", "-n", namespace, timeout,
+        check=False, timeout=READY_TIMEOUT + 10,
+    )  # fmt: skip
+    assert waited.returncode == 0, (
+        waited.stderr + "\n" + json.dumps(md_of(api, namespace, name).get("status"))
+    )
+    md = wait_ready(api, namespace, name)
+    uid = md["metadata"]["uid"]
+
+    # Children: owned (controller reference, so the garbage collector removes them) and server-side
+    # applied by our field manager.
+    for resource in ("deployments", "services", "poddisruptionbudgets"):
+        child = api.child(resource, namespace, name)
+        assert child is not None, f"no {resource}/{name}"
+        assert owned_by(child, uid), f"{resource}/{name} is not owned by the ModelDeployment"
+        assert applied_by_us(child), (
+            f"{resource}/{name} managedFields: {child['metadata'].get('managedFields')}"
+        )
+        assert child["metadata"]["labels"][NAME_LABEL] == name
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modeldeploy"
+
+    deployment = api.child("deployments", namespace, name)
+    assert deployment is not None
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+    # Pods: on the H100 node only (the A100 node has free GPUs too), Running and Ready.
+    pods = pods_of(api, namespace, name)
+    assert len(pods) == 2
+    nodes = {node.name: node for node in cluster.nodes}
+    for pod in pods:
+        assert running_ready(pod), pod["status"]
+        node = nodes[pod["spec"]["nodeName"]]
+        assert node.gpu_product == H100, f"{pod['metadata']['name']} landed on {node.name}"
+        limits = pod["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == "1"
+
+    # Status: replicas, endpoints and the Service's real endpoints (the pods' IPs, from KWOK).
+    status = md["status"]
+    assert status["replicas"] == 2 and status["readyReplicas"] == 2
+    assert status["selector"]
+    assert f"{name}.{namespace}" in status["endpoints"]["http"]
+    assert f"{name}.{namespace}" in status["endpoints"]["grpc"]
+    for type_ in ("ModelRepositoryReady", "Available", "Ready"):
+        cond = condition(md, type_)
+        assert cond is not None and cond["status"] == "True", (type_, status["conditions"])
+
+    def ready_endpoints() -> set[str] | None:
+        slices = api.items("endpointslices", namespace, f"kubernetes.io/service-name={name}")
+        addresses = {
+            address
+            for endpoint_slice in slices
+            for endpoint in endpoint_slice.get("endpoints") or []
+            if (endpoint.get("conditions") or {}).get("ready")
+            for address in endpoint["addresses"]
+        }
+        return addresses if len(addresses) == 2 else None
+
+    addresses = wait_until("the Service's EndpointSlices to list both pods", ready_endpoints, timeout=30)
+    assert addresses == {pod["status"]["podIP"] for pod in pods}
+
+
+def test_kubectl_get_shows_the_printer_columns(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-columns"
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
+    wait_ready(api, namespace, name)
+
+    table = cluster.kubectl("get", "mdeploy", "-n", namespace).stdout.splitlines()
+    header = table[0].split()
+    assert header == ["NAME", "READY", "PHASE", "MODEL", "FORMAT", "REPLICAS", "AGE"], table
+    row = dict(zip(header, table[1].split(), strict=True))
+    assert row["NAME"] == name
+    assert row["READY"] == "True"
+    assert row["PHASE"] == "Ready"
+    assert row["MODEL"] == SOURCE
+    assert row["FORMAT"] == "python"  # auto on the CPU
+    assert row["REPLICAS"] == "1/1"
+
+
+def test_cpu_model_lands_on_the_cpu_node(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-cpu"
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
+    wait_ready(api, namespace, name)
+    (pod,) = pods_of(api, namespace, name)
+    node = next(n for n in cluster.nodes if n.name == pod["spec"]["nodeName"])
+    assert node.gpus == 0, f"a CPU model was placed on GPU node {node.name}"
+    assert "nvidia.com/gpu" not in (pod["spec"]["containers"][0].get("resources") or {}).get("limits", {})
+
+
+# --------------------------------------------------------------------------------------------------
+# Changes
+
+
+def test_new_revision_rolls_pods_and_never_drops_below_desired(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-roll"
+    replicas = 3
+    apply(
+        cluster,
+        namespace,
+        tmp_path,
+        model_deployment(name, spec_for(replicas=replicas, gpus=1, gpu_product=A100)),
+    )
+    wait_ready(api, namespace, name)
+    before = wait_deployment_rolled_out(api, namespace, name, replicas)
+    old_pods = pod_uids(api, namespace, name)
+    old_template = before["spec"]["template"]
+
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments?fieldSelector=metadata.name%3D{name}"
+    with watching(api, path, before["metadata"]["resourceVersion"]) as events:
+        patch_md(cluster, namespace, name, {"spec": {"model": {"revision": REVISION_2}}})
+        after = wait_until(
+            "a new pod template",
+            lambda: (
+                (d := api.child("deployments", namespace, name))
+                and d["metadata"]["generation"] > before["metadata"]["generation"]
+                and d
+            ),
+            timeout=30,
+        )
+        after = wait_deployment_rolled_out(api, namespace, name, replicas)
+        wait_until("old pods gone", lambda: not pod_uids(api, namespace, name) & old_pods, timeout=60)
+        time.sleep(0.5)  # let the watch deliver the last status updates
+        seen = list(events)
+
+    assert after["spec"]["template"] != old_template
+    annotations = after["spec"]["template"]["metadata"].get("annotations") or {}
+    assert annotations != (old_template["metadata"].get("annotations") or {}), (
+        "the model digest did not change"
+    )
+
+    statuses = [obj.get("status") or {} for kind, obj in seen if kind == "MODIFIED"]
+    assert any((s.get("updatedReplicas") or 0) < replicas for s in statuses), "no roll was observed"
+    available = [s.get("availableReplicas", 0) for s in statuses]
+    assert min(available) >= replicas, f"available replicas dropped during the roll: {available}"
+    new_pods = pods_of(api, namespace, name)
+    assert len(new_pods) == replicas and all(running_ready(p) for p in new_pods)
+    md = wait_ready(api, namespace, name)
+    assert md["status"]["readyReplicas"] == replicas
+
+
+def test_unrelated_changes_do_not_restart_pods(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-steady"
+    autoscaling = {"minReplicas": 2, "maxReplicas": 4, "metric": "queueTime"}
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(autoscaling=autoscaling)))
+    wait_observed(api, namespace, name)
+    wait_until(
+        "2 pods running (HPA minReplicas)",
+        lambda: len([p for p in pods_of(api, namespace, name) if running_ready(p)]) == 2,
+        timeout=READY_TIMEOUT,
+    )
+    deployment = wait_deployment_rolled_out(api, namespace, name, 2)
+    template = deployment["spec"]["template"]
+    pods = pod_uids(api, namespace, name)
+    hpa = api.child("horizontalpodautoscalers", namespace, name)
+    assert (
+        hpa is not None
+        and owned_by(hpa, md_of(api, namespace, name)["metadata"]["uid"])
+        and applied_by_us(hpa)
+    )
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+
+    # A label on the ModelDeployment, then a new autoscaling target: neither touches the pod template.
+    cluster.kubectl("label", "modeldeployment", name, "-n", namespace, "team=search")
+    patch_md(cluster, namespace, name, {"spec": {"autoscaling": {"target": "20000"}}})
+    wait_observed(api, namespace, name)
+
+    def target_updated() -> bool:
+        current = api.child("horizontalpodautoscalers", namespace, name)
+        return current is not None and "20" in json.dumps(current["spec"]["metrics"])
+
+    wait_until("the HPA's new target", target_updated, timeout=30)
+    current = api.child("deployments", namespace, name)
+    assert current is not None
+    assert current["spec"]["template"] == template
+    assert pod_uids(api, namespace, name) == pods
+
+
+def test_kubectl_scale_goes_through_the_scale_subresource(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-scale"
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
+    wait_ready(api, namespace, name)
+
+    cluster.kubectl("scale", f"mdeploy/{name}", "-n", namespace, "--replicas=3")
+    assert md_of(api, namespace, name)["spec"]["replicas"] == 3
+    wait_deployment_rolled_out(api, namespace, name, 3)
+    md = wait_until(
+        "status.replicas 3",
+        lambda: (
+            (m := md_of(api, namespace, name)) and is_ready(m) and m["status"].get("readyReplicas") == 3 and m
+        ),
+        timeout=READY_TIMEOUT,
+    )
+    scale = json.loads(
+        cluster.kubectl("get", f"mdeploy/{name}", "-n", namespace, "--subresource=scale", "-o", "json").stdout
+    )
+    assert scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == 3
+    assert scale["status"]["replicas"] == 3
+    assert scale["status"]["selector"] == md["status"]["selector"]
+    # The selector finds exactly the model's pods (what an HPA or VPA targeting the scale would count).
+    selected = api.items("pods", namespace, scale["status"]["selector"])
+    assert {p["metadata"]["uid"] for p in selected} == pod_uids(api, namespace, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Drift and deletion
+
+
+def test_deleted_or_hand_edited_children_are_restored(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-drift"
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
+    wait_ready(api, namespace, name)
+
+    service = api.child("services", namespace, name)
+    assert service is not None
+    started = time.monotonic()
+    cluster.kubectl("delete", "service", name, "-n", namespace)
+    restored = wait_until(
+        "the Service to be re-created",
+        lambda: (
+            (s := api.child("services", namespace, name))
+            and s["metadata"]["uid"] != service["metadata"]["uid"]
+            and s
+        ),
+        timeout=RESTORE_SECONDS + 5,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed <= RESTORE_SECONDS, f"the Service came back after {elapsed:.1f} s"
+    assert restored["spec"]["ports"] == service["spec"]["ports"]
+
+    deployment = api.child("deployments", namespace, name)
+    assert deployment is not None
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    started = time.monotonic()
+    edit = [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "evil:latest"}]
+    cluster.kubectl("patch", "deployment", name, "-n", namespace, "--type=json", "-p", json.dumps(edit))
+    wait_until(
+        "the hand-edited image to be put back",
+        lambda: (
+            (d := api.child("deployments", namespace, name))
+            and d["spec"]["template"]["spec"]["containers"][0]["image"] == image
+        ),
+        timeout=RESTORE_SECONDS + 5,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed <= RESTORE_SECONDS, f"the Deployment was restored after {elapsed:.1f} s"
+
+    uid = deployment["metadata"]["uid"]
+    started = time.monotonic()
+    cluster.kubectl("delete", "deployment", name, "-n", namespace, "--wait=false")
+    wait_until(
+        "the Deployment to be re-created",
+        lambda: (d := api.child("deployments", namespace, name)) and d["metadata"]["uid"] != uid,
+        timeout=RESTORE_SECONDS + 5,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed <= RESTORE_SECONDS, f"the Deployment came back after {elapsed:.1f} s"
+    wait_ready(api, namespace, name)
+
+
+def test_deleting_the_model_deployment_garbage_collects_every_child(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-gc"
+    spec = spec_for(autoscaling={"minReplicas": 2, "maxReplicas": 3})
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    wait_until(
+        "2 pods running",
+        lambda: len([p for p in pods_of(api, namespace, name) if running_ready(p)]) == 2,
+        timeout=READY_TIMEOUT,
+    )
+    kinds = (
+        "deployments",
+        "replicasets",
+        "services",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+        "pods",
+    )
+    selector = f"{NAME_LABEL}={name}"
+    for resource in ("deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets"):
+        assert api.items(resource, namespace, selector), f"no {resource} before the deletion"
+
+    cluster.kubectl("delete", "modeldeployment", name, "-n", namespace, "--wait=false")
+
+    def all_gone() -> bool:
+        return not any(
+            [
+                o
+                for o in api.items(resource, namespace, selector)
+                if not o["metadata"].get("deletionTimestamp")
+            ]
+            for resource in kinds
+        )
+
+    wait_until("every child to be garbage-collected", all_gone, timeout=60)
+    # And the operator did not bring any of them back.
+    time.sleep(2)
+    assert all_gone()
+
+
+# --------------------------------------------------------------------------------------------------
+# Examples
+
+
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_is_reconciled(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, example: Path
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(example))
+    for doc in load_manifests(example):
+        if doc.get("kind") != "ModelDeployment":
+            continue
+        name = doc["metadata"]["name"]
+        md = wait_observed(api, namespace, name)
+        uid = md["metadata"]["uid"]
+        deployment = wait_until(
+            f"deployment of {name}", partial(api.child, "deployments", namespace, name), 30
+        )
+        service = api.child("services", namespace, name)
+        assert service is not None and owned_by(service, uid) and applied_by_us(service)
+        assert owned_by(deployment, uid) and applied_by_us(deployment)
+        spec = doc["spec"]
+        if spec.get("autoscaling", {}).get("engine", "hpa") == "hpa" and "autoscaling" in spec:
+            hpa = api.child("horizontalpodautoscalers", namespace, name)
+            assert hpa is not None and owned_by(hpa, uid)
+        if (spec.get("cache") or {}).get("size"):
+            claim = api.child("persistentvolumeclaims", namespace, f"{name}-cache")
+            assert claim is not None and owned_by(claim, uid)
+        product = (spec.get("resources") or {}).get("gpuProduct")
+        if product:
+            affinity = json.dumps(deployment["spec"]["template"]["spec"].get("affinity"))
+            assert GPU_PRODUCT_LABEL in affinity and product in affinity
+
+
+# --------------------------------------------------------------------------------------------------
+# Model cache
+
+
+@pytest.fixture
+def cache_volume(cluster: DevCluster, namespace: str) -> Iterator[str]:
+    """A PersistentVolume reserved (claimRef) for the cache claim of ModelDeployment ``bert-cache``.
+
+    The dev cluster has no dynamic provisioner; the controller-manager's binder binds this volume to the
+    operator's claim as it would any pre-provisioned one. KWOK never mounts it.
+    """
+    name = unique_name("cache-pv")
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "20Gi"},
+            "accessModes": ["ReadWriteMany", "ReadOnlyMany", "ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": f"/tmp/{name}"},
+            "claimRef": {"namespace": namespace, "name": "bert-cache-cache"},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(volume))
+    yield name
+    cluster.kubectl("delete", "persistentvolume", name, "--wait=false", check=False)
+
+
+def test_cache_is_built_once_by_a_job_and_mounted_read_only(
+    cluster: DevCluster,
+    api: KubeApi,
+    operator: OperatorProcess,
+    namespace: str,
+    cache_volume: str,
+    tmp_path: Path,
+) -> None:
+    name = "bert-cache"
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1, cache={"size": "5Gi"})))
+    md = wait_ready(api, namespace, name, timeout=READY_TIMEOUT + 30)
+    uid = md["metadata"]["uid"]
+    selector = f"{NAME_LABEL}={name}"
+
+    claim = api.child("persistentvolumeclaims", namespace, f"{name}-cache")
+    assert claim is not None and owned_by(claim, uid) and applied_by_us(claim)
+    assert claim["status"]["phase"] == "Bound" and claim["spec"]["volumeName"] == cache_volume
+    (job,) = api.items("jobs", namespace, selector)
+    assert owned_by(job, uid) and applied_by_us(job)
+    assert (job.get("status") or {}).get("succeeded") == 1
+    assert (condition(md, "ModelRepositoryReady") or {}).get("status") == "True"
+    digest = md["status"]["modelRepository"]["digest"]
+    assert job["metadata"]["name"].startswith(f"{name}-build-") and digest[:12] in job["metadata"]["name"]
+
+    (pod,) = pods_of(api, namespace, name)
+    claims = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claims and all(v["persistentVolumeClaim"].get("readOnly") for v in claims), pod["spec"]["volumes"]
+    assert not pod["spec"].get("initContainers"), "with a cache the pods must not build"
+
+    # Scaling up reuses the repository: no second build.
+    cluster.kubectl("scale", f"mdeploy/{name}", "-n", namespace, "--replicas=3")
+    wait_deployment_rolled_out(api, namespace, name, 3)
+    assert [j["metadata"]["uid"] for j in api.items("jobs", namespace, selector)] == [job["metadata"]["uid"]]
+
+    # A new revision is a new repository: a new build Job, then the pods roll onto it.
+    old_pods = pod_uids(api, namespace, name)
+    patch_md(cluster, namespace, name, {"spec": {"model": {"revision": REVISION_2}}})
+    md = wait_ready(api, namespace, name, timeout=READY_TIMEOUT + 30)
+    new_digest = md["status"]["modelRepository"]["digest"]
+    assert new_digest != digest
+    jobs = {j["metadata"]["name"] for j in api.items("jobs", namespace, selector)}
+    assert any(new_digest[:12] in job_name for job_name in jobs), jobs
+    wait_deployment_rolled_out(api, namespace, name, 3)
+    wait_until(
+        "the pods to roll onto the new repository", lambda: not pod_uids(api, namespace, name) & old_pods
+    )
