@@ -169,6 +169,11 @@ class KubeApi:
         elif "token" in user:
             self._headers["Authorization"] = f"Bearer {user['token']}"
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts the cluster's CA and presents the client certificate, if the kubeconfig has one."""
+        return self._ctx
+
     def close(self) -> None:
         self._secrets.cleanup()
 
