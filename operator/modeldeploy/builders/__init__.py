@@ -1,0 +1,81 @@
+"""Pure builders: a parsed ModelDeployment (and the operator's settings) in, complete manifests out.
+
+One module per child object. `desired_state` puts them together; the reconciler applies it and `render`
+prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy.api import AutoscalingEngine, ModelDeployment
+from modeldeploy.builders.common import owner_of
+from modeldeploy.builders.deployment import build_deployment
+from modeldeploy.builders.horizontalpodautoscaler import build_horizontal_pod_autoscaler
+from modeldeploy.builders.job import build_build_job
+from modeldeploy.builders.persistentvolumeclaim import build_cache_claim, wants_cache_claim
+from modeldeploy.builders.poddisruptionbudget import (
+    build_pod_disruption_budget,
+    wants_pod_disruption_budget,
+)
+from modeldeploy.builders.scaledobject import build_scaled_object
+from modeldeploy.builders.service import build_service
+from modeldeploy.builders.servicemonitor import build_service_monitor
+from modeldeploy.digest import repository_digest
+from modeldeploy.labels import Owner
+from modeldeploy.settings import ClusterCapabilities, RenderSettings
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Every object one ModelDeployment should have; None where an object must not exist."""
+
+    owner: Owner
+    digest: str
+    cache_claim: Manifest | None
+    build_job: Manifest | None
+    deployment: Manifest
+    service: Manifest
+    horizontal_pod_autoscaler: Manifest | None
+    scaled_object: Manifest | None
+    pod_disruption_budget: Manifest | None
+    service_monitor: Manifest | None
+
+    def manifests(self) -> list[Manifest]:
+        """In the order they are applied: storage and build first, the autoscaler after its target."""
+        ordered = [
+            self.cache_claim,
+            self.build_job,
+            self.deployment,
+            self.service,
+            self.horizontal_pod_autoscaler,
+            self.scaled_object,
+            self.pod_disruption_budget,
+            self.service_monitor,
+        ]
+        return [manifest for manifest in ordered if manifest is not None]
+
+
+def desired_state(
+    md: ModelDeployment, settings: RenderSettings, capabilities: ClusterCapabilities
+) -> DesiredState:
+    autoscaling = md.spec.autoscaling
+    engine = autoscaling.engine if autoscaling is not None else None
+    return DesiredState(
+        owner=owner_of(md),
+        digest=repository_digest(md.spec, md.metadata.name),
+        cache_claim=build_cache_claim(md) if wants_cache_claim(md) else None,
+        build_job=build_build_job(md, settings) if md.spec.cache is not None else None,
+        deployment=build_deployment(md, settings),
+        service=build_service(md),
+        horizontal_pod_autoscaler=(
+            build_horizontal_pod_autoscaler(md) if engine is AutoscalingEngine.HPA else None
+        ),
+        # Built even when KEDA is missing: the reconciler reports that instead of silently dropping it.
+        scaled_object=build_scaled_object(md, settings) if engine is AutoscalingEngine.KEDA else None,
+        pod_disruption_budget=build_pod_disruption_budget(md) if wants_pod_disruption_budget(md) else None,
+        service_monitor=build_service_monitor(md) if capabilities.service_monitors else None,
+    )

@@ -1,0 +1,195 @@
+"""Pieces shared by the pod-creating builders: the builder container, security contexts, placement."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from modeldeploy.api import ModelDeployment, ModelDeploymentSpec, ResourceAmounts
+from modeldeploy.digest import device
+from modeldeploy.labels import Owner
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+# The uid of the `triton-server` user in NVIDIA's images (and of the user in our own images).
+RUN_AS_USER = 1000
+SCRATCH_VOLUME = "scratch"
+SCRATCH_PATH = "/scratch"
+PVC_SOURCE_ROOT = "/mnt/pvc"
+PVC_SOURCE_VOLUME = "model-source"
+
+
+def owner_of(md: ModelDeployment) -> Owner:
+    return Owner(name=md.metadata.name, namespace=md.metadata.namespace, uid=md.metadata.uid)
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        # Lets the non-root builder write to the cache volume.
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "privileged": False,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _amounts(amounts: ResourceAmounts | None) -> dict[str, str]:
+    if amounts is None:
+        return {}
+    return {key: str(value) for key, value in amounts.dump().items()}
+
+
+def container_resources(spec: ModelDeploymentSpec, with_gpus: bool) -> dict[str, Any]:
+    requests = _amounts(spec.resources.requests)
+    limits = _amounts(spec.resources.limits)
+    if with_gpus and spec.resources.gpus > 0:
+        # Extended resources are limits only; the request defaults to the limit.
+        limits[GPU_RESOURCE] = str(spec.resources.gpus)
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def pvc_source(source: str) -> tuple[str, str] | None:
+    """(claim, path inside it) of a pvc:// source, else None."""
+    if not source.startswith("pvc://"):
+        return None
+    claim, _, path = source[len("pvc://") :].partition("/")
+    return claim, path
+
+
+def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> list[str]:
+    """`modeldeploy build` flags for this spec (see the builder's CLI contract)."""
+    triton = spec.triton
+    args = ["build", "--source", spec.model.source]
+    if spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    if spec.model.task:
+        args += ["--task", spec.model.task.value]
+    args += [
+        "--format",
+        triton.format.value,
+        "--dtype",
+        triton.dtype.value,
+        "--max-batch-size",
+        str(triton.max_batch_size),
+        "--max-queue-delay-us",
+        str(triton.dynamic_batching.max_queue_delay_microseconds),
+    ]
+    for size in triton.dynamic_batching.preferred_batch_sizes or []:
+        args += ["--preferred-batch-size", str(size)]
+    args += ["--instances-per-device", str(triton.instances_per_device)]
+    if triton.max_sequence_length is not None:
+        args += ["--max-sequence-length", str(triton.max_sequence_length)]
+    args += ["--device", device(spec)]
+    args.append("--response-cache" if triton.response_cache else "--no-response-cache")
+    if spec.model.trust_remote_code:
+        args.append("--trust-remote-code")
+    args += ["--model-name", model_name, "--out", out]
+    return args
+
+
+def builder_container(
+    spec: ModelDeploymentSpec,
+    image: str,
+    model_name: str,
+    out: str,
+    output_mount: dict[str, Any],
+) -> dict[str, Any]:
+    """The container that runs `modeldeploy build` (an init container, or the cache Job's container)."""
+    mounts = [output_mount, {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}]
+    pvc = pvc_source(spec.model.source)
+    if pvc is not None:
+        mounts.append(
+            {"name": PVC_SOURCE_VOLUME, "mountPath": f"{PVC_SOURCE_ROOT}/{pvc[0]}", "readOnly": True}
+        )
+    container: dict[str, Any] = {
+        "name": "model-builder",
+        "image": image,
+        "command": ["modeldeploy"],
+        "args": builder_arguments(spec, model_name, out),
+        "env": [
+            # Downloads and library caches go to scratch space, never to the image's read-only home.
+            {"name": "HOME", "value": SCRATCH_PATH},
+            {"name": "HF_HOME", "value": f"{SCRATCH_PATH}/huggingface"},
+            {"name": "MODELDEPLOY_PVC_ROOT", "value": PVC_SOURCE_ROOT},
+        ],
+        "resources": container_resources(spec, with_gpus=False),
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+    }
+    if spec.model.credentials_secret:
+        # Referenced, never copied: the Secret's keys (HF_TOKEN, AWS_*, ...) become the environment.
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    return container
+
+
+def builder_volumes(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [{"name": SCRATCH_VOLUME, "emptyDir": {}}]
+    pvc = pvc_source(spec.model.source)
+    if pvc is not None:
+        volumes.append(
+            {"name": PVC_SOURCE_VOLUME, "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}}
+        )
+    return volumes
+
+
+def affinity(spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    """The user's affinity, with the GPU product requirement ANDed into every node selector term."""
+    merged: dict[str, Any] = copy.deepcopy(spec.resources.affinity or {})
+    product = spec.resources.gpu_product
+    if product:
+        requirement = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [product]}
+        node_affinity = merged.setdefault("nodeAffinity", {})
+        required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+        terms = required.setdefault("nodeSelectorTerms", [])
+        if not terms:
+            terms.append({"matchExpressions": [requirement]})
+        for term in terms:
+            expressions = term.setdefault("matchExpressions", [])
+            if requirement not in expressions:
+                expressions.append(requirement)
+    return merged or None
+
+
+def tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    result = [toleration.dump() for toleration in spec.resources.tolerations or []]
+    if spec.resources.gpus > 0 and GPU_TOLERATION not in result:
+        result.append(dict(GPU_TOLERATION))
+    return result
+
+
+def placement(spec: ModelDeploymentSpec, with_gpus: bool) -> dict[str, Any]:
+    """nodeSelector, affinity and tolerations of a pod spec."""
+    result: dict[str, Any] = {}
+    if spec.resources.node_selector:
+        result["nodeSelector"] = dict(spec.resources.node_selector)
+    if with_gpus:
+        merged = affinity(spec)
+        if merged:
+            result["affinity"] = merged
+        listed = tolerations(spec)
+        if listed:
+            result["tolerations"] = listed
+    else:
+        # The builder needs no GPU, but the user's placement rules (e.g. a node pool) still apply.
+        if spec.resources.affinity:
+            result["affinity"] = copy.deepcopy(spec.resources.affinity)
+        if spec.resources.tolerations:
+            result["tolerations"] = [toleration.dump() for toleration in spec.resources.tolerations]
+    return result

@@ -1,0 +1,68 @@
+"""The autoscaling/v2 HorizontalPodAutoscaler (engine hpa).
+
+Triton's metrics reach the HPA as Pods metrics through prometheus-adapter; the chart ships the adapter
+rules that serve these names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
+from modeldeploy.builders.common import owner_of
+from modeldeploy.labels import object_meta
+from modeldeploy.quantity import parse_quantity
+
+POD_METRIC_NAMES: dict[AutoscalingMetric, str] = {
+    AutoscalingMetric.QUEUE_TIME: "modeldeploy_queue_time_us",
+    AutoscalingMetric.QUEUE_COMPUTE_RATIO: "modeldeploy_queue_compute_ratio",
+    AutoscalingMetric.PENDING_REQUESTS: "modeldeploy_pending_requests",
+}
+
+
+def cpu_utilization_target(autoscaling: Autoscaling) -> int:
+    """The cpu target as a whole percentage (checks.py rejects anything else before we get here)."""
+    return int(parse_quantity(autoscaling.effective_target))
+
+
+def hpa_metric(autoscaling: Autoscaling) -> dict[str, Any]:
+    if autoscaling.metric is AutoscalingMetric.CPU:
+        return {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": cpu_utilization_target(autoscaling)},
+            },
+        }
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": POD_METRIC_NAMES[autoscaling.metric]},
+            "target": {"type": "AverageValue", "averageValue": autoscaling.effective_target},
+        },
+    }
+
+
+def build_horizontal_pod_autoscaler(md: ModelDeployment) -> dict[str, Any]:
+    autoscaling = md.spec.autoscaling
+    if autoscaling is None:
+        raise ValueError("build_horizontal_pod_autoscaler needs spec.autoscaling")
+    owner = owner_of(md)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": object_meta(owner, owner.names.autoscaler),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.names.deployment},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [hpa_metric(autoscaling)],
+            "behavior": {
+                # Model pods are expensive to start: scale down slowly, one pod at a time.
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 300,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                },
+            },
+        },
+    }

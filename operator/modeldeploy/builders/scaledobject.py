@@ -1,0 +1,82 @@
+"""The KEDA ScaledObject (engine keda), with a Prometheus trigger on Triton's own metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
+from modeldeploy.builders.common import owner_of
+from modeldeploy.labels import Owner, object_meta
+from modeldeploy.quantity import plain_number
+from modeldeploy.settings import RenderSettings
+
+WINDOW = "1m"
+POLLING_INTERVAL_SECONDS = 15
+COOLDOWN_SECONDS = 300
+
+
+def prometheus_query(metric: AutoscalingMetric, owner: Owner) -> str:
+    """A PromQL query over the Service's scraped Triton metrics (labels as a ServiceMonitor sets them)."""
+    selector = f'namespace="{owner.namespace}",service="{owner.names.service}"'
+
+    def rate(name: str) -> str:
+        return f"sum(rate({name}{{{selector}}}[{WINDOW}]))"
+
+    if metric is AutoscalingMetric.QUEUE_TIME:
+        # Average µs a request waited in the queue; no traffic → 0 instead of an empty result.
+        return (
+            f"{rate('nv_inference_queue_duration_us')} / "
+            f"({rate('nv_inference_request_success')} > 0) or vector(0)"
+        )
+    if metric is AutoscalingMetric.QUEUE_COMPUTE_RATIO:
+        return (
+            f"{rate('nv_inference_queue_duration_us')} / "
+            f"({rate('nv_inference_compute_infer_duration_us')} > 0) or vector(0)"
+        )
+    if metric is AutoscalingMetric.PENDING_REQUESTS:
+        return f"sum(nv_inference_pending_request_count{{{selector}}}) or vector(0)"
+    raise ValueError(f"no Prometheus query for metric {metric.value}")
+
+
+def keda_trigger(autoscaling: Autoscaling, owner: Owner, settings: RenderSettings) -> dict[str, Any]:
+    if autoscaling.metric is AutoscalingMetric.CPU:
+        return {
+            "type": "cpu",
+            "metricType": "Utilization",
+            "metadata": {"value": plain_number(autoscaling.effective_target)},
+        }
+    # Queue time and the ratio are already per-request averages over the whole Deployment, so the HPA
+    # KEDA drives compares them as a Value; pending requests are a sum, divided per pod (AverageValue).
+    metric_type = "AverageValue" if autoscaling.metric is AutoscalingMetric.PENDING_REQUESTS else "Value"
+    return {
+        "type": "prometheus",
+        "metricType": metric_type,
+        "metadata": {
+            "serverAddress": settings.prometheus_url,
+            "query": prometheus_query(autoscaling.metric, owner),
+            "threshold": plain_number(autoscaling.effective_target),
+            # Any queued work wakes a deployment scaled to zero.
+            "activationThreshold": "0",
+            "ignoreNullValues": "true",
+        },
+    }
+
+
+def build_scaled_object(md: ModelDeployment, settings: RenderSettings) -> dict[str, Any]:
+    autoscaling = md.spec.autoscaling
+    if autoscaling is None:
+        raise ValueError("build_scaled_object needs spec.autoscaling")
+    owner = owner_of(md)
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": object_meta(owner, owner.names.autoscaler),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.names.deployment},
+            "minReplicaCount": autoscaling.min_replicas,
+            "maxReplicaCount": autoscaling.max_replicas,
+            "pollingInterval": POLLING_INTERVAL_SECONDS,
+            "cooldownPeriod": COOLDOWN_SECONDS,
+            "triggers": [keda_trigger(autoscaling, owner, settings)],
+        },
+    }

@@ -1,0 +1,44 @@
+"""The digest of a model repository's inputs.
+
+It names the cache directory and build Job, and sits on the pod template as an annotation, so a change
+of anything that shapes the generated repository rolls the pods, and nothing else does: the Triton image,
+resources, replicas or autoscaling are deliberately left out. Computed from the parsed spec, so spelling a
+default out explicitly does not change it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from modeldeploy.api import ModelDeploymentSpec
+from modeldeploy.names import ChildNames
+
+# Bump when the meaning of the inputs changes, to force a rebuild everywhere.
+DIGEST_SCHEMA = 1
+DIGEST_LENGTH = 16
+
+
+def device(spec: ModelDeploymentSpec) -> str:
+    return "gpu" if spec.resources.gpus > 0 else "cpu"
+
+
+def repository_inputs(spec: ModelDeploymentSpec, md_name: str) -> dict[str, Any]:
+    triton = spec.triton.dump()
+    triton.pop("image", None)
+    return {
+        "schema": DIGEST_SCHEMA,
+        "source": spec.model.source,
+        "revision": spec.model.revision,
+        "task": spec.model.task.value if spec.model.task else None,
+        "trustRemoteCode": spec.model.trust_remote_code,
+        "modelName": ChildNames(md_name).model_name,
+        "device": device(spec),
+        "triton": triton,
+    }
+
+
+def repository_digest(spec: ModelDeploymentSpec, md_name: str) -> str:
+    canonical = json.dumps(repository_inputs(spec, md_name), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:DIGEST_LENGTH]

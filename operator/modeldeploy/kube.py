@@ -1,0 +1,244 @@
+"""The operator's narrow view of the Kubernetes API, on lightkube's async client.
+
+Everything is plain dicts in and out (manifests as the builders write them, objects as the API server
+returns them), so the reconciler compares like with like. `Cluster` is the interface the reconciler
+needs; `LightkubeCluster` implements it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import httpx2 as httpx
+from lightkube import ApiError, AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.types import CascadeType, PatchType
+
+from modeldeploy.api import GROUP, KIND, PLURAL, VERSION
+from modeldeploy.settings import FIELD_MANAGER
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+SERVICE = Kind("v1", "Service", "services")
+PERSISTENT_VOLUME_CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+JOB = Kind("batch/v1", "Job", "jobs")
+HORIZONTAL_POD_AUTOSCALER = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+POD_DISRUPTION_BUDGET = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+SCALED_OBJECT = Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
+SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
+POD = Kind("v1", "Pod", "pods")
+MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
+CHILD_KINDS = (
+    PERSISTENT_VOLUME_CLAIM,
+    JOB,
+    DEPLOYMENT,
+    SERVICE,
+    HORIZONTAL_POD_AUTOSCALER,
+    SCALED_OBJECT,
+    POD_DISRUPTION_BUDGET,
+    SERVICE_MONITOR,
+)
+KEDA_CRD = "scaledobjects.keda.sh"
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT)}
+
+
+def kind_of(manifest: Mapping[str, Any]) -> Kind:
+    return _BY_KIND[str(manifest["kind"])]
+
+
+# HTTP statuses worth retrying soon: conflicts, throttling, timeouts and server-side trouble.
+_TRANSIENT_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class KubeError(Exception):
+    """An API request that failed; `transient` says whether retrying soon is likely to help."""
+
+    def __init__(self, message: str, code: int | None, transient: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+
+class Cluster(Protocol):
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]: ...
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
+
+    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    async def create_event(self, event: Mapping[str, Any]) -> None: ...
+
+    async def crd_exists(self, name: str) -> bool: ...
+
+
+_ModelDeployment = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+_ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
+_ServiceMonitor = create_namespaced_resource(
+    "monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"
+)
+_RESOURCES: dict[Kind, type[NamespacedResource]] = {
+    DEPLOYMENT: Deployment,
+    SERVICE: Service,
+    PERSISTENT_VOLUME_CLAIM: PersistentVolumeClaim,
+    JOB: Job,
+    HORIZONTAL_POD_AUTOSCALER: HorizontalPodAutoscaler,
+    POD_DISRUPTION_BUDGET: PodDisruptionBudget,
+    SCALED_OBJECT: _ScaledObject,
+    SERVICE_MONITOR: _ServiceMonitor,
+    POD: Pod,
+    MODEL_DEPLOYMENT: _ModelDeployment,
+}
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return dict(obj)
+    result: dict[str, Any] = obj.to_dict()
+    return result
+
+
+def _translate(exc: Exception, action: str) -> KubeError:
+    if isinstance(exc, ApiError):
+        code = exc.status.code
+        message = exc.status.message or str(exc)
+        return KubeError(f"{action}: {message}", code, code in _TRANSIENT_CODES)
+    return KubeError(f"{action}: {type(exc).__name__}: {exc}", None, True)
+
+
+class LightkubeCluster:
+    """`Cluster` on lightkube's AsyncClient (KUBECONFIG, ~/.kube/config or the in-cluster account)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    @classmethod
+    def from_env(cls) -> LightkubeCluster:
+        return cls(AsyncClient(config=KubeConfig.from_env(), field_manager=FIELD_MANAGER))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _as_dict(await self._client.get(_RESOURCES[kind], name, namespace=namespace))
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise _translate(exc, f"get {kind} {namespace}/{name}") from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc, f"get {kind} {namespace}/{name}") from exc
+
+    async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        try:
+            return [
+                _as_dict(item)
+                async for item in self._client.list(
+                    _RESOURCES[kind], namespace=namespace, labels=dict(labels)
+                )
+            ]
+        except ApiError as exc:
+            if exc.status.code == 404:  # the kind's CRD is not installed
+                return []
+            raise _translate(exc, f"list {kind} in {namespace}") from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc, f"list {kind} in {namespace}") from exc
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        kind = kind_of(manifest)
+        metadata = manifest["metadata"]
+        action = f"apply {kind} {metadata['namespace']}/{metadata['name']}"
+        try:
+            applied = await self._client.patch(
+                _RESOURCES[kind],
+                metadata["name"],
+                dict(manifest),
+                namespace=metadata["namespace"],
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        except (ApiError, httpx.HTTPError) as exc:
+            raise _translate(exc, action) from exc
+        return _as_dict(applied)
+
+    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+        try:
+            await self._client.delete(
+                _RESOURCES[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND
+            )
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return
+            raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
+
+    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        body = {
+            "apiVersion": MODEL_DEPLOYMENT.api_version,
+            "kind": MODEL_DEPLOYMENT.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": dict(status),
+        }
+        try:
+            await self._client.patch(
+                _ModelDeployment.Status,
+                name,
+                body,
+                namespace=namespace,
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        except ApiError as exc:
+            if exc.status.code == 404:  # deleted meanwhile: nothing left to report on
+                return
+            raise _translate(exc, f"update status of {namespace}/{name}") from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc, f"update status of {namespace}/{name}") from exc
+
+    async def create_event(self, event: Mapping[str, Any]) -> None:
+        try:
+            await self._client.create(cast(Event, Event.from_dict(dict(event))))
+        except (ApiError, httpx.HTTPError) as exc:
+            raise _translate(exc, "create event") from exc
+
+    async def crd_exists(self, name: str) -> bool:
+        try:
+            await self._client.get(CustomResourceDefinition, name)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return False
+            raise _translate(exc, f"get CustomResourceDefinition {name}") from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc, f"get CustomResourceDefinition {name}") from exc
+        return True

@@ -1,0 +1,90 @@
+"""Names of the objects derived from a ModelDeployment's name.
+
+A ModelDeployment's name is a DNS-1123 subdomain: up to 253 characters, may start with a digit and may
+contain dots. Services (and so, for symmetry, everything else we create) need a DNS-1035 label: at most
+63 characters, starting with a letter, no dots. Jobs are limited to 63 characters by their `job-name` pod
+label. Every derived name is therefore shortened with a hash of the full name whenever the plain form
+would be invalid, so two different ModelDeployments never share a derived name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_LABEL = 63
+HASH_LENGTH = 8
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def short_hash(text: str, length: int = HASH_LENGTH) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _trim(text: str, length: int) -> str:
+    """`text` cut to `length`, without trailing separators (names and labels must end alphanumeric)."""
+    return text[:length].rstrip("-_.")
+
+
+def dns_label(name: str, suffix: str = "") -> str:
+    """A DNS-1035 label (≤ 63) for `name` + `-suffix`, hashed when `name` can't be used as it is."""
+    tail = f"-{suffix}" if suffix else ""
+    plain = f"{name}{tail}"
+    if len(plain) <= MAX_LABEL and _DNS1035_LABEL.match(plain):
+        return plain
+    cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())
+    if not cleaned[:1].isalpha():
+        cleaned = f"md-{cleaned}"
+    marker = f"-{short_hash(name)}{tail}"
+    return f"{_trim(cleaned, MAX_LABEL - len(marker))}{marker}"
+
+
+def label_value(name: str) -> str:
+    """`name` as a label value (≤ 63 characters), hashed when it would not fit."""
+    if len(name) <= MAX_LABEL and _LABEL_VALUE.match(name):
+        return name
+    marker = f"-{short_hash(name)}"
+    return f"{_trim(name, MAX_LABEL - len(marker))}{marker}"
+
+
+def truncated_label_value(name: str) -> str:
+    """`name` cut to fit a label value, for the human-facing app.kubernetes.io/instance label."""
+    return _trim(name, MAX_LABEL)
+
+
+class ChildNames:
+    """Every name the operator derives from one ModelDeployment name."""
+
+    def __init__(self, md_name: str) -> None:
+        self.md_name = md_name
+        self.base = dns_label(md_name)
+        # The repository builder allows 63 characters of [A-Za-z0-9_.-]; a label value fits that.
+        self.model_name = label_value(md_name)
+
+    @property
+    def deployment(self) -> str:
+        return self.base
+
+    @property
+    def service(self) -> str:
+        return self.base
+
+    @property
+    def autoscaler(self) -> str:
+        return self.base
+
+    @property
+    def pod_disruption_budget(self) -> str:
+        return self.base
+
+    @property
+    def service_monitor(self) -> str:
+        return self.base
+
+    @property
+    def cache_claim(self) -> str:
+        return dns_label(self.md_name, "cache")
+
+    def build_job(self, digest: str) -> str:
+        return dns_label(self.md_name, f"build-{digest[:12]}")

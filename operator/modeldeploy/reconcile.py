@@ -1,0 +1,443 @@
+"""Reconciliation: make a ModelDeployment's children match its spec, then report what they say.
+
+One `reconcile()` serves every trigger (create, update, resume, a child's watch event, the periodic
+resync). It is an ordered list of small idempotent `ensure_*` steps; each reads the live object, applies
+the desired manifest with server-side apply (field manager `modeldeploy`, force) only when the live object
+does not already say everything the manifest says, and prunes the children this ModelDeployment owns but
+no longer wants. The status is written only when it changed, and an Event is posted per condition
+transition — so a converged cluster sees no write requests at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
+from modeldeploy.builders import DesiredState, Manifest, desired_state
+from modeldeploy.checks import parse_for_reconcile
+from modeldeploy.compare import is_subset
+from modeldeploy.kube import (
+    DEPLOYMENT,
+    HORIZONTAL_POD_AUTOSCALER,
+    JOB,
+    KEDA_CRD,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    POD_DISRUPTION_BUDGET,
+    SCALED_OBJECT,
+    SERVICE_MONITOR_CRD,
+    Cluster,
+    Kind,
+    KubeError,
+    kind_of,
+)
+from modeldeploy.labels import (
+    APPLIED_HASH_ANNOTATION,
+    COMPONENT,
+    MODEL_BUILDER,
+    MODEL_DIGEST_ANNOTATION,
+    NAME_LABEL,
+    is_owned_by,
+    selector_labels,
+)
+from modeldeploy.metrics import Metrics
+from modeldeploy.names import label_value
+from modeldeploy.settings import FIELD_MANAGER, ClusterCapabilities, RenderSettings
+from modeldeploy.status import (
+    Observed,
+    comparable,
+    compute_status,
+    deployed_digest,
+    invalid_spec_status,
+    job_outcome,
+    now_rfc3339,
+    transitions,
+)
+
+logger = logging.getLogger(__name__)
+
+CAPABILITIES_TTL_SECONDS = 60.0
+# After the API server refused a child (quota, admission webhook, immutable field): retry, but slowly.
+REFUSED_RETRY_SECONDS = 60.0
+
+
+def manifest_hash(manifest: Mapping[str, Any]) -> str:
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def with_applied_hash(manifest: Manifest) -> Manifest:
+    """The manifest, annotated with its own hash (see APPLIED_HASH_ANNOTATION)."""
+    stamped: Manifest = json.loads(json.dumps(manifest))
+    annotations = stamped["metadata"].setdefault("annotations", {})
+    annotations[APPLIED_HASH_ANNOTATION] = manifest_hash(manifest)
+    return stamped
+
+
+def up_to_date(stamped: Manifest, live: Mapping[str, Any]) -> bool:
+    """Applying `stamped` over `live` would change nothing we care about.
+
+    The hash catches manifests that changed by dropping a field (a subset check can't); the subset check
+    catches hand edits and deletions of fields we set (the hash, being ours, can't).
+    """
+    live_annotations = (live.get("metadata") or {}).get("annotations") or {}
+    ours = stamped["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+    return bool(live_annotations.get(APPLIED_HASH_ANNOTATION) == ours and is_subset(stamped, live))
+
+
+@dataclass
+class Outcome:
+    """What a reconciliation found; the handlers turn it into kopf's retry semantics."""
+
+    invalid_spec: list[str] | None = None
+    writes: int = 0
+    ready: bool = False
+    # Seconds until it is worth trying again (something was refused or is still settling); None: done.
+    retry_after: float | None = None
+    message: str = ""
+
+
+@dataclass
+class _Round:
+    """One reconciliation in progress."""
+
+    md: ModelDeployment
+    uid: str
+    desired: DesiredState
+    capabilities: ClusterCapabilities
+    observed: Observed
+    writes: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _StatusMemory:
+    """The status we last wrote, and the resourceVersion of the object we computed it from."""
+
+    based_on_resource_version: str | None
+    status: ModelDeploymentStatus
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        settings: RenderSettings,
+        metrics: Metrics | None = None,
+        capabilities_ttl: float = CAPABILITIES_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._capabilities_ttl = capabilities_ttl
+        self._clock = clock
+        self._capabilities: tuple[float, ClusterCapabilities] | None = None
+        self._status_memory: dict[str, _StatusMemory] = {}
+        self._instance = socket.gethostname()
+        self.steps: list[Callable[[_Round], Awaitable[None]]] = [
+            self.ensure_cache_claim,
+            self.ensure_build_job,
+            self.ensure_deployment,
+            self.ensure_service,
+            self.ensure_autoscaler,
+            self.ensure_pod_disruption_budget,
+            self.ensure_service_monitor,
+            self.prune_build_jobs,
+            self.observe_pods,
+        ]
+
+    # ------------------------------------------------------------------------------------ entry point
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        metadata = body.get("metadata") or {}
+        if metadata.get("deletionTimestamp"):
+            # Being deleted: the garbage collector takes the children; nothing to converge to.
+            return Outcome(message="being deleted")
+        uid = str(metadata["uid"])
+        previous = self._previous_status(body)
+        try:
+            md = parse_for_reconcile(dict(body))
+        except SpecError as exc:
+            status = invalid_spec_status(previous, metadata.get("generation"), exc.messages, now_rfc3339())
+            writes = await self._publish(body, previous, status)
+            return Outcome(invalid_spec=exc.messages, writes=writes, message=str(exc))
+        capabilities = await self.capabilities()
+        desired = desired_state(md, self.settings, capabilities)
+        current = _Round(
+            md=md,
+            uid=uid,
+            desired=desired,
+            capabilities=capabilities,
+            observed=Observed(digest=desired.digest, keda_installed=capabilities.keda),
+        )
+        for step in self.steps:
+            await step(current)
+        current.observed.apply_errors = list(current.refused)
+        status = compute_status(md, current.observed, previous, now_rfc3339())
+        current.writes += await self._publish(body, previous, status)
+        ready_condition = next(c for c in status.conditions or [] if c.type == "Ready")
+        return Outcome(
+            writes=current.writes,
+            ready=ready_condition.status.value == "True",
+            retry_after=REFUSED_RETRY_SECONDS if current.refused else None,
+            message=ready_condition.message,
+        )
+
+    def forget(self, uid: str) -> None:
+        """Drop what we remember about a deleted ModelDeployment."""
+        self._status_memory.pop(uid, None)
+
+    # ------------------------------------------------------------------------------------ capabilities
+
+    async def capabilities(self) -> ClusterCapabilities:
+        """Which optional CRDs exist (cached for a minute: they are installed rarely)."""
+        now = self._clock()
+        if self._capabilities is not None and now - self._capabilities[0] < self._capabilities_ttl:
+            return self._capabilities[1]
+        found = ClusterCapabilities(
+            service_monitors=await self._crd_exists(SERVICE_MONITOR_CRD),
+            keda=await self._crd_exists(KEDA_CRD),
+        )
+        self._capabilities = (now, found)
+        return found
+
+    async def _crd_exists(self, name: str) -> bool:
+        try:
+            return await self.cluster.crd_exists(name)
+        except KubeError as exc:
+            if exc.transient:
+                raise
+            logger.warning("cannot tell whether CRD %s exists (%s); assuming it does not", name, exc)
+            return False
+
+    # ------------------------------------------------------------------------------------ primitives
+
+    async def _apply_if_needed(self, current: _Round, manifest: Manifest) -> dict[str, Any] | None:
+        """The live object after making it match `manifest`; None if the API server refused."""
+        kind = kind_of(manifest)
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        live = await self.cluster.get(kind, namespace, name)
+        if live is not None and not is_owned_by(live, current.uid):
+            current.refused.append(self._foreign_object_message(kind, name, live))
+            return None
+        stamped = with_applied_hash(manifest)
+        if live is not None and up_to_date(stamped, live):
+            return live
+        try:
+            applied = await self.cluster.apply(stamped)
+        except KubeError as exc:
+            if exc.transient:
+                raise
+            current.refused.append(str(exc))
+            return live
+        current.writes += 1
+        self.metrics.writes.labels(kind=kind.kind, verb="apply").inc()
+        logger.info("%s %s/%s applied", kind, namespace, name)
+        return applied
+
+    @staticmethod
+    def _foreign_object_message(kind: Kind, name: str, live: Mapping[str, Any]) -> str:
+        references = (live.get("metadata") or {}).get("ownerReferences") or []
+        if any(reference.get("controller") for reference in references):
+            # Usually the children of a deleted ModelDeployment of the same name, not collected yet.
+            return f"{kind} {name} belongs to another owner; waiting for it to be garbage-collected"
+        return f"{kind} {name} already exists and is not managed by this ModelDeployment; delete or rename it"
+
+    async def _prune(self, current: _Round, kind: Kind, name: str) -> None:
+        """Delete the named object if, and only if, this ModelDeployment owns it."""
+        namespace = current.md.metadata.namespace
+        live = await self.cluster.get(kind, namespace, name)
+        if live is None or not is_owned_by(live, current.uid):
+            return
+        await self._delete(current, kind, name)
+
+    async def _delete(self, current: _Round, kind: Kind, name: str) -> None:
+        try:
+            await self.cluster.delete(kind, current.md.metadata.namespace, name)
+        except KubeError as exc:
+            if exc.transient:
+                raise
+            current.refused.append(str(exc))
+            return
+        current.writes += 1
+        self.metrics.writes.labels(kind=kind.kind, verb="delete").inc()
+        logger.info("%s %s/%s deleted (no longer wanted)", kind, current.md.metadata.namespace, name)
+
+    # ------------------------------------------------------------------------------------ steps
+
+    async def ensure_cache_claim(self, current: _Round) -> None:
+        manifest = current.desired.cache_claim
+        names = current.desired.owner.names
+        if manifest is not None:
+            current.observed.cache_claim = await self._apply_if_needed(current, manifest)
+            return
+        await self._prune(current, PERSISTENT_VOLUME_CLAIM, names.cache_claim)
+        cache = current.md.spec.cache
+        if cache is not None and cache.claim_name:
+            current.observed.cache_claim = await self.cluster.get(
+                PERSISTENT_VOLUME_CLAIM, current.md.metadata.namespace, cache.claim_name
+            )
+
+    async def ensure_build_job(self, current: _Round) -> None:
+        manifest = current.desired.build_job
+        if manifest is None:
+            return
+        live = await self.cluster.get(JOB, manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        if live is not None and is_owned_by(live, current.uid):
+            # A Job's pod template is immutable, and its name is the digest: once it exists, it is the
+            # build of exactly this repository, finished or not.
+            current.observed.build_job = live
+            return
+        current.observed.build_job = await self._apply_if_needed(current, manifest)
+
+    async def ensure_deployment(self, current: _Round) -> None:
+        manifest = current.desired.deployment
+        if current.md.spec.cache is not None:
+            outcome, _ = job_outcome(current.observed.build_job)
+            if outcome != "succeeded":
+                # Switch to the new repository only once it is complete; until then the pods keep serving
+                # the previous one (or there are none yet).
+                current.observed.deployment = await self.cluster.get(
+                    DEPLOYMENT, manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+                )
+                return
+        current.observed.deployment = await self._apply_if_needed(current, manifest)
+
+    async def ensure_service(self, current: _Round) -> None:
+        await self._apply_if_needed(current, current.desired.service)
+
+    async def ensure_autoscaler(self, current: _Round) -> None:
+        autoscaling = current.md.spec.autoscaling
+        name = current.desired.owner.names.autoscaler
+        engine = autoscaling.engine if autoscaling is not None else None
+        # Switching engines (or turning autoscaling off) removes the autoscaler we own, and no other.
+        if engine is not AutoscalingEngine.HPA:
+            await self._prune(current, HORIZONTAL_POD_AUTOSCALER, name)
+        if engine is not AutoscalingEngine.KEDA and current.capabilities.keda:
+            await self._prune(current, SCALED_OBJECT, name)
+        if current.desired.horizontal_pod_autoscaler is not None:
+            current.observed.autoscaler = await self._apply_if_needed(
+                current, current.desired.horizontal_pod_autoscaler
+            )
+        elif current.desired.scaled_object is not None and current.capabilities.keda:
+            current.observed.autoscaler = await self._apply_if_needed(current, current.desired.scaled_object)
+
+    async def ensure_pod_disruption_budget(self, current: _Round) -> None:
+        manifest = current.desired.pod_disruption_budget
+        if manifest is not None:
+            await self._apply_if_needed(current, manifest)
+        else:
+            await self._prune(
+                current, POD_DISRUPTION_BUDGET, current.desired.owner.names.pod_disruption_budget
+            )
+
+    async def ensure_service_monitor(self, current: _Round) -> None:
+        if current.desired.service_monitor is not None:
+            await self._apply_if_needed(current, current.desired.service_monitor)
+
+    async def prune_build_jobs(self, current: _Round) -> None:
+        """Delete build Jobs of repositories neither wanted nor still served."""
+        keep = {current.desired.digest} if current.md.spec.cache is not None else set()
+        serving = deployed_digest(current.observed.deployment)
+        if serving is not None and current.md.spec.cache is not None:
+            keep.add(serving)
+        jobs = await self.cluster.list(
+            JOB,
+            current.md.metadata.namespace,
+            {NAME_LABEL: label_value(current.md.metadata.name), COMPONENT: MODEL_BUILDER},
+        )
+        for job in jobs:
+            digest = ((job.get("metadata") or {}).get("annotations") or {}).get(MODEL_DIGEST_ANNOTATION)
+            if digest in keep or not is_owned_by(job, current.uid):
+                continue
+            await self._delete(current, JOB, job["metadata"]["name"])
+
+    async def observe_pods(self, current: _Round) -> None:
+        if current.md.spec.cache is not None:
+            return  # the build Job reports on the repository; pods don't build
+        current.observed.pods = await self.cluster.list(
+            POD, current.md.metadata.namespace, selector_labels(current.desired.owner)
+        )
+
+    # ------------------------------------------------------------------------------------ status
+
+    def _previous_status(self, body: Mapping[str, Any]) -> ModelDeploymentStatus | None:
+        metadata = body.get("metadata") or {}
+        memory = self._status_memory.get(str(metadata.get("uid")))
+        if memory is not None and memory.based_on_resource_version == metadata.get("resourceVersion"):
+            # `body` predates our last status write (a handler got an older event): trust our own record.
+            return memory.status
+        raw = body.get("status")
+        if not raw:
+            return None
+        try:
+            return ModelDeploymentStatus.model_validate(raw)
+        except ValueError:
+            logger.warning("ignoring an unreadable status on %s", metadata.get("name"))
+            return None
+
+    async def _publish(
+        self, body: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
+    ) -> int:
+        """Write `status` if it differs from `previous`, with one Event per condition transition."""
+        if comparable(previous) == comparable(status):
+            return 0
+        metadata = body["metadata"]
+        namespace, name = metadata.get("namespace", "default"), metadata["name"]
+        await self.cluster.apply_status(namespace, name, status.dump())
+        self.metrics.writes.labels(kind="ModelDeployment", verb="status").inc()
+        self._status_memory[str(metadata["uid"])] = _StatusMemory(metadata.get("resourceVersion"), status)
+        writes = 1
+        for transition in transitions(previous, status):
+            event = self._event(body, transition.event_type, transition.reason, self._event_text(transition))
+            try:
+                await self.cluster.create_event(event)
+            except KubeError as exc:
+                logger.warning("could not post an Event on %s/%s: %s", namespace, name, exc)
+                continue
+            self.metrics.writes.labels(kind="Event", verb="create").inc()
+            writes += 1
+        return writes
+
+    @staticmethod
+    def _event_text(transition: Any) -> str:
+        text = f"{transition.condition} is {transition.status.value}"
+        return f"{text}: {transition.message}" if transition.message else text
+
+    def _event(self, body: Mapping[str, Any], event_type: str, reason: str, message: str) -> dict[str, Any]:
+        metadata = body["metadata"]
+        namespace = metadata.get("namespace", "default")
+        stamp = now_rfc3339()
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{metadata['name']}.{time.time_ns():x}",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", "modeldeploy.dev/v1alpha1"),
+                "kind": body.get("kind", "ModelDeployment"),
+                "name": metadata["name"],
+                "namespace": namespace,
+                "uid": metadata["uid"],
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": self._instance,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
