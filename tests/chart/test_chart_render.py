@@ -425,6 +425,7 @@ def test_adapter_rules_compute_the_documented_formulas(helm: Helm, window: str) 
             "pod": {"resource": "pod"},
         }
         series = promql_parser.parse(rule["seriesQuery"])
+        assert isinstance(series, promql_parser.VectorSelector), rule["seriesQuery"]
         assert re.fullmatch(rule["name"]["matches"], str(series.name)), (name, rule["seriesQuery"])
         query = rule["metricsQuery"]
         # What prometheus-adapter substitutes for one pod's query.

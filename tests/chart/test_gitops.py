@@ -1,0 +1,217 @@
+"""examples/gitops/: the Argo CD and Flux health logic on ModelDeployment statuses, and the manifests'
+references (paths, names, chart values) resolve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from conftest import ROOT, Helm
+from gitops_health import GITOPS, argocd_health, argocd_health_script, flux_health, flux_health_exprs
+from modeldeploy.api import API_VERSION, ModelDeploymentStatus, parse_model_deployment
+
+SPEC = {"model": {"source": "hf://sentence-transformers/all-MiniLM-L6-v2", "task": "feature-extraction"}}
+NOW = "2026-11-23T09:00:00Z"
+
+
+def _condition(kind: str, status: str, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": NOW,
+    }
+
+
+def _model_deployment(generation: int, status: dict[str, Any] | None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": "minilm", "namespace": "models", "generation": generation, "uid": "1234"},
+        "spec": SPEC,
+    }
+    if status is not None:
+        # The samples must be statuses the API allows, not shapes made up for the test.
+        ModelDeploymentStatus.model_validate(status)
+        obj["status"] = status
+    return obj
+
+
+def _status(generation: int, phase: str, *conditions: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"observedGeneration": generation, "phase": phase, "conditions": list(conditions), **extra}
+
+
+READY_MESSAGE = "2/2 replicas ready; model minilm served at http://minilm.models.svc:8000"
+INVALID_MESSAGE = "spec.cache needs exactly one of claimName (an existing PVC) or size (a new PVC)"
+
+# name -> (object, Argo CD status, a fragment of Argo CD's message, Flux status)
+CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
+    "just created, no status": (_model_deployment(1, None), "Progressing", "Waiting", "Error"),
+    "status without conditions": (
+        _model_deployment(1, {"observedGeneration": 1, "phase": "Pending"}),
+        "Progressing",
+        "Waiting for the modeldeploy operator",
+        "InProgress",
+    ),
+    "building": (
+        _model_deployment(
+            1,
+            _status(
+                1,
+                "Building",
+                _condition("ModelRepositoryReady", "False", "Building", "build job running", 1),
+                _condition("Ready", "False", "Building", "building the model repository", 1),
+            ),
+        ),
+        "Progressing",
+        "building the model repository",
+        "InProgress",
+    ),
+    "ready": (
+        _model_deployment(
+            2,
+            _status(
+                2,
+                "Ready",
+                _condition("ModelRepositoryReady", "True", "Built", "repository built", 2),
+                _condition("Available", "True", "MinimumReplicasAvailable", "2/2 replicas ready", 2),
+                _condition("Ready", "True", "Ready", READY_MESSAGE, 2),
+                replicas=2,
+                readyReplicas=2,
+            ),
+        ),
+        "Healthy",
+        READY_MESSAGE,
+        "Current",
+    ),
+    "ready, but for the previous generation": (
+        _model_deployment(3, _status(2, "Ready", _condition("Ready", "True", "Ready", READY_MESSAGE, 2))),
+        "Progressing",
+        "generation 3",
+        "InProgress",
+    ),
+    "invalid spec": (
+        _model_deployment(
+            1,
+            _status(1, "Failed", _condition("Ready", "False", "InvalidSpec", INVALID_MESSAGE, 1)),
+        ),
+        "Degraded",
+        INVALID_MESSAGE,
+        "Failed",
+    ),
+    "build failed": (
+        _model_deployment(
+            4,
+            _status(
+                4,
+                "Failed",
+                _condition("ModelRepositoryReady", "False", "BuildFailed", "checkpoint has no weights", 4),
+                _condition("Ready", "False", "BuildFailed", "checkpoint has no weights", 4),
+            ),
+        ),
+        "Degraded",
+        "checkpoint has no weights",
+        "Failed",
+    ),
+    "degraded: pods not ready": (
+        _model_deployment(
+            2,
+            _status(2, "Degraded", _condition("Ready", "False", "Unavailable", "0/2 replicas ready", 2)),
+        ),
+        "Degraded",
+        "0/2 replicas ready",
+        "InProgress",
+    ),
+    "ready unknown": (
+        _model_deployment(1, _status(1, "Deploying", _condition("Ready", "Unknown", "Reconciling", "", 1))),
+        "Progressing",
+        "Reconciling",
+        "InProgress",
+    ),
+    "conditions without Ready": (
+        _model_deployment(
+            1, _status(1, "Deploying", _condition("Available", "False", "Deploying", "0/1 ready", 1))
+        ),
+        "Progressing",
+        "Ready condition",
+        "InProgress",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_argocd_health_check(case: str) -> None:
+    obj, expected_status, expected_message, _flux = CASES[case]
+    status, message = argocd_health(obj)
+    assert status == expected_status, (case, status, message)
+    assert expected_message in message, (case, message)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_flux_health_expressions(case: str) -> None:
+    obj, _argo, _message, expected = CASES[case]
+    assert flux_health(obj) == expected, case
+
+
+def test_health_logic_is_read_from_the_shipped_files() -> None:
+    assert "obj.status" in argocd_health_script()
+    assert set(flux_health_exprs()) == {"current", "failed"}
+
+
+# ------------------------------------------------------------------------------------ manifests
+
+
+def _docs(relative: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((GITOPS / relative).read_text()) if doc]
+
+
+def test_example_model_deployment_is_valid() -> None:
+    (example,) = _docs("models/minilm.yaml")
+    parsed = parse_model_deployment(example)
+    assert parsed.metadata.namespace == "models"
+
+
+def test_argocd_applications_point_at_real_paths(helm: Helm) -> None:
+    (operator,) = _docs("argocd/application-operator.yaml")
+    (models,) = _docs("argocd/application-models.yaml")
+    assert (ROOT / operator["spec"]["source"]["path"] / "Chart.yaml").is_file()
+    # The values the Application passes must satisfy the chart's schema.
+    assert helm.template(operator["spec"]["source"]["helm"]["valuesObject"]).returncode == 0
+    (example,) = _docs("models/minilm.yaml")
+    assert models["spec"]["destination"]["namespace"] == example["metadata"]["namespace"]
+    assert (
+        example["metadata"]["namespace"]
+        in operator["spec"]["source"]["helm"]["valuesObject"]["watchNamespaces"]
+    )
+    assert "ServerSideApply=true" in models["spec"]["syncPolicy"]["syncOptions"]
+    (config_map,) = _docs("argocd/argocd-cm-health.yaml")
+    assert config_map["metadata"] == {
+        "name": "argocd-cm",
+        "namespace": "argocd",
+        "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"},
+    }
+
+
+def test_flux_manifests_point_at_real_paths(helm: Helm) -> None:
+    sources = {doc["metadata"]["name"]: doc for doc in _docs("flux/sources.yaml")}
+    kustomizations = {doc["metadata"]["name"]: doc for doc in _docs("flux/kustomizations.yaml")}
+    (release,) = _docs("flux/operator/helmrelease.yaml")
+    operator = kustomizations["modeldeploy-operator"]["spec"]
+    assert operator["sourceRef"]["name"] in sources
+    assert (ROOT / operator["path"] / "helmrelease.yaml").is_file()
+    chart = release["spec"]["chart"]["spec"]
+    assert chart["sourceRef"]["name"] in sources
+    assert (ROOT / chart["chart"] / "Chart.yaml").is_file()
+    assert helm.template(release["spec"]["values"]).returncode == 0
+    models = kustomizations["models"]["spec"]
+    assert models["dependsOn"] == [{"name": "modeldeploy-operator"}]
+    (example,) = _docs("models/minilm.yaml")
+    assert {
+        "apiVersion": example["apiVersion"],
+        "kind": "ModelDeployment",
+        "name": example["metadata"]["name"],
+        "namespace": example["metadata"]["namespace"],
+    } in models["healthChecks"]
