@@ -83,7 +83,8 @@ def _check_options(options: BuildOptions) -> None:
     for size in options.preferred_batch_sizes:
         if not 1 <= size <= options.max_batch_size:
             raise BuildError(
-                f"--preferred-batch-size {size} must be between 1 and --max-batch-size {options.max_batch_size}"
+                f"--preferred-batch-size {size} must be between 1 and "
+                f"--max-batch-size {options.max_batch_size}"
             )
     if options.max_sequence_length is not None and options.max_sequence_length < 2:
         raise BuildError("--max-sequence-length must be at least 2")
@@ -113,7 +114,8 @@ def resolve_dtype(requested: DType, device: str, model_format: ModelFormat) -> s
     if model_format is ModelFormat.ONNX:
         if requested not in (DType.AUTO, DType.FLOAT32):
             raise BuildError(
-                "--format onnx exports float32; on GPUs TensorRT runs it in FP16. Leave --dtype auto or float32"
+                "--format onnx exports float32; on GPUs TensorRT runs it in FP16. "
+                "Leave --dtype auto or float32"
             )
         return "float32"
     if requested is DType.AUTO:
@@ -137,7 +139,9 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
         "builder": __version__,
         "runtime": _sha256(RUNTIME_FILE),
         "revision": fetched.revision or options.revision,
-        "options": {key: (value.value if hasattr(value, "value") else value) for key, value in relevant.items()},
+        "options": {
+            key: (value.value if hasattr(value, "value") else value) for key, value in relevant.items()
+        },
         "files": {name: _sha256(fetched.path / name) for name in fetched.files},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()
@@ -203,7 +207,9 @@ def _max_sequence_length(info: CheckpointInfo, tokenizer: Any, requested: int | 
     hard_limit = min(limits) if limits else None
     if requested is not None:
         if hard_limit is not None and requested > hard_limit:
-            raise BuildError(f"--max-sequence-length {requested} exceeds the checkpoint's limit of {hard_limit}")
+            raise BuildError(
+                f"--max-sequence-length {requested} exceeds the checkpoint's limit of {hard_limit}"
+            )
         return requested
     if info.sentence_transformers and info.sentence_transformers.max_seq_length:
         limits.append(info.sentence_transformers.max_seq_length)
@@ -311,7 +317,10 @@ def _write_python_model(
                 Warmup(
                     "short_generation",
                     1,
-                    {"TEXT": text_input, "MAX_NEW_TOKENS": ("TYPE_INT32", (1,), 'input_data_file: "MAX_NEW_TOKENS"')},
+                    {
+                        "TEXT": text_input,
+                        "MAX_NEW_TOKENS": ("TYPE_INT32", (1,), 'input_data_file: "MAX_NEW_TOKENS"'),
+                    },
                 )
             ],
         )
@@ -408,14 +417,18 @@ def build_repository(options: BuildOptions, out: Path, progress: Progress = lamb
         model_format = resolve_format(options.format, info.task, options.device)
         dtype = resolve_dtype(options.dtype, options.device, model_format)
         if options.response_cache and info.task is Task.TEXT_GENERATION:
-            raise BuildError("--response-cache cannot be used with text-generation: streaming models can't cache")
+            raise BuildError(
+                "--response-cache cannot be used with text-generation: streaming models can't cache"
+            )
         digest = compute_digest(fetched, options)
         record = read_record(out)
         if record is not None and record.get("digest") == digest:
             progress(f"cache hit: {out} already holds repository {digest[:12]}")
             return BuildResult(digest, model_format, info.task, options.model_name, out, cache_hit=True)
 
-        progress(f"inspected: task={info.task.value} model_type={info.model_type} format={model_format.value}")
+        progress(
+            f"inspected: task={info.task.value} model_type={info.model_type} format={model_format.value}"
+        )
         tokenizer = _load_tokenizer(info, options.trust_remote_code)
         max_length = _max_sequence_length(info, tokenizer, options.max_sequence_length)
         _validate_safetensors(info)
@@ -430,13 +443,17 @@ def build_repository(options: BuildOptions, out: Path, progress: Progress = lamb
         repo = workdir / "repo"
         repo.mkdir()
         if model_format is ModelFormat.PYTHON:
-            configs = _write_python_model(repo, info, options, tokenizer, model, dtype, max_length, hidden_size)
+            configs = _write_python_model(
+                repo, info, options, tokenizer, model, dtype, max_length, hidden_size
+            )
         elif model_format is ModelFormat.VLLM:
             configs = _write_vllm_model(repo, info, options, dtype, max_length, out)
         else:
             from model_repo.onnx_format import write_onnx_models
 
-            configs = write_onnx_models(repo, info, options, tokenizer, model, max_length, hidden_size, progress)
+            configs = write_onnx_models(
+                repo, info, options, tokenizer, model, max_length, hidden_size, progress
+            )
         for config_path in configs:
             validate_config(config_path.read_text(), str(config_path.relative_to(repo)))
 

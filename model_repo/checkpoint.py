@@ -158,10 +158,12 @@ def inspect_checkpoint(
     model_type = str(config.get("model_type") or "")
     architectures = tuple(str(a) for a in config.get("architectures") or ())
 
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto import configuration_auto
+
+    known_model_types: dict[str, str] = getattr(configuration_auto, "CONFIG_MAPPING_NAMES")  # noqa: B009
 
     auto_map = config.get("auto_map") or {}
-    needs_remote_code = model_type not in CONFIG_MAPPING_NAMES
+    needs_remote_code = model_type not in known_model_types
     if needs_remote_code:
         if not auto_map:
             raise BuildError(

@@ -30,7 +30,9 @@ SourceOption = Annotated[
         "(under $MODELDEPLOY_PVC_ROOT, default /mnt/pvc) or file:///abs/path.",
     ),
 ]
-RevisionOption = Annotated[str | None, typer.Option("--revision", help="hf:// revision (branch, tag, commit).")]
+RevisionOption = Annotated[
+    str | None, typer.Option("--revision", help="hf:// revision (branch, tag, commit).")
+]
 TaskOption = Annotated[Task | None, typer.Option("--task", help="Task; default: read from the checkpoint.")]
 FormatOption = Annotated[
     ModelFormat,
@@ -175,7 +177,8 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
             "import numpy as np, queue, tritonclient.grpc as g\n"
             f'c = g.InferenceServerClient("{grpc_url}"); q = queue.Queue()\n'
             "c.start_stream(callback=lambda result, error: q.put(error or result))\n"
-            't = g.InferInput("TEXT", [1], "BYTES"); t.set_data_from_numpy(np.array([b"Hello, my name is"], dtype=object))\n'
+            't = g.InferInput("TEXT", [1], "BYTES")\n'
+            't.set_data_from_numpy(np.array([b"Hello, my name is"], dtype=object))\n'
             f'c.async_stream_infer("{name}", [t], enable_empty_final_response=True)\n'
             "while True:\n"
             "    r = q.get(); assert not isinstance(r, Exception), r\n"
@@ -184,12 +187,15 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
             "c.stop_stream()\n"
             "EOF"
         )
-    sample = "Paris is the [MASK] of France." if result.task is Task.FILL_MASK else "Triton serves this model."
+    sample = (
+        "Paris is the [MASK] of France." if result.task is Task.FILL_MASK else "Triton serves this model."
+    )
     if result.task is Task.FILL_MASK and record.get("format") == "python":
         sample = "Paris is the <mask token> of France."
     return (
         f"curl -s -X POST http://{http_url}/v2/models/{name}/infer -H 'Content-Type: application/json' "
-        f'-d \'{{"inputs": [{{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["{sample}"]}}]}}\'\n\n'
+        f'-d \'{{"inputs": [{{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", '
+        f'"data": ["{sample}"]}}]}}\'\n\n'
         "python - <<'EOF'\n"
         "import numpy as np, tritonclient.http as h\n"
         f'c = h.InferenceServerClient("{http_url}")\n'
@@ -266,7 +272,7 @@ def serve(
         host="127.0.0.1",
     )
     try:
-        _progress("starting tritonserver (log: %s)" % server.log_path)
+        _progress(f"starting tritonserver (log: {server.log_path})")
         server.start()
         typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")
         typer.echo(f"  HTTP    http://{server.http_url}")

@@ -34,9 +34,8 @@ class Warmup:
         inputs = []
         for input_name, (data_type, dims, source) in self.inputs.items():
             dim_text = ", ".join(str(d) for d in dims)
-            inputs.append(
-                f'    inputs {{ key: "{input_name}" value {{ data_type: {data_type} dims: [ {dim_text} ] {source} }} }}'
-            )
+            value = f"data_type: {data_type} dims: [ {dim_text} ] {source}"
+            inputs.append(f'    inputs {{ key: "{input_name}" value {{ {value} }} }}')
         body = "\n".join(inputs)
         return f'  {{\n    name: "{self.name}"\n    batch_size: {self.batch_size}\n{body}\n  }}'
 
@@ -91,7 +90,9 @@ class ModelConfigSpec:
         if self.dynamic_batching:
             preferred = ""
             if self.preferred_batch_sizes:
-                preferred = " preferred_batch_size: [ " + ", ".join(map(str, self.preferred_batch_sizes)) + " ]"
+                preferred = (
+                    " preferred_batch_size: [ " + ", ".join(map(str, self.preferred_batch_sizes)) + " ]"
+                )
             out.append(
                 f"dynamic_batching {{ max_queue_delay_microseconds: {self.max_queue_delay_us}{preferred} }}"
             )
@@ -100,7 +101,9 @@ class ModelConfigSpec:
         if self.response_cache:
             out.append("response_cache { enable: true }")
         for key, value in self.parameters.items():
-            out.append(f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(value)} }} }}")
+            out.append(
+                f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(value)} }} }}"
+            )
         if self.warmups:
             out.append("model_warmup [\n" + ",\n".join(w.render() for w in self.warmups) + "\n]")
         if self.ensemble_steps:
@@ -145,4 +148,6 @@ def validate_config(text: str, where: str) -> None:
     try:
         text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
-        raise BuildError(f"internal error: generated {where} is not a valid Triton model config: {exc}") from exc
+        raise BuildError(
+            f"internal error: generated {where} is not a valid Triton model config: {exc}"
+        ) from exc

@@ -54,15 +54,15 @@ def _pytriton_installation() -> TritonInstallation | None:
         return None
     # The server wants <backend-directory>/python/ to hold the backend library *and* the stub built for
     # this interpreter's Python version; the wheel keeps stubs for every version apart, so assemble one.
-    backend_dir = _cache_root() / f"triton-backends-py{version}-{stub.stat().st_size}-{int(stub.stat().st_mtime)}"
+    backend_dir = (
+        _cache_root() / f"triton-backends-py{version}-{stub.stat().st_size}-{int(stub.stat().st_mtime)}"
+    )
     if not (backend_dir / "python" / "triton_python_backend_stub").exists():
         staging = Path(tempfile.mkdtemp(prefix=".backends-", dir=_ensure_dir(_cache_root())))
         shutil.copytree(dist / "backends", staging / "backends", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(stub, staging / "backends" / "python" / "triton_python_backend_stub")
-        try:
+        with contextlib.suppress(OSError):  # another process assembled it first
             (staging / "backends").rename(backend_dir)
-        except OSError:  # another process assembled it first
-            pass
         shutil.rmtree(staging, ignore_errors=True)
     libs = package.parent / "nvidia_pytriton.libs"
     return TritonInstallation(
@@ -215,7 +215,9 @@ class TritonServer:
             assert self.process is not None
             code = self.process.poll()
             if code is not None:
-                raise TritonError(f"tritonserver exited with code {code} before it was ready; log:\n{self.log()}")
+                raise TritonError(
+                    f"tritonserver exited with code {code} before it was ready; log:\n{self.log()}"
+                )
             if self.is_ready():
                 return
             time.sleep(0.25)

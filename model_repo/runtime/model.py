@@ -20,12 +20,14 @@ import os
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside Triton by tests that exercise the pure helpers
     pb_utils = None
 
+Array = NDArray[Any]
 ENCODER_TASKS = ("text-classification", "token-classification", "feature-extraction", "fill-mask")
 # Sequence lengths in the ONNX path are rounded up to this so that consecutive tokenizer batches
 # produce few distinct shapes, which Triton's dynamic batcher in front of the ONNX model can merge.
@@ -66,7 +68,7 @@ def plan_length_groups(lengths: list[int], overhead_tokens: int, max_group: int)
     return groups
 
 
-def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = None) -> np.ndarray:
+def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = None) -> Array:
     width = length if length is not None else max(len(seq) for seq in sequences)
     out = np.full((len(sequences), width), pad_value, dtype=np.int64)
     for row, seq in enumerate(sequences):
@@ -74,16 +76,16 @@ def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = N
     return out
 
 
-def softmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax(values: Array, axis: int = -1) -> Array:
     shifted = values - values.max(axis=axis, keepdims=True)
     exp = np.exp(shifted)
-    result: np.ndarray = exp / exp.sum(axis=axis, keepdims=True)
+    result: Array = exp / exp.sum(axis=axis, keepdims=True)
     return result
 
 
 def classification_outputs(
-    logits: np.ndarray, labels: list[str], multi_label: bool
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+    logits: Array, labels: list[str], multi_label: bool
+) -> tuple[list[str], Array, Array]:
     """LABEL, SCORE, SCORES for a [batch, num_labels] logits array (transformers' pipeline rules)."""
     logits = logits.astype(np.float32)
     if multi_label or logits.shape[-1] == 1:
@@ -101,7 +103,7 @@ def _split_tag(label: str) -> tuple[str, str]:
 
 
 def token_entities(
-    logits: np.ndarray,
+    logits: Array,
     offsets: list[tuple[int, int]],
     special: list[int],
     text: str,
@@ -150,7 +152,7 @@ def token_entities(
     return entities
 
 
-def pool_embeddings(hidden: np.ndarray, attention_mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
+def pool_embeddings(hidden: Array, attention_mask: Array, pooling: str, normalize: bool) -> Array:
     """Sentence embeddings from [batch, length, hidden] states, the way sentence-transformers pools."""
     hidden = hidden.astype(np.float32)
     mask = attention_mask.astype(np.float32)[:, :, None]
@@ -165,11 +167,11 @@ def pool_embeddings(hidden: np.ndarray, attention_mask: np.ndarray, pooling: str
         pooled = hidden[:, 0]
     if normalize:
         pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-    result: np.ndarray = pooled.astype(np.float32)
+    result: Array = pooled.astype(np.float32)
     return result
 
 
-def top_k_tokens(mask_logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k_tokens(mask_logits: Array, top_k: int) -> tuple[Array, Array]:
     """Token ids and probabilities of the `top_k` best fillers for [batch, vocab] mask logits."""
     probabilities = softmax(mask_logits.astype(np.float32))
     ids = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
@@ -233,6 +235,40 @@ def _string_tensor(name: str, values: list[str], shape: tuple[int, ...]) -> Any:
     return pb_utils.Tensor(name, array)
 
 
+class TokenStreamer:
+    """Receives generated token ids from `generate` and sends each new piece of text as a response."""
+
+    def __init__(self, tokenizer: Any, sender: Any) -> None:
+        self.tokenizer = tokenizer
+        self.sender = sender
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() hands over the prompt first
+            self.prompt_seen = True
+            return
+        self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
+        self._send_new_text(final=False)
+
+    def end(self) -> None:
+        self._send_new_text(final=True)
+
+    def _send_new_text(self, final: bool) -> None:
+        text: str = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes to U+FFFD until its last token arrives.
+        if not final and text.endswith("\ufffd"):
+            return
+        delta = text[len(self.sent) :]
+        if delta:
+            self.sent = text
+            response = pb_utils.InferenceResponse(
+                output_tensors=[_string_tensor("TEXT_OUTPUT", [delta], (1,))]
+            )
+            self.sender.send(response)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         import torch
@@ -258,7 +294,9 @@ class TritonPythonModel:
             self.device = torch.device("cpu")
             # Instances run side by side in their own processes: share the cores instead of having
             # each one start a thread per core and fight over them.
-            instances = sum(int(group.get("count", 1)) for group in self.model_config.get("instance_group", []))
+            instances = sum(
+                int(group.get("count", 1)) for group in self.model_config.get("instance_group", [])
+            )
             cores = len(os.sched_getaffinity(0))
             torch.set_num_threads(max(1, cores // max(1, instances)))
 
@@ -336,7 +374,9 @@ class TritonPythonModel:
             return_special_tokens_mask=offsets,
         )
 
-    def _run_encoder(self, owners: list[tuple[int, int, int]], texts: list[str], responses: list[Any]) -> None:
+    def _run_encoder(
+        self, owners: list[tuple[int, int, int]], texts: list[str], responses: list[Any]
+    ) -> None:
         import torch
 
         needs_offsets = self.task == "token-classification"
@@ -355,9 +395,9 @@ class TritonPythonModel:
             for group in groups:
                 members = [runnable[i] for i in group]
                 input_ids = pad_batch([ids[i] for i in members], self.pad_id)
-                attention = (input_ids != -1).astype(np.int64)
+                attention = np.zeros_like(input_ids)
                 for row, member in enumerate(members):
-                    attention[row, len(ids[member]) :] = 0
+                    attention[row, : len(ids[member])] = 1
                 inputs = {
                     "input_ids": torch.from_numpy(input_ids).to(self.device),
                     "attention_mask": torch.from_numpy(attention).to(self.device),
@@ -378,8 +418,8 @@ class TritonPythonModel:
         self,
         members: list[int],
         output: Any,
-        attention: np.ndarray,
-        input_ids: np.ndarray,
+        attention: Array,
+        input_ids: Array,
         encoded: Any,
         texts: list[str],
         per_text: list[dict[str, Any] | None],
@@ -423,11 +463,15 @@ class TritonPythonModel:
         if self.task == "text-classification":
             tensors = [
                 _string_tensor("LABEL", [r["LABEL"] for r in rows], (count, 1)),
-                pb_utils.Tensor("SCORE", np.array([r["SCORE"] for r in rows], dtype=np.float32).reshape(count, 1)),
+                pb_utils.Tensor(
+                    "SCORE", np.array([r["SCORE"] for r in rows], dtype=np.float32).reshape(count, 1)
+                ),
                 pb_utils.Tensor("SCORES", np.stack([r["SCORES"] for r in rows]).astype(np.float32)),
             ]
         elif self.task == "feature-extraction":
-            tensors = [pb_utils.Tensor("EMBEDDING", np.stack([r["EMBEDDING"] for r in rows]).astype(np.float32))]
+            tensors = [
+                pb_utils.Tensor("EMBEDDING", np.stack([r["EMBEDDING"] for r in rows]).astype(np.float32))
+            ]
         elif self.task == "token-classification":
             tensors = [_string_tensor("ENTITIES", [r["ENTITIES"] for r in rows], (count, 1))]
         else:
@@ -446,9 +490,7 @@ class TritonPythonModel:
         encoded = self._tokenize(texts, offsets=True)
         ids: list[list[int]] = encoded["input_ids"]
         longest = max(len(seq) for seq in ids)
-        width = min(
-            max(longest, -(-longest // ONNX_LENGTH_QUANTUM) * ONNX_LENGTH_QUANTUM), max(longest, self.max_length)
-        )
+        width = max(longest, min(-(-longest // ONNX_LENGTH_QUANTUM) * ONNX_LENGTH_QUANTUM, self.max_length))
         input_ids = pad_batch(ids, self.pad_id, width)
         attention = np.zeros_like(input_ids)
         offsets = np.zeros((len(ids), width, 2), dtype=np.int64)
@@ -458,16 +500,14 @@ class TritonPythonModel:
             offsets[row, : len(seq)] = encoded["offset_mapping"][row]
             special[row, : len(seq)] = encoded["special_tokens_mask"][row]
         types = pad_batch(encoded["token_type_ids"], 0, width) if "token_type_ids" in encoded else None
+        produced = {"input_ids": input_ids, "attention_mask": attention, "OFFSETS": offsets}
+        produced["SPECIAL_TOKENS_MASK"] = special
+        if types is not None:
+            produced["token_type_ids"] = types
+        declared = [output["name"] for output in self.model_config["output"]]
         for index, first, count in owners:
             part = slice(first, first + count)
-            tensors = [
-                pb_utils.Tensor("input_ids", input_ids[part]),
-                pb_utils.Tensor("attention_mask", attention[part]),
-                pb_utils.Tensor("OFFSETS", offsets[part]),
-                pb_utils.Tensor("SPECIAL_TOKENS_MASK", special[part]),
-            ]
-            if types is not None and "token_type_ids" in self.params.get("onnx_inputs", ""):
-                tensors.append(pb_utils.Tensor("token_type_ids", types[part]))
+            tensors = [pb_utils.Tensor(name, produced[name][part]) for name in declared]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _postprocess_request(self, request: Any) -> Any:
@@ -478,7 +518,9 @@ class TritonPythonModel:
             results: list[dict[str, Any] | None] = []
             if self.task == "text-classification":
                 names, best, scores = classification_outputs(values, self.labels, self.multi_label)
-                results = [{"LABEL": n, "SCORE": b, "SCORES": s} for n, b, s in zip(names, best, scores, strict=True)]
+                results = [
+                    {"LABEL": n, "SCORE": b, "SCORES": s} for n, b, s in zip(names, best, scores, strict=True)
+                ]
             elif self.task == "feature-extraction":
                 pooled = pool_embeddings(values, attention, self.pooling, self.normalize)
                 results = [{"EMBEDDING": row} for row in pooled]
@@ -505,7 +547,10 @@ class TritonPythonModel:
                 mask_logits = values[np.arange(values.shape[0]), positions]
                 token_ids, probabilities = top_k_tokens(mask_logits, self.top_k)
                 results = [
-                    {"TOKENS": [self.tokenizer.decode([int(t)]) for t in token_ids[row]], "SCORES": probabilities[row]}
+                    {
+                        "TOKENS": [self.tokenizer.decode([int(t)]) for t in token_ids[row]],
+                        "SCORES": probabilities[row],
+                    }
                     for row in range(len(token_ids))
                 ]
             return self._encoder_response(results)
@@ -535,7 +580,9 @@ class TritonPythonModel:
         if len(texts) != 1:
             raise RequestError("TEXT must hold exactly one prompt")
         max_new = _optional_scalar(request, "MAX_NEW_TOKENS")
-        max_new_tokens = int(max_new) if max_new is not None else int(self.params.get("default_max_new_tokens", "64"))
+        max_new_tokens = (
+            int(max_new) if max_new is not None else int(self.params.get("default_max_new_tokens", "64"))
+        )
         if max_new_tokens < 1:
             raise RequestError("MAX_NEW_TOKENS must be at least 1")
         temperature = _optional_scalar(request, "TEMPERATURE")
@@ -554,36 +601,11 @@ class TritonPythonModel:
         prompt_ids = prompt_ids[-(self.max_length - max_new_tokens) :]
         input_ids = torch.tensor([prompt_ids], device=self.device)
 
-        tokenizer = self.tokenizer
-        state = {"tokens": [], "sent": ""}
+        sender_cancelled = getattr(sender, "is_cancelled", lambda: False)
 
-        class Streamer:
-            prompt_seen = False
-
-            def put(self, value: Any) -> None:
-                if not self.prompt_seen:
-                    self.prompt_seen = True
-                    return
-                state["tokens"].extend(int(t) for t in value.reshape(-1).tolist())
-                text = tokenizer.decode(state["tokens"], skip_special_tokens=True)
-                # A multi-byte character split across tokens decodes to U+FFFD until it completes.
-                if text.endswith("\ufffd"):
-                    return
-                delta = text[len(state["sent"]) :]
-                if delta:
-                    state["sent"] = text
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[_string_tensor("TEXT_OUTPUT", [delta], (1,))]))
-
-            def end(self) -> None:
-                text = tokenizer.decode(state["tokens"], skip_special_tokens=True)
-                delta = text[len(state["sent"]) :]
-                if delta:
-                    state["sent"] = text
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[_string_tensor("TEXT_OUTPUT", [delta], (1,))]))
-
-        class StopWhenCancelled(StoppingCriteria):  # type: ignore[misc]
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return bool(getattr(sender, "is_cancelled", lambda: False)())
+        class StopWhenCancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), bool(sender_cancelled()), dtype=torch.bool)
 
         if seed is not None:
             torch.manual_seed(int(seed))
@@ -598,7 +620,7 @@ class TritonPythonModel:
                 attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.pad_id,
-                streamer=Streamer(),
+                streamer=TokenStreamer(self.tokenizer, sender),
                 stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
                 **sampling,
             )

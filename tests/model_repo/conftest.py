@@ -36,7 +36,8 @@ def save_bert_tokenizer(directory: Path) -> Any:
     directory.mkdir(parents=True, exist_ok=True)
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(bert_vocab()) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(vocab_file), model_max_length=64)
+    vocab = {token: index for index, token in enumerate(bert_vocab())}
+    tokenizer = BertTokenizer(vocab=vocab, model_max_length=64)
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 

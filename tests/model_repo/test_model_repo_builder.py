@@ -37,13 +37,20 @@ def test_build_writes_record_and_hits_cache(checkpoints: dict[str, Path], tmp_pa
     out = tmp_path / "repo"
     options = BuildOptions(source=f"file://{checkpoints['text-classification']}")
     first = build_repository(options, out)
-    assert not first.cache_hit and first.format is ModelFormat.PYTHON and first.task is Task.TEXT_CLASSIFICATION
+    assert (
+        not first.cache_hit and first.format is ModelFormat.PYTHON and first.task is Task.TEXT_CLASSIFICATION
+    )
     record = read_record(out)
-    assert record is not None and record["digest"] == first.digest and record["labels"] == [
-        "negative",
-        "neutral",
-        "positive",
-    ]
+    assert (
+        record is not None
+        and record["digest"] == first.digest
+        and record["labels"]
+        == [
+            "negative",
+            "neutral",
+            "positive",
+        ]
+    )
     model_dir = out / "model"
     assert (model_dir / "1" / "model.py").read_text() == (
         Path(cli.__file__).parent / "runtime" / "model.py"
@@ -70,8 +77,17 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
         for line in runtime.splitlines()
         if line.strip().startswith(("import ", "from "))
     }
-    assert imports <= {"__future__", "json", "math", "os", "typing", "numpy", "torch", "transformers",
-                       "triton_python_backend_utils"}, imports
+    assert imports <= {
+        "__future__",
+        "json",
+        "math",
+        "os",
+        "typing",
+        "numpy",
+        "torch",
+        "transformers",
+        "triton_python_backend_utils",
+    }, imports
 
 
 def test_failed_rebuild_keeps_the_previous_repository(
@@ -228,7 +244,9 @@ def test_remote_code_is_refused_and_never_imported(tmp_path: Path, checkpoints: 
     )
     write_json(source / "config.json", config)
     out = tmp_path / "out" / "repo"
-    _assert_refused(BuildOptions(source=f"file://{source}"), out, "trustRemoteCode: true.*--trust-remote-code")
+    _assert_refused(
+        BuildOptions(source=f"file://{source}"), out, "trustRemoteCode: true.*--trust-remote-code"
+    )
     result = CliRunner().invoke(_app(), ["build", "--source", f"file://{source}", "--out", str(out)])
     assert result.exit_code != 0 and "trust-remote-code" in result.output
     assert not marker.exists(), "code from the checkpoint was executed"
@@ -238,7 +256,11 @@ def test_remote_code_is_refused_and_never_imported(tmp_path: Path, checkpoints: 
 def test_remote_code_files_are_fetched_only_when_trusted() -> None:
     names = ["config.json", "modeling_x.py", "model.safetensors", "pytorch_model.bin", "README.md"]
     assert select_files(names, trust_remote_code=False) == ["config.json", "model.safetensors"]
-    assert select_files(names, trust_remote_code=True) == ["config.json", "model.safetensors", "modeling_x.py"]
+    assert select_files(names, trust_remote_code=True) == [
+        "config.json",
+        "model.safetensors",
+        "modeling_x.py",
+    ]
 
 
 def test_pvc_source_resolves_under_the_mount_root(
@@ -295,7 +317,15 @@ def _app() -> typer.Typer:
 
 def test_cli_build_and_cache_hit(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "repo"
-    args = ["build", "--source", f"file://{checkpoints['fill-mask']}", "--out", str(out), "--model-name", "mlm"]
+    args = [
+        "build",
+        "--source",
+        f"file://{checkpoints['fill-mask']}",
+        "--out",
+        str(out),
+        "--model-name",
+        "mlm",
+    ]
     first = CliRunner().invoke(_app(), args)
     assert first.exit_code == 0, first.output
     assert "built:" in first.output and "task=fill-mask" in first.output
@@ -305,5 +335,7 @@ def test_cli_build_and_cache_hit(checkpoints: dict[str, Path], tmp_path: Path) -
 
 
 def test_cli_rejects_unknown_choices(tmp_path: Path) -> None:
-    result = CliRunner().invoke(_app(), ["build", "--source", "file:///x", "--out", str(tmp_path), "--task", "nope"])
+    result = CliRunner().invoke(
+        _app(), ["build", "--source", "file:///x", "--out", str(tmp_path), "--task", "nope"]
+    )
     assert result.exit_code != 0 and "text-classification" in result.output
