@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import promql_parser
 import pytest
 import yaml
 from conftest import CHART, KUBE_MINOR_VERSION, KUBE_VERSION, RELEASE, RELEASE_NAMESPACE, ROOT, Helm
+from modeldeploy.api import parse_model_deployment
 from rbac_contract import expected_rbac, grants_of
 
 FULLNAME = f"{RELEASE}-modeldeploy"
@@ -437,3 +440,46 @@ def test_adapter_rules_compute_the_documented_formulas(helm: Helm, window: str) 
         assert _normalised(query.replace("{<<.LabelMatchers>>}", "").replace("<<.GroupBy>>", "pod")) == (
             _normalised(documented)
         ), name
+
+
+# ------------------------------------------------------------------------------------------ NOTES
+
+
+@pytest.fixture(scope="module")
+def notes_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # `helm template` does not render NOTES.txt and `helm install --dry-run` needs a cluster, so a copy
+    # of the chart renders NOTES.txt through `tpl`, with the same values and the same helpers.
+    copy = tmp_path_factory.mktemp("notes") / "modeldeploy"
+    shutil.copytree(CHART, copy)
+    shutil.copy(CHART / "templates" / "NOTES.txt", copy / "notes-under-test.txt")
+    (copy / "templates" / "notes-under-test.yaml").write_text(
+        'notes: |\n  {{- tpl (.Files.Get "notes-under-test.txt") . | nindent 2 }}\n'
+    )
+    return copy
+
+
+def test_notes_render_for_every_value_set(helm: Helm, notes_chart: Path) -> None:
+    for name, values in VALUE_SETS.items():
+        result = helm.run(
+            "template",
+            RELEASE,
+            str(notes_chart),
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            "--values",
+            str(helm.values_file(values)),
+            "--show-only",
+            "templates/notes-under-test.yaml",
+        )
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        notes = yaml.safe_load(result.stdout)["notes"]
+        assert "<no value>" not in notes, name
+        assert f"deployment/{FULLNAME}" in notes and f"-n {RELEASE_NAMESPACE}" in notes, name
+        for namespace in values.get("watchNamespaces", []):
+            assert namespace in notes, name
+        # The ModelDeployment the notes tell users to apply is valid.
+        example = re.search(r"<<'YAML'.*?\n(.*?)\n\s*YAML\n", notes, re.S)
+        assert example, name
+        parse_model_deployment(yaml.safe_load(textwrap.dedent(example.group(1))))
