@@ -15,7 +15,7 @@ import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
-from conftest import CHART, KUBE_MINOR_VERSION, KUBE_VERSION, RELEASE, RELEASE_NAMESPACE, ROOT, Helm
+from chart_helpers import CHART, KUBE_MINOR_VERSION, KUBE_VERSION, RELEASE, RELEASE_NAMESPACE, ROOT, Helm
 from modeldeploy.api import parse_model_deployment
 from rbac_contract import expected_rbac, grants_of
 

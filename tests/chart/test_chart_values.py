@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CHART, Helm
+from chart_helpers import CHART, Helm
 
 # (values, a fragment of helm's error that names the offending value)
 BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {

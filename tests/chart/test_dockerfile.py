@@ -25,7 +25,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 import yaml
-from conftest import CHART, ROOT
+from chart_helpers import CHART, ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

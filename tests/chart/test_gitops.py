@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, Helm
+from chart_helpers import ROOT, Helm
 from gitops_health import GITOPS, argocd_health, argocd_health_script, flux_health, flux_health_exprs
 from modeldeploy.api import API_VERSION, ModelDeploymentStatus, parse_model_deployment
 
