@@ -141,7 +141,11 @@ def build_deployment(md: ModelDeployment, settings: RenderSettings) -> dict[str,
             **placement(md.spec, with_gpus=True),
         }
     )
-    spec: dict[str, Any] = {
+    spec: dict[str, Any] = {}
+    if md.spec.autoscaling is None:
+        # With an autoscaler the replica count is its field; leaving it out keeps the two from fighting.
+        spec["replicas"] = md.spec.replicas
+    spec |= {
         "selector": {"matchLabels": selector_labels(owner)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "revisionHistoryLimit": 5,
@@ -154,9 +158,6 @@ def build_deployment(md: ModelDeployment, settings: RenderSettings) -> dict[str,
             "spec": pod_spec,
         },
     }
-    if md.spec.autoscaling is None:
-        # With an autoscaler the replica count is its field; leaving it out keeps the two from fighting.
-        spec["replicas"] = md.spec.replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

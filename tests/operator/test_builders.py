@@ -1,0 +1,492 @@
+"""The pure builders: every manifest validates strictly against Kubernetes 1.37's schemas, and says what
+the spec asks for (placement, security, probes, rollout, autoscaling, cache)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from md_fixtures import md_of
+from modeldeploy.api import ModelDeployment
+from modeldeploy.builders import DesiredState, desired_state
+from modeldeploy.builders.common import GPU_TOLERATION
+from modeldeploy.builders.deployment import EXIT_TIMEOUT_SECONDS, TERMINATION_GRACE_SECONDS
+from modeldeploy.builders.horizontalpodautoscaler import POD_METRIC_NAMES
+from modeldeploy.builders.scaledobject import prometheus_query
+from modeldeploy.digest import repository_digest
+from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, NAME_LABEL, Owner
+from modeldeploy.settings import ClusterCapabilities, RenderSettings
+
+# The newest Kubernetes the installed kubernetes-validate knows, at most the 1.37 the chart targets.
+K8S_VERSION = "1.37.0"
+# Not built-in kinds: kubernetes-validate has no schema for them (checked structurally below).
+CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+SETTINGS = RenderSettings(triton_image="triton:test", builder_image="builder:test")
+EVERYTHING = ClusterCapabilities(service_monitors=True, keda=True)
+LONG_NAME = "a" * 40 + "." + "b" * 80 + ".c-very-long.model-deployment-name-that-is-a-dns-subdomain"
+
+PLACEMENT = {
+    "cpu": {},
+    "gpu": {"resources": {"gpus": 2, "gpuProduct": "NVIDIA-H100-80GB-HBM3"}},
+}
+AUTOSCALING = {
+    "fixed": {"replicas": 3},
+    "hpa": {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "metric": "queueTime"}},
+    "hpa-cpu": {
+        "autoscaling": {"maxReplicas": 3, "metric": "cpu", "target": 60},
+        "resources": {"requests": {"cpu": "1500m", "memory": "2Gi"}},
+    },
+    "keda": {
+        "autoscaling": {
+            "engine": "keda",
+            "minReplicas": 0,
+            "maxReplicas": 5,
+            "scaleToZero": True,
+            "metric": "pendingRequests",
+        }
+    },
+}
+CACHE = {
+    "none": {},
+    "new-claim": {"cache": {"size": "20Gi", "storageClassName": "fast-rwx"}},
+    "existing-claim": {"cache": {"claimName": "shared-models"}},
+}
+NAMES = {"short": "bert", "long": LONG_NAME, "digit-first": "7b-chat"}
+
+
+def _validate(manifest: dict[str, Any]) -> None:
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_the_pinned_kubernetes_version_is_the_newest_the_validator_knows_up_to_1_37() -> None:
+    known = [v for v in kubernetes_validate.utils.all_versions() if v.startswith("1.")]
+    newest = max(
+        (v for v in known if tuple(map(int, v.split(".")[:2])) <= (1, 37)),
+        key=lambda v: [*map(int, v.split("."))],
+    )
+    assert newest == K8S_VERSION
+
+
+MATRIX = list(itertools.product(PLACEMENT, AUTOSCALING, CACHE, NAMES))
+
+
+@pytest.mark.parametrize(("placement", "scaling", "cache", "name"), MATRIX, ids=["-".join(m) for m in MATRIX])
+def test_every_manifest_validates_strictly(placement: str, scaling: str, cache: str, name: str) -> None:
+    md = md_of(PLACEMENT[placement], AUTOSCALING[scaling], CACHE[cache], name=NAMES[name])
+    state = desired_state(md, SETTINGS, EVERYTHING)
+    kinds = [manifest["kind"] for manifest in state.manifests()]
+    assert kinds.count("Deployment") == kinds.count("Service") == 1
+    for manifest in state.manifests():
+        if manifest["kind"] not in CRD_KINDS:
+            _validate(manifest)
+        _check_common(manifest, md)
+
+
+def _check_common(manifest: dict[str, Any], md: ModelDeployment) -> None:
+    metadata = manifest["metadata"]
+    name = metadata["name"]
+    # Names fit DNS-1035 labels (Services, Jobs' pod labels) for any valid ModelDeployment name.
+    assert len(name) <= 63 and name[0].isalpha() and "." not in name, name
+    labels = metadata["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "modeldeploy"
+    assert labels["app.kubernetes.io/part-of"] == "modeldeploy"
+    assert labels["app.kubernetes.io/name"] == "triton"
+    assert len(labels[NAME_LABEL]) <= 63 and len(labels["app.kubernetes.io/instance"]) <= 63
+    (reference,) = metadata["ownerReferences"]
+    assert reference == {
+        "apiVersion": "modeldeploy.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": md.metadata.name,
+        "uid": md.metadata.uid,
+        "controller": True,
+    }
+    assert metadata["namespace"] == md.metadata.namespace
+
+
+def _state(
+    *parts: dict[str, Any], capabilities: ClusterCapabilities = EVERYTHING, **kwargs: Any
+) -> DesiredState:
+    return desired_state(md_of(*parts, **kwargs), SETTINGS, capabilities)
+
+
+def _pod(state: DesiredState) -> dict[str, Any]:
+    pod: dict[str, Any] = state.deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def _triton(state: DesiredState) -> dict[str, Any]:
+    container: dict[str, Any] = _pod(state)["containers"][0]
+    return container
+
+
+def test_triton_container_is_locked_down_probed_and_configured() -> None:
+    state = _state({"triton": {"responseCache": True}})
+    triton = _triton(state)
+    assert triton["command"] == ["tritonserver"]
+    args = triton["args"]
+    assert args[:9] == [
+        "--model-repository=/models/repository",
+        "--strict-readiness=true",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_SECONDS}",
+        "--allow-metrics=true",
+        "--http-port=8000",
+        "--grpc-port=8001",
+        "--metrics-port=8002",
+        "--log-format=ISO8601",
+        "--backend-config=python,shm-default-byte-size=16777216",
+    ]
+    assert args[9].startswith("--cache-config=local,size=")
+    assert {(p["name"], p["containerPort"]) for p in triton["ports"]} == {
+        ("http", 8000),
+        ("grpc", 8001),
+        ("metrics", 8002),
+    }
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+    startup = triton["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60, "too short for model loading"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    security = triton["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["allowPrivilegeEscalation"] is False and security["runAsNonRoot"] is True
+    pod = _pod(state)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE_SECONDS > EXIT_TIMEOUT_SECONDS
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory" and shm["emptyDir"]["sizeLimit"].endswith("Mi")
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in triton["volumeMounts"]
+    rollout = state.deployment["spec"]["strategy"]
+    assert rollout == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def test_no_response_cache_flag_without_the_response_cache() -> None:
+    assert not any(arg.startswith("--cache-config") for arg in _triton(_state({}))["args"])
+
+
+def test_gpus_become_limits_affinity_and_the_gpu_toleration() -> None:
+    state = _state(
+        {
+            "resources": {
+                "gpus": 2,
+                "gpuProduct": "NVIDIA-A100-SXM4-80GB",
+                "requests": {"cpu": 4, "memory": "16Gi"},
+                "limits": {"memory": "24Gi"},
+            }
+        }
+    )
+    triton = _triton(state)
+    assert triton["resources"] == {
+        "requests": {"cpu": "4", "memory": "16Gi"},
+        "limits": {"memory": "24Gi", "nvidia.com/gpu": "2"},
+    }
+    pod = _pod(state)
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-80GB"]}
+            ]
+        }
+    ]
+    assert GPU_TOLERATION in pod["tolerations"]
+    # The builder needs no GPU.
+    builder = pod["initContainers"][0]
+    assert "nvidia.com/gpu" not in builder["resources"].get("limits", {})
+
+
+def test_cpu_pods_get_no_gpu_anything() -> None:
+    pod = _pod(_state({}))
+    assert "affinity" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in str(pod)
+
+
+def test_the_gpu_product_is_anded_into_every_user_node_selector_term() -> None:
+    user_terms = [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]},
+    ]
+    state = _state(
+        {
+            "resources": {
+                "gpus": 1,
+                "gpuProduct": "NVIDIA-H100-80GB-HBM3",
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": user_terms}
+                    }
+                },
+                "tolerations": [
+                    {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+                ],
+                "nodeSelector": {"pool": "inference"},
+            }
+        }
+    )
+    pod = _pod(state)
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert len(terms) == 2
+    for term in terms:
+        assert {
+            "key": "nvidia.com/gpu.product",
+            "operator": "In",
+            "values": ["NVIDIA-H100-80GB-HBM3"],
+        } in term["matchExpressions"]
+    assert terms[1]["matchFields"] == user_terms[1]["matchFields"]
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+        GPU_TOLERATION,
+    ]
+    assert pod["nodeSelector"] == {"pool": "inference"}
+    _validate(state.deployment)
+
+
+def test_builder_init_container_gets_every_flag_and_credentials_by_reference_only() -> None:
+    spec = {
+        "model": {
+            "source": "hf://org/model",
+            "revision": "v1.2",
+            "task": "fill-mask",
+            "credentialsSecret": "hf-token",
+            "trustRemoteCode": True,
+        },
+        "triton": {
+            "format": "onnx",
+            "dtype": "float32",
+            "maxBatchSize": 16,
+            "dynamicBatching": {"maxQueueDelayMicroseconds": 100, "preferredBatchSizes": [4, 8]},
+            "instancesPerDevice": 2,
+            "maxSequenceLength": 128,
+        },
+        "resources": {"gpus": 1},
+    }
+    state = _state(spec)
+    builder = _pod(state)["initContainers"][0]
+    assert builder["image"] == "builder:test"
+    assert builder["command"] == ["modeldeploy"]
+    assert builder["args"] == [
+        "build",
+        "--source", "hf://org/model",
+        "--revision", "v1.2",
+        "--task", "fill-mask",
+        "--format", "onnx",
+        "--dtype", "float32",
+        "--max-batch-size", "16",
+        "--max-queue-delay-us", "100",
+        "--preferred-batch-size", "4",
+        "--preferred-batch-size", "8",
+        "--instances-per-device", "2",
+        "--max-sequence-length", "128",
+        "--device", "gpu",
+        "--no-response-cache",
+        "--trust-remote-code",
+        "--model-name", "bert",
+        "--out", "/models/repository",
+    ]  # fmt: skip
+    assert builder["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert all("valueFrom" not in env and "TOKEN" not in env["name"] for env in builder["env"])
+    triton = _triton(state)
+    assert "envFrom" not in triton and "env" not in triton, "the server needs no credentials"
+    mount = next(m for m in triton["volumeMounts"] if m["name"] == "model-repository")
+    assert mount["readOnly"] is True
+
+
+def test_pvc_sources_are_mounted_read_only_into_the_builder() -> None:
+    state = _state({"model": {"source": "pvc://checkpoints/bert/base"}})
+    pod = _pod(state)
+    builder = pod["initContainers"][0]
+    assert {"name": "model-source", "mountPath": "/mnt/pvc/checkpoints", "readOnly": True} in builder[
+        "volumeMounts"
+    ]
+    assert {
+        "name": "model-source",
+        "persistentVolumeClaim": {"claimName": "checkpoints", "readOnly": True},
+    } in pod["volumes"]
+
+
+def test_fixed_replicas_are_set_and_autoscaling_leaves_them_to_the_autoscaler() -> None:
+    assert _state({"replicas": 3}).deployment["spec"]["replicas"] == 3
+    assert "replicas" not in _state(AUTOSCALING["hpa"]).deployment["spec"]
+    assert "replicas" not in _state(AUTOSCALING["keda"]).deployment["spec"]
+
+
+@pytest.mark.parametrize("metric", ["queueTime", "queueComputeRatio", "pendingRequests"])
+def test_hpa_uses_the_adapter_metric_names(metric: str) -> None:
+    state = _state({"autoscaling": {"maxReplicas": 4, "metric": metric, "target": "250m"}})
+    hpa = state.horizontal_pod_autoscaler
+    assert hpa is not None and state.scaled_object is None
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "bert"}
+    (entry,) = hpa["spec"]["metrics"]
+    assert entry["type"] == "Pods"
+    assert (
+        entry["pods"]["metric"]["name"]
+        == {
+            "queueTime": "modeldeploy_queue_time_us",
+            "queueComputeRatio": "modeldeploy_queue_compute_ratio",
+            "pendingRequests": "modeldeploy_pending_requests",
+        }[metric]
+    )
+    assert entry["pods"]["target"] == {"type": "AverageValue", "averageValue": "250m"}
+    assert set(POD_METRIC_NAMES.values()) >= {entry["pods"]["metric"]["name"]}
+
+
+def test_hpa_cpu_is_a_resource_utilisation_metric_with_the_default_target() -> None:
+    state = _state(
+        {"autoscaling": {"maxReplicas": 4, "metric": "cpu"}, "resources": {"requests": {"cpu": 2}}}
+    )
+    hpa = state.horizontal_pod_autoscaler
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+        }
+    ]
+
+
+def test_keda_scaled_object_queries_tritons_metrics_of_this_service() -> None:
+    settings = RenderSettings(prometheus_url="http://prom.example:9090")
+    md = md_of(
+        {
+            "autoscaling": {
+                "engine": "keda",
+                "minReplicas": 0,
+                "maxReplicas": 3,
+                "scaleToZero": True,
+                "target": "1500m",
+            }
+        },
+        name="chat",
+    )
+    state = desired_state(md, settings, EVERYTHING)
+    scaled = state.scaled_object
+    assert scaled is not None and state.horizontal_pod_autoscaler is None
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 3)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
+    metadata = trigger["metadata"]
+    assert metadata["serverAddress"] == "http://prom.example:9090"
+    assert metadata["threshold"] == "1.5"
+    assert all(isinstance(value, str) for value in metadata.values()), (
+        "KEDA's trigger metadata is string-only"
+    )
+    query = metadata["query"]
+    assert 'namespace="ml",service="chat"' in query
+    assert "nv_inference_queue_duration_us" in query and "nv_inference_compute_infer_duration_us" in query
+
+
+def test_keda_pending_requests_are_averaged_per_pod() -> None:
+    state = _state(AUTOSCALING["keda"])
+    assert state.scaled_object is not None
+    (trigger,) = state.scaled_object["spec"]["triggers"]
+    assert trigger["metricType"] == "AverageValue"
+    owner = Owner("bert", "ml", "u")
+    from modeldeploy.api import AutoscalingMetric
+
+    assert trigger["metadata"]["query"] == prometheus_query(AutoscalingMetric.PENDING_REQUESTS, owner)
+    assert trigger["metadata"]["query"].startswith("sum(nv_inference_pending_request_count{")
+
+
+def test_service_monitor_only_when_the_cluster_has_its_crd() -> None:
+    assert _state({}, capabilities=ClusterCapabilities(service_monitors=False)).service_monitor is None
+    monitor = _state({}).service_monitor
+    assert monitor is not None
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    service = _state({}).service
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+
+
+def test_pod_disruption_budget_only_when_more_than_one_pod_may_run() -> None:
+    assert _state({"replicas": 1}).pod_disruption_budget is None
+    assert _state({"autoscaling": {"minReplicas": 1, "maxReplicas": 1}}).pod_disruption_budget is None
+    budget = _state({"replicas": 2}).pod_disruption_budget
+    assert budget is not None and budget["spec"]["maxUnavailable"] == 1
+    assert _state(AUTOSCALING["keda"]).pod_disruption_budget is not None
+
+
+def test_service_exposes_http_grpc_and_metrics_to_the_serving_pods() -> None:
+    state = _state({})
+    service = state.service
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", 8000, "http"),
+        ("grpc", 8001, "grpc"),
+        ("metrics", 8002, "metrics"),
+    ]
+    template_labels = state.deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= template_labels.items()
+    assert service["spec"]["selector"] == state.deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_cache_builds_in_a_job_named_by_the_digest_and_pods_mount_it_read_only() -> None:
+    md = md_of(CACHE["new-claim"], {"model": {"credentialsSecret": "creds"}})
+    state = desired_state(md, SETTINGS, EVERYTHING)
+    digest = repository_digest(md.spec, md.metadata.name)
+    claim, job = state.cache_claim, state.build_job
+    assert claim is not None and job is not None
+    assert claim["metadata"]["name"] == "bert-cache"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "20Gi"}},
+        "storageClassName": "fast-rwx",
+    }
+    assert claim["metadata"]["labels"]["app.kubernetes.io/component"] == "model-builder"
+    assert job["metadata"]["name"] == f"bert-build-{digest[:12]}"
+    assert job["metadata"]["annotations"][MODEL_DIGEST_ANNOTATION] == digest
+    job_pod = job["spec"]["template"]["spec"]
+    (builder,) = job_pod["containers"]
+    assert builder["args"][-2:] == ["--out", f"/cache/{digest}"]
+    assert builder["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "bert-cache"}} in job_pod["volumes"]
+    assert NAME_LABEL not in job["spec"]["template"]["metadata"]["labels"], (
+        "builder pods are not serving pods"
+    )
+
+    pod = _pod(state)
+    assert "initContainers" not in pod
+    assert {
+        "name": "model-cache",
+        "persistentVolumeClaim": {"claimName": "bert-cache", "readOnly": True},
+    } in pod["volumes"]
+    triton = _triton(state)
+    assert {"name": "model-cache", "mountPath": "/cache", "readOnly": True} in triton["volumeMounts"]
+    assert f"--model-repository=/cache/{digest}" in triton["args"]
+
+
+def test_an_existing_cache_claim_is_used_and_not_created() -> None:
+    state = _state(CACHE["existing-claim"])
+    assert state.cache_claim is None and state.build_job is not None
+    volumes = state.build_job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "shared-models"}} in volumes
+
+
+def test_the_pod_template_carries_the_repository_digest() -> None:
+    md = md_of({})
+    state = desired_state(md, SETTINGS, EVERYTHING)
+    annotations = state.deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {MODEL_DIGEST_ANNOTATION: repository_digest(md.spec, "bert")}
+    assert state.digest == repository_digest(md.spec, "bert")
+
+
+def test_offline_rendering_leaves_owner_references_out() -> None:
+    state = desired_state(md_of({}, uid=None), SETTINGS, EVERYTHING)
+    for manifest in state.manifests():
+        assert "ownerReferences" not in manifest["metadata"]
+        if manifest["kind"] not in CRD_KINDS:
+            _validate(manifest)
+
+
+def test_the_triton_image_can_be_overridden_per_model() -> None:
+    assert _triton(_state({"triton": {"image": "nvcr.io/nvidia/tritonserver:25.01-py3"}}))["image"] == (
+        "nvcr.io/nvidia/tritonserver:25.01-py3"
+    )
+    assert _triton(_state({}))["image"] == "triton:test"

@@ -1,0 +1,111 @@
+"""The per-ModelDeployment queue: runs never overlap, piled-up requests merge into one follow-up run that
+reads the freshest object, and transient failures are retried. Pure asyncio: the reconcile function here
+is a stand-in that records calls (no Kubernetes involved)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from modeldeploy import queue as queue_module
+from modeldeploy.kube import KubeError
+from modeldeploy.metrics import Metrics
+from modeldeploy.queue import ReconcileQueue
+from modeldeploy.reconcile import Outcome
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.bodies: dict[str, dict[str, Any]] = {"a": {"metadata": {"name": "a", "resourceVersion": "1"}}}
+        self.seen: list[str] = []
+        self.running = 0
+        self.max_running = 0
+        self.gate = asyncio.Event()
+        self.fail_next: list[Exception] = []
+
+    def latest(self, uid: str) -> Mapping[str, Any] | None:
+        return self.bodies.get(uid)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            self.seen.append(body["metadata"]["resourceVersion"])
+            await self.gate.wait()
+            if self.fail_next:
+                raise self.fail_next.pop(0)
+            return Outcome(message=body["metadata"]["resourceVersion"])
+        finally:
+            self.running -= 1
+
+
+def test_requests_pile_up_into_one_run_with_the_latest_object() -> None:
+    asyncio.run(_requests_pile_up_into_one_run_with_the_latest_object())
+
+
+async def _requests_pile_up_into_one_run_with_the_latest_object() -> None:
+    recorder = Recorder()
+    queue = ReconcileQueue(recorder.reconcile, recorder.latest, Metrics())
+    first = asyncio.create_task(queue.request("a", "create"))
+    await asyncio.sleep(0.01)
+    # While the first run is in flight, the object changes and ten more events arrive.
+    recorder.bodies["a"]["metadata"]["resourceVersion"] = "2"
+    followers = [asyncio.create_task(queue.request("a", "deployments")) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    outcomes = await asyncio.gather(first, *followers)
+    assert recorder.seen == ["1", "2"], "one run for the first request, one merged run for the rest"
+    assert recorder.max_running == 1
+    assert {o.message for o in outcomes[1:] if o} == {"2"}
+
+
+def test_a_gone_object_is_not_reconciled() -> None:
+    asyncio.run(_a_gone_object_is_not_reconciled())
+
+
+async def _a_gone_object_is_not_reconciled() -> None:
+    recorder = Recorder()
+    recorder.gate.set()
+    queue = ReconcileQueue(recorder.reconcile, recorder.latest, Metrics())
+    assert await queue.request("missing", "resync") is None
+    assert recorder.seen == []
+
+
+def test_transient_failures_raise_and_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(_transient_failures_raise_and_are_retried(monkeypatch))
+
+
+async def _transient_failures_raise_and_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
+    recorder = Recorder()
+    recorder.gate.set()
+    recorder.fail_next = [KubeError("apply Deployment: 503", 503, True)] * 2
+    metrics = Metrics()
+    queue = ReconcileQueue(recorder.reconcile, recorder.latest, metrics)
+    with pytest.raises(KubeError):
+        await queue.request("a", "deployments")
+    for _ in range(100):
+        if len(recorder.seen) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(recorder.seen) == 3, "two failures, each followed by a scheduled retry, then success"
+    assert metrics.reconcile_errors.labels(error="transient")._value.get() == 2
+    queue.cancel_all()
+
+
+def test_handler_triggers_leave_retries_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(_handler_triggers_leave_retries_to_kopf(monkeypatch))
+
+
+async def _handler_triggers_leave_retries_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
+    recorder = Recorder()
+    recorder.gate.set()
+    recorder.fail_next = [KubeError("timeout", None, True)]
+    queue = ReconcileQueue(recorder.reconcile, recorder.latest, Metrics())
+    with pytest.raises(KubeError):
+        await queue.request("a", "update", retry_transient=False)
+    await asyncio.sleep(0.05)
+    assert len(recorder.seen) == 1

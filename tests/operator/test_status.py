@@ -1,0 +1,273 @@
+"""Status from what the children report: conditions, phase, replicas, and quiet recomputation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from md_fixtures import md_of
+from modeldeploy.api import ConditionStatus, ModelDeployment, ModelDeploymentStatus, Phase
+from modeldeploy.digest import repository_digest
+from modeldeploy.labels import MODEL_DIGEST_ANNOTATION
+from modeldeploy.status import (
+    Observed,
+    comparable,
+    compute_status,
+    invalid_spec_status,
+    transitions,
+)
+
+T0, T1 = "2030-01-01T00:00:00Z", "2030-01-01T00:05:00Z"
+
+
+def deployment(
+    digest: str, replicas: int | None = 2, ready: int = 2, updated: int | None = None, generation: int = 1
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"template": {"metadata": {"annotations": {MODEL_DIGEST_ANNOTATION: digest}}}}
+    if replicas is not None:
+        spec["replicas"] = replicas
+    total = replicas if replicas is not None else ready
+    return {
+        "metadata": {"name": "bert", "generation": generation},
+        "spec": spec,
+        "status": {
+            "observedGeneration": generation,
+            "replicas": total,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "updatedReplicas": total if updated is None else updated,
+        },
+    }
+
+
+def pod(digest: str, ready: bool = True, builder: dict[str, Any] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if builder is not None:
+        status["initContainerStatuses"] = [{"name": "model-builder", **builder}]
+    return {
+        "metadata": {"name": "bert-abc", "annotations": {MODEL_DIGEST_ANNOTATION: digest}},
+        "status": status,
+    }
+
+
+def conditions(status: ModelDeploymentStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status.value, c.reason) for c in status.conditions or []}
+
+
+def digest_of(md: ModelDeployment) -> str:
+    return repository_digest(md.spec, md.metadata.name)
+
+
+def test_a_healthy_fixed_deployment_is_ready() -> None:
+    md = md_of({"replicas": 2})
+    digest = digest_of(md)
+    observed = Observed(digest=digest, deployment=deployment(digest), pods=[pod(digest), pod(digest)])
+    status = compute_status(md, observed, None, T0)
+    assert conditions(status) == {
+        "ModelRepositoryReady": ("True", "Built"),
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "AutoscalerReady": ("True", "FixedReplicas"),
+        "Ready": ("True", "Serving"),
+    }
+    assert status.phase is Phase.READY
+    assert (status.replicas, status.ready_replicas, status.replica_summary) == (2, 2, "2/2")
+    assert status.selector == "app.kubernetes.io/component=inference-server,modeldeploy.dev/name=bert"
+    assert status.endpoints is not None and status.endpoints.http == "http://bert.ml.svc:8000"
+    assert status.endpoints.grpc == "bert.ml.svc:8001" and status.endpoints.model_name == "bert"
+    assert status.model_repository is not None and status.model_repository.digest == digest
+    assert status.model_repository.format is not None and status.model_repository.format.value == "python"
+    assert status.observed_generation == md.metadata.generation
+    assert all(c.observed_generation == md.metadata.generation for c in status.conditions or [])
+    assert status.message is None
+
+
+def test_recomputing_an_unchanged_status_keeps_transition_times_and_is_comparable_equal() -> None:
+    md = md_of({})
+    digest = digest_of(md)
+    observed = Observed(digest=digest, deployment=deployment(digest, replicas=1, ready=1), pods=[pod(digest)])
+    first = compute_status(md, observed, None, T0)
+    second = compute_status(md, observed, first, T1)
+    assert second == first
+    assert transitions(first, second) == []
+    # A status read back from the API server (JSON) compares equal to the computed one.
+    assert comparable(first.dump()) == comparable(second)
+
+
+def test_transition_time_moves_only_when_a_condition_status_changes() -> None:
+    md = md_of({"replicas": 2})
+    digest = digest_of(md)
+    rolling = Observed(digest=digest, deployment=deployment(digest, ready=1, updated=1), pods=[pod(digest)])
+    before = compute_status(md, rolling, None, T0)
+    assert conditions(before)["Ready"] == ("False", "RollingOut")
+    done = Observed(digest=digest, deployment=deployment(digest), pods=[pod(digest), pod(digest)])
+    after = compute_status(md, done, before, T1)
+    times = {c.type: c.last_transition_time for c in after.conditions or []}
+    assert times["Ready"] == T1 and times["Available"] == T0
+    changed = transitions(before, after)
+    assert [(t.condition, t.status.value, t.reason, t.event_type) for t in changed] == [
+        ("Ready", "True", "Serving", "Normal")
+    ]
+    assert comparable(before) != comparable(after)
+
+
+def test_init_container_build_failure_is_reported_with_its_message() -> None:
+    md = md_of({})
+    digest = digest_of(md)
+    failing = pod(
+        digest,
+        ready=False,
+        builder={
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": "checkpoint needs trust_remote_code"}},
+        },
+    )
+    observed = Observed(digest=digest, deployment=deployment(digest, replicas=1, ready=0), pods=[failing])
+    status = compute_status(md, observed, None, T0)
+    assert conditions(status)["ModelRepositoryReady"] == ("False", "BuildFailed")
+    ready = next(c for c in status.conditions or [] if c.type == "Ready")
+    assert ready.status is ConditionStatus.FALSE and "trust_remote_code" in ready.message
+    assert status.phase is Phase.FAILED
+    assert status.message == ready.message
+    (event, *_) = [t for t in transitions(None, status) if t.condition == "ModelRepositoryReady"]
+    assert event.event_type == "Warning"
+
+
+def test_cache_build_in_progress_then_failed() -> None:
+    md = md_of({"cache": {"size": "1Gi"}})
+    digest = digest_of(md)
+    job = {"metadata": {"name": "bert-build-x"}, "status": {"active": 1}}
+    claim = {"metadata": {"name": "bert-cache"}, "status": {"phase": "Pending"}}
+    building = compute_status(md, Observed(digest=digest, build_job=job, cache_claim=claim), None, T0)
+    assert conditions(building)["ModelRepositoryReady"] == ("False", "Building")
+    assert conditions(building)["Available"] == ("False", "Pending")
+    assert building.phase is Phase.BUILDING
+    repository = next(c for c in building.conditions or [] if c.type == "ModelRepositoryReady")
+    assert "bert-cache is Pending" in repository.message
+
+    failed_job = {
+        "metadata": {"name": "bert-build-x"},
+        "status": {
+            "failed": 3,
+            "conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}],
+        },
+    }
+    failed = compute_status(md, Observed(digest=digest, build_job=failed_job), building, T1)
+    assert conditions(failed)["ModelRepositoryReady"] == ("False", "BuildFailed")
+    assert failed.phase is Phase.FAILED
+
+
+def test_old_repository_keeps_serving_while_the_new_one_builds() -> None:
+    md = md_of({"cache": {"size": "1Gi"}, "replicas": 2})
+    digest = digest_of(md)
+    serving_old = deployment("0000000000000000")
+    job = {"metadata": {"name": "bert-build-x"}, "status": {"active": 1}}
+    status = compute_status(md, Observed(digest=digest, build_job=job, deployment=serving_old), None, T0)
+    assert conditions(status)["Available"] == ("True", "MinimumReplicasAvailable")
+    assert conditions(status)["Ready"] == ("False", "Building")
+    assert status.phase is Phase.BUILDING
+
+    done_job = {"metadata": {"name": "bert-build-x"}, "status": {"succeeded": 1}}
+    # The Job is done but the Deployment has not switched yet: not Ready until the pods serve it.
+    switching = compute_status(
+        md, Observed(digest=digest, build_job=done_job, deployment=serving_old), None, T0
+    )
+    assert conditions(switching)["ModelRepositoryReady"] == ("True", "Built")
+    assert conditions(switching)["Ready"][0] == "False"
+
+
+def test_autoscaler_conditions_from_the_hpa() -> None:
+    md = md_of({"autoscaling": {"minReplicas": 2, "maxReplicas": 4}})
+    digest = digest_of(md)
+    live = deployment(digest, replicas=2)
+    no_metrics = {
+        "status": {
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
+                {
+                    "type": "ScalingActive",
+                    "status": "False",
+                    "reason": "FailedGetPodsMetric",
+                    "message": "unable to get metric modeldeploy_queue_compute_ratio",
+                },
+            ]
+        }
+    }
+    observed = Observed(digest=digest, deployment=live, autoscaler=no_metrics, pods=[pod(digest)])
+    status = compute_status(md, observed, None, T0)
+    assert conditions(status)["AutoscalerReady"] == ("False", "FailedGetPodsMetric")
+    # The model serves; the autoscaler's trouble shows as Degraded, not as not-Ready.
+    assert conditions(status)["Ready"] == ("True", "Serving")
+    assert status.phase is Phase.DEGRADED
+    assert status.replica_summary == "2/2"
+
+    active = {
+        "status": {
+            "conditions": [
+                {"type": "AbleToScale", "status": "True"},
+                {"type": "ScalingActive", "status": "True"},
+            ]
+        }
+    }
+    healthy = compute_status(
+        md, Observed(digest=digest, deployment=live, autoscaler=active, pods=[pod(digest)]), None, T0
+    )
+    assert conditions(healthy)["AutoscalerReady"] == ("True", "ScalingActive")
+    assert healthy.phase is Phase.READY
+
+
+def test_keda_missing_and_scaled_to_zero() -> None:
+    md = md_of({"autoscaling": {"engine": "keda", "minReplicas": 0, "maxReplicas": 2, "scaleToZero": True}})
+    digest = digest_of(md)
+    idle = deployment(digest, replicas=0, ready=0)
+    missing = compute_status(md, Observed(digest=digest, deployment=idle, keda_installed=False), None, T0)
+    assert conditions(missing)["AutoscalerReady"] == ("False", "KedaNotInstalled")
+    scaled_object = {"status": {"conditions": [{"type": "Ready", "status": "True", "message": "ok"}]}}
+    status = compute_status(md, Observed(digest=digest, deployment=idle, autoscaler=scaled_object), None, T0)
+    assert conditions(status) == {
+        "ModelRepositoryReady": ("Unknown", "NoPods"),
+        "Available": ("True", "ScaledToZero"),
+        "AutoscalerReady": ("True", "ScaledObjectReady"),
+        "Ready": ("True", "Serving"),
+    }
+    assert status.replica_summary == "0/0"
+
+
+def test_refused_children_make_ready_false_with_the_api_message() -> None:
+    md = md_of({})
+    digest = digest_of(md)
+    observed = Observed(
+        digest=digest,
+        deployment=deployment(digest, replicas=1, ready=1),
+        pods=[pod(digest)],
+        apply_errors=[
+            "apply Deployment ml/bert: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1"
+        ],
+    )
+    status = compute_status(md, observed, None, T0)
+    assert conditions(status)["Ready"] == ("False", "ApplyFailed")
+    assert "exceeded quota" in (status.message or "")
+
+
+def test_invalid_spec_keeps_the_other_conditions_and_reports_every_message() -> None:
+    md = md_of({})
+    digest = digest_of(md)
+    healthy = compute_status(
+        md,
+        Observed(digest=digest, deployment=deployment(digest, replicas=1, ready=1), pods=[pod(digest)]),
+        None,
+        T0,
+    )
+    messages = [
+        "spec.autoscaling.metric cpu needs spec.resources.requests.cpu",
+        "spec.triton.dtype must be auto",
+    ]
+    invalid = invalid_spec_status(healthy, 2, messages, T1)
+    assert conditions(invalid)["Ready"] == ("False", "InvalidSpec")
+    assert conditions(invalid)["Available"] == ("True", "MinimumReplicasAvailable")
+    ready = next(c for c in invalid.conditions or [] if c.type == "Ready")
+    assert ready.message == "; ".join(messages) and ready.observed_generation == 2
+    assert invalid.observed_generation == 2 and invalid.phase is Phase.FAILED
+    (transition,) = transitions(healthy, invalid)
+    assert (transition.reason, transition.event_type) == ("InvalidSpec", "Warning")
+    # Seen again: nothing new to write or announce.
+    again = invalid_spec_status(invalid, 2, messages, "2031-01-01T00:00:00Z")
+    assert comparable(again) == comparable(invalid) and transitions(invalid, again) == []
