@@ -445,21 +445,17 @@ def _round(value: float | None) -> float | None:
 
 
 def _reconciles(operator: harness.OperatorProcess) -> float | None:
-    """The operator's reconcile counter, if its /metrics has one (any ``*reconcil*_total``)."""
+    """Reconciles run by the periodic resync so far (``modeldeploy_reconcile_total{trigger="resync"}``)."""
     try:
         text = operator.metrics()
     except OSError:
         return None
     total, found = 0.0, False
     for line in text.splitlines():
-        if line.startswith("#") or "reconcil" not in line.split("{")[0] or "_total" not in line.split("{")[0]:
-            continue
-        try:
+        if line.startswith("modeldeploy_reconcile_total{") and 'trigger="resync"' in line:
             total += float(line.rsplit(" ", 1)[1])
             found = True
-        except ValueError:
-            continue
-    return total if found else None
+    return total if found or "modeldeploy_reconcile_total" in text else None
 
 
 def wait_namespaces_gone(cluster: DevCluster, prefix: str, timeout: float) -> None:

@@ -143,6 +143,55 @@ def load_manifests(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+@dataclass(frozen=True)
+class Example:
+    """One ModelDeployment of a file under ``examples/``."""
+
+    path: Path
+    manifest: dict[str, Any]
+    # Whether the file names a namespace (GitOps layouts do); then it cannot be applied as-is elsewhere.
+    namespaced: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.relative_to(EXAMPLES_DIR).with_suffix('')}:{self.manifest['metadata']['name']}"
+
+
+def example_model_deployments() -> list[Example]:
+    """Every ModelDeployment under ``examples/``, with its namespace removed from ``manifest``."""
+    found = []
+    for path in sorted(EXAMPLES_DIR.rglob("*.yaml")):
+        for doc in load_manifests(path):
+            if doc.get("kind") == "ModelDeployment":
+                namespaced = doc["metadata"].pop("namespace", None) is not None
+                found.append(Example(path, doc, namespaced))
+    return found
+
+
+def reserve_volume(cluster: DevCluster, namespace: str, claim: str, size: str = "100Gi") -> str:
+    """A PersistentVolume that only claim ``namespace/claim`` can bind (claimRef); returns its name.
+
+    The dev cluster has no dynamic provisioner; the controller-manager's binder binds this volume to the
+    claim as it would a pre-provisioned one. KWOK never mounts it, so the hostPath is never touched.
+    """
+    name = unique_name("pv")
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteMany", "ReadOnlyMany", "ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": f"/tmp/{name}"},
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(volume))
+    return name
+
+
 # --------------------------------------------------------------------------------------------------
 # Direct API access
 

@@ -8,13 +8,14 @@ rejection is known to come from the rule under test and not from, say, a missing
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from modeldeploy.devcluster import DevCluster
-from operator_helpers import EXAMPLES_DIR, install_crds, load_manifests
+from operator_helpers import Example, example_model_deployments, install_crds
 
 pytestmark = pytest.mark.cluster
 
@@ -41,7 +42,7 @@ class InvalidCase:
 
 
 CASES = [InvalidCase.load(path) for path in sorted(INVALID_DIR.glob("*.yaml"))]
-EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+EXAMPLES = example_model_deployments()
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,11 @@ def test_apiserver_rejects_invalid_manifest(cluster: DevCluster, crds: None, cas
         assert case.expect in output, output
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
-def test_examples_pass_the_same_dry_run(cluster: DevCluster, crds: None, example: Path) -> None:
-    assert any(doc.get("kind") == "ModelDeployment" for doc in load_manifests(example))
-    returncode, output = dry_run(cluster, example)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[example.id for example in EXAMPLES])
+def test_examples_pass_the_same_dry_run(
+    cluster: DevCluster, crds: None, example: Example, tmp_path: Path
+) -> None:
+    path = tmp_path / "example.json"
+    path.write_text(json.dumps(example.manifest))
+    returncode, output = dry_run(cluster, path)
     assert returncode == 0, output
