@@ -1,4 +1,4 @@
-"""Rewrite the generated files: crds/ and the README's API reference (run by `make crd`)."""
+"""Rewrite the generated files: crds/, the chart's copy and the README's API reference (`make crd`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ START, END = "<!-- api-reference:start -->\n", "<!-- api-reference:end -->"
 
 
 def main() -> None:
-    (ROOT / "crds" / "modeldeploy.dev_modeldeployments.yaml").write_text(render_crd_yaml())
+    crd = render_crd_yaml()
+    # The chart carries an identical copy (Helm installs CRDs only from the chart's own crds/).
+    for directory in (ROOT / "crds", ROOT / "charts" / "modeldeploy" / "crds"):
+        (directory / "modeldeploy.dev_modeldeployments.yaml").write_text(crd)
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()
     head, rest = readme.split(START, 1)

@@ -36,7 +36,8 @@ SHORT_NAMES = ["mdeploy"]
 
 # Kubernetes resource.Quantity, as apimachinery parses it.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
@@ -297,7 +298,7 @@ class TritonConfig(ApiModel):
         Field(
             default=None,
             max_length=512,
-            description="Triton server image override (default: the operator's configured triton-runtime image).",
+            description="Triton server image override (default: the operator's triton-runtime image).",
         ),
     ] = None
     response_cache: Annotated[
@@ -347,14 +348,12 @@ class ResourceAmounts(ApiModel):
 
     cpu: Quantity | None = Field(
         default=None,
-        json_schema_extra=_quantity_schema("CPU cores, e.g. 2 or 500m."),  # type: ignore[arg-type]
+        json_schema_extra=_quantity_schema("CPU cores, e.g. 2 or 500m."),
     )
     memory: Quantity | None = Field(
         default=None,
-        json_schema_extra=_quantity_schema("Memory, e.g. 8Gi."),  # type: ignore[arg-type]
+        json_schema_extra=_quantity_schema("Memory, e.g. 8Gi."),
     )
-
-
 
 
 class Resources(ApiModel):
@@ -362,7 +361,9 @@ class Resources(ApiModel):
 
     gpus: Annotated[
         int,
-        Field(default=0, ge=0, le=16, description="NVIDIA GPUs per pod (nvidia.com/gpu). 0 serves on the CPU."),
+        Field(
+            default=0, ge=0, le=16, description="NVIDIA GPUs per pod (nvidia.com/gpu). 0 serves on the CPU."
+        ),
     ] = 0
     gpu_product: Annotated[
         str | None,
@@ -377,7 +378,8 @@ class Resources(ApiModel):
         ),
     ] = None
     requests: Annotated[
-        ResourceAmounts | None, Field(default=None, description="CPU/memory requests of the Triton container.")
+        ResourceAmounts | None,
+        Field(default=None, description="CPU/memory requests of the Triton container."),
     ] = None
     limits: Annotated[
         ResourceAmounts | None, Field(default=None, description="CPU/memory limits of the Triton container.")
@@ -459,7 +461,7 @@ class Autoscaling(ApiModel):
                 "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
                 "queueComputeRatio 1, pendingRequests 8, cpu 70."
             ),
-            json_schema_extra=_quantity_schema(  # type: ignore[arg-type]
+            json_schema_extra=_quantity_schema(
                 "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
                 "queueComputeRatio 1, pendingRequests 8, cpu 70."
             ),
@@ -467,7 +469,9 @@ class Autoscaling(ApiModel):
     ] = None
     engine: Annotated[
         AutoscalingEngine,
-        Field(default=AutoscalingEngine.HPA, description="hpa: autoscaling/v2 HPA; keda: a KEDA ScaledObject."),
+        Field(
+            default=AutoscalingEngine.HPA, description="hpa: autoscaling/v2 HPA; keda: a KEDA ScaledObject."
+        ),
     ] = AutoscalingEngine.HPA
     scale_to_zero: Annotated[
         bool,
@@ -488,7 +492,9 @@ class Autoscaling(ApiModel):
         Rule(
             cel="!self.scaleToZero || (self.minReplicas == 0 && self.engine == 'keda')",
             message="spec.autoscaling.scaleToZero needs minReplicas == 0 and engine keda",
-            check=lambda a: not a.scale_to_zero or (a.min_replicas == 0 and a.engine == AutoscalingEngine.KEDA),
+            check=lambda a: (
+                not a.scale_to_zero or (a.min_replicas == 0 and a.engine == AutoscalingEngine.KEDA)
+            ),
             field_path=".scaleToZero",
         ),
         Rule(
@@ -501,7 +507,7 @@ class Autoscaling(ApiModel):
 
 
 class Cache(ApiModel):
-    """A PersistentVolumeClaim that keeps built model repositories, so restarts and scale-ups skip the build."""
+    """A PersistentVolumeClaim keeping built model repositories, so restarts and scale-ups skip the build."""
 
     claim_name: Annotated[
         str | None,
@@ -512,9 +518,7 @@ class Cache(ApiModel):
         Field(
             default=None,
             description="Create a PVC of this size (owned by the ModelDeployment).",
-            json_schema_extra=_quantity_schema(  # type: ignore[arg-type]
-                "Create a PVC of this size (owned by the ModelDeployment)."
-            ),
+            json_schema_extra=_quantity_schema("Create a PVC of this size (owned by the ModelDeployment)."),
         ),
     ] = None
     storage_class_name: Annotated[
@@ -576,9 +580,13 @@ class ModelDeploymentSpec(ApiModel):
                 "!has(self.triton) || self.triton.format != 'vllm' || (has(self.model.task) && "
                 "self.model.task == 'text-generation' && has(self.resources) && self.resources.gpus >= 1)"
             ),
-            message="spec.triton.format vllm needs spec.model.task text-generation and spec.resources.gpus >= 1",
-            check=lambda s: s.triton.format != ModelFormat.VLLM
-            or (s.model.task == Task.TEXT_GENERATION and s.resources.gpus >= 1),
+            message=(
+                "spec.triton.format vllm needs spec.model.task text-generation and spec.resources.gpus >= 1"
+            ),
+            check=lambda s: (
+                s.triton.format != ModelFormat.VLLM
+                or (s.model.task == Task.TEXT_GENERATION and s.resources.gpus >= 1)
+            ),
             field_path=".triton.format",
         ),
         Rule(
@@ -586,7 +594,9 @@ class ModelDeploymentSpec(ApiModel):
                 "!has(self.triton) || self.triton.format != 'onnx' || !has(self.model.task) || "
                 "self.model.task != 'text-generation'"
             ),
-            message="spec.triton.format onnx supports encoder tasks only; use python or vllm for text-generation",
+            message=(
+                "spec.triton.format onnx supports encoder tasks only; use python or vllm for text-generation"
+            ),
             check=lambda s: s.triton.format != ModelFormat.ONNX or s.model.task != Task.TEXT_GENERATION,
             field_path=".triton.format",
         ),
@@ -600,8 +610,13 @@ class ModelDeploymentSpec(ApiModel):
             field_path=".triton.responseCache",
         ),
         Rule(
-            cel="!has(self.triton) || self.triton.dtype != 'float16' || (has(self.resources) && self.resources.gpus >= 1)",
-            message="spec.triton.dtype float16 needs spec.resources.gpus >= 1; use float32 or bfloat16 on the CPU",
+            cel=(
+                "!has(self.triton) || self.triton.dtype != 'float16' || "
+                "(has(self.resources) && self.resources.gpus >= 1)"
+            ),
+            message=(
+                "spec.triton.dtype float16 needs spec.resources.gpus >= 1; use float32 or bfloat16 on the CPU"
+            ),
             check=lambda s: s.triton.dtype != DType.FLOAT16 or s.resources.gpus >= 1,
             field_path=".triton.dtype",
         ),
@@ -663,7 +678,9 @@ class ModelDeploymentStatus(ApiModel):
     """Observed state, written only by the operator."""
 
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
-    phase: Phase | None = Field(default=None, description="Summary: Pending, Building, Deploying, Ready, Degraded, Failed.")
+    phase: Phase | None = Field(
+        default=None, description="Summary: Pending, Building, Deploying, Ready, Degraded, Failed."
+    )
     conditions: list[Condition] | None = Field(
         default=None,
         description="ModelRepositoryReady, Available, AutoscalerReady and Ready.",
@@ -674,7 +691,9 @@ class ModelDeploymentStatus(ApiModel):
     replica_summary: str | None = Field(default=None, description="ready/desired, for kubectl get.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     endpoints: Endpoints | None = Field(default=None, description="Where to send requests.")
-    model_repository: ModelRepositoryStatus | None = Field(default=None, description="The generated repository.")
+    model_repository: ModelRepositoryStatus | None = Field(
+        default=None, description="The generated repository."
+    )
     message: str | None = Field(default=None, description="The most important thing to know right now.")
 
 

@@ -45,8 +45,8 @@ def crd_command(
         output.write_text(text)
 
 
-def _register_optional_commands() -> None:
-    # Each group lives with the code it drives; a missing optional piece must not break `crd` or `--help`.
+def _register_commands() -> None:
+    # Each command lives with the code it drives; those modules import torch/kopf lazily.
     from model_repo import cli as model_repo_cli
 
     app.command("build", help="Build a Triton model repository from a checkpoint.")(model_repo_cli.build)
@@ -57,9 +57,7 @@ def _register_optional_commands() -> None:
     from modeldeploy import operator_cli
 
     app.command("operator", help="Run the operator (kopf).")(operator_cli.run_operator)
-    app.command("render", help="Print every object the operator would create, offline.")(
-        operator_cli.render
-    )
+    app.command("render", help="Print every object the operator would create, offline.")(operator_cli.render)
 
     from modeldeploy.devcluster import devcluster_app
 
@@ -70,7 +68,4 @@ def _register_optional_commands() -> None:
     app.command("demo", help="Run the whole product on this machine, end to end.")(demo.run_demo)
 
 
-try:  # TEMPORARY while the sub-command modules are being written; removed before release.
-    _register_optional_commands()
-except ImportError as exc:  # pragma: no cover
-    print(f"modeldeploy: some commands unavailable: {exc}", file=sys.stderr)
+_register_commands()
