@@ -469,6 +469,7 @@ def build_repository(options: BuildOptions, out: Path, progress: Progress = lamb
             "device": options.device,
             "max_sequence_length": max_length,
             "labels": list(info.labels),
+            "mask_token": tokenizer.mask_token if info.task is Task.FILL_MASK else None,
             "checkpoint_files": list(fetched.files),
         }
         (repo / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")

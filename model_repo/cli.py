@@ -187,11 +187,9 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
             "c.stop_stream()\n"
             "EOF"
         )
-    sample = (
-        "Paris is the [MASK] of France." if result.task is Task.FILL_MASK else "Triton serves this model."
-    )
-    if result.task is Task.FILL_MASK and record.get("format") == "python":
-        sample = "Paris is the <mask token> of France."
+    sample = "Triton serves this model."
+    if result.task is Task.FILL_MASK:
+        sample = f"Paris is the {record.get('mask_token') or '[MASK]'} of France."
     return (
         f"curl -s -X POST http://{http_url}/v2/models/{name}/infer -H 'Content-Type: application/json' "
         f'-d \'{{"inputs": [{{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", '

@@ -183,7 +183,7 @@ def write_onnx_models(
     text = Tensor("TEXT", "TYPE_STRING", (1,))
     configs = []
 
-    for model_name, role in ((tokenizer_name, "tokenizer"), (post_name, "postprocess")):
+    for model_name in (tokenizer_name, post_name):
         version = repo / model_name / "1"
         version.mkdir(parents=True)
         shutil.copyfile(RUNTIME_FILE, version / "model.py")
