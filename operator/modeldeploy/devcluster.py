@@ -44,7 +44,7 @@ GPU_TAINT: Final = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedu
 KWOK_NODE_ANNOTATION: Final = ("kwok.x-k8s.io/node", "fake")
 
 SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
-POD_CIDR: Final = "10.244.0.1/16"
+POD_CIDR: Final = "10.244.0.0/16"
 SERVICE_ACCOUNT_ISSUER: Final = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER: Final = "modeldeploy-admin"
 
@@ -325,7 +325,9 @@ def _kubeconfig_yaml(server: str, ca_cert: Path, user: str, user_entry: Mapping[
             }
         ],
         "users": [{"name": user, "user": dict(user_entry)}],
-        "contexts": [{"name": f"{user}@modeldeploy-dev", "context": {"cluster": "modeldeploy-dev", "user": user}}],
+        "contexts": [
+            {"name": f"{user}@modeldeploy-dev", "context": {"cluster": "modeldeploy-dev", "user": user}}
+        ],
         "current-context": f"{user}@modeldeploy-dev",
     }
     return json.dumps(config, indent=2) + "\n"
@@ -676,11 +678,15 @@ class DevCluster:
             },
         )
         if status != 201:
-            raise DevClusterError(f"TokenRequest for serviceaccount {namespace}/{name} failed ({status}): {body}")
+            raise DevClusterError(
+                f"TokenRequest for serviceaccount {namespace}/{name} failed ({status}): {body}"
+            )
         token = body["status"]["token"]
         path = path or self.state_dir / f"kubeconfig-sa-{namespace}-{name}"
         user = f"system:serviceaccount:{namespace}:{name}"
-        _write_private(path, _kubeconfig_yaml(self.server, self.state_dir / "pki" / "ca.crt", user, {"token": token}))
+        _write_private(
+            path, _kubeconfig_yaml(self.server, self.state_dir / "pki" / "ca.crt", user, {"token": token})
+        )
         return path
 
     def version(self) -> dict[str, Any]:
@@ -737,10 +743,12 @@ class DevCluster:
         self._procs.append(_Proc(name, popen.pid, start_time))
         _write_pids(self.state_dir, self._procs)
 
-    def _expect_alive(self, name: str) -> None:
+    def _alive_or_raise(self, name: str) -> bool:
+        """True while component ``name`` runs; a component that died fails the wait at once."""
         proc = next(p for p in self._procs if p.name == name)
         if not proc.alive():
             raise DevClusterError(f"{name} exited:\n{_tail(self.log_dir / f'{name}.log')}")
+        return True
 
     def _start(self) -> None:
         started = time.monotonic()
@@ -755,7 +763,9 @@ class DevCluster:
             kwok_node_port,
         ) = _free_ports(6)
         self.server = f"https://127.0.0.1:{apiserver_port}"
-        (sd / _CLUSTER_FILE).write_text(json.dumps({"server": self.server, "bin_dir": str(self.bin_dir)}) + "\n")
+        (sd / _CLUSTER_FILE).write_text(
+            json.dumps({"server": self.server, "bin_dir": str(self.bin_dir)}) + "\n"
+        )
         self._api = _Api(self.server, pki.ca_cert, *pki.clients["admin"])
 
         _write_private(self.kubeconfig, _cert_kubeconfig(self.server, pki, "admin"))
@@ -788,7 +798,7 @@ class DevCluster:
         )
         _wait_for(
             "etcd /health",
-            lambda: self._expect_alive("etcd") is None and _http_ok(f"{etcd_url}/health"),
+            lambda: self._alive_or_raise("etcd") and _http_ok(f"{etcd_url}/health"),
             self.ready_timeout,
             [self.log_dir / "etcd.log"],
         )
@@ -799,6 +809,9 @@ class DevCluster:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # The `kubernetes` Service's endpoints may not be loopback addresses, and no pod here
+                # could reach it anyway (as envtest does).
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={apiserver_port}",
                 f"--cert-dir={sd / 'apiserver'}",
                 f"--tls-cert-file={pki.serving_cert}",
@@ -822,8 +835,7 @@ class DevCluster:
         ca_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
         _wait_for(
             "kube-apiserver /readyz",
-            lambda: self._expect_alive("kube-apiserver") is None
-            and _http_ok(f"{self.server}/readyz", ca_ctx),
+            lambda: self._alive_or_raise("kube-apiserver") and _http_ok(f"{self.server}/readyz", ca_ctx),
             self.ready_timeout,
             [self.log_dir / "kube-apiserver.log"],
         )
@@ -846,8 +858,6 @@ class DevCluster:
             [
                 *common,
                 f"--kubeconfig={kcm_kubeconfig}",
-                f"--authentication-kubeconfig={kcm_kubeconfig}",
-                f"--authorization-kubeconfig={kcm_kubeconfig}",
                 f"--secure-port={kcm_port}",
                 f"--cert-dir={sd / 'kube-controller-manager'}",
                 # Every default controller: garbage collector, deployment/replicaset, HPA, job,
@@ -867,8 +877,6 @@ class DevCluster:
             [
                 *common,
                 f"--kubeconfig={scheduler_kubeconfig}",
-                f"--authentication-kubeconfig={scheduler_kubeconfig}",
-                f"--authorization-kubeconfig={scheduler_kubeconfig}",
                 f"--secure-port={scheduler_port}",
                 f"--cert-dir={sd / 'kube-scheduler'}",
             ],
@@ -883,6 +891,8 @@ class DevCluster:
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION[0]}={KWOK_NODE_ANNOTATION[1]}",
                 f"--server-address=127.0.0.1:{kwok_port}",
                 "--node-ip=127.0.0.1",
+                # Pod IPs; KWOK's default (10.0.0.0/24) would overlap the service range.
+                f"--cidr={POD_CIDR}",
                 f"--node-port={kwok_node_port}",
                 f"--tls-cert-file={kwok_cert}",
                 f"--tls-private-key-file={kwok_key}",
@@ -897,28 +907,34 @@ class DevCluster:
 
         _wait_for(
             "kube-controller-manager /healthz",
-            lambda: self._expect_alive("kube-controller-manager") is None
-            and _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure),
+            lambda: (
+                self._alive_or_raise("kube-controller-manager")
+                and _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure)
+            ),
             self.ready_timeout,
             [self.log_dir / "kube-controller-manager.log"],
         )
         _wait_for(
             "kube-scheduler /readyz",
-            lambda: self._expect_alive("kube-scheduler") is None
-            and _http_ok(f"https://127.0.0.1:{scheduler_port}/readyz", insecure),
+            lambda: (
+                self._alive_or_raise("kube-scheduler")
+                and _http_ok(f"https://127.0.0.1:{scheduler_port}/readyz", insecure)
+            ),
             self.ready_timeout,
             [self.log_dir / "kube-scheduler.log"],
         )
         _wait_for(
             f"nodes {', '.join(n.name for n in self.nodes)} to be Ready (KWOK)",
-            lambda: self._expect_alive("kwok") is None and self._nodes_ready(),
+            lambda: self._alive_or_raise("kwok") and self._nodes_ready(),
             self.ready_timeout,
             [self.log_dir / "kwok.log"],
         )
         _wait_for(
             "the default ServiceAccount (kube-controller-manager)",
-            lambda: self._api is not None
-            and self._api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            lambda: (
+                self._api is not None
+                and self._api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+            ),
             self.ready_timeout,
             [self.log_dir / "kube-controller-manager.log"],
         )
@@ -935,21 +951,18 @@ class DevCluster:
             item["metadata"]["name"]
             for item in body["items"]
             if any(
-                c["type"] == "Ready" and c["status"] == "True" for c in item.get("status", {}).get("conditions", [])
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in item.get("status", {}).get("conditions", [])
             )
         }
         return all(node.name in ready for node in self.nodes)
 
 
 def _kwok_config(stages_file: Path) -> str:
-    # KWOK hands pods IPs from its CIDR; its default (10.0.0.1/24) would overlap the service range.
-    options = {
-        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
-        "kind": "KwokConfiguration",
-        "options": {"cidr": POD_CIDR, "nodeIP": "127.0.0.1"},
-    }
-    # Then the node and pod stages kwokctl gives this KWOK release (copied by build.sh from its module).
-    return json.dumps(options) + "\n---\n" + stages_file.read_text()
+    # The node and pod stages kwokctl gives this KWOK release (copied by build.sh from its module).
+    # Options go on the command line instead: a KwokConfiguration in this file would replace KWOK's
+    # defaults wholesale (its parallelism settings would be 0) rather than be merged with them.
+    return stages_file.read_text()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -961,7 +974,9 @@ def cluster_up(
 ) -> DevCluster:
     """Starts a detached control plane in ``state_dir`` (replacing any previous one) and waits until ready."""
     bin_dir = ensure_binaries(build=build)
-    cluster = DevCluster(state_dir or default_state_dir(), bin_dir, detached=True, ready_timeout=ready_timeout)
+    cluster = DevCluster(
+        state_dir or default_state_dir(), bin_dir, detached=True, ready_timeout=ready_timeout
+    )
     return cluster.start()
 
 
@@ -987,7 +1002,9 @@ def cluster_kubeconfig(state_dir: Path | None = None) -> Path:
     return kubeconfig
 
 
-devcluster_app = typer.Typer(help="A local Kubernetes control plane with fake GPU nodes (etcd, apiserver, KWOK).")
+devcluster_app = typer.Typer(
+    help="A local Kubernetes control plane with fake GPU nodes (etcd, apiserver, KWOK)."
+)
 
 _STATE_DIR_OPTION = typer.Option(
     None, "--state-dir", help="Where the cluster keeps its data [default: $MODELDEPLOY_CACHE/dev-cluster]"

@@ -181,6 +181,7 @@ if [[ ! -f "$stages" || "$(cat "$bin_dir/.kwok-stages.stamp" 2>/dev/null)" != "$
     first=0
     cat "$kwok_src/kustomize/stage/$f" >>"$tmp"
   done
+  chmod 644 "$tmp"
   mv -f "$tmp" "$stages"
   echo "$stages_stamp" >"$bin_dir/.kwok-stages.stamp"
   log "kwok $KWOK_VERSION: wrote default stages to $stages"

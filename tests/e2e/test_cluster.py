@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from modeldeploy.devcluster import (
     ADMIN_USER,
     GPU_PRODUCT_LABEL,
@@ -139,9 +138,9 @@ def pods_of(cluster: DevCluster, namespace: str, app: str) -> list[dict[str, Any
 def test_gpu_pods_land_on_the_node_with_the_requested_product_and_run(
     cluster: DevCluster, namespace: str
 ) -> None:
-    for app, product, node in (
-        ("on-h100", "NVIDIA-H100-80GB-HBM3", "gpu-h100-0"),
-        ("on-a100", "NVIDIA-A100-SXM4-80GB", "gpu-a100-0"),
+    for app, product in (
+        ("on-h100", "NVIDIA-H100-80GB-HBM3"),
+        ("on-a100", "NVIDIA-A100-SXM4-80GB"),
     ):
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=gpu_deployment(app, product))
     for app, node in (("on-h100", "gpu-h100-0"), ("on-a100", "gpu-a100-0")):
@@ -191,7 +190,9 @@ def test_deleting_an_owner_garbage_collects_its_dependent(cluster: DevCluster, n
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace, "--cascade=background")
     wait_until(
         "the garbage collector to delete the dependent",
-        lambda: cluster.kubectl("get", "configmap", "dependent", "-n", namespace, check=False).returncode != 0,
+        lambda: (
+            cluster.kubectl("get", "configmap", "dependent", "-n", namespace, check=False).returncode != 0
+        ),
     )
 
 
@@ -209,7 +210,9 @@ def test_audit_log_counts_write_requests_by_user(cluster: DevCluster, namespace:
     sa_user = f"system:serviceaccount:{namespace}:writer"
 
     def as_sa(*args: str) -> int:
-        return cluster.kubectl(f"--kubeconfig={sa_kubeconfig}", *args, "-n", namespace, check=False).returncode
+        return cluster.kubectl(
+            f"--kubeconfig={sa_kubeconfig}", *args, "-n", namespace, check=False
+        ).returncode
 
     mark = cluster.audit_log.mark()
     assert as_sa("create", "configmap", "a") == 0
@@ -225,7 +228,8 @@ def test_audit_log_counts_write_requests_by_user(cluster: DevCluster, namespace:
         ("create", "configmaps", "a", 201),
         ("create", "configmaps", "b", 201),
         ("delete", "configmaps", "a", 200),
-        ("create", "secrets", "s", 403),
+        # A create names its object only in the body, which the apiserver never decoded for a refusal.
+        ("create", "secrets", "", 403),
     ]
     admin_writes = cluster.audit_log.writes(user=ADMIN_USER, since=mark)
     assert [(w.verb, w.name) for w in admin_writes] == [("create", "by-admin")]
@@ -263,7 +267,9 @@ def test_detached_up_and_down_leave_no_process_behind(cluster_bin_dir: Path, tmp
         assert len(nodes) == 3
     finally:
         stopped = cluster_down(state_dir)
-    assert sorted(stopped) == sorted(["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"])
+    assert sorted(stopped) == sorted(
+        ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+    )
     assert processes_mentioning(str(state_dir)) == []
     with pytest.raises(DevClusterError, match="no dev cluster is running"):
         cluster_kubeconfig(state_dir)
