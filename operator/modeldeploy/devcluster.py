@@ -639,6 +639,26 @@ class DevCluster:
             with contextlib.suppress(FileNotFoundError):
                 (self.state_dir / _PIDS_FILE).unlink()
 
+    @classmethod
+    def attach(cls, state_dir: Path) -> DevCluster | None:
+        """The cluster already running in ``state_dir`` (started by another process), if every
+        component is alive and the apiserver answers; None otherwise."""
+        state_dir = state_dir.resolve()
+        procs = _read_pids(state_dir)
+        if sorted(p.name for p in procs if p.alive()) != sorted(COMPONENTS):
+            return None
+        try:
+            info = json.loads((state_dir / _CLUSTER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        cluster = cls(state_dir, Path(info["bin_dir"]), detached=True)
+        cluster._procs = procs
+        try:
+            status, _ = cluster._admin_api().request("GET", "/readyz", timeout=5)
+        except (OSError, ssl.SSLError):
+            return None
+        return cluster if status == 200 else None
+
     def running(self) -> list[str]:
         """Names of this cluster's components that are alive."""
         return [p.name for p in (self._procs or _read_pids(self.state_dir)) if p.alive()]
@@ -970,14 +990,19 @@ def _kwok_config(stages_file: Path) -> str:
 
 
 def cluster_up(
-    state_dir: Path | None = None, *, build: bool = True, ready_timeout: float = 90.0
+    state_dir: Path | None = None, *, build: bool = True, restart: bool = False, ready_timeout: float = 90.0
 ) -> DevCluster:
-    """Starts a detached control plane in ``state_dir`` (replacing any previous one) and waits until ready."""
+    """Starts a detached control plane in ``state_dir`` and waits until it is ready.
+
+    One that is already running there is kept (its objects too) unless ``restart``, which replaces it
+    with a fresh, empty one.
+    """
+    state_dir = (state_dir or default_state_dir()).resolve()
+    running = DevCluster.attach(state_dir) if not restart else None
+    if running is not None:
+        return running
     bin_dir = ensure_binaries(build=build)
-    cluster = DevCluster(
-        state_dir or default_state_dir(), bin_dir, detached=True, ready_timeout=ready_timeout
-    )
-    return cluster.start()
+    return DevCluster(state_dir, bin_dir, detached=True, ready_timeout=ready_timeout).start()
 
 
 def cluster_down(state_dir: Path | None = None) -> list[str]:
@@ -1016,15 +1041,21 @@ def up_command(
     state_dir: Path | None = _STATE_DIR_OPTION,
     build: bool = typer.Option(True, help="Build the binaries first (tests/cluster/build.sh) if missing"),
     timeout: float = typer.Option(90.0, help="Seconds to wait for the cluster to become ready"),
+    restart: bool = typer.Option(False, help="Replace a running cluster with a fresh, empty one"),
 ) -> None:
-    """Start the control plane in the background and wait until it is ready."""
+    """Start the control plane in the background and wait until it is ready (prints the kubeconfig path)."""
+    resolved = (state_dir or default_state_dir()).resolve()
+    already_running = not restart and DevCluster.attach(resolved) is not None
     try:
-        cluster = cluster_up(state_dir, build=build, ready_timeout=timeout)
+        cluster = cluster_up(resolved, build=build, restart=restart, ready_timeout=timeout)
     except DevClusterError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
-    info = json.loads((cluster.state_dir / _CLUSTER_FILE).read_text())
-    typer.echo(f"dev cluster ready in {info['startup_seconds']} s at {cluster.server}", err=True)
+    if already_running:
+        typer.echo(f"dev cluster already running at {cluster.server} (--restart for a fresh one)", err=True)
+    else:
+        info = json.loads((cluster.state_dir / _CLUSTER_FILE).read_text())
+        typer.echo(f"dev cluster ready in {info['startup_seconds']} s at {cluster.server}", err=True)
     typer.echo(f"export KUBECONFIG={cluster.kubeconfig}", err=True)
     typer.echo(str(cluster.kubeconfig))
 

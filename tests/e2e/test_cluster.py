@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,8 +21,9 @@ from modeldeploy.devcluster import (
     DevClusterError,
     cluster_down,
     cluster_kubeconfig,
-    cluster_up,
+    devcluster_app,
 )
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.cluster
 
@@ -252,26 +255,72 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_detached_up_and_down_leave_no_process_behind(cluster_bin_dir: Path, tmp_path: Path) -> None:
+def test_cli_up_kubeconfig_down_leave_no_process_behind(cluster_bin_dir: Path, tmp_path: Path) -> None:
+    # `modeldeploy dev-cluster ...`: the components outlive `up` (detached) and `down`, run later,
+    # finds them through the pids in the state dir.
+    runner = CliRunner()
     state_dir = tmp_path / "detached"
-    started = cluster_up(state_dir, build=False)
+    components = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+    up = runner.invoke(devcluster_app, ["up", "--state-dir", str(state_dir), "--no-build"])
     try:
-        kubeconfig = cluster_kubeconfig(state_dir)
-        assert kubeconfig == started.kubeconfig
-        # Every component is running, and each names the state dir in its arguments.
-        assert sorted(started.running()) == sorted(
-            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
-        )
-        assert len(processes_mentioning(str(state_dir))) >= 5
-        nodes = started.kubectl("get", "nodes", "-o", "name").stdout.split()
+        assert up.exit_code == 0, up.output
+        kubeconfig = Path(up.stdout.strip())
+        assert kubeconfig == state_dir / "kubeconfig"
+        printed = runner.invoke(devcluster_app, ["kubeconfig", "--state-dir", str(state_dir)])
+        assert printed.exit_code == 0 and printed.stdout.strip() == str(kubeconfig)
+
+        attached = DevCluster.attach(state_dir)
+        assert attached is not None
+        assert sorted(attached.running()) == sorted(components)
+        # Each component names the state dir in its arguments, so /proc finds them (and any child).
+        assert len(processes_mentioning(str(state_dir))) >= len(components)
+        nodes = attached.kubectl("get", "nodes", "-o", "name").stdout.split()
         assert len(nodes) == 3
+
+        # A second `up` keeps the running cluster (same apiserver, same objects).
+        attached.kubectl("create", "configmap", "survives-up")
+        again = runner.invoke(devcluster_app, ["up", "--state-dir", str(state_dir), "--no-build"])
+        assert again.exit_code == 0 and "already running" in again.stderr
+        assert attached.kubectl("get", "configmap", "survives-up", check=False).returncode == 0
     finally:
-        stopped = cluster_down(state_dir)
-    assert sorted(stopped) == sorted(
-        ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
-    )
+        down = runner.invoke(devcluster_app, ["down", "--state-dir", str(state_dir)])
+    assert down.exit_code == 0, down.output
+    for name in components:
+        assert name in down.stderr
     assert processes_mentioning(str(state_dir)) == []
     with pytest.raises(DevClusterError, match="no dev cluster is running"):
         cluster_kubeconfig(state_dir)
+    assert runner.invoke(devcluster_app, ["kubeconfig", "--state-dir", str(state_dir)]).exit_code == 1
     # Down twice is harmless.
     assert cluster_down(state_dir) == []
+
+
+def test_components_die_with_a_killed_test_session(cluster_bin_dir: Path, tmp_path: Path) -> None:
+    # A session that is SIGKILLed never runs its teardown; the kernel must end the components anyway
+    # (PR_SET_PDEATHSIG), or every crashed CI run would leave a control plane behind.
+    state_dir = tmp_path / "orphaned"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from modeldeploy.devcluster import DevCluster\n"
+        "DevCluster(Path(sys.argv[1]), Path(sys.argv[2])).start()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    session = subprocess.Popen(
+        [sys.executable, "-c", script, str(state_dir), str(cluster_bin_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert session.stdout is not None
+        assert session.stdout.readline().strip() == "ready"
+        assert len(processes_mentioning(str(state_dir))) >= 5
+    finally:
+        session.kill()
+        session.wait()
+    wait_until(
+        "the components to die with their parent",
+        lambda: processes_mentioning(str(state_dir)) == [],
+        timeout=15,
+    )
