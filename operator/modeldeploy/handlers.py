@@ -179,8 +179,9 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     async def reconcile_modeldeployment(uid: str, reason: str, **_: Any) -> None:
+        trigger = str(getattr(reason, "value", reason))  # kopf passes a str-valued Reason enum
         try:
-            outcome = await runtime.require_queue().request(uid, str(reason), retry_transient=False)
+            outcome = await runtime.require_queue().request(uid, trigger, retry_transient=False)
         except Exception as exc:
             if getattr(exc, "transient", False):
                 raise kopf.TemporaryError(str(exc), delay=TRANSIENT_RETRY_SECONDS) from exc
@@ -190,7 +191,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
             raise kopf.PermanentError(outcome.message)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def forget_deleted(event: Mapping[str, Any], uid: str, **_: Any) -> None:
+    async def forget_deleted(event: Mapping[str, Any], uid: str, **_: Any) -> None:
         if event.get("type") == "DELETED":
             if runtime.queue is not None:
                 runtime.queue.forget(uid)

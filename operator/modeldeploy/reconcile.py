@@ -378,8 +378,10 @@ class Reconciler:
         raw = body.get("status")
         if not raw:
             return None
+        # Only our own fields: anything another writer left in the status is not ours to compare.
+        known = {field.alias or name for name, field in ModelDeploymentStatus.model_fields.items()}
         try:
-            return ModelDeploymentStatus.model_validate(raw)
+            return ModelDeploymentStatus.model_validate({k: v for k, v in raw.items() if k in known})
         except ValueError:
             logger.warning("ignoring an unreadable status on %s", metadata.get("name"))
             return None
@@ -420,7 +422,7 @@ class Reconciler:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{metadata['name']}.{time.time_ns():x}",
+                "name": f"{metadata['name'][:236]}.{time.time_ns():x}",
                 "namespace": namespace,
             },
             "involvedObject": {
