@@ -666,10 +666,16 @@ class DevCluster:
     # -- helpers for users -------------------------------------------------------------------------
 
     def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60.0
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60.0,
+        kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Runs the pinned kubectl against this cluster as the admin."""
-        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        """Runs the pinned kubectl against this cluster, as the admin unless ``kubeconfig`` says otherwise
+        (e.g. one from :meth:`service_account_kubeconfig`)."""
+        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise DevClusterError(

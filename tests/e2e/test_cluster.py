@@ -213,9 +213,7 @@ def test_audit_log_counts_write_requests_by_user(cluster: DevCluster, namespace:
     sa_user = f"system:serviceaccount:{namespace}:writer"
 
     def as_sa(*args: str) -> int:
-        return cluster.kubectl(
-            f"--kubeconfig={sa_kubeconfig}", *args, "-n", namespace, check=False
-        ).returncode
+        return cluster.kubectl(*args, "-n", namespace, check=False, kubeconfig=sa_kubeconfig).returncode
 
     mark = cluster.audit_log.mark()
     assert as_sa("create", "configmap", "a") == 0
