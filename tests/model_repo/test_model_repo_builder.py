@@ -339,3 +339,74 @@ def test_cli_rejects_unknown_choices(tmp_path: Path) -> None:
         _app(), ["build", "--source", "file:///x", "--out", str(tmp_path), "--task", "nope"]
     )
     assert result.exit_code != 0 and "text-classification" in result.output
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.triton
+def test_serve_prints_endpoints_and_stops_cleanly_on_sigterm(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from model_repo.triton import free_port
+
+    workdir = tmp_path / "serve-workdir"
+    ports = [str(free_port()) for _ in range(3)]
+    command = [
+        sys.executable,
+        "-c",
+        "import typer; from model_repo.cli import serve; typer.run(serve)",
+        "--source",
+        f"file://{checkpoints['text-classification']}",
+        "--max-batch-size",
+        "4",
+        "--workdir",
+        str(workdir),
+        "--http-port",
+        ports[0],
+        "--grpc-port",
+        ports[1],
+        "--metrics-port",
+        ports[2],
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parent.parent)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Ctrl-C to stop."):
+                break
+        output = "".join(lines)
+        assert f"HTTP    http://127.0.0.1:{ports[0]}" in output, output
+        assert f"gRPC    127.0.0.1:{ports[1]}" in output and f":{ports[2]}/metrics" in output
+        assert "curl -s -X POST" in output and "tritonclient.http" in output
+        serving = _processes_mentioning(f"--model-repository={workdir / 'repository'}")
+        assert serving, "no tritonserver is serving the workdir"
+        process.send_signal(signal.SIGTERM)
+        remaining, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, remaining
+    assert "tritonserver stopped" in remaining
+    assert _processes_mentioning(str(workdir)) == [], "serve left processes behind"
