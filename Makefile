@@ -5,16 +5,17 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
 
 .PHONY: setup cluster-binaries test demo crd lint clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# docker/constraints.txt pins every distribution, the same set the images install.
+	$(PY) -m pip install --quiet -c docker/constraints.txt -e ".[dev]"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # kube-apiserver, etcd, KWOK, helm, kubectl from pinned Go modules, cached outside the repository.
