@@ -300,8 +300,8 @@ def _write_python_model(
     warmup_file = "TEXT"
     _string_warmup_file(model_dir / "warmup" / warmup_file, _warmup_text(info, tokenizer))
     text_input = ("TYPE_STRING", (1,), f'input_data_file: "{warmup_file}"')
-    (model_dir / "warmup" / "MAX_NEW_TOKENS").write_bytes(struct.pack("<i", 2))
     if generation:
+        (model_dir / "warmup" / "MAX_NEW_TOKENS").write_bytes(struct.pack("<i", 2))
         # Decoupled: one request streams many responses, so Triton's batcher stays out of the way.
         spec = ModelConfigSpec(
             name=options.model_name,
