@@ -165,11 +165,12 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
         if runtime.cluster is not None:
             await runtime.cluster.close()
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+    # Explicit ids: an index reaches handlers as a keyword argument of this name.
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments")
     def modeldeployments(uid: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
         return {uid: _snapshot(body)}
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments_by_label")
     def modeldeployments_by_label(
         namespace: str | None, name: str, uid: str, **_: Any
     ) -> dict[tuple[str | None, str], str]:

@@ -36,6 +36,8 @@ INVALID_SPEC = "InvalidSpec"
 BUILDER_CONTAINER = "model-builder"
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
+# Reasons of a not-yet-True condition that are the normal way there, not a problem (Normal Events).
+PROGRESS_REASONS = frozenset({"Pending", "NoPods", "Building", "RollingOut", "PodsStarting"})
 
 
 def now_rfc3339() -> str:
@@ -198,7 +200,10 @@ def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     progressing = _conditions_of(deployment).get("Progressing", {})
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         return Verdict(AVAILABLE, FALSE, "ProgressDeadlineExceeded", str(progressing.get("message", "")))
-    return Verdict(AVAILABLE, FALSE, "NoReplicasAvailable", f"0 of {desired} pods available")
+    if progressing.get("reason") == "NewReplicaSetAvailable":
+        # The rollout had finished, yet nothing serves now: pods failed after starting.
+        return Verdict(AVAILABLE, FALSE, "NoReplicasAvailable", f"0 of {desired} pods available")
+    return Verdict(AVAILABLE, FALSE, "PodsStarting", f"0 of {desired} pods available yet")
 
 
 def autoscaler_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
@@ -410,8 +415,7 @@ class Transition:
 
     @property
     def event_type(self) -> str:
-        healthy = self.status is TRUE or (self.status is UNKNOWN and self.reason in {"Pending", "NoPods"})
-        return "Normal" if healthy or self.reason in {"Building", "RollingOut"} else "Warning"
+        return "Normal" if self.status is TRUE or self.reason in PROGRESS_REASONS else "Warning"
 
 
 def transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymentStatus) -> list[Transition]:

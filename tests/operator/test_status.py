@@ -271,3 +271,23 @@ def test_invalid_spec_keeps_the_other_conditions_and_reports_every_message() -> 
     # Seen again: nothing new to write or announce.
     again = invalid_spec_status(invalid, 2, messages, "2031-01-01T00:00:00Z")
     assert comparable(again) == comparable(invalid) and transitions(invalid, again) == []
+
+
+def test_pods_starting_is_progress_but_pods_lost_after_a_rollout_is_a_warning() -> None:
+    md = md_of({})
+    digest = digest_of(md)
+    starting = deployment(digest, replicas=1, ready=0)
+    starting["status"]["conditions"] = [
+        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetCreated"}
+    ]
+    status = compute_status(md, Observed(digest=digest, deployment=starting), None, T0)
+    assert conditions(status)["Available"] == ("False", "PodsStarting")
+    assert {t.condition: t.event_type for t in transitions(None, status)}["Available"] == "Normal"
+
+    lost = deployment(digest, replicas=1, ready=0)
+    lost["status"]["conditions"] = [
+        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
+    ]
+    status = compute_status(md, Observed(digest=digest, deployment=lost), None, T0)
+    assert conditions(status)["Available"] == ("False", "NoReplicasAvailable")
+    assert {t.condition: t.event_type for t in transitions(None, status)}["Available"] == "Warning"
