@@ -124,6 +124,11 @@ def run_operator(
     registry, _runtime = build_registry(config, metrics)
     settings = kopf.OperatorSettings()
     configure(settings)
+    if namespace and not any(set(pattern) & set("*?[!") for pattern in namespace):
+        # Exact namespaces need no discovery, and kopf's scanning would list all namespaces, which a
+        # namespaced installation may not. The cost: a KEDA or Prometheus-operator CRD installed later
+        # is watched from the next restart on (the resync loop reconciles its objects meanwhile).
+        settings.scanning.disabled = True
     asyncio.run(
         kopf.operator(
             registry=registry,
