@@ -15,7 +15,7 @@ from modeldeploy.quantity import parse_quantity
 
 # Keys that identify an item of a list of objects (the merge keys of the lists we write), in order of
 # preference. Lists without one are compared item by item.
-_ITEM_KEYS = ("name", "mountPath", "containerPort", "port", "uid", "type")
+_ITEM_KEYS = ("name", "mountPath", "containerPort", "port", "uid")
 
 
 def scalars_equal(desired: Any, live: Any) -> bool:
