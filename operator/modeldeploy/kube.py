@@ -89,7 +89,9 @@ class Cluster(Protocol):
 
     async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]: ...
 
-    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def apply(
+        self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER
+    ) -> dict[str, Any]: ...
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
 
@@ -172,7 +174,7 @@ class LightkubeCluster:
         except httpx.HTTPError as exc:
             raise _translate(exc, f"list {kind} in {namespace}") from exc
 
-    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         kind = kind_of(manifest)
         metadata = manifest["metadata"]
         action = f"apply {kind} {metadata['namespace']}/{metadata['name']}"
@@ -183,7 +185,7 @@ class LightkubeCluster:
                 dict(manifest),
                 namespace=metadata["namespace"],
                 patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER,
+                field_manager=field_manager,
                 force=True,
             )
         except (ApiError, httpx.HTTPError) as exc:

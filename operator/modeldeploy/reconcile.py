@@ -49,7 +49,7 @@ from modeldeploy.labels import (
 )
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
-from modeldeploy.settings import FIELD_MANAGER, ClusterCapabilities, RenderSettings
+from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
     Observed,
     comparable,
@@ -79,6 +79,15 @@ def with_applied_hash(manifest: Manifest) -> Manifest:
     annotations = stamped["metadata"].setdefault("annotations", {})
     annotations[APPLIED_HASH_ANNOTATION] = manifest_hash(manifest)
     return stamped
+
+
+def _applies_replicas(live: Mapping[str, Any]) -> bool:
+    """Whether our own server-side apply currently sets the Deployment's `spec.replicas`."""
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            spec = ((entry.get("fieldsV1") or {}).get("f:spec")) or {}
+            return "f:replicas" in spec
+    return False
 
 
 def up_to_date(stamped: Manifest, live: Mapping[str, Any]) -> bool:
@@ -309,7 +318,33 @@ class Reconciler:
                     DEPLOYMENT, manifest["metadata"]["namespace"], manifest["metadata"]["name"]
                 )
                 return
+        if current.md.spec.autoscaling is not None:
+            await self._hand_replicas_over(current, manifest)
         current.observed.deployment = await self._apply_if_needed(current, manifest)
+
+    async def _hand_replicas_over(self, current: _Round, manifest: Manifest) -> None:
+        """Before our apply stops setting `replicas` (an autoscaler takes over), let a second field manager
+        co-own the current value: a field that its last manager drops is reset to the default of 1, which
+        would scale a busy Deployment down to one pod until the autoscaler scales it back up."""
+        metadata = manifest["metadata"]
+        live = await self.cluster.get(DEPLOYMENT, metadata["namespace"], metadata["name"])
+        if live is None or not is_owned_by(live, current.uid) or not _applies_replicas(live):
+            return
+        handoff = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
+            "spec": {"replicas": live["spec"]["replicas"]},
+        }
+        try:
+            await self.cluster.apply(handoff, field_manager=REPLICAS_HANDOFF_MANAGER)
+        except KubeError as exc:
+            if exc.transient:
+                raise
+            current.refused.append(str(exc))
+            return
+        current.writes += 1
+        self.metrics.writes.labels(kind="Deployment", verb="apply").inc()
 
     async def ensure_service(self, current: _Round) -> None:
         await self._apply_if_needed(current, current.desired.service)

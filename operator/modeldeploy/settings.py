@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from modeldeploy import __version__
 
 FIELD_MANAGER = "modeldeploy"
+# Keeps the replica count of a Deployment while its ownership passes from us to an autoscaler.
+REPLICAS_HANDOFF_MANAGER = "modeldeploy-replicas-handoff"
 ANNOTATION_PREFIX = "modeldeploy.dev"
 DEFAULT_TRITON_IMAGE = f"ghcr.io/modeldeploy/triton-runtime:{__version__}"
 DEFAULT_BUILDER_IMAGE = f"ghcr.io/modeldeploy/builder:{__version__}"

@@ -315,3 +315,20 @@ def test_the_cache_job_gates_the_deployment(harness: Harness) -> None:
         harness.cluster.kubectl(
             "delete", "persistentvolume", f"pv-{harness.namespace}", "--wait=false", check=False
         )
+
+
+def test_turning_autoscaling_on_keeps_the_replica_count(harness: Harness) -> None:
+    spec: dict[str, Any] = {"model": {"source": SOURCE, "task": "text-classification"}, "replicas": 3}
+    harness.create("handoff", spec)
+    harness.reconcile("handoff")
+    del spec["replicas"]
+    spec["autoscaling"] = {"minReplicas": 2, "maxReplicas": 5}
+    harness.create("handoff", spec)
+    harness.reconcile("handoff")
+    deployment = harness.get("deployment", "handoff")
+    assert deployment is not None
+    # Without the hand-over, dropping our claim on replicas would have reset it to 1.
+    assert deployment["spec"]["replicas"] == 3
+    ours = [e for e in deployment["metadata"]["managedFields"] if e["manager"] == FIELD_MANAGER]
+    assert "f:replicas" not in json.dumps(ours)
+    harness.converge("handoff")  # the hand-over happens once, not on every pass
