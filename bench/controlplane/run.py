@@ -3,7 +3,8 @@ how many writes it needs, what it costs, and how that compares with the floor.
 
 For each N (50, 200, 500 by default), against a fresh namespace of the real local control plane
 (``modeldeploy.devcluster``: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes), with the
-operator as a separate process running as a ServiceAccount bound to the Helm chart's RBAC:
+operator as a separate process (``--all-namespaces``, a fresh process per N) running as a ServiceAccount
+bound to the Helm chart's default RBAC:
 
 1. **Operator.** ``kubectl apply --server-side`` of N ModelDeployments in one file. Timed from the start
    of the apply: every child exists; every status is written for the current generation; every
@@ -65,6 +66,8 @@ SECTION_BEGIN = "<!-- controlplane-results:begin -->"
 SECTION_END = "<!-- controlplane-results:end -->"
 # Children of the benchmark's spec (one fixed replica on the CPU, no autoscaler, no cache).
 CHILD_RESOURCES = ("deployments", "services")
+# Items of a list response carry neither apiVersion nor kind.
+CHILD_TYPES = {"deployments": ("apps/v1", "Deployment"), "services": ("v1", "Service")}
 # Only Ready pods count, and a KWOK node holds 110: enough CPU nodes for the largest N.
 PODS_PER_NODE = 110
 
@@ -218,7 +221,7 @@ class PlainClient:
         self._api.close()
 
 
-def _clean(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+def _clean(resource: str, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
     """An object as the operator applied it, minus what the server owns, moved to ``namespace``."""
     meta = obj["metadata"]
     clean_meta = {
@@ -231,9 +234,10 @@ def _clean(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
             if not k.startswith("deployment.kubernetes.io/")
         },
     }
-    body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": clean_meta}
+    api_version, kind = CHILD_TYPES[resource]
+    body: dict[str, Any] = {"apiVersion": api_version, "kind": kind, "metadata": clean_meta}
     body.update({k: v for k, v in obj.items() if k not in {"apiVersion", "kind", "metadata", "status"}})
-    if obj["kind"] == "Service":
+    if kind == "Service":
         # Allocated by the apiserver for the original; a copy must get its own.
         body["spec"] = {k: v for k, v in body["spec"].items() if k not in {"clusterIP", "clusterIPs"}}
     return body
@@ -256,7 +260,7 @@ def run_floor(
     bodies: dict[tuple[str, str], dict[str, Any]] = {}
     for resource in CHILD_RESOURCES:
         for obj in api.items(resource, source_namespace, harness.MANAGED_BY_SELECTOR):
-            bodies[(resource, obj["metadata"]["name"])] = _clean(obj, floor_namespace)
+            bodies[(resource, obj["metadata"]["name"])] = _clean(resource, obj, floor_namespace)
     statuses = {
         md["metadata"]["name"]: md.get("status") or {} for md in api.model_deployments(source_namespace)
     }
@@ -346,11 +350,11 @@ def run_size(
     namespace = f"bench-{n}"
     names = model_names(n)
     harness.create_namespace(cluster, namespace)
-    rbac = harness.install_chart_rbac(
-        cluster, release=f"bench-{n}", namespace=f"bench-operator-{n}", watch_namespaces=[namespace]
-    )
+    # The chart's default: every namespace, a ClusterRole. Nothing else in the cluster holds
+    # ModelDeployments while it runs (the floor runs after it stops; each size cleans up before the next).
+    rbac = harness.install_chart_rbac(cluster, release=f"bench-{n}", namespace=f"bench-operator-{n}")
     operator = harness.OperatorProcess(
-        rbac.kubeconfig, work / f"operator-{n}.log", scope=("--namespace", namespace), resync_seconds=resync
+        rbac.kubeconfig, work / f"operator-{n}.log", scope=("--all-namespaces",), resync_seconds=resync
     )
     manifests = work / f"models-{n}.json"
     write_manifests(manifests, names)
@@ -406,9 +410,12 @@ def run_size(
         operator.stop()
 
     floor_s, floor_writes, skipped = run_floor(cluster, api, namespace, f"floor-{n}", names, writes)
+    rbac.uninstall(cluster)
     for ns in (namespace, f"floor-{n}"):
         cluster.kubectl("delete", "namespace", ns, "--wait=false")
-    rbac.uninstall(cluster)
+    # Hundreds of deletions keep the controller-manager busy; the next size must not pay for them.
+    if not wait_namespaces_gone(cluster, [namespace, f"floor-{n}"], timeout=600):
+        errors.append("the namespaces of this size were still being deleted after 600 s")
     steady_reconciles = (
         reconciles_after - reconciles_before
         if reconciles_after is not None and reconciles_before is not None
@@ -458,14 +465,14 @@ def _reconciles(operator: harness.OperatorProcess) -> float | None:
     return total if found or "modeldeploy_reconcile_total" in text else None
 
 
-def wait_namespaces_gone(cluster: DevCluster, prefix: str, timeout: float) -> None:
-    """Deleting hundreds of objects keeps the controller-manager busy; the next size must not pay for it."""
+def wait_namespaces_gone(cluster: DevCluster, namespaces: Sequence[str], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listed = cluster.kubectl("get", "namespaces", "-o", "name").stdout.split()
-        if not any(name.startswith(f"namespace/{prefix}") for name in listed):
-            return
+        listed = set(cluster.kubectl("get", "namespaces", "-o", "name").stdout.split())
+        if not listed & {f"namespace/{ns}" for ns in namespaces}:
+            return True
         time.sleep(2)
+    return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,8 +512,8 @@ def render_markdown(results: Sequence[SizeResult], machine: dict[str, Any], sett
     lines = [
         markdown_table(headers, rows),
         "",
-        f"Machine: {machine_line(machine)}. Kubernetes {settings['kubernetes']}; the operator watches one "
-        f"namespace, resync every {settings['resync_seconds']} s; steady state = one resync period "
+        f"Machine: {machine_line(machine)}. Kubernetes {settings['kubernetes']}; the operator watches all "
+        f"namespaces, resync every {settings['resync_seconds']} s; steady state = one resync period "
         "+ 20 % + 2 s.",
         "",
         "Targets: " + "; ".join(targets(results)),
@@ -632,8 +639,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-                    wait_namespaces_gone(cluster, "bench-", timeout=300)
-                    wait_namespaces_gone(cluster, "floor-", timeout=300)
             finally:
                 api.close()
                 if args.keep_logs:

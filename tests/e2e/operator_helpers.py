@@ -578,13 +578,29 @@ def forbidden_requests(cluster: DevCluster, user: str, since: int = 0) -> list[s
     return refused
 
 
+_DENIED = re.compile(r'cannot (\w+) resource \\?"([^"\\]+)\\?"(?: in API group \\?"([^"\\]*)\\?")?')
+
+
+def summarize_denials(lines: Iterable[str]) -> list[str]:
+    """One line per distinct denial (verb, resource, group), with how often it was seen."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        match = _DENIED.search(line)
+        key = (
+            f"{match.group(1)} {match.group(2)} (group {match.group(3) or 'core'!r})" if match else line[:300]
+        )
+        counts[key] = counts.get(key, 0) + 1
+    return [f"{key} x{count}" for key, count in counts.items()]
+
+
 def assert_no_forbidden(cluster: DevCluster, operator: OperatorProcess, user: str, since: int = 0) -> None:
     """Fails if the operator met a 403: the chart's role lacks a verb the operator needs."""
     logged = operator.forbidden_log_lines()
     refused = forbidden_requests(cluster, user, since)
     assert not logged and not refused, (
-        "the operator was refused by RBAC, so the chart's role lacks a verb it needs:\n"
-        + "\n".join([*refused, *logged[:20]])
+        "the operator was refused by RBAC, so the chart's role lacks a verb it needs: "
+        + "; ".join(summarize_denials([*refused, *logged]))
+        + f"\nfirst log line: {logged[0] if logged else refused[0]}"
     )
 
 
