@@ -44,13 +44,6 @@ def parse_quantity(value: int | str) -> Decimal:
     return number * (Decimal(10) ** int(suffix[1:]))
 
 
-def as_quantity_string(value: int | str) -> str:
-    """A quantity as the string form manifests carry."""
-    return str(value)
-
-
 def plain_number(value: int | str) -> str:
     """A quantity as a plain decimal number (for consumers that don't read suffixes, e.g. KEDA thresholds)."""
-    number = parse_quantity(value).normalize()
-    text = format(number, "f")
-    return text
+    return format(parse_quantity(value).normalize(), "f")
