@@ -192,14 +192,21 @@ def _play_kubelet_build(pod: dict[str, Any], workdir: Path) -> list[str]:
     local = [_map_arg(arg, mounts) for arg in in_pod]
     if local and local[0] == "modeldeploy":
         local[0] = str(Path(sys.executable).parent / "modeldeploy")
-    console.print(
-        Panel("\n".join([" ".join(in_pod), "[dim]run here as[/dim]", " ".join(local)]), title="builder")
-    )
+    notes = ["[dim]run here as (volume and image paths mapped to local directories)[/dim]"]
+    if "--device" in local and local[local.index("--device") + 1] == "gpu" and not _has_gpu():
+        # The pod landed on a (fake) GPU node; this machine has none, so the same build targets its CPU.
+        local[local.index("--device") + 1] = "cpu"
+        notes.append("[yellow]this machine has no GPU: --device gpu → --device cpu[/yellow]")
+    console.print(Panel("\n".join([" ".join(in_pod), *notes, " ".join(local)]), title="builder"))
     env = {**os.environ, **{e["name"]: e["value"] for e in builder.get("env", []) if "value" in e}}
     result = subprocess.run(local, env=env, check=False)
     if result.returncode != 0:
         raise DemoError(f"the builder exited with {result.returncode}")
     return local
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
 
 
 def _triton_args(pod: dict[str, Any], workdir: Path) -> tuple[list[str], dict[str, int]]:
