@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PYTHON_TREES = ["operator", "model_repo", "tests", "bench"]
+PYTHON_TREES = ["operator", "model_repo", "tests", "bench", "scripts"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
