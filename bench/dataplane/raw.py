@@ -90,7 +90,10 @@ def measure(
     """Run the whole text set in batches, repeated until `min_seconds` have passed; texts per second."""
     lengths = raw.token_lengths(texts)
     plan = batches(texts, lengths, batch_size, grouped)
-    raw.run_batch(plan[0])  # warm the allocator for this shape range
+    # One untimed pass: the first batch of each new shape pays one-off costs (allocator growth, kernel
+    # selection; about 50 ms per new sequence length on an H100), which a long-running server has paid.
+    for batch in plan:
+        raw.run_batch(batch)
     done = real = padded = 0
     started = time.perf_counter()
     while True:

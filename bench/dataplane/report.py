@@ -111,6 +111,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             _served_table(model["contenders"]),
             "",
+            *[
+                f"**{name} failed**: `{contender['error'].strip().splitlines()[-1]}`\n"
+                for name, contender in model["contenders"].items()
+                if contender.get("error")
+            ],
             _ratio_table(model["ratios"]),
         ]
     return "\n".join(lines) + "\n"

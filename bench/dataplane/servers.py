@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,7 +49,9 @@ def torch_dtype(device: str) -> str:
 
 
 @contextlib.contextmanager
-def serve_ours(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoint]:
+def serve_ours(
+    model: BenchModel, workdir: Path, device: str, build_overrides: Mapping[str, int]
+) -> Iterator[Endpoint]:
     from bench.common.loadgen import TritonGrpcSender
     from model_repo.build import BuildOptions, build_repository
     from model_repo.triton import TritonServer
@@ -58,6 +60,7 @@ def serve_ours(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoi
         source=f"file://{model.path}",
         model_name=OURS_MODEL_NAME,
         device="gpu" if device == "cuda" else "cpu",
+        **build_overrides,  # type: ignore[arg-type]
     )
     built = build_repository(options, workdir / "ours-repository")
     config_text = (built.path / OURS_MODEL_NAME / "config.pbtxt").read_text()
@@ -84,7 +87,9 @@ def serve_ours(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoi
 
 
 @contextlib.contextmanager
-def serve_tutorial(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoint]:
+def serve_tutorial(
+    model: BenchModel, workdir: Path, device: str, build_overrides: Mapping[str, int]
+) -> Iterator[Endpoint]:
     from bench.common.loadgen import TritonGrpcSender
     from model_repo.triton import TritonServer
 
@@ -131,7 +136,9 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float, log
 
 
 @contextlib.contextmanager
-def serve_fastapi(model: BenchModel, workdir: Path, device: str) -> Iterator[Endpoint]:
+def serve_fastapi(
+    model: BenchModel, workdir: Path, device: str, build_overrides: Mapping[str, int]
+) -> Iterator[Endpoint]:
     from bench.common.loadgen import HttpJsonSender
 
     port = _free_port()
@@ -169,7 +176,10 @@ def serve_fastapi(model: BenchModel, workdir: Path, device: str) -> Iterator[End
 
 
 CONTENDERS: dict[
-    str, tuple[str, Callable[[BenchModel, Path, str], contextlib.AbstractContextManager[Endpoint]]]
+    str,
+    tuple[
+        str, Callable[[BenchModel, Path, str, Mapping[str, int]], contextlib.AbstractContextManager[Endpoint]]
+    ],
 ] = {
     "ours": ("ours: modeldeploy build (python format) on tritonserver", serve_ours),
     "baseline-a": ("baseline (a): Triton HF tutorial model.py, pipeline per request", serve_tutorial),

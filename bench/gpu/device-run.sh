@@ -7,9 +7,11 @@ STAGE=.bench-gpu
 PY=${PYTHON:-python3}
 SITE=/tmp/bench-site
 nvidia-smi -L || true
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$STAGE"/wheels/*.whl
+# A separate environment with numpy 1 for the Python-backend stub (see make_env.py for why).
+PY=$($PY bench/gpu/make_env.py "$STAGE/wheels" /tmp/bench-env)
+mkdir -p "$SITE"
 tar -xJf "$STAGE/tritonserver.tar.xz" -C "$SITE"
-export PYTHONPATH="$SITE:$PWD"
+export PYTHONPATH="$PWD"
 # tritonserver from PATH, as model_repo.triton looks there first; it then uses its compiled-in backend
 # directory, which gets the Python backend with the stub built for this interpreter (3.12).
 SERVER="$SITE/pytriton/tritonserver"

