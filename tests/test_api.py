@@ -81,7 +81,11 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "spec.model.revision",
     ),
     ("unknown task", with_changes(**{"model.task": "translation"}), "spec.model.task"),
-    ("bad secret name", with_changes(**{"model.credentialsSecret": "Not_A_Name"}), "spec.model.credentialsSecret"),
+    (
+        "bad secret name",
+        with_changes(**{"model.credentialsSecret": "Not_A_Name"}),
+        "spec.model.credentialsSecret",
+    ),
     ("unknown format", with_changes(**{"triton.format": "tensorrt"}), "spec.triton.format"),
     ("batch size 0", with_changes(**{"triton.maxBatchSize": 0}), "spec.triton.maxBatchSize"),
     (
@@ -127,10 +131,18 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         {"model": {"source": "hf://a/b"}, "resources": {"gpuProduct": "NVIDIA-A100-SXM4-80GB"}},
         "spec.resources.gpuProduct",
     ),
-    ("bad cpu quantity", with_changes(**{"resources.requests": {"cpu": "two"}}), "spec.resources.requests.cpu"),
+    (
+        "bad cpu quantity",
+        with_changes(**{"resources.requests": {"cpu": "two"}}),
+        "spec.resources.requests.cpu",
+    ),
     ("bad toleration effect", with_changes(**{"resources.tolerations": [{"effect": "Sometimes"}]}), "effect"),
     ("negative replicas", with_changes(replicas=-1), "spec.replicas"),
-    ("max < min", with_changes(autoscaling={"minReplicas": 5, "maxReplicas": 2}), "spec.autoscaling.maxReplicas"),
+    (
+        "max < min",
+        with_changes(autoscaling={"minReplicas": 5, "maxReplicas": 2}),
+        "spec.autoscaling.maxReplicas",
+    ),
     ("autoscaling without max", with_changes(autoscaling={"minReplicas": 1}), "spec.autoscaling.maxReplicas"),
     (
         "scale to zero with hpa",
@@ -142,7 +154,11 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         with_changes(autoscaling={"minReplicas": 0, "maxReplicas": 2, "engine": "keda"}),
         "spec.autoscaling.minReplicas",
     ),
-    ("unknown metric", with_changes(autoscaling={"maxReplicas": 2, "metric": "gpu"}), "spec.autoscaling.metric"),
+    (
+        "unknown metric",
+        with_changes(autoscaling={"maxReplicas": 2, "metric": "gpu"}),
+        "spec.autoscaling.metric",
+    ),
     ("bad target", with_changes(autoscaling={"maxReplicas": 2, "target": "lots"}), "spec.autoscaling.target"),
     ("cache with both", with_changes(cache={"claimName": "c", "size": "10Gi"}), "spec.cache"),
     ("cache with neither", with_changes(cache={}), "spec.cache"),

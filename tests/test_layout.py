@@ -18,7 +18,8 @@ def test_stdlib_operator_module_is_not_shadowed() -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import operator; "
         "assert hasattr(operator, 'itemgetter'), operator.__file__; "
-        "assert 'site-packages' not in (operator.__file__ or '') and sys.argv[1] not in (operator.__file__ or ''); "
+        "location = operator.__file__ or ''; "
+        "assert 'site-packages' not in location and sys.argv[1] not in location; "
         "print(operator.__file__)"
     )
     result = subprocess.run(

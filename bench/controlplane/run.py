@@ -41,10 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modeldeploy.devcluster import DEFAULT_NODES, AuditEvent, DevCluster, FakeNode, ensure_binaries
-
 from bench.common.machine import describe_machine, machine_line
 from bench.common.report import RESULTS_DIR, markdown_table, save_figure, write_json, write_text
+from modeldeploy.devcluster import DEFAULT_NODES, AuditEvent, DevCluster, FakeNode, ensure_binaries
 
 # The e2e tests' harness (chart RBAC, operator process, API client): the benchmark measures exactly the
 # set-up the tests verify. It lives with the tests, which are not a package.

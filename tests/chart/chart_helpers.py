@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from modeldeploy.devcluster import build_script
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,9 @@ import promql_parser
 import pytest
 import yaml
 from chart_helpers import CHART, KUBE_MINOR_VERSION, KUBE_VERSION, RELEASE, RELEASE_NAMESPACE, ROOT, Helm
-from modeldeploy.api import parse_model_deployment
 from rbac_contract import expected_rbac, grants_of
+
+from modeldeploy.api import parse_model_deployment
 
 FULLNAME = f"{RELEASE}-modeldeploy"
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from chart_helpers import ROOT, Helm
 from gitops_health import GITOPS, argocd_health, argocd_health_script, flux_health, flux_health_exprs
+
 from modeldeploy.api import API_VERSION, ModelDeploymentStatus, parse_model_deployment
 
 SPEC = {"model": {"source": "hf://sentence-transformers/all-MiniLM-L6-v2", "task": "feature-extraction"}}

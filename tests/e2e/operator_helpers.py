@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from modeldeploy.devcluster import DevCluster, DevClusterError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

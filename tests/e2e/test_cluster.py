@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
+
 from modeldeploy.devcluster import (
     ADMIN_USER,
     GPU_PRODUCT_LABEL,
@@ -23,7 +25,6 @@ from modeldeploy.devcluster import (
     cluster_kubeconfig,
     devcluster_app,
 )
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.cluster
 

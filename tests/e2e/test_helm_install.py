@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import yaml
-from modeldeploy.devcluster import DevCluster
 from operator_helpers import (
     CHART_DIR,
     MODELDEPLOY_BIN,
@@ -40,6 +39,8 @@ from operator_helpers import (
     unique_name,
     wait_until,
 )
+
+from modeldeploy.devcluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 

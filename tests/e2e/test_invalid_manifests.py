@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from modeldeploy.devcluster import DevCluster
 from operator_helpers import Example, example_model_deployments, install_crds
+
+from modeldeploy.devcluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 

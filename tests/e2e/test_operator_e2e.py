@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modeldeploy.devcluster import DevCluster
 from operator_helpers import (
     NAME_LABEL,
     ChartRbac,
@@ -43,6 +42,8 @@ from operator_helpers import (
     wait_until,
     watching,
 )
+
+from modeldeploy.devcluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 

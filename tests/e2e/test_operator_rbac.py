@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modeldeploy.devcluster import DevCluster
 from operator_helpers import (
     OperatorProcess,
     condition,
@@ -27,6 +26,8 @@ from operator_helpers import (
     unique_name,
     wait_until,
 )
+
+from modeldeploy.devcluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modeldeploy.devcluster import DevCluster
 from operator_helpers import (
     MANAGED_BY_SELECTOR,
     NAME_LABEL,
@@ -42,6 +41,8 @@ from operator_helpers import (
     unique_name,
     wait_until,
 )
+
+from modeldeploy.devcluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from modeldeploy.devcluster import DevCluster, DevClusterError, ensure_binaries
 
 

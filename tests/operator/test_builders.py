@@ -9,6 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from md_fixtures import md_of
+
 from modeldeploy.api import ModelDeployment
 from modeldeploy.builders import DesiredState, desired_state
 from modeldeploy.builders.common import GPU_TOLERATION

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from md_fixtures import BASE_SPEC, body_of, merged
+
 from modeldeploy.api import SpecError, parse_model_deployment
 from modeldeploy.checks import parse_for_reconcile
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from md_fixtures import md_of
+
 from modeldeploy.compare import is_subset
 from modeldeploy.digest import repository_digest
 from modeldeploy.names import ChildNames, dns_label, label_value

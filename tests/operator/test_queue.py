@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+
 from modeldeploy import queue as queue_module
 from modeldeploy.kube import KubeError
 from modeldeploy.metrics import Metrics

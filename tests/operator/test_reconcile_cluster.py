@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
+
 from modeldeploy.devcluster import ADMIN_USER, DevCluster
 from modeldeploy.kube import LightkubeCluster
 from modeldeploy.reconcile import Outcome, Reconciler

@@ -11,8 +11,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from modeldeploy.cli import app
 from typer.testing import CliRunner
+
+from modeldeploy.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from md_fixtures import md_of
+
 from modeldeploy.api import ConditionStatus, ModelDeployment, ModelDeploymentStatus, Phase
 from modeldeploy.digest import repository_digest
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION
