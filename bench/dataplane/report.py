@@ -92,7 +92,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Workload: {settings['texts']} fixed English texts of 5-60 words (bench/common/sentences.txt), "
         f"one text per request; closed loop, {settings['warmup_s']:g} s warm-up + "
-        f"{settings['duration_s']:g} s measured per concurrency level; {settings['client']}. "
+        f"{settings['duration_s']:g} s measured per concurrency level, contenders interleaved (each level "
+        f"runs every contender in turn); {settings['client']}. "
         "Queue/compute are Triton's own /metrics counters over the window, per request "
         "(compute = input + infer + output; a batch's time counts once per request in it).",
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import math
 import shlex
@@ -158,50 +159,82 @@ def measure_raw(model: BenchModel, settings: Settings, texts: Sequence[str]) -> 
     return result
 
 
-async def _measure_levels(
-    endpoint: Endpoint, settings: Settings, texts: Sequence[str]
-) -> list[dict[str, Any]]:
-    levels = []
-    for concurrency in settings.concurrency:
-        sender = endpoint.make_sender()
-        window_scrape: list[Scrape] = []
-
-        async def mark_window(sink: list[Scrape] = window_scrape) -> None:
-            if endpoint.metrics_url and endpoint.metrics_model:
-                sink.append(await scrape_async(endpoint.metrics_url, endpoint.metrics_model))
-
-        try:
-            result = await closed_loop(
-                sender, texts, concurrency, settings.duration_s, settings.warmup_s, mark_window
-            )
-        finally:
-            await sender.close()
-        level = result.summary()
-        if window_scrape and endpoint.metrics_url and endpoint.metrics_model:
-            after = await scrape_async(endpoint.metrics_url, endpoint.metrics_model)
-            level["triton"] = Breakdown.between(window_scrape[0], after).summary()
-        print(
-            f"    c={concurrency:<3} {level['throughput_rps']:8.1f} req/s  p50 {level['p50_ms']:8.2f} ms  "
-            f"p99 {level['p99_ms']:8.2f} ms  errors {level['errors']}"
-            + (f"  batch {level['triton']['average_batch']}" if "triton" in level else ""),
-            flush=True,
-        )
-        if result.errors:
-            print(f"      first error: {result.first_error}", flush=True)
-        levels.append(level)
-    return levels
-
-
-def measure_contender(
-    name: str, model: BenchModel, settings: Settings, workdir: Path, texts: Sequence[str]
+async def measure_level(
+    endpoint: Endpoint, concurrency: int, settings: Settings, texts: Sequence[str]
 ) -> dict[str, Any]:
-    label, serve = CONTENDERS[name]
-    started = time.monotonic()
-    with serve(model, workdir, settings.device, settings.ours_build) as endpoint:
-        startup_s = time.monotonic() - started
-        print(f"  {label} (up in {startup_s:.1f}s)", flush=True)
-        levels = asyncio.run(_measure_levels(endpoint, settings, texts))
-    return {"label": label, "startup_s": round(startup_s, 1), "config": endpoint.config, "levels": levels}
+    """One closed-loop window against one contender, with Triton's breakdown over the same window."""
+    sender = endpoint.make_sender()
+    window_scrape: list[Scrape] = []
+
+    async def mark_window() -> None:
+        if endpoint.metrics_url and endpoint.metrics_model:
+            window_scrape.append(await scrape_async(endpoint.metrics_url, endpoint.metrics_model))
+
+    try:
+        result = await closed_loop(
+            sender, texts, concurrency, settings.duration_s, settings.warmup_s, mark_window
+        )
+    finally:
+        await sender.close()
+    level = result.summary()
+    if window_scrape and endpoint.metrics_url and endpoint.metrics_model:
+        after = await scrape_async(endpoint.metrics_url, endpoint.metrics_model)
+        level["triton"] = Breakdown.between(window_scrape[0], after).summary()
+    level["load_average_1m"] = round(load_average()[0], 2)
+    return level
+
+
+def _print_level(name: str, level: dict[str, Any]) -> None:
+    print(
+        f"    {name:<10} c={level['concurrency']:<3} {level['throughput_rps']:8.1f} req/s  "
+        f"p50 {level['p50_ms']:8.2f} ms  p99 {level['p99_ms']:8.2f} ms  errors {level['errors']}"
+        + (f"  batch {level['triton']['average_batch']}" if "triton" in level else "")
+        + f"  load {level['load_average_1m']}",
+        flush=True,
+    )
+    if level["errors"]:
+        print(f"      first error: {level['first_error']}", flush=True)
+
+
+def measure_contenders(
+    model: BenchModel, settings: Settings, workdir: Path, texts: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Start every contender, then measure them interleaved: for each concurrency, each contender in turn.
+
+    Interleaving spreads any slow drift of the machine (other work starting or stopping) over all
+    contenders alike, so their ratios stay meaningful; an idle contender's server uses no CPU.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    endpoints: dict[str, Endpoint] = {}
+    with contextlib.ExitStack() as stack:
+        for name in settings.contenders:
+            label, serve = CONTENDERS[name]
+            contender_dir = workdir / name
+            contender_dir.mkdir()
+            started = time.monotonic()
+            try:
+                endpoint = stack.enter_context(
+                    serve(model, contender_dir, settings.device, settings.ours_build)
+                )
+            except Exception as exc:  # recorded, so one broken contender does not lose the others
+                print(f"  {name} FAILED to start: {exc}", flush=True)
+                results[name] = {"label": label, "error": str(exc)[-3000:], "levels": []}
+                continue
+            startup_s = round(time.monotonic() - started, 1)
+            print(f"  {label} (up in {startup_s}s)", flush=True)
+            endpoints[name] = endpoint
+            results[name] = {"label": label, "startup_s": startup_s, "config": endpoint.config, "levels": []}
+        for concurrency in settings.concurrency:
+            for name, endpoint in endpoints.items():
+                try:
+                    level = asyncio.run(measure_level(endpoint, concurrency, settings, texts))
+                except Exception as exc:
+                    print(f"  {name} c={concurrency} FAILED: {exc}", flush=True)
+                    results[name]["error"] = str(exc)[-3000:]
+                    continue
+                _print_level(name, level)
+                results[name]["levels"].append(level)
+    return results
 
 
 def _level(contender: dict[str, Any] | None, concurrency: int) -> dict[str, Any] | None:
@@ -317,17 +350,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     f"    {kind} batch {point['batch_size']:<4} {point['throughput_tps']:8.1f} texts/s",
                     flush=True,
                 )
-            for name in settings.contenders:
-                model_workdir = workdir / f"{key}-{name}"
-                model_workdir.mkdir()
-                try:
-                    result["contenders"][name] = measure_contender(
-                        name, model, settings, model_workdir, texts
-                    )
-                except Exception as exc:  # recorded, so one broken contender does not lose the others
-                    print(f"  {name} FAILED: {exc}", flush=True)
-                    label = CONTENDERS[name][0]
-                    result["contenders"][name] = {"label": label, "error": str(exc)[-3000:], "levels": []}
+            model_workdir = workdir / key
+            model_workdir.mkdir()
+            result["contenders"] = measure_contenders(model, settings, model_workdir, texts)
             result["ratios"] = compute_ratios(result, settings.device)
             report["models"][key] = result
     report["load_average_at_end"] = [round(value, 2) for value in load_average()]
