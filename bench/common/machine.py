@@ -81,3 +81,71 @@ def machine_line(machine: dict[str, Any]) -> str:
     load = machine.get("load_average_at_start")
     load_text = f"; load average at start {load[0]:.2f} (1 min)" if load else ""
     return f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB RAM, {gpus}{load_text}"
+
+
+def _descendants(root: int) -> set[int]:
+    """`root` and every process below it (servers the benchmark started, their stubs, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _process_ticks(pids: set[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def _busy_ticks() -> int:
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]) - idle
+
+
+class ForeignCpu:
+    """CPU time used on this machine by processes that are not this benchmark or its servers.
+
+    The machine is shared; a measurement during which other work ran is not one of the contender alone.
+    Linux only (reads /proc); elsewhere it reports 0.
+    """
+
+    def __init__(self) -> None:
+        self.available = Path("/proc/stat").exists()
+        self._tick = os.sysconf("SC_CLK_TCK") if self.available else 100
+        self._start: tuple[float, int, int] = (0.0, 0, 0)
+
+    def _sample(self) -> tuple[float, int, int]:
+        import time
+
+        if not self.available:
+            return (time.monotonic(), 0, 0)
+        return (time.monotonic(), _busy_ticks(), _process_ticks(_descendants(os.getpid())))
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> tuple[float, float]:
+        """(foreign CPU seconds, share of the whole machine's capacity) since `start`."""
+        began, busy0, own0 = self._start
+        ended, busy1, own1 = self._sample()
+        foreign = max(0.0, ((busy1 - busy0) - (own1 - own0)) / self._tick)
+        capacity = max(1e-9, (ended - began) * (os.cpu_count() or 1))
+        return foreign, foreign / capacity

@@ -3,8 +3,9 @@ server, no client, at each batch size, with plain padding and with batches of si
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ class RawPoint:
     grouped: bool
     throughput: float  # texts per second
     padding_efficiency: float  # real tokens / computed tokens
+    foreign_share: float | None = None  # CPU share other processes used meanwhile
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,7 @@ class RawPoint:
             "grouped": self.grouped,
             "throughput_tps": round(self.throughput, 2),
             "padding_efficiency": round(self.padding_efficiency, 3),
+            "foreign_cpu_share": self.foreign_share,
         }
 
 
@@ -108,14 +111,20 @@ def measure(
 
 
 def sweep(
-    raw: RawModel, texts: Sequence[str], batch_sizes: Sequence[int], min_seconds: float
+    raw: RawModel,
+    texts: Sequence[str],
+    batch_sizes: Sequence[int],
+    min_seconds: float,
+    guard: Callable[[Callable[[], RawPoint], str], RawPoint] = lambda measure_point, _what: measure_point(),
 ) -> list[RawPoint]:
+    """Every batch size, plain and grouped; `guard` runs each measurement (e.g. repeating disturbed ones)."""
     points = []
     for grouped in (False, True):
         for size in batch_sizes:
             if size == 1 and grouped:
                 continue  # a batch of one has no padding to save
-            points.append(measure(raw, texts, size, grouped, min_seconds))
+            what = f"raw {'grouped' if grouped else 'plain'} batch {size}"
+            points.append(guard(functools.partial(measure, raw, texts, size, grouped, min_seconds), what))
     return points
 
 

@@ -35,6 +35,10 @@ def _raw_table(raw: dict[str, Any]) -> str:
     return markdown_table(headers, rows)
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def _served_table(contenders: dict[str, Any]) -> str:
     rows = []
     for name, contender in contenders.items():
@@ -57,6 +61,7 @@ def _served_table(contenders: dict[str, Any]) -> str:
                     fmt(triton.get("queue_us"), 0) if triton else "n/a",
                     fmt(compute, 0) if triton else "n/a",
                     fmt(triton.get("average_batch"), 2) if triton else "n/a",
+                    _share(level.get("foreign_cpu_share")),
                 ]
             )
     headers = [
@@ -69,6 +74,7 @@ def _served_table(contenders: dict[str, Any]) -> str:
         "queue µs/req",
         "compute µs/req",
         "avg batch",
+        "other CPU",
     ]
     return markdown_table(headers, rows)
 
@@ -95,7 +101,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{settings['duration_s']:g} s measured per concurrency level, contenders interleaved (each level "
         f"runs every contender in turn); {settings['client']}. "
         "Queue/compute are Triton's own /metrics counters over the window, per request "
-        "(compute = input + infer + output; a batch's time counts once per request in it).",
+        "(compute = input + infer + output; a batch's time counts once per request in it). 'other CPU': "
+        "share of the machine's CPU used by processes other than the benchmark and its servers during the "
+        f"measurement (above {settings.get('max_foreign_cpu_share', 1):.0%} it is repeated, up to "
+        f"{settings.get('retries', 0)} times, and the least disturbed attempt kept).",
     ]
     for name, reason in report.get("not_run", {}).items():
         lines += ["", f"Not run: {name}: {reason}."]

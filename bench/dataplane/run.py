@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import gc
 import math
 import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, mini
 from bench.common.loadgen import closed_loop
 from bench.common.machine import describe_machine, load_average, machine_line
 from bench.common.metrics import Breakdown, Scrape, scrape_async
+from bench.common.quiet import QuietPolicy, guarded
 from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
 from bench.dataplane import raw as raw_limit
@@ -43,6 +46,7 @@ class Settings:
     quick: bool
     minilm_path: Path | None
     ours_build: dict[str, int]
+    quiet: QuietPolicy
     out: Path
     update_readme: bool
 
@@ -99,6 +103,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--ours-max-batch-size", type=int, default=None, help="build ours with this instead of the default"
     )
+    parser.add_argument(
+        "--max-foreign-cpu",
+        type=float,
+        default=None,
+        help="repeat a measurement during which other processes used more than this share of the machine's "
+        "CPU (default 0.05; --quick: 1, never)",
+    )
+    parser.add_argument("--retries", type=int, default=3, help="repeats of a disturbed measurement")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=900.0,
+        help="longest wait for a quiet machine before a measurement, s",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--no-readme", action="store_true", help="do not update bench/README.md (full runs do by default)"
@@ -120,6 +138,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         text_count=args.texts or len(load_texts()),
         quick=quick,
         minilm_path=args.minilm_path,
+        quiet=QuietPolicy(
+            max_foreign_share=args.max_foreign_cpu
+            if args.max_foreign_cpu is not None
+            else (1.0 if quick else 0.05),
+            retries=args.retries,
+            max_wait_s=args.quiet_wait,
+        ),
         ours_build={
             name: value
             for name, value in (
@@ -145,7 +170,12 @@ def prepare_model(key: str, workdir: Path, minilm_path: Path | None) -> BenchMod
 
 def measure_raw(model: BenchModel, settings: Settings, texts: Sequence[str]) -> dict[str, Any]:
     runner = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))
-    points = raw_limit.sweep(runner, texts, settings.raw_batch_sizes, settings.raw_seconds)
+
+    def guard(measure_point: Callable[[], raw_limit.RawPoint], what: str) -> raw_limit.RawPoint:
+        point, record = guarded(settings.quiet, measure_point, what)
+        return dataclasses.replace(point, foreign_share=record["foreign_share"])
+
+    points = raw_limit.sweep(runner, texts, settings.raw_batch_sizes, settings.raw_seconds, guard)
     result = {
         "points": [point.summary() for point in points],
         "batch1": next(p.summary() for p in points if p.batch_size == 1)
@@ -182,6 +212,12 @@ async def measure_level(
         level["triton"] = Breakdown.between(window_scrape[0], after).summary()
     level["load_average_1m"] = round(load_average()[0], 2)
     return level
+
+
+def _run_level(
+    endpoint: Endpoint, concurrency: int, settings: Settings, texts: Sequence[str]
+) -> dict[str, Any]:
+    return asyncio.run(measure_level(endpoint, concurrency, settings, texts))
 
 
 def _print_level(name: str, level: dict[str, Any]) -> None:
@@ -227,7 +263,13 @@ def measure_contenders(
         for concurrency in settings.concurrency:
             for name, endpoint in endpoints.items():
                 try:
-                    level = asyncio.run(measure_level(endpoint, concurrency, settings, texts))
+                    level, record = guarded(
+                        settings.quiet,
+                        functools.partial(_run_level, endpoint, concurrency, settings, texts),
+                        f"{name} c={concurrency}",
+                    )
+                    level["foreign_cpu_share"] = record["foreign_share"]
+                    level["attempts"] = record["attempts"]
                 except Exception as exc:
                     print(f"  {name} c={concurrency} FAILED: {exc}", flush=True)
                     results[name]["error"] = str(exc)[-3000:]
@@ -327,6 +369,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "warmup_s": settings.warmup_s,
             "raw_batch_sizes": list(settings.raw_batch_sizes),
             "ours_build_overrides": settings.ours_build,
+            "max_foreign_cpu_share": settings.quiet.max_foreign_share,
+            "retries": settings.quiet.retries,
             "raw_min_seconds": settings.raw_seconds,
             "texts": len(texts),
             "client": "tritonclient.grpc.aio (Triton), aiohttp (FastAPI); one text per request, same machine",

@@ -192,8 +192,9 @@ def onnx_unavailable_reason() -> str | None:
     from model_repo.triton import find_tritonserver
 
     installation = find_tritonserver()
-    backends = installation.backend_directory
-    if backends is not None and not (backends / "onnxruntime").exists():
+    # None: the server's compiled-in default directory.
+    backends = installation.backend_directory or Path("/opt/tritonserver/backends")
+    if backends.is_dir() and not (backends / "onnxruntime").exists():
         names = sorted(path.name for path in backends.iterdir() if path.is_dir())
         return (
             f"the local tritonserver ({installation.binary}) bundles only the {', '.join(names)} backend(s), "
