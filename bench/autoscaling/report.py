@@ -46,6 +46,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 _value(row["queueTime"], 0),
                 _value(row["queueComputeRatio"], 3),
                 _value(row["pendingRequests"], 2),
+                f"{row.get('foreign_cpu_share', 0):.0%}",
             ]
             for row in report["sweep"]
         ]
@@ -62,6 +63,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     "queueTime µs",
                     "queueComputeRatio",
                     "pendingRequests",
+                    "other CPU",
                 ],
                 rows,
             ),
@@ -90,6 +92,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 str(a["heavy_second_half_shed"]),
                 _value(a["heavy_second_half_p99_ms"], 0),
                 _seconds(a["idle_back_to_min_after_s"]),
+                f"{a.get('foreign_cpu_share_mean', 0):.0%} / {a.get('foreign_cpu_share_max') or 0:.0%}",
             ]
         )
     if rows:
@@ -109,6 +112,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     "shed (2nd half of heavy)",
                     "p99 ms (2nd half)",
                     "idle: back to 1 pod",
+                    "other CPU mean / max",
                 ],
                 rows,
             ),

@@ -87,7 +87,8 @@ def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
     report = run(
         [
             "--model", "tiny-bert", "--interval", "0.2", "--metrics", "queueComputeRatio",
-            "--sweep-level", "0.3", "--calibration", "0.8", "--max-replicas", "4", "--out", str(tmp_path),
+            "--sweep-level", "0.3", "--calibration", "0.8", "--max-replicas", "4", "--max-foreign-cpu", "1",
+            "--out", str(tmp_path),
         ]
     )  # fmt: skip
     stem = tmp_path / "autoscaling-cpu"
