@@ -315,7 +315,8 @@ def compute_ratios(result: dict[str, Any], device: str) -> list[dict[str, Any]]:
             }
         )
     raw = result.get("raw")
-    grouped = raw["best_grouped"]["throughput_tps"] if raw else None
+    # Without a grouped batch (only batch 1 measured) there is no length-grouped limit to compare with.
+    grouped = raw["best_grouped"]["throughput_tps"] if raw and raw["best_grouped"]["grouped"] else None
     rows.append(
         {
             "name": f"ours at c={high} / raw length-grouped limit",
