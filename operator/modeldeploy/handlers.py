@@ -1,18 +1,25 @@
 """kopf wiring: thin handlers that route every trigger to the one `reconcile()`.
 
-Why this shape (a no-op resync must cost zero write requests):
+Why this shape (a no-op resync must cost zero write requests, and 500 ModelDeployments applied at once
+must not cost 500 reconciliations in flight at once):
 
-* ModelDeployments: `on.resume` / `on.create` / `on.update` share one handler. kopf writes its progress and
-  last-handled-configuration annotations (under `modeldeploy.dev/`) only when the spec actually changed,
-  gives us retries with backoff (`TemporaryError`) and stops on `PermanentError`; status patches don't
-  count as changes. kopf timers and daemons are deliberately not used: kopf adds a finalizer to every
-  object that has one, and the operator must not block deletion (children go by garbage collection).
+* Every handler is an `on.event` handler (which never writes) that hands the ModelDeployment concerned
+  to the `ReconcileQueue` and returns at once; the queue runs a few reconciliations at a time and merges
+  the requests that pile up meanwhile. kopf therefore writes nothing to our objects: no
+  progress/last-handled-configuration annotations, no finalizers (the operator must not block deletion;
+  children go by garbage collection), no per-handler Events.
+* ModelDeployments: an event is reconciled unless the last successful reconciliation already saw that
+  `metadata.generation` (spec changes bump it; our own status writes, which are most of the events, do
+  not). Transient failures and crashes are retried by the queue with a delay; a spec that cannot work
+  gets its status and Event once and is not retried.
 * The periodic resync is our own loop over a kopf index of ModelDeployments, calling the same
   reconcile; on a converged cluster that reads, compares and writes nothing.
-* Children: `on.event` handlers (which never write) on every kind we own, filtered server-side by our
-  managed-by label, find their owner in the index and reconcile it — drift, deletion and readiness are
-  all noticed within a watch event, level-based.
-* kopf's own per-handler Events are off; the reconciler posts one Event per condition transition.
+* Children: `on.event` handlers on every kind we own, filtered server-side by our managed-by label,
+  find their owner and reconcile it: drift, deletion and readiness are all noticed within a watch
+  event, level-based.
+* Index and handler functions are `async`: kopf runs plain functions in a thread pool, and every thread
+  that allocates gets its own malloc arena, which the process's resident memory never gives back.
+* The reconciler posts one Event per condition transition.
 """
 
 from __future__ import annotations
@@ -21,20 +28,28 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from modeldeploy.api import GROUP, KIND, PLURAL, VERSION
-from modeldeploy.kube import LightkubeCluster
-from modeldeploy.labels import MANAGED_BY, MANAGED_BY_VALUE, NAME_LABEL
+from modeldeploy.kube import (
+    HORIZONTAL_POD_AUTOSCALER,
+    JOB,
+    PERSISTENT_VOLUME_CLAIM,
+    POD_DISRUPTION_BUDGET,
+    Kind,
+    LightkubeCluster,
+)
+from modeldeploy.labels import COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, NAME_LABEL
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
-from modeldeploy.queue import TRANSIENT_RETRY_SECONDS, ReconcileQueue
+from modeldeploy.queue import DEFAULT_CONCURRENCY, ReconcileQueue
 from modeldeploy.reconcile import Reconciler
 from modeldeploy.settings import ANNOTATION_PREFIX, FIELD_MANAGER, RenderSettings
+from modeldeploy.status import pod_summary
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +68,10 @@ OWNED_RESOURCES = (
     ("monitoring.coreos.com", "v1", "servicemonitors"),
 )
 POD_RESOURCE = ("", "v1", "pods")
+# Children that a ModelDeployment usually does not have (the reconciler only deletes them, when it owns
+# one): kept in an index of (owner uid -> names), so that checking for them costs no request. The
+# optional CRDs' kinds are not among them: kopf watches those only when their CRD exists.
+INVENTORIED_KINDS = (PERSISTENT_VOLUME_CLAIM, JOB, HORIZONTAL_POD_AUTOSCALER, POD_DISRUPTION_BUDGET)
 
 
 @dataclass
@@ -60,6 +79,7 @@ class OperatorConfig:
     render: RenderSettings = field(default_factory=RenderSettings)
     resync_seconds: float = 120.0
     resync_concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 class Runtime:
@@ -72,6 +92,9 @@ class Runtime:
         self.reconciler: Reconciler | None = None
         self.queue: ReconcileQueue | None = None
         self.index: Mapping[str, Any] | None = None
+        # kopf indices (filled as kopf lists and watches): plural -> {owner uid: names}; and our pods.
+        self.owned: dict[str, Mapping[str, Any]] = {}
+        self.pod_index: Mapping[Any, Any] | None = None
         self.resync_task: asyncio.Task[None] | None = None
 
     def latest(self, uid: str) -> Mapping[str, Any] | None:
@@ -80,6 +103,18 @@ class Runtime:
         for body in self.index.get(uid, ()):
             return dict(body)
         return None
+
+    # Inventory (see reconcile.Inventory): what the watches know, instead of reading it again.
+
+    def owned_names(self, kind: Kind, owner_uid: str) -> Collection[str] | None:
+        index = self.owned.get(kind.plural)
+        return None if index is None else frozenset(str(name) for name in index.get(owner_uid, ()))
+
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]] | None:
+        if self.pod_index is None:
+            return None
+        key = (namespace, labels.get(NAME_LABEL), labels.get(COMPONENT))
+        return [dict(pod) for pod in self.pod_index.get(key, ())]
 
     def require_queue(self) -> ReconcileQueue:
         if self.queue is None:
@@ -104,13 +139,19 @@ class Runtime:
 
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    # managedFields are most of a ModelDeployment's metadata, and nothing here reads them.
+    metadata = {key: value for key, value in body.metadata.items() if key != "managedFields"}
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
-        "metadata": copy.deepcopy(dict(body.metadata)),
+        "metadata": copy.deepcopy(metadata),
         "spec": copy.deepcopy(dict(body.spec)),
         "status": copy.deepcopy(dict(body.status)),
     }
+
+
+def _owned_index_id(kind: Kind) -> str:
+    return f"owned_{kind.plural}"
 
 
 def owner_uid(body: Mapping[str, Any]) -> str | None:
@@ -142,10 +183,14 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
     async def start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         configure(settings)
         runtime.cluster = LightkubeCluster.from_env()
-        runtime.reconciler = Reconciler(runtime.cluster, config.render, metrics)
-        runtime.queue = ReconcileQueue(runtime.reconciler.reconcile, runtime.latest, metrics)
-        # The index object is filled as kopf lists and watches; we keep a handle for the resync loop.
+        runtime.reconciler = Reconciler(runtime.cluster, config.render, metrics, inventory=runtime)
+        runtime.queue = ReconcileQueue(
+            runtime.reconciler.reconcile, runtime.latest, metrics, concurrency=config.concurrency
+        )
+        # The index objects are filled as kopf lists and watches; we keep handles to them.
         runtime.index = kwargs["modeldeployments"]
+        runtime.owned = {kind.plural: kwargs[_owned_index_id(kind)] for kind in INVENTORIED_KINDS}
+        runtime.pod_index = kwargs["pods"]
         runtime.resync_task = asyncio.get_running_loop().create_task(runtime.resync_forever())
 
     @kopf.on.login(registry=registry)
@@ -167,48 +212,55 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
 
     # Explicit ids: an index reaches handlers as a keyword argument of this name.
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments")
-    def modeldeployments(uid: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    async def modeldeployments(uid: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
         return {uid: _snapshot(body)}
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments_by_label")
-    def modeldeployments_by_label(
+    async def modeldeployments_by_label(
         namespace: str | None, name: str, uid: str, **_: Any
     ) -> dict[tuple[str | None, str], str]:
         return {(namespace, label_value(name)): uid}
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
-    async def reconcile_modeldeployment(uid: str, reason: str, **_: Any) -> None:
-        trigger = str(getattr(reason, "value", reason))  # kopf passes a str-valued Reason enum
-        try:
-            outcome = await runtime.require_queue().request(uid, trigger, retry_transient=False)
-        except Exception as exc:
-            if getattr(exc, "transient", False):
-                raise kopf.TemporaryError(str(exc), delay=TRANSIENT_RETRY_SECONDS) from exc
-            raise
-        if outcome is not None and outcome.invalid_spec:
-            # Reported in the status and an Event already; retrying cannot fix the spec.
-            raise kopf.PermanentError(outcome.message)
+    def register_inventory(kind: Kind) -> None:
+        group, _, version = kind.api_version.rpartition("/")
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def forget_deleted(event: Mapping[str, Any], uid: str, **_: Any) -> None:
+        @kopf.index(group, version, kind.plural, labels=MANAGED, registry=registry, id=_owned_index_id(kind))
+        async def owned(name: str, body: kopf.Body, **_: Any) -> dict[str, str] | None:
+            owner = owner_uid(body)
+            return {owner: name} if owner is not None else None
+
+    for kind in INVENTORIED_KINDS:
+        register_inventory(kind)
+
+    @kopf.index(*POD_RESOURCE, labels=MANAGED, registry=registry, id="pods")
+    async def pods(
+        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+    ) -> dict[tuple[str | None, str | None, str | None], dict[str, Any]]:
+        return {(namespace, labels.get(NAME_LABEL), labels.get(COMPONENT)): pod_summary(body)}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    async def modeldeployment_changed(
+        event: Mapping[str, Any], uid: str, meta: Mapping[str, Any], **_: Any
+    ) -> None:
         if event.get("type") == "DELETED":
             if runtime.queue is not None:
                 runtime.queue.forget(uid)
             if runtime.reconciler is not None:
                 runtime.reconciler.forget(uid)
-
-    async def reconcile_owner(uid: str | None, trigger: str) -> None:
-        if uid is None or runtime.queue is None:
             return
-        with contextlib.suppress(Exception):  # logged by the queue, which also schedules the retry
-            await runtime.queue.request(uid, trigger)
+        # A type of None: listed at start-up (what kopf calls resuming); ADDED; MODIFIED.
+        trigger = {None: "resume", "ADDED": "create"}.get(event.get("type"), "update")
+        if runtime.queue is not None:  # set by the start-up handler, which kopf runs before any watch
+            runtime.queue.notify_if_changed(uid, meta.get("generation"), trigger)
+
+    def reconcile_owner(uid: str | None, trigger: str) -> None:
+        if uid is not None and runtime.queue is not None:
+            runtime.queue.notify(uid, trigger)
 
     def register_child(group: str, version: str, plural: str) -> None:
         @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry, id=f"owner-of-{plural}")
         async def child_changed(body: kopf.Body, **_: Any) -> None:
-            await reconcile_owner(owner_uid(body), plural)
+            reconcile_owner(owner_uid(body), plural)
 
     for group, version, plural in OWNED_RESOURCES:
         register_child(group, version, plural)
@@ -217,6 +269,6 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
     async def pod_changed(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
         owners: Mapping[Any, Any] = kwargs["modeldeployments_by_label"]
         for uid in owners.get((namespace, labels.get(NAME_LABEL)), ()):
-            await reconcile_owner(str(uid), "pods")
+            reconcile_owner(str(uid), "pods")
 
     return registry, runtime

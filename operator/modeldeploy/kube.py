@@ -95,7 +95,9 @@ class Cluster(Protocol):
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
 
-    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+        """Returns the object's resourceVersion after the write (None if it is gone)."""
+        ...
 
     async def create_event(self, event: Mapping[str, Any]) -> None: ...
 
@@ -204,7 +206,7 @@ class LightkubeCluster:
         except httpx.HTTPError as exc:
             raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
 
-    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
         body = {
             "apiVersion": MODEL_DEPLOYMENT.api_version,
             "kind": MODEL_DEPLOYMENT.kind,
@@ -212,7 +214,7 @@ class LightkubeCluster:
             "status": dict(status),
         }
         try:
-            await self._client.patch(
+            written = await self._client.patch(
                 _ModelDeployment.Status,
                 name,
                 body,
@@ -223,10 +225,12 @@ class LightkubeCluster:
             )
         except ApiError as exc:
             if exc.status.code == 404:  # deleted meanwhile: nothing left to report on
-                return
+                return None
             raise _translate(exc, f"update status of {namespace}/{name}") from exc
         except httpx.HTTPError as exc:
             raise _translate(exc, f"update status of {namespace}/{name}") from exc
+        version = (_as_dict(written).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version is not None else None
 
     async def create_event(self, event: Mapping[str, Any]) -> None:
         try:

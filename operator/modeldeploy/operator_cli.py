@@ -113,6 +113,10 @@ def run_operator(
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    if not verbose:
+        # kopf says "Handler 'owner-of-pods' succeeded." at INFO for every watch event it hands over:
+        # thousands of lines (and their formatting) per minute in a busy cluster, telling nothing.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics = Metrics()
     metrics.serve(metrics_port)
     config = OperatorConfig(

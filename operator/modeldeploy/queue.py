@@ -1,14 +1,20 @@
-"""Serialising and merging reconciliation requests, per ModelDeployment.
+"""Serialising, merging and pacing reconciliation requests.
 
-Many triggers fire for one object in bursts (a rollout updates the Deployment's status a dozen times).
-Reconciliations of one ModelDeployment never overlap, and requests that pile up while one runs merge into
-a single follow-up run, which reads the freshest copy of the object when it starts.
+Many triggers fire for one object in bursts (a rollout updates the Deployment's status a dozen times;
+applying 500 ModelDeployments at once fires thousands of watch events). Three rules keep that cheap:
+
+* Reconciliations of one ModelDeployment never overlap, and requests that pile up before a run *starts*
+  merge into that one run, which reads the freshest copy of the object when it starts.
+* At most `concurrency` reconciliations run at once, whatever the number of objects. A run waiting for a
+  free place is still "not started", so the longer the burst, the more requests each run absorbs; and
+  each run's objects (live children, parsed responses) are alive only while it runs.
+* `notify()` never waits: watch-event handlers hand the owner over and return, so kopf's per-object event
+  queues drain at once instead of piling up full object bodies behind slow reconciliations.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +28,11 @@ from modeldeploy.reconcile import Outcome
 logger = logging.getLogger(__name__)
 
 TRANSIENT_RETRY_SECONDS = 10.0
+# After a crash (a bug, or something the API server said that we did not expect): retry, but slowly.
+ERROR_RETRY_SECONDS = 60.0
+# Reconciliations in flight at once. Each is a short chain of API requests; a few in flight keep the API
+# server busy, more only queue up inside the HTTP client and the API server (holding memory meanwhile).
+DEFAULT_CONCURRENCY = 8
 
 Reconcile = Callable[[Mapping[str, Any]], Awaitable[Outcome]]
 Latest = Callable[[str], Mapping[str, Any] | None]
@@ -30,44 +41,88 @@ Latest = Callable[[str], Mapping[str, Any] | None]
 @dataclass
 class _Slot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The run that has not started yet: every request until it starts joins it.
     queued: asyncio.Future[Outcome | None] | None = None
+    # Whether a failure of the queued run schedules a retry (any of its requesters asked for one).
+    queued_retries: bool = False
     retry: asyncio.Task[None] | None = None
+    # metadata.generation of the object the last successful run reconciled.
+    generation: int | None = None
 
 
 class ReconcileQueue:
-    def __init__(self, reconcile: Reconcile, latest: Latest, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        reconcile: Reconcile,
+        latest: Latest,
+        metrics: Metrics,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
         self._reconcile = reconcile
         self._latest = latest
         self._metrics = metrics
         self._slots: dict[str, _Slot] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def request(self, uid: str, trigger: str, retry_transient: bool = True) -> Outcome | None:
-        """Reconcile the ModelDeployment `uid` (None if it is gone). Transient API errors raise KubeError;
-        with `retry_transient` a retry is also scheduled, for triggers nobody else retries."""
+        """Reconcile the ModelDeployment `uid` and wait for the outcome (None if it is gone).
+
+        Failures raise (transient API errors as KubeError); with `retry_transient` a retry is also
+        scheduled, for triggers nobody else retries."""
+        return await asyncio.shield(self._enqueue(uid, trigger, retry_transient))
+
+    def notify(self, uid: str, trigger: str) -> None:
+        """Reconcile `uid` soon, without waiting; failures are logged and retried."""
+        self._enqueue(uid, trigger, retries=True)
+
+    def notify_if_changed(self, uid: str, generation: int | None, trigger: str) -> None:
+        """`notify()`, unless the last successful run already saw this generation of the object (and
+        nothing else is pending): a ModelDeployment's own events are mostly our status writes."""
+        slot = self._slots.get(uid)
+        if slot is not None and slot.generation == generation and generation is not None:
+            return
+        self.notify(uid, trigger)
+
+    def _enqueue(self, uid: str, trigger: str, retries: bool) -> asyncio.Future[Outcome | None]:
         slot = self._slots.setdefault(uid, _Slot())
         if slot.queued is not None:
             # A run is already waiting to start; it will see everything this request would have.
-            return await asyncio.shield(slot.queued)
+            slot.queued_retries = slot.queued_retries or retries
+            return slot.queued
         queued: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         slot.queued = queued
-        async with slot.lock:
-            slot.queued = None
+        slot.queued_retries = retries
+        task = asyncio.get_running_loop().create_task(self._drive(uid, slot, queued, trigger))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return queued
+
+    async def _drive(
+        self, uid: str, slot: _Slot, queued: asyncio.Future[Outcome | None], trigger: str
+    ) -> None:
+        async with slot.lock, self._limit:
+            if slot.queued is queued:
+                slot.queued = None
+            retries = slot.queued_retries
             try:
-                outcome = await self._run(uid, trigger)
+                outcome = await self._run(uid, slot, trigger)
             except asyncio.CancelledError:
                 queued.cancel()
                 raise
-            except BaseException as exc:
+            except Exception as exc:
                 queued.set_exception(exc)
-                # Retrieved here so that merged waiters that went away don't leave it unobserved.
+                # Retrieved here so that requesters that went away don't leave it unobserved.
                 queued.exception()
-                if isinstance(exc, KubeError) and retry_transient:
-                    self._schedule_retry(uid, slot)
-                raise
+                if retries and uid in self._slots:
+                    transient = isinstance(exc, KubeError)
+                    self._schedule_retry(
+                        uid, slot, TRANSIENT_RETRY_SECONDS if transient else ERROR_RETRY_SECONDS
+                    )
+                return
             queued.set_result(outcome)
-            return outcome
 
-    async def _run(self, uid: str, trigger: str) -> Outcome | None:
+    async def _run(self, uid: str, slot: _Slot, trigger: str) -> Outcome | None:
         body = self._latest(uid)
         if body is None:
             self._slots.pop(uid, None)
@@ -87,6 +142,7 @@ class ReconcileQueue:
             raise
         finally:
             self._metrics.reconcile_duration.observe(time.perf_counter() - started)
+        slot.generation = (body.get("metadata") or {}).get("generation")
         result = "invalid" if outcome.invalid_spec else ("ready" if outcome.ready else "progressing")
         self._metrics.reconciles.labels(trigger=trigger, result=result).inc()
         if outcome.writes:
@@ -95,15 +151,14 @@ class ReconcileQueue:
             )
         return outcome
 
-    def _schedule_retry(self, uid: str, slot: _Slot) -> None:
+    def _schedule_retry(self, uid: str, slot: _Slot, delay: float) -> None:
         if slot.retry is not None and not slot.retry.done():
             return
 
         async def retry() -> None:
-            await asyncio.sleep(TRANSIENT_RETRY_SECONDS)
+            await asyncio.sleep(delay)
             slot.retry = None  # so that a failure of this very attempt schedules the next one
-            with contextlib.suppress(Exception):  # logged by _run
-                await self.request(uid, "retry")
+            self.notify(uid, "retry")
 
         slot.retry = asyncio.get_running_loop().create_task(retry())
 
@@ -115,6 +170,8 @@ class ReconcileQueue:
     def cancel_all(self) -> None:
         for uid in list(self._slots):
             self.forget(uid)
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def _describe(body: Mapping[str, Any]) -> str:

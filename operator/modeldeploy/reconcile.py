@@ -15,9 +15,9 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
 from modeldeploy.builders import DesiredState, Manifest, desired_state
@@ -101,6 +101,19 @@ def up_to_date(stamped: Manifest, live: Mapping[str, Any]) -> bool:
     return bool(live_annotations.get(APPLIED_HASH_ANNOTATION) == ours and is_subset(stamped, live))
 
 
+class Inventory(Protocol):
+    """What the operator's watches already know about the children, so that a reconciliation need not
+    ask the API server again. `None` from either method: not known here, ask the API server."""
+
+    def owned_names(self, kind: Kind, owner_uid: str) -> Collection[str] | None:
+        """Names of the objects of `kind` owned by `owner_uid` (and carrying our managed-by label)."""
+        ...
+
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]] | None:
+        """Our pods in `namespace` with these labels, as much of them as the status reads."""
+        ...
+
+
 @dataclass
 class Outcome:
     """What a reconciliation found; the handlers turn it into kopf's retry semantics."""
@@ -128,10 +141,23 @@ class _Round:
 
 @dataclass
 class _StatusMemory:
-    """The status we last wrote, and the resourceVersion of the object we computed it from."""
+    """The status we last wrote, the resourceVersion of the object we computed it from, and the one our
+    write gave the object."""
 
     based_on_resource_version: str | None
+    written_resource_version: str | None
     status: ModelDeploymentStatus
+
+    def newer_than(self, resource_version: str | None) -> bool:
+        """Whether an object at `resource_version` predates our write (so its status is not ours yet)."""
+        if resource_version == self.based_on_resource_version:
+            return True
+        try:
+            # The API server's resourceVersions are etcd revisions; a watch or index can lag behind our
+            # own write by several of them (other writers, or our earlier status writes).
+            return int(resource_version or "") < int(self.written_resource_version or "")
+        except ValueError:
+            return False
 
 
 class Reconciler:
@@ -142,8 +168,11 @@ class Reconciler:
         metrics: Metrics | None = None,
         capabilities_ttl: float = CAPABILITIES_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        inventory: Inventory | None = None,
     ) -> None:
         self.cluster = cluster
+        # Without one, every child is read from the API server (as in tests that drive reconcile() alone).
+        self.inventory = inventory
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._capabilities_ttl = capabilities_ttl
@@ -260,8 +289,15 @@ class Reconciler:
             return f"{kind} {name} belongs to another owner; waiting for it to be garbage-collected"
         return f"{kind} {name} already exists and is not managed by this ModelDeployment; delete or rename it"
 
+    def _owned_names(self, kind: Kind, uid: str) -> Collection[str] | None:
+        return self.inventory.owned_names(kind, uid) if self.inventory is not None else None
+
     async def _prune(self, current: _Round, kind: Kind, name: str) -> None:
         """Delete the named object if, and only if, this ModelDeployment owns it."""
+        owned = self._owned_names(kind, current.uid)
+        if owned is not None and name not in owned:
+            # The watch has seen no such object of ours (if one appears, its event reconciles us again).
+            return
         namespace = current.md.metadata.namespace
         live = await self.cluster.get(kind, namespace, name)
         if live is None or not is_owned_by(live, current.uid):
@@ -384,6 +420,9 @@ class Reconciler:
         serving = deployed_digest(current.observed.deployment)
         if serving is not None and current.md.spec.cache is not None:
             keep.add(serving)
+        owned = self._owned_names(JOB, current.uid)
+        if owned is not None and not owned:
+            return  # the watch has seen no Job of ours
         jobs = await self.cluster.list(
             JOB,
             current.md.metadata.namespace,
@@ -398,17 +437,18 @@ class Reconciler:
     async def observe_pods(self, current: _Round) -> None:
         if current.md.spec.cache is not None:
             return  # the build Job reports on the repository; pods don't build
-        current.observed.pods = await self.cluster.list(
-            POD, current.md.metadata.namespace, selector_labels(current.desired.owner)
-        )
+        namespace, labels = current.md.metadata.namespace, selector_labels(current.desired.owner)
+        pods = self.inventory.pods(namespace, labels) if self.inventory is not None else None
+        current.observed.pods = pods if pods is not None else await self.cluster.list(POD, namespace, labels)
 
     # ------------------------------------------------------------------------------------ status
 
     def _previous_status(self, body: Mapping[str, Any]) -> ModelDeploymentStatus | None:
         metadata = body.get("metadata") or {}
         memory = self._status_memory.get(str(metadata.get("uid")))
-        if memory is not None and memory.based_on_resource_version == metadata.get("resourceVersion"):
-            # `body` predates our last status write (a handler got an older event): trust our own record.
+        if memory is not None and memory.newer_than(metadata.get("resourceVersion")):
+            # `body` predates our last status write (an index or event that lags behind): trust our own
+            # record, or the status would be written again and its transitions posted twice.
             return memory.status
         raw = body.get("status")
         if not raw:
@@ -429,9 +469,11 @@ class Reconciler:
             return 0
         metadata = body["metadata"]
         namespace, name = metadata.get("namespace", "default"), metadata["name"]
-        await self.cluster.apply_status(namespace, name, status.dump())
+        written = await self.cluster.apply_status(namespace, name, status.dump())
         self.metrics.writes.labels(kind="ModelDeployment", verb="status").inc()
-        self._status_memory[str(metadata["uid"])] = _StatusMemory(metadata.get("resourceVersion"), status)
+        self._status_memory[str(metadata["uid"])] = _StatusMemory(
+            metadata.get("resourceVersion"), written, status
+        )
         writes = 1
         for transition in transitions(previous, status):
             event = self._event(body, transition.event_type, transition.reason, self._event_text(transition))

@@ -7,6 +7,8 @@ yields an identical object and the operator writes nothing.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -122,6 +124,28 @@ def _pod_build_failure(pods: list[dict[str, Any]]) -> str | None:
                 detail = last.get("message") or last.get("reason") or waiting.get("message") or "crash loop"
                 return f"pod {_name(pod)}: model build keeps failing: {str(detail).strip()}"
     return None
+
+
+def pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the parts of a pod that the status reads (name, repository digest, Ready condition,
+    builder container): what the operator keeps of each pod it watches."""
+    metadata = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    digest = (metadata.get("annotations") or {}).get(MODEL_DIGEST_ANNOTATION)
+    return copy.deepcopy(
+        {
+            "metadata": {
+                "name": metadata.get("name"),
+                "annotations": {MODEL_DIGEST_ANNOTATION: digest} if digest is not None else {},
+            },
+            "status": {
+                "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"],
+                "initContainerStatuses": [
+                    s for s in status.get("initContainerStatuses") or [] if s.get("name") == BUILDER_CONTAINER
+                ],
+            },
+        }
+    )
 
 
 def _pod_is_ready(pod: dict[str, Any]) -> bool:

@@ -431,6 +431,26 @@ def test_unrelated_changes_do_not_restart_pods(
     assert pod_uids(api, namespace, name) == pods
 
 
+def test_turning_autoscaling_off_removes_the_autoscaler_and_the_disruption_budget(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """The operator learns which of these children exist from its watches (no request per reconcile);
+    that knowledge must still make it delete the ones it no longer wants."""
+    name = "bert-unscale"
+    autoscaling = {"minReplicas": 2, "maxReplicas": 3, "metric": "queueTime"}
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(autoscaling=autoscaling)))
+    wait_observed(api, namespace, name)
+    for resource in ("horizontalpodautoscalers", "poddisruptionbudgets"):
+        wait_until(f"the {resource}", lambda r=resource: api.child(r, namespace, name), timeout=30)
+
+    patch_md(cluster, namespace, name, {"spec": {"autoscaling": None, "replicas": 1}})
+    for resource in ("horizontalpodautoscalers", "poddisruptionbudgets"):
+        wait_until(
+            f"the {resource} gone", lambda r=resource: api.child(r, namespace, name) is None, timeout=30
+        )
+    wait_ready(api, namespace, name)
+
+
 def test_kubectl_scale_goes_through_the_scale_subresource(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:

@@ -110,3 +110,116 @@ async def _handler_triggers_leave_retries_to_kopf(monkeypatch: pytest.MonkeyPatc
         await queue.request("a", "update", retry_transient=False)
     await asyncio.sleep(0.05)
     assert len(recorder.seen) == 1
+
+
+class Gated:
+    """A reconcile function whose runs each wait for their own release."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, dict[str, Any]] = {}
+        self.started: list[str] = []
+        self.running = 0
+        self.max_running = 0
+        self.release = asyncio.Event()
+        self.fail_next: list[Exception] = []
+
+    def add(self, uid: str, generation: int = 1) -> None:
+        self.bodies[uid] = {"metadata": {"uid": uid, "name": uid, "generation": generation}}
+
+    def latest(self, uid: str) -> Mapping[str, Any] | None:
+        return self.bodies.get(uid)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        self.started.append(body["metadata"]["uid"])
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await self.release.wait()
+            if self.fail_next:
+                raise self.fail_next.pop(0)
+            return Outcome()
+        finally:
+            self.running -= 1
+
+
+async def settle(rounds: int = 20) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def test_at_most_concurrency_runs_at_once_and_waiting_runs_absorb_requests() -> None:
+    asyncio.run(_at_most_concurrency_runs_at_once_and_waiting_runs_absorb_requests())
+
+
+async def _at_most_concurrency_runs_at_once_and_waiting_runs_absorb_requests() -> None:
+    gated = Gated()
+    for i in range(10):
+        gated.add(f"md-{i}")
+    queue = ReconcileQueue(gated.reconcile, gated.latest, Metrics(), concurrency=3)
+    # A burst: every object asked for (its children's events), none of it waited for ...
+    for i in range(10):
+        queue.notify(f"md-{i}", "deployments")
+    await settle()
+    assert gated.max_running == 3 and len(gated.started) == 3
+    # ... and four more times while three run and seven wait for a place.
+    for _ in range(4):
+        for i in range(10):
+            queue.notify(f"md-{i}", "pods")
+    await settle()
+    gated.release.set()
+    for _ in range(100):
+        if len(gated.started) == 10 and gated.running == 0:
+            break
+        await asyncio.sleep(0.01)
+    await settle()
+    # The three that had started when the burst went on run once more; the seven that waited for a
+    # place absorbed all five requests each.
+    assert sorted(gated.started) == sorted([f"md-{i}" for i in range(10)] + ["md-0", "md-1", "md-2"])
+    assert gated.max_running == 3
+
+
+def test_notify_if_changed_skips_a_generation_already_reconciled() -> None:
+    asyncio.run(_notify_if_changed_skips_a_generation_already_reconciled())
+
+
+async def _notify_if_changed_skips_a_generation_already_reconciled() -> None:
+    gated = Gated()
+    gated.release.set()
+    gated.add("a", generation=1)
+    queue = ReconcileQueue(gated.reconcile, gated.latest, Metrics())
+    queue.notify_if_changed("a", 1, "create")
+    await settle()
+    assert gated.started == ["a"]
+    queue.notify_if_changed("a", 1, "update")  # our own status write: same generation
+    await settle()
+    assert gated.started == ["a"]
+    gated.add("a", generation=2)  # a spec change
+    queue.notify_if_changed("a", 2, "update")
+    await settle()
+    assert gated.started == ["a", "a"]
+    queue.forget("a")  # deleted: a new object of that uid would be reconciled again
+    queue.notify_if_changed("a", 2, "resume")
+    await settle()
+    assert gated.started == ["a", "a", "a"]
+
+
+def test_notified_failures_are_retried_crashes_more_slowly(monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(_notified_failures_are_retried_crashes_more_slowly(monkeypatch))
+
+
+async def _notified_failures_are_retried_crashes_more_slowly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(queue_module, "ERROR_RETRY_SECONDS", 0.05)
+    gated = Gated()
+    gated.release.set()
+    gated.add("a")
+    gated.fail_next = [KubeError("timeout", None, True), RuntimeError("a bug")]
+    queue = ReconcileQueue(gated.reconcile, gated.latest, Metrics())
+    queue.notify("a", "pods")
+    await asyncio.sleep(0.03)
+    assert len(gated.started) == 2, "the transient failure is retried soon"
+    await asyncio.sleep(0.02)
+    assert len(gated.started) == 2, "the crash waits longer"
+    await asyncio.sleep(0.1)
+    assert len(gated.started) == 3
+    queue.cancel_all()

@@ -12,7 +12,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import pytest
@@ -20,9 +21,11 @@ from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
 from modeldeploy.devcluster import ADMIN_USER, DevCluster
-from modeldeploy.kube import LightkubeCluster
+from modeldeploy.kube import Kind, LightkubeCluster
+from modeldeploy.labels import is_owned_by
 from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings
+from modeldeploy.status import pod_summary
 
 pytestmark = pytest.mark.cluster
 
@@ -333,3 +336,95 @@ def test_turning_autoscaling_on_keeps_the_replica_count(harness: Harness) -> Non
     ours = [e for e in deployment["metadata"]["managedFields"] if e["manager"] == FIELD_MANAGER]
     assert "f:replicas" not in json.dumps(ours)
     harness.converge("handoff")  # the hand-over happens once, not on every pass
+
+
+def test_a_copy_older_than_our_last_status_write_writes_nothing(harness: Harness) -> None:
+    """Watches and indices lag behind our own writes: a reconciliation may get a copy of the object from
+    before its last status write. It must not write that status (and post its Events) again."""
+    harness.create("lagging", {"model": {"source": SOURCE, "task": "text-classification"}})
+    harness.reconcile("lagging")  # children, first status
+    stale = harness.get("modeldeployment", "lagging")
+    assert stale is not None
+    harness.kubectl("label", "modeldeployment", "lagging", "team=search")  # someone else's write
+    wait_for("Ready", lambda: harness.converge("lagging").ready)  # at least one more status write
+    fresh = harness.get("modeldeployment", "lagging")
+    assert fresh is not None
+    assert int(stale["metadata"]["resourceVersion"]) < int(fresh["metadata"]["resourceVersion"])
+    assert stale["status"] != fresh["status"]
+    mark = harness.cluster.audit_log.mark()
+    outcome = harness.loop.run_until_complete(harness.reconciler.reconcile(stale))
+    assert outcome.writes == 0 and outcome.ready
+    time.sleep(1)
+    assert harness.cluster.audit_log.writes(user=ADMIN_USER, since=mark) == []
+
+
+class Counting:
+    """The cluster, counting reads by kind."""
+
+    def __init__(self, inner: LightkubeCluster) -> None:
+        self.inner = inner
+        self.reads: Counter[str] = Counter()
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads[kind.plural] += 1
+        return await self.inner.get(kind, namespace, name)
+
+    async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        self.reads[kind.plural] += 1
+        return await self.inner.list(kind, namespace, labels)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class Listed:
+    """An inventory as the operator's watches would hold it, listed with kubectl when asked."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+
+    def owned_names(self, kind: Kind, owner_uid: str) -> list[str]:
+        return [
+            obj["metadata"]["name"]
+            for obj in self.harness.items(kind.plural, "app.kubernetes.io/managed-by=modeldeploy")
+            if is_owned_by(obj, owner_uid)
+        ]
+
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        return [pod_summary(pod) for pod in self.harness.items("pods", selector)]
+
+
+def test_with_an_inventory_only_wanted_children_are_read_and_unwanted_ones_still_pruned(
+    harness: Harness,
+) -> None:
+    counting = Counting(harness.api)
+    reconciler = Reconciler(counting, harness.reconciler.settings, inventory=Listed(harness))
+
+    def reconcile(name: str) -> Outcome:
+        body = harness.get("modeldeployment", name)
+        assert body is not None
+        return harness.loop.run_until_complete(reconciler.reconcile(body))
+
+    spec: dict[str, Any] = {
+        "model": {"source": SOURCE, "task": "text-classification"},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 3},
+    }
+    harness.create("known", spec)
+    reconcile("known")
+    counting.reads.clear()
+    reconcile("known")
+    # What it applies (to compare with what it wants), nothing else: no PVC, Job or pod requests.
+    assert set(counting.reads) == {
+        "deployments",
+        "services",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+    }
+
+    del spec["autoscaling"]
+    spec["replicas"] = 1
+    harness.create("known", spec)
+    reconcile("known")
+    assert harness.get("horizontalpodautoscaler", "known") is None
+    assert harness.get("poddisruptionbudget", "known") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from md_fixtures import md_of
@@ -14,6 +15,7 @@ from modeldeploy.status import (
     comparable,
     compute_status,
     invalid_spec_status,
+    pod_summary,
     transitions,
 )
 
@@ -292,3 +294,36 @@ def test_pods_starting_is_progress_but_pods_lost_after_a_rollout_is_a_warning() 
     status = compute_status(md, Observed(digest=digest, deployment=lost), None, T0)
     assert conditions(status)["Available"] == ("False", "NoReplicasAvailable")
     assert {t.condition: t.event_type for t in transitions(None, status)}["Available"] == "Warning"
+
+
+def _full_pod(digest: str, ready: bool, builder: dict[str, Any] | None) -> dict[str, Any]:
+    """`pod()` as the API server returns it: with everything the status does not read."""
+    summary = pod(digest, ready, builder)
+    full = copy.deepcopy(summary)
+    full["metadata"].update({"uid": "p-1", "labels": {"a": "b"}, "managedFields": [{"manager": "kubelet"}]})
+    full["metadata"]["annotations"]["other"] = "x"
+    full["spec"] = {"containers": [{"name": "triton", "image": "triton:t"}], "nodeName": "cpu-0"}
+    full["status"]["conditions"].insert(0, {"type": "PodScheduled", "status": "True"})
+    full["status"]["containerStatuses"] = [{"name": "triton", "ready": ready}]
+    full["status"].setdefault("initContainerStatuses", []).insert(0, {"name": "other-init", "state": {}})
+    return full
+
+
+def test_the_pod_summary_the_operator_keeps_gives_the_same_status() -> None:
+    md = md_of({"replicas": 2})
+    digest = digest_of(md)
+    crash = {
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "message": "no such revision"}},
+    }
+    for pods in (
+        [_full_pod(digest, True, None), _full_pod(digest, False, None)],
+        [_full_pod(digest, False, crash)],
+        [_full_pod("older", True, {"state": {"terminated": {"exitCode": 0}}})],
+    ):
+        summaries = [pod_summary(p) for p in pods]
+        assert all("spec" not in s and "managedFields" not in s["metadata"] for s in summaries)
+        live = deployment(digest, replicas=2, ready=1)
+        full = compute_status(md, Observed(digest=digest, deployment=live, pods=pods), None, T0)
+        kept = compute_status(md, Observed(digest=digest, deployment=live, pods=summaries), None, T0)
+        assert comparable(kept) == comparable(full)
