@@ -32,7 +32,8 @@ class Permission:
 
 
 OPERATOR_RBAC: tuple[Permission, ...] = (
-    Permission("modeldeploy.dev", "modeldeployments", ("get", "list", "watch", "patch"), "watched"),
+    # Read only: the operator writes the status subresource, never the object (kopf writes no annotations).
+    Permission("modeldeploy.dev", "modeldeployments", READ, "watched"),
     Permission("modeldeploy.dev", "modeldeployments/status", ("get", "patch", "update"), "watched"),
     Permission("apps", "deployments", CRUD, "watched"),
     Permission("", "services", CRUD, "watched"),

@@ -7,7 +7,7 @@ tests compare the rendered roles with it and the e2e tests run the operator with
 {{- define "modeldeploy.rbac.namespacedRules" -}}
 - apiGroups: ["modeldeploy.dev"]
   resources: ["modeldeployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["modeldeploy.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["get", "patch", "update"]
