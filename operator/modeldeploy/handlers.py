@@ -13,12 +13,14 @@ must not cost 500 reconciliations in flight at once):
   not). Transient failures and crashes are retried by the queue with a delay; a spec that cannot work
   gets its status and Event once and is not retried.
 * The periodic resync is our own loop over a kopf index of ModelDeployments, calling the same
-  reconcile; on a converged cluster that reads, compares and writes nothing.
+  reconcile; on a converged cluster that reads two objects per ModelDeployment and writes nothing.
 * Children: `on.event` handlers on every kind we own, filtered server-side by our managed-by label,
   find their owner and reconcile it: drift, deletion and readiness are all noticed within a watch
-  event, level-based.
+  event, level-based. The same watches fill indices that the reconciler reads instead of the API
+  server (`Runtime` is its `Inventory`): which PVCs, Jobs, HPAs and PDBs each ModelDeployment owns, and
+  a summary of each pod.
 * Index and handler functions are `async`: kopf runs plain functions in a thread pool, and every thread
-  that allocates gets its own malloc arena, which the process's resident memory never gives back.
+  that allocates gets its own malloc arena, whose freed memory the process rarely gives back.
 * The reconciler posts one Event per condition transition.
 """
 
