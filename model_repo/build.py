@@ -26,17 +26,12 @@ from model_repo.configs import (
 )
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
-from model_repo.options import DType, ModelFormat, Task
+from model_repo.options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US, DType, ModelFormat, Task
 
 RECORD_FILE = "modeldeploy.json"
 RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
 FILL_MASK_TOP_K = 5
 DEFAULT_MAX_NEW_TOKENS = 64
-# Waiting for company only pays when the instance is idle; while it is busy, requests queue anyway and
-# the next execution takes them all. A short wait lets a burst that arrives together run as one batch
-# while adding at most 0.5 ms to a lone request (a tiny fraction of one forward pass of any real model).
-DEFAULT_MAX_QUEUE_DELAY_US = 500
-DEFAULT_MAX_BATCH_SIZE = 32
 WARMUP_TEXT = "Triton warms this model up so that the first real request is not the slow one."
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

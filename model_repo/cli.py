@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from model_repo.errors import BuildError
-from model_repo.options import DType, ModelFormat, Task
+from model_repo.options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US, DType, ModelFormat, Task
 
 if TYPE_CHECKING:
     from model_repo.build import BuildOptions, BuildResult
@@ -123,8 +123,8 @@ def build(
     task: TaskOption = None,
     model_format: FormatOption = ModelFormat.AUTO,
     dtype: DTypeOption = DType.AUTO,
-    max_batch_size: MaxBatchOption = 32,
-    max_queue_delay_us: QueueDelayOption = 500,
+    max_batch_size: MaxBatchOption = DEFAULT_MAX_BATCH_SIZE,
+    max_queue_delay_us: QueueDelayOption = DEFAULT_MAX_QUEUE_DELAY_US,
     preferred_batch_size: PreferredOption = None,
     instances_per_device: InstancesOption = 1,
     max_sequence_length: MaxLengthOption = None,
@@ -211,8 +211,8 @@ def serve(
     task: TaskOption = None,
     model_format: FormatOption = ModelFormat.AUTO,
     dtype: DTypeOption = DType.AUTO,
-    max_batch_size: MaxBatchOption = 32,
-    max_queue_delay_us: QueueDelayOption = 500,
+    max_batch_size: MaxBatchOption = DEFAULT_MAX_BATCH_SIZE,
+    max_queue_delay_us: QueueDelayOption = DEFAULT_MAX_QUEUE_DELAY_US,
     preferred_batch_size: PreferredOption = None,
     instances_per_device: InstancesOption = 1,
     max_sequence_length: MaxLengthOption = None,
@@ -229,7 +229,7 @@ def serve(
     ] = None,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
-    from model_repo.triton import TritonServer
+    from model_repo.triton import TritonServer, repository_server_args
 
     options = _options(
         source,
@@ -249,7 +249,7 @@ def serve(
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository")
-    extra = ["--disable-auto-complete-config", "--log-format=ISO8601"]
+    extra = ["--disable-auto-complete-config", "--log-format=ISO8601", *repository_server_args()]
     if response_cache:
         extra.append("--cache-config=local,size=268435456")
 

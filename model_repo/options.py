@@ -29,3 +29,11 @@ class DType(StrEnum):
 
 # Source URI schemes the fetcher understands; the CRD's CEL rule and the fetcher both read this.
 SOURCE_SCHEMES: tuple[str, ...] = ("hf", "s3", "gs", "pvc", "file")
+
+
+# Defaults of the builder and of the operator's API alike.
+DEFAULT_MAX_BATCH_SIZE = 32
+# Waiting for company only pays when the instance is idle; while it is busy, requests queue anyway and
+# the next execution takes them all. Any wait is paid in full by a lone request: bench/dataplane measured
+# 500 µs as +29% median latency at one client for a small model, and no throughput gained at 64 clients.
+DEFAULT_MAX_QUEUE_DELAY_US = 0

@@ -38,7 +38,7 @@ def test_good_spec_gets_defaults() -> None:
     dumped = spec.dump()
     assert dumped["triton"]["format"] == "auto"
     assert dumped["triton"]["maxBatchSize"] == 32
-    assert dumped["triton"]["dynamicBatching"]["maxQueueDelayMicroseconds"] == 500
+    assert dumped["triton"]["dynamicBatching"]["maxQueueDelayMicroseconds"] == 0
     assert dumped["replicas"] == 1
     assert dumped["model"]["trustRemoteCode"] is False
     assert "autoscaling" not in dumped

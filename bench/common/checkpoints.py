@@ -42,7 +42,11 @@ def make_tiny_bert_classifier(
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(corpus, vocab_size=4000, min_frequency=1, show_progress=False)
     wordpiece.save_model(str(directory))
-    tokenizer = BertTokenizer(vocab_file=str(directory / "vocab.txt"), model_max_length=max_length)
+    # The vocabulary goes in as a mapping: this transformers' BertTokenizer ignores `vocab_file` and
+    # would map every word to [UNK].
+    words = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = {word: index for index, word in enumerate(words)}
+    tokenizer = BertTokenizer(vocab=vocab, model_max_length=max_length)
     tokenizer.save_pretrained(str(directory))
     torch.manual_seed(0)
     settings: dict[str, Any] = dict(

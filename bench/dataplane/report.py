@@ -88,6 +88,17 @@ def _ratio_table(ratios: list[dict[str, Any]]) -> str:
     return markdown_table(["ratio", "measured", "target", "met"], rows)
 
 
+def _ours_setup(ours: dict[str, Any] | None) -> list[str]:
+    """How ours was built and what its runtime measured at load, above the table that shows the result."""
+    config = (ours or {}).get("config") or {}
+    options = config.get("build_options")
+    if not options:
+        return []
+    built = ", ".join(f"{key} {value}" for key, value in options.items())
+    notes = "; ".join(config.get("runtime_log") or []) or "nothing logged"
+    return [f"Ours: `modeldeploy build` with {built}; its runtime at load: {notes}.", ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
@@ -119,6 +130,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "Served (one text per request):",
             "",
+            *_ours_setup(model["contenders"].get("ours")),
             _served_table(model["contenders"]),
             "",
             *[

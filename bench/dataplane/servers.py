@@ -21,11 +21,17 @@ from typing import Any, Protocol
 
 from bench.baselines import TUTORIAL_MODEL_NAME, write_tutorial_repository
 from bench.common.checkpoints import BenchModel
+from model_repo.triton import repository_server_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OURS_MODEL_NAME = "model"
 # What a Kubernetes container of ours runs with (besides ports and repository).
-TRITON_ARGS = ("--disable-auto-complete-config", "--strict-readiness=true", "--log-verbose=0")
+TRITON_ARGS = (
+    "--disable-auto-complete-config",
+    "--strict-readiness=true",
+    "--log-verbose=0",
+    *repository_server_args(),
+)
 
 
 class ClosableSender(Protocol):
@@ -46,6 +52,11 @@ class Endpoint:
 
 def torch_dtype(device: str) -> str:
     return "float16" if device == "cuda" else "float32"
+
+
+def runtime_notes(log: str) -> list[str]:
+    """What the generated runtime says about itself at load (e.g. the batch planner's calibration)."""
+    return [line.split("] ", 1)[-1].strip('"') for line in log.splitlines() if "model.py:" in line]
 
 
 @contextlib.contextmanager
@@ -82,6 +93,7 @@ def serve_ours(
                 },
                 "config_pbtxt": config_text,
                 "triton_args": list(TRITON_ARGS),
+                "runtime_log": runtime_notes(server.log()),
             },
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ ENCODER_TASKS = ("text-classification", "token-classification", "feature-extract
 # Sequence lengths in the ONNX path are rounded up to this so that consecutive tokenizer batches
 # produce few distinct shapes, which Triton's dynamic batcher in front of the ONNX model can merge.
 ONNX_LENGTH_QUANTUM = 16
+# The batch planner's fixed cost of a forward pass (in tokens) when it cannot be measured at load.
+DEFAULT_GROUP_OVERHEAD_TOKENS = 96
+CALIBRATION_PASS_SECONDS = 0.25
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -66,6 +70,42 @@ def plan_length_groups(lengths: list[int], overhead_tokens: int, max_group: int)
         end = start
     groups.reverse()
     return groups
+
+
+def usable_cpus(affinity: int, cpu_max: str | None) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (`cpu.max`).
+
+    A Kubernetes CPU limit is a quota, not an affinity: a pod limited to 4 CPUs on a 64-core node sees
+    64 cores, and 64 torch threads on a 4-CPU quota get throttled most of the time.
+    """
+    if cpu_max:
+        quota, _, period = cpu_max.strip().partition(" ")
+        if quota != "max" and period:
+            with_quota = math.ceil(int(quota) / int(period))
+            return max(1, min(affinity, with_quota))
+    return max(1, affinity)
+
+
+def fit_pass_overhead(samples: list[tuple[int, float]], ceiling: int) -> int:
+    """Fixed cost of one forward pass in token-equivalents, from (tokens, seconds) timings.
+
+    The cost of one more token is the slope between the two largest passes (where a device runs at
+    its full rate); the fixed cost is what the smallest pass takes beyond its tokens at that rate. A
+    least-squares line would let the large passes' noise swamp the intercept. On a CPU the answer is a
+    few dozen tokens for a real model (split a batch whenever padding would waste more than that); on
+    a GPU below saturation a pass costs about the same whatever its size, and the answer is `ceiling`
+    (keep the batch in one pass).
+    """
+    points = sorted(samples)
+    if len(points) < 2 or points[-1][0] == points[-2][0]:
+        return ceiling
+    (tokens_before, seconds_before), (tokens_last, seconds_last) = points[-2], points[-1]
+    per_token = (seconds_last - seconds_before) / (tokens_last - tokens_before)
+    if per_token <= 0:
+        return ceiling
+    smallest_tokens, smallest_seconds = points[0]
+    fixed = smallest_seconds - per_token * smallest_tokens
+    return round(min(ceiling, max(1.0, fixed / per_token)))
 
 
 def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = None) -> Array:
@@ -226,6 +266,14 @@ def _optional_scalar(request: Any, name: str) -> float | None:
     return value
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 def _error_response(message: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
@@ -284,21 +332,20 @@ class TritonPythonModel:
         self.normalize = self.params.get("normalize", "false") == "true"
         self.top_k = int(self.params.get("top_k", "5"))
         self.multi_label = self.params.get("problem_type") == "multi_label_classification"
-        self.group_overhead = int(self.params.get("group_overhead_tokens", "96"))
+        configured_overhead = self.params.get("group_overhead_tokens")
         self.max_batch = max(1, int(self.model_config.get("max_batch_size", 1)))
         trust = self.params.get("trust_remote_code", "false") == "true"
 
+        # Instances run side by side in their own processes: share the cores instead of having each one
+        # start a thread per core and fight over them.
+        instances = sum(int(group.get("count", 1)) for group in self.model_config.get("instance_group", []))
+        cores = usable_cpus(len(os.sched_getaffinity(0)), _read_text("/sys/fs/cgroup/cpu.max"))
+        threads = max(1, cores // max(1, instances))
         if args.get("model_instance_kind") == "GPU":
             self.device = torch.device("cuda", int(args.get("model_instance_device_id", "0")))
         else:
             self.device = torch.device("cpu")
-            # Instances run side by side in their own processes: share the cores instead of having
-            # each one start a thread per core and fight over them.
-            instances = sum(
-                int(group.get("count", 1)) for group in self.model_config.get("instance_group", [])
-            )
-            cores = len(os.sched_getaffinity(0))
-            torch.set_num_threads(max(1, cores // max(1, instances)))
+            torch.set_num_threads(threads)
 
         from transformers import AutoTokenizer
 
@@ -309,6 +356,16 @@ class TritonPythonModel:
         self.model: Any = None
         if self.role in ("encoder", "generator"):
             self._load_model(trust)
+        self.group_overhead = DEFAULT_GROUP_OVERHEAD_TOKENS
+        if configured_overhead:
+            self.group_overhead = int(configured_overhead)
+        elif self.role == "encoder":
+            self.group_overhead = self._calibrate_group_overhead()
+            if pb_utils is not None:
+                pb_utils.Logger.log_info(
+                    f"{self.model_config.get('name', 'model')}: one forward pass costs as much as "
+                    f"{self.group_overhead} tokens on {self.device}; batches are split by length accordingly"
+                )
 
     def _load_model(self, trust: bool) -> None:
         import torch
@@ -329,6 +386,58 @@ class TritonPythonModel:
             for name in self.tokenizer.model_input_names
             if name in ("input_ids", "attention_mask", "token_type_ids")
         ]
+
+    def _calibrate_group_overhead(self) -> int:
+        """Time forward passes from one short text up to a full batch on this instance's device and fit
+        the fixed cost of a pass (see `fit_pass_overhead`).
+
+        The shapes span the passes the planner chooses between: small passes are inefficient on a CPU
+        in ways a fit over small shapes alone underrates. Each shape runs three times and its fastest run
+        counts, so a momentarily busy machine skews the fit less; shapes stop growing once a pass takes
+        longer than CALIBRATION_PASS_SECONDS, which bounds the time a large model spends on this at load.
+        """
+        import torch
+
+        ceiling = self.max_batch * self.max_length
+        filler = self.tokenizer(
+            "calibration text for the batch planner " * 64,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        token_ids = [int(t) for t in filler["input_ids"]] or [self.pad_id]
+        short, long = min(16, self.max_length), min(64, self.max_length)
+        rows = sorted({min(count, self.max_batch) for count in (1, 4, 16, self.max_batch)})
+        shapes = [(1, short)] + [(count, long) for count in rows]
+        samples: list[tuple[int, float]] = []
+        with torch.inference_mode():
+            for batch, length in shapes:
+                ids = np.array([(token_ids * length)[:length]] * batch, dtype=np.int64)
+                best = math.inf
+                for _ in range(3):
+                    started = time.perf_counter()
+                    self._forward(ids, np.ones_like(ids), None)
+                    best = min(best, time.perf_counter() - started)
+                samples.append((batch * length, best))
+                if best > CALIBRATION_PASS_SECONDS and len(samples) >= 2:
+                    break
+        return fit_pass_overhead(samples, ceiling)
+
+    def _forward(self, input_ids: Array, attention: Array, token_types: Array | None) -> Any:
+        """One padded forward pass; returns the model's output with its first tensor synchronised."""
+        import torch
+
+        inputs = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device),
+            "attention_mask": torch.from_numpy(attention).to(self.device),
+        }
+        if "token_type_ids" in self.input_names:
+            types = token_types if token_types is not None else np.zeros_like(input_ids)
+            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
+        output = self.model(**inputs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return output
 
     # -- encoder ------------------------------------------------------------------------------------
 
@@ -398,14 +507,10 @@ class TritonPythonModel:
                 attention = np.zeros_like(input_ids)
                 for row, member in enumerate(members):
                     attention[row, : len(ids[member])] = 1
-                inputs = {
-                    "input_ids": torch.from_numpy(input_ids).to(self.device),
-                    "attention_mask": torch.from_numpy(attention).to(self.device),
-                }
-                if "token_type_ids" in self.input_names and "token_type_ids" in encoded:
+                types = None
+                if "token_type_ids" in encoded:
                     types = pad_batch([encoded["token_type_ids"][i] for i in members], 0)
-                    inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
-                output = self.model(**inputs)
+                output = self._forward(input_ids, attention, types)
                 self._postprocess_group(members, output, attention, input_ids, encoded, texts, per_text)
         for index, first, count in owners:
             bad = [failures[p] for p in range(first, first + count) if p in failures]

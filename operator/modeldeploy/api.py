@@ -24,7 +24,14 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from model_repo.options import SOURCE_SCHEMES, DType, ModelFormat, Task
+from model_repo.options import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    SOURCE_SCHEMES,
+    DType,
+    ModelFormat,
+    Task,
+)
 
 GROUP = "modeldeploy.dev"
 VERSION = "v1alpha1"
@@ -224,16 +231,17 @@ class DynamicBatching(ApiModel):
     max_queue_delay_microseconds: Annotated[
         int,
         Field(
-            default=500,
+            default=DEFAULT_MAX_QUEUE_DELAY_US,
             ge=0,
             le=1_000_000,
             description=(
-                "How long a request may wait in the queue for others to batch with. 0 batches only what "
-                "is already waiting. Under load a busy instance batches whatever queued meanwhile anyway, "
-                "so a short delay only costs a lone request (measured by bench/dataplane)."
+                "How long a request may wait in the queue for others to batch with. 0 (the default) "
+                "batches what is already waiting: under load a busy instance batches whatever queued "
+                "meanwhile anyway, so a delay only costs a lone request its whole length (measured by "
+                "bench/dataplane)."
             ),
         ),
-    ] = 500
+    ] = DEFAULT_MAX_QUEUE_DELAY_US
     preferred_batch_sizes: Annotated[
         list[Annotated[int, Field(ge=1, le=4096)]] | None,
         Field(
@@ -260,8 +268,13 @@ class TritonConfig(ApiModel):
     ] = ModelFormat.AUTO
     max_batch_size: Annotated[
         int,
-        Field(default=32, ge=1, le=4096, description="Largest batch Triton forms (config max_batch_size)."),
-    ] = 32
+        Field(
+            default=DEFAULT_MAX_BATCH_SIZE,
+            ge=1,
+            le=4096,
+            description="Largest batch Triton forms (config max_batch_size).",
+        ),
+    ] = DEFAULT_MAX_BATCH_SIZE
     dynamic_batching: Annotated[
         DynamicBatching,
         Field(default_factory=DynamicBatching, description="Dynamic batching settings."),

@@ -82,6 +82,7 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
         "json",
         "math",
         "os",
+        "time",
         "typing",
         "numpy",
         "torch",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from model_repo.triton import repository_server_args
 from modeldeploy.api import ModelDeployment
 from modeldeploy.builders.common import (
     builder_container,
@@ -28,9 +29,8 @@ STARTUP_PERIOD_SECONDS = 10
 # Triton answers /v2/health/live only after loading every model: allow 30 minutes for big checkpoints.
 STARTUP_FAILURE_THRESHOLD = 180
 PROGRESS_DEADLINE_SECONDS = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD + 600
-# Per Python-backend stub: the default request/response shared-memory region, and how much /dev/shm the
-# pod gets per model instance on top of a base for the server itself.
-SHM_DEFAULT_BYTES = 16 * 1024 * 1024
+# How much /dev/shm the pod gets per model instance (each Python-backend stub's shared-memory region)
+# on top of a base for the server itself.
 SHM_MIB_PER_INSTANCE = 256
 SHM_BASE_MIB = 256
 RESPONSE_CACHE_BYTES = 256 * 1024 * 1024
@@ -64,7 +64,7 @@ def triton_arguments(md: ModelDeployment, digest: str) -> list[str]:
         f"--grpc-port={GRPC_PORT}",
         f"--metrics-port={METRICS_PORT}",
         "--log-format=ISO8601",
-        f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+        *repository_server_args(),
     ]
     if md.spec.triton.response_cache:
         args.append(f"--cache-config=local,size={RESPONSE_CACHE_BYTES}")
