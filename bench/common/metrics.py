@@ -7,6 +7,7 @@ import math
 import re
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +93,14 @@ class Breakdown:
 
     @classmethod
     def between(cls, before: Scrape, after: Scrape) -> Breakdown:
+        return cls.over([(before, after)])
+
+    @classmethod
+    def over(cls, windows: Sequence[tuple[Scrape, Scrape]]) -> Breakdown:
+        """The breakdown of several measured windows together (counters summed over them)."""
+
         def delta(name: str) -> float:
-            return after.get(name) - before.get(name)
+            return sum(after.get(name) - before.get(name) for before, after in windows)
 
         requests = delta("nv_inference_request_success")
         return cls(

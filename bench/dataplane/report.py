@@ -101,6 +101,7 @@ def _ours_setup(ours: dict[str, Any] | None) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
+    rounds = int(settings.get("rounds", 1))
     lines = [
         f"Command: `{report['command']}`",
         "",
@@ -108,9 +109,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['load_average_at_end'][0]:.2f}. Device {report['device']}, {report['dtype']}.",
         "",
         f"Workload: {settings['texts']} fixed English texts of 5-60 words (bench/common/sentences.txt), "
-        f"one text per request; closed loop, {settings['warmup_s']:g} s warm-up + "
-        f"{settings['duration_s']:g} s measured per concurrency level, contenders interleaved (each level "
-        f"runs every contender in turn); {settings['client']}. "
+        f"one text per request; closed loop, {settings['duration_s']:g} s measured per contender and "
+        f"concurrency level, in {rounds} window{'s' if rounds > 1 else ''} of "
+        f"{settings['duration_s'] / rounds:g} s after {settings['warmup_s']:g} s of warm-up each; contenders "
+        "interleaved (each level runs every contender in turn"
+        f"{', in reverse order every other round' if rounds > 1 else ''}); {settings['client']}. "
         "Queue/compute are Triton's own /metrics counters over the window, per request "
         "(compute = input + infer + output; a batch's time counts once per request in it). 'other CPU': "
         "share of the machine's CPU used by processes other than the benchmark and its servers during the "
@@ -124,7 +127,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"### {key}: {model['description']}",
             "",
-            "Raw in-process limit (tokenizer + forward + post-processing, no server):",
+            "Raw in-process limit (tokenizer + forward + post-processing, no server"
+            + (f"; best of {rounds} passes per point" if rounds > 1 else "")
+            + "):",
             "",
             _raw_table(model["raw"]),
             "",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, minilm
-from bench.common.loadgen import closed_loop
+from bench.common.loadgen import ClosedLoopResult, closed_loop
 from bench.common.machine import describe_machine, load_average, machine_line
 from bench.common.metrics import Breakdown, Scrape, scrape_async
 from bench.common.quiet import QuietPolicy, guarded
@@ -40,6 +40,7 @@ class Settings:
     concurrency: tuple[int, ...]
     duration_s: float
     warmup_s: float
+    rounds: int
     raw_batch_sizes: tuple[int, ...]
     raw_seconds: float
     text_count: int
@@ -85,6 +86,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--concurrency", type=_int_list, default=(1, 4, 16, 64))
     parser.add_argument("--duration", type=float, default=None, help="measurement window per level, s")
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured load before each window, s")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="windows per contender and level, in alternating order (default 2; --quick: 1); "
+        "--duration is split between them",
+    )
     parser.add_argument("--raw-batch-sizes", type=_int_list, default=None)
     parser.add_argument("--raw-seconds", type=float, default=None, help="minimum time per raw batch size, s")
     parser.add_argument("--texts", type=int, default=None, help="use only the first N texts of the workload")
@@ -133,6 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         concurrency=args.concurrency,
         duration_s=args.duration if args.duration is not None else (4.0 if quick else 20.0),
         warmup_s=args.warmup if args.warmup is not None else (1.0 if quick else 3.0),
+        rounds=max(1, args.rounds if args.rounds is not None else (1 if quick else 2)),
         raw_batch_sizes=args.raw_batch_sizes or default_sizes,
         raw_seconds=args.raw_seconds if args.raw_seconds is not None else (1.0 if quick else 4.0),
         text_count=args.texts or len(load_texts()),
@@ -175,7 +184,9 @@ def measure_raw(model: BenchModel, settings: Settings, texts: Sequence[str]) -> 
         point, record = guarded(settings.quiet, measure_point, what)
         return dataclasses.replace(point, foreign_share=record["foreign_share"])
 
-    points = raw_limit.sweep(runner, texts, settings.raw_batch_sizes, settings.raw_seconds, guard)
+    points = raw_limit.sweep(
+        runner, texts, settings.raw_batch_sizes, settings.raw_seconds, guard, passes=settings.rounds
+    )
     result = {
         "points": [point.summary() for point in points],
         "batch1": next(p.summary() for p in points if p.batch_size == 1)
@@ -189,10 +200,17 @@ def measure_raw(model: BenchModel, settings: Settings, texts: Sequence[str]) -> 
     return result
 
 
-async def measure_level(
-    endpoint: Endpoint, concurrency: int, settings: Settings, texts: Sequence[str]
-) -> dict[str, Any]:
-    """One closed-loop window against one contender, with Triton's breakdown over the same window."""
+@dataclass
+class Window:
+    """One measured closed-loop window against one contender, with Triton's counters at its edges."""
+
+    result: ClosedLoopResult
+    scrapes: tuple[Scrape, Scrape] | None
+
+
+async def measure_window(
+    endpoint: Endpoint, concurrency: int, duration_s: float, settings: Settings, texts: Sequence[str]
+) -> Window:
     sender = endpoint.make_sender()
     window_scrape: list[Scrape] = []
 
@@ -201,23 +219,39 @@ async def measure_level(
             window_scrape.append(await scrape_async(endpoint.metrics_url, endpoint.metrics_model))
 
     try:
-        result = await closed_loop(
-            sender, texts, concurrency, settings.duration_s, settings.warmup_s, mark_window
-        )
+        result = await closed_loop(sender, texts, concurrency, duration_s, settings.warmup_s, mark_window)
     finally:
         await sender.close()
-    level = result.summary()
+    scrapes = None
     if window_scrape and endpoint.metrics_url and endpoint.metrics_model:
-        after = await scrape_async(endpoint.metrics_url, endpoint.metrics_model)
-        level["triton"] = Breakdown.between(window_scrape[0], after).summary()
+        scrapes = (window_scrape[0], await scrape_async(endpoint.metrics_url, endpoint.metrics_model))
+    return Window(result, scrapes)
+
+
+def _run_window(
+    endpoint: Endpoint, concurrency: int, duration_s: float, settings: Settings, texts: Sequence[str]
+) -> Window:
+    return asyncio.run(measure_window(endpoint, concurrency, duration_s, settings, texts))
+
+
+def combine_windows(windows: Sequence[Window]) -> dict[str, Any]:
+    """One level's summary from its windows: counts and latencies pooled, Triton's counters summed."""
+    first = windows[0].result
+    pooled = ClosedLoopResult(
+        concurrency=first.concurrency,
+        requests=sum(w.result.requests for w in windows),
+        errors=sum(w.result.errors for w in windows),
+        window_s=sum(w.result.window_s for w in windows),
+        latencies_ms=[latency for w in windows for latency in w.result.latencies_ms],
+        first_error=next((w.result.first_error for w in windows if w.result.first_error), None),
+    )
+    level = pooled.summary()
+    level["windows"] = len(windows)
+    scrapes = [w.scrapes for w in windows if w.scrapes is not None]
+    if scrapes:
+        level["triton"] = Breakdown.over(scrapes).summary()
     level["load_average_1m"] = round(load_average()[0], 2)
     return level
-
-
-def _run_level(
-    endpoint: Endpoint, concurrency: int, settings: Settings, texts: Sequence[str]
-) -> dict[str, Any]:
-    return asyncio.run(measure_level(endpoint, concurrency, settings, texts))
 
 
 def _print_level(name: str, level: dict[str, Any]) -> None:
@@ -261,19 +295,44 @@ def measure_contenders(
             endpoints[name] = endpoint
             results[name] = {"label": label, "startup_s": startup_s, "config": endpoint.config, "levels": []}
         for concurrency in settings.concurrency:
-            for name, endpoint in endpoints.items():
-                try:
-                    level, record = guarded(
-                        settings.quiet,
-                        functools.partial(_run_level, endpoint, concurrency, settings, texts),
-                        f"{name} c={concurrency}",
-                    )
-                    level["foreign_cpu_share"] = record["foreign_share"]
-                    level["attempts"] = record["attempts"]
-                except Exception as exc:
-                    print(f"  {name} c={concurrency} FAILED: {exc}", flush=True)
-                    results[name]["error"] = str(exc)[-3000:]
+            windows: dict[str, list[Window]] = {name: [] for name in endpoints}
+            shares: dict[str, list[float]] = {name: [] for name in endpoints}
+            attempts: dict[str, int] = dict.fromkeys(endpoints, 0)
+            failed: set[str] = set()  # at this level; a contender that failed is tried again at the next
+            for round_index in range(settings.rounds):
+                # ABBA: every other round runs the contenders in reverse, so a drift of the machine during
+                # the level (or a first window that runs slow) weighs on every contender alike.
+                order = list(endpoints) if round_index % 2 == 0 else list(reversed(endpoints))
+                for name in order:
+                    if name in failed:
+                        continue
+                    try:
+                        window, record = guarded(
+                            settings.quiet,
+                            functools.partial(
+                                _run_window,
+                                endpoints[name],
+                                concurrency,
+                                settings.duration_s / settings.rounds,
+                                settings,
+                                texts,
+                            ),
+                            f"{name} c={concurrency}",
+                        )
+                    except Exception as exc:
+                        print(f"  {name} c={concurrency} FAILED: {exc}", flush=True)
+                        results[name]["error"] = str(exc)[-3000:]
+                        failed.add(name)
+                        continue
+                    windows[name].append(window)
+                    shares[name].append(record["foreign_share"])
+                    attempts[name] += len(record["attempts"])
+            for name in endpoints:
+                if name in failed or not windows[name]:
                     continue
+                level = combine_windows(windows[name])
+                level["foreign_cpu_share"] = max(shares[name])
+                level["attempts"] = attempts[name]
                 _print_level(name, level)
                 results[name]["levels"].append(level)
     return results
@@ -368,6 +427,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "concurrency": list(settings.concurrency),
             "duration_s": settings.duration_s,
             "warmup_s": settings.warmup_s,
+            "rounds": settings.rounds,
             "raw_batch_sizes": list(settings.raw_batch_sizes),
             "ours_build_overrides": settings.ours_build,
             "max_foreign_cpu_share": settings.quiet.max_foreign_share,

@@ -38,8 +38,8 @@ def test_dataplane_benchmark_runs_every_contender(tmp_path: Path) -> None:
     report = run(
         [
             "--quick", "--models", "tiny-bert", "--concurrency", "1,4",
-            "--duration", "0.7", "--warmup", "0.3", "--raw-batch-sizes", "1,4", "--raw-seconds", "0.05",
-            "--texts", "24", "--out", str(tmp_path),
+            "--duration", "1.2", "--rounds", "2", "--warmup", "0.3", "--raw-batch-sizes", "1,4",
+            "--raw-seconds", "0.05", "--texts", "24", "--out", str(tmp_path),
         ]
     )  # fmt: skip
     stem = tmp_path / "dataplane-cpu-tiny-bert-quick"
@@ -60,6 +60,7 @@ def test_dataplane_benchmark_runs_every_contender(tmp_path: Path) -> None:
         assert "error" not in contender, contender.get("error")
         assert [level["concurrency"] for level in contender["levels"]] == [1, 4]
         for level in contender["levels"]:
+            assert level["windows"] == 2  # two rounds, pooled
             assert level["errors"] == 0, level["first_error"]
             assert level["requests"] > 0
             assert 0 < level["p50_ms"] <= level["p99_ms"]

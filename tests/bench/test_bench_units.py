@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,45 @@ def test_breakdown_between_two_scrapes() -> None:
     assert breakdown.requests == 100
     assert breakdown.queue_us == pytest.approx(1000.0)
     assert breakdown.average_batch == pytest.approx(10.0)
+
+
+def test_breakdown_over_windows_sums_their_counters() -> None:
+    def window(start: float, requests: float, executions: float, queue_us: float) -> tuple[Scrape, Scrape]:
+        names = ("nv_inference_request_success", "nv_inference_count")
+        before = Scrape(
+            start, dict.fromkeys((*names, "nv_inference_exec_count", "nv_inference_queue_duration_us"), 0.0)
+        )
+        after = Scrape(start + 1, {**dict.fromkeys(names, requests), "nv_inference_exec_count": executions})
+        after.values["nv_inference_queue_duration_us"] = queue_us
+        return before, after
+
+    # 100 requests in batches of 10 waiting 1 ms each, then 300 in batches of 30 waiting 3 ms each.
+    combined = Breakdown.over([window(0, 100, 10, 100_000), window(5, 300, 10, 900_000)])
+    assert combined.requests == 400
+    assert combined.queue_us == pytest.approx(2500.0)  # per request, not the mean of the windows' means
+    assert combined.average_batch == pytest.approx(20.0)
+
+
+def test_raw_sweep_keeps_each_points_best_pass_in_alternating_order() -> None:
+    from bench.dataplane.raw import RawPoint, sweep
+
+    calls: list[tuple[int, bool]] = []
+    slow_first_pass = {(8, True): 100.0}
+
+    def guard(measure_point: Any, _what: str) -> RawPoint:
+        size, grouped = measure_point.args[2], measure_point.args[3]
+        calls.append((size, grouped))
+        first = calls.count((size, grouped)) == 1
+        throughput = slow_first_pass.get((size, grouped), 200.0) if first else 150.0 + size
+        return RawPoint(size, grouped, throughput, 1.0)
+
+    points = sweep(object(), [], [1, 8], 0.0, guard, passes=2)  # type: ignore[arg-type]
+    assert calls == [(1, False), (8, False), (8, True), (8, True), (8, False), (1, False)]
+    assert [(p.batch_size, p.grouped, p.throughput) for p in points] == [
+        (1, False, 200.0),  # the first pass was the better one
+        (8, False, 200.0),
+        (8, True, 158.0),  # a slow first pass does not lower the limit
+    ]
 
 
 def _scrape(time: float, success: float, queue: float, compute: float, pending: float) -> Scrape:
