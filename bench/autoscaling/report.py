@@ -31,7 +31,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"({report['model']['description']}), device {report['device']}.",
         "",
         "One real tritonserver stands in for each of N pods (it gets 1/N of the offered load). One pod's "
-        f"capacity (32 closed-loop clients): **{report['capacity_rps']:.1f} requests/s**. Scrape + HPA sync "
+        f"capacity (64 closed-loop clients): **{report['capacity_rps']:.1f} requests/s**. Scrape + HPA sync "
         f"every {settings['interval_s']:g} s; adapter window {settings['adapter_window_s']:g} s; scale-down "
         f"stabilisation {300 * settings['time_scale']:g} s (300 s x {settings['time_scale']:g}); open-loop "
         f"Poisson arrivals, shed beyond {settings['max_in_flight']} in flight. Steps: {steps}.",

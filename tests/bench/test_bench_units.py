@@ -207,11 +207,49 @@ def test_hpa_scale_down_waits_for_the_stabilisation_window() -> None:
 def test_hpa_behavior_scales_with_the_run() -> None:
     scaled = HpaBehavior().scaled(0.1)
     assert scaled.scale_down_stabilization_s == pytest.approx(30)
-    assert scaled.policy_period_s == pytest.approx(1.5)
+    assert scaled.scale_up_period_s == pytest.approx(1.5)
+    assert scaled.scale_down_period_s == pytest.approx(1.5)
     hpa = Hpa(target=1.0, behavior=scaled)
     hpa.step(0, 3.0)
     assert hpa.step(29, 0.0).replicas == 3
     assert hpa.step(31, 0.0).replicas == 1
+
+
+def test_hpa_replays_the_operators_behavior_one_pod_a_minute_down() -> None:
+    from bench.autoscaling.run import operator_behavior
+    from modeldeploy.builders.horizontalpodautoscaler import HPA_BEHAVIOR
+
+    behavior = operator_behavior()
+    assert behavior == HpaBehavior.from_manifest(HPA_BEHAVIOR)
+    assert (behavior.scale_down_percent, behavior.scale_down_pods, behavior.scale_down_period_s) == (
+        None,
+        1,
+        60,
+    )
+    hpa = Hpa(target=1.0, max_replicas=10, behavior=behavior)
+    assert hpa.step(0, 8.0).replicas == 5  # scale-up keeps Kubernetes' default policies
+    assert hpa.step(15, 1.6).replicas == 8  # ceil(5 x 1.6)
+    replicas = [hpa.step(t, 0.0).replicas for t in range(30, 600, 15)]
+    # Held for the 300 s window after the last recommendation of 8, then one pod per 60 s.
+    assert replicas[: replicas.index(7)] == [8] * replicas.index(7)
+    assert 300 + 15 <= 30 + 15 * replicas.index(7) <= 300 + 30
+    assert replicas[replicas.index(7) :: 4][:4] == [7, 6, 5, 4]
+
+
+def test_hpa_behavior_from_a_manifest_rejects_what_it_cannot_replay() -> None:
+    with pytest.raises(ValueError):
+        HpaBehavior.from_manifest(
+            {
+                "scaleDown": {
+                    "selectPolicy": "Min",
+                    "policies": [
+                        {"type": "Pods", "value": 1, "periodSeconds": 60},
+                        {"type": "Percent", "value": 10, "periodSeconds": 60},
+                    ],
+                }
+            }
+        )
+    assert HpaBehavior.from_manifest({}) == HpaBehavior()
 
 
 def test_hpa_clamps_to_min_and_max() -> None:

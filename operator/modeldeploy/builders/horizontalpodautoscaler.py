@@ -6,12 +6,25 @@ rules that serve these names.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
 from modeldeploy.builders.common import owner_of
 from modeldeploy.labels import object_meta
 from modeldeploy.quantity import parse_quantity
+
+# Model pods are expensive to start: scale down slowly, one pod a minute once five minutes of lower
+# recommendations have passed. The queue metrics read near zero on an over-provisioned Deployment, so
+# Kubernetes' default (all the way down at once) drops below the load and scales up again; one pod at a
+# time settles near the right count instead (bench/autoscaling replays the HPA with this behavior). The
+# KEDA ScaledObject hands the same behavior to the HPA it creates.
+HPA_BEHAVIOR: dict[str, Any] = {
+    "scaleDown": {
+        "stabilizationWindowSeconds": 300,
+        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+    },
+}
 
 POD_METRIC_NAMES: dict[AutoscalingMetric, str] = {
     AutoscalingMetric.QUEUE_TIME: "modeldeploy_queue_time_us",
@@ -57,12 +70,6 @@ def build_horizontal_pod_autoscaler(md: ModelDeployment) -> dict[str, Any]:
             "minReplicas": autoscaling.min_replicas,
             "maxReplicas": autoscaling.max_replicas,
             "metrics": [hpa_metric(autoscaling)],
-            "behavior": {
-                # Model pods are expensive to start: scale down slowly, one pod at a time.
-                "scaleDown": {
-                    "stabilizationWindowSeconds": 300,
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
-                },
-            },
+            "behavior": copy.deepcopy(HPA_BEHAVIOR),
         },
     }

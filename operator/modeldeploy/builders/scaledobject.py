@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
 from modeldeploy.builders.common import owner_of
+from modeldeploy.builders.horizontalpodautoscaler import HPA_BEHAVIOR
 from modeldeploy.labels import Owner, object_meta
 from modeldeploy.quantity import plain_number
 from modeldeploy.settings import RenderSettings
@@ -78,5 +80,6 @@ def build_scaled_object(md: ModelDeployment, settings: RenderSettings) -> dict[s
             "pollingInterval": POLLING_INTERVAL_SECONDS,
             "cooldownPeriod": COOLDOWN_SECONDS,
             "triggers": [keda_trigger(autoscaling, owner, settings)],
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": copy.deepcopy(HPA_BEHAVIOR)}},
         },
     }
