@@ -59,9 +59,10 @@ class Step:
     duration_s: float  # at the reference interval; scaled with the interval
 
 
-# Heavy lasts longer than the HPA's 300 s scale-down stabilisation: a metric that over-scales and then
-# reads "idle" on the over-provisioned pods shows its scale-down (and any flapping) inside the step.
-STEPS = (Step("idle", 0.0, 60), Step("light", 0.3, 180), Step("heavy", 3.0, 600), Step("idle", 0.0, 420))
+# Heavy lasts longer than the HPA's 300 s scale-down stabilisation plus the operator's one pod a minute
+# from the maximum to what the load needs: a metric that over-scales and then reads "idle" on the
+# over-provisioned pods shows where its scale-down stops (and any flapping) inside the step.
+STEPS = (Step("idle", 0.0, 60), Step("light", 0.3, 180), Step("heavy", 3.0, 900), Step("idle", 0.0, 420))
 
 
 @dataclass(frozen=True)
