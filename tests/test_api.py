@@ -53,7 +53,7 @@ def test_autoscaling_default_target() -> None:
     spec = parse_spec(with_changes(autoscaling={"maxReplicas": 4}))
     assert spec.autoscaling is not None
     assert spec.autoscaling.metric == AutoscalingMetric.QUEUE_COMPUTE_RATIO
-    assert spec.autoscaling.effective_target == "1"
+    assert spec.autoscaling.effective_target == "500m"
 
 
 def test_whole_object_parses() -> None:

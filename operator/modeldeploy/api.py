@@ -441,10 +441,13 @@ class AutoscalingEngine(StrEnum):
     KEDA = "keda"
 
 
-# Targets used when `autoscaling.target` is omitted; chosen by bench/autoscaling (see the README).
+# Targets used when `autoscaling.target` is omitted, chosen by bench/autoscaling's sweep (bench/README.md):
+# each sits near 80% of one pod's capacity for all-MiniLM-L6-v2 on a CPU. Only the ratio carries over to
+# other models and hardware: a request that waits half a batch's compute means the pod is nearly busy,
+# while queue microseconds and queued requests scale with the model's forward-pass time and batch size.
 DEFAULT_TARGETS: dict[AutoscalingMetric, str] = {
     AutoscalingMetric.QUEUE_TIME: "50000",  # average µs a request waits in Triton's queue
-    AutoscalingMetric.QUEUE_COMPUTE_RATIO: "1",  # queue time / compute time
+    AutoscalingMetric.QUEUE_COMPUTE_RATIO: "500m",  # queue time / compute time
     AutoscalingMetric.PENDING_REQUESTS: "8",  # queued requests per pod
     AutoscalingMetric.CPU: "70",  # % of the CPU request
 }
@@ -473,11 +476,13 @@ class Autoscaling(ApiModel):
             default=None,
             description=(
                 "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
-                "queueComputeRatio 1, pendingRequests 8, cpu 70."
+                "queueComputeRatio 500m, pendingRequests 8, cpu 70. queueTime and pendingRequests "
+                "depend on the model's speed and batch size: tune them per model."
             ),
             json_schema_extra=_quantity_schema(
                 "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
-                "queueComputeRatio 1, pendingRequests 8, cpu 70."
+                "queueComputeRatio 500m, pendingRequests 8, cpu 70. queueTime and pendingRequests "
+                "depend on the model's speed and batch size: tune them per model."
             ),
         ),
     ] = None
