@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import pytest
 from conftest import SENTENCES
 
 from model_repo.build import BuildOptions, build_repository
-from model_repo.triton import TritonServer
+from model_repo.triton import TritonServer, repository_server_args
 
 pytestmark = pytest.mark.triton
 
@@ -51,7 +52,7 @@ def served(
     minilm_options = BuildOptions(source=f"file://{minilm_path}", model_name=MINILM, max_batch_size=32)
     repositories.append(build_repository(minilm_options, root / MINILM).path)
     # Exactly the flags a container would get, plus one repository per model.
-    args = ["--disable-auto-complete-config", "--strict-readiness=true"]
+    args = ["--disable-auto-complete-config", "--strict-readiness=true", *repository_server_args()]
     args += [f"--model-repository={path}" for path in repositories]
     with TritonServer(None, extra_args=args, ready_timeout_s=300) as server:
         yield Served(server, checkpoints, minilm_path)
@@ -274,6 +275,17 @@ def test_minilm_embeddings_match_sentence_transformers_under_32_concurrent_clien
     assert _metric(served, "nv_inference_exec_count", MINILM) < _metric(
         served, "nv_inference_count", MINILM
     ), "32 concurrent clients never shared an execution: the dynamic batcher did not batch"
+
+
+def test_each_encoder_measures_its_forward_pass_cost_at_load(served: Served) -> None:
+    log = served.server.log()
+    encoders = [name for task, name in MODEL_NAMES.items() if task != "text-generation"] + [MINILM]
+    for name in encoders:
+        found = re.search(rf'"{name}: one forward pass costs as much as (\d+) tokens on cpu', log)
+        assert found is not None, f"{name} logged no calibration"
+        # Bounded by one full batch of the longest texts (the builder's ceiling for "one pass always").
+        assert 1 <= int(found.group(1)) <= 32 * 512
+    assert f'"{MODEL_NAMES["text-generation"]}: one forward pass' not in log  # generation plans no batches
 
 
 def _metric(served: Served, name: str, model: str) -> float:
