@@ -249,7 +249,7 @@ def serve(
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository")
-    extra = ["--disable-auto-complete-config", "--log-format=ISO8601", *repository_server_args()]
+    extra = ["--log-format=ISO8601", *repository_server_args()]
     if response_cache:
         extra.append("--cache-config=local,size=268435456")
 

@@ -35,8 +35,12 @@ PYTHON_BACKEND_SHM_BYTES = 16 * 1024 * 1024
 
 def repository_server_args() -> list[str]:
     """tritonserver flags every generated repository is served with: in the operator's pods, by
-    `modeldeploy serve` and by the benchmarks."""
-    return [f"--backend-config=python,shm-default-byte-size={PYTHON_BACKEND_SHM_BYTES}"]
+    `modeldeploy serve` and by the benchmarks. Every config.pbtxt the builder writes is complete and
+    checked against Triton's ModelConfig, so the server must serve it as written, not auto-complete it."""
+    return [
+        "--disable-auto-complete-config",
+        f"--backend-config=python,shm-default-byte-size={PYTHON_BACKEND_SHM_BYTES}",
+    ]
 
 
 @dataclass(frozen=True)

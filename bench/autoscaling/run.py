@@ -45,7 +45,6 @@ REFERENCE_INTERVAL_S = 15.0  # the HPA's sync period; every other duration scale
 ADAPTER_WINDOW_S = 60.0  # the chart's prometheusAdapter.rules.window default (1m)
 SWEEP_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.25)
 TRITON_ARGS = (
-    "--disable-auto-complete-config",
     "--strict-readiness=true",
     "--log-verbose=0",
     *repository_server_args(),

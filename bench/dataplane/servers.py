@@ -27,7 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OURS_MODEL_NAME = "model"
 # What a Kubernetes container of ours runs with (besides ports and repository).
 TRITON_ARGS = (
-    "--disable-auto-complete-config",
     "--strict-readiness=true",
     "--log-verbose=0",
     *repository_server_args(),

@@ -52,7 +52,7 @@ def served(
     minilm_options = BuildOptions(source=f"file://{minilm_path}", model_name=MINILM, max_batch_size=32)
     repositories.append(build_repository(minilm_options, root / MINILM).path)
     # Exactly the flags a container would get, plus one repository per model.
-    args = ["--disable-auto-complete-config", "--strict-readiness=true", *repository_server_args()]
+    args = ["--strict-readiness=true", *repository_server_args()]
     args += [f"--model-repository={path}" for path in repositories]
     with TritonServer(None, extra_args=args, ready_timeout_s=300) as server:
         yield Served(server, checkpoints, minilm_path)

@@ -127,7 +127,7 @@ def test_triton_container_is_locked_down_probed_and_configured() -> None:
     triton = _triton(state)
     assert triton["command"] == ["tritonserver"]
     args = triton["args"]
-    assert args[:9] == [
+    assert args[:10] == [
         "--model-repository=/models/repository",
         "--strict-readiness=true",
         f"--exit-timeout-secs={EXIT_TIMEOUT_SECONDS}",
@@ -136,9 +136,10 @@ def test_triton_container_is_locked_down_probed_and_configured() -> None:
         "--grpc-port=8001",
         "--metrics-port=8002",
         "--log-format=ISO8601",
+        "--disable-auto-complete-config",  # the builder's config.pbtxt is served exactly as written
         "--backend-config=python,shm-default-byte-size=16777216",
     ]
-    assert args[9].startswith("--cache-config=local,size=")
+    assert args[10].startswith("--cache-config=local,size=")
     assert {(p["name"], p["containerPort"]) for p in triton["ports"]} == {
         ("http", 8000),
         ("grpc", 8001),
