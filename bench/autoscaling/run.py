@@ -37,18 +37,13 @@ from bench.common.metrics import Scrape, scrape_async
 from bench.common.quiet import QuietPolicy, wait_for_quiet
 from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
+from bench.dataplane.servers import TRITON_ARGS
 from model_repo.options import DEFAULT_MAX_BATCH_SIZE
-from model_repo.triton import repository_server_args
 
 MODEL_NAME = "model"
 REFERENCE_INTERVAL_S = 15.0  # the HPA's sync period; every other duration scales with the interval
 ADAPTER_WINDOW_S = 60.0  # the chart's prometheusAdapter.rules.window default (1m)
 SWEEP_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.25)
-TRITON_ARGS = (
-    "--strict-readiness=true",
-    "--log-verbose=0",
-    *repository_server_args(),
-)
 
 
 @dataclass(frozen=True)

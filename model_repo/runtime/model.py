@@ -336,16 +336,16 @@ class TritonPythonModel:
         self.max_batch = max(1, int(self.model_config.get("max_batch_size", 1)))
         trust = self.params.get("trust_remote_code", "false") == "true"
 
-        # Instances run side by side in their own processes: share the cores instead of having each one
-        # start a thread per core and fight over them.
-        instances = sum(int(group.get("count", 1)) for group in self.model_config.get("instance_group", []))
-        cores = usable_cpus(len(os.sched_getaffinity(0)), _read_text("/sys/fs/cgroup/cpu.max"))
-        threads = max(1, cores // max(1, instances))
         if args.get("model_instance_kind") == "GPU":
             self.device = torch.device("cuda", int(args.get("model_instance_device_id", "0")))
         else:
             self.device = torch.device("cpu")
-            torch.set_num_threads(threads)
+            # Instances run side by side in their own processes: share the cores instead of having each
+            # one start a thread per core and fight over them.
+            instance_groups = self.model_config.get("instance_group", [])
+            instances = sum(int(group.get("count", 1)) for group in instance_groups)
+            cores = usable_cpus(len(os.sched_getaffinity(0)), _read_text("/sys/fs/cgroup/cpu.max"))
+            torch.set_num_threads(max(1, cores // max(1, instances)))
 
         from transformers import AutoTokenizer
 

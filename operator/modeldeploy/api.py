@@ -451,6 +451,11 @@ DEFAULT_TARGETS: dict[AutoscalingMetric, str] = {
     AutoscalingMetric.PENDING_REQUESTS: "8",  # queued requests per pod
     AutoscalingMetric.CPU: "70",  # % of the CPU request
 }
+_TARGET_DESCRIPTION = (
+    "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: "
+    + ", ".join(f"{metric.value} {target}" for metric, target in DEFAULT_TARGETS.items())
+    + ". queueTime and pendingRequests depend on the model's speed and batch size: tune them per model."
+)
 
 
 class Autoscaling(ApiModel):
@@ -474,16 +479,8 @@ class Autoscaling(ApiModel):
         Quantity | None,
         Field(
             default=None,
-            description=(
-                "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
-                "queueComputeRatio 500m, pendingRequests 8, cpu 70. queueTime and pendingRequests "
-                "depend on the model's speed and batch size: tune them per model."
-            ),
-            json_schema_extra=_quantity_schema(
-                "Per-pod target of the metric (a quantity, e.g. 500m for 0.5). Defaults: queueTime 50000, "
-                "queueComputeRatio 500m, pendingRequests 8, cpu 70. queueTime and pendingRequests "
-                "depend on the model's speed and batch size: tune them per model."
-            ),
+            description=_TARGET_DESCRIPTION,
+            json_schema_extra=_quantity_schema(_TARGET_DESCRIPTION),
         ),
     ] = None
     engine: Annotated[
