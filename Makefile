@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: setup cluster-binaries test demo crd lint clean
+.PHONY: setup cluster-binaries test demo crd clean
 
 setup: $(STAMP)
 
