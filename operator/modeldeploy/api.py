@@ -736,7 +736,7 @@ class ModelDeployment(BaseModel):
 
 
 def _format_error(error: Any) -> str:
-    path = ".".join(str(part) for part in error["loc"] if not isinstance(part, int) or True)
+    path = ".".join(str(part) for part in error["loc"])
     message: str = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
