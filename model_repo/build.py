@@ -254,8 +254,8 @@ def check_task_fits(info: CheckpointInfo, loading: dict[str, Any] | None, allow_
     raise BuildError(
         f"task {info.task.value} does not fit this checkpoint: {'; '.join(problems)}. "
         f"Its architectures: {names}; tasks it supports: {offered}. Choose one of those with --task "
-        "(spec.model.task), or pass --allow-new-head (spec.model.allowNewHead: true) to build it anyway "
-        "with a fresh head, e.g. to fine-tune it elsewhere"
+        "(spec.model.task), or pass --allow-new-head (spec.model.allowNewHead: true) to build it "
+        "anyway, e.g. to fine-tune a fresh head elsewhere"
     )
 
 
