@@ -659,7 +659,10 @@ class TritonPythonModel:
                 input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
                 mask_hits = input_ids == self.tokenizer.mask_token_id
                 if not mask_hits.any(axis=1).all():
-                    raise RequestError(f"input TEXT must contain the mask token {self.tokenizer.mask_token}")
+                    raise RequestError(
+                        f"input TEXT must contain the mask token {self.tokenizer.mask_token} within its "
+                        f"first {self.max_length} tokens"
+                    )
                 positions = mask_hits.argmax(axis=1)
                 mask_logits = values[np.arange(values.shape[0]), positions]
                 token_ids, probabilities = top_k_tokens(mask_logits, self.top_k)
