@@ -199,6 +199,13 @@ def test_bad_request_is_the_clients_error_over_http_and_grpc(served: Served, bad
     assert bad.message in message
 
 
+def test_unknown_model_is_not_found(served: Served) -> None:
+    status, message = http_call(served, "no_such_model", [_texts(b"hello")])
+    code, _ = grpc_call(served, "no_such_model", [_texts(b"hello")])
+    assert (status, code) == (404, "NOT_FOUND"), message
+    assert "Request for unknown model: 'no_such_model' is not found" in message
+
+
 # Bodies only a hand-written HTTP client sends. Triton's HTTP frontend (2.51, the bundled one) parses them
 # itself and reports a parse failure as INTERNAL, so HTTP 500 with its parser's message; our model never
 # sees them and cannot change the status (triton-inference-server/server#8762). gRPC cannot express them.
