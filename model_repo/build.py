@@ -250,7 +250,7 @@ def check_task_fits(info: CheckpointInfo, loading: dict[str, Any] | None, allow_
     if not problems or allow_new_head:
         return
     names = ", ".join(info.architectures) or "none stated"
-    offered = ", ".join(task.value for task in supported) or "unknown (no architectures in config.json)"
+    offered = ", ".join(task.value for task in supported) or "unknown (no architecture it names is known)"
     raise BuildError(
         f"task {info.task.value} does not fit this checkpoint: {'; '.join(problems)}. "
         f"Its architectures: {names}; tasks it supports: {offered}. Choose one of those with --task "
