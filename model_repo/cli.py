@@ -74,6 +74,14 @@ TrustOption = Annotated[
     typer.Option("--trust-remote-code", help="Allow running code shipped inside the checkpoint."),
 ]
 ModelNameOption = Annotated[str, typer.Option("--model-name", help="Triton model name.")]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace the repository directory even when it is not one this builder wrote, or holds files "
+        "it did not write (they are deleted).",
+    ),
+]
 AllowNewHeadOption = Annotated[
     bool,
     typer.Option(
@@ -153,14 +161,7 @@ def build(
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
     allow_new_head: AllowNewHeadOption = False,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Replace --out even when it is not a repository this builder wrote, or holds files it "
-            "did not write (they are deleted).",
-        ),
-    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
     options = _options(
@@ -251,6 +252,7 @@ def serve(
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
     allow_new_head: AllowNewHeadOption = False,
+    force: ForceOption = False,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -280,7 +282,7 @@ def serve(
         allow_new_head,
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
-    result = _build(options, base / "repository")
+    result = _build(options, base / "repository", force)
     extra = ["--log-format=ISO8601", *repository_server_args()]
     if response_cache:
         extra.append("--cache-config=local,size=268435456")
