@@ -215,3 +215,20 @@ def test_record_lists_every_file_written(checkpoints: dict[str, Path], tmp_path:
     record = json.loads((out / RECORD_FILE).read_text())
     on_disk = sorted(key for key in _snapshot(out) if not key.endswith("/") and key != RECORD_FILE)
     assert record["files"] == on_disk
+
+
+def test_repository_of_an_older_builder_is_judged_by_its_model_directories(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """Records written before the file list existed name the model; its directories are the builder's."""
+    out = tmp_path / "repo"
+    source = f"file://{checkpoints['text-classification']}"
+    build_repository(BuildOptions(source=source), out)
+    record = json.loads((out / RECORD_FILE).read_text())
+    del record["files"]
+    (out / RECORD_FILE).write_text(json.dumps(record))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(BuildError, match=r"holds files the builder did not write: notes\.txt\. "):
+        build_repository(BuildOptions(source=source, max_batch_size=4), out)
+    (out / "notes.txt").unlink()
+    assert not build_repository(BuildOptions(source=source, max_batch_size=4), out).cache_hit
