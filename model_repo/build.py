@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 import struct
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model_repo import __version__
-from model_repo.checkpoint import CheckpointInfo, inspect_checkpoint
+from model_repo.checkpoint import CheckpointInfo, inspect_checkpoint, task_of_architectures
 from model_repo.configs import (
     GENERATION_INPUTS,
     ModelConfigSpec,
@@ -26,7 +29,14 @@ from model_repo.configs import (
 )
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
-from model_repo.options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US, DType, ModelFormat, Task
+from model_repo.options import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    MAX_BATCH_SIZE_LIMIT,
+    DType,
+    ModelFormat,
+    Task,
+)
 
 RECORD_FILE = "modeldeploy.json"
 RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
@@ -54,6 +64,7 @@ class BuildOptions:
     response_cache: bool = False
     trust_remote_code: bool = False
     model_name: str = "model"
+    allow_new_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,10 @@ class BuildResult:
 def _check_options(options: BuildOptions) -> None:
     if options.device not in ("cpu", "gpu"):
         raise BuildError(f"--device must be cpu or gpu, got {options.device!r}")
-    if options.max_batch_size < 1:
-        raise BuildError("--max-batch-size must be at least 1")
+    if not 1 <= options.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+        raise BuildError(
+            f"--max-batch-size {options.max_batch_size} must be between 1 and {MAX_BATCH_SIZE_LIMIT}"
+        )
     if options.max_queue_delay_us < 0:
         raise BuildError("--max-queue-delay-us must not be negative")
     if options.instances_per_device < 1:
@@ -170,8 +183,9 @@ def _load_tokenizer(info: CheckpointInfo, trust_remote_code: bool) -> Any:
     return tokenizer
 
 
-def load_model(info: CheckpointInfo, trust_remote_code: bool) -> Any:
-    """Load the task's Auto class on CPU in float32; weights never come from pickles without weights_only."""
+def load_model(info: CheckpointInfo, trust_remote_code: bool) -> tuple[Any, dict[str, Any]]:
+    """Load the task's Auto class on CPU in float32, with transformers' loading report (missing and
+    unexpected weights); weights never come from pickles without weights_only."""
     import torch
     import transformers
 
@@ -183,15 +197,71 @@ def load_model(info: CheckpointInfo, trust_remote_code: bool) -> Any:
         Task.TEXT_GENERATION: transformers.AutoModelForCausalLM,
     }[info.task]
     try:
-        model = auto_class.from_pretrained(
+        model, loading = auto_class.from_pretrained(
             str(info.path),
             dtype=torch.float32,
             trust_remote_code=trust_remote_code,
             use_safetensors=info.weights == "safetensors",
+            output_loading_info=True,
         )
     except Exception as exc:
         raise BuildError(f"cannot load the checkpoint's weights for {info.task.value}: {exc}") from exc
-    return model.eval()
+    return model.eval(), loading
+
+
+# The runtime pools last_hidden_state itself and never runs a base model's pooler, so a checkpoint
+# without one (every token-classification checkpoint) still serves feature-extraction correctly.
+_UNUSED_BY_TASK: dict[Task, re.Pattern[str]] = {Task.FEATURE_EXTRACTION: re.compile(r"(^|\.)pooler\.")}
+
+
+def _supported_tasks(info: CheckpointInfo, trained_for: Task | None) -> list[Task]:
+    if trained_for is None:
+        return []
+    tasks = [trained_for]
+    # A masked-LM checkpoint is a pretrained encoder: its hidden states are what feature-extraction
+    # serves, and the dropped MLM head is not a task's head.
+    if trained_for is Task.FILL_MASK or info.sentence_transformers is not None:
+        tasks.append(Task.FEATURE_EXTRACTION)
+    return tasks
+
+
+def check_task_fits(info: CheckpointInfo, loading: dict[str, Any] | None, allow_new_head: bool) -> None:
+    """Refuse a task whose head the checkpoint does not hold: weights transformers would initialise at
+    random, or a checkpoint whose architectures (and unexpected head weights) say it was trained for
+    another task. Serving either gives confident garbage; `allow_new_head` builds it anyway."""
+    trained_for = None if info.needs_remote_code else task_of_architectures(info.architectures)
+    if info.sentence_transformers is not None and info.task is Task.FEATURE_EXTRACTION:
+        trained_for = Task.FEATURE_EXTRACTION
+    supported = _supported_tasks(info, trained_for)
+    unused = _UNUSED_BY_TASK.get(info.task)
+    missing = sorted(
+        key for key in (loading or {}).get("missing_keys", ()) if unused is None or not unused.search(key)
+    )
+    unexpected = sorted((loading or {}).get("unexpected_keys", ()))
+    problems = []
+    if missing:
+        problems.append(
+            f"its {info.task.value} weights {_key_list(missing)} are not in the checkpoint and would be "
+            "newly initialised (random)"
+        )
+    if trained_for is not None and info.task not in supported:
+        dropped = f", its head weights {_key_list(unexpected)} would be dropped" if unexpected else ""
+        problems.append(f"the checkpoint was trained for {trained_for.value}{dropped}")
+    if not problems or allow_new_head:
+        return
+    names = ", ".join(info.architectures) or "none stated"
+    offered = ", ".join(task.value for task in supported) or "unknown (no architecture it names is known)"
+    raise BuildError(
+        f"task {info.task.value} does not fit this checkpoint: {'; '.join(problems)}. "
+        f"Its architectures: {names}; tasks it supports: {offered}. Choose one of those with --task "
+        "(spec.model.task), or pass --allow-new-head (spec.model.allowNewHead: true) to build it "
+        "anyway, e.g. to fine-tune a fresh head elsewhere"
+    )
+
+
+def _key_list(keys: list[str], shown: int = 4) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _max_sequence_length(info: CheckpointInfo, tokenizer: Any, requested: int | None) -> int:
@@ -380,10 +450,36 @@ def _write_vllm_model(
     return [config_path]
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two directories in one step (renameat2 RENAME_EXCHANGE); False where the kernel, the C
+    library or the filesystem cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 def _replace_directory(staged: Path, out: Path) -> None:
-    """Move `staged` to `out`; an existing `out` is swapped aside first and removed after."""
+    """Move `staged` to `out`. An existing `out` is exchanged with it in one step where the filesystem
+    can, so a server reading `out` sees the old repository or the new one, never none; then the old one,
+    now at `staged`, is removed."""
     if not out.exists():
         staged.rename(out)
+        return
+    if _exchange(staged, out):
+        shutil.rmtree(staged, ignore_errors=True)
         return
     old = out.parent / f".{out.name}.old-{staged.parent.name}"
     out.rename(old)
@@ -395,12 +491,70 @@ def _replace_directory(staged: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build_repository(options: BuildOptions, out: Path, progress: Progress = lambda _m: None) -> BuildResult:
-    """Build the repository for `options` at `out`, atomically; a matching digest there is a cache hit."""
-    _check_options(options)
-    out = out.absolute()
+def _tree(root: Path) -> list[str]:
+    """Every file and symlink under `root`, relative, sorted (directories are implied by their files)."""
+    found = []
+    for directory, subdirectories, files in os.walk(root):
+        base = Path(directory).relative_to(root)
+        found += [str(base / name) for name in files]
+        # A symlinked or empty directory is an entry of its own: nothing below it would name it.
+        for name in subdirectories:
+            path = Path(directory) / name
+            if path.is_symlink() or not any(path.iterdir()):
+                found.append(str(base / name) + "/")
+    return sorted(found)
+
+
+def _foreign_entries(out: Path, record: dict[str, Any]) -> list[str]:
+    """What `out` holds beyond what the builder wrote there (the record lists its files)."""
+    written = record.get("files")
+    if isinstance(written, list):
+        known = set(written) | {RECORD_FILE}
+        return [entry for entry in _tree(out) if entry not in known]
+    # Records of older builders list no files: their model directories all start with the model name.
+    prefix = str(record.get("model_name") or "")
+    return sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in out.iterdir()
+        if entry.name != RECORD_FILE and not (prefix and entry.name.startswith(prefix))
+    )
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse to replace what the builder did not write: a directory that is not one of its repositories,
+    or one of its repositories that holds files it did not write. `force` replaces it regardless."""
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out} exists and is not a directory")
+    if force or not out.exists() or not any(out.iterdir()):
+        return
+    record = read_record(out)
+    if record is None:
+        entries = sorted(entry.name for entry in out.iterdir())
+        raise BuildError(
+            f"--out {out} is not empty and is not a repository this builder wrote (no {RECORD_FILE}); "
+            f"it holds {_key_list(entries)}. A build replaces --out whole: choose another directory, or "
+            "pass --force to delete what it holds"
+        )
+    foreign = _foreign_entries(out, record)
+    if foreign:
+        raise BuildError(
+            f"--out {out} is a repository this builder wrote, but it also holds files the builder did not "
+            f"write: {_key_list(foreign)}. A build replaces the repository whole (Triton would take a "
+            "foreign directory for a model); move them elsewhere, or pass --force to delete them"
+        )
+
+
+def build_repository(
+    options: BuildOptions, out: Path, progress: Progress = lambda _m: None, force: bool = False
+) -> BuildResult:
+    """Build the repository for `options` at `out`, atomically; a matching digest there is a cache hit.
+
+    The builder writes `out` and its own hidden siblings (`.<name>.tmp-*`) only: a directory it did not
+    write is refused unless `force`, and in a cache volume of `<digest>` directories the other digests'
+    repositories are never touched."""
+    _check_options(options)
+    out = out.absolute()
+    check_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -428,9 +582,11 @@ def build_repository(options: BuildOptions, out: Path, progress: Progress = lamb
         max_length = _max_sequence_length(info, tokenizer, options.max_sequence_length)
         _validate_safetensors(info)
         model = None
+        loading = None
         if model_format is not ModelFormat.VLLM or info.weights == "pickle":
             progress("loading weights to verify them")
-            model = load_model(info, options.trust_remote_code)
+            model, loading = load_model(info, options.trust_remote_code)
+        check_task_fits(info, loading, options.allow_new_head)
         hidden_size = info.hidden_size or 0
         if model is not None and info.task is Task.FEATURE_EXTRACTION:
             hidden_size = int(model.config.hidden_size)
@@ -466,8 +622,13 @@ def build_repository(options: BuildOptions, out: Path, progress: Progress = lamb
             "labels": list(info.labels),
             "mask_token": tokenizer.mask_token if info.task is Task.FILL_MASK else None,
             "checkpoint_files": list(fetched.files),
+            "allow_new_head": options.allow_new_head,
+            # What the builder wrote: a later build replaces exactly these and refuses anything else.
+            "files": _tree(repo),
         }
         (repo / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        # Checked again at the swap: a file written into --out during the build is not ours to delete.
+        check_output(out, force)
         _replace_directory(repo, out)
         progress(f"wrote {model_format.value} repository {digest[:12]} to {out}")
         return BuildResult(digest, model_format, info.task, options.model_name, out, cache_hit=False)

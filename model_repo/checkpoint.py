@@ -78,7 +78,8 @@ def tasks_for_model_type(model_type: str) -> list[Task]:
     return [task for task in _INFERENCE_ORDER if model_type in _mapping(task)]
 
 
-def _task_from_architectures(architectures: tuple[str, ...]) -> Task | None:
+def task_of_architectures(architectures: tuple[str, ...]) -> Task | None:
+    """The task the checkpoint was saved for, from the classes config.json names; None if unknown."""
     for task in _INFERENCE_ORDER:
         known: set[str] = set()
         for value in _mapping(task).values():
@@ -205,7 +206,7 @@ def inspect_checkpoint(
         elif st_info is not None:
             resolved = Task.FEATURE_EXTRACTION
         else:
-            inferred = _task_from_architectures(architectures)
+            inferred = task_of_architectures(architectures)
             if inferred is None:
                 raise BuildError(
                     f"cannot tell the task from architectures {list(architectures) or '(none)'}; "

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from model_repo.errors import BuildError
-from model_repo.options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US, DType, ModelFormat, Task
+from model_repo.options import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    MAX_BATCH_SIZE_LIMIT,
+    DType,
+    ModelFormat,
+    Task,
+)
 
 if TYPE_CHECKING:
     from model_repo.build import BuildOptions, BuildResult
@@ -39,7 +46,10 @@ FormatOption = Annotated[
     typer.Option("--format", help="auto: vllm for text-generation on GPUs, python otherwise."),
 ]
 DTypeOption = Annotated[DType, typer.Option("--dtype", help="auto: float16 on GPUs, float32 on CPUs.")]
-MaxBatchOption = Annotated[int, typer.Option("--max-batch-size", help="Largest batch Triton forms.")]
+MaxBatchOption = Annotated[
+    int,
+    typer.Option("--max-batch-size", help=f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT})."),
+]
 QueueDelayOption = Annotated[
     int,
     typer.Option(
@@ -64,6 +74,22 @@ TrustOption = Annotated[
     typer.Option("--trust-remote-code", help="Allow running code shipped inside the checkpoint."),
 ]
 ModelNameOption = Annotated[str, typer.Option("--model-name", help="Triton model name.")]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace the repository directory even when it is not one this builder wrote, or holds files "
+        "it did not write (they are deleted).",
+    ),
+]
+AllowNewHeadOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-new-head",
+        help="Build even when the task's head is not in the checkpoint (it would be random) or the "
+        "checkpoint was trained for another task. Only to fine-tune the fresh head elsewhere.",
+    ),
+]
 
 
 def _options(
@@ -81,6 +107,7 @@ def _options(
     response_cache: bool,
     trust_remote_code: bool,
     model_name: str,
+    allow_new_head: bool,
 ) -> BuildOptions:
     from model_repo.build import BuildOptions
 
@@ -99,6 +126,7 @@ def _options(
         response_cache=response_cache,
         trust_remote_code=trust_remote_code,
         model_name=model_name,
+        allow_new_head=allow_new_head,
     )
 
 
@@ -106,11 +134,11 @@ def _progress(message: str) -> None:
     typer.echo(f"modeldeploy: {message}", err=True)
 
 
-def _build(options: BuildOptions, out: Path) -> BuildResult:
+def _build(options: BuildOptions, out: Path, force: bool = False) -> BuildResult:
     from model_repo.build import build_repository
 
     try:
-        return build_repository(options, out, progress=_progress)
+        return build_repository(options, out, progress=_progress, force=force)
     except BuildError as exc:
         typer.echo(f"modeldeploy build: error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
@@ -132,6 +160,8 @@ def build(
     response_cache: CacheOption = False,
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
+    allow_new_head: AllowNewHeadOption = False,
+    force: ForceOption = False,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
     options = _options(
@@ -149,8 +179,9 @@ def build(
         response_cache,
         trust_remote_code,
         model_name,
+        allow_new_head,
     )
-    result = _build(options, out)
+    result = _build(options, out, force)
     state = "cache hit" if result.cache_hit else "built"
     typer.echo(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
@@ -220,6 +251,8 @@ def serve(
     response_cache: CacheOption = False,
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
+    allow_new_head: AllowNewHeadOption = False,
+    force: ForceOption = False,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -246,9 +279,10 @@ def serve(
         response_cache,
         trust_remote_code,
         model_name,
+        allow_new_head,
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
-    result = _build(options, base / "repository")
+    result = _build(options, base / "repository", force)
     extra = ["--log-format=ISO8601", *repository_server_args()]
     if response_cache:
         extra.append("--cache-config=local,size=268435456")

@@ -33,6 +33,9 @@ SOURCE_SCHEMES: tuple[str, ...] = ("hf", "s3", "gs", "pvc", "file")
 
 # Defaults of the builder and of the operator's API alike.
 DEFAULT_MAX_BATCH_SIZE = 32
+# Upper bound of max_batch_size for the API and the CLI alike: one execution of this many texts already
+# holds a GPU's worth of activations for a base-size encoder, and warm-up runs a full batch at load.
+MAX_BATCH_SIZE_LIMIT = 4096
 # Waiting for company only pays when the instance is idle; while it is busy, requests queue anyway and
 # the next execution takes them all. Any wait is paid in full by a lone request: bench/dataplane measured
 # 500 µs as +29% median latency at one client for a small model, and no throughput gained at 64 clients.

@@ -88,6 +88,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("unknown format", with_changes(**{"triton.format": "tensorrt"}), "spec.triton.format"),
     ("batch size 0", with_changes(**{"triton.maxBatchSize": 0}), "spec.triton.maxBatchSize"),
+    ("batch size 100000", with_changes(**{"triton.maxBatchSize": 100000}), "spec.triton.maxBatchSize"),
     (
         "preferred > max",
         with_changes(triton={"maxBatchSize": 8, "dynamicBatching": {"preferredBatchSizes": [4, 16]}}),

@@ -224,7 +224,8 @@ def top_k_tokens(mask_logits: Array, top_k: int) -> tuple[Array, Array]:
 
 
 class RequestError(ValueError):
-    """A problem with one request; it fails that request only."""
+    """A problem with one request that its client must fix; it fails that request only, as INVALID_ARG
+    (HTTP 400, gRPC INVALID_ARGUMENT). The message names the input and the rule it breaks."""
 
 
 def _parameters(model_config: dict[str, Any]) -> dict[str, str]:
@@ -237,19 +238,23 @@ def _decode_texts(request: Any, name: str) -> list[str]:
     if tensor is None:
         raise RequestError(f"input {name} is required")
     texts = []
-    for item in tensor.as_numpy().reshape(-1):
+    for position, item in enumerate(tensor.as_numpy().reshape(-1)):
         if isinstance(item, bytes):
             try:
                 text = item.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise RequestError(f"{name} must be UTF-8 text") from exc
+                raise RequestError(
+                    f"input {name} item {position} must be UTF-8 text: byte 0x{item[exc.start]:02x} at "
+                    f"offset {exc.start} is not valid UTF-8"
+                ) from exc
         else:
             text = str(item)
         if not text.strip():
-            raise RequestError(f"{name} must not be empty")
+            kind = "empty" if not text else "whitespace only"
+            raise RequestError(f"input {name} item {position} must be non-empty text, got {kind}")
         texts.append(text)
     if not texts:
-        raise RequestError(f"{name} must hold at least one text")
+        raise RequestError(f"input {name} must hold at least one text")
     return texts
 
 
@@ -274,8 +279,12 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _error_response(message: str) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+def _error_response(message: str, fault: bool = False) -> Any:
+    """A failed response. Triton turns the code into the status: INVALID_ARG (the default, for a request
+    its client must fix) is HTTP 400 / gRPC INVALID_ARGUMENT; a `fault` of the server is INTERNAL (HTTP
+    500), which retries, dashboards and autoscalers count as ours."""
+    code = pb_utils.TritonError.INTERNAL if fault else pb_utils.TritonError.INVALID_ARG
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
 
 def _string_tensor(name: str, values: list[str], shape: tuple[int, ...]) -> Any:
@@ -468,7 +477,7 @@ class TritonPythonModel:
             except Exception as exc:  # one bad batch must not take the server down
                 for index, _, _ in owners:
                     if responses[index] is None:
-                        responses[index] = _error_response(f"inference failed: {exc}")
+                        responses[index] = _error_response(f"inference failed: {exc}", fault=True)
         return responses
 
     def _tokenize(self, texts: list[str], offsets: bool) -> Any:
@@ -497,7 +506,10 @@ class TritonPythonModel:
             mask_id = self.tokenizer.mask_token_id
             for position, seq in enumerate(ids):
                 if mask_id not in seq:
-                    failures[position] = f"TEXT must contain the mask token {self.tokenizer.mask_token}"
+                    failures[position] = (
+                        f"input TEXT must contain the mask token {self.tokenizer.mask_token} within its "
+                        f"first {self.max_length} tokens"
+                    )
         runnable = [position for position in range(len(texts)) if position not in failures]
         groups = plan_length_groups([len(ids[i]) for i in runnable], self.group_overhead, self.max_batch)
         with torch.inference_mode():
@@ -647,7 +659,10 @@ class TritonPythonModel:
                 input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
                 mask_hits = input_ids == self.tokenizer.mask_token_id
                 if not mask_hits.any(axis=1).all():
-                    raise RequestError(f"TEXT must contain the mask token {self.tokenizer.mask_token}")
+                    raise RequestError(
+                        f"input TEXT must contain the mask token {self.tokenizer.mask_token} within its "
+                        f"first {self.max_length} tokens"
+                    )
                 positions = mask_hits.argmax(axis=1)
                 mask_logits = values[np.arange(values.shape[0]), positions]
                 token_ids, probabilities = top_k_tokens(mask_logits, self.top_k)
@@ -673,7 +688,7 @@ class TritonPythonModel:
             sender.send(_error_response(str(exc)), flags=final)
             return
         except Exception as exc:
-            sender.send(_error_response(f"generation failed: {exc}"), flags=final)
+            sender.send(_error_response(f"generation failed: {exc}", fault=True), flags=final)
             return
         sender.send(flags=final)
 

@@ -27,6 +27,7 @@ from pydantic.alias_generators import to_camel
 from model_repo.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
+    MAX_BATCH_SIZE_LIMIT,
     SOURCE_SCHEMES,
     DType,
     ModelFormat,
@@ -193,6 +194,18 @@ class ModelSource(ApiModel):
             ),
         ),
     ] = False
+    allow_new_head: Annotated[
+        bool,
+        Field(
+            default=False,
+            description=(
+                "Build even when the task does not fit the checkpoint: its task head would be newly "
+                "initialised (random), or the checkpoint was trained for another task. Off by default: "
+                "such a build fails with a message naming the checkpoint's architectures and the tasks it "
+                "supports. Only for users who fine-tune the fresh head elsewhere."
+            ),
+        ),
+    ] = False
 
     __rules__ = (
         Rule(
@@ -271,7 +284,7 @@ class TritonConfig(ApiModel):
         Field(
             default=DEFAULT_MAX_BATCH_SIZE,
             ge=1,
-            le=4096,
+            le=MAX_BATCH_SIZE_LIMIT,
             description="Largest batch Triton forms (config max_batch_size).",
         ),
     ] = DEFAULT_MAX_BATCH_SIZE

@@ -27,7 +27,7 @@ def device(spec: ModelDeploymentSpec) -> str:
 def repository_inputs(spec: ModelDeploymentSpec, md_name: str) -> dict[str, Any]:
     triton = spec.triton.dump()
     triton.pop("image", None)
-    return {
+    inputs: dict[str, Any] = {
         "schema": DIGEST_SCHEMA,
         "source": spec.model.source,
         "revision": spec.model.revision,
@@ -37,6 +37,11 @@ def repository_inputs(spec: ModelDeploymentSpec, md_name: str) -> dict[str, Any]
         "device": device(spec),
         "triton": triton,
     }
+    # Only when set, so that every existing deployment keeps its digest (and its pods) on upgrade; turning
+    # it on must change the digest, or the failed build Job of the refused build would stand for it.
+    if spec.model.allow_new_head:
+        inputs["allowNewHead"] = True
+    return inputs
 
 
 def repository_digest(spec: ModelDeploymentSpec, md_name: str) -> str:

@@ -333,7 +333,7 @@ def test_wrong_shape_is_rejected(served: Served) -> None:
 def test_empty_text_fails_only_its_request(served: Served) -> None:
     from tritonclient.utils import InferenceServerException
 
-    with pytest.raises(InferenceServerException, match="TEXT must not be empty"):
+    with pytest.raises(InferenceServerException, match="input TEXT item 0 must be non-empty text, got empty"):
         http_infer(served, MODEL_NAMES["feature-extraction"], [""])
     # Concurrent good requests batched with bad ones still succeed.
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -350,7 +350,7 @@ def test_empty_text_fails_only_its_request(served: Served) -> None:
             except InferenceServerException as exc:
                 outcomes.append(str(exc))
     assert outcomes[0::2] == [(1, 32)] * 4
-    assert all("must not be empty" in str(o) for o in outcomes[1::2])
+    assert all("must be non-empty text, got whitespace only" in str(o) for o in outcomes[1::2])
     _assert_still_serving(served)
 
 

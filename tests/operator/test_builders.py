@@ -257,6 +257,7 @@ def test_builder_init_container_gets_every_flag_and_credentials_by_reference_onl
             "task": "fill-mask",
             "credentialsSecret": "hf-token",
             "trustRemoteCode": True,
+            "allowNewHead": True,
         },
         "triton": {
             "format": "onnx",
@@ -288,6 +289,7 @@ def test_builder_init_container_gets_every_flag_and_credentials_by_reference_onl
         "--device", "gpu",
         "--no-response-cache",
         "--trust-remote-code",
+        "--allow-new-head",
         "--model-name", "bert",
         "--out", "/models/repository",
     ]  # fmt: skip

@@ -65,6 +65,7 @@ def test_digest_follows_the_repository_inputs_only() -> None:
         md_of({"model": {"credentialsSecret": "token"}}),
         # Spelling a default out is not a change.
         md_of({"triton": {"maxBatchSize": 32, "format": "auto"}}),
+        md_of({"model": {"allowNewHead": False}}),
     ]
     for md in same:
         assert repository_digest(md.spec, "bert") == digest
@@ -72,6 +73,8 @@ def test_digest_follows_the_repository_inputs_only() -> None:
         md_of({"model": {"source": "hf://google-bert/bert-large-uncased"}}),
         md_of({"model": {"revision": "abc123"}}),
         md_of({"model": {"task": "fill-mask"}}),
+        # A refused build's failed Job must not stand for the opted-in one.
+        md_of({"model": {"allowNewHead": True}}),
         md_of({"triton": {"maxBatchSize": 8}}),
         md_of({"triton": {"dynamicBatching": {"maxQueueDelayMicroseconds": 10}}}),
         md_of({"triton": {"responseCache": True}}),

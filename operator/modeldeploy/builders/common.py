@@ -100,6 +100,8 @@ def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> l
     args.append("--response-cache" if triton.response_cache else "--no-response-cache")
     if spec.model.trust_remote_code:
         args.append("--trust-remote-code")
+    if spec.model.allow_new_head:
+        args.append("--allow-new-head")
     args += ["--model-name", model_name, "--out", out]
     return args
 
