@@ -261,7 +261,7 @@ def summarize_pod_problems(pods: list[dict[str, Any]]) -> PodProblem | None:
 def _builder_running(pods: list[dict[str, Any]]) -> bool:
     for pod in pods:
         for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") == BUILDER_CONTAINER and (status.get("state") or {}).get("running"):
+            if status.get("name") == BUILDER_CONTAINER and "running" in (status.get("state") or {}):
                 return True
     return False
 
