@@ -8,6 +8,7 @@ yields an identical object and the operator writes nothing.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,9 @@ POD_FAILURE_ORDER = (
 )
 IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CREATE_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+# An error line of Triton's log, in its default format (E1202 12:00:00.000 ...) or ISO8601 (as the
+# Deployment sets it: 2026-12-02T12:00:00Z E 1 ...).
+_LOGGED_ERROR = re.compile(r"^(?:E\d{4}\s|\d{4}-\d\d-\d\dT\S+\s+E\s)")
 # How much of a quoted message (a termination message is up to Triton's last 80 log lines) a status keeps.
 QUOTE_LIMIT = 400
 
@@ -140,13 +144,15 @@ def job_outcome(job: dict[str, Any] | None) -> tuple[str, str]:
 def one_line(text: str, limit: int = QUOTE_LIMIT) -> str:
     """A (possibly multi-line) message from Kubernetes as one line a person can read at a glance.
 
-    A termination message of FallbackToLogsOnError is the tail of Triton's log: the line that says what
-    went wrong is the last one mentioning an error, not necessarily the last line."""
+    A termination message of FallbackToLogsOnError is the tail of a log. In Triton's, the first error line
+    is the cause ("failed to load 'bert' version 1: ...") and later ones its consequences ("failed to load
+    all models"); elsewhere (a Python traceback) the last line mentioning an error is."""
     lines = [" ".join(line.split()) for line in str(text).splitlines()]
     lines = [line for line in lines if line]
     if len(lines) > 1:
+        logged = [line for line in lines if _LOGGED_ERROR.match(line)]
         telling = [line for line in lines if any(w in line.lower() for w in ("error", "fail", "unable"))]
-        lines = [telling[-1] if telling else lines[-1]]
+        lines = [logged[0] if logged else telling[-1] if telling else lines[-1]]
     line = lines[0] if lines else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
 

@@ -86,10 +86,11 @@ def pod(
 UNSCHEDULABLE = {"status": "False", "reason": "Unschedulable", "message": SCHEDULER_MESSAGE}
 BUILT = {"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
 TRITON_LOG = (
-    "I1202 12:00:00.000 server.cc:674] loading: bert:1\n"
-    "E1202 12:00:01.000 model_lifecycle.cc:654] failed to load 'bert' version 1: Invalid argument: "
+    "2026-12-02T12:00:00Z I 1 server.cc:674] loading: bert:1\n"
+    "2026-12-02T12:00:01Z E 1 model_lifecycle.cc:654] failed to load 'bert' version 1: Invalid argument: "
     "unexpected inference output 'logits'\n"
-    "I1202 12:00:01.100 server.cc:305] Waiting for in-flight requests to complete."
+    "2026-12-02T12:00:01Z I 1 server.cc:305] Waiting for in-flight requests to complete.\n"
+    "error: creating server: Internal - failed to load all models"
 )
 CRASH_LOOP = {
     "state": {
@@ -374,6 +375,10 @@ def test_some_pods_failing_outside_a_rollout_is_degraded_with_the_failure_itself
 
 
 def test_one_line_keeps_the_telling_line_and_bounds_the_length() -> None:
-    assert one_line(TRITON_LOG).startswith("E1202 12:00:01.000 model_lifecycle.cc:654] failed to load")
+    assert one_line(TRITON_LOG).startswith("2026-12-02T12:00:01Z E 1 model_lifecycle.cc:654] failed to load")
+    glog = "I1202 loading\nE1202 12:00:01.000 1 model.cc:1] failed to load 'x'\nE1202 all models failed"
+    assert one_line(glog) == "E1202 12:00:01.000 1 model.cc:1] failed to load 'x'"
+    traceback = 'Traceback (most recent call last):\n  File "build.py", line 3\nValueError: no weights'
+    assert one_line(traceback) == "ValueError: no weights"
     assert one_line("a\n\n  b  c \n") == "b c"
     assert len(one_line("x" * 5000)) == 400
