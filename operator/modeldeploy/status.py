@@ -757,11 +757,28 @@ class Transition:
     event_type: str
 
 
+def _failing(status: ModelDeploymentStatus | None, ready: Condition | None) -> bool:
+    return (
+        ready is not None
+        and ready.status is not TRUE
+        and status is not None
+        and status.phase
+        in (
+            Phase.FAILED,
+            Phase.DEGRADED,
+        )
+    )
+
+
 def transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymentStatus) -> list[Transition]:
-    """The change of Ready, if any: one Event per change, not one per condition or per pod."""
+    """The change of Ready, if any: one Event per change of its status or reason (or of whether it is a
+    failure: an unbound claim becomes one once its Events say why), not one per condition or per pod."""
     old = _previous_conditions(previous).get(READY)
     new = _previous_conditions(current).get(READY)
-    if new is None or (old is not None and (old.status, old.reason) == (new.status, new.reason)):
+    failing = _failing(current, new)
+    if new is None or (
+        old is not None
+        and (old.status, old.reason, _failing(previous, old)) == (new.status, new.reason, failing)
+    ):
         return []
-    failing = new.status is not TRUE and current.phase in (Phase.FAILED, Phase.DEGRADED)
     return [Transition(new.status, new.reason, new.message, "Warning" if failing else "Normal")]

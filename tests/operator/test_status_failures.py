@@ -324,6 +324,13 @@ def test_cache_claim_pending_quotes_the_claims_warning() -> None:
         "cache claim bert-cache (storageClassName 'fast-rwx') is Pending",
         'ProvisioningFailed: storageclass.storage.k8s.io "fast-rwx" not found',
     )
+    # Before the PV controller has said why, the same reason is waiting (a Normal Event); once it has, the
+    # failure gets its Warning although the reason did not change.
+    waiting = status_of(md, Observed(digest=digest, build_job=job, cache_claim=claim))
+    assert waiting.phase is Phase.PENDING and waiting.reason == "CacheClaimPending"
+    assert [t.event_type for t in transitions(None, waiting)] == ["Normal"]
+    assert [t.event_type for t in transitions(waiting, status)] == ["Warning"]
+    assert transitions(status, status) == []
 
 
 def test_builder_pod_of_the_cache_job_failing_is_named() -> None:
