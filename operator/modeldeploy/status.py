@@ -467,6 +467,16 @@ def replica_failure(deployment: dict[str, Any] | None) -> Verdict | None:
     return Verdict(AVAILABLE, FALSE, reason, message, failed=True)
 
 
+def _serving_pods_problem(md: ModelDeployment, observed: Observed) -> PodProblem | None:
+    """The pods' failure; for Unschedulable, with what the nodes tell (the scheduler says "Insufficient
+    nvidia.com/gpu", the nodes say how many the biggest one has)."""
+    problem = summarize_pod_problems(observed.pods)
+    if problem is None or problem.reason != UNSCHEDULABLE:
+        return problem
+    warning = placement_warning(md, observed.nodes)
+    return problem if warning is None else PodProblem(UNSCHEDULABLE, f"{problem.detail}; {warning}")
+
+
 def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     deployment = observed.deployment
     if deployment is None:
@@ -486,7 +496,7 @@ def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     refused = replica_failure(deployment)
     if refused is not None:
         return refused
-    problem = summarize_pod_problems(observed.pods)
+    problem = _serving_pods_problem(md, observed)
     if problem is not None:
         return Verdict(AVAILABLE, FALSE, problem.reason, problem.detail, failed=True)
     progressing = _conditions_of(deployment).get("Progressing", {})
@@ -585,7 +595,7 @@ def _stuck_rollout(md: ModelDeployment, observed: Observed, available: Verdict) 
     ready = int(status.get("readyReplicas") or 0)
     problem = replica_failure(observed.deployment)
     if problem is None:
-        summary = summarize_pod_problems(observed.pods)
+        summary = _serving_pods_problem(md, observed)
         if summary is None:
             return None
         problem = Verdict(READY, FALSE, summary.reason, summary.detail, failed=True)

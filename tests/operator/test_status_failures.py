@@ -149,6 +149,20 @@ def test_unschedulable_quotes_the_scheduler_and_counts_the_pods() -> None:
     pods.append(pod(digest, "bert-2", scheduled={"status": "True"}, builder=BUILT, triton={"state": {}}))
     status = status_of(md, Observed(digest=digest, deployment=deployment(digest, replicas=3), pods=pods))
     assert_failure(status, "Unschedulable", Phase.FAILED, "2 of 3 pods cannot be scheduled", "Insufficient")
+    # With the nodes known, what they tell is added to the scheduler's words (when they tell anything:
+    # here the H100 node has the 4 GPUs asked for, they are just taken).
+    nodes = [node_summary(node) for node in NODES]
+    observed = Observed(digest=digest, deployment=deployment(digest, replicas=3), pods=pods, nodes=nodes)
+    assert status_of(md, observed).message == status.message
+    big = md_of({"replicas": 3, "resources": {"gpus": 16}})
+    observed = Observed(digest=digest, deployment=deployment(digest, replicas=3), pods=pods, nodes=nodes)
+    assert_failure(
+        status_of(big, observed),
+        "Unschedulable",
+        Phase.FAILED,
+        "Insufficient nvidia.com/gpu. preemption",
+        "; no node has 16 allocatable nvidia.com/gpu (the most is 8 on gpu-a100-0)",
+    )
     assert condition_reason(status, "Available") == "Unschedulable"
     # Nobody builds: not Building (the first complaint).
     assert condition_reason(status, "ModelRepositoryReady") == "NotStarted"
