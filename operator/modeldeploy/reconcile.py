@@ -374,9 +374,16 @@ class Reconciler:
         claim = current.observed.cache_claim
         if claim is not None and (claim.get("status") or {}).get("phase") != "Bound":
             # Only the claim's Events say why it is unbound (no such StorageClass, no volume fits).
-            events = await self.cluster.events_for(
-                current.md.metadata.namespace, "PersistentVolumeClaim", claim["metadata"]["name"]
-            )
+            try:
+                events = await self.cluster.events_for(
+                    current.md.metadata.namespace, "PersistentVolumeClaim", claim["metadata"]["name"]
+                )
+            except KubeError as exc:
+                if exc.transient:
+                    raise
+                # A role without `list` on events (an older chart): the status says "not bound yet" only.
+                logger.warning("cannot read the Events of claim %s: %s", claim["metadata"]["name"], exc)
+                events = []
             current.observed.claim_events = [event for event in events if event.get("type") == "Warning"]
 
     async def ensure_build_job(self, current: _Round) -> None:
