@@ -616,7 +616,10 @@ def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict])
         return Verdict(READY, FALSE, "ApplyFailed", message, failed=True)
     repository, available, _autoscaler = parts
     if repository.status is FALSE and (repository.failed or repository.reason == CACHE_CLAIM_PENDING):
-        return Verdict(READY, FALSE, repository.reason, repository.message, failed=repository.failed)
+        message = repository.message
+        if available.status is TRUE:
+            message += f"; the previous revision still serves ({available.message})"
+        return Verdict(READY, FALSE, repository.reason, message, failed=repository.failed)
     stuck = _stuck_rollout(md, observed, available)
     if stuck is not None:
         return stuck

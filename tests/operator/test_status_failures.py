@@ -403,3 +403,21 @@ def test_one_line_keeps_the_telling_line_and_bounds_the_length() -> None:
     assert one_line(traceback) == "ValueError: no weights"
     assert one_line("a\n\n  b  c \n") == "b c"
     assert len(one_line("x" * 5000)) == 400
+
+
+def test_a_failed_build_of_a_new_revision_says_the_previous_one_still_serves() -> None:
+    md = md_of({"cache": {"size": "5Gi"}, "replicas": 2})
+    digest = digest_of(md)
+    serving_old = deployment("0000000000000000", replicas=2, available=2)
+    failed_job = {
+        "metadata": {"name": "bert-build-x"},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]},
+    }
+    status = status_of(md, Observed(digest=digest, build_job=failed_job, deployment=serving_old))
+    assert_failure(
+        status,
+        "BuildFailed",
+        Phase.DEGRADED,
+        "build Job bert-build-x failed: BackoffLimitExceeded",
+        "the previous revision still serves (2 of 2 pods available)",
+    )
