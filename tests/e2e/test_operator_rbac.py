@@ -176,6 +176,8 @@ def test_a_refused_child_is_retried_on_the_slow_path_not_left_to_the_resync(
             timeout=REFUSED_RETRY_SECONDS + 10,
         )
         elapsed = time.monotonic() - restored
-        print(f"converged {elapsed:.1f} s after the Role was restored (retry every {REFUSED_RETRY_SECONDS} s)")
+        print(
+            f"converged {elapsed:.1f} s after the Role was restored (retry every {REFUSED_RETRY_SECONDS} s)"
+        )
         assert elapsed <= REFUSED_RETRY_SECONDS + 10, elapsed
         assert lacking.operator.running and lacking.operator.healthy()
