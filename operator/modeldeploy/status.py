@@ -600,7 +600,11 @@ def _stuck_rollout(md: ModelDeployment, observed: Observed, available: Verdict) 
             return None
         problem = Verdict(READY, FALSE, summary.reason, summary.detail, failed=True)
     serving = f"{ready} of {desired} pods still serve"
-    rolling = int(status.get("replicas") or 0) > int(status.get("updatedReplicas") or 0)
+    # A rollout: pods of an older template remain, or the Deployment controller has not even counted the
+    # new one yet (our own apply's response, read in the same round as the new revision's first pods).
+    generation = (observed.deployment.get("metadata") or {}).get("generation")
+    unobserved = generation is not None and int(status.get("observedGeneration") or 0) < int(generation)
+    rolling = unobserved or int(status.get("replicas") or 0) > int(status.get("updatedReplicas") or 0)
     if rolling:
         message = (
             f"the new revision cannot come up ({problem.reason}): {problem.message}; "

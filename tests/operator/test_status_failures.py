@@ -379,6 +379,12 @@ def test_rollout_stuck_says_the_previous_revision_still_serves() -> None:
         "the previous revision still serves (2 of 2 pods ready)",
     )
     assert condition_reason(status, "Available") == "MinimumReplicasAvailable"
+    # The same, read from our own apply's response: the Deployment controller has not counted the new
+    # template yet, but its first pod is already refused.
+    applied = deployment(digest, replicas=2, available=2)
+    applied["metadata"]["generation"] = 2
+    early = status_of(md, Observed(digest=digest, deployment=applied, pods=pods))
+    assert ready_of(early)[1] == "RolloutStuck" and early.phase is Phase.DEGRADED
 
 
 def test_some_pods_failing_outside_a_rollout_is_degraded_with_the_failure_itself() -> None:
