@@ -723,7 +723,16 @@ class ModelDeploymentStatus(ApiModel):
     model_repository: ModelRepositoryStatus | None = Field(
         default=None, description="The generated repository."
     )
-    message: str | None = Field(default=None, description="The most important thing to know right now.")
+    reason: str | None = Field(
+        default=None,
+        description=(
+            "Why the model is (not) Ready, in one CamelCase word: the Ready condition's reason, or what "
+            "degrades a serving model (README: When a model is not Ready)."
+        ),
+    )
+    message: str | None = Field(
+        default=None, description="The most important thing to know right now, on one line."
+    )
 
 
 class ObjectMeta(BaseModel):

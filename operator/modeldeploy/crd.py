@@ -72,6 +72,7 @@ def _printer_columns() -> list[dict[str, Any]]:
     return [
         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.source"},
         {"name": "Format", "type": "string", "jsonPath": ".status.modelRepository.format"},
         {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},

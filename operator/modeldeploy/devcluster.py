@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import typer
+import yaml
 
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 REQUIRED_BINARIES: Final = (*COMPONENTS, "kubectl")
@@ -984,11 +985,153 @@ class DevCluster:
         return all(node.name in ready for node in self.nodes)
 
 
+# Failures a real kubelet would report, played by KWOK Stages (its documented way to drive pod status):
+# the pods of a ModelDeployment whose name (the pod template's modeldeploy.dev/name label) starts with
+# FAULT_PREFIX + a fault below get that status instead of becoming Ready. The end-to-end tests name
+# their ModelDeployments so; `modeldeploy dev up` users can do the same to see what the status says.
+FAULT_PREFIX: Final = "kwok-fault-"
+FAULT_NAME_LABEL: Final = "modeldeploy.dev/name"
+# What Triton's log ends with when a model does not load (what FallbackToLogsOnError makes the
+# termination message).
+FAULT_TRITON_LOG: Final = (
+    "2026-01-01T00:00:00Z I 1 server.cc:674] loading: model:1\n"
+    "2026-01-01T00:00:01Z E 1 model_lifecycle.cc:654] failed to load 'model' version 1: Internal: "
+    "ModuleNotFoundError: No module named 'flash_attn'\n"
+    "2026-01-01T00:00:01Z I 1 server.cc:305] Waiting for in-flight requests to complete.\n"
+    "error: creating server: Internal - failed to load all models"
+)
+_FAULT_COMMON: Final = """\
+{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: ContainersNotReady
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: ContainersNotReady
+  type: ContainersReady
+{{ if .spec.initContainers }}
+initContainerStatuses:
+{{ range .spec.initContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  state:
+    terminated:
+      exitCode: 0
+      reason: Completed
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) \
+( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+startTime: {{ $now | Quote }}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  started: false
+"""
+FAULT_STATUS: Final = {
+    "image-pull": _FAULT_COMMON
+    + """\
+  restartCount: 0
+  state:
+    waiting:
+      reason: ImagePullBackOff
+      message: {{ printf "Back-off pulling image %q: not found" .image | Quote }}
+{{ end }}
+phase: Pending
+""",
+    "crash": _FAULT_COMMON
+    + """\
+  restartCount: 3
+  state:
+    waiting:
+      reason: CrashLoopBackOff
+      message: back-off 40s restarting failed container
+  lastState:
+    terminated:
+      exitCode: 1
+      reason: Error
+      message: TRITON_LOG
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+phase: Running
+""".replace("TRITON_LOG", json.dumps(FAULT_TRITON_LOG)),
+    "oom": _FAULT_COMMON
+    + """\
+  restartCount: 2
+  state:
+    waiting:
+      reason: CrashLoopBackOff
+      message: back-off 20s restarting failed container
+  lastState:
+    terminated:
+      exitCode: 137
+      reason: OOMKilled
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+phase: Running
+""",
+}
+
+
+def _fault_selector(prefix: str) -> str:
+    return f'(.metadata.labels["{FAULT_NAME_LABEL}"] // "") | startswith("{prefix}")'
+
+
+def fault_stages() -> list[dict[str, Any]]:
+    """One KWOK Stage per fault: applied once, to a scheduled pod that has no status yet."""
+    return [
+        {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Stage",
+            "metadata": {"name": f"modeldeploy-fault-{fault}"},
+            "spec": {
+                "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+                "selector": {
+                    "matchExpressions": [
+                        {
+                            "key": _fault_selector(f"{FAULT_PREFIX}{fault}-"),
+                            "operator": "In",
+                            "values": ["true"],
+                        },
+                        {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                        {"key": ".status.podIP", "operator": "DoesNotExist"},
+                    ]
+                },
+                "next": {"statusTemplate": template},
+            },
+        }
+        for fault, template in FAULT_STATUS.items()
+    ]
+
+
 def _kwok_config(stages_file: Path) -> str:
-    # The node and pod stages kwokctl gives this KWOK release (copied by build.sh from its module).
+    # The node and pod stages kwokctl gives this KWOK release (copied by build.sh from its module), the
+    # pod stages kept off the fault pods, plus the fault stages.
     # Options go on the command line instead: a KwokConfiguration in this file would replace KWOK's
     # defaults wholesale (its parallelism settings would be 0) rather than be merged with them.
-    return stages_file.read_text()
+    stages = [doc for doc in yaml.safe_load_all(stages_file.read_text()) if doc]
+    for stage in stages:
+        spec = stage.get("spec") or {}
+        if (spec.get("resourceRef") or {}).get("kind") == "Pod" and stage["metadata"]["name"] != "pod-delete":
+            expressions = spec.setdefault("selector", {}).setdefault("matchExpressions", [])
+            expressions.append(
+                {"key": _fault_selector(FAULT_PREFIX), "operator": "NotIn", "values": ["true"]}
+            )
+    return yaml.safe_dump_all([*stages, *fault_stages()], sort_keys=False)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,10 +18,13 @@ must not cost 500 reconciliations in flight at once):
   find their owner and reconcile it: drift, deletion and readiness are all noticed within a watch
   event, level-based. The same watches fill indices that the reconciler reads instead of the API
   server (`Runtime` is its `Inventory`): which PVCs, Jobs, HPAs and PDBs each ModelDeployment owns, and
-  a summary of each pod.
+  a summary of each pod (its conditions, container states and memory limits: what the failure
+  taxonomy of the status reads).
 * Index and handler functions are `async`: kopf runs plain functions in a thread pool, and every thread
   that allocates gets its own malloc arena, whose freed memory the process rarely gives back.
-* The reconciler posts one Event per condition transition.
+* The reconciler posts one Event per change of Ready (a Warning for a failure, aggregated when it
+  repeats); refused children and unbound cache claims are looked at again on the queue's retry path
+  (`Outcome.retry_after`), not left to the resync.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.core_v1 import Event, Node, PersistentVolumeClaim, Pod, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 
@@ -71,6 +71,9 @@ def kind_of(manifest: Mapping[str, Any]) -> Kind:
     return _BY_KIND[str(manifest["kind"])]
 
 
+# A list of objects (an alias: inside the classes below, `list` is their method).
+Objects = list[dict[str, Any]]
+
 # HTTP statuses worth retrying soon: conflicts, throttling, timeouts and server-side trouble.
 _TRANSIENT_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -100,6 +103,16 @@ class Cluster(Protocol):
         ...
 
     async def create_event(self, event: Mapping[str, Any]) -> None: ...
+
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """Merge-patches an Event; False if it is gone (expired)."""
+        ...
+
+    async def events_for(self, namespace: str, kind: str, name: str) -> Objects:
+        """The Events about one object, oldest first."""
+        ...
+
+    async def nodes(self) -> Objects: ...
 
     async def crd_exists(self, name: str) -> bool: ...
 
@@ -237,6 +250,38 @@ class LightkubeCluster:
             await self._client.create(cast(Event, Event.from_dict(dict(event))))
         except (ApiError, httpx.HTTPError) as exc:
             raise _translate(exc, "create event") from exc
+
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        try:
+            await self._client.patch(
+                Event, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE
+            )
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return False
+            raise _translate(exc, "patch event") from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc, "patch event") from exc
+        return True
+
+    async def events_for(self, namespace: str, kind: str, name: str) -> Objects:
+        selector: dict[str, Any] = {"involvedObject.kind": kind, "involvedObject.name": name}
+        try:
+            found = [
+                _as_dict(item)
+                async for item in self._client.list(Event, namespace=namespace, fields=selector)
+            ]
+        except (ApiError, httpx.HTTPError) as exc:
+            raise _translate(exc, f"list events of {kind} {namespace}/{name}") from exc
+        return sorted(
+            found, key=lambda event: str(event.get("lastTimestamp") or event.get("eventTime") or "")
+        )
+
+    async def nodes(self) -> Objects:
+        try:
+            return [_as_dict(item) async for item in self._client.list(Node)]
+        except (ApiError, httpx.HTTPError) as exc:
+            raise _translate(exc, "list nodes") from exc
 
     async def crd_exists(self, name: str) -> bool:
         try:

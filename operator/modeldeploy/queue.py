@@ -27,8 +27,9 @@ from modeldeploy.reconcile import Outcome
 
 logger = logging.getLogger(__name__)
 
+# After an API error that retrying soon may cure (KubeError.transient: conflicts, throttling, timeouts).
 TRANSIENT_RETRY_SECONDS = 10.0
-# After a crash (a bug, or something the API server said that we did not expect): retry, but slowly.
+# After a crash or an API error that will not go away by itself (a bug, a 403 on a read): retry, slowly.
 ERROR_RETRY_SECONDS = 60.0
 # Reconciliations in flight at once. Each is a short chain of API requests; a few in flight keep the API
 # server busy, more only queue up inside the HTTP client and the API server (holding memory meanwhile).
@@ -115,12 +116,16 @@ class ReconcileQueue:
                 # Retrieved here so that requesters that went away don't leave it unobserved.
                 queued.exception()
                 if retries and uid in self._slots:
-                    transient = isinstance(exc, KubeError)
+                    transient = isinstance(exc, KubeError) and exc.transient
                     self._schedule_retry(
                         uid, slot, TRANSIENT_RETRY_SECONDS if transient else ERROR_RETRY_SECONDS
                     )
                 return
             queued.set_result(outcome)
+            if outcome is not None and outcome.retry_after is not None and uid in self._slots:
+                # Something was refused or is still settling, and no watch event will say when it is
+                # worth another look (whoever asked for this run, the retry is ours to schedule).
+                self._schedule_retry(uid, slot, outcome.retry_after)
 
     async def _run(self, uid: str, slot: _Slot, trigger: str) -> Outcome | None:
         body = self._latest(uid)

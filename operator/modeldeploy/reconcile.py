@@ -4,8 +4,9 @@ One `reconcile()` serves every trigger (create, update, resume, a child's watch 
 resync). It is an ordered list of small idempotent `ensure_*` steps; each reads the live object, applies
 the desired manifest with server-side apply (field manager `modeldeploy`, force) only when the live object
 does not already say everything the manifest says, and prunes the children this ModelDeployment owns but
-no longer wants. The status is written only when it changed, and an Event is posted per condition
-transition — so a converged cluster sees no write requests at all.
+no longer wants. The status is written only when it changed, and an Event is posted per change of Ready
+(a repeat of a recent one bumps that Event's count instead) — so a converged cluster sees no write
+requests at all.
 """
 
 from __future__ import annotations
@@ -52,20 +53,29 @@ from modeldeploy.names import label_value
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
     Observed,
+    Transition,
     comparable,
     compute_status,
     deployed_digest,
     invalid_spec_status,
     job_outcome,
+    node_summary,
     now_rfc3339,
+    pod_summary,
     transitions,
 )
 
 logger = logging.getLogger(__name__)
 
 CAPABILITIES_TTL_SECONDS = 60.0
-# After the API server refused a child (quota, admission webhook, immutable field): retry, but slowly.
-REFUSED_RETRY_SECONDS = 60.0
+# Set by the Job controller on its pods.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+# After the API server refused a child (RBAC, admission webhook, immutable field): retry, but slowly.
+REFUSED_RETRY_SECONDS = 30.0
+# While the cache claim is unbound: what explains it are Events, which do not trigger a reconciliation.
+UNBOUND_CLAIM_RETRY_SECONDS = 10.0
+# An Event repeating a recent one (same reason and type) within this window bumps its count instead.
+EVENT_AGGREGATION_SECONDS = 600.0
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
@@ -179,6 +189,9 @@ class Reconciler:
         self._clock = clock
         self._capabilities: tuple[float, ClusterCapabilities] | None = None
         self._status_memory: dict[str, _StatusMemory] = {}
+        self._nodes: tuple[float, list[dict[str, Any]] | None] | None = None
+        # uid -> (reason, type) -> the Event last posted for it: (name, count, monotonic time).
+        self._posted: dict[str, dict[tuple[str, str], tuple[str, int, float]]] = {}
         self._instance = socket.gethostname()
         self.steps: list[Callable[[_Round], Awaitable[None]]] = [
             self.ensure_cache_claim,
@@ -190,6 +203,7 @@ class Reconciler:
             self.ensure_service_monitor,
             self.prune_build_jobs,
             self.observe_pods,
+            self.observe_nodes,
         ]
 
     # ------------------------------------------------------------------------------------ entry point
@@ -225,13 +239,40 @@ class Reconciler:
         return Outcome(
             writes=current.writes,
             ready=ready_condition.status.value == "True",
-            retry_after=REFUSED_RETRY_SECONDS if current.refused else None,
+            retry_after=self._retry_after(current),
             message=ready_condition.message,
         )
+
+    @staticmethod
+    def _retry_after(current: _Round) -> float | None:
+        """When to look again although no watch event will say so (the queue schedules it)."""
+        if current.refused:
+            return REFUSED_RETRY_SECONDS
+        claim = current.observed.cache_claim
+        if claim is not None and (claim.get("status") or {}).get("phase") != "Bound":
+            return UNBOUND_CLAIM_RETRY_SECONDS
+        return None
 
     def forget(self, uid: str) -> None:
         """Drop what we remember about a deleted ModelDeployment."""
         self._status_memory.pop(uid, None)
+        self._posted.pop(uid, None)
+
+    async def nodes(self) -> list[dict[str, Any]] | None:
+        """The nodes' GPU products and allocatable GPUs (cached like the capabilities; None if the
+        operator may not list nodes, in which case only the scheduler's word is reported)."""
+        now = self._clock()
+        if self._nodes is not None and now - self._nodes[0] < self._capabilities_ttl:
+            return self._nodes[1]
+        try:
+            found: list[dict[str, Any]] | None = [node_summary(node) for node in await self.cluster.nodes()]
+        except KubeError as exc:
+            if exc.transient:
+                raise
+            logger.warning("cannot list nodes (%s); placement is reported from the scheduler only", exc)
+            found = None
+        self._nodes = (now, found)
+        return found
 
     # ------------------------------------------------------------------------------------ capabilities
 
@@ -323,13 +364,27 @@ class Reconciler:
         names = current.desired.owner.names
         if manifest is not None:
             current.observed.cache_claim = await self._apply_if_needed(current, manifest)
-            return
-        await self._prune(current, PERSISTENT_VOLUME_CLAIM, names.cache_claim)
-        cache = current.md.spec.cache
-        if cache is not None and cache.claim_name:
-            current.observed.cache_claim = await self.cluster.get(
-                PERSISTENT_VOLUME_CLAIM, current.md.metadata.namespace, cache.claim_name
-            )
+        else:
+            await self._prune(current, PERSISTENT_VOLUME_CLAIM, names.cache_claim)
+            cache = current.md.spec.cache
+            if cache is not None and cache.claim_name:
+                current.observed.cache_claim = await self.cluster.get(
+                    PERSISTENT_VOLUME_CLAIM, current.md.metadata.namespace, cache.claim_name
+                )
+        claim = current.observed.cache_claim
+        if claim is not None and (claim.get("status") or {}).get("phase") != "Bound":
+            # Only the claim's Events say why it is unbound (no such StorageClass, no volume fits).
+            try:
+                events = await self.cluster.events_for(
+                    current.md.metadata.namespace, "PersistentVolumeClaim", claim["metadata"]["name"]
+                )
+            except KubeError as exc:
+                if exc.transient:
+                    raise
+                # A role without `list` on events (an older chart): the status says "not bound yet" only.
+                logger.warning("cannot read the Events of claim %s: %s", claim["metadata"]["name"], exc)
+                events = []
+            current.observed.claim_events = [event for event in events if event.get("type") == "Warning"]
 
     async def ensure_build_job(self, current: _Round) -> None:
         manifest = current.desired.build_job
@@ -435,11 +490,18 @@ class Reconciler:
             await self._delete(current, JOB, job["metadata"]["name"])
 
     async def observe_pods(self, current: _Round) -> None:
-        if current.md.spec.cache is not None:
-            return  # the build Job reports on the repository; pods don't build
         namespace, labels = current.md.metadata.namespace, selector_labels(current.desired.owner)
         pods = self.inventory.pods(namespace, labels) if self.inventory is not None else None
         current.observed.pods = pods if pods is not None else await self.cluster.list(POD, namespace, labels)
+        job = current.observed.build_job
+        if job is not None and job_outcome(job)[0] == "running":
+            # Why a build does not progress (image pull, scheduling, OOM) shows only on its pods.
+            build_pods = await self.cluster.list(POD, namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
+            current.observed.build_pods = [pod_summary(pod) for pod in build_pods]
+
+    async def observe_nodes(self, current: _Round) -> None:
+        if current.md.spec.resources.gpus > 0:
+            current.observed.nodes = await self.nodes()
 
     # ------------------------------------------------------------------------------------ status
 
@@ -476,20 +538,34 @@ class Reconciler:
         )
         writes = 1
         for transition in transitions(previous, status):
-            event = self._event(body, transition.event_type, transition.reason, self._event_text(transition))
             try:
-                await self.cluster.create_event(event)
+                writes += await self._post(body, transition)
             except KubeError as exc:
                 logger.warning("could not post an Event on %s/%s: %s", namespace, name, exc)
-                continue
-            self.metrics.writes.labels(kind="Event", verb="create").inc()
-            writes += 1
         return writes
 
-    @staticmethod
-    def _event_text(transition: Any) -> str:
-        text = f"{transition.condition} is {transition.status.value}"
-        return f"{text}: {transition.message}" if transition.message else text
+    async def _post(self, body: Mapping[str, Any], transition: Transition) -> int:
+        """Post the Event of a change of Ready; a repeat of a recent one (a flapping pod) bumps its count
+        instead, as the kubelet's Event correlator does."""
+        metadata = body["metadata"]
+        namespace = metadata.get("namespace", "default")
+        message = f"Ready is {transition.status.value}: {transition.message}"
+        posted = self._posted.setdefault(str(metadata["uid"]), {})
+        key = (transition.reason, transition.event_type)
+        now = self._clock()
+        recent = posted.get(key)
+        if recent is not None and now - recent[2] < EVENT_AGGREGATION_SECONDS:
+            event_name, count, _ = recent
+            patch = {"count": count + 1, "lastTimestamp": now_rfc3339(), "message": message[:1024]}
+            if await self.cluster.patch_event(namespace, event_name, patch):
+                posted[key] = (event_name, count + 1, now)
+                self.metrics.writes.labels(kind="Event", verb="patch").inc()
+                return 1
+        event = self._event(body, transition.event_type, transition.reason, message)
+        await self.cluster.create_event(event)
+        posted[key] = (event["metadata"]["name"], 1, now)
+        self.metrics.writes.labels(kind="Event", verb="create").inc()
+        return 1
 
     def _event(self, body: Mapping[str, Any], event_type: str, reason: str, message: str) -> dict[str, Any]:
         metadata = body["metadata"]

@@ -8,6 +8,7 @@ yields an identical object and the operator writes nothing.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,9 +38,38 @@ CONDITION_TYPES = (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, READY)
 INVALID_SPEC = "InvalidSpec"
 BUILDER_CONTAINER = "model-builder"
 
+TRITON_CONTAINER = "triton"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
-# Reasons of a not-yet-True condition that are the normal way there, not a problem (Normal Events).
-PROGRESS_REASONS = frozenset({"Pending", "NoPods", "Building", "RollingOut", "PodsStarting"})
+
+# The failure taxonomy (README "When a model is not Ready"): the reasons that need someone to act. Their
+# order is their specificity: when pods fail in several ways, the status names the first and counts the rest.
+OUT_OF_MEMORY = "OutOfMemory"
+BUILD_FAILED = "BuildFailed"
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CREATE_FAILED = "CreateFailed"
+QUOTA_EXCEEDED = "QuotaExceeded"
+UNSCHEDULABLE = "Unschedulable"
+CACHE_CLAIM_PENDING = "CacheClaimPending"
+ROLLOUT_STUCK = "RolloutStuck"
+POD_FAILURE_ORDER = (
+    OUT_OF_MEMORY,
+    BUILD_FAILED,
+    MODEL_LOAD_FAILED,
+    IMAGE_PULL_FAILED,
+    CREATE_FAILED,
+    UNSCHEDULABLE,
+)
+IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+CREATE_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+# An error line of Triton's log, in its default format (E1202 12:00:00.000 ...) or ISO8601 (as the
+# Deployment sets it: 2026-12-02T12:00:00Z E 1 ...).
+_LOGGED_ERROR = re.compile(r"^(?:E\d{4}\s|\d{4}-\d\d-\d\dT\S+\s+E\s)")
+# How much of a quoted message (a termination message is up to Triton's last 80 log lines) a status keeps.
+QUOTE_LIMIT = 400
 
 
 def now_rfc3339() -> str:
@@ -54,6 +84,8 @@ class Verdict:
     status: ConditionStatus
     reason: str
     message: str
+    # Someone has to act (a Warning; phase Failed, or Degraded while something still serves).
+    failed: bool = False
 
 
 @dataclass
@@ -67,6 +99,12 @@ class Observed:
     autoscaler: dict[str, Any] | None = None
     keda_installed: bool = True
     pods: list[dict[str, Any]] = field(default_factory=list)
+    # The build Job's pods (with a cache), as pod_summary() keeps them.
+    build_pods: list[dict[str, Any]] = field(default_factory=list)
+    # The nodes, as node_summary() keeps them; None: not known (not read, or not readable).
+    nodes: list[dict[str, Any]] | None = None
+    # Warning Events of the cache claim, newest last (read only while the claim is unbound).
+    claim_events: list[dict[str, Any]] = field(default_factory=list)
     # Children the API server refused (e.g. an admission webhook or quota); shown, then retried.
     apply_errors: list[str] = field(default_factory=list)
 
@@ -103,33 +141,150 @@ def job_outcome(job: dict[str, Any] | None) -> tuple[str, str]:
     return "running", ""
 
 
-def _pod_build_failure(pods: list[dict[str, Any]]) -> str | None:
-    """The first pod whose builder init container failed, as a message."""
-    for pod in pods:
-        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") != BUILDER_CONTAINER:
-                continue
-            state = status.get("state") or {}
-            last = (status.get("lastState") or {}).get("terminated") or {}
-            terminated = state.get("terminated") or {}
-            waiting = state.get("waiting") or {}
-            if terminated and terminated.get("exitCode", 0) != 0:
-                detail = (
-                    terminated.get("message")
-                    or terminated.get("reason")
-                    or f"exit code {terminated['exitCode']}"
-                )
-                return f"pod {_name(pod)}: model build failed: {str(detail).strip()}"
-            if waiting.get("reason") == "CrashLoopBackOff":
-                detail = last.get("message") or last.get("reason") or waiting.get("message") or "crash loop"
-                return f"pod {_name(pod)}: model build keeps failing: {str(detail).strip()}"
+def one_line(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """A (possibly multi-line) message from Kubernetes as one line a person can read at a glance.
+
+    A termination message of FallbackToLogsOnError is the tail of a log. In Triton's, the first error line
+    is the cause ("failed to load 'bert' version 1: ...") and later ones its consequences ("failed to load
+    all models"); elsewhere (a Python traceback) the last line mentioning an error is."""
+    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) > 1:
+        logged = [line for line in lines if _LOGGED_ERROR.match(line)]
+        telling = [line for line in lines if any(w in line.lower() for w in ("error", "fail", "unable"))]
+        lines = [logged[0] if logged else telling[-1] if telling else lines[-1]]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why one pod does not serve: a reason of the taxonomy and what Kubernetes said."""
+
+    reason: str
+    detail: str
+
+
+def _terminated_detail(terminated: Mapping[str, Any]) -> str:
+    message = terminated.get("message")
+    if message:
+        return one_line(str(message))
+    reason = terminated.get("reason") or "Error"
+    return f"{reason}, exit code {terminated.get('exitCode', '?')}"
+
+
+def _limit_of(pod: Mapping[str, Any], container: str, resource: str) -> str | None:
+    spec = pod.get("spec") or {}
+    for item in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if item.get("name") == container:
+            value = ((item.get("resources") or {}).get("limits") or {}).get(resource)
+            return str(value) if value is not None else None
     return None
 
 
+def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any], builder: bool) -> PodProblem | None:
+    name = str(status.get("name", "?"))
+    state = status.get("state") or {}
+    waiting = state.get("waiting") or {}
+    terminated = state.get("terminated") or {}
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    for ended in (terminated, last):
+        if ended.get("reason") == "OOMKilled":
+            limit = _limit_of(pod, name, "memory")
+            at = f"its memory limit of {limit}" if limit else "the node's memory (no memory limit set)"
+            fix = (
+                "raise spec.resources.limits.memory (and requests), or serve fewer instances per device"
+                if not builder
+                else "the builder needs more memory for this checkpoint"
+            )
+            return PodProblem(OUT_OF_MEMORY, f"container {name} was OOMKilled at {at}; {fix}")
+    if waiting.get("reason") in IMAGE_PULL_WAITING:
+        detail = one_line(str(waiting.get("message") or waiting["reason"]))
+        return PodProblem(
+            IMAGE_PULL_FAILED, f"cannot pull image {status.get('image', '?')} ({waiting['reason']}): {detail}"
+        )
+    if waiting.get("reason") in CREATE_WAITING:
+        detail = one_line(str(waiting.get("message") or waiting["reason"]))
+        return PodProblem(CREATE_FAILED, f"container {name} cannot start ({waiting['reason']}): {detail}")
+    crashed = terminated if terminated and int(terminated.get("exitCode", 0) or 0) != 0 else None
+    if crashed is None and waiting.get("reason") == "CrashLoopBackOff":
+        crashed = last or {"reason": "CrashLoopBackOff"}
+    if crashed is None:
+        return None
+    if builder:
+        return PodProblem(BUILD_FAILED, f"model build failed: {_terminated_detail(crashed)}")
+    return PodProblem(MODEL_LOAD_FAILED, f"Triton exited: {_terminated_detail(crashed)}")
+
+
+def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
+    """The most specific reason this pod cannot serve, if it is one of the taxonomy's."""
+    status = pod.get("status") or {}
+    found = [
+        problem
+        for builder, key in ((True, "initContainerStatuses"), (False, "containerStatuses"))
+        for container in status.get(key) or []
+        if (
+            problem := _container_problem(
+                pod, container, builder or container.get("name") == BUILDER_CONTAINER
+            )
+        )
+    ]
+    scheduled = _conditions_of(dict(pod)).get("PodScheduled") or {}
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        found.append(PodProblem(UNSCHEDULABLE, one_line(str(scheduled.get("message") or "no node fits"))))
+    if not found:
+        return None
+    return min(found, key=lambda problem: POD_FAILURE_ORDER.index(problem.reason))
+
+
+_WHAT = {
+    OUT_OF_MEMORY: "run out of memory",
+    BUILD_FAILED: "fail to build the model repository",
+    MODEL_LOAD_FAILED: "fail to load the model",
+    IMAGE_PULL_FAILED: "cannot pull an image",
+    CREATE_FAILED: "cannot start a container",
+    UNSCHEDULABLE: "cannot be scheduled",
+}
+
+
+def summarize_pod_problems(pods: list[dict[str, Any]]) -> PodProblem | None:
+    """The most specific failure among `pods`, counted ("2 of 3 pods …"), with the others counted too."""
+    problems = [problem for pod in pods if (problem := pod_problem(pod)) is not None]
+    if not problems:
+        return None
+    by_reason: dict[str, list[PodProblem]] = {}
+    for problem in problems:
+        by_reason.setdefault(problem.reason, []).append(problem)
+    reasons = sorted(by_reason, key=POD_FAILURE_ORDER.index)
+    first = by_reason[reasons[0]]
+    message = f"{len(first)} of {len(pods)} pods {_WHAT[reasons[0]]}: {first[-1].detail}"
+    others = [f"{len(by_reason[reason])} {_WHAT[reason]} ({reason})" for reason in reasons[1:]]
+    if others:
+        message += "; also " + ", ".join(others)
+    return PodProblem(reasons[0], message)
+
+
+def _builder_running(pods: list[dict[str, Any]]) -> bool:
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if status.get("name") == BUILDER_CONTAINER and "running" in (status.get("state") or {}):
+                return True
+    return False
+
+
+def _kept_container(container: Mapping[str, Any]) -> dict[str, Any]:
+    memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    kept: dict[str, Any] = {"name": container.get("name"), "image": container.get("image")}
+    if memory is not None:
+        kept["resources"] = {"limits": {"memory": memory}}
+    return kept
+
+
 def pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of the parts of a pod that the status reads (name, repository digest, Ready condition,
-    builder container): what the operator keeps of each pod it watches."""
+    """A copy of the parts of a pod that the status reads (name, repository digest, Ready and PodScheduled
+    conditions, container states, memory limits): what the operator keeps of each pod it watches."""
     metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
     status = pod.get("status") or {}
     digest = (metadata.get("annotations") or {}).get(MODEL_DIGEST_ANNOTATION)
     return copy.deepcopy(
@@ -138,14 +293,58 @@ def pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
                 "name": metadata.get("name"),
                 "annotations": {MODEL_DIGEST_ANNOTATION: digest} if digest is not None else {},
             },
+            "spec": {
+                "initContainers": [_kept_container(c) for c in spec.get("initContainers") or []],
+                "containers": [_kept_container(c) for c in spec.get("containers") or []],
+            },
             "status": {
-                "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"],
-                "initContainerStatuses": [
-                    s for s in status.get("initContainerStatuses") or [] if s.get("name") == BUILDER_CONTAINER
+                "conditions": [
+                    c for c in status.get("conditions") or [] if c.get("type") in ("Ready", "PodScheduled")
                 ],
+                "initContainerStatuses": list(status.get("initContainerStatuses") or []),
+                "containerStatuses": list(status.get("containerStatuses") or []),
             },
         }
     )
+
+
+def node_summary(node: Mapping[str, Any]) -> dict[str, Any]:
+    """What the early placement warning reads of a node: its GPU product and allocatable GPUs."""
+    metadata = node.get("metadata") or {}
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    return {
+        "name": metadata.get("name"),
+        "product": (metadata.get("labels") or {}).get(GPU_PRODUCT_LABEL),
+        "gpus": int(str(allocatable.get(GPU_RESOURCE, "0")) or 0),
+        "unschedulable": bool((node.get("spec") or {}).get("unschedulable")),
+    }
+
+
+def placement_warning(md: ModelDeployment, nodes: list[dict[str, Any]] | None) -> str | None:
+    """Why no node can take the pods, when the nodes alone tell (before the scheduler has to)."""
+    gpus, product = md.spec.resources.gpus, md.spec.resources.gpu_product
+    if gpus == 0 or nodes is None:
+        return None
+    usable = [node for node in nodes if not node["unschedulable"]]
+    if product is not None:
+        products = sorted({str(node["product"]) for node in usable if node["product"]})
+        matching = [node for node in usable if node["product"] == product]
+        if not matching:
+            have = ", ".join(products) if products else "none"
+            return (
+                f"no node has {GPU_PRODUCT_LABEL}={product} (products in the cluster: {have}); "
+                "fix spec.resources.gpuProduct or add such nodes"
+            )
+        usable = matching
+    most = max(usable, key=lambda node: node["gpus"], default=None)
+    if most is None or most["gpus"] < gpus:
+        where = f" with {product}" if product else ""
+        best = f"the most is {most['gpus']} on {most['name']}" if most and most["gpus"] else "none has any"
+        return (
+            f"no node{where} has {gpus} allocatable {GPU_RESOURCE} ({best}); "
+            "lower spec.resources.gpus or add bigger nodes"
+        )
+    return None
 
 
 def _pod_is_ready(pod: dict[str, Any]) -> bool:
@@ -159,6 +358,28 @@ def _desired_replicas(md: ModelDeployment, deployment: dict[str, Any] | None) ->
     return int(live) if live is not None else max(md.spec.autoscaling.min_replicas, 1)
 
 
+def claim_verdict(observed: Observed) -> Verdict | None:
+    """CacheClaimPending while the cache claim is not bound: a failure once its Events say why."""
+    claim = observed.cache_claim
+    if claim is None:
+        return None
+    phase = (claim.get("status") or {}).get("phase")
+    if phase == "Bound":
+        return None
+    warnings = [event for event in observed.claim_events if event.get("type") == "Warning"]
+    storage_class = (claim.get("spec") or {}).get("storageClassName")
+    of_class = f" (storageClassName {storage_class!r})" if storage_class else ""
+    if warnings:
+        latest = warnings[-1]
+        message = (
+            f"cache claim {_name(claim)}{of_class} is {phase or 'not bound'}: "
+            f"{latest.get('reason')}: {one_line(str(latest.get('message', '')))}"
+        )
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, CACHE_CLAIM_PENDING, message, failed=True)
+    message = f"cache claim {_name(claim)}{of_class} is {phase or 'not bound'} yet"
+    return Verdict(MODEL_REPOSITORY_READY, FALSE, CACHE_CLAIM_PENDING, message)
+
+
 def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     digest = observed.digest
     if md.spec.cache is not None:
@@ -170,18 +391,38 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
             return Verdict(
                 MODEL_REPOSITORY_READY,
                 FALSE,
-                "BuildFailed",
-                f"build Job {_name(job)} failed: {detail} (fix the spec, or delete the Job to retry)",
+                BUILD_FAILED,
+                f"build Job {_name(job)} failed: {one_line(detail)} "
+                "(fix the spec, or delete the Job to retry)",
+                failed=True,
             )
-        message = f"build Job {_name(job)} is building repository {digest}"
-        claim_phase = ((observed.cache_claim or {}).get("status") or {}).get("phase")
-        if observed.cache_claim is not None and claim_phase != "Bound":
-            message += f"; claim {_name(observed.cache_claim)} is {claim_phase or 'not bound yet'}"
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", message)
-    failure = _pod_build_failure(observed.pods)
-    if failure is not None:
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, "BuildFailed", failure)
+        pending = claim_verdict(observed)
+        if pending is not None:
+            return pending
+        problem = summarize_pod_problems(observed.build_pods)
+        if problem is not None:
+            message = f"build Job {_name(job)}: {problem.detail.replace('pods', 'builder pods', 1)}"
+            return Verdict(MODEL_REPOSITORY_READY, FALSE, problem.reason, message, failed=True)
+        if job is None:
+            return Verdict(
+                MODEL_REPOSITORY_READY,
+                FALSE,
+                "Pending",
+                f"the build Job of repository {digest} is not created yet",
+            )
+        return Verdict(
+            MODEL_REPOSITORY_READY,
+            FALSE,
+            "Building",
+            f"build Job {_name(job)} is building repository {digest}",
+        )
     current = [pod for pod in observed.pods if _pod_digest(pod) == digest]
+    builds = [pod for pod in current if (p := pod_problem(pod)) is not None and p.reason == BUILD_FAILED]
+    if builds:
+        problem = summarize_pod_problems(builds)
+        assert problem is not None
+        message = problem.detail.replace(f"of {len(builds)} pods", f"of {len(current)} pods", 1)
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, BUILD_FAILED, message, failed=True)
     if any(_pod_is_ready(pod) for pod in current):
         return Verdict(
             MODEL_REPOSITORY_READY,
@@ -196,13 +437,44 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
             "NoPods",
             "each pod builds the repository when it starts; none runs",
         )
-    return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", f"pods are building repository {digest}")
+    if _builder_running(current):
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", f"pods are building repository {digest}")
+    # Nobody builds yet (pods unscheduled, pulling images, or not created): not Building, not a failure.
+    return Verdict(
+        MODEL_REPOSITORY_READY,
+        UNKNOWN,
+        "NotStarted",
+        f"each pod builds repository {digest} when it starts; none has started building",
+    )
 
 
 def _pod_digest(pod: dict[str, Any]) -> str | None:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     value = annotations.get(MODEL_DIGEST_ANNOTATION)
     return str(value) if value else None
+
+
+def replica_failure(deployment: dict[str, Any] | None) -> Verdict | None:
+    """QuotaExceeded / CreateFailed: the ReplicaSet cannot create pods (the Deployment controller copies
+    the new ReplicaSet's ReplicaFailure condition, FailedCreate, onto the Deployment)."""
+    failure = _conditions_of(deployment).get("ReplicaFailure") or {}
+    if failure.get("status") != "True":
+        return None
+    text = one_line(str(failure.get("message") or failure.get("reason") or "FailedCreate"))
+    reason = QUOTA_EXCEEDED if "exceeded quota" in text else CREATE_FAILED
+    fix = "raise the namespace's ResourceQuota or lower the request" if reason == QUOTA_EXCEEDED else ""
+    message = f"the ReplicaSet cannot create pods: {text}" + (f"; {fix}" if fix else "")
+    return Verdict(AVAILABLE, FALSE, reason, message, failed=True)
+
+
+def _serving_pods_problem(md: ModelDeployment, observed: Observed) -> PodProblem | None:
+    """The pods' failure; for Unschedulable, with what the nodes tell (the scheduler says "Insufficient
+    nvidia.com/gpu", the nodes say how many the biggest one has)."""
+    problem = summarize_pod_problems(observed.pods)
+    if problem is None or problem.reason != UNSCHEDULABLE:
+        return problem
+    warning = placement_warning(md, observed.nodes)
+    return problem if warning is None else PodProblem(UNSCHEDULABLE, f"{problem.detail}; {warning}")
 
 
 def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
@@ -221,12 +493,27 @@ def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
         return Verdict(
             AVAILABLE, TRUE, "MinimumReplicasAvailable", f"{available} of {desired} pods available"
         )
+    refused = replica_failure(deployment)
+    if refused is not None:
+        return refused
+    problem = _serving_pods_problem(md, observed)
+    if problem is not None:
+        return Verdict(AVAILABLE, FALSE, problem.reason, problem.detail, failed=True)
     progressing = _conditions_of(deployment).get("Progressing", {})
     if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return Verdict(AVAILABLE, FALSE, "ProgressDeadlineExceeded", str(progressing.get("message", "")))
+        return Verdict(
+            AVAILABLE,
+            FALSE,
+            "ProgressDeadlineExceeded",
+            one_line(str(progressing.get("message", ""))),
+            failed=True,
+        )
+    warning = placement_warning(md, observed.nodes)
+    if warning is not None:
+        return Verdict(AVAILABLE, FALSE, UNSCHEDULABLE, warning, failed=True)
     if progressing.get("reason") == "NewReplicaSetAvailable":
         # The rollout had finished, yet nothing serves now: pods failed after starting.
-        return Verdict(AVAILABLE, FALSE, "NoReplicasAvailable", f"0 of {desired} pods available")
+        return Verdict(AVAILABLE, FALSE, "NoReplicasAvailable", f"0 of {desired} pods available", failed=True)
     return Verdict(AVAILABLE, FALSE, "PodsStarting", f"0 of {desired} pods available yet")
 
 
@@ -298,10 +585,50 @@ def _rollout_gap(md: ModelDeployment, observed: Observed) -> str | None:
     return None
 
 
+def _stuck_rollout(md: ModelDeployment, observed: Observed, available: Verdict) -> Verdict | None:
+    """RolloutStuck: the new revision's pods cannot come up while the previous revision keeps serving;
+    or, outside a rollout, some pods fail while others serve (the failure's own reason, Degraded)."""
+    if available.status is not TRUE or observed.deployment is None:
+        return None
+    status = observed.deployment.get("status") or {}
+    desired = _desired_replicas(md, observed.deployment)
+    ready = int(status.get("readyReplicas") or 0)
+    problem = replica_failure(observed.deployment)
+    if problem is None:
+        summary = _serving_pods_problem(md, observed)
+        if summary is None:
+            return None
+        problem = Verdict(READY, FALSE, summary.reason, summary.detail, failed=True)
+    serving = f"{ready} of {desired} pods still serve"
+    # A rollout: pods of an older template remain, or the Deployment controller has not even counted the
+    # new one yet (our own apply's response, read in the same round as the new revision's first pods).
+    generation = (observed.deployment.get("metadata") or {}).get("generation")
+    unobserved = generation is not None and int(status.get("observedGeneration") or 0) < int(generation)
+    rolling = unobserved or int(status.get("replicas") or 0) > int(status.get("updatedReplicas") or 0)
+    if rolling:
+        message = (
+            f"the new revision cannot come up ({problem.reason}): {problem.message}; "
+            f"the previous revision still serves ({ready} of {desired} pods ready)"
+        )
+        return Verdict(READY, FALSE, ROLLOUT_STUCK, message, failed=True)
+    return Verdict(READY, FALSE, problem.reason, f"{problem.message}; {serving}", failed=True)
+
+
 def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict]) -> Verdict:
     if observed.apply_errors:
-        return Verdict(READY, FALSE, "ApplyFailed", "; ".join(observed.apply_errors))
+        message = "; ".join(one_line(error) for error in observed.apply_errors)
+        return Verdict(READY, FALSE, "ApplyFailed", message, failed=True)
     repository, available, _autoscaler = parts
+    if repository.status is FALSE and (repository.failed or repository.reason == CACHE_CLAIM_PENDING):
+        message = repository.message
+        if available.status is TRUE:
+            message += f"; the previous revision still serves ({available.message})"
+        return Verdict(READY, FALSE, repository.reason, message, failed=repository.failed)
+    stuck = _stuck_rollout(md, observed, available)
+    if stuck is not None:
+        return stuck
+    if available.failed:
+        return Verdict(READY, FALSE, available.reason, available.message, failed=True)
     if repository.status is FALSE:
         return Verdict(READY, FALSE, repository.reason, repository.message)
     if available.status is not TRUE:
@@ -317,14 +644,13 @@ def _phase(verdicts: dict[str, Verdict]) -> Phase:
     repository, available, autoscaler, ready = (verdicts[t] for t in CONDITION_TYPES)
     if ready.status is TRUE:
         return Phase.DEGRADED if autoscaler.status is FALSE else Phase.READY
-    if repository.reason == "BuildFailed" or ready.reason == "ApplyFailed":
+    if ready.failed:
+        # Something needs fixing; Degraded while an earlier revision (or some pods) still serves.
         return Phase.DEGRADED if available.status is TRUE else Phase.FAILED
-    if repository.status is FALSE:
+    if repository.reason == "Building":
         return Phase.BUILDING
     if available.status is TRUE:
         return Phase.DEPLOYING
-    if available.reason == "ProgressDeadlineExceeded":
-        return Phase.FAILED
     return Phase.DEPLOYING if observed_some_pods(verdicts) else Phase.PENDING
 
 
@@ -378,9 +704,14 @@ def compute_status(
     desired = _desired_replicas(md, observed.deployment)
     ready_replicas = int(deployment_status.get("readyReplicas") or 0)
     ready = verdicts[READY]
+    phase = _phase(verdicts)
+    # What `kubectl get` shows: Ready's reason, or what degrades a serving model.
+    headline = ready
+    if ready.status is TRUE and verdicts[AUTOSCALER_READY].status is FALSE:
+        headline = verdicts[AUTOSCALER_READY]
     return ModelDeploymentStatus(
         observed_generation=generation,
-        phase=_phase(verdicts),
+        phase=phase,
         conditions=[_with_times(verdicts[kind], before, generation, now) for kind in CONDITION_TYPES],
         replicas=int(deployment_status.get("replicas") or 0),
         ready_replicas=ready_replicas,
@@ -390,7 +721,8 @@ def compute_status(
         model_repository=ModelRepositoryStatus(
             digest=observed.digest, format=resolved_format(md), task=md.spec.model.task
         ),
-        message=ready.message if ready.status is not TRUE else None,
+        reason=headline.reason,
+        message=one_line(headline.message, limit=1024) if phase is not Phase.READY else None,
     )
 
 
@@ -412,7 +744,8 @@ def invalid_spec_status(
             "observed_generation": generation,
             "phase": Phase.FAILED,
             "conditions": [*kept, ready],
-            "message": message,
+            "reason": INVALID_SPEC,
+            "message": one_line(message, limit=1024),
         }
     )
 
@@ -432,22 +765,37 @@ def comparable(status: ModelDeploymentStatus | dict[str, Any] | None) -> dict[st
 
 @dataclass(frozen=True)
 class Transition:
-    condition: str
+    """A change of Ready (its status or its reason): one Event."""
+
     status: ConditionStatus
     reason: str
     message: str
+    # Warning when someone has to act (phase Failed or Degraded), Normal for progress.
+    event_type: str
 
-    @property
-    def event_type(self) -> str:
-        return "Normal" if self.status is TRUE or self.reason in PROGRESS_REASONS else "Warning"
+
+def _failing(status: ModelDeploymentStatus | None, ready: Condition | None) -> bool:
+    return (
+        ready is not None
+        and ready.status is not TRUE
+        and status is not None
+        and status.phase
+        in (
+            Phase.FAILED,
+            Phase.DEGRADED,
+        )
+    )
 
 
 def transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymentStatus) -> list[Transition]:
-    """Conditions whose status or reason changed: one Event each."""
-    before = _previous_conditions(previous)
-    changed = []
-    for condition in current.conditions or []:
-        old = before.get(condition.type)
-        if old is None or old.status != condition.status or old.reason != condition.reason:
-            changed.append(Transition(condition.type, condition.status, condition.reason, condition.message))
-    return changed
+    """The change of Ready, if any: one Event per change of its status or reason (or of whether it is a
+    failure: an unbound claim becomes one once its Events say why), not one per condition or per pod."""
+    old = _previous_conditions(previous).get(READY)
+    new = _previous_conditions(current).get(READY)
+    failing = _failing(current, new)
+    if new is None or (
+        old is not None
+        and (old.status, old.reason, _failing(previous, old)) == (new.status, new.reason, failing)
+    ):
+        return []
+    return [Transition(new.status, new.reason, new.message, "Warning" if failing else "Normal")]

@@ -44,9 +44,12 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     Permission("keda.sh", "scaledobjects", CRUD, "watched"),
     Permission("monitoring.coreos.com", "servicemonitors", CRUD, "watched"),
     Permission("", "pods", READ, "watched"),
-    Permission("", "events", ("create", "patch"), "watched"),
+    # list: the Events of an unbound cache claim say why (status reason CacheClaimPending).
+    Permission("", "events", ("create", "patch", "list"), "watched"),
     Permission("events.k8s.io", "events", ("create", "patch"), "watched"),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", READ, "cluster"),
+    # The early placement warning: which GPU products and how many allocatable GPUs the nodes have.
+    Permission("", "nodes", ("list",), "cluster"),
     Permission("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch"), "peering-cluster"),
     Permission("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch"), "peering-watched"),
 )

@@ -124,7 +124,66 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
         ),
         "Degraded",
         "0/2 replicas ready",
+        "Failed",
+    ),
+    # The failure taxonomy (README "When a model is not Ready"), with the phases the operator gives them.
+    **{
+        f"failure: {reason}": (
+            _model_deployment(
+                3,
+                _status(
+                    3,
+                    phase,
+                    _condition("Ready", "False", reason, message, 3),
+                    reason=reason,
+                    message=message,
+                ),
+            ),
+            "Degraded",
+            message,
+            "Failed",
+        )
+        for reason, phase, message in [
+            ("Unschedulable", "Failed", "1 of 1 pods cannot be scheduled: 0/3 nodes are available"),
+            ("ImagePullFailed", "Failed", "1 of 1 pods cannot pull an image: triton:typo"),
+            ("ModelLoadFailed", "Failed", "1 of 1 pods fail to load the model: failed to load 'bert'"),
+            ("OutOfMemory", "Failed", "1 of 1 pods run out of memory: OOMKilled at its memory limit"),
+            ("QuotaExceeded", "Failed", "the ReplicaSet cannot create pods: exceeded quota: gpus"),
+            ("CreateFailed", "Failed", "the ReplicaSet cannot create pods: violates PodSecurity"),
+            ("CacheClaimPending", "Failed", 'cache claim x is Pending: storageclass "fast" not found'),
+            (
+                "RolloutStuck",
+                "Degraded",
+                "the new revision cannot come up; the previous revision still serves",
+            ),
+        ]
+    },
+    "waiting: claim not bound yet": (
+        _model_deployment(
+            1,
+            _status(
+                1,
+                "Pending",
+                _condition("Ready", "False", "CacheClaimPending", "cache claim x is Pending yet", 1),
+            ),
+        ),
+        "Progressing",
+        "cache claim x is Pending yet",
         "InProgress",
+    ),
+    "ready but autoscaler degraded": (
+        _model_deployment(
+            1,
+            _status(
+                1,
+                "Degraded",
+                _condition("Ready", "True", "Serving", "model minilm is served", 1),
+                reason="FailedGetPodsMetric",
+            ),
+        ),
+        "Healthy",
+        "model minilm is served",
+        "Current",
     ),
     "ready unknown": (
         _model_deployment(1, _status(1, "Deploying", _condition("Ready", "Unknown", "Reconciling", "", 1))),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -35,6 +36,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import yaml
@@ -138,6 +140,24 @@ def model_deployment(
     if labels:
         metadata["labels"] = dict(labels)
     return {"apiVersion": API_VERSION, "kind": "ModelDeployment", "metadata": metadata, "spec": dict(spec)}
+
+
+def load_gitops_health() -> ModuleType:
+    """tests/chart/gitops_health.py (Argo CD's Lua and Flux's CEL health checks, run on an object).
+
+    tests/chart is not on sys.path when only tests/e2e runs; the module is loaded by its path."""
+    path = REPO_ROOT / "tests" / "chart" / "gitops_health.py"
+    spec = importlib.util.spec_from_file_location("gitops_health", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def events_of(api: KubeApi, namespace: str, uid: str) -> list[dict[str, Any]]:
+    """The Events about one object (by uid), oldest first."""
+    found = [e for e in api.items("events", namespace) if (e.get("involvedObject") or {}).get("uid") == uid]
+    return sorted(found, key=lambda e: str(e.get("firstTimestamp") or e.get("eventTime") or ""))
 
 
 def load_manifests(path: Path) -> list[dict[str, Any]]:

@@ -13,14 +13,12 @@ examples/gitops/.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,13 +26,13 @@ import yaml
 from operator_helpers import (
     CHART_DIR,
     MODELDEPLOY_BIN,
-    REPO_ROOT,
     KubeApi,
     OperatorProcess,
     assert_no_forbidden,
     condition,
     create_namespace,
     is_ready,
+    load_gitops_health,
     model_deployment,
     unique_name,
     wait_until,
@@ -49,17 +47,7 @@ REVISION = "86b5e0934494bd15c9632b12f734a8a67f723594"
 READY_TIMEOUT = 90.0
 
 
-def _load_gitops_health() -> ModuleType:
-    # tests/chart is not on sys.path when only tests/e2e runs; load the module by its path.
-    path = REPO_ROOT / "tests" / "chart" / "gitops_health.py"
-    spec = importlib.util.spec_from_file_location("gitops_health", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gitops_health = _load_gitops_health()
+gitops_health = load_gitops_health()
 
 
 @dataclass

@@ -29,10 +29,12 @@ from operator_helpers import (
     assert_no_forbidden,
     condition,
     create_namespace,
+    events_of,
     example_model_deployments,
     install_chart_rbac,
     install_crds,
     is_ready,
+    load_gitops_health,
     model_deployment,
     owned_by,
     pods_of,
@@ -43,7 +45,7 @@ from operator_helpers import (
     watching,
 )
 
-from modeldeploy.devcluster import DevCluster
+from modeldeploy.devcluster import FAULT_PREFIX, DevCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -314,14 +316,28 @@ def test_kubectl_get_shows_the_printer_columns(
 
     table = cluster.kubectl("get", "mdeploy", "-n", namespace).stdout.splitlines()
     header = table[0].split()
-    assert header == ["NAME", "READY", "PHASE", "MODEL", "FORMAT", "REPLICAS", "AGE"], table
+    assert header == ["NAME", "READY", "PHASE", "REASON", "MODEL", "FORMAT", "REPLICAS", "AGE"], table
     row = dict(zip(header, table[1].split(), strict=True))
     assert row["NAME"] == name
     assert row["READY"] == "True"
     assert row["PHASE"] == "Ready"
+    assert row["REASON"] == "Serving"
     assert row["MODEL"] == SOURCE
     assert row["FORMAT"] == "python"  # auto on the CPU
     assert row["REPLICAS"] == "1/1"
+
+    # A normal start: one Normal Event per change of Ready (it used to be one per condition transition,
+    # eight in all), the last one saying where the model is served.
+    uid = md_of(api, namespace, name)["metadata"]["uid"]
+    events = wait_until(
+        "the Serving Event",
+        lambda: (found := events_of(api, namespace, uid)) and found[-1]["reason"] == "Serving" and found,
+        timeout=10,
+    )
+    assert all(e["type"] == "Normal" for e in events) and len(events) <= 3, [
+        (e["type"], e["reason"]) for e in events
+    ]
+    assert f"is served at http://{name}.{namespace}" in events[-1]["message"], events[-1]
 
 
 def test_cpu_model_lands_on_the_cpu_node(
@@ -762,3 +778,234 @@ def test_deleting_the_model_deployment_garbage_collects_every_child(
     # And the operator did not bring any of them back.
     time.sleep(2)
     assert all_gone()
+
+
+# --------------------------------------------------------------------------------------------------
+# When a model is not Ready: each failure produced for real (the scheduler, the ReplicaSet controller
+# against a ResourceQuota, the PV controller, and KWOK Stages for what a kubelet would report; see
+# modeldeploy.devcluster.FAULT_STATUS), and what the status, `kubectl get`, the Events and the GitOps
+# health checks say about it.
+
+gitops_health = load_gitops_health()
+FAILURE_TIMEOUT = 45.0
+
+
+def wait_reason(api: KubeApi, namespace: str, name: str, reason: str, fragment: str) -> dict[str, Any]:
+    """The ModelDeployment once its current generation's status has `reason` and a message with
+    `fragment` (a message may first say something less specific, e.g. before the pods exist)."""
+
+    def reported() -> dict[str, Any] | None:
+        md = api.model_deployment(namespace, name)
+        status = (md or {}).get("status") or {}
+        current = md is not None and status.get("observedGeneration") == md["metadata"]["generation"]
+        return (
+            md
+            if current and status.get("reason") == reason and fragment in status.get("message", "")
+            else None
+        )
+
+    try:
+        return wait_until(f"{namespace}/{name} reason {reason}", reported, FAILURE_TIMEOUT)
+    except AssertionError as err:
+        md = api.model_deployment(namespace, name)
+        raise AssertionError(f"{err}; status: {json.dumps((md or {}).get('status'), indent=1)}") from None
+
+
+def assert_reported(
+    cluster: DevCluster,
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    *,
+    reason: str,
+    phase: str,
+    fragment: str,
+    warnings: int = 1,
+) -> dict[str, Any]:
+    """Reason, phase, message, the REASON column, the Events and Argo CD / Flux health of a failure."""
+    md = wait_reason(api, namespace, name, reason, fragment)
+    status = md["status"]
+    assert status["phase"] == phase, status
+    ready = condition(md, "Ready") or {}
+    assert ready["status"] == "False" and ready["reason"] == reason and fragment in ready["message"], ready
+    assert "\n" not in status["message"]
+
+    table = cluster.kubectl("get", "mdeploy", name, "-n", namespace).stdout.splitlines()
+    row = dict(zip(table[0].split(), table[1].split(), strict=False))
+    assert (row["READY"], row["PHASE"], row["REASON"]) == ("False", phase, reason), table
+
+    # One Event per change of Ready: progress is Normal, the failure one Warning (not one per pod, not
+    # one per condition). Posted right after the status write, so give it a moment.
+    def warned() -> list[dict[str, Any]] | None:
+        events = events_of(api, namespace, md["metadata"]["uid"])
+        return events if any(e["type"] == "Warning" and e["reason"] == reason for e in events) else None
+
+    events = wait_until(f"a Warning Event {reason}", warned, timeout=10)
+    assert all(e["source"]["component"] == "modeldeploy" for e in events), events
+    failures = [e for e in events if e["type"] == "Warning"]
+    assert [e["reason"] for e in failures] == [reason] * warnings, [(e["type"], e["reason"]) for e in events]
+    assert failures[-1]["message"].startswith("Ready is False: ")
+    # A repeat (the same reason again, e.g. RollingOut before and after Serving) bumps the first Event's
+    # count instead of adding one.
+    kinds = [(e["type"], e["reason"]) for e in events]
+    assert len(set(kinds)) == len(kinds) and len(events) <= warnings + 4, kinds
+
+    argo, argo_message = gitops_health.argocd_health(md)
+    assert argo == "Degraded" and fragment in argo_message, (argo, argo_message)
+    assert gitops_health.flux_health(md) == "Failed"
+    return md
+
+
+def test_a_gpu_product_no_node_has_and_more_gpus_than_any_node_are_unschedulable(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """The issue's two first-user cases: never `Building`; the scheduler's own words and the nodes'."""
+    apply(
+        cluster,
+        namespace,
+        tmp_path,
+        model_deployment("bert-b200", spec_for(gpus=1, gpu_product="NVIDIA-B200")),
+        model_deployment("bert-16", spec_for(gpus=16)),
+    )
+    for name, early in (
+        (
+            "bert-b200",
+            f"no node has nvidia.com/gpu.product=NVIDIA-B200 (products in the cluster: {A100}, {H100})",
+        ),
+        ("bert-16", "no node has 16 allocatable nvidia.com/gpu (the most is 8 on gpu-a100-0)"),
+    ):
+        md = assert_reported(
+            cluster,
+            api,
+            namespace,
+            name,
+            reason="Unschedulable",
+            phase="Failed",
+            fragment="1 of 1 pods cannot be scheduled: 0/3 nodes are available",
+        )
+        # The scheduler's words, and what the nodes tell (which products exist, how many GPUs the biggest
+        # node has); the nodes alone say so at once if the status is computed before any pod exists.
+        assert early in md["status"]["message"], md["status"]["message"]
+        assert (condition(md, "ModelRepositoryReady") or {}).get("reason") == "NotStarted"
+    assert "affinity/selector" in (md_of(api, namespace, "bert-b200")["status"]["message"])
+    assert "Insufficient nvidia.com/gpu" in (md_of(api, namespace, "bert-16")["status"]["message"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "extra", "reason", "fragment"),
+    [
+        (
+            "image-pull",
+            {"triton": {"image": "registry.invalid/tritonserver:typo"}},
+            "ImagePullFailed",
+            "1 of 1 pods cannot pull an image: cannot pull image registry.invalid/tritonserver:typo "
+            "(ImagePullBackOff)",
+        ),
+        (
+            "crash",
+            {},
+            "ModelLoadFailed",
+            "1 of 1 pods fail to load the model: Triton exited: "
+            "2026-01-01T00:00:01Z E 1 model_lifecycle.cc:654] failed to load 'model' version 1",
+        ),
+        (
+            "oom",
+            {"resources": {"gpus": 0, "limits": {"memory": "8Gi"}}},
+            "OutOfMemory",
+            "1 of 1 pods run out of memory: container triton was OOMKilled at its memory limit of 8Gi; "
+            "raise spec.resources.limits.memory",
+        ),
+    ],
+)
+def test_what_the_kubelet_reports_is_named(
+    cluster: DevCluster,
+    api: KubeApi,
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path: Path,
+    fault: str,
+    extra: dict[str, Any],
+    reason: str,
+    fragment: str,
+) -> None:
+    """KWOK Stages (selected by the pod template's modeldeploy.dev/name label) play the kubelet."""
+    name = f"{FAULT_PREFIX}{fault}-bert"
+    apply(cluster, namespace, tmp_path, model_deployment(name, {**spec_for(), **extra}))
+    md = assert_reported(cluster, api, namespace, name, reason=reason, phase="Failed", fragment=fragment)
+    # Nothing builds (the init container completed): never Building.
+    assert (condition(md, "ModelRepositoryReady") or {}).get("reason") == "NotStarted"
+    (pod,) = pods_of(api, namespace, name)
+    triton = pod["spec"]["containers"][0]
+    assert triton["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_a_resource_quota_refusing_the_pods_is_quota_exceeded(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-gpus"},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "0"}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(quota))
+    name = "bert-quota"
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(gpus=1, gpu_product=H100)))
+    assert_reported(
+        cluster,
+        api,
+        namespace,
+        name,
+        reason="QuotaExceeded",
+        phase="Failed",
+        fragment="the ReplicaSet cannot create pods: pods",
+    )
+    assert "exceeded quota: no-gpus" in md_of(api, namespace, name)["status"]["message"]
+    assert not pods_of(api, namespace, name)
+
+
+def test_a_cache_claim_with_a_missing_storage_class_is_cache_claim_pending(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-noclass"
+    spec = spec_for(cache={"size": "5Gi", "storageClassName": "no-such-class"})
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    md = assert_reported(
+        cluster,
+        api,
+        namespace,
+        name,
+        reason="CacheClaimPending",
+        phase="Failed",
+        fragment='ProvisioningFailed: storageclass.storage.k8s.io "no-such-class" not found',
+    )
+    # Waiting for the claim is not building.
+    assert (condition(md, "ModelRepositoryReady") or {}).get("reason") == "CacheClaimPending"
+    assert md["status"]["phase"] != "Building"
+
+
+def test_a_rollout_stuck_behind_an_unschedulable_revision_says_the_old_one_still_serves(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "bert-stuck"
+    apply(
+        cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=2, gpus=1, gpu_product=H100))
+    )
+    wait_ready(api, namespace, name)
+    old_pods = pod_uids(api, namespace, name)
+    patch_md(cluster, namespace, name, {"spec": {"resources": {"gpuProduct": "NVIDIA-B200"}}})
+    md = assert_reported(
+        cluster,
+        api,
+        namespace,
+        name,
+        reason="RolloutStuck",
+        phase="Degraded",
+        fragment="the new revision cannot come up (Unschedulable): 1 of 3 pods cannot be scheduled",
+    )
+    assert "the previous revision still serves (2 of 2 pods ready)" in md["status"]["message"]
+    assert (condition(md, "Available") or {}).get("status") == "True"
+    assert old_pods <= pod_uids(api, namespace, name), "the serving pods were kept"
+    # And reverting the spec recovers.
+    patch_md(cluster, namespace, name, {"spec": {"resources": {"gpuProduct": H100}}})
+    wait_ready(api, namespace, name)

@@ -223,3 +223,61 @@ async def _notified_failures_are_retried_crashes_more_slowly(monkeypatch: pytest
     await asyncio.sleep(0.1)
     assert len(gated.started) == 3
     queue.cancel_all()
+
+
+def test_a_permanent_api_error_is_retried_slowly_like_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(_a_permanent_api_error_is_retried_slowly_like_a_crash(monkeypatch))
+
+
+async def _a_permanent_api_error_is_retried_slowly_like_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(queue_module, "ERROR_RETRY_SECONDS", 0.08)
+    gated = Gated()
+    gated.release.set()
+    gated.add("a")
+    # A 403 (KubeError.transient is False): retrying in 10 s would not help.
+    gated.fail_next = [KubeError("list nodes: forbidden", 403, False)]
+    queue = ReconcileQueue(gated.reconcile, gated.latest, Metrics())
+    queue.notify("a", "pods")
+    await asyncio.sleep(0.04)
+    assert len(gated.started) == 1, "not retried on the transient schedule"
+    await asyncio.sleep(0.1)
+    assert len(gated.started) == 2
+    queue.cancel_all()
+
+
+class Settling(Gated):
+    """Succeeds, asking to be looked at again after `retry_after` (a refused child) `times` times."""
+
+    def __init__(self, retry_after: float, times: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.times = times
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        await super().reconcile(body)
+        self.times -= 1
+        return Outcome(retry_after=self.retry_after if self.times >= 0 else None)
+
+
+def test_outcome_retry_after_schedules_the_next_run() -> None:
+    asyncio.run(_outcome_retry_after_schedules_the_next_run())
+
+
+async def _outcome_retry_after_schedules_the_next_run() -> None:
+    settling = Settling(retry_after=0.05, times=2)
+    settling.release.set()
+    settling.add("a")
+    queue = ReconcileQueue(settling.reconcile, settling.latest, Metrics())
+    # A trigger that nobody retries (the spec's generation was already seen) still gets its follow-up.
+    await queue.request("a", "create")
+    assert len(settling.started) == 1
+    await asyncio.sleep(0.02)
+    assert len(settling.started) == 1, "not before retry_after"
+    await asyncio.sleep(0.06)
+    assert len(settling.started) == 2
+    await asyncio.sleep(0.08)
+    assert len(settling.started) == 3
+    await asyncio.sleep(0.15)
+    assert len(settling.started) == 3, "no retry once the outcome asks for none"
+    queue.cancel_all()

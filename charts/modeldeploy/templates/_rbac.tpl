@@ -35,19 +35,25 @@ tests compare the rendered roles with it and the e2e tests run the operator with
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# list: a cache claim's Events are the only place that says why it is not bound.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
 
-{{/* Cluster-scoped reads: whether the ServiceMonitor and KEDA CRDs exist. */}}
+{{/* Cluster-scoped reads: whether the ServiceMonitor and KEDA CRDs exist; and the nodes' GPU products
+and allocatable GPUs, so that a request no node can satisfy is reported at once (status reason
+Unschedulable) instead of only after the scheduler has failed to place the pods. */}}
 {{- define "modeldeploy.rbac.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
 {{- end -}}
 
 {{/* kopf keeps its peers' keep-alives in the status of these objects. */}}

@@ -134,6 +134,8 @@ def builder_container(
         "resources": container_resources(spec, with_gpus=False),
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
+        # A failed build's last log lines (the builder's error) become the status message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.model.credentials_secret:
         # Referenced, never copied: the Secret's keys (HF_TOKEN, AWS_*, ...) become the environment.

@@ -101,6 +101,9 @@ def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str)
         "resources": container_resources(md.spec, with_gpus=True),
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, repository_mount],
         "securityContext": container_security_context(),
+        # Triton writes no termination message; its last log lines ("failed to load model ...") are what
+        # the status quotes when it exits (ModelLoadFailed).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
