@@ -6,6 +6,7 @@ transformers) happen inside the commands so that importing this module stays che
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import tempfile
@@ -17,7 +18,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from model_repo.errors import BuildError
-from model_repo.options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US, DType, ModelFormat, Task
+from model_repo.options import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    DType,
+    ModelFormat,
+    Quantization,
+    Task,
+)
 
 if TYPE_CHECKING:
     from model_repo.build import BuildOptions, BuildResult
@@ -64,6 +72,26 @@ TrustOption = Annotated[
     typer.Option("--trust-remote-code", help="Allow running code shipped inside the checkpoint."),
 ]
 ModelNameOption = Annotated[str, typer.Option("--model-name", help="Triton model name.")]
+QuantizationOption = Annotated[
+    Quantization,
+    typer.Option(
+        "--quantization",
+        help="int8: dynamic int8 Linear layers (CPU, encoder tasks), checked against float32 by the "
+        "accuracy gate.",
+    ),
+]
+FloorOption = Annotated[
+    float | None,
+    typer.Option(
+        "--accuracy-floor",
+        help="Accuracy gate floor for the task's metric (default: cosine 0.99 for embeddings, "
+        "agreement 0.98 otherwise).",
+    ),
+]
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option("--calibration-file", help="Calibration texts, one per line (default: a built-in set)."),
+]
 
 
 def _options(
@@ -81,6 +109,9 @@ def _options(
     response_cache: bool,
     trust_remote_code: bool,
     model_name: str,
+    quantization: Quantization,
+    accuracy_floor: float | None,
+    calibration_file: Path | None,
 ) -> BuildOptions:
     from model_repo.build import BuildOptions
 
@@ -99,6 +130,9 @@ def _options(
         response_cache=response_cache,
         trust_remote_code=trust_remote_code,
         model_name=model_name,
+        quantization=quantization,
+        accuracy_floor=accuracy_floor,
+        calibration_file=str(calibration_file.absolute()) if calibration_file else None,
     )
 
 
@@ -132,8 +166,13 @@ def build(
     response_cache: CacheOption = False,
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
+    quantization: QuantizationOption = Quantization.NONE,
+    accuracy_floor: FloorOption = None,
+    calibration_file: CalibrationOption = None,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
+    from model_repo.build import read_record
+
     options = _options(
         source,
         revision,
@@ -149,6 +188,9 @@ def build(
         response_cache,
         trust_remote_code,
         model_name,
+        quantization,
+        accuracy_floor,
+        calibration_file,
     )
     result = _build(options, out)
     state = "cache hit" if result.cache_hit else "built"
@@ -156,6 +198,13 @@ def build(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
         f"model={result.model_name} digest={result.digest})"
     )
+    accuracy = (read_record(result.path) or {}).get("accuracy")
+    if accuracy:
+        gate = accuracy["gate"]
+        typer.echo(
+            f"accuracy vs float32: {json.dumps(accuracy['metrics'])} "
+            f"(gate: {gate['metric']} {gate['value']} >= {gate['floor']})"
+        )
 
 
 def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
@@ -220,6 +269,9 @@ def serve(
     response_cache: CacheOption = False,
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
+    quantization: QuantizationOption = Quantization.NONE,
+    accuracy_floor: FloorOption = None,
+    calibration_file: CalibrationOption = None,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -246,6 +298,9 @@ def serve(
         response_cache,
         trust_remote_code,
         model_name,
+        quantization,
+        accuracy_floor,
+        calibration_file,
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository")
