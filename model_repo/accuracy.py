@@ -142,6 +142,12 @@ def describe(optimisation: dict[str, Any]) -> str:
     return str(optimisation.get("dtype", "float32"))
 
 
+def _shown(value: float, floor: float) -> str:
+    """Four decimals, or every digit where four would round up to the floor it misses."""
+    text = f"{value:.4f}"
+    return text if float(text) < floor else repr(value)
+
+
 def default_floor(task: Task) -> float:
     return GATED_METRIC[task][1]
 
@@ -264,12 +270,11 @@ def encoder_metrics(
         pooling, normalize = runtime.get("pooling", "cls"), runtime.get("normalize") == "true"
         cosines: list[float] = []
         for (a, mask, _), (b, _, _) in zip(ours, theirs, strict=True):
-            pa, pb = (
-                pool_embeddings(a, mask, pooling, normalize),
-                pool_embeddings(b, mask, pooling, normalize),
-            )
+            pa = pool_embeddings(a, mask, pooling, normalize).astype(np.float64)
+            pb = pool_embeddings(b, mask, pooling, normalize).astype(np.float64)
             norms = np.linalg.norm(pa, axis=1) * np.linalg.norm(pb, axis=1)
-            cosines.extend((pa * pb).sum(axis=1) / np.clip(norms, 1e-12, None))
+            # Rounding must not lift a cosine above 1, where it would pass any floor.
+            cosines.extend(np.minimum((pa * pb).sum(axis=1) / np.clip(norms, 1e-12, None), 1.0))
         return {"cosine_mean": float(np.mean(cosines)), "cosine_min": float(np.min(cosines))}
     if task is Task.TOKEN_CLASSIFICATION:
         same_entities: set[tuple[Any, ...]] = set()
@@ -349,7 +354,8 @@ def gate(
     )
     if not report.passed:
         raise BuildError(
-            f"accuracy gate failed: {metric} {report.value:.4f} is below the floor {report.floor} "
+            f"accuracy gate failed: {metric} {_shown(report.value, report.floor)} is below the floor "
+            f"{report.floor} "
             f"({describe(optimisation)} vs float32 on {texts} {calibration} calibration texts; all figures: "
             f"{json.dumps(report.as_json()['metrics'])}). Lower the floor (spec.triton.accuracyFloor, "
             "--accuracy-floor) only if this loss is acceptable, or serve without this optimisation"

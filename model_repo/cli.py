@@ -6,14 +6,16 @@ transformers) happen inside the commands so that importing this module stays che
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,6 +31,9 @@ from model_repo.options import (
 
 if TYPE_CHECKING:
     from model_repo.build import BuildOptions, BuildResult
+
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4000
 
 SourceOption = Annotated[
     str,
@@ -140,6 +145,16 @@ def _progress(message: str) -> None:
     typer.echo(f"modeldeploy: {message}", err=True)
 
 
+def _termination_message(text: str) -> None:
+    """Leave `text` where Kubernetes reads a container's termination message (the operator shows it in
+    the status), when the builder runs in a pod that says where (MODELDEPLOY_TERMINATION_MESSAGE)."""
+    path = os.environ.get("MODELDEPLOY_TERMINATION_MESSAGE")
+    if not path:
+        return
+    with contextlib.suppress(OSError):  # a message is a courtesy; the build's outcome stands without it
+        Path(path).write_text(text[-TERMINATION_MESSAGE_LIMIT:])
+
+
 def _build(options: BuildOptions, out: Path) -> BuildResult:
     from model_repo.build import build_repository
 
@@ -147,6 +162,7 @@ def _build(options: BuildOptions, out: Path) -> BuildResult:
         return build_repository(options, out, progress=_progress)
     except BuildError as exc:
         typer.echo(f"modeldeploy build: error: {exc}", err=True)
+        _termination_message(str(exc))
         raise typer.Exit(code=2) from exc
 
 
@@ -205,6 +221,27 @@ def build(
             f"accuracy vs float32: {json.dumps(accuracy['metrics'])} "
             f"(gate: {gate['metric']} {gate['value']} >= {gate['floor']})"
         )
+        _termination_message(json.dumps({"accuracy": accuracy_status(accuracy)}))
+
+
+def accuracy_status(accuracy: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy record in the shape of the ModelDeployment's status.modelRepository.accuracy."""
+    from model_repo.accuracy import describe
+
+    optimisation = accuracy.get("optimisation") or {}
+    text = describe(optimisation)
+    if optimisation.get("layers_float32"):
+        total = optimisation["layers_int8"] + len(optimisation["layers_float32"])
+        text += f", {optimisation['layers_int8']} of {total} linear layers int8"
+    gate = accuracy["gate"]
+    return {
+        "optimisation": text,
+        "metric": gate["metric"],
+        "value": gate["value"],
+        "floor": gate["floor"],
+        "metrics": accuracy.get("metrics") or {},
+        "texts": accuracy.get("texts") or 0,
+    }
 
 
 def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
