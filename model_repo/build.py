@@ -113,6 +113,8 @@ def _check_options(options: BuildOptions) -> None:
                 "--quantization int8 keeps its unquantised layers in float32; "
                 f"drop --dtype {options.dtype.value}"
             )
+    if options.calibration_file is not None and not Path(options.calibration_file).is_file():
+        raise BuildError(f"--calibration-file {options.calibration_file} is not a readable file")
     if options.accuracy_floor is not None and not 0.0 <= options.accuracy_floor <= 1.0:
         raise BuildError(f"--accuracy-floor must be between 0 and 1, got {options.accuracy_floor}")
     if options.device == "cpu" and options.dtype is DType.BFLOAT16:

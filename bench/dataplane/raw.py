@@ -35,7 +35,7 @@ class RawModel:
         if int8_keep_float is not None:
             from model_repo.runtime.model import quantize_int8
 
-            self.model = quantize_int8(self.model, int8_keep_float)
+            self.model = quantize_int8(self.model, list(int8_keep_float))
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.bench_model.max_length)

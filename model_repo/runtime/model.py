@@ -18,7 +18,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -122,7 +121,7 @@ def cpu_has_native_bfloat16(cpuinfo: str) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def quantize_int8(model: Any, keep_float: Sequence[str] = ()) -> Any:
+def quantize_int8(model: Any, keep_float: list[str] | tuple[str, ...] = ()) -> Any:
     """Dynamic int8 quantisation of the model's Linear layers (int8 weights per output channel, int8
     activations scaled per batch), except the layers named in `keep_float`.
 

@@ -381,7 +381,10 @@ class TritonConfig(ApiModel):
 
     __rules__ = (
         Rule(
-            cel="self.quantization != 'int8' || self.dtype == 'auto' || self.dtype == 'float32'",
+            cel=(
+                "!has(self.quantization) || self.quantization != 'int8' || !has(self.dtype) || "
+                "self.dtype == 'auto' || self.dtype == 'float32'"
+            ),
             message=(
                 "spec.triton.quantization int8 keeps its unquantised layers in float32; "
                 "leave spec.triton.dtype auto or float32"

@@ -255,6 +255,11 @@ def test_a_user_calibration_file_is_used_and_counted_in_the_digest(
     texts.write_text("\n  \n")
     with pytest.raises(BuildError, match="holds no text"):
         build_repository(options, tmp_path / "other")
+    missing = BuildOptions(
+        source=source, quantization=Quantization.INT8, calibration_file=str(tmp_path / "none")
+    )
+    with pytest.raises(BuildError, match="is not a readable file"):
+        build_repository(missing, tmp_path / "other")
 
 
 def test_int8_is_refused_where_it_is_not_measured(checkpoints: dict[str, Path], tmp_path: Path) -> None:
