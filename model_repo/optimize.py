@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from model_repo.accuracy import (
+    BATCH,
     GATED_METRIC,
     AccuracyReport,
     Forward,
@@ -72,9 +73,9 @@ def _distortion(reference: list[Any], candidate: list[Any]) -> float:
 
 def _raw_outputs(forward: Forward, tokenizer: Any, texts: Sequence[str], max_length: int) -> list[Any]:
     outputs = []
-    for start in range(0, len(texts), 16):
+    for start in range(0, len(texts), BATCH):
         batch = tokenizer(
-            list(texts[start : start + 16]),
+            list(texts[start : start + BATCH]),
             padding=True,
             truncation=True,
             max_length=max_length,
