@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model_repo import __version__
+from model_repo.accuracy import ACCURACY_FILE
 from model_repo.checkpoint import CheckpointInfo, inspect_checkpoint, task_of_architectures
 from model_repo.configs import (
     GENERATION_INPUTS,
@@ -29,12 +30,14 @@ from model_repo.configs import (
 )
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
+from model_repo.optimize import GateSettings, needs_gate, optimise_onnx, optimise_python
 from model_repo.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     MAX_BATCH_SIZE_LIMIT,
     DType,
     ModelFormat,
+    Quantization,
     Task,
 )
 
@@ -65,6 +68,9 @@ class BuildOptions:
     trust_remote_code: bool = False
     model_name: str = "model"
     allow_new_head: bool = False
+    quantization: Quantization = Quantization.NONE
+    accuracy_floor: float | None = None
+    calibration_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,30 @@ def _check_options(options: BuildOptions) -> None:
         )
     if options.device == "cpu" and options.dtype is DType.FLOAT16:
         raise BuildError("--dtype float16 is not supported on CPU; use float32, bfloat16 or auto")
+    if options.quantization is Quantization.INT8:
+        if options.device == "gpu":
+            raise BuildError(
+                "--quantization int8 runs on CPUs only (dynamic int8 has no measured GPU path here); "
+                "GPUs serve float16 or bfloat16"
+            )
+        if options.dtype not in (DType.AUTO, DType.FLOAT32):
+            raise BuildError(
+                "--quantization int8 keeps its unquantised layers in float32; "
+                f"drop --dtype {options.dtype.value}"
+            )
+    if options.calibration_file is not None and not Path(options.calibration_file).is_file():
+        raise BuildError(f"--calibration-file {options.calibration_file} is not a readable file")
+    if options.accuracy_floor is not None and not 0.0 <= options.accuracy_floor <= 1.0:
+        raise BuildError(f"--accuracy-floor must be between 0 and 1, got {options.accuracy_floor}")
+    if options.device == "cpu" and options.dtype is DType.BFLOAT16:
+        from model_repo.runtime.model import _read_text, cpu_has_native_bfloat16
+
+        cpuinfo = _read_text("/proc/cpuinfo")
+        if cpuinfo is not None and not cpu_has_native_bfloat16(cpuinfo):
+            raise BuildError(
+                "--dtype bfloat16: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16 or bf16), so "
+                "PyTorch would emulate it, slower than float32; use float32 or --quantization int8"
+            )
 
 
 def resolve_format(requested: ModelFormat, task: Task, device: str) -> ModelFormat:
@@ -143,6 +173,8 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
     """Identity of a repository: checkpoint content, revision, build options and builder version."""
     relevant = dataclasses.asdict(options)
     relevant.pop("source")  # the same bytes from another place make the same repository
+    calibration = relevant.pop("calibration_file")  # its content counts, not where it lies
+    relevant["calibration"] = _sha256(Path(calibration)) if calibration else None
     identity = {
         "builder": __version__,
         "runtime": _sha256(RUNTIME_FILE),
@@ -353,6 +385,7 @@ def _write_python_model(
     dtype: str,
     max_length: int,
     hidden_size: int,
+    extra_parameters: dict[str, str],
 ) -> list[Path]:
     model_dir = repo / options.model_name
     version_dir = model_dir / "1"
@@ -362,6 +395,7 @@ def _write_python_model(
     generation = info.task is Task.TEXT_GENERATION
     role = "generator" if generation else "encoder"
     parameters = _runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
+    parameters.update(extra_parameters)
     warmup_file = "TEXT"
     _string_warmup_file(model_dir / "warmup" / warmup_file, _warmup_text(info, tokenizer))
     text_input = ("TYPE_STRING", (1,), f'input_data_file: "{warmup_file}"')
@@ -593,9 +627,26 @@ def build_repository(
 
         repo = workdir / "repo"
         repo.mkdir()
+        gate = None
+        # vLLM runs its own kernels in the dtype asked for; nothing of ours to measure there.
+        if needs_gate(options.quantization, dtype) and model_format is not ModelFormat.VLLM:
+            gate = GateSettings(
+                options.accuracy_floor, Path(options.calibration_file) if options.calibration_file else None
+            )
+        optimised = None
         if model_format is ModelFormat.PYTHON:
+            extra: dict[str, str] = {}
+            if gate is not None:
+                progress("measuring the optimised model against float32 (accuracy gate)")
+                runtime = _runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
+                optimised = optimise_python(
+                    info, model, tokenizer, options.quantization, dtype, max_length, runtime, gate, progress
+                )
+                extra = {"quantization": options.quantization.value}
+                if optimised.keep_float:
+                    extra["int8_keep_float"] = json.dumps(optimised.keep_float)
             configs = _write_python_model(
-                repo, info, options, tokenizer, model, dtype, max_length, hidden_size
+                repo, info, options, tokenizer, model, dtype, max_length, hidden_size, extra
             )
         elif model_format is ModelFormat.VLLM:
             configs = _write_vllm_model(repo, info, options, dtype, max_length, out)
@@ -605,6 +656,14 @@ def build_repository(
             configs = write_onnx_models(
                 repo, info, options, tokenizer, model, max_length, hidden_size, progress
             )
+            if gate is not None:
+                progress("quantising the ONNX graph and measuring it against float32 (accuracy gate)")
+                runtime = _runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
+                onnx_path = repo / f"{options.model_name}_onnx" / "1" / "model.onnx"
+                optimised = optimise_onnx(info, onnx_path, tokenizer, max_length, runtime, gate, progress)
+        if optimised is not None:
+            progress(optimised.report.summary())
+            (repo / ACCURACY_FILE).write_text(json.dumps(optimised.report.as_json(), indent=2) + "\n")
         for config_path in configs:
             validate_config(config_path.read_text(), str(config_path.relative_to(repo)))
 
@@ -617,6 +676,8 @@ def build_repository(
             "source": options.source,
             "revision": fetched.revision or options.revision,
             "dtype": dtype,
+            "quantization": options.quantization.value,
+            "accuracy": optimised.report.as_json() if optimised is not None else None,
             "device": options.device,
             "max_sequence_length": max_length,
             "labels": list(info.labels),

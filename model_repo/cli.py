@@ -6,13 +6,16 @@ transformers) happen inside the commands so that importing this module stays che
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,11 +26,15 @@ from model_repo.options import (
     MAX_BATCH_SIZE_LIMIT,
     DType,
     ModelFormat,
+    Quantization,
     Task,
 )
 
 if TYPE_CHECKING:
     from model_repo.build import BuildOptions, BuildResult
+
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4000
 
 SourceOption = Annotated[
     str,
@@ -90,6 +97,26 @@ AllowNewHeadOption = Annotated[
         "checkpoint was trained for another task. Only to fine-tune the fresh head elsewhere.",
     ),
 ]
+QuantizationOption = Annotated[
+    Quantization,
+    typer.Option(
+        "--quantization",
+        help="int8: dynamic int8 Linear layers (CPU, encoder tasks), checked against float32 by the "
+        "accuracy gate.",
+    ),
+]
+FloorOption = Annotated[
+    float | None,
+    typer.Option(
+        "--accuracy-floor",
+        help="Accuracy gate floor for the task's metric (default: cosine 0.99 for embeddings, "
+        "agreement 0.98 otherwise).",
+    ),
+]
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option("--calibration-file", help="Calibration texts, one per line (default: a built-in set)."),
+]
 
 
 def _options(
@@ -108,6 +135,9 @@ def _options(
     trust_remote_code: bool,
     model_name: str,
     allow_new_head: bool,
+    quantization: Quantization,
+    accuracy_floor: float | None,
+    calibration_file: Path | None,
 ) -> BuildOptions:
     from model_repo.build import BuildOptions
 
@@ -127,11 +157,24 @@ def _options(
         trust_remote_code=trust_remote_code,
         model_name=model_name,
         allow_new_head=allow_new_head,
+        quantization=quantization,
+        accuracy_floor=accuracy_floor,
+        calibration_file=str(calibration_file.absolute()) if calibration_file else None,
     )
 
 
 def _progress(message: str) -> None:
     typer.echo(f"modeldeploy: {message}", err=True)
+
+
+def _termination_message(text: str) -> None:
+    """Leave `text` where Kubernetes reads a container's termination message (the operator shows it in
+    the status), when the builder runs in a pod that says where (MODELDEPLOY_TERMINATION_MESSAGE)."""
+    path = os.environ.get("MODELDEPLOY_TERMINATION_MESSAGE")
+    if not path:
+        return
+    with contextlib.suppress(OSError):  # a message is a courtesy; the build's outcome stands without it
+        Path(path).write_text(text[-TERMINATION_MESSAGE_LIMIT:])
 
 
 def _build(options: BuildOptions, out: Path, force: bool = False) -> BuildResult:
@@ -141,6 +184,7 @@ def _build(options: BuildOptions, out: Path, force: bool = False) -> BuildResult
         return build_repository(options, out, progress=_progress, force=force)
     except BuildError as exc:
         typer.echo(f"modeldeploy build: error: {exc}", err=True)
+        _termination_message(str(exc))
         raise typer.Exit(code=2) from exc
 
 
@@ -162,8 +206,13 @@ def build(
     model_name: ModelNameOption = "model",
     allow_new_head: AllowNewHeadOption = False,
     force: ForceOption = False,
+    quantization: QuantizationOption = Quantization.NONE,
+    accuracy_floor: FloorOption = None,
+    calibration_file: CalibrationOption = None,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
+    from model_repo.build import read_record
+
     options = _options(
         source,
         revision,
@@ -180,6 +229,9 @@ def build(
         trust_remote_code,
         model_name,
         allow_new_head,
+        quantization,
+        accuracy_floor,
+        calibration_file,
     )
     result = _build(options, out, force)
     state = "cache hit" if result.cache_hit else "built"
@@ -187,6 +239,34 @@ def build(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
         f"model={result.model_name} digest={result.digest})"
     )
+    accuracy = (read_record(result.path) or {}).get("accuracy")
+    if accuracy:
+        gate = accuracy["gate"]
+        typer.echo(
+            f"accuracy vs float32: {json.dumps(accuracy['metrics'])} "
+            f"(gate: {gate['metric']} {gate['value']} >= {gate['floor']})"
+        )
+        _termination_message(json.dumps({"accuracy": accuracy_status(accuracy)}))
+
+
+def accuracy_status(accuracy: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy record in the shape of the ModelDeployment's status.modelRepository.accuracy."""
+    from model_repo.accuracy import describe
+
+    optimisation = accuracy.get("optimisation") or {}
+    text = describe(optimisation)
+    if optimisation.get("layers_float32"):
+        total = optimisation["layers_int8"] + len(optimisation["layers_float32"])
+        text += f", {optimisation['layers_int8']} of {total} linear layers int8"
+    gate = accuracy["gate"]
+    return {
+        "optimisation": text,
+        "metric": gate["metric"],
+        "value": gate["value"],
+        "floor": gate["floor"],
+        "metrics": accuracy.get("metrics") or {},
+        "texts": accuracy.get("texts") or 0,
+    }
 
 
 def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
@@ -253,6 +333,9 @@ def serve(
     model_name: ModelNameOption = "model",
     allow_new_head: AllowNewHeadOption = False,
     force: ForceOption = False,
+    quantization: QuantizationOption = Quantization.NONE,
+    accuracy_floor: FloorOption = None,
+    calibration_file: CalibrationOption = None,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -280,6 +363,9 @@ def serve(
         trust_remote_code,
         model_name,
         allow_new_head,
+        quantization,
+        accuracy_floor,
+        calibration_file,
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository", force)

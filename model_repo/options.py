@@ -27,6 +27,11 @@ class DType(StrEnum):
     BFLOAT16 = "bfloat16"
 
 
+class Quantization(StrEnum):
+    NONE = "none"
+    INT8 = "int8"
+
+
 # Source URI schemes the fetcher understands; the CRD's CEL rule and the fetcher both read this.
 SOURCE_SCHEMES: tuple[str, ...] = ("hf", "s3", "gs", "pvc", "file")
 

@@ -15,7 +15,10 @@ from bench.common.checkpoints import BenchModel
 class RawModel:
     """Tokenizer and model loaded the way the served runtimes load them, for in-process batches."""
 
-    def __init__(self, model: BenchModel, device: str, dtype: str) -> None:
+    def __init__(
+        self, model: BenchModel, device: str, dtype: str, int8_keep_float: Sequence[str] | None = None
+    ) -> None:
+        """`int8_keep_float` (a list, maybe empty): quantise like the runtime does, these layers kept."""
         import torch
         import transformers
 
@@ -29,6 +32,10 @@ class RawModel:
         )
         self.model: Any = auto_class.from_pretrained(str(model.path), dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()
+        if int8_keep_float is not None:
+            from model_repo.runtime.model import quantize_int8
+
+            self.model = quantize_int8(self.model, list(int8_keep_float))
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.bench_model.max_length)
@@ -36,6 +43,11 @@ class RawModel:
 
     def run_batch(self, texts: Sequence[str]) -> tuple[int, int]:
         """One batch end to end, results back on the host; returns (real tokens, padded tokens)."""
+        _, real, padded = self.outputs(texts)
+        return real, padded
+
+    def outputs(self, texts: Sequence[str]) -> tuple[Any, int, int]:
+        """One batch's results (embeddings or class probabilities), real tokens, padded tokens."""
         import torch
 
         encoded = self.tokenizer(
@@ -54,9 +66,9 @@ class RawModel:
                 result = torch.nn.functional.normalize(pooled.float(), dim=-1)
             else:
                 result = torch.softmax(output.logits.float(), dim=-1)
-            result.cpu().numpy()
+            values = result.cpu().numpy()
         attention = encoded["attention_mask"]
-        return int(attention.sum()), int(attention.numel())
+        return values, int(attention.sum()), int(attention.numel())
 
 
 @dataclass(frozen=True)
@@ -143,3 +155,23 @@ def sweep(
 def best(points: Sequence[RawPoint], grouped: bool) -> RawPoint:
     candidates = [p for p in points if p.grouped == grouped or (grouped and p.batch_size == 1)]
     return max(candidates, key=lambda point: point.throughput)
+
+
+def agreement(reference: RawModel, candidate: RawModel, texts: Sequence[str]) -> dict[str, float]:
+    """How close the candidate's answers are to the reference's on the workload (length-sorted batches
+    of 32, as served): cosine of embeddings, or label agreement and probability difference."""
+    import numpy as np
+
+    lengths = reference.token_lengths(texts)
+    ours, theirs = [], []
+    for batch in batches(texts, lengths, 32, grouped=True):
+        ours.append(reference.outputs(batch)[0])
+        theirs.append(candidate.outputs(batch)[0])
+    a, b = np.concatenate(ours).astype(np.float64), np.concatenate(theirs).astype(np.float64)
+    if reference.bench_model.task == "feature-extraction":
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())}
+    return {
+        "label_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+        "max_probability_difference": float(np.abs(a - b).max()),
+    }

@@ -84,7 +84,10 @@ def _ratio_table(ratios: list[dict[str, Any]]) -> str:
     for ratio in ratios:
         sign = "≥" if ratio["higher"] else "≤"
         met = {True: "yes", False: "**no**", None: "not run"}[ratio["met"]]
-        rows.append([ratio["name"], fmt(ratio["value"], 2), f"{sign} {ratio['target']}", met])
+        if ratio["target"] is None:
+            met = "(reported)" if ratio["value"] is not None else "not run"
+        target = "-" if ratio["target"] is None else f"{sign} {ratio['target']}"
+        rows.append([ratio["name"], fmt(ratio["value"], 2), target, met])
     return markdown_table(["ratio", "measured", "target", "met"], rows)
 
 
@@ -97,6 +100,47 @@ def _ours_setup(ours: dict[str, Any] | None) -> list[str]:
     built = ", ".join(f"{key} {value}" for key, value in options.items())
     notes = "; ".join(config.get("runtime_log") or []) or "nothing logged"
     return [f"Ours: `modeldeploy build` with {built}; its runtime at load: {notes}.", ""]
+
+
+def _figures(metrics: dict[str, Any] | None) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in (metrics or {}).items()) or "-"
+
+
+def _optimised_section(optimised: dict[str, Any] | None) -> list[str]:
+    """Accuracy of each optimised contender beside its speed, and the int8 model's raw limit."""
+    if not optimised:
+        return []
+    rows = []
+    for name, entry in optimised.items():
+        if entry.get("error"):
+            rows.append([name, f"build failed: {entry['error']}", "-", "-"])
+            continue
+        gate = entry.get("gate") or {}
+        optimisation = gate.get("optimisation") or {}
+        setup = f"{optimisation.get('quantization')} / {optimisation.get('dtype')}"
+        if optimisation.get("layers_float32") is not None:
+            setup += (
+                f"; {optimisation.get('layers_int8')} linear layers int8, "
+                f"{len(optimisation['layers_float32'])} kept float32"
+            )
+        rows.append(
+            [
+                name,
+                setup,
+                f"{_figures(gate.get('metrics'))} on {gate.get('texts')} texts",
+                _figures(entry.get("workload_accuracy")),
+            ]
+        )
+    lines = [
+        "Optimised contenders against float32 (the build's accuracy gate on its calibration texts, and the "
+        "in-process model each one serves on the whole workload):",
+        "",
+        markdown_table(["contender", "model", "build's gate", "on the workload"], rows),
+    ]
+    raw = (optimised.get("ours-int8") or {}).get("raw")
+    if raw:
+        lines += ["", "Raw in-process limit of the int8 model ours-int8 serves:", "", _raw_table(raw)]
+    return ["", *lines, ""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -132,6 +176,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             + "):",
             "",
             _raw_table(model["raw"]),
+            *_optimised_section(model.get("optimised")),
             "",
             "Served (one text per request):",
             "",

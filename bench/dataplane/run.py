@@ -27,9 +27,18 @@ from bench.common.report import RESULTS_DIR, update_readme_section, write_json, 
 from bench.common.sentences import load_texts
 from bench.dataplane import raw as raw_limit
 from bench.dataplane.report import plot, render_markdown
-from bench.dataplane.servers import CONTENDERS, Endpoint, onnx_unavailable_reason, torch_dtype
+from bench.dataplane.servers import (
+    CONTENDERS,
+    OPTIMISATIONS,
+    OURS_MODEL_NAME,
+    Endpoint,
+    onnx_unavailable_reason,
+    torch_dtype,
+)
 
 MODEL_KEYS = ("tiny-bert", "minilm")
+# The optimised contenders build and gate their own repositories (minutes for MiniLM): asked for by name.
+DEFAULT_CONTENDERS = ("ours", "baseline-a", "baseline-b")
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs everything in fp16"
     )
     parser.add_argument("--models", type=_name_list(MODEL_KEYS), default=MODEL_KEYS)
-    parser.add_argument("--contenders", type=_name_list(tuple(CONTENDERS)), default=tuple(CONTENDERS))
+    parser.add_argument(
+        "--contenders",
+        type=_name_list(tuple(CONTENDERS)),
+        default=DEFAULT_CONTENDERS,
+        help=f"default {','.join(DEFAULT_CONTENDERS)}; the optimised ones (ours-int8, ours-bf16) on request",
+    )
     parser.add_argument("--concurrency", type=_int_list, default=(1, 4, 16, 64))
     parser.add_argument("--duration", type=float, default=None, help="measurement window per level, s")
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured load before each window, s")
@@ -177,8 +191,10 @@ def prepare_model(key: str, workdir: Path, minilm_path: Path | None) -> BenchMod
     return minilm(minilm_path)
 
 
-def measure_raw(model: BenchModel, settings: Settings, texts: Sequence[str]) -> dict[str, Any]:
-    runner = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))
+def measure_raw(
+    model: BenchModel, settings: Settings, texts: Sequence[str], int8_keep_float: Sequence[str] | None = None
+) -> dict[str, Any]:
+    runner = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device), int8_keep_float)
 
     def guard(measure_point: Callable[[], raw_limit.RawPoint], what: str) -> raw_limit.RawPoint:
         point, record = guarded(settings.quiet, measure_point, what)
@@ -196,6 +212,57 @@ def measure_raw(model: BenchModel, settings: Settings, texts: Sequence[str]) -> 
         "best_grouped": raw_limit.best(points, grouped=True).summary(),
     }
     del runner
+    gc.collect()
+    return result
+
+
+def measure_optimised(
+    model: BenchModel, settings: Settings, workdir: Path, texts: Sequence[str]
+) -> dict[str, Any]:
+    """For each optimised contender: its build's accuracy gate, its answers against float32 on the whole
+    workload, and (int8) the raw in-process limit of the very model it serves.
+
+    The repositories are built here, where the contenders find them again (see `serve_ours`).
+    """
+    from model_repo.build import BuildOptions, build_repository, read_record
+    from model_repo.errors import BuildError
+
+    result: dict[str, Any] = {}
+    reference = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))
+    for name in ("ours-int8", "ours-bf16"):
+        if name not in settings.contenders:
+            continue
+        options = BuildOptions(
+            source=f"file://{model.path}",
+            model_name=OURS_MODEL_NAME,
+            device="gpu" if settings.device == "cuda" else "cpu",
+            **settings.ours_build,  # type: ignore[arg-type]
+            **OPTIMISATIONS[name],
+        )
+        started = time.monotonic()
+        try:
+            built = build_repository(options, workdir / f"{name}-repository")
+        except BuildError as exc:
+            print(f"  {name}: build failed: {exc}", flush=True)
+            result[name] = {"error": str(exc)}
+            continue
+        gate = (read_record(built.path) or {}).get("accuracy") or {}
+        keep = (gate.get("optimisation") or {}).get("layers_float32")
+        entry: dict[str, Any] = {"build_s": round(time.monotonic() - started, 1), "gate": gate}
+        if name == "ours-int8":
+            candidate = raw_limit.RawModel(model, settings.device, "float32", keep or [])
+        else:
+            candidate = raw_limit.RawModel(model, settings.device, "bfloat16")
+        entry["workload_accuracy"] = raw_limit.agreement(reference, candidate, texts)
+        del candidate
+        print(
+            f"  {name}: gate {gate.get('metrics')}; on the workload {entry['workload_accuracy']}", flush=True
+        )
+        if name == "ours-int8":
+            print("  raw in-process limit, int8", flush=True)
+            entry["raw"] = measure_raw(model, settings, texts, keep or [])
+        result[name] = entry
+    del reference
     gc.collect()
     return result
 
@@ -384,6 +451,29 @@ def compute_ratios(result: dict[str, Any], device: str) -> list[dict[str, Any]]:
             "higher": True,
         }
     )
+    optimised = result.get("optimised") or {}
+    int8_raw = ((optimised.get("ours-int8") or {}).get("raw") or {}).get("best_grouped")
+    for name, target in (("ours-int8", 1.0), ("ours-bf16", None)):
+        if name not in contenders:
+            continue
+        served = throughput(_level(contenders.get(name), high))
+        rows.append(
+            {
+                "name": f"{name} at c={high} / float32 raw length-grouped limit",
+                "value": ratio(served, grouped),
+                "target": target,
+                "higher": True,
+            }
+        )
+        if name == "ours-int8":
+            rows.append(
+                {
+                    "name": f"ours-int8 at c={high} / int8 raw length-grouped limit",
+                    "value": ratio(served, int8_raw["throughput_tps"] if int8_raw else None),
+                    "target": None,
+                    "higher": True,
+                }
+            )
     baseline_low = _level(contenders.get("baseline-a"), low)
     rows.append(
         {
@@ -398,7 +488,9 @@ def compute_ratios(result: dict[str, Any], device: str) -> list[dict[str, Any]]:
     for row in rows:
         value = row["value"]
         row["met"] = (
-            None if value is None else (value >= row["target"] if row["higher"] else value <= row["target"])
+            None
+            if value is None or row["target"] is None
+            else (value >= row["target"] if row["higher"] else value <= row["target"])
         )
         row["value"] = None if value is None else round(value, 3)
     return rows
@@ -457,6 +549,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 )
             model_workdir = workdir / key
             model_workdir.mkdir()
+            if {"ours-int8", "ours-bf16"} & set(settings.contenders):
+                result["optimised"] = measure_optimised(model, settings, model_workdir, texts)
             result["contenders"] = measure_contenders(model, settings, model_workdir, texts)
             result["ratios"] = compute_ratios(result, settings.device)
             report["models"][key] = result

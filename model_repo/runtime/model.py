@@ -108,6 +108,43 @@ def fit_pass_overhead(samples: list[tuple[int, float]], ceiling: int) -> int:
     return round(min(ceiling, max(1.0, fixed / per_token)))
 
 
+def cpu_has_native_bfloat16(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo lists bfloat16 arithmetic (x86 avx512_bf16 or amx_bf16, Arm bf16).
+
+    Without it PyTorch emulates bfloat16 on the CPU, slower than float32: serving it would cost more.
+    """
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def quantize_int8(model: Any, keep_float: list[str] | tuple[str, ...] = ()) -> Any:
+    """Dynamic int8 quantisation of the model's Linear layers (int8 weights per output channel, int8
+    activations scaled per batch), except the layers named in `keep_float`.
+
+    The builder's accuracy gate and the runtime both call this, so the served model is the measured one.
+    """
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    kept = set(keep_float)
+    layers = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name not in kept
+    }
+    with warnings.catch_warnings():
+        # torch 2.15 announces torch.ao.quantization's move to torchao; the API still works unchanged.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, layers, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+
+
 def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = None) -> Array:
     width = length if length is not None else max(len(seq) for seq in sequences)
     out = np.full((len(sequences), width), pad_value, dtype=np.int64)
@@ -365,6 +402,7 @@ class TritonPythonModel:
         self.model: Any = None
         if self.role in ("encoder", "generator"):
             self._load_model(trust)
+        self._log_accuracy(os.path.join(args["model_repository"], "..", "accuracy.json"))
         self.group_overhead = DEFAULT_GROUP_OVERHEAD_TOKENS
         if configured_overhead:
             self.group_overhead = int(configured_overhead)
@@ -387,14 +425,38 @@ class TritonPythonModel:
             "fill-mask": transformers.AutoModelForMaskedLM,
             "text-generation": transformers.AutoModelForCausalLM,
         }[self.task]
-        dtype = getattr(torch, self.params.get("dtype", "float32"))
+        dtype_name = self.params.get("dtype", "float32")
+        if dtype_name == "bfloat16" and self.device.type == "cpu":
+            cpuinfo = _read_text("/proc/cpuinfo")
+            if cpuinfo is not None and not cpu_has_native_bfloat16(cpuinfo):
+                raise RuntimeError(
+                    "spec.triton.dtype bfloat16: this node's CPU has no bfloat16 instructions (avx512_bf16, "
+                    "amx_bf16 or bf16), so PyTorch would emulate it, slower than float32; schedule on a CPU "
+                    "that has them or use float32 (or quantization int8)"
+                )
+        dtype = getattr(torch, dtype_name)
         self.model = auto_class.from_pretrained(self.checkpoint, dtype=dtype, trust_remote_code=trust)
         self.model.to(self.device).eval()
+        if self.params.get("quantization", "none") == "int8":
+            self.model = quantize_int8(self.model, json.loads(self.params.get("int8_keep_float", "[]")))
         self.input_names = [
             name
             for name in self.tokenizer.model_input_names
             if name in ("input_ids", "attention_mask", "token_type_ids")
         ]
+
+    def _log_accuracy(self, path: str) -> None:
+        """Log the build's accuracy gate result (an optimised repository carries one) at load."""
+        text = _read_text(path)
+        if text is None or pb_utils is None or self.role not in ("encoder", "generator", "postprocess"):
+            return
+        result = json.loads(text)
+        gate = result.get("gate", {})
+        pb_utils.Logger.log_info(
+            f"{self.model_config.get('name', 'model')}: serving {json.dumps(result.get('optimisation'))}; "
+            f"the build measured it against float32 on {result.get('texts')} texts: "
+            f"{json.dumps(result.get('metrics'))}; gate {gate.get('metric')} >= {gate.get('floor')}"
+        )
 
     def _calibrate_group_overhead(self) -> int:
         """Time forward passes from one short text up to a full batch on this instance's device and fit

@@ -31,6 +31,7 @@ from model_repo.options import (
     SOURCE_SCHEMES,
     DType,
     ModelFormat,
+    Quantization,
     Task,
 )
 
@@ -265,6 +266,20 @@ class DynamicBatching(ApiModel):
     ] = None
 
 
+class Calibration(ApiModel):
+    """Calibration texts for the accuracy gate: a key of a ConfigMap, one text per line."""
+
+    config_map_name: Annotated[
+        str, Field(min_length=1, max_length=253, description="ConfigMap in the ModelDeployment's namespace.")
+    ]
+    key: Annotated[
+        str,
+        Field(
+            min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key holding the texts."
+        ),
+    ]
+
+
 class TritonConfig(ApiModel):
     """How the Triton model repository is generated and served."""
 
@@ -338,8 +353,58 @@ class TritonConfig(ApiModel):
             ),
         ),
     ] = False
+    quantization: Annotated[
+        Quantization,
+        Field(
+            default=Quantization.NONE,
+            description=(
+                "none, or int8: dynamic int8 weights and activations of the Linear layers (PyTorch's "
+                "dynamic quantisation in the python format, ONNX Runtime's quantize_dynamic in the onnx "
+                "format), for encoder tasks on CPUs. GPUs are refused (no measured int8 GPU path yet; they "
+                "serve float16), as is text-generation. The build measures the int8 model against float32 "
+                "(see accuracyFloor), keeps the few layers that cost accuracy in float32, and fails below "
+                "the floor."
+            ),
+        ),
+    ] = Quantization.NONE
+    accuracy_floor: Annotated[
+        float | None,
+        Field(
+            default=None,
+            ge=0.0,
+            le=1.0,
+            description=(
+                "Accuracy gate of an optimised model (quantization int8, or dtype bfloat16): the lowest "
+                "acceptable value of the task's metric against float32 on the calibration texts. Metrics: "
+                "label agreement (text-classification), entity agreement (token-classification), mean "
+                "cosine (feature-extraction), top-1 agreement (fill-mask), greedy token agreement "
+                "(text-generation). Default 0.99 for cosine, 0.98 for agreements."
+            ),
+        ),
+    ] = None
+    calibration: Annotated[
+        Calibration | None,
+        Field(
+            default=None,
+            description=(
+                "Calibration texts for the accuracy gate (default: a built-in set of English sentences)."
+            ),
+        ),
+    ] = None
 
     __rules__ = (
+        Rule(
+            cel=(
+                "!has(self.quantization) || self.quantization != 'int8' || !has(self.dtype) || "
+                "self.dtype == 'auto' || self.dtype == 'float32'"
+            ),
+            message=(
+                "spec.triton.quantization int8 keeps its unquantised layers in float32; "
+                "leave spec.triton.dtype auto or float32"
+            ),
+            check=lambda t: t.quantization != Quantization.INT8 or t.dtype in (DType.AUTO, DType.FLOAT32),
+            field_path=".quantization",
+        ),
         Rule(
             cel=(
                 "!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
@@ -640,6 +705,32 @@ class ModelDeploymentSpec(ApiModel):
         ),
         Rule(
             cel=(
+                "!has(self.triton) || self.triton.quantization != 'int8' || "
+                "!has(self.resources) || self.resources.gpus == 0"
+            ),
+            message=(
+                "spec.triton.quantization int8 runs on CPUs only (spec.resources.gpus 0): "
+                "no GPU int8 path is measured yet; GPUs serve float16"
+            ),
+            check=lambda s: s.triton.quantization != Quantization.INT8 or s.resources.gpus == 0,
+            field_path=".triton.quantization",
+        ),
+        Rule(
+            cel=(
+                "!has(self.triton) || self.triton.quantization != 'int8' || !has(self.model.task) || "
+                "self.model.task != 'text-generation'"
+            ),
+            message=(
+                "spec.triton.quantization int8 is for encoder tasks; text-generation is not measured with it "
+                "(use dtype bfloat16 on a CPU that has it)"
+            ),
+            check=lambda s: (
+                s.triton.quantization != Quantization.INT8 or s.model.task != Task.TEXT_GENERATION
+            ),
+            field_path=".triton.quantization",
+        ),
+        Rule(
+            cel=(
                 "!has(self.triton) || self.triton.dtype != 'float16' || "
                 "(has(self.resources) && self.resources.gpus >= 1)"
             ),
@@ -695,12 +786,27 @@ class Endpoints(ApiModel):
     model_name: str | None = Field(default=None, description="Triton model name to call.")
 
 
+class AccuracyStatus(ApiModel):
+    """What the build measured of an optimised model against float32 on the calibration texts."""
+
+    optimisation: str = Field(max_length=256, description="What was optimised, e.g. int8 (31 of 37 layers).")
+    metric: str = Field(max_length=64, description="The gated metric.")
+    value: float = Field(description="Its value.")
+    floor: float = Field(description="The floor it had to reach.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Every figure measured.")
+    texts: int = Field(ge=0, description="Calibration texts measured on.")
+
+
 class ModelRepositoryStatus(ApiModel):
     """The generated Triton model repository."""
 
     digest: str | None = Field(default=None, description="Digest of the repository's inputs (cache key).")
     format: ModelFormat | None = Field(default=None, description="Format the repository is built in.")
     task: Task | None = Field(default=None, description="Task the model is served for.")
+    accuracy: AccuracyStatus | None = Field(
+        default=None,
+        description="The build's accuracy gate: an optimised model against float32.",
+    )
 
 
 class ModelDeploymentStatus(ApiModel):

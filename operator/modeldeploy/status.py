@@ -8,6 +8,7 @@ yields an identical object and the operator writes nothing.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from model_repo.options import ModelFormat, Task
 from modeldeploy.api import (
+    AccuracyStatus,
     AutoscalingEngine,
     Condition,
     ConditionStatus,
@@ -448,6 +450,23 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     )
 
 
+def build_accuracy(observed: Observed) -> AccuracyStatus | None:
+    """The accuracy gate's result, from the termination message the builder of a current pod left."""
+    for pod in observed.pods:
+        if _pod_digest(pod) != observed.digest:
+            continue
+        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if status.get("name") != BUILDER_CONTAINER or terminated.get("exitCode") != 0:
+                continue
+            try:
+                accuracy = json.loads(terminated.get("message") or "{}").get("accuracy")
+                return AccuracyStatus.model_validate(accuracy) if accuracy else None
+            except (ValueError, AttributeError):  # a message from an older builder, or none
+                return None
+    return None
+
+
 def _pod_digest(pod: dict[str, Any]) -> str | None:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     value = annotations.get(MODEL_DIGEST_ANNOTATION)
@@ -719,7 +738,10 @@ def compute_status(
         selector=selector_string_for(md),
         endpoints=Endpoints.model_validate(endpoints(md)),
         model_repository=ModelRepositoryStatus(
-            digest=observed.digest, format=resolved_format(md), task=md.spec.model.task
+            digest=observed.digest,
+            format=resolved_format(md),
+            task=md.spec.model.task,
+            accuracy=build_accuracy(observed),
         ),
         reason=headline.reason,
         message=one_line(headline.message, limit=1024) if phase is not Phase.READY else None,

@@ -82,6 +82,42 @@ def test_dataplane_benchmark_runs_every_contender(tmp_path: Path) -> None:
     assert "onnx" in next(iter(report["not_run"]))
 
 
+def test_dataplane_benchmark_runs_the_optimised_contenders_beside_float32(tmp_path: Path) -> None:
+    from bench.dataplane.run import run
+
+    report = run(
+        [
+            "--quick", "--models", "tiny-bert", "--contenders", "ours,ours-int8,ours-bf16",
+            "--concurrency", "4", "--duration", "1", "--warmup", "0.3", "--raw-batch-sizes", "1,4",
+            "--raw-seconds", "0.05",
+            "--texts", "24", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    model = report["models"]["tiny-bert"]
+    assert set(model["contenders"]) == {"ours", "ours-int8", "ours-bf16"}
+    for contender in model["contenders"].values():
+        assert "error" not in contender, contender.get("error")
+        assert contender["levels"][0]["errors"] == 0 and contender["levels"][0]["requests"] > 0
+    optimised = model["optimised"]
+    int8 = optimised["ours-int8"]
+    assert int8["gate"]["gate"]["passed"] and int8["gate"]["optimisation"]["quantization"] == "int8"
+    assert set(int8["workload_accuracy"]) == {"label_agreement", "max_probability_difference"}
+    assert {(p["batch_size"], p["grouped"]) for p in int8["raw"]["points"]} == {
+        (1, False),
+        (4, False),
+        (4, True),
+    }
+    assert optimised["ours-bf16"]["gate"]["optimisation"]["dtype"] == "bfloat16"
+    assert model["contenders"]["ours-int8"]["config"]["accuracy"] == int8["gate"]
+    ratios = {row["name"]: row for row in model["ratios"]}
+    assert ratios["ours-int8 at c=4 / float32 raw length-grouped limit"]["met"] in (True, False)
+    assert ratios["ours-int8 at c=4 / int8 raw length-grouped limit"]["value"] > 0
+    markdown = (tmp_path / "dataplane-cpu-tiny-bert-quick.md").read_text()
+    assert (
+        "| ours-int8 | int8 / float32;" in markdown and "Raw in-process limit of the int8 model" in markdown
+    )
+
+
 def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
     from bench.autoscaling.run import STEPS, SWEEP_FRACTIONS, run
 

@@ -84,6 +84,7 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
         "os",
         "time",
         "typing",
+        "warnings",
         "numpy",
         "torch",
         "transformers",

@@ -266,6 +266,8 @@ def test_builder_init_container_gets_every_flag_and_credentials_by_reference_onl
             "dynamicBatching": {"maxQueueDelayMicroseconds": 100, "preferredBatchSizes": [4, 8]},
             "instancesPerDevice": 2,
             "maxSequenceLength": 128,
+            "accuracyFloor": 0.95,
+            "calibration": {"configMapName": "texts", "key": "en.txt"},
         },
         "resources": {"gpus": 1},
     }
@@ -288,12 +290,19 @@ def test_builder_init_container_gets_every_flag_and_credentials_by_reference_onl
         "--max-sequence-length", "128",
         "--device", "gpu",
         "--no-response-cache",
+        "--quantization", "none",
+        "--accuracy-floor", "0.95",
+        "--calibration-file", "/etc/modeldeploy/calibration/en.txt",
         "--trust-remote-code",
         "--allow-new-head",
         "--model-name", "bert",
         "--out", "/models/repository",
     ]  # fmt: skip
     assert builder["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert {"name": "calibration", "mountPath": "/etc/modeldeploy/calibration", "readOnly": True} in builder[
+        "volumeMounts"
+    ]
+    assert {"name": "calibration", "configMap": {"name": "texts"}} in _pod(state)["volumes"]
     assert all("valueFrom" not in env and "TOKEN" not in env["name"] for env in builder["env"])
     triton = _triton(state)
     assert "envFrom" not in triton and "env" not in triton, "the server needs no credentials"

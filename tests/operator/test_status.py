@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from md_fixtures import md_of
@@ -131,6 +132,43 @@ def test_init_container_build_failure_is_reported_with_its_message() -> None:
     # One Event, for Ready: not one per condition.
     (event,) = transitions(None, status)
     assert (event.reason, event.event_type) == ("BuildFailed", "Warning")
+
+
+def test_the_accuracy_gate_result_reaches_the_status_from_the_builders_termination_message() -> None:
+    md = md_of({"triton": {"quantization": "int8"}})
+    digest = digest_of(md)
+    accuracy = {
+        "optimisation": "int8 (dynamic, per-channel weights), 31 of 37 linear layers int8",
+        "metric": "cosine_mean",
+        "value": 0.9931,
+        "floor": 0.99,
+        "metrics": {"cosine_mean": 0.9931, "cosine_min": 0.95},
+        "texts": 48,
+    }
+    done = {"state": {"terminated": {"exitCode": 0, "message": json.dumps({"accuracy": accuracy})}}}
+    observed = Observed(
+        digest=digest, deployment=deployment(digest, replicas=1, ready=1), pods=[pod(digest, builder=done)]
+    )
+    status = compute_status(md, observed, None, T0)
+    assert status.model_repository is not None and status.model_repository.accuracy is not None
+    assert status.model_repository.accuracy.dump() == accuracy
+    # A pod of an older repository, or a builder that left no message, contributes nothing.
+    stale = Observed(digest=digest, deployment=deployment(digest), pods=[pod("0" * 16, builder=done)])
+    assert compute_status(md, stale, None, T0).model_repository.accuracy is None  # type: ignore[union-attr]
+    silent = {"state": {"terminated": {"exitCode": 0}}}
+    quiet = Observed(digest=digest, deployment=deployment(digest), pods=[pod(digest, builder=silent)])
+    assert compute_status(md, quiet, None, T0).model_repository.accuracy is None  # type: ignore[union-attr]
+
+
+def test_a_failed_accuracy_gate_is_build_failed_with_metric_value_and_floor() -> None:
+    md = md_of({"triton": {"quantization": "int8", "accuracyFloor": 0.999}})
+    digest = digest_of(md)
+    message = "accuracy gate failed: cosine_mean 0.9902 is below the floor 0.999 (int8 vs float32 ...)"
+    failing = pod(digest, ready=False, builder={"state": {"terminated": {"exitCode": 2, "message": message}}})
+    observed = Observed(digest=digest, deployment=deployment(digest, replicas=1, ready=0), pods=[failing])
+    status = compute_status(md, observed, None, T0)
+    assert conditions(status)["ModelRepositoryReady"] == ("False", "BuildFailed")
+    assert status.message is not None and "cosine_mean 0.9902 is below the floor 0.999" in status.message
 
 
 def test_cache_build_in_progress_then_failed() -> None:

@@ -18,6 +18,8 @@ SCRATCH_VOLUME = "scratch"
 SCRATCH_PATH = "/scratch"
 PVC_SOURCE_ROOT = "/mnt/pvc"
 PVC_SOURCE_VOLUME = "model-source"
+CALIBRATION_VOLUME = "calibration"
+CALIBRATION_PATH = "/etc/modeldeploy/calibration"
 
 
 def owner_of(md: ModelDeployment) -> Owner:
@@ -98,6 +100,11 @@ def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> l
         args += ["--max-sequence-length", str(triton.max_sequence_length)]
     args += ["--device", device(spec)]
     args.append("--response-cache" if triton.response_cache else "--no-response-cache")
+    args += ["--quantization", triton.quantization.value]
+    if triton.accuracy_floor is not None:
+        args += ["--accuracy-floor", str(triton.accuracy_floor)]
+    if triton.calibration is not None:
+        args += ["--calibration-file", f"{CALIBRATION_PATH}/{triton.calibration.key}"]
     if spec.model.trust_remote_code:
         args.append("--trust-remote-code")
     if spec.model.allow_new_head:
@@ -120,6 +127,8 @@ def builder_container(
         mounts.append(
             {"name": PVC_SOURCE_VOLUME, "mountPath": f"{PVC_SOURCE_ROOT}/{pvc[0]}", "readOnly": True}
         )
+    if spec.triton.calibration is not None:
+        mounts.append({"name": CALIBRATION_VOLUME, "mountPath": CALIBRATION_PATH, "readOnly": True})
     container: dict[str, Any] = {
         "name": "model-builder",
         "image": image,
@@ -130,6 +139,9 @@ def builder_container(
             {"name": "HOME", "value": SCRATCH_PATH},
             {"name": "HF_HOME", "value": f"{SCRATCH_PATH}/huggingface"},
             {"name": "MODELDEPLOY_PVC_ROOT", "value": PVC_SOURCE_ROOT},
+            # The build's outcome (its error, or the accuracy gate's result) becomes the container's
+            # termination message, which the operator reads into the status.
+            {"name": "MODELDEPLOY_TERMINATION_MESSAGE", "value": "/dev/termination-log"},
         ],
         "resources": container_resources(spec, with_gpus=False),
         "volumeMounts": mounts,
@@ -149,6 +161,10 @@ def builder_volumes(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     if pvc is not None:
         volumes.append(
             {"name": PVC_SOURCE_VOLUME, "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}}
+        )
+    if spec.triton.calibration is not None:
+        volumes.append(
+            {"name": CALIBRATION_VOLUME, "configMap": {"name": spec.triton.calibration.config_map_name}}
         )
     return volumes
 
