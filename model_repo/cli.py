@@ -64,6 +64,21 @@ TrustOption = Annotated[
     typer.Option("--trust-remote-code", help="Allow running code shipped inside the checkpoint."),
 ]
 ModelNameOption = Annotated[str, typer.Option("--model-name", help="Triton model name.")]
+SequencesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-concurrent-sequences",
+        help="text-generation: sequences decoded together per instance; more wait in a bounded queue. "
+        "Default: from the device and the KV cache a sequence needs.",
+    ),
+]
+MaxTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        help="text-generation: the most tokens one request may ask for (default: the context length - 1).",
+    ),
+]
 
 
 def _options(
@@ -81,6 +96,8 @@ def _options(
     response_cache: bool,
     trust_remote_code: bool,
     model_name: str,
+    max_concurrent_sequences: int | None,
+    max_tokens: int | None,
 ) -> BuildOptions:
     from model_repo.build import BuildOptions
 
@@ -99,6 +116,8 @@ def _options(
         response_cache=response_cache,
         trust_remote_code=trust_remote_code,
         model_name=model_name,
+        max_concurrent_sequences=max_concurrent_sequences,
+        max_tokens=max_tokens,
     )
 
 
@@ -132,6 +151,8 @@ def build(
     response_cache: CacheOption = False,
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
+    max_concurrent_sequences: SequencesOption = None,
+    max_tokens: MaxTokensOption = None,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
     options = _options(
@@ -149,6 +170,8 @@ def build(
         response_cache,
         trust_remote_code,
         model_name,
+        max_concurrent_sequences,
+        max_tokens,
     )
     result = _build(options, out)
     state = "cache hit" if result.cache_hit else "built"
@@ -164,26 +187,23 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
 
     record = read_record(result.path) or {}
     name = result.model_name
-    if result.format is ModelFormat.VLLM:
+    if result.task is Task.TEXT_GENERATION:  # one contract for the python and vllm formats
         return (
-            f"curl -s -X POST http://{http_url}/v2/models/{name}/generate "
-            '-d \'{"text_input": "Hello, my name is", "parameters": {"stream": false, "max_tokens": 32}}\''
-        )
-    if result.task is Task.TEXT_GENERATION:
-        return (
-            f"curl -sN -X POST http://{http_url}/v2/models/{name}/generate_stream "
-            '-d \'{"TEXT": "Hello, my name is", "MAX_NEW_TOKENS": 32}\'\n\n'
+            f"curl -s -X POST http://{http_url}/v2/models/{name}/generate_stream "
+            '-d \'{"text_input": "Hello, my name is", "max_tokens": 32, "stream": true}\'\n\n'
             "python - <<'EOF'\n"
             "import numpy as np, queue, tritonclient.grpc as g\n"
             f'c = g.InferenceServerClient("{grpc_url}"); q = queue.Queue()\n'
             "c.start_stream(callback=lambda result, error: q.put(error or result))\n"
-            't = g.InferInput("TEXT", [1], "BYTES")\n'
+            't = g.InferInput("text_input", [1], "BYTES")\n'
             't.set_data_from_numpy(np.array([b"Hello, my name is"], dtype=object))\n'
-            f'c.async_stream_infer("{name}", [t], enable_empty_final_response=True)\n'
+            's = g.InferInput("stream", [1], "BOOL"); s.set_data_from_numpy(np.array([True]))\n'
+            f'c.async_stream_infer("{name}", [t, s], enable_empty_final_response=True)\n'
             "while True:\n"
             "    r = q.get(); assert not isinstance(r, Exception), r\n"
+            '    if r.as_numpy("text_output") is not None:\n'
+            '        print(r.as_numpy("text_output")[0].decode(), end="", flush=True)\n'
             '    if r.get_response().parameters["triton_final_response"].bool_param: break\n'
-            '    print(r.as_numpy("TEXT_OUTPUT")[0].decode(), end="", flush=True)\n'
             "c.stop_stream()\n"
             "EOF"
         )
@@ -220,6 +240,8 @@ def serve(
     response_cache: CacheOption = False,
     trust_remote_code: TrustOption = False,
     model_name: ModelNameOption = "model",
+    max_concurrent_sequences: SequencesOption = None,
+    max_tokens: MaxTokensOption = None,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -246,6 +268,8 @@ def serve(
         response_cache,
         trust_remote_code,
         model_name,
+        max_concurrent_sequences,
+        max_tokens,
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository")
