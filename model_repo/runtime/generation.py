@@ -291,8 +291,11 @@ def sample_rows(scores: Any, settings: list[tuple[Sampling, Any] | None]) -> Any
 
 
 def _error(message: str, code_name: str) -> Any:
+    """An error response with Triton's status code, which also leads the message: Triton's gRPC streaming
+    protocol (ModelStreamInferResponse) carries only a message, so a streaming client reads the code there."""
     return pb_utils.InferenceResponse(
-        output_tensors=[], error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code_name))
+        output_tensors=[],
+        error=pb_utils.TritonError(f"[{code_name}] {message}", getattr(pb_utils.TritonError, code_name)),
     )
 
 
