@@ -449,7 +449,7 @@ class GenerationEngine:
         )
         # Greedy in the manager; `sample_rows` replaces its sampling step. No logits processors: the
         # checkpoint's own (repetition penalties etc.) would apply to every request alike.
-        generation_config = GenerationConfig(do_sample=False, max_new_tokens=default_max_tokens)
+        generation_config = GenerationConfig(do_sample=False, max_new_tokens=default_max_tokens)  # type: ignore[no-untyped-call]
         self.manager = model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=config
         )
