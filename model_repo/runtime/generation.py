@@ -63,6 +63,9 @@ MAX_STOP_STRINGS = 16
 # Seconds between the dispatcher's checks when no token arrives: bounds how long a cancelled request that
 # has not been scheduled yet keeps its place, and how stale the gauges get while idle.
 DISPATCH_POLL_S = 0.01
+# Seconds between cancellation checks: each `is_cancelled()` is a round trip to the server, so they are
+# not made every decoding step of every sequence; a cancelled request still leaves within ~one step.
+CANCEL_POLL_S = 0.02
 TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
@@ -465,6 +468,7 @@ class GenerationEngine:
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: dict[str, Job] = {}
         self._ids = itertools.count()
+        self._last_cancel_check = 0.0
         self.manager.start()
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="generation-dispatch", daemon=True
@@ -552,13 +556,15 @@ class GenerationEngine:
                     return
                 job = self._waiting.popleft()
                 self._running[job.request_id] = job
-            self.manager.add_request(
+            accepted = self.manager.add_request(
                 job.prompt_ids,
                 request_id=job.request_id,
                 max_new_tokens=job.max_tokens,
                 streaming=True,
                 eos_token_id=[*self.eos_ids, *job.sampling.stop_token_ids] or -1,
             )
+            if accepted is None:  # the manager stopped (e.g. after a fatal error): fail, don't hang
+                self._finish(job, error="the generation engine is not running")
 
     def _on_result(self, result: Any) -> None:
         with self._lock:
@@ -577,6 +583,8 @@ class GenerationEngine:
             if self.metrics is not None:
                 self.metrics.tokens.increment(fresh)
         job.tokens = list(result.generated_tokens)
+        if not (job.sampling.stream or job.sampling.stop or result.is_finished()):
+            return  # nothing to send or check before the end: skip decoding
         text = self._text(job)
         stop_at = find_stop(text, job.sampling.stop)
         if stop_at is not None:
@@ -629,6 +637,10 @@ class GenerationEngine:
         self._wake.set()
 
     def _reap_cancelled(self) -> None:
+        now = time.perf_counter()
+        if now - self._last_cancel_check < CANCEL_POLL_S:
+            return
+        self._last_cancel_check = now
         with self._lock:
             jobs = [*self._running.values(), *self._waiting]
         for job in jobs:
