@@ -409,20 +409,25 @@ def _by_clients(contender: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {level["clients"]: level for level in contender["levels"]}
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """NaN when the denominator measured nothing (e.g. no answer completed inside the window)."""
+    return numerator / denominator if denominator and denominator == denominator else float("nan")
+
+
 def ratios(report: dict[str, Any]) -> dict[str, float]:
     ours, base, limit = (_by_clients(report[key]) for key in (OURS, BASELINE, "in_process"))
     out: dict[str, float] = {}
     for clients in ours:
-        out[f"ours/baseline tokens/s at {clients}"] = (
-            ours[clients]["tokens_per_s"] / base[clients]["tokens_per_s"]
+        out[f"ours/baseline tokens/s at {clients}"] = _ratio(
+            ours[clients]["tokens_per_s"], base[clients]["tokens_per_s"]
         )
-        out[f"ours/in-process tokens/s at {clients}"] = (
-            ours[clients]["tokens_per_s"] / limit[clients]["tokens_per_s"]
+        out[f"ours/in-process tokens/s at {clients}"] = _ratio(
+            ours[clients]["tokens_per_s"], limit[clients]["tokens_per_s"]
         )
     first = min(ours)
-    out[f"ours/baseline TTFT p50 at {first}"] = ours[first]["ttft_p50_ms"] / base[first]["ttft_p50_ms"]
-    out[f"ours/baseline latency p50 at {first}"] = (
-        ours[first]["latency_p50_ms"] / base[first]["latency_p50_ms"]
+    out[f"ours/baseline TTFT p50 at {first}"] = _ratio(ours[first]["ttft_p50_ms"], base[first]["ttft_p50_ms"])
+    out[f"ours/baseline latency p50 at {first}"] = _ratio(
+        ours[first]["latency_p50_ms"], base[first]["latency_p50_ms"]
     )
     return out
 
@@ -438,8 +443,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 fmt(o["tokens_per_s"]),
                 fmt(b["tokens_per_s"]),
                 fmt(p["tokens_per_s"]),
-                f"{o['tokens_per_s'] / b['tokens_per_s']:.2f}x",
-                f"{o['tokens_per_s'] / p['tokens_per_s']:.2f}x",
+                f"{_ratio(o['tokens_per_s'], b['tokens_per_s']):.2f}x",
+                f"{_ratio(o['tokens_per_s'], p['tokens_per_s']):.2f}x",
                 f"{fmt(o['ttft_p50_ms'])} / {fmt(o['ttft_p99_ms'])}",
                 f"{fmt(b['ttft_p50_ms'])} / {fmt(b['ttft_p99_ms'])}",
                 f"{o['errors']}/{b['errors']}",
