@@ -22,6 +22,7 @@ from model_repo.accuracy import ACCURACY_FILE
 from model_repo.checkpoint import CheckpointInfo, inspect_checkpoint, task_of_architectures
 from model_repo.configs import (
     GENERATION_INPUTS,
+    GENERATION_OUTPUTS,
     ModelConfigSpec,
     Tensor,
     Warmup,
@@ -43,8 +44,15 @@ from model_repo.options import (
 
 RECORD_FILE = "modeldeploy.json"
 RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
+# The continuous-batching engine model.py loads for text-generation (copied next to it).
+GENERATION_RUNTIME_FILE = Path(__file__).parent / "runtime" / "generation.py"
 FILL_MASK_TOP_K = 5
-DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_MAX_TOKENS = 64
+# Requests that may wait for a sequence slot, per slot, before new ones are refused as UNAVAILABLE.
+QUEUED_PER_SEQUENCE = 4
+MAX_CONCURRENT_SEQUENCES = 4096
+# The inputs Triton's vLLM backend reads as tensors; the rest of the contract goes in sampling_parameters.
+VLLM_INPUTS = ("text_input", "stream", "sampling_parameters", "exclude_input_in_output")
 WARMUP_TEXT = "Triton warms this model up so that the first real request is not the slow one."
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -71,6 +79,9 @@ class BuildOptions:
     quantization: Quantization = Quantization.NONE
     accuracy_floor: float | None = None
     calibration_file: str | None = None
+    # text-generation only; None: derived from the device and the KV cache per sequence / the context.
+    max_concurrent_sequences: int | None = None
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,12 @@ def _check_options(options: BuildOptions) -> None:
                 f"--preferred-batch-size {size} must be between 1 and "
                 f"--max-batch-size {options.max_batch_size}"
             )
+    if options.max_concurrent_sequences is not None and not (
+        1 <= options.max_concurrent_sequences <= MAX_CONCURRENT_SEQUENCES
+    ):
+        raise BuildError(f"--max-concurrent-sequences must be between 1 and {MAX_CONCURRENT_SEQUENCES}")
+    if options.max_tokens is not None and options.max_tokens < 1:
+        raise BuildError("--max-tokens must be at least 1")
     if options.max_sequence_length is not None and options.max_sequence_length < 2:
         raise BuildError("--max-sequence-length must be at least 2")
     if not _MODEL_NAME.match(options.model_name):
@@ -178,6 +195,7 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
     identity = {
         "builder": __version__,
         "runtime": _sha256(RUNTIME_FILE),
+        "generation_runtime": _sha256(GENERATION_RUNTIME_FILE),
         "revision": fetched.revision or options.revision,
         "options": {
             key: (value.value if hasattr(value, "value") else value) for key, value in relevant.items()
@@ -361,9 +379,37 @@ def _runtime_parameters(
         params["normalize"] = "true" if st and st.normalize else "false"
     if info.task is Task.FILL_MASK:
         params["top_k"] = str(FILL_MASK_TOP_K)
-    if info.task is Task.TEXT_GENERATION:
-        params["default_max_new_tokens"] = str(DEFAULT_MAX_NEW_TOKENS)
     return params
+
+
+def _kv_bytes_per_token(model: Any, dtype: str) -> int:
+    """Bytes one token's keys and values take across all layers (what a sequence reserves per position)."""
+    config = model.config.get_text_config()
+    layers = int(getattr(config, "num_hidden_layers", 1))
+    heads = int(getattr(config, "num_attention_heads", 1))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return 2 * layers * kv_heads * head_dim * (4 if dtype == "float32" else 2)
+
+
+def _generation_parameters(options: BuildOptions, model: Any, dtype: str, max_length: int) -> dict[str, str]:
+    from model_repo.runtime.generation import default_max_concurrent_sequences
+
+    if options.max_tokens is not None and options.max_tokens >= max_length:
+        raise BuildError(
+            f"--max-tokens {options.max_tokens} leaves no room for a prompt in the model's context of "
+            f"{max_length} tokens; use at most {max_length - 1}"
+        )
+    limit = options.max_tokens if options.max_tokens is not None else max_length - 1
+    sequences = options.max_concurrent_sequences or default_max_concurrent_sequences(
+        options.device, _kv_bytes_per_token(model, dtype), max_length
+    )
+    return {
+        "max_concurrent_sequences": str(sequences),
+        "max_queued_requests": str(QUEUED_PER_SEQUENCE * sequences),
+        "max_tokens_limit": str(limit),
+        "default_max_tokens": str(min(DEFAULT_MAX_TOKENS, limit)),
+    }
 
 
 def _instance_kind(device: str) -> str:
@@ -396,11 +442,13 @@ def _write_python_model(
     role = "generator" if generation else "encoder"
     parameters = _runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
     parameters.update(extra_parameters)
-    warmup_file = "TEXT"
+    warmup_file = "text_input" if generation else "TEXT"
     _string_warmup_file(model_dir / "warmup" / warmup_file, _warmup_text(info, tokenizer))
     text_input = ("TYPE_STRING", (1,), f'input_data_file: "{warmup_file}"')
     if generation:
-        (model_dir / "warmup" / "MAX_NEW_TOKENS").write_bytes(struct.pack("<i", 2))
+        shutil.copyfile(GENERATION_RUNTIME_FILE, version_dir / "generation.py")
+        parameters.update(_generation_parameters(options, model, dtype, max_length))
+        (model_dir / "warmup" / "max_tokens").write_bytes(struct.pack("<i", 2))
         # Decoupled: one request streams many responses, so Triton's batcher stays out of the way.
         spec = ModelConfigSpec(
             name=options.model_name,
@@ -417,8 +465,8 @@ def _write_python_model(
                     "short_generation",
                     1,
                     {
-                        "TEXT": text_input,
-                        "MAX_NEW_TOKENS": ("TYPE_INT32", (1,), 'input_data_file: "MAX_NEW_TOKENS"'),
+                        "text_input": text_input,
+                        "max_tokens": ("TYPE_INT32", (1,), 'input_data_file: "max_tokens"'),
                     },
                 )
             ],
@@ -468,13 +516,8 @@ def _write_vllm_model(
         name=options.model_name,
         backend="vllm",
         max_batch_size=0,
-        inputs=[
-            Tensor("text_input", "TYPE_STRING", (1,)),
-            Tensor("stream", "TYPE_BOOL", (1,), optional=True),
-            Tensor("sampling_parameters", "TYPE_STRING", (1,), optional=True),
-            Tensor("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True),
-        ],
-        outputs=[Tensor("text_output", "TYPE_STRING", (-1,))],
+        inputs=[tensor for tensor in GENERATION_INPUTS if tensor.name in VLLM_INPUTS],
+        outputs=[GENERATION_OUTPUTS[0]],
         instance_kind="KIND_MODEL",
         instance_count=1,
         decoupled=True,

@@ -117,6 +117,21 @@ CalibrationOption = Annotated[
     Path | None,
     typer.Option("--calibration-file", help="Calibration texts, one per line (default: a built-in set)."),
 ]
+SequencesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-concurrent-sequences",
+        help="text-generation: sequences decoded together per instance; more wait in a bounded queue. "
+        "Default: from the device and the KV cache a sequence needs.",
+    ),
+]
+MaxTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        help="text-generation: the most tokens one request may ask for (default: the context length - 1).",
+    ),
+]
 
 
 def _options(
@@ -138,6 +153,8 @@ def _options(
     quantization: Quantization,
     accuracy_floor: float | None,
     calibration_file: Path | None,
+    max_concurrent_sequences: int | None,
+    max_tokens: int | None,
 ) -> BuildOptions:
     from model_repo.build import BuildOptions
 
@@ -160,6 +177,8 @@ def _options(
         quantization=quantization,
         accuracy_floor=accuracy_floor,
         calibration_file=str(calibration_file.absolute()) if calibration_file else None,
+        max_concurrent_sequences=max_concurrent_sequences,
+        max_tokens=max_tokens,
     )
 
 
@@ -209,6 +228,8 @@ def build(
     quantization: QuantizationOption = Quantization.NONE,
     accuracy_floor: FloorOption = None,
     calibration_file: CalibrationOption = None,
+    max_concurrent_sequences: SequencesOption = None,
+    max_tokens: MaxTokensOption = None,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
     from model_repo.build import read_record
@@ -232,6 +253,8 @@ def build(
         quantization,
         accuracy_floor,
         calibration_file,
+        max_concurrent_sequences,
+        max_tokens,
     )
     result = _build(options, out, force)
     state = "cache hit" if result.cache_hit else "built"
@@ -275,26 +298,23 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
 
     record = read_record(result.path) or {}
     name = result.model_name
-    if result.format is ModelFormat.VLLM:
+    if result.task is Task.TEXT_GENERATION:  # one contract for the python and vllm formats
         return (
-            f"curl -s -X POST http://{http_url}/v2/models/{name}/generate "
-            '-d \'{"text_input": "Hello, my name is", "parameters": {"stream": false, "max_tokens": 32}}\''
-        )
-    if result.task is Task.TEXT_GENERATION:
-        return (
-            f"curl -sN -X POST http://{http_url}/v2/models/{name}/generate_stream "
-            '-d \'{"TEXT": "Hello, my name is", "MAX_NEW_TOKENS": 32}\'\n\n'
+            f"curl -s -X POST http://{http_url}/v2/models/{name}/generate_stream "
+            '-d \'{"text_input": "Hello, my name is", "max_tokens": 32, "stream": true}\'\n\n'
             "python - <<'EOF'\n"
             "import numpy as np, queue, tritonclient.grpc as g\n"
             f'c = g.InferenceServerClient("{grpc_url}"); q = queue.Queue()\n'
             "c.start_stream(callback=lambda result, error: q.put(error or result))\n"
-            't = g.InferInput("TEXT", [1], "BYTES")\n'
+            't = g.InferInput("text_input", [1], "BYTES")\n'
             't.set_data_from_numpy(np.array([b"Hello, my name is"], dtype=object))\n'
-            f'c.async_stream_infer("{name}", [t], enable_empty_final_response=True)\n'
+            's = g.InferInput("stream", [1], "BOOL"); s.set_data_from_numpy(np.array([True]))\n'
+            f'c.async_stream_infer("{name}", [t, s], enable_empty_final_response=True)\n'
             "while True:\n"
             "    r = q.get(); assert not isinstance(r, Exception), r\n"
+            '    if r.as_numpy("text_output") is not None:\n'
+            '        print(r.as_numpy("text_output")[0].decode(), end="", flush=True)\n'
             '    if r.get_response().parameters["triton_final_response"].bool_param: break\n'
-            '    print(r.as_numpy("TEXT_OUTPUT")[0].decode(), end="", flush=True)\n'
             "c.stop_stream()\n"
             "EOF"
         )
@@ -336,6 +356,8 @@ def serve(
     quantization: QuantizationOption = Quantization.NONE,
     accuracy_floor: FloorOption = None,
     calibration_file: CalibrationOption = None,
+    max_concurrent_sequences: SequencesOption = None,
+    max_tokens: MaxTokensOption = None,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -366,6 +388,8 @@ def serve(
         quantization,
         accuracy_floor,
         calibration_file,
+        max_concurrent_sequences,
+        max_tokens,
     )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository", force)

@@ -128,15 +128,25 @@ def task_outputs(task: Task, num_labels: int, hidden_size: int, top_k: int) -> l
         return [Tensor("EMBEDDING", "TYPE_FP32", (hidden_size,))]
     if task is Task.FILL_MASK:
         return [Tensor("TOKENS", "TYPE_STRING", (top_k,)), Tensor("SCORES", "TYPE_FP32", (top_k,))]
-    return [Tensor("TEXT_OUTPUT", "TYPE_STRING", (1,))]
+    return list(GENERATION_OUTPUTS)
 
 
+# Triton's LLM convention (vLLM backend, OpenAI frontend, GenAI-Perf): one contract for every format.
 GENERATION_INPUTS: tuple[Tensor, ...] = (
-    Tensor("TEXT", "TYPE_STRING", (1,)),
-    Tensor("MAX_NEW_TOKENS", "TYPE_INT32", (1,), optional=True),
-    Tensor("TEMPERATURE", "TYPE_FP32", (1,), optional=True),
-    Tensor("TOP_P", "TYPE_FP32", (1,), optional=True),
-    Tensor("SEED", "TYPE_INT64", (1,), optional=True),
+    Tensor("text_input", "TYPE_STRING", (1,)),
+    Tensor("stream", "TYPE_BOOL", (1,), optional=True),
+    Tensor("max_tokens", "TYPE_INT32", (1,), optional=True),
+    Tensor("temperature", "TYPE_FP32", (1,), optional=True),
+    Tensor("top_p", "TYPE_FP32", (1,), optional=True),
+    Tensor("seed", "TYPE_UINT64", (1,), optional=True),
+    Tensor("stop", "TYPE_STRING", (-1,), optional=True),
+    Tensor("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True),
+    Tensor("sampling_parameters", "TYPE_STRING", (1,), optional=True),
+)
+GENERATION_OUTPUTS: tuple[Tensor, ...] = (
+    Tensor("text_output", "TYPE_STRING", (-1,)),
+    Tensor("num_input_tokens", "TYPE_INT32", (1,)),
+    Tensor("num_output_tokens", "TYPE_INT32", (1,)),
 )
 
 

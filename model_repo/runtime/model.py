@@ -5,7 +5,8 @@ model's `config.pbtxt` parameters pick its role:
 
 - `encoder`: tokenizer + forward pass + post-processing for text-classification, token-classification,
   feature-extraction and fill-mask (the `python` format);
-- `generator`: decoupled, token-by-token streaming text generation;
+- `generator`: decoupled text generation with continuous batching (the engine is in generation.py,
+  copied next to this file);
 - `tokenizer` / `postprocess`: the two Python halves around an ONNX model (the `onnx` format).
 
 It must stay self-contained: it runs on a stock Triton image where only torch, transformers, numpy and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -295,19 +297,6 @@ def _decode_texts(request: Any, name: str) -> list[str]:
     return texts
 
 
-def _optional_scalar(request: Any, name: str) -> float | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise RequestError(f"{name} must hold exactly one value")
-    value = float(values[0])
-    if not math.isfinite(value):
-        raise RequestError(f"{name} must be finite")
-    return value
-
-
 def _read_text(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as handle:
@@ -329,38 +318,32 @@ def _string_tensor(name: str, values: list[str], shape: tuple[int, ...]) -> Any:
     return pb_utils.Tensor(name, array)
 
 
-class TokenStreamer:
-    """Receives generated token ids from `generate` and sends each new piece of text as a response."""
+def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
+    """The continuous-batching engine of generation.py, loaded by path: Triton imports model.py as a file,
+    not as part of a package."""
+    import importlib.util
 
-    def __init__(self, tokenizer: Any, sender: Any) -> None:
-        self.tokenizer = tokenizer
-        self.sender = sender
-        self.tokens: list[int] = []
-        self.sent = ""
-        self.prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
-        self._send_new_text(final=False)
-
-    def end(self) -> None:
-        self._send_new_text(final=True)
-
-    def _send_new_text(self, final: bool) -> None:
-        text: str = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        # A multi-byte character split across tokens decodes to U+FFFD until its last token arrives.
-        if not final and text.endswith("\ufffd"):
-            return
-        delta = text[len(self.sent) :]
-        if delta:
-            self.sent = text
-            response = pb_utils.InferenceResponse(
-                output_tensors=[_string_tensor("TEXT_OUTPUT", [delta], (1,))]
-            )
-            self.sender.send(response)
+    spec = importlib.util.spec_from_file_location(
+        "modeldeploy_generation", os.path.join(os.path.dirname(os.path.abspath(__file__)), "generation.py")
+    )
+    assert spec is not None and spec.loader is not None
+    generation = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = generation  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(generation)
+    params = runtime.params
+    name = runtime.model_config.get("name", "model")
+    metrics = generation.GenerationMetrics(name, args.get("model_version", "1")) if pb_utils else None
+    return generation.GenerationEngine(
+        runtime.model,
+        runtime.tokenizer,
+        context=runtime.max_length,
+        max_sequences=int(params["max_concurrent_sequences"]),
+        max_queued=int(params["max_queued_requests"]),
+        max_tokens_limit=int(params["max_tokens_limit"]),
+        default_max_tokens=int(params["default_max_tokens"]),
+        metrics=metrics,
+        log=pb_utils.Logger.log_warn if pb_utils else print,
+    )
 
 
 class TritonPythonModel:
@@ -400,9 +383,12 @@ class TritonPythonModel:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.model: Any = None
+        self.generation: Any = None
         if self.role in ("encoder", "generator"):
             self._load_model(trust)
         self._log_accuracy(os.path.join(args["model_repository"], "..", "accuracy.json"))
+        if self.role == "generator":
+            self.generation = _start_generation(self, args)
         self.group_overhead = DEFAULT_GROUP_OVERHEAD_TOKENS
         if configured_overhead:
             self.group_overhead = int(configured_overhead)
@@ -515,7 +501,7 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any] | None:
         if self.role == "generator":
             for request in requests:
-                self._generate(request)
+                self.generation.submit(request)
             return None
         if self.role == "postprocess":
             return [self._postprocess_request(request) for request in requests]
@@ -739,73 +725,7 @@ class TritonPythonModel:
         except RequestError as exc:
             return _error_response(str(exc))
 
-    # -- generator ------------------------------------------------------------------------------------
-
-    def _generate(self, request: Any) -> None:
-        sender = request.get_response_sender()
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        try:
-            self._stream(request, sender)
-        except RequestError as exc:
-            sender.send(_error_response(str(exc)), flags=final)
-            return
-        except Exception as exc:
-            sender.send(_error_response(f"generation failed: {exc}", fault=True), flags=final)
-            return
-        sender.send(flags=final)
-
-    def _stream(self, request: Any, sender: Any) -> None:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        texts = _decode_texts(request, "TEXT")
-        if len(texts) != 1:
-            raise RequestError("TEXT must hold exactly one prompt")
-        max_new = _optional_scalar(request, "MAX_NEW_TOKENS")
-        max_new_tokens = (
-            int(max_new) if max_new is not None else int(self.params.get("default_max_new_tokens", "64"))
-        )
-        if max_new_tokens < 1:
-            raise RequestError("MAX_NEW_TOKENS must be at least 1")
-        temperature = _optional_scalar(request, "TEMPERATURE")
-        temperature = 1.0 if temperature is None else temperature
-        if temperature < 0:
-            raise RequestError("TEMPERATURE must be >= 0 (0 means greedy decoding)")
-        top_p = _optional_scalar(request, "TOP_P")
-        top_p = 1.0 if top_p is None else top_p
-        if not 0 < top_p <= 1:
-            raise RequestError("TOP_P must be in (0, 1]")
-        seed = _optional_scalar(request, "SEED")
-
-        # Positions are finite: leave room for the new tokens by dropping the start of a long prompt.
-        max_new_tokens = min(max_new_tokens, self.max_length - 1)
-        prompt_ids = self.tokenizer(texts[0], add_special_tokens=True)["input_ids"]
-        prompt_ids = prompt_ids[-(self.max_length - max_new_tokens) :]
-        input_ids = torch.tensor([prompt_ids], device=self.device)
-
-        sender_cancelled = getattr(sender, "is_cancelled", lambda: False)
-
-        class StopWhenCancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), bool(sender_cancelled()), dtype=torch.bool)
-
-        if seed is not None:
-            torch.manual_seed(int(seed))
-        sampling: dict[str, Any] = (
-            {"do_sample": False}
-            if temperature == 0
-            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        )
-        with torch.inference_mode():
-            self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=self.pad_id,
-                streamer=TokenStreamer(self.tokenizer, sender),
-                stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
-                **sampling,
-            )
-
     def finalize(self) -> None:
+        if self.generation is not None:
+            self.generation.stop()
         self.model = None

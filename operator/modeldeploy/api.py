@@ -328,6 +328,31 @@ class TritonConfig(ApiModel):
             ),
         ),
     ] = None
+    max_concurrent_sequences: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=1,
+            le=4096,
+            description=(
+                "text-generation: sequences one instance decodes together (continuous batching); up to 4x "
+                "as many more wait, beyond that requests are refused as UNAVAILABLE. Default: 64 on a GPU, "
+                "16 on the CPU, fewer when their full-context KV cache would not fit the budget."
+            ),
+        ),
+    ] = None
+    max_tokens: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=1,
+            le=131072,
+            description=(
+                "text-generation: the most tokens one request may ask for; more is refused as INVALID_ARG. "
+                "Default: the context length - 1."
+            ),
+        ),
+    ] = None
     dtype: Annotated[
         DType,
         Field(
@@ -511,6 +536,7 @@ class AutoscalingMetric(StrEnum):
     QUEUE_TIME = "queueTime"
     QUEUE_COMPUTE_RATIO = "queueComputeRatio"
     PENDING_REQUESTS = "pendingRequests"
+    RUNNING_SEQUENCES = "runningSequences"
     CPU = "cpu"
 
 
@@ -527,6 +553,8 @@ DEFAULT_TARGETS: dict[AutoscalingMetric, str] = {
     AutoscalingMetric.QUEUE_TIME: "50000",  # average µs a request waits in Triton's queue
     AutoscalingMetric.QUEUE_COMPUTE_RATIO: "500m",  # queue time / compute time
     AutoscalingMetric.PENDING_REQUESTS: "8",  # queued requests per pod
+    # Sequences in the continuous batch per pod (text-generation): 3/4 of the CPU default of 16 slots.
+    AutoscalingMetric.RUNNING_SEQUENCES: "12",
     AutoscalingMetric.CPU: "70",  # % of the CPU request
 }
 _TARGET_DESCRIPTION = (
@@ -549,7 +577,8 @@ class Autoscaling(ApiModel):
             default=AutoscalingMetric.QUEUE_COMPUTE_RATIO,
             description=(
                 "queueTime: average µs a request waits in Triton's queue; queueComputeRatio: queue time "
-                "over compute time; pendingRequests: requests queued per pod; cpu: CPU utilisation %."
+                "over compute time; pendingRequests: requests queued per pod; runningSequences: "
+                "sequences being generated per pod (text-generation only); cpu: CPU utilisation %."
             ),
         ),
     ] = AutoscalingMetric.QUEUE_COMPUTE_RATIO
@@ -739,6 +768,23 @@ class ModelDeploymentSpec(ApiModel):
             ),
             check=lambda s: s.triton.dtype != DType.FLOAT16 or s.resources.gpus >= 1,
             field_path=".triton.dtype",
+        ),
+        Rule(
+            cel=(
+                "!has(self.autoscaling) || self.autoscaling.metric != 'runningSequences' || "
+                "(has(self.model.task) && self.model.task == 'text-generation' && "
+                "(!has(self.triton) || self.triton.format != 'vllm'))"
+            ),
+            message=(
+                "spec.autoscaling.metric runningSequences needs spec.model.task text-generation served by "
+                "the python format (the runtime exports it)"
+            ),
+            check=lambda s: (
+                s.autoscaling is None
+                or s.autoscaling.metric != AutoscalingMetric.RUNNING_SEQUENCES
+                or (s.model.task == Task.TEXT_GENERATION and s.triton.format != ModelFormat.VLLM)
+            ),
+            field_path=".autoscaling.metric",
         ),
     )
 

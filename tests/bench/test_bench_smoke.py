@@ -153,3 +153,24 @@ def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
         "heavy_final_replicas",
         "idle_back_to_min_after_s",
     }
+
+
+def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
+    from bench.generation.run import render_markdown, run
+
+    report = run(
+        [
+            "--layers", "1", "--hidden", "64", "--max-tokens", "8", "--min-prompt", "8", "--max-prompt", "32",
+            "--concurrency", "1,2", "--warmup-s", "0.5", "--window-s", "2", "--workdir", str(tmp_path),
+            "--no-write",
+        ]
+    )  # fmt: skip
+    for name in ("ours", "baseline", "in_process"):
+        assert [level["clients"] for level in report[name]["levels"]] == [1, 2]
+        assert all(level["tokens_per_s"] > 0 for level in report[name]["levels"])
+    for name in ("ours", "baseline"):
+        for level in report[name]["levels"]:
+            assert level["errors"] == 0, level["first_error"]
+            assert 0 < level["ttft_p50_ms"] <= level["ttft_p99_ms"]
+    assert report["ratios"]["ours/baseline tokens/s at 2"] > 0
+    assert "| 2 |" in render_markdown(report)

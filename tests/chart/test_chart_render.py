@@ -417,6 +417,7 @@ def test_adapter_rules_compute_the_documented_formulas(helm: Helm, window: str) 
             "modeldeploy_queue_time_us",
             "modeldeploy_queue_compute_ratio",
             "modeldeploy_pending_requests",
+            "modeldeploy_running_sequences",
         }
     )
     # The names the operator puts in its HPAs are the ones the adapter serves.

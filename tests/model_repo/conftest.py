@@ -101,6 +101,36 @@ def make_gpt2_checkpoint(directory: Path) -> Path:
     return directory
 
 
+def make_llama_checkpoint(directory: Path, context: int = 1024) -> Path:
+    """A tiny Llama with grouped-query attention (4 query heads share 2 key/value heads) and a byte-level
+    BPE tokenizer that has no pad token."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SENTENCES * 4, vocab_size=400, min_frequency=1, special_tokens=["</s>", "<s>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", model_max_length=context
+    )
+    tokenizer.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).eval().save_pretrained(str(directory))
+    return directory
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny checkpoint per task, made once per test session."""

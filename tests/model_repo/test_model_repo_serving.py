@@ -4,7 +4,6 @@ bundled in nvidia-pytriton (CPU), queried over HTTP and gRPC, compared with in-p
 from __future__ import annotations
 
 import json
-import queue
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -27,8 +26,7 @@ MODEL_NAMES = {
     "token-classification": "ner",
     "feature-extraction": "encoder",
     "fill-mask": "fill_mask",
-    "text-generation": "generator",
-}
+}  # text-generation is served and tested in test_generation_serving.py
 MINILM = "minilm"
 
 
@@ -165,90 +163,6 @@ def test_fill_mask_matches_pipeline(served: Served, infer: Any) -> None:
         assert [t.decode() for t in outputs["TOKENS"][row]] == [e["token_str"] for e in expected]
 
 
-def stream_generate(served: Served, prompt: str, **parameters: Any) -> list[str]:
-    import tritonclient.grpc as grpcclient
-
-    dtypes = {"MAX_NEW_TOKENS": np.int32, "TEMPERATURE": np.float32, "TOP_P": np.float32, "SEED": np.int64}
-    triton_types = {np.int32: "INT32", np.float32: "FP32", np.int64: "INT64"}
-    inputs = []
-    text = grpcclient.InferInput("TEXT", [1], "BYTES")
-    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    inputs.append(text)
-    for name, value in parameters.items():
-        tensor = grpcclient.InferInput(name, [1], triton_types[dtypes[name]])
-        tensor.set_data_from_numpy(np.array([value], dtype=dtypes[name]))
-        inputs.append(tensor)
-    results: queue.Queue[Any] = queue.Queue()
-    client = grpcclient.InferenceServerClient(served.server.grpc_url)
-    client.start_stream(callback=lambda result, error: results.put(error or result))
-    try:
-        client.async_stream_infer(MODEL_NAMES["text-generation"], inputs, enable_empty_final_response=True)
-        pieces = []
-        while True:
-            item = results.get(timeout=60)
-            if isinstance(item, Exception):
-                raise item
-            response = item.get_response()
-            if response.parameters["triton_final_response"].bool_param:
-                break
-            pieces.append(item.as_numpy("TEXT_OUTPUT")[0].decode())
-        return pieces
-    finally:
-        client.stop_stream()
-
-
-def _reference_generation(path: Path, prompt: str, max_new_tokens: int) -> tuple[str, int]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        generated = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    new_tokens = generated[0, ids.shape[1] :]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True), len(new_tokens)
-
-
-def test_generation_streams_token_by_token_and_stops_at_max_new_tokens(served: Served) -> None:
-    prompt = "the quick brown fox"
-    pieces = stream_generate(served, prompt, MAX_NEW_TOKENS=6, TEMPERATURE=0.0)
-    expected_text, expected_count = _reference_generation(served.checkpoints["text-generation"], prompt, 6)
-    assert len(pieces) > 1
-    assert len(pieces) <= 6 == expected_count
-    assert "".join(pieces) == expected_text
-
-
-def test_generation_sampling_is_seeded(served: Served) -> None:
-    first = stream_generate(served, "hello", MAX_NEW_TOKENS=5, TEMPERATURE=1.0, TOP_P=0.9, SEED=7)
-    second = stream_generate(served, "hello", MAX_NEW_TOKENS=5, TEMPERATURE=1.0, TOP_P=0.9, SEED=7)
-    assert first == second and len(first) > 1
-
-
-def test_generation_over_http_generate_stream(served: Served) -> None:
-    prompt = "hello world"
-    body = json.dumps({"TEXT": prompt, "MAX_NEW_TOKENS": 4, "TEMPERATURE": 0.0}).encode()
-    request = urllib.request.Request(
-        f"http://{served.server.http_url}/v2/models/{MODEL_NAMES['text-generation']}/generate_stream",
-        data=body,
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        events = [
-            line[len(b"data: ") :] for line in response.read().splitlines() if line.startswith(b"data: ")
-        ]
-    pieces = [json.loads(event)["TEXT_OUTPUT"] for event in events if b"TEXT_OUTPUT" in event]
-    expected_text, _ = _reference_generation(served.checkpoints["text-generation"], prompt, 4)
-    assert len(pieces) > 1
-    assert "".join(pieces) == expected_text
-
-
 def test_minilm_embeddings_match_sentence_transformers_under_32_concurrent_clients(served: Served) -> None:
     from sentence_transformers import SentenceTransformer
 
@@ -279,13 +193,12 @@ def test_minilm_embeddings_match_sentence_transformers_under_32_concurrent_clien
 
 def test_each_encoder_measures_its_forward_pass_cost_at_load(served: Served) -> None:
     log = served.server.log()
-    encoders = [name for task, name in MODEL_NAMES.items() if task != "text-generation"] + [MINILM]
+    encoders = [*MODEL_NAMES.values(), MINILM]
     for name in encoders:
         found = re.search(rf'"{name}: one forward pass costs as much as (\d+) tokens on cpu', log)
         assert found is not None, f"{name} logged no calibration"
         # Bounded by one full batch of the longest texts (the builder's ceiling for "one pass always").
         assert 1 <= int(found.group(1)) <= 32 * 512
-    assert f'"{MODEL_NAMES["text-generation"]}: one forward pass' not in log  # generation plans no batches
 
 
 def _metric(served: Served, name: str, model: str) -> float:
@@ -375,15 +288,3 @@ def test_text_longer_than_the_model_maximum_is_truncated(served: Served) -> None
         truncated = tokenizer(long_text, return_tensors="pt", truncation=True, max_length=64)
         expected = torch.softmax(model(**truncated).logits[0], -1).numpy()
     np.testing.assert_allclose(outputs["SCORES"][0], expected, atol=1e-5)
-    pieces = stream_generate(served, long_text, MAX_NEW_TOKENS=3, TEMPERATURE=0.0)
-    assert 1 <= len(pieces) <= 3
-
-
-def test_generation_rejects_bad_parameters(served: Served) -> None:
-    from tritonclient.utils import InferenceServerException
-
-    with pytest.raises(InferenceServerException, match="TOP_P"):
-        stream_generate(served, "hello", TOP_P=1.5)
-    with pytest.raises(InferenceServerException, match="MAX_NEW_TOKENS"):
-        stream_generate(served, "hello", MAX_NEW_TOKENS=0)
-    assert len(stream_generate(served, "hello", MAX_NEW_TOKENS=3, TEMPERATURE=0.0)) >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
@@ -74,3 +75,100 @@ def test_usable_cpus_honours_a_cgroup_quota() -> None:
     assert usable_cpus(2, "800000 100000\n") == 2  # the affinity is the smaller bound
     assert usable_cpus(8, "max 100000\n") == 8  # no limit
     assert usable_cpus(8, None) == 8  # cgroup v1 or no cgroup file
+
+
+# -- generation.py: request validation, prompt fitting, stop strings, per-request sampling ----------------
+
+
+def test_sampling_parameters_json_is_an_object_of_known_keys() -> None:
+    from model_repo.runtime.generation import GenerationRequestError, parse_sampling_json
+
+    assert parse_sampling_json('{"max_tokens": 4, "stop": ["x"]}') == {"max_tokens": 4, "stop": ["x"]}
+    for text, message in [
+        ("{", "must be a JSON object"),
+        ("[1]", "must be a JSON object, got list"),
+        ('{"n": 2}', "unknown field(s) n; accepted: max_tokens, temperature"),
+    ]:
+        with pytest.raises(GenerationRequestError, match=re.escape(message)):
+            parse_sampling_json(text)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_tokens": 0}, "max_tokens must be at least 1, got 0"),
+        ({"max_tokens": 2.5}, "max_tokens must be an integer"),
+        ({"max_tokens": True}, "max_tokens must be an integer"),
+        ({"max_tokens": 100}, "max_tokens 100 exceeds this model's maximum of 63 tokens"),
+        ({"temperature": -0.1}, "temperature must be >= 0"),
+        ({"temperature": float("inf")}, "temperature must be a finite number"),
+        ({"top_p": 0}, "top_p must be in (0, 1]"),
+        ({"top_k": -1}, "top_k must be >= 0"),
+        ({"seed": 2**64}, "seed must be between 0 and 2**64-1"),
+        ({"stop": ""}, "stop must not contain an empty string"),
+        ({"stop": [1]}, "stop must be a string or a list of strings"),
+        ({"stop_token_ids": 3}, "stop_token_ids must be a list"),
+        ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens must be at least 1"),
+        ({"stream": "yes"}, "stream must be true or false"),
+    ],
+)
+def test_each_bad_generation_parameter_names_itself_and_the_rule(
+    values: dict[str, object], message: str
+) -> None:
+    from model_repo.runtime.generation import GenerationRequestError, build_sampling
+
+    with pytest.raises(GenerationRequestError, match=re.escape(message)):
+        build_sampling("hello", values, max_tokens_limit=63)
+
+
+def test_prompts_are_refused_or_truncated_only_on_request_and_max_tokens_clamps() -> None:
+    from model_repo.runtime.generation import GenerationRequestError, Sampling, fit_prompt
+
+    with pytest.raises(
+        GenerationRequestError, match="text_input is 64 tokens but this model's context is 64"
+    ):
+        fit_prompt(list(range(64)), Sampling("p"), context=64, default_max_tokens=16)
+    ids, room = fit_prompt(list(range(64)), Sampling("p", truncate_prompt_tokens=60), 64, 16)
+    assert ids == list(range(4, 64)) and room == 4
+    assert fit_prompt([1, 2], Sampling("p", max_tokens=10), 64, 16) == ([1, 2], 10)
+    assert fit_prompt([1, 2], Sampling("p"), 64, 16) == ([1, 2], 16)
+
+
+def test_find_stop_returns_the_earliest_stop() -> None:
+    from model_repo.runtime.generation import find_stop
+
+    assert find_stop("abc STOP def END", ("END", "STOP")) == 4
+    assert find_stop("abc", ("x",)) is None
+
+
+def test_sample_rows_greedy_is_argmax_and_a_seed_reproduces_a_row_whatever_its_neighbours() -> None:
+    import torch
+
+    from model_repo.runtime.generation import Sampling, sample_rows
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 50)
+
+    def seeded(seed: int) -> tuple[Sampling, torch.Generator]:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        return Sampling("p", temperature=0.8, top_p=0.9, top_k=20), generator
+
+    first = sample_rows(scores.clone(), [None, seeded(5), (Sampling("p", temperature=0.0), None)])
+    assert first[0] == scores[0].argmax() and first[2] == scores[2].argmax()
+    swapped = sample_rows(scores[[1, 0, 2]].clone(), [seeded(5), seeded(6), None])
+    assert swapped[0] == first[1]
+    # top_k 20 and top_p 0.9 never pick outside the kept tokens.
+    for seed in range(20):
+        token = int(sample_rows(scores[1:2].clone(), [seeded(seed)])[0])
+        assert token in torch.topk(scores[1], 20).indices.tolist()
+
+
+def test_default_sequences_follow_the_device_and_the_kv_budget() -> None:
+    from model_repo.runtime.generation import default_max_concurrent_sequences
+
+    assert default_max_concurrent_sequences("cpu", kv_bytes_per_token=1024, context=1024) == 16
+    assert default_max_concurrent_sequences("gpu", kv_bytes_per_token=1024, context=1024) == 64
+    per_sequence = 4096 * 2048
+    assert default_max_concurrent_sequences("cpu", 4096, 2048, budget_bytes=3 * per_sequence) == 3
+    assert default_max_concurrent_sequences("cpu", 4096, 2048, budget_bytes=1) == 1

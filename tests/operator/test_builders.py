@@ -503,3 +503,45 @@ def test_the_triton_image_can_be_overridden_per_model() -> None:
         "nvcr.io/nvidia/tritonserver:25.01-py3"
     )
     assert _triton(_state({}))["image"] == "triton:test"
+
+
+GENERATION = {"model": {"source": "hf://org/chat", "task": "text-generation"}}
+
+
+def test_running_sequences_scale_generation_models_through_the_adapter_and_keda() -> None:
+    from modeldeploy.api import AutoscalingMetric
+
+    hpa = _state(GENERATION, {"autoscaling": {"maxReplicas": 4, "metric": "runningSequences"}})
+    assert hpa.horizontal_pod_autoscaler is not None
+    (entry,) = hpa.horizontal_pod_autoscaler["spec"]["metrics"]
+    assert entry["pods"]["metric"]["name"] == "modeldeploy_running_sequences"
+    assert entry["pods"]["target"] == {"type": "AverageValue", "averageValue": "12"}
+    keda = _state(
+        GENERATION, {"autoscaling": {"maxReplicas": 4, "metric": "runningSequences", "engine": "keda"}}
+    )
+    assert keda.scaled_object is not None
+    (trigger,) = keda.scaled_object["spec"]["triggers"]
+    assert trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"]["query"] == prometheus_query(
+        AutoscalingMetric.RUNNING_SEQUENCES, Owner("bert", "ml", "u")
+    )
+    assert trigger["metadata"]["query"].startswith("sum(modeldeploy_generation_sequences_running{")
+
+
+def test_running_sequences_are_refused_for_encoders() -> None:
+    from modeldeploy.api import SpecError
+
+    with pytest.raises(
+        (SpecError, ValueError), match=r"runningSequences needs spec\.model\.task text-generation"
+    ):
+        md_of({"autoscaling": {"maxReplicas": 4, "metric": "runningSequences"}})
+
+
+def test_generation_limits_reach_the_builder() -> None:
+    from modeldeploy.builders.common import builder_arguments
+
+    md = md_of(GENERATION, {"triton": {"maxConcurrentSequences": 8, "maxTokens": 256}})
+    args = builder_arguments(md.spec, "chat", "/out")
+    assert args[args.index("--max-concurrent-sequences") + 1] == "8"
+    assert args[args.index("--max-tokens") + 1] == "256"
+    assert "--max-tokens" not in builder_arguments(md_of().spec, "bert", "/out")

@@ -98,6 +98,10 @@ def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> l
     args += ["--instances-per-device", str(triton.instances_per_device)]
     if triton.max_sequence_length is not None:
         args += ["--max-sequence-length", str(triton.max_sequence_length)]
+    if triton.max_concurrent_sequences is not None:
+        args += ["--max-concurrent-sequences", str(triton.max_concurrent_sequences)]
+    if triton.max_tokens is not None:
+        args += ["--max-tokens", str(triton.max_tokens)]
     args += ["--device", device(spec)]
     args.append("--response-cache" if triton.response_cache else "--no-response-cache")
     args += ["--quantization", triton.quantization.value]

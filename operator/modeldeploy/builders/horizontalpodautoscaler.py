@@ -30,6 +30,7 @@ POD_METRIC_NAMES: dict[AutoscalingMetric, str] = {
     AutoscalingMetric.QUEUE_TIME: "modeldeploy_queue_time_us",
     AutoscalingMetric.QUEUE_COMPUTE_RATIO: "modeldeploy_queue_compute_ratio",
     AutoscalingMetric.PENDING_REQUESTS: "modeldeploy_pending_requests",
+    AutoscalingMetric.RUNNING_SEQUENCES: "modeldeploy_running_sequences",
 }
 
 

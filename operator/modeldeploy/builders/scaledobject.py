@@ -37,6 +37,8 @@ def prometheus_query(metric: AutoscalingMetric, owner: Owner) -> str:
         )
     if metric is AutoscalingMetric.PENDING_REQUESTS:
         return f"sum(nv_inference_pending_request_count{{{selector}}}) or vector(0)"
+    if metric is AutoscalingMetric.RUNNING_SEQUENCES:
+        return f"sum(modeldeploy_generation_sequences_running{{{selector}}}) or vector(0)"
     raise ValueError(f"no Prometheus query for metric {metric.value}")
 
 
@@ -48,8 +50,10 @@ def keda_trigger(autoscaling: Autoscaling, owner: Owner, settings: RenderSetting
             "metadata": {"value": plain_number(autoscaling.effective_target)},
         }
     # Queue time and the ratio are already per-request averages over the whole Deployment, so the HPA
-    # KEDA drives compares them as a Value; pending requests are a sum, divided per pod (AverageValue).
-    metric_type = "AverageValue" if autoscaling.metric is AutoscalingMetric.PENDING_REQUESTS else "Value"
+    # KEDA drives compares them as a Value; pending requests and running sequences are sums, divided per
+    # pod (AverageValue).
+    per_pod = (AutoscalingMetric.PENDING_REQUESTS, AutoscalingMetric.RUNNING_SEQUENCES)
+    metric_type = "AverageValue" if autoscaling.metric in per_pod else "Value"
     return {
         "type": "prometheus",
         "metricType": metric_type,

@@ -1,0 +1,536 @@
+"""bench/generation: generated tokens/s and time to first token at 1-64 concurrent clients, side by side:
+
+(a) ours: the generated `python`-format repository (continuous batching), streaming over gRPC;
+(b) the per-request baseline: Triton's tutorial-style Python model calling a `pipeline` per request;
+(c) the in-process limit: transformers' `generate_batch` over the same number of prompts at once.
+
+The model is a random-weight Llama made here (no downloads), with no EOS token so that every answer is
+exactly `--max-tokens` tokens for every contender. Closed loop: each client sends its next prompt when its
+last answer is complete; tokens/s counts the answers completed inside the measurement window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common.loadgen import percentile
+from bench.common.machine import describe_machine, machine_line
+from bench.common.report import (
+    RESULTS_DIR,
+    fmt,
+    markdown_table,
+    save_figure,
+    update_readme_section,
+    write_json,
+)
+from bench.common.sentences import load_texts
+
+BASELINE_DIR = Path(__file__).resolve().parent.parent / "baselines" / "hf_tutorial_generation"
+OURS, BASELINE = "ours", "baseline"
+
+
+@dataclass(frozen=True)
+class Settings:
+    layers: int
+    hidden: int
+    max_tokens: int
+    min_prompt: int
+    max_prompt: int
+    concurrency: tuple[int, ...]
+    warmup_s: float
+    window_s: float
+    workdir: Path
+    name: str
+    write: bool
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--min-prompt", type=int, default=16)
+    parser.add_argument("--max-prompt", type=int, default=256)
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--window-s", type=float, default=20.0)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-generation"))
+    parser.add_argument("--name", default="generation-cpu")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
+    args = parser.parse_args(argv)
+    return Settings(
+        layers=args.layers,
+        hidden=args.hidden,
+        max_tokens=args.max_tokens,
+        min_prompt=args.min_prompt,
+        max_prompt=args.max_prompt,
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+        warmup_s=args.warmup_s,
+        window_s=args.window_s,
+        workdir=args.workdir,
+        name=args.name,
+        write=not args.no_write,
+    )
+
+
+def make_checkpoint(settings: Settings, directory: Path) -> Path:
+    """A random-weight Llama (grouped-query attention) with a byte-level BPE trained on the bench texts."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(load_texts()), vocab_size=2048, min_frequency=1, special_tokens=["<s>"])
+    context = settings.max_prompt + settings.max_tokens + 64
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", model_max_length=context
+    )
+    tokenizer.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    heads = max(1, settings.hidden // 64)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden,
+        intermediate_size=settings.hidden * 8 // 3,
+        num_hidden_layers=settings.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=context,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=None,  # no EOS: every answer is max_tokens long
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=None)
+    model.save_pretrained(str(directory))
+    return directory
+
+
+def make_prompts(checkpoint: Path, settings: Settings, count: int = 256) -> list[str]:
+    """Prompts whose token counts spread evenly over [min_prompt, max_prompt]."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    words = " ".join(load_texts()).split()
+    prompts = []
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        target = settings.min_prompt + (settings.max_prompt - settings.min_prompt) * index // max(
+            1, count - 1
+        )
+        start = int(rng.integers(0, len(words) - 400))
+        length = target
+        while True:
+            text = " ".join(words[start : start + length])
+            tokens = len(tokenizer(text)["input_ids"])
+            if tokens >= target or length > 600:
+                break
+            length += max(1, (target - tokens) // 2)
+        ids = tokenizer(text)["input_ids"][:target]
+        prompts.append(tokenizer.decode(ids, skip_special_tokens=True))
+    rng.shuffle(prompts)
+    return prompts
+
+
+# -- load -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Completed:
+    started: float
+    first_token: float
+    finished: float
+    tokens: int
+
+
+def closed_loop(
+    request: Callable[[Any, str], Completed],
+    make_client: Callable[[], Any],
+    close_client: Callable[[Any], None],
+    prompts: Sequence[str],
+    clients: int,
+    warmup_s: float,
+    window_s: float,
+) -> dict[str, Any]:
+    begin = time.perf_counter()
+    window_start, window_end = begin + warmup_s, begin + warmup_s + window_s
+    done: list[Completed] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    cursor = iter(range(10**9))
+
+    def client_loop() -> None:
+        client = make_client()
+        try:
+            while time.perf_counter() < window_end:
+                with lock:
+                    prompt = prompts[next(cursor) % len(prompts)]
+                try:
+                    completed = request(client, prompt)
+                except Exception as exc:
+                    with lock:
+                        errors.append(str(exc))
+                    continue
+                with lock:
+                    done.append(completed)
+        finally:
+            close_client(client)
+
+    threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=warmup_s + window_s + 600)
+    inside = [c for c in done if window_start <= c.finished <= window_end]
+    ttft = [(c.first_token - c.started) * 1000 for c in inside]
+    latency = [(c.finished - c.started) * 1000 for c in inside]
+    return {
+        "clients": clients,
+        "answers": len(inside),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "tokens_per_s": sum(c.tokens for c in inside) / window_s,
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p99_ms": percentile(ttft, 99),
+        "latency_p50_ms": percentile(latency, 50),
+    }
+
+
+def _grpc_client(url: str) -> Any:
+    import tritonclient.grpc as grpcclient
+
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: results.put(error or result))
+    return client, results
+
+
+def ours_request(max_tokens: int) -> Callable[[Any, str], Completed]:
+    import tritonclient.grpc as grpcclient
+
+    def request(handle: Any, prompt: str) -> Completed:
+        client, results = handle
+        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+        stream = grpcclient.InferInput("stream", [1], "BOOL")
+        stream.set_data_from_numpy(np.array([True]))
+        tokens = grpcclient.InferInput("max_tokens", [1], "INT32")
+        tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
+        temperature = grpcclient.InferInput("temperature", [1], "FP32")
+        temperature.set_data_from_numpy(np.array([0.0], dtype=np.float32))
+        started = time.perf_counter()
+        client.async_stream_infer(
+            "model", [text, stream, tokens, temperature], enable_empty_final_response=True
+        )
+        first = None
+        generated = 0
+        while True:
+            item = results.get(timeout=600)
+            if isinstance(item, Exception):
+                raise item
+            if item.as_numpy("num_output_tokens") is not None:
+                first = first or time.perf_counter()
+                generated = int(item.as_numpy("num_output_tokens")[0])
+            if item.get_response().parameters["triton_final_response"].bool_param:
+                finished = time.perf_counter()
+                return Completed(started, first or finished, finished, generated)
+
+    return request
+
+
+def baseline_request(max_tokens: int) -> Callable[[Any, str], Completed]:
+    import tritonclient.grpc as grpcclient
+
+    def request(client: Any, prompt: str) -> Completed:
+        text = grpcclient.InferInput("prompt", [1], "BYTES")
+        text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+        started = time.perf_counter()
+        client.infer("baseline", [text])
+        finished = time.perf_counter()
+        # No streaming: the first token arrives with the whole answer (no EOS, so max_tokens tokens).
+        return Completed(started, finished, finished, max_tokens)
+
+    return request
+
+
+@contextlib.contextmanager
+def serve(repository: Path, log: Path) -> Iterator[Any]:
+    from model_repo.triton import TritonServer, repository_server_args
+
+    args = [
+        "--strict-readiness=true",
+        "--log-verbose=0",
+        *repository_server_args(),
+        f"--model-repository={repository}",
+    ]
+    with TritonServer(None, extra_args=args, ready_timeout_s=600, log_path=log) as server:
+        yield server
+
+
+def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
+    from model_repo.build import BuildOptions, build_repository
+
+    options = BuildOptions(
+        source=f"file://{checkpoint}", model_name="model", max_concurrent_sequences=max(settings.concurrency)
+    )
+    built = build_repository(options, settings.workdir / "ours-repository")
+    levels = []
+    with serve(built.path, settings.workdir / "ours-triton.log") as server:
+        for clients in settings.concurrency:
+            level = closed_loop(
+                ours_request(settings.max_tokens),
+                lambda: _grpc_client(server.grpc_url),
+                lambda handle: (handle[0].stop_stream(), handle[0].close()),
+                prompts,
+                clients,
+                settings.warmup_s,
+                settings.window_s,
+            )
+            print(f"ours        {clients:>3} clients: {json.dumps(level)}", flush=True)
+            levels.append(level)
+    config = (built.path / "model" / "config.pbtxt").read_text()
+    return {"levels": levels, "config_pbtxt": config}
+
+
+def measure_baseline(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
+    import tritonclient.grpc as grpcclient
+
+    repository = settings.workdir / "baseline-repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    (repository / "baseline" / "1").mkdir(parents=True)
+    shutil.copyfile(BASELINE_DIR / "model.py", repository / "baseline" / "1" / "model.py")
+    template = (BASELINE_DIR / "config.pbtxt.template").read_text()
+    config = template.replace("MODEL_TAG", str(checkpoint)).replace(
+        "MAX_NEW_TOKENS_TAG", str(settings.max_tokens)
+    )
+    (repository / "baseline" / "config.pbtxt").write_text(config)
+    levels = []
+    with serve(repository, settings.workdir / "baseline-triton.log") as server:
+        for clients in settings.concurrency:
+            level = closed_loop(
+                baseline_request(settings.max_tokens),
+                lambda: grpcclient.InferenceServerClient(server.grpc_url),
+                lambda client: client.close(),
+                prompts,
+                clients,
+                settings.warmup_s,
+                settings.window_s,
+            )
+            print(f"baseline    {clients:>3} clients: {json.dumps(level)}", flush=True)
+            levels.append(level)
+    return {"levels": levels, "config_pbtxt": config}
+
+
+def measure_in_process(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
+    """The same prompts, `clients` at a time, with no server: the better of (1) transformers'
+    continuous-batching manager, started and warmed once, with all prompts added at once (what
+    `generate_batch` does, without its per-call start-up), and (2) one static left-padded `generate` batch.
+    Best of two runs each."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    tokenizer.pad_token = tokenizer.bos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    context = int(model.config.max_position_embeddings)
+    generation_config = GenerationConfig(max_new_tokens=settings.max_tokens, do_sample=False)
+    levels = []
+    for clients in settings.concurrency:
+        batch = list(prompts[:clients])
+        inputs = [tokenizer(p)["input_ids"] for p in batch]
+        config = ContinuousBatchingConfig(
+            page_size=32,
+            num_blocks=clients * (-(-context // 32) + 1),
+            max_batch_tokens=context + clients,
+            max_requests_per_batch=clients,
+            allow_block_sharing=False,
+        )
+        manager = model.init_continuous_batching(
+            generation_config=generation_config, continuous_batching_config=config
+        )
+        manager.start()
+        cb_best, cb_tokens = float("inf"), 0
+        try:
+            for _ in range(3):  # the first run warms up
+                started = time.perf_counter()
+                pending = set(manager.add_requests(inputs, max_new_tokens=settings.max_tokens))
+                tokens = 0
+                while pending:
+                    result = manager.get_result(timeout=1)
+                    if result is not None and result.is_finished() and result.request_id in pending:
+                        pending.discard(result.request_id)
+                        tokens += len(result.generated_tokens)
+                cb_best, cb_tokens = min(cb_best, time.perf_counter() - started), tokens
+        finally:
+            manager.stop(block=True, timeout=30)
+        static_best, static_tokens = float("inf"), 0
+        encoded = tokenizer(batch, return_tensors="pt", padding=True)
+        for _ in range(2):
+            started = time.perf_counter()
+            with torch.inference_mode():
+                output = model.generate(
+                    **encoded, generation_config=generation_config, pad_token_id=tokenizer.pad_token_id
+                )
+            static_best = min(static_best, time.perf_counter() - started)
+            static_tokens = int((output.shape[1] - encoded["input_ids"].shape[1]) * clients)
+        level = {
+            "clients": clients,
+            "continuous_tokens_per_s": cb_tokens / cb_best,
+            "static_tokens_per_s": static_tokens / static_best,
+        }
+        level["tokens_per_s"] = max(level["continuous_tokens_per_s"], level["static_tokens_per_s"])
+        print(f"in-process  {clients:>3} prompts: {json.dumps(level)}", flush=True)
+        levels.append(level)
+    return {"levels": levels}
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+
+def _by_clients(contender: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {level["clients"]: level for level in contender["levels"]}
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """NaN when the denominator measured nothing (e.g. no answer completed inside the window)."""
+    return numerator / denominator if denominator and denominator == denominator else float("nan")
+
+
+def ratios(report: dict[str, Any]) -> dict[str, float]:
+    ours, base, limit = (_by_clients(report[key]) for key in (OURS, BASELINE, "in_process"))
+    out: dict[str, float] = {}
+    for clients in ours:
+        out[f"ours/baseline tokens/s at {clients}"] = _ratio(
+            ours[clients]["tokens_per_s"], base[clients]["tokens_per_s"]
+        )
+        out[f"ours/in-process tokens/s at {clients}"] = _ratio(
+            ours[clients]["tokens_per_s"], limit[clients]["tokens_per_s"]
+        )
+    first = min(ours)
+    out[f"ours/baseline TTFT p50 at {first}"] = _ratio(ours[first]["ttft_p50_ms"], base[first]["ttft_p50_ms"])
+    out[f"ours/baseline latency p50 at {first}"] = _ratio(
+        ours[first]["latency_p50_ms"], base[first]["latency_p50_ms"]
+    )
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    ours, base, limit = (_by_clients(report[key]) for key in (OURS, BASELINE, "in_process"))
+    rows = []
+    for clients in sorted(ours):
+        o, b, p = ours[clients], base[clients], limit[clients]
+        rows.append(
+            [
+                str(clients),
+                fmt(o["tokens_per_s"]),
+                fmt(b["tokens_per_s"]),
+                fmt(p["tokens_per_s"]),
+                f"{_ratio(o['tokens_per_s'], b['tokens_per_s']):.2f}x",
+                f"{_ratio(o['tokens_per_s'], p['tokens_per_s']):.2f}x",
+                f"{fmt(o['ttft_p50_ms'])} / {fmt(o['ttft_p99_ms'])}",
+                f"{fmt(b['ttft_p50_ms'])} / {fmt(b['ttft_p99_ms'])}",
+                f"{o['errors']}/{b['errors']}",
+            ]
+        )
+    table = markdown_table(
+        [
+            "clients",
+            "ours tok/s",
+            "baseline tok/s",
+            "in-process tok/s",
+            "ours/baseline",
+            "ours/in-process",
+            "ours TTFT p50/p99 ms",
+            "baseline TTFT p50/p99 ms",
+            "errors ours/baseline",
+        ],
+        rows,
+    )
+    s = report["settings"]
+    lines = [
+        f"Model: random-weight Llama, {s['layers']} layers, hidden {s['hidden']}, GQA; prompts "
+        f"{s['min_prompt']}-{s['max_prompt']} tokens, {s['max_tokens']}-token answers (no EOS), greedy. "
+        f"Closed loop, {s['warmup_s']:.0f} s warm-up + {s['window_s']:.0f} s window per level.",
+        "",
+        table,
+        "",
+        "In-process: the better of transformers' continuous-batching manager (started once, all prompts "
+        "at once) and one static left-padded `generate` batch; per level: "
+        + ", ".join(
+            f"{lv['clients']}: {fmt(lv['continuous_tokens_per_s'])} / {fmt(lv['static_tokens_per_s'])} tok/s"
+            for lv in report["in_process"]["levels"]
+        )
+        + ". The baseline does not stream: its first token arrives with its whole answer.",
+        "",
+        "Ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()),
+        "",
+        f"Machine: {machine_line(report['machine'])}. Command: `{report['command']}`.",
+    ]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key, label in (
+        (OURS, "ours (continuous batching)"),
+        (BASELINE, "per-request baseline"),
+        ("in_process", "in-process generate_batch"),
+    ):
+        levels = report[key]["levels"]
+        axis.plot(
+            [lv["clients"] for lv in levels], [lv["tokens_per_s"] for lv in levels], marker="o", label=label
+        )
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("concurrent clients (prompts for in-process)")
+    axis.set_ylabel("generated tokens/s")
+    axis.set_title("bench/generation")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    save_figure(figure, path)
+    plt.close(figure)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    settings = parse_args(argv)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = make_checkpoint(settings, settings.workdir / "checkpoint")
+    prompts = make_prompts(checkpoint, settings)
+    report: dict[str, Any] = {
+        "command": "python -m bench.generation " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
+        "machine": describe_machine(),
+    }
+    report["in_process"] = measure_in_process(checkpoint, settings, prompts)
+    report[OURS] = measure_ours(checkpoint, settings, prompts)
+    report[BASELINE] = measure_baseline(checkpoint, settings, prompts)
+    report["ratios"] = ratios(report)
+    print(render_markdown(report))
+    if settings.write:
+        write_json(RESULTS_DIR / f"{settings.name}.json", report)
+        (RESULTS_DIR / f"{settings.name}.md").write_text(render_markdown(report) + "\n")
+        plot(report, RESULTS_DIR / f"{settings.name}.png")
+        update_readme_section(settings.name, render_markdown(report))
+    return report
