@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from bench.baselines import TUTORIAL_MODEL_NAME, write_tutorial_repository
 from bench.common.checkpoints import BenchModel
+from bench.common.perf_analyzer import Target
 from model_repo.triton import repository_server_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -47,6 +48,8 @@ class Endpoint:
     metrics_url: str | None
     metrics_model: str | None
     config: dict[str, Any] = field(default_factory=dict)
+    # A Triton model perf_analyzer can drive; None where only the Python generator can (FastAPI).
+    target: Target | None = None
 
 
 def torch_dtype(device: str) -> str:
@@ -82,6 +85,7 @@ def serve_ours(
             make_sender=lambda: TritonGrpcSender(server.grpc_url, OURS_MODEL_NAME, "TEXT", batched=True),
             metrics_url=server.metrics_url,
             metrics_model=OURS_MODEL_NAME,
+            target=Target(server.grpc_url, OURS_MODEL_NAME, "TEXT"),
             config={
                 "format": built.format.value,
                 "build_options": {
@@ -116,6 +120,7 @@ def serve_tutorial(
             ),
             metrics_url=server.metrics_url,
             metrics_model=TUTORIAL_MODEL_NAME,
+            target=Target(server.grpc_url, TUTORIAL_MODEL_NAME, "prompt"),
             config={
                 "config_pbtxt": (repository / TUTORIAL_MODEL_NAME / "config.pbtxt").read_text(),
                 "triton_args": list(TRITON_ARGS),
