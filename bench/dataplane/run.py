@@ -28,7 +28,13 @@ from bench.common.report import RESULTS_DIR, update_readme_section, write_json, 
 from bench.common.sentences import load_texts
 from bench.dataplane import raw as raw_limit
 from bench.dataplane.report import plot, render_markdown
-from bench.dataplane.servers import CONTENDERS, Endpoint, onnx_unavailable_reason, torch_dtype
+from bench.dataplane.servers import (
+    CONTENDERS,
+    OPT_IN_CONTENDERS,
+    Endpoint,
+    onnx_unavailable_reason,
+    torch_dtype,
+)
 
 MODEL_KEYS = ("tiny-bert", "minilm")
 LOAD_GENERATORS = ("perf_analyzer", "python")
@@ -87,7 +93,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs everything in fp16"
     )
     parser.add_argument("--models", type=_name_list(MODEL_KEYS), default=MODEL_KEYS)
-    parser.add_argument("--contenders", type=_name_list(tuple(CONTENDERS)), default=tuple(CONTENDERS))
+    parser.add_argument(
+        "--contenders",
+        type=_name_list(tuple(CONTENDERS)),
+        default=tuple(name for name in CONTENDERS if name not in OPT_IN_CONTENDERS),
+        help=f"default: all but {', '.join(sorted(OPT_IN_CONTENDERS))}",
+    )
     parser.add_argument("--concurrency", type=_int_list, default=(1, 4, 16, 64))
     parser.add_argument("--duration", type=float, default=None, help="measurement window per level, s")
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured load before each window, s")

