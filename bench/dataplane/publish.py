@@ -16,12 +16,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
+from bench.common.report import README, RESULTS_DIR, update_readme_section, write_json, write_text
 from bench.dataplane import profile
 from bench.dataplane.report import render_markdown
 
 
-def publish(directory: Path, commit: str, results: Path = RESULTS_DIR) -> list[str]:
+def publish(directory: Path, commit: str, results: Path = RESULTS_DIR, readme: Path = README) -> list[str]:
     reports = sorted(directory.glob("dataplane-*.json"))
     if not reports:
         raise SystemExit(f"no dataplane-*.json in {directory}")
@@ -38,7 +38,7 @@ def publish(directory: Path, commit: str, results: Path = RESULTS_DIR) -> list[s
         write_text(results / path.with_suffix(".md").name, markdown)
         if path.with_suffix(".png").exists():
             shutil.copyfile(path.with_suffix(".png"), results / path.with_suffix(".png").name)
-        update_readme_section(path.stem, markdown)
+        update_readme_section(path.stem, markdown, readme)
         sections.append(path.stem)
     return sections
 

@@ -170,3 +170,56 @@ def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
         "heavy_final_replicas",
         "idle_back_to_min_after_s",
     }
+
+
+def test_profile_times_the_generated_runtime_stage_by_stage(tmp_path: Path) -> None:
+    from bench.dataplane.profile import STAGES, main
+
+    report = main(
+        ["--models", "tiny-bert", "--batch", "8", "--batches", "3", "--profiled", "1", "--out", str(tmp_path)]
+    )
+    result = report["models"]["tiny-bert"]
+    assert result["forward_passes_per_batch"] >= 1 and result["texts_per_s"] > 0
+    assert all(result["stages_ms_per_batch"][stage] > 0 for stage in STAGES)
+    assert sum(result["stages_share"].values()) <= 1.0
+    assert result["top_operators"] and all(op["calls"] > 0 for op in result["top_operators"])
+    assert any(op["name"] == "aten::addmm" for op in result["top_operators"])  # the linear layers ran
+    assert "| forward |" in (tmp_path / "dataplane-profile-cpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_measurement_script_dry_run_publishes(tmp_path: Path) -> None:
+    """bench/gpu/measure.sh --dry-run: the GPU script's steps on this CPU (tiny model, tiny budgets), then
+    its results published into a scratch README, as a session with a GPU would."""
+    import os
+    import subprocess
+
+    from bench.dataplane.publish import publish
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        ["bash", "bench/gpu/measure.sh", "--dry-run"],
+        cwd=repo,
+        env={**os.environ, "OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
+    report = json.loads((out / "dataplane-cpu-tiny-bert.json").read_text())
+    contenders = report["models"]["tiny-bert"]["contenders"]
+    assert set(contenders) == {"ours", "ours-gpu", "baseline-a"}
+    for contender in contenders.values():
+        assert "error" not in contender, contender.get("error")
+        assert [level["concurrency"] for level in contender["levels"]] == [1, 64]
+    assert contenders["ours-gpu"]["config"]["build_options"]["instances_per_device"] == 2
+    assert "error" not in contenders["ours"]["client_check"]
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n")
+    (tmp_path / "results").mkdir()
+    sections = publish(out, "abc123", tmp_path / "results", readme)
+    assert sections == ["dataplane-cpu-tiny-bert", "dataplane-profile-cpu"]
+    text = readme.read_text()
+    assert "<!-- dataplane-cpu-tiny-bert:begin -->\nCommit measured: `abc123`." in text
+    assert "| ours-gpu | 64 |" in text and "| forward |" in text
