@@ -2,7 +2,8 @@
 
 - ours: the repository `modeldeploy build` writes (python format), served by the real tritonserver;
 - baseline-a: Triton's Hugging Face tutorial model (per-request pipeline, no batching), same server;
-- baseline-b: FastAPI + uvicorn calling a pipeline per request.
+- baseline-b: FastAPI + uvicorn calling a pipeline per request;
+- ours-gpu (opt-in): ours built with candidate GPU settings (see GPU_CANDIDATE_BUILD).
 """
 
 from __future__ import annotations
