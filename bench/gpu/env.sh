@@ -6,7 +6,9 @@ PY=${PYTHON:-python3}
 SITE=/tmp/bench-site
 nvidia-smi -L || true
 # A separate environment with numpy 1 for the Python-backend stub (see make_env.py for why).
-PY=$($PY bench/gpu/make_env.py "$STAGE/wheels" /tmp/bench-env)
+rm -rf /tmp/bench-wheels && mkdir -p /tmp/bench-wheels
+tar -xJf "$STAGE/wheels.tar.xz" -C /tmp/bench-wheels
+PY=$($PY bench/gpu/make_env.py /tmp/bench-wheels /tmp/bench-env)
 mkdir -p "$SITE"
 tar -xJf "$STAGE/tritonserver.tar.xz" -C "$SITE"
 export PYTHONPATH="$PWD"
