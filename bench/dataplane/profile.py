@@ -125,6 +125,13 @@ def run_batch(runtime: Any, texts: list[str]) -> None:
     runtime._run_encoder([(i, i, 1) for i in range(len(texts))], texts, responses)
 
 
+def _self_us(event: Any, device: str) -> float:
+    """An operator's own time (children excluded): on the GPU, device time (older torch: cuda time)."""
+    if device == "cuda":
+        return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
+    return float(event.self_cpu_time_total)
+
+
 def profile_model(
     model: BenchModel, device: str, batch: int, batches: int, profiled: int, workdir: Path
 ) -> dict[str, Any]:
@@ -149,31 +156,16 @@ def profile_model(
         with profile(activities=activities) as profiler:
             for texts_ in draws[:profiled]:
                 run_batch(runtime, texts_)
-        sort_key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        sort_key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
         events = profiler.key_averages()
-        total_us = sum(
-            getattr(event, "self_device_time_total" if device == "cuda" else "self_cpu_time_total")
-            for event in events
-        )
-        top = sorted(
-            events,
-            key=lambda e: getattr(e, "self_device_time_total" if device == "cuda" else "self_cpu_time_total"),
-            reverse=True,
-        )[:12]
+        total_us = sum(_self_us(event, device) for event in events)
+        top = sorted(events, key=lambda event: _self_us(event, device), reverse=True)[:12]
         operators = [
             {
                 "name": event.key,
                 "calls": event.count,
-                "self_us": round(
-                    getattr(event, "self_device_time_total" if device == "cuda" else "self_cpu_time_total"), 1
-                ),
-                "share": round(
-                    getattr(event, "self_device_time_total" if device == "cuda" else "self_cpu_time_total")
-                    / total_us,
-                    3,
-                )
-                if total_us
-                else None,
+                "self_us": round(_self_us(event, device), 1),
+                "share": round(_self_us(event, device) / total_us, 3) if total_us else None,
             }
             for event in top
         ]
