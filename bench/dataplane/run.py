@@ -252,9 +252,26 @@ def perf_analyzer_runs(
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as temporary:
         workdir = Path(temporary)
         data = perf_analyzer.write_input_data(texts, target.input_name, workdir / "texts.json")
-        return perf_analyzer.measure(
-            prefix, target, data, concurrency, duration_s, warmup_requests(concurrency), workdir, clients
-        )
+        try:
+            return perf_analyzer.measure(
+                prefix, target, data, concurrency, duration_s, warmup_requests(concurrency), workdir, clients
+            )
+        except perf_analyzer.PerfAnalyzerError as exc:
+            # A window in which no request completed: the server stalled for longer than a window (a
+            # machine busy with other work). Measured once more with windows four times as long.
+            if "No valid requests" not in str(exc):
+                raise
+            print(f"      no request completed in a window at c={concurrency}; longer windows", flush=True)
+            return perf_analyzer.measure(
+                prefix,
+                target,
+                data,
+                concurrency,
+                4 * duration_s,
+                warmup_requests(concurrency),
+                workdir,
+                clients,
+            )
 
 
 async def measure_window(

@@ -31,7 +31,7 @@ if [ $dry_run = 1 ]; then
   PY=${PYTHON:-.venv/bin/python}
   DEVICE=cpu
   PROFILE_ARGS=(--models tiny-bert --batches 3 --profiled 1)
-  BENCH_ARGS=(--models tiny-bert --concurrency 1,64 --duration 3 --rounds 1 --warmup 0.5
+  BENCH_ARGS=(--models tiny-bert --concurrency 1,64 --duration 6 --rounds 1 --warmup 0.5
               --raw-batch-sizes 1,8,64 --raw-seconds 0.1 --texts 64 --no-readme)
 else
   step "environment"
