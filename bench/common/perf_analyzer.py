@@ -3,7 +3,7 @@ run one closed-loop measurement, and read back its client- and server-side figur
 
 perf_analyzer is a C++ program with its own threads, so unlike the Python generator it is not one GIL away
 from saturation. Each run also records the CPU time perf_analyzer itself used (from the kernel's rusage of
-the child process): a client that is not the bottleneck uses a small share of one core per 1,000 requests/s.
+the child process), so a client near its own limit shows in the results.
 """
 
 from __future__ import annotations
