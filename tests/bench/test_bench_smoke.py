@@ -56,6 +56,7 @@ def test_dataplane_benchmark_runs_every_contender(tmp_path: Path) -> None:
     }
     assert all(p["throughput_tps"] > 0 and 0 < p["padding_efficiency"] <= 1 for p in model["raw"]["points"])
     assert set(model["contenders"]) == {"ours", "baseline-a", "baseline-b"}
+    assert report["settings"]["perf_analyzer"]["version"].startswith("Perf Analyzer Version")
     for name, contender in model["contenders"].items():
         assert "error" not in contender, contender.get("error")
         assert [level["concurrency"] for level in contender["levels"]] == [1, 4]
@@ -66,11 +67,23 @@ def test_dataplane_benchmark_runs_every_contender(tmp_path: Path) -> None:
             assert 0 < level["p50_ms"] <= level["p99_ms"]
             if name == "baseline-b":
                 assert "triton" not in level  # FastAPI has no Triton metrics
+                assert level["client"]["generator"].startswith("python")  # perf_analyzer can't drive it
             else:
+                # perf_analyzer drove the Triton contenders, two runs (rounds) per level.
+                assert level["client"]["generator"].startswith("perf_analyzer")
+                assert [run["concurrency"] for run in level["perf_analyzer_runs"]] == [
+                    level["concurrency"]
+                ] * 2
+                assert 0 < level["client"]["cores"] < 2 and level["client"]["cpu_us_per_request"] > 0
                 triton = level["triton"]
                 assert triton["requests"] > 0
                 assert triton["queue_us"] >= 0 and triton["compute_infer_us"] > 0
                 assert triton["average_batch"] >= 1
+    check = model["contenders"]["ours"]["client_check"]
+    assert "error" not in check, check.get("error")
+    assert check["concurrency"] == 4 and check["two_clients_concurrency_each"] == 2
+    assert check["two_clients_rps"] > 0 and len(check["runs"]) == 2
+    assert "Client check" in markdown and "pa: " in markdown
     # The tutorial model never batches.
     assert all(level["triton"]["average_batch"] == 1 for level in model["contenders"]["baseline-a"]["levels"])
     ratios = {row["name"]: row for row in model["ratios"]}
@@ -116,6 +129,46 @@ def test_dataplane_benchmark_runs_the_optimised_contenders_beside_float32(tmp_pa
     assert (
         "| ours-int8 | int8 / float32;" in markdown and "Raw in-process limit of the int8 model" in markdown
     )
+
+
+def test_perf_analyzer_drives_triton_with_the_workload_texts(tmp_path: Path) -> None:
+    """perf_analyzer against the real tritonserver serving ours (tiny model) at two concurrencies: its
+    figures parse, agree with each other and with Triton's own /metrics counters over the same runs."""
+    from bench.common import perf_analyzer
+    from bench.common.checkpoints import make_tiny_bert_classifier
+    from bench.common.metrics import scrape
+    from bench.common.sentences import load_texts
+    from bench.dataplane.servers import serve_ours
+
+    prefix = perf_analyzer.command_prefix()  # fails with the install command when it is missing
+    texts = load_texts()[:16]
+    model = make_tiny_bert_classifier(tmp_path / "tiny", hidden_size=32)
+    (tmp_path / "ours").mkdir()
+    with serve_ours(model, tmp_path / "ours", "cpu", {}) as endpoint:
+        assert endpoint.target is not None and endpoint.metrics_url and endpoint.metrics_model
+        data = perf_analyzer.write_input_data(texts, endpoint.target.input_name, tmp_path / "texts.json")
+        before = scrape(endpoint.metrics_url, endpoint.metrics_model)
+        runs = [
+            run
+            for concurrency in (1, 4)
+            for run in perf_analyzer.measure(
+                prefix, endpoint.target, data, concurrency, 3.0, 8, tmp_path / "runs"
+            )
+        ]
+        after = scrape(endpoint.metrics_url, endpoint.metrics_model)
+    assert [run.concurrency for run in runs] == [1, 4]
+    for run in runs:
+        assert run.requests > 0 and run.throughput_rps > 0
+        assert abs(run.window_s - 3.0) < 1.0  # three windows of 1 s
+        assert 0 < run.p50_ms <= run.p90_ms <= run.p99_ms
+        assert run.server["compute_infer"] > 0 and run.server["queue"] >= 0
+        assert run.inference_count == run.requests  # one text per request, all counted by Triton
+        assert 1 <= run.average_batch <= run.concurrency
+        assert run.client_requests == run.requests + 8 and run.client_cpu_s > 0
+    # Triton served every request perf_analyzer counted (warm-up and windows; a few more finish after the
+    # last window).
+    served = after.get("nv_inference_request_success") - before.get("nv_inference_request_success")
+    assert served >= sum(run.client_requests for run in runs)
 
 
 def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
@@ -174,3 +227,56 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
             assert 0 < level["ttft_p50_ms"] <= level["ttft_p99_ms"]
     assert report["ratios"]["ours/baseline tokens/s at 2"] > 0
     assert "| 2 |" in render_markdown(report)
+
+
+def test_profile_times_the_generated_runtime_stage_by_stage(tmp_path: Path) -> None:
+    from bench.dataplane.profile import STAGES, main
+
+    report = main(
+        ["--models", "tiny-bert", "--batch", "8", "--batches", "3", "--profiled", "1", "--out", str(tmp_path)]
+    )
+    result = report["models"]["tiny-bert"]
+    assert result["forward_passes_per_batch"] >= 1 and result["texts_per_s"] > 0
+    assert all(result["stages_ms_per_batch"][stage] > 0 for stage in STAGES)
+    assert sum(result["stages_share"].values()) <= 1.0
+    assert result["top_operators"] and all(op["calls"] > 0 for op in result["top_operators"])
+    assert any(op["name"] == "aten::addmm" for op in result["top_operators"])  # the linear layers ran
+    assert "| forward |" in (tmp_path / "dataplane-profile-cpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_measurement_script_dry_run_publishes(tmp_path: Path) -> None:
+    """bench/gpu/measure.sh --dry-run: the GPU script's steps on this CPU (tiny model, tiny budgets), then
+    its results published into a scratch README, as a session with a GPU would."""
+    import os
+    import subprocess
+
+    from bench.dataplane.publish import publish
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        ["bash", "bench/gpu/measure.sh", "--dry-run"],
+        cwd=repo,
+        env={**os.environ, "OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
+    report = json.loads((out / "dataplane-cpu-tiny-bert.json").read_text())
+    contenders = report["models"]["tiny-bert"]["contenders"]
+    assert set(contenders) == {"ours", "ours-gpu", "baseline-a"}
+    for contender in contenders.values():
+        assert "error" not in contender, contender.get("error")
+        assert [level["concurrency"] for level in contender["levels"]] == [1, 64]
+    assert contenders["ours-gpu"]["config"]["build_options"]["instances_per_device"] == 2
+    assert "error" not in contenders["ours"]["client_check"]
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n")
+    (tmp_path / "results").mkdir()
+    sections = publish(out, "abc123", tmp_path / "results", readme)
+    assert sections == ["dataplane-cpu-tiny-bert", "dataplane-profile-cpu"]
+    text = readme.read_text()
+    assert "<!-- dataplane-cpu-tiny-bert:begin -->\nCommit measured: `abc123`." in text
+    assert "| ours-gpu | 64 |" in text and "| forward |" in text

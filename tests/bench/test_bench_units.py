@@ -258,3 +258,80 @@ def test_hpa_clamps_to_min_and_max() -> None:
     assert hpa.step(0, 1000.0).replicas == 3
     with pytest.raises(ValueError):
         Hpa(target=1.0, min_replicas=0)
+
+
+# perf_analyzer's output for one concurrency, as 2.60.0 prints it (abridged to the lines that are read).
+PERF_ANALYZER_STDOUT = """Request concurrency: 4
+  Client:
+    Request count: 166
+    Throughput: 46.0409 infer/sec
+  Server:
+    Inference count: 166
+    Execution count: 88
+    Successful request count: 166
+    Avg request latency: 80585 usec (overhead 5 usec + queue 30550 usec + compute input 41 usec + compute \
+infer 49719 usec + compute output 269 usec)
+"""
+PERF_ANALYZER_CSV = (
+    "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+    "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
+    "Avg latency,request/response,response wait\n"
+    "4,46.0409,4,5421,30550,41,49719,269,3,13470,315367,545187,671373,86010,7,85992\n"
+)
+
+
+def test_perf_analyzer_output_is_read_in_its_units() -> None:
+    from bench.common.perf_analyzer import parse_output
+
+    parsed = parse_output(PERF_ANALYZER_STDOUT, PERF_ANALYZER_CSV)
+    assert parsed["concurrency"] == 4 and parsed["throughput_rps"] == pytest.approx(46.0409)
+    assert (parsed["p50_ms"], parsed["p99_ms"], parsed["mean_ms"]) == (13.47, 671.373, 86.01)  # µs -> ms
+    assert parsed["server"] == {
+        "queue": 30550,
+        "compute_input": 41,
+        "compute_infer": 49719,
+        "compute_output": 269,
+        "request": 80585,
+    }
+    # The client's request count is the first "Request count"; the server's counts give the batch size.
+    assert (parsed["requests"], parsed["inference_count"], parsed["execution_count"]) == (166, 166, 88)
+
+
+@pytest.mark.parametrize(
+    ("stdout", "csv_text", "message"),
+    [
+        (PERF_ANALYZER_STDOUT, PERF_ANALYZER_CSV + PERF_ANALYZER_CSV.splitlines()[1] + "\n", "one CSV row"),
+        (PERF_ANALYZER_STDOUT.replace("Execution count", "Executions"), PERF_ANALYZER_CSV, "Execution count"),
+        (PERF_ANALYZER_STDOUT, PERF_ANALYZER_CSV.replace("Server Queue", "Queue"), "Server Queue"),
+    ],
+)
+def test_perf_analyzer_output_that_does_not_fit_is_refused(stdout: str, csv_text: str, message: str) -> None:
+    from bench.common.perf_analyzer import PerfAnalyzerError, parse_output
+
+    with pytest.raises(PerfAnalyzerError, match=message):
+        parse_output(stdout, csv_text)
+
+
+def test_perf_analyzer_input_data_is_one_string_per_step(tmp_path: Path) -> None:
+    import json
+
+    from bench.common.perf_analyzer import write_input_data
+
+    texts = load_texts()[:3]
+    data = json.loads(write_input_data(texts, "TEXT", tmp_path / "data.json").read_text())
+    assert data == {"data": [{"TEXT": {"content": [text], "shape": [1]}} for text in texts]}
+    with pytest.raises(ValueError, match="no texts"):
+        write_input_data([], "TEXT", tmp_path / "empty.json")
+
+
+def test_perf_analyzer_windows_are_fixed_and_warmup_is_separate(tmp_path: Path) -> None:
+    from bench.common.perf_analyzer import MIN_WINDOW_MS, WINDOWS, Target, measure_command
+
+    target = Target("127.0.0.1:8001", "model", "TEXT")
+    command = measure_command(["pa"], target, tmp_path / "d.json", 16, 6.0, 128, tmp_path / "o.csv")
+    options = dict(zip(command[1::2], command[2::2], strict=False))
+    assert options["--concurrency-range"] == "16" and options["-i"] == "grpc" and options["-b"] == "1"
+    assert options["--measurement-interval"] == str(6000 // WINDOWS)
+    assert options["--max-trials"] == str(WINDOWS) and options["--warmup-request-count"] == "128"
+    short = measure_command(["pa"], target, tmp_path / "d.json", 1, 0.3, 8, tmp_path / "o.csv")
+    assert dict(zip(short[1::2], short[2::2], strict=False))["--measurement-interval"] == str(MIN_WINDOW_MS)
