@@ -5,17 +5,18 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml dev/pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
 
 .PHONY: setup cluster-binaries bench-tools test demo crd clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml docker/constraints.txt
+$(STAMP): pyproject.toml dev/pyproject.toml docker/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# docker/constraints.txt pins every distribution, the same set the images install.
-	$(PY) -m pip install --quiet -c docker/constraints.txt -e ".[dev]"
+	# docker/constraints.txt pins every distribution, the same set the images install. ./dev is the
+	# development tooling (modeldeploy-dev: local control plane, demo), which the product's wheel never carries.
+	$(PY) -m pip install --quiet -c docker/constraints.txt -e ".[dev]" -e ./dev
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # kube-apiserver, etcd, KWOK, helm, kubectl from pinned Go modules, cached outside the repository.
@@ -30,7 +31,7 @@ test: setup cluster-binaries bench-tools
 	$(VENV)/bin/pytest -p no:cacheprovider tests
 
 demo: setup cluster-binaries
-	$(VENV)/bin/modeldeploy demo $(DEMO_ARGS)
+	$(VENV)/bin/modeldeploy-dev demo $(DEMO_ARGS)
 
 crd: setup
 	$(PY) scripts/regenerate.py

@@ -38,3 +38,34 @@ def test_both_packages_import() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0.1.0"
+
+
+def test_the_wheel_carries_only_the_product(tmp_path: Path) -> None:
+    """The wheel the images install holds the two product packages, and none of the development tooling
+    (modeldeploy_dev: local control plane, demo), which only works from a checkout."""
+    import zipfile
+
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    result = subprocess.run(
+        [*command, "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("modeldeploy-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {name.split("/")[0] for name in names if not name.startswith("modeldeploy-")}
+    assert packages == {"modeldeploy", "model_repo"}, packages
+    assert "model_repo/runtime/model.py" in names and "modeldeploy/cli.py" in names
+    assert not [name for name in names if "devcluster" in name or "demo" in name], names
+
+
+def test_the_product_cli_has_no_development_commands() -> None:
+    from typer.testing import CliRunner
+
+    from modeldeploy.cli import app
+
+    help_text = CliRunner().invoke(app, ["--help"]).output
+    assert "operator" in help_text and "build" in help_text
+    assert "demo" not in help_text and "dev-cluster" not in help_text

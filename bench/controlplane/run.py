@@ -2,7 +2,7 @@
 how many writes it needs, what it costs, and how that compares with the floor.
 
 For each N (50, 200, 500 by default), against a fresh namespace of the real local control plane
-(``modeldeploy.devcluster``: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes), with the
+(``modeldeploy_dev.devcluster``: etcd, kube-apiserver, controller-manager, scheduler, KWOK nodes), with the
 operator as a separate process (``--all-namespaces``, a fresh process per N) running as a ServiceAccount
 bound to the Helm chart's default RBAC:
 
@@ -43,12 +43,11 @@ from typing import Any
 
 from bench.common.machine import describe_machine, machine_line
 from bench.common.report import RESULTS_DIR, markdown_table, save_figure, write_json, write_text
-from modeldeploy.devcluster import DEFAULT_NODES, AuditEvent, DevCluster, FakeNode, ensure_binaries
 
 # The e2e tests' harness (chart RBAC, operator process, API client): the benchmark measures exactly the
-# set-up the tests verify. It lives with the tests, which are not a package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "e2e"))
-import operator_helpers as harness
+# set-up the tests verify.
+from modeldeploy_dev import harness
+from modeldeploy_dev.devcluster import DEFAULT_NODES, AuditEvent, DevCluster, FakeNode, ensure_binaries
 
 SIZES = (50, 200, 500)
 QUICK_SIZES = (10, 50)
@@ -221,7 +220,6 @@ class PlainClient:
 
     def close(self) -> None:
         self._conn.close()
-        self._api.close()
 
 
 def _clean(resource: str, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -645,7 +643,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
             finally:
-                api.close()
                 if args.keep_logs:
                     args.keep_logs.mkdir(parents=True, exist_ok=True)
                     for log in [*work.glob("operator-*.log"), *(work / "cluster" / "logs").glob("*.log")]:

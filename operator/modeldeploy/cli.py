@@ -59,13 +59,5 @@ def _register_commands() -> None:
     app.command("operator", help="Run the operator (kopf).")(operator_cli.run_operator)
     app.command("render", help="Print every object the operator would create, offline.")(operator_cli.render)
 
-    from modeldeploy.devcluster import devcluster_app
-
-    app.add_typer(devcluster_app, name="dev-cluster", help="A real local control plane with KWOK GPU nodes.")
-
-    from modeldeploy import demo
-
-    app.command("demo", help="Run the whole product on this machine, end to end.")(demo.run_demo)
-
 
 _register_commands()

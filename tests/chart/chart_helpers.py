@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from modeldeploy.devcluster import build_script
+from modeldeploy_dev.devcluster import build_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modeldeploy"

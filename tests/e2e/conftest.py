@@ -1,13 +1,13 @@
-"""Fixtures for end-to-end tests against the real local control plane (see modeldeploy.devcluster).
+"""Fixtures for end-to-end tests against the real local control plane (see modeldeploy_dev.devcluster).
 
-``cluster`` (session scope) is a running :class:`modeldeploy.devcluster.DevCluster`:
+``cluster`` (session scope) is a running :class:`modeldeploy_dev.devcluster.DevCluster`:
 
 - ``cluster.kubeconfig: Path`` — admin kubeconfig (client certificate, group system:masters)
 - ``cluster.server: str`` — the apiserver URL, ``https://127.0.0.1:<port>``
 - ``cluster.kubectl(*args, check=True, input=None) -> CompletedProcess[str]`` — the pinned kubectl as admin
 - ``cluster.bin_dir: Path`` — kubectl, helm, kube-apiserver, ... of the pinned versions
   (``cluster.helm`` is the helm binary)
-- ``cluster.audit_log`` — :class:`modeldeploy.devcluster.AuditLog`: ``mark()`` then
+- ``cluster.audit_log`` — :class:`modeldeploy_dev.devcluster.AuditLog`: ``mark()`` then
   ``writes(user=..., since=mark)`` counts write requests (create/update/patch/delete) by user
 - ``cluster.service_account_kubeconfig(namespace, name) -> Path`` — a kubeconfig for a ServiceAccount
   (TokenRequest), to run a client with exactly the RBAC bound to it
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from modeldeploy.devcluster import DevCluster, DevClusterError, ensure_binaries
+from modeldeploy_dev.devcluster import DevCluster, DevClusterError, ensure_binaries
 
 
 @pytest.fixture(scope="session")

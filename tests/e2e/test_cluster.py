@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from modeldeploy.devcluster import (
+from modeldeploy_dev.devcluster import (
     ADMIN_USER,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -255,7 +255,7 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def test_cli_up_kubeconfig_down_leave_no_process_behind(cluster_bin_dir: Path, tmp_path: Path) -> None:
-    # `modeldeploy dev-cluster ...`: the components outlive `up` (detached) and `down`, run later,
+    # `modeldeploy-dev cluster ...`: the components outlive `up` (detached) and `down`, run later,
     # finds them through the pids in the state dir.
     runner = CliRunner()
     state_dir = tmp_path / "detached"
@@ -301,7 +301,7 @@ def test_components_die_with_a_killed_test_session(cluster_bin_dir: Path, tmp_pa
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from modeldeploy.devcluster import DevCluster\n"
+        "from modeldeploy_dev.devcluster import DevCluster\n"
         "DevCluster(Path(sys.argv[1]), Path(sys.argv[2])).start()\n"
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"

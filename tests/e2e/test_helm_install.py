@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_helpers import (
+
+from modeldeploy_dev.devcluster import DevCluster
+from modeldeploy_dev.harness import (
     CHART_DIR,
     MODELDEPLOY_BIN,
     KubeApi,
@@ -37,8 +39,6 @@ from operator_helpers import (
     unique_name,
     wait_until,
 )
-
-from modeldeploy.devcluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -92,10 +92,8 @@ def _get(cluster: DevCluster, *args: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(cluster: DevCluster) -> Iterator[KubeApi]:
-    client = KubeApi(cluster.kubeconfig)
-    yield client
-    client.close()
+def api(cluster: DevCluster) -> KubeApi:
+    return KubeApi(cluster.kubeconfig)
 
 
 def _values(mode: str, models_namespace: str) -> dict[str, Any]:

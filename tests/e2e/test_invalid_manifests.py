@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from operator_helpers import Example, example_model_deployments, install_crds
 
-from modeldeploy.devcluster import DevCluster
+from modeldeploy_dev.devcluster import DevCluster
+from modeldeploy_dev.harness import Example, example_model_deployments, install_crds
 
 pytestmark = pytest.mark.cluster
 

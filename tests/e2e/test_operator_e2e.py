@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_helpers import (
+
+from modeldeploy_dev.devcluster import FAULT_PREFIX, DevCluster
+from modeldeploy_dev.harness import (
     NAME_LABEL,
     ChartRbac,
     Example,
@@ -45,8 +47,6 @@ from operator_helpers import (
     watching,
 )
 
-from modeldeploy.devcluster import FAULT_PREFIX, DevCluster
-
 pytestmark = pytest.mark.cluster
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -63,10 +63,8 @@ READY_TIMEOUT = 90.0
 
 
 @pytest.fixture(scope="module")
-def api(cluster: DevCluster) -> Iterator[KubeApi]:
-    client = KubeApi(cluster.kubeconfig)
-    yield client
-    client.close()
+def api(cluster: DevCluster) -> KubeApi:
+    return KubeApi(cluster.kubeconfig)
 
 
 @pytest.fixture(scope="module")
@@ -783,7 +781,7 @@ def test_deleting_the_model_deployment_garbage_collects_every_child(
 # --------------------------------------------------------------------------------------------------
 # When a model is not Ready: each failure produced for real (the scheduler, the ReplicaSet controller
 # against a ResourceQuota, the PV controller, and KWOK Stages for what a kubelet would report; see
-# modeldeploy.devcluster.FAULT_STATUS), and what the status, `kubectl get`, the Events and the GitOps
+# modeldeploy_dev.devcluster.FAULT_STATUS), and what the status, `kubectl get`, the Events and the GitOps
 # health checks say about it.
 
 gitops_health = load_gitops_health()

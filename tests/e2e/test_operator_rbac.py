@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_helpers import (
+
+from modeldeploy.reconcile import REFUSED_RETRY_SECONDS
+from modeldeploy_dev.devcluster import DevCluster
+from modeldeploy_dev.harness import (
     OperatorProcess,
     condition,
     create_namespace,
@@ -29,9 +32,6 @@ from operator_helpers import (
     unique_name,
     wait_until,
 )
-
-from modeldeploy.devcluster import DevCluster
-from modeldeploy.reconcile import REFUSED_RETRY_SECONDS
 
 pytestmark = pytest.mark.cluster
 

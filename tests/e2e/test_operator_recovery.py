@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_helpers import (
+
+from modeldeploy_dev.devcluster import DevCluster
+from modeldeploy_dev.harness import (
     MANAGED_BY_SELECTOR,
     NAME_LABEL,
     ChartRbac,
@@ -41,8 +43,6 @@ from operator_helpers import (
     unique_name,
     wait_until,
 )
-
-from modeldeploy.devcluster import DevCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -86,10 +86,8 @@ SPECS = {name: spec_of(i) for i, name in enumerate(NAMES)}
 
 
 @pytest.fixture(scope="module")
-def api(cluster: DevCluster) -> Iterator[KubeApi]:
-    client = KubeApi(cluster.kubeconfig)
-    yield client
-    client.close()
+def api(cluster: DevCluster) -> KubeApi:
+    return KubeApi(cluster.kubeconfig)
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ import pytest
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
-from modeldeploy.devcluster import ADMIN_USER, DevCluster
 from modeldeploy.kube import Kind, LightkubeCluster
 from modeldeploy.labels import is_owned_by
 from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings
 from modeldeploy.status import pod_summary
+from modeldeploy_dev.devcluster import ADMIN_USER, DevCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -36,6 +36,8 @@ from typing import Any, Final
 import typer
 import yaml
 
+from modeldeploy_dev.kubeapi import KubeApi
+
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 REQUIRED_BINARIES: Final = (*COMPONENTS, "kubectl")
 
@@ -456,30 +458,6 @@ def _reap(pid: int) -> None:
 # The API, spoken directly: readiness polling must not pay for a kubectl process per try.
 
 
-class _Api:
-    def __init__(self, server: str, ca_cert: Path, client_cert: Path, client_key: Path) -> None:
-        self.server = server
-        self._ctx = ssl.create_default_context(cafile=str(ca_cert))
-        self._ctx.load_cert_chain(str(client_cert), str(client_key))
-
-    def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, timeout: float = 10.0
-    ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, context=self._ctx, timeout=timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
-
-
 def _wait_for(what: str, check: Callable[[], bool], timeout: float, logs: Sequence[Path] = ()) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -576,6 +554,18 @@ class AuditLog:
 # The cluster
 
 
+@dataclass(frozen=True)
+class _Ports:
+    """The loopback ports one cluster binds, chosen free at start."""
+
+    etcd: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+    kwok_node: int
+
+
 class DevCluster:
     """The local control plane. ``with DevCluster(state_dir) as cluster: ...`` starts and stops it.
 
@@ -603,7 +593,7 @@ class DevCluster:
         self.server = ""
         self._procs: list[_Proc] = []
         self._popens: list[subprocess.Popen[bytes]] = []
-        self._api: _Api | None = None
+        self._api: KubeApi | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -724,12 +714,11 @@ class DevCluster:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _admin_api(self) -> _Api:
+    def _admin_api(self) -> KubeApi:
         if self._api is None:
             info = json.loads((self.state_dir / _CLUSTER_FILE).read_text())
-            pki = self.state_dir / "pki"
             self.server = info["server"]
-            self._api = _Api(self.server, pki / "ca.crt", pki / "client-admin.crt", pki / "client-admin.key")
+            self._api = KubeApi(self.kubeconfig)
         return self._api
 
     def _prepare_state_dir(self) -> None:
@@ -745,7 +734,7 @@ class DevCluster:
                 )
             shutil.rmtree(self.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / _STATE_MARKER).write_text("state of `modeldeploy dev-cluster`; wiped by `up`\n")
+        (self.state_dir / _STATE_MARKER).write_text("state of `modeldeploy-dev cluster`; wiped by `up`\n")
         self.log_dir.mkdir()
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
@@ -779,24 +768,28 @@ class DevCluster:
 
     def _start(self) -> None:
         started = time.monotonic()
+        ports = _Ports(*_free_ports(6))
+        pki, component_kubeconfigs = self._start_pki(ports.apiserver)
+        etcd_url = self._start_etcd(ports.etcd)
+        self._start_apiserver(pki, etcd_url, ports.apiserver)
+        self._start_controllers(pki, component_kubeconfigs, ports)
+        self._start_kwok_nodes(pki, component_kubeconfigs, ports)
+        self._wait_until_settled(ports)
+        elapsed = time.monotonic() - started
+        info = {"server": self.server, "bin_dir": str(self.bin_dir), "startup_seconds": round(elapsed, 2)}
+        (self.state_dir / _CLUSTER_FILE).write_text(json.dumps(info) + "\n")
+
+    def _start_pki(self, apiserver_port: int) -> tuple[_Pki, dict[str, Path]]:
+        """Certificates, the admin and component kubeconfigs, the audit policy and KWOK's config."""
         sd = self.state_dir
         pki = _make_pki(sd / "pki")
-        (
-            etcd_port,
-            apiserver_port,
-            kcm_port,
-            scheduler_port,
-            kwok_port,
-            kwok_node_port,
-        ) = _free_ports(6)
         self.server = f"https://127.0.0.1:{apiserver_port}"
         (sd / _CLUSTER_FILE).write_text(
             json.dumps({"server": self.server, "bin_dir": str(self.bin_dir)}) + "\n"
         )
-        self._api = _Api(self.server, pki.ca_cert, *pki.clients["admin"])
-
         _write_private(self.kubeconfig, _cert_kubeconfig(self.server, pki, "admin"))
-        component_kubeconfigs = {}
+        self._api = KubeApi(self.kubeconfig)
+        component_kubeconfigs: dict[str, Path] = {}
         for client in ("kube-controller-manager", "kube-scheduler", "kwok"):
             path = sd / f"{client}.kubeconfig"
             _write_private(path, _cert_kubeconfig(self.server, pki, client))
@@ -804,7 +797,10 @@ class DevCluster:
         (sd / "audit-policy.yaml").write_text(AUDIT_POLICY)
         kwok_config = sd / "kwok.yaml"
         kwok_config.write_text(_kwok_config(self.bin_dir / "kwok-stages.yaml"))
+        return pki, component_kubeconfigs
 
+    def _start_etcd(self, etcd_port: int) -> str:
+        sd = self.state_dir
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         self._spawn(
             "etcd",
@@ -829,7 +825,10 @@ class DevCluster:
             self.ready_timeout,
             [self.log_dir / "etcd.log"],
         )
+        return etcd_url
 
+    def _start_apiserver(self, pki: _Pki, etcd_url: str, apiserver_port: int) -> None:
+        sd = self.state_dir
         self._spawn(
             "kube-apiserver",
             [
@@ -867,10 +866,10 @@ class DevCluster:
             [self.log_dir / "kube-apiserver.log"],
         )
 
-        # Skip-verify for the two components' own health endpoints: they serve self-signed certs.
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
+    def _start_controllers(self, pki: _Pki, component_kubeconfigs: dict[str, Path], ports: _Ports) -> None:
+        """kube-controller-manager and kube-scheduler, started; `_wait_until_settled` waits for them."""
+        sd = self.state_dir
+        kcm_port, scheduler_port = ports.controller_manager, ports.scheduler
         common = [
             "--bind-address=127.0.0.1",
             "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
@@ -908,6 +907,12 @@ class DevCluster:
                 f"--cert-dir={sd / 'kube-scheduler'}",
             ],
         )
+
+    def _start_kwok_nodes(self, pki: _Pki, component_kubeconfigs: dict[str, Path], ports: _Ports) -> None:
+        """KWOK, playing the kubelet of the fake nodes, and the nodes themselves."""
+        kwok_config = self.state_dir / "kwok.yaml"
+        kwok_port, kwok_node_port = ports.kwok, ports.kwok_node
+        assert self._api is not None
         kwok_cert, kwok_key = pki.clients["kwok"]
         self._spawn(
             "kwok",
@@ -932,6 +937,13 @@ class DevCluster:
             if status != 201:
                 raise DevClusterError(f"creating node {node.name} failed ({status}): {body}")
 
+    def _wait_until_settled(self, ports: _Ports) -> None:
+        """The controllers healthy, every node Ready, and the default ServiceAccount created."""
+        kcm_port, scheduler_port = ports.controller_manager, ports.scheduler
+        # Skip-verify for the two components' own health endpoints: they serve self-signed certs.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
         _wait_for(
             "kube-controller-manager /healthz",
             lambda: (
@@ -965,9 +977,6 @@ class DevCluster:
             self.ready_timeout,
             [self.log_dir / "kube-controller-manager.log"],
         )
-        elapsed = time.monotonic() - started
-        info = {"server": self.server, "bin_dir": str(self.bin_dir), "startup_seconds": round(elapsed, 2)}
-        (sd / _CLUSTER_FILE).write_text(json.dumps(info) + "\n")
 
     def _nodes_ready(self) -> bool:
         assert self._api is not None
@@ -1172,7 +1181,9 @@ def cluster_kubeconfig(state_dir: Path | None = None) -> Path:
     kubeconfig = state_dir / "kubeconfig"
     procs = _read_pids(state_dir)
     if not kubeconfig.is_file() or not procs or not all(p.alive() for p in procs):
-        raise DevClusterError(f"no dev cluster is running in {state_dir}; start one with `dev-cluster up`")
+        raise DevClusterError(
+            f"no dev cluster is running in {state_dir}; start one with `modeldeploy-dev cluster up`"
+        )
     return kubeconfig
 
 
@@ -1230,5 +1241,5 @@ def kubeconfig_command(state_dir: Path | None = _STATE_DIR_OPTION) -> None:
         raise typer.Exit(1) from err
 
 
-if __name__ == "__main__":  # pragma: no cover - convenience for `python -m modeldeploy.devcluster`
+if __name__ == "__main__":  # pragma: no cover - convenience for `python -m modeldeploy_dev.devcluster`
     sys.exit(devcluster_app())

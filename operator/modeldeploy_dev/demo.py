@@ -1,4 +1,4 @@
-"""`modeldeploy demo`: the whole product on one machine, end to end.
+"""`modeldeploy-dev demo`: the whole product on one machine, end to end.
 
 A real local control plane (built from Go modules) with KWOK GPU nodes, the CRD, the operator running
 as a ServiceAccount with exactly the Helm chart's RBAC, a ModelDeployment of the real all-MiniLM-L6-v2
@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from modeldeploy.devcluster import DevCluster, default_cache_dir, ensure_binaries
+from modeldeploy_dev.devcluster import DevCluster, default_cache_dir, ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "minilm-embeddings.yaml"
@@ -344,7 +344,7 @@ def run_demo(
                 Panel(
                     f"export KUBECONFIG={cluster.kubeconfig}\nkubectl get mdeploy -A\n"
                     f"curl -s localhost:{server.http_port}/v2/models/{model}\n"
-                    f"modeldeploy dev-cluster down --state-dir {state}   # and kill tritonserver/operator",
+                    f"modeldeploy-dev cluster down --state-dir {state}   # and kill tritonserver/operator",
                     title="left running (--keep)",
                 )
             )

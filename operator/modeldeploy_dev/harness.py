@@ -2,7 +2,8 @@
 ``bench/controlplane``, which imports this module so that the benchmark measures exactly the set-up the
 tests verify).
 
-No pytest here: everything is plain functions and classes over a :class:`modeldeploy.devcluster.DevCluster`.
+No pytest here: everything is plain functions and classes over a
+:class:`modeldeploy_dev.devcluster.DevCluster`.
 
 - :func:`install_crds` applies ``crds/`` and waits until the CRD is Established.
 - :func:`install_chart_rbac` renders the Helm chart with ``helm template`` and applies only its
@@ -15,7 +16,6 @@ No pytest here: everything is plain functions and classes over a :class:`modelde
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import importlib.util
 import json
@@ -23,10 +23,8 @@ import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -41,7 +39,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from modeldeploy.devcluster import DevCluster, DevClusterError
+from modeldeploy_dev.devcluster import DevCluster, DevClusterError
+from modeldeploy_dev.kubeapi import KubeApi, KubeApiError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "crds"
@@ -51,7 +50,6 @@ MODELDEPLOY_BIN = Path(sys.executable).parent / "modeldeploy"
 
 CRD_NAME = "modeldeployments.modeldeploy.dev"
 API_VERSION = "modeldeploy.dev/v1alpha1"
-MD_PATH = "/apis/modeldeploy.dev/v1alpha1"
 FIELD_MANAGER = "modeldeploy"
 NAME_LABEL = "modeldeploy.dev/name"
 MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=modeldeploy"
@@ -60,19 +58,6 @@ MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=modeldeploy"
 # (the operator's own Deployment, Services, ...) needs a container image and is not used here.
 RBAC_KINDS = frozenset({"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"})
 
-# Where each kind of child lives in the API, for direct requests.
-CHILD_PATHS: Mapping[str, str] = {
-    "deployments": "/apis/apps/v1",
-    "replicasets": "/apis/apps/v1",
-    "services": "/api/v1",
-    "pods": "/api/v1",
-    "persistentvolumeclaims": "/api/v1",
-    "events": "/api/v1",
-    "jobs": "/apis/batch/v1",
-    "horizontalpodautoscalers": "/apis/autoscaling/v2",
-    "poddisruptionbudgets": "/apis/policy/v1",
-    "endpointslices": "/apis/discovery.k8s.io/v1",
-}
 
 # An RBAC denial, as the apiserver words it: '<resource> "x" is forbidden: User "<user>" cannot <verb>
 # resource ...'. Other 403s are not RBAC's (e.g. "unable to create new content in namespace x because it
@@ -95,7 +80,7 @@ def wait_until(
     while True:
         try:
             value = predicate()
-        except (DevClusterError, OSError, KeyError, ValueError) as err:
+        except (DevClusterError, KubeApiError, OSError, KeyError, ValueError) as err:
             # The cluster may answer a moment later (an object not created yet, a watch cache lagging).
             value, last_error = None, err
         if value:
@@ -215,120 +200,6 @@ def reserve_volume(cluster: DevCluster, namespace: str, claim: str, size: str = 
 
 # --------------------------------------------------------------------------------------------------
 # Direct API access
-
-
-class KubeApi:
-    """A minimal Kubernetes API client over urllib, from a kubeconfig written by the dev cluster."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        config = yaml.safe_load(kubeconfig.read_text())
-        cluster = config["clusters"][0]["cluster"]
-        user = config["users"][0]["user"]
-        self.server: str = cluster["server"]
-        self._secrets = tempfile.TemporaryDirectory(prefix="kubeapi-")
-        secrets = Path(self._secrets.name)
-        ca = secrets / "ca.crt"
-        ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-        self._ctx = ssl.create_default_context(cafile=str(ca))
-        self._headers: dict[str, str] = {}
-        if "client-certificate-data" in user:
-            cert, key = secrets / "client.crt", secrets / "client.key"
-            cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
-            key.write_bytes(base64.b64decode(user["client-key-data"]))
-            self._ctx.load_cert_chain(str(cert), str(key))
-        elif "token" in user:
-            self._headers["Authorization"] = f"Bearer {user['token']}"
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext:
-        """Trusts the cluster's CA and presents the client certificate, if the kubeconfig has one."""
-        return self._ctx
-
-    def close(self) -> None:
-        self._secrets.cleanup()
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = "application/json",
-        timeout: float = 30.0,
-    ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.server + path, data=data, method=method, headers=dict(self._headers)
-        )
-        if data is not None:
-            req.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(req, context=self._ctx, timeout=timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
-
-    def get(self, path: str) -> Any:
-        """The object or list at ``path``; None when it does not exist."""
-        status, body = self.request("GET", path)
-        if status == 404:
-            return None
-        if status != 200:
-            raise DevClusterError(f"GET {path} failed ({status}): {body}")
-        return body
-
-    def items(self, resource: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
-        query = f"?labelSelector={urllib.parse.quote(selector)}" if selector else ""
-        body = self.get(f"{CHILD_PATHS[resource]}/namespaces/{namespace}/{resource}{query}")
-        return list(body["items"]) if body else []
-
-    def model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        body = self.get(f"{MD_PATH}/namespaces/{namespace}/modeldeployments/{name}")
-        return dict(body) if body else None
-
-    def model_deployments(self, namespace: str) -> list[dict[str, Any]]:
-        body = self.get(f"{MD_PATH}/namespaces/{namespace}/modeldeployments")
-        return list(body["items"]) if body else []
-
-    def child(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        body = self.get(f"{CHILD_PATHS[resource]}/namespaces/{namespace}/{resource}/{name}")
-        return dict(body) if body else None
-
-    def server_side_apply(self, path: str, obj: Mapping[str, Any], manager: str) -> tuple[int, Any]:
-        query = f"?fieldManager={urllib.parse.quote(manager)}&force=true"
-        return self.request("PATCH", path + query, obj, content_type="application/apply-patch+yaml")
-
-    def watch(
-        self,
-        path: str,
-        on_event: Callable[[str, dict[str, Any]], None],
-        stop: threading.Event,
-        *,
-        resource_version: str | None = None,
-        timeout_seconds: int = 300,
-    ) -> None:
-        """Calls ``on_event(type, object)`` for every change at the collection ``path`` until ``stop``.
-
-        Runs in the caller's thread; a watch records every intermediate state, which polling can miss.
-        """
-        params = {"watch": "1", "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "false"}
-        if resource_version:
-            params["resourceVersion"] = resource_version
-        sep = "&" if "?" in path else "?"
-        req = urllib.request.Request(
-            f"{self.server}{path}{sep}{urllib.parse.urlencode(params)}", headers=dict(self._headers)
-        )
-        with urllib.request.urlopen(req, context=self._ctx, timeout=timeout_seconds + 10) as resp:
-            for line in resp:
-                if stop.is_set():
-                    return
-                if line.strip():
-                    event = json.loads(line)
-                    on_event(event["type"], event["object"])
 
 
 # --------------------------------------------------------------------------------------------------
