@@ -1,0 +1,53 @@
+"""The real local control plane as a pytest fixture, one per test session (see modeldeploy_dev.devcluster).
+
+Loaded for the whole suite by `-p modeldeploy_dev.pytest_plugin` (pyproject's pytest addopts), so the
+end-to-end and the reconcile tests share one cluster instead of starting one per test directory.
+
+``cluster`` (session scope) is a running :class:`modeldeploy_dev.devcluster.DevCluster`:
+
+- ``cluster.kubeconfig: Path`` — admin kubeconfig (client certificate, group system:masters)
+- ``cluster.server: str`` — the apiserver URL, ``https://127.0.0.1:<port>``
+- ``cluster.kubectl(*args, check=True, input=None) -> CompletedProcess[str]`` — the pinned kubectl as admin
+- ``cluster.bin_dir: Path`` — kubectl, helm, kube-apiserver, ... of the pinned versions
+  (``cluster.helm`` is the helm binary)
+- ``cluster.audit_log`` — :class:`modeldeploy_dev.devcluster.AuditLog`: ``mark()`` then
+  ``writes(user=..., since=mark)`` counts write requests (create/update/patch/delete) by user
+- ``cluster.service_account_kubeconfig(namespace, name) -> Path`` — a kubeconfig for a ServiceAccount
+  (TokenRequest), to run a client with exactly the RBAC bound to it
+- ``cluster.nodes`` — the fake nodes: two GPU products and one CPU-only node (KWOK keeps them Ready and
+  marks their pods Running)
+
+The binaries are built (once, into the cache outside the repository) by tests/cluster/build.sh; without
+Go the fixture fails with build.sh's message rather than skipping, since these tests are the point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modeldeploy_dev.devcluster import DevCluster, DevClusterError, ensure_binaries
+
+
+@pytest.fixture(scope="session")
+def cluster_bin_dir() -> Path:
+    """The pinned control-plane binaries, built first if this machine has not built them yet."""
+    try:
+        return ensure_binaries(build=True)
+    except DevClusterError as err:
+        pytest.fail(f"cannot build the local control plane: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    state_dir = tmp_path_factory.mktemp("dev-cluster")
+    try:
+        dev_cluster = DevCluster(state_dir, cluster_bin_dir).start()
+    except DevClusterError as err:
+        pytest.fail(f"the local control plane did not start: {err}", pytrace=False)
+    try:
+        yield dev_cluster
+    finally:
+        dev_cluster.stop()
