@@ -46,7 +46,7 @@ from bench.common.report import RESULTS_DIR, markdown_table, save_figure, write_
 
 # The e2e tests' harness (chart RBAC, operator process, API client): the benchmark measures exactly the
 # set-up the tests verify.
-from modeldeploy_dev import harness
+from modeldeploy_dev import harness, kubeapi
 from modeldeploy_dev.devcluster import DEFAULT_NODES, AuditEvent, DevCluster, FakeNode, ensure_binaries
 
 SIZES = (50, 200, 500)
@@ -144,7 +144,7 @@ class Progress:
     ready: int = 0
 
 
-def progress(api: harness.KubeApi, namespace: str) -> Progress:
+def progress(api: kubeapi.KubeApi, namespace: str) -> Progress:
     mds = api.model_deployments(namespace)
     children = {
         resource: {
@@ -204,7 +204,7 @@ class PlainClient:
     """One keep-alive HTTPS connection to the apiserver as the admin; requests strictly one at a time."""
 
     def __init__(self, kubeconfig: Path) -> None:
-        self._api = harness.KubeApi(kubeconfig)  # for its TLS context and server URL
+        self._api = kubeapi.KubeApi(kubeconfig)  # for its TLS context and server URL
         url = urllib.parse.urlparse(self._api.server)
         self._conn = http.client.HTTPSConnection(
             url.hostname or "127.0.0.1", url.port, context=self._api.ssl_context
@@ -246,7 +246,7 @@ def _clean(resource: str, obj: dict[str, Any], namespace: str) -> dict[str, Any]
 
 def run_floor(
     cluster: DevCluster,
-    api: harness.KubeApi,
+    api: kubeapi.KubeApi,
     source_namespace: str,
     floor_namespace: str,
     names: Sequence[str],
@@ -265,7 +265,7 @@ def run_floor(
     statuses = {
         md["metadata"]["name"]: md.get("status") or {} for md in api.model_deployments(source_namespace)
     }
-    md_base = f"{harness.MD_PATH}/namespaces/{floor_namespace}/modeldeployments"
+    md_base = f"{kubeapi.MD_PATH}/namespaces/{floor_namespace}/modeldeployments"
     apply_query = "?fieldManager=floor&force=true"
     requests: list[tuple[str, str, Any, str]] = []
     for name in names:
@@ -310,7 +310,7 @@ def _equivalent(
         body = bodies.get((event.resource, event.name))
         if body is None:
             return None
-        group = harness.CHILD_PATHS[event.resource]
+        group = kubeapi.CHILD_PATHS[event.resource]
         path = f"{group}/namespaces/{namespace}/{event.resource}/{event.name}{apply_query}"
         return ("PATCH", path, body, "application/apply-patch+yaml")
     if event.resource == "modeldeployments" and event.subresource == "status":
@@ -346,7 +346,7 @@ def _equivalent(
 
 
 def run_size(
-    cluster: DevCluster, api: harness.KubeApi, n: int, resync: int, work: Path, timeout: float
+    cluster: DevCluster, api: kubeapi.KubeApi, n: int, resync: int, work: Path, timeout: float
 ) -> SizeResult:
     namespace = f"bench-{n}"
     names = model_names(n)
@@ -627,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         with DevCluster(work / "cluster", ensure_binaries(build=True), nodes=nodes) as cluster:
             harness.install_crds(cluster)
-            api = harness.KubeApi(cluster.kubeconfig)
+            api = kubeapi.KubeApi(cluster.kubeconfig)
             kubernetes = str(cluster.version().get("gitVersion"))
             try:
                 for n in sizes:
