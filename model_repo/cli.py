@@ -367,7 +367,7 @@ def serve(
     ] = None,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
-    from model_repo.triton import TritonServer, repository_server_args
+    from model_repo.triton import TritonError, TritonServer, repository_server_args
 
     options = _options(
         source,
@@ -426,7 +426,7 @@ def serve(
             if server.process is None or server.process.poll() is not None:
                 typer.echo(f"tritonserver exited unexpectedly; log:\n{server.log()[-4000:]}", err=True)
                 raise typer.Exit(code=1)
-    except BuildError as exc:
+    except TritonError as exc:
         typer.echo(f"modeldeploy serve: error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     finally:

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from model_repo.errors import BuildError
 
-
-class TritonError(BuildError):
-    """tritonserver could not be found, started, or did not become ready."""
+class TritonError(RuntimeError):
+    """tritonserver could not be found, started, or did not become ready: not a fault of the checkpoint or
+    the build options (so not a BuildError), though the message still says what to look at."""
 
 
 # Each Python-backend stub exchanges a whole batch of requests and responses through one shared-memory
