@@ -361,7 +361,6 @@ class TritonPythonModel:
         self.normalize = self.params.get("normalize", "false") == "true"
         self.top_k = int(self.params.get("top_k", "5"))
         self.multi_label = self.params.get("problem_type") == "multi_label_classification"
-        configured_overhead = self.params.get("group_overhead_tokens")
         self.max_batch = max(1, int(self.model_config.get("max_batch_size", 1)))
         trust = self.params.get("trust_remote_code", "false") == "true"
 
@@ -390,9 +389,7 @@ class TritonPythonModel:
         if self.role == "generator":
             self.generation = _start_generation(self, args)
         self.group_overhead = DEFAULT_GROUP_OVERHEAD_TOKENS
-        if configured_overhead:
-            self.group_overhead = int(configured_overhead)
-        elif self.role == "encoder":
+        if self.role == "encoder":
             self.group_overhead = self._calibrate_group_overhead()
             if pb_utils is not None:
                 pb_utils.Logger.log_info(
