@@ -162,7 +162,9 @@ def test_perf_analyzer_drives_triton_with_the_workload_texts(tmp_path: Path) -> 
         assert abs(run.window_s - 3.0) < 1.0  # three windows of 1 s
         assert 0 < run.p50_ms <= run.p90_ms <= run.p99_ms
         assert run.server["compute_infer"] > 0 and run.server["queue"] >= 0
-        assert run.inference_count == run.requests  # one text per request, all counted by Triton
+        # One text per request, all counted by Triton: the server's statistics are read at the window's
+        # edges, where up to `concurrency` requests in flight fall on one side or the other.
+        assert abs(run.inference_count - run.requests) <= run.concurrency
         assert 1 <= run.average_batch <= run.concurrency
         assert run.client_requests == run.requests + 8 and run.client_cpu_s > 0
     # Triton served every request perf_analyzer counted (warm-up and windows; a few more finish after the
