@@ -63,6 +63,8 @@ MERGE_KEYS: dict[str, tuple[str, ...]] = {
 # Identity and type, not fields a manager owns.
 UNOWNED: set[Path] = {("f:apiVersion",), ("f:kind",), ("f:metadata", "f:name"), ("f:metadata", "f:namespace")}
 CRD_OF: dict[Kind, str] = {SCALED_OBJECT: KEDA_CRD, SERVICE_MONITOR: SERVICE_MONITOR_CRD}
+# What LightkubeCluster reports as transient (worth retrying soon).
+TRANSIENT_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
 # Fields that the API server defaults when nobody sets them.
 DEFAULTS: dict[Kind, dict[Path, Any]] = {DEPLOYMENT: {("f:spec", "f:replicas"): 1}}
 
@@ -184,8 +186,9 @@ def fields_v1(paths: Collection[Path]) -> dict[str, Any]:
 
 
 class FakeCluster:
-    """`modeldeploy.kube.Cluster` in memory. `writes` lists every write request; `reads` counts get/list
-    requests by plural."""
+    """`modeldeploy.kube.Cluster` in memory. `writes` lists the write requests it accepted (a no-op apply
+    included: the API server receives it all the same), `refused` those it refused; `reads` counts the
+    read requests by plural."""
 
     def __init__(self, crds: Collection[str] = (), nodes: Sequence[Mapping[str, Any]] = ()) -> None:
         self.crds = set(crds)
@@ -193,8 +196,9 @@ class FakeCluster:
         self._objects: dict[Key, _Stored] = {}
         self._events: dict[tuple[str, str], dict[str, Any]] = {}
         self._revision = 100
-        self._refusals: dict[tuple[str, str], KubeError] = {}
+        self._refusals: dict[tuple[str, str], tuple[str, int]] = {}
         self.writes: list[Write] = []
+        self.refused: list[Write] = []
         self.reads: Counter[str] = Counter()
 
     # ------------------------------------------------------------------------------------ test controls
@@ -202,9 +206,7 @@ class FakeCluster:
     def reject(self, kind: Kind, name: str, message: str, code: int = 422) -> None:
         """Refuse every apply of this object from now on, as the API server does with `code` (422: an
         invalid object, 403: forbidden, 5xx: transient)."""
-        self._refusals[(kind.kind, name)] = KubeError(
-            f"apply {kind} {name}: {message}", code, code in {408, 409, 425, 429, 500, 502, 503, 504}
-        )
+        self._refusals[(kind.kind, name)] = (message, code)
 
     def accept(self, kind: Kind, name: str) -> None:
         self._refusals.pop((kind.kind, name), None)
@@ -284,11 +286,13 @@ class FakeCluster:
 
     async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         self.reads[kind.plural] += 1
+        self._known(kind, f"get {kind} {namespace}/{name}")
         stored = self._stored(kind, namespace, name)
         return None if stored is None else self._rendered(stored)
 
     async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         self.reads[kind.plural] += 1
+        self._known(kind, f"list {kind} in {namespace}")
         found = []
         for key, stored in sorted(self._objects.items(), key=lambda item: item[0][2]):
             object_labels = (stored.obj.get("metadata") or {}).get("labels") or {}
@@ -303,15 +307,16 @@ class FakeCluster:
     async def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         kind = kind_of(manifest)
         metadata = manifest["metadata"]
-        self.writes.append(Write("apply", kind.kind, metadata["namespace"], metadata["name"], field_manager))
-        crd = CRD_OF.get(kind)
-        if crd is not None and crd not in self.crds:
-            raise KubeError(
-                f"apply {kind} {metadata['name']}: the server could not find the resource", 404, False
-            )
+        write = Write("apply", kind.kind, metadata["namespace"], metadata["name"], field_manager)
+        action = f"apply {kind} {metadata['namespace']}/{metadata['name']}"
         refusal = self._refusals.get((kind.kind, metadata["name"]))
+        if refusal is not None or (CRD_OF.get(kind, "") not in self.crds and kind in CRD_OF):
+            self.refused.append(write)
+        self._known(kind, action)
         if refusal is not None:
-            raise refusal
+            message, code = refusal
+            raise KubeError(f"{action}: {message}", code, code in TRANSIENT_CODES)
+        self.writes.append(write)
         return self._apply(manifest, field_manager, force=True)
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:
@@ -360,6 +365,12 @@ class FakeCluster:
         return name in self.crds
 
     # ------------------------------------------------------------------------------------ the store
+
+    def _known(self, kind: Kind, action: str) -> None:
+        """A kind whose CRD is not installed does not exist for the API server."""
+        crd = CRD_OF.get(kind)
+        if crd is not None and crd not in self.crds:
+            raise KubeError(f"{action}: the server could not find the requested resource", 404, False)
 
     def _stored(self, kind: Kind, namespace: str, name: str) -> _Stored | None:
         return self._objects.get((kind, namespace, name))

@@ -13,8 +13,12 @@ from modeldeploy.kube import (
     CHILD_KINDS,
     DEPLOYMENT,
     HORIZONTAL_POD_AUTOSCALER,
+    KEDA_CRD,
     MODEL_DEPLOYMENT,
+    SCALED_OBJECT,
     SERVICE,
+    SERVICE_MONITOR,
+    SERVICE_MONITOR_CRD,
     Cluster,
     Kind,
     Objects,
@@ -24,6 +28,7 @@ from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings
 from modeldeploy_dev.fakecluster import Write
 
+OPTIONAL_CRDS = {SCALED_OBJECT: KEDA_CRD, SERVICE_MONITOR: SERVICE_MONITOR_CRD}
 SETTINGS = RenderSettings(triton_image="triton:t", builder_image="builder:t")
 SOURCE = "hf://google-bert/bert-base-uncased"
 # Another client's field manager (a person with kubectl, a GitOps tool).
@@ -132,6 +137,8 @@ class Scenario:
         assert outcome.writes == len(sent), (label, outcome.writes, sent)
         children: list[tuple[str, str]] = []
         for kind in CHILD_KINDS:
+            if kind in OPTIONAL_CRDS and not await self.cluster.crd_exists(OPTIONAL_CRDS[kind]):
+                continue  # not installed: the API server does not know the kind
             for obj in await self.cluster.list(kind, self.namespace, {NAME_LABEL: self.name}):
                 if is_owned_by(obj, body["metadata"]["uid"]):
                     children.append((kind.kind, obj["metadata"]["name"]))
@@ -176,13 +183,14 @@ class Scenario:
         }
         await self.cluster.apply(edit, field_manager=SOMEONE)
         rv = await self._reconcile(reconciler, recording, "hand edit restored", rv)
-        # Someone else's autoscaler in the namespace is none of our business.
+        # Someone else's autoscaler in the namespace is none of our business. (It scales a Deployment of
+        # theirs: one that scaled ours would race the hand-off on the real cluster, where it runs.)
         foreign = {
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
             "metadata": {"name": SOMEONE, "namespace": self.namespace},
             "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": SOMEONE},
                 "maxReplicas": 2,
             },
         }
