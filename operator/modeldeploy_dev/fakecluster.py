@@ -234,7 +234,7 @@ class FakeCluster:
         if stored is None:
             raise KeyError(f"{kind} {namespace}/{name}")
         self.writes.append(Write("update", kind.kind, namespace, name, manager))
-        edited = _merge(stored.obj, changes)
+        edited = _merge(copy.deepcopy(stored.obj), changes)
         # An update owns what it changed, and takes it from whoever owned it before.
         paths = {
             path
@@ -390,7 +390,8 @@ class FakeCluster:
         live = stored.obj
         applied = set(leaf_fields(dict(manifest))) - UNOWNED
         _, previously = stored.managers.get(manager, ("Apply", set()))
-        merged = _merge(live, manifest)
+        # On a copy: removing fields below must not touch the stored object (compared with it after).
+        merged = _merge(copy.deepcopy(live), manifest)
         for path in applied:
             for other, (_, owned) in stored.managers.items():
                 if other != manager and path in owned and value_at(live, path) != value_at(merged, path):

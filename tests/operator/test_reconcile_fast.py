@@ -134,7 +134,11 @@ def test_the_fake_applies_with_field_ownership() -> None:
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "d", "namespace": NAMESPACE, "annotations": {"a": "1", "b": "2"}},
-        "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}},
+        "spec": {
+            "replicas": 3,
+            "strategy": {"type": "Recreate"},
+            "template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}},
+        },
     }
     first = apply(manifest, "one")
     assert first["metadata"]["generation"] == 1
@@ -142,9 +146,10 @@ def test_the_fake_applies_with_field_ownership() -> None:
     assert apply(manifest, "one")["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
     # A field the only manager stops setting is removed; replicas falls back to its default.
     dropped = copy.deepcopy(manifest)
-    del dropped["metadata"]["annotations"]["b"], dropped["spec"]["replicas"]
+    del dropped["metadata"]["annotations"]["b"], dropped["spec"]["replicas"], dropped["spec"]["strategy"]
     second = apply(dropped, "one")
     assert second["metadata"]["annotations"] == {"a": "1"} and second["spec"]["replicas"] == 1
+    assert "strategy" not in second["spec"]
     assert second["metadata"]["generation"] == 2
     # A field another manager co-owns stays when one of them stops setting it.
     apply(manifest, "one")
