@@ -143,7 +143,8 @@ def test_the_fake_applies_with_field_ownership() -> None:
     first = apply(manifest, "one")
     assert first["metadata"]["generation"] == 1
     # The same apply again: accepted, but nothing changes, so no new resourceVersion.
-    assert apply(manifest, "one")["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    again = apply(manifest, "one")["metadata"]
+    assert again["resourceVersion"] == first["metadata"]["resourceVersion"] and again["generation"] == 1
     # A field the only manager stops setting is removed; replicas falls back to its default.
     dropped = copy.deepcopy(manifest)
     del dropped["metadata"]["annotations"]["b"], dropped["spec"]["replicas"], dropped["spec"]["strategy"]
