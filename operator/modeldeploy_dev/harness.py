@@ -292,6 +292,19 @@ def create_namespace(cluster: DevCluster, name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def models_namespace(cluster: DevCluster, prefix: str) -> Iterator[str]:
+    """A fresh namespace (see :func:`create_namespace`) for a test's ModelDeployments, removed after."""
+    name = create_namespace(cluster, unique_name(prefix))
+    yield name
+    # ModelDeployments first, while the namespace is still live: the operator then sees plain deletions
+    # instead of trying to restore children in a namespace that refuses new content.
+    cluster.kubectl(
+        "delete", "modeldeployments", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False
+    )
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
 # --------------------------------------------------------------------------------------------------
 # The operator process
 

@@ -45,6 +45,15 @@ def _status(generation: int, phase: str, *conditions: dict[str, Any], **extra: A
     return {"observedGeneration": generation, "phase": phase, "conditions": list(conditions), **extra}
 
 
+def _observed(
+    generation: int, phase: str, *conditions: tuple[str, str, str, str], **extra: Any
+) -> dict[str, Any]:
+    """A ModelDeployment whose status (and each condition: type, status, reason, message) observed its
+    current generation."""
+    observed = [_condition(*condition, generation) for condition in conditions]
+    return _model_deployment(generation, _status(generation, phase, *observed, **extra))
+
+
 READY_MESSAGE = "2/2 replicas ready; model minilm served at http://minilm.models.svc:8000"
 INVALID_MESSAGE = "spec.cache needs exactly one of claimName (an existing PVC) or size (a new PVC)"
 
@@ -57,32 +66,51 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
         "Waiting for the modeldeploy operator",
         "InProgress",
     ),
-    "building": (
-        _model_deployment(
-            1,
-            _status(
+    # The repository not built (yet): its condition and Ready give the same reason.
+    **{
+        case: (
+            _observed(
+                generation,
+                phase,
+                ("ModelRepositoryReady", "False", reason, detail),
+                ("Ready", "False", reason, message),
+            ),
+            argo,
+            message,
+            flux,
+        )
+        for case, generation, phase, reason, detail, message, argo, flux in [
+            (
+                "building",
                 1,
                 "Building",
-                _condition("ModelRepositoryReady", "False", "Building", "build job running", 1),
-                _condition("Ready", "False", "Building", "building the model repository", 1),
+                "Building",
+                "build job running",
+                "building the model repository",
+                "Progressing",
+                "InProgress",
             ),
-        ),
-        "Progressing",
-        "building the model repository",
-        "InProgress",
-    ),
+            (
+                "build failed",
+                4,
+                "Failed",
+                "BuildFailed",
+                "checkpoint has no weights",
+                "checkpoint has no weights",
+                "Degraded",
+                "Failed",
+            ),
+        ]
+    },
     "ready": (
-        _model_deployment(
+        _observed(
             2,
-            _status(
-                2,
-                "Ready",
-                _condition("ModelRepositoryReady", "True", "Built", "repository built", 2),
-                _condition("Available", "True", "MinimumReplicasAvailable", "2/2 replicas ready", 2),
-                _condition("Ready", "True", "Ready", READY_MESSAGE, 2),
-                replicas=2,
-                readyReplicas=2,
-            ),
+            "Ready",
+            ("ModelRepositoryReady", "True", "Built", "repository built"),
+            ("Available", "True", "MinimumReplicasAvailable", "2/2 replicas ready"),
+            ("Ready", "True", "Ready", READY_MESSAGE),
+            replicas=2,
+            readyReplicas=2,
         ),
         "Healthy",
         READY_MESSAGE,
@@ -95,33 +123,13 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
         "InProgress",
     ),
     "invalid spec": (
-        _model_deployment(
-            1,
-            _status(1, "Failed", _condition("Ready", "False", "InvalidSpec", INVALID_MESSAGE, 1)),
-        ),
+        _observed(1, "Failed", ("Ready", "False", "InvalidSpec", INVALID_MESSAGE)),
         "Degraded",
         INVALID_MESSAGE,
         "Failed",
     ),
-    "build failed": (
-        _model_deployment(
-            4,
-            _status(
-                4,
-                "Failed",
-                _condition("ModelRepositoryReady", "False", "BuildFailed", "checkpoint has no weights", 4),
-                _condition("Ready", "False", "BuildFailed", "checkpoint has no weights", 4),
-            ),
-        ),
-        "Degraded",
-        "checkpoint has no weights",
-        "Failed",
-    ),
     "degraded: pods not ready": (
-        _model_deployment(
-            2,
-            _status(2, "Degraded", _condition("Ready", "False", "Unavailable", "0/2 replicas ready", 2)),
-        ),
+        _observed(2, "Degraded", ("Ready", "False", "Unavailable", "0/2 replicas ready")),
         "Degraded",
         "0/2 replicas ready",
         "Failed",
@@ -129,16 +137,7 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
     # The failure taxonomy (README "When a model is not Ready"), with the phases the operator gives them.
     **{
         f"failure: {reason}": (
-            _model_deployment(
-                3,
-                _status(
-                    3,
-                    phase,
-                    _condition("Ready", "False", reason, message, 3),
-                    reason=reason,
-                    message=message,
-                ),
-            ),
+            _observed(3, phase, ("Ready", "False", reason, message), reason=reason, message=message),
             "Degraded",
             message,
             "Failed",
@@ -159,42 +158,30 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
         ]
     },
     "waiting: claim not bound yet": (
-        _model_deployment(
-            1,
-            _status(
-                1,
-                "Pending",
-                _condition("Ready", "False", "CacheClaimPending", "cache claim x is Pending yet", 1),
-            ),
-        ),
+        _observed(1, "Pending", ("Ready", "False", "CacheClaimPending", "cache claim x is Pending yet")),
         "Progressing",
         "cache claim x is Pending yet",
         "InProgress",
     ),
     "ready but autoscaler degraded": (
-        _model_deployment(
+        _observed(
             1,
-            _status(
-                1,
-                "Degraded",
-                _condition("Ready", "True", "Serving", "model minilm is served", 1),
-                reason="FailedGetPodsMetric",
-            ),
+            "Degraded",
+            ("Ready", "True", "Serving", "model minilm is served"),
+            reason="FailedGetPodsMetric",
         ),
         "Healthy",
         "model minilm is served",
         "Current",
     ),
     "ready unknown": (
-        _model_deployment(1, _status(1, "Deploying", _condition("Ready", "Unknown", "Reconciling", "", 1))),
+        _observed(1, "Deploying", ("Ready", "Unknown", "Reconciling", "")),
         "Progressing",
         "Reconciling",
         "InProgress",
     ),
     "conditions without Ready": (
-        _model_deployment(
-            1, _status(1, "Deploying", _condition("Available", "False", "Deploying", "0/1 ready", 1))
-        ),
+        _observed(1, "Deploying", ("Available", "False", "Deploying", "0/1 ready")),
         "Progressing",
         "Ready condition",
         "InProgress",

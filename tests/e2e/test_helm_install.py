@@ -91,11 +91,6 @@ def _get(cluster: DevCluster, *args: str) -> dict[str, Any]:
     return result
 
 
-@pytest.fixture
-def api(cluster: DevCluster) -> KubeApi:
-    return KubeApi(cluster.kubeconfig)
-
-
 def _values(mode: str, models_namespace: str) -> dict[str, Any]:
     if mode == "all-namespaces":
         # One standalone operator for every namespace: a ClusterRole.

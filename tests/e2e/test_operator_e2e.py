@@ -30,7 +30,6 @@ from modeldeploy_dev.harness import (
     applied_by_us,
     assert_no_forbidden,
     condition,
-    create_namespace,
     events_of,
     example_model_deployments,
     install_chart_rbac,
@@ -38,6 +37,7 @@ from modeldeploy_dev.harness import (
     is_ready,
     load_gitops_health,
     model_deployment,
+    models_namespace,
     owned_by,
     pods_of,
     reserve_volume,
@@ -60,11 +60,6 @@ READY_TIMEOUT = 90.0
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="module")
-def api(cluster: DevCluster) -> KubeApi:
-    return KubeApi(cluster.kubeconfig)
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +101,8 @@ def operator_stays_healthy_and_authorized(
 
 @pytest.fixture
 def namespace(cluster: DevCluster, api: KubeApi) -> Iterator[str]:
-    name = create_namespace(cluster, unique_name("e2e"))
-    yield name
-    # ModelDeployments first, while the namespace is still live: the operator then sees plain deletions
-    # instead of trying to restore children in a namespace that refuses new content.
-    cluster.kubectl(
-        "delete", "modeldeployments", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False
-    )
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    with models_namespace(cluster, "e2e") as name:
+        yield name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,6 +114,20 @@ def apply(cluster: DevCluster, namespace: str, tmp_path: Path, *objects: dict[st
     path = tmp_path / f"{objects[0]['metadata']['name']}.json"
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
     cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+
+
+def deploy(
+    cluster: DevCluster,
+    api: KubeApi,
+    namespace: str,
+    tmp_path: Path,
+    name: str,
+    spec: dict[str, Any],
+    timeout: float = READY_TIMEOUT,
+) -> dict[str, Any]:
+    """Apply a ModelDeployment and wait until it is Ready; the object then."""
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    return wait_ready(api, namespace, name, timeout)
 
 
 def md_of(api: KubeApi, namespace: str, name: str) -> dict[str, Any]:
@@ -309,8 +312,7 @@ def test_kubectl_get_shows_the_printer_columns(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     name = "bert-columns"
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
-    wait_ready(api, namespace, name)
+    deploy(cluster, api, namespace, tmp_path, name, spec_for(replicas=1))
 
     table = cluster.kubectl("get", "mdeploy", "-n", namespace).stdout.splitlines()
     header = table[0].split()
@@ -342,8 +344,7 @@ def test_cpu_model_lands_on_the_cpu_node(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     name = "bert-cpu"
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
-    wait_ready(api, namespace, name)
+    deploy(cluster, api, namespace, tmp_path, name, spec_for(replicas=1))
     (pod,) = pods_of(api, namespace, name)
     node = next(n for n in cluster.nodes if n.name == pod["spec"]["nodeName"])
     assert node.gpus == 0, f"a CPU model was placed on GPU node {node.name}"
@@ -359,13 +360,7 @@ def test_new_revision_rolls_pods_and_never_drops_below_desired(
 ) -> None:
     name = "bert-roll"
     replicas = 3
-    apply(
-        cluster,
-        namespace,
-        tmp_path,
-        model_deployment(name, spec_for(replicas=replicas, gpus=1, gpu_product=A100)),
-    )
-    wait_ready(api, namespace, name)
+    deploy(cluster, api, namespace, tmp_path, name, spec_for(replicas=replicas, gpus=1, gpu_product=A100))
     before = wait_deployment_rolled_out(api, namespace, name, replicas)
     old_pods = pod_uids(api, namespace, name)
     old_template = before["spec"]["template"]
@@ -469,8 +464,7 @@ def test_kubectl_scale_goes_through_the_scale_subresource(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     name = "bert-scale"
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
-    wait_ready(api, namespace, name)
+    deploy(cluster, api, namespace, tmp_path, name, spec_for(replicas=1))
 
     cluster.kubectl("scale", f"mdeploy/{name}", "-n", namespace, "--replicas=3")
     assert md_of(api, namespace, name)["spec"]["replicas"] == 3
@@ -502,8 +496,7 @@ def test_deleted_or_hand_edited_children_are_restored(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     name = "bert-drift"
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1)))
-    wait_ready(api, namespace, name)
+    deploy(cluster, api, namespace, tmp_path, name, spec_for(replicas=1))
 
     service = api.child("services", namespace, name)
     assert service is not None
@@ -692,8 +685,15 @@ def test_cache_is_built_once_by_a_job_and_mounted_read_only(
     tmp_path: Path,
 ) -> None:
     name = "bert-cache"
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=1, cache={"size": "5Gi"})))
-    md = wait_ready(api, namespace, name, timeout=READY_TIMEOUT + 30)
+    md = deploy(
+        cluster,
+        api,
+        namespace,
+        tmp_path,
+        name,
+        spec_for(replicas=1, cache={"size": "5Gi"}),
+        timeout=READY_TIMEOUT + 30,
+    )
     uid = md["metadata"]["uid"]
     selector = f"{NAME_LABEL}={name}"
 
@@ -986,10 +986,7 @@ def test_a_rollout_stuck_behind_an_unschedulable_revision_says_the_old_one_still
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     name = "bert-stuck"
-    apply(
-        cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=2, gpus=1, gpu_product=H100))
-    )
-    wait_ready(api, namespace, name)
+    deploy(cluster, api, namespace, tmp_path, name, spec_for(replicas=2, gpus=1, gpu_product=H100))
     old_pods = pod_uids(api, namespace, name)
     patch_md(cluster, namespace, name, {"spec": {"resources": {"gpuProduct": "NVIDIA-B200"}}})
     md = assert_reported(

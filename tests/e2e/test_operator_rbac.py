@@ -24,10 +24,10 @@ from modeldeploy_dev.devcluster import DevCluster
 from modeldeploy_dev.harness import (
     OperatorProcess,
     condition,
-    create_namespace,
     forbidden_requests,
     install_crds,
     model_deployment,
+    models_namespace,
     render_chart_rbac,
     unique_name,
     wait_until,
@@ -66,12 +66,8 @@ def without_verb(objects: list[dict[str, Any]], resource: str, verb: str) -> lis
 @pytest.fixture
 def watched(cluster: DevCluster) -> Iterator[str]:
     install_crds(cluster)
-    name = create_namespace(cluster, unique_name("rbac"))
-    yield name
-    cluster.kubectl(
-        "delete", "modeldeployments", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False
-    )
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    with models_namespace(cluster, "rbac") as name:
+        yield name
 
 
 @dataclass

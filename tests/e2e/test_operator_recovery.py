@@ -33,10 +33,10 @@ from modeldeploy_dev.harness import (
     OperatorProcess,
     assert_no_forbidden,
     condition,
-    create_namespace,
     install_chart_rbac,
     install_crds,
     model_deployment,
+    models_namespace,
     owned_by,
     pods_of,
     running_ready,
@@ -86,19 +86,10 @@ SPECS = {name: spec_of(i) for i, name in enumerate(NAMES)}
 
 
 @pytest.fixture(scope="module")
-def api(cluster: DevCluster) -> KubeApi:
-    return KubeApi(cluster.kubeconfig)
-
-
-@pytest.fixture(scope="module")
 def watched(cluster: DevCluster) -> Iterator[str]:
     install_crds(cluster)
-    name = create_namespace(cluster, unique_name("recovery"))
-    yield name
-    cluster.kubectl(
-        "delete", "modeldeployments", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False
-    )
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    with models_namespace(cluster, "recovery") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,21 @@ class Recorder:
             self.running -= 1
 
 
+def _failing_queue(
+    monkeypatch: pytest.MonkeyPatch,
+    reconciler: Recorder | Gated,
+    failures: list[Exception],
+    metrics: Metrics | None = None,
+    error_retry: float | None = None,
+) -> ReconcileQueue:
+    """A queue over `reconciler`, whose next runs raise `failures` in order; retries shortened to fit."""
+    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
+    if error_retry is not None:
+        monkeypatch.setattr(queue_module, "ERROR_RETRY_SECONDS", error_retry)
+    reconciler.fail_next = list(failures)
+    return ReconcileQueue(reconciler.reconcile, reconciler.latest, metrics or Metrics())
+
+
 def test_requests_pile_up_into_one_run_with_the_latest_object() -> None:
     asyncio.run(_requests_pile_up_into_one_run_with_the_latest_object())
 
@@ -79,12 +94,12 @@ def test_transient_failures_raise_and_are_retried(monkeypatch: pytest.MonkeyPatc
 
 
 async def _transient_failures_raise_and_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
     recorder = Recorder()
     recorder.gate.set()
-    recorder.fail_next = [KubeError("apply Deployment: 503", 503, True)] * 2
     metrics = Metrics()
-    queue = ReconcileQueue(recorder.reconcile, recorder.latest, metrics)
+    queue = _failing_queue(
+        monkeypatch, recorder, [KubeError("apply Deployment: 503", 503, True)] * 2, metrics
+    )
     with pytest.raises(KubeError):
         await queue.request("a", "deployments")
     for _ in range(100):
@@ -101,11 +116,9 @@ def test_handler_triggers_leave_retries_to_kopf(monkeypatch: pytest.MonkeyPatch)
 
 
 async def _handler_triggers_leave_retries_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
     recorder = Recorder()
     recorder.gate.set()
-    recorder.fail_next = [KubeError("timeout", None, True)]
-    queue = ReconcileQueue(recorder.reconcile, recorder.latest, Metrics())
+    queue = _failing_queue(monkeypatch, recorder, [KubeError("timeout", None, True)])
     with pytest.raises(KubeError):
         await queue.request("a", "update", retry_transient=False)
     await asyncio.sleep(0.05)
@@ -203,46 +216,51 @@ async def _notify_if_changed_skips_a_generation_already_reconciled() -> None:
     assert gated.started == ["a", "a", "a"]
 
 
-def test_notified_failures_are_retried_crashes_more_slowly(monkeypatch: pytest.MonkeyPatch) -> None:
-    asyncio.run(_notified_failures_are_retried_crashes_more_slowly(monkeypatch))
+# (seconds to wait, runs started by then, why)
+Timeline = list[tuple[float, int, str]]
 
 
-async def _notified_failures_are_retried_crashes_more_slowly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
-    monkeypatch.setattr(queue_module, "ERROR_RETRY_SECONDS", 0.05)
+@pytest.mark.parametrize(
+    ("failures", "error_retry", "timeline"),
+    [
+        pytest.param(
+            [KubeError("timeout", None, True), RuntimeError("a bug")],
+            0.05,
+            [
+                (0.03, 2, "the transient failure is retried soon"),
+                (0.02, 2, "the crash waits longer"),
+                (0.1, 3, "the crash is retried"),
+            ],
+            id="notified failures are retried, crashes more slowly",
+        ),
+        pytest.param(
+            # A 403 (KubeError.transient is False): retrying in 10 s would not help.
+            [KubeError("list nodes: forbidden", 403, False)],
+            0.08,
+            [(0.04, 1, "not retried on the transient schedule"), (0.1, 2, "retried like a crash")],
+            id="a permanent API error is retried slowly like a crash",
+        ),
+    ],
+)
+def test_notified_failures_are_retried_on_their_schedule(
+    monkeypatch: pytest.MonkeyPatch, failures: list[Exception], error_retry: float, timeline: Timeline
+) -> None:
+    asyncio.run(
+        _notified_failures_are_retried_on_their_schedule(monkeypatch, failures, error_retry, timeline)
+    )
+
+
+async def _notified_failures_are_retried_on_their_schedule(
+    monkeypatch: pytest.MonkeyPatch, failures: list[Exception], error_retry: float, timeline: Timeline
+) -> None:
     gated = Gated()
     gated.release.set()
     gated.add("a")
-    gated.fail_next = [KubeError("timeout", None, True), RuntimeError("a bug")]
-    queue = ReconcileQueue(gated.reconcile, gated.latest, Metrics())
+    queue = _failing_queue(monkeypatch, gated, failures, error_retry=error_retry)
     queue.notify("a", "pods")
-    await asyncio.sleep(0.03)
-    assert len(gated.started) == 2, "the transient failure is retried soon"
-    await asyncio.sleep(0.02)
-    assert len(gated.started) == 2, "the crash waits longer"
-    await asyncio.sleep(0.1)
-    assert len(gated.started) == 3
-    queue.cancel_all()
-
-
-def test_a_permanent_api_error_is_retried_slowly_like_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    asyncio.run(_a_permanent_api_error_is_retried_slowly_like_a_crash(monkeypatch))
-
-
-async def _a_permanent_api_error_is_retried_slowly_like_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "TRANSIENT_RETRY_SECONDS", 0.01)
-    monkeypatch.setattr(queue_module, "ERROR_RETRY_SECONDS", 0.08)
-    gated = Gated()
-    gated.release.set()
-    gated.add("a")
-    # A 403 (KubeError.transient is False): retrying in 10 s would not help.
-    gated.fail_next = [KubeError("list nodes: forbidden", 403, False)]
-    queue = ReconcileQueue(gated.reconcile, gated.latest, Metrics())
-    queue.notify("a", "pods")
-    await asyncio.sleep(0.04)
-    assert len(gated.started) == 1, "not retried on the transient schedule"
-    await asyncio.sleep(0.1)
-    assert len(gated.started) == 2
+    for pause, started, why in timeline:
+        await asyncio.sleep(pause)
+        assert len(gated.started) == started, why
     queue.cancel_all()
 
 

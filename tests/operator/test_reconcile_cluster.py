@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
+from reconcile_contract import Scenario
 
 from modeldeploy.kube import Kind, LightkubeCluster
 from modeldeploy.labels import is_owned_by
@@ -26,6 +27,7 @@ from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings
 from modeldeploy.status import pod_summary
 from modeldeploy_dev.devcluster import ADMIN_USER, DevCluster
+from modeldeploy_dev.fakecluster import FakeCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -430,3 +432,15 @@ def test_with_an_inventory_only_wanted_children_are_read_and_unwanted_ones_still
     reconcile("known")
     assert harness.get("horizontalpodautoscaler", "known") is None
     assert harness.get("poddisruptionbudget", "known") is None
+
+
+def test_the_fake_cluster_keeps_its_contract_with_the_api_server(harness: Harness) -> None:
+    """The fast tier's FakeCluster against the real apiserver: one scenario (spec changes, a hand edit, the
+    replicas hand-off, pruning beside someone else's autoscaler) must leave the same children, send the
+    same write requests to them, hand over `replicas` to the same field managers and leave an untouched
+    child's resourceVersion alone, on both."""
+    real = harness.loop.run_until_complete(Scenario(harness.api, harness.namespace).run())
+    fake = harness.loop.run_until_complete(Scenario(FakeCluster(), harness.namespace).run())
+    assert [step.label for step in real] == [step.label for step in fake]
+    for on_real, on_fake in zip(real, fake, strict=True):
+        assert on_real == on_fake, on_real.label
