@@ -39,15 +39,17 @@ from typing import Any
 
 import kopf
 
-from modeldeploy.api import GROUP, KIND, PLURAL, VERSION
-from modeldeploy.kube import (
+from modeldeploy.kinds import (
+    CHILD_KINDS,
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
+    MODEL_DEPLOYMENT,
     PERSISTENT_VOLUME_CLAIM,
+    POD,
     POD_DISRUPTION_BUDGET,
     Kind,
-    LightkubeCluster,
 )
+from modeldeploy.kube import LightkubeCluster
 from modeldeploy.labels import COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, NAME_LABEL
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
@@ -60,19 +62,17 @@ logger = logging.getLogger(__name__)
 
 MANAGED = {MANAGED_BY: MANAGED_BY_VALUE}
 MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
-# (group, version, plural) of everything we own, plus pods (a builder init container's failure shows
-# only on the pod).
-OWNED_RESOURCES = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "persistentvolumeclaims"),
-    ("batch", "v1", "jobs"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("keda.sh", "v1alpha1", "scaledobjects"),
-    ("monitoring.coreos.com", "v1", "servicemonitors"),
-)
-POD_RESOURCE = ("", "v1", "pods")
+
+
+def _resource(kind: Kind) -> tuple[str, str, str]:
+    """How kopf names a resource: (group, version, plural)."""
+    return kind.group, kind.version, kind.plural
+
+
+# Everything we own, plus pods (a builder init container's failure shows only on the pod).
+OWNED_RESOURCES = tuple(_resource(kind) for kind in CHILD_KINDS)
+POD_RESOURCE = _resource(POD)
+MODEL_DEPLOYMENTS = _resource(MODEL_DEPLOYMENT)
 # Children that a ModelDeployment usually does not have (the reconciler only deletes them, when it owns
 # one): kept in an index of (owner uid -> names), so that checking for them costs no request. The
 # optional CRDs' kinds are not among them: kopf watches those only when their CRD exists.
@@ -161,7 +161,8 @@ def _owned_index_id(kind: Kind) -> str:
 
 def owner_uid(body: Mapping[str, Any]) -> str | None:
     for reference in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if reference.get("kind") == KIND and str(reference.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        group = str(reference.get("apiVersion", "")).rpartition("/")[0]
+        if (reference.get("kind"), group) == (MODEL_DEPLOYMENT.kind, MODEL_DEPLOYMENT.group):
             return str(reference["uid"])
     return None
 
@@ -216,20 +217,18 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
             await runtime.cluster.close()
 
     # Explicit ids: an index reaches handlers as a keyword argument of this name.
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments")
+    @kopf.index(*MODEL_DEPLOYMENTS, registry=registry, id="modeldeployments")
     async def modeldeployments(uid: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
         return {uid: _snapshot(body)}
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments_by_label")
+    @kopf.index(*MODEL_DEPLOYMENTS, registry=registry, id="modeldeployments_by_label")
     async def modeldeployments_by_label(
         namespace: str | None, name: str, uid: str, **_: Any
     ) -> dict[tuple[str | None, str], str]:
         return {(namespace, label_value(name)): uid}
 
     def register_inventory(kind: Kind) -> None:
-        group, _, version = kind.api_version.rpartition("/")
-
-        @kopf.index(group, version, kind.plural, labels=MANAGED, registry=registry, id=_owned_index_id(kind))
+        @kopf.index(*_resource(kind), labels=MANAGED, registry=registry, id=_owned_index_id(kind))
         async def owned(name: str, body: kopf.Body, **_: Any) -> dict[str, str] | None:
             owner = owner_uid(body)
             return {owner: name} if owner is not None else None
@@ -243,7 +242,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
     ) -> dict[tuple[str | None, str | None, str | None], dict[str, Any]]:
         return {(namespace, labels.get(NAME_LABEL), labels.get(COMPONENT)): pod_summary(body)}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.event(*MODEL_DEPLOYMENTS, registry=registry, id="reconcile")
     async def modeldeployment_changed(
         event: Mapping[str, Any], uid: str, meta: Mapping[str, Any], **_: Any
     ) -> None:

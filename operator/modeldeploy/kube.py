@@ -8,14 +8,13 @@ needs; `LightkubeCluster` implements it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import httpx2 as httpx
 from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.resource import NamespacedResource
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -24,52 +23,21 @@ from lightkube.resources.core_v1 import Event, Node, PersistentVolumeClaim, Pod,
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 
-from modeldeploy.api import GROUP, KIND, PLURAL, VERSION
-from modeldeploy.settings import FIELD_MANAGER
-
-
-@dataclass(frozen=True)
-class Kind:
-    api_version: str
-    kind: str
-    plural: str
-
-    @property
-    def group(self) -> str:
-        return self.api_version.rpartition("/")[0]
-
-    def __str__(self) -> str:
-        return self.kind
-
-
-DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
-SERVICE = Kind("v1", "Service", "services")
-PERSISTENT_VOLUME_CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
-JOB = Kind("batch/v1", "Job", "jobs")
-HORIZONTAL_POD_AUTOSCALER = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
-POD_DISRUPTION_BUDGET = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-SCALED_OBJECT = Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
-SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
-POD = Kind("v1", "Pod", "pods")
-MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
-CHILD_KINDS = (
-    PERSISTENT_VOLUME_CLAIM,
-    JOB,
+from modeldeploy.kinds import (
     DEPLOYMENT,
-    SERVICE,
     HORIZONTAL_POD_AUTOSCALER,
-    SCALED_OBJECT,
+    JOB,
+    MODEL_DEPLOYMENT,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
     POD_DISRUPTION_BUDGET,
+    SCALED_OBJECT,
+    SERVICE,
     SERVICE_MONITOR,
+    Kind,
+    kind_of,
 )
-KEDA_CRD = "scaledobjects.keda.sh"
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
-_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT)}
-
-
-def kind_of(manifest: Mapping[str, Any]) -> Kind:
-    return _BY_KIND[str(manifest["kind"])]
-
+from modeldeploy.settings import FIELD_MANAGER
 
 # A list of objects (an alias: inside the classes below, `list` is their method).
 Objects = list[dict[str, Any]]
@@ -117,11 +85,13 @@ class Cluster(Protocol):
     async def crd_exists(self, name: str) -> bool: ...
 
 
-_ModelDeployment = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
-_ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
-_ServiceMonitor = create_namespaced_resource(
-    "monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"
-)
+def _custom_resource(kind: Kind) -> type[GenericNamespacedResource]:
+    return create_namespaced_resource(kind.group, kind.version, kind.kind, kind.plural)
+
+
+_ModelDeployment = _custom_resource(MODEL_DEPLOYMENT)
+_ScaledObject = _custom_resource(SCALED_OBJECT)
+_ServiceMonitor = _custom_resource(SERVICE_MONITOR)
 _RESOURCES: dict[Kind, type[NamespacedResource]] = {
     DEPLOYMENT: Deployment,
     SERVICE: Service,

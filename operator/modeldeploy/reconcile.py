@@ -24,21 +24,22 @@ from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentS
 from modeldeploy.builders import DesiredState, Manifest, desired_state
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
-from modeldeploy.kube import (
+from modeldeploy.kinds import (
     DEPLOYMENT,
+    EVENT,
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
     KEDA_CRD,
+    MODEL_DEPLOYMENT,
     PERSISTENT_VOLUME_CLAIM,
     POD,
     POD_DISRUPTION_BUDGET,
     SCALED_OBJECT,
     SERVICE_MONITOR_CRD,
-    Cluster,
     Kind,
-    KubeError,
     kind_of,
 )
+from modeldeploy.kube import Cluster, KubeError
 from modeldeploy.labels import (
     APPLIED_HASH_ANNOTATION,
     COMPONENT,
@@ -376,7 +377,7 @@ class Reconciler:
             # Only the claim's Events say why it is unbound (no such StorageClass, no volume fits).
             try:
                 events = await self.cluster.events_for(
-                    current.md.metadata.namespace, "PersistentVolumeClaim", claim["metadata"]["name"]
+                    current.md.metadata.namespace, PERSISTENT_VOLUME_CLAIM.kind, claim["metadata"]["name"]
                 )
             except KubeError as exc:
                 if exc.transient:
@@ -422,8 +423,8 @@ class Reconciler:
         if live is None or not is_owned_by(live, current.uid) or not _applies_replicas(live):
             return
         handoff = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "apiVersion": DEPLOYMENT.api_version,
+            "kind": DEPLOYMENT.kind,
             "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
             "spec": {"replicas": live["spec"]["replicas"]},
         }
@@ -435,7 +436,7 @@ class Reconciler:
             current.refused.append(str(exc))
             return
         current.writes += 1
-        self.metrics.writes.labels(kind="Deployment", verb="apply").inc()
+        self.metrics.writes.labels(kind=DEPLOYMENT.kind, verb="apply").inc()
 
     async def ensure_service(self, current: _Round) -> None:
         await self._apply_if_needed(current, current.desired.service)
@@ -532,7 +533,7 @@ class Reconciler:
         metadata = body["metadata"]
         namespace, name = metadata.get("namespace", "default"), metadata["name"]
         written = await self.cluster.apply_status(namespace, name, status.dump())
-        self.metrics.writes.labels(kind="ModelDeployment", verb="status").inc()
+        self.metrics.writes.labels(kind=MODEL_DEPLOYMENT.kind, verb="status").inc()
         self._status_memory[str(metadata["uid"])] = _StatusMemory(
             metadata.get("resourceVersion"), written, status
         )
@@ -559,12 +560,12 @@ class Reconciler:
             patch = {"count": count + 1, "lastTimestamp": now_rfc3339(), "message": message[:1024]}
             if await self.cluster.patch_event(namespace, event_name, patch):
                 posted[key] = (event_name, count + 1, now)
-                self.metrics.writes.labels(kind="Event", verb="patch").inc()
+                self.metrics.writes.labels(kind=EVENT.kind, verb="patch").inc()
                 return 1
         event = self._event(body, transition.event_type, transition.reason, message)
         await self.cluster.create_event(event)
         posted[key] = (event["metadata"]["name"], 1, now)
-        self.metrics.writes.labels(kind="Event", verb="create").inc()
+        self.metrics.writes.labels(kind=EVENT.kind, verb="create").inc()
         return 1
 
     def _event(self, body: Mapping[str, Any], event_type: str, reason: str, message: str) -> dict[str, Any]:
@@ -572,15 +573,15 @@ class Reconciler:
         namespace = metadata.get("namespace", "default")
         stamp = now_rfc3339()
         return {
-            "apiVersion": "v1",
-            "kind": "Event",
+            "apiVersion": EVENT.api_version,
+            "kind": EVENT.kind,
             "metadata": {
                 "name": f"{metadata['name'][:236]}.{time.time_ns():x}",
                 "namespace": namespace,
             },
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", "modeldeploy.dev/v1alpha1"),
-                "kind": body.get("kind", "ModelDeployment"),
+                "apiVersion": body.get("apiVersion", MODEL_DEPLOYMENT.api_version),
+                "kind": body.get("kind", MODEL_DEPLOYMENT.kind),
                 "name": metadata["name"],
                 "namespace": namespace,
                 "uid": metadata["uid"],

@@ -16,7 +16,8 @@ from modeldeploy.builders.common import (
     pod_security_context,
 )
 from modeldeploy.digest import repository_digest
-from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, object_meta, selector_labels, standard_labels
+from modeldeploy.kinds import DEPLOYMENT
+from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, child_manifest, selector_labels, standard_labels
 from modeldeploy.settings import RenderSettings
 
 HTTP_PORT = 8000
@@ -161,9 +162,4 @@ def build_deployment(md: ModelDeployment, settings: RenderSettings) -> dict[str,
             "spec": pod_spec,
         },
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": object_meta(owner, names.deployment),
-        "spec": spec,
-    }
+    return child_manifest(DEPLOYMENT, owner, names.deployment, spec)

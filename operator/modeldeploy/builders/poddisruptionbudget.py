@@ -6,7 +6,8 @@ from typing import Any
 
 from modeldeploy.api import ModelDeployment
 from modeldeploy.builders.common import owner_of
-from modeldeploy.labels import object_meta, selector_labels
+from modeldeploy.kinds import POD_DISRUPTION_BUDGET
+from modeldeploy.labels import child_manifest, selector_labels
 
 
 def wants_pod_disruption_budget(md: ModelDeployment) -> bool:
@@ -17,16 +18,12 @@ def wants_pod_disruption_budget(md: ModelDeployment) -> bool:
 
 def build_pod_disruption_budget(md: ModelDeployment) -> dict[str, Any]:
     owner = owner_of(md)
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": object_meta(owner, owner.names.pod_disruption_budget),
-        "spec": {
-            # One at a time: voluntary disruptions (drains) never take the model down, and a maxUnavailable
-            # budget, unlike minAvailable, keeps working when the replica count changes.
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": selector_labels(owner)},
-            # A pod that never got Ready (e.g. stuck loading) must not block a node drain.
-            "unhealthyPodEvictionPolicy": "AlwaysAllow",
-        },
+    spec = {
+        # One at a time: voluntary disruptions (drains) never take the model down, and a maxUnavailable
+        # budget, unlike minAvailable, keeps working when the replica count changes.
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": selector_labels(owner)},
+        # A pod that never got Ready (e.g. stuck loading) must not block a node drain.
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
+    return child_manifest(POD_DISRUPTION_BUDGET, owner, owner.names.pod_disruption_budget, spec)

@@ -7,43 +7,40 @@ from typing import Any
 from modeldeploy.api import ModelDeployment
 from modeldeploy.builders.common import owner_of
 from modeldeploy.builders.deployment import GRPC_PORT, HTTP_PORT, METRICS_PORT
-from modeldeploy.labels import object_meta, selector_labels
+from modeldeploy.kinds import SERVICE
+from modeldeploy.labels import child_manifest, selector_labels
 
 
 def build_service(md: ModelDeployment) -> dict[str, Any]:
     owner = owner_of(md)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": object_meta(owner, owner.names.service),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(owner),
-            "ports": [
-                {
-                    "name": "http",
-                    "port": HTTP_PORT,
-                    "targetPort": "http",
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                },
-                {
-                    "name": "grpc",
-                    "port": GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "kubernetes.io/h2c",
-                },
-                {
-                    "name": "metrics",
-                    "port": METRICS_PORT,
-                    "targetPort": "metrics",
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                },
-            ],
-        },
+    spec = {
+        "type": "ClusterIP",
+        "selector": selector_labels(owner),
+        "ports": [
+            {
+                "name": "http",
+                "port": HTTP_PORT,
+                "targetPort": "http",
+                "protocol": "TCP",
+                "appProtocol": "http",
+            },
+            {
+                "name": "grpc",
+                "port": GRPC_PORT,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": "kubernetes.io/h2c",
+            },
+            {
+                "name": "metrics",
+                "port": METRICS_PORT,
+                "targetPort": "metrics",
+                "protocol": "TCP",
+                "appProtocol": "http",
+            },
+        ],
     }
+    return child_manifest(SERVICE, owner, owner.names.service, spec)
 
 
 def endpoints(md: ModelDeployment) -> dict[str, str]:
