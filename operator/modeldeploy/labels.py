@@ -13,7 +13,12 @@ MANAGED_BY_VALUE = "modeldeploy"
 NAME_LABEL = "modeldeploy.dev/name"
 COMPONENT = "app.kubernetes.io/component"
 INFERENCE_SERVER = "inference-server"
+# The model builder: the component label of its objects, and the name of its container (the status finds
+# the builder's outcome on a pod by it).
 MODEL_BUILDER = "model-builder"
+# The NVIDIA device plugin's extended resource, and GPU Feature Discovery's node label naming the GPU.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 # On the pod template: a change here (and only here) rolls the pods for a new model repository.
 MODEL_DIGEST_ANNOTATION = "modeldeploy.dev/model-digest"

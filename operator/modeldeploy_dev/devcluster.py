@@ -36,13 +36,12 @@ from typing import Any, Final
 import typer
 import yaml
 
+from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from modeldeploy_dev.kubeapi import KubeApi
 
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 REQUIRED_BINARIES: Final = (*COMPONENTS, "kubectl")
 
-GPU_RESOURCE: Final = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 GPU_TAINT: Final = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 KWOK_NODE_ANNOTATION: Final = ("kwok.x-k8s.io/node", "fake")
 
