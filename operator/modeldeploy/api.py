@@ -105,7 +105,7 @@ class ApiModel(BaseModel):
         use_enum_values=False,
         validate_default=True,
     )
-    # Path of this object inside a ModelDeployment, used to prefix rule messages in Python.
+    # This object's cross-field rules: CEL in its schema, checked in Python after field validation.
     __rules__: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")

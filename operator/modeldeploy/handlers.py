@@ -88,7 +88,8 @@ class OperatorConfig:
 
 
 class Runtime:
-    """State shared by the handlers of one operator process (created in the startup handler)."""
+    """State shared by the handlers of one operator process (its clients are created in the startup
+    handler)."""
 
     def __init__(self, config: OperatorConfig, metrics: Metrics) -> None:
         self.config = config
@@ -168,7 +169,8 @@ def owner_uid(body: Mapping[str, Any]) -> str | None:
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf settings for a quiet steady state (see the module docstring)."""
+    """kopf settings for a quiet steady state (see the module docstring); the caller passes them to
+    `kopf.operator` with the registry, so they hold from the first request on."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -186,8 +188,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
     runtime = Runtime(config, metrics)
 
     @kopf.on.startup(registry=registry)
-    async def start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-        configure(settings)
+    async def start(**kwargs: Any) -> None:
         runtime.cluster = LightkubeCluster.from_env()
         runtime.reconciler = Reconciler(runtime.cluster, config.render, metrics, inventory=runtime)
         runtime.queue = ReconcileQueue(

@@ -127,7 +127,7 @@ class Inventory(Protocol):
 
 @dataclass
 class Outcome:
-    """What a reconciliation found; the handlers turn it into kopf's retry semantics."""
+    """What a reconciliation found; the queue schedules the next run by it (`retry_after`)."""
 
     invalid_spec: list[str] | None = None
     writes: int = 0
@@ -301,7 +301,9 @@ class Reconciler:
     # ------------------------------------------------------------------------------------ primitives
 
     async def _apply_if_needed(self, current: _Round, manifest: Manifest) -> dict[str, Any] | None:
-        """The live object after making it match `manifest`; None if the API server refused."""
+        """The live object after making it match `manifest`. If the API server refused the apply (noted
+        in `current.refused`), the live object as it is, None if there is none; None also when an object
+        of that name exists that this ModelDeployment does not own (never overwritten; noted too)."""
         kind = kind_of(manifest)
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         live = await self.cluster.get(kind, namespace, name)
@@ -527,7 +529,7 @@ class Reconciler:
     async def _publish(
         self, body: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
     ) -> int:
-        """Write `status` if it differs from `previous`, with one Event per condition transition."""
+        """Write `status` if it differs from `previous`, with an Event if Ready changed (`transitions`)."""
         if comparable(previous) == comparable(status):
             return 0
         metadata = body["metadata"]
