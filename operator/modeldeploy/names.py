@@ -69,30 +69,11 @@ class ChildNames:
         self.base = dns_label(md_name)
         # The repository builder allows 63 characters of [A-Za-z0-9_.-]; a label value fits that.
         self.model_name = label_value(md_name)
-
-    @property
-    def deployment(self) -> str:
-        return self.base
-
-    @property
-    def service(self) -> str:
-        return self.base
-
-    @property
-    def autoscaler(self) -> str:
-        return self.base
-
-    @property
-    def pod_disruption_budget(self) -> str:
-        return self.base
-
-    @property
-    def service_monitor(self) -> str:
-        return self.base
-
-    @property
-    def cache_claim(self) -> str:
-        return dns_label(self.md_name, "cache")
+        # A ModelDeployment has at most one object of each of these kinds (and kinds do not share names):
+        # each takes the plain name.
+        self.deployment = self.service = self.autoscaler = self.base
+        self.pod_disruption_budget = self.service_monitor = self.base
+        self.cache_claim = dns_label(md_name, "cache")
 
     def build_job(self, digest: str) -> str:
         return dns_label(self.md_name, f"build-{digest[:12]}")

@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
 from modeldeploy.builders import DesiredState, Manifest, desired_state
@@ -77,6 +77,16 @@ REFUSED_RETRY_SECONDS = 30.0
 UNBOUND_CLAIM_RETRY_SECONDS = 10.0
 # An Event repeating a recent one (same reason and type) within this window bumps its count instead.
 EVENT_AGGREGATION_SECONDS = 600.0
+
+
+_T = TypeVar("_T")
+
+
+class _Refused:
+    """What `Reconciler._write` returns when the API server refused the request."""
+
+
+_REFUSED = _Refused()
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
@@ -313,17 +323,26 @@ class Reconciler:
         stamped = with_applied_hash(manifest)
         if live is not None and up_to_date(stamped, live):
             return live
+        applied = await self._write(current, kind, "apply", self.cluster.apply(stamped))
+        if isinstance(applied, _Refused):
+            return live
+        logger.info("%s %s/%s applied", kind, namespace, name)
+        return applied
+
+    async def _write(self, current: _Round, kind: Kind, verb: str, request: Awaitable[_T]) -> _T | _Refused:
+        """Send one write request and count it. A refusal that retrying soon will not cure (RBAC, an
+        admission webhook, an immutable field) goes to `current.refused` (the status reports it, the queue
+        retries slowly); a transient failure raises."""
         try:
-            applied = await self.cluster.apply(stamped)
+            result = await request
         except KubeError as exc:
             if exc.transient:
                 raise
             current.refused.append(str(exc))
-            return live
+            return _REFUSED
         current.writes += 1
-        self.metrics.writes.labels(kind=kind.kind, verb="apply").inc()
-        logger.info("%s %s/%s applied", kind, namespace, name)
-        return applied
+        self.metrics.writes.labels(kind=kind.kind, verb=verb).inc()
+        return result
 
     @staticmethod
     def _foreign_object_message(kind: Kind, name: str, live: Mapping[str, Any]) -> str:
@@ -349,16 +368,10 @@ class Reconciler:
         await self._delete(current, kind, name)
 
     async def _delete(self, current: _Round, kind: Kind, name: str) -> None:
-        try:
-            await self.cluster.delete(kind, current.md.metadata.namespace, name)
-        except KubeError as exc:
-            if exc.transient:
-                raise
-            current.refused.append(str(exc))
-            return
-        current.writes += 1
-        self.metrics.writes.labels(kind=kind.kind, verb="delete").inc()
-        logger.info("%s %s/%s deleted (no longer wanted)", kind, current.md.metadata.namespace, name)
+        namespace = current.md.metadata.namespace
+        deleted = await self._write(current, kind, "delete", self.cluster.delete(kind, namespace, name))
+        if not isinstance(deleted, _Refused):
+            logger.info("%s %s/%s deleted (no longer wanted)", kind, namespace, name)
 
     # ------------------------------------------------------------------------------------ steps
 
@@ -430,15 +443,9 @@ class Reconciler:
             "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
             "spec": {"replicas": live["spec"]["replicas"]},
         }
-        try:
-            await self.cluster.apply(handoff, field_manager=REPLICAS_HANDOFF_MANAGER)
-        except KubeError as exc:
-            if exc.transient:
-                raise
-            current.refused.append(str(exc))
-            return
-        current.writes += 1
-        self.metrics.writes.labels(kind=DEPLOYMENT.kind, verb="apply").inc()
+        await self._write(
+            current, DEPLOYMENT, "apply", self.cluster.apply(handoff, field_manager=REPLICAS_HANDOFF_MANAGER)
+        )
 
     async def ensure_service(self, current: _Round) -> None:
         await self._apply_if_needed(current, current.desired.service)

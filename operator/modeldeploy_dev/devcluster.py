@@ -938,29 +938,24 @@ class DevCluster:
 
     def _wait_until_settled(self, ports: _Ports) -> None:
         """The controllers healthy, every node Ready, and the default ServiceAccount created."""
-        kcm_port, scheduler_port = ports.controller_manager, ports.scheduler
         # Skip-verify for the two components' own health endpoints: they serve self-signed certs.
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        _wait_for(
-            "kube-controller-manager /healthz",
-            lambda: (
-                self._alive_or_raise("kube-controller-manager")
-                and _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure)
-            ),
-            self.ready_timeout,
-            [self.log_dir / "kube-controller-manager.log"],
-        )
-        _wait_for(
-            "kube-scheduler /readyz",
-            lambda: (
-                self._alive_or_raise("kube-scheduler")
-                and _http_ok(f"https://127.0.0.1:{scheduler_port}/readyz", insecure)
-            ),
-            self.ready_timeout,
-            [self.log_dir / "kube-scheduler.log"],
-        )
+
+        def healthy(component: str, url: str) -> Callable[[], bool]:
+            return lambda: self._alive_or_raise(component) and _http_ok(url, insecure)
+
+        for component, port, path in (
+            ("kube-controller-manager", ports.controller_manager, "/healthz"),
+            ("kube-scheduler", ports.scheduler, "/readyz"),
+        ):
+            _wait_for(
+                f"{component} {path}",
+                healthy(component, f"https://127.0.0.1:{port}{path}"),
+                self.ready_timeout,
+                [self.log_dir / f"{component}.log"],
+            )
         _wait_for(
             f"nodes {', '.join(n.name for n in self.nodes)} to be Ready (KWOK)",
             lambda: self._alive_or_raise("kwok") and self._nodes_ready(),
