@@ -39,16 +39,8 @@ from typing import Any
 
 import kopf
 
-from modeldeploy.kinds import (
-    CHILD_KINDS,
-    HORIZONTAL_POD_AUTOSCALER,
-    JOB,
-    MODEL_DEPLOYMENT,
-    PERSISTENT_VOLUME_CLAIM,
-    POD,
-    POD_DISRUPTION_BUDGET,
-    Kind,
-)
+from modeldeploy import kinds
+from modeldeploy.kinds import MODEL_DEPLOYMENT, Kind
 from modeldeploy.kube import LightkubeCluster
 from modeldeploy.labels import COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, NAME_LABEL
 from modeldeploy.metrics import Metrics
@@ -70,13 +62,18 @@ def _resource(kind: Kind) -> tuple[str, str, str]:
 
 
 # Everything we own, plus pods (a builder init container's failure shows only on the pod).
-OWNED_RESOURCES = tuple(_resource(kind) for kind in CHILD_KINDS)
-POD_RESOURCE = _resource(POD)
+OWNED_RESOURCES = tuple(_resource(kind) for kind in kinds.CHILD_KINDS)
+POD_RESOURCE = _resource(kinds.POD)
 MODEL_DEPLOYMENTS = _resource(MODEL_DEPLOYMENT)
 # Children that a ModelDeployment usually does not have (the reconciler only deletes them, when it owns
 # one): kept in an index of (owner uid -> names), so that checking for them costs no request. The
 # optional CRDs' kinds are not among them: kopf watches those only when their CRD exists.
-INVENTORIED_KINDS = (PERSISTENT_VOLUME_CLAIM, JOB, HORIZONTAL_POD_AUTOSCALER, POD_DISRUPTION_BUDGET)
+INVENTORIED_KINDS = (
+    kinds.PERSISTENT_VOLUME_CLAIM,
+    kinds.JOB,
+    kinds.HORIZONTAL_POD_AUTOSCALER,
+    kinds.POD_DISRUPTION_BUDGET,
+)
 
 
 @dataclass

@@ -1043,6 +1043,34 @@ containerStatuses:
   ready: false
   started: false
 """
+
+
+def _crash_looping(restarts: int, backoff: str, exit_code: str, reason: str, *extra: str) -> str:
+    """The status of a container in CrashLoopBackOff whose last run ended with `exit_code`."""
+    last_state = "".join(
+        f"      {line}\n" for line in (f"exitCode: {exit_code}", f"reason: {reason}", *extra)
+    )
+    return (
+        _FAULT_COMMON
+        + f"""\
+  restartCount: {restarts}
+  state:
+    waiting:
+      reason: CrashLoopBackOff
+      message: back-off {backoff} restarting failed container
+  lastState:
+    terminated:
+"""
+        + last_state
+        + """\
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+phase: Running
+"""
+    )
+
+
 FAULT_STATUS: Final = {
     "image-pull": _FAULT_COMMON
     + """\
@@ -1054,39 +1082,8 @@ FAULT_STATUS: Final = {
 {{ end }}
 phase: Pending
 """,
-    "crash": _FAULT_COMMON
-    + """\
-  restartCount: 3
-  state:
-    waiting:
-      reason: CrashLoopBackOff
-      message: back-off 40s restarting failed container
-  lastState:
-    terminated:
-      exitCode: 1
-      reason: Error
-      message: TRITON_LOG
-      startedAt: {{ $now | Quote }}
-      finishedAt: {{ $now | Quote }}
-{{ end }}
-phase: Running
-""".replace("TRITON_LOG", json.dumps(FAULT_TRITON_LOG)),
-    "oom": _FAULT_COMMON
-    + """\
-  restartCount: 2
-  state:
-    waiting:
-      reason: CrashLoopBackOff
-      message: back-off 20s restarting failed container
-  lastState:
-    terminated:
-      exitCode: 137
-      reason: OOMKilled
-      startedAt: {{ $now | Quote }}
-      finishedAt: {{ $now | Quote }}
-{{ end }}
-phase: Running
-""",
+    "crash": _crash_looping(3, "40s", "1", "Error", f"message: {json.dumps(FAULT_TRITON_LOG)}"),
+    "oom": _crash_looping(2, "20s", "137", "OOMKilled"),
 }
 
 

@@ -63,7 +63,8 @@ def desired_state(
     md: ModelDeployment, settings: RenderSettings, capabilities: ClusterCapabilities
 ) -> DesiredState:
     autoscaling = md.spec.autoscaling
-    engine = autoscaling.engine if autoscaling is not None else None
+    hpa = autoscaling if autoscaling is not None and autoscaling.engine is AutoscalingEngine.HPA else None
+    keda = autoscaling if autoscaling is not None and autoscaling.engine is AutoscalingEngine.KEDA else None
     return DesiredState(
         owner=owner_of(md),
         digest=repository_digest(md.spec, md.metadata.name),
@@ -71,11 +72,9 @@ def desired_state(
         build_job=build_build_job(md, settings) if md.spec.cache is not None else None,
         deployment=build_deployment(md, settings),
         service=build_service(md),
-        horizontal_pod_autoscaler=(
-            build_horizontal_pod_autoscaler(md) if engine is AutoscalingEngine.HPA else None
-        ),
+        horizontal_pod_autoscaler=build_horizontal_pod_autoscaler(md, hpa) if hpa is not None else None,
         # Built even when KEDA is missing: the reconciler reports that instead of silently dropping it.
-        scaled_object=build_scaled_object(md, settings) if engine is AutoscalingEngine.KEDA else None,
+        scaled_object=build_scaled_object(md, keda, settings) if keda is not None else None,
         pod_disruption_budget=build_pod_disruption_budget(md) if wants_pod_disruption_budget(md) else None,
         service_monitor=build_service_monitor(md) if capabilities.service_monitors else None,
     )

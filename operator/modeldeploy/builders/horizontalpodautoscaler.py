@@ -58,10 +58,8 @@ def hpa_metric(autoscaling: Autoscaling) -> dict[str, Any]:
     }
 
 
-def build_horizontal_pod_autoscaler(md: ModelDeployment) -> dict[str, Any]:
-    autoscaling = md.spec.autoscaling
-    if autoscaling is None:
-        raise ValueError("build_horizontal_pod_autoscaler needs spec.autoscaling")
+def build_horizontal_pod_autoscaler(md: ModelDeployment, autoscaling: Autoscaling) -> dict[str, Any]:
+    """The HPA of `md`, whose `spec.autoscaling` is `autoscaling`."""
     owner = owner_of(md)
     spec = {
         "scaleTargetRef": DEPLOYMENT.reference(owner.names.deployment),

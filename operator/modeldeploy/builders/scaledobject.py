@@ -69,10 +69,10 @@ def keda_trigger(autoscaling: Autoscaling, owner: Owner, settings: RenderSetting
     }
 
 
-def build_scaled_object(md: ModelDeployment, settings: RenderSettings) -> dict[str, Any]:
-    autoscaling = md.spec.autoscaling
-    if autoscaling is None:
-        raise ValueError("build_scaled_object needs spec.autoscaling")
+def build_scaled_object(
+    md: ModelDeployment, autoscaling: Autoscaling, settings: RenderSettings
+) -> dict[str, Any]:
+    """The ScaledObject of `md`, whose `spec.autoscaling` is `autoscaling`."""
     owner = owner_of(md)
     spec = {
         "scaleTargetRef": DEPLOYMENT.reference(owner.names.deployment),
