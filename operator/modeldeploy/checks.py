@@ -17,7 +17,7 @@ from modeldeploy.api import (
     SpecError,
     parse_model_deployment,
 )
-from modeldeploy.builders.common import pvc_source
+from modeldeploy.manifests.common import pvc_source
 from modeldeploy.names import is_dns_subdomain
 from modeldeploy.quantity import parse_quantity
 

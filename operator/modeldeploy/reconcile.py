@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
-from modeldeploy.builders import DesiredState, Manifest, desired_state
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
 from modeldeploy.kinds import (
@@ -49,6 +48,7 @@ from modeldeploy.labels import (
     is_owned_by,
     selector_labels,
 )
+from modeldeploy.manifests import DesiredState, Manifest, desired_state
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings

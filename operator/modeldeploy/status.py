@@ -27,8 +27,6 @@ from modeldeploy.api import (
     ModelRepositoryStatus,
     Phase,
 )
-from modeldeploy.builders.common import owner_of
-from modeldeploy.builders.service import endpoints
 from modeldeploy.digest import device
 from modeldeploy.labels import (
     GPU_PRODUCT_LABEL,
@@ -37,6 +35,8 @@ from modeldeploy.labels import (
     MODEL_DIGEST_ANNOTATION,
     selector_string,
 )
+from modeldeploy.manifests.common import owner_of
+from modeldeploy.manifests.service import endpoints
 
 MODEL_REPOSITORY_READY = "ModelRepositoryReady"
 AVAILABLE = "Available"

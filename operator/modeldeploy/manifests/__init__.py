@@ -10,20 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.api import AutoscalingEngine, ModelDeployment
-from modeldeploy.builders.common import owner_of
-from modeldeploy.builders.deployment import build_deployment
-from modeldeploy.builders.horizontalpodautoscaler import build_horizontal_pod_autoscaler
-from modeldeploy.builders.job import build_build_job
-from modeldeploy.builders.persistentvolumeclaim import build_cache_claim, wants_cache_claim
-from modeldeploy.builders.poddisruptionbudget import (
+from modeldeploy.digest import repository_digest
+from modeldeploy.labels import Owner
+from modeldeploy.manifests.common import owner_of
+from modeldeploy.manifests.deployment import build_deployment
+from modeldeploy.manifests.horizontalpodautoscaler import build_horizontal_pod_autoscaler
+from modeldeploy.manifests.job import build_build_job
+from modeldeploy.manifests.persistentvolumeclaim import build_cache_claim, wants_cache_claim
+from modeldeploy.manifests.poddisruptionbudget import (
     build_pod_disruption_budget,
     wants_pod_disruption_budget,
 )
-from modeldeploy.builders.scaledobject import build_scaled_object
-from modeldeploy.builders.service import build_service
-from modeldeploy.builders.servicemonitor import build_service_monitor
-from modeldeploy.digest import repository_digest
-from modeldeploy.labels import Owner
+from modeldeploy.manifests.scaledobject import build_scaled_object
+from modeldeploy.manifests.service import build_service
+from modeldeploy.manifests.servicemonitor import build_service_monitor
 from modeldeploy.settings import ClusterCapabilities, RenderSettings
 
 Manifest = dict[str, Any]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders.common import owner_of
-from modeldeploy.builders.deployment import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from modeldeploy.kinds import SERVICE
 from modeldeploy.labels import child_manifest, selector_labels
+from modeldeploy.manifests.common import owner_of
+from modeldeploy.manifests.deployment import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 
 def build_service(md: ModelDeployment) -> dict[str, Any]:

@@ -6,7 +6,10 @@ from typing import Any
 
 from model_repo.triton import repository_server_args
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders.common import (
+from modeldeploy.digest import repository_digest
+from modeldeploy.kinds import DEPLOYMENT
+from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, child_manifest, selector_labels, standard_labels
+from modeldeploy.manifests.common import (
     builder_container,
     builder_volumes,
     container_resources,
@@ -15,9 +18,6 @@ from modeldeploy.builders.common import (
     placement,
     pod_security_context,
 )
-from modeldeploy.digest import repository_digest
-from modeldeploy.kinds import DEPLOYMENT
-from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, child_manifest, selector_labels, standard_labels
 from modeldeploy.settings import RenderSettings
 
 HTTP_PORT = 8000

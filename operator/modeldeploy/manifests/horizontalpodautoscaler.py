@@ -10,9 +10,9 @@ import copy
 from typing import Any
 
 from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
-from modeldeploy.builders.common import owner_of
 from modeldeploy.kinds import DEPLOYMENT, HORIZONTAL_POD_AUTOSCALER
 from modeldeploy.labels import child_manifest
+from modeldeploy.manifests.common import owner_of
 from modeldeploy.quantity import parse_quantity
 
 # Model pods are expensive to start: scale down slowly, one pod a minute once five minutes of lower

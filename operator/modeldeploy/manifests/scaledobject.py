@@ -6,10 +6,10 @@ import copy
 from typing import Any
 
 from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
-from modeldeploy.builders.common import owner_of
-from modeldeploy.builders.horizontalpodautoscaler import HPA_BEHAVIOR
 from modeldeploy.kinds import DEPLOYMENT, SCALED_OBJECT
 from modeldeploy.labels import Owner, child_manifest
+from modeldeploy.manifests.common import owner_of
+from modeldeploy.manifests.horizontalpodautoscaler import HPA_BEHAVIOR
 from modeldeploy.quantity import plain_number
 from modeldeploy.settings import RenderSettings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders.common import owner_of
 from modeldeploy.kinds import POD_DISRUPTION_BUDGET
 from modeldeploy.labels import child_manifest, selector_labels
+from modeldeploy.manifests.common import owner_of
 
 
 def wants_pod_disruption_budget(md: ModelDeployment) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders.common import owner_of
 from modeldeploy.kinds import PERSISTENT_VOLUME_CLAIM
 from modeldeploy.labels import MODEL_BUILDER, child_manifest
+from modeldeploy.manifests.common import owner_of
 
 # The build Job writes and pods on any node read: one volume shared across nodes.
 CACHE_ACCESS_MODES = ["ReadWriteMany"]

@@ -5,14 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders.common import (
-    builder_container,
-    builder_volumes,
-    owner_of,
-    placement,
-    pod_security_context,
-)
-from modeldeploy.builders.deployment import CACHE_MOUNT, CACHE_VOLUME
 from modeldeploy.digest import repository_digest
 from modeldeploy.kinds import JOB
 from modeldeploy.labels import (
@@ -22,6 +14,14 @@ from modeldeploy.labels import (
     child_manifest,
     standard_labels,
 )
+from modeldeploy.manifests.common import (
+    builder_container,
+    builder_volumes,
+    owner_of,
+    placement,
+    pod_security_context,
+)
+from modeldeploy.manifests.deployment import CACHE_MOUNT, CACHE_VOLUME
 from modeldeploy.settings import RenderSettings
 
 BACKOFF_LIMIT = 2
