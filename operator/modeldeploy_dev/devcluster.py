@@ -477,13 +477,12 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+def http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    """Whether GET `url` answers 200 (a health or readiness endpoint); False while it cannot be reached."""
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
             return bool(resp.status == 200)
-    except urllib.error.HTTPError:
-        return False
-    except urllib.error.URLError:
+    except OSError:  # URLError and HTTPError included
         return False
 
 
@@ -820,7 +819,7 @@ class DevCluster:
         )
         _wait_for(
             "etcd /health",
-            lambda: self._alive_or_raise("etcd") and _http_ok(f"{etcd_url}/health"),
+            lambda: self._alive_or_raise("etcd") and http_ok(f"{etcd_url}/health"),
             self.ready_timeout,
             [self.log_dir / "etcd.log"],
         )
@@ -860,7 +859,7 @@ class DevCluster:
         ca_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
         _wait_for(
             "kube-apiserver /readyz",
-            lambda: self._alive_or_raise("kube-apiserver") and _http_ok(f"{self.server}/readyz", ca_ctx),
+            lambda: self._alive_or_raise("kube-apiserver") and http_ok(f"{self.server}/readyz", ca_ctx),
             self.ready_timeout,
             [self.log_dir / "kube-apiserver.log"],
         )
@@ -944,7 +943,7 @@ class DevCluster:
         insecure.verify_mode = ssl.CERT_NONE
 
         def healthy(component: str, url: str) -> Callable[[], bool]:
-            return lambda: self._alive_or_raise(component) and _http_ok(url, insecure)
+            return lambda: self._alive_or_raise(component) and http_ok(url, insecure)
 
         for component, port, path in (
             ("kube-controller-manager", ports.controller_manager, "/healthz"),
