@@ -58,6 +58,10 @@ def test_the_wheel_carries_only_the_product(tmp_path: Path) -> None:
     packages = {name.split("/")[0] for name in names if not name.startswith("modeldeploy-")}
     assert packages == {"modeldeploy", "model_repo"}, packages
     assert "model_repo/runtime/model.py" in names and "modeldeploy/cli.py" in names
+    # Every subpackage too (pyproject.toml's `packages` must name each one).
+    for source in (ROOT / "operator" / "modeldeploy", ROOT / "model_repo"):
+        for init in source.rglob("__init__.py"):
+            assert init.relative_to(source.parent).as_posix() in names, f"{init.parent} is not in the wheel"
     assert not [name for name in names if "devcluster" in name or "demo" in name], names
 
 

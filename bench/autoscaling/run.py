@@ -98,7 +98,7 @@ def api_defaults() -> tuple[str, dict[str, float]]:
 
 def operator_behavior() -> HpaBehavior:
     """The `behavior` the operator writes into every HPA it creates (and hands to KEDA's)."""
-    from modeldeploy.builders.horizontalpodautoscaler import HPA_BEHAVIOR
+    from modeldeploy.manifests.horizontalpodautoscaler import HPA_BEHAVIOR
 
     return HpaBehavior.from_manifest(HPA_BEHAVIOR)
 

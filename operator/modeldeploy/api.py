@@ -34,6 +34,7 @@ from model_repo.options import (
     Quantization,
     Task,
 )
+from modeldeploy.names import DNS1123_SUBDOMAIN, LABEL_VALUE
 
 GROUP = "modeldeploy.dev"
 VERSION = "v1alpha1"
@@ -48,8 +49,6 @@ QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # A branch, tag or commit: git's ref rules, without "..", leading "/" or "-", or whitespace.
 REVISION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
 SOURCE_PATTERN = r"^(" + "|".join(SOURCE_SCHEMES) + r")://"
@@ -106,7 +105,7 @@ class ApiModel(BaseModel):
         use_enum_values=False,
         validate_default=True,
     )
-    # Path of this object inside a ModelDeployment, used to prefix rule messages in Python.
+    # This object's cross-field rules: CEL in its schema, checked in Python after field validation.
     __rules__: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")

@@ -7,7 +7,6 @@ message names its field) and end up in the same place: `Ready=False`, reason `In
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from model_repo.options import DType, ModelFormat
@@ -18,10 +17,9 @@ from modeldeploy.api import (
     SpecError,
     parse_model_deployment,
 )
-from modeldeploy.builders.common import pvc_source
+from modeldeploy.manifests.common import pvc_source
+from modeldeploy.names import is_dns_subdomain
 from modeldeploy.quantity import parse_quantity
-
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def operator_rules(spec: ModelDeploymentSpec) -> list[str]:
@@ -44,7 +42,7 @@ def operator_rules(spec: ModelDeploymentSpec) -> list[str]:
     if spec.triton.format is ModelFormat.ONNX and spec.triton.dtype not in (DType.AUTO, DType.FLOAT32):
         messages.append("spec.triton.dtype must be auto or float32 with spec.triton.format onnx")
     claim = pvc_source(spec.model.source)
-    if claim is not None and (not _DNS1123_SUBDOMAIN.match(claim[0]) or len(claim[0]) > 253):
+    if claim is not None and not is_dns_subdomain(claim[0]):
         messages.append(f"spec.model.source: {claim[0]!r} is not a valid PersistentVolumeClaim name")
     return messages
 

@@ -12,12 +12,16 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    name="modeldeploy",
-    help="Serve Hugging Face Transformers checkpoints with NVIDIA Triton on Kubernetes.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+
+def command_line(name: str, help: str) -> typer.Typer:
+    """A command line as this project's are: help when run bare, no completion installer, plain tracebacks."""
+    return typer.Typer(
+        name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
+
+
+app = command_line(
+    "modeldeploy", "Serve Hugging Face Transformers checkpoints with NVIDIA Triton on Kubernetes."
 )
 
 

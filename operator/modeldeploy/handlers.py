@@ -39,15 +39,9 @@ from typing import Any
 
 import kopf
 
-from modeldeploy.api import GROUP, KIND, PLURAL, VERSION
-from modeldeploy.kube import (
-    HORIZONTAL_POD_AUTOSCALER,
-    JOB,
-    PERSISTENT_VOLUME_CLAIM,
-    POD_DISRUPTION_BUDGET,
-    Kind,
-    LightkubeCluster,
-)
+from modeldeploy import kinds
+from modeldeploy.kinds import MODEL_DEPLOYMENT, Kind
+from modeldeploy.kube import LightkubeCluster
 from modeldeploy.labels import COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, NAME_LABEL
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
@@ -60,23 +54,26 @@ logger = logging.getLogger(__name__)
 
 MANAGED = {MANAGED_BY: MANAGED_BY_VALUE}
 MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
-# (group, version, plural) of everything we own, plus pods (a builder init container's failure shows
-# only on the pod).
-OWNED_RESOURCES = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "persistentvolumeclaims"),
-    ("batch", "v1", "jobs"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("keda.sh", "v1alpha1", "scaledobjects"),
-    ("monitoring.coreos.com", "v1", "servicemonitors"),
-)
-POD_RESOURCE = ("", "v1", "pods")
+
+
+def _resource(kind: Kind) -> tuple[str, str, str]:
+    """How kopf names a resource: (group, version, plural)."""
+    return kind.group, kind.version, kind.plural
+
+
+# Everything we own, plus pods (a builder init container's failure shows only on the pod).
+OWNED_RESOURCES = tuple(_resource(kind) for kind in kinds.CHILD_KINDS)
+POD_RESOURCE = _resource(kinds.POD)
+MODEL_DEPLOYMENTS = _resource(MODEL_DEPLOYMENT)
 # Children that a ModelDeployment usually does not have (the reconciler only deletes them, when it owns
 # one): kept in an index of (owner uid -> names), so that checking for them costs no request. The
 # optional CRDs' kinds are not among them: kopf watches those only when their CRD exists.
-INVENTORIED_KINDS = (PERSISTENT_VOLUME_CLAIM, JOB, HORIZONTAL_POD_AUTOSCALER, POD_DISRUPTION_BUDGET)
+INVENTORIED_KINDS = (
+    kinds.PERSISTENT_VOLUME_CLAIM,
+    kinds.JOB,
+    kinds.HORIZONTAL_POD_AUTOSCALER,
+    kinds.POD_DISRUPTION_BUDGET,
+)
 
 
 @dataclass
@@ -88,7 +85,8 @@ class OperatorConfig:
 
 
 class Runtime:
-    """State shared by the handlers of one operator process (created in the startup handler)."""
+    """State shared by the handlers of one operator process (its clients are created in the startup
+    handler)."""
 
     def __init__(self, config: OperatorConfig, metrics: Metrics) -> None:
         self.config = config
@@ -161,13 +159,15 @@ def _owned_index_id(kind: Kind) -> str:
 
 def owner_uid(body: Mapping[str, Any]) -> str | None:
     for reference in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if reference.get("kind") == KIND and str(reference.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        group = str(reference.get("apiVersion", "")).rpartition("/")[0]
+        if (reference.get("kind"), group) == (MODEL_DEPLOYMENT.kind, MODEL_DEPLOYMENT.group):
             return str(reference["uid"])
     return None
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf settings for a quiet steady state (see the module docstring)."""
+    """kopf settings for a quiet steady state (see the module docstring); the caller passes them to
+    `kopf.operator` with the registry, so they hold from the first request on."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -185,8 +185,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
     runtime = Runtime(config, metrics)
 
     @kopf.on.startup(registry=registry)
-    async def start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-        configure(settings)
+    async def start(**kwargs: Any) -> None:
         runtime.cluster = LightkubeCluster.from_env()
         runtime.reconciler = Reconciler(runtime.cluster, config.render, metrics, inventory=runtime)
         runtime.queue = ReconcileQueue(
@@ -216,20 +215,18 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
             await runtime.cluster.close()
 
     # Explicit ids: an index reaches handlers as a keyword argument of this name.
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments")
+    @kopf.index(*MODEL_DEPLOYMENTS, registry=registry, id="modeldeployments")
     async def modeldeployments(uid: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
         return {uid: _snapshot(body)}
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployments_by_label")
+    @kopf.index(*MODEL_DEPLOYMENTS, registry=registry, id="modeldeployments_by_label")
     async def modeldeployments_by_label(
         namespace: str | None, name: str, uid: str, **_: Any
     ) -> dict[tuple[str | None, str], str]:
         return {(namespace, label_value(name)): uid}
 
     def register_inventory(kind: Kind) -> None:
-        group, _, version = kind.api_version.rpartition("/")
-
-        @kopf.index(group, version, kind.plural, labels=MANAGED, registry=registry, id=_owned_index_id(kind))
+        @kopf.index(*_resource(kind), labels=MANAGED, registry=registry, id=_owned_index_id(kind))
         async def owned(name: str, body: kopf.Body, **_: Any) -> dict[str, str] | None:
             owner = owner_uid(body)
             return {owner: name} if owner is not None else None
@@ -243,7 +240,7 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
     ) -> dict[tuple[str | None, str | None, str | None], dict[str, Any]]:
         return {(namespace, labels.get(NAME_LABEL), labels.get(COMPONENT)): pod_summary(body)}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.event(*MODEL_DEPLOYMENTS, registry=registry, id="reconcile")
     async def modeldeployment_changed(
         event: Mapping[str, Any], uid: str, meta: Mapping[str, Any], **_: Any
     ) -> None:

@@ -7,15 +7,14 @@ needs; `LightkubeCluster` implements it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterable, Awaitable, Mapping
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx2 as httpx
 from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.resource import NamespacedResource
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -24,53 +23,23 @@ from lightkube.resources.core_v1 import Event, Node, PersistentVolumeClaim, Pod,
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 
-from modeldeploy.api import GROUP, KIND, PLURAL, VERSION
+from modeldeploy.kinds import (
+    DEPLOYMENT,
+    HORIZONTAL_POD_AUTOSCALER,
+    JOB,
+    MODEL_DEPLOYMENT,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    POD_DISRUPTION_BUDGET,
+    SCALED_OBJECT,
+    SERVICE,
+    SERVICE_MONITOR,
+    Kind,
+    kind_of,
+)
 from modeldeploy.settings import FIELD_MANAGER
 
-
-@dataclass(frozen=True)
-class Kind:
-    api_version: str
-    kind: str
-    plural: str
-
-    @property
-    def group(self) -> str:
-        return self.api_version.rpartition("/")[0]
-
-    def __str__(self) -> str:
-        return self.kind
-
-
-DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
-SERVICE = Kind("v1", "Service", "services")
-PERSISTENT_VOLUME_CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
-JOB = Kind("batch/v1", "Job", "jobs")
-HORIZONTAL_POD_AUTOSCALER = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
-POD_DISRUPTION_BUDGET = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-SCALED_OBJECT = Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
-SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
-POD = Kind("v1", "Pod", "pods")
-MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
-CHILD_KINDS = (
-    PERSISTENT_VOLUME_CLAIM,
-    JOB,
-    DEPLOYMENT,
-    SERVICE,
-    HORIZONTAL_POD_AUTOSCALER,
-    SCALED_OBJECT,
-    POD_DISRUPTION_BUDGET,
-    SERVICE_MONITOR,
-)
-KEDA_CRD = "scaledobjects.keda.sh"
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
-_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT)}
-
-
-def kind_of(manifest: Mapping[str, Any]) -> Kind:
-    return _BY_KIND[str(manifest["kind"])]
-
-
+_T = TypeVar("_T")
 # A list of objects (an alias: inside the classes below, `list` is their method).
 Objects = list[dict[str, Any]]
 
@@ -117,11 +86,13 @@ class Cluster(Protocol):
     async def crd_exists(self, name: str) -> bool: ...
 
 
-_ModelDeployment = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
-_ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
-_ServiceMonitor = create_namespaced_resource(
-    "monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"
-)
+def _custom_resource(kind: Kind) -> type[GenericNamespacedResource]:
+    return create_namespaced_resource(kind.group, kind.version, kind.kind, kind.plural)
+
+
+_ModelDeployment = _custom_resource(MODEL_DEPLOYMENT)
+_ScaledObject = _custom_resource(SCALED_OBJECT)
+_ServiceMonitor = _custom_resource(SERVICE_MONITOR)
 _RESOURCES: dict[Kind, type[NamespacedResource]] = {
     DEPLOYMENT: Deployment,
     SERVICE: Service,
@@ -141,6 +112,28 @@ def _as_dict(obj: Any) -> dict[str, Any]:
         return dict(obj)
     result: dict[str, Any] = obj.to_dict()
     return result
+
+
+async def _collect(items: AsyncIterable[Any]) -> Objects:
+    return [_as_dict(item) async for item in items]
+
+
+async def _call(action: str, request: Awaitable[_T]) -> _T:
+    """The request's result; its failure as a KubeError that says what we were doing."""
+    try:
+        return await request
+    except (ApiError, httpx.HTTPError) as exc:
+        raise _translate(exc, action) from exc
+
+
+async def _call_or_none(action: str, request: Awaitable[_T]) -> _T | None:
+    """`_call`, but None when the object (or its kind) does not exist."""
+    try:
+        return await _call(action, request)
+    except KubeError as exc:
+        if exc.code == 404:
+            return None
+        raise
 
 
 def _translate(exc: Exception, action: str) -> KubeError:
@@ -165,36 +158,22 @@ class LightkubeCluster:
         await self._client.close()
 
     async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _as_dict(await self._client.get(_RESOURCES[kind], name, namespace=namespace))
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise _translate(exc, f"get {kind} {namespace}/{name}") from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, f"get {kind} {namespace}/{name}") from exc
+        found = await _call_or_none(
+            f"get {kind} {namespace}/{name}", self._client.get(_RESOURCES[kind], name, namespace=namespace)
+        )
+        return None if found is None else _as_dict(found)
 
     async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        try:
-            return [
-                _as_dict(item)
-                async for item in self._client.list(
-                    _RESOURCES[kind], namespace=namespace, labels=dict(labels)
-                )
-            ]
-        except ApiError as exc:
-            if exc.status.code == 404:  # the kind's CRD is not installed
-                return []
-            raise _translate(exc, f"list {kind} in {namespace}") from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, f"list {kind} in {namespace}") from exc
+        items = self._client.list(_RESOURCES[kind], namespace=namespace, labels=dict(labels))
+        # None: the kind's CRD is not installed.
+        return await _call_or_none(f"list {kind} in {namespace}", _collect(items)) or []
 
     async def apply(self, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         kind = kind_of(manifest)
         metadata = manifest["metadata"]
-        action = f"apply {kind} {metadata['namespace']}/{metadata['name']}"
-        try:
-            applied = await self._client.patch(
+        applied = await _call(
+            f"apply {kind} {metadata['namespace']}/{metadata['name']}",
+            self._client.patch(
                 _RESOURCES[kind],
                 metadata["name"],
                 dict(manifest),
@@ -202,22 +181,15 @@ class LightkubeCluster:
                 patch_type=PatchType.APPLY,
                 field_manager=field_manager,
                 force=True,
-            )
-        except (ApiError, httpx.HTTPError) as exc:
-            raise _translate(exc, action) from exc
+            ),
+        )
         return _as_dict(applied)
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:
-        try:
-            await self._client.delete(
-                _RESOURCES[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND
-            )
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return
-            raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
+        await _call_or_none(
+            f"delete {kind} {namespace}/{name}",
+            self._client.delete(_RESOURCES[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND),
+        )
 
     async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
         body = {
@@ -226,8 +198,9 @@ class LightkubeCluster:
             "metadata": {"name": name, "namespace": namespace},
             "status": dict(status),
         }
-        try:
-            written = await self._client.patch(
+        written = await _call_or_none(
+            f"update status of {namespace}/{name}",
+            self._client.patch(
                 _ModelDeployment.Status,
                 name,
                 body,
@@ -235,61 +208,38 @@ class LightkubeCluster:
                 patch_type=PatchType.APPLY,
                 field_manager=FIELD_MANAGER,
                 force=True,
-            )
-        except ApiError as exc:
-            if exc.status.code == 404:  # deleted meanwhile: nothing left to report on
-                return None
-            raise _translate(exc, f"update status of {namespace}/{name}") from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, f"update status of {namespace}/{name}") from exc
+            ),
+        )
+        if written is None:  # deleted meanwhile: nothing left to report on
+            return None
         version = (_as_dict(written).get("metadata") or {}).get("resourceVersion")
         return str(version) if version is not None else None
 
     async def create_event(self, event: Mapping[str, Any]) -> None:
-        try:
-            await self._client.create(cast(Event, Event.from_dict(dict(event))))
-        except (ApiError, httpx.HTTPError) as exc:
-            raise _translate(exc, "create event") from exc
+        await _call("create event", self._client.create(cast(Event, Event.from_dict(dict(event)))))
 
     async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
-        try:
-            await self._client.patch(
-                Event, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE
-            )
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return False
-            raise _translate(exc, "patch event") from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, "patch event") from exc
-        return True
+        patched = await _call_or_none(
+            "patch event",
+            self._client.patch(Event, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE),
+        )
+        return patched is not None
 
     async def events_for(self, namespace: str, kind: str, name: str) -> Objects:
         selector: dict[str, Any] = {"involvedObject.kind": kind, "involvedObject.name": name}
-        try:
-            found = [
-                _as_dict(item)
-                async for item in self._client.list(Event, namespace=namespace, fields=selector)
-            ]
-        except (ApiError, httpx.HTTPError) as exc:
-            raise _translate(exc, f"list events of {kind} {namespace}/{name}") from exc
+        found = await _call(
+            f"list events of {kind} {namespace}/{name}",
+            _collect(self._client.list(Event, namespace=namespace, fields=selector)),
+        )
         return sorted(
             found, key=lambda event: str(event.get("lastTimestamp") or event.get("eventTime") or "")
         )
 
     async def nodes(self) -> Objects:
-        try:
-            return [_as_dict(item) async for item in self._client.list(Node)]
-        except (ApiError, httpx.HTTPError) as exc:
-            raise _translate(exc, "list nodes") from exc
+        return await _call("list nodes", _collect(self._client.list(Node)))
 
     async def crd_exists(self, name: str) -> bool:
-        try:
-            await self._client.get(CustomResourceDefinition, name)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return False
-            raise _translate(exc, f"get CustomResourceDefinition {name}") from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc, f"get CustomResourceDefinition {name}") from exc
-        return True
+        found = await _call_or_none(
+            f"get CustomResourceDefinition {name}", self._client.get(CustomResourceDefinition, name)
+        )
+        return found is not None

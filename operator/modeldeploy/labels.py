@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modeldeploy.api import API_VERSION, KIND
+from modeldeploy.kinds import MODEL_DEPLOYMENT, Kind
 from modeldeploy.names import ChildNames, label_value, truncated_label_value
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -13,7 +13,12 @@ MANAGED_BY_VALUE = "modeldeploy"
 NAME_LABEL = "modeldeploy.dev/name"
 COMPONENT = "app.kubernetes.io/component"
 INFERENCE_SERVER = "inference-server"
+# The model builder: the component label of its objects, and the name of its container (the status finds
+# the builder's outcome on a pod by it).
 MODEL_BUILDER = "model-builder"
+# The NVIDIA device plugin's extended resource, and GPU Feature Discovery's node label naming the GPU.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 # On the pod template: a change here (and only here) rolls the pods for a new model repository.
 MODEL_DIGEST_ANNOTATION = "modeldeploy.dev/model-digest"
@@ -61,9 +66,7 @@ def owner_references(owner: Owner) -> list[dict[str, Any]]:
         return []
     # No blockOwnerDeletion: it would need update on modeldeployments/finalizers, which the operator's
     # role deliberately lacks; background garbage collection still removes every child.
-    return [
-        {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid, "controller": True}
-    ]
+    return [{**MODEL_DEPLOYMENT.reference(owner.name), "uid": owner.uid, "controller": True}]
 
 
 def object_meta(owner: Owner, name: str, component: str = INFERENCE_SERVER) -> dict[str, Any]:
@@ -76,6 +79,22 @@ def object_meta(owner: Owner, name: str, component: str = INFERENCE_SERVER) -> d
     if references:
         meta["ownerReferences"] = references
     return meta
+
+
+def child_manifest(
+    kind: Kind,
+    owner: Owner,
+    name: str,
+    spec: dict[str, Any],
+    component: str = INFERENCE_SERVER,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A child object of `owner`, as every builder returns it: the labels and owner reference that all
+    children carry, around the builder's own `spec`."""
+    metadata = object_meta(owner, name, component)
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata, "spec": spec}
 
 
 def is_owned_by(obj: dict[str, Any], uid: str) -> bool:

@@ -13,9 +13,17 @@ import hashlib
 import re
 
 MAX_LABEL = 63
+MAX_SUBDOMAIN = 253
 HASH_LENGTH = 8
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Kubernetes' name rules (apimachinery's validation): the CRD's schema patterns and the operator's checks.
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+def is_dns_subdomain(name: str) -> bool:
+    """Whether `name` may name a PersistentVolumeClaim, Secret, ConfigMap, ... (a DNS-1123 subdomain)."""
+    return len(name) <= MAX_SUBDOMAIN and re.match(DNS1123_SUBDOMAIN, name) is not None
 
 
 def short_hash(text: str, length: int = HASH_LENGTH) -> str:
@@ -31,7 +39,7 @@ def dns_label(name: str, suffix: str = "") -> str:
     """A DNS-1035 label (≤ 63) for `name` + `-suffix`, hashed when `name` can't be used as it is."""
     tail = f"-{suffix}" if suffix else ""
     plain = f"{name}{tail}"
-    if len(plain) <= MAX_LABEL and _DNS1035_LABEL.match(plain):
+    if len(plain) <= MAX_LABEL and re.match(DNS1035_LABEL, plain):
         return plain
     cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())
     if not cleaned[:1].isalpha():
@@ -42,7 +50,7 @@ def dns_label(name: str, suffix: str = "") -> str:
 
 def label_value(name: str) -> str:
     """`name` as a label value (≤ 63 characters), hashed when it would not fit."""
-    if len(name) <= MAX_LABEL and _LABEL_VALUE.match(name):
+    if len(name) <= MAX_LABEL and re.match(LABEL_VALUE, name):
         return name
     marker = f"-{short_hash(name)}"
     return f"{_trim(name, MAX_LABEL - len(marker))}{marker}"
@@ -61,30 +69,11 @@ class ChildNames:
         self.base = dns_label(md_name)
         # The repository builder allows 63 characters of [A-Za-z0-9_.-]; a label value fits that.
         self.model_name = label_value(md_name)
-
-    @property
-    def deployment(self) -> str:
-        return self.base
-
-    @property
-    def service(self) -> str:
-        return self.base
-
-    @property
-    def autoscaler(self) -> str:
-        return self.base
-
-    @property
-    def pod_disruption_budget(self) -> str:
-        return self.base
-
-    @property
-    def service_monitor(self) -> str:
-        return self.base
-
-    @property
-    def cache_claim(self) -> str:
-        return dns_label(self.md_name, "cache")
+        # A ModelDeployment has at most one object of each of these kinds (and kinds do not share names):
+        # each takes the plain name.
+        self.deployment = self.service = self.autoscaler = self.base
+        self.pod_disruption_budget = self.service_monitor = self.base
+        self.cache_claim = dns_label(md_name, "cache")
 
     def build_job(self, digest: str) -> str:
         return dns_label(self.md_name, f"build-{digest[:12]}")

@@ -13,8 +13,8 @@ import yaml
 
 from modeldeploy import __version__
 from modeldeploy.api import KIND, SpecError
-from modeldeploy.builders import desired_state
 from modeldeploy.checks import parse_for_reconcile
+from modeldeploy.manifests import desired_state
 from modeldeploy.settings import (
     DEFAULT_BUILDER_IMAGE,
     DEFAULT_PROMETHEUS_URL,

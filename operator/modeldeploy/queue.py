@@ -44,8 +44,6 @@ class _Slot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The run that has not started yet: every request until it starts joins it.
     queued: asyncio.Future[Outcome | None] | None = None
-    # Whether a failure of the queued run schedules a retry (any of its requesters asked for one).
-    queued_retries: bool = False
     retry: asyncio.Task[None] | None = None
     # metadata.generation of the object the last successful run reconciled.
     generation: int | None = None
@@ -66,16 +64,15 @@ class ReconcileQueue:
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def request(self, uid: str, trigger: str, retry_transient: bool = True) -> Outcome | None:
+    async def request(self, uid: str, trigger: str) -> Outcome | None:
         """Reconcile the ModelDeployment `uid` and wait for the outcome (None if it is gone).
 
-        Failures raise (transient API errors as KubeError); with `retry_transient` a retry is also
-        scheduled, for triggers nobody else retries."""
-        return await asyncio.shield(self._enqueue(uid, trigger, retry_transient))
+        Failures raise (transient API errors as KubeError) and, as with `notify()`, are retried."""
+        return await asyncio.shield(self._enqueue(uid, trigger))
 
     def notify(self, uid: str, trigger: str) -> None:
         """Reconcile `uid` soon, without waiting; failures are logged and retried."""
-        self._enqueue(uid, trigger, retries=True)
+        self._enqueue(uid, trigger)
 
     def notify_if_changed(self, uid: str, generation: int | None, trigger: str) -> None:
         """`notify()`, unless the last successful run already saw this generation of the object (and
@@ -85,15 +82,13 @@ class ReconcileQueue:
             return
         self.notify(uid, trigger)
 
-    def _enqueue(self, uid: str, trigger: str, retries: bool) -> asyncio.Future[Outcome | None]:
+    def _enqueue(self, uid: str, trigger: str) -> asyncio.Future[Outcome | None]:
         slot = self._slots.setdefault(uid, _Slot())
         if slot.queued is not None:
             # A run is already waiting to start; it will see everything this request would have.
-            slot.queued_retries = slot.queued_retries or retries
             return slot.queued
         queued: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         slot.queued = queued
-        slot.queued_retries = retries
         task = asyncio.get_running_loop().create_task(self._drive(uid, slot, queued, trigger))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -105,7 +100,6 @@ class ReconcileQueue:
         async with slot.lock, self._limit:
             if slot.queued is queued:
                 slot.queued = None
-            retries = slot.queued_retries
             try:
                 outcome = await self._run(uid, slot, trigger)
             except asyncio.CancelledError:
@@ -115,7 +109,7 @@ class ReconcileQueue:
                 queued.set_exception(exc)
                 # Retrieved here so that requesters that went away don't leave it unobserved.
                 queued.exception()
-                if retries and uid in self._slots:
+                if uid in self._slots:
                     transient = isinstance(exc, KubeError) and exc.transient
                     self._schedule_retry(
                         uid, slot, TRANSIENT_RETRY_SECONDS if transient else ERROR_RETRY_SECONDS

@@ -18,27 +18,27 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
-from modeldeploy.builders import DesiredState, Manifest, desired_state
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
-from modeldeploy.kube import (
+from modeldeploy.kinds import (
     DEPLOYMENT,
+    EVENT,
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
     KEDA_CRD,
+    MODEL_DEPLOYMENT,
     PERSISTENT_VOLUME_CLAIM,
     POD,
     POD_DISRUPTION_BUDGET,
     SCALED_OBJECT,
     SERVICE_MONITOR_CRD,
-    Cluster,
     Kind,
-    KubeError,
     kind_of,
 )
+from modeldeploy.kube import Cluster, KubeError
 from modeldeploy.labels import (
     APPLIED_HASH_ANNOTATION,
     COMPONENT,
@@ -48,6 +48,7 @@ from modeldeploy.labels import (
     is_owned_by,
     selector_labels,
 )
+from modeldeploy.manifests import DesiredState, Manifest, desired_state
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
@@ -76,6 +77,16 @@ REFUSED_RETRY_SECONDS = 30.0
 UNBOUND_CLAIM_RETRY_SECONDS = 10.0
 # An Event repeating a recent one (same reason and type) within this window bumps its count instead.
 EVENT_AGGREGATION_SECONDS = 600.0
+
+
+_T = TypeVar("_T")
+
+
+class _Refused:
+    """What `Reconciler._write` returns when the API server refused the request."""
+
+
+_REFUSED = _Refused()
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
@@ -126,7 +137,7 @@ class Inventory(Protocol):
 
 @dataclass
 class Outcome:
-    """What a reconciliation found; the handlers turn it into kopf's retry semantics."""
+    """What a reconciliation found; the queue schedules the next run by it (`retry_after`)."""
 
     invalid_spec: list[str] | None = None
     writes: int = 0
@@ -300,7 +311,9 @@ class Reconciler:
     # ------------------------------------------------------------------------------------ primitives
 
     async def _apply_if_needed(self, current: _Round, manifest: Manifest) -> dict[str, Any] | None:
-        """The live object after making it match `manifest`; None if the API server refused."""
+        """The live object after making it match `manifest`. If the API server refused the apply (noted
+        in `current.refused`), the live object as it is, None if there is none; None also when an object
+        of that name exists that this ModelDeployment does not own (never overwritten; noted too)."""
         kind = kind_of(manifest)
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         live = await self.cluster.get(kind, namespace, name)
@@ -310,17 +323,26 @@ class Reconciler:
         stamped = with_applied_hash(manifest)
         if live is not None and up_to_date(stamped, live):
             return live
+        applied = await self._write(current, kind, "apply", self.cluster.apply(stamped))
+        if isinstance(applied, _Refused):
+            return live
+        logger.info("%s %s/%s applied", kind, namespace, name)
+        return applied
+
+    async def _write(self, current: _Round, kind: Kind, verb: str, request: Awaitable[_T]) -> _T | _Refused:
+        """Send one write request and count it. A refusal that retrying soon will not cure (RBAC, an
+        admission webhook, an immutable field) goes to `current.refused` (the status reports it, the queue
+        retries slowly); a transient failure raises."""
         try:
-            applied = await self.cluster.apply(stamped)
+            result = await request
         except KubeError as exc:
             if exc.transient:
                 raise
             current.refused.append(str(exc))
-            return live
+            return _REFUSED
         current.writes += 1
-        self.metrics.writes.labels(kind=kind.kind, verb="apply").inc()
-        logger.info("%s %s/%s applied", kind, namespace, name)
-        return applied
+        self.metrics.writes.labels(kind=kind.kind, verb=verb).inc()
+        return result
 
     @staticmethod
     def _foreign_object_message(kind: Kind, name: str, live: Mapping[str, Any]) -> str:
@@ -346,16 +368,10 @@ class Reconciler:
         await self._delete(current, kind, name)
 
     async def _delete(self, current: _Round, kind: Kind, name: str) -> None:
-        try:
-            await self.cluster.delete(kind, current.md.metadata.namespace, name)
-        except KubeError as exc:
-            if exc.transient:
-                raise
-            current.refused.append(str(exc))
-            return
-        current.writes += 1
-        self.metrics.writes.labels(kind=kind.kind, verb="delete").inc()
-        logger.info("%s %s/%s deleted (no longer wanted)", kind, current.md.metadata.namespace, name)
+        namespace = current.md.metadata.namespace
+        deleted = await self._write(current, kind, "delete", self.cluster.delete(kind, namespace, name))
+        if not isinstance(deleted, _Refused):
+            logger.info("%s %s/%s deleted (no longer wanted)", kind, namespace, name)
 
     # ------------------------------------------------------------------------------------ steps
 
@@ -376,7 +392,7 @@ class Reconciler:
             # Only the claim's Events say why it is unbound (no such StorageClass, no volume fits).
             try:
                 events = await self.cluster.events_for(
-                    current.md.metadata.namespace, "PersistentVolumeClaim", claim["metadata"]["name"]
+                    current.md.metadata.namespace, PERSISTENT_VOLUME_CLAIM.kind, claim["metadata"]["name"]
                 )
             except KubeError as exc:
                 if exc.transient:
@@ -422,20 +438,14 @@ class Reconciler:
         if live is None or not is_owned_by(live, current.uid) or not _applies_replicas(live):
             return
         handoff = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "apiVersion": DEPLOYMENT.api_version,
+            "kind": DEPLOYMENT.kind,
             "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
             "spec": {"replicas": live["spec"]["replicas"]},
         }
-        try:
-            await self.cluster.apply(handoff, field_manager=REPLICAS_HANDOFF_MANAGER)
-        except KubeError as exc:
-            if exc.transient:
-                raise
-            current.refused.append(str(exc))
-            return
-        current.writes += 1
-        self.metrics.writes.labels(kind="Deployment", verb="apply").inc()
+        await self._write(
+            current, DEPLOYMENT, "apply", self.cluster.apply(handoff, field_manager=REPLICAS_HANDOFF_MANAGER)
+        )
 
     async def ensure_service(self, current: _Round) -> None:
         await self._apply_if_needed(current, current.desired.service)
@@ -526,13 +536,13 @@ class Reconciler:
     async def _publish(
         self, body: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
     ) -> int:
-        """Write `status` if it differs from `previous`, with one Event per condition transition."""
+        """Write `status` if it differs from `previous`, with an Event if Ready changed (`transitions`)."""
         if comparable(previous) == comparable(status):
             return 0
         metadata = body["metadata"]
         namespace, name = metadata.get("namespace", "default"), metadata["name"]
         written = await self.cluster.apply_status(namespace, name, status.dump())
-        self.metrics.writes.labels(kind="ModelDeployment", verb="status").inc()
+        self.metrics.writes.labels(kind=MODEL_DEPLOYMENT.kind, verb="status").inc()
         self._status_memory[str(metadata["uid"])] = _StatusMemory(
             metadata.get("resourceVersion"), written, status
         )
@@ -559,12 +569,12 @@ class Reconciler:
             patch = {"count": count + 1, "lastTimestamp": now_rfc3339(), "message": message[:1024]}
             if await self.cluster.patch_event(namespace, event_name, patch):
                 posted[key] = (event_name, count + 1, now)
-                self.metrics.writes.labels(kind="Event", verb="patch").inc()
+                self.metrics.writes.labels(kind=EVENT.kind, verb="patch").inc()
                 return 1
         event = self._event(body, transition.event_type, transition.reason, message)
         await self.cluster.create_event(event)
         posted[key] = (event["metadata"]["name"], 1, now)
-        self.metrics.writes.labels(kind="Event", verb="create").inc()
+        self.metrics.writes.labels(kind=EVENT.kind, verb="create").inc()
         return 1
 
     def _event(self, body: Mapping[str, Any], event_type: str, reason: str, message: str) -> dict[str, Any]:
@@ -572,15 +582,15 @@ class Reconciler:
         namespace = metadata.get("namespace", "default")
         stamp = now_rfc3339()
         return {
-            "apiVersion": "v1",
-            "kind": "Event",
+            "apiVersion": EVENT.api_version,
+            "kind": EVENT.kind,
             "metadata": {
                 "name": f"{metadata['name'][:236]}.{time.time_ns():x}",
                 "namespace": namespace,
             },
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", "modeldeploy.dev/v1alpha1"),
-                "kind": body.get("kind", "ModelDeployment"),
+                "apiVersion": body.get("apiVersion", MODEL_DEPLOYMENT.api_version),
+                "kind": body.get("kind", MODEL_DEPLOYMENT.kind),
                 "name": metadata["name"],
                 "namespace": namespace,
                 "uid": metadata["uid"],

@@ -27,10 +27,16 @@ from modeldeploy.api import (
     ModelRepositoryStatus,
     Phase,
 )
-from modeldeploy.builders.common import owner_of
-from modeldeploy.builders.service import endpoints
 from modeldeploy.digest import device
-from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, selector_string
+from modeldeploy.labels import (
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    MODEL_BUILDER,
+    MODEL_DIGEST_ANNOTATION,
+    selector_string,
+)
+from modeldeploy.manifests.common import owner_of
+from modeldeploy.manifests.service import endpoints
 
 MODEL_REPOSITORY_READY = "ModelRepositoryReady"
 AVAILABLE = "Available"
@@ -38,11 +44,8 @@ AUTOSCALER_READY = "AutoscalerReady"
 READY = "Ready"
 CONDITION_TYPES = (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, READY)
 INVALID_SPEC = "InvalidSpec"
-BUILDER_CONTAINER = "model-builder"
 
 TRITON_CONTAINER = "triton"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
@@ -225,11 +228,7 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
         problem
         for builder, key in ((True, "initContainerStatuses"), (False, "containerStatuses"))
         for container in status.get(key) or []
-        if (
-            problem := _container_problem(
-                pod, container, builder or container.get("name") == BUILDER_CONTAINER
-            )
-        )
+        if (problem := _container_problem(pod, container, builder or container.get("name") == MODEL_BUILDER))
     ]
     scheduled = _conditions_of(dict(pod)).get("PodScheduled") or {}
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
@@ -269,7 +268,7 @@ def summarize_pod_problems(pods: list[dict[str, Any]]) -> PodProblem | None:
 def _builder_running(pods: list[dict[str, Any]]) -> bool:
     for pod in pods:
         for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") == BUILDER_CONTAINER and "running" in (status.get("state") or {}):
+            if status.get("name") == MODEL_BUILDER and "running" in (status.get("state") or {}):
                 return True
     return False
 
@@ -457,7 +456,7 @@ def build_accuracy(observed: Observed) -> AccuracyStatus | None:
             continue
         for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
             terminated = (status.get("state") or {}).get("terminated") or {}
-            if status.get("name") != BUILDER_CONTAINER or terminated.get("exitCode") != 0:
+            if status.get("name") != MODEL_BUILDER or terminated.get("exitCode") != 0:
                 continue
             try:
                 accuracy = json.loads(terminated.get("message") or "{}").get("accuracy")

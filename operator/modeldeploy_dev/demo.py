@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from modeldeploy.labels import GPU_PRODUCT_LABEL
 from modeldeploy_dev.devcluster import DevCluster, default_cache_dir, ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,7 +280,7 @@ def run_demo(
         _step("Start kube-apiserver, etcd, controller-manager, scheduler and KWOK GPU nodes", cluster.start)
         if not keep:
             exit_stack.callback(cluster.stop)
-        console.print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product").stdout.rstrip())
+        console.print(cluster.kubectl("get", "nodes", "-L", GPU_PRODUCT_LABEL).stdout.rstrip())
 
         def install() -> Path:
             cluster.kubectl("apply", "--server-side", "-f", str(CRDS))

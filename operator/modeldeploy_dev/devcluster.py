@@ -36,13 +36,12 @@ from typing import Any, Final
 import typer
 import yaml
 
+from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from modeldeploy_dev.kubeapi import KubeApi
 
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 REQUIRED_BINARIES: Final = (*COMPONENTS, "kubectl")
 
-GPU_RESOURCE: Final = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
 GPU_TAINT: Final = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 KWOK_NODE_ANNOTATION: Final = ("kwok.x-k8s.io/node", "fake")
 
@@ -478,13 +477,12 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+def http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    """Whether GET `url` answers 200 (a health or readiness endpoint); False while it cannot be reached."""
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
             return bool(resp.status == 200)
-    except urllib.error.HTTPError:
-        return False
-    except urllib.error.URLError:
+    except OSError:  # URLError and HTTPError included
         return False
 
 
@@ -821,7 +819,7 @@ class DevCluster:
         )
         _wait_for(
             "etcd /health",
-            lambda: self._alive_or_raise("etcd") and _http_ok(f"{etcd_url}/health"),
+            lambda: self._alive_or_raise("etcd") and http_ok(f"{etcd_url}/health"),
             self.ready_timeout,
             [self.log_dir / "etcd.log"],
         )
@@ -861,7 +859,7 @@ class DevCluster:
         ca_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
         _wait_for(
             "kube-apiserver /readyz",
-            lambda: self._alive_or_raise("kube-apiserver") and _http_ok(f"{self.server}/readyz", ca_ctx),
+            lambda: self._alive_or_raise("kube-apiserver") and http_ok(f"{self.server}/readyz", ca_ctx),
             self.ready_timeout,
             [self.log_dir / "kube-apiserver.log"],
         )
@@ -939,29 +937,24 @@ class DevCluster:
 
     def _wait_until_settled(self, ports: _Ports) -> None:
         """The controllers healthy, every node Ready, and the default ServiceAccount created."""
-        kcm_port, scheduler_port = ports.controller_manager, ports.scheduler
         # Skip-verify for the two components' own health endpoints: they serve self-signed certs.
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        _wait_for(
-            "kube-controller-manager /healthz",
-            lambda: (
-                self._alive_or_raise("kube-controller-manager")
-                and _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure)
-            ),
-            self.ready_timeout,
-            [self.log_dir / "kube-controller-manager.log"],
-        )
-        _wait_for(
-            "kube-scheduler /readyz",
-            lambda: (
-                self._alive_or_raise("kube-scheduler")
-                and _http_ok(f"https://127.0.0.1:{scheduler_port}/readyz", insecure)
-            ),
-            self.ready_timeout,
-            [self.log_dir / "kube-scheduler.log"],
-        )
+
+        def healthy(component: str, url: str) -> Callable[[], bool]:
+            return lambda: self._alive_or_raise(component) and http_ok(url, insecure)
+
+        for component, port, path in (
+            ("kube-controller-manager", ports.controller_manager, "/healthz"),
+            ("kube-scheduler", ports.scheduler, "/readyz"),
+        ):
+            _wait_for(
+                f"{component} {path}",
+                healthy(component, f"https://127.0.0.1:{port}{path}"),
+                self.ready_timeout,
+                [self.log_dir / f"{component}.log"],
+            )
         _wait_for(
             f"nodes {', '.join(n.name for n in self.nodes)} to be Ready (KWOK)",
             lambda: self._alive_or_raise("kwok") and self._nodes_ready(),
@@ -1049,6 +1042,34 @@ containerStatuses:
   ready: false
   started: false
 """
+
+
+def _crash_looping(restarts: int, backoff: str, exit_code: str, reason: str, *extra: str) -> str:
+    """The status of a container in CrashLoopBackOff whose last run ended with `exit_code`."""
+    last_state = "".join(
+        f"      {line}\n" for line in (f"exitCode: {exit_code}", f"reason: {reason}", *extra)
+    )
+    return (
+        _FAULT_COMMON
+        + f"""\
+  restartCount: {restarts}
+  state:
+    waiting:
+      reason: CrashLoopBackOff
+      message: back-off {backoff} restarting failed container
+  lastState:
+    terminated:
+"""
+        + last_state
+        + """\
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+phase: Running
+"""
+    )
+
+
 FAULT_STATUS: Final = {
     "image-pull": _FAULT_COMMON
     + """\
@@ -1060,39 +1081,8 @@ FAULT_STATUS: Final = {
 {{ end }}
 phase: Pending
 """,
-    "crash": _FAULT_COMMON
-    + """\
-  restartCount: 3
-  state:
-    waiting:
-      reason: CrashLoopBackOff
-      message: back-off 40s restarting failed container
-  lastState:
-    terminated:
-      exitCode: 1
-      reason: Error
-      message: TRITON_LOG
-      startedAt: {{ $now | Quote }}
-      finishedAt: {{ $now | Quote }}
-{{ end }}
-phase: Running
-""".replace("TRITON_LOG", json.dumps(FAULT_TRITON_LOG)),
-    "oom": _FAULT_COMMON
-    + """\
-  restartCount: 2
-  state:
-    waiting:
-      reason: CrashLoopBackOff
-      message: back-off 20s restarting failed container
-  lastState:
-    terminated:
-      exitCode: 137
-      reason: OOMKilled
-      startedAt: {{ $now | Quote }}
-      finishedAt: {{ $now | Quote }}
-{{ end }}
-phase: Running
-""",
+    "crash": _crash_looping(3, "40s", "1", "Error", f"message: {json.dumps(FAULT_TRITON_LOG)}"),
+    "oom": _crash_looping(2, "20s", "137", "OOMKilled"),
 }
 
 

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from modeldeploy_dev.devcluster import DevCluster, DevClusterError
+from modeldeploy_dev.devcluster import DevCluster, DevClusterError, http_ok
 from modeldeploy_dev.kubeapi import KubeApi, KubeApiError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -417,11 +417,7 @@ class OperatorProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://127.0.0.1:{self.health_port}/healthz")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:

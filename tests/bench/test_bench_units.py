@@ -217,7 +217,7 @@ def test_hpa_behavior_scales_with_the_run() -> None:
 
 def test_hpa_replays_the_operators_behavior_one_pod_a_minute_down() -> None:
     from bench.autoscaling.run import operator_behavior
-    from modeldeploy.builders.horizontalpodautoscaler import HPA_BEHAVIOR
+    from modeldeploy.manifests.horizontalpodautoscaler import HPA_BEHAVIOR
 
     behavior = operator_behavior()
     assert behavior == HpaBehavior.from_manifest(HPA_BEHAVIOR)

@@ -421,7 +421,7 @@ def test_adapter_rules_compute_the_documented_formulas(helm: Helm, window: str) 
         }
     )
     # The names the operator puts in its HPAs are the ones the adapter serves.
-    from modeldeploy.builders.horizontalpodautoscaler import POD_METRIC_NAMES
+    from modeldeploy.manifests.horizontalpodautoscaler import POD_METRIC_NAMES
 
     assert set(POD_METRIC_NAMES.values()) == set(rules)
     for name, rule in rules.items():

@@ -126,7 +126,7 @@ def test_base_images_are_pinned() -> None:
 
 
 def test_every_target_runs_as_a_numeric_non_root_user() -> None:
-    from modeldeploy.builders.common import RUN_AS_USER
+    from modeldeploy.manifests.common import RUN_AS_USER
 
     chart_uid = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
     for target in TARGETS:

@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from modeldeploy_dev.devcluster import (
     ADMIN_USER,
-    GPU_PRODUCT_LABEL,
-    GPU_RESOURCE,
     DevCluster,
     DevClusterError,
     cluster_down,

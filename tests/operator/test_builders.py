@@ -11,13 +11,13 @@ import pytest
 from md_fixtures import md_of
 
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders import DesiredState, desired_state
-from modeldeploy.builders.common import GPU_TOLERATION
-from modeldeploy.builders.deployment import EXIT_TIMEOUT_SECONDS, TERMINATION_GRACE_SECONDS
-from modeldeploy.builders.horizontalpodautoscaler import POD_METRIC_NAMES
-from modeldeploy.builders.scaledobject import prometheus_query
 from modeldeploy.digest import repository_digest
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, NAME_LABEL, Owner
+from modeldeploy.manifests import DesiredState, desired_state
+from modeldeploy.manifests.common import GPU_TOLERATION
+from modeldeploy.manifests.deployment import EXIT_TIMEOUT_SECONDS, TERMINATION_GRACE_SECONDS
+from modeldeploy.manifests.horizontalpodautoscaler import POD_METRIC_NAMES
+from modeldeploy.manifests.scaledobject import prometheus_query
 from modeldeploy.settings import ClusterCapabilities, RenderSettings
 
 # The newest Kubernetes the installed kubernetes-validate knows, at most the 1.37 the chart targets.
@@ -538,7 +538,7 @@ def test_running_sequences_are_refused_for_encoders() -> None:
 
 
 def test_generation_limits_reach_the_builder() -> None:
-    from modeldeploy.builders.common import builder_arguments
+    from modeldeploy.manifests.common import builder_arguments
 
     md = md_of(GENERATION, {"triton": {"maxConcurrentSequences": 8, "maxTokens": 256}})
     args = builder_arguments(md.spec, "chat", "/out")

@@ -111,18 +111,26 @@ async def _transient_failures_raise_and_are_retried(monkeypatch: pytest.MonkeyPa
     queue.cancel_all()
 
 
-def test_handler_triggers_leave_retries_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
-    asyncio.run(_handler_triggers_leave_retries_to_kopf(monkeypatch))
+def test_a_failed_run_that_requests_joined_fails_each_and_is_retried_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asyncio.run(_a_failed_run_that_requests_joined_fails_each_and_is_retried_once(monkeypatch))
 
 
-async def _handler_triggers_leave_retries_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+async def _a_failed_run_that_requests_joined_fails_each_and_is_retried_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     recorder = Recorder()
-    recorder.gate.set()
     queue = _failing_queue(monkeypatch, recorder, [KubeError("timeout", None, True)])
-    with pytest.raises(KubeError):
-        await queue.request("a", "update", retry_transient=False)
-    await asyncio.sleep(0.05)
-    assert len(recorder.seen) == 1
+    # Five requests before the run starts (the resync's and a handler's, say): one run, one failure.
+    requests = [asyncio.create_task(queue.request("a", "resync")) for _ in range(5)]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    results = await asyncio.gather(*requests, return_exceptions=True)
+    assert all(isinstance(result, KubeError) for result in results), results
+    await asyncio.sleep(0.1)
+    assert len(recorder.seen) == 2, "the failed run, then exactly one retry"
+    queue.cancel_all()
 
 
 class Gated:

@@ -21,7 +21,8 @@ from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from reconcile_contract import Scenario
 
-from modeldeploy.kube import Kind, LightkubeCluster
+from modeldeploy.kinds import Kind
+from modeldeploy.kube import LightkubeCluster
 from modeldeploy.labels import is_owned_by
 from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings

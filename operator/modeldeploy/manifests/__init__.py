@@ -10,20 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.api import AutoscalingEngine, ModelDeployment
-from modeldeploy.builders.common import owner_of
-from modeldeploy.builders.deployment import build_deployment
-from modeldeploy.builders.horizontalpodautoscaler import build_horizontal_pod_autoscaler
-from modeldeploy.builders.job import build_build_job
-from modeldeploy.builders.persistentvolumeclaim import build_cache_claim, wants_cache_claim
-from modeldeploy.builders.poddisruptionbudget import (
+from modeldeploy.digest import repository_digest
+from modeldeploy.labels import Owner
+from modeldeploy.manifests.common import owner_of
+from modeldeploy.manifests.deployment import build_deployment
+from modeldeploy.manifests.horizontalpodautoscaler import build_horizontal_pod_autoscaler
+from modeldeploy.manifests.job import build_build_job
+from modeldeploy.manifests.persistentvolumeclaim import build_cache_claim, wants_cache_claim
+from modeldeploy.manifests.poddisruptionbudget import (
     build_pod_disruption_budget,
     wants_pod_disruption_budget,
 )
-from modeldeploy.builders.scaledobject import build_scaled_object
-from modeldeploy.builders.service import build_service
-from modeldeploy.builders.servicemonitor import build_service_monitor
-from modeldeploy.digest import repository_digest
-from modeldeploy.labels import Owner
+from modeldeploy.manifests.scaledobject import build_scaled_object
+from modeldeploy.manifests.service import build_service
+from modeldeploy.manifests.servicemonitor import build_service_monitor
 from modeldeploy.settings import ClusterCapabilities, RenderSettings
 
 Manifest = dict[str, Any]
@@ -63,7 +63,8 @@ def desired_state(
     md: ModelDeployment, settings: RenderSettings, capabilities: ClusterCapabilities
 ) -> DesiredState:
     autoscaling = md.spec.autoscaling
-    engine = autoscaling.engine if autoscaling is not None else None
+    hpa = autoscaling if autoscaling is not None and autoscaling.engine is AutoscalingEngine.HPA else None
+    keda = autoscaling if autoscaling is not None and autoscaling.engine is AutoscalingEngine.KEDA else None
     return DesiredState(
         owner=owner_of(md),
         digest=repository_digest(md.spec, md.metadata.name),
@@ -71,11 +72,9 @@ def desired_state(
         build_job=build_build_job(md, settings) if md.spec.cache is not None else None,
         deployment=build_deployment(md, settings),
         service=build_service(md),
-        horizontal_pod_autoscaler=(
-            build_horizontal_pod_autoscaler(md) if engine is AutoscalingEngine.HPA else None
-        ),
+        horizontal_pod_autoscaler=build_horizontal_pod_autoscaler(md, hpa) if hpa is not None else None,
         # Built even when KEDA is missing: the reconciler reports that instead of silently dropping it.
-        scaled_object=build_scaled_object(md, settings) if engine is AutoscalingEngine.KEDA else None,
+        scaled_object=build_scaled_object(md, keda, settings) if keda is not None else None,
         pod_disruption_budget=build_pod_disruption_budget(md) if wants_pod_disruption_budget(md) else None,
         service_monitor=build_service_monitor(md) if capabilities.service_monitors else None,
     )

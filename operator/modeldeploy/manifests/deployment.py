@@ -6,7 +6,10 @@ from typing import Any
 
 from model_repo.triton import repository_server_args
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders.common import (
+from modeldeploy.digest import repository_digest
+from modeldeploy.kinds import DEPLOYMENT
+from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, child_manifest, selector_labels, standard_labels
+from modeldeploy.manifests.common import (
     builder_container,
     builder_volumes,
     container_resources,
@@ -15,8 +18,6 @@ from modeldeploy.builders.common import (
     placement,
     pod_security_context,
 )
-from modeldeploy.digest import repository_digest
-from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, object_meta, selector_labels, standard_labels
 from modeldeploy.settings import RenderSettings
 
 HTTP_PORT = 8000
@@ -161,9 +162,4 @@ def build_deployment(md: ModelDeployment, settings: RenderSettings) -> dict[str,
             "spec": pod_spec,
         },
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": object_meta(owner, names.deployment),
-        "spec": spec,
-    }
+    return child_manifest(DEPLOYMENT, owner, names.deployment, spec)

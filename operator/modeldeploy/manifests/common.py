@@ -7,10 +7,8 @@ from typing import Any
 
 from modeldeploy.api import ModelDeployment, ModelDeploymentSpec, ResourceAmounts
 from modeldeploy.digest import device
-from modeldeploy.labels import Owner
+from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE, MODEL_BUILDER, Owner
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 # The uid of the `triton-server` user in NVIDIA's images (and of the user in our own images).
 RUN_AS_USER = 1000
@@ -134,7 +132,7 @@ def builder_container(
     if spec.triton.calibration is not None:
         mounts.append({"name": CALIBRATION_VOLUME, "mountPath": CALIBRATION_PATH, "readOnly": True})
     container: dict[str, Any] = {
-        "name": "model-builder",
+        "name": MODEL_BUILDER,
         "image": image,
         "command": ["modeldeploy"],
         "args": builder_arguments(spec, model_name, out),

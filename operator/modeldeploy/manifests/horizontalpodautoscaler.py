@@ -10,8 +10,9 @@ import copy
 from typing import Any
 
 from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
-from modeldeploy.builders.common import owner_of
-from modeldeploy.labels import object_meta
+from modeldeploy.kinds import DEPLOYMENT, HORIZONTAL_POD_AUTOSCALER
+from modeldeploy.labels import child_manifest
+from modeldeploy.manifests.common import owner_of
 from modeldeploy.quantity import parse_quantity
 
 # Model pods are expensive to start: scale down slowly, one pod a minute once five minutes of lower
@@ -57,20 +58,14 @@ def hpa_metric(autoscaling: Autoscaling) -> dict[str, Any]:
     }
 
 
-def build_horizontal_pod_autoscaler(md: ModelDeployment) -> dict[str, Any]:
-    autoscaling = md.spec.autoscaling
-    if autoscaling is None:
-        raise ValueError("build_horizontal_pod_autoscaler needs spec.autoscaling")
+def build_horizontal_pod_autoscaler(md: ModelDeployment, autoscaling: Autoscaling) -> dict[str, Any]:
+    """The HPA of `md`, whose `spec.autoscaling` is `autoscaling`."""
     owner = owner_of(md)
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": object_meta(owner, owner.names.autoscaler),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.names.deployment},
-            "minReplicas": autoscaling.min_replicas,
-            "maxReplicas": autoscaling.max_replicas,
-            "metrics": [hpa_metric(autoscaling)],
-            "behavior": copy.deepcopy(HPA_BEHAVIOR),
-        },
+    spec = {
+        "scaleTargetRef": DEPLOYMENT.reference(owner.names.deployment),
+        "minReplicas": autoscaling.min_replicas,
+        "maxReplicas": autoscaling.max_replicas,
+        "metrics": [hpa_metric(autoscaling)],
+        "behavior": copy.deepcopy(HPA_BEHAVIOR),
     }
+    return child_manifest(HORIZONTAL_POD_AUTOSCALER, owner, owner.names.autoscaler, spec)

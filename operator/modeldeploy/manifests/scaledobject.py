@@ -6,9 +6,10 @@ import copy
 from typing import Any
 
 from modeldeploy.api import Autoscaling, AutoscalingMetric, ModelDeployment
-from modeldeploy.builders.common import owner_of
-from modeldeploy.builders.horizontalpodautoscaler import HPA_BEHAVIOR
-from modeldeploy.labels import Owner, object_meta
+from modeldeploy.kinds import DEPLOYMENT, SCALED_OBJECT
+from modeldeploy.labels import Owner, child_manifest
+from modeldeploy.manifests.common import owner_of
+from modeldeploy.manifests.horizontalpodautoscaler import HPA_BEHAVIOR
 from modeldeploy.quantity import plain_number
 from modeldeploy.settings import RenderSettings
 
@@ -68,22 +69,18 @@ def keda_trigger(autoscaling: Autoscaling, owner: Owner, settings: RenderSetting
     }
 
 
-def build_scaled_object(md: ModelDeployment, settings: RenderSettings) -> dict[str, Any]:
-    autoscaling = md.spec.autoscaling
-    if autoscaling is None:
-        raise ValueError("build_scaled_object needs spec.autoscaling")
+def build_scaled_object(
+    md: ModelDeployment, autoscaling: Autoscaling, settings: RenderSettings
+) -> dict[str, Any]:
+    """The ScaledObject of `md`, whose `spec.autoscaling` is `autoscaling`."""
     owner = owner_of(md)
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": object_meta(owner, owner.names.autoscaler),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.names.deployment},
-            "minReplicaCount": autoscaling.min_replicas,
-            "maxReplicaCount": autoscaling.max_replicas,
-            "pollingInterval": POLLING_INTERVAL_SECONDS,
-            "cooldownPeriod": COOLDOWN_SECONDS,
-            "triggers": [keda_trigger(autoscaling, owner, settings)],
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": copy.deepcopy(HPA_BEHAVIOR)}},
-        },
+    spec = {
+        "scaleTargetRef": DEPLOYMENT.reference(owner.names.deployment),
+        "minReplicaCount": autoscaling.min_replicas,
+        "maxReplicaCount": autoscaling.max_replicas,
+        "pollingInterval": POLLING_INTERVAL_SECONDS,
+        "cooldownPeriod": COOLDOWN_SECONDS,
+        "triggers": [keda_trigger(autoscaling, owner, settings)],
+        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": copy.deepcopy(HPA_BEHAVIOR)}},
     }
+    return child_manifest(SCALED_OBJECT, owner, owner.names.autoscaler, spec)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from modeldeploy.api import ModelDeployment
-from modeldeploy.builders.common import owner_of
-from modeldeploy.labels import MODEL_BUILDER, object_meta
+from modeldeploy.kinds import PERSISTENT_VOLUME_CLAIM
+from modeldeploy.labels import MODEL_BUILDER, child_manifest
+from modeldeploy.manifests.common import owner_of
 
 # The build Job writes and pods on any node read: one volume shared across nodes.
 CACHE_ACCESS_MODES = ["ReadWriteMany"]
@@ -27,9 +28,4 @@ def build_cache_claim(md: ModelDeployment) -> dict[str, Any]:
     }
     if cache.storage_class_name:
         spec["storageClassName"] = cache.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": object_meta(owner, owner.names.cache_claim, MODEL_BUILDER),
-        "spec": spec,
-    }
+    return child_manifest(PERSISTENT_VOLUME_CLAIM, owner, owner.names.cache_claim, spec, MODEL_BUILDER)
