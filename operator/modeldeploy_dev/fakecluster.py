@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy.kube import (
+from modeldeploy.kinds import (
     DEPLOYMENT,
     KEDA_CRD,
     MODEL_DEPLOYMENT,
@@ -38,9 +38,11 @@ from modeldeploy.kube import (
     SERVICE_MONITOR,
     SERVICE_MONITOR_CRD,
     Kind,
+    kind_of,
+)
+from modeldeploy.kube import (
     KubeError,
     Objects,
-    kind_of,
 )
 from modeldeploy.settings import FIELD_MANAGER
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy.kube import (
+from modeldeploy.kinds import (
     CHILD_KINDS,
     DEPLOYMENT,
     HORIZONTAL_POD_AUTOSCALER,
@@ -19,8 +19,10 @@ from modeldeploy.kube import (
     SERVICE,
     SERVICE_MONITOR,
     SERVICE_MONITOR_CRD,
-    Cluster,
     Kind,
+)
+from modeldeploy.kube import (
+    Cluster,
     Objects,
 )
 from modeldeploy.labels import NAME_LABEL, is_owned_by

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from reconcile_contract import SETTINGS, SOMEONE, SOURCE, Scenario, managers_of_replicas
 
-from modeldeploy.kube import (
+from modeldeploy.kinds import (
     DEPLOYMENT,
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
@@ -29,6 +29,8 @@ from modeldeploy.kube import (
     SCALED_OBJECT,
     SERVICE,
     Kind,
+)
+from modeldeploy.kube import (
     KubeError,
 )
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, is_owned_by
