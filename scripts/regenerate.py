@@ -1,4 +1,4 @@
-"""Rewrite the generated files: crds/, the chart's copy and docs/api-reference.md's generated part (`make crd`)."""
+"""Rewrite the generated files: crds/, the chart's copy and the API reference in docs/ (`make crd`)."""
 
 from __future__ import annotations
 
