@@ -1,4 +1,4 @@
-"""Rewrite the generated files: crds/, the chart's copy and the README's API reference (`make crd`)."""
+"""Rewrite the generated files: crds/, the chart's copy and the API reference in docs/ (`make crd`)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ def main() -> None:
     # The chart carries an identical copy (Helm installs CRDs only from the chart's own crds/).
     for directory in (ROOT / "crds", ROOT / "charts" / "modeldeploy" / "crds"):
         (directory / "modeldeploy.dev_modeldeployments.yaml").write_text(crd)
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text()
-    head, rest = readme.split(START, 1)
+    reference_path = ROOT / "docs" / "api-reference.md"
+    reference = reference_path.read_text()
+    head, rest = reference.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme_path.write_text(head + START + render_api_reference() + END + tail)
+    reference_path.write_text(head + START + render_api_reference() + END + tail)
 
 
 if __name__ == "__main__":

@@ -878,7 +878,7 @@ class ModelDeploymentStatus(ApiModel):
         default=None,
         description=(
             "Why the model is (not) Ready, in one CamelCase word: the Ready condition's reason, or what "
-            "degrades a serving model (README: When a model is not Ready)."
+            "degrades a serving model (docs/operator.md: When a model is not Ready)."
         ),
     )
     message: str | None = Field(

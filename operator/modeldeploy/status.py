@@ -49,8 +49,9 @@ TRITON_CONTAINER = "triton"
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
-# The failure taxonomy (README "When a model is not Ready"): the reasons that need someone to act. Their
-# order is their specificity: when pods fail in several ways, the status names the first and counts the rest.
+# The failure taxonomy (docs/operator.md, "When a model is not Ready"): the reasons that need someone to
+# act. Their order is their specificity: when pods fail in several ways, the status names the first and
+# counts the rest.
 OUT_OF_MEMORY = "OutOfMemory"
 BUILD_FAILED = "BuildFailed"
 MODEL_LOAD_FAILED = "ModelLoadFailed"

@@ -134,7 +134,8 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
         "0/2 replicas ready",
         "Failed",
     ),
-    # The failure taxonomy (README "When a model is not Ready"), with the phases the operator gives them.
+    # The failure taxonomy (docs/operator.md, "When a model is not Ready"), with the phases the operator
+    # gives them.
     **{
         f"failure: {reason}": (
             _observed(3, phase, ("Ready", "False", reason, message), reason=reason, message=message),

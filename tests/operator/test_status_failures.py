@@ -1,6 +1,6 @@
-"""The failure taxonomy of the status (README "When a model is not Ready"), one test per reason: the
-pure status function on the objects Kubernetes reports in each failure, shaped as the API server returns
-them (the e2e tests produce each one for real on the local control plane)."""
+"""The failure taxonomy of the status (docs/operator.md, "When a model is not Ready"), one test per
+reason: the pure status function on the objects Kubernetes reports in each failure, shaped as the API
+server returns them (the e2e tests produce each one for real on the local control plane)."""
 
 from __future__ import annotations
 
