@@ -7,12 +7,15 @@ transformers) happen inside the commands so that importing this module stays che
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,6 +27,7 @@ from model_repo.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     MAX_BATCH_SIZE_LIMIT,
+    BuildOptions,
     DType,
     ModelFormat,
     Quantization,
@@ -31,7 +35,7 @@ from model_repo.options import (
 )
 
 if TYPE_CHECKING:
-    from model_repo.build import BuildOptions, BuildResult
+    from model_repo.build import BuildResult
 
 # Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4000
@@ -134,52 +138,63 @@ MaxTokensOption = Annotated[
 ]
 
 
-def _options(
-    source: str,
-    revision: str | None,
-    task: Task | None,
-    model_format: ModelFormat,
-    dtype: DType,
-    max_batch_size: int,
-    max_queue_delay_us: int,
-    preferred_batch_size: list[int] | None,
-    instances_per_device: int,
-    max_sequence_length: int | None,
-    device: str,
-    response_cache: bool,
-    trust_remote_code: bool,
-    model_name: str,
-    allow_new_head: bool,
-    quantization: Quantization,
-    accuracy_floor: float | None,
-    calibration_file: Path | None,
-    max_concurrent_sequences: int | None,
-    max_tokens: int | None,
-) -> BuildOptions:
-    from model_repo.build import BuildOptions
-
-    return BuildOptions(
-        source=source,
-        revision=revision,
-        task=task,
-        format=model_format,
-        dtype=dtype,
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=max_queue_delay_us,
-        preferred_batch_sizes=tuple(preferred_batch_size or ()),
-        instances_per_device=instances_per_device,
-        max_sequence_length=max_sequence_length,
-        device=device,
-        response_cache=response_cache,
-        trust_remote_code=trust_remote_code,
-        model_name=model_name,
-        allow_new_head=allow_new_head,
-        quantization=quantization,
-        accuracy_floor=accuracy_floor,
-        calibration_file=str(calibration_file.absolute()) if calibration_file else None,
-        max_concurrent_sequences=max_concurrent_sequences,
-        max_tokens=max_tokens,
+# The options `build` and `serve` share, in the order --help lists them: BuildOptions' fields, by the
+# CLI's parameter names (see `_build_options`).
+BUILD_PARAMETERS: tuple[inspect.Parameter, ...] = tuple(
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+    for name, annotation, default in (
+        ("source", SourceOption, inspect.Parameter.empty),
+        ("revision", RevisionOption, None),
+        ("task", TaskOption, None),
+        ("model_format", FormatOption, ModelFormat.AUTO),
+        ("dtype", DTypeOption, DType.AUTO),
+        ("max_batch_size", MaxBatchOption, DEFAULT_MAX_BATCH_SIZE),
+        ("max_queue_delay_us", QueueDelayOption, DEFAULT_MAX_QUEUE_DELAY_US),
+        ("preferred_batch_size", PreferredOption, None),
+        ("instances_per_device", InstancesOption, 1),
+        ("max_sequence_length", MaxLengthOption, None),
+        ("device", DeviceOption, "cpu"),
+        ("response_cache", CacheOption, False),
+        ("trust_remote_code", TrustOption, False),
+        ("model_name", ModelNameOption, "model"),
+        ("allow_new_head", AllowNewHeadOption, False),
+        ("quantization", QuantizationOption, Quantization.NONE),
+        ("accuracy_floor", FloorOption, None),
+        ("calibration_file", CalibrationOption, None),
+        ("max_concurrent_sequences", SequencesOption, None),
+        ("max_tokens", MaxTokensOption, None),
     )
+)
+
+
+def _build_options(values: dict[str, Any]) -> BuildOptions:
+    """BuildOptions from the values of BUILD_PARAMETERS; the CLI names two of them differently."""
+    calibration_file: Path | None = values.pop("calibration_file")
+    return BuildOptions(
+        format=values.pop("model_format"),
+        preferred_batch_sizes=tuple(values.pop("preferred_batch_size") or ()),
+        calibration_file=str(calibration_file.absolute()) if calibration_file else None,
+        **values,
+    )
+
+
+def with_build_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command`, whose first parameter is `options: BuildOptions`, the shared build options
+    (BUILD_PARAMETERS) as its leading CLI options; it receives them as one BuildOptions."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [parameter for name, parameter in signature.parameters.items() if name != "options"]
+    names = [parameter.name for parameter in BUILD_PARAMETERS]
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        shared = {name: values.pop(name) for name in names}
+        command(_build_options(shared), **values)
+
+    # Typer reads the options from the signature: the shared ones first, then the command's own.
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*BUILD_PARAMETERS, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
+    )
+    return run
 
 
 def _progress(message: str) -> None:
@@ -207,55 +222,15 @@ def _build(options: BuildOptions, out: Path, force: bool = False) -> BuildResult
         raise typer.Exit(code=2) from exc
 
 
+@with_build_options
 def build(
-    source: SourceOption,
+    options: BuildOptions,
     out: Annotated[Path, typer.Option("--out", help="Repository directory (written atomically).")],
-    revision: RevisionOption = None,
-    task: TaskOption = None,
-    model_format: FormatOption = ModelFormat.AUTO,
-    dtype: DTypeOption = DType.AUTO,
-    max_batch_size: MaxBatchOption = DEFAULT_MAX_BATCH_SIZE,
-    max_queue_delay_us: QueueDelayOption = DEFAULT_MAX_QUEUE_DELAY_US,
-    preferred_batch_size: PreferredOption = None,
-    instances_per_device: InstancesOption = 1,
-    max_sequence_length: MaxLengthOption = None,
-    device: DeviceOption = "cpu",
-    response_cache: CacheOption = False,
-    trust_remote_code: TrustOption = False,
-    model_name: ModelNameOption = "model",
-    allow_new_head: AllowNewHeadOption = False,
     force: ForceOption = False,
-    quantization: QuantizationOption = Quantization.NONE,
-    accuracy_floor: FloorOption = None,
-    calibration_file: CalibrationOption = None,
-    max_concurrent_sequences: SequencesOption = None,
-    max_tokens: MaxTokensOption = None,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
     from model_repo.build import read_record
 
-    options = _options(
-        source,
-        revision,
-        task,
-        model_format,
-        dtype,
-        max_batch_size,
-        max_queue_delay_us,
-        preferred_batch_size,
-        instances_per_device,
-        max_sequence_length,
-        device,
-        response_cache,
-        trust_remote_code,
-        model_name,
-        allow_new_head,
-        quantization,
-        accuracy_floor,
-        calibration_file,
-        max_concurrent_sequences,
-        max_tokens,
-    )
     result = _build(options, out, force)
     state = "cache hit" if result.cache_hit else "built"
     typer.echo(
@@ -336,28 +311,10 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
     )
 
 
+@with_build_options
 def serve(
-    source: SourceOption,
-    revision: RevisionOption = None,
-    task: TaskOption = None,
-    model_format: FormatOption = ModelFormat.AUTO,
-    dtype: DTypeOption = DType.AUTO,
-    max_batch_size: MaxBatchOption = DEFAULT_MAX_BATCH_SIZE,
-    max_queue_delay_us: QueueDelayOption = DEFAULT_MAX_QUEUE_DELAY_US,
-    preferred_batch_size: PreferredOption = None,
-    instances_per_device: InstancesOption = 1,
-    max_sequence_length: MaxLengthOption = None,
-    device: DeviceOption = "cpu",
-    response_cache: CacheOption = False,
-    trust_remote_code: TrustOption = False,
-    model_name: ModelNameOption = "model",
-    allow_new_head: AllowNewHeadOption = False,
+    options: BuildOptions,
     force: ForceOption = False,
-    quantization: QuantizationOption = Quantization.NONE,
-    accuracy_floor: FloorOption = None,
-    calibration_file: CalibrationOption = None,
-    max_concurrent_sequences: SequencesOption = None,
-    max_tokens: MaxTokensOption = None,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -367,35 +324,11 @@ def serve(
     ] = None,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
-    from model_repo.triton import TritonError, TritonServer, repository_server_args
+    from model_repo.triton import TritonError, TritonServer, triton_server_args
 
-    options = _options(
-        source,
-        revision,
-        task,
-        model_format,
-        dtype,
-        max_batch_size,
-        max_queue_delay_us,
-        preferred_batch_size,
-        instances_per_device,
-        max_sequence_length,
-        device,
-        response_cache,
-        trust_remote_code,
-        model_name,
-        allow_new_head,
-        quantization,
-        accuracy_floor,
-        calibration_file,
-        max_concurrent_sequences,
-        max_tokens,
-    )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository", force)
-    extra = ["--log-format=ISO8601", *repository_server_args()]
-    if response_cache:
-        extra.append("--cache-config=local,size=268435456")
+    extra = triton_server_args(response_cache=options.response_cache)
 
     stop = threading.Event()
 

@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from model_repo.checkpoint import SENTENCEPIECE_FILES, TOKENIZER_FILES
 from model_repo.errors import BuildError
-from model_repo.options import SOURCE_SCHEMES
-
-Progress = Callable[[str], None]
+from model_repo.options import SOURCE_SCHEMES, Progress
 
 # Files a build reads: configuration, tokenizer, weights and sentence-transformers module configs.
 # Everything else in a checkpoint (other frameworks' weights, READMEs, ONNX exports...) is left behind.
 _METADATA_PATTERNS: tuple[str, ...] = (
     "config.json",
     "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "*.model",
+    *TOKENIZER_FILES,
+    SENTENCEPIECE_FILES,
     "chat_template.jinja",
     "modules.json",
     "sentence_bert_config.json",

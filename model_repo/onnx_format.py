@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model_repo.checkpoint import CheckpointInfo
+from model_repo.checkpoint import CheckpointInfo, is_tokenizer_file
 from model_repo.configs import EnsembleStep, ModelConfigSpec, Tensor, Warmup, task_outputs
 from model_repo.errors import BuildError
-from model_repo.options import Task
+from model_repo.options import BuildOptions, Progress, Task
+from model_repo.python_backend import (
+    FILL_MASK_TOP_K,
+    install_runtime,
+    instance_kind,
+    runtime_parameters,
+    string_warmup_input,
+    write_string_warmup,
+)
 
 ONNX_TOLERANCE = 1e-3
 OPSET = 17
@@ -25,16 +32,6 @@ _ONNX_TO_TRITON = {
     11: "TYPE_FP64",
     9: "TYPE_BOOL",
 }
-_TOKENIZER_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
 VERIFY_TEXTS = (
     "Triton serves this model.",
     "A much longer sentence, so that the batch needs padding and the dynamic sequence axis is exercised.",
@@ -132,7 +129,7 @@ def export_and_verify(
 def _copy_tokenizer(info: CheckpointInfo, target: Path) -> None:
     target.mkdir(parents=True)
     for name in info.files:
-        if name in _TOKENIZER_FILES or name.endswith(".model"):
+        if name == "config.json" or is_tokenizer_file(name):
             shutil.copyfile(info.path / name, target / name)
 
 
@@ -147,21 +144,20 @@ def _tensorrt_optimization(model_name: str) -> str:
     )
 
 
-def write_onnx_models(
+def write(
     repo: Path,
     info: CheckpointInfo,
-    options: Any,
+    options: BuildOptions,
+    *,
     tokenizer: Any,
     model: Any,
     max_length: int,
     hidden_size: int,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> list[Path]:
-    """Write `<name>` (ensemble), `<name>_tokenizer`, `<name>_onnx`, `<name>_postprocess`."""
-    from model_repo.build import FILL_MASK_TOP_K, RUNTIME_FILE, _runtime_parameters, _string_warmup_file
-
+    """Write `<name>` (ensemble), `<name>_tokenizer`, `<name>_onnx`, `<name>_postprocess`; return their
+    config paths."""
     name = options.model_name
-    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
     tokenizer_name, onnx_name, post_name = f"{name}_tokenizer", f"{name}_onnx", f"{name}_postprocess"
     onnx_dir = repo / onnx_name
     (onnx_dir / "1").mkdir(parents=True)
@@ -185,13 +181,12 @@ def write_onnx_models(
 
     for model_name in (tokenizer_name, post_name):
         version = repo / model_name / "1"
-        version.mkdir(parents=True)
-        shutil.copyfile(RUNTIME_FILE, version / "model.py")
+        install_runtime(version)
         _copy_tokenizer(info, version / "checkpoint")
-    params = _runtime_parameters(info, "tokenizer", "float32", max_length, options.trust_remote_code)
+    params = runtime_parameters(info, "tokenizer", "float32", max_length, options.trust_remote_code)
     params["onnx_inputs"] = ",".join(input_names)
-    _string_warmup_file(repo / tokenizer_name / "warmup" / "TEXT", "Triton warms this tokenizer up.")
-    warmup_text = {"TEXT": ("TYPE_STRING", (1,), 'input_data_file: "TEXT"')}
+    write_string_warmup(repo / tokenizer_name / "warmup" / "TEXT", "Triton warms this tokenizer up.")
+    warmup_text = {"TEXT": string_warmup_input("TEXT")}
     specs = [
         ModelConfigSpec(
             name=tokenizer_name,
@@ -213,7 +208,7 @@ def write_onnx_models(
             max_batch_size=options.max_batch_size,
             inputs=graph_inputs,
             outputs=graph_outputs,
-            instance_kind=kind,
+            instance_kind=instance_kind(options.device),
             instance_count=options.instances_per_device,
             dynamic_batching=True,
             max_queue_delay_us=options.max_queue_delay_us,
@@ -229,7 +224,7 @@ def write_onnx_models(
         post_inputs += [text, tokenizer_outputs[-2], tokenizer_outputs[-1]]
     if info.task is Task.FILL_MASK:
         post_inputs.append(Tensor("input_ids", "TYPE_INT64", (-1,)))
-    post_params = _runtime_parameters(info, "postprocess", "float32", max_length, options.trust_remote_code)
+    post_params = runtime_parameters(info, "postprocess", "float32", max_length, options.trust_remote_code)
     post_params["onnx_output"] = output_name
     specs.append(
         ModelConfigSpec(

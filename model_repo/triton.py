@@ -30,6 +30,8 @@ class TritonError(RuntimeError):
 # region. Triton's 1 MiB default has to grow while a full batch is in flight, which stalls the stub
 # (bench/dataplane: p99 0.85 s instead of 0.06 s at 64 clients); 16 MiB holds a full batch of text.
 PYTHON_BACKEND_SHM_BYTES = 16 * 1024 * 1024
+# Triton's response cache (spec.triton.responseCache, --response-cache): its size in memory.
+RESPONSE_CACHE_BYTES = 256 * 1024 * 1024
 
 
 def repository_server_args() -> list[str]:
@@ -40,6 +42,15 @@ def repository_server_args() -> list[str]:
         "--disable-auto-complete-config",
         f"--backend-config=python,shm-default-byte-size={PYTHON_BACKEND_SHM_BYTES}",
     ]
+
+
+def triton_server_args(*, response_cache: bool) -> list[str]:
+    """tritonserver flags a generated repository is served with, in the operator's pods and by
+    `modeldeploy serve` alike (ports and the repository's path are the caller's)."""
+    args = ["--log-format=ISO8601", *repository_server_args()]
+    if response_cache:
+        args.append(f"--cache-config=local,size={RESPONSE_CACHE_BYTES}")
+    return args
 
 
 @dataclass(frozen=True)
@@ -120,11 +131,21 @@ def server_environment(installation: TritonInstallation) -> dict[str, str]:
     return env
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 now (the one helper for servers, tests and benchmarks)."""
+    # Every socket stays open until all are picked, so the same port is never handed out twice.
+    with contextlib.ExitStack() as sockets:
+        ports = []
+        for _ in range(count):
+            sock = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    (port,) = free_ports(1)
+    return port
 
 
 def _has_flag(args: Sequence[str], flag: str) -> bool:

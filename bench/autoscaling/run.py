@@ -169,7 +169,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 @contextlib.contextmanager
 def serve(model: BenchModel, workdir: Path, device: str) -> Iterator[Any]:
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
+    from model_repo.options import BuildOptions
     from model_repo.triton import TritonServer
 
     options = BuildOptions(

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from conftest import SENTENCES, make_gpt2_checkpoint, make_llama_checkpoint
 
-from model_repo.build import BuildOptions, build_repository
+from model_repo.build import build_repository
+from model_repo.options import BuildOptions
 from model_repo.triton import TritonServer, repository_server_args
 
 pytestmark = pytest.mark.triton

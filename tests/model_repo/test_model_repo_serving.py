@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from conftest import SENTENCES
 
-from model_repo.build import BuildOptions, build_repository
+from model_repo.build import build_repository
+from model_repo.options import BuildOptions
 from model_repo.triton import TritonServer, repository_server_args
 
 pytestmark = pytest.mark.triton
