@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any, Final
 import typer
 import yaml
 
+from model_repo.triton import free_ports
 from modeldeploy_dev.kubeapi import KubeApi
 
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -360,20 +360,6 @@ def _cert_kubeconfig(server: str, pki: _Pki, client: str) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Processes
-
-
-def _free_ports(count: int) -> list[int]:
-    # All sockets stay open until every port is picked, so the same port is never handed out twice.
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _process_start_time(pid: int) -> int | None:
@@ -768,7 +754,7 @@ class DevCluster:
 
     def _start(self) -> None:
         started = time.monotonic()
-        ports = _Ports(*_free_ports(6))
+        ports = _Ports(*free_ports(6))
         pki, component_kubeconfigs = self._start_pki(ports.apiserver)
         etcd_url = self._start_etcd(ports.etcd)
         self._start_apiserver(pki, etcd_url, ports.apiserver)

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from model_repo.triton import free_port
 from modeldeploy_dev.devcluster import DevCluster, DevClusterError
 from modeldeploy_dev.kubeapi import KubeApi, KubeApiError
 
@@ -89,12 +89,6 @@ def wait_until(
             detail = f" (last error: {last_error})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unique_name(prefix: str) -> str:
