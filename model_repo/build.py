@@ -17,7 +17,12 @@ from typing import Any
 
 from model_repo import __version__, onnx_format, python_format, vllm_format
 from model_repo.accuracy import ACCURACY_FILE
-from model_repo.checkpoint import CheckpointInfo, inspect_checkpoint, task_of_architectures
+from model_repo.checkpoint import (
+    CheckpointInfo,
+    PreparedCheckpoint,
+    inspect_checkpoint,
+    task_of_architectures,
+)
 from model_repo.configs import validate_config
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
@@ -437,6 +442,7 @@ def build_repository(
         if model is not None and info.task is Task.FEATURE_EXTRACTION:
             hidden_size = int(model.config.hidden_size)
 
+        prepared = PreparedCheckpoint(info, tokenizer, model, dtype, max_length, hidden_size)
         repo = workdir / "repo"
         repo.mkdir()
         gate = None
@@ -457,32 +463,11 @@ def build_repository(
                 extra = {"quantization": options.quantization.value}
                 if optimised.keep_float:
                     extra["int8_keep_float"] = json.dumps(optimised.keep_float)
-            configs = python_format.write(
-                repo,
-                info,
-                options,
-                tokenizer=tokenizer,
-                model=model,
-                dtype=dtype,
-                max_length=max_length,
-                hidden_size=hidden_size,
-                extra_parameters=extra,
-            )
+            configs = python_format.write(repo, options, prepared, extra)
         elif model_format is ModelFormat.VLLM:
-            configs = vllm_format.write(
-                repo, info, options, dtype=dtype, max_length=max_length, final_path=out
-            )
+            configs = vllm_format.write(repo, options, prepared, final_path=out)
         else:
-            configs = onnx_format.write(
-                repo,
-                info,
-                options,
-                tokenizer=tokenizer,
-                model=model,
-                max_length=max_length,
-                hidden_size=hidden_size,
-                progress=progress,
-            )
+            configs = onnx_format.write(repo, options, prepared, progress)
             if gate is not None:
                 progress("quantising the ONNX graph and measuring it against float32 (accuracy gate)")
                 runtime = runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)

@@ -268,6 +268,19 @@ def inspect_checkpoint(
     )
 
 
+@dataclass(frozen=True)
+class PreparedCheckpoint:
+    """What a format writes from: the inspected checkpoint, its tokenizer and (unless vLLM serves the
+    files as they are) its weights loaded, and the dtype and sequence limit the build resolved."""
+
+    info: CheckpointInfo
+    tokenizer: Any
+    model: Any | None
+    dtype: str
+    max_length: int
+    hidden_size: int
+
+
 def is_tokenizer_file(name: str) -> bool:
     return name in TOKENIZER_FILES or fnmatch.fnmatchcase(name, SENTENCEPIECE_FILES)
 

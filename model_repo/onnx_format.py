@@ -8,18 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from model_repo.checkpoint import CheckpointInfo, is_tokenizer_file
+from model_repo import python_backend
+from model_repo.checkpoint import CheckpointInfo, PreparedCheckpoint, is_tokenizer_file
 from model_repo.configs import EnsembleStep, ModelConfigSpec, Tensor, Warmup, task_outputs
 from model_repo.errors import BuildError
 from model_repo.options import BuildOptions, Progress, Task
-from model_repo.python_backend import (
-    FILL_MASK_TOP_K,
-    install_runtime,
-    instance_kind,
-    runtime_parameters,
-    string_warmup_input,
-    write_string_warmup,
-)
 
 ONNX_TOLERANCE = 1e-3
 OPSET = 17
@@ -144,26 +137,19 @@ def _tensorrt_optimization(model_name: str) -> str:
     )
 
 
-def write(
-    repo: Path,
-    info: CheckpointInfo,
-    options: BuildOptions,
-    *,
-    tokenizer: Any,
-    model: Any,
-    max_length: int,
-    hidden_size: int,
-    progress: Progress,
-) -> list[Path]:
+def write(repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, progress: Progress) -> list[Path]:
     """Write `<name>` (ensemble), `<name>_tokenizer`, `<name>_onnx`, `<name>_postprocess`; return their
     config paths."""
+    info, max_length = prepared.info, prepared.max_length
     name = options.model_name
     tokenizer_name, onnx_name, post_name = f"{name}_tokenizer", f"{name}_onnx", f"{name}_postprocess"
     onnx_dir = repo / onnx_name
     (onnx_dir / "1").mkdir(parents=True)
     onnx_path = onnx_dir / "1" / "model.onnx"
     progress("exporting to ONNX")
-    input_names, output_name, max_diff = export_and_verify(model, tokenizer, info, onnx_path, max_length)
+    input_names, output_name, max_diff = export_and_verify(
+        prepared.model, prepared.tokenizer, info, onnx_path, max_length
+    )
     progress(f"ONNX output matches PyTorch: max abs difference {max_diff:.2e}")
     graph_inputs, graph_outputs = _graph_io(onnx_path)
     (graph_output,) = [t for t in graph_outputs if t.name == output_name]
@@ -175,18 +161,22 @@ def write(
             Tensor("OFFSETS", "TYPE_INT64", (-1, 2)),
             Tensor("SPECIAL_TOKENS_MASK", "TYPE_INT64", (-1,)),
         ]
-    contract = task_outputs(info.task, len(info.labels), hidden_size, FILL_MASK_TOP_K)
+    contract = task_outputs(info.task, len(info.labels), prepared.hidden_size, python_backend.FILL_MASK_TOP_K)
     text = Tensor("TEXT", "TYPE_STRING", (1,))
     configs = []
 
     for model_name in (tokenizer_name, post_name):
         version = repo / model_name / "1"
-        install_runtime(version)
+        python_backend.install_runtime(version)
         _copy_tokenizer(info, version / "checkpoint")
-    params = runtime_parameters(info, "tokenizer", "float32", max_length, options.trust_remote_code)
+    params = python_backend.runtime_parameters(
+        info, "tokenizer", "float32", max_length, options.trust_remote_code
+    )
     params["onnx_inputs"] = ",".join(input_names)
-    write_string_warmup(repo / tokenizer_name / "warmup" / "TEXT", "Triton warms this tokenizer up.")
-    warmup_text = {"TEXT": string_warmup_input("TEXT")}
+    python_backend.write_string_warmup(
+        repo / tokenizer_name / "warmup" / "TEXT", "Triton warms this tokenizer up."
+    )
+    warmup_text = {"TEXT": python_backend.string_warmup_input("TEXT")}
     specs = [
         ModelConfigSpec(
             name=tokenizer_name,
@@ -208,7 +198,7 @@ def write(
             max_batch_size=options.max_batch_size,
             inputs=graph_inputs,
             outputs=graph_outputs,
-            instance_kind=instance_kind(options.device),
+            instance_kind=python_backend.instance_kind(options.device),
             instance_count=options.instances_per_device,
             dynamic_batching=True,
             max_queue_delay_us=options.max_queue_delay_us,
@@ -224,7 +214,9 @@ def write(
         post_inputs += [text, tokenizer_outputs[-2], tokenizer_outputs[-1]]
     if info.task is Task.FILL_MASK:
         post_inputs.append(Tensor("input_ids", "TYPE_INT64", (-1,)))
-    post_params = runtime_parameters(info, "postprocess", "float32", max_length, options.trust_remote_code)
+    post_params = python_backend.runtime_parameters(
+        info, "postprocess", "float32", max_length, options.trust_remote_code
+    )
     post_params["onnx_output"] = output_name
     specs.append(
         ModelConfigSpec(

@@ -7,18 +7,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from model_repo.checkpoint import CheckpointInfo, copy_checkpoint
+from model_repo import python_backend
+from model_repo.checkpoint import CheckpointInfo, PreparedCheckpoint, copy_checkpoint
 from model_repo.configs import GENERATION_INPUTS, ModelConfigSpec, Tensor, Warmup, task_outputs
 from model_repo.errors import BuildError
 from model_repo.options import BuildOptions, Task
-from model_repo.python_backend import (
-    FILL_MASK_TOP_K,
-    install_runtime,
-    instance_kind,
-    runtime_parameters,
-    string_warmup_input,
-    write_string_warmup,
-)
 
 DEFAULT_MAX_TOKENS = 64
 # Requests that may wait for a sequence slot, per slot, before new ones are refused as UNAVAILABLE.
@@ -63,29 +56,23 @@ def _warmup_text(info: CheckpointInfo, tokenizer: Any) -> str:
 
 
 def write(
-    repo: Path,
-    info: CheckpointInfo,
-    options: BuildOptions,
-    *,
-    tokenizer: Any,
-    model: Any | None,
-    dtype: str,
-    max_length: int,
-    hidden_size: int,
-    extra_parameters: dict[str, str],
+    repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, extra_parameters: dict[str, str]
 ) -> list[Path]:
     """Write `<name>` (runtime, checkpoint, warm-up, config.pbtxt) into `repo`; return its config path."""
+    info, model, dtype, max_length = prepared.info, prepared.model, prepared.dtype, prepared.max_length
     model_dir = repo / options.model_name
     version_dir = model_dir / "1"
     generation = info.task is Task.TEXT_GENERATION
-    install_runtime(version_dir, generation=generation)
+    python_backend.install_runtime(version_dir, generation=generation)
     copy_checkpoint(info, version_dir / "checkpoint", model)
     role = "generator" if generation else "encoder"
-    parameters = runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
+    parameters = python_backend.runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
     parameters.update(extra_parameters)
     warmup_file = "text_input" if generation else "TEXT"
-    write_string_warmup(model_dir / "warmup" / warmup_file, _warmup_text(info, tokenizer))
-    text_input = string_warmup_input(warmup_file)
+    python_backend.write_string_warmup(
+        model_dir / "warmup" / warmup_file, _warmup_text(info, prepared.tokenizer)
+    )
+    text_input = python_backend.string_warmup_input(warmup_file)
     if generation:
         parameters.update(_generation_parameters(options, model, dtype, max_length))
         (model_dir / "warmup" / "max_tokens").write_bytes(struct.pack("<i", 2))
@@ -96,7 +83,7 @@ def write(
             max_batch_size=0,
             inputs=GENERATION_INPUTS,
             outputs=task_outputs(info.task, 0, 0, 0),
-            instance_kind=instance_kind(options.device),
+            instance_kind=python_backend.instance_kind(options.device),
             instance_count=options.instances_per_device,
             decoupled=True,
             parameters=parameters,
@@ -120,8 +107,10 @@ def write(
             backend="python",
             max_batch_size=options.max_batch_size,
             inputs=[Tensor("TEXT", "TYPE_STRING", (1,))],
-            outputs=task_outputs(info.task, len(info.labels), hidden_size, FILL_MASK_TOP_K),
-            instance_kind=instance_kind(options.device),
+            outputs=task_outputs(
+                info.task, len(info.labels), prepared.hidden_size, python_backend.FILL_MASK_TOP_K
+            ),
+            instance_kind=python_backend.instance_kind(options.device),
             instance_count=options.instances_per_device,
             dynamic_batching=True,
             max_queue_delay_us=options.max_queue_delay_us,

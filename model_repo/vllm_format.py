@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from model_repo.checkpoint import CheckpointInfo, copy_checkpoint
+from model_repo.checkpoint import PreparedCheckpoint, copy_checkpoint
 from model_repo.configs import GENERATION_INPUTS, GENERATION_OUTPUTS, ModelConfigSpec
 from model_repo.options import BuildOptions
 
@@ -14,19 +14,17 @@ from model_repo.options import BuildOptions
 VLLM_INPUTS = ("text_input", "stream", "sampling_parameters", "exclude_input_in_output")
 
 
-def write(
-    repo: Path, info: CheckpointInfo, options: BuildOptions, *, dtype: str, max_length: int, final_path: Path
-) -> list[Path]:
+def write(repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, final_path: Path) -> list[Path]:
     """Write `<name>` (checkpoint, model.json, config.pbtxt) into `repo`, to be served from `final_path`."""
     model_dir = repo / options.model_name
     version_dir = model_dir / "1"
-    copy_checkpoint(info, version_dir / "checkpoint", None)
+    copy_checkpoint(prepared.info, version_dir / "checkpoint", prepared.model)
     # vLLM's backend passes model.json to its engine verbatim and does not resolve relative paths, so the
     # checkpoint is named by the absolute path the repository will have: serve it where it was built.
     engine_args = {
         "model": str(final_path / options.model_name / "1" / "checkpoint"),
-        "dtype": dtype,
-        "max_model_len": max_length,
+        "dtype": prepared.dtype,
+        "max_model_len": prepared.max_length,
         "gpu_memory_utilization": 0.9,
         "tensor_parallel_size": 1,
         "trust_remote_code": options.trust_remote_code,
