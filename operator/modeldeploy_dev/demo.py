@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from model_repo.triton import free_ports
+from model_repo.triton import free_ports, stop_process_group
 from modeldeploy_dev.devcluster import DevCluster, default_cache_dir, ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,13 +121,7 @@ def _operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.P
         _wait_http(f"http://127.0.0.1:{health_port}/healthz", 60)
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, 15)
 
 
 def _pod_of(cluster: DevCluster, namespace: str, name: str) -> dict[str, Any]:

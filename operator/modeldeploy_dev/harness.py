@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from model_repo.triton import free_port
+from model_repo.triton import free_port, http_ok, stop_process_group
 from modeldeploy_dev.devcluster import DevCluster, DevClusterError
 from modeldeploy_dev.kubeapi import KubeApi, KubeApiError
 
@@ -398,11 +398,7 @@ class OperatorProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://127.0.0.1:{self.health_port}/healthz")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
@@ -421,13 +417,7 @@ class OperatorProcess:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
         if self._popen is None:
             return None
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._popen.pid, signal.SIGTERM)
-            try:
-                self._popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process_group(self._popen, timeout)
         return self._popen.returncode
 
     def log_text(self, since_start: bool = False) -> str:
