@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from model_repo.checkpoint import SENTENCEPIECE_FILES, TOKENIZER_FILES
@@ -30,6 +31,8 @@ _SAFETENSORS_PATTERNS: tuple[str, ...] = ("*.safetensors", "model.safetensors.in
 _PICKLE_PATTERNS: tuple[str, ...] = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 # Code shipped inside a checkpoint is fetched only when the user trusts it.
 _REMOTE_CODE_PATTERNS: tuple[str, ...] = ("*.py",)
+
+T = TypeVar("T")
 
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 
@@ -162,6 +165,30 @@ def _fetch_hf(
     return FetchedCheckpoint(path=Path(local), files=tuple(wanted), revision=info.sha)
 
 
+def _object_prefix(prefix: str) -> str:
+    """A bucket path as the prefix of its objects' keys ("" for the whole bucket)."""
+    return prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
+def _download_objects(
+    objects: Mapping[str, T],
+    dest: Path,
+    trust_remote_code: bool,
+    progress: Progress,
+    url_of: Callable[[T], str],
+    download: Callable[[T, Path], None],
+) -> FetchedCheckpoint:
+    """Download the objects a build needs (`objects` maps a file's name in the checkpoint to its object)."""
+    wanted = select_files(objects, trust_remote_code)
+    for name in wanted:
+        _check_relative(name, "object")
+        progress(f"downloading {url_of(objects[name])}")
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        download(objects[name], target)
+    return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
+
+
 def _fetch_s3(
     bucket: str, prefix: str, dest: Path, trust_remote_code: bool, progress: Progress
 ) -> FetchedCheckpoint:
@@ -170,20 +197,20 @@ def _fetch_s3(
     except ImportError as exc:
         raise BuildError("s3:// sources need boto3: pip install 'modeldeploy[s3]'") from exc
     client = boto3.client("s3")
-    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    prefix = _object_prefix(prefix)
     keys: dict[str, str] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = str(obj["Key"])
             keys[key[len(prefix) :]] = key
-    wanted = select_files(keys, trust_remote_code)
-    for name in wanted:
-        _check_relative(name, "object")
-        progress(f"downloading s3://{bucket}/{keys[name]}")
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, keys[name], str(target))
-    return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
+    return _download_objects(
+        keys,
+        dest,
+        trust_remote_code,
+        progress,
+        url_of=lambda key: f"s3://{bucket}/{key}",
+        download=lambda key, target: client.download_file(bucket, key, str(target)),
+    )
 
 
 def _fetch_gs(
@@ -194,16 +221,16 @@ def _fetch_gs(
     except ImportError as exc:
         raise BuildError("gs:// sources need google-cloud-storage: pip install 'modeldeploy[gcs]'") from exc
     bucket = storage.Client().bucket(bucket_name)
-    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    prefix = _object_prefix(prefix)
     blobs = {blob.name[len(prefix) :]: blob for blob in bucket.list_blobs(prefix=prefix)}
-    wanted = select_files(blobs, trust_remote_code)
-    for name in wanted:
-        _check_relative(name, "object")
-        progress(f"downloading gs://{bucket_name}/{blobs[name].name}")
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blobs[name].download_to_filename(str(target))
-    return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
+    return _download_objects(
+        blobs,
+        dest,
+        trust_remote_code,
+        progress,
+        url_of=lambda blob: f"gs://{bucket_name}/{blob.name}",
+        download=lambda blob, target: blob.download_to_filename(str(target)),
+    )
 
 
 def fetch(

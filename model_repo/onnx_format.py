@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,33 @@ def _tensorrt_optimization(model_name: str) -> str:
     )
 
 
+def _python_step(
+    name: str,
+    options: BuildOptions,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    parameters: dict[str, str],
+    *,
+    dynamic_batching: bool = False,
+    warmups: Sequence[Warmup] = (),
+) -> ModelConfigSpec:
+    """The config of the tokenizer or the post-processing model: the Python runtime, one instance on
+    the CPU (string work; the ONNX model between them holds the device)."""
+    return ModelConfigSpec(
+        name=name,
+        backend="python",
+        max_batch_size=options.max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        instance_kind="KIND_CPU",
+        instance_count=1,
+        parameters=parameters,
+        dynamic_batching=dynamic_batching,
+        max_queue_delay_us=options.max_queue_delay_us if dynamic_batching else 0,
+        warmups=warmups,
+    )
+
+
 def write(repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, progress: Progress) -> list[Path]:
     """Write `<name>` (ensemble), `<name>_tokenizer`, `<name>_onnx`, `<name>_postprocess`; return their
     config paths."""
@@ -178,17 +206,13 @@ def write(repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, progr
     )
     warmup_text = {"TEXT": python_backend.string_warmup_input("TEXT")}
     specs = [
-        ModelConfigSpec(
-            name=tokenizer_name,
-            backend="python",
-            max_batch_size=options.max_batch_size,
-            inputs=[text],
-            outputs=tokenizer_outputs,
-            instance_kind="KIND_CPU",
-            instance_count=1,
+        _python_step(
+            tokenizer_name,
+            options,
+            [text],
+            tokenizer_outputs,
+            params,
             dynamic_batching=True,
-            max_queue_delay_us=options.max_queue_delay_us,
-            parameters=params,
             warmups=[Warmup("single", 1, warmup_text)],
         ),
         ModelConfigSpec(
@@ -218,18 +242,7 @@ def write(repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, progr
         info, "postprocess", "float32", max_length, options.trust_remote_code
     )
     post_params["onnx_output"] = output_name
-    specs.append(
-        ModelConfigSpec(
-            name=post_name,
-            backend="python",
-            max_batch_size=options.max_batch_size,
-            inputs=post_inputs,
-            outputs=contract,
-            instance_kind="KIND_CPU",
-            instance_count=1,
-            parameters=post_params,
-        )
-    )
+    specs.append(_python_step(post_name, options, post_inputs, contract, post_params))
     tokenizer_map = {t.name: t.name for t in tokenizer_outputs}
     specs.append(
         ModelConfigSpec(
