@@ -172,6 +172,18 @@ def grpc_generate(served: Served, model: str, timeout: float = 120, **inputs: An
         client.close()
 
 
+def greedy_gpt2(served: Served, prompt: str, max_tokens: int, **sampling: Any) -> Answer:
+    """A greedy GPT-2 request whose `sampling` settings travel in sampling_parameters."""
+    return grpc_generate(
+        served,
+        GPT2,
+        text_input=prompt,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        sampling_parameters=json.dumps(sampling),
+    )
+
+
 def http_generate_stream(
     served: Served, model: str, body: dict[str, Any]
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -341,14 +353,7 @@ def test_stop_token_ids_and_checkpoint_eos_end_generation(served: Served) -> Non
     answer = grpc_generate(served, GPT2_EOS, text_input=EOS_PROMPT, max_tokens=8, temperature=0.0)
     assert answer.output_tokens == tokens.index(tokens[2]) + 1  # stopped at the checkpoint's EOS
     stop_id = tokens[3]
-    answer = grpc_generate(
-        served,
-        GPT2,
-        text_input=EOS_PROMPT,
-        max_tokens=8,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"stop_token_ids": [stop_id]}),
-    )
+    answer = greedy_gpt2(served, EOS_PROMPT, 8, stop_token_ids=[stop_id])
     assert answer.output_tokens == tokens.index(stop_id) + 1
 
 
@@ -360,24 +365,10 @@ def test_long_prompt_is_refused_naming_both_lengths_unless_truncation_is_asked_f
         InferenceServerException, match=r"text_input is \d+ tokens but this model's context is 64"
     ):
         grpc_generate(served, GPT2, text_input=long_prompt, max_tokens=4)
-    answer = grpc_generate(
-        served,
-        GPT2,
-        text_input=long_prompt,
-        max_tokens=4,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"truncate_prompt_tokens": 40}),
-    )
+    answer = greedy_gpt2(served, long_prompt, 4, truncate_prompt_tokens=40)
     assert answer.input_tokens == 40 and 1 <= answer.output_tokens <= 4
     # max_tokens clamps to the room the prompt leaves in the context.
-    answer = grpc_generate(
-        served,
-        GPT2,
-        text_input=long_prompt,
-        max_tokens=63,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"truncate_prompt_tokens": 60}),
-    )
+    answer = greedy_gpt2(served, long_prompt, 63, truncate_prompt_tokens=60)
     assert answer.output_tokens <= 4
 
 
