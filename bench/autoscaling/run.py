@@ -34,7 +34,7 @@ from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, mini
 from bench.common.loadgen import OpenLoop, TritonGrpcSender, closed_loop, percentile
 from bench.common.machine import ForeignCpu, describe_machine, load_average, machine_line
 from bench.common.metrics import Scrape, scrape_async
-from bench.common.quiet import QuietPolicy, wait_for_quiet
+from bench.common.quiet import QuietPolicy, add_quiet_options, quiet_policy, wait_for_quiet
 from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
 from bench.dataplane.servers import TRITON_ARGS
@@ -125,15 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--max-in-flight", type=int, default=512, help="open-loop arrivals beyond this are shed"
     )
-    parser.add_argument(
-        "--max-foreign-cpu",
-        type=float,
-        default=None,
-        help="wait for, and repeat sweep levels unless, other processes use at most this share of the CPU "
-        "(default 0.05; --quick: 1, never)",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="repeats of a disturbed sweep level")
-    parser.add_argument("--quiet-wait", type=float, default=900.0, help="longest wait for a quiet machine, s")
+    add_quiet_options(parser, "sweep level", retries=2)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
     args = parser.parse_args(argv)
@@ -154,13 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         sweep_level_s=args.sweep_level if args.sweep_level is not None else (6.0 if quick else 30.0),
         calibration_s=args.calibration if args.calibration is not None else (4.0 if quick else 15.0),
         max_in_flight=args.max_in_flight,
-        quiet=QuietPolicy(
-            max_foreign_share=args.max_foreign_cpu
-            if args.max_foreign_cpu is not None
-            else (1.0 if quick else 0.05),
-            retries=args.retries,
-            max_wait_s=args.quiet_wait,
-        ),
+        quiet=quiet_policy(args, quick),
         quick=quick,
         out=args.out,
         update_readme=not quick and not args.no_readme and args.out == RESULTS_DIR,

@@ -23,7 +23,7 @@ from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, mini
 from bench.common.loadgen import ClosedLoopResult, closed_loop
 from bench.common.machine import describe_machine, load_average, machine_line
 from bench.common.metrics import Breakdown, Scrape, scrape_async
-from bench.common.quiet import QuietPolicy, guarded
+from bench.common.quiet import QuietPolicy, add_quiet_options, guarded, quiet_policy
 from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
 from bench.dataplane import raw as raw_limit
@@ -129,20 +129,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--ours-max-batch-size", type=int, default=None, help="build ours with this instead of the default"
     )
-    parser.add_argument(
-        "--max-foreign-cpu",
-        type=float,
-        default=None,
-        help="repeat a measurement during which other processes used more than this share of the machine's "
-        "CPU (default 0.05; --quick: 1, never)",
-    )
-    parser.add_argument("--retries", type=int, default=3, help="repeats of a disturbed measurement")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=900.0,
-        help="longest wait for a quiet machine before a measurement, s",
-    )
+    add_quiet_options(parser, "measurement", retries=3)
     parser.add_argument(
         "--loadgen",
         choices=LOAD_GENERATORS,
@@ -177,13 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         text_count=args.texts or len(load_texts()),
         quick=quick,
         minilm_path=args.minilm_path,
-        quiet=QuietPolicy(
-            max_foreign_share=args.max_foreign_cpu
-            if args.max_foreign_cpu is not None
-            else (1.0 if quick else 0.05),
-            retries=args.retries,
-            max_wait_s=args.quiet_wait,
-        ),
+        quiet=quiet_policy(args, quick),
         ours_build={
             name: value
             for name, value in (
@@ -308,10 +289,9 @@ def perf_analyzer_runs(
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as temporary:
         workdir = Path(temporary)
         data = perf_analyzer.write_input_data(texts, target.input_name, workdir / "texts.json")
+        load = perf_analyzer.Load(target, data, concurrency, duration_s, warmup_requests(concurrency))
         try:
-            return perf_analyzer.measure(
-                prefix, target, data, concurrency, duration_s, warmup_requests(concurrency), workdir, clients
-            )
+            return perf_analyzer.measure(prefix, load, workdir, clients)
         except perf_analyzer.PerfAnalyzerError as exc:
             # A window in which no request completed: the server stalled for longer than a window (a
             # machine busy with other work). Measured once more with windows four times as long.
@@ -319,14 +299,7 @@ def perf_analyzer_runs(
                 raise
             print(f"      no request completed in a window at c={concurrency}; longer windows", flush=True)
             return perf_analyzer.measure(
-                prefix,
-                target,
-                data,
-                concurrency,
-                4 * duration_s,
-                warmup_requests(concurrency),
-                workdir,
-                clients,
+                prefix, dataclasses.replace(load, window_s=4 * duration_s), workdir, clients
             )
 
 
