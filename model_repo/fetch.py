@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 from model_repo.checkpoint import SENTENCEPIECE_FILES, TOKENIZER_FILES
@@ -170,28 +170,30 @@ def _object_prefix(prefix: str) -> str:
     return prefix.strip("/") + "/" if prefix.strip("/") else ""
 
 
+@dataclass(frozen=True)
+class BucketListing(Generic[T]):
+    """A bucket prefix's objects by their name in the checkpoint, and how to name and download one."""
+
+    objects: Mapping[str, T]
+    url_of: Callable[[T], str]
+    download: Callable[[T, Path], None]
+
+
 def _download_objects(
-    objects: Mapping[str, T],
-    dest: Path,
-    trust_remote_code: bool,
-    progress: Progress,
-    url_of: Callable[[T], str],
-    download: Callable[[T, Path], None],
+    listing: BucketListing[T], dest: Path, trust_remote_code: bool, progress: Progress
 ) -> FetchedCheckpoint:
-    """Download the objects a build needs (`objects` maps a file's name in the checkpoint to its object)."""
-    wanted = select_files(objects, trust_remote_code)
+    """Download the objects a build needs."""
+    wanted = select_files(listing.objects, trust_remote_code)
     for name in wanted:
         _check_relative(name, "object")
-        progress(f"downloading {url_of(objects[name])}")
+        progress(f"downloading {listing.url_of(listing.objects[name])}")
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        download(objects[name], target)
+        listing.download(listing.objects[name], target)
     return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
 
 
-def _fetch_s3(
-    bucket: str, prefix: str, dest: Path, trust_remote_code: bool, progress: Progress
-) -> FetchedCheckpoint:
+def _s3_objects(bucket: str, prefix: str) -> BucketListing[str]:
     try:
         import boto3
     except ImportError as exc:
@@ -203,31 +205,22 @@ def _fetch_s3(
         for obj in page.get("Contents", []):
             key = str(obj["Key"])
             keys[key[len(prefix) :]] = key
-    return _download_objects(
+    return BucketListing(
         keys,
-        dest,
-        trust_remote_code,
-        progress,
         url_of=lambda key: f"s3://{bucket}/{key}",
         download=lambda key, target: client.download_file(bucket, key, str(target)),
     )
 
 
-def _fetch_gs(
-    bucket_name: str, prefix: str, dest: Path, trust_remote_code: bool, progress: Progress
-) -> FetchedCheckpoint:
+def _gs_objects(bucket_name: str, prefix: str) -> BucketListing[Any]:
     try:
         from google.cloud import storage
     except ImportError as exc:
         raise BuildError("gs:// sources need google-cloud-storage: pip install 'modeldeploy[gcs]'") from exc
     bucket = storage.Client().bucket(bucket_name)
     prefix = _object_prefix(prefix)
-    blobs = {blob.name[len(prefix) :]: blob for blob in bucket.list_blobs(prefix=prefix)}
-    return _download_objects(
-        blobs,
-        dest,
-        trust_remote_code,
-        progress,
+    return BucketListing(
+        {blob.name[len(prefix) :]: blob for blob in bucket.list_blobs(prefix=prefix)},
         url_of=lambda blob: f"gs://{bucket_name}/{blob.name}",
         download=lambda blob, target: blob.download_to_filename(str(target)),
     )
@@ -258,6 +251,5 @@ def fetch(
         return _fetch_hf(repo_id, revision, download_dir, trust_remote_code, progress)
     if revision:
         raise BuildError(f"--revision applies to hf:// sources only, not {source!r}")
-    if scheme == "s3":
-        return _fetch_s3(netloc, path, download_dir, trust_remote_code, progress)
-    return _fetch_gs(netloc, path, download_dir, trust_remote_code, progress)
+    listing = _s3_objects(netloc, path) if scheme == "s3" else _gs_objects(netloc, path)
+    return _download_objects(listing, download_dir, trust_remote_code, progress)

@@ -88,9 +88,18 @@ def _save_bpe_tokenizer(
     return tokenizer
 
 
-def _save_random_model(directory: Path, model_class: Any, config: Any) -> Path:
+def _save_random_model(
+    directory: Path, model_class: Any, config_class: Any, tokenizer: Any, **architecture: int
+) -> Path:
+    """A seeded random `model_class` of `architecture`, over the tokenizer's vocabulary and tokens."""
     import torch
 
+    config = config_class(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **architecture,
+    )
     torch.manual_seed(0)
     model_class(config).eval().save_pretrained(str(directory))
     return directory
@@ -101,16 +110,9 @@ def make_gpt2_checkpoint(directory: Path) -> Path:
 
     end = "<|endoftext|>"
     tokenizer = _save_bpe_tokenizer(directory, [end], 64, bos_token=end, eos_token=end, unk_token=end)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    return _save_random_model(
+        directory, GPT2LMHeadModel, GPT2Config, tokenizer, n_positions=64, n_embd=32, n_layer=2, n_head=4
     )
-    return _save_random_model(directory, GPT2LMHeadModel, config)
 
 
 def make_llama_checkpoint(directory: Path, context: int = 1024) -> Path:
@@ -119,18 +121,18 @@ def make_llama_checkpoint(directory: Path, context: int = 1024) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _save_bpe_tokenizer(directory, ["</s>", "<s>"], context, bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return _save_random_model(
+        directory,
+        LlamaForCausalLM,
+        LlamaConfig,
+        tokenizer,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=context,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    return _save_random_model(directory, LlamaForCausalLM, config)
 
 
 @pytest.fixture(scope="session")
