@@ -13,7 +13,6 @@ metric there: the map from utilisation to metric that a target has to be chosen 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -35,7 +34,7 @@ from bench.common.loadgen import OpenLoop, TritonGrpcSender, closed_loop, percen
 from bench.common.machine import ForeignCpu, describe_machine, load_average, machine_line
 from bench.common.metrics import Scrape, scrape_async
 from bench.common.quiet import QuietPolicy, add_quiet_options, quiet_policy, wait_for_quiet
-from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
+from bench.common.report import RESULTS_DIR, benchmark_parser, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
 from bench.dataplane.servers import TRITON_ARGS
 from model_repo.options import DEFAULT_MAX_BATCH_SIZE
@@ -104,12 +103,10 @@ def operator_behavior() -> HpaBehavior:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.autoscaling",
-        description="Drive a real Triton through load steps and replay the HPA on each autoscaling metric.",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="2 s interval, every duration scaled down with it"
+    parser = benchmark_parser(
+        "python -m bench.autoscaling",
+        "Drive a real Triton through load steps and replay the HPA on each autoscaling metric.",
+        quick="2 s interval, every duration scaled down with it",
     )
     parser.add_argument("--model", choices=("minilm", "tiny-bert"), default="minilm")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -126,8 +123,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--max-in-flight", type=int, default=512, help="open-loop arrivals beyond this are shed"
     )
     add_quiet_options(parser, "sweep level", retries=2)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
     args = parser.parse_args(argv)
     metrics = tuple(name.strip() for name in args.metrics.split(",") if name.strip())
     unknown = [name for name in metrics if name not in SIGNALS]

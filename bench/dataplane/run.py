@@ -24,7 +24,7 @@ from bench.common.loadgen import ClosedLoopResult, closed_loop
 from bench.common.machine import describe_machine, load_average, machine_line
 from bench.common.metrics import Breakdown, Scrape, scrape_async
 from bench.common.quiet import QuietPolicy, add_quiet_options, guarded, quiet_policy
-from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
+from bench.common.report import RESULTS_DIR, benchmark_parser, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
 from bench.dataplane import raw as raw_limit
 from bench.dataplane.report import plot, render_markdown
@@ -84,12 +84,10 @@ def _name_list(allowed: Sequence[str]) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.dataplane",
-        description="Throughput and latency of ours vs the raw model and the per-request baselines.",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="short windows and fewer batch sizes (debugging)"
+    parser = benchmark_parser(
+        "python -m bench.dataplane",
+        "Throughput and latency of ours vs the raw model and the per-request baselines.",
+        quick="short windows and fewer batch sizes (debugging)",
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs everything in fp16"
@@ -141,10 +139,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         action="store_true",
         help="skip the check that perf_analyzer is not the bottleneck (two clients at half the "
         "concurrency against ours at the highest level)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument(
-        "--no-readme", action="store_true", help="do not update bench/README.md (full runs do by default)"
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
