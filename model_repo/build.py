@@ -10,78 +10,38 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_repo import __version__
+from model_repo import __version__, onnx_format, python_format, vllm_format
 from model_repo.accuracy import ACCURACY_FILE
-from model_repo.checkpoint import CheckpointInfo, inspect_checkpoint, task_of_architectures
-from model_repo.configs import (
-    GENERATION_INPUTS,
-    GENERATION_OUTPUTS,
-    ModelConfigSpec,
-    Tensor,
-    Warmup,
-    task_outputs,
-    validate_config,
+from model_repo.checkpoint import (
+    CheckpointInfo,
+    PreparedCheckpoint,
+    inspect_checkpoint,
+    task_of_architectures,
 )
+from model_repo.configs import validate_config
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
 from model_repo.optimize import GateSettings, needs_gate, optimise_onnx, optimise_python
 from model_repo.options import (
-    DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_MAX_QUEUE_DELAY_US,
     MAX_BATCH_SIZE_LIMIT,
+    MAX_CONCURRENT_SEQUENCES,
+    BuildOptions,
     DType,
     ModelFormat,
+    Progress,
     Quantization,
     Task,
+    auto_format,
 )
+from model_repo.python_backend import GENERATION_RUNTIME_FILE, RUNTIME_FILE, runtime_parameters
 
 RECORD_FILE = "modeldeploy.json"
-RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
-# The continuous-batching engine model.py loads for text-generation (copied next to it).
-GENERATION_RUNTIME_FILE = Path(__file__).parent / "runtime" / "generation.py"
-FILL_MASK_TOP_K = 5
-DEFAULT_MAX_TOKENS = 64
-# Requests that may wait for a sequence slot, per slot, before new ones are refused as UNAVAILABLE.
-QUEUED_PER_SEQUENCE = 4
-MAX_CONCURRENT_SEQUENCES = 4096
-# The inputs Triton's vLLM backend reads as tensors; the rest of the contract goes in sampling_parameters.
-VLLM_INPUTS = ("text_input", "stream", "sampling_parameters", "exclude_input_in_output")
-WARMUP_TEXT = "Triton warms this model up so that the first real request is not the slow one."
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    source: str
-    revision: str | None = None
-    task: Task | None = None
-    format: ModelFormat = ModelFormat.AUTO
-    dtype: DType = DType.AUTO
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
-    preferred_batch_sizes: tuple[int, ...] = ()
-    instances_per_device: int = 1
-    max_sequence_length: int | None = None
-    device: str = "cpu"
-    response_cache: bool = False
-    trust_remote_code: bool = False
-    model_name: str = "model"
-    allow_new_head: bool = False
-    quantization: Quantization = Quantization.NONE
-    accuracy_floor: float | None = None
-    calibration_file: str | None = None
-    # text-generation only; None: derived from the device and the KV cache per sequence / the context.
-    max_concurrent_sequences: int | None = None
-    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,9 +102,9 @@ def _check_options(options: BuildOptions) -> None:
     if options.accuracy_floor is not None and not 0.0 <= options.accuracy_floor <= 1.0:
         raise BuildError(f"--accuracy-floor must be between 0 and 1, got {options.accuracy_floor}")
     if options.device == "cpu" and options.dtype is DType.BFLOAT16:
-        from model_repo.runtime.model import _read_text, cpu_has_native_bfloat16
+        from model_repo.runtime.model import cpu_has_native_bfloat16, read_text
 
-        cpuinfo = _read_text("/proc/cpuinfo")
+        cpuinfo = read_text("/proc/cpuinfo")
         if cpuinfo is not None and not cpu_has_native_bfloat16(cpuinfo):
             raise BuildError(
                 "--dtype bfloat16: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16 or bf16), so "
@@ -153,9 +113,11 @@ def _check_options(options: BuildOptions) -> None:
 
 
 def resolve_format(requested: ModelFormat, task: Task, device: str) -> ModelFormat:
-    """The `auto` rule: vLLM for generation on GPUs, the Python runtime for everything else."""
+    """The format to build: `auto` resolved for the task and device, or the one asked for if it fits."""
     if requested is ModelFormat.AUTO:
-        return ModelFormat.VLLM if task is Task.TEXT_GENERATION and device == "gpu" else ModelFormat.PYTHON
+        resolved = auto_format(task, device)
+        assert resolved is not None  # the task is known here
+        return resolved
     if requested is ModelFormat.VLLM and task is not Task.TEXT_GENERATION:
         raise BuildError(f"--format vllm serves text-generation only, not {task.value}; use python or onnx")
     if requested is ModelFormat.VLLM and device != "gpu":
@@ -211,12 +173,6 @@ def read_record(repository: Path) -> dict[str, Any] | None:
         return record
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _string_warmup_file(path: Path, text: str) -> None:
-    data = text.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(struct.pack("<I", len(data)) + data)
 
 
 def _load_tokenizer(info: CheckpointInfo, trust_remote_code: bool) -> Any:
@@ -333,20 +289,6 @@ def _max_sequence_length(info: CheckpointInfo, tokenizer: Any, requested: int | 
     return min(limits)
 
 
-def _copy_checkpoint(info: CheckpointInfo, target: Path, model: Any | None) -> None:
-    """Copy config, tokenizer and weights; pickled weights are re-saved as safetensors on the way."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in info.files:
-        if info.weights == "pickle" and (name.endswith(".bin") or name == "pytorch_model.bin.index.json"):
-            continue
-        destination = target / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(info.path / name, destination)
-    if info.weights == "pickle":
-        assert model is not None
-        model.save_pretrained(str(target), safe_serialization=True)
-
-
 def _validate_safetensors(info: CheckpointInfo) -> None:
     from safetensors import safe_open
 
@@ -357,174 +299,6 @@ def _validate_safetensors(info: CheckpointInfo) -> None:
                     handle.keys()
             except Exception as exc:
                 raise BuildError(f"corrupt weights file {name}: {exc}") from exc
-
-
-def _runtime_parameters(
-    info: CheckpointInfo, role: str, dtype: str, max_length: int, trust_remote_code: bool
-) -> dict[str, str]:
-    params = {
-        "role": role,
-        "task": info.task.value,
-        "dtype": dtype,
-        "max_sequence_length": str(max_length),
-        "trust_remote_code": "true" if trust_remote_code else "false",
-    }
-    if info.labels:
-        params["labels"] = json.dumps(list(info.labels))
-    if info.problem_type:
-        params["problem_type"] = info.problem_type
-    if info.task is Task.FEATURE_EXTRACTION:
-        st = info.sentence_transformers
-        params["pooling"] = st.pooling if st else "cls"
-        params["normalize"] = "true" if st and st.normalize else "false"
-    if info.task is Task.FILL_MASK:
-        params["top_k"] = str(FILL_MASK_TOP_K)
-    return params
-
-
-def _kv_bytes_per_token(model: Any, dtype: str) -> int:
-    """Bytes one token's keys and values take across all layers (what a sequence reserves per position)."""
-    config = model.config.get_text_config()
-    layers = int(getattr(config, "num_hidden_layers", 1))
-    heads = int(getattr(config, "num_attention_heads", 1))
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    return 2 * layers * kv_heads * head_dim * (4 if dtype == "float32" else 2)
-
-
-def _generation_parameters(options: BuildOptions, model: Any, dtype: str, max_length: int) -> dict[str, str]:
-    from model_repo.runtime.generation import default_max_concurrent_sequences
-
-    if options.max_tokens is not None and options.max_tokens >= max_length:
-        raise BuildError(
-            f"--max-tokens {options.max_tokens} leaves no room for a prompt in the model's context of "
-            f"{max_length} tokens; use at most {max_length - 1}"
-        )
-    limit = options.max_tokens if options.max_tokens is not None else max_length - 1
-    sequences = options.max_concurrent_sequences or default_max_concurrent_sequences(
-        options.device, _kv_bytes_per_token(model, dtype), max_length
-    )
-    return {
-        "max_concurrent_sequences": str(sequences),
-        "max_queued_requests": str(QUEUED_PER_SEQUENCE * sequences),
-        "max_tokens_limit": str(limit),
-        "default_max_tokens": str(min(DEFAULT_MAX_TOKENS, limit)),
-    }
-
-
-def _instance_kind(device: str) -> str:
-    return "KIND_GPU" if device == "gpu" else "KIND_CPU"
-
-
-def _warmup_text(info: CheckpointInfo, tokenizer: Any) -> str:
-    if info.task is Task.FILL_MASK:
-        return f"Triton warms this {tokenizer.mask_token} up before the first request."
-    return WARMUP_TEXT
-
-
-def _write_python_model(
-    repo: Path,
-    info: CheckpointInfo,
-    options: BuildOptions,
-    tokenizer: Any,
-    model: Any | None,
-    dtype: str,
-    max_length: int,
-    hidden_size: int,
-    extra_parameters: dict[str, str],
-) -> list[Path]:
-    model_dir = repo / options.model_name
-    version_dir = model_dir / "1"
-    version_dir.mkdir(parents=True)
-    shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
-    _copy_checkpoint(info, version_dir / "checkpoint", model)
-    generation = info.task is Task.TEXT_GENERATION
-    role = "generator" if generation else "encoder"
-    parameters = _runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
-    parameters.update(extra_parameters)
-    warmup_file = "text_input" if generation else "TEXT"
-    _string_warmup_file(model_dir / "warmup" / warmup_file, _warmup_text(info, tokenizer))
-    text_input = ("TYPE_STRING", (1,), f'input_data_file: "{warmup_file}"')
-    if generation:
-        shutil.copyfile(GENERATION_RUNTIME_FILE, version_dir / "generation.py")
-        parameters.update(_generation_parameters(options, model, dtype, max_length))
-        (model_dir / "warmup" / "max_tokens").write_bytes(struct.pack("<i", 2))
-        # Decoupled: one request streams many responses, so Triton's batcher stays out of the way.
-        spec = ModelConfigSpec(
-            name=options.model_name,
-            backend="python",
-            max_batch_size=0,
-            inputs=GENERATION_INPUTS,
-            outputs=task_outputs(info.task, 0, 0, 0),
-            instance_kind=_instance_kind(options.device),
-            instance_count=options.instances_per_device,
-            decoupled=True,
-            parameters=parameters,
-            warmups=[
-                Warmup(
-                    "short_generation",
-                    1,
-                    {
-                        "text_input": text_input,
-                        "max_tokens": ("TYPE_INT32", (1,), 'input_data_file: "max_tokens"'),
-                    },
-                )
-            ],
-        )
-    else:
-        warmups = [Warmup("single", 1, {"TEXT": text_input})]
-        if options.max_batch_size > 1:
-            warmups.append(Warmup("full_batch", options.max_batch_size, {"TEXT": text_input}))
-        spec = ModelConfigSpec(
-            name=options.model_name,
-            backend="python",
-            max_batch_size=options.max_batch_size,
-            inputs=[Tensor("TEXT", "TYPE_STRING", (1,))],
-            outputs=task_outputs(info.task, len(info.labels), hidden_size, FILL_MASK_TOP_K),
-            instance_kind=_instance_kind(options.device),
-            instance_count=options.instances_per_device,
-            dynamic_batching=True,
-            max_queue_delay_us=options.max_queue_delay_us,
-            preferred_batch_sizes=options.preferred_batch_sizes,
-            response_cache=options.response_cache,
-            parameters=parameters,
-            warmups=warmups,
-        )
-    config_path = model_dir / "config.pbtxt"
-    config_path.write_text(spec.render())
-    return [config_path]
-
-
-def _write_vllm_model(
-    repo: Path, info: CheckpointInfo, options: BuildOptions, dtype: str, max_length: int, final_path: Path
-) -> list[Path]:
-    model_dir = repo / options.model_name
-    version_dir = model_dir / "1"
-    _copy_checkpoint(info, version_dir / "checkpoint", None)
-    # vLLM's backend passes model.json to its engine verbatim and does not resolve relative paths, so the
-    # checkpoint is named by the absolute path the repository will have: serve it where it was built.
-    engine_args = {
-        "model": str(final_path / options.model_name / "1" / "checkpoint"),
-        "dtype": dtype,
-        "max_model_len": max_length,
-        "gpu_memory_utilization": 0.9,
-        "tensor_parallel_size": 1,
-        "trust_remote_code": options.trust_remote_code,
-    }
-    (version_dir / "model.json").write_text(json.dumps(engine_args, indent=2) + "\n")
-    spec = ModelConfigSpec(
-        name=options.model_name,
-        backend="vllm",
-        max_batch_size=0,
-        inputs=[tensor for tensor in GENERATION_INPUTS if tensor.name in VLLM_INPUTS],
-        outputs=[GENERATION_OUTPUTS[0]],
-        instance_kind="KIND_MODEL",
-        instance_count=1,
-        decoupled=True,
-    )
-    config_path = model_dir / "config.pbtxt"
-    config_path.write_text(spec.render())
-    return [config_path]
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -668,6 +442,7 @@ def build_repository(
         if model is not None and info.task is Task.FEATURE_EXTRACTION:
             hidden_size = int(model.config.hidden_size)
 
+        prepared = PreparedCheckpoint(info, tokenizer, model, dtype, max_length, hidden_size)
         repo = workdir / "repo"
         repo.mkdir()
         gate = None
@@ -681,27 +456,21 @@ def build_repository(
             extra: dict[str, str] = {}
             if gate is not None:
                 progress("measuring the optimised model against float32 (accuracy gate)")
-                runtime = _runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
+                runtime = runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
                 optimised = optimise_python(
                     info, model, tokenizer, options.quantization, dtype, max_length, runtime, gate, progress
                 )
                 extra = {"quantization": options.quantization.value}
                 if optimised.keep_float:
                     extra["int8_keep_float"] = json.dumps(optimised.keep_float)
-            configs = _write_python_model(
-                repo, info, options, tokenizer, model, dtype, max_length, hidden_size, extra
-            )
+            configs = python_format.write(repo, options, prepared, extra)
         elif model_format is ModelFormat.VLLM:
-            configs = _write_vllm_model(repo, info, options, dtype, max_length, out)
+            configs = vllm_format.write(repo, options, prepared, final_path=out)
         else:
-            from model_repo.onnx_format import write_onnx_models
-
-            configs = write_onnx_models(
-                repo, info, options, tokenizer, model, max_length, hidden_size, progress
-            )
+            configs = onnx_format.write(repo, options, prepared, progress)
             if gate is not None:
                 progress("quantising the ONNX graph and measuring it against float32 (accuracy gate)")
-                runtime = _runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
+                runtime = runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
                 onnx_path = repo / f"{options.model_name}_onnx" / "1" / "model.onnx"
                 optimised = optimise_onnx(info, onnx_path, tokenizer, max_length, runtime, gate, progress)
         if optimised is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,17 @@ _AUTO_MAP_TASKS: dict[str, Task] = {
     "AutoModelForMaskedLM": Task.FILL_MASK,
     "AutoModel": Task.FEATURE_EXTRACTION,
 }
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+# A tokenizer's vocabulary: a checkpoint needs one of these, or a sentencepiece model (SENTENCEPIECE_FILES).
+TOKENIZER_VOCABULARIES = ("tokenizer.json", "vocab.txt", "vocab.json")
+SENTENCEPIECE_FILES = "*.model"
+# Every file a tokenizer may read: the vocabulary and what configures it (fetched, and copied for it).
+TOKENIZER_FILES = (
+    *TOKENIZER_VOCABULARIES,
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 _SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
@@ -178,7 +190,8 @@ def inspect_checkpoint(
                 "trustRemoteCode: true (CLI: --trust-remote-code) only if you trust its author"
             )
 
-    if not any(name in files for name in _TOKENIZER_FILES) and not any(n.endswith(".model") for n in files):
+    vocabularies = (*TOKENIZER_VOCABULARIES, SENTENCEPIECE_FILES)
+    if not any(fnmatch.fnmatchcase(name, pattern) for name in files for pattern in vocabularies):
         raise BuildError(
             "no tokenizer in the checkpoint: expected tokenizer.json, vocab.txt, vocab.json+merges.txt "
             "or a sentencepiece *.model file"
@@ -253,3 +266,34 @@ def inspect_checkpoint(
         hidden_size=int(hidden) if isinstance(hidden, int) else None,
         problem_type=config.get("problem_type"),
     )
+
+
+@dataclass(frozen=True)
+class PreparedCheckpoint:
+    """What a format writes from: the inspected checkpoint, its tokenizer and (unless vLLM serves the
+    files as they are) its weights loaded, and the dtype and sequence limit the build resolved."""
+
+    info: CheckpointInfo
+    tokenizer: Any
+    model: Any | None
+    dtype: str
+    max_length: int
+    hidden_size: int
+
+
+def is_tokenizer_file(name: str) -> bool:
+    return name in TOKENIZER_FILES or fnmatch.fnmatchcase(name, SENTENCEPIECE_FILES)
+
+
+def copy_checkpoint(info: CheckpointInfo, target: Path, model: Any | None) -> None:
+    """Copy config, tokenizer and weights; pickled weights are re-saved as safetensors on the way."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in info.files:
+        if info.weights == "pickle" and (name.endswith(".bin") or name == "pytorch_model.bin.index.json"):
+            continue
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info.path / name, destination)
+    if info.weights == "pickle":
+        assert model is not None
+        model.save_pretrained(str(target), safe_serialization=True)

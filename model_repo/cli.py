@@ -7,12 +7,15 @@ transformers) happen inside the commands so that importing this module stays che
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,6 +27,7 @@ from model_repo.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     MAX_BATCH_SIZE_LIMIT,
+    BuildOptions,
     DType,
     ModelFormat,
     Quantization,
@@ -31,56 +35,11 @@ from model_repo.options import (
 )
 
 if TYPE_CHECKING:
-    from model_repo.build import BuildOptions, BuildResult
+    from model_repo.build import BuildResult
 
 # Kubernetes keeps at most 4096 bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4000
 
-SourceOption = Annotated[
-    str,
-    typer.Option(
-        "--source",
-        help="Checkpoint URI: hf://org/name, s3://bucket/prefix, gs://bucket/prefix, pvc://claim/path "
-        "(under $MODELDEPLOY_PVC_ROOT, default /mnt/pvc) or file:///abs/path.",
-    ),
-]
-RevisionOption = Annotated[
-    str | None, typer.Option("--revision", help="hf:// revision (branch, tag, commit).")
-]
-TaskOption = Annotated[Task | None, typer.Option("--task", help="Task; default: read from the checkpoint.")]
-FormatOption = Annotated[
-    ModelFormat,
-    typer.Option("--format", help="auto: vllm for text-generation on GPUs, python otherwise."),
-]
-DTypeOption = Annotated[DType, typer.Option("--dtype", help="auto: float16 on GPUs, float32 on CPUs.")]
-MaxBatchOption = Annotated[
-    int,
-    typer.Option("--max-batch-size", help=f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT})."),
-]
-QueueDelayOption = Annotated[
-    int,
-    typer.Option(
-        "--max-queue-delay-us",
-        help="How long an idle instance waits for more requests to batch (µs). Busy instances batch "
-        "whatever queued meanwhile regardless, so this only costs a lone request; keep it small.",
-    ),
-]
-PreferredOption = Annotated[
-    list[int] | None, typer.Option("--preferred-batch-size", help="Preferred batch size (repeatable).")
-]
-InstancesOption = Annotated[int, typer.Option("--instances-per-device", help="Model instances per device.")]
-MaxLengthOption = Annotated[
-    int | None, typer.Option("--max-sequence-length", help="Token limit; longer input is truncated.")
-]
-DeviceOption = Annotated[str, typer.Option("--device", help="cpu or gpu.")]
-CacheOption = Annotated[
-    bool, typer.Option("--response-cache/--no-response-cache", help="Enable Triton's response cache.")
-]
-TrustOption = Annotated[
-    bool,
-    typer.Option("--trust-remote-code", help="Allow running code shipped inside the checkpoint."),
-]
-ModelNameOption = Annotated[str, typer.Option("--model-name", help="Triton model name.")]
 ForceOption = Annotated[
     bool,
     typer.Option(
@@ -89,97 +48,161 @@ ForceOption = Annotated[
         "it did not write (they are deleted).",
     ),
 ]
-AllowNewHeadOption = Annotated[
-    bool,
-    typer.Option(
+
+
+def _option(name: str, annotation: Any, default: Any, flag: str, help_text: str) -> inspect.Parameter:
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=annotation,
+        default=typer.Option(default, flag, help=help_text),
+    )
+
+
+# The options `build` and `serve` share, defined once, in the order --help lists them: BuildOptions'
+# fields, by the CLI's parameter names (see `_build_options`).
+BUILD_PARAMETERS: tuple[inspect.Parameter, ...] = (
+    _option(
+        "source",
+        str,
+        ...,
+        "--source",
+        "Checkpoint URI: hf://org/name, s3://bucket/prefix, gs://bucket/prefix, pvc://claim/path "
+        "(under $MODELDEPLOY_PVC_ROOT, default /mnt/pvc) or file:///abs/path.",
+    ),
+    _option("revision", str | None, None, "--revision", "hf:// revision (branch, tag, commit)."),
+    _option("task", Task | None, None, "--task", "Task; default: read from the checkpoint."),
+    _option(
+        "model_format",
+        ModelFormat,
+        ModelFormat.AUTO,
+        "--format",
+        "auto: vllm for text-generation on GPUs, python otherwise.",
+    ),
+    _option("dtype", DType, DType.AUTO, "--dtype", "auto: float16 on GPUs, float32 on CPUs."),
+    _option(
+        "max_batch_size",
+        int,
+        DEFAULT_MAX_BATCH_SIZE,
+        "--max-batch-size",
+        f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT}).",
+    ),
+    _option(
+        "max_queue_delay_us",
+        int,
+        DEFAULT_MAX_QUEUE_DELAY_US,
+        "--max-queue-delay-us",
+        "How long an idle instance waits for more requests to batch (µs). Busy instances batch "
+        "whatever queued meanwhile regardless, so this only costs a lone request; keep it small.",
+    ),
+    _option(
+        "preferred_batch_size",
+        list[int] | None,
+        None,
+        "--preferred-batch-size",
+        "Preferred batch size (repeatable).",
+    ),
+    _option("instances_per_device", int, 1, "--instances-per-device", "Model instances per device."),
+    _option(
+        "max_sequence_length",
+        int | None,
+        None,
+        "--max-sequence-length",
+        "Token limit; longer input is truncated.",
+    ),
+    _option("device", str, "cpu", "--device", "cpu or gpu."),
+    _option(
+        "response_cache",
+        bool,
+        False,
+        "--response-cache/--no-response-cache",
+        "Enable Triton's response cache.",
+    ),
+    _option(
+        "trust_remote_code",
+        bool,
+        False,
+        "--trust-remote-code",
+        "Allow running code shipped inside the checkpoint.",
+    ),
+    _option("model_name", str, "model", "--model-name", "Triton model name."),
+    _option(
+        "allow_new_head",
+        bool,
+        False,
         "--allow-new-head",
-        help="Build even when the task's head is not in the checkpoint (it would be random) or the "
+        "Build even when the task's head is not in the checkpoint (it would be random) or the "
         "checkpoint was trained for another task. Only to fine-tune the fresh head elsewhere.",
     ),
-]
-QuantizationOption = Annotated[
-    Quantization,
-    typer.Option(
+    _option(
+        "quantization",
+        Quantization,
+        Quantization.NONE,
         "--quantization",
-        help="int8: dynamic int8 Linear layers (CPU, encoder tasks), checked against float32 by the "
+        "int8: dynamic int8 Linear layers (CPU, encoder tasks), checked against float32 by the "
         "accuracy gate.",
     ),
-]
-FloorOption = Annotated[
-    float | None,
-    typer.Option(
+    _option(
+        "accuracy_floor",
+        float | None,
+        None,
         "--accuracy-floor",
-        help="Accuracy gate floor for the task's metric (default: cosine 0.99 for embeddings, "
+        "Accuracy gate floor for the task's metric (default: cosine 0.99 for embeddings, "
         "agreement 0.98 otherwise).",
     ),
-]
-CalibrationOption = Annotated[
-    Path | None,
-    typer.Option("--calibration-file", help="Calibration texts, one per line (default: a built-in set)."),
-]
-SequencesOption = Annotated[
-    int | None,
-    typer.Option(
+    _option(
+        "calibration_file",
+        Path | None,
+        None,
+        "--calibration-file",
+        "Calibration texts, one per line (default: a built-in set).",
+    ),
+    _option(
+        "max_concurrent_sequences",
+        int | None,
+        None,
         "--max-concurrent-sequences",
-        help="text-generation: sequences decoded together per instance; more wait in a bounded queue. "
+        "text-generation: sequences decoded together per instance; more wait in a bounded queue. "
         "Default: from the device and the KV cache a sequence needs.",
     ),
-]
-MaxTokensOption = Annotated[
-    int | None,
-    typer.Option(
+    _option(
+        "max_tokens",
+        int | None,
+        None,
         "--max-tokens",
-        help="text-generation: the most tokens one request may ask for (default: the context length - 1).",
+        "text-generation: the most tokens one request may ask for (default: the context length - 1).",
     ),
-]
+)
 
 
-def _options(
-    source: str,
-    revision: str | None,
-    task: Task | None,
-    model_format: ModelFormat,
-    dtype: DType,
-    max_batch_size: int,
-    max_queue_delay_us: int,
-    preferred_batch_size: list[int] | None,
-    instances_per_device: int,
-    max_sequence_length: int | None,
-    device: str,
-    response_cache: bool,
-    trust_remote_code: bool,
-    model_name: str,
-    allow_new_head: bool,
-    quantization: Quantization,
-    accuracy_floor: float | None,
-    calibration_file: Path | None,
-    max_concurrent_sequences: int | None,
-    max_tokens: int | None,
-) -> BuildOptions:
-    from model_repo.build import BuildOptions
-
+def _build_options(values: dict[str, Any]) -> BuildOptions:
+    """BuildOptions from the values of BUILD_PARAMETERS; the CLI names two of them differently."""
+    calibration_file: Path | None = values.pop("calibration_file")
     return BuildOptions(
-        source=source,
-        revision=revision,
-        task=task,
-        format=model_format,
-        dtype=dtype,
-        max_batch_size=max_batch_size,
-        max_queue_delay_us=max_queue_delay_us,
-        preferred_batch_sizes=tuple(preferred_batch_size or ()),
-        instances_per_device=instances_per_device,
-        max_sequence_length=max_sequence_length,
-        device=device,
-        response_cache=response_cache,
-        trust_remote_code=trust_remote_code,
-        model_name=model_name,
-        allow_new_head=allow_new_head,
-        quantization=quantization,
-        accuracy_floor=accuracy_floor,
+        format=values.pop("model_format"),
+        preferred_batch_sizes=tuple(values.pop("preferred_batch_size") or ()),
         calibration_file=str(calibration_file.absolute()) if calibration_file else None,
-        max_concurrent_sequences=max_concurrent_sequences,
-        max_tokens=max_tokens,
+        **values,
     )
+
+
+def with_build_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command`, whose first parameter is `options: BuildOptions`, the shared build options
+    (BUILD_PARAMETERS) as its leading CLI options; it receives them as one BuildOptions."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [parameter for name, parameter in signature.parameters.items() if name != "options"]
+    names = [parameter.name for parameter in BUILD_PARAMETERS]
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        shared = {name: values.pop(name) for name in names}
+        command(_build_options(shared), **values)
+
+    # Typer reads the options from the signature: the shared ones first, then the command's own.
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*BUILD_PARAMETERS, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
+    )
+    return run
 
 
 def _progress(message: str) -> None:
@@ -207,55 +230,15 @@ def _build(options: BuildOptions, out: Path, force: bool = False) -> BuildResult
         raise typer.Exit(code=2) from exc
 
 
+@with_build_options
 def build(
-    source: SourceOption,
+    options: BuildOptions,
     out: Annotated[Path, typer.Option("--out", help="Repository directory (written atomically).")],
-    revision: RevisionOption = None,
-    task: TaskOption = None,
-    model_format: FormatOption = ModelFormat.AUTO,
-    dtype: DTypeOption = DType.AUTO,
-    max_batch_size: MaxBatchOption = DEFAULT_MAX_BATCH_SIZE,
-    max_queue_delay_us: QueueDelayOption = DEFAULT_MAX_QUEUE_DELAY_US,
-    preferred_batch_size: PreferredOption = None,
-    instances_per_device: InstancesOption = 1,
-    max_sequence_length: MaxLengthOption = None,
-    device: DeviceOption = "cpu",
-    response_cache: CacheOption = False,
-    trust_remote_code: TrustOption = False,
-    model_name: ModelNameOption = "model",
-    allow_new_head: AllowNewHeadOption = False,
     force: ForceOption = False,
-    quantization: QuantizationOption = Quantization.NONE,
-    accuracy_floor: FloorOption = None,
-    calibration_file: CalibrationOption = None,
-    max_concurrent_sequences: SequencesOption = None,
-    max_tokens: MaxTokensOption = None,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
     from model_repo.build import read_record
 
-    options = _options(
-        source,
-        revision,
-        task,
-        model_format,
-        dtype,
-        max_batch_size,
-        max_queue_delay_us,
-        preferred_batch_size,
-        instances_per_device,
-        max_sequence_length,
-        device,
-        response_cache,
-        trust_remote_code,
-        model_name,
-        allow_new_head,
-        quantization,
-        accuracy_floor,
-        calibration_file,
-        max_concurrent_sequences,
-        max_tokens,
-    )
     result = _build(options, out, force)
     state = "cache hit" if result.cache_hit else "built"
     typer.echo(
@@ -336,28 +319,10 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
     )
 
 
+@with_build_options
 def serve(
-    source: SourceOption,
-    revision: RevisionOption = None,
-    task: TaskOption = None,
-    model_format: FormatOption = ModelFormat.AUTO,
-    dtype: DTypeOption = DType.AUTO,
-    max_batch_size: MaxBatchOption = DEFAULT_MAX_BATCH_SIZE,
-    max_queue_delay_us: QueueDelayOption = DEFAULT_MAX_QUEUE_DELAY_US,
-    preferred_batch_size: PreferredOption = None,
-    instances_per_device: InstancesOption = 1,
-    max_sequence_length: MaxLengthOption = None,
-    device: DeviceOption = "cpu",
-    response_cache: CacheOption = False,
-    trust_remote_code: TrustOption = False,
-    model_name: ModelNameOption = "model",
-    allow_new_head: AllowNewHeadOption = False,
+    options: BuildOptions,
     force: ForceOption = False,
-    quantization: QuantizationOption = Quantization.NONE,
-    accuracy_floor: FloorOption = None,
-    calibration_file: CalibrationOption = None,
-    max_concurrent_sequences: SequencesOption = None,
-    max_tokens: MaxTokensOption = None,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -367,35 +332,11 @@ def serve(
     ] = None,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
-    from model_repo.triton import TritonError, TritonServer, repository_server_args
+    from model_repo.triton import TritonError, TritonServer, triton_server_args
 
-    options = _options(
-        source,
-        revision,
-        task,
-        model_format,
-        dtype,
-        max_batch_size,
-        max_queue_delay_us,
-        preferred_batch_size,
-        instances_per_device,
-        max_sequence_length,
-        device,
-        response_cache,
-        trust_remote_code,
-        model_name,
-        allow_new_head,
-        quantization,
-        accuracy_floor,
-        calibration_file,
-        max_concurrent_sequences,
-        max_tokens,
-    )
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository", force)
-    extra = ["--log-format=ISO8601", *repository_server_args()]
-    if response_cache:
-        extra.append("--cache-config=local,size=268435456")
+    extra = triton_server_args(response_cache=options.response_cache)
 
     stop = threading.Event()
 

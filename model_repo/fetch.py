@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
+from model_repo.checkpoint import SENTENCEPIECE_FILES, TOKENIZER_FILES
 from model_repo.errors import BuildError
-from model_repo.options import SOURCE_SCHEMES
-
-Progress = Callable[[str], None]
+from model_repo.options import SOURCE_SCHEMES, Progress
 
 # Files a build reads: configuration, tokenizer, weights and sentence-transformers module configs.
 # Everything else in a checkpoint (other frameworks' weights, READMEs, ONNX exports...) is left behind.
 _METADATA_PATTERNS: tuple[str, ...] = (
     "config.json",
     "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "*.model",
+    *TOKENIZER_FILES,
+    SENTENCEPIECE_FILES,
     "chat_template.jinja",
     "modules.json",
     "sentence_bert_config.json",
@@ -37,6 +31,8 @@ _SAFETENSORS_PATTERNS: tuple[str, ...] = ("*.safetensors", "model.safetensors.in
 _PICKLE_PATTERNS: tuple[str, ...] = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 # Code shipped inside a checkpoint is fetched only when the user trusts it.
 _REMOTE_CODE_PATTERNS: tuple[str, ...] = ("*.py",)
+
+T = TypeVar("T")
 
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 
@@ -169,48 +165,65 @@ def _fetch_hf(
     return FetchedCheckpoint(path=Path(local), files=tuple(wanted), revision=info.sha)
 
 
-def _fetch_s3(
-    bucket: str, prefix: str, dest: Path, trust_remote_code: bool, progress: Progress
+def _object_prefix(prefix: str) -> str:
+    """A bucket path as the prefix of its objects' keys ("" for the whole bucket)."""
+    return prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
+@dataclass(frozen=True)
+class BucketListing(Generic[T]):
+    """A bucket prefix's objects by their name in the checkpoint, and how to name and download one."""
+
+    objects: Mapping[str, T]
+    url_of: Callable[[T], str]
+    download: Callable[[T, Path], None]
+
+
+def _download_objects(
+    listing: BucketListing[T], dest: Path, trust_remote_code: bool, progress: Progress
 ) -> FetchedCheckpoint:
+    """Download the objects a build needs."""
+    wanted = select_files(listing.objects, trust_remote_code)
+    for name in wanted:
+        _check_relative(name, "object")
+        progress(f"downloading {listing.url_of(listing.objects[name])}")
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        listing.download(listing.objects[name], target)
+    return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
+
+
+def _s3_objects(bucket: str, prefix: str) -> BucketListing[str]:
     try:
         import boto3
     except ImportError as exc:
         raise BuildError("s3:// sources need boto3: pip install 'modeldeploy[s3]'") from exc
     client = boto3.client("s3")
-    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    prefix = _object_prefix(prefix)
     keys: dict[str, str] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = str(obj["Key"])
             keys[key[len(prefix) :]] = key
-    wanted = select_files(keys, trust_remote_code)
-    for name in wanted:
-        _check_relative(name, "object")
-        progress(f"downloading s3://{bucket}/{keys[name]}")
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, keys[name], str(target))
-    return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
+    return BucketListing(
+        keys,
+        url_of=lambda key: f"s3://{bucket}/{key}",
+        download=lambda key, target: client.download_file(bucket, key, str(target)),
+    )
 
 
-def _fetch_gs(
-    bucket_name: str, prefix: str, dest: Path, trust_remote_code: bool, progress: Progress
-) -> FetchedCheckpoint:
+def _gs_objects(bucket_name: str, prefix: str) -> BucketListing[Any]:
     try:
         from google.cloud import storage
     except ImportError as exc:
         raise BuildError("gs:// sources need google-cloud-storage: pip install 'modeldeploy[gcs]'") from exc
     bucket = storage.Client().bucket(bucket_name)
-    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    blobs = {blob.name[len(prefix) :]: blob for blob in bucket.list_blobs(prefix=prefix)}
-    wanted = select_files(blobs, trust_remote_code)
-    for name in wanted:
-        _check_relative(name, "object")
-        progress(f"downloading gs://{bucket_name}/{blobs[name].name}")
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blobs[name].download_to_filename(str(target))
-    return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
+    prefix = _object_prefix(prefix)
+    return BucketListing(
+        {blob.name[len(prefix) :]: blob for blob in bucket.list_blobs(prefix=prefix)},
+        url_of=lambda blob: f"gs://{bucket_name}/{blob.name}",
+        download=lambda blob, target: blob.download_to_filename(str(target)),
+    )
 
 
 def fetch(
@@ -238,6 +251,5 @@ def fetch(
         return _fetch_hf(repo_id, revision, download_dir, trust_remote_code, progress)
     if revision:
         raise BuildError(f"--revision applies to hf:// sources only, not {source!r}")
-    if scheme == "s3":
-        return _fetch_s3(netloc, path, download_dir, trust_remote_code, progress)
-    return _fetch_gs(netloc, path, download_dir, trust_remote_code, progress)
+    listing = _s3_objects(netloc, path) if scheme == "s3" else _gs_objects(netloc, path)
+    return _download_objects(listing, download_dir, trust_remote_code, progress)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model_repo.checkpoint import CheckpointInfo
+from model_repo import python_backend
+from model_repo.checkpoint import CheckpointInfo, PreparedCheckpoint, is_tokenizer_file
 from model_repo.configs import EnsembleStep, ModelConfigSpec, Tensor, Warmup, task_outputs
 from model_repo.errors import BuildError
-from model_repo.options import Task
+from model_repo.options import BuildOptions, Progress, Task
 
 ONNX_TOLERANCE = 1e-3
 OPSET = 17
@@ -25,16 +26,6 @@ _ONNX_TO_TRITON = {
     11: "TYPE_FP64",
     9: "TYPE_BOOL",
 }
-_TOKENIZER_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
 VERIFY_TEXTS = (
     "Triton serves this model.",
     "A much longer sentence, so that the batch needs padding and the dynamic sequence axis is exercised.",
@@ -132,7 +123,7 @@ def export_and_verify(
 def _copy_tokenizer(info: CheckpointInfo, target: Path) -> None:
     target.mkdir(parents=True)
     for name in info.files:
-        if name in _TOKENIZER_FILES or name.endswith(".model"):
+        if name == "config.json" or is_tokenizer_file(name):
             shutil.copyfile(info.path / name, target / name)
 
 
@@ -147,27 +138,46 @@ def _tensorrt_optimization(model_name: str) -> str:
     )
 
 
-def write_onnx_models(
-    repo: Path,
-    info: CheckpointInfo,
-    options: Any,
-    tokenizer: Any,
-    model: Any,
-    max_length: int,
-    hidden_size: int,
-    progress: Callable[[str], None],
-) -> list[Path]:
-    """Write `<name>` (ensemble), `<name>_tokenizer`, `<name>_onnx`, `<name>_postprocess`."""
-    from model_repo.build import FILL_MASK_TOP_K, RUNTIME_FILE, _runtime_parameters, _string_warmup_file
+def _python_step(
+    name: str,
+    options: BuildOptions,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    parameters: dict[str, str],
+    *,
+    dynamic_batching: bool = False,
+    warmups: Sequence[Warmup] = (),
+) -> ModelConfigSpec:
+    """The config of the tokenizer or the post-processing model: the Python runtime, one instance on
+    the CPU (string work; the ONNX model between them holds the device)."""
+    return ModelConfigSpec(
+        name=name,
+        backend="python",
+        max_batch_size=options.max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        instance_kind="KIND_CPU",
+        instance_count=1,
+        parameters=parameters,
+        dynamic_batching=dynamic_batching,
+        max_queue_delay_us=options.max_queue_delay_us if dynamic_batching else 0,
+        warmups=warmups,
+    )
 
+
+def write(repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, progress: Progress) -> list[Path]:
+    """Write `<name>` (ensemble), `<name>_tokenizer`, `<name>_onnx`, `<name>_postprocess`; return their
+    config paths."""
+    info, max_length = prepared.info, prepared.max_length
     name = options.model_name
-    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
     tokenizer_name, onnx_name, post_name = f"{name}_tokenizer", f"{name}_onnx", f"{name}_postprocess"
     onnx_dir = repo / onnx_name
     (onnx_dir / "1").mkdir(parents=True)
     onnx_path = onnx_dir / "1" / "model.onnx"
     progress("exporting to ONNX")
-    input_names, output_name, max_diff = export_and_verify(model, tokenizer, info, onnx_path, max_length)
+    input_names, output_name, max_diff = export_and_verify(
+        prepared.model, prepared.tokenizer, info, onnx_path, max_length
+    )
     progress(f"ONNX output matches PyTorch: max abs difference {max_diff:.2e}")
     graph_inputs, graph_outputs = _graph_io(onnx_path)
     (graph_output,) = [t for t in graph_outputs if t.name == output_name]
@@ -179,31 +189,30 @@ def write_onnx_models(
             Tensor("OFFSETS", "TYPE_INT64", (-1, 2)),
             Tensor("SPECIAL_TOKENS_MASK", "TYPE_INT64", (-1,)),
         ]
-    contract = task_outputs(info.task, len(info.labels), hidden_size, FILL_MASK_TOP_K)
+    contract = task_outputs(info.task, len(info.labels), prepared.hidden_size, python_backend.FILL_MASK_TOP_K)
     text = Tensor("TEXT", "TYPE_STRING", (1,))
     configs = []
 
     for model_name in (tokenizer_name, post_name):
         version = repo / model_name / "1"
-        version.mkdir(parents=True)
-        shutil.copyfile(RUNTIME_FILE, version / "model.py")
+        python_backend.install_runtime(version)
         _copy_tokenizer(info, version / "checkpoint")
-    params = _runtime_parameters(info, "tokenizer", "float32", max_length, options.trust_remote_code)
+    params = python_backend.runtime_parameters(
+        info, "tokenizer", "float32", max_length, options.trust_remote_code
+    )
     params["onnx_inputs"] = ",".join(input_names)
-    _string_warmup_file(repo / tokenizer_name / "warmup" / "TEXT", "Triton warms this tokenizer up.")
-    warmup_text = {"TEXT": ("TYPE_STRING", (1,), 'input_data_file: "TEXT"')}
+    python_backend.write_string_warmup(
+        repo / tokenizer_name / "warmup" / "TEXT", "Triton warms this tokenizer up."
+    )
+    warmup_text = {"TEXT": python_backend.string_warmup_input("TEXT")}
     specs = [
-        ModelConfigSpec(
-            name=tokenizer_name,
-            backend="python",
-            max_batch_size=options.max_batch_size,
-            inputs=[text],
-            outputs=tokenizer_outputs,
-            instance_kind="KIND_CPU",
-            instance_count=1,
+        _python_step(
+            tokenizer_name,
+            options,
+            [text],
+            tokenizer_outputs,
+            params,
             dynamic_batching=True,
-            max_queue_delay_us=options.max_queue_delay_us,
-            parameters=params,
             warmups=[Warmup("single", 1, warmup_text)],
         ),
         ModelConfigSpec(
@@ -213,7 +222,7 @@ def write_onnx_models(
             max_batch_size=options.max_batch_size,
             inputs=graph_inputs,
             outputs=graph_outputs,
-            instance_kind=kind,
+            instance_kind=python_backend.instance_kind(options.device),
             instance_count=options.instances_per_device,
             dynamic_batching=True,
             max_queue_delay_us=options.max_queue_delay_us,
@@ -229,20 +238,11 @@ def write_onnx_models(
         post_inputs += [text, tokenizer_outputs[-2], tokenizer_outputs[-1]]
     if info.task is Task.FILL_MASK:
         post_inputs.append(Tensor("input_ids", "TYPE_INT64", (-1,)))
-    post_params = _runtime_parameters(info, "postprocess", "float32", max_length, options.trust_remote_code)
-    post_params["onnx_output"] = output_name
-    specs.append(
-        ModelConfigSpec(
-            name=post_name,
-            backend="python",
-            max_batch_size=options.max_batch_size,
-            inputs=post_inputs,
-            outputs=contract,
-            instance_kind="KIND_CPU",
-            instance_count=1,
-            parameters=post_params,
-        )
+    post_params = python_backend.runtime_parameters(
+        info, "postprocess", "float32", max_length, options.trust_remote_code
     )
+    post_params["onnx_output"] = output_name
+    specs.append(_python_step(post_name, options, post_inputs, contract, post_params))
     tokenizer_map = {t.name: t.name for t in tokenizer_outputs}
     specs.append(
         ModelConfigSpec(

@@ -8,6 +8,7 @@ import shutil
 import signal
 import site
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -30,6 +31,8 @@ class TritonError(RuntimeError):
 # region. Triton's 1 MiB default has to grow while a full batch is in flight, which stalls the stub
 # (bench/dataplane: p99 0.85 s instead of 0.06 s at 64 clients); 16 MiB holds a full batch of text.
 PYTHON_BACKEND_SHM_BYTES = 16 * 1024 * 1024
+# Triton's response cache (spec.triton.responseCache, --response-cache): its size in memory.
+RESPONSE_CACHE_BYTES = 256 * 1024 * 1024
 
 
 def repository_server_args() -> list[str]:
@@ -40,6 +43,15 @@ def repository_server_args() -> list[str]:
         "--disable-auto-complete-config",
         f"--backend-config=python,shm-default-byte-size={PYTHON_BACKEND_SHM_BYTES}",
     ]
+
+
+def triton_server_args(*, response_cache: bool) -> list[str]:
+    """tritonserver flags a generated repository is served with, in the operator's pods and by
+    `modeldeploy serve` alike (ports and the repository's path are the caller's)."""
+    args = ["--log-format=ISO8601", *repository_server_args()]
+    if response_cache:
+        args.append(f"--cache-config=local,size={RESPONSE_CACHE_BYTES}")
+    return args
 
 
 @dataclass(frozen=True)
@@ -120,11 +132,45 @@ def server_environment(installation: TritonInstallation) -> dict[str, str]:
     return env
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 now (the one helper for servers, tests and benchmarks)."""
+    # Every socket stays open until all are picked, so the same port is never handed out twice.
+    with contextlib.ExitStack() as sockets:
+        ports = []
+        for _ in range(count):
+            sock = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    (port,) = free_ports(1)
+    return port
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None, timeout_s: float = 2.0) -> bool:
+    """Whether `url` answers 200 now (a health probe: any failure to connect is a no); `context` for TLS."""
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM the process group `process` leads (started with start_new_session=True), then SIGKILL it
+    if it has not exited within `timeout_s`."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _has_flag(args: Sequence[str], flag: str) -> bool:
@@ -218,11 +264,7 @@ class TritonServer:
             return ""
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://{self.http_url}/v2/health/ready")
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -242,15 +284,7 @@ class TritonServer:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process, timeout_s)
         # Python-backend stubs live in the server's process group; make sure none outlives it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)

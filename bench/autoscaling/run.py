@@ -13,7 +13,6 @@ metric there: the map from utilisation to metric that a target has to be chosen 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -34,8 +33,8 @@ from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, mini
 from bench.common.loadgen import OpenLoop, TritonGrpcSender, closed_loop, percentile
 from bench.common.machine import ForeignCpu, describe_machine, load_average, machine_line
 from bench.common.metrics import Scrape, scrape_async
-from bench.common.quiet import QuietPolicy, wait_for_quiet
-from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
+from bench.common.quiet import QuietPolicy, add_quiet_options, quiet_policy, wait_for_quiet
+from bench.common.report import RESULTS_DIR, benchmark_parser, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
 from bench.dataplane.servers import TRITON_ARGS
 from model_repo.options import DEFAULT_MAX_BATCH_SIZE
@@ -104,12 +103,10 @@ def operator_behavior() -> HpaBehavior:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.autoscaling",
-        description="Drive a real Triton through load steps and replay the HPA on each autoscaling metric.",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="2 s interval, every duration scaled down with it"
+    parser = benchmark_parser(
+        "python -m bench.autoscaling",
+        "Drive a real Triton through load steps and replay the HPA on each autoscaling metric.",
+        quick="2 s interval, every duration scaled down with it",
     )
     parser.add_argument("--model", choices=("minilm", "tiny-bert"), default="minilm")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -125,17 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--max-in-flight", type=int, default=512, help="open-loop arrivals beyond this are shed"
     )
-    parser.add_argument(
-        "--max-foreign-cpu",
-        type=float,
-        default=None,
-        help="wait for, and repeat sweep levels unless, other processes use at most this share of the CPU "
-        "(default 0.05; --quick: 1, never)",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="repeats of a disturbed sweep level")
-    parser.add_argument("--quiet-wait", type=float, default=900.0, help="longest wait for a quiet machine, s")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
+    add_quiet_options(parser, "sweep level", retries=2)
     args = parser.parse_args(argv)
     metrics = tuple(name.strip() for name in args.metrics.split(",") if name.strip())
     unknown = [name for name in metrics if name not in SIGNALS]
@@ -154,13 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         sweep_level_s=args.sweep_level if args.sweep_level is not None else (6.0 if quick else 30.0),
         calibration_s=args.calibration if args.calibration is not None else (4.0 if quick else 15.0),
         max_in_flight=args.max_in_flight,
-        quiet=QuietPolicy(
-            max_foreign_share=args.max_foreign_cpu
-            if args.max_foreign_cpu is not None
-            else (1.0 if quick else 0.05),
-            retries=args.retries,
-            max_wait_s=args.quiet_wait,
-        ),
+        quiet=quiet_policy(args, quick),
         quick=quick,
         out=args.out,
         update_readme=not quick and not args.no_readme and args.out == RESULTS_DIR,
@@ -169,7 +150,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 @contextlib.contextmanager
 def serve(model: BenchModel, workdir: Path, device: str) -> Iterator[Any]:
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
+    from model_repo.options import BuildOptions
     from model_repo.triton import TritonServer
 
     options = BuildOptions(

@@ -199,33 +199,35 @@ def parse_output(stdout: str, csv_text: str) -> dict[str, Any]:
     }
 
 
-def measure_command(
-    prefix: Sequence[str],
-    target: Target,
-    data_file: Path,
-    concurrency: int,
-    window_s: float,
-    warmup_requests: int,
-    csv_path: Path,
-) -> list[str]:
-    """A closed loop of `concurrency` synchronous clients, one text per request, over gRPC.
+@dataclass(frozen=True)
+class Load:
+    """What a perf_analyzer run sends: a closed loop of `concurrency` synchronous clients, one text of
+    `data_file` per request, over gRPC, for `window_s` split into WINDOWS measurement windows (each at
+    least MIN_WINDOW_MS); `warmup_requests` go first, unmeasured."""
 
-    `window_s` is split into WINDOWS measurement windows (each at least MIN_WINDOW_MS); `warmup_requests`
-    go first, unmeasured.
-    """
+    target: Target
+    data_file: Path
+    concurrency: int
+    window_s: float
+    warmup_requests: int
+
+
+def measure_command(prefix: Sequence[str], load: Load, csv_path: Path) -> list[str]:
+    """The perf_analyzer command line that runs `load` and writes its figures to `csv_path`."""
+    target = load.target
     return [
         *prefix,
         "-m", target.model,
         "-u", target.grpc_url,
         "-i", "grpc",
         "-b", "1",
-        "--input-data", str(data_file),
-        "--concurrency-range", str(concurrency),
+        "--input-data", str(load.data_file),
+        "--concurrency-range", str(load.concurrency),
         "--measurement-mode", "time_windows",
-        "--measurement-interval", str(max(MIN_WINDOW_MS, round(1000 * window_s / WINDOWS))),
+        "--measurement-interval", str(max(MIN_WINDOW_MS, round(1000 * load.window_s / WINDOWS))),
         "--stability-percentage", str(STABILITY_PERCENTAGE),
         "--max-trials", str(WINDOWS),
-        "--warmup-request-count", str(warmup_requests),
+        "--warmup-request-count", str(load.warmup_requests),
         "-f", str(csv_path),
         "--verbose-csv",
     ]  # fmt: skip
@@ -282,17 +284,8 @@ def _children_cpu_s() -> float:
     return usage.children_user + usage.children_system
 
 
-def measure(
-    prefix: Sequence[str],
-    target: Target,
-    data_file: Path,
-    concurrency: int,
-    window_s: float,
-    warmup_requests: int,
-    workdir: Path,
-    clients: int = 1,
-) -> list[Run]:
-    """Run `clients` perf_analyzer processes at once, each at `concurrency`, and return each one's figures.
+def measure(prefix: Sequence[str], load: Load, workdir: Path, clients: int = 1) -> list[Run]:
+    """Run `clients` perf_analyzer processes at once, each running `load`, and return each one's figures.
 
     One client is the measurement; two at half the concurrency each show whether the client was the
     bottleneck (if it was, two add throughput). Each run's client CPU is the CPU its process used;
@@ -302,11 +295,11 @@ def measure(
     before = _children_cpu_s()
     processes = []
     for index in range(clients):
-        csv_path = workdir / f"perf-c{concurrency}-{index}-{time.monotonic_ns()}.csv"
-        command = measure_command(prefix, target, data_file, concurrency, window_s, warmup_requests, csv_path)
-        processes.append(Process(command, csv_path, concurrency, warmup_requests))
+        csv_path = workdir / f"perf-c{load.concurrency}-{index}-{time.monotonic_ns()}.csv"
+        command = measure_command(prefix, load, csv_path)
+        processes.append(Process(command, csv_path, load.concurrency, load.warmup_requests))
     # Generous: warm-up at a slow server, start-up, and windows that end only when a request completes.
-    timeout_s = 120 + 6 * window_s
+    timeout_s = 120 + 6 * load.window_s
     runs = [process.finish(timeout_s) for process in processes]
     cpu_s = _children_cpu_s() - before
     total = sum(run.client_requests for run in runs) or 1

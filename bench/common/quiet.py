@@ -3,6 +3,7 @@ during which other processes used a noticeable share of the CPU."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,29 @@ class QuietPolicy:
     @property
     def enabled(self) -> bool:
         return self.max_foreign_share < 1.0
+
+
+def add_quiet_options(parser: argparse.ArgumentParser, measurement: str, retries: int) -> None:
+    """The command-line options of a QuietPolicy (read back by `quiet_policy`)."""
+    parser.add_argument(
+        "--max-foreign-cpu",
+        type=float,
+        default=None,
+        help=f"wait for, and repeat a {measurement} unless, other processes use at most this share of the "
+        "machine's CPU (default 0.05; --quick: 1, never)",
+    )
+    parser.add_argument("--retries", type=int, default=retries, help=f"repeats of a disturbed {measurement}")
+    parser.add_argument("--quiet-wait", type=float, default=900.0, help="longest wait for a quiet machine, s")
+
+
+def quiet_policy(args: argparse.Namespace, quick: bool) -> QuietPolicy:
+    """The policy `add_quiet_options` asked for; a quick run never waits nor repeats by default."""
+    default_share = 1.0 if quick else 0.05
+    return QuietPolicy(
+        max_foreign_share=args.max_foreign_cpu if args.max_foreign_cpu is not None else default_share,
+        retries=args.retries,
+        max_wait_s=args.quiet_wait,
+    )
 
 
 def wait_for_quiet(policy: QuietPolicy) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -13,6 +14,19 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def benchmark_parser(
+    prog: str, description: str, quick: str, readme: Path = README
+) -> argparse.ArgumentParser:
+    """A benchmark run's parser, with the options every run has: --quick (its help: `quick`), --out
+    (where the results go) and --no-readme (leave `readme` as it is)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    shown = readme.relative_to(README.parent.parent)  # as the repository names it
+    parser.add_argument("--no-readme", action="store_true", help=f"do not update {shown}")
+    return parser
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -42,7 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.machine import describe_machine, machine_line
-from bench.common.report import RESULTS_DIR, markdown_table, save_figure, write_json, write_text
+from bench.common.report import (
+    benchmark_parser,
+    markdown_table,
+    save_figure,
+    write_json,
+    write_text,
+)
 
 # The e2e tests' harness (chart RBAC, operator process, API client): the benchmark measures exactly the
 # set-up the tests verify.
@@ -600,17 +606,15 @@ def update_readme(markdown: str, readme: Path = README) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.controlplane", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help=f"N = {QUICK_SIZES}, resync {QUICK_RESYNC_SECONDS} s"
+    parser = benchmark_parser(
+        "python -m bench.controlplane",
+        __doc__.split("\n\n")[0],
+        quick=f"N = {QUICK_SIZES}, resync {QUICK_RESYNC_SECONDS} s",
+        readme=README,
     )
     parser.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=None)
     parser.add_argument("--resync-seconds", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=900.0, help="per size, seconds to converge")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--no-readme", action="store_true", help="do not update bench/controlplane/README.md")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy operator and cluster logs here")
     return parser.parse_args(argv)
 

@@ -91,7 +91,8 @@ class StageTimer:
 
 @contextlib.contextmanager
 def built_runtime(model: BenchModel, device: str, workdir: Path) -> Iterator[Any]:
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
+    from model_repo.options import BuildOptions
 
     options = BuildOptions(
         source=f"file://{model.path}", model_name=OURS_MODEL_NAME, device="gpu" if device == "cuda" else "cpu"

@@ -23,8 +23,8 @@ from bench.common.checkpoints import BenchModel, make_tiny_bert_classifier, mini
 from bench.common.loadgen import ClosedLoopResult, closed_loop
 from bench.common.machine import describe_machine, load_average, machine_line
 from bench.common.metrics import Breakdown, Scrape, scrape_async
-from bench.common.quiet import QuietPolicy, guarded
-from bench.common.report import RESULTS_DIR, update_readme_section, write_json, write_text
+from bench.common.quiet import QuietPolicy, add_quiet_options, guarded, quiet_policy
+from bench.common.report import RESULTS_DIR, benchmark_parser, update_readme_section, write_json, write_text
 from bench.common.sentences import load_texts
 from bench.dataplane import raw as raw_limit
 from bench.dataplane.report import plot, render_markdown
@@ -84,12 +84,10 @@ def _name_list(allowed: Sequence[str]) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.dataplane",
-        description="Throughput and latency of ours vs the raw model and the per-request baselines.",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="short windows and fewer batch sizes (debugging)"
+    parser = benchmark_parser(
+        "python -m bench.dataplane",
+        "Throughput and latency of ours vs the raw model and the per-request baselines.",
+        quick="short windows and fewer batch sizes (debugging)",
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs everything in fp16"
@@ -129,20 +127,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--ours-max-batch-size", type=int, default=None, help="build ours with this instead of the default"
     )
-    parser.add_argument(
-        "--max-foreign-cpu",
-        type=float,
-        default=None,
-        help="repeat a measurement during which other processes used more than this share of the machine's "
-        "CPU (default 0.05; --quick: 1, never)",
-    )
-    parser.add_argument("--retries", type=int, default=3, help="repeats of a disturbed measurement")
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=900.0,
-        help="longest wait for a quiet machine before a measurement, s",
-    )
+    add_quiet_options(parser, "measurement", retries=3)
     parser.add_argument(
         "--loadgen",
         choices=LOAD_GENERATORS,
@@ -154,10 +139,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         action="store_true",
         help="skip the check that perf_analyzer is not the bottleneck (two clients at half the "
         "concurrency against ours at the highest level)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument(
-        "--no-readme", action="store_true", help="do not update bench/README.md (full runs do by default)"
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -177,13 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         text_count=args.texts or len(load_texts()),
         quick=quick,
         minilm_path=args.minilm_path,
-        quiet=QuietPolicy(
-            max_foreign_share=args.max_foreign_cpu
-            if args.max_foreign_cpu is not None
-            else (1.0 if quick else 0.05),
-            retries=args.retries,
-            max_wait_s=args.quiet_wait,
-        ),
+        quiet=quiet_policy(args, quick),
         ours_build={
             name: value
             for name, value in (
@@ -242,8 +217,9 @@ def measure_optimised(
 
     The repositories are built here, where the contenders find them again (see `serve_ours`).
     """
-    from model_repo.build import BuildOptions, build_repository, read_record
+    from model_repo.build import build_repository, read_record
     from model_repo.errors import BuildError
+    from model_repo.options import BuildOptions
 
     result: dict[str, Any] = {}
     reference = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))
@@ -307,10 +283,9 @@ def perf_analyzer_runs(
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as temporary:
         workdir = Path(temporary)
         data = perf_analyzer.write_input_data(texts, target.input_name, workdir / "texts.json")
+        load = perf_analyzer.Load(target, data, concurrency, duration_s, warmup_requests(concurrency))
         try:
-            return perf_analyzer.measure(
-                prefix, target, data, concurrency, duration_s, warmup_requests(concurrency), workdir, clients
-            )
+            return perf_analyzer.measure(prefix, load, workdir, clients)
         except perf_analyzer.PerfAnalyzerError as exc:
             # A window in which no request completed: the server stalled for longer than a window (a
             # machine busy with other work). Measured once more with windows four times as long.
@@ -318,14 +293,7 @@ def perf_analyzer_runs(
                 raise
             print(f"      no request completed in a window at c={concurrency}; longer windows", flush=True)
             return perf_analyzer.measure(
-                prefix,
-                target,
-                data,
-                concurrency,
-                4 * duration_s,
-                warmup_requests(concurrency),
-                workdir,
-                clients,
+                prefix, dataclasses.replace(load, window_s=4 * duration_s), workdir, clients
             )
 
 

@@ -26,7 +26,7 @@ from bench.baselines import TUTORIAL_MODEL_NAME, write_tutorial_repository
 from bench.common.checkpoints import BenchModel
 from bench.common.perf_analyzer import Target
 from model_repo.options import DType, Quantization
-from model_repo.triton import repository_server_args
+from model_repo.triton import free_port, repository_server_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OURS_MODEL_NAME = "model"
@@ -81,7 +81,8 @@ def serve_ours(
     optimisation: Mapping[str, Any] | None = None,
 ) -> Iterator[Endpoint]:
     from bench.common.loadgen import TritonGrpcSender
-    from model_repo.build import BuildOptions, build_repository, read_record
+    from model_repo.build import build_repository, read_record
+    from model_repo.options import BuildOptions
     from model_repo.triton import TritonServer
 
     options = BuildOptions(
@@ -150,12 +151,6 @@ def serve_tutorial(
         )
 
 
-def _free_port() -> int:
-    from model_repo.triton import free_port
-
-    return free_port()
-
-
 def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -179,7 +174,7 @@ def serve_fastapi(
 ) -> Iterator[Endpoint]:
     from bench.common.loadgen import HttpJsonSender
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         BASELINE_MODEL=str(model.path),

@@ -281,7 +281,8 @@ def serve(repository: Path, log: Path) -> Iterator[Any]:
 
 
 def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
+    from model_repo.options import BuildOptions
 
     options = BuildOptions(
         source=f"file://{checkpoint}", model_name="model", max_concurrent_sequences=max(settings.concurrency)

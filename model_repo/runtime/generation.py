@@ -157,6 +157,15 @@ def check_known_keys(where: str, values: Mapping[str, Any], accepted: tuple[str,
         )
 
 
+# Numeric sampling settings: name -> (parser, whether a value is allowed, the rule an error states).
+_NUMERIC_SETTINGS: dict[str, tuple[Callable[[str, Any], float], Callable[[float], bool], str]] = {
+    "temperature": (_as_float, lambda value: value >= 0, "must be >= 0 (0 means greedy)"),
+    "top_p": (_as_float, lambda value: 0 < value <= 1, "must be in (0, 1]"),
+    "top_k": (_as_int, lambda value: value >= 0, "must be >= 0 (0 means no limit)"),
+    "seed": (_as_int, lambda value: 0 <= value <= MAX_SEED, "must be between 0 and 2**64-1"),
+}
+
+
 def build_sampling(prompt: str, values: Mapping[str, Any], max_tokens_limit: int) -> Sampling:
     """Validate the merged parameters of one request (inputs over sampling_parameters over parameters)."""
     if not prompt.strip():
@@ -171,26 +180,12 @@ def build_sampling(prompt: str, values: Mapping[str, Any], max_tokens_limit: int
                 f"max_tokens {max_tokens} exceeds this model's maximum of {max_tokens_limit} tokens"
             )
         settings["max_tokens"] = max_tokens
-    if values.get("temperature") is not None:
-        temperature = _as_float("temperature", values["temperature"])
-        if temperature < 0:
-            raise GenerationRequestError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-        settings["temperature"] = temperature
-    if values.get("top_p") is not None:
-        top_p = _as_float("top_p", values["top_p"])
-        if not 0 < top_p <= 1:
-            raise GenerationRequestError(f"top_p must be in (0, 1], got {top_p}")
-        settings["top_p"] = top_p
-    if values.get("top_k") is not None:
-        top_k = _as_int("top_k", values["top_k"])
-        if top_k < 0:
-            raise GenerationRequestError(f"top_k must be >= 0 (0 means no limit), got {top_k}")
-        settings["top_k"] = top_k
-    if values.get("seed") is not None:
-        seed = _as_int("seed", values["seed"])
-        if not 0 <= seed <= MAX_SEED:
-            raise GenerationRequestError(f"seed must be between 0 and 2**64-1, got {seed}")
-        settings["seed"] = seed
+    for name, (parse, valid, rule) in _NUMERIC_SETTINGS.items():
+        if values.get(name) is not None:
+            value = parse(name, values[name])
+            if not valid(value):
+                raise GenerationRequestError(f"{name} {rule}, got {value}")
+            settings[name] = value
     if values.get("stop") is not None:
         settings["stop"] = _as_strings("stop", values["stop"])
     if values.get("stop_token_ids") is not None:

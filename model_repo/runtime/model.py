@@ -297,7 +297,7 @@ def _decode_texts(request: Any, name: str) -> list[str]:
     return texts
 
 
-def _read_text(path: str) -> str | None:
+def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as handle:
             return handle.read()
@@ -372,7 +372,7 @@ class TritonPythonModel:
             # one start a thread per core and fight over them.
             instance_groups = self.model_config.get("instance_group", [])
             instances = sum(int(group.get("count", 1)) for group in instance_groups)
-            cores = usable_cpus(len(os.sched_getaffinity(0)), _read_text("/sys/fs/cgroup/cpu.max"))
+            cores = usable_cpus(len(os.sched_getaffinity(0)), read_text("/sys/fs/cgroup/cpu.max"))
             torch.set_num_threads(max(1, cores // max(1, instances)))
 
         from transformers import AutoTokenizer
@@ -410,7 +410,7 @@ class TritonPythonModel:
         }[self.task]
         dtype_name = self.params.get("dtype", "float32")
         if dtype_name == "bfloat16" and self.device.type == "cpu":
-            cpuinfo = _read_text("/proc/cpuinfo")
+            cpuinfo = read_text("/proc/cpuinfo")
             if cpuinfo is not None and not cpu_has_native_bfloat16(cpuinfo):
                 raise RuntimeError(
                     "spec.triton.dtype bfloat16: this node's CPU has no bfloat16 instructions (avx512_bf16, "
@@ -430,7 +430,7 @@ class TritonPythonModel:
 
     def _log_accuracy(self, path: str) -> None:
         """Log the build's accuracy gate result (an optimised repository carries one) at load."""
-        text = _read_text(path)
+        text = read_text(path)
         if text is None or pb_utils is None or self.role not in ("encoder", "generator", "postprocess"):
             return
         result = json.loads(text)

@@ -28,6 +28,7 @@ from model_repo.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     MAX_BATCH_SIZE_LIMIT,
+    MAX_CONCURRENT_SEQUENCES,
     SOURCE_SCHEMES,
     DType,
     ModelFormat,
@@ -332,7 +333,7 @@ class TritonConfig(ApiModel):
         Field(
             default=None,
             ge=1,
-            le=4096,
+            le=MAX_CONCURRENT_SEQUENCES,
             description=(
                 "text-generation: sequences one instance decodes together (continuous batching); up to 4x "
                 "as many more wait, beyond that requests are refused as UNAVAILABLE. Default: 64 on a GPU, "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from model_repo.options import ModelFormat, Task
+from model_repo.options import ModelFormat, auto_format
 from modeldeploy.api import (
     AccuracyStatus,
     AutoscalingEngine,
@@ -701,11 +701,7 @@ def resolved_format(md: ModelDeployment) -> ModelFormat | None:
     requested = md.spec.triton.format
     if requested is not ModelFormat.AUTO:
         return requested
-    if md.spec.model.task is None:
-        # `auto` depends on the detected task, but only on GPUs: everything else is the Python runtime.
-        return ModelFormat.PYTHON if device(md.spec) == "cpu" else None
-    generating = md.spec.model.task is Task.TEXT_GENERATION and device(md.spec) == "gpu"
-    return ModelFormat.VLLM if generating else ModelFormat.PYTHON
+    return auto_format(md.spec.model.task, device(md.spec))
 
 
 def compute_status(

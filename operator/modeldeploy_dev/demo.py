@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from model_repo.triton import free_ports, stop_process_group
 from modeldeploy.labels import GPU_PRODUCT_LABEL
 from modeldeploy_dev.devcluster import DevCluster, default_cache_dir, ensure_binaries
 
@@ -101,7 +101,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
 
 @contextlib.contextmanager
 def _operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    health_port, metrics_port = _free_port(), _free_port()
+    health_port, metrics_port = free_ports(2)
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -122,21 +122,7 @@ def _operator_process(kubeconfig: Path, log_path: Path) -> Iterator[subprocess.P
         _wait_http(f"http://127.0.0.1:{health_port}/healthz", 60)
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        stop_process_group(process, 15)
 
 
 def _pod_of(cluster: DevCluster, namespace: str, name: str) -> dict[str, Any]:
@@ -221,7 +207,7 @@ def _triton_args(pod: dict[str, Any], workdir: Path) -> tuple[list[str], dict[st
     # Ports are the container runtime's business: this machine gets free ones.
     port_flags = ("--http-port", "--grpc-port", "--metrics-port")
     kept = [_map_arg(arg, mounts) for arg in args if not arg.startswith(port_flags)]
-    ports = {"http": _free_port(), "grpc": _free_port(), "metrics": _free_port()}
+    ports = dict(zip(("http", "grpc", "metrics"), free_ports(3), strict=True))
     return kept, ports
 
 

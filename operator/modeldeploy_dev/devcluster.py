@@ -20,13 +20,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +33,7 @@ from typing import Any, Final
 import typer
 import yaml
 
+from model_repo.triton import free_ports, http_ok
 from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from modeldeploy_dev.kubeapi import KubeApi
 
@@ -361,20 +359,6 @@ def _cert_kubeconfig(server: str, pki: _Pki, client: str) -> str:
 # Processes
 
 
-def _free_ports(count: int) -> list[int]:
-    # All sockets stay open until every port is picked, so the same port is never handed out twice.
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _process_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot, or None if it is gone (or a zombie)."""
     try:
@@ -475,15 +459,6 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
-    """Whether GET `url` answers 200 (a health or readiness endpoint); False while it cannot be reached."""
-    try:
-        with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:  # URLError and HTTPError included
-        return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -766,7 +741,7 @@ class DevCluster:
 
     def _start(self) -> None:
         started = time.monotonic()
-        ports = _Ports(*_free_ports(6))
+        ports = _Ports(*free_ports(6))
         pki, component_kubeconfigs = self._start_pki(ports.apiserver)
         etcd_url = self._start_etcd(ports.etcd)
         self._start_apiserver(pki, etcd_url, ports.apiserver)

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +38,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from modeldeploy_dev.devcluster import DevCluster, DevClusterError, http_ok
+from model_repo.triton import free_port, http_ok, stop_process_group
+from modeldeploy_dev.devcluster import DevCluster, DevClusterError
 from modeldeploy_dev.kubeapi import KubeApi, KubeApiError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,12 +89,6 @@ def wait_until(
             detail = f" (last error: {last_error})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unique_name(prefix: str) -> str:
@@ -436,13 +430,7 @@ class OperatorProcess:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
         if self._popen is None:
             return None
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._popen.pid, signal.SIGTERM)
-            try:
-                self._popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process_group(self._popen, timeout)
         return self._popen.returncode
 
     def log_text(self, since_start: bool = False) -> str:

@@ -152,7 +152,7 @@ def test_perf_analyzer_drives_triton_with_the_workload_texts(tmp_path: Path) -> 
             run
             for concurrency in (1, 4)
             for run in perf_analyzer.measure(
-                prefix, endpoint.target, data, concurrency, 3.0, 8, tmp_path / "runs"
+                prefix, perf_analyzer.Load(endpoint.target, data, concurrency, 3.0, 8), tmp_path / "runs"
             )
         ]
         after = scrape(endpoint.metrics_url, endpoint.metrics_model)

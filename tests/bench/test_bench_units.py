@@ -325,13 +325,13 @@ def test_perf_analyzer_input_data_is_one_string_per_step(tmp_path: Path) -> None
 
 
 def test_perf_analyzer_windows_are_fixed_and_warmup_is_separate(tmp_path: Path) -> None:
-    from bench.common.perf_analyzer import MIN_WINDOW_MS, WINDOWS, Target, measure_command
+    from bench.common.perf_analyzer import MIN_WINDOW_MS, WINDOWS, Load, Target, measure_command
 
     target = Target("127.0.0.1:8001", "model", "TEXT")
-    command = measure_command(["pa"], target, tmp_path / "d.json", 16, 6.0, 128, tmp_path / "o.csv")
+    command = measure_command(["pa"], Load(target, tmp_path / "d.json", 16, 6.0, 128), tmp_path / "o.csv")
     options = dict(zip(command[1::2], command[2::2], strict=False))
     assert options["--concurrency-range"] == "16" and options["-i"] == "grpc" and options["-b"] == "1"
     assert options["--measurement-interval"] == str(6000 // WINDOWS)
     assert options["--max-trials"] == str(WINDOWS) and options["--warmup-request-count"] == "128"
-    short = measure_command(["pa"], target, tmp_path / "d.json", 1, 0.3, 8, tmp_path / "o.csv")
+    short = measure_command(["pa"], Load(target, tmp_path / "d.json", 1, 0.3, 8), tmp_path / "o.csv")
     assert dict(zip(short[1::2], short[2::2], strict=False))["--measurement-interval"] == str(MIN_WINDOW_MS)

@@ -71,64 +71,68 @@ def make_bert_checkpoint(directory: Path, head: str, **config_overrides: Any) ->
     return directory
 
 
-def make_gpt2_checkpoint(directory: Path) -> Path:
-    import torch
+def _save_bpe_tokenizer(
+    directory: Path, special_tokens: list[str], model_max_length: int, **tokens: str
+) -> Any:
+    """A byte-level BPE tokenizer trained on SENTENCES (a causal LM's), saved into `directory`."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(SENTENCES * 4, vocab_size=400, min_frequency=1, special_tokens=special_tokens)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        model_max_length=64,
+        tokenizer_object=bpe._tokenizer, model_max_length=model_max_length, **tokens
     )
     tokenizer.save_pretrained(str(directory))
-    torch.manual_seed(0)
-    config = GPT2Config(
+    return tokenizer
+
+
+def _save_random_model(
+    directory: Path, model_class: Any, config_class: Any, tokenizer: Any, **architecture: int
+) -> Path:
+    """A seeded random `model_class` of `architecture`, over the tokenizer's vocabulary and tokens."""
+    import torch
+
+    config = config_class(
         vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **architecture,
     )
-    GPT2LMHeadModel(config).eval().save_pretrained(str(directory))
+    torch.manual_seed(0)
+    model_class(config).eval().save_pretrained(str(directory))
     return directory
+
+
+def make_gpt2_checkpoint(directory: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    end = "<|endoftext|>"
+    tokenizer = _save_bpe_tokenizer(directory, [end], 64, bos_token=end, eos_token=end, unk_token=end)
+    return _save_random_model(
+        directory, GPT2LMHeadModel, GPT2Config, tokenizer, n_positions=64, n_embd=32, n_layer=2, n_head=4
+    )
 
 
 def make_llama_checkpoint(directory: Path, context: int = 1024) -> Path:
     """A tiny Llama with grouped-query attention (4 query heads share 2 key/value heads) and a byte-level
     BPE tokenizer that has no pad token."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    directory.mkdir(parents=True, exist_ok=True)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES * 4, vocab_size=400, min_frequency=1, special_tokens=["</s>", "<s>"])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", model_max_length=context
-    )
-    tokenizer.save_pretrained(str(directory))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    tokenizer = _save_bpe_tokenizer(directory, ["</s>", "<s>"], context, bos_token="<s>", eos_token="</s>")
+    return _save_random_model(
+        directory,
+        LlamaForCausalLM,
+        LlamaConfig,
+        tokenizer,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=context,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    LlamaForCausalLM(config).eval().save_pretrained(str(directory))
-    return directory
 
 
 @pytest.fixture(scope="session")

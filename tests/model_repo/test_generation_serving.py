@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from conftest import SENTENCES, make_gpt2_checkpoint, make_llama_checkpoint
 
-from model_repo.build import BuildOptions, build_repository
+from model_repo.build import build_repository
+from model_repo.options import BuildOptions
 from model_repo.triton import TritonServer, repository_server_args
 
 pytestmark = pytest.mark.triton
@@ -169,6 +170,18 @@ def grpc_generate(served: Served, model: str, timeout: float = 120, **inputs: An
     finally:
         client.stop_stream()
         client.close()
+
+
+def greedy_gpt2(served: Served, prompt: str, max_tokens: int, **sampling: Any) -> Answer:
+    """A greedy GPT-2 request whose `sampling` settings travel in sampling_parameters."""
+    return grpc_generate(
+        served,
+        GPT2,
+        text_input=prompt,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        sampling_parameters=json.dumps(sampling),
+    )
 
 
 def http_generate_stream(
@@ -340,14 +353,7 @@ def test_stop_token_ids_and_checkpoint_eos_end_generation(served: Served) -> Non
     answer = grpc_generate(served, GPT2_EOS, text_input=EOS_PROMPT, max_tokens=8, temperature=0.0)
     assert answer.output_tokens == tokens.index(tokens[2]) + 1  # stopped at the checkpoint's EOS
     stop_id = tokens[3]
-    answer = grpc_generate(
-        served,
-        GPT2,
-        text_input=EOS_PROMPT,
-        max_tokens=8,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"stop_token_ids": [stop_id]}),
-    )
+    answer = greedy_gpt2(served, EOS_PROMPT, 8, stop_token_ids=[stop_id])
     assert answer.output_tokens == tokens.index(stop_id) + 1
 
 
@@ -359,24 +365,10 @@ def test_long_prompt_is_refused_naming_both_lengths_unless_truncation_is_asked_f
         InferenceServerException, match=r"text_input is \d+ tokens but this model's context is 64"
     ):
         grpc_generate(served, GPT2, text_input=long_prompt, max_tokens=4)
-    answer = grpc_generate(
-        served,
-        GPT2,
-        text_input=long_prompt,
-        max_tokens=4,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"truncate_prompt_tokens": 40}),
-    )
+    answer = greedy_gpt2(served, long_prompt, 4, truncate_prompt_tokens=40)
     assert answer.input_tokens == 40 and 1 <= answer.output_tokens <= 4
     # max_tokens clamps to the room the prompt leaves in the context.
-    answer = grpc_generate(
-        served,
-        GPT2,
-        text_input=long_prompt,
-        max_tokens=63,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"truncate_prompt_tokens": 60}),
-    )
+    answer = greedy_gpt2(served, long_prompt, 63, truncate_prompt_tokens=60)
     assert answer.output_tokens <= 4
 
 

@@ -9,7 +9,7 @@ import json
 import random
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from conftest import SENTENCES
 
-from model_repo.build import BuildOptions, build_repository
+from model_repo.build import build_repository
+from model_repo.options import BuildOptions
 from model_repo.triton import TritonServer, repository_server_args
 
 pytestmark = pytest.mark.triton
@@ -147,61 +148,47 @@ BAD_REQUESTS = [
 ]
 
 
-def http_call(served: Served, model: str, inputs: list[Tensor]) -> tuple[int, Any]:
-    """(HTTP status, outputs or error message) through tritonclient's HTTP client."""
+def call(served: Served, protocol: str, model: str, inputs: list[Tensor]) -> tuple[int | str, Any]:
+    """(status, outputs or error message) through tritonclient's `protocol` client: the HTTP status
+    code, or the gRPC status code's name."""
+    import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = httpclient.InferenceServerClient(served.server.http_url)
+    http = protocol == "http"
+    module: Any = httpclient if http else grpcclient
+    client = module.InferenceServerClient(served.server.http_url if http else served.server.grpc_url)
     try:
         tensors = []
         for name, shape, datatype, data in inputs:
-            tensor = httpclient.InferInput(name, shape, datatype)
-            tensor.set_data_from_numpy(data, binary_data=True)
+            tensor = module.InferInput(name, shape, datatype)
+            tensor.set_data_from_numpy(data, **({"binary_data": True} if http else {}))
             tensors.append(tensor)
         try:
             result = client.infer(model, tensors)
         except InferenceServerException as exc:
-            return int(exc.status()), exc.message()
-        return 200, {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
-    finally:
-        client.close()
-
-
-def grpc_call(served: Served, model: str, inputs: list[Tensor]) -> tuple[str, Any]:
-    """(gRPC status code name, outputs or error message) through tritonclient's gRPC client."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(served.server.grpc_url)
-    try:
-        tensors = []
-        for name, shape, datatype, data in inputs:
-            tensor = grpcclient.InferInput(name, shape, datatype)
-            tensor.set_data_from_numpy(data)
-            tensors.append(tensor)
-        try:
-            result = client.infer(model, tensors)
-        except InferenceServerException as exc:
-            return str(exc.status()).removeprefix("StatusCode."), exc.message()
-        return "OK", {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+            status = int(exc.status()) if http else str(exc.status()).removeprefix("StatusCode.")
+            return status, exc.message()
+        response = result.get_response()
+        names = [o["name"] for o in response["outputs"]] if http else [o.name for o in response.outputs]
+        return (200 if http else "OK"), {name: result.as_numpy(name) for name in names}
     finally:
         client.close()
 
 
 @pytest.mark.parametrize("bad", BAD_REQUESTS, ids=[bad.kind for bad in BAD_REQUESTS])
 def test_bad_request_is_the_clients_error_over_http_and_grpc(served: Served, bad: BadRequest) -> None:
-    status, message = http_call(served, bad.model, bad.inputs)
+    status, message = call(served, "http", bad.model, bad.inputs)
     assert status == 400, (status, message)
     assert bad.message in message
-    code, message = grpc_call(served, bad.model, bad.inputs)
+    code, message = call(served, "grpc", bad.model, bad.inputs)
     assert code == "INVALID_ARGUMENT", (code, message)
     assert bad.message in message
 
 
 def test_unknown_model_is_not_found(served: Served) -> None:
-    status, message = http_call(served, "no_such_model", [_texts(b"hello")])
-    code, _ = grpc_call(served, "no_such_model", [_texts(b"hello")])
+    status, message = call(served, "http", "no_such_model", [_texts(b"hello")])
+    code, _ = call(served, "grpc", "no_such_model", [_texts(b"hello")])
     assert (status, code) == (404, "NOT_FOUND"), message
     assert "Request for unknown model: 'no_such_model' is not found" in message
 
@@ -280,16 +267,12 @@ def test_64_clients_with_10_percent_malformed_requests(served: Served) -> None:
         else:
             plan.append((protocol, good_texts[index % len(good_texts)]))
     random.Random(15).shuffle(plan)
-    calls: dict[str, Callable[[Served, str, list[Tensor]], tuple[Any, Any]]] = {
-        "http": http_call,
-        "grpc": grpc_call,
-    }
 
     def one_client(client: int) -> list[tuple[str, Any, Any, Any]]:
         outcomes = []
         for protocol, item in plan[client::CLIENTS]:
             inputs = item.inputs if isinstance(item, BadRequest) else [_texts(item.encode())]
-            status, body = calls[protocol](served, ENCODER, inputs)
+            status, body = call(served, protocol, ENCODER, inputs)
             outcomes.append((protocol, item, status, body))
         return outcomes
 

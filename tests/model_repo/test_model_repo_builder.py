@@ -14,11 +14,11 @@ from conftest import write_json
 from typer.testing import CliRunner
 
 from model_repo import cli
-from model_repo.build import RECORD_FILE, BuildOptions, build_repository, read_record
+from model_repo.build import RECORD_FILE, build_repository, read_record
 from model_repo.configs import validate_config
 from model_repo.errors import BuildError
 from model_repo.fetch import select_files
-from model_repo.options import DType, ModelFormat, Task
+from model_repo.options import BuildOptions, DType, ModelFormat, Task
 
 
 def _siblings(out: Path) -> list[str]:
@@ -142,6 +142,52 @@ BAD_BUILDS: list[tuple[str, str]] = [
 ]
 
 
+def _remove_tokenizer(source: Path, _tmp: Path) -> None:
+    for name in ("vocab.txt", "tokenizer.json"):
+        (source / name).unlink(missing_ok=True)
+
+
+def _remove_architectures(source: Path, _tmp: Path) -> None:
+    config = json.loads((source / "config.json").read_text())
+    config.pop("architectures")
+    write_json(source / "config.json", config)
+
+
+def _link_outside(source: Path, tmp: Path) -> None:
+    secret = tmp / "secret.txt"
+    secret.write_text("not part of the model")
+    (source / "notes.txt").symlink_to(secret)
+
+
+def _add_dense_module(source: Path, _tmp: Path) -> None:
+    write_json(
+        source / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Dense", "type": "sentence_transformers.models.Dense"},
+        ],
+    )
+
+
+# Bad inputs made by damaging a copy of a good checkpoint: kind -> (the checkpoint's task, the damage).
+DAMAGED_COPIES: dict[str, tuple[str, Callable[[Path, Path], object]]] = {
+    "no-config": ("text-classification", lambda source, _tmp: (source / "config.json").unlink()),
+    "invalid-config-json": (
+        "text-classification",
+        lambda source, _tmp: (source / "config.json").write_text("{not json"),
+    ),
+    "no-tokenizer": ("text-classification", _remove_tokenizer),
+    "no-weights": ("text-classification", lambda source, _tmp: (source / "model.safetensors").unlink()),
+    "corrupt-weights": (
+        "text-classification",
+        lambda source, _tmp: (source / "model.safetensors").write_bytes(b"this is not a safetensors file"),
+    ),
+    "no-architecture": ("text-classification", _remove_architectures),
+    "symlink-escape": ("text-classification", _link_outside),
+    "unsupported-st-module": ("feature-extraction", _add_dense_module),
+}
+
+
 @pytest.mark.parametrize(("kind", "message"), BAD_BUILDS, ids=[kind for kind, _ in BAD_BUILDS])
 def test_bad_builder_input_is_refused_cleanly(
     kind: str,
@@ -152,57 +198,20 @@ def test_bad_builder_input_is_refused_cleanly(
 ) -> None:
     bert = checkpoints["text-classification"]
     options = BuildOptions(source=f"file://{bert}")
-    if kind == "unsupported-scheme":
+    damaged = DAMAGED_COPIES.get(kind)
+    if damaged is not None:
+        task, damage = damaged
+        source = copy_checkpoint(checkpoints[task])
+        damage(source, tmp_path)
+        options = BuildOptions(source=f"file://{source}")
+    elif kind == "unsupported-scheme":
         options = BuildOptions(source="ftp://example/model")
     elif kind == "path-traversal":
         options = BuildOptions(source=f"file://{bert}/../../etc")
     elif kind == "missing-directory":
         options = BuildOptions(source=f"file://{tmp_path}/nothing-here")
-    elif kind == "no-config":
-        source = copy_checkpoint(bert)
-        (source / "config.json").unlink()
-        options = BuildOptions(source=f"file://{source}")
-    elif kind == "invalid-config-json":
-        source = copy_checkpoint(bert)
-        (source / "config.json").write_text("{not json")
-        options = BuildOptions(source=f"file://{source}")
-    elif kind == "no-tokenizer":
-        source = copy_checkpoint(bert)
-        for name in ("vocab.txt", "tokenizer.json"):
-            (source / name).unlink(missing_ok=True)
-        options = BuildOptions(source=f"file://{source}")
-    elif kind == "no-weights":
-        source = copy_checkpoint(bert)
-        (source / "model.safetensors").unlink()
-        options = BuildOptions(source=f"file://{source}")
-    elif kind == "corrupt-weights":
-        source = copy_checkpoint(bert)
-        (source / "model.safetensors").write_bytes(b"this is not a safetensors file")
-        options = BuildOptions(source=f"file://{source}")
     elif kind == "task-without-head":
         options = BuildOptions(source=f"file://{checkpoints['text-generation']}", task=Task.FILL_MASK)
-    elif kind == "no-architecture":
-        source = copy_checkpoint(bert)
-        config = json.loads((source / "config.json").read_text())
-        config.pop("architectures")
-        write_json(source / "config.json", config)
-        options = BuildOptions(source=f"file://{source}")
-    elif kind == "symlink-escape":
-        source = copy_checkpoint(bert)
-        secret = tmp_path / "secret.txt"
-        secret.write_text("not part of the model")
-        (source / "notes.txt").symlink_to(secret)
-        options = BuildOptions(source=f"file://{source}")
-    elif kind == "unsupported-st-module":
-        source = copy_checkpoint(checkpoints["feature-extraction"])
-        write_json(
-            source / "modules.json",
-            [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Dense", "type": "sentence_transformers.models.Dense"},
-            ],
-        )
-        options = BuildOptions(source=f"file://{source}")
     elif kind == "sequence-too-long":
         options = BuildOptions(source=f"file://{bert}", max_sequence_length=4096)
     elif kind == "vllm-on-cpu":

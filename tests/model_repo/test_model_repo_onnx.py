@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_repo.build import BuildOptions, build_repository
-from model_repo.options import ModelFormat, Task
+from model_repo.build import build_repository
+from model_repo.options import BuildOptions, ModelFormat, Task
 from model_repo.triton import TritonServer
 
 ENCODER_TASKS = ["text-classification", "token-classification", "feature-extraction", "fill-mask"]

@@ -16,9 +16,9 @@ import typer
 from typer.testing import CliRunner
 
 from model_repo import cli
-from model_repo.build import RECORD_FILE, BuildOptions, build_repository, read_record
+from model_repo.build import RECORD_FILE, build_repository, read_record
 from model_repo.errors import BuildError
-from model_repo.options import MAX_BATCH_SIZE_LIMIT, Task
+from model_repo.options import MAX_BATCH_SIZE_LIMIT, BuildOptions, Task
 
 
 def _app() -> typer.Typer:

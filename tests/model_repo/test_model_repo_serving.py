@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from conftest import SENTENCES
 
-from model_repo.build import BuildOptions, build_repository
+from model_repo.build import build_repository
+from model_repo.options import BuildOptions
 from model_repo.triton import TritonServer, repository_server_args
 
 pytestmark = pytest.mark.triton
@@ -85,23 +86,33 @@ def grpc_infer(served: Served, model: str, texts: list[str]) -> dict[str, np.nda
 PROTOCOLS = [http_infer, grpc_infer]
 
 
-def _encode_one(tokenizer: Any, text: str) -> Any:
-    return tokenizer(text, return_tensors="pt", truncation=True, max_length=64)
+def transformers_outputs(
+    served: Served, task: str, auto_class: str, texts: list[str]
+) -> tuple[Any, list[Any]]:
+    """The task's checkpoint run by transformers on each text alone (truncated to the tiny models' 64
+    positions): (the model, one output per text)."""
+    import torch
+    import transformers
+
+    path = served.checkpoints[task]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    model = getattr(transformers, auto_class).from_pretrained(str(path)).eval()
+    with torch.inference_mode():
+        encoded = [tokenizer(text, return_tensors="pt", truncation=True, max_length=64) for text in texts]
+        return model, [model(**batch) for batch in encoded]
 
 
 @pytest.mark.parametrize("infer", PROTOCOLS, ids=["http", "grpc"])
 def test_text_classification_matches_transformers(served: Served, infer: Any) -> None:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = served.checkpoints["text-classification"]
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+    model, references = transformers_outputs(
+        served, "text-classification", "AutoModelForSequenceClassification", SENTENCES
+    )
     outputs = infer(served, MODEL_NAMES["text-classification"], SENTENCES)
     assert outputs["SCORES"].shape == (len(SENTENCES), 3)
-    for row, sentence in enumerate(SENTENCES):
-        with torch.inference_mode():
-            expected = torch.softmax(model(**_encode_one(tokenizer, sentence)).logits[0], -1).numpy()
+    for row, reference in enumerate(references):
+        expected = torch.softmax(reference.logits[0], -1).numpy()
         np.testing.assert_allclose(outputs["SCORES"][row], expected, atol=1e-5)
         assert outputs["LABEL"][row][0].decode() == model.config.id2label[int(expected.argmax())]
         assert outputs["SCORE"][row][0] == pytest.approx(float(expected.max()), abs=1e-5)
@@ -130,17 +141,11 @@ def test_token_classification_matches_pipeline(served: Served, infer: Any) -> No
 
 @pytest.mark.parametrize("infer", PROTOCOLS, ids=["http", "grpc"])
 def test_feature_extraction_is_cls_of_last_hidden_state(served: Served, infer: Any) -> None:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    path = served.checkpoints["feature-extraction"]
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path)).eval()
+    _, references = transformers_outputs(served, "feature-extraction", "AutoModel", SENTENCES)
     outputs = infer(served, MODEL_NAMES["feature-extraction"], SENTENCES)
     assert outputs["EMBEDDING"].shape == (len(SENTENCES), 32)
-    for row, sentence in enumerate(SENTENCES):
-        with torch.inference_mode():
-            expected = model(**_encode_one(tokenizer, sentence)).last_hidden_state[0, 0].numpy()
+    for row, reference in enumerate(references):
+        expected = reference.last_hidden_state[0, 0].numpy()
         np.testing.assert_allclose(outputs["EMBEDDING"][row], expected, atol=1e-4)
 
 
@@ -277,14 +282,11 @@ def test_fill_mask_without_mask_token_is_an_error(served: Served) -> None:
 
 def test_text_longer_than_the_model_maximum_is_truncated(served: Served) -> None:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     long_text = " ".join(SENTENCES * 20)  # far beyond the 64 positions of the tiny model
     outputs = http_infer(served, MODEL_NAMES["text-classification"], [long_text])
-    path = served.checkpoints["text-classification"]
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
-    with torch.inference_mode():
-        truncated = tokenizer(long_text, return_tensors="pt", truncation=True, max_length=64)
-        expected = torch.softmax(model(**truncated).logits[0], -1).numpy()
+    _, (reference,) = transformers_outputs(
+        served, "text-classification", "AutoModelForSequenceClassification", [long_text]
+    )
+    expected = torch.softmax(reference.logits[0], -1).numpy()
     np.testing.assert_allclose(outputs["SCORES"][0], expected, atol=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_repo.triton import repository_server_args
+from model_repo.triton import triton_server_args
 from modeldeploy.api import ModelDeployment
 from modeldeploy.digest import repository_digest
 from modeldeploy.kinds import DEPLOYMENT
@@ -34,7 +34,6 @@ PROGRESS_DEADLINE_SECONDS = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD +
 # on top of a base for the server itself.
 SHM_MIB_PER_INSTANCE = 256
 SHM_BASE_MIB = 256
-RESPONSE_CACHE_BYTES = 256 * 1024 * 1024
 
 SHM_VOLUME = "dshm"
 REPOSITORY_VOLUME = "model-repository"
@@ -56,7 +55,7 @@ def shm_size_mib(md: ModelDeployment) -> int:
 
 
 def triton_arguments(md: ModelDeployment, digest: str) -> list[str]:
-    args = [
+    return [
         f"--model-repository={repository_path(md, digest)}",
         "--strict-readiness=true",
         f"--exit-timeout-secs={EXIT_TIMEOUT_SECONDS}",
@@ -64,12 +63,8 @@ def triton_arguments(md: ModelDeployment, digest: str) -> list[str]:
         f"--http-port={HTTP_PORT}",
         f"--grpc-port={GRPC_PORT}",
         f"--metrics-port={METRICS_PORT}",
-        "--log-format=ISO8601",
-        *repository_server_args(),
+        *triton_server_args(response_cache=md.spec.triton.response_cache),
     ]
-    if md.spec.triton.response_cache:
-        args.append(f"--cache-config=local,size={RESPONSE_CACHE_BYTES}")
-    return args
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
