@@ -29,7 +29,9 @@ class LocalFrontend:
         host: str = "127.0.0.1",
         log_path: Path | None = None,
         ready_timeout_s: float = 120.0,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled
         self.command = [
             sys.executable,
             "-m",
@@ -66,6 +68,8 @@ class LocalFrontend:
         return ""
 
     def start(self) -> None:
+        if not self.enabled:
+            return
         log = self.log_path.open("wb") if self.log_path is not None else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
@@ -106,3 +110,18 @@ class LocalFrontend:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+DEFAULT_LOCAL_PORT = 9000
+
+
+def openai_frontend_for(repository: Path, triton_grpc: str, workdir: Path, *, enabled: bool) -> LocalFrontend:
+    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on port 9000."""
+    return LocalFrontend(
+        repository,
+        triton_grpc,
+        DEFAULT_LOCAL_PORT,
+        log_path=workdir / "openai-frontend.log",
+        ready_timeout_s=600,
+        enabled=enabled,
+    )
