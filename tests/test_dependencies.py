@@ -22,7 +22,7 @@ PRODUCT_TREES = (ROOT / "operator" / "modeldeploy", ROOT / "model_repo")
 FIRST_PARTY = frozenset({"modeldeploy", "model_repo"})
 # Provided by the process that loads the module, not by a distribution: the Triton Python-backend stub.
 PROVIDED_BY_HOST = frozenset({"triton_python_backend_utils"})
-PRODUCT_EXTRAS = ("builder", "onnx", "s3", "gcs", "serve")
+PRODUCT_EXTRAS = ("builder", "onnx", "s3", "gcs", "serve", "openai-frontend")
 # Declared on purpose although nothing imports them by name.
 NEEDED_WITHOUT_IMPORT = {
     # transformers loads fast tokenizers through it; pinned so images and tests agree.
