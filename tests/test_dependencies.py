@@ -29,6 +29,9 @@ NEEDED_WITHOUT_IMPORT = {
     "tokenizers": "transformers' tokenizer backend, pinned",
     # google.protobuf is imported; the distribution's name differs from the package's.
     "protobuf": "imported as google.protobuf",
+    # uvicorn picks them up itself (loop="auto", http="auto") when installed: the OpenAI frontend's speed.
+    "httptools": "uvicorn's C HTTP parser, used when installed",
+    "uvloop": "uvicorn's libuv event loop, used when installed",
 }
 
 

@@ -73,6 +73,10 @@ def _param_of(location: tuple[Any, ...]) -> str | None:
     return ".".join(parts) if parts else None
 
 
+def _json(answer: Any) -> Response:
+    return answer if isinstance(answer, Response) else JSONResponse(answer)
+
+
 def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
@@ -389,17 +393,19 @@ def create_app(model: ServedModel, backend: TritonBackend) -> FastAPI:
             )
         return frontend.model_card()
 
+    # Answers are JSONResponse objects already: FastAPI's own encoder would walk every float of an
+    # embedding through jsonable_encoder first.
     @app.post("/v1/embeddings")
-    async def embeddings(request: Request, body: EmbeddingRequest) -> Any:
-        return await unless_disconnected(request, frontend.embeddings(body))
+    async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
+        return _json(await unless_disconnected(request, frontend.embeddings(body)))
 
     @app.post("/v1/completions")
-    async def completions(request: Request, body: CompletionRequest) -> Any:
-        return await frontend.completions(request, body)
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        return _json(await frontend.completions(request, body))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
-        return await frontend.chat(request, body)
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        return _json(await frontend.chat(request, body))
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
