@@ -374,7 +374,7 @@ def serve(
     ] = False,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
-    from model_repo.openai_frontend.local import openai_frontend_for
+    from model_repo.openai_frontend.local import FrontendError, openai_frontend_for
     from model_repo.triton import TritonError, TritonServer, repository_server_args
 
     options = _options(
@@ -438,7 +438,7 @@ def serve(
             if server.process is None or server.process.poll() is not None:
                 typer.echo(f"tritonserver exited unexpectedly; log:\n{server.log()[-4000:]}", err=True)
                 raise typer.Exit(code=1)
-    except (TritonError, RuntimeError) as exc:
+    except (TritonError, FrontendError) as exc:
         typer.echo(f"modeldeploy serve: error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     finally:

@@ -411,3 +411,41 @@ def test_readiness_follows_triton(stack: Stack, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not ready"):
         orphan.start()
     orphan.stop()
+
+
+def test_modeldeploy_serve_openai_starts_the_frontend_and_stops_it(stack: Stack, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from openai import OpenAI
+
+    from model_repo.openai_frontend.local import DEFAULT_LOCAL_PORT
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", DEFAULT_LOCAL_PORT)) == 0:
+            pytest.skip(f"port {DEFAULT_LOCAL_PORT} is taken on this machine")
+    ports = [str(free_port()) for _ in range(3)]
+    command = [
+        str(Path(sys.executable).parent / "modeldeploy"), "serve",
+        "--source", f"file://{stack.paths[PLAIN]}", "--model-name", "tiny", "--openai",
+        "--workdir", str(tmp_path), "--http-port", ports[0], "--grpc-port", ports[1],
+        "--metrics-port", ports[2],
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{DEFAULT_LOCAL_PORT}/v1", api_key="unused", max_retries=0)
+        assert wait_for(lambda: b"Ctrl-C to stop" in log.read_bytes() or process.poll() is not None, 300)
+        assert process.poll() is None, log.read_text()
+        assert f"OpenAI  http://127.0.0.1:{DEFAULT_LOCAL_PORT}/v1" in log.read_text()
+        assert [model.id for model in client.models.list().data] == ["tiny"]
+        assert client.completions.create(model="tiny", prompt="hello", max_tokens=3).choices
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, log.read_text()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", DEFAULT_LOCAL_PORT)) != 0  # the frontend is gone too
