@@ -29,6 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.common.checkpoints import minilm
 from bench.common.loadgen import TritonGrpcSender, closed_loop
 from bench.common.machine import ForeignCpu, describe_machine, machine_line
@@ -46,6 +48,7 @@ class Settings:
     warmup_s: float
     window_s: float
     max_tokens: int
+    repeats: int
     layers: int
     hidden: int
     workdir: Path
@@ -56,11 +59,12 @@ class Settings:
 def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.openai", description=__doc__)
     parser.add_argument("--concurrency", default="1,64")
-    parser.add_argument("--warmup-s", type=float, default=4.0)
+    parser.add_argument("--warmup-s", type=float, default=6.0)
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per level, contenders alternating")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-openai"))
     parser.add_argument("--name", default="openai-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
@@ -70,6 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         warmup_s=args.warmup_s,
         window_s=args.window_s,
         max_tokens=args.max_tokens,
+        repeats=args.repeats,
         layers=args.layers,
         hidden=args.hidden,
         workdir=args.workdir,
@@ -192,20 +197,48 @@ async def _level(
     return summary
 
 
+def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level from its repeats: throughput over all windows, the median of the runs' latencies."""
+    window = sum(run["window_s"] for run in runs)
+    combined: dict[str, Any] = {
+        "concurrency": runs[0]["concurrency"],
+        "requests": sum(run["requests"] for run in runs),
+        "errors": sum(run["errors"] for run in runs),
+        "window_s": window,
+        "throughput_rps": round(sum(run["requests"] for run in runs) / window, 2),
+        "p50_ms": round(float(np.median([run["p50_ms"] for run in runs])), 3),
+        "p99_ms": round(float(np.median([run["p99_ms"] for run in runs])), 3),
+        "other_cpu_share": round(float(np.mean([run["other_cpu_share"] for run in runs])), 3),
+        "runs": runs,
+    }
+    if "tokens_per_s" in runs[0]:
+        combined["tokens_per_s"] = round(
+            sum(run["tokens_per_s"] * run["window_s"] for run in runs) / window, 1
+        )
+    return combined
+
+
 def measure(
     name: str,
     contenders: dict[str, Callable[[list[int]], Any]],
     inputs: Sequence[str],
     settings: Settings,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each concurrency level, the contenders alternating, so that drifting load hits both alike."""
+    """Each concurrency level `repeats` times, the contenders alternating (A B, then B A, ...), so that
+    drifting load on the shared machine hits both alike."""
     levels: dict[str, list[dict[str, Any]]] = {contender: [] for contender in contenders}
     for clients in settings.concurrency:
-        for contender, make in contenders.items():
-            tokens: list[int] = []
-            level = asyncio.run(_level(partial(make, tokens), inputs, clients, settings, tokens))
-            print(f"{name:<10} {contender:<12} {clients:>3} clients: {json.dumps(level)}", flush=True)
-            levels[contender].append(level)
+        runs: dict[str, list[dict[str, Any]]] = {contender: [] for contender in contenders}
+        for repeat in range(settings.repeats):
+            order = list(contenders) if repeat % 2 == 0 else list(reversed(contenders))
+            for contender in order:
+                tokens: list[int] = []
+                make = partial(contenders[contender], tokens)
+                level = asyncio.run(_level(make, inputs, clients, settings, tokens))
+                print(f"{name:<10} {contender:<12} {clients:>3} clients: {json.dumps(level)}", flush=True)
+                runs[contender].append(level)
+        for contender in contenders:
+            levels[contender].append(_combine(runs[contender]))
     return levels
 
 

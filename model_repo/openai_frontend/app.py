@@ -205,6 +205,7 @@ class Frontend:
 
     async def stream(
         self,
+        request: Request,
         prompt: str,
         sampling: dict[str, Any],
         chunk: Callable[[str | None, str | None, dict[str, int] | None], dict[str, Any]],
@@ -213,12 +214,15 @@ class Frontend:
     ) -> StreamingResponse:
         """An SSE stream; the first runtime response is awaited before the HTTP status is sent, so a
         request the runtime refuses gets its 4xx rather than an error inside a 200 stream."""
-        pieces = self.backend.generate(self.model.triton_name, prompt, True, sampling).__aiter__()
-        first: Piece | None
-        try:
-            first = await pieces.__anext__()
-        except StopAsyncIteration:
-            first = None
+        pieces = self.backend.generate(self.model.triton_name, prompt, True, sampling)
+
+        async def first_piece() -> Piece | None:
+            async for piece in pieces:  # leaving the loop early does not close the generator
+                return piece
+            return None
+
+        # A client that leaves while the request waits for its first token cancels it too.
+        first = await unless_disconnected(request, first_piece())
 
         async def events() -> AsyncIterator[bytes]:
             text, last = "", first
@@ -240,7 +244,7 @@ class Frontend:
                 yield _sse(exc.body())
             finally:
                 # Closing the generator (client gone) cancels the Triton request.
-                await pieces.aclose()  # type: ignore[attr-defined]
+                await pieces.aclose()
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -279,7 +283,7 @@ class Frontend:
 
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:
-            return await self.stream(prompt, sampling, chunk, include_usage, echo)
+            return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
         return {
@@ -328,7 +332,7 @@ class Frontend:
             return data
 
         if body.stream:
-            return await self.stream(prompt, sampling, chunk, include_usage, None)
+            return await self.stream(request, prompt, sampling, chunk, include_usage, None)
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
         return {

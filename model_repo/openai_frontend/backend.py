@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +132,7 @@ class TritonBackend:
 
     async def generate(
         self, model: str, prompt: str, stream: bool, sampling: dict[str, Any]
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         """The runtime's responses for one prompt, until its final one.
 
         The sampling keys go in `sampling_parameters` (JSON), which both the Python runtime and Triton's
