@@ -251,6 +251,7 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
     built = build_repository(
         BuildOptions(source=f"file://{model.path}", model_name="minilm"),
         settings.workdir / "minilm-repository",
+        force=True,  # the benchmark's own directory (Triton's stub leaves __pycache__ in it)
     )
     texts = list(load_texts())
     args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
@@ -297,6 +298,7 @@ def run_generation(settings: Settings) -> dict[str, Any]:
             max_concurrent_sequences=max(settings.concurrency),
         ),
         settings.workdir / "llama-repository",
+        force=True,
     )
     args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
     with (
