@@ -478,7 +478,9 @@ def test_openai_api_adds_the_sidecar_port_and_endpoint_only_while_enabled(
     assert deployment is not None
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert [container["name"] for container in containers] == ["triton", "openai"]
-    assert containers[1]["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "openai"}
+    # The apiserver adds its defaults (scheme: HTTP).
+    probe = containers[1]["readinessProbe"]["httpGet"]
+    assert {"path": "/health/ready", "port": "openai"}.items() <= probe.items()
     service = api.child("services", namespace, name)
     assert service is not None
     assert {"name": "openai", "port": 9000} in [
