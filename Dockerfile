@@ -8,7 +8,8 @@
 # builder:        `modeldeploy build`, run by the init container / build Job to turn a checkpoint into a
 #                 Triton model repository (torch, transformers, ONNX export, S3/GCS fetchers), plus the
 #                 real all-MiniLM-L6-v2 checkpoint at /opt/models/all-MiniLM-L6-v2 for demos and tests.
-# triton-runtime: NVIDIA's tritonserver -py3 image plus what the generated Python-backend models import.
+# triton-runtime: NVIDIA's tritonserver -py3 image plus what the generated Python-backend models import,
+#                 and the OpenAI-compatible sidecar (model_repo/openai_frontend).
 #
 # Every image runs as the unprivileged user 1000:1000 (numeric, so Kubernetes can verify runAsNonRoot): the
 # uid of NVIDIA's triton-server user, which the operator also sets on the Triton pods it creates.
@@ -84,8 +85,13 @@ RUN --mount=type=bind,source=docker/constraints.txt,target=/tmp/constraints.txt 
     && (getent group 1000 >/dev/null || groupadd --gid 1000 modeldeploy) \
     && (getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --no-create-home \
         --shell /usr/sbin/nologin modeldeploy)
+# The OpenAI-compatible sidecar (spec.api.openai): `python3 -m openai_frontend`, a self-contained package
+# (no project install: this image's Python is 3.12) whose dependencies come from the requirements above.
+COPY model_repo/openai_frontend/ /opt/modeldeploy/python/openai_frontend/
+ENV PYTHONPATH=/opt/modeldeploy/python
 USER 1000:1000
 WORKDIR /tmp
-EXPOSE 8000 8001 8002
-# NVIDIA's entry point (/opt/nvidia/nvidia_entrypoint.sh) stays; the operator runs `tritonserver ...`.
+EXPOSE 8000 8001 8002 9000
+# NVIDIA's entry point (/opt/nvidia/nvidia_entrypoint.sh) stays; the operator runs `tritonserver ...` and,
+# with the OpenAI API on, `python3 -m openai_frontend ...` in a second container.
 CMD ["tritonserver", "--help"]

@@ -330,8 +330,16 @@ def serve(
         Path | None,
         typer.Option("--workdir", help="Where the repository is built (a cache: reused when unchanged)."),
     ] = None,
+    openai: Annotated[
+        bool,
+        typer.Option(
+            "--openai",
+            help="Also serve the OpenAI-compatible API (embeddings, completions, chat) on port 9000.",
+        ),
+    ] = False,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
+    from model_repo.openai_frontend.local import FrontendError, openai_frontend_for
     from model_repo.triton import TritonError, TritonServer, triton_server_args
 
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
@@ -354,23 +362,28 @@ def serve(
         log_path=base / "tritonserver.log",
         host="127.0.0.1",
     )
+    frontend = openai_frontend_for(result.path, server.grpc_url, base, enabled=openai)
     try:
         _progress(f"starting tritonserver (log: {server.log_path})")
         server.start()
+        frontend.start()
         typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")
         typer.echo(f"  HTTP    http://{server.http_url}")
         typer.echo(f"  gRPC    {server.grpc_url}")
         typer.echo(f"  metrics {server.metrics_url}")
+        if frontend.enabled:
+            typer.echo(f"  OpenAI  {frontend.base_url}  (model {result.model_name!r})")
         typer.echo("example request:\n" + example_requests(result, server.http_url, server.grpc_url))
         typer.echo("Ctrl-C to stop.")
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
                 typer.echo(f"tritonserver exited unexpectedly; log:\n{server.log()[-4000:]}", err=True)
                 raise typer.Exit(code=1)
-    except TritonError as exc:
+    except (TritonError, FrontendError) as exc:
         typer.echo(f"modeldeploy serve: error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     finally:
+        frontend.stop()
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

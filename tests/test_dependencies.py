@@ -22,13 +22,16 @@ PRODUCT_TREES = (ROOT / "operator" / "modeldeploy", ROOT / "model_repo")
 FIRST_PARTY = frozenset({"modeldeploy", "model_repo"})
 # Provided by the process that loads the module, not by a distribution: the Triton Python-backend stub.
 PROVIDED_BY_HOST = frozenset({"triton_python_backend_utils"})
-PRODUCT_EXTRAS = ("builder", "onnx", "s3", "gcs", "serve")
+PRODUCT_EXTRAS = ("builder", "onnx", "s3", "gcs", "serve", "openai-frontend")
 # Declared on purpose although nothing imports them by name.
 NEEDED_WITHOUT_IMPORT = {
     # transformers loads fast tokenizers through it; pinned so images and tests agree.
     "tokenizers": "transformers' tokenizer backend, pinned",
     # google.protobuf is imported; the distribution's name differs from the package's.
     "protobuf": "imported as google.protobuf",
+    # uvicorn picks them up itself (loop="auto", http="auto") when installed: the OpenAI frontend's speed.
+    "httptools": "uvicorn's C HTTP parser, used when installed",
+    "uvloop": "uvicorn's libuv event loop, used when installed",
 }
 
 

@@ -668,6 +668,42 @@ class Cache(ApiModel):
     )
 
 
+# Triton's own ports in the pod (HTTP, gRPC, metrics): the OpenAI sidecar must not take one of them.
+TRITON_PORTS = (8000, 8001, 8002)
+OPENAI_TASKS = (Task.FEATURE_EXTRACTION, Task.TEXT_GENERATION)
+
+
+class OpenAIApi(ApiModel):
+    """An OpenAI-compatible API for this model (docs/openai.md): a sidecar in each Triton pod serves
+    /v1/models, /v1/embeddings (feature-extraction) and /v1/completions and /v1/chat/completions
+    (text-generation), calling Triton over gRPC on localhost."""
+
+    enabled: bool = Field(default=False, description="Run the OpenAI-compatible sidecar.")
+    port: int = Field(
+        default=9000,
+        ge=1024,
+        le=65535,
+        description="Container and Service port of the API (the Service port is named openai).",
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!(self.port in [8000, 8001, 8002])",
+            message="spec.api.openai.port must differ from Triton's ports 8000, 8001 and 8002",
+            check=lambda o: o.port not in TRITON_PORTS,
+            field_path=".port",
+        ),
+    )
+
+
+class Api(ApiModel):
+    """Protocols served besides Triton's own KServe v2 HTTP and gRPC."""
+
+    openai: OpenAIApi | None = Field(
+        default=None, description="The OpenAI-compatible API (off when omitted)."
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment: a checkpoint served by Triton."""
 
@@ -696,6 +732,17 @@ class ModelDeploymentSpec(ApiModel):
         Cache | None,
         Field(default=None, description="Keep built repositories on a PVC; built in every pod when omitted."),
     ] = None
+    api: Annotated[
+        Api | None,
+        Field(default=None, description="Extra APIs in front of the model, e.g. OpenAI-compatible."),
+    ] = None
+
+    @property
+    def openai(self) -> OpenAIApi | None:
+        """The OpenAI API settings when it is enabled, else None."""
+        if self.api is None or self.api.openai is None or not self.api.openai.enabled:
+            return None
+        return self.api.openai
 
     __rules__ = (
         Rule(
@@ -786,6 +833,18 @@ class ModelDeploymentSpec(ApiModel):
             ),
             field_path=".autoscaling.metric",
         ),
+        Rule(
+            cel=(
+                "!has(self.api) || !has(self.api.openai) || !self.api.openai.enabled || "
+                "(has(self.model.task) && self.model.task in ['feature-extraction', 'text-generation'])"
+            ),
+            message=(
+                "spec.api.openai needs spec.model.task set to feature-extraction (embeddings) or "
+                "text-generation (completions and chat)"
+            ),
+            check=lambda s: s.openai is None or s.model.task in OPENAI_TASKS,
+            field_path=".api.openai",
+        ),
     )
 
 
@@ -830,6 +889,9 @@ class Endpoints(ApiModel):
     grpc: str | None = Field(default=None, description="KServe v2 gRPC endpoint (host:port).")
     metrics: str | None = Field(default=None, description="Triton's Prometheus metrics.")
     model_name: str | None = Field(default=None, description="Triton model name to call.")
+    openai: str | None = Field(
+        default=None, description="Base URL of the OpenAI-compatible API (with spec.api.openai enabled)."
+    )
 
 
 class AccuracyStatus(ApiModel):

@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dockerfile
 import pytest
@@ -416,3 +417,106 @@ def test_triton_runtime_has_what_the_generated_models_import() -> None:
 def test_scripts_are_valid_bash(script: str) -> None:
     result = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------- the OpenAI sidecar
+
+_SIDECAR_RUNNER = """
+import importlib.abc, runpy, sys
+allowed = set(sys.argv[1].split(","))
+stdlib = set(sys.stdlib_module_names) | {"__future__", "openai_frontend"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in stdlib and top not in allowed and not top.startswith("_"):
+            raise ModuleNotFoundError(f"{name} is not installed in the triton-runtime image", name=name)
+        return None
+sys.meta_path.insert(0, Blocker())
+for module in ("openai_frontend.app", "openai_frontend.backend", "openai_frontend.model"):
+    __import__(module)
+sys.argv = ["openai_frontend", *sys.argv[2:]]
+runpy.run_module("openai_frontend", run_name="__main__", alter_sys=True)
+"""
+
+
+def _sidecar_copy() -> tuple[str, str, str]:
+    """(source, target) of the triton-runtime stage's COPY of the sidecar, and the PYTHONPATH it sets."""
+    stage = STAGE_BY_NAME["triton-runtime"]
+    copies = [c for c in stage.commands if c.cmd == "COPY" and c.value[0].startswith("model_repo/openai")]
+    assert len(copies) == 1, "the triton-runtime image must carry model_repo/openai_frontend"
+    source, target = copies[0].value
+    env: dict[str, str] = {}
+    for command in stage.commands:
+        if command.cmd == "ENV":
+            env.update(dict(zip(command.value[::2], command.value[1::2], strict=True)))
+    return source, target, env.get("PYTHONPATH", "")
+
+
+def _operator_sidecar() -> dict[str, Any]:
+    """The sidecar container the operator renders for a generation model with the OpenAI API on."""
+    from modeldeploy.api import ModelDeployment
+    from modeldeploy.builders.deployment import build_deployment
+    from modeldeploy.settings import RenderSettings
+
+    md = ModelDeployment.model_validate(
+        {
+            "apiVersion": "modeldeploy.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "chat", "namespace": "ml", "uid": "u-1"},
+            "spec": {
+                "model": {"source": "hf://org/chat", "task": "text-generation"},
+                "api": {"openai": {"enabled": True}},
+            },
+        }
+    )
+    deployment = build_deployment(md, RenderSettings(triton_image="t:1", builder_image="b:1"))
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    sidecar: dict[str, Any] = next(c for c in containers if c["name"] == "openai")
+    return sidecar
+
+
+def test_triton_runtime_carries_the_openai_sidecar_on_its_python_path() -> None:
+    source, target, python_path = _sidecar_copy()
+    assert source.rstrip("/") == "model_repo/openai_frontend"
+    # Copied as a top-level package into a directory on PYTHONPATH, so `python3 -m openai_frontend` works.
+    assert target.rstrip("/").rpartition("/")[0] in python_path.split(":")
+    assert target.rstrip("/").endswith("/openai_frontend")
+
+
+def test_triton_runtime_installs_the_openai_frontend_extra() -> None:
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "openai-frontend"
+    ]
+    provided = {canonicalize_name(Requirement(text).name) for text in _triton_requirements()}
+    assert {canonicalize_name(Requirement(text).name) for text in extra} <= provided
+
+
+def test_openai_sidecar_entry_point_runs_with_only_the_triton_runtime_packages(tmp_path: Path) -> None:
+    """What the operator's sidecar container runs (`python3 -m openai_frontend` plus its arguments), run
+    here from a copy laid out as in the image, with only the image's packages importable (not the project,
+    not the openai SDK)."""
+    import shutil
+
+    source, _target, _path = _sidecar_copy()
+    shutil.copytree(ROOT / source, tmp_path / "openai_frontend", ignore=shutil.ignore_patterns("__pycache__"))
+    allowed = {
+        module
+        for module, owners in importlib.metadata.packages_distributions().items()
+        if any(canonicalize_name(owner) in _closure(_triton_requirements()) for owner in owners)
+    }
+    assert "model_repo" not in allowed and "modeldeploy" not in allowed and "openai" not in allowed
+    container = _operator_sidecar()
+    assert container["command"] == ["python3", "-m", "openai_frontend"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for args in (["--help"], ["--help", *container["args"]]):
+        result = subprocess.run(
+            [sys.executable, "-c", _SIDECAR_RUNNER, ",".join(sorted(allowed)), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        flags = set(re.findall(r"--[a-z][a-z-]*", result.stdout))
+        assert {arg.partition("=")[0] for arg in container["args"]} <= flags

@@ -460,6 +460,51 @@ def test_turning_autoscaling_off_removes_the_autoscaler_and_the_disruption_budge
     wait_ready(api, namespace, name)
 
 
+def test_openai_api_adds_the_sidecar_port_and_endpoint_only_while_enabled(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = "minilm-openai"
+    model = {"source": "hf://sentence-transformers/all-MiniLM-L6-v2", "task": "feature-extraction"}
+    spec = {"model": model, "replicas": 1, "api": {"openai": {"enabled": True}}}
+    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    md = wait_ready(api, namespace, name)
+    assert md["status"]["endpoints"]["openai"] == f"http://{name}.{namespace}.svc:9000/v1"
+    deployment = api.child("deployments", namespace, name)
+    assert deployment is not None
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [container["name"] for container in containers] == ["triton", "openai"]
+    # The apiserver adds its defaults (scheme: HTTP).
+    probe = containers[1]["readinessProbe"]["httpGet"]
+    assert {"path": "/health/ready", "port": "openai"}.items() <= probe.items()
+    service = api.child("services", namespace, name)
+    assert service is not None
+    assert {"name": "openai", "port": 9000} in [
+        {"name": port["name"], "port": port["port"]} for port in service["spec"]["ports"]
+    ]
+    (pod,) = pods_of(api, namespace, name)
+    assert [container["name"] for container in pod["spec"]["containers"]] == ["triton", "openai"]
+
+    patch_md(cluster, namespace, name, {"spec": {"api": {"openai": {"enabled": False}}}})
+
+    def sidecar_gone() -> bool:
+        current = api.child("deployments", namespace, name)
+        service = api.child("services", namespace, name)
+        return (
+            current is not None
+            and service is not None
+            and [c["name"] for c in current["spec"]["template"]["spec"]["containers"]] == ["triton"]
+            and "openai" not in [port["name"] for port in service["spec"]["ports"]]
+        )
+
+    wait_until("the sidecar and its Service port gone", sidecar_gone, timeout=30)
+    md = wait_ready(api, namespace, name)
+    wait_until(
+        "status.endpoints without openai",
+        lambda: "openai" not in (md_of(api, namespace, name)["status"].get("endpoints") or {}),
+        timeout=30,
+    )
+
+
 def test_kubectl_scale_goes_through_the_scale_subresource(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:

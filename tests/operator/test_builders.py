@@ -545,3 +545,87 @@ def test_generation_limits_reach_the_builder() -> None:
     assert args[args.index("--max-concurrent-sequences") + 1] == "8"
     assert args[args.index("--max-tokens") + 1] == "256"
     assert "--max-tokens" not in builder_arguments(md_of().spec, "bert", "/out")
+
+
+# -- the OpenAI-compatible sidecar (spec.api.openai) ---------------------------------------------------
+
+OPENAI = {"api": {"openai": {"enabled": True}}}
+EMBEDDINGS = {"model": {"source": "hf://org/encoder", "task": "feature-extraction"}}
+
+
+@pytest.mark.parametrize(
+    "api", [{}, {"api": {}}, {"api": {"openai": {}}}, {"api": {"openai": {"enabled": False}}}]
+)
+def test_no_openai_container_port_or_endpoint_unless_enabled(api: dict[str, Any]) -> None:
+    from modeldeploy.builders.service import endpoints
+
+    md = md_of(GENERATION, api)
+    state = desired_state(md, SETTINGS, EVERYTHING)
+    containers = state.deployment["spec"]["template"]["spec"]["containers"]
+    assert [container["name"] for container in containers] == ["triton"]
+    assert "openai" not in [port["name"] for port in state.service["spec"]["ports"]]
+    assert "openai" not in endpoints(md)
+
+
+@pytest.mark.parametrize(("task", "cache"), [(GENERATION, CACHE["none"]), (EMBEDDINGS, CACHE["new-claim"])])
+def test_enabled_openai_api_adds_a_locked_down_probed_sidecar_and_a_service_port(
+    task: dict[str, Any], cache: dict[str, Any]
+) -> None:
+    from modeldeploy.builders.deployment import repository_path
+    from modeldeploy.builders.service import endpoints
+
+    md = md_of(task, cache, OPENAI, name="chat")
+    state = desired_state(md, SETTINGS, EVERYTHING)
+    _validate(state.deployment)
+    _validate(state.service)
+    pod = state.deployment["spec"]["template"]["spec"]
+    triton, sidecar = pod["containers"]
+    assert (triton["name"], sidecar["name"]) == ("triton", "openai")
+    # The Triton runtime image runs it: no fourth image.
+    assert sidecar["image"] == triton["image"] == "triton:test"
+    assert sidecar["command"] == ["python3", "-m", "openai_frontend"]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in sidecar["args"])
+    assert args == {
+        "model-repository": repository_path(md, repository_digest(md.spec, "chat")),
+        "model-id": "chat",
+        "triton-grpc": "127.0.0.1:8001",
+        "host": "0.0.0.0",
+        "port": "9000",
+    }
+    # It reads the repository Triton reads, read-only, and nothing else.
+    assert sidecar["volumeMounts"] == [mount for mount in triton["volumeMounts"] if mount["name"] != "dshm"]
+    assert all(mount["readOnly"] for mount in sidecar["volumeMounts"])
+    assert sidecar["securityContext"] == triton["securityContext"]
+    assert sidecar["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    assert "nvidia.com/gpu" not in str(sidecar["resources"])
+    assert sidecar["ports"] == [{"name": "openai", "containerPort": 9000, "protocol": "TCP"}]
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "openai"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "openai"}
+    openai_port = state.service["spec"]["ports"][-1]
+    assert (openai_port["name"], openai_port["port"], openai_port["targetPort"]) == ("openai", 9000, "openai")
+    assert endpoints(md)["openai"] == "http://chat.ml.svc:9000/v1"
+
+
+def test_the_openai_port_is_configurable_but_not_tritons() -> None:
+    md = md_of(GENERATION, {"api": {"openai": {"enabled": True, "port": 9443}}})
+    state = desired_state(md, SETTINGS, EVERYTHING)
+    assert state.service["spec"]["ports"][-1]["port"] == 9443
+    assert "--port=9443" in state.deployment["spec"]["template"]["spec"]["containers"][1]["args"]
+    with pytest.raises(ValueError, match="must differ from Triton's ports"):
+        md_of(GENERATION, {"api": {"openai": {"enabled": True, "port": 8001}}})
+
+
+@pytest.mark.parametrize("task", [None, "text-classification", "fill-mask"])
+def test_openai_api_needs_an_embedding_or_generation_task(task: str | None) -> None:
+    model: dict[str, Any] = {"source": "hf://org/m"}
+    if task is not None:
+        model["task"] = task
+    with pytest.raises(ValueError, match=r"spec\.api\.openai needs spec\.model\.task"):
+        md_of({"model": model}, OPENAI)
+
+
+def test_turning_the_openai_api_on_keeps_the_repository_digest() -> None:
+    # The sidecar reads the same repository: enabling it must not rebuild the model.
+    assert repository_digest(md_of(GENERATION).spec, "bert") == repository_digest(
+        md_of(GENERATION, OPENAI).spec, "bert"
+    )

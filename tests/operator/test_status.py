@@ -371,3 +371,13 @@ def test_the_pod_summary_the_operator_keeps_gives_the_same_status() -> None:
         full = compute_status(md, Observed(digest=digest, deployment=live, pods=pods), None, T0)
         kept = compute_status(md, Observed(digest=digest, deployment=live, pods=summaries), None, T0)
         assert comparable(kept) == comparable(full)
+
+
+def test_status_endpoints_show_the_openai_base_url_only_when_enabled() -> None:
+    spec = {"model": {"source": "hf://org/chat", "task": "text-generation"}}
+    for api, expected in (({}, None), ({"api": {"openai": {"enabled": True}}}, "http://bert.ml.svc:9000/v1")):
+        md = md_of(spec, api)
+        digest = digest_of(md)
+        observed = Observed(digest=digest, deployment=deployment(digest), pods=[pod(digest)])
+        status = compute_status(md, observed, None, T0)
+        assert status.endpoints is not None and status.endpoints.openai == expected

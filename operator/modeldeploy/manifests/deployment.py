@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from model_repo.triton import triton_server_args
@@ -35,6 +36,14 @@ PROGRESS_DEADLINE_SECONDS = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD +
 SHM_MIB_PER_INSTANCE = 256
 SHM_BASE_MIB = 256
 
+# The OpenAI sidecar: an asyncio process holding a tokenizer, no model weights.
+OPENAI_CONTAINER = "openai"
+OPENAI_PORT_NAME = "openai"
+OPENAI_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"memory": "2Gi"},
+}
+
 SHM_VOLUME = "dshm"
 REPOSITORY_VOLUME = "model-repository"
 REPOSITORY_MOUNT = "/models"
@@ -67,20 +76,23 @@ def triton_arguments(md: ModelDeployment, digest: str) -> list[str]:
     ]
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def _probe(path: str, period: int, failures: int, port: str = "http") -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
     }
 
 
-def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str) -> dict[str, Any]:
+def _repository_mount(md: ModelDeployment) -> dict[str, Any]:
     if md.spec.cache is not None:
-        repository_mount = {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT, "readOnly": True}
-    else:
-        repository_mount = {"name": REPOSITORY_VOLUME, "mountPath": REPOSITORY_MOUNT, "readOnly": True}
+        return {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT, "readOnly": True}
+    return {"name": REPOSITORY_VOLUME, "mountPath": REPOSITORY_MOUNT, "readOnly": True}
+
+
+def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str) -> dict[str, Any]:
+    repository_mount = _repository_mount(md)
     return {
         "name": "triton",
         "image": md.spec.triton.image or settings.triton_image,
@@ -99,6 +111,37 @@ def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str)
         "securityContext": container_security_context(),
         # Triton writes no termination message; its last log lines ("failed to load model ...") are what
         # the status quotes when it exits (ModelLoadFailed).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str) -> dict[str, Any]:
+    """The OpenAI-compatible sidecar (model_repo/openai_frontend, in the Triton image): it reads the
+    tokenizer from the same repository and calls Triton over gRPC on localhost."""
+    api = md.spec.openai
+    assert api is not None
+    return {
+        "name": OPENAI_CONTAINER,
+        "image": md.spec.triton.image or settings.triton_image,
+        "command": ["python3", "-m", "openai_frontend"],
+        "args": [
+            f"--model-repository={repository_path(md, digest)}",
+            f"--model-id={md.metadata.name}",
+            f"--triton-grpc=127.0.0.1:{GRPC_PORT}",
+            "--host=0.0.0.0",
+            f"--port={api.port}",
+        ],
+        # Only the tokenizer is read from the repository; nothing may be fetched from the hub.
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf-home"}],
+        "ports": [{"name": OPENAI_PORT_NAME, "containerPort": api.port, "protocol": "TCP"}],
+        # Ready exactly when Triton and the model are (the sidecar asks Triton over gRPC), so the pod's
+        # readiness is Triton's whether or not the API is on.
+        "startupProbe": _probe("/health/live", 2, 60, OPENAI_PORT_NAME),
+        "livenessProbe": _probe("/health/live", 10, 3, OPENAI_PORT_NAME),
+        "readinessProbe": _probe("/health/ready", 5, 3, OPENAI_PORT_NAME),
+        "resources": copy.deepcopy(OPENAI_RESOURCES),
+        "volumeMounts": [_repository_mount(md)],
+        "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
@@ -131,7 +174,10 @@ def build_deployment(md: ModelDeployment, settings: RenderSettings) -> dict[str,
         ]
     pod_spec.update(
         {
-            "containers": [triton_container(md, settings, digest)],
+            "containers": [
+                triton_container(md, settings, digest),
+                *([openai_container(md, settings, digest)] if md.spec.openai is not None else []),
+            ],
             "volumes": volumes,
             "securityContext": pod_security_context(),
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

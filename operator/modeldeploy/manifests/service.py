@@ -8,11 +8,23 @@ from modeldeploy.api import ModelDeployment
 from modeldeploy.kinds import SERVICE
 from modeldeploy.labels import child_manifest, selector_labels
 from modeldeploy.manifests.common import owner_of
-from modeldeploy.manifests.deployment import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from modeldeploy.manifests.deployment import GRPC_PORT, HTTP_PORT, METRICS_PORT, OPENAI_PORT_NAME
 
 
 def build_service(md: ModelDeployment) -> dict[str, Any]:
     owner = owner_of(md)
+    openai = md.spec.openai
+    extra_ports = []
+    if openai is not None:
+        extra_ports.append(
+            {
+                "name": OPENAI_PORT_NAME,
+                "port": openai.port,
+                "targetPort": OPENAI_PORT_NAME,
+                "protocol": "TCP",
+                "appProtocol": "http",
+            }
+        )
     spec = {
         "type": "ClusterIP",
         "selector": selector_labels(owner),
@@ -38,6 +50,7 @@ def build_service(md: ModelDeployment) -> dict[str, Any]:
                 "protocol": "TCP",
                 "appProtocol": "http",
             },
+            *extra_ports,
         ],
     }
     return child_manifest(SERVICE, owner, owner.names.service, spec)
@@ -47,9 +60,13 @@ def endpoints(md: ModelDeployment) -> dict[str, str]:
     """In-cluster addresses of the model, for the status."""
     owner = owner_of(md)
     host = f"{owner.names.service}.{owner.namespace}.svc"
-    return {
+    found = {
         "http": f"http://{host}:{HTTP_PORT}",
         "grpc": f"{host}:{GRPC_PORT}",
         "metrics": f"http://{host}:{METRICS_PORT}/metrics",
         "modelName": owner.names.model_name,
     }
+    if md.spec.openai is not None:
+        # What OpenAI(base_url=...) takes; the model id is the ModelDeployment's name.
+        found["openai"] = f"http://{host}:{md.spec.openai.port}/v1"
+    return found

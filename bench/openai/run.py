@@ -1,0 +1,392 @@
+"""bench/openai: what the OpenAI-compatible frontend costs over calling Triton's gRPC directly.
+
+Side by side in one run, on the same tritonserver and the same inputs, at 1 and 64 closed-loop clients:
+
+- embeddings (the real all-MiniLM-L6-v2, the repository `modeldeploy build` writes by default):
+  (a) direct: one text per request over gRPC (`tritonclient.grpc.aio`, as bench/dataplane sends);
+  (b) openai: `POST /v1/embeddings` with one text (`encoding_format: base64`, what the `openai` SDK asks
+  for by default) through the frontend process, over HTTP/1.1 keep-alive (aiohttp);
+- generation (the random-weight Llama of bench/generation, no EOS, so every answer is exactly
+  `--max-tokens` tokens): (a) direct: one gRPC stream per request with `stream: true`, the call the
+  frontend itself makes (grpc.aio on Triton's stubs, read until Triton's final response); (b) openai:
+  `POST /v1/completions` with `stream: true` (server-sent events, read until `[DONE]`).
+
+The ratio is openai / direct throughput: 1.0 means no cost; the target is >= 0.9 at 64 clients. The load
+generator, the frontend and tritonserver share this machine's CPUs, so the frontend's own CPU time is
+part of what is measured (as it is in a pod, where the sidecar shares the node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common.checkpoints import minilm
+from bench.common.loadgen import TritonGrpcSender, closed_loop
+from bench.common.machine import ForeignCpu, describe_machine, machine_line
+from bench.common.report import RESULTS_DIR, fmt, markdown_table, update_readme_section, write_json
+from bench.common.sentences import load_texts
+from bench.generation.run import Settings as GenerationSettings
+from bench.generation.run import make_checkpoint, make_prompts
+
+DIRECT, OPENAI = "direct gRPC", "OpenAI API"
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: tuple[int, ...]
+    warmup_s: float
+    window_s: float
+    max_tokens: int
+    repeats: int
+    layers: int
+    hidden: int
+    workdir: Path
+    name: str
+    write: bool
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.openai", description=__doc__)
+    parser.add_argument("--concurrency", default="1,64")
+    parser.add_argument("--warmup-s", type=float, default=6.0)
+    parser.add_argument("--window-s", type=float, default=20.0)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per level, contenders alternating")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-openai"))
+    parser.add_argument("--name", default="openai-cpu")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
+    args = parser.parse_args(argv)
+    return Settings(
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+        warmup_s=args.warmup_s,
+        window_s=args.window_s,
+        max_tokens=args.max_tokens,
+        repeats=args.repeats,
+        layers=args.layers,
+        hidden=args.hidden,
+        workdir=args.workdir,
+        name=args.name,
+        write=not args.no_write,
+    )
+
+
+# -- senders ---------------------------------------------------------------------------------------------
+
+
+class OpenAIEmbeddings:
+    def __init__(self, base_url: str, model: str) -> None:
+        self.url, self.model = base_url + "/embeddings", model
+        self._session: Any = None
+
+    async def __call__(self, text: str) -> None:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        body = {"model": self.model, "input": text, "encoding_format": "base64"}
+        async with self._session.post(self.url, json=body) as response:
+            payload = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class OpenAIStream:
+    """A streamed completion; counts the tokens of the usage chunk."""
+
+    def __init__(self, base_url: str, model: str, max_tokens: int, tokens: list[int]) -> None:
+        self.url, self.model, self.max_tokens, self.tokens = (
+            base_url + "/completions",
+            model,
+            max_tokens,
+            tokens,
+        )
+        self._session: Any = None
+
+    async def __call__(self, prompt: str) -> None:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with self._session.post(self.url, json=body) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {(await response.read())[:200]!r}")
+            completion = 0
+            async for line in response.content:
+                if line.startswith(b"data: {") and b'"usage":{' in line:
+                    completion = json.loads(line[6:])["usage"]["completion_tokens"]
+                elif line.startswith(b"data: [DONE]"):
+                    break
+        if completion != self.max_tokens:
+            raise RuntimeError(f"{completion} tokens instead of {self.max_tokens}")
+        self.tokens.append(completion)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class DirectStream:
+    """The same gRPC stream call the frontend makes, from this process (no HTTP layer)."""
+
+    def __init__(self, grpc_url: str, model: str, max_tokens: int, tokens: list[int]) -> None:
+        from model_repo.openai_frontend.backend import TritonBackend
+
+        self.backend, self.model, self.max_tokens, self.tokens = (
+            TritonBackend(grpc_url),
+            model,
+            max_tokens,
+            tokens,
+        )
+
+    async def __call__(self, prompt: str) -> None:
+        generated = 0
+        sampling = {"max_tokens": self.max_tokens, "temperature": 0}
+        async for piece in self.backend.generate(self.model, prompt, True, sampling):
+            generated = piece.output_tokens or generated
+        if generated != self.max_tokens:
+            raise RuntimeError(f"{generated} tokens instead of {self.max_tokens}")
+        self.tokens.append(generated)
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+# -- measurement -----------------------------------------------------------------------------------------
+
+
+async def _level(
+    make: Callable[[], Any], inputs: Sequence[str], clients: int, settings: Settings, tokens: list[int]
+) -> dict[str, Any]:
+    sender = make()
+    foreign = ForeignCpu()
+    foreign.start()
+    try:
+        tokens.clear()
+        result = await closed_loop(sender, inputs, clients, settings.window_s, settings.warmup_s)
+    finally:
+        await sender.close()
+    summary = result.summary()
+    summary["other_cpu_share"] = round(foreign.stop()[1], 3)
+    if tokens:
+        summary["tokens_per_s"] = round(result.requests * settings.max_tokens / settings.window_s, 1)
+    return summary
+
+
+def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level from its repeats: throughput over all windows, the median of the runs' latencies."""
+    window = sum(run["window_s"] for run in runs)
+    combined: dict[str, Any] = {
+        "concurrency": runs[0]["concurrency"],
+        "requests": sum(run["requests"] for run in runs),
+        "errors": sum(run["errors"] for run in runs),
+        "window_s": window,
+        "throughput_rps": round(sum(run["requests"] for run in runs) / window, 2),
+        "p50_ms": round(float(np.median([run["p50_ms"] for run in runs])), 3),
+        "p99_ms": round(float(np.median([run["p99_ms"] for run in runs])), 3),
+        "other_cpu_share": round(float(np.mean([run["other_cpu_share"] for run in runs])), 3),
+        "runs": runs,
+    }
+    if "tokens_per_s" in runs[0]:
+        combined["tokens_per_s"] = round(
+            sum(run["tokens_per_s"] * run["window_s"] for run in runs) / window, 1
+        )
+    return combined
+
+
+def measure(
+    name: str,
+    contenders: dict[str, Callable[[list[int]], Any]],
+    inputs: Sequence[str],
+    settings: Settings,
+) -> dict[str, list[dict[str, Any]]]:
+    """Each concurrency level `repeats` times, the contenders alternating (A B, then B A, ...), so that
+    drifting load on the shared machine hits both alike."""
+    levels: dict[str, list[dict[str, Any]]] = {contender: [] for contender in contenders}
+    for clients in settings.concurrency:
+        runs: dict[str, list[dict[str, Any]]] = {contender: [] for contender in contenders}
+        for repeat in range(settings.repeats):
+            order = list(contenders) if repeat % 2 == 0 else list(reversed(contenders))
+            for contender in order:
+                tokens: list[int] = []
+                make = partial(contenders[contender], tokens)
+                level = asyncio.run(_level(make, inputs, clients, settings, tokens))
+                print(f"{name:<10} {contender:<12} {clients:>3} clients: {json.dumps(level)}", flush=True)
+                runs[contender].append(level)
+        for contender in contenders:
+            levels[contender].append(_combine(runs[contender]))
+    return levels
+
+
+def run_embeddings(settings: Settings) -> dict[str, Any]:
+    from model_repo.build import BuildOptions, build_repository
+    from model_repo.openai_frontend.local import LocalFrontend
+    from model_repo.triton import TritonServer, free_port, repository_server_args
+
+    model = minilm()
+    built = build_repository(
+        BuildOptions(source=f"file://{model.path}", model_name="minilm"),
+        settings.workdir / "minilm-repository",
+        force=True,  # the benchmark's own directory (Triton's stub leaves __pycache__ in it)
+    )
+    texts = list(load_texts())
+    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
+    with (
+        TritonServer(
+            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / "minilm-triton.log"
+        ) as server,
+        LocalFrontend(
+            built.path, server.grpc_url, free_port(), log_path=settings.workdir / "minilm-openai.log"
+        ) as frontend,
+    ):
+        contenders: dict[str, Callable[[list[int]], Any]] = {
+            DIRECT: lambda _tokens: TritonGrpcSender(server.grpc_url, "minilm"),
+            OPENAI: lambda _tokens: OpenAIEmbeddings(frontend.base_url, "minilm"),
+        }
+        levels = measure("embeddings", contenders, texts, settings)
+    return {"model": model.description, "levels": levels}
+
+
+def run_generation(settings: Settings) -> dict[str, Any]:
+    from model_repo.build import BuildOptions, build_repository
+    from model_repo.openai_frontend.local import LocalFrontend
+    from model_repo.triton import TritonServer, free_port, repository_server_args
+
+    shape = GenerationSettings(
+        layers=settings.layers,
+        hidden=settings.hidden,
+        max_tokens=settings.max_tokens,
+        min_prompt=16,
+        max_prompt=128,
+        concurrency=settings.concurrency,
+        warmup_s=settings.warmup_s,
+        window_s=settings.window_s,
+        workdir=settings.workdir,
+        name=settings.name,
+        write=False,
+    )
+    checkpoint = make_checkpoint(shape, settings.workdir / "llama")
+    prompts = make_prompts(checkpoint, shape)
+    built = build_repository(
+        BuildOptions(
+            source=f"file://{checkpoint}",
+            model_name="llama",
+            max_concurrent_sequences=max(settings.concurrency),
+        ),
+        settings.workdir / "llama-repository",
+        force=True,
+    )
+    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
+    with (
+        TritonServer(
+            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / "llama-triton.log"
+        ) as server,
+        LocalFrontend(
+            built.path, server.grpc_url, free_port(), log_path=settings.workdir / "llama-openai.log"
+        ) as frontend,
+    ):
+        contenders: dict[str, Callable[[list[int]], Any]] = {
+            DIRECT: lambda tokens: DirectStream(server.grpc_url, "llama", settings.max_tokens, tokens),
+            OPENAI: lambda tokens: OpenAIStream(frontend.base_url, "llama", settings.max_tokens, tokens),
+        }
+        levels = measure("generation", contenders, prompts, settings)
+    model = f"random-weight Llama, {settings.layers} layers, hidden {settings.hidden}, prompts 16-128 tokens"
+    return {"model": model, "levels": levels, "max_tokens": settings.max_tokens}
+
+
+def ratios(report: dict[str, Any]) -> dict[str, float]:
+    found = {}
+    for workload in ("embeddings", "generation"):
+        levels = report[workload]["levels"]
+        for direct, openai in zip(levels[DIRECT], levels[OPENAI], strict=True):
+            found[f"{workload}@{direct['concurrency']}"] = round(
+                openai["throughput_rps"] / direct["throughput_rps"] if direct["throughput_rps"] else 0.0, 3
+            )
+    return found
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = []
+    for workload in ("embeddings", "generation"):
+        levels = report[workload]["levels"]
+        for direct, openai in zip(levels[DIRECT], levels[OPENAI], strict=True):
+            clients = direct["concurrency"]
+            rows.append(
+                [
+                    workload,
+                    str(clients),
+                    fmt(direct["throughput_rps"]),
+                    fmt(openai["throughput_rps"]),
+                    fmt(report["ratios"][f"{workload}@{clients}"], 3),
+                    fmt(direct["p50_ms"]),
+                    fmt(openai["p50_ms"]),
+                    f"{direct['errors']}/{openai['errors']}",
+                    f"{direct['other_cpu_share']:.0%}/{openai['other_cpu_share']:.0%}",
+                ]
+            )
+    table = markdown_table(
+        [
+            "workload",
+            "clients",
+            "direct req/s",
+            "OpenAI req/s",
+            "OpenAI / direct",
+            "direct p50 ms",
+            "OpenAI p50 ms",
+            "errors",
+            "other CPU",
+        ],
+        rows,
+    )
+    return (
+        f"{machine_line(report['machine'])}\n\n"
+        f"Embeddings: {report['embeddings']['model']}. Generation: {report['generation']['model']}, "
+        f"{report['generation']['max_tokens']} tokens per answer, streamed.\n\n{table}\n\n"
+        f"Command: `{report['command']}`"
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    settings = parse_args(argv)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "command": "python -m bench.openai " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
+        "machine": describe_machine(),
+    }
+    report["embeddings"] = run_embeddings(settings)
+    report["generation"] = run_generation(settings)
+    report["ratios"] = ratios(report)
+    report["duration_s"] = round(time.monotonic() - started, 1)
+    markdown = render_markdown(report)
+    print(markdown)
+    if settings.write:
+        write_json(RESULTS_DIR / f"{settings.name}.json", report)
+        (RESULTS_DIR / f"{settings.name}.md").write_text(markdown + "\n")
+        update_readme_section(settings.name, markdown)
+    return report

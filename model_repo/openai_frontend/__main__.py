@@ -1,0 +1,51 @@
+"""`python3 -m openai_frontend` (sidecar in the Triton image), or `python -m model_repo.openai_frontend`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_PORT = 9000
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="openai_frontend", description="OpenAI-compatible API for one model served by Triton."
+    )
+    parser.add_argument("--model-repository", type=Path, required=True, help="What the builder wrote.")
+    parser.add_argument("--model-id", help="The model id clients send (default: Triton's model name).")
+    parser.add_argument("--triton-grpc", default="127.0.0.1:8001", help="Triton's gRPC host:port.")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import uvicorn
+
+    from .app import create_app
+    from .backend import TritonBackend
+    from .model import RepositoryError, ServedModel
+
+    try:
+        model = ServedModel.load(args.model_repository, args.model_id)
+    except RepositoryError as exc:
+        print(f"openai_frontend: error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(model, TritonBackend(args.triton_grpc))
+    print(
+        f"openai_frontend: serving {model.model_id} ({model.task}, Triton model {model.triton_name}) "
+        f"on http://{args.host}:{args.port}/v1 via Triton gRPC {args.triton_grpc}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""The FastAPI application: OpenAI's routes mapped onto the model's Triton contract."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .backend import Piece, TritonBackend
+from .model import EMBEDDING_TASK, GENERATION_TASK, ServedModel
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIError,
+    _Generation,
+    invalid,
+    refuse_unsupported,
+)
+
+T = TypeVar("T")
+# The generation runtime's `max_tokens` when a request sets none (README, text generation contract): what
+# a chat request without max_tokens gets, and what finish_reason="length" is judged against then.
+RUNTIME_DEFAULT_MAX_TOKENS = 64
+# HTTP status logged for a request whose client left before the answer (nginx's convention).
+CLIENT_CLOSED = 499
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before the answer was ready."""
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled (and with it the Triton request) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OpenAIError):
+            await task
+        raise ClientGone
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+def _error_response(error: OpenAIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def _param_of(location: tuple[Any, ...]) -> str | None:
+    parts = [str(part) for part in location if part != "body"]
+    return ".".join(parts) if parts else None
+
+
+def _json(answer: Any) -> Response:
+    return answer if isinstance(answer, Response) else JSONResponse(answer)
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
+
+
+class Frontend:
+    """Route handlers for one model (kept thin: validate, map, call Triton, shape the answer)."""
+
+    def __init__(self, model: ServedModel, backend: TritonBackend) -> None:
+        self.model = model
+        self.backend = backend
+
+    # -- shared checks ---------------------------------------------------------------------------------
+
+    def check_model(self, requested: str, task: str, endpoint: str) -> None:
+        if requested != self.model.model_id:
+            raise OpenAIError(
+                404,
+                f"the model {requested!r} does not exist; this server serves {self.model.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+        if self.model.task != task:
+            raise invalid(
+                f"{endpoint} serves {task} models; {self.model.model_id} is a {self.model.task} model",
+                "model",
+                "unsupported_task",
+            )
+
+    def model_card(self) -> dict[str, Any]:
+        return {
+            "id": self.model.model_id,
+            "object": "model",
+            "created": self.model.created,
+            "owned_by": "modeldeploy",
+            "metadata": {
+                "task": self.model.task,
+                "format": self.model.model_format,
+                "triton_model": self.model.triton_name,
+            },
+        }
+
+    # -- embeddings ------------------------------------------------------------------------------------
+
+    async def embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
+        self.check_model(body.model, EMBEDDING_TASK, "/v1/embeddings")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise invalid("input must not be empty", "input")
+        if not all(isinstance(text, str) for text in texts):
+            raise invalid(
+                "input must be a string or a list of strings (token arrays are not supported)", "input"
+            )
+        strings: list[str] = [str(text) for text in texts]
+        for index, text in enumerate(strings):
+            if not text.strip():
+                raise invalid(f"input[{index}] must be non-empty text", "input")
+        config = await self.backend.config(self.model.triton_name)
+        output = next((o for o in config.output if o.name == "EMBEDDING"), None)
+        dims = int(output.dims[-1]) if output is not None else None
+        if body.dimensions is not None and body.dimensions != dims:
+            raise invalid(
+                f"dimensions {body.dimensions} is not supported: {self.model.model_id} returns "
+                f"{dims}-dimensional embeddings and cannot shorten them (omit dimensions or pass {dims})",
+                "dimensions",
+            )
+        batch = max(1, int(config.max_batch_size))
+        chunks = [strings[start : start + batch] for start in range(0, len(strings), batch)]
+        parts = await asyncio.gather(*(self.backend.embed(self.model.triton_name, chunk) for chunk in chunks))
+        vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        tokens = self.model.count_tokens(strings)
+        data = []
+        for index, vector in enumerate(vectors):
+            if body.encoding_format == "base64":
+                encoded: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+            else:
+                encoded = vector.tolist()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        return {
+            "object": "list",
+            "data": data,
+            "model": self.model.model_id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    # -- generation ------------------------------------------------------------------------------------
+
+    def sampling(self, body: _Generation, max_tokens: int | None) -> dict[str, Any]:
+        refuse_unsupported(body)
+        values: dict[str, Any] = {}
+        if max_tokens is not None:
+            values["max_tokens"] = max_tokens
+        for name in ("temperature", "top_p", "seed"):
+            value = getattr(body, name)
+            if value is not None:
+                values[name] = value
+        stops = body.stop_strings()
+        if stops:
+            values["stop"] = stops
+        return values
+
+    def usage(self, prompt: str, text: str, last: Piece | None) -> dict[str, int]:
+        prompt_tokens = last.input_tokens if last is not None else None
+        completion_tokens = last.output_tokens if last is not None else None
+        # Backends without token counts (Triton's vLLM backend): count with the checkpoint's tokenizer.
+        if prompt_tokens is None:
+            prompt_tokens = len(self.model.tokenizer(prompt)["input_ids"])
+        if completion_tokens is None:
+            completion_tokens = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    @staticmethod
+    def finish_reason(usage: dict[str, int], max_tokens: int | None) -> str:
+        limit = max_tokens if max_tokens is not None else RUNTIME_DEFAULT_MAX_TOKENS
+        return "length" if usage["completion_tokens"] >= limit else "stop"
+
+    async def complete(self, prompt: str, sampling: dict[str, Any]) -> tuple[str, Piece | None]:
+        text, last = "", None
+        async for piece in self.backend.generate(self.model.triton_name, prompt, False, sampling):
+            text += piece.text
+            last = piece
+        return text, last
+
+    async def stream(
+        self,
+        request: Request,
+        prompt: str,
+        sampling: dict[str, Any],
+        chunk: Callable[[str | None, str | None, dict[str, int] | None], dict[str, Any]],
+        include_usage: bool,
+        first_text: str | None,
+    ) -> StreamingResponse:
+        """An SSE stream; the first runtime response is awaited before the HTTP status is sent, so a
+        request the runtime refuses gets its 4xx rather than an error inside a 200 stream."""
+        pieces = self.backend.generate(self.model.triton_name, prompt, True, sampling)
+
+        async def first_piece() -> Piece | None:
+            async for piece in pieces:  # leaving the loop early does not close the generator
+                return piece
+            return None
+
+        # A client that leaves while the request waits for its first token cancels it too.
+        first = await unless_disconnected(request, first_piece())
+
+        async def events() -> AsyncIterator[bytes]:
+            text, last = "", first
+            try:
+                if first_text is not None:
+                    yield _sse(chunk(first_text, None, None))
+                if first is not None:
+                    text += first.text
+                    yield _sse(chunk(first.text, None, None))
+                    async for piece in pieces:
+                        text += piece.text
+                        last = piece
+                        yield _sse(chunk(piece.text, None, None))
+                usage = self.usage(prompt, text, last)
+                yield _sse(chunk(None, self.finish_reason(usage, sampling.get("max_tokens")), None))
+                if include_usage:
+                    yield _sse(chunk(None, None, usage))
+            except OpenAIError as exc:  # after the 200: the error goes into the stream, as OpenAI does
+                yield _sse(exc.body())
+            finally:
+                # Closing the generator (client gone) cancels the Triton request.
+                await pieces.aclose()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def completions(self, request: Request, body: CompletionRequest) -> Any:
+        self.check_model(body.model, GENERATION_TASK, "/v1/completions")
+        prompt = body.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1 or not isinstance(prompt[0], str):
+                raise invalid(
+                    "prompt must be one string (token arrays and several prompts are not supported)", "prompt"
+                )
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise invalid("prompt must be a string", "prompt")
+        sampling = self.sampling(body, body.max_tokens)
+        created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
+        echo = prompt if body.echo else None
+
+        def chunk(text: str | None, finish: str | None, usage: dict[str, int] | None) -> dict[str, Any]:
+            choices = (
+                []
+                if usage is not None
+                else [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]
+            )
+            data = {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": body.model,
+                "choices": choices,
+            }
+            if include_usage:
+                data["usage"] = usage
+            return data
+
+        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+        if body.stream:
+            return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
+        text, last = await unless_disconnected(request, self.complete(prompt, sampling))
+        usage = self.usage(prompt, text, last)
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": (echo or "") + text,
+                    "finish_reason": self.finish_reason(usage, body.max_tokens),
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+        }
+
+    async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
+        self.check_model(body.model, GENERATION_TASK, "/v1/chat/completions")
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        sampling = self.sampling(body, max_tokens)
+        prompt = self.model.render_chat(body.messages)
+        created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+        sent_role = False
+
+        def chunk(text: str | None, finish: str | None, usage: dict[str, int] | None) -> dict[str, Any]:
+            nonlocal sent_role
+            choices: list[dict[str, Any]] = []
+            if usage is None:
+                delta: dict[str, Any] = {} if text is None else {"content": text}
+                if not sent_role:
+                    delta["role"] = "assistant"
+                    sent_role = True
+                choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+            data: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+                "choices": choices,
+            }
+            if include_usage:
+                data["usage"] = usage
+            return data
+
+        if body.stream:
+            return await self.stream(request, prompt, sampling, chunk, include_usage, None)
+        text, last = await unless_disconnected(request, self.complete(prompt, sampling))
+        usage = self.usage(prompt, text, last)
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": self.finish_reason(usage, max_tokens),
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+        }
+
+
+def create_app(model: ServedModel, backend: TritonBackend) -> FastAPI:
+    frontend = Frontend(model, backend)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await backend.close()
+
+    app = FastAPI(title=f"modeldeploy OpenAI API: {model.model_id}", lifespan=lifespan)
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_request: Request, exc: OpenAIError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_request: Request, _exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = _param_of(tuple(first.get("loc", ())))
+        message = "; ".join(
+            f"{_param_of(tuple(error.get('loc', ()))) or 'body'}: {error.get('msg', 'invalid')}"
+            for error in exc.errors()
+        )
+        return _error_response(invalid(message or "invalid request body", param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return _error_response(OpenAIError(exc.status_code, str(exc.detail), code=code))
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [frontend.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        if model_id != model.model_id:
+            raise OpenAIError(
+                404, f"the model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
+        return frontend.model_card()
+
+    # Answers are JSONResponse objects already: FastAPI's own encoder would walk every float of an
+    # embedding through jsonable_encoder first.
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
+        return _json(await unless_disconnected(request, frontend.embeddings(body)))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        return _json(await frontend.completions(request, body))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        return _json(await frontend.chat(request, body))
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        # Follows Triton's own readiness: the sidecar is ready exactly when the model can answer.
+        if await backend.ready(model.triton_name):
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "triton not ready"}, status_code=503)
+
+    return app

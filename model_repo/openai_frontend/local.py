@@ -1,0 +1,127 @@
+"""The frontend as a child process next to a local tritonserver (`modeldeploy serve --openai`, tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+
+class FrontendError(RuntimeError):
+    """The frontend exited or did not become ready."""
+
+
+class LocalFrontend:
+    """`python -m model_repo.openai_frontend` on `port`, as a context manager; ready when Triton is."""
+
+    def __init__(
+        self,
+        repository: Path,
+        triton_grpc: str,
+        port: int,
+        *,
+        model_id: str | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+        ready_timeout_s: float = 120.0,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.command = [
+            sys.executable,
+            "-m",
+            "model_repo.openai_frontend",
+            f"--model-repository={repository}",
+            f"--triton-grpc={triton_grpc}",
+            f"--host={host}",
+            f"--port={port}",
+            "--log-level=warning",
+        ]
+        if model_id:
+            self.command.append(f"--model-id={model_id}")
+        self.host, self.port = host, port
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/health/ready", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log(self) -> str:
+        if self.log_path is None:
+            return ""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        log = self.log_path.open("wb") if self.log_path is not None else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            if self.log_path is not None and not isinstance(log, int):
+                log.close()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                self.process = None
+                raise FrontendError(f"the OpenAI frontend exited with code {code}; log:\n{self.log()}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise FrontendError(f"the OpenAI frontend was not ready within {self.ready_timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> LocalFrontend:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+DEFAULT_LOCAL_PORT = 9000
+
+
+def openai_frontend_for(repository: Path, triton_grpc: str, workdir: Path, *, enabled: bool) -> LocalFrontend:
+    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on port 9000."""
+    return LocalFrontend(
+        repository,
+        triton_grpc,
+        DEFAULT_LOCAL_PORT,
+        log_path=workdir / "openai-frontend.log",
+        ready_timeout_s=600,
+        enabled=enabled,
+    )

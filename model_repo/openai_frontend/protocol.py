@@ -1,0 +1,150 @@
+"""The OpenAI request bodies this frontend accepts, and its error shape.
+
+Requests are pydantic models (FastAPI validates them; a violation is a 400 in OpenAI's error shape).
+Unknown fields are ignored, as OpenAI-compatible servers commonly do, because SDKs add new optional fields
+faster than servers learn them; fields that would change the result and are not supported (n > 1, logprobs,
+tools, penalties, ...) are refused by `refuse_unsupported` with a message naming them.
+
+Responses are written as plain JSON objects in OpenAI's shapes: the runtime image does not carry the
+`openai` SDK, and the tests parse every response with the real SDK's types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _Generation(_Request):
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, le=2**64 - 1)
+    stop: str | list[str] | None = None
+    n: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # OpenAI's default for the legacy completions endpoint.
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool | None = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    # Extra keys (name, tool_call_id, ...) reach the chat template as the checkpoint may use them.
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+class EmbeddingRequest(_Request):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+def refuse_unsupported(request: _Generation) -> None:
+    """400 for every field whose value would change the result in a way this server cannot honour."""
+    if request.n not in (None, 1):
+        raise invalid(f"n must be 1 (one choice per request), got {request.n}", "n")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(request, name)
+        if value not in (None, 0):
+            raise invalid(f"{name} is not supported (only 0), got {value}", name)
+    if request.logit_bias:
+        raise invalid("logit_bias is not supported", "logit_bias")
+    if isinstance(request, CompletionRequest):
+        if request.logprobs is not None:
+            raise invalid("logprobs is not supported", "logprobs")
+        if request.best_of not in (None, 1):
+            raise invalid(f"best_of must be 1, got {request.best_of}", "best_of")
+        if request.suffix:
+            raise invalid("suffix is not supported", "suffix")
+    if isinstance(request, ChatCompletionRequest):
+        if request.logprobs:
+            raise invalid("logprobs is not supported", "logprobs")
+        if request.tools:
+            raise invalid("tools are not supported", "tools")
+        if request.response_format and request.response_format.get("type") not in (None, "text"):
+            raise invalid("response_format must be text", "response_format")
