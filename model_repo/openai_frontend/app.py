@@ -23,8 +23,8 @@ from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    GenerationRequest,
     OpenAIError,
-    _Generation,
     invalid,
     refuse_unsupported,
 )
@@ -163,7 +163,7 @@ class Frontend:
 
     # -- generation ------------------------------------------------------------------------------------
 
-    def sampling(self, body: _Generation, max_tokens: int | None) -> dict[str, Any]:
+    def sampling(self, body: GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
         refuse_unsupported(body)
         values: dict[str, Any] = {}
         if max_tokens is not None:

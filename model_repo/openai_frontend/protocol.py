@@ -62,7 +62,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Generation(_Request):
+class GenerationRequest(_Request):
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0, le=2**64 - 1)
@@ -81,7 +81,7 @@ class _Generation(_Request):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class CompletionRequest(_Generation):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's default for the legacy completions endpoint.
     max_tokens: int | None = Field(default=16, ge=1)
@@ -106,7 +106,7 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
 
 
-class ChatCompletionRequest(_Generation):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -124,7 +124,7 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
-def refuse_unsupported(request: _Generation) -> None:
+def refuse_unsupported(request: GenerationRequest) -> None:
     """400 for every field whose value would change the result in a way this server cannot honour."""
     if request.n not in (None, 1):
         raise invalid(f"n must be 1 (one choice per request), got {request.n}", "n")

@@ -455,7 +455,7 @@ def _sidecar_copy() -> tuple[str, str, str]:
 def _operator_sidecar() -> dict[str, Any]:
     """The sidecar container the operator renders for a generation model with the OpenAI API on."""
     from modeldeploy.api import ModelDeployment
-    from modeldeploy.builders.deployment import build_deployment
+    from modeldeploy.manifests.deployment import build_deployment
     from modeldeploy.settings import RenderSettings
 
     md = ModelDeployment.model_validate(

@@ -557,7 +557,7 @@ EMBEDDINGS = {"model": {"source": "hf://org/encoder", "task": "feature-extractio
     "api", [{}, {"api": {}}, {"api": {"openai": {}}}, {"api": {"openai": {"enabled": False}}}]
 )
 def test_no_openai_container_port_or_endpoint_unless_enabled(api: dict[str, Any]) -> None:
-    from modeldeploy.builders.service import endpoints
+    from modeldeploy.manifests.service import endpoints
 
     md = md_of(GENERATION, api)
     state = desired_state(md, SETTINGS, EVERYTHING)
@@ -571,8 +571,8 @@ def test_no_openai_container_port_or_endpoint_unless_enabled(api: dict[str, Any]
 def test_enabled_openai_api_adds_a_locked_down_probed_sidecar_and_a_service_port(
     task: dict[str, Any], cache: dict[str, Any]
 ) -> None:
-    from modeldeploy.builders.deployment import repository_path
-    from modeldeploy.builders.service import endpoints
+    from modeldeploy.manifests.deployment import repository_path
+    from modeldeploy.manifests.service import endpoints
 
     md = md_of(task, cache, OPENAI, name="chat")
     state = desired_state(md, SETTINGS, EVERYTHING)
