@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench.common.checkpoints import minilm
-from bench.common.loadgen import TritonGrpcSender, closed_loop
+from bench.common.loadgen import PooledHttpSender, TritonGrpcSender, closed_loop
 from bench.common.machine import ForeignCpu, describe_machine, machine_line
 from bench.common.report import RESULTS_DIR, fmt, markdown_table, update_readme_section, write_json
 from bench.common.sentences import load_texts
@@ -86,44 +86,28 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
 # -- senders ---------------------------------------------------------------------------------------------
 
 
-class OpenAIEmbeddings:
+class OpenAIEmbeddings(PooledHttpSender):
     def __init__(self, base_url: str, model: str) -> None:
+        super().__init__(connections=256)
         self.url, self.model = base_url + "/embeddings", model
-        self._session: Any = None
 
     async def __call__(self, text: str) -> None:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        body = {"model": self.model, "input": text, "encoding_format": "base64"}
-        async with self._session.post(self.url, json=body) as response:
-            payload = await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.post_json(self.url, {"model": self.model, "input": text, "encoding_format": "base64"})
 
 
-class OpenAIStream:
+class OpenAIStream(PooledHttpSender):
     """A streamed completion; counts the tokens of the usage chunk."""
 
     def __init__(self, base_url: str, model: str, max_tokens: int, tokens: list[int]) -> None:
+        super().__init__(connections=256)
         self.url, self.model, self.max_tokens, self.tokens = (
             base_url + "/completions",
             model,
             max_tokens,
             tokens,
         )
-        self._session: Any = None
 
     async def __call__(self, prompt: str) -> None:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         body = {
             "model": self.model,
             "prompt": prompt,
@@ -132,7 +116,7 @@ class OpenAIStream:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        async with self._session.post(self.url, json=body) as response:
+        async with self.session().post(self.url, json=body) as response:
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {(await response.read())[:200]!r}")
             completion = 0
@@ -144,10 +128,6 @@ class OpenAIStream:
         if completion != self.max_tokens:
             raise RuntimeError(f"{completion} tokens instead of {self.max_tokens}")
         self.tokens.append(completion)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 class DirectStream:
@@ -244,7 +224,7 @@ def measure(
 
 def run_embeddings(settings: Settings) -> dict[str, Any]:
     from model_repo.build import BuildOptions, build_repository
-    from model_repo.openai_frontend.local import LocalFrontend
+    from model_repo.openai_local import LocalFrontend
     from model_repo.triton import TritonServer, free_port, repository_server_args
 
     model = minilm()
@@ -273,7 +253,7 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
 
 def run_generation(settings: Settings) -> dict[str, Any]:
     from model_repo.build import BuildOptions, build_repository
-    from model_repo.openai_frontend.local import LocalFrontend
+    from model_repo.openai_local import LocalFrontend
     from model_repo.triton import TritonServer, free_port, repository_server_args
 
     shape = GenerationSettings(
