@@ -198,6 +198,11 @@ class ChildProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+        if exc_type is None:
+            self.exited_cleanly()
+
+    def exited_cleanly(self) -> None:
+        """After `stop()` on a context exit without an exception."""
 
 
 class TritonServer(ChildProcess):
@@ -313,12 +318,7 @@ class TritonServer(ChildProcess):
             os.killpg(process.pid, signal.SIGKILL)
         self.process = None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        super().__exit__(exc_type, exc, traceback)
-        if self._own_log and exc_type is None:
+    def exited_cleanly(self) -> None:
+        # A temporary log of its own choosing is kept only when something went wrong.
+        if self._own_log:
             self.log_path.unlink(missing_ok=True)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -222,10 +223,26 @@ def measure(
     return levels
 
 
-def run_embeddings(settings: Settings) -> dict[str, Any]:
-    from model_repo.build import BuildOptions, build_repository
+@contextlib.contextmanager
+def serving(repository: Path, name: str, settings: Settings) -> Iterator[tuple[str, str]]:
+    """tritonserver on `repository` and the frontend next to it: (Triton's gRPC URL, the API's base URL)."""
     from model_repo.openai_local import LocalFrontend
     from model_repo.triton import TritonServer, free_port, repository_server_args
+
+    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={repository}"]
+    with (
+        TritonServer(
+            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / f"{name}-triton.log"
+        ) as server,
+        LocalFrontend(
+            repository, server.grpc_url, free_port(), log_path=settings.workdir / f"{name}-openai.log"
+        ) as frontend,
+    ):
+        yield server.grpc_url, frontend.base_url
+
+
+def run_embeddings(settings: Settings) -> dict[str, Any]:
+    from model_repo.build import BuildOptions, build_repository
 
     model = minilm()
     built = build_repository(
@@ -234,18 +251,10 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
         force=True,  # the benchmark's own directory (Triton's stub leaves __pycache__ in it)
     )
     texts = list(load_texts())
-    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
-    with (
-        TritonServer(
-            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / "minilm-triton.log"
-        ) as server,
-        LocalFrontend(
-            built.path, server.grpc_url, free_port(), log_path=settings.workdir / "minilm-openai.log"
-        ) as frontend,
-    ):
+    with serving(built.path, "minilm", settings) as (grpc_url, base_url):
         contenders: dict[str, Callable[[list[int]], Any]] = {
-            DIRECT: lambda _tokens: TritonGrpcSender(server.grpc_url, "minilm"),
-            OPENAI: lambda _tokens: OpenAIEmbeddings(frontend.base_url, "minilm"),
+            DIRECT: lambda _tokens: TritonGrpcSender(grpc_url, "minilm"),
+            OPENAI: lambda _tokens: OpenAIEmbeddings(base_url, "minilm"),
         }
         levels = measure("embeddings", contenders, texts, settings)
     return {"model": model.description, "levels": levels}
@@ -253,8 +262,6 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
 
 def run_generation(settings: Settings) -> dict[str, Any]:
     from model_repo.build import BuildOptions, build_repository
-    from model_repo.openai_local import LocalFrontend
-    from model_repo.triton import TritonServer, free_port, repository_server_args
 
     shape = GenerationSettings(
         layers=settings.layers,
@@ -280,18 +287,10 @@ def run_generation(settings: Settings) -> dict[str, Any]:
         settings.workdir / "llama-repository",
         force=True,
     )
-    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
-    with (
-        TritonServer(
-            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / "llama-triton.log"
-        ) as server,
-        LocalFrontend(
-            built.path, server.grpc_url, free_port(), log_path=settings.workdir / "llama-openai.log"
-        ) as frontend,
-    ):
+    with serving(built.path, "llama", settings) as (grpc_url, base_url):
         contenders: dict[str, Callable[[list[int]], Any]] = {
-            DIRECT: lambda tokens: DirectStream(server.grpc_url, "llama", settings.max_tokens, tokens),
-            OPENAI: lambda tokens: OpenAIStream(frontend.base_url, "llama", settings.max_tokens, tokens),
+            DIRECT: lambda tokens: DirectStream(grpc_url, "llama", settings.max_tokens, tokens),
+            OPENAI: lambda tokens: OpenAIStream(base_url, "llama", settings.max_tokens, tokens),
         }
         levels = measure("generation", contenders, prompts, settings)
     model = f"random-weight Llama, {settings.layers} layers, hidden {settings.hidden}, prompts 16-128 tokens"

@@ -81,6 +81,11 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
+def _choice(key: str, value: Any, finish: str | None) -> dict[str, Any]:
+    """The one choice (n=1) of a completion object or chunk: `key` is text, message or delta."""
+    return {"index": 0, key: value, "finish_reason": finish, "logprobs": None}
+
+
 def _completion(
     ident: str,
     kind: str,
@@ -282,11 +287,7 @@ class Frontend:
         echo = prompt if body.echo else None
 
         def chunk(text: str | None, finish: str | None, usage: dict[str, int] | None) -> dict[str, Any]:
-            choices = (
-                []
-                if usage is not None
-                else [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]
-            )
+            choices = [] if usage is not None else [_choice("text", text or "", finish)]
             return _completion(ident, "text_completion", created, body.model, choices, usage, include_usage)
 
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
@@ -294,12 +295,7 @@ class Frontend:
             return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
-        choice = {
-            "index": 0,
-            "text": (echo or "") + text,
-            "finish_reason": self.finish_reason(usage, body.max_tokens),
-            "logprobs": None,
-        }
+        choice = _choice("text", (echo or "") + text, self.finish_reason(usage, body.max_tokens))
         return _completion(ident, "text_completion", created, body.model, [choice], usage)
 
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
@@ -319,7 +315,7 @@ class Frontend:
                 if not sent_role:
                     delta["role"] = "assistant"
                     sent_role = True
-                choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+                choices = [_choice("delta", delta, finish)]
             return _completion(
                 ident, "chat.completion.chunk", created, body.model, choices, usage, include_usage
             )
@@ -328,12 +324,8 @@ class Frontend:
             return await self.stream(request, prompt, sampling, chunk, include_usage, None)
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": self.finish_reason(usage, max_tokens),
-            "logprobs": None,
-        }
+        message = {"role": "assistant", "content": text}
+        choice = _choice("message", message, self.finish_reason(usage, max_tokens))
         return _completion(ident, "chat.completion", created, body.model, [choice], usage)
 
 
