@@ -38,23 +38,16 @@ from bench.common.machine import ForeignCpu, describe_machine, machine_line
 from bench.common.report import RESULTS_DIR, fmt, markdown_table, update_readme_section, write_json
 from bench.common.sentences import load_texts
 from bench.generation.run import Settings as GenerationSettings
-from bench.generation.run import make_checkpoint, make_prompts
+from bench.generation.run import generation_fields, make_checkpoint, make_prompts
 
 DIRECT, OPENAI = "direct gRPC", "OpenAI API"
 
 
 @dataclass(frozen=True)
-class Settings:
-    concurrency: tuple[int, ...]
-    warmup_s: float
-    window_s: float
-    max_tokens: int
+class Settings(GenerationSettings):
+    """bench/generation's (the random-weight Llama's shape, its prompts, the load), plus repeats."""
+
     repeats: int
-    layers: int
-    hidden: int
-    workdir: Path
-    name: str
-    write: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -63,6 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--warmup-s", type=float, default=6.0)
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--min-prompt", type=int, default=16)
+    parser.add_argument("--max-prompt", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="runs per level, contenders alternating")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
@@ -70,18 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--name", default="openai-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
     args = parser.parse_args(argv)
-    return Settings(
-        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
-        warmup_s=args.warmup_s,
-        window_s=args.window_s,
-        max_tokens=args.max_tokens,
-        repeats=args.repeats,
-        layers=args.layers,
-        hidden=args.hidden,
-        workdir=args.workdir,
-        name=args.name,
-        write=not args.no_write,
-    )
+    return Settings(**generation_fields(args), repeats=args.repeats)
 
 
 # -- senders ---------------------------------------------------------------------------------------------
@@ -263,21 +247,8 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
 def run_generation(settings: Settings) -> dict[str, Any]:
     from model_repo.build import BuildOptions, build_repository
 
-    shape = GenerationSettings(
-        layers=settings.layers,
-        hidden=settings.hidden,
-        max_tokens=settings.max_tokens,
-        min_prompt=16,
-        max_prompt=128,
-        concurrency=settings.concurrency,
-        warmup_s=settings.warmup_s,
-        window_s=settings.window_s,
-        workdir=settings.workdir,
-        name=settings.name,
-        write=False,
-    )
-    checkpoint = make_checkpoint(shape, settings.workdir / "llama")
-    prompts = make_prompts(checkpoint, shape)
+    checkpoint = make_checkpoint(settings, settings.workdir / "llama")
+    prompts = make_prompts(checkpoint, settings)
     built = build_repository(
         BuildOptions(
             source=f"file://{checkpoint}",
@@ -293,7 +264,10 @@ def run_generation(settings: Settings) -> dict[str, Any]:
             OPENAI: lambda tokens: OpenAIStream(base_url, "llama", settings.max_tokens, tokens),
         }
         levels = measure("generation", contenders, prompts, settings)
-    model = f"random-weight Llama, {settings.layers} layers, hidden {settings.hidden}, prompts 16-128 tokens"
+    model = (
+        f"random-weight Llama, {settings.layers} layers, hidden {settings.hidden}, "
+        f"prompts {settings.min_prompt}-{settings.max_prompt} tokens"
+    )
     return {"model": model, "levels": levels, "max_tokens": settings.max_tokens}
 
 
