@@ -339,7 +339,7 @@ def serve(
     ] = False,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
-    from model_repo.openai_frontend.local import FrontendError, openai_frontend_for
+    from model_repo.openai_local import FrontendError, openai_frontend_for
     from model_repo.triton import TritonError, TritonServer, triton_server_args
 
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"

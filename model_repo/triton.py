@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 
 class TritonError(RuntimeError):
@@ -177,7 +178,34 @@ def _has_flag(args: Sequence[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for arg in args)
 
 
-class TritonServer:
+class ChildProcess:
+    """A child process run as a context manager: `start()` on entry, `stop()` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if exc_type is None:
+            self.exited_cleanly()
+
+    def exited_cleanly(self) -> None:
+        """After `stop()` on a context exit without an exception."""
+
+
+class TritonServer(ChildProcess):
     """A tritonserver process serving one model repository, as a context manager.
 
     `extra_args` are raw tritonserver flags appended as given, so a caller can start the server with
@@ -290,16 +318,7 @@ class TritonServer:
             os.killpg(process.pid, signal.SIGKILL)
         self.process = None
 
-    def __enter__(self) -> TritonServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-        if self._own_log and exc_type is None:
+    def exited_cleanly(self) -> None:
+        # A temporary log of its own choosing is kept only when something went wrong.
+        if self._own_log:
             self.log_path.unlink(missing_ok=True)

@@ -232,26 +232,40 @@ class TritonGrpcSender:
         await self.client.close()
 
 
-class HttpJsonSender:
-    """POST {"text": ...} to a JSON endpoint (the FastAPI baseline) over a pooled aiohttp session."""
+class PooledHttpSender:
+    """A sender over one pooled aiohttp session, opened on first use (inside the load generator's loop)."""
 
-    def __init__(self, url: str, connections: int = 100) -> None:
-        self.url = url
+    def __init__(self, connections: int) -> None:
         self.connections = connections
         self._session: Any = None
 
-    async def __call__(self, text: str) -> None:
+    def session(self) -> Any:
         import aiohttp
 
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.connections)
             self._session = aiohttp.ClientSession(connector=connector)
-        async with self._session.post(self.url, json={"text": text}) as response:
-            body = await response.read()
+        return self._session
+
+    async def post_json(self, url: str, body: Any) -> None:
+        """POST `body` as JSON and read the whole answer; anything but 200 is an error."""
+        async with self.session().post(url, json=body) as response:
+            payload = await response.read()
             if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+                raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class HttpJsonSender(PooledHttpSender):
+    """POST {"text": ...} to a JSON endpoint (the FastAPI baseline) over a pooled aiohttp session."""
+
+    def __init__(self, url: str, connections: int = 100) -> None:
+        super().__init__(connections)
+        self.url = url
+
+    async def __call__(self, text: str) -> None:
+        await self.post_json(self.url, {"text": text})

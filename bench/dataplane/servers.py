@@ -26,7 +26,7 @@ from bench.baselines import TUTORIAL_MODEL_NAME, write_tutorial_repository
 from bench.common.checkpoints import BenchModel
 from bench.common.perf_analyzer import Target
 from model_repo.options import DType, Quantization
-from model_repo.triton import free_port, repository_server_args
+from model_repo.triton import free_port, repository_server_args, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OURS_MODEL_NAME = "model"
@@ -190,7 +190,9 @@ def serve_fastapi(
     ]  # fmt: skip
     log = workdir / "baseline-b-uvicorn.log"
     with log.open("wb") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        process = subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", process, 300, log)
         yield Endpoint(
@@ -200,12 +202,7 @@ def serve_fastapi(
             config={"command": " ".join(command[1:]), "endpoint": "def (thread pool)"},
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process_group(process, 20)
 
 
 CONTENDERS: dict[

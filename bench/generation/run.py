@@ -70,8 +70,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-generation"))
     parser.add_argument("--name", default="generation-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
-    args = parser.parse_args(argv)
-    return Settings(
+    return Settings(**generation_fields(parser.parse_args(argv)))
+
+
+def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings' fields from the arguments parse_args defines (bench/openai defines them too)."""
+    return dict(
         layers=args.layers,
         hidden=args.hidden,
         max_tokens=args.max_tokens,

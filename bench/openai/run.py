@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,28 +33,21 @@ from typing import Any
 import numpy as np
 
 from bench.common.checkpoints import minilm
-from bench.common.loadgen import TritonGrpcSender, closed_loop
+from bench.common.loadgen import PooledHttpSender, TritonGrpcSender, closed_loop
 from bench.common.machine import ForeignCpu, describe_machine, machine_line
 from bench.common.report import RESULTS_DIR, fmt, markdown_table, update_readme_section, write_json
 from bench.common.sentences import load_texts
 from bench.generation.run import Settings as GenerationSettings
-from bench.generation.run import make_checkpoint, make_prompts
+from bench.generation.run import generation_fields, make_checkpoint, make_prompts
 
 DIRECT, OPENAI = "direct gRPC", "OpenAI API"
 
 
 @dataclass(frozen=True)
-class Settings:
-    concurrency: tuple[int, ...]
-    warmup_s: float
-    window_s: float
-    max_tokens: int
+class Settings(GenerationSettings):
+    """bench/generation's (the random-weight Llama's shape, its prompts, the load), plus repeats."""
+
     repeats: int
-    layers: int
-    hidden: int
-    workdir: Path
-    name: str
-    write: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -62,6 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--warmup-s", type=float, default=6.0)
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--min-prompt", type=int, default=16)
+    parser.add_argument("--max-prompt", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="runs per level, contenders alternating")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
@@ -69,61 +65,34 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--name", default="openai-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
     args = parser.parse_args(argv)
-    return Settings(
-        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
-        warmup_s=args.warmup_s,
-        window_s=args.window_s,
-        max_tokens=args.max_tokens,
-        repeats=args.repeats,
-        layers=args.layers,
-        hidden=args.hidden,
-        workdir=args.workdir,
-        name=args.name,
-        write=not args.no_write,
-    )
+    return Settings(**generation_fields(args), repeats=args.repeats)
 
 
 # -- senders ---------------------------------------------------------------------------------------------
 
 
-class OpenAIEmbeddings:
+class OpenAIEmbeddings(PooledHttpSender):
     def __init__(self, base_url: str, model: str) -> None:
+        super().__init__(connections=256)
         self.url, self.model = base_url + "/embeddings", model
-        self._session: Any = None
 
     async def __call__(self, text: str) -> None:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        body = {"model": self.model, "input": text, "encoding_format": "base64"}
-        async with self._session.post(self.url, json=body) as response:
-            payload = await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.post_json(self.url, {"model": self.model, "input": text, "encoding_format": "base64"})
 
 
-class OpenAIStream:
+class OpenAIStream(PooledHttpSender):
     """A streamed completion; counts the tokens of the usage chunk."""
 
     def __init__(self, base_url: str, model: str, max_tokens: int, tokens: list[int]) -> None:
+        super().__init__(connections=256)
         self.url, self.model, self.max_tokens, self.tokens = (
             base_url + "/completions",
             model,
             max_tokens,
             tokens,
         )
-        self._session: Any = None
 
     async def __call__(self, prompt: str) -> None:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         body = {
             "model": self.model,
             "prompt": prompt,
@@ -132,7 +101,7 @@ class OpenAIStream:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        async with self._session.post(self.url, json=body) as response:
+        async with self.session().post(self.url, json=body) as response:
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {(await response.read())[:200]!r}")
             completion = 0
@@ -144,10 +113,6 @@ class OpenAIStream:
         if completion != self.max_tokens:
             raise RuntimeError(f"{completion} tokens instead of {self.max_tokens}")
         self.tokens.append(completion)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 class DirectStream:
@@ -242,10 +207,26 @@ def measure(
     return levels
 
 
+@contextlib.contextmanager
+def serving(repository: Path, name: str, settings: Settings) -> Iterator[tuple[str, str]]:
+    """tritonserver on `repository` and the frontend next to it: (Triton's gRPC URL, the API's base URL)."""
+    from model_repo.openai_local import LocalFrontend
+    from model_repo.triton import TritonServer, free_port, repository_server_args
+
+    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={repository}"]
+    with (
+        TritonServer(
+            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / f"{name}-triton.log"
+        ) as server,
+        LocalFrontend(
+            repository, server.grpc_url, free_port(), log_path=settings.workdir / f"{name}-openai.log"
+        ) as frontend,
+    ):
+        yield server.grpc_url, frontend.base_url
+
+
 def run_embeddings(settings: Settings) -> dict[str, Any]:
     from model_repo.build import BuildOptions, build_repository
-    from model_repo.openai_frontend.local import LocalFrontend
-    from model_repo.triton import TritonServer, free_port, repository_server_args
 
     model = minilm()
     built = build_repository(
@@ -254,18 +235,10 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
         force=True,  # the benchmark's own directory (Triton's stub leaves __pycache__ in it)
     )
     texts = list(load_texts())
-    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
-    with (
-        TritonServer(
-            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / "minilm-triton.log"
-        ) as server,
-        LocalFrontend(
-            built.path, server.grpc_url, free_port(), log_path=settings.workdir / "minilm-openai.log"
-        ) as frontend,
-    ):
+    with serving(built.path, "minilm", settings) as (grpc_url, base_url):
         contenders: dict[str, Callable[[list[int]], Any]] = {
-            DIRECT: lambda _tokens: TritonGrpcSender(server.grpc_url, "minilm"),
-            OPENAI: lambda _tokens: OpenAIEmbeddings(frontend.base_url, "minilm"),
+            DIRECT: lambda _tokens: TritonGrpcSender(grpc_url, "minilm"),
+            OPENAI: lambda _tokens: OpenAIEmbeddings(base_url, "minilm"),
         }
         levels = measure("embeddings", contenders, texts, settings)
     return {"model": model.description, "levels": levels}
@@ -273,24 +246,9 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
 
 def run_generation(settings: Settings) -> dict[str, Any]:
     from model_repo.build import BuildOptions, build_repository
-    from model_repo.openai_frontend.local import LocalFrontend
-    from model_repo.triton import TritonServer, free_port, repository_server_args
 
-    shape = GenerationSettings(
-        layers=settings.layers,
-        hidden=settings.hidden,
-        max_tokens=settings.max_tokens,
-        min_prompt=16,
-        max_prompt=128,
-        concurrency=settings.concurrency,
-        warmup_s=settings.warmup_s,
-        window_s=settings.window_s,
-        workdir=settings.workdir,
-        name=settings.name,
-        write=False,
-    )
-    checkpoint = make_checkpoint(shape, settings.workdir / "llama")
-    prompts = make_prompts(checkpoint, shape)
+    checkpoint = make_checkpoint(settings, settings.workdir / "llama")
+    prompts = make_prompts(checkpoint, settings)
     built = build_repository(
         BuildOptions(
             source=f"file://{checkpoint}",
@@ -300,21 +258,16 @@ def run_generation(settings: Settings) -> dict[str, Any]:
         settings.workdir / "llama-repository",
         force=True,
     )
-    args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={built.path}"]
-    with (
-        TritonServer(
-            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / "llama-triton.log"
-        ) as server,
-        LocalFrontend(
-            built.path, server.grpc_url, free_port(), log_path=settings.workdir / "llama-openai.log"
-        ) as frontend,
-    ):
+    with serving(built.path, "llama", settings) as (grpc_url, base_url):
         contenders: dict[str, Callable[[list[int]], Any]] = {
-            DIRECT: lambda tokens: DirectStream(server.grpc_url, "llama", settings.max_tokens, tokens),
-            OPENAI: lambda tokens: OpenAIStream(frontend.base_url, "llama", settings.max_tokens, tokens),
+            DIRECT: lambda tokens: DirectStream(grpc_url, "llama", settings.max_tokens, tokens),
+            OPENAI: lambda tokens: OpenAIStream(base_url, "llama", settings.max_tokens, tokens),
         }
         levels = measure("generation", contenders, prompts, settings)
-    model = f"random-weight Llama, {settings.layers} layers, hidden {settings.hidden}, prompts 16-128 tokens"
+    model = (
+        f"random-weight Llama, {settings.layers} layers, hidden {settings.hidden}, "
+        f"prompts {settings.min_prompt}-{settings.max_prompt} tokens"
+    )
     return {"model": model, "levels": levels, "max_tokens": settings.max_tokens}
 
 

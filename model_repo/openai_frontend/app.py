@@ -81,6 +81,28 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
+def _choice(key: str, value: Any, finish: str | None) -> dict[str, Any]:
+    """The one choice (n=1) of a completion object or chunk: `key` is text, message or delta."""
+    return {"index": 0, key: value, "finish_reason": finish, "logprobs": None}
+
+
+def _completion(
+    ident: str,
+    kind: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: dict[str, int] | None,
+    with_usage: bool = True,
+) -> dict[str, Any]:
+    """A completion object or stream chunk, in OpenAI's field order. A chunk carries `usage` (null until
+    the last) only with `stream_options.include_usage`."""
+    data = {"id": ident, "object": kind, "created": created, "model": model, "choices": choices}
+    if with_usage:
+        data["usage"] = usage
+    return data
+
+
 class Frontend:
     """Route handlers for one model (kept thin: validate, map, call Triton, shape the answer)."""
 
@@ -265,42 +287,16 @@ class Frontend:
         echo = prompt if body.echo else None
 
         def chunk(text: str | None, finish: str | None, usage: dict[str, int] | None) -> dict[str, Any]:
-            choices = (
-                []
-                if usage is not None
-                else [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]
-            )
-            data = {
-                "id": ident,
-                "object": "text_completion",
-                "created": created,
-                "model": body.model,
-                "choices": choices,
-            }
-            if include_usage:
-                data["usage"] = usage
-            return data
+            choices = [] if usage is not None else [_choice("text", text or "", finish)]
+            return _completion(ident, "text_completion", created, body.model, choices, usage, include_usage)
 
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:
             return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
-        return {
-            "id": ident,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": (echo or "") + text,
-                    "finish_reason": self.finish_reason(usage, body.max_tokens),
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage,
-        }
+        choice = _choice("text", (echo or "") + text, self.finish_reason(usage, body.max_tokens))
+        return _completion(ident, "text_completion", created, body.model, [choice], usage)
 
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
         self.check_model(body.model, GENERATION_TASK, "/v1/chat/completions")
@@ -319,37 +315,18 @@ class Frontend:
                 if not sent_role:
                     delta["role"] = "assistant"
                     sent_role = True
-                choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-            data: dict[str, Any] = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": body.model,
-                "choices": choices,
-            }
-            if include_usage:
-                data["usage"] = usage
-            return data
+                choices = [_choice("delta", delta, finish)]
+            return _completion(
+                ident, "chat.completion.chunk", created, body.model, choices, usage, include_usage
+            )
 
         if body.stream:
             return await self.stream(request, prompt, sampling, chunk, include_usage, None)
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
-        return {
-            "id": ident,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": self.finish_reason(usage, max_tokens),
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage,
-        }
+        message = {"role": "assistant", "content": text}
+        choice = _choice("message", message, self.finish_reason(usage, max_tokens))
+        return _completion(ident, "chat.completion", created, body.model, [choice], usage)
 
 
 def create_app(model: ServedModel, backend: TritonBackend) -> FastAPI:

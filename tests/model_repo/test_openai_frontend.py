@@ -25,7 +25,7 @@ from conftest import make_gpt2_checkpoint, make_llama_checkpoint
 from test_generation_serving import Served, metrics, reference, wait_for
 
 from model_repo.build import BuildOptions, build_repository
-from model_repo.openai_frontend.local import LocalFrontend
+from model_repo.openai_local import LocalFrontend
 from model_repo.triton import TritonServer, free_port, repository_server_args
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -421,7 +421,7 @@ def test_modeldeploy_serve_openai_starts_the_frontend_and_stops_it(stack: Stack,
 
     from openai import OpenAI
 
-    from model_repo.openai_frontend.local import DEFAULT_LOCAL_PORT
+    from model_repo.openai_local import DEFAULT_LOCAL_PORT
 
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", DEFAULT_LOCAL_PORT)) == 0:

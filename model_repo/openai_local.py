@@ -1,4 +1,8 @@
-"""The frontend as a child process next to a local tritonserver (`modeldeploy serve --openai`, tests)."""
+"""The frontend as a child process next to a local tritonserver (`modeldeploy serve --openai`, tests).
+
+Outside the `openai_frontend` package on purpose: the Triton runtime image carries that package alone,
+while this module runs it as `python -m model_repo.openai_frontend` and reuses `model_repo.triton`.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+
+from model_repo.triton import ChildProcess, stop_process_group
 
 
 class FrontendError(RuntimeError):
     """The frontend exited or did not become ready."""
 
 
-class LocalFrontend:
+class LocalFrontend(ChildProcess):
     """`python -m model_repo.openai_frontend` on `port`, as a context manager; ready when Triton is."""
 
     def __init__(
@@ -72,7 +77,9 @@ class LocalFrontend:
             return
         log = self.log_path.open("wb") if self.log_path is not None else subprocess.DEVNULL
         try:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         finally:
             if self.log_path is not None and not isinstance(log, int):
                 log.close()
@@ -90,26 +97,8 @@ class LocalFrontend:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __enter__(self) -> LocalFrontend:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        if process is not None:
+            stop_process_group(process, 15)
 
 
 DEFAULT_LOCAL_PORT = 9000
