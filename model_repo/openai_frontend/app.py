@@ -30,9 +30,6 @@ from .protocol import (
 )
 
 T = TypeVar("T")
-# The generation runtime's `max_tokens` when a request sets none (README, text generation contract): what
-# a chat request without max_tokens gets, and what finish_reason="length" is judged against then.
-RUNTIME_DEFAULT_MAX_TOKENS = 64
 # HTTP status logged for a request whose client left before the answer (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -213,10 +210,13 @@ class Frontend:
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
-    @staticmethod
-    def finish_reason(usage: dict[str, int], max_tokens: int | None) -> str:
-        limit = max_tokens if max_tokens is not None else RUNTIME_DEFAULT_MAX_TOKENS
-        return "length" if usage["completion_tokens"] >= limit else "stop"
+    async def finish_reason(self, usage: dict[str, int], max_tokens: int | None) -> str:
+        # Without max_tokens the runtime applies the default its repository was built with (a parameter of
+        # the model's config); a backend that publishes none (vLLM) is never judged cut short.
+        limit = max_tokens
+        if limit is None:
+            limit = await self.backend.default_max_tokens(self.model.triton_name)
+        return "length" if limit is not None and usage["completion_tokens"] >= limit else "stop"
 
     async def complete(self, prompt: str, sampling: dict[str, Any]) -> tuple[str, Piece | None]:
         text, last = "", None
@@ -259,7 +259,7 @@ class Frontend:
                         last = piece
                         yield _sse(chunk(piece.text, None, None))
                 usage = self.usage(prompt, text, last)
-                yield _sse(chunk(None, self.finish_reason(usage, sampling.get("max_tokens")), None))
+                yield _sse(chunk(None, await self.finish_reason(usage, sampling.get("max_tokens")), None))
                 if include_usage:
                     yield _sse(chunk(None, None, usage))
             except OpenAIError as exc:  # after the 200: the error goes into the stream, as OpenAI does
@@ -295,7 +295,7 @@ class Frontend:
             return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
-        choice = _choice("text", (echo or "") + text, self.finish_reason(usage, body.max_tokens))
+        choice = _choice("text", (echo or "") + text, await self.finish_reason(usage, body.max_tokens))
         return _completion(ident, "text_completion", created, body.model, [choice], usage)
 
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
@@ -325,7 +325,7 @@ class Frontend:
         text, last = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
         message = {"role": "assistant", "content": text}
-        choice = _choice("message", message, self.finish_reason(usage, max_tokens))
+        choice = _choice("message", message, await self.finish_reason(usage, max_tokens))
         return _completion(ident, "chat.completion", created, body.model, [choice], usage)
 
 

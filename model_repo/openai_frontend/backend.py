@@ -117,6 +117,14 @@ class TritonBackend:
             self._configs[model] = response.config
         return self._configs[model]
 
+    async def default_max_tokens(self, model: str) -> int | None:
+        """The generation runtime's `max_tokens` for a request that sets none, as the builder wrote it
+        into the model's config; None where the config has no such parameter."""
+        parameters = (await self.config(model)).parameters
+        if "default_max_tokens" not in parameters:
+            return None
+        return int(parameters["default_max_tokens"].string_value)
+
     async def embed(self, model: str, texts: list[str], output: str = "EMBEDDING") -> np.ndarray[Any, Any]:
         """[len(texts), dims] float32 from one batched request (the caller keeps within max_batch_size)."""
         request = service_pb2.ModelInferRequest(model_name=model)

@@ -261,6 +261,21 @@ def test_chat_uses_the_checkpoints_template_and_equals_generate(stack: Stack) ->
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == count
 
 
+def test_chat_without_a_token_limit_is_judged_against_the_repositorys_default(stack: Stack) -> None:
+    config = httpx.get(f"http://{stack.server.http_url}/v2/models/{CHAT}/config", timeout=30).json()
+    default = int(config["parameters"]["default_max_tokens"]["string_value"])
+    prompt = _chat_prompt(stack.paths[CHAT])
+    text, count = reference(stack.paths[CHAT], prompt, default)
+    result = stack.client(CHAT).chat.completions.create(
+        model=CHAT,
+        messages=MESSAGES,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert result.choices[0].message.content == text
+    assert result.usage is not None and result.usage.completion_tokens == count
+    assert result.choices[0].finish_reason == ("length" if count == default else "stop")
+
+
 def test_sampling_settings_reach_the_runtime(stack: Stack) -> None:
     client = stack.client(CHAT)
 
