@@ -10,11 +10,9 @@ import contextlib
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from model_repo.triton import ChildProcess, stop_process_group
+from model_repo.triton import ChildProcess, http_ok, stop_process_group
 
 
 class FrontendError(RuntimeError):
@@ -59,11 +57,7 @@ class LocalFrontend(ChildProcess):
         return f"http://{self.host}:{self.port}/v1"
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.host}:{self.port}/health/ready", timeout=2) as reply:
-                return bool(reply.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://{self.host}:{self.port}/health/ready")
 
     def log(self) -> str:
         if self.log_path is None:
