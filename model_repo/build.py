@@ -102,10 +102,9 @@ def _check_options(options: BuildOptions) -> None:
     if options.accuracy_floor is not None and not 0.0 <= options.accuracy_floor <= 1.0:
         raise BuildError(f"--accuracy-floor must be between 0 and 1, got {options.accuracy_floor}")
     if options.device == "cpu" and options.dtype is DType.BFLOAT16:
-        from model_repo.runtime.model import cpu_has_native_bfloat16, read_text
+        from model_repo.runtime.model import this_cpu_has_native_bfloat16
 
-        cpuinfo = read_text("/proc/cpuinfo")
-        if cpuinfo is not None and not cpu_has_native_bfloat16(cpuinfo):
+        if not this_cpu_has_native_bfloat16():
             raise BuildError(
                 "--dtype bfloat16: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16 or bf16), so "
                 "PyTorch would emulate it, slower than float32; use float32 or --quantization int8"

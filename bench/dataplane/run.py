@@ -37,6 +37,7 @@ from bench.dataplane.servers import (
     onnx_unavailable_reason,
     torch_dtype,
 )
+from model_repo.runtime.model import this_cpu_has_native_bfloat16
 
 MODEL_KEYS = ("tiny-bert", "minilm")
 LOAD_GENERATORS = ("perf_analyzer", "python")
@@ -644,6 +645,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if settings.device == "cuda" and not machine["gpus"]:
         raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
     texts = list(load_texts()[: settings.text_count])
+    not_run = {"ours (onnx format)": onnx_unavailable_reason() or "the onnx format is not benchmarked yet"}
+    if "ours-bf16" in settings.contenders and settings.device == "cpu" and not this_cpu_has_native_bfloat16():
+        # The builder refuses it here (emulated bfloat16 is slower than float32): nothing to measure.
+        not_run["ours-bf16"] = "this CPU has no bf16 arithmetic"
+        contenders = tuple(name for name in settings.contenders if name != "ours-bf16")
+        settings = dataclasses.replace(settings, contenders=contenders)
     perf_analyzer_info: dict[str, Any] | None = None
     if settings.loadgen == "perf_analyzer":
         prefix = perf_analyzer.command_prefix()  # fails here, before any model is loaded, if missing
@@ -677,9 +684,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             + "; one text per request, same machine",
         },
-        "not_run": {
-            "ours (onnx format)": onnx_unavailable_reason() or "the onnx format is not benchmarked yet"
-        },
+        "not_run": not_run,
         "models": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as temporary:

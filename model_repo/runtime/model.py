@@ -123,6 +123,21 @@ def cpu_has_native_bfloat16(cpuinfo: str) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+# Names a file read instead of /proc/cpuinfo: a test, or a whole suite run, stands in for another CPU
+# with it (docs/testing.md: `MODELDEPLOY_CPUINFO=tests/cpuinfo/no-bf16 make test`).
+CPUINFO_ENV = "MODELDEPLOY_CPUINFO"
+
+
+def this_cpu_has_native_bfloat16() -> bool:
+    """`cpu_has_native_bfloat16` of this machine's cpuinfo (or of the file MODELDEPLOY_CPUINFO names).
+    True where there is no cpuinfo to read (not Linux): nothing to refuse on."""
+    path = os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo"
+    cpuinfo = read_text(path)
+    if cpuinfo is None and path != "/proc/cpuinfo":
+        raise RuntimeError(f"{CPUINFO_ENV}={path} is not a readable file")
+    return cpuinfo is None or cpu_has_native_bfloat16(cpuinfo)
+
+
 def quantize_int8(model: Any, keep_float: list[str] | tuple[str, ...] = ()) -> Any:
     """Dynamic int8 quantisation of the model's Linear layers (int8 weights per output channel, int8
     activations scaled per batch), except the layers named in `keep_float`.
@@ -410,8 +425,7 @@ class TritonPythonModel:
         }[self.task]
         dtype_name = self.params.get("dtype", "float32")
         if dtype_name == "bfloat16" and self.device.type == "cpu":
-            cpuinfo = read_text("/proc/cpuinfo")
-            if cpuinfo is not None and not cpu_has_native_bfloat16(cpuinfo):
+            if not this_cpu_has_native_bfloat16():
                 raise RuntimeError(
                     "spec.triton.dtype bfloat16: this node's CPU has no bfloat16 instructions (avx512_bf16, "
                     "amx_bf16 or bf16), so PyTorch would emulate it, slower than float32; schedule on a CPU "

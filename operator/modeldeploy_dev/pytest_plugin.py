@@ -19,6 +19,10 @@ end-to-end and the reconcile tests share one cluster instead of starting one per
 
 The binaries are built (once, into the cache outside the repository) by tests/cluster/build.sh; without
 Go the fixture fails with build.sh's message rather than skipping, since these tests are the point.
+
+It also skips the tests marked ``bf16`` (bfloat16 served on the CPU) where the CPU has no bf16 arithmetic,
+with that reason: the builder refuses bfloat16 there, which tests with a given cpuinfo check on every
+machine. ``MODELDEPLOY_CPUINFO=<file>`` runs the suite as on the CPU that file describes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from model_repo.runtime.model import this_cpu_has_native_bfloat16
 from modeldeploy_dev.devcluster import DevCluster, DevClusterError, ensure_binaries
 
 
@@ -51,3 +56,14 @@ def cluster(cluster_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield dev_cluster
     finally:
         dev_cluster.stop()
+
+
+NO_BF16 = "this CPU has no bf16 arithmetic (avx512_bf16, amx_bf16 or bf16 in /proc/cpuinfo)"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if this_cpu_has_native_bfloat16():
+        return
+    for item in items:
+        if item.get_closest_marker("bf16") is not None:
+            item.add_marker(pytest.mark.skip(reason=NO_BF16))

@@ -20,9 +20,11 @@ from model_repo.errors import BuildError
 from model_repo.options import BuildOptions, DType, ModelFormat, Quantization
 from model_repo.runtime.model import (
     classification_outputs,
+    CPUINFO_ENV,
     cpu_has_native_bfloat16,
     pool_embeddings,
     quantize_int8,
+    this_cpu_has_native_bfloat16,
     token_entities,
     top_k_tokens,
 )
@@ -42,31 +44,47 @@ class Served:
     server: TritonServer
     repositories: dict[str, Path]
     checkpoints: dict[str, Path]
+    refused: dict[str, BuildError]
+
+    def repository(self, name: str) -> Path:
+        """The built repository of one variant; its test fails with the build's own error if it was not."""
+        if name in self.refused:
+            pytest.fail(f"{name} was not built: {self.refused[name]}", pytrace=False)
+        return self.repositories[name]
 
 
 @pytest.fixture(scope="module")
 def served(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for every optimised variant, each built on its own: a variant the builder refuses fails
+    its own tests only, and the bfloat16 one is built only where the CPU has bf16 arithmetic (elsewhere its
+    tests are skipped and the refusal is tested with a given cpuinfo)."""
     root = tmp_path_factory.mktemp("optimised")
-    repositories = {}
-    for task in ENCODER_TASKS:
-        options = BuildOptions(
+    variants = {
+        task: BuildOptions(
             source=f"file://{checkpoints[task]}",
             model_name=_name(task),
             max_batch_size=8,
             quantization=Quantization.INT8,
         )
-        repositories[task] = build_repository(options, root / _name(task)).path
-    bf16 = BuildOptions(
-        source=f"file://{checkpoints['text-classification']}",
-        model_name=BF16,
-        max_batch_size=8,
-        dtype=DType.BFLOAT16,
-    )
-    repositories[BF16] = build_repository(bf16, root / BF16).path
+        for task in ENCODER_TASKS
+    }
+    if this_cpu_has_native_bfloat16():
+        variants[BF16] = BuildOptions(
+            source=f"file://{checkpoints['text-classification']}",
+            model_name=BF16,
+            max_batch_size=8,
+            dtype=DType.BFLOAT16,
+        )
+    repositories, refused = {}, {}
+    for key, options in variants.items():
+        try:
+            repositories[key] = build_repository(options, root / options.model_name).path
+        except BuildError as err:
+            refused[key] = err
     args = ["--strict-readiness=true", *repository_server_args()]
     args += [f"--model-repository={path}" for path in repositories.values()]
     with TritonServer(None, extra_args=args, ready_timeout_s=300) as server:
-        yield Served(server, repositories, checkpoints)
+        yield Served(server, repositories, checkpoints, refused)
 
 
 def _infer(served: Served, model: str, text: str) -> dict[str, Any]:
@@ -129,7 +147,7 @@ def _texts(task: str) -> list[str]:
 @pytest.mark.triton
 @pytest.mark.parametrize("task", ENCODER_TASKS)
 def test_served_int8_is_the_in_process_int8_model_and_close_to_float32(served: Served, task: str) -> None:
-    repository = served.repositories[task]
+    repository = served.repository(task)
     record = read_record(repository)
     assert record is not None and record["quantization"] == "int8"
     gate = record["accuracy"]["gate"]
@@ -165,10 +183,11 @@ def test_served_int8_is_the_in_process_int8_model_and_close_to_float32(served: S
 
 
 @pytest.mark.triton
+@pytest.mark.bf16
 def test_served_bfloat16_is_the_in_process_bfloat16_model(served: Served) -> None:
     import torch
 
-    repository = served.repositories[BF16]
+    repository = served.repository(BF16)
     record = read_record(repository)
     assert record is not None and record["dtype"] == "bfloat16" and record["accuracy"]["gate"]["passed"]
     checkpoint = served.checkpoints["text-classification"]
@@ -182,8 +201,9 @@ def test_served_bfloat16_is_the_in_process_bfloat16_model(served: Served) -> Non
 @pytest.mark.triton
 def test_the_runtime_logs_the_accuracy_result_at_load(served: Served) -> None:
     log = served.server.log()
-    for name in [_name(task) for task in ENCODER_TASKS] + [BF16]:
-        assert f"{name}: serving " in log
+    assert served.repositories, "nothing was built"
+    for key in served.repositories:
+        assert f"{BF16 if key == BF16 else _name(key)}: serving " in log
     assert "the build measured it against float32 on 48 texts" in log
 
 
@@ -277,6 +297,7 @@ def test_int8_is_refused_where_it_is_not_measured(checkpoints: dict[str, Path], 
         build_repository(BuildOptions(source=generation, quantization=Quantization.INT8), tmp_path / "c")
 
 
+@pytest.mark.bf16
 def test_bfloat16_generation_is_gated_on_greedy_token_agreement(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -344,3 +365,27 @@ def test_cpu_flags_decide_bfloat16() -> None:
     assert cpu_has_native_bfloat16("Features\t: fp asimd bf16 i8mm\n")
     assert not cpu_has_native_bfloat16("flags : fpu sse avx2 avx512f avx512_vnni\n")
     assert not cpu_has_native_bfloat16("")
+
+
+CPU_WITHOUT_BF16 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 avx512f avx512bw avx512_vnni\n"
+CPU_WITH_BF16 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 avx512f avx512_vnni avx512_bf16\n"
+
+
+def test_bfloat16_is_refused_on_a_given_cpu_without_it(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On every machine: the builder reads the CPU's flags from the file MODELDEPLOY_CPUINFO names, so a
+    given cpuinfo text stands in for a CPU without bf16 arithmetic (and for one with it)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setenv(CPUINFO_ENV, str(cpuinfo))
+    options = BuildOptions(source=f"file://{checkpoints['text-classification']}", dtype=DType.BFLOAT16)
+    cpuinfo.write_text(CPU_WITHOUT_BF16)
+    assert not this_cpu_has_native_bfloat16()
+    with pytest.raises(BuildError, match=r"--dtype bfloat16: this CPU has no bfloat16 instructions"):
+        build_repository(options, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    cpuinfo.write_text(CPU_WITH_BF16)
+    assert this_cpu_has_native_bfloat16()
+    cpuinfo.unlink()
+    with pytest.raises(RuntimeError, match=f"{CPUINFO_ENV}=.* is not a readable file"):
+        this_cpu_has_native_bfloat16()
