@@ -340,7 +340,8 @@ def serve(
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
     from model_repo.openai_local import FrontendError, openai_frontend_for
-    from model_repo.triton import TritonError, TritonServer, triton_server_args
+    from model_repo.triton import TritonError, TritonServer
+    from model_repo.triton_args import triton_server_args
 
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
     result = _build(options, base / "repository", force)

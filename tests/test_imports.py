@@ -111,3 +111,51 @@ def test_no_private_names_across_modules(package: Path) -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# Standard-library modules that start, signal or replace processes.
+PROCESS_MODULES = frozenset({"subprocess", "multiprocessing", "signal", "pty", "concurrent.futures.process"})
+
+
+def _stdlib_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _process_runners_reached(start: str) -> dict[str, list[str]]:
+    """Every first-party module `start` imports (directly or through others, across both packages) that
+    imports a process-running module, with the chain of imports that reaches it."""
+    modules = {name: path for package in PACKAGES for name, path in _modules(package).items()}
+    known = set(modules)
+    chains = {name: [name] for name in modules if name == start or name.startswith(start + ".")}
+    todo = list(chains)
+    while todo:
+        module = todo.pop()
+        for imported, _ in _imports(module, modules[module], known):
+            if imported not in chains:
+                chains[imported] = [*chains[module], imported]
+                todo.append(imported)
+    return {
+        module: chain
+        for module, chain in chains.items()
+        if _stdlib_imports(modules[module]) & PROCESS_MODULES
+    }
+
+
+def test_the_manifest_builders_reach_nothing_that_runs_processes() -> None:
+    """`modeldeploy.manifests` is pure (spec in, manifest out): nothing it imports, however indirectly,
+    starts or signals a process (the tritonserver flags it shares with `modeldeploy serve` live in
+    `model_repo.triton_args`, apart from `model_repo.triton`, which runs the server)."""
+    reached = _process_runners_reached("modeldeploy.manifests")
+    assert not reached, "; ".join(" -> ".join(chain) for chain in reached.values())
+
+
+def test_the_process_runner_finder_finds_the_server_runner() -> None:
+    assert "model_repo.triton" in _process_runners_reached("model_repo.cli")
+    assert "model_repo.triton" in _process_runners_reached("model_repo.triton")

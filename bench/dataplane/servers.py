@@ -26,7 +26,8 @@ from bench.baselines import TUTORIAL_MODEL_NAME, write_tutorial_repository
 from bench.common.checkpoints import BenchModel
 from bench.common.perf_analyzer import Target
 from model_repo.options import DType, Quantization
-from model_repo.triton import free_port, repository_server_args, stop_process_group
+from model_repo.triton import free_port, stop_process_group
+from model_repo.triton_args import repository_server_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OURS_MODEL_NAME = "model"

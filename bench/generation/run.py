@@ -272,7 +272,8 @@ def baseline_request(max_tokens: int) -> Callable[[Any, str], Completed]:
 
 @contextlib.contextmanager
 def serve(repository: Path, log: Path) -> Iterator[Any]:
-    from model_repo.triton import TritonServer, repository_server_args
+    from model_repo.triton import TritonServer
+    from model_repo.triton_args import repository_server_args
 
     args = [
         "--strict-readiness=true",

@@ -211,7 +211,8 @@ def measure(
 def serving(repository: Path, name: str, settings: Settings) -> Iterator[tuple[str, str]]:
     """tritonserver on `repository` and the frontend next to it: (Triton's gRPC URL, the API's base URL)."""
     from model_repo.openai_local import LocalFrontend
-    from model_repo.triton import TritonServer, free_port, repository_server_args
+    from model_repo.triton import TritonServer, free_port
+    from model_repo.triton_args import repository_server_args
 
     args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={repository}"]
     with (

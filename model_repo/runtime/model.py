@@ -424,13 +424,12 @@ class TritonPythonModel:
             "text-generation": transformers.AutoModelForCausalLM,
         }[self.task]
         dtype_name = self.params.get("dtype", "float32")
-        if dtype_name == "bfloat16" and self.device.type == "cpu":
-            if not this_cpu_has_native_bfloat16():
-                raise RuntimeError(
-                    "spec.triton.dtype bfloat16: this node's CPU has no bfloat16 instructions (avx512_bf16, "
-                    "amx_bf16 or bf16), so PyTorch would emulate it, slower than float32; schedule on a CPU "
-                    "that has them or use float32 (or quantization int8)"
-                )
+        if dtype_name == "bfloat16" and self.device.type == "cpu" and not this_cpu_has_native_bfloat16():
+            raise RuntimeError(
+                "spec.triton.dtype bfloat16: this node's CPU has no bfloat16 instructions (avx512_bf16, "
+                "amx_bf16 or bf16), so PyTorch would emulate it, slower than float32; schedule on a CPU "
+                "that has them or use float32 (or quantization int8)"
+            )
         dtype = getattr(torch, dtype_name)
         self.model = auto_class.from_pretrained(self.checkpoint, dtype=dtype, trust_remote_code=trust)
         self.model.to(self.device).eval()

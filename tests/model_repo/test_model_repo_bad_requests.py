@@ -21,7 +21,8 @@ from conftest import SENTENCES
 
 from model_repo.build import build_repository
 from model_repo.options import BuildOptions
-from model_repo.triton import TritonServer, repository_server_args
+from model_repo.triton import TritonServer
+from model_repo.triton_args import repository_server_args
 
 pytestmark = pytest.mark.triton
 

@@ -19,8 +19,8 @@ from model_repo.build import build_repository, read_record
 from model_repo.errors import BuildError
 from model_repo.options import BuildOptions, DType, ModelFormat, Quantization
 from model_repo.runtime.model import (
-    classification_outputs,
     CPUINFO_ENV,
+    classification_outputs,
     cpu_has_native_bfloat16,
     pool_embeddings,
     quantize_int8,
@@ -28,7 +28,8 @@ from model_repo.runtime.model import (
     token_entities,
     top_k_tokens,
 )
-from model_repo.triton import TritonServer, repository_server_args
+from model_repo.triton import TritonServer
+from model_repo.triton_args import repository_server_args
 
 ENCODER_TASKS = ["text-classification", "token-classification", "feature-extraction", "fill-mask"]
 BF16 = "bf16_classifier"

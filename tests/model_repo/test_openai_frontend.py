@@ -26,7 +26,8 @@ from test_generation_serving import Served, metrics, reference, wait_for
 
 from model_repo.build import BuildOptions, build_repository
 from model_repo.openai_local import LocalFrontend
-from model_repo.triton import TritonServer, free_port, repository_server_args
+from model_repo.triton import TritonServer, free_port
+from model_repo.triton_args import repository_server_args
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

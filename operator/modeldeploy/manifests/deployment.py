@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from model_repo.triton import triton_server_args
+from model_repo.triton_args import triton_server_args
 from modeldeploy.api import ModelDeployment
 from modeldeploy.digest import repository_digest
 from modeldeploy.kinds import DEPLOYMENT

@@ -1,0 +1,31 @@
+"""The tritonserver flags a generated repository is served with: one contract for the operator's pods
+(`modeldeploy.manifests`), `modeldeploy serve` and the benchmarks. Pure: it starts nothing, so the
+manifest builders can import it (`model_repo.triton` runs the server)."""
+
+from __future__ import annotations
+
+# Each Python-backend stub exchanges a whole batch of requests and responses through one shared-memory
+# region. Triton's 1 MiB default has to grow while a full batch is in flight, which stalls the stub
+# (bench/dataplane: p99 0.85 s instead of 0.06 s at 64 clients); 16 MiB holds a full batch of text.
+PYTHON_BACKEND_SHM_BYTES = 16 * 1024 * 1024
+# Triton's response cache (spec.triton.responseCache, --response-cache): its size in memory.
+RESPONSE_CACHE_BYTES = 256 * 1024 * 1024
+
+
+def repository_server_args() -> list[str]:
+    """tritonserver flags every generated repository is served with: in the operator's pods, by
+    `modeldeploy serve` and by the benchmarks. Every config.pbtxt the builder writes is complete and
+    checked against Triton's ModelConfig, so the server must serve it as written, not auto-complete it."""
+    return [
+        "--disable-auto-complete-config",
+        f"--backend-config=python,shm-default-byte-size={PYTHON_BACKEND_SHM_BYTES}",
+    ]
+
+
+def triton_server_args(*, response_cache: bool) -> list[str]:
+    """tritonserver flags a generated repository is served with, in the operator's pods and by
+    `modeldeploy serve` alike (ports and the repository's path are the caller's)."""
+    args = ["--log-format=ISO8601", *repository_server_args()]
+    if response_cache:
+        args.append(f"--cache-config=local,size={RESPONSE_CACHE_BYTES}")
+    return args
