@@ -73,3 +73,19 @@ def test_the_product_cli_has_no_development_commands() -> None:
     help_text = CliRunner().invoke(app, ["--help"]).output
     assert "operator" in help_text and "build" in help_text
     assert "demo" not in help_text and "dev-cluster" not in help_text
+
+
+def test_the_product_folder_holds_only_the_product() -> None:
+    """`operator/` is the product's control plane only; the development tooling sits beside its own
+    distribution file (dev/pyproject.toml), and is imported from there (installed editable)."""
+    assert sorted(path.name for path in (ROOT / "operator").iterdir()) == ["modeldeploy"]
+    assert (ROOT / "dev" / "pyproject.toml").is_file() and (ROOT / "dev" / "modeldeploy_dev").is_dir()
+    result = subprocess.run(
+        [sys.executable, "-c", "import modeldeploy_dev; print(modeldeploy_dev.__file__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == ROOT / "dev" / "modeldeploy_dev", result.stdout

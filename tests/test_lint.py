@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PYTHON_TREES = ["operator", "model_repo", "tests", "bench", "scripts"]
+PYTHON_TREES = ["operator", "dev", "model_repo", "tests", "bench", "scripts"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,6 +27,6 @@ def test_ruff_format() -> None:
 
 def test_mypy_strict() -> None:
     result = _run(
-        str(BIN / "mypy"), "--strict", "operator/modeldeploy", "operator/modeldeploy_dev", "model_repo"
+        str(BIN / "mypy"), "--strict", "operator/modeldeploy", "dev/modeldeploy_dev", "model_repo"
     )
     assert result.returncode == 0, result.stdout + result.stderr
