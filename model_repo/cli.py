@@ -7,6 +7,7 @@ transformers) happen inside the commands so that importing this module stays che
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,9 +26,9 @@ import typer
 
 from model_repo.errors import BuildError
 from model_repo.options import (
-    DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_MAX_QUEUE_DELAY_US,
+    BUILD_FLAGS,
     MAX_BATCH_SIZE_LIMIT,
+    BuildFlag,
     BuildOptions,
     DType,
     ModelFormat,
@@ -50,137 +52,86 @@ ForceOption = Annotated[
 ]
 
 
-def _option(name: str, annotation: Any, default: Any, flag: str, help_text: str) -> inspect.Parameter:
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=annotation,
-        default=typer.Option(default, flag, help=help_text),
-    )
-
-
-# The options `build` and `serve` share, defined once, in the order --help lists them: BuildOptions'
-# fields, by the CLI's parameter names (see `_build_options`).
-BUILD_PARAMETERS: tuple[inspect.Parameter, ...] = (
-    _option(
-        "source",
+# Per BuildOptions field, in BUILD_FLAGS (options.py) order: the CLI's type and help text. The flag and its
+# place are BUILD_FLAGS', the default is BuildOptions'.
+_CLI_OPTIONS: dict[str, tuple[Any, str]] = {
+    "source": (
         str,
-        ...,
-        "--source",
         "Checkpoint URI: hf://org/name, s3://bucket/prefix, gs://bucket/prefix, pvc://claim/path "
         "(under $MODELDEPLOY_PVC_ROOT, default /mnt/pvc) or file:///abs/path.",
     ),
-    _option("revision", str | None, None, "--revision", "hf:// revision (branch, tag, commit)."),
-    _option("task", Task | None, None, "--task", "Task; default: read from the checkpoint."),
-    _option(
-        "model_format",
-        ModelFormat,
-        ModelFormat.AUTO,
-        "--format",
-        "auto: vllm for text-generation on GPUs, python otherwise.",
-    ),
-    _option("dtype", DType, DType.AUTO, "--dtype", "auto: float16 on GPUs, float32 on CPUs."),
-    _option(
-        "max_batch_size",
+    "revision": (str | None, "hf:// revision (branch, tag, commit)."),
+    "task": (Task | None, "Task; default: read from the checkpoint."),
+    "format": (ModelFormat, "auto: vllm for text-generation on GPUs, python otherwise."),
+    "dtype": (DType, "auto: float16 on GPUs, float32 on CPUs."),
+    "max_batch_size": (int, f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT})."),
+    "max_queue_delay_us": (
         int,
-        DEFAULT_MAX_BATCH_SIZE,
-        "--max-batch-size",
-        f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT}).",
-    ),
-    _option(
-        "max_queue_delay_us",
-        int,
-        DEFAULT_MAX_QUEUE_DELAY_US,
-        "--max-queue-delay-us",
         "How long an idle instance waits for more requests to batch (µs). Busy instances batch "
         "whatever queued meanwhile regardless, so this only costs a lone request; keep it small.",
     ),
-    _option(
-        "preferred_batch_size",
-        list[int] | None,
-        None,
-        "--preferred-batch-size",
-        "Preferred batch size (repeatable).",
-    ),
-    _option("instances_per_device", int, 1, "--instances-per-device", "Model instances per device."),
-    _option(
-        "max_sequence_length",
+    "preferred_batch_sizes": (list[int] | None, "Preferred batch size (repeatable)."),
+    "instances_per_device": (int, "Model instances per device."),
+    "max_sequence_length": (int | None, "Token limit; longer input is truncated."),
+    "max_concurrent_sequences": (
         int | None,
-        None,
-        "--max-sequence-length",
-        "Token limit; longer input is truncated.",
-    ),
-    _option("device", str, "cpu", "--device", "cpu or gpu."),
-    _option(
-        "response_cache",
-        bool,
-        False,
-        "--response-cache/--no-response-cache",
-        "Enable Triton's response cache.",
-    ),
-    _option(
-        "trust_remote_code",
-        bool,
-        False,
-        "--trust-remote-code",
-        "Allow running code shipped inside the checkpoint.",
-    ),
-    _option("model_name", str, "model", "--model-name", "Triton model name."),
-    _option(
-        "allow_new_head",
-        bool,
-        False,
-        "--allow-new-head",
-        "Build even when the task's head is not in the checkpoint (it would be random) or the "
-        "checkpoint was trained for another task. Only to fine-tune the fresh head elsewhere.",
-    ),
-    _option(
-        "quantization",
-        Quantization,
-        Quantization.NONE,
-        "--quantization",
-        "int8: dynamic int8 Linear layers (CPU, encoder tasks), checked against float32 by the "
-        "accuracy gate.",
-    ),
-    _option(
-        "accuracy_floor",
-        float | None,
-        None,
-        "--accuracy-floor",
-        "Accuracy gate floor for the task's metric (default: cosine 0.99 for embeddings, "
-        "agreement 0.98 otherwise).",
-    ),
-    _option(
-        "calibration_file",
-        Path | None,
-        None,
-        "--calibration-file",
-        "Calibration texts, one per line (default: a built-in set).",
-    ),
-    _option(
-        "max_concurrent_sequences",
-        int | None,
-        None,
-        "--max-concurrent-sequences",
         "text-generation: sequences decoded together per instance; more wait in a bounded queue. "
         "Default: from the device and the KV cache a sequence needs.",
     ),
-    _option(
-        "max_tokens",
+    "max_tokens": (
         int | None,
-        None,
-        "--max-tokens",
         "text-generation: the most tokens one request may ask for (default: the context length - 1).",
     ),
-)
+    "device": (str, "cpu or gpu."),
+    "response_cache": (bool, "Enable Triton's response cache."),
+    "quantization": (
+        Quantization,
+        "int8: dynamic int8 Linear layers (CPU, encoder tasks), checked against float32 by the "
+        "accuracy gate.",
+    ),
+    "accuracy_floor": (
+        float | None,
+        "Accuracy gate floor for the task's metric (default: cosine 0.99 for embeddings, "
+        "agreement 0.98 otherwise).",
+    ),
+    "calibration_file": (Path | None, "Calibration texts, one per line (default: a built-in set)."),
+    "trust_remote_code": (bool, "Allow running code shipped inside the checkpoint."),
+    "allow_new_head": (
+        bool,
+        "Build even when the task's head is not in the checkpoint (it would be random) or the "
+        "checkpoint was trained for another task. Only to fine-tune the fresh head elsewhere.",
+    ),
+    "model_name": (str, "Triton model name."),
+}
+
+
+def _option(spec: BuildFlag) -> inspect.Parameter:
+    annotation, help_text = _CLI_OPTIONS[spec.field]
+    default = BUILD_OPTION_DEFAULTS.get(spec.field, ...)
+    declaration = spec.flag
+    if spec.kind == "toggle":
+        declaration += "/--no-" + spec.flag.removeprefix("--")
+    return inspect.Parameter(
+        spec.field,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=annotation,
+        default=typer.Option(None if default == () else default, declaration, help=help_text),
+    )
+
+
+BUILD_OPTION_DEFAULTS = {
+    field.name: field.default for field in dataclasses.fields(BuildOptions) if field.default is not MISSING
+}
+# The options `build` and `serve` share, defined once: BuildOptions' fields, by BUILD_FLAGS.
+BUILD_PARAMETERS: tuple[inspect.Parameter, ...] = tuple(_option(spec) for spec in BUILD_FLAGS)
 
 
 def _build_options(values: dict[str, Any]) -> BuildOptions:
-    """BuildOptions from the values of BUILD_PARAMETERS; the CLI names two of them differently."""
+    """BuildOptions from the values of BUILD_PARAMETERS (a list where it keeps a tuple, a Path where it
+    keeps the absolute path's text)."""
     calibration_file: Path | None = values.pop("calibration_file")
     return BuildOptions(
-        format=values.pop("model_format"),
-        preferred_batch_sizes=tuple(values.pop("preferred_batch_size") or ()),
+        preferred_batch_sizes=tuple(values.pop("preferred_batch_sizes") or ()),
         calibration_file=str(calibration_file.absolute()) if calibration_file else None,
         **values,
     )

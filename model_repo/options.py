@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
+from typing import Literal
 
 # How a build reports what it is doing, one line at a time.
 Progress = Callable[[str], None]
@@ -64,6 +65,48 @@ def auto_format(task: Task | None, device: str) -> ModelFormat | None:
 
 
 @dataclass(frozen=True)
+class BuildFlag:
+    """How one BuildOptions field is spelled on `modeldeploy build`'s command line."""
+
+    field: str
+    flag: str
+    # value: `--flag V`, left out when None; repeated: `--flag V` per item; switch: `--flag` when true;
+    # toggle: `--flag` or `--no-flag`.
+    kind: Literal["value", "repeated", "switch", "toggle"] = "value"
+
+
+# The builder's flags, one per BuildOptions field: the CLI declares its options from this table and the
+# operator writes its build containers' arguments with `BuildOptions.to_args()`, which reads it too. The
+# order is the arguments' order (and --help's).
+BUILD_FLAGS: tuple[BuildFlag, ...] = (
+    BuildFlag("source", "--source"),
+    BuildFlag("revision", "--revision"),
+    BuildFlag("task", "--task"),
+    BuildFlag("format", "--format"),
+    BuildFlag("dtype", "--dtype"),
+    BuildFlag("max_batch_size", "--max-batch-size"),
+    BuildFlag("max_queue_delay_us", "--max-queue-delay-us"),
+    BuildFlag("preferred_batch_sizes", "--preferred-batch-size", "repeated"),
+    BuildFlag("instances_per_device", "--instances-per-device"),
+    BuildFlag("max_sequence_length", "--max-sequence-length"),
+    BuildFlag("max_concurrent_sequences", "--max-concurrent-sequences"),
+    BuildFlag("max_tokens", "--max-tokens"),
+    BuildFlag("device", "--device"),
+    BuildFlag("response_cache", "--response-cache", "toggle"),
+    BuildFlag("quantization", "--quantization"),
+    BuildFlag("accuracy_floor", "--accuracy-floor"),
+    BuildFlag("calibration_file", "--calibration-file"),
+    BuildFlag("trust_remote_code", "--trust-remote-code", "switch"),
+    BuildFlag("allow_new_head", "--allow-new-head", "switch"),
+    BuildFlag("model_name", "--model-name"),
+)
+
+
+def _flag_value(value: object) -> str:
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     """Everything a build is asked for: the CLI's options, the operator's spec (through the CLI)."""
 
@@ -88,3 +131,20 @@ class BuildOptions:
     # text-generation only; None: derived from the device and the KV cache per sequence / the context.
     max_concurrent_sequences: int | None = None
     max_tokens: int | None = None
+
+    def to_args(self) -> list[str]:
+        """These options as `modeldeploy build` flags (BUILD_FLAGS): what the CLI parses back into them."""
+        args: list[str] = []
+        for spec in BUILD_FLAGS:
+            value = getattr(self, spec.field)
+            if spec.kind == "switch":
+                args += [spec.flag] if value else []
+            elif spec.kind == "toggle":
+                args.append(spec.flag if value else "--no-" + spec.flag.removeprefix("--"))
+            elif spec.kind == "repeated":
+                for item in value:
+                    args += [spec.flag, _flag_value(item)]
+            elif value is not None:
+                args += [spec.flag, _flag_value(value)]
+        return args
+

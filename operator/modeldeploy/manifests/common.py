@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from model_repo.options import BuildOptions
 from modeldeploy.api import ModelDeployment, ModelDeploymentSpec, ResourceAmounts
 from modeldeploy.digest import device
 from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE, MODEL_BUILDER, Owner
@@ -73,46 +74,38 @@ def pvc_source(source: str) -> tuple[str, str] | None:
     return claim, path
 
 
-def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> list[str]:
-    """`modeldeploy build` flags for this spec (see the builder's CLI contract)."""
+def build_options(spec: ModelDeploymentSpec, model_name: str) -> BuildOptions:
+    """What the builder is asked to build for this spec (the calibration ConfigMap's key as mounted)."""
     triton = spec.triton
-    args = ["build", "--source", spec.model.source]
-    if spec.model.revision:
-        args += ["--revision", spec.model.revision]
-    if spec.model.task:
-        args += ["--task", spec.model.task.value]
-    args += [
-        "--format",
-        triton.format.value,
-        "--dtype",
-        triton.dtype.value,
-        "--max-batch-size",
-        str(triton.max_batch_size),
-        "--max-queue-delay-us",
-        str(triton.dynamic_batching.max_queue_delay_microseconds),
-    ]
-    for size in triton.dynamic_batching.preferred_batch_sizes or []:
-        args += ["--preferred-batch-size", str(size)]
-    args += ["--instances-per-device", str(triton.instances_per_device)]
-    if triton.max_sequence_length is not None:
-        args += ["--max-sequence-length", str(triton.max_sequence_length)]
-    if triton.max_concurrent_sequences is not None:
-        args += ["--max-concurrent-sequences", str(triton.max_concurrent_sequences)]
-    if triton.max_tokens is not None:
-        args += ["--max-tokens", str(triton.max_tokens)]
-    args += ["--device", device(spec)]
-    args.append("--response-cache" if triton.response_cache else "--no-response-cache")
-    args += ["--quantization", triton.quantization.value]
-    if triton.accuracy_floor is not None:
-        args += ["--accuracy-floor", str(triton.accuracy_floor)]
-    if triton.calibration is not None:
-        args += ["--calibration-file", f"{CALIBRATION_PATH}/{triton.calibration.key}"]
-    if spec.model.trust_remote_code:
-        args.append("--trust-remote-code")
-    if spec.model.allow_new_head:
-        args.append("--allow-new-head")
-    args += ["--model-name", model_name, "--out", out]
-    return args
+    return BuildOptions(
+        source=spec.model.source,
+        revision=spec.model.revision,
+        task=spec.model.task,
+        format=triton.format,
+        dtype=triton.dtype,
+        max_batch_size=triton.max_batch_size,
+        max_queue_delay_us=triton.dynamic_batching.max_queue_delay_microseconds,
+        preferred_batch_sizes=tuple(triton.dynamic_batching.preferred_batch_sizes or ()),
+        instances_per_device=triton.instances_per_device,
+        max_sequence_length=triton.max_sequence_length,
+        device=device(spec),
+        response_cache=triton.response_cache,
+        trust_remote_code=spec.model.trust_remote_code,
+        model_name=model_name,
+        allow_new_head=spec.model.allow_new_head,
+        quantization=triton.quantization,
+        accuracy_floor=triton.accuracy_floor,
+        calibration_file=(
+            f"{CALIBRATION_PATH}/{triton.calibration.key}" if triton.calibration is not None else None
+        ),
+        max_concurrent_sequences=triton.max_concurrent_sequences,
+        max_tokens=triton.max_tokens,
+    )
+
+
+def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> list[str]:
+    """`modeldeploy build` flags for this spec: its BuildOptions as the builder's CLI spells them."""
+    return ["build", *build_options(spec, model_name).to_args(), "--out", out]
 
 
 def builder_container(
