@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -10,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from model_repo.options import (
     auto_format,
 )
 from model_repo.python_backend import GENERATION_RUNTIME_FILE, RUNTIME_FILE, runtime_parameters
+from model_repo.staging import staging_directory
 
 RECORD_FILE = "modeldeploy.json"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -355,12 +356,26 @@ def _tree(root: Path) -> list[str]:
     return sorted(found)
 
 
+def _bytecode_of(entry: str, written: set[str]) -> bool:
+    """Whether `entry` is Python's bytecode cache of a .py file the builder wrote (`<dir>/__pycache__/
+    <name>.<tag>.pyc`, or that directory left empty): what a Python-backend stub writes when it imports
+    model.py from a writable repository. Not the user's, so not foreign."""
+    path = Path(entry)
+    if entry.endswith("/"):
+        return path.name == "__pycache__" and any(
+            Path(name).parent == path.parent and name.endswith(".py") for name in written
+        )
+    if path.parent.name != "__pycache__" or path.suffix != ".pyc":
+        return False
+    return str(path.parent.parent / (path.name.partition(".")[0] + ".py")) in written
+
+
 def _foreign_entries(out: Path, record: dict[str, Any]) -> list[str]:
     """What `out` holds beyond what the builder wrote there (the record lists its files)."""
     written = record.get("files")
     if isinstance(written, list):
         known = set(written) | {RECORD_FILE}
-        return [entry for entry in _tree(out) if entry not in known]
+        return [entry for entry in _tree(out) if entry not in known and not _bytecode_of(entry, known)]
     # Records of older builders list no files: their model directories all start with the model name.
     prefix = str(record.get("model_name") or "")
     return sorted(
@@ -405,8 +420,9 @@ def build_repository(
     _check_options(options)
     out = out.absolute()
     check_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # Locked while this build runs; a killed build's is removed by the next build beside it.
+    staging = contextlib.ExitStack()
+    workdir = staging.enter_context(staging_directory(out))
     try:
         download_dir = workdir / "download"
         download_dir.mkdir()
@@ -505,4 +521,4 @@ def build_repository(
         progress(f"wrote {model_format.value} repository {digest[:12]} to {out}")
         return BuildResult(digest, model_format, info.task, options.model_name, out, cache_hit=False)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        staging.close()

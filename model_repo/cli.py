@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import os
@@ -270,16 +271,34 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
     )
 
 
+def default_serve_workdir(options: BuildOptions) -> Path:
+    """`serve`'s work directory without --workdir: one per set of build options (its flags' hash), so a
+    serve of another model never builds over a repository that a running serve is serving."""
+    key = hashlib.sha256("\0".join(options.to_args()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "modeldeploy-serve" / f"{options.model_name}-{key}"
+
+
 @with_build_options
 def serve(
     options: BuildOptions,
     force: ForceOption = False,
-    http_port: Annotated[int, typer.Option("--http-port")] = 8000,
-    grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
-    metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", help="Default: 8000, or a free port if 8000 is taken.")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option("--grpc-port", help="Default: 8001, or a free port if 8001 is taken.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Default: 8002, or a free port if 8002 is taken.")
+    ] = None,
     workdir: Annotated[
         Path | None,
-        typer.Option("--workdir", help="Where the repository is built (a cache: reused when unchanged)."),
+        typer.Option(
+            "--workdir",
+            help="Where the repository is built (a cache: reused when unchanged). Default: one directory "
+            "per set of build options under the system's temporary directory, so serves of different "
+            "models, one after the other or at the same time, never share one.",
+        ),
     ] = None,
     openai: Annotated[
         bool,
@@ -291,10 +310,10 @@ def serve(
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
     from model_repo.openai_local import FrontendError, openai_frontend_for
-    from model_repo.triton import TritonError, TritonServer
+    from model_repo.triton import TritonError, TritonServer, port_or_free
     from model_repo.triton_args import triton_server_args
 
-    base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
+    base = workdir or default_serve_workdir(options)
     result = _build(options, base / "repository", force)
     extra = triton_server_args(response_cache=options.response_cache)
 
@@ -306,9 +325,9 @@ def serve(
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
         result.path,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
+        http_port=http_port or port_or_free(8000),
+        grpc_port=grpc_port or port_or_free(8001),
+        metrics_port=metrics_port or port_or_free(8002),
         extra_args=extra,
         ready_timeout_s=600,
         log_path=base / "tritonserver.log",

@@ -147,4 +147,3 @@ class BuildOptions:
             elif value is not None:
                 args += [spec.flag, _flag_value(value)]
         return args
-

@@ -106,6 +106,9 @@ def server_environment(installation: TritonInstallation) -> dict[str, str]:
     python_path = [*site.getsitepackages(), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = ":".join(p for p in python_path if p)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    # The stub imports each model's model.py from the repository: no __pycache__ written beside it (the
+    # repository is the builder's, rebuilt whole, and read-only in a pod).
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
@@ -124,6 +127,16 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     (port,) = free_ports(1)
     return port
+
+
+def port_or_free(preferred: int) -> int:
+    """`preferred` if nothing is bound to it now (on any address), else a free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", preferred))
+        except OSError:
+            return free_port()
+    return preferred
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None, timeout_s: float = 2.0) -> bool:
