@@ -26,7 +26,7 @@ from model_repo.checkpoint import (
 from model_repo.configs import validate_config
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
-from model_repo.optimize import GateSettings, needs_gate, optimise_onnx, optimise_python
+from model_repo.optimize import GateSettings, optimise_onnx, optimise_python
 from model_repo.options import (
     MAX_BATCH_SIZE_LIMIT,
     MAX_CONCURRENT_SEQUENCES,
@@ -37,6 +37,7 @@ from model_repo.options import (
     Quantization,
     Task,
     auto_format,
+    needs_gate,
 )
 from model_repo.python_backend import GENERATION_RUNTIME_FILE, RUNTIME_FILE, runtime_parameters
 from model_repo.staging import staging_directory

@@ -50,12 +50,6 @@ class Optimised:
     keep_float: list[str]
 
 
-def needs_gate(quantization: Quantization, dtype: str) -> bool:
-    """Anything served in other than float32 on the CPU is measured; float16 is the GPU default and
-    cannot be measured on the builder's CPU."""
-    return quantization is not Quantization.NONE or dtype == "bfloat16"
-
-
 def _output_name(task: Task) -> str:
     return "last_hidden_state" if task is Task.FEATURE_EXTRACTION else "logits"
 

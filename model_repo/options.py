@@ -64,6 +64,13 @@ def auto_format(task: Task | None, device: str) -> ModelFormat | None:
     return ModelFormat.VLLM if task is Task.TEXT_GENERATION and device == "gpu" else ModelFormat.PYTHON
 
 
+def needs_gate(quantization: Quantization, dtype: str) -> bool:
+    """Whether a build measures its model against float32 (the accuracy gate), which the operator then
+    reports. Anything served in other than float32 on the CPU is measured; float16 is the GPU default and
+    cannot be measured on the builder's CPU."""
+    return quantization is not Quantization.NONE or dtype == "bfloat16"
+
+
 @dataclass(frozen=True)
 class BuildFlag:
     """How one BuildOptions field is spelled on `modeldeploy build`'s command line."""

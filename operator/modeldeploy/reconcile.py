@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from model_repo.options import needs_gate
 from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
@@ -504,8 +505,13 @@ class Reconciler:
         pods = self.inventory.pods(namespace, labels) if self.inventory is not None else None
         current.observed.pods = pods if pods is not None else await self.cluster.list(POD, namespace, labels)
         job = current.observed.build_job
-        if job is not None and job_outcome(job)[0] == "running":
-            # Why a build does not progress (image pull, scheduling, OOM) shows only on its pods.
+        triton = current.md.spec.triton
+        outcome = job_outcome(job)[0] if job is not None else "missing"
+        if job is not None and (
+            # Why a build does not progress (image pull, scheduling, OOM) shows only on its pods, and so
+            # does the accuracy gate's result (the builder's termination message).
+            outcome == "running" or (outcome == "succeeded" and needs_gate(triton.quantization, triton.dtype))
+        ):
             build_pods = await self.cluster.list(POD, namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
             current.observed.build_pods = [pod_summary(pod) for pod in build_pods]
 

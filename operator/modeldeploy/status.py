@@ -451,11 +451,13 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
 
 
 def build_accuracy(observed: Observed) -> AccuracyStatus | None:
-    """The accuracy gate's result, from the termination message the builder of a current pod left."""
-    for pod in observed.pods:
-        if _pod_digest(pod) != observed.digest:
-            continue
-        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+    """The accuracy gate's result, from the termination message the builder left: the init container of a
+    current pod, or (with a cache) the build Job's container."""
+    builders = [
+        (pod, "initContainerStatuses") for pod in observed.pods if _pod_digest(pod) == observed.digest
+    ] + [(pod, "containerStatuses") for pod in observed.build_pods]
+    for pod, statuses in builders:
+        for status in (pod.get("status") or {}).get(statuses) or []:
             terminated = (status.get("state") or {}).get("terminated") or {}
             if status.get("name") != MODEL_BUILDER or terminated.get("exitCode") != 0:
                 continue
@@ -465,6 +467,11 @@ def build_accuracy(observed: Observed) -> AccuracyStatus | None:
             except (ValueError, AttributeError):  # a message from an older builder, or none
                 return None
     return None
+
+
+def _known_accuracy(previous: ModelDeploymentStatus | None, digest: str) -> AccuracyStatus | None:
+    repository = previous.model_repository if previous is not None else None
+    return repository.accuracy if repository is not None and repository.digest == digest else None
 
 
 def _pod_digest(pod: dict[str, Any]) -> str | None:
@@ -737,7 +744,8 @@ def compute_status(
             digest=observed.digest,
             format=resolved_format(md),
             task=md.spec.model.task,
-            accuracy=build_accuracy(observed),
+            # Kept once read: the pods that told it may be gone (a finished Job's, replaced ones).
+            accuracy=build_accuracy(observed) or _known_accuracy(previous, observed.digest),
         ),
         reason=headline.reason,
         message=one_line(headline.message, limit=1024) if phase is not Phase.READY else None,

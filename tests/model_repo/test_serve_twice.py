@@ -1,0 +1,99 @@
+"""`modeldeploy serve` works twice with its defaults: two models one after the other (and the first again,
+whose repository the first server ran from), then both at the same time. The real command, the real
+tritonserver; only TMPDIR points into the test's directory, where the default work directories live."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from model_repo.build import RECORD_FILE, build_repository, check_output
+from model_repo.errors import BuildError
+from model_repo.options import BuildOptions
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+
+def test_bytecode_of_the_builders_own_files_is_not_foreign(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """What a Python-backend stub writes beside model.py when the repository is writable (servers other
+    than `modeldeploy serve`'s, which writes none) does not make the repository the user's."""
+    out = tmp_path / "repo"
+    build_repository(BuildOptions(source=f"file://{checkpoints['text-classification']}"), out)
+    cache = out / "model" / "1" / "__pycache__"
+    cache.mkdir()
+    check_output(out, force=False)  # an empty cache directory
+    (cache / "model.cpython-311.pyc").write_bytes(b"bytecode")
+    check_output(out, force=False)
+    (cache / "notes.cpython-311.pyc").write_bytes(b"not of a file the builder wrote")
+    with pytest.raises(BuildError, match=r"did not write: model/1/__pycache__/notes\.cpython-311\.pyc"):
+        check_output(out, force=False)
+
+
+@contextmanager
+def _serve(source: Path, tmp: Path, log: Path) -> Iterator[str]:
+    """`modeldeploy serve --source file://<source>` with every other option at its default, until ready;
+    yields its HTTP address, then stops it with SIGTERM and checks it exited cleanly."""
+    command = [str(Path(sys.executable).parent / "modeldeploy"), "serve", "--source", f"file://{source}"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp)}
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while b"Ctrl-C to stop" not in log.read_bytes() and process.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert process.poll() is None, log.read_text()
+        match = re.search(r"HTTP +http://([\d.]+:\d+)", log.read_text())
+        assert match, log.read_text()
+        yield match.group(1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    assert code == 0, log.read_text()
+
+
+def _outputs(address: str) -> set[str]:
+    """The output names of the served model's answer to one text (LABEL/SCORES or EMBEDDING)."""
+    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["hello world"]}]}
+    request = urllib.request.Request(
+        f"http://{address}/v2/models/model/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return {output["name"] for output in json.load(response)["outputs"]}
+
+
+def test_serve_twice_one_after_the_other_and_at_the_same_time(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    classifier, embedder = checkpoints["text-classification"], checkpoints["feature-extraction"]
+    classifies, embeds = {"LABEL", "SCORES"}, {"EMBEDDING"}
+    for run, (source, outputs) in enumerate(
+        [(classifier, classifies), (embedder, embeds), (classifier, classifies)]
+    ):
+        with _serve(source, tmp_path, tmp_path / f"serve-{run}.log") as address:
+            assert _outputs(address) == outputs
+    with ExitStack() as both:
+        first = both.enter_context(_serve(classifier, tmp_path, tmp_path / "serve-a.log"))
+        second = both.enter_context(_serve(embedder, tmp_path, tmp_path / "serve-b.log"))
+        assert first != second
+        assert _outputs(first) == classifies and _outputs(second) == embeds
+    assert "cache hit" in (tmp_path / "serve-2.log").read_text()
+    repositories = sorted((tmp_path / "modeldeploy-serve").glob("*/repository"))
+    assert len(repositories) == 2 and all((path / RECORD_FILE).exists() for path in repositories)
+    assert not [path for path in tmp_path.rglob("__pycache__")], "the server wrote into a repository"
