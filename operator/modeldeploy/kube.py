@@ -141,6 +141,12 @@ def _translate(exc: Exception, action: str) -> KubeError:
         code = exc.status.code
         message = exc.status.message or str(exc)
         return KubeError(f"{action}: {message}", code, code in _TRANSIENT_CODES)
+    if isinstance(exc, httpx.HTTPStatusError):
+        # An HTTP answer lightkube did not decode, not a transport failure: the API server answers a path
+        # no API serves (a kind whose CRD is not installed) with a plain-text "404 page not found".
+        code = exc.response.status_code
+        detail = exc.response.text.strip()[:200]
+        return KubeError(f"{action}: HTTP {code}: {detail}", code, code in _TRANSIENT_CODES)
     return KubeError(f"{action}: {type(exc).__name__}: {exc}", None, True)
 
 
