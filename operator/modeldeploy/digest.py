@@ -24,7 +24,11 @@ def device(spec: ModelDeploymentSpec) -> str:
     return "gpu" if spec.resources.gpus > 0 else "cpu"
 
 
-def repository_inputs(spec: ModelDeploymentSpec, md_name: str) -> dict[str, Any]:
+def repository_inputs(
+    spec: ModelDeploymentSpec, md_name: str, calibration_sha256: str | None = None
+) -> dict[str, Any]:
+    """`calibration_sha256`: the content of spec.triton.calibration's ConfigMap key (the reconciler reads
+    it), so that editing the texts rebuilds; None where it is not known (no such key, or `render`)."""
     triton = spec.triton.dump()
     triton.pop("image", None)
     inputs: dict[str, Any] = {
@@ -41,9 +45,12 @@ def repository_inputs(spec: ModelDeploymentSpec, md_name: str) -> dict[str, Any]
     # it on must change the digest, or the failed build Job of the refused build would stand for it.
     if spec.model.allow_new_head:
         inputs["allowNewHead"] = True
+    if spec.triton.calibration is not None and calibration_sha256 is not None:
+        inputs["calibrationSha256"] = calibration_sha256
     return inputs
 
 
-def repository_digest(spec: ModelDeploymentSpec, md_name: str) -> str:
-    canonical = json.dumps(repository_inputs(spec, md_name), sort_keys=True, separators=(",", ":"))
+def repository_digest(spec: ModelDeploymentSpec, md_name: str, calibration_sha256: str | None = None) -> str:
+    inputs = repository_inputs(spec, md_name, calibration_sha256)
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:DIGEST_LENGTH]

@@ -45,6 +45,8 @@ SCALED_OBJECT = Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
 SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
 POD = Kind("v1", "Pod", "pods")
 EVENT = Kind("v1", "Event", "events")
+# Read only: the calibration texts of spec.triton.calibration count in the repository's digest.
+CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
 CHILD_KINDS = (
     PERSISTENT_VOLUME_CLAIM,
@@ -58,7 +60,7 @@ CHILD_KINDS = (
 )
 KEDA_CRD = f"{SCALED_OBJECT.plural}.{SCALED_OBJECT.group}"
 SERVICE_MONITOR_CRD = f"{SERVICE_MONITOR.plural}.{SERVICE_MONITOR.group}"
-_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT)}
+_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, CONFIG_MAP, MODEL_DEPLOYMENT)}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:

@@ -19,11 +19,12 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, Node, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolumeClaim, Pod, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 
 from modeldeploy.kinds import (
+    CONFIG_MAP,
     DEPLOYMENT,
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
@@ -103,6 +104,7 @@ _RESOURCES: dict[Kind, type[NamespacedResource]] = {
     SCALED_OBJECT: _ScaledObject,
     SERVICE_MONITOR: _ServiceMonitor,
     POD: Pod,
+    CONFIG_MAP: ConfigMap,
     MODEL_DEPLOYMENT: _ModelDeployment,
 }
 

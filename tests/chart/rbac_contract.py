@@ -44,6 +44,8 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     Permission("keda.sh", "scaledobjects", CRUD, "watched"),
     Permission("monitoring.coreos.com", "servicemonitors", CRUD, "watched"),
     Permission("", "pods", READ, "watched"),
+    # get: the calibration texts a spec names count in its repository's digest.
+    Permission("", "configmaps", ("get",), "watched"),
     # list: the Events of an unbound cache claim say why (status reason CacheClaimPending).
     Permission("", "events", ("create", "patch", "list"), "watched"),
     Permission("events.k8s.io", "events", ("create", "patch"), "watched"),

@@ -67,7 +67,7 @@ def _serve(source: Path, tmp: Path, log: Path) -> Iterator[str]:
 
 
 def _outputs(address: str) -> set[str]:
-    """The output names of the served model's answer to one text (LABEL/SCORES or EMBEDDING)."""
+    """The output names of the served model's answer to one text (LABEL, SCORE, SCORES or EMBEDDING)."""
     body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["hello world"]}]}
     request = urllib.request.Request(
         f"http://{address}/v2/models/model/infer",
@@ -82,7 +82,7 @@ def test_serve_twice_one_after_the_other_and_at_the_same_time(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
     classifier, embedder = checkpoints["text-classification"], checkpoints["feature-extraction"]
-    classifies, embeds = {"LABEL", "SCORES"}, {"EMBEDDING"}
+    classifies, embeds = {"LABEL", "SCORE", "SCORES"}, {"EMBEDDING"}
     for run, (source, outputs) in enumerate(
         [(classifier, classifies), (embedder, embeds), (classifier, classifies)]
     ):

@@ -35,6 +35,10 @@ tests compare the rendered roles with it and the e2e tests run the operator with
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# get: the calibration texts of spec.triton.calibration count in the repository's digest.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 # list: a cache claim's Events are the only place that says why it is not bound.
 - apiGroups: [""]
   resources: ["events"]

@@ -60,17 +60,21 @@ class DesiredState:
 
 
 def desired_state(
-    md: ModelDeployment, settings: RenderSettings, capabilities: ClusterCapabilities
+    md: ModelDeployment,
+    settings: RenderSettings,
+    capabilities: ClusterCapabilities,
+    calibration_sha256: str | None = None,
 ) -> DesiredState:
+    """`calibration_sha256`: see `modeldeploy.digest.repository_inputs`."""
     autoscaling = md.spec.autoscaling
     hpa = autoscaling if autoscaling is not None and autoscaling.engine is AutoscalingEngine.HPA else None
     keda = autoscaling if autoscaling is not None and autoscaling.engine is AutoscalingEngine.KEDA else None
     return DesiredState(
         owner=owner_of(md),
-        digest=repository_digest(md.spec, md.metadata.name),
+        digest=repository_digest(md.spec, md.metadata.name, calibration_sha256),
         cache_claim=build_cache_claim(md) if wants_cache_claim(md) else None,
-        build_job=build_build_job(md, settings) if md.spec.cache is not None else None,
-        deployment=build_deployment(md, settings),
+        build_job=build_build_job(md, settings, calibration_sha256) if md.spec.cache is not None else None,
+        deployment=build_deployment(md, settings, calibration_sha256),
         service=build_service(md),
         horizontal_pod_autoscaler=build_horizontal_pod_autoscaler(md, hpa) if hpa is not None else None,
         # Built even when KEDA is missing: the reconciler reports that instead of silently dropping it.

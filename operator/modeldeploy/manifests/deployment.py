@@ -146,10 +146,12 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
     }
 
 
-def build_deployment(md: ModelDeployment, settings: RenderSettings) -> dict[str, Any]:
+def build_deployment(
+    md: ModelDeployment, settings: RenderSettings, calibration_sha256: str | None = None
+) -> dict[str, Any]:
     owner = owner_of(md)
     names = owner.names
-    digest = repository_digest(md.spec, md.metadata.name)
+    digest = repository_digest(md.spec, md.metadata.name, calibration_sha256)
     volumes: list[dict[str, Any]] = [
         {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_mib(md)}Mi"}},
     ]

@@ -27,13 +27,15 @@ from modeldeploy.settings import RenderSettings
 BACKOFF_LIMIT = 2
 
 
-def build_build_job(md: ModelDeployment, settings: RenderSettings) -> dict[str, Any]:
+def build_build_job(
+    md: ModelDeployment, settings: RenderSettings, calibration_sha256: str | None = None
+) -> dict[str, Any]:
     cache = md.spec.cache
     if cache is None:
         raise ValueError("build_build_job needs spec.cache")
     owner = owner_of(md)
     names = owner.names
-    digest = repository_digest(md.spec, md.metadata.name)
+    digest = repository_digest(md.spec, md.metadata.name, calibration_sha256)
     claim = cache.claim_name or names.cache_claim
     # The builder pods carry no modeldeploy.dev/name label: `-l modeldeploy.dev/name=<md>` finds the
     # serving pods only (as the scale subresource's selector does), never a finished build pod.
