@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml dev/pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: setup cluster-binaries bench-tools test demo crd clean
+.PHONY: setup cluster-binaries bench-tools test test-fast test-triton test-cluster demo crd clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,17 @@ bench-tools: setup
 
 test: setup cluster-binaries bench-tools
 	$(VENV)/bin/pytest -p no:cacheprovider tests
+
+# The tiers of `make test` (docs/testing.md gives their run times): no Triton and no control plane; the
+# real tritonserver; the real control plane (with KWOK nodes and helm).
+test-fast: setup
+	$(VENV)/bin/pytest -p no:cacheprovider -m "not triton and not cluster" tests
+
+test-triton: setup bench-tools
+	$(VENV)/bin/pytest -p no:cacheprovider -m "triton and not cluster" tests
+
+test-cluster: setup cluster-binaries
+	$(VENV)/bin/pytest -p no:cacheprovider -m cluster tests
 
 demo: setup cluster-binaries
 	$(VENV)/bin/modeldeploy-dev demo $(DEMO_ARGS)

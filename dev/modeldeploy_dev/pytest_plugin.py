@@ -20,9 +20,11 @@ end-to-end and the reconcile tests share one cluster instead of starting one per
 The binaries are built (once, into the cache outside the repository) by tests/cluster/build.sh; without
 Go the fixture fails with build.sh's message rather than skipping, since these tests are the point.
 
-It also skips the tests marked ``bf16`` (bfloat16 served on the CPU) where the CPU has no bf16 arithmetic,
-with that reason: the builder refuses bfloat16 there, which tests with a given cpuinfo check on every
-machine. ``MODELDEPLOY_CPUINFO=<file>`` runs the suite as on the CPU that file describes.
+It also keeps the tiers honest (a test using ``cluster`` is marked ``cluster``; one not marked ``triton``
+cannot start tritonserver), and skips the tests marked ``bf16`` (bfloat16 served on the CPU) where the
+CPU has no bf16 arithmetic, with that reason: the builder refuses bfloat16 there, which tests with a given
+cpuinfo check on every machine. ``MODELDEPLOY_CPUINFO=<file>`` runs the suite as on the CPU that file
+describes.
 """
 
 from __future__ import annotations
@@ -62,8 +64,28 @@ NO_BF16 = "this CPU has no bf16 arithmetic (avx512_bf16, amx_bf16 or bf16 in /pr
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if this_cpu_has_native_bfloat16():
-        return
+    bf16 = this_cpu_has_native_bfloat16()
     for item in items:
-        if item.get_closest_marker("bf16") is not None:
+        # `make test-fast` (-m "not triton and not cluster") must not start the control plane: whatever
+        # uses it is in the cluster tier, marked or not.
+        if "cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("cluster") is None:
+            item.add_marker(pytest.mark.cluster)
+        if not bf16 and item.get_closest_marker("bf16") is not None:
             item.add_marker(pytest.mark.skip(reason=NO_BF16))
+
+
+@pytest.fixture(autouse=True)
+def _tritonserver_only_in_the_triton_tier(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test not marked `triton` that starts tritonserver itself fails, naming the marker, so that the
+    fast tier (`make test-fast`) stays without Triton. (Module fixtures start before this check; the tests
+    that use them are marked.)"""
+    if request.node.get_closest_marker("triton") is not None:
+        return
+    from model_repo.triton import TritonServer
+
+    def refuse(server: TritonServer) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts tritonserver: mark it pytest.mark.triton")
+
+    monkeypatch.setattr(TritonServer, "start", refuse)
