@@ -106,9 +106,6 @@ def server_environment(installation: TritonInstallation) -> dict[str, str]:
     python_path = [*site.getsitepackages(), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = ":".join(p for p in python_path if p)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    # The stub imports each model's model.py from the repository: no __pycache__ written beside it (the
-    # repository is the builder's, rebuilt whole, and read-only in a pod).
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
