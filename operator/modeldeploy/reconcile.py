@@ -11,7 +11,6 @@ requests at all.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -23,10 +22,10 @@ from typing import Any, Protocol, TypeVar
 
 from model_repo.options import needs_gate
 from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
+from modeldeploy.calibration import calibration_sha256
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
 from modeldeploy.kinds import (
-    CONFIG_MAP,
     DEPLOYMENT,
     EVENT,
     HORIZONTAL_POD_AUTOSCALER,
@@ -236,7 +235,7 @@ class Reconciler:
             writes = await self._publish(body, previous, status)
             return Outcome(invalid_spec=exc.messages, writes=writes, message=str(exc))
         capabilities = await self.capabilities()
-        desired = desired_state(md, self.settings, capabilities, await self.calibration_sha256(md))
+        desired = desired_state(md, self.settings, capabilities, await calibration_sha256(self.cluster, md))
         current = _Round(
             md=md,
             uid=uid,
@@ -287,29 +286,6 @@ class Reconciler:
             found = None
         self._nodes = (now, found)
         return found
-
-    async def calibration_sha256(self, md: ModelDeployment) -> str | None:
-        """The sha256 of spec.triton.calibration's texts (the ConfigMap's key), which the repository's
-        digest includes so that editing them rebuilds; None when there is no such key to read (the build
-        then reports it) or reading ConfigMaps is forbidden (an operator installed before this rule)."""
-        calibration = md.spec.triton.calibration
-        if calibration is None:
-            return None
-        try:
-            found = await self.cluster.get(CONFIG_MAP, md.metadata.namespace, calibration.config_map_name)
-        except KubeError as exc:
-            if exc.code != 403:
-                raise
-            logger.warning("cannot read ConfigMap %s: %s", calibration.config_map_name, exc)
-            return None
-        found = found or {}
-        if calibration.key in (found.get("data") or {}):
-            content = str(found["data"][calibration.key]).encode()
-        elif calibration.key in (found.get("binaryData") or {}):
-            content = base64.b64decode(found["binaryData"][calibration.key])
-        else:
-            return None
-        return hashlib.sha256(content).hexdigest()
 
     # ------------------------------------------------------------------------------------ capabilities
 
