@@ -1,6 +1,7 @@
-"""`modeldeploy serve` works twice with its defaults: two models one after the other (and the first again,
-whose repository the first server ran from and wrote bytecode into), then both at the same time. The real command, the real
-tritonserver; only TMPDIR points into the test's directory, where the default work directories live."""
+"""`modeldeploy serve` works twice with its defaults: two models one after the other (and the first
+again, whose repository the first server ran from and wrote bytecode into), then both at the same time.
+The real command, the real tritonserver; only TMPDIR points into the test's directory, where the default
+work directories live."""
 
 from __future__ import annotations
 
