@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import MISSING
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -121,7 +120,9 @@ def _option(spec: BuildFlag) -> inspect.Parameter:
 
 
 BUILD_OPTION_DEFAULTS = {
-    field.name: field.default for field in dataclasses.fields(BuildOptions) if field.default is not MISSING
+    field.name: field.default
+    for field in dataclasses.fields(BuildOptions)
+    if field.default is not dataclasses.MISSING
 }
 # The options `build` and `serve` share, defined once: BuildOptions' fields, by BUILD_FLAGS.
 BUILD_PARAMETERS: tuple[inspect.Parameter, ...] = tuple(_option(spec) for spec in BUILD_FLAGS)
