@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from model_repo.errors import BuildError
+from model_repo.progress import DEFAULT_STALL_SECONDS, BuildProgress, Report
 from model_repo.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
@@ -219,11 +220,34 @@ def _termination_message(text: str) -> None:
         Path(path).write_text(text[-TERMINATION_MESSAGE_LIMIT:])
 
 
-def _build(options: BuildOptions, out: Path, force: bool = False) -> BuildResult:
+def _print_report(report: Report) -> None:
+    """A progress report as one log line the operator parses (stdout: not a terminal, so a log)."""
+    print(report.to_line(), flush=True)
+
+
+def _abort_stalled(message: str) -> None:
+    """End the build of a stalled download: the download blocks in a library, so only leaving the
+    process stops it. Its error is the termination message, as for any failed build."""
+    typer.echo(f"modeldeploy build: error: {message}", err=True)
+    _termination_message(message)
+    sys.stderr.flush()
+    os._exit(2)
+
+
+def _build(
+    options: BuildOptions, out: Path, force: bool = False, stall_seconds: float = DEFAULT_STALL_SECONDS
+) -> BuildResult:
     from model_repo.build import build_repository
 
+    # In a terminal progress is sentences; in a pod's log (no terminal) reports the operator reads.
+    progress = BuildProgress(
+        _progress,
+        report=None if sys.stdout.isatty() else _print_report,
+        stall_seconds=stall_seconds,
+        on_stall=_abort_stalled,
+    )
     try:
-        return build_repository(options, out, progress=_progress, force=force)
+        return build_repository(options, out, progress=progress, force=force)
     except BuildError as exc:
         typer.echo(f"modeldeploy build: error: {exc}", err=True)
         _termination_message(str(exc))
@@ -235,11 +259,19 @@ def build(
     options: BuildOptions,
     out: Annotated[Path, typer.Option("--out", help="Repository directory (written atomically).")],
     force: ForceOption = False,
+    stall_timeout: Annotated[
+        int,
+        typer.Option(
+            "--stall-timeout",
+            help="Fail a download that receives no bytes for this many seconds (0: never).",
+            min=0,
+        ),
+    ] = DEFAULT_STALL_SECONDS,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
     from model_repo.build import read_record
 
-    result = _build(options, out, force)
+    result = _build(options, out, force, stall_timeout)
     state = "cache hit" if result.cache_hit else "built"
     typer.echo(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
