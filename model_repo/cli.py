@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from model_repo.errors import BuildError
-from model_repo.progress import DEFAULT_STALL_SECONDS, BuildProgress, Report
 from model_repo.options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
@@ -34,6 +33,7 @@ from model_repo.options import (
     Quantization,
     Task,
 )
+from model_repo.progress import DEFAULT_STALL_SECONDS, BuildProgress, Report
 
 if TYPE_CHECKING:
     from model_repo.build import BuildResult
