@@ -207,6 +207,18 @@ class ModelSource(ApiModel):
             ),
         ),
     ] = False
+    download_stall_seconds: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=0,
+            le=86400,
+            description=(
+                "A download that receives no bytes for this many seconds fails (status reason "
+                "DownloadStalled) instead of hanging; 0 never fails it. Default: 300."
+            ),
+        ),
+    ] = None
 
     __rules__ = (
         Rule(
@@ -905,6 +917,22 @@ class AccuracyStatus(ApiModel):
     texts: int = Field(ge=0, description="Calibration texts measured on.")
 
 
+class ProgressStatus(ApiModel):
+    """How far the build of the repository is, from the builder's latest report."""
+
+    stage: str = Field(
+        max_length=32, description="download, inspect, load, verify, optimise, export, write, done, stalled."
+    )
+    percent: float | None = Field(default=None, description="Of the download: bytes done of the total.")
+    bytes_done: int | None = Field(default=None, ge=0, description="Bytes downloaded so far.")
+    bytes_total: int | None = Field(default=None, ge=0, description="Bytes to download (when known).")
+    bytes_per_second: float | None = Field(default=None, description="Download rate over the last seconds.")
+    eta_seconds: float | None = Field(default=None, description="Time left to download at that rate.")
+    message: str | None = Field(default=None, max_length=1024, description="The report as a sentence.")
+    summary: str | None = Field(default=None, max_length=64, description="A few words, for kubectl get.")
+    pod: str | None = Field(default=None, max_length=253, description="The pod whose builder reported it.")
+
+
 class ModelRepositoryStatus(ApiModel):
     """The generated Triton model repository."""
 
@@ -914,6 +942,9 @@ class ModelRepositoryStatus(ApiModel):
     accuracy: AccuracyStatus | None = Field(
         default=None,
         description="The build's accuracy gate: an optimised model against float32.",
+    )
+    progress: ProgressStatus | None = Field(
+        default=None, description="While a builder runs: its latest progress report (read every few seconds)."
     )
 
 

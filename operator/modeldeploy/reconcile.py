@@ -51,18 +51,14 @@ from modeldeploy.labels import (
 from modeldeploy.manifests import DesiredState, Manifest, desired_state
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
+from modeldeploy.observations import Observed, deployed_digest, job_outcome, node_summary, pod_summary
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
-    Observed,
     Transition,
     comparable,
     compute_status,
-    deployed_digest,
     invalid_spec_status,
-    job_outcome,
-    node_summary,
     now_rfc3339,
-    pod_summary,
     transitions,
 )
 
