@@ -269,7 +269,7 @@ def build(
     ] = DEFAULT_STALL_SECONDS,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
-    from model_repo.build import read_record
+    from model_repo.output_dir import read_record
 
     result = _build(options, out, force, stall_timeout)
     state = "cache hit" if result.cache_hit else "built"
@@ -309,7 +309,7 @@ def accuracy_status(accuracy: dict[str, Any]) -> dict[str, Any]:
 
 def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
     """A curl and a tritonclient example for the served model."""
-    from model_repo.build import read_record
+    from model_repo.output_dir import read_record
 
     record = read_record(result.path) or {}
     name = result.model_name

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy.api import AccuracyStatus, ModelDeployment
+from model_repo.progress import STALLED_MESSAGE, Report, Stage
+from modeldeploy.api import AccuracyStatus, ModelDeployment, ProgressStatus
 from modeldeploy.labels import (
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
@@ -27,6 +28,7 @@ TRITON_CONTAINER = "triton"
 # act. Their order is their specificity: when pods fail in several ways, the status names the first and
 # counts the rest.
 OUT_OF_MEMORY = "OutOfMemory"
+DOWNLOAD_STALLED = "DownloadStalled"
 BUILD_FAILED = "BuildFailed"
 MODEL_LOAD_FAILED = "ModelLoadFailed"
 IMAGE_PULL_FAILED = "ImagePullFailed"
@@ -34,6 +36,7 @@ CREATE_FAILED = "CreateFailed"
 UNSCHEDULABLE = "Unschedulable"
 POD_FAILURE_ORDER = (
     OUT_OF_MEMORY,
+    DOWNLOAD_STALLED,
     BUILD_FAILED,
     MODEL_LOAD_FAILED,
     IMAGE_PULL_FAILED,
@@ -66,6 +69,8 @@ class Observed:
     nodes: list[dict[str, Any]] | None = None
     # Warning Events of the cache claim, newest last (read only while the claim is unbound).
     claim_events: list[dict[str, Any]] = field(default_factory=list)
+    # The latest progress report of a running builder (read from its log every few seconds).
+    build_report: BuilderReport | None = None
     # Children the API server refused (e.g. an admission webhook or quota); shown, then retried.
     apply_errors: list[str] = field(default_factory=list)
 
@@ -173,7 +178,10 @@ def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any], builde
     if crashed is None:
         return None
     if builder:
-        return PodProblem(BUILD_FAILED, f"model build failed: {_terminated_detail(crashed)}")
+        detail = _terminated_detail(crashed)
+        if detail.startswith(STALLED_MESSAGE):
+            return PodProblem(DOWNLOAD_STALLED, f"the checkpoint's {detail}")
+        return PodProblem(BUILD_FAILED, f"model build failed: {detail}")
     return PodProblem(MODEL_LOAD_FAILED, f"Triton exited: {_terminated_detail(crashed)}")
 
 
@@ -196,6 +204,7 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
 
 _WHAT = {
     OUT_OF_MEMORY: "run out of memory",
+    DOWNLOAD_STALLED: "stop receiving the checkpoint",
     BUILD_FAILED: "fail to build the model repository",
     MODEL_LOAD_FAILED: "fail to load the model",
     IMAGE_PULL_FAILED: "cannot pull an image",
@@ -221,12 +230,47 @@ def summarize_pod_problems(pods: list[dict[str, Any]]) -> PodProblem | None:
     return PodProblem(reasons[0], message)
 
 
-def builder_running(pods: list[dict[str, Any]]) -> bool:
+def running_builders(pods: list[dict[str, Any]]) -> list[str]:
+    """The pods whose builder runs now (an init container, or a build Job's container), by name."""
+    names = []
     for pod in pods:
-        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") == MODEL_BUILDER and "running" in (status.get("state") or {}):
-                return True
-    return False
+        status = pod.get("status") or {}
+        for container in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]:
+            if container.get("name") == MODEL_BUILDER and "running" in (container.get("state") or {}):
+                names.append(name_of(pod))
+    return sorted(names)
+
+
+@dataclass(frozen=True)
+class BuilderReport:
+    """A running builder's latest progress report (read from its log), and its pod."""
+
+    pod: str
+    report: Report
+
+    def stalled(self, limit_seconds: float) -> bool:
+        """The builder reported a stall, or no byte for `limit_seconds` (0: never stalled)."""
+        if self.report.stage is Stage.STALLED:
+            return True
+        idle = self.report.idle_seconds
+        return bool(limit_seconds) and self.report.stage is Stage.DOWNLOAD and (idle or 0) >= limit_seconds
+
+    def as_status(self) -> ProgressStatus:
+        report = self.report
+        return ProgressStatus(
+            stage=report.stage.value,
+            percent=None if report.percent is None else round(report.percent, 1),
+            bytes_done=report.bytes_done,
+            bytes_total=report.bytes_total,
+            bytes_per_second=None if report.bytes_per_second is None else round(report.bytes_per_second),
+            eta_seconds=None if report.eta_seconds is None else round(report.eta_seconds),
+            message=one_line(report.describe(), limit=1024),
+            summary=report.summary()[:64],
+            pod=self.pod,
+        )
 
 
 def _kept_container(container: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from model_repo.options import ModelFormat, auto_format
+from model_repo.progress import DEFAULT_STALL_SECONDS, STALLED_MESSAGE, Stage
 from modeldeploy.api import (
     AutoscalingEngine,
     Condition,
@@ -30,11 +31,11 @@ from modeldeploy.manifests.service import endpoints
 from modeldeploy.observations import (
     BUILD_FAILED,
     CREATE_FAILED,
+    DOWNLOAD_STALLED,
     UNSCHEDULABLE,
     Observed,
     PodProblem,
     build_accuracy,
-    builder_running,
     conditions_of,
     deployed_digest,
     job_outcome,
@@ -44,6 +45,7 @@ from modeldeploy.observations import (
     pod_digest,
     pod_is_ready,
     pod_problem,
+    running_builders,
     summarize_pod_problems,
 )
 
@@ -58,6 +60,8 @@ TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionSta
 QUOTA_EXCEEDED = "QuotaExceeded"
 CACHE_CLAIM_PENDING = "CacheClaimPending"
 ROLLOUT_STUCK = "RolloutStuck"
+# A builder's failures (reasons of the pods' taxonomy).
+BUILD_FAILURES = (BUILD_FAILED, DOWNLOAD_STALLED)
 
 
 def now_rfc3339() -> str:
@@ -135,19 +139,14 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
                 "Pending",
                 f"the build Job of repository {digest} is not created yet",
             )
-        return Verdict(
-            MODEL_REPOSITORY_READY,
-            FALSE,
-            "Building",
-            f"build Job {name_of(job)} is building repository {digest}",
-        )
+        return building_verdict(md, observed, f"build Job {name_of(job)} is building repository {digest}")
     current = [pod for pod in observed.pods if pod_digest(pod) == digest]
-    builds = [pod for pod in current if (p := pod_problem(pod)) is not None and p.reason == BUILD_FAILED]
+    builds = [pod for pod in current if (p := pod_problem(pod)) is not None and p.reason in BUILD_FAILURES]
     if builds:
         problem = summarize_pod_problems(builds)
         assert problem is not None
         message = problem.detail.replace(f"of {len(builds)} pods", f"of {len(current)} pods", 1)
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, BUILD_FAILED, message, failed=True)
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, problem.reason, message, failed=True)
     if any(pod_is_ready(pod) for pod in current):
         return Verdict(
             MODEL_REPOSITORY_READY,
@@ -162,8 +161,8 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
             "NoPods",
             "each pod builds the repository when it starts; none runs",
         )
-    if builder_running(current):
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", f"pods are building repository {digest}")
+    if running_builders(current):
+        return building_verdict(md, observed, f"pods are building repository {digest}")
     # Nobody builds yet (pods unscheduled, pulling images, or not created): not Building, not a failure.
     return Verdict(
         MODEL_REPOSITORY_READY,
@@ -171,6 +170,24 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
         "NotStarted",
         f"each pod builds repository {digest} when it starts; none has started building",
     )
+
+
+def building_verdict(md: ModelDeployment, observed: Observed, building: str) -> Verdict:
+    """Building, with the builder's latest report ("downloading 1.2 GiB of 4.8 GiB (25%), ..."); or
+    DownloadStalled once no byte arrived for spec.model.downloadStallSeconds."""
+    found = observed.build_report
+    if found is None:
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", building)
+    limit = md.spec.model.download_stall_seconds
+    if found.stalled(DEFAULT_STALL_SECONDS if limit is None else limit):
+        report = found.report
+        said = report.message if report.stage is Stage.STALLED else f"{STALLED_MESSAGE}: {report.describe()}"
+        message = (
+            f"{building}: the checkpoint's {said} (pod {found.pod}); check the source's reachability and "
+            "credentials, or raise spec.model.downloadStallSeconds"
+        )
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, DOWNLOAD_STALLED, message, failed=True)
+    return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", f"{building}: {found.report.describe()}")
 
 
 def replica_failure(deployment: dict[str, Any] | None) -> Verdict | None:
@@ -438,6 +455,11 @@ def compute_status(
             format=resolved_format(md),
             task=md.spec.model.task,
             accuracy=build_accuracy(observed),
+            progress=(
+                observed.build_report.as_status()
+                if observed.build_report is not None and verdicts[MODEL_REPOSITORY_READY].status is not TRUE
+                else None
+            ),
         ),
         reason=headline.reason,
         message=one_line(headline.message, limit=1024) if phase is not Phase.READY else None,

@@ -44,6 +44,8 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     Permission("keda.sh", "scaledobjects", CRUD, "watched"),
     Permission("monitoring.coreos.com", "servicemonitors", CRUD, "watched"),
     Permission("", "pods", READ, "watched"),
+    # A running builder's progress reports are lines of its log (status.modelRepository.progress).
+    Permission("", "pods/log", ("get",), "watched"),
     # list: the Events of an unbound cache claim say why (status reason CacheClaimPending).
     Permission("", "events", ("create", "patch", "list"), "watched"),
     Permission("events.k8s.io", "events", ("create", "patch"), "watched"),

@@ -154,14 +154,16 @@ def test_watchdog_fails_a_stalled_download(tmp_path: Path) -> None:
     stalls: list[str] = []
     (tmp_path / "part").write_bytes(b"z" * 10)
     release = threading.Event()
-    with pytest.raises(DownloadStalled, match="download stalled: no bytes for"):
-        with watch_download(
+    with (
+        pytest.raises(DownloadStalled, match="download stalled: no bytes for"),
+        watch_download(
             tmp_path, 1000, reports.append, stall_seconds=0.3, on_stall=stalls.append, interval=0.05
-        ):
-            # The download blocks (as a dead connection does) until the watchdog gives up on it.
-            deadline = time.monotonic() + 10
-            while not stalls and time.monotonic() < deadline:
-                release.wait(0.05)
+        ),
+    ):
+        # The download blocks (as a dead connection does) until the watchdog gives up on it.
+        deadline = time.monotonic() + 10
+        while not stalls and time.monotonic() < deadline:
+            release.wait(0.05)
     assert len(stalls) == 1
     stalled = [report for report in reports if report.stage is Stage.STALLED]
     assert len(stalled) == 1 and stalled[0].bytes_done == 10 and stalled[0].message == stalls[0]
