@@ -957,7 +957,7 @@ class ModelDeploymentStatus(ApiModel):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="ModelRepositoryReady, Available, AutoscalerReady and Ready.",
+        description="ModelRepositoryReady, Available, AutoscalerReady, ScalingReady and Ready.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     replicas: int | None = Field(default=None, description="Pods that exist (scale subresource).")

@@ -61,6 +61,8 @@ class Observed:
     build_job: dict[str, Any] | None = None
     cache_claim: dict[str, Any] | None = None
     autoscaler: dict[str, Any] | None = None
+    # The HorizontalPodAutoscaler KEDA made for our ScaledObject (its ScalingLimited says "at maximum").
+    keda_hpa: dict[str, Any] | None = None
     keda_installed: bool = True
     pods: list[dict[str, Any]] = field(default_factory=list)
     # The build Job's pods (with a cache), as pod_summary() keeps them.

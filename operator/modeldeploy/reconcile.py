@@ -484,7 +484,13 @@ class Reconciler:
                 current, current.desired.horizontal_pod_autoscaler
             )
         elif current.desired.scaled_object is not None and current.capabilities.keda:
-            current.observed.autoscaler = await self._apply_if_needed(current, current.desired.scaled_object)
+            scaled_object = await self._apply_if_needed(current, current.desired.scaled_object)
+            current.observed.autoscaler = scaled_object
+            hpa_name = ((scaled_object or {}).get("status") or {}).get("hpaName")
+            if hpa_name:
+                current.observed.keda_hpa = await self.cluster.get(
+                    HORIZONTAL_POD_AUTOSCALER, current.md.metadata.namespace, str(hpa_name)
+                )
 
     async def ensure_pod_disruption_budget(self, current: _Round) -> None:
         manifest = current.desired.pod_disruption_budget

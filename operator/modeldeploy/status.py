@@ -15,7 +15,6 @@ from typing import Any
 from model_repo.options import ModelFormat, auto_format
 from model_repo.progress import DEFAULT_STALL_SECONDS, STALLED_MESSAGE, Stage
 from modeldeploy.api import (
-    AutoscalingEngine,
     Condition,
     ConditionStatus,
     Endpoints,
@@ -48,14 +47,14 @@ from modeldeploy.observations import (
     running_builders,
     summarize_pod_problems,
 )
+from modeldeploy.scaling import AUTOSCALER_READY, SCALING_READY, autoscaler_verdict, scaling_verdict
+from modeldeploy.verdict import FALSE, TRUE, UNKNOWN, Verdict
 
 MODEL_REPOSITORY_READY = "ModelRepositoryReady"
 AVAILABLE = "Available"
-AUTOSCALER_READY = "AutoscalerReady"
 READY = "Ready"
-CONDITION_TYPES = (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, READY)
+CONDITION_TYPES = (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, SCALING_READY, READY)
 INVALID_SPEC = "InvalidSpec"
-TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 # Failures of the taxonomy that the pods alone do not tell (those are in observations.py).
 QUOTA_EXCEEDED = "QuotaExceeded"
 CACHE_CLAIM_PENDING = "CacheClaimPending"
@@ -66,18 +65,6 @@ BUILD_FAILURES = (BUILD_FAILED, DOWNLOAD_STALLED)
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A condition before it gets its generation and transition time."""
-
-    type: str
-    status: ConditionStatus
-    reason: str
-    message: str
-    # Someone has to act (a Warning; phase Failed, or Degraded while something still serves).
-    failed: bool = False
 
 
 def _desired_replicas(md: ModelDeployment, deployment: dict[str, Any] | None) -> int:
@@ -253,54 +240,6 @@ def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     return Verdict(AVAILABLE, FALSE, "PodsStarting", f"0 of {desired} pods available yet")
 
 
-def autoscaler_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
-    autoscaling = md.spec.autoscaling
-    if autoscaling is None:
-        return Verdict(AUTOSCALER_READY, TRUE, "FixedReplicas", f"replicas fixed at {md.spec.replicas}")
-    if autoscaling.engine is AutoscalingEngine.KEDA:
-        if not observed.keda_installed:
-            return Verdict(
-                AUTOSCALER_READY,
-                FALSE,
-                "KedaNotInstalled",
-                "spec.autoscaling.engine keda needs KEDA (CRD scaledobjects.keda.sh not found)",
-            )
-        if observed.autoscaler is None:
-            return Verdict(AUTOSCALER_READY, UNKNOWN, "Pending", "ScaledObject not created yet")
-        ready = conditions_of(observed.autoscaler).get("Ready")
-        if ready is None:
-            return Verdict(
-                AUTOSCALER_READY, UNKNOWN, "Pending", "KEDA has not reported on the ScaledObject yet"
-            )
-        if ready.get("status") == "True":
-            return Verdict(AUTOSCALER_READY, TRUE, "ScaledObjectReady", str(ready.get("message") or "ready"))
-        return Verdict(
-            AUTOSCALER_READY,
-            FALSE,
-            str(ready.get("reason") or "ScaledObjectNotReady"),
-            str(ready.get("message", "")),
-        )
-    if observed.autoscaler is None:
-        return Verdict(AUTOSCALER_READY, UNKNOWN, "Pending", "HorizontalPodAutoscaler not created yet")
-    conditions = conditions_of(observed.autoscaler)
-    for kind in ("AbleToScale", "ScalingActive"):
-        condition = conditions.get(kind)
-        if condition is not None and condition.get("status") != "True":
-            return Verdict(
-                AUTOSCALER_READY,
-                FALSE,
-                str(condition.get("reason") or f"Not{kind}"),
-                str(condition.get("message", "")),
-            )
-    if "ScalingActive" not in conditions:
-        return Verdict(
-            AUTOSCALER_READY, UNKNOWN, "Pending", "the HorizontalPodAutoscaler has not reported yet"
-        )
-    return Verdict(
-        AUTOSCALER_READY, TRUE, "ScalingActive", str(conditions["ScalingActive"].get("message") or "scaling")
-    )
-
-
 def _rollout_gap(md: ModelDeployment, observed: Observed) -> str | None:
     """Why the Deployment does not serve the current spec with every pod yet; None when it does."""
     deployment = observed.deployment
@@ -377,7 +316,9 @@ def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict])
 
 
 def _phase(verdicts: dict[str, Verdict]) -> Phase:
-    repository, available, autoscaler, ready = (verdicts[t] for t in CONDITION_TYPES)
+    repository, available, autoscaler, ready = (
+        verdicts[t] for t in (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, READY)
+    )
     if ready.status is TRUE:
         return Phase.DEGRADED if autoscaler.status is FALSE else Phase.READY
     if ready.failed:
@@ -429,7 +370,8 @@ def compute_status(
         available_verdict(md, observed),
         autoscaler_verdict(md, observed),
     ]
-    verdicts = {verdict.type: verdict for verdict in [*parts, ready_verdict(md, observed, parts)]}
+    scaling = scaling_verdict(md, observed, parts[2])
+    verdicts = {verdict.type: verdict for verdict in [*parts, scaling, ready_verdict(md, observed, parts)]}
     generation = md.metadata.generation
     before = _previous_conditions(previous)
     deployment_status = (observed.deployment or {}).get("status") or {}

@@ -64,6 +64,7 @@ def test_a_healthy_fixed_deployment_is_ready() -> None:
         "ModelRepositoryReady": ("True", "Built"),
         "Available": ("True", "MinimumReplicasAvailable"),
         "AutoscalerReady": ("True", "FixedReplicas"),
+        "ScalingReady": ("True", "FixedReplicas"),
         "Ready": ("True", "Serving"),
     }
     assert status.phase is Phase.READY
@@ -264,6 +265,7 @@ def test_keda_missing_and_scaled_to_zero() -> None:
         "ModelRepositoryReady": ("Unknown", "NoPods"),
         "Available": ("True", "ScaledToZero"),
         "AutoscalerReady": ("True", "ScaledObjectReady"),
+        "ScalingReady": ("True", "ScalingActive"),
         "Ready": ("True", "Serving"),
     }
     assert status.replica_summary == "0/0"
