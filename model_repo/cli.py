@@ -235,14 +235,18 @@ def _abort_stalled(message: str) -> None:
 
 
 def _build(
-    options: BuildOptions, out: Path, force: bool = False, stall_seconds: float = DEFAULT_STALL_SECONDS
+    options: BuildOptions,
+    out: Path,
+    force: bool = False,
+    stall_seconds: float = DEFAULT_STALL_SECONDS,
+    reports: bool = False,
 ) -> BuildResult:
+    """Build, with progress as sentences on stderr, or (`reports`) as report lines on stdout."""
     from model_repo.build import build_repository
 
-    # In a terminal progress is sentences; in a pod's log (no terminal) reports the operator reads.
     progress = BuildProgress(
         _progress,
-        report=None if sys.stdout.isatty() else _print_report,
+        report=_print_report if reports else None,
         stall_seconds=stall_seconds,
         on_stall=_abort_stalled,
     )
@@ -271,7 +275,8 @@ def build(
     """Build a Triton model repository from a Transformers checkpoint."""
     from model_repo.output_dir import read_record
 
-    result = _build(options, out, force, stall_timeout)
+    # In a terminal progress is sentences; in a pod's log (no terminal) reports the operator reads.
+    result = _build(options, out, force, stall_timeout, reports=not sys.stdout.isatty())
     state = "cache hit" if result.cache_hit else "built"
     typer.echo(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "

@@ -156,6 +156,7 @@ def test_converged_reconcile_sends_no_write_requests(harness: Harness) -> None:
         "ModelRepositoryReady": ("True", "Built"),
         "Available": ("True", "MinimumReplicasAvailable"),
         "AutoscalerReady": ("True", "FixedReplicas"),
+        "ScalingReady": ("True", "FixedReplicas"),
         "Ready": ("True", "Serving"),
     }
     status = harness.status("bert")
