@@ -549,6 +549,7 @@ class AutoscalingMetric(StrEnum):
     QUEUE_COMPUTE_RATIO = "queueComputeRatio"
     PENDING_REQUESTS = "pendingRequests"
     RUNNING_SEQUENCES = "runningSequences"
+    GENERATION_PRESSURE = "generationPressure"
     CPU = "cpu"
 
 
@@ -567,6 +568,8 @@ DEFAULT_TARGETS: dict[AutoscalingMetric, str] = {
     AutoscalingMetric.PENDING_REQUESTS: "8",  # queued requests per pod
     # Sequences in the continuous batch per pod (text-generation): 3/4 of the CPU default of 16 slots.
     AutoscalingMetric.RUNNING_SEQUENCES: "12",
+    # 1: one of its signals (requests waiting for a slot, KV-cache use) at its own target.
+    AutoscalingMetric.GENERATION_PRESSURE: "1",
     AutoscalingMetric.CPU: "70",  # % of the CPU request
 }
 _TARGET_DESCRIPTION = (
@@ -590,7 +593,10 @@ class Autoscaling(ApiModel):
             description=(
                 "queueTime: average µs a request waits in Triton's queue; queueComputeRatio: queue time "
                 "over compute time; pendingRequests: requests queued per pod; runningSequences: "
-                "sequences being generated per pod (text-generation only); cpu: CPU utilisation %."
+                "sequences being generated per pod (text-generation only); generationPressure: the larger "
+                "of requests waiting for a sequence slot per pod over 4 and KV-cache use over 0.8, one "
+                "composite signal (KEDA scalingModifiers; engine keda, text-generation only); cpu: CPU "
+                "utilisation %."
             ),
         ),
     ] = AutoscalingMetric.QUEUE_COMPUTE_RATIO
@@ -842,6 +848,28 @@ class ModelDeploymentSpec(ApiModel):
                 s.autoscaling is None
                 or s.autoscaling.metric != AutoscalingMetric.RUNNING_SEQUENCES
                 or (s.model.task == Task.TEXT_GENERATION and s.triton.format != ModelFormat.VLLM)
+            ),
+            field_path=".autoscaling.metric",
+        ),
+        Rule(
+            cel=(
+                "!has(self.autoscaling) || self.autoscaling.metric != 'generationPressure' || "
+                "(has(self.autoscaling.engine) && self.autoscaling.engine == 'keda' && "
+                "has(self.model.task) && self.model.task == 'text-generation' && "
+                "(!has(self.triton) || self.triton.format != 'vllm'))"
+            ),
+            message=(
+                "spec.autoscaling.metric generationPressure needs engine keda (its scalingModifiers combine "
+                "the signals) and spec.model.task text-generation served by the python format"
+            ),
+            check=lambda s: (
+                s.autoscaling is None
+                or s.autoscaling.metric != AutoscalingMetric.GENERATION_PRESSURE
+                or (
+                    s.autoscaling.engine == AutoscalingEngine.KEDA
+                    and s.model.task == Task.TEXT_GENERATION
+                    and s.triton.format != ModelFormat.VLLM
+                )
             ),
             field_path=".autoscaling.metric",
         ),
