@@ -60,7 +60,7 @@ def test_both_signals_are_triggers_and_the_formula_takes_the_larger() -> None:
     ],
 )
 def test_generation_pressure_is_refused_where_nothing_combines_or_exports_it(
-    spec: dict[str, object], why: str
+    spec: dict[str, Any], why: str
 ) -> None:
     with pytest.raises((SpecError, ValueError), match=why):
         md_of(spec)
