@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from model_repo.progress import latest_report
 from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
@@ -53,7 +52,6 @@ from modeldeploy.manifests import DesiredState, Manifest, desired_state
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
 from modeldeploy.observations import (
-    BuilderReport,
     Observed,
     deployed_digest,
     job_outcome,
@@ -62,6 +60,7 @@ from modeldeploy.observations import (
     pod_summary,
     running_builders,
 )
+from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS, BuildProgressReader
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
     Transition,
@@ -81,11 +80,6 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 REFUSED_RETRY_SECONDS = 30.0
 # While the cache claim is unbound: what explains it are Events, which do not trigger a reconciliation.
 UNBOUND_CLAIM_RETRY_SECONDS = 10.0
-# While a builder runs, its log is read (and the status refreshed) at most this often: its reports say
-# how far the build is, and nothing else triggers a reconciliation while bytes arrive.
-PROGRESS_POLL_SECONDS = 5.0
-# The log lines read to find the latest report (the builder writes one every couple of seconds).
-PROGRESS_LOG_LINES = 20
 # An Event repeating a recent one (same reason and type) within this window bumps its count instead.
 EVENT_AGGREGATION_SECONDS = 600.0
 
@@ -214,8 +208,7 @@ class Reconciler:
         self._capabilities: tuple[float, ClusterCapabilities] | None = None
         self._status_memory: dict[str, _StatusMemory] = {}
         self._nodes: tuple[float, list[dict[str, Any]] | None] | None = None
-        # uid -> the builder report last read: (monotonic time, pod, report or None).
-        self._reports: dict[str, tuple[float, str, BuilderReport | None]] = {}
+        self._progress = BuildProgressReader(cluster, clock)
         # uid -> (reason, type) -> the Event last posted for it: (name, count, monotonic time).
         self._posted: dict[str, dict[tuple[str, str], tuple[str, int, float]]] = {}
         self._instance = socket.gethostname()
@@ -287,7 +280,7 @@ class Reconciler:
         """Drop what we remember about a deleted ModelDeployment."""
         self._status_memory.pop(uid, None)
         self._posted.pop(uid, None)
-        self._reports.pop(uid, None)
+        self._progress.forget(uid)
 
     async def nodes(self) -> list[dict[str, Any]] | None:
         """The nodes' GPU products and allocatable GPUs (cached like the capabilities; None if the
@@ -536,35 +529,13 @@ class Reconciler:
             current.observed.build_pods = [pod_summary(pod) for pod in build_pods]
 
     async def observe_build_progress(self, current: _Round) -> None:
-        """The latest progress report of a running builder, read from its log (pods/log) no more often
-        than every PROGRESS_POLL_SECONDS; between reads, the report read last."""
         observed = current.observed
         current_pods = [pod for pod in observed.pods if pod_digest(pod) == observed.digest]
         building = running_builders(observed.build_pods) or running_builders(current_pods)
         current.building = bool(building)
-        if not building:
-            self._reports.pop(current.uid, None)
-            return
-        now = self._clock()
-        last = self._reports.get(current.uid)
-        if last is not None and last[1] in building and now - last[0] < PROGRESS_POLL_SECONDS:
-            observed.build_report = last[2]
-            return
-        pod = last[1] if last is not None and last[1] in building else building[0]
-        previous = last[2] if last is not None and last[1] == pod else None
-        try:
-            log = await self.cluster.container_log(
-                current.md.metadata.namespace, pod, MODEL_BUILDER, PROGRESS_LOG_LINES
-            )
-            report = latest_report(log)
-            found = BuilderReport(pod, report) if report is not None else previous
-        except KubeError as exc:
-            # Progress is a courtesy: an unreadable log (no kubelet answering, a restarting container)
-            # keeps the last report and the build's own status.
-            logger.debug("cannot read the builder's log in %s: %s", pod, exc)
-            found = previous
-        self._reports[current.uid] = (now, pod, found)
-        observed.build_report = found
+        observed.build_report = await self._progress.latest(
+            current.uid, current.md.metadata.namespace, building
+        )
 
     async def observe_nodes(self, current: _Round) -> None:
         if current.md.spec.resources.gpus > 0:

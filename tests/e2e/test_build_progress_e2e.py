@@ -22,7 +22,8 @@ from lightkube.config.kubeconfig import KubeConfig
 
 from model_repo.progress import Report, Stage
 from modeldeploy.kube import LightkubeCluster
-from modeldeploy.reconcile import PROGRESS_POLL_SECONDS, Reconciler
+from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS
+from modeldeploy.reconcile import Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings
 from modeldeploy_dev.devcluster import BUILDER_LOG_NAMESPACE, FAULT_PREFIX, DevCluster
 

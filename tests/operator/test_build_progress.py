@@ -14,7 +14,8 @@ from reconcile_contract import SETTINGS, SOURCE
 from model_repo.progress import Report, Stage
 from modeldeploy.kinds import DEPLOYMENT, JOB, MODEL_DEPLOYMENT, PERSISTENT_VOLUME_CLAIM, POD
 from modeldeploy.labels import MODEL_BUILDER, MODEL_DIGEST_ANNOTATION
-from modeldeploy.reconcile import JOB_NAME_LABEL, PROGRESS_POLL_SECONDS, Outcome, Reconciler
+from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS
+from modeldeploy.reconcile import JOB_NAME_LABEL, Outcome, Reconciler
 from modeldeploy_dev.fakecluster import FakeCluster
 
 NAMESPACE = "models"
