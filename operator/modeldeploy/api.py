@@ -215,7 +215,8 @@ class ModelSource(ApiModel):
             le=86400,
             description=(
                 "A download that receives no bytes for this many seconds fails (status reason "
-                "DownloadStalled) instead of hanging; 0 never fails it. Default: 300."
+                "DownloadStalled) instead of hanging; 0 never fails it. Default: 300. The builder's "
+                "argument: setting or changing it builds the repository again."
             ),
         ),
     ] = None

@@ -41,6 +41,10 @@ def repository_inputs(spec: ModelDeploymentSpec, md_name: str) -> dict[str, Any]
     # it on must change the digest, or the failed build Job of the refused build would stand for it.
     if spec.model.allow_new_head:
         inputs["allowNewHead"] = True
+    # The builder's stall timeout is one of its arguments, and a build Job (named by the digest) cannot be
+    # changed in place: a new value is a new build. Only when set, as above.
+    if spec.model.download_stall_seconds is not None:
+        inputs["downloadStallSeconds"] = spec.model.download_stall_seconds
     return inputs
 
 

@@ -257,3 +257,17 @@ def test_the_cache_jobs_builder_reports_too(builds: Builds) -> None:
     )
     builds.reconcile("cached")
     assert "progress" not in builds.status("cached")["modelRepository"]
+
+
+def test_the_stall_limit_reaches_the_builder_and_names_a_new_build() -> None:
+    from md_fixtures import md_of
+
+    from modeldeploy.digest import repository_digest
+    from modeldeploy.manifests.common import builder_arguments
+
+    plain = md_of({"model": {"source": SOURCE, "task": "text-classification"}})
+    limited = md_of({"model": {"source": SOURCE, "task": "text-classification", "downloadStallSeconds": 60}})
+    assert "--stall-timeout" not in builder_arguments(plain.spec, "bert", "/out")
+    args = builder_arguments(limited.spec, "bert", "/out")
+    assert args[args.index("--stall-timeout") + 1] == "60"
+    assert repository_digest(plain.spec, "bert") != repository_digest(limited.spec, "bert")

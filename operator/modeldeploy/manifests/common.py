@@ -111,6 +111,8 @@ def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> l
         args.append("--trust-remote-code")
     if spec.model.allow_new_head:
         args.append("--allow-new-head")
+    if spec.model.download_stall_seconds is not None:
+        args += ["--stall-timeout", str(spec.model.download_stall_seconds)]
     args += ["--model-name", model_name, "--out", out]
     return args
 
