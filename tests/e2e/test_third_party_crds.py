@@ -83,7 +83,10 @@ def namespace(cluster: DevCluster, crds: list[str]) -> Iterator[str]:
 
 def apply(cluster: DevCluster, manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
     """Server-side dry run (schema and CEL), then the apply itself; what the API server stored."""
-    body = json.dumps({**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}})
+    # Without the owner reference: its ModelDeployment does not exist here, and the garbage collector
+    # would delete the object under the test.
+    metadata = {key: value for key, value in manifest["metadata"].items() if key != "ownerReferences"}
+    body = json.dumps({**manifest, "metadata": {**metadata, "namespace": namespace}})
     for extra in (["--dry-run=server"], []):
         cluster.kubectl(
             "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", *extra, "-f", "-", input=body
@@ -117,9 +120,11 @@ def test_our_scaled_objects_and_service_monitors_are_accepted_whole(
         "scaleToZero": True,
         "metric": metric.value,
     }
+    extra: dict[str, Any] = {}
     if metric is AutoscalingMetric.CPU:
         autoscaling.update(minReplicas=1, scaleToZero=False)
-    md = parse_for_reconcile(md_body("gen", namespace, {"autoscaling": autoscaling}))
+        extra = {"resources": {"requests": {"cpu": "2"}}}
+    md = parse_for_reconcile(md_body("gen", namespace, {"autoscaling": autoscaling, **extra}))
     desired = desired_state(md, SETTINGS, ClusterCapabilities(service_monitors=True, keda=True))
     assert desired.scaled_object is not None and desired.service_monitor is not None
     for manifest in (desired.scaled_object, desired.service_monitor):
