@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml dev/pyproject.toml docker/constraints.txt
 	$(PY) -m pip install --quiet -c docker/constraints.txt -e ".[dev]" -e ./dev
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# kube-apiserver, etcd, KWOK, helm, kubectl from pinned Go modules, cached outside the repository.
+# kube-apiserver, etcd, KWOK, helm, kubectl from pinned Go modules, cached outside the repository; and the
+# KEDA and prometheus-operator CRDs the e2e tests install, from those projects' pinned Go modules.
 cluster-binaries:
 	bash tests/cluster/build.sh
+	bash tests/cluster/crds.sh
 
 # NVIDIA's perf_analyzer (the benchmarks' load generator), cached outside the repository.
 bench-tools: setup

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import hashlib
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,7 @@ from model_repo.checkpoint import (
 from model_repo.configs import validate_config
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
-from model_repo.optimize import GateSettings, optimise_onnx, optimise_python
+from model_repo.optimize import GateSettings, Optimised, optimise_onnx, optimise_python
 from model_repo.options import (
     MAX_BATCH_SIZE_LIMIT,
     MAX_CONCURRENT_SEQUENCES,
@@ -39,10 +35,11 @@ from model_repo.options import (
     auto_format,
     needs_gate,
 )
+from model_repo.output_dir import RECORD_FILE, check_output, key_list, read_record, replace_directory, tree
+from model_repo.progress import BuildProgress, Stage, build_progress
 from model_repo.python_backend import GENERATION_RUNTIME_FILE, RUNTIME_FILE, runtime_parameters
 from model_repo.staging import staging_directory
 
-RECORD_FILE = "modeldeploy.json"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -168,14 +165,6 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()
 
 
-def read_record(repository: Path) -> dict[str, Any] | None:
-    try:
-        record: dict[str, Any] = json.loads((repository / RECORD_FILE).read_text())
-        return record
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _load_tokenizer(info: CheckpointInfo, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
@@ -248,11 +237,11 @@ def check_task_fits(info: CheckpointInfo, loading: dict[str, Any] | None, allow_
     problems = []
     if missing:
         problems.append(
-            f"its {info.task.value} weights {_key_list(missing)} are not in the checkpoint and would be "
+            f"its {info.task.value} weights {key_list(missing)} are not in the checkpoint and would be "
             "newly initialised (random)"
         )
     if trained_for is not None and info.task not in supported:
-        dropped = f", its head weights {_key_list(unexpected)} would be dropped" if unexpected else ""
+        dropped = f", its head weights {key_list(unexpected)} would be dropped" if unexpected else ""
         problems.append(f"the checkpoint was trained for {trained_for.value}{dropped}")
     if not problems or allow_new_head:
         return
@@ -264,11 +253,6 @@ def check_task_fits(info: CheckpointInfo, loading: dict[str, Any] | None, allow_
         "(spec.model.task), or pass --allow-new-head (spec.model.allowNewHead: true) to build it "
         "anyway, e.g. to fine-tune a fresh head elsewhere"
     )
-
-
-def _key_list(keys: list[str], shown: int = 4) -> str:
-    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
-    return ", ".join(keys[:shown]) + more
 
 
 def _max_sequence_length(info: CheckpointInfo, tokenizer: Any, requested: int | None) -> int:
@@ -302,112 +286,142 @@ def _validate_safetensors(info: CheckpointInfo) -> None:
                 raise BuildError(f"corrupt weights file {name}: {exc}") from exc
 
 
-_RENAME_EXCHANGE = 2  # linux/fs.h
+@dataclass(frozen=True)
+class _Inspected:
+    """What the inspect stage learned: enough to name the repository (its digest) before loading it."""
+
+    fetched: FetchedCheckpoint
+    info: CheckpointInfo
+    model_format: ModelFormat
+    dtype: str
+    digest: str
 
 
-def _exchange(first: Path, second: Path) -> bool:
-    """Swap two directories in one step (renameat2 RENAME_EXCHANGE); False where the kernel, the C
-    library or the filesystem cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(second))
+def _inspect(options: BuildOptions, fetched: FetchedCheckpoint, progress: BuildProgress) -> _Inspected:
+    info = inspect_checkpoint(fetched.path, fetched.files, options.task, options.trust_remote_code)
+    model_format = resolve_format(options.format, info.task, options.device)
+    dtype = resolve_dtype(options.dtype, options.device, model_format)
+    if options.response_cache and info.task is Task.TEXT_GENERATION:
+        raise BuildError("--response-cache cannot be used with text-generation: streaming models can't cache")
+    digest = compute_digest(fetched, options)
+    return _Inspected(fetched, info, model_format, dtype, digest)
 
 
-def _replace_directory(staged: Path, out: Path) -> None:
-    """Move `staged` to `out`. An existing `out` is exchanged with it in one step where the filesystem
-    can, so a server reading `out` sees the old repository or the new one, never none; then the old one,
-    now at `staged`, is removed."""
-    if not out.exists():
-        staged.rename(out)
-        return
-    if _exchange(staged, out):
-        shutil.rmtree(staged, ignore_errors=True)
-        return
-    old = out.parent / f".{out.name}.old-{staged.parent.name}"
-    out.rename(old)
-    try:
-        staged.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _tree(root: Path) -> list[str]:
-    """Every file and symlink under `root`, relative, sorted (directories are implied by their files)."""
-    found = []
-    for directory, subdirectories, files in os.walk(root):
-        base = Path(directory).relative_to(root)
-        found += [str(base / name) for name in files]
-        # A symlinked or empty directory is an entry of its own: nothing below it would name it.
-        for name in subdirectories:
-            path = Path(directory) / name
-            if path.is_symlink() or not any(path.iterdir()):
-                found.append(str(base / name) + "/")
-    return sorted(found)
-
-
-def _bytecode_of(entry: str, written: set[str]) -> bool:
-    """Whether `entry` is Python's bytecode cache of a .py file the builder wrote (`<dir>/__pycache__/
-    <name>.<tag>.pyc`, or that directory left empty): what a Python-backend stub writes when it imports
-    model.py from a writable repository. Not the user's, so not foreign."""
-    path = Path(entry)
-    if entry.endswith("/"):
-        return path.name == "__pycache__" and any(
-            Path(name).parent == path.parent and name.endswith(".py") for name in written
-        )
-    if path.parent.name != "__pycache__" or path.suffix != ".pyc":
-        return False
-    return str(path.parent.parent / (path.name.partition(".")[0] + ".py")) in written
-
-
-def _foreign_entries(out: Path, record: dict[str, Any]) -> list[str]:
-    """What `out` holds beyond what the builder wrote there (the record lists its files)."""
-    written = record.get("files")
-    if isinstance(written, list):
-        known = set(written) | {RECORD_FILE}
-        return [entry for entry in _tree(out) if entry not in known and not _bytecode_of(entry, known)]
-    # Records of older builders list no files: their model directories all start with the model name.
-    prefix = str(record.get("model_name") or "")
-    return sorted(
-        entry.name + ("/" if entry.is_dir() else "")
-        for entry in out.iterdir()
-        if entry.name != RECORD_FILE and not (prefix and entry.name.startswith(prefix))
+def _load_and_verify(
+    options: BuildOptions, inspected: _Inspected, progress: BuildProgress
+) -> PreparedCheckpoint:
+    """Load the tokenizer, then (unless vLLM serves the files as they are) the weights, which verifies
+    them and that the task's head is in the checkpoint."""
+    info = inspected.info
+    model_format = inspected.model_format.value
+    progress.stage(
+        Stage.LOAD, f"inspected: task={info.task.value} model_type={info.model_type} format={model_format}"
     )
+    tokenizer = _load_tokenizer(info, options.trust_remote_code)
+    max_length = _max_sequence_length(info, tokenizer, options.max_sequence_length)
+    _validate_safetensors(info)
+    model = None
+    loading = None
+    if inspected.model_format is not ModelFormat.VLLM or info.weights == "pickle":
+        progress.stage(Stage.VERIFY, "loading weights to verify them")
+        model, loading = load_model(info, options.trust_remote_code)
+    check_task_fits(info, loading, options.allow_new_head)
+    hidden_size = info.hidden_size or 0
+    if model is not None and info.task is Task.FEATURE_EXTRACTION:
+        hidden_size = int(model.config.hidden_size)
+    return PreparedCheckpoint(info, tokenizer, model, inspected.dtype, max_length, hidden_size)
 
 
-def check_output(out: Path, force: bool) -> None:
-    """Refuse to replace what the builder did not write: a directory that is not one of its repositories,
-    or one of its repositories that holds files it did not write. `force` replaces it regardless."""
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"--out {out} exists and is not a directory")
-    if force or not out.exists() or not any(out.iterdir()):
-        return
-    record = read_record(out)
-    if record is None:
-        entries = sorted(entry.name for entry in out.iterdir())
-        raise BuildError(
-            f"--out {out} is not empty and is not a repository this builder wrote (no {RECORD_FILE}); "
-            f"it holds {_key_list(entries)}. A build replaces --out whole: choose another directory, or "
-            "pass --force to delete what it holds"
+def _export(
+    options: BuildOptions,
+    inspected: _Inspected,
+    prepared: PreparedCheckpoint,
+    repo: Path,
+    out: Path,
+    progress: BuildProgress,
+) -> tuple[list[Path], Optimised | None]:
+    """Write the format's model directories into `repo`, optimised and gated where asked; the configs
+    written, and the optimisation's measurement."""
+    info, model_format = inspected.info, inspected.model_format
+    dtype, max_length = prepared.dtype, prepared.max_length
+    gate = None
+    # vLLM runs its own kernels in the dtype asked for; nothing of ours to measure there.
+    if needs_gate(options.quantization, dtype) and model_format is not ModelFormat.VLLM:
+        gate = GateSettings(
+            options.accuracy_floor, Path(options.calibration_file) if options.calibration_file else None
         )
-    foreign = _foreign_entries(out, record)
-    if foreign:
-        raise BuildError(
-            f"--out {out} is a repository this builder wrote, but it also holds files the builder did not "
-            f"write: {_key_list(foreign)}. A build replaces the repository whole (Triton would take a "
-            "foreign directory for a model); move them elsewhere, or pass --force to delete them"
-        )
+    optimised = None
+    if model_format is ModelFormat.PYTHON:
+        extra: dict[str, str] = {}
+        if gate is not None:
+            progress.stage(Stage.OPTIMISE, "measuring the optimised model against float32 (accuracy gate)")
+            runtime = runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
+            optimised = optimise_python(
+                info,
+                prepared.model,
+                prepared.tokenizer,
+                options.quantization,
+                dtype,
+                max_length,
+                runtime,
+                gate,
+                progress,
+            )
+            extra = {"quantization": options.quantization.value}
+            if optimised.keep_float:
+                extra["int8_keep_float"] = json.dumps(optimised.keep_float)
+        progress.stage(Stage.EXPORT, "writing the python repository")
+        configs = python_format.write(repo, options, prepared, extra)
+    elif model_format is ModelFormat.VLLM:
+        progress.stage(Stage.EXPORT, "writing the vllm repository")
+        configs = vllm_format.write(repo, options, prepared, final_path=out)
+    else:
+        progress.stage(Stage.EXPORT, "writing the onnx repository")
+        configs = onnx_format.write(repo, options, prepared, progress)
+        if gate is not None:
+            progress.stage(
+                Stage.OPTIMISE, "quantising the ONNX graph and measuring it against float32 (accuracy gate)"
+            )
+            runtime = runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
+            onnx_path = repo / f"{options.model_name}_onnx" / "1" / "model.onnx"
+            optimised = optimise_onnx(
+                info, onnx_path, prepared.tokenizer, max_length, runtime, gate, progress
+            )
+    if optimised is not None:
+        progress(optimised.report.summary())
+        (repo / ACCURACY_FILE).write_text(json.dumps(optimised.report.as_json(), indent=2) + "\n")
+    return configs, optimised
+
+
+def _write_record(
+    options: BuildOptions,
+    inspected: _Inspected,
+    prepared: PreparedCheckpoint,
+    repo: Path,
+    optimised: Optimised | None,
+) -> None:
+    info = inspected.info
+    record = {
+        "digest": inspected.digest,
+        "format": inspected.model_format.value,
+        "task": info.task.value,
+        "model_name": options.model_name,
+        "builder_version": __version__,
+        "source": options.source,
+        "revision": inspected.fetched.revision or options.revision,
+        "dtype": prepared.dtype,
+        "quantization": options.quantization.value,
+        "accuracy": optimised.report.as_json() if optimised is not None else None,
+        "device": options.device,
+        "max_sequence_length": prepared.max_length,
+        "labels": list(info.labels),
+        "mask_token": prepared.tokenizer.mask_token if info.task is Task.FILL_MASK else None,
+        "checkpoint_files": list(inspected.fetched.files),
+        "allow_new_head": options.allow_new_head,
+        # What the builder wrote: a later build replaces exactly these and refuses anything else.
+        "files": tree(repo),
+    }
+    (repo / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def build_repository(
@@ -415,9 +429,14 @@ def build_repository(
 ) -> BuildResult:
     """Build the repository for `options` at `out`, atomically; a matching digest there is a cache hit.
 
+    Stages (each reported to `progress`, see model_repo.progress): download, inspect (the digest: a cache
+    hit ends here), load and verify, optimise (with an accuracy gate), export, write (validate, record,
+    swap into place).
+
     The builder writes `out` and its own hidden siblings (`.<name>.tmp-*`) only: a directory it did not
     write is refused unless `force`, and in a cache volume of `<digest>` directories the other digests'
     repositories are never touched."""
+    reporter = build_progress(progress)
     _check_options(options)
     out = out.absolute()
     check_output(out, force)
@@ -427,99 +446,36 @@ def build_repository(
     try:
         download_dir = workdir / "download"
         download_dir.mkdir()
-        progress(f"fetching {options.source}")
-        fetched = fetch(options.source, options.revision, download_dir, options.trust_remote_code, progress)
-        info = inspect_checkpoint(fetched.path, fetched.files, options.task, options.trust_remote_code)
-        model_format = resolve_format(options.format, info.task, options.device)
-        dtype = resolve_dtype(options.dtype, options.device, model_format)
-        if options.response_cache and info.task is Task.TEXT_GENERATION:
-            raise BuildError(
-                "--response-cache cannot be used with text-generation: streaming models can't cache"
-            )
-        digest = compute_digest(fetched, options)
-        record = read_record(out)
-        if record is not None and record.get("digest") == digest:
-            progress(f"cache hit: {out} already holds repository {digest[:12]}")
-            return BuildResult(digest, model_format, info.task, options.model_name, out, cache_hit=True)
-
-        progress(
-            f"inspected: task={info.task.value} model_type={info.model_type} format={model_format.value}"
+        reporter.stage(Stage.DOWNLOAD, f"fetching {options.source}")
+        fetched = fetch(options.source, options.revision, download_dir, options.trust_remote_code, reporter)
+        reporter.stage(Stage.INSPECT, "inspecting the checkpoint")
+        inspected = _inspect(options, fetched, reporter)
+        result = BuildResult(
+            inspected.digest,
+            inspected.model_format,
+            inspected.info.task,
+            options.model_name,
+            out,
+            cache_hit=False,
         )
-        tokenizer = _load_tokenizer(info, options.trust_remote_code)
-        max_length = _max_sequence_length(info, tokenizer, options.max_sequence_length)
-        _validate_safetensors(info)
-        model = None
-        loading = None
-        if model_format is not ModelFormat.VLLM or info.weights == "pickle":
-            progress("loading weights to verify them")
-            model, loading = load_model(info, options.trust_remote_code)
-        check_task_fits(info, loading, options.allow_new_head)
-        hidden_size = info.hidden_size or 0
-        if model is not None and info.task is Task.FEATURE_EXTRACTION:
-            hidden_size = int(model.config.hidden_size)
-
-        prepared = PreparedCheckpoint(info, tokenizer, model, dtype, max_length, hidden_size)
+        record = read_record(out)
+        if record is not None and record.get("digest") == inspected.digest:
+            reporter.stage(Stage.DONE, f"cache hit: {out} already holds repository {inspected.digest[:12]}")
+            return dataclasses.replace(result, cache_hit=True)
+        prepared = _load_and_verify(options, inspected, reporter)
         repo = workdir / "repo"
         repo.mkdir()
-        gate = None
-        # vLLM runs its own kernels in the dtype asked for; nothing of ours to measure there.
-        if needs_gate(options.quantization, dtype) and model_format is not ModelFormat.VLLM:
-            gate = GateSettings(
-                options.accuracy_floor, Path(options.calibration_file) if options.calibration_file else None
-            )
-        optimised = None
-        if model_format is ModelFormat.PYTHON:
-            extra: dict[str, str] = {}
-            if gate is not None:
-                progress("measuring the optimised model against float32 (accuracy gate)")
-                runtime = runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
-                optimised = optimise_python(
-                    info, model, tokenizer, options.quantization, dtype, max_length, runtime, gate, progress
-                )
-                extra = {"quantization": options.quantization.value}
-                if optimised.keep_float:
-                    extra["int8_keep_float"] = json.dumps(optimised.keep_float)
-            configs = python_format.write(repo, options, prepared, extra)
-        elif model_format is ModelFormat.VLLM:
-            configs = vllm_format.write(repo, options, prepared, final_path=out)
-        else:
-            configs = onnx_format.write(repo, options, prepared, progress)
-            if gate is not None:
-                progress("quantising the ONNX graph and measuring it against float32 (accuracy gate)")
-                runtime = runtime_parameters(info, "encoder", dtype, max_length, options.trust_remote_code)
-                onnx_path = repo / f"{options.model_name}_onnx" / "1" / "model.onnx"
-                optimised = optimise_onnx(info, onnx_path, tokenizer, max_length, runtime, gate, progress)
-        if optimised is not None:
-            progress(optimised.report.summary())
-            (repo / ACCURACY_FILE).write_text(json.dumps(optimised.report.as_json(), indent=2) + "\n")
+        configs, optimised = _export(options, inspected, prepared, repo, out, reporter)
+        reporter.stage(Stage.WRITE, "validating the configs and writing the repository")
         for config_path in configs:
             validate_config(config_path.read_text(), str(config_path.relative_to(repo)))
-
-        record = {
-            "digest": digest,
-            "format": model_format.value,
-            "task": info.task.value,
-            "model_name": options.model_name,
-            "builder_version": __version__,
-            "source": options.source,
-            "revision": fetched.revision or options.revision,
-            "dtype": dtype,
-            "quantization": options.quantization.value,
-            "accuracy": optimised.report.as_json() if optimised is not None else None,
-            "device": options.device,
-            "max_sequence_length": max_length,
-            "labels": list(info.labels),
-            "mask_token": tokenizer.mask_token if info.task is Task.FILL_MASK else None,
-            "checkpoint_files": list(fetched.files),
-            "allow_new_head": options.allow_new_head,
-            # What the builder wrote: a later build replaces exactly these and refuses anything else.
-            "files": _tree(repo),
-        }
-        (repo / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _write_record(options, inspected, prepared, repo, optimised)
         # Checked again at the swap: a file written into --out during the build is not ours to delete.
         check_output(out, force)
-        _replace_directory(repo, out)
-        progress(f"wrote {model_format.value} repository {digest[:12]} to {out}")
-        return BuildResult(digest, model_format, info.task, options.model_name, out, cache_hit=False)
+        replace_directory(repo, out)
+        reporter.stage(
+            Stage.DONE, f"wrote {inspected.model_format.value} repository {inspected.digest[:12]} to {out}"
+        )
+        return result
     finally:
         staging.close()

@@ -35,6 +35,7 @@ from model_repo.options import (
     Quantization,
     Task,
 )
+from model_repo.progress import DEFAULT_STALL_SECONDS, BuildProgress, Report
 
 if TYPE_CHECKING:
     from model_repo.build import BuildResult
@@ -172,11 +173,38 @@ def _termination_message(text: str) -> None:
         Path(path).write_text(text[-TERMINATION_MESSAGE_LIMIT:])
 
 
-def _build(options: BuildOptions, out: Path, force: bool = False) -> BuildResult:
+def _print_report(report: Report) -> None:
+    """A progress report as one log line the operator parses (stdout: not a terminal, so a log)."""
+    print(report.to_line(), flush=True)
+
+
+def _abort_stalled(message: str) -> None:
+    """End the build of a stalled download: the download blocks in a library, so only leaving the
+    process stops it. Its error is the termination message, as for any failed build."""
+    typer.echo(f"modeldeploy build: error: {message}", err=True)
+    _termination_message(message)
+    sys.stderr.flush()
+    os._exit(2)
+
+
+def _build(
+    options: BuildOptions,
+    out: Path,
+    force: bool = False,
+    stall_seconds: float = DEFAULT_STALL_SECONDS,
+    reports: bool = False,
+) -> BuildResult:
+    """Build, with progress as sentences on stderr, or (`reports`) as report lines on stdout."""
     from model_repo.build import build_repository
 
+    progress = BuildProgress(
+        _progress,
+        report=_print_report if reports else None,
+        stall_seconds=stall_seconds,
+        on_stall=_abort_stalled,
+    )
     try:
-        return build_repository(options, out, progress=_progress, force=force)
+        return build_repository(options, out, progress=progress, force=force)
     except BuildError as exc:
         typer.echo(f"modeldeploy build: error: {exc}", err=True)
         _termination_message(str(exc))
@@ -188,11 +216,20 @@ def build(
     options: BuildOptions,
     out: Annotated[Path, typer.Option("--out", help="Repository directory (written atomically).")],
     force: ForceOption = False,
+    stall_timeout: Annotated[
+        int,
+        typer.Option(
+            "--stall-timeout",
+            help="Fail a download that receives no bytes for this many seconds (0: never).",
+            min=0,
+        ),
+    ] = DEFAULT_STALL_SECONDS,
 ) -> None:
     """Build a Triton model repository from a Transformers checkpoint."""
-    from model_repo.build import read_record
+    from model_repo.output_dir import read_record
 
-    result = _build(options, out, force)
+    # In a terminal progress is sentences; in a pod's log (no terminal) reports the operator reads.
+    result = _build(options, out, force, stall_timeout, reports=not sys.stdout.isatty())
     state = "cache hit" if result.cache_hit else "built"
     typer.echo(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
@@ -230,7 +267,7 @@ def accuracy_status(accuracy: dict[str, Any]) -> dict[str, Any]:
 
 def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
     """A curl and a tritonclient example for the served model."""
-    from model_repo.build import read_record
+    from model_repo.output_dir import read_record
 
     record = read_record(result.path) or {}
     name = result.model_name

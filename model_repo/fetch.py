@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from model_repo.checkpoint import SENTENCEPIECE_FILES, TOKENIZER_FILES
 from model_repo.errors import BuildError
 from model_repo.options import SOURCE_SCHEMES, Progress
+from model_repo.progress import build_progress
 
 # Files a build reads: configuration, tokenizer, weights and sentence-transformers module configs.
 # Everything else in a checkpoint (other frameworks' weights, READMEs, ONNX exports...) is left behind.
@@ -149,20 +150,27 @@ def _fetch_hf(
         raise BuildError("hf:// sources need huggingface_hub: pip install 'modeldeploy[builder]'") from exc
     token = os.environ.get("HF_TOKEN") or None
     try:
-        info = HfApi().model_info(repo_id, revision=revision, token=token)
-        available = [sibling.rfilename for sibling in info.siblings or []]
-        wanted = select_files(available, trust_remote_code)
+        info = HfApi().model_info(repo_id, revision=revision, token=token, files_metadata=True)
+        sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or []}
+        wanted = select_files(sizes, trust_remote_code)
         for name in wanted:
             _check_relative(name, "file")
         progress(f"downloading {len(wanted)} files of {repo_id}@{info.sha}")
-        local = snapshot_download(
-            repo_id, revision=info.sha, allow_patterns=wanted, local_dir=dest, token=token
-        )
+        with build_progress(progress).watching(dest, _total([sizes[name] for name in wanted])):
+            local = snapshot_download(
+                repo_id, revision=info.sha, allow_patterns=wanted, local_dir=dest, token=token
+            )
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise BuildError(f"hf://{repo_id}@{revision or 'main'}: {exc}") from exc
     except HfHubHTTPError as exc:
         raise BuildError(f"hf://{repo_id}: download failed: {exc}") from exc
     return FetchedCheckpoint(path=Path(local), files=tuple(wanted), revision=info.sha)
+
+
+def _total(sizes: Iterable[int | None]) -> int | None:
+    """The bytes to download, if every size is known."""
+    known = list(sizes)
+    return None if any(size is None for size in known) else sum(size for size in known if size is not None)
 
 
 def _object_prefix(prefix: str) -> str:
@@ -177,6 +185,7 @@ class BucketListing(Generic[T]):
     objects: Mapping[str, T]
     url_of: Callable[[T], str]
     download: Callable[[T, Path], None]
+    size_of: Callable[[T], int | None] = lambda _object: None
 
 
 def _download_objects(
@@ -186,10 +195,13 @@ def _download_objects(
     wanted = select_files(listing.objects, trust_remote_code)
     for name in wanted:
         _check_relative(name, "object")
-        progress(f"downloading {listing.url_of(listing.objects[name])}")
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        listing.download(listing.objects[name], target)
+    total = _total(listing.size_of(listing.objects[name]) for name in wanted)
+    with build_progress(progress).watching(dest, total):
+        for name in wanted:
+            progress(f"downloading {listing.url_of(listing.objects[name])}")
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            listing.download(listing.objects[name], target)
     return FetchedCheckpoint(path=dest, files=tuple(wanted), revision=None)
 
 
@@ -201,14 +213,17 @@ def _s3_objects(bucket: str, prefix: str) -> BucketListing[str]:
     client = boto3.client("s3")
     prefix = _object_prefix(prefix)
     keys: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             key = str(obj["Key"])
             keys[key[len(prefix) :]] = key
+            sizes[key] = int(obj.get("Size", 0))
     return BucketListing(
         keys,
         url_of=lambda key: f"s3://{bucket}/{key}",
         download=lambda key, target: client.download_file(bucket, key, str(target)),
+        size_of=sizes.get,
     )
 
 
@@ -223,6 +238,7 @@ def _gs_objects(bucket_name: str, prefix: str) -> BucketListing[Any]:
         {blob.name[len(prefix) :]: blob for blob in bucket.list_blobs(prefix=prefix)},
         url_of=lambda blob: f"gs://{bucket_name}/{blob.name}",
         download=lambda blob, target: blob.download_to_filename(str(target)),
+        size_of=lambda blob: blob.size,
     )
 
 

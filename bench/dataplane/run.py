@@ -218,9 +218,10 @@ def measure_optimised(
 
     The repositories are built here, where the contenders find them again (see `serve_ours`).
     """
-    from model_repo.build import build_repository, read_record
+    from model_repo.build import build_repository
     from model_repo.errors import BuildError
     from model_repo.options import BuildOptions
+    from model_repo.output_dir import read_record
 
     result: dict[str, Any] = {}
     reference = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))

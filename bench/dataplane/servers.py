@@ -82,8 +82,9 @@ def serve_ours(
     optimisation: Mapping[str, Any] | None = None,
 ) -> Iterator[Endpoint]:
     from bench.common.loadgen import TritonGrpcSender
-    from model_repo.build import build_repository, read_record
+    from model_repo.build import build_repository
     from model_repo.options import BuildOptions
+    from model_repo.output_dir import read_record
     from model_repo.triton import TritonServer
 
     options = BuildOptions(

@@ -536,7 +536,6 @@ class _Ports:
     controller_manager: int
     scheduler: int
     kwok: int
-    kwok_node: int
 
 
 class DevCluster:
@@ -563,6 +562,7 @@ class DevCluster:
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.audit_log = AuditLog(self.state_dir / "audit.log")
         self.log_dir = self.state_dir / "logs"
+        self.builder_log = self.state_dir / "builder.log"
         self.server = ""
         self._procs: list[_Proc] = []
         self._popens: list[subprocess.Popen[bytes]] = []
@@ -741,7 +741,7 @@ class DevCluster:
 
     def _start(self) -> None:
         started = time.monotonic()
-        ports = _Ports(*free_ports(6))
+        ports = _Ports(*free_ports(5))
         pki, component_kubeconfigs = self._start_pki(ports.apiserver)
         etcd_url = self._start_etcd(ports.etcd)
         self._start_apiserver(pki, etcd_url, ports.apiserver)
@@ -769,7 +769,7 @@ class DevCluster:
             component_kubeconfigs[client] = path
         (sd / "audit-policy.yaml").write_text(AUDIT_POLICY)
         kwok_config = sd / "kwok.yaml"
-        kwok_config.write_text(_kwok_config(self.bin_dir / "kwok-stages.yaml"))
+        kwok_config.write_text(_kwok_config(self.bin_dir / "kwok-stages.yaml", self.builder_log))
         return pki, component_kubeconfigs
 
     def _start_etcd(self, etcd_port: int) -> str:
@@ -829,6 +829,8 @@ class DevCluster:
                 "--audit-log-mode=blocking",
                 "--audit-log-maxbackup=0",
                 "--profiling=false",
+                # pods/log reaches KWOK (the nodes' kubelet) at the node's InternalIP, not its hostname.
+                "--kubelet-preferred-address-types=InternalIP",
             ],
         )
         ca_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -884,7 +886,7 @@ class DevCluster:
     def _start_kwok_nodes(self, pki: _Pki, component_kubeconfigs: dict[str, Path], ports: _Ports) -> None:
         """KWOK, playing the kubelet of the fake nodes, and the nodes themselves."""
         kwok_config = self.state_dir / "kwok.yaml"
-        kwok_port, kwok_node_port = ports.kwok, ports.kwok_node
+        kwok_port = ports.kwok
         assert self._api is not None
         kwok_cert, kwok_key = pki.clients["kwok"]
         self._spawn(
@@ -898,7 +900,8 @@ class DevCluster:
                 "--node-ip=127.0.0.1",
                 # Pod IPs; KWOK's default (10.0.0.0/24) would overlap the service range.
                 f"--cidr={POD_CIDR}",
-                f"--node-port={kwok_node_port}",
+                # The nodes' kubelet port is KWOK's own server, which serves pods/log (BUILDER_LOG_NAMESPACE).
+                f"--node-port={kwok_port}",
                 f"--tls-cert-file={kwok_cert}",
                 f"--tls-private-key-file={kwok_key}",
                 "--node-lease-duration-seconds=40",
@@ -967,6 +970,8 @@ class DevCluster:
 # FAULT_PREFIX + a fault below get that status instead of becoming Ready. The end-to-end tests name
 # their ModelDeployments so; `modeldeploy dev up` users can do the same to see what the status says.
 FAULT_PREFIX: Final = "kwok-fault-"
+# Pods in this namespace serve, as their model-builder's log, the CRI-format file DevCluster.builder_log.
+BUILDER_LOG_NAMESPACE: Final = "builder-logs"
 FAULT_NAME_LABEL: Final = "modeldeploy.dev/name"
 # What Triton's log ends with when a model does not load (what FallbackToLogsOnError makes the
 # termination message).
@@ -1058,6 +1063,20 @@ phase: Pending
 """,
     "crash": _crash_looping(3, "40s", "1", "Error", f"message: {json.dumps(FAULT_TRITON_LOG)}"),
     "oom": _crash_looping(2, "20s", "137", "OOMKilled"),
+    # The builder init container keeps running (a build in progress); nothing else starts.
+    "building": _FAULT_COMMON.replace(
+        "    terminated:\n      exitCode: 0\n      reason: Completed\n", "    running:\n"
+    )
+    .replace("  ready: true\n", "  ready: false\n")
+    .replace("      finishedAt: {{ $now | Quote }}\n", "")
+    + """\
+  restartCount: 0
+  state:
+    waiting:
+      reason: PodInitializing
+{{ end }}
+phase: Pending
+""",
 }
 
 
@@ -1092,7 +1111,7 @@ def fault_stages() -> list[dict[str, Any]]:
     ]
 
 
-def _kwok_config(stages_file: Path) -> str:
+def _kwok_config(stages_file: Path, builder_log: Path) -> str:
     # The node and pod stages kwokctl gives this KWOK release (copied by build.sh from its module), the
     # pod stages kept off the fault pods, plus the fault stages.
     # Options go on the command line instead: a KwokConfiguration in this file would replace KWOK's
@@ -1105,7 +1124,17 @@ def _kwok_config(stages_file: Path) -> str:
             expressions.append(
                 {"key": _fault_selector(FAULT_PREFIX), "operator": "NotIn", "values": ["true"]}
             )
-    return yaml.safe_dump_all([*stages, *fault_stages()], sort_keys=False)
+    # The model-builder containers of BUILDER_LOG_NAMESPACE log what a test writes to `builder_log`.
+    logs = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "ClusterLogs",
+        "metadata": {"name": "modeldeploy-builder-logs"},
+        "spec": {
+            "selector": {"matchNamespaces": [BUILDER_LOG_NAMESPACE]},
+            "logs": [{"containers": ["model-builder"], "logsFile": str(builder_log), "follow": False}],
+        },
+    }
+    return yaml.safe_dump_all([*stages, *fault_stages(), logs], sort_keys=False)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -197,6 +197,7 @@ class FakeCluster:
         self._nodes = [dict(node) for node in nodes]
         self._objects: dict[Key, _Stored] = {}
         self._events: dict[tuple[str, str], dict[str, Any]] = {}
+        self.logs: dict[tuple[str, str, str], str] = {}
         self._revision = 100
         self._refusals: dict[tuple[str, str], tuple[str, int]] = {}
         self.writes: list[Write] = []
@@ -365,6 +366,13 @@ class FakeCluster:
     async def crd_exists(self, name: str) -> bool:
         self.reads["customresourcedefinitions"] += 1
         return name in self.crds
+
+    async def container_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        """What `logs[(namespace, pod, container)]` holds (a test writes it; nothing runs here)."""
+        self.reads["pods/log"] += 1
+        if (namespace, pod, container) not in self.logs:
+            raise KubeError(f"container {container} in pod {namespace}/{pod} has no log", 400, False)
+        return "".join(self.logs[(namespace, pod, container)].splitlines(keepends=True)[-tail_lines:])
 
     # ------------------------------------------------------------------------------------ the store
 

@@ -207,6 +207,19 @@ class ModelSource(ApiModel):
             ),
         ),
     ] = False
+    download_stall_seconds: Annotated[
+        int | None,
+        Field(
+            default=None,
+            ge=0,
+            le=86400,
+            description=(
+                "A download that receives no bytes for this many seconds fails (status reason "
+                "DownloadStalled) instead of hanging; 0 never fails it. Default: 300. The builder's "
+                "argument: setting or changing it builds the repository again."
+            ),
+        ),
+    ] = None
 
     __rules__ = (
         Rule(
@@ -537,6 +550,7 @@ class AutoscalingMetric(StrEnum):
     QUEUE_COMPUTE_RATIO = "queueComputeRatio"
     PENDING_REQUESTS = "pendingRequests"
     RUNNING_SEQUENCES = "runningSequences"
+    GENERATION_PRESSURE = "generationPressure"
     CPU = "cpu"
 
 
@@ -555,6 +569,8 @@ DEFAULT_TARGETS: dict[AutoscalingMetric, str] = {
     AutoscalingMetric.PENDING_REQUESTS: "8",  # queued requests per pod
     # Sequences in the continuous batch per pod (text-generation): 3/4 of the CPU default of 16 slots.
     AutoscalingMetric.RUNNING_SEQUENCES: "12",
+    # 1: one of its signals (requests waiting for a slot, KV-cache use) at its own target.
+    AutoscalingMetric.GENERATION_PRESSURE: "1",
     AutoscalingMetric.CPU: "70",  # % of the CPU request
 }
 _TARGET_DESCRIPTION = (
@@ -578,7 +594,10 @@ class Autoscaling(ApiModel):
             description=(
                 "queueTime: average µs a request waits in Triton's queue; queueComputeRatio: queue time "
                 "over compute time; pendingRequests: requests queued per pod; runningSequences: "
-                "sequences being generated per pod (text-generation only); cpu: CPU utilisation %."
+                "sequences being generated per pod (text-generation only); generationPressure: the larger "
+                "of requests waiting for a sequence slot per pod over 4 and KV-cache use over 0.8, one "
+                "composite signal (KEDA scalingModifiers; engine keda, text-generation only); cpu: CPU "
+                "utilisation %."
             ),
         ),
     ] = AutoscalingMetric.QUEUE_COMPUTE_RATIO
@@ -835,6 +854,28 @@ class ModelDeploymentSpec(ApiModel):
         ),
         Rule(
             cel=(
+                "!has(self.autoscaling) || self.autoscaling.metric != 'generationPressure' || "
+                "(has(self.autoscaling.engine) && self.autoscaling.engine == 'keda' && "
+                "has(self.model.task) && self.model.task == 'text-generation' && "
+                "(!has(self.triton) || self.triton.format != 'vllm'))"
+            ),
+            message=(
+                "spec.autoscaling.metric generationPressure needs engine keda (its scalingModifiers combine "
+                "the signals) and spec.model.task text-generation served by the python format"
+            ),
+            check=lambda s: (
+                s.autoscaling is None
+                or s.autoscaling.metric != AutoscalingMetric.GENERATION_PRESSURE
+                or (
+                    s.autoscaling.engine == AutoscalingEngine.KEDA
+                    and s.model.task == Task.TEXT_GENERATION
+                    and s.triton.format != ModelFormat.VLLM
+                )
+            ),
+            field_path=".autoscaling.metric",
+        ),
+        Rule(
+            cel=(
                 "!has(self.api) || !has(self.api.openai) || !self.api.openai.enabled || "
                 "(has(self.model.task) && self.model.task in ['feature-extraction', 'text-generation'])"
             ),
@@ -905,6 +946,22 @@ class AccuracyStatus(ApiModel):
     texts: int = Field(ge=0, description="Calibration texts measured on.")
 
 
+class ProgressStatus(ApiModel):
+    """How far the build of the repository is, from the builder's latest report."""
+
+    stage: str = Field(
+        max_length=32, description="download, inspect, load, verify, optimise, export, write, done, stalled."
+    )
+    percent: float | None = Field(default=None, description="Of the download: bytes done of the total.")
+    bytes_done: int | None = Field(default=None, ge=0, description="Bytes downloaded so far.")
+    bytes_total: int | None = Field(default=None, ge=0, description="Bytes to download (when known).")
+    bytes_per_second: float | None = Field(default=None, description="Download rate over the last seconds.")
+    eta_seconds: float | None = Field(default=None, description="Time left to download at that rate.")
+    message: str | None = Field(default=None, max_length=1024, description="The report as a sentence.")
+    summary: str | None = Field(default=None, max_length=64, description="A few words, for kubectl get.")
+    pod: str | None = Field(default=None, max_length=253, description="The pod whose builder reported it.")
+
+
 class ModelRepositoryStatus(ApiModel):
     """The generated Triton model repository."""
 
@@ -914,6 +971,9 @@ class ModelRepositoryStatus(ApiModel):
     accuracy: AccuracyStatus | None = Field(
         default=None,
         description="The build's accuracy gate: an optimised model against float32.",
+    )
+    progress: ProgressStatus | None = Field(
+        default=None, description="While a builder runs: its latest progress report (read every few seconds)."
     )
 
 
@@ -926,7 +986,7 @@ class ModelDeploymentStatus(ApiModel):
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="ModelRepositoryReady, Available, AutoscalerReady and Ready.",
+        description="ModelRepositoryReady, Available, AutoscalerReady, ScalingReady and Ready.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     replicas: int | None = Field(default=None, description="Pods that exist (scale subresource).")

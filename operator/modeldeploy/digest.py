@@ -47,6 +47,10 @@ def repository_inputs(
         inputs["allowNewHead"] = True
     if spec.triton.calibration is not None and calibration_sha256 is not None:
         inputs["calibrationSha256"] = calibration_sha256
+    # The builder's stall timeout is one of its arguments, and a build Job (named by the digest) cannot be
+    # changed in place: a new value is a new build. Only when set, as above.
+    if spec.model.download_stall_seconds is not None:
+        inputs["downloadStallSeconds"] = spec.model.download_stall_seconds
     return inputs
 
 

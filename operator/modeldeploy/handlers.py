@@ -45,10 +45,10 @@ from modeldeploy.kube import LightkubeCluster
 from modeldeploy.labels import COMPONENT, MANAGED_BY, MANAGED_BY_VALUE, NAME_LABEL
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
+from modeldeploy.observations import pod_summary
 from modeldeploy.queue import DEFAULT_CONCURRENCY, ReconcileQueue
 from modeldeploy.reconcile import Reconciler
 from modeldeploy.settings import ANNOTATION_PREFIX, FIELD_MANAGER, RenderSettings
-from modeldeploy.status import pod_summary
 
 logger = logging.getLogger(__name__)
 

@@ -86,6 +86,10 @@ class Cluster(Protocol):
 
     async def crd_exists(self, name: str) -> bool: ...
 
+    async def container_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        """The last `tail_lines` lines of a container's log (pods/log)."""
+        ...
+
 
 def _custom_resource(kind: Kind) -> type[GenericNamespacedResource]:
     return create_namespaced_resource(kind.group, kind.version, kind.kind, kind.plural)
@@ -118,6 +122,10 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 async def _collect(items: AsyncIterable[Any]) -> Objects:
     return [_as_dict(item) async for item in items]
+
+
+async def _joined(lines: AsyncIterable[str]) -> str:
+    return "".join([line async for line in lines])
 
 
 async def _call(action: str, request: Awaitable[_T]) -> _T:
@@ -245,6 +253,10 @@ class LightkubeCluster:
 
     async def nodes(self) -> Objects:
         return await _call("list nodes", _collect(self._client.list(Node)))
+
+    async def container_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        lines = self._client.log(pod, namespace=namespace, container=container, tail_lines=tail_lines)
+        return await _call(f"read the log of {container} in pod {namespace}/{pod}", _joined(lines))
 
     async def crd_exists(self, name: str) -> bool:
         found = await _call_or_none(

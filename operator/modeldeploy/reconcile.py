@@ -53,18 +53,23 @@ from modeldeploy.labels import (
 from modeldeploy.manifests import DesiredState, Manifest, desired_state
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
+from modeldeploy.observations import (
+    Observed,
+    deployed_digest,
+    job_outcome,
+    node_summary,
+    pod_digest,
+    pod_summary,
+    running_builders,
+)
+from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS, BuildProgressReader
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
-    Observed,
     Transition,
     comparable,
     compute_status,
-    deployed_digest,
     invalid_spec_status,
-    job_outcome,
-    node_summary,
     now_rfc3339,
-    pod_summary,
     transitions,
 )
 
@@ -160,6 +165,8 @@ class _Round:
     observed: Observed
     writes: int = 0
     refused: list[str] = field(default_factory=list)
+    # A builder runs (so its progress is worth reading again soon).
+    building: bool = False
 
 
 @dataclass
@@ -203,6 +210,7 @@ class Reconciler:
         self._capabilities: tuple[float, ClusterCapabilities] | None = None
         self._status_memory: dict[str, _StatusMemory] = {}
         self._nodes: tuple[float, list[dict[str, Any]] | None] | None = None
+        self._progress = BuildProgressReader(cluster, clock)
         # uid -> (reason, type) -> the Event last posted for it: (name, count, monotonic time).
         self._posted: dict[str, dict[tuple[str, str], tuple[str, int, float]]] = {}
         self._instance = socket.gethostname()
@@ -216,6 +224,7 @@ class Reconciler:
             self.ensure_service_monitor,
             self.prune_build_jobs,
             self.observe_pods,
+            self.observe_build_progress,
             self.observe_nodes,
         ]
 
@@ -259,17 +268,21 @@ class Reconciler:
     @staticmethod
     def _retry_after(current: _Round) -> float | None:
         """When to look again although no watch event will say so (the queue schedules it)."""
+        waits = []
         if current.refused:
-            return REFUSED_RETRY_SECONDS
+            waits.append(REFUSED_RETRY_SECONDS)
         claim = current.observed.cache_claim
         if claim is not None and (claim.get("status") or {}).get("phase") != "Bound":
-            return UNBOUND_CLAIM_RETRY_SECONDS
-        return None
+            waits.append(UNBOUND_CLAIM_RETRY_SECONDS)
+        if current.building:
+            waits.append(PROGRESS_POLL_SECONDS)
+        return min(waits, default=None)
 
     def forget(self, uid: str) -> None:
         """Drop what we remember about a deleted ModelDeployment."""
         self._status_memory.pop(uid, None)
         self._posted.pop(uid, None)
+        self._progress.forget(uid)
 
     async def nodes(self) -> list[dict[str, Any]] | None:
         """The nodes' GPU products and allocatable GPUs (cached like the capabilities; None if the
@@ -466,7 +479,13 @@ class Reconciler:
                 current, current.desired.horizontal_pod_autoscaler
             )
         elif current.desired.scaled_object is not None and current.capabilities.keda:
-            current.observed.autoscaler = await self._apply_if_needed(current, current.desired.scaled_object)
+            scaled_object = await self._apply_if_needed(current, current.desired.scaled_object)
+            current.observed.autoscaler = scaled_object
+            hpa_name = ((scaled_object or {}).get("status") or {}).get("hpaName")
+            if hpa_name:
+                current.observed.keda_hpa = await self.cluster.get(
+                    HORIZONTAL_POD_AUTOSCALER, current.md.metadata.namespace, str(hpa_name)
+                )
 
     async def ensure_pod_disruption_budget(self, current: _Round) -> None:
         manifest = current.desired.pod_disruption_budget
@@ -515,6 +534,15 @@ class Reconciler:
         ):
             build_pods = await self.cluster.list(POD, namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
             current.observed.build_pods = [pod_summary(pod) for pod in build_pods]
+
+    async def observe_build_progress(self, current: _Round) -> None:
+        observed = current.observed
+        current_pods = [pod for pod in observed.pods if pod_digest(pod) == observed.digest]
+        building = running_builders(observed.build_pods) or running_builders(current_pods)
+        current.building = bool(building)
+        observed.build_report = await self._progress.latest(
+            current.uid, current.md.metadata.namespace, building
+        )
 
     async def observe_nodes(self, current: _Round) -> None:
         if current.md.spec.resources.gpus > 0:

@@ -2,23 +2,19 @@
 
 Level-based: given the live children, the answer is the same however we got here. Conditions follow
 metav1.Condition: `lastTransitionTime` moves only when `status` changes, so recomputing an unchanged status
-yields an identical object and the operator writes nothing.
+yields an identical object and the operator writes nothing. What each object says is read in
+observations.py; the verdicts on the conditions are here.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from model_repo.options import ModelFormat, auto_format
+from model_repo.progress import DEFAULT_STALL_SECONDS, STALLED_MESSAGE, Stage
 from modeldeploy.api import (
-    AccuracyStatus,
-    AutoscalingEngine,
     Condition,
     ConditionStatus,
     Endpoints,
@@ -28,329 +24,47 @@ from modeldeploy.api import (
     Phase,
 )
 from modeldeploy.digest import device
-from modeldeploy.labels import (
-    GPU_PRODUCT_LABEL,
-    GPU_RESOURCE,
-    MODEL_BUILDER,
-    MODEL_DIGEST_ANNOTATION,
-    selector_string,
-)
+from modeldeploy.labels import selector_string
 from modeldeploy.manifests.common import owner_of
 from modeldeploy.manifests.service import endpoints
+from modeldeploy.observations import (
+    BUILD_FAILED,
+    CREATE_FAILED,
+    DOWNLOAD_STALLED,
+    UNSCHEDULABLE,
+    Observed,
+    PodProblem,
+    build_accuracy,
+    conditions_of,
+    deployed_digest,
+    job_outcome,
+    name_of,
+    one_line,
+    placement_warning,
+    pod_digest,
+    pod_is_ready,
+    pod_problem,
+    running_builders,
+    summarize_pod_problems,
+)
+from modeldeploy.scaling import AUTOSCALER_READY, SCALING_READY, autoscaler_verdict, scaling_verdict
+from modeldeploy.verdict import FALSE, TRUE, UNKNOWN, Verdict
 
 MODEL_REPOSITORY_READY = "ModelRepositoryReady"
 AVAILABLE = "Available"
-AUTOSCALER_READY = "AutoscalerReady"
 READY = "Ready"
-CONDITION_TYPES = (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, READY)
+CONDITION_TYPES = (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, SCALING_READY, READY)
 INVALID_SPEC = "InvalidSpec"
-
-TRITON_CONTAINER = "triton"
-
-TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
-
-# The failure taxonomy (docs/operator.md, "When a model is not Ready"): the reasons that need someone to
-# act. Their order is their specificity: when pods fail in several ways, the status names the first and
-# counts the rest.
-OUT_OF_MEMORY = "OutOfMemory"
-BUILD_FAILED = "BuildFailed"
-MODEL_LOAD_FAILED = "ModelLoadFailed"
-IMAGE_PULL_FAILED = "ImagePullFailed"
-CREATE_FAILED = "CreateFailed"
+# Failures of the taxonomy that the pods alone do not tell (those are in observations.py).
 QUOTA_EXCEEDED = "QuotaExceeded"
-UNSCHEDULABLE = "Unschedulable"
 CACHE_CLAIM_PENDING = "CacheClaimPending"
 ROLLOUT_STUCK = "RolloutStuck"
-POD_FAILURE_ORDER = (
-    OUT_OF_MEMORY,
-    BUILD_FAILED,
-    MODEL_LOAD_FAILED,
-    IMAGE_PULL_FAILED,
-    CREATE_FAILED,
-    UNSCHEDULABLE,
-)
-IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-CREATE_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
-# An error line of Triton's log, in its default format (E1202 12:00:00.000 ...) or ISO8601 (as the
-# Deployment sets it: 2026-12-02T12:00:00Z E 1 ...).
-_LOGGED_ERROR = re.compile(r"^(?:E\d{4}\s|\d{4}-\d\d-\d\dT\S+\s+E\s)")
-# How much of a quoted message (a termination message is up to Triton's last 80 log lines) a status keeps.
-QUOTE_LIMIT = 400
+# A builder's failures (reasons of the pods' taxonomy).
+BUILD_FAILURES = (BUILD_FAILED, DOWNLOAD_STALLED)
 
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A condition before it gets its generation and transition time."""
-
-    type: str
-    status: ConditionStatus
-    reason: str
-    message: str
-    # Someone has to act (a Warning; phase Failed, or Degraded while something still serves).
-    failed: bool = False
-
-
-@dataclass
-class Observed:
-    """What the reconciler saw (and did) this round; the only input of the status besides the spec."""
-
-    digest: str
-    deployment: dict[str, Any] | None = None
-    build_job: dict[str, Any] | None = None
-    cache_claim: dict[str, Any] | None = None
-    autoscaler: dict[str, Any] | None = None
-    keda_installed: bool = True
-    pods: list[dict[str, Any]] = field(default_factory=list)
-    # The build Job's pods (with a cache), as pod_summary() keeps them.
-    build_pods: list[dict[str, Any]] = field(default_factory=list)
-    # The nodes, as node_summary() keeps them; None: not known (not read, or not readable).
-    nodes: list[dict[str, Any]] | None = None
-    # Warning Events of the cache claim, newest last (read only while the claim is unbound).
-    claim_events: list[dict[str, Any]] = field(default_factory=list)
-    # Children the API server refused (e.g. an admission webhook or quota); shown, then retried.
-    apply_errors: list[str] = field(default_factory=list)
-
-
-def _conditions_of(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    return {c.get("type", ""): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
-
-
-def _name(obj: dict[str, Any] | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("name", "?"))
-
-
-def deployed_digest(deployment: dict[str, Any] | None) -> str | None:
-    template = ((deployment or {}).get("spec") or {}).get("template") or {}
-    annotations = (template.get("metadata") or {}).get("annotations") or {}
-    digest = annotations.get(MODEL_DIGEST_ANNOTATION)
-    return str(digest) if digest else None
-
-
-def job_outcome(job: dict[str, Any] | None) -> tuple[str, str]:
-    """("succeeded" | "failed" | "running" | "missing", message) of a build Job."""
-    if job is None:
-        return "missing", ""
-    conditions = _conditions_of(job)
-    for kind in ("Complete", "SuccessCriteriaMet"):
-        if conditions.get(kind, {}).get("status") == "True":
-            return "succeeded", ""
-    if (job.get("status") or {}).get("succeeded", 0) >= 1:
-        return "succeeded", ""
-    for kind in ("Failed", "FailureTarget"):
-        condition = conditions.get(kind, {})
-        if condition.get("status") == "True":
-            return "failed", str(condition.get("message") or condition.get("reason") or "the Job failed")
-    return "running", ""
-
-
-def one_line(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """A (possibly multi-line) message from Kubernetes as one line a person can read at a glance.
-
-    A termination message of FallbackToLogsOnError is the tail of a log. In Triton's, the first error line
-    is the cause ("failed to load 'bert' version 1: ...") and later ones its consequences ("failed to load
-    all models"); elsewhere (a Python traceback) the last line mentioning an error is."""
-    lines = [" ".join(line.split()) for line in str(text).splitlines()]
-    lines = [line for line in lines if line]
-    if len(lines) > 1:
-        logged = [line for line in lines if _LOGGED_ERROR.match(line)]
-        telling = [line for line in lines if any(w in line.lower() for w in ("error", "fail", "unable"))]
-        lines = [logged[0] if logged else telling[-1] if telling else lines[-1]]
-    line = lines[0] if lines else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-@dataclass(frozen=True)
-class PodProblem:
-    """Why one pod does not serve: a reason of the taxonomy and what Kubernetes said."""
-
-    reason: str
-    detail: str
-
-
-def _terminated_detail(terminated: Mapping[str, Any]) -> str:
-    message = terminated.get("message")
-    if message:
-        return one_line(str(message))
-    reason = terminated.get("reason") or "Error"
-    return f"{reason}, exit code {terminated.get('exitCode', '?')}"
-
-
-def _limit_of(pod: Mapping[str, Any], container: str, resource: str) -> str | None:
-    spec = pod.get("spec") or {}
-    for item in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        if item.get("name") == container:
-            value = ((item.get("resources") or {}).get("limits") or {}).get(resource)
-            return str(value) if value is not None else None
-    return None
-
-
-def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any], builder: bool) -> PodProblem | None:
-    name = str(status.get("name", "?"))
-    state = status.get("state") or {}
-    waiting = state.get("waiting") or {}
-    terminated = state.get("terminated") or {}
-    last = (status.get("lastState") or {}).get("terminated") or {}
-    for ended in (terminated, last):
-        if ended.get("reason") == "OOMKilled":
-            limit = _limit_of(pod, name, "memory")
-            at = f"its memory limit of {limit}" if limit else "the node's memory (no memory limit set)"
-            fix = (
-                "raise spec.resources.limits.memory (and requests), or serve fewer instances per device"
-                if not builder
-                else "the builder needs more memory for this checkpoint"
-            )
-            return PodProblem(OUT_OF_MEMORY, f"container {name} was OOMKilled at {at}; {fix}")
-    if waiting.get("reason") in IMAGE_PULL_WAITING:
-        detail = one_line(str(waiting.get("message") or waiting["reason"]))
-        return PodProblem(
-            IMAGE_PULL_FAILED, f"cannot pull image {status.get('image', '?')} ({waiting['reason']}): {detail}"
-        )
-    if waiting.get("reason") in CREATE_WAITING:
-        detail = one_line(str(waiting.get("message") or waiting["reason"]))
-        return PodProblem(CREATE_FAILED, f"container {name} cannot start ({waiting['reason']}): {detail}")
-    crashed = terminated if terminated and int(terminated.get("exitCode", 0) or 0) != 0 else None
-    if crashed is None and waiting.get("reason") == "CrashLoopBackOff":
-        crashed = last or {"reason": "CrashLoopBackOff"}
-    if crashed is None:
-        return None
-    if builder:
-        return PodProblem(BUILD_FAILED, f"model build failed: {_terminated_detail(crashed)}")
-    return PodProblem(MODEL_LOAD_FAILED, f"Triton exited: {_terminated_detail(crashed)}")
-
-
-def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
-    """The most specific reason this pod cannot serve, if it is one of the taxonomy's."""
-    status = pod.get("status") or {}
-    found = [
-        problem
-        for builder, key in ((True, "initContainerStatuses"), (False, "containerStatuses"))
-        for container in status.get(key) or []
-        if (problem := _container_problem(pod, container, builder or container.get("name") == MODEL_BUILDER))
-    ]
-    scheduled = _conditions_of(dict(pod)).get("PodScheduled") or {}
-    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        found.append(PodProblem(UNSCHEDULABLE, one_line(str(scheduled.get("message") or "no node fits"))))
-    if not found:
-        return None
-    return min(found, key=lambda problem: POD_FAILURE_ORDER.index(problem.reason))
-
-
-_WHAT = {
-    OUT_OF_MEMORY: "run out of memory",
-    BUILD_FAILED: "fail to build the model repository",
-    MODEL_LOAD_FAILED: "fail to load the model",
-    IMAGE_PULL_FAILED: "cannot pull an image",
-    CREATE_FAILED: "cannot start a container",
-    UNSCHEDULABLE: "cannot be scheduled",
-}
-
-
-def summarize_pod_problems(pods: list[dict[str, Any]]) -> PodProblem | None:
-    """The most specific failure among `pods`, counted ("2 of 3 pods …"), with the others counted too."""
-    problems = [problem for pod in pods if (problem := pod_problem(pod)) is not None]
-    if not problems:
-        return None
-    by_reason: dict[str, list[PodProblem]] = {}
-    for problem in problems:
-        by_reason.setdefault(problem.reason, []).append(problem)
-    reasons = sorted(by_reason, key=POD_FAILURE_ORDER.index)
-    first = by_reason[reasons[0]]
-    message = f"{len(first)} of {len(pods)} pods {_WHAT[reasons[0]]}: {first[-1].detail}"
-    others = [f"{len(by_reason[reason])} {_WHAT[reason]} ({reason})" for reason in reasons[1:]]
-    if others:
-        message += "; also " + ", ".join(others)
-    return PodProblem(reasons[0], message)
-
-
-def _builder_running(pods: list[dict[str, Any]]) -> bool:
-    for pod in pods:
-        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") == MODEL_BUILDER and "running" in (status.get("state") or {}):
-                return True
-    return False
-
-
-def _kept_container(container: Mapping[str, Any]) -> dict[str, Any]:
-    memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
-    kept: dict[str, Any] = {"name": container.get("name"), "image": container.get("image")}
-    if memory is not None:
-        kept["resources"] = {"limits": {"memory": memory}}
-    return kept
-
-
-def pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of the parts of a pod that the status reads (name, repository digest, Ready and PodScheduled
-    conditions, container states, memory limits): what the operator keeps of each pod it watches."""
-    metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    digest = (metadata.get("annotations") or {}).get(MODEL_DIGEST_ANNOTATION)
-    return copy.deepcopy(
-        {
-            "metadata": {
-                "name": metadata.get("name"),
-                "annotations": {MODEL_DIGEST_ANNOTATION: digest} if digest is not None else {},
-            },
-            "spec": {
-                "initContainers": [_kept_container(c) for c in spec.get("initContainers") or []],
-                "containers": [_kept_container(c) for c in spec.get("containers") or []],
-            },
-            "status": {
-                "conditions": [
-                    c for c in status.get("conditions") or [] if c.get("type") in ("Ready", "PodScheduled")
-                ],
-                "initContainerStatuses": list(status.get("initContainerStatuses") or []),
-                "containerStatuses": list(status.get("containerStatuses") or []),
-            },
-        }
-    )
-
-
-def node_summary(node: Mapping[str, Any]) -> dict[str, Any]:
-    """What the early placement warning reads of a node: its GPU product and allocatable GPUs."""
-    metadata = node.get("metadata") or {}
-    allocatable = (node.get("status") or {}).get("allocatable") or {}
-    return {
-        "name": metadata.get("name"),
-        "product": (metadata.get("labels") or {}).get(GPU_PRODUCT_LABEL),
-        "gpus": int(str(allocatable.get(GPU_RESOURCE, "0")) or 0),
-        "unschedulable": bool((node.get("spec") or {}).get("unschedulable")),
-    }
-
-
-def placement_warning(md: ModelDeployment, nodes: list[dict[str, Any]] | None) -> str | None:
-    """Why no node can take the pods, when the nodes alone tell (before the scheduler has to)."""
-    gpus, product = md.spec.resources.gpus, md.spec.resources.gpu_product
-    if gpus == 0 or nodes is None:
-        return None
-    usable = [node for node in nodes if not node["unschedulable"]]
-    if product is not None:
-        products = sorted({str(node["product"]) for node in usable if node["product"]})
-        matching = [node for node in usable if node["product"] == product]
-        if not matching:
-            have = ", ".join(products) if products else "none"
-            return (
-                f"no node has {GPU_PRODUCT_LABEL}={product} (products in the cluster: {have}); "
-                "fix spec.resources.gpuProduct or add such nodes"
-            )
-        usable = matching
-    most = max(usable, key=lambda node: node["gpus"], default=None)
-    if most is None or most["gpus"] < gpus:
-        where = f" with {product}" if product else ""
-        best = f"the most is {most['gpus']} on {most['name']}" if most and most["gpus"] else "none has any"
-        return (
-            f"no node{where} has {gpus} allocatable {GPU_RESOURCE} ({best}); "
-            "lower spec.resources.gpus or add bigger nodes"
-        )
-    return None
-
-
-def _pod_is_ready(pod: dict[str, Any]) -> bool:
-    return _conditions_of(pod).get("Ready", {}).get("status") == "True"
 
 
 def _desired_replicas(md: ModelDeployment, deployment: dict[str, Any] | None) -> int:
@@ -374,11 +88,11 @@ def claim_verdict(observed: Observed) -> Verdict | None:
     if warnings:
         latest = warnings[-1]
         message = (
-            f"cache claim {_name(claim)}{of_class} is {phase or 'not bound'}: "
+            f"cache claim {name_of(claim)}{of_class} is {phase or 'not bound'}: "
             f"{latest.get('reason')}: {one_line(str(latest.get('message', '')))}"
         )
         return Verdict(MODEL_REPOSITORY_READY, FALSE, CACHE_CLAIM_PENDING, message, failed=True)
-    message = f"cache claim {_name(claim)}{of_class} is {phase or 'not bound'} yet"
+    message = f"cache claim {name_of(claim)}{of_class} is {phase or 'not bound'} yet"
     return Verdict(MODEL_REPOSITORY_READY, FALSE, CACHE_CLAIM_PENDING, message)
 
 
@@ -394,7 +108,7 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
                 MODEL_REPOSITORY_READY,
                 FALSE,
                 BUILD_FAILED,
-                f"build Job {_name(job)} failed: {one_line(detail)} "
+                f"build Job {name_of(job)} failed: {one_line(detail)} "
                 "(fix the spec, or delete the Job to retry)",
                 failed=True,
             )
@@ -403,7 +117,7 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
             return pending
         problem = summarize_pod_problems(observed.build_pods)
         if problem is not None:
-            message = f"build Job {_name(job)}: {problem.detail.replace('pods', 'builder pods', 1)}"
+            message = f"build Job {name_of(job)}: {problem.detail.replace('pods', 'builder pods', 1)}"
             return Verdict(MODEL_REPOSITORY_READY, FALSE, problem.reason, message, failed=True)
         if job is None:
             return Verdict(
@@ -412,20 +126,15 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
                 "Pending",
                 f"the build Job of repository {digest} is not created yet",
             )
-        return Verdict(
-            MODEL_REPOSITORY_READY,
-            FALSE,
-            "Building",
-            f"build Job {_name(job)} is building repository {digest}",
-        )
-    current = [pod for pod in observed.pods if _pod_digest(pod) == digest]
-    builds = [pod for pod in current if (p := pod_problem(pod)) is not None and p.reason == BUILD_FAILED]
+        return building_verdict(md, observed, f"build Job {name_of(job)} is building repository {digest}")
+    current = [pod for pod in observed.pods if pod_digest(pod) == digest]
+    builds = [pod for pod in current if (p := pod_problem(pod)) is not None and p.reason in BUILD_FAILURES]
     if builds:
         problem = summarize_pod_problems(builds)
         assert problem is not None
         message = problem.detail.replace(f"of {len(builds)} pods", f"of {len(current)} pods", 1)
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, BUILD_FAILED, message, failed=True)
-    if any(_pod_is_ready(pod) for pod in current):
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, problem.reason, message, failed=True)
+    if any(pod_is_ready(pod) for pod in current):
         return Verdict(
             MODEL_REPOSITORY_READY,
             TRUE,
@@ -439,8 +148,8 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
             "NoPods",
             "each pod builds the repository when it starts; none runs",
         )
-    if _builder_running(current):
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", f"pods are building repository {digest}")
+    if running_builders(current):
+        return building_verdict(md, observed, f"pods are building repository {digest}")
     # Nobody builds yet (pods unscheduled, pulling images, or not created): not Building, not a failure.
     return Verdict(
         MODEL_REPOSITORY_READY,
@@ -450,23 +159,22 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     )
 
 
-def build_accuracy(observed: Observed) -> AccuracyStatus | None:
-    """The accuracy gate's result, from the termination message the builder left: the init container of a
-    current pod, or (with a cache) the build Job's container."""
-    builders = [
-        (pod, "initContainerStatuses") for pod in observed.pods if _pod_digest(pod) == observed.digest
-    ] + [(pod, "containerStatuses") for pod in observed.build_pods]
-    for pod, statuses in builders:
-        for status in (pod.get("status") or {}).get(statuses) or []:
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if status.get("name") != MODEL_BUILDER or terminated.get("exitCode") != 0:
-                continue
-            try:
-                accuracy = json.loads(terminated.get("message") or "{}").get("accuracy")
-                return AccuracyStatus.model_validate(accuracy) if accuracy else None
-            except (ValueError, AttributeError):  # a message from an older builder, or none
-                return None
-    return None
+def building_verdict(md: ModelDeployment, observed: Observed, building: str) -> Verdict:
+    """Building, with the builder's latest report ("downloading 1.2 GiB of 4.8 GiB (25%), ..."); or
+    DownloadStalled once no byte arrived for spec.model.downloadStallSeconds."""
+    found = observed.build_report
+    if found is None:
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", building)
+    limit = md.spec.model.download_stall_seconds
+    if found.stalled(DEFAULT_STALL_SECONDS if limit is None else limit):
+        report = found.report
+        said = report.message if report.stage is Stage.STALLED else f"{STALLED_MESSAGE}: {report.describe()}"
+        message = (
+            f"{building}: the checkpoint's {said} (pod {found.pod}); check the source's reachability and "
+            "credentials, or raise spec.model.downloadStallSeconds"
+        )
+        return Verdict(MODEL_REPOSITORY_READY, FALSE, DOWNLOAD_STALLED, message, failed=True)
+    return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", f"{building}: {found.report.describe()}")
 
 
 def _known_accuracy(previous: ModelDeploymentStatus | None, digest: str) -> AccuracyStatus | None:
@@ -474,16 +182,10 @@ def _known_accuracy(previous: ModelDeploymentStatus | None, digest: str) -> Accu
     return repository.accuracy if repository is not None and repository.digest == digest else None
 
 
-def _pod_digest(pod: dict[str, Any]) -> str | None:
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(MODEL_DIGEST_ANNOTATION)
-    return str(value) if value else None
-
-
 def replica_failure(deployment: dict[str, Any] | None) -> Verdict | None:
     """QuotaExceeded / CreateFailed: the ReplicaSet cannot create pods (the Deployment controller copies
     the new ReplicaSet's ReplicaFailure condition, FailedCreate, onto the Deployment)."""
-    failure = _conditions_of(deployment).get("ReplicaFailure") or {}
+    failure = conditions_of(deployment).get("ReplicaFailure") or {}
     if failure.get("status") != "True":
         return None
     text = one_line(str(failure.get("message") or failure.get("reason") or "FailedCreate"))
@@ -525,7 +227,7 @@ def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
     problem = _serving_pods_problem(md, observed)
     if problem is not None:
         return Verdict(AVAILABLE, FALSE, problem.reason, problem.detail, failed=True)
-    progressing = _conditions_of(deployment).get("Progressing", {})
+    progressing = conditions_of(deployment).get("Progressing", {})
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         return Verdict(
             AVAILABLE,
@@ -541,54 +243,6 @@ def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
         # The rollout had finished, yet nothing serves now: pods failed after starting.
         return Verdict(AVAILABLE, FALSE, "NoReplicasAvailable", f"0 of {desired} pods available", failed=True)
     return Verdict(AVAILABLE, FALSE, "PodsStarting", f"0 of {desired} pods available yet")
-
-
-def autoscaler_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
-    autoscaling = md.spec.autoscaling
-    if autoscaling is None:
-        return Verdict(AUTOSCALER_READY, TRUE, "FixedReplicas", f"replicas fixed at {md.spec.replicas}")
-    if autoscaling.engine is AutoscalingEngine.KEDA:
-        if not observed.keda_installed:
-            return Verdict(
-                AUTOSCALER_READY,
-                FALSE,
-                "KedaNotInstalled",
-                "spec.autoscaling.engine keda needs KEDA (CRD scaledobjects.keda.sh not found)",
-            )
-        if observed.autoscaler is None:
-            return Verdict(AUTOSCALER_READY, UNKNOWN, "Pending", "ScaledObject not created yet")
-        ready = _conditions_of(observed.autoscaler).get("Ready")
-        if ready is None:
-            return Verdict(
-                AUTOSCALER_READY, UNKNOWN, "Pending", "KEDA has not reported on the ScaledObject yet"
-            )
-        if ready.get("status") == "True":
-            return Verdict(AUTOSCALER_READY, TRUE, "ScaledObjectReady", str(ready.get("message") or "ready"))
-        return Verdict(
-            AUTOSCALER_READY,
-            FALSE,
-            str(ready.get("reason") or "ScaledObjectNotReady"),
-            str(ready.get("message", "")),
-        )
-    if observed.autoscaler is None:
-        return Verdict(AUTOSCALER_READY, UNKNOWN, "Pending", "HorizontalPodAutoscaler not created yet")
-    conditions = _conditions_of(observed.autoscaler)
-    for kind in ("AbleToScale", "ScalingActive"):
-        condition = conditions.get(kind)
-        if condition is not None and condition.get("status") != "True":
-            return Verdict(
-                AUTOSCALER_READY,
-                FALSE,
-                str(condition.get("reason") or f"Not{kind}"),
-                str(condition.get("message", "")),
-            )
-    if "ScalingActive" not in conditions:
-        return Verdict(
-            AUTOSCALER_READY, UNKNOWN, "Pending", "the HorizontalPodAutoscaler has not reported yet"
-        )
-    return Verdict(
-        AUTOSCALER_READY, TRUE, "ScalingActive", str(conditions["ScalingActive"].get("message") or "scaling")
-    )
 
 
 def _rollout_gap(md: ModelDeployment, observed: Observed) -> str | None:
@@ -667,7 +321,9 @@ def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict])
 
 
 def _phase(verdicts: dict[str, Verdict]) -> Phase:
-    repository, available, autoscaler, ready = (verdicts[t] for t in CONDITION_TYPES)
+    repository, available, autoscaler, ready = (
+        verdicts[t] for t in (MODEL_REPOSITORY_READY, AVAILABLE, AUTOSCALER_READY, READY)
+    )
     if ready.status is TRUE:
         return Phase.DEGRADED if autoscaler.status is FALSE else Phase.READY
     if ready.failed:
@@ -719,7 +375,8 @@ def compute_status(
         available_verdict(md, observed),
         autoscaler_verdict(md, observed),
     ]
-    verdicts = {verdict.type: verdict for verdict in [*parts, ready_verdict(md, observed, parts)]}
+    scaling = scaling_verdict(md, observed, parts[2])
+    verdicts = {verdict.type: verdict for verdict in [*parts, scaling, ready_verdict(md, observed, parts)]}
     generation = md.metadata.generation
     before = _previous_conditions(previous)
     deployment_status = (observed.deployment or {}).get("status") or {}
@@ -746,6 +403,11 @@ def compute_status(
             task=md.spec.model.task,
             # Kept once read: the pods that told it may be gone (a finished Job's, replaced ones).
             accuracy=build_accuracy(observed) or _known_accuracy(previous, observed.digest),
+            progress=(
+                observed.build_report.as_status()
+                if observed.build_report is not None and verdicts[MODEL_REPOSITORY_READY].status is not TRUE
+                else None
+            ),
         ),
         reason=headline.reason,
         message=one_line(headline.message, limit=1024) if phase is not Phase.READY else None,

@@ -46,6 +46,8 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     Permission("", "pods", READ, "watched"),
     # get: the calibration texts a spec names count in its repository's digest.
     Permission("", "configmaps", ("get",), "watched"),
+    # A running builder's progress reports are lines of its log (status.modelRepository.progress).
+    Permission("", "pods/log", ("get",), "watched"),
     # list: the Events of an unbound cache claim say why (status reason CacheClaimPending).
     Permission("", "events", ("create", "patch", "list"), "watched"),
     Permission("events.k8s.io", "events", ("create", "patch"), "watched"),

@@ -14,11 +14,12 @@ from conftest import write_json
 from typer.testing import CliRunner
 
 from model_repo import cli
-from model_repo.build import RECORD_FILE, build_repository, read_record
+from model_repo.build import build_repository
 from model_repo.configs import validate_config
 from model_repo.errors import BuildError
 from model_repo.fetch import select_files
 from model_repo.options import BuildOptions, DType, ModelFormat, Task
+from model_repo.output_dir import RECORD_FILE, read_record
 
 
 def _siblings(out: Path) -> list[str]:

@@ -15,9 +15,10 @@ import pytest
 from conftest import SENTENCES
 
 from model_repo.accuracy import ACCURACY_FILE, CALIBRATION_TEXTS
-from model_repo.build import build_repository, read_record
+from model_repo.build import build_repository
 from model_repo.errors import BuildError
 from model_repo.options import BuildOptions, DType, ModelFormat, Quantization
+from model_repo.output_dir import read_record
 from model_repo.runtime.model import (
     CPUINFO_ENV,
     classification_outputs,

@@ -16,9 +16,10 @@ import typer
 from typer.testing import CliRunner
 
 from model_repo import cli
-from model_repo.build import RECORD_FILE, build_repository, read_record
+from model_repo.build import build_repository
 from model_repo.errors import BuildError
 from model_repo.options import MAX_BATCH_SIZE_LIMIT, BuildOptions, Task
+from model_repo.output_dir import RECORD_FILE, read_record
 
 
 def _app() -> typer.Typer:

@@ -84,6 +84,9 @@ class Recording:
     async def crd_exists(self, name: str) -> bool:
         return await self.inner.crd_exists(name)
 
+    async def container_log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        return await self.inner.container_log(namespace, pod, container, tail_lines)
+
 
 def managers_of_replicas(deployment: Mapping[str, Any]) -> list[str]:
     """The field managers that own a Deployment's `spec.replicas`, read from its managedFields."""

@@ -24,9 +24,9 @@ from reconcile_contract import Scenario
 from modeldeploy.kinds import Kind
 from modeldeploy.kube import LightkubeCluster
 from modeldeploy.labels import is_owned_by
+from modeldeploy.observations import pod_summary
 from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings
-from modeldeploy.status import pod_summary
 from modeldeploy_dev.devcluster import ADMIN_USER, DevCluster
 from modeldeploy_dev.fakecluster import FakeCluster
 
@@ -156,6 +156,7 @@ def test_converged_reconcile_sends_no_write_requests(harness: Harness) -> None:
         "ModelRepositoryReady": ("True", "Built"),
         "Available": ("True", "MinimumReplicasAvailable"),
         "AutoscalerReady": ("True", "FixedReplicas"),
+        "ScalingReady": ("True", "FixedReplicas"),
         "Ready": ("True", "Serving"),
     }
     status = harness.status("bert")

@@ -11,14 +11,8 @@ from md_fixtures import md_of
 from modeldeploy.api import ConditionStatus, ModelDeployment, ModelDeploymentStatus, Phase
 from modeldeploy.digest import repository_digest
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION
-from modeldeploy.status import (
-    Observed,
-    comparable,
-    compute_status,
-    invalid_spec_status,
-    pod_summary,
-    transitions,
-)
+from modeldeploy.observations import Observed, pod_summary
+from modeldeploy.status import comparable, compute_status, invalid_spec_status, transitions
 
 T0, T1 = "2030-01-01T00:00:00Z", "2030-01-01T00:05:00Z"
 
@@ -70,6 +64,7 @@ def test_a_healthy_fixed_deployment_is_ready() -> None:
         "ModelRepositoryReady": ("True", "Built"),
         "Available": ("True", "MinimumReplicasAvailable"),
         "AutoscalerReady": ("True", "FixedReplicas"),
+        "ScalingReady": ("True", "FixedReplicas"),
         "Ready": ("True", "Serving"),
     }
     assert status.phase is Phase.READY
@@ -270,6 +265,7 @@ def test_keda_missing_and_scaled_to_zero() -> None:
         "ModelRepositoryReady": ("Unknown", "NoPods"),
         "Available": ("True", "ScaledToZero"),
         "AutoscalerReady": ("True", "ScaledObjectReady"),
+        "ScalingReady": ("True", "ScalingActive"),
         "Ready": ("True", "Serving"),
     }
     assert status.replica_summary == "0/0"

@@ -12,7 +12,8 @@ from md_fixtures import md_of
 from modeldeploy.api import ModelDeployment, ModelDeploymentStatus, Phase
 from modeldeploy.digest import repository_digest
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION
-from modeldeploy.status import Observed, compute_status, node_summary, one_line, pod_summary, transitions
+from modeldeploy.observations import Observed, node_summary, one_line, pod_summary
+from modeldeploy.status import compute_status, transitions
 
 T0 = "2030-01-01T00:00:00Z"
 SCHEDULER_MESSAGE = (

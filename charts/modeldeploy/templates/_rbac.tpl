@@ -39,6 +39,12 @@ tests compare the rendered roles with it and the e2e tests run the operator with
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get"]
+# get pods/log: the only way to read a running builder's progress reports (status.modelRepository.progress
+# and DownloadStalled). Read only, the builder container's last lines, at most every few seconds while it
+# runs; the builder itself needs no API access (its pods keep automountServiceAccountToken off).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # list: a cache claim's Events are the only place that says why it is not bound.
 - apiGroups: [""]
   resources: ["events"]

@@ -105,7 +105,9 @@ def build_options(spec: ModelDeploymentSpec, model_name: str) -> BuildOptions:
 
 def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> list[str]:
     """`modeldeploy build` flags for this spec: its BuildOptions as the builder's CLI spells them."""
-    return ["build", *build_options(spec, model_name).to_args(), "--out", out]
+    stall = spec.model.download_stall_seconds
+    stall_args = ["--stall-timeout", str(stall)] if stall is not None else []
+    return ["build", *build_options(spec, model_name).to_args(), *stall_args, "--out", out]
 
 
 def builder_container(

@@ -1,0 +1,235 @@
+"""Our KEDA and prometheus-operator objects against those projects' real CRDs, and ScalingReady from a
+real HorizontalPodAutoscaler controller, on the local control plane.
+
+The CRDs come from KEDA's and prometheus-operator's pinned Go modules (tests/cluster/crds.sh, run at
+setup; no network here). They are installed for this module only and removed after it, so the rest of the
+suite keeps seeing a cluster without KEDA. Nothing runs the KEDA operator here: where this test writes a
+ScaledObject's status, it writes what KEDA writes (its condition types and reasons), and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+
+from modeldeploy.api import AutoscalingMetric
+from modeldeploy.compare import is_subset
+from modeldeploy.kube import LightkubeCluster
+from modeldeploy.manifests import desired_state
+from modeldeploy.reconcile import Reconciler
+from modeldeploy.settings import FIELD_MANAGER, ClusterCapabilities, RenderSettings
+from modeldeploy_dev.devcluster import DevCluster
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = "hf://google-bert/bert-base-uncased"
+SETTINGS = RenderSettings(triton_image="triton:t", builder_image="builder:t")
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def third_party_crds() -> Path:
+    script = ROOT / "tests" / "cluster" / "crds.sh"
+    if subprocess.run(["bash", str(script), "--check"], check=False).returncode != 0:
+        pytest.fail("the KEDA and prometheus-operator CRDs are not fetched: run `bash tests/cluster/crds.sh`")
+    found = subprocess.run(["bash", str(script), "--print-dir"], check=True, capture_output=True, text=True)
+    return Path(found.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: DevCluster) -> Iterator[list[str]]:
+    directory = third_party_crds()
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    cluster.kubectl("apply", "--server-side", "-f", str(directory))
+    names = [
+        yaml.safe_load(path.read_text())["metadata"]["name"] for path in sorted(directory.glob("*.yaml"))
+    ]
+    cluster.kubectl(
+        "wait", "--for=condition=Established", *(f"crd/{name}" for name in names), "--timeout=60s"
+    )
+    yield names
+    cluster.kubectl("delete", "-f", str(directory), "--wait=true", "--timeout=120s", check=False)
+
+
+@pytest.fixture
+def namespace(cluster: DevCluster, crds: list[str]) -> Iterator[str]:
+    name = f"crds-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def apply(cluster: DevCluster, manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """Server-side dry run (schema and CEL), then the apply itself; what the API server stored."""
+    # Without the owner reference: its ModelDeployment does not exist here, and the garbage collector
+    # would delete the object under the test.
+    metadata = {key: value for key, value in manifest["metadata"].items() if key != "ownerReferences"}
+    body = json.dumps({**manifest, "metadata": {**metadata, "namespace": namespace}})
+    for extra in (["--dry-run=server"], []):
+        cluster.kubectl(
+            "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", *extra, "-f", "-", input=body
+        )
+    kind, name = manifest["kind"].lower(), manifest["metadata"]["name"]
+    stored: dict[str, Any] = json.loads(
+        cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
+    )
+    return stored
+
+
+def md_body(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "modeldeploy.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace, "uid": "u-" + name, "generation": 1},
+        "spec": {"model": {"source": SOURCE, "task": "text-generation"}, **spec},
+    }
+
+
+@pytest.mark.parametrize("metric", list(AutoscalingMetric))
+def test_our_scaled_objects_and_service_monitors_are_accepted_whole(
+    cluster: DevCluster, namespace: str, metric: AutoscalingMetric
+) -> None:
+    from modeldeploy.checks import parse_for_reconcile
+
+    autoscaling = {
+        "engine": "keda",
+        "minReplicas": 0,
+        "maxReplicas": 4,
+        "scaleToZero": True,
+        "metric": metric.value,
+    }
+    extra: dict[str, Any] = {}
+    if metric is AutoscalingMetric.CPU:
+        autoscaling.update(minReplicas=1, scaleToZero=False)
+        extra = {"resources": {"requests": {"cpu": "2"}}}
+    md = parse_for_reconcile(md_body("gen", namespace, {"autoscaling": autoscaling, **extra}))
+    desired = desired_state(md, SETTINGS, ClusterCapabilities(service_monitors=True, keda=True))
+    assert desired.scaled_object is not None and desired.service_monitor is not None
+    for manifest in (desired.scaled_object, desired.service_monitor):
+        stored = apply(cluster, manifest, namespace)
+        # A structural schema prunes fields it does not know, silently: everything we sent must be stored.
+        assert is_subset(manifest["spec"], stored["spec"]), (manifest["spec"], stored["spec"])
+
+
+def test_the_charts_monitoring_objects_are_accepted(cluster: DevCluster, namespace: str) -> None:
+    rendered = subprocess.run(
+        [
+            str(cluster.helm), "template", "modeldeploy", str(ROOT / "charts" / "modeldeploy"),
+            "--namespace", namespace, "--set", "metrics.service.enabled=true",
+            "--set", "metrics.serviceMonitor.enabled=true",
+        ],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    monitoring = [
+        obj
+        for obj in yaml.safe_load_all(rendered)
+        if obj and obj["apiVersion"].startswith("monitoring.coreos.com/")
+    ]
+    assert [obj["kind"] for obj in monitoring] == ["ServiceMonitor"]
+    for obj in monitoring:
+        stored = apply(cluster, obj, namespace)
+        assert is_subset(obj["spec"], stored["spec"])
+
+
+class Reconciling:
+    def __init__(self, cluster: DevCluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.loop = asyncio.new_event_loop()
+        client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), field_manager=FIELD_MANAGER)
+        self.api = LightkubeCluster(client)
+        self.reconciler = Reconciler(self.api, SETTINGS)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.api.close())
+        self.loop.close()
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        out = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json")
+        body: dict[str, Any] = json.loads(out.stdout)
+        return body
+
+    def create(self, name: str, spec: dict[str, Any]) -> None:
+        body = md_body(name, self.namespace, spec)
+        body["metadata"] = {"name": name}
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(body))
+
+    def condition(self, name: str, kind: str) -> tuple[str, str, str]:
+        self.loop.run_until_complete(self.reconciler.reconcile(self.get("modeldeployment", name)))
+        status = self.get("modeldeployment", name).get("status") or {}
+        (found,) = [c for c in status.get("conditions") or [] if c["type"] == kind]
+        return found["status"], found["reason"], found["message"]
+
+
+@pytest.fixture
+def reconciling(cluster: DevCluster, namespace: str) -> Iterator[Reconciling]:
+    r = Reconciling(cluster, namespace)
+    yield r
+    r.close()
+
+
+def test_scaling_ready_reads_the_scaled_object_back(reconciling: Reconciling) -> None:
+    reconciling.create("gen", {"autoscaling": {"engine": "keda", "minReplicas": 1, "maxReplicas": 3}})
+    assert reconciling.condition("gen", "ScalingReady")[:2] == ("Unknown", "Pending")
+    scaled_object = reconciling.get("scaledobject", "gen")
+    assert scaled_object["spec"]["maxReplicaCount"] == 3
+    # What the KEDA operator writes when its Prometheus cannot answer (no KEDA operator runs here).
+    ready = (
+        "Ready",
+        "True",
+        "ScaledObjectReady",
+        "ScaledObject is defined correctly and is ready for scaling",
+    )
+    idle = ("Active", "False", "ScalerNotActive", "Scaling is not performed because triggers are not active")
+    falling = (
+        "Fallback",
+        "True",
+        "FallbackExists",
+        "At least one trigger is falling back on this scaled object",
+    )
+    keys = ("type", "status", "reason", "message")
+    status = {"conditions": [dict(zip(keys, condition, strict=True)) for condition in (ready, idle, falling)]}
+    reconciling.cluster.kubectl(
+        "patch", "scaledobject", "gen", "-n", reconciling.namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+    state, reason, message = reconciling.condition("gen", "ScalingReady")
+    assert (state, reason) == ("False", "FallbackExists")
+    assert "ScaledObject gen: Fallback=True (FallbackExists)" in message
+    assert reconciling.condition("gen", "AutoscalerReady")[:2] == ("True", "ScaledObjectReady")
+
+
+def test_scaling_ready_from_a_real_hpa_controller_without_its_metric(reconciling: Reconciling) -> None:
+    spec = {"autoscaling": {"engine": "hpa", "minReplicas": 1, "maxReplicas": 3, "metric": "pendingRequests"}}
+    reconciling.create("bert", {**spec, "model": {"source": SOURCE, "task": "text-classification"}})
+    # The controller-manager's HPA controller finds no custom metrics API in this cluster (15 s a round).
+    _state, reason, message = wait_for(
+        "the HPA controller's verdict",
+        lambda: (c := reconciling.condition("bert", "ScalingReady"))[0] == "False" and c,
+        timeout=120,
+    )
+    assert reason == "FailedGetPodsMetric", message
+    assert message.startswith("HorizontalPodAutoscaler bert: ScalingActive=False (FailedGetPodsMetric): ")
+    assert "unable to get metric" in message, message
