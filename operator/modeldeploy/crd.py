@@ -76,6 +76,7 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.source"},
         {"name": "Format", "type": "string", "jsonPath": ".status.modelRepository.format"},
         {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
+        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.summary"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

@@ -46,6 +46,8 @@ SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemon
 POD = Kind("v1", "Pod", "pods")
 EVENT = Kind("v1", "Event", "events")
 MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
+# Gateway API: only where installed (a canary with traffic HTTPRoute); not watched.
+HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 CHILD_KINDS = (
     PERSISTENT_VOLUME_CLAIM,
     JOB,
@@ -58,7 +60,8 @@ CHILD_KINDS = (
 )
 KEDA_CRD = f"{SCALED_OBJECT.plural}.{SCALED_OBJECT.group}"
 SERVICE_MONITOR_CRD = f"{SERVICE_MONITOR.plural}.{SERVICE_MONITOR.group}"
-_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT)}
+HTTP_ROUTE_CRD = f"{HTTP_ROUTE.plural}.{HTTP_ROUTE.group}"
+_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT, HTTP_ROUTE)}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
