@@ -43,6 +43,8 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     Permission("policy", "poddisruptionbudgets", CRUD, "watched"),
     Permission("keda.sh", "scaledobjects", CRUD, "watched"),
     Permission("monitoring.coreos.com", "servicemonitors", CRUD, "watched"),
+    # A canary with traffic HTTPRoute (Gateway API).
+    Permission("gateway.networking.k8s.io", "httproutes", CRUD, "watched"),
     Permission("", "pods", READ, "watched"),
     # list: the Events of an unbound cache claim say why (status reason CacheClaimPending).
     Permission("", "events", ("create", "patch", "list"), "watched"),
