@@ -8,6 +8,7 @@ machine, one per role, each serving the ModelDeployment's model name (a numpy Py
 per pod, labelled with the KWOK pod's `namespace` and `pod`, exactly the labels a Kubernetes scrape puts
 on a real pod's series. A load thread keeps requests flowing to every server.
 
+0. The query client reads each revision's figures (no control plane needed).
 1. A good canary (two steps) is promoted; the operator is SIGKILLed once the first step has started,
    and the new process resumes at the same step with the same stepStartedAt.
 2. A slow canary breaks maxLatencyRatio and is rolled back within one analysis interval after its first
@@ -17,6 +18,7 @@ on a real pod's series. A load thread keeps requests flowing to every server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -30,6 +32,9 @@ from typing import Any
 import pytest
 
 from model_repo.triton import TritonServer, free_port, http_ok, stop_process_group
+from modeldeploy.api import AnalysisOutcome, CanaryAnalysis, RevisionMetrics
+from modeldeploy.prometheus import PrometheusClient, RevisionSelector
+from modeldeploy.rollout import judge
 from modeldeploy_dev.devcluster import DevCluster
 from modeldeploy_dev.harness import (
     ChartRbac,
@@ -265,6 +270,42 @@ def spec_of(revision: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def test_the_query_client_reads_each_revisions_triton_metrics(
+    prometheus: Prometheus, tritons: dict[str, TritonServer]
+) -> None:
+    """PrometheusClient against the real query API: each revision's figures come from its own pods."""
+    prometheus.point(
+        {
+            f"{NAME}-5d8c7b9f4-x2k9q": ("query", tritons["stable"]),
+            f"{NAME}-canary-6f9d8c7b5-p4m7z": ("query", tritons["slow"]),
+        }
+    )
+    stable_pods = RevisionSelector("query", NAME, NAME)
+    canary_pods = RevisionSelector("query", f"{NAME}-canary", NAME)
+
+    def measured() -> tuple[RevisionMetrics, RevisionMetrics] | None:
+        figures = asyncio.run(_both(prometheus.url, canary_pods, stable_pods))
+        return figures if min(figures[0].requests, figures[1].requests) >= 5 else None
+
+    canary, stable = wait_until("both revisions' requests in Prometheus", measured, timeout=60, interval=1)
+    assert canary.error_ratio == 0 and stable.error_ratio == 0
+    assert canary.mean_latency_us is not None and canary.mean_latency_us >= SLOW_MS * 1000
+    assert stable.mean_latency_us is not None and stable.mean_latency_us < canary.mean_latency_us / 4
+    verdict = judge(CanaryAnalysis(minRequests=5), canary, stable)
+    assert verdict.outcome is AnalysisOutcome.FAILED and "maxLatencyRatio 1.25" in verdict.message
+
+
+async def _both(
+    url: str, canary: RevisionSelector, stable: RevisionSelector
+) -> tuple[RevisionMetrics, RevisionMetrics]:
+    # A client per event loop: asyncio.run makes a new loop each time.
+    client = PrometheusClient(url)
+    try:
+        return await client.revision(canary, INTERVAL), await client.revision(stable, INTERVAL)
+    finally:
+        await client.close()
 
 
 def test_canary_promoted_rolled_back_and_resumed_after_a_kill(
