@@ -152,7 +152,10 @@ async def plan_rollout(reconciler: Reconciler, current: _Round) -> None:
     current.rollout = decision
     if decision.pin_stable and stable is not None and stable_digest is not None:
         pinned = copy.deepcopy(manifest)
-        pinned["spec"]["template"] = copy.deepcopy(stable["spec"]["template"])
+        template = copy.deepcopy(stable["spec"]["template"])
+        # Server-filled, and null in some versions: not ours to apply.
+        (template.get("metadata") or {}).pop("creationTimestamp", None)
+        pinned["spec"]["template"] = template
         current.desired = dataclasses.replace(current.desired, deployment=pinned)
         # The status reports the revision that serves; the canary's is in status.rollout.
         current.observed.digest = stable_digest
