@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import httpx2 as httpx
 
 from modeldeploy.api import RevisionMetrics
+from modeldeploy.names import DNS1035_LABEL
 
 QUERY_TIMEOUT_SECONDS = 10.0
 POD_NAME_TAIL = "-[a-z0-9]+-[a-z0-9]+"
@@ -34,7 +35,11 @@ class RevisionSelector:
     model: str
 
     def matchers(self) -> str:
-        pods = re.escape(self.deployment) + POD_NAME_TAIL
+        # Deployment names are DNS-1035 labels: nothing in them is special to RE2 or to a PromQL string
+        # (Python's re.escape would write `\-`, which PromQL refuses as an unknown escape).
+        if not re.fullmatch(DNS1035_LABEL, self.deployment):
+            raise ValueError(f"{self.deployment!r} is not a Deployment name")
+        pods = self.deployment + POD_NAME_TAIL
         return f'namespace="{self.namespace}",pod=~"{pods}",model="{self.model}"'
 
 

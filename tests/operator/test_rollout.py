@@ -193,7 +193,9 @@ def test_prometheus_queries_tell_the_revisions_apart_by_pod_name() -> None:
         'sum(increase(nv_inference_request_failure{namespace="ml",pod=~"bert-[a-z0-9]+-[a-z0-9]+",'
         'model="bert"}[60s]))'
     )
-    assert 'pod=~"bert\\-canary-[a-z0-9]+-[a-z0-9]+"' in canary["success"]
+    assert 'pod=~"bert-canary-[a-z0-9]+-[a-z0-9]+"' in canary["success"]
+    with pytest.raises(ValueError):
+        RevisionSelector("ml", 'x"}', "bert").matchers()
     figures = revision_metrics({"success": 90.0, "failure": 10.0, "request_us": 900_000.0, "queue_us": None})
     assert figures == RevisionMetrics(
         requests=100, error_ratio=0.1, mean_latency_us=10_000, mean_queue_us=None
