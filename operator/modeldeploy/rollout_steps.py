@@ -174,11 +174,20 @@ async def ensure_canary(reconciler: Reconciler, current: _Round) -> None:
     if decision is None and canary is None:
         return  # no canary now, none before: nothing of one can exist
     weight = decision.canary_weight if decision is not None else None
+    routed = canary is not None and canary.traffic is TrafficSplit.HTTP_ROUTE
+    if current.capabilities.gateway_api:
+        if routed and canary is not None:
+            # Kept between canaries too (all to the stable Service): the Gateway's clients need a route.
+            await reconciler._apply_if_needed(current, build_http_route(md, canary, weight))
+        else:
+            await reconciler._prune(current, HTTP_ROUTE, current.desired.owner.names.service)
+    elif routed:
+        current.refused.append(
+            f"spec.rollout.canary.traffic HTTPRoute needs the Gateway API (CRD {HTTP_ROUTE_CRD}) installed"
+        )
     if canary is None or weight is None:
         await reconciler._prune(current, DEPLOYMENT, name)
         await reconciler._prune(current, SERVICE, name)
-        if current.capabilities.gateway_api:
-            await reconciler._prune(current, HTTP_ROUTE, current.desired.owner.names.service)
         return
     if md.spec.cache is not None and job_outcome(current.observed.build_job)[0] != "succeeded":
         return  # the canary's repository is still being built
@@ -187,15 +196,8 @@ async def ensure_canary(reconciler: Reconciler, current: _Round) -> None:
     await reconciler._apply_if_needed(
         current, build_canary_deployment(md, reconciler.settings, canary, replicas)
     )
-    if canary.traffic is TrafficSplit.HTTP_ROUTE:
+    if routed:
         await reconciler._apply_if_needed(current, build_canary_service(md))
-        if current.capabilities.gateway_api:
-            await reconciler._apply_if_needed(current, build_http_route(md, canary, weight))
-        else:
-            current.refused.append(
-                "spec.rollout.canary.traffic HTTPRoute needs the Gateway API "
-                f"(CRD {HTTP_ROUTE_CRD}) installed"
-            )
     else:
         await reconciler._prune(current, SERVICE, name)
 

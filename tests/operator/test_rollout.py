@@ -27,7 +27,14 @@ from modeldeploy.api import (
     SpecError,
     parse_spec,
 )
-from modeldeploy.kinds import DEPLOYMENT, HTTP_ROUTE, MODEL_DEPLOYMENT, SERVICE
+from modeldeploy.kinds import (
+    DEPLOYMENT,
+    HORIZONTAL_POD_AUTOSCALER,
+    HTTP_ROUTE,
+    HTTP_ROUTE_CRD,
+    MODEL_DEPLOYMENT,
+    SERVICE,
+)
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION
 from modeldeploy.manifests import desired_state
 from modeldeploy.manifests.canary import (
@@ -604,3 +611,76 @@ def test_http_route_without_the_gateway_api_is_reported() -> None:
     outcome = rollout.reconcile()
     assert not outcome.ready and "needs the Gateway API" in outcome.message
     assert rollout.cluster.exists(SERVICE, NAMESPACE, "bert-canary")
+
+
+def test_autoscaled_canary_follows_the_stable_deployments_replicas() -> None:
+    rollout = Rollout()
+    spec: dict[str, Any] = {
+        "model": {"source": "hf://org/m", "task": "text-classification", "revision": "v1"},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 10, "metric": "queueTime"},
+        **CANARY_SPEC,
+    }
+    rollout.apply(spec)
+    rollout.reconcile()
+    # The HPA (another field manager) scales the stable Deployment to 9.
+    rollout.cluster.edit(DEPLOYMENT, NAMESPACE, "bert", {"spec": {"replicas": 9}}, manager="hpa")
+    rollout.ready("bert")
+    rollout.reconcile()
+    rollout.apply({**spec, "model": {**spec["model"], "revision": "v2"}})
+    rollout.reconcile()
+    hpa = rollout.cluster.body(HORIZONTAL_POD_AUTOSCALER, NAMESPACE, "bert")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "bert"
+    assert rollout.cluster.body(DEPLOYMENT, NAMESPACE, "bert-canary")["spec"]["replicas"] == 1  # 1/10
+    assert rollout.cluster.body(DEPLOYMENT, NAMESPACE, "bert")["spec"]["replicas"] == 9
+    rollout.cluster.edit(DEPLOYMENT, NAMESPACE, "bert", {"spec": {"replicas": 18}}, manager="hpa")
+    rollout.reconcile()
+    assert rollout.cluster.body(DEPLOYMENT, NAMESPACE, "bert-canary")["spec"]["replicas"] == 2  # 2/20
+
+
+def test_http_route_weights_follow_the_steps_where_the_gateway_api_is_installed() -> None:
+    rollout = Rollout()
+    rollout.cluster = FakeCluster(crds=[HTTP_ROUTE_CRD])
+    rollout.reconciler = rollout.new_reconciler()
+    route_spec = {
+        "strategy": "Canary",
+        "canary": {**CANARY_SPEC["rollout"]["canary"], "traffic": "HTTPRoute"},
+    }
+    route_spec["canary"]["gatewayRef"] = {"name": "gw", "namespace": "gateways"}
+    spec: dict[str, Any] = {
+        "model": {"source": "hf://org/m", "task": "text-classification", "revision": "v1"},
+        "replicas": 4,
+        "rollout": route_spec,
+    }
+    rollout.apply(spec)
+    rollout.reconcile()
+    rollout.ready("bert")
+    rollout.reconcile()
+    assert weights_of(rollout) == [("bert", 100)]  # the Gateway's route exists between canaries too
+    rollout.apply({**spec, "model": {**spec["model"], "revision": "v2"}})
+    assert rollout.reconcile().ready
+
+    assert weights_of(rollout) == [("bert", 90), ("bert-canary", 10)]
+    assert rollout.cluster.body(DEPLOYMENT, NAMESPACE, "bert-canary")["spec"]["replicas"] == 1
+    assert rollout.cluster.exists(SERVICE, NAMESPACE, "bert-canary")
+    rollout.ready("bert-canary")
+    rollout.reconcile()
+    rollout.figures.by_deployment = {"bert": GOOD, "bert-canary": GOOD}
+    rollout.clock.now += 61
+    rollout.reconcile()
+    assert weights_of(rollout) == [("bert", 50), ("bert-canary", 50)]
+    assert rollout.cluster.body(DEPLOYMENT, NAMESPACE, "bert-canary")["spec"]["replicas"] == 2
+    bad = GOOD.model_copy(update={"error_ratio": 0.5})
+    rollout.figures.by_deployment = {"bert": GOOD, "bert-canary": bad}
+    rollout.ready("bert-canary")
+    rollout.reconcile()
+    rollout.clock.now += 31
+    rollout.reconcile()
+    assert rollout.status()["rollout"]["phase"] == "RolledBack"
+    for kind in (SERVICE, DEPLOYMENT):
+        assert not rollout.cluster.exists(kind, NAMESPACE, "bert-canary")
+    assert weights_of(rollout) == [("bert", 100)]
+
+
+def weights_of(rollout: Rollout) -> list[tuple[str, int]]:
+    route = rollout.cluster.body(HTTP_ROUTE, NAMESPACE, "bert")
+    return [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]

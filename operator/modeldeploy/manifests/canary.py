@@ -76,9 +76,10 @@ def build_canary_service(md: ModelDeployment) -> dict[str, Any]:
     return manifest
 
 
-def build_http_route(md: ModelDeployment, canary: Canary, weight: int) -> dict[str, Any]:
+def build_http_route(md: ModelDeployment, canary: Canary, weight: int | None) -> dict[str, Any]:
     """The HTTPRoute splitting KServe v2 HTTP requests: `weight`% to the canary Service, the rest to the
-    stable one (the ModelDeployment's own Service)."""
+    stable one (the ModelDeployment's own Service). Without a canary running (`weight` None) it routes
+    everything to the stable Service: the Gateway's clients keep their route between canaries."""
     assert canary.gateway_ref is not None
     owner = owner_of(md)
     parent: dict[str, Any] = {"name": canary.gateway_ref.name}
@@ -89,8 +90,12 @@ def build_http_route(md: ModelDeployment, canary: Canary, weight: int) -> dict[s
         "rules": [
             {
                 "backendRefs": [
-                    {"name": owner.names.service, "port": HTTP_PORT, "weight": 100 - weight},
-                    {"name": canary_name(md.metadata.name), "port": HTTP_PORT, "weight": weight},
+                    {"name": owner.names.service, "port": HTTP_PORT, "weight": 100 - (weight or 0)},
+                    *(
+                        [{"name": canary_name(md.metadata.name), "port": HTTP_PORT, "weight": weight}]
+                        if weight is not None
+                        else []
+                    ),
                 ]
             }
         ],
