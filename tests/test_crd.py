@@ -80,7 +80,7 @@ def test_scale_subresource_and_printer_columns() -> None:
         "labelSelectorPath": ".status.selector",
     }
     names = [column["name"] for column in version["additionalPrinterColumns"]]
-    assert names == ["Ready", "Phase", "Reason", "Model", "Format", "Replicas", "Progress", "Age"]
+    assert names == ["Ready", "Phase", "Reason", "Model", "Format", "Replicas", "Progress", "Rollout", "Age"]
 
 
 def test_cel_rules_carry_messages(schema: dict[str, Any]) -> None:

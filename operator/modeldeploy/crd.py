@@ -77,6 +77,7 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Format", "type": "string", "jsonPath": ".status.modelRepository.format"},
         {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.modelRepository.progress.summary"},
+        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.summary"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

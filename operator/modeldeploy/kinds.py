@@ -48,6 +48,8 @@ EVENT = Kind("v1", "Event", "events")
 # Read only: the calibration texts of spec.triton.calibration count in the repository's digest.
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
+# Gateway API: only where installed (a canary with traffic HTTPRoute); not watched.
+HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 CHILD_KINDS = (
     PERSISTENT_VOLUME_CLAIM,
     JOB,
@@ -60,7 +62,8 @@ CHILD_KINDS = (
 )
 KEDA_CRD = f"{SCALED_OBJECT.plural}.{SCALED_OBJECT.group}"
 SERVICE_MONITOR_CRD = f"{SERVICE_MONITOR.plural}.{SERVICE_MONITOR.group}"
-_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, CONFIG_MAP, MODEL_DEPLOYMENT)}
+HTTP_ROUTE_CRD = f"{HTTP_ROUTE.plural}.{HTTP_ROUTE.group}"
+_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, CONFIG_MAP, MODEL_DEPLOYMENT, HTTP_ROUTE)}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:

@@ -42,7 +42,10 @@ PrometheusUrl = Annotated[
     typer.Option(
         "--prometheus-url",
         envvar="MODELDEPLOY_PROMETHEUS_URL",
-        help="Prometheus that KEDA's triggers query for Triton's metrics.",
+        help=(
+            "Prometheus that KEDA's triggers and the canary analyses query for Triton's metrics "
+            "(spec.rollout.canary.analysis.prometheusUrl overrides it per ModelDeployment)."
+        ),
     ),
 ]
 

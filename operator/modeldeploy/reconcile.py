@@ -29,6 +29,7 @@ from modeldeploy.kinds import (
     DEPLOYMENT,
     EVENT,
     HORIZONTAL_POD_AUTOSCALER,
+    HTTP_ROUTE_CRD,
     JOB,
     KEDA_CRD,
     MODEL_DEPLOYMENT,
@@ -63,6 +64,15 @@ from modeldeploy.observations import (
     running_builders,
 )
 from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS, BuildProgressReader
+from modeldeploy.rollout import Decision
+from modeldeploy.rollout import Event as RolloutEvent
+from modeldeploy.rollout_steps import (
+    MetricsSources,
+    ensure_canary,
+    plan_rollout,
+    rollout_status,
+    separate_canary_pods,
+)
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
     Transition,
@@ -167,6 +177,9 @@ class _Round:
     refused: list[str] = field(default_factory=list)
     # A builder runs (so its progress is worth reading again soon).
     building: bool = False
+    # The status this round starts from, and the canary step machine's decision (rollout_steps.py).
+    previous: ModelDeploymentStatus | None = None
+    rollout: Decision | None = None
 
 
 @dataclass
@@ -199,8 +212,13 @@ class Reconciler:
         capabilities_ttl: float = CAPABILITIES_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         inventory: Inventory | None = None,
+        metrics_sources: MetricsSources | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cluster = cluster
+        # Prometheus query APIs of the canary analyses, and the clock of the times status.rollout keeps.
+        self.metrics_sources = metrics_sources or MetricsSources()
+        self.wall_clock = wall_clock
         # Without one, every child is read from the API server (as in tests that drive reconcile() alone).
         self.inventory = inventory
         self.settings = settings
@@ -217,7 +235,9 @@ class Reconciler:
         self.steps: list[Callable[[_Round], Awaitable[None]]] = [
             self.ensure_cache_claim,
             self.ensure_build_job,
+            self.plan_rollout,
             self.ensure_deployment,
+            self.ensure_canary,
             self.ensure_service,
             self.ensure_autoscaler,
             self.ensure_pod_disruption_budget,
@@ -225,6 +245,7 @@ class Reconciler:
             self.prune_build_jobs,
             self.observe_pods,
             self.observe_build_progress,
+            self.separate_canary_pods,
             self.observe_nodes,
         ]
 
@@ -251,12 +272,18 @@ class Reconciler:
             desired=desired,
             capabilities=capabilities,
             observed=Observed(digest=desired.digest, keda_installed=capabilities.keda),
+            previous=previous,
         )
         for step in self.steps:
             await step(current)
         current.observed.apply_errors = list(current.refused)
-        status = compute_status(md, current.observed, previous, now_rfc3339())
+        now = now_rfc3339()
+        status = rollout_status(
+            compute_status(md, current.observed, previous, now), current.rollout, previous, now
+        )
         current.writes += await self._publish(body, previous, status)
+        if current.rollout is not None:
+            current.writes += await self._post_rollout_events(body, current.rollout.events)
         ready_condition = next(c for c in status.conditions or [] if c.type == "Ready")
         return Outcome(
             writes=current.writes,
@@ -276,6 +303,9 @@ class Reconciler:
             waits.append(UNBOUND_CLAIM_RETRY_SECONDS)
         if current.building:
             waits.append(PROGRESS_POLL_SECONDS)
+        if current.rollout is not None and current.rollout.retry_after is not None:
+            # A canary's hold ends or its next analysis is due: no watch event will say so.
+            waits.append(current.rollout.retry_after)
         return min(waits, default=None)
 
     def forget(self, uid: str) -> None:
@@ -310,6 +340,7 @@ class Reconciler:
         found = ClusterCapabilities(
             service_monitors=await self._crd_exists(SERVICE_MONITOR_CRD),
             keda=await self._crd_exists(KEDA_CRD),
+            gateway_api=await self._crd_exists(HTTP_ROUTE_CRD),
         )
         self._capabilities = (now, found)
         return found
@@ -462,6 +493,15 @@ class Reconciler:
             current, DEPLOYMENT, "apply", self.cluster.apply(handoff, field_manager=REPLICAS_HANDOFF_MANAGER)
         )
 
+    async def plan_rollout(self, current: _Round) -> None:
+        await plan_rollout(self, current)
+
+    async def ensure_canary(self, current: _Round) -> None:
+        await ensure_canary(self, current)
+
+    async def separate_canary_pods(self, current: _Round) -> None:
+        await separate_canary_pods(self, current)
+
     async def ensure_service(self, current: _Round) -> None:
         await self._apply_if_needed(current, current.desired.service)
 
@@ -588,6 +628,20 @@ class Reconciler:
             except KubeError as exc:
                 logger.warning("could not post an Event on %s/%s: %s", namespace, name, exc)
         return writes
+
+    async def _post_rollout_events(self, body: Mapping[str, Any], events: list[RolloutEvent]) -> int:
+        """The canary's Events (a step passed, promoted, rolled back with the metric, value and threshold),
+        posted after the status that records the change, so a retried round does not post them twice."""
+        posted = 0
+        for event in events:
+            try:
+                await self.cluster.create_event(self._event(body, event.type, event.reason, event.message))
+            except KubeError as exc:
+                logger.warning("could not post an Event on %s: %s", body["metadata"]["name"], exc)
+                continue
+            self.metrics.writes.labels(kind=EVENT.kind, verb="create").inc()
+            posted += 1
+        return posted
 
     async def _post(self, body: Mapping[str, Any], transition: Transition) -> int:
         """Post the Event of a change of Ready; a repeat of a recent one (a flapping pod) bumps its count

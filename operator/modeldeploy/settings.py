@@ -30,3 +30,5 @@ class ClusterCapabilities:
 
     service_monitors: bool = False
     keda: bool = False
+    # Gateway API HTTPRoutes (a canary with traffic HTTPRoute).
+    gateway_api: bool = False

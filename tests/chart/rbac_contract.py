@@ -43,6 +43,8 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     Permission("policy", "poddisruptionbudgets", CRUD, "watched"),
     Permission("keda.sh", "scaledobjects", CRUD, "watched"),
     Permission("monitoring.coreos.com", "servicemonitors", CRUD, "watched"),
+    # A canary with traffic HTTPRoute (Gateway API).
+    Permission("gateway.networking.k8s.io", "httproutes", CRUD, "watched"),
     Permission("", "pods", READ, "watched"),
     # get: the calibration texts a spec names count in its repository's digest.
     Permission("", "configmaps", ("get",), "watched"),

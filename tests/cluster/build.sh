@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-# KWOK, Helm) from the pinned wrapper modules under go/ into a cache directory outside the repository:
+# KWOK, Helm) and Prometheus (the canary analysis's query API) from the pinned wrapper modules under go/
+# into a cache directory outside the repository:
 #
 #   ${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}/bin/k8s-<version>/
 #
@@ -28,6 +29,7 @@ binaries=(
   "kubectl:kubernetes:k8s.io/kubernetes/cmd/kubectl:$K8S_VERSION"
   "kwok:kwok:sigs.k8s.io/kwok/cmd/kwok:$KWOK_VERSION"
   "helm:helm:helm.sh/helm/v3/cmd/helm:$HELM_VERSION"
+  "prometheus:prometheus:github.com/prometheus/prometheus/cmd/prometheus:$PROMETHEUS_VERSION"
 )
 
 log() { echo "build.sh: $*" >&2; }
@@ -132,11 +134,18 @@ ldflags_for() {
     kwok)
       printf -- "-X sigs.k8s.io/kwok/pkg/consts.Version=%s " "${version#v}"
       ;;
+    prometheus)
+      # What Prometheus's promu build sets (`prometheus --version`); v0.3xx.y is Prometheus v3.xx.y.
+      local minor="${version#v0.3}"
+      minor="${minor%%.*}"
+      printf -- "-X github.com/prometheus/common/version.Version=3.%s.%s " "$((10#$minor))" "${version##*.}"
+      printf -- "-X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.BuildDate=%s " "$build_date"
+      ;;
     etcd) ;; # etcd's version is a constant in go.etcd.io/etcd/api/v3/version, already right.
   esac
 }
 
-for wrapper in etcd kwok kubernetes helm; do
+for wrapper in etcd kwok kubernetes helm prometheus; do
   names=()
   packages=()
   version=""
@@ -163,7 +172,12 @@ for wrapper in etcd kwok kubernetes helm; do
   target="$out/"
   [[ ${#names[@]} -eq 1 ]] && target="$out/${names[0]}"
   ldflags="-s -w $(ldflags_for "$wrapper" "$version")"
-  (cd "$here/go/$wrapper" && go build -p "$jobs" -trimpath -ldflags "$ldflags" -o "$target" "${packages[@]}")
+  tags=""
+  # Prometheus compiles every cloud's service discovery (the Azure, AWS, GCE... SDKs) unless told not
+  # to; the tests scrape file_sd and static targets, which remove_all_sd keeps (plugins/minimum.go).
+  [[ "$wrapper" == "prometheus" ]] && tags="remove_all_sd"
+  (cd "$here/go/$wrapper" &&
+    go build -p "$jobs" -trimpath -tags "$tags" -ldflags "$ldflags" -o "$target" "${packages[@]}")
   for i in "${!names[@]}"; do
     mv -f "$out/${names[$i]}" "$bin_dir/${names[$i]}"
     stamp_of "$wrapper" "$version" >"$bin_dir/.${names[$i]}.stamp"

@@ -70,8 +70,10 @@ echo "kubernetes: $count staging modules replaced with $staging_version"
 write_wrapper etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3
 write_wrapper kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 write_wrapper helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+write_wrapper prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+  github.com/prometheus/prometheus/cmd/prometheus
 
-for name in kubernetes etcd kwok helm; do
+for name in kubernetes etcd kwok helm prometheus; do
   echo "go mod tidy: $name"
   (cd "$here/go/$name" && go mod tidy)
 done

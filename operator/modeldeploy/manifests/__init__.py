@@ -43,6 +43,8 @@ class DesiredState:
     scaled_object: Manifest | None
     pod_disruption_budget: Manifest | None
     service_monitor: Manifest | None
+    # What the digest was computed with (a canary's Deployment is built from the same inputs).
+    calibration_sha256: str | None = None
 
     def manifests(self) -> list[Manifest]:
         """In the order they are applied: storage and build first, the autoscaler after its target."""
@@ -81,4 +83,5 @@ def desired_state(
         scaled_object=build_scaled_object(md, keda, settings) if keda is not None else None,
         pod_disruption_budget=build_pod_disruption_budget(md) if wants_pod_disruption_budget(md) else None,
         service_monitor=build_service_monitor(md) if capabilities.service_monitors else None,
+        calibration_sha256=calibration_sha256,
     )

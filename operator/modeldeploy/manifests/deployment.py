@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from model_repo.triton_args import triton_server_args
-from modeldeploy.api import ModelDeployment
+from modeldeploy.api import ModelDeployment, RolloutStrategy
 from modeldeploy.digest import repository_digest
 from modeldeploy.kinds import DEPLOYMENT
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, child_manifest, selector_labels, standard_labels
@@ -146,6 +146,14 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
     }
 
 
+def pod_replacement(md: ModelDeployment) -> dict[str, Any]:
+    """The Deployment's strategy: Recreate only when asked; a canary's promotion rolls pod by pod too."""
+    rollout = md.spec.rollout
+    if rollout is not None and rollout.strategy is RolloutStrategy.RECREATE:
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
 def build_deployment(
     md: ModelDeployment, settings: RenderSettings, calibration_sha256: str | None = None
 ) -> dict[str, Any]:
@@ -194,7 +202,7 @@ def build_deployment(
         spec["replicas"] = md.spec.replicas
     spec |= {
         "selector": {"matchLabels": selector_labels(owner)},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "strategy": pod_replacement(md),
         "revisionHistoryLimit": 5,
         "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
         "template": {
