@@ -15,6 +15,7 @@ from typing import Any
 from model_repo.options import ModelFormat, auto_format
 from model_repo.progress import DEFAULT_STALL_SECONDS, STALLED_MESSAGE, Stage
 from modeldeploy.api import (
+    AccuracyStatus,
     Condition,
     ConditionStatus,
     Endpoints,
