@@ -55,6 +55,16 @@ def triton_server_args(*, response_cache: bool) -> list[str]:
     return args
 
 
+# Where Triton listens when only the pod (or host) itself may reach it: docs/security.md.
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_server_args() -> list[str]:
+    """tritonserver flags that keep its HTTP and gRPC APIs on the loopback interface (metrics stay
+    where they were: Prometheus scrapes them from outside)."""
+    return [f"--http-address={LOOPBACK}", f"--grpc-address={LOOPBACK}"]
+
+
 @dataclass(frozen=True)
 class TritonInstallation:
     binary: Path
