@@ -2,8 +2,9 @@
 
 The keys live in a directory (a mounted Secret volume in the pod: one file per Secret key; each non-empty
 line of a file is one API key, so a rotation can add the new key beside the old one, in the same file or a
-new one). The directory is re-read at most every `refresh_seconds` (on the next request after that), so a changed Secret takes effect without a restart once the kubelet has updated the
-volume (docs/security.md gives the bound).
+new one). The directory is re-read at most every `refresh_seconds` (on the next request after that), so
+a changed Secret takes effect without a restart once the kubelet has updated the volume
+(docs/security.md gives the bound).
 
 Keys are held only as SHA-256 digests, and a presented key is compared with every one of them in constant
 time (`hmac.compare_digest` on equal-length digests, no early exit), so neither the answer's content nor
@@ -131,7 +132,14 @@ def bearer_token(scope: Scope) -> bytes | None:
 
 def openai_error_body(message: str) -> dict[str, Any]:
     """OpenAI's own 401 shape (what its SDK turns into AuthenticationError)."""
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+    return {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
 
 
 def tei_error_body(message: str) -> dict[str, Any]:

@@ -792,9 +792,7 @@ class LabelSelectorRequirement(ApiModel):
 
     __rules__ = (
         Rule(
-            cel=(
-                "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)"
-            ),
+            cel=("(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)"),
             message=(
                 "spec.network selectors: matchExpressions values must be non-empty for operator In and "
                 "NotIn, and absent for Exists and DoesNotExist"
@@ -866,8 +864,12 @@ class EgressPeer(NetworkPeer):
     __rules__ = (
         Rule(
             cel="has(self.cidr) != (has(self.namespaceSelector) || has(self.podSelector))",
-            message="spec.network.egressTo peers are either a cidr or selectors (namespaceSelector, podSelector)",
-            check=lambda p: (p.cidr is not None) != (p.namespace_selector is not None or p.pod_selector is not None),
+            message=(
+                "spec.network.egressTo peers are either a cidr or selectors (namespaceSelector, podSelector)"
+            ),
+            check=lambda p: (
+                (p.cidr is not None) != (p.namespace_selector is not None or p.pod_selector is not None)
+            ),
         ),
         Rule(
             cel="!has(self.cidr) || isCIDR(self.cidr)",
@@ -915,8 +917,6 @@ class Network(ApiModel):
             "from the pods, so hf://, s3:// and gs:// sources need those endpoints listed."
         ),
     )
-
-
 
 
 class ModelDeploymentSpec(ApiModel):
