@@ -60,9 +60,10 @@ LOOPBACK = "127.0.0.1"
 
 
 def loopback_server_args() -> list[str]:
-    """tritonserver flags that keep its HTTP and gRPC APIs on the loopback interface (metrics stay
-    where they were: Prometheus scrapes them from outside)."""
-    return [f"--http-address={LOOPBACK}", f"--grpc-address={LOOPBACK}"]
+    """tritonserver flags that keep its HTTP and gRPC APIs on the loopback interface. Metrics stay on
+    every interface, where Prometheus scrapes them: tritonserver would otherwise bind them to the HTTP
+    address too."""
+    return [f"--http-address={LOOPBACK}", f"--grpc-address={LOOPBACK}", "--metrics-address=0.0.0.0"]
 
 
 @dataclass(frozen=True)
