@@ -764,10 +764,11 @@ class Api(ApiModel):
 
 
 # A qualified label key ([DNS-subdomain prefix/]name): apimachinery's rule, lengths approximated by the
-# name's 63 characters and the whole key's 316.
+# name's 63 characters and the whole key's 316. Alternations rather than `[...](...)?` groups: the CEL
+# rule quoting it is printed in docs/api-reference.md, where `](` would read as a Markdown link.
 LABEL_KEY = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+    r"^(([a-z0-9]|[a-z0-9][-a-z0-9]*[a-z0-9])(\.([a-z0-9]|[a-z0-9][-a-z0-9]*[a-z0-9]))*/)?"
+    r"([A-Za-z0-9]|[A-Za-z0-9][-A-Za-z0-9_.]{0,61}[A-Za-z0-9])$"
 )
 _LABEL_KEY_CEL = LABEL_KEY.replace("\\", "\\\\")
 
@@ -843,7 +844,7 @@ class NetworkPeer(ApiModel):
     )
     pod_selector: LabelSelector | None = Field(default=None, description="Pods, by their labels.")
 
-    __rules__ = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="has(self.namespaceSelector) || has(self.podSelector)",
             message="spec.network peers need namespaceSelector, podSelector or both",
@@ -861,7 +862,7 @@ class EgressPeer(NetworkPeer):
         description="An IP block (CIDR), e.g. 10.0.0.0/8 or 0.0.0.0/0, instead of selectors.",
     )
 
-    __rules__ = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="has(self.cidr) != (has(self.namespaceSelector) || has(self.podSelector))",
             message=(
