@@ -214,7 +214,7 @@ def test_an_empty_allow_list_closes_the_serving_ports() -> None:
         ),
         (
             {"allowFrom": [{"podSelector": {"matchLabels": {"bad key!": "x"}}}]},
-            "matchLabels keys must be label keys",
+            "spec.network.allowFrom.0.podSelector.matchLabels: 'bad key!' is not a label key",
         ),
         ({"allowFrom": [{}]}, "spec.network peers need namespaceSelector, podSelector or both"),
         ({"egressTo": [{"cidr": "10.0.0.0/33"}]}, "cidr must be an IPv4 or IPv6 CIDR"),
