@@ -10,6 +10,7 @@ goes through the real `openai` SDK unless the test is about the raw HTTP shape.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import time
 import urllib.error
@@ -282,3 +283,78 @@ def test_triton_answers_on_loopback_only_and_keeps_its_admin_apis_to_itself(stac
     with pytest.raises(InferenceServerException, match="restricted"):
         client.unload_model(MODEL)
     assert client.is_model_ready(MODEL)  # what the sidecar needs still answers
+
+
+# ------------------------------------------------------------------------------------------ serve
+
+
+def test_serve_refuses_an_api_key_without_the_openai_api(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [str(Path(sys.executable).parent / "modeldeploy"), "serve", "--source", "file:///nowhere"]
+    result = subprocess.run(
+        [*command, "--api-key", "k", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "--api-key applies to the OpenAI API; add --openai" in result.stderr
+
+
+def _command_lines() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_modeldeploy_serve_openai_takes_a_key_and_keeps_triton_on_loopback(
+    minilm_path: Path, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import openai
+
+    from model_repo.openai_local import DEFAULT_LOCAL_PORT
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", DEFAULT_LOCAL_PORT)) == 0:
+            pytest.skip(f"port {DEFAULT_LOCAL_PORT} is taken on this machine")
+    ports = [free_port() for _ in range(3)]
+    command = [
+        str(Path(sys.executable).parent / "modeldeploy"), "serve",
+        "--source", f"file://{minilm_path}", "--model-name", MODEL, "--max-batch-size", "2", "--openai",
+        "--workdir", str(tmp_path), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+        "--metrics-port", str(ports[2]),
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    # The key through the environment, as the help advises: it must not show in any process's arguments.
+    environment = {**os.environ, "MODELDEPLOY_API_KEY": KEY_C}
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
+    try:
+        deadline = time.monotonic() + 600
+        while b"Ctrl-C to stop" not in log.read_bytes() and process.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert process.poll() is None, log.read_text()
+        assert "API key required" in log.read_text()
+        base = f"http://127.0.0.1:{DEFAULT_LOCAL_PORT}/v1"
+        keyed = openai.OpenAI(base_url=base, api_key=KEY_C, max_retries=0, timeout=60)
+        assert len(keyed.embeddings.create(model=MODEL, input="hello").data[0].embedding) == 384
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key=KEY_A, max_retries=0).models.list()
+        assert not any(KEY_C in line for line in _command_lines())
+        outward = _outward_address()
+        if outward is not None:
+            assert _refused(outward, ports[0]) and _refused(outward, ports[1])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, log.read_text()
