@@ -41,3 +41,21 @@ def test_network_policy_is_created_owned_updated_converged_and_pruned() -> None:
     fast.create("np", _spec(None))
     fast.reconcile("np")
     assert fast.child(NETWORK_POLICY, "np") is None
+
+
+def test_a_model_behind_keys_is_ready_and_reported_at_its_api_not_at_triton() -> None:
+    from md_fixtures import md_of
+    from test_status import T0, conditions, deployment, digest_of, pod
+
+    from modeldeploy.status import Observed, compute_status
+
+    keyed = {"openai": {"enabled": True}, "auth": {"secretName": "keys"}}
+    md = md_of({"model": EMBEDDINGS, "replicas": 2, "api": keyed})
+    digest = digest_of(md)
+    observed = Observed(digest=digest, deployment=deployment(digest), pods=[pod(digest), pod(digest)])
+    status = compute_status(md, observed, None, T0)
+    assert conditions(status)["Ready"] == ("True", "Serving")
+    assert status.endpoints is not None and status.endpoints.http is None and status.endpoints.grpc is None
+    assert status.endpoints.openai == "http://bert.ml.svc:9000/v1"
+    ready = next(condition for condition in status.conditions or [] if condition.type == "Ready")
+    assert ready.message == "model bert is served at http://bert.ml.svc:9000/v1"
