@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +49,7 @@ class KeyedEmbeddings(PooledHttpSender):
     def __init__(self, base_url: str, model: str, key: str) -> None:
         super().__init__(connections=64)
         self.url, self.model, self.key = base_url + "/embeddings", model, key
+        self.answered = 0  # warm-up included (the sidecar's CPU is counted over it too)
 
     async def __call__(self, text: str) -> None:
         body = {"model": self.model, "input": text, "encoding_format": "base64"}
@@ -56,6 +58,7 @@ class KeyedEmbeddings(PooledHttpSender):
             payload = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+        self.answered += 1
 
 
 # -- the flood (its own process: `python -m bench.openai.auth_flood --flood ...`) ------------------------
@@ -169,8 +172,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def serving(workdir: Path) -> Iterator[str]:
+def serving(workdir: Path) -> Iterator[tuple[str, int]]:
     from model_repo.build import BuildOptions, build_repository
     from model_repo.openai_local import LocalFrontend, write_api_keys
     from model_repo.triton import TritonServer, free_port, loopback_server_args, repository_server_args
@@ -189,29 +201,36 @@ def serving(workdir: Path) -> Iterator[str]:
             built.path, server.grpc_url, free_port(), log_path=workdir / "openai.log", api_keys_dir=keys
         ) as frontend,
     ):
-        yield frontend.base_url
+        assert frontend.process is not None
+        yield frontend.base_url, frontend.process.pid
 
 
 def measure_condition(
-    base_url: str, condition: str, args: argparse.Namespace, texts: list[str]
+    base_url: str, sidecar: int, condition: str, args: argparse.Namespace, texts: list[str]
 ) -> dict[str, Any]:
     target = {QUIET: None, BAD_KEYS: "bad-key", HEALTH: "health"}[condition]
     seconds = args.warmup_s + args.window_s + 1.0
     foreign = ForeignCpu()
 
+    sender = KeyedEmbeddings(base_url, "minilm", GOOD_KEY)
+
     async def good() -> Any:
-        sender = KeyedEmbeddings(base_url, "minilm", GOOD_KEY)
         try:
             return await closed_loop(sender, texts, args.clients, args.window_s, args.warmup_s)
         finally:
             await sender.close()
 
+    cpu_before = process_cpu_s(sidecar)
     with flooding(base_url, target, args.rate, seconds, args.workdir / "flood.log") as flood_report:
         foreign.start()
         result = asyncio.run(good())
         _, share = foreign.stop()
     summary = result.summary()
     summary["other_cpu_share"] = round(share, 3)
+    # The sidecar's own CPU over the whole condition (warm-up, window and the flood's tail): unlike
+    # latency, barely moved by other work on the machine.
+    summary["sidecar_cpu_s"] = round(process_cpu_s(sidecar) - cpu_before, 3)
+    summary["sent_total"] = sender.answered
     if target is not None:
         summary["flood"] = flood_report
     return summary
@@ -225,11 +244,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.workdir.mkdir(parents=True, exist_ok=True)
     texts = list(load_texts())
     runs: dict[str, list[dict[str, Any]]] = {condition: [] for condition in CONDITIONS}
-    with serving(args.workdir) as base_url:
+    with serving(args.workdir) as (base_url, sidecar):
         for round_index in range(args.rounds):
             order = CONDITIONS if round_index % 2 == 0 else tuple(reversed(CONDITIONS))
             for condition in order:
-                summary = measure_condition(base_url, condition, args, texts)
+                summary = measure_condition(base_url, sidecar, condition, args, texts)
                 print(f"round {round_index} {condition:<12} {json.dumps(summary)}", flush=True)
                 runs[condition].append(summary)
     combined = {condition: _combine(found) for condition, found in runs.items()}
@@ -246,6 +265,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "p50 quiet/bad-keys": _ratio(quiet["p50_ms"], bad["p50_ms"]),
             "throughput bad-keys/health": _ratio(bad["throughput_rps"], health["throughput_rps"]),
         },
+        "sidecar_cpu_us_per_request": _cpu_per_request(combined),
     }
     markdown = render_markdown(report, args)
     print(markdown)
@@ -260,6 +280,25 @@ def _ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator else 0.0
 
 
+def _cpu_per_request(combined: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The sidecar's CPU µs per request: a good one (quiet condition), and what each flood request added
+    over the quiet condition's CPU for the same good requests (a 401, a health check)."""
+    quiet = combined[QUIET]
+    per_good = quiet["sidecar_cpu_s"] / max(1, _all_requests(quiet))
+    found = {"good request": round(per_good * 1e6, 1)}
+    for condition, label in ((BAD_KEYS, "wrong-key request (401)"), (HEALTH, "health check")):
+        runs = combined[condition]
+        sent = sum(run.get("flood", {}).get("sent", 0) for run in runs["runs"])
+        extra = runs["sidecar_cpu_s"] - per_good * _all_requests(runs)
+        found[label] = round(extra / max(1, sent) * 1e6, 1)
+    return found
+
+
+def _all_requests(combined: dict[str, Any]) -> int:
+    """Good requests sent over the whole condition, warm-up included (the CPU is counted over it)."""
+    return int(sum(run["sent_total"] for run in combined["runs"]))
+
+
 def _combine(found: list[dict[str, Any]]) -> dict[str, Any]:
     window = sum(run["window_s"] for run in found)
     return {
@@ -269,6 +308,7 @@ def _combine(found: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": round(float(np.median([run["p50_ms"] for run in found])), 3),
         "p99_ms": round(float(np.median([run["p99_ms"] for run in found])), 3),
         "other_cpu_share": round(float(np.mean([run["other_cpu_share"] for run in found])), 3),
+        "sidecar_cpu_s": round(sum(run["sidecar_cpu_s"] for run in found), 3),
         "runs": found,
     }
 
@@ -289,12 +329,14 @@ def render_markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
         ["condition", "good req/s", "good p50 ms", "good p99 ms", "errors", "other CPU"], rows
     )
     ratios = ", ".join(f"{name} **{value:.3f}**" for name, value in report["ratios"].items())
+    cpu = ", ".join(f"{name} {value:,.0f} µs" for name, value in report["sidecar_cpu_us_per_request"].items())
     return (
         f"{machine_line(report['machine'])}\n\n"
         f"{args.clients} good clients (valid key, /v1/embeddings, all-MiniLM-L6-v2); floods of "
         f"{args.rate:.0f} requests/s; {args.rounds} rounds of {args.window_s:.0f} s per condition, "
         "alternating.\n\n"
-        f"{table}\n\nRatios: {ratios}.\n\nCommand: `{report['command']}`"
+        f"{table}\n\nRatios: {ratios}.\n\nThe sidecar's CPU per request: {cpu}.\n\n"
+        f"Command: `{report['command']}`"
     )
 
 

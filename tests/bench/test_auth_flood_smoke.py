@@ -28,6 +28,11 @@ def test_auth_flood_benchmark_reports_every_condition_and_its_flood(tmp_path: Pa
         (found,) = report["conditions"][condition]["runs"]
         # The flood ran and every answer was the expected one (401 for wrong keys, 200 for health).
         assert found["flood"]["sent"] > 0 and found["flood"]["unexpected_status"] == 0, found["flood"]
+    assert set(report["sidecar_cpu_us_per_request"]) == {
+        "good request",
+        "wrong-key request (401)",
+        "health check",
+    }
     assert set(report["ratios"]) == {
         "throughput bad-keys/quiet",
         "p50 quiet/bad-keys",
