@@ -88,7 +88,11 @@ class ApiKeys:
         try:
             keys = read_keys(self.directory)
         except OSError as exc:
-            # Unreadable, or a file swapped out between listing and reading: refuse until it reads again.
+            if self.directory.is_dir():
+                # A file swapped out between listing and reading (a Secret update in progress): keep the
+                # current keys and read again on the next request.
+                self._checked_at = None
+                return
             if self._digests or not self._reported:
                 logger.warning("cannot read API keys in %s (%s): refusing every request", self.directory, exc)
             self._reported = True

@@ -83,6 +83,31 @@ def test_a_missing_or_empty_key_directory_refuses_everything(tmp_path: Path) -> 
     assert not ApiKeys(tmp_path / "empty").accepts(b"")
 
 
+def test_a_read_racing_a_secret_update_keeps_the_current_keys_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_repo.openai_frontend import auth
+
+    now = [0.0]
+    _secret_volume(tmp_path, {"keys": f"{KEY_A}\n"}, 1)
+    keys = ApiKeys(tmp_path, refresh_seconds=2.0, clock=lambda: now[0])
+    real_read = auth.read_keys
+    failures = [OSError("a file vanished between listing and reading")]
+
+    def racing_read(directory: Path) -> list[bytes]:
+        # A stand-in for the kubelet swapping the volume mid-read, a race no test can time on purpose.
+        if failures:
+            raise failures.pop()
+        return real_read(directory)
+
+    monkeypatch.setattr(auth, "read_keys", racing_read)
+    now[0] = 5.0
+    assert keys.accepts(KEY_A.encode())  # the failed read kept the keys in force
+    _secret_volume(tmp_path, {"keys": f"{KEY_B}\n"}, 2)
+    now[0] = 5.1  # within the interval, but the failed read asked for another look at once
+    assert not keys.accepts(KEY_A.encode()) and keys.accepts(KEY_B.encode())
+
+
 @pytest.mark.parametrize(
     ("header", "token"),
     [
