@@ -345,15 +345,32 @@ def serve(
             help="Also serve the OpenAI-compatible API (embeddings, completions, chat) on port 9000.",
         ),
     ] = False,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            envvar="MODELDEPLOY_API_KEY",
+            help=(
+                "With --openai: require this key ('Authorization: Bearer <key>') on the API; repeat for "
+                "several. Prefer the environment variable: a command line is visible to every local user."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C."""
     from model_repo.openai_local import FrontendError, openai_frontend_for
     from model_repo.triton import TritonError, TritonServer, port_or_free
-    from model_repo.triton_args import triton_server_args
+    from model_repo.triton_args import loopback_server_args, triton_server_args
 
+    if api_key and not openai:
+        typer.echo("modeldeploy serve: error: --api-key applies to the OpenAI API; add --openai", err=True)
+        raise typer.Exit(code=2)
     base = workdir or default_serve_workdir(options)
     result = _build(options, base / "repository", force)
     extra = triton_server_args(response_cache=options.response_cache)
+    if api_key:
+        # The keys guard the OpenAI API only: Triton's own ports must not be a way around them.
+        extra += loopback_server_args()
 
     stop = threading.Event()
 
@@ -371,7 +388,7 @@ def serve(
         log_path=base / "tritonserver.log",
         host="127.0.0.1",
     )
-    frontend = openai_frontend_for(result.path, server.grpc_url, base, enabled=openai)
+    frontend = openai_frontend_for(result.path, server.grpc_url, base, enabled=openai, api_keys=api_key or [])
     try:
         _progress(f"starting tritonserver (log: {server.log_path})")
         server.start()
@@ -381,7 +398,8 @@ def serve(
         typer.echo(f"  gRPC    {server.grpc_url}")
         typer.echo(f"  metrics {server.metrics_url}")
         if frontend.enabled:
-            typer.echo(f"  OpenAI  {frontend.base_url}  (model {result.model_name!r})")
+            keyed = "; API key required" if api_key else ""
+            typer.echo(f"  OpenAI  {frontend.base_url}  (model {result.model_name!r}{keyed})")
         typer.echo("example request:\n" + example_requests(result, server.http_url, server.grpc_url))
         typer.echo("Ctrl-C to stop.")
         while not stop.wait(1.0):

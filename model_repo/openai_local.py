@@ -10,6 +10,7 @@ import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from model_repo.triton import ChildProcess, http_ok, stop_process_group
@@ -33,6 +34,7 @@ class LocalFrontend(ChildProcess):
         log_path: Path | None = None,
         ready_timeout_s: float = 120.0,
         enabled: bool = True,
+        api_keys_dir: Path | None = None,
     ) -> None:
         self.enabled = enabled
         self.command = [
@@ -47,6 +49,8 @@ class LocalFrontend(ChildProcess):
         ]
         if model_id:
             self.command.append(f"--model-id={model_id}")
+        if api_keys_dir is not None:
+            self.command.append(f"--api-keys-dir={api_keys_dir}")
         self.host, self.port = host, port
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
@@ -98,8 +102,23 @@ class LocalFrontend(ChildProcess):
 DEFAULT_LOCAL_PORT = 9000
 
 
-def openai_frontend_for(repository: Path, triton_grpc: str, workdir: Path, *, enabled: bool) -> LocalFrontend:
-    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on port 9000."""
+def write_api_keys(directory: Path, keys: Sequence[str]) -> Path:
+    """`keys`, one a line, in `directory`/keys (readable by the owner only), as the sidecar reads them."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / "keys"
+    staged = directory / ".keys.tmp"
+    staged.touch(mode=0o600)
+    staged.write_text("".join(f"{key}\n" for key in keys))
+    staged.replace(path)  # atomic: the running sidecar never reads half a file
+    return directory
+
+
+def openai_frontend_for(
+    repository: Path, triton_grpc: str, workdir: Path, *, enabled: bool, api_keys: Sequence[str] = ()
+) -> LocalFrontend:
+    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on port 9000;
+    with `api_keys`, only requests carrying one of them are served."""
+    keys_dir = write_api_keys(workdir / "api-keys", api_keys) if enabled and api_keys else None
     return LocalFrontend(
         repository,
         triton_grpc,
@@ -107,4 +126,5 @@ def openai_frontend_for(repository: Path, triton_grpc: str, workdir: Path, *, en
         log_path=workdir / "openai-frontend.log",
         ready_timeout_s=600,
         enabled=enabled,
+        api_keys_dir=keys_dir,
     )

@@ -29,3 +29,14 @@ def triton_server_args(*, response_cache: bool) -> list[str]:
     if response_cache:
         args.append(f"--cache-config=local,size={RESPONSE_CACHE_BYTES}")
     return args
+
+
+# Where Triton listens when only the pod (or host) itself may reach it: docs/security.md.
+LOOPBACK = "127.0.0.1"
+
+
+def loopback_server_args() -> list[str]:
+    """tritonserver flags that keep its HTTP and gRPC APIs on the loopback interface. Metrics stay on
+    every interface, where Prometheus scrapes them: tritonserver would otherwise bind them to the HTTP
+    address too."""
+    return [f"--http-address={LOOPBACK}", f"--grpc-address={LOOPBACK}", "--metrics-address=0.0.0.0"]

@@ -29,6 +29,7 @@ CHILD_PATHS: Mapping[str, str] = {
     "jobs": "/apis/batch/v1",
     "horizontalpodautoscalers": "/apis/autoscaling/v2",
     "poddisruptionbudgets": "/apis/policy/v1",
+    "networkpolicies": "/apis/networking.k8s.io/v1",
     "endpointslices": "/apis/discovery.k8s.io/v1",
 }
 

@@ -19,6 +19,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--triton-grpc", default="127.0.0.1:8001", help="Triton's gRPC host:port.")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--api-keys-dir",
+        type=Path,
+        help=(
+            "Require 'Authorization: Bearer <key>' on every route but /health/*: each non-empty line of "
+            "each file here is a key (a mounted Secret); re-read while running. Default: no keys needed."
+        ),
+    )
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -36,10 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RepositoryError as exc:
         print(f"openai_frontend: error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(model, TritonBackend(args.triton_grpc))
+    app = create_app(model, TritonBackend(args.triton_grpc), api_keys=args.api_keys_dir)
     print(
         f"openai_frontend: serving {model.model_id} ({model.task}, Triton model {model.triton_name}) "
-        f"on http://{args.host}:{args.port}/v1 via Triton gRPC {args.triton_grpc}",
+        f"on http://{args.host}:{args.port}/v1 via Triton gRPC {args.triton_grpc}"
+        + (f", API keys from {args.api_keys_dir}" if args.api_keys_dir else ", no API key needed"),
         file=sys.stderr,
         flush=True,
     )

@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import require_api_keys
 from .backend import Piece, TritonBackend
 from .model import EMBEDDING_TASK, GENERATION_TASK, ServedModel
 from .protocol import (
@@ -329,7 +331,8 @@ class Frontend:
         return _completion(ident, "chat.completion", created, body.model, [choice], usage)
 
 
-def create_app(model: ServedModel, backend: TritonBackend) -> FastAPI:
+def create_app(model: ServedModel, backend: TritonBackend, api_keys: Path | None = None) -> FastAPI:
+    """The app; with `api_keys` (a directory of key files) every route but the health checks needs one."""
     frontend = Frontend(model, backend)
 
     @contextlib.asynccontextmanager
@@ -338,6 +341,8 @@ def create_app(model: ServedModel, backend: TritonBackend) -> FastAPI:
         await backend.close()
 
     app = FastAPI(title=f"modeldeploy OpenAI API: {model.model_id}", lifespan=lifespan)
+    if api_keys is not None:
+        require_api_keys(app, api_keys)
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_request: Request, exc: OpenAIError) -> JSONResponse:

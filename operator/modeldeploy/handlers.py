@@ -73,6 +73,7 @@ INVENTORIED_KINDS = (
     kinds.JOB,
     kinds.HORIZONTAL_POD_AUTOSCALER,
     kinds.POD_DISRUPTION_BUDGET,
+    kinds.NETWORK_POLICY,
 )
 
 

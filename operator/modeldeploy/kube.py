@@ -20,6 +20,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 
@@ -29,6 +30,7 @@ from modeldeploy.kinds import (
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
     MODEL_DEPLOYMENT,
+    NETWORK_POLICY,
     PERSISTENT_VOLUME_CLAIM,
     POD,
     POD_DISRUPTION_BUDGET,
@@ -105,6 +107,7 @@ _RESOURCES: dict[Kind, type[NamespacedResource]] = {
     JOB: Job,
     HORIZONTAL_POD_AUTOSCALER: HorizontalPodAutoscaler,
     POD_DISRUPTION_BUDGET: PodDisruptionBudget,
+    NETWORK_POLICY: NetworkPolicy,
     SCALED_OBJECT: _ScaledObject,
     SERVICE_MONITOR: _ServiceMonitor,
     POD: Pod,

@@ -73,6 +73,7 @@ class ChildNames:
         # each takes the plain name.
         self.deployment = self.service = self.autoscaler = self.base
         self.pod_disruption_budget = self.service_monitor = self.base
+        self.network_policy = self.base
         self.cache_claim = dns_label(md_name, "cache")
 
     def build_job(self, digest: str) -> str:

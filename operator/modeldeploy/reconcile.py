@@ -33,6 +33,7 @@ from modeldeploy.kinds import (
     JOB,
     KEDA_CRD,
     MODEL_DEPLOYMENT,
+    NETWORK_POLICY,
     PERSISTENT_VOLUME_CLAIM,
     POD,
     POD_DISRUPTION_BUDGET,
@@ -242,6 +243,7 @@ class Reconciler:
             self.ensure_autoscaler,
             self.ensure_pod_disruption_budget,
             self.ensure_service_monitor,
+            self.ensure_network_policy,
             self.prune_build_jobs,
             self.observe_pods,
             self.observe_build_progress,
@@ -539,6 +541,13 @@ class Reconciler:
     async def ensure_service_monitor(self, current: _Round) -> None:
         if current.desired.service_monitor is not None:
             await self._apply_if_needed(current, current.desired.service_monitor)
+
+    async def ensure_network_policy(self, current: _Round) -> None:
+        manifest = current.desired.network_policy
+        if manifest is not None:
+            await self._apply_if_needed(current, manifest)
+        else:
+            await self._prune(current, NETWORK_POLICY, current.desired.owner.names.network_policy)
 
     async def prune_build_jobs(self, current: _Round) -> None:
         """Delete build Jobs of repositories neither wanted nor still served."""

@@ -318,7 +318,9 @@ def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict])
     if gap is not None:
         return Verdict(READY, FALSE, "RollingOut", gap)
     serving = endpoints(md)
-    return Verdict(READY, TRUE, "Serving", f"model {serving['modelName']} is served at {serving['http']}")
+    # With Triton kept inside the pod (spec.api.exposeTriton false) the sidecar's API is the way in.
+    url = serving.get("http") or serving["openai"]
+    return Verdict(READY, TRUE, "Serving", f"model {serving['modelName']} is served at {url}")
 
 
 def _phase(verdicts: dict[str, Verdict]) -> Phase:

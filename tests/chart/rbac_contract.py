@@ -41,6 +41,7 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     Permission("batch", "jobs", CRUD, "watched"),
     Permission("autoscaling", "horizontalpodautoscalers", CRUD, "watched"),
     Permission("policy", "poddisruptionbudgets", CRUD, "watched"),
+    Permission("networking.k8s.io", "networkpolicies", CRUD, "watched"),
     Permission("keda.sh", "scaledobjects", CRUD, "watched"),
     Permission("monitoring.coreos.com", "servicemonitors", CRUD, "watched"),
     # A canary with traffic HTTPRoute (Gateway API).

@@ -505,6 +505,74 @@ def test_openai_api_adds_the_sidecar_port_and_endpoint_only_while_enabled(
     )
 
 
+def test_network_policy_is_created_owned_updated_and_pruned_with_api_keys_and_triton_inside(
+    cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """spec.network and spec.api.auth as the API server stores them. The dev cluster runs no network
+    plugin (KWOK plays the kubelet; no CNI): what is checked here is the NetworkPolicy object (accepted,
+    owned, updated, pruned), not that traffic is blocked; docs/security.md says what enforces it."""
+    name = "minilm-locked"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "minilm-keys"},
+        "stringData": {"keys": "sk-e2e-one\nsk-e2e-two\n"},
+    }
+    model = {"source": "hf://sentence-transformers/all-MiniLM-L6-v2", "task": "feature-extraction"}
+    network = {
+        "allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "search"}}}],
+        "monitoringNamespace": "monitoring",
+    }
+    api_spec = {"openai": {"enabled": True}, "auth": {"secretName": "minilm-keys"}}
+    spec = {"model": model, "replicas": 1, "api": api_spec, "network": network}
+    apply(cluster, namespace, tmp_path, secret, model_deployment(name, spec))
+    md = wait_ready(api, namespace, name)
+    uid = md["metadata"]["uid"]
+    policy = wait_until(
+        "the NetworkPolicy", lambda: api.child("networkpolicies", namespace, name), timeout=30
+    )
+    assert owned_by(policy, uid) and applied_by_us(policy)
+    serving, metrics = policy["spec"]["ingress"]
+    assert serving["from"] == [{"namespaceSelector": {"matchLabels": {"team": "search"}}}]
+    assert [port["port"] for port in serving["ports"]] == [9000]  # Triton is on the pod's loopback
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # With keys, the Service offers the keyed API and metrics only, and the status no Triton endpoint.
+    service = api.child("services", namespace, name)
+    assert service is not None
+    assert sorted(port["name"] for port in service["spec"]["ports"]) == ["metrics", "openai"]
+    assert {"http", "grpc"}.isdisjoint(md["status"]["endpoints"])
+    deployment = api.child("deployments", namespace, name)
+    assert deployment is not None
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"secretName": "minilm-keys"}.items() <= next(v for v in volumes if v["name"] == "api-keys")[
+        "secret"
+    ].items()
+
+    patch_md(
+        cluster, namespace, name,
+        {"spec": {"network": {"allowFrom": [{"podSelector": {"matchLabels": {"role": "rag"}}}]}}},
+    )  # fmt: skip
+
+    def updated() -> dict[str, Any] | None:
+        current = api.child("networkpolicies", namespace, name)
+        if current and current["spec"]["ingress"][0]["from"] == [
+            {"podSelector": {"matchLabels": {"role": "rag"}}}
+        ]:
+            return current
+        return None
+
+    assert owned_by(wait_until("the NetworkPolicy updated", updated, timeout=30), uid)
+
+    patch_md(cluster, namespace, name, {"spec": {"network": None}})
+    wait_until(
+        "the NetworkPolicy pruned", lambda: api.child("networkpolicies", namespace, name) is None, timeout=30
+    )
+    wait_ready(api, namespace, name)
+
+
 def test_kubectl_scale_goes_through_the_scale_subresource(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:

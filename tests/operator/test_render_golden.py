@@ -17,7 +17,13 @@ from modeldeploy.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
-EXAMPLES = ["minilm-embeddings", "sentiment-hpa", "bge-cached", "chat-keda-scale-to-zero"]
+EXAMPLES = [
+    "minilm-embeddings",
+    "sentiment-hpa",
+    "bge-cached",
+    "chat-keda-scale-to-zero",
+    "embeddings-locked-down",
+]
 RENDER_ARGS = ["--triton-image", "triton:golden", "--builder-image", "builder:golden", "-n", "models"]
 
 

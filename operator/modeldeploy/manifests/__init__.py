@@ -16,6 +16,7 @@ from modeldeploy.manifests.common import owner_of
 from modeldeploy.manifests.deployment import build_deployment
 from modeldeploy.manifests.horizontalpodautoscaler import build_horizontal_pod_autoscaler
 from modeldeploy.manifests.job import build_build_job
+from modeldeploy.manifests.networkpolicy import build_network_policy
 from modeldeploy.manifests.persistentvolumeclaim import build_cache_claim, wants_cache_claim
 from modeldeploy.manifests.poddisruptionbudget import (
     build_pod_disruption_budget,
@@ -43,6 +44,7 @@ class DesiredState:
     scaled_object: Manifest | None
     pod_disruption_budget: Manifest | None
     service_monitor: Manifest | None
+    network_policy: Manifest | None = None
     # What the digest was computed with (a canary's Deployment is built from the same inputs).
     calibration_sha256: str | None = None
 
@@ -57,6 +59,7 @@ class DesiredState:
             self.scaled_object,
             self.pod_disruption_budget,
             self.service_monitor,
+            self.network_policy,
         ]
         return [manifest for manifest in ordered if manifest is not None]
 
@@ -83,5 +86,6 @@ def desired_state(
         scaled_object=build_scaled_object(md, keda, settings) if keda is not None else None,
         pod_disruption_budget=build_pod_disruption_budget(md) if wants_pod_disruption_budget(md) else None,
         service_monitor=build_service_monitor(md) if capabilities.service_monitors else None,
+        network_policy=build_network_policy(md) if md.spec.network is not None else None,
         calibration_sha256=calibration_sha256,
     )

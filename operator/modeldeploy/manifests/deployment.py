@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from model_repo.triton_args import triton_server_args
-from modeldeploy.api import ModelDeployment, RolloutStrategy
+from model_repo.triton_args import LOOPBACK, loopback_server_args, triton_server_args
+from modeldeploy.api import RESTRICTED_API_HEADER, ModelDeployment, RolloutStrategy
 from modeldeploy.digest import repository_digest
 from modeldeploy.kinds import DEPLOYMENT
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, child_manifest, selector_labels, standard_labels
@@ -44,6 +44,23 @@ OPENAI_RESOURCES: dict[str, Any] = {
     "limits": {"memory": "2Gi"},
 }
 
+# The sidecar's API keys: the Secret of spec.api.auth, mounted (a change reaches the files without a restart).
+API_KEYS_VOLUME = "api-keys"
+API_KEYS_MOUNT = "/etc/modeldeploy/api-keys"
+API_KEYS_MODE = 0o440  # read by the containers' group (fsGroup), no one else
+
+# Triton's administrative APIs, which nothing outside the container may call: model control and the
+# repository index, shared-memory registration, trace and log settings. tritonserver can only restrict
+# an API to requests carrying a header value; the container draws that value at random when it starts and
+# keeps it to itself. (`$$(` is how a container command spells a literal `$(` past Kubernetes' expansion.)
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
+TRITON_LAUNCHER = (
+    "restricted=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n') && "
+    'exec tritonserver "$@" '
+    f"--http-restricted-api={RESTRICTED_APIS}:{RESTRICTED_API_HEADER}=$restricted "
+    f"--grpc-restricted-protocol={RESTRICTED_APIS}:{RESTRICTED_API_HEADER}=$restricted"
+)
+
 SHM_VOLUME = "dshm"
 REPOSITORY_VOLUME = "model-repository"
 REPOSITORY_MOUNT = "/models"
@@ -64,6 +81,8 @@ def shm_size_mib(md: ModelDeployment) -> int:
 
 
 def triton_arguments(md: ModelDeployment, digest: str) -> list[str]:
+    """tritonserver's flags (after the launcher's command); on loopback unless spec.api exposes it."""
+    listen = [] if md.spec.triton_exposed else loopback_server_args()
     return [
         f"--model-repository={repository_path(md, digest)}",
         "--strict-readiness=true",
@@ -72,6 +91,7 @@ def triton_arguments(md: ModelDeployment, digest: str) -> list[str]:
         f"--http-port={HTTP_PORT}",
         f"--grpc-port={GRPC_PORT}",
         f"--metrics-port={METRICS_PORT}",
+        *listen,
         *triton_server_args(response_cache=md.spec.triton.response_cache),
     ]
 
@@ -85,6 +105,27 @@ def _probe(path: str, period: int, failures: int, port: str = "http") -> dict[st
     }
 
 
+def _loopback_probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    """A probe of Triton on the pod's loopback (the kubelet's own HTTP probes reach only the pod's
+    address), run by the image's Python: a non-2xx answer or no answer fails it."""
+    check = f"import urllib.request; urllib.request.urlopen('http://{LOOPBACK}:{HTTP_PORT}{path}', timeout=4)"
+    return {
+        "exec": {"command": ["python3", "-c", check]},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _triton_probes(md: ModelDeployment) -> dict[str, Any]:
+    probe = _probe if md.spec.triton_exposed else _loopback_probe
+    return {
+        "startupProbe": probe("/v2/health/live", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
+        "livenessProbe": probe("/v2/health/live", 10, 3),
+        "readinessProbe": probe("/v2/health/ready", 5, 3),
+    }
+
+
 def _repository_mount(md: ModelDeployment) -> dict[str, Any]:
     if md.spec.cache is not None:
         return {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT, "readOnly": True}
@@ -93,19 +134,20 @@ def _repository_mount(md: ModelDeployment) -> dict[str, Any]:
 
 def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str) -> dict[str, Any]:
     repository_mount = _repository_mount(md)
+    serving_ports = [
+        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+    ]
     return {
         "name": "triton",
         "image": md.spec.triton.image or settings.triton_image,
-        "command": ["tritonserver"],
+        "command": ["/bin/sh", "-c", TRITON_LAUNCHER, "tritonserver"],
         "args": triton_arguments(md, digest),
         "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            *(serving_ports if md.spec.triton_exposed else []),
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "startupProbe": _probe("/v2/health/live", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
-        "livenessProbe": _probe("/v2/health/live", 10, 3),
-        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        **_triton_probes(md),
         "resources": container_resources(md.spec, with_gpus=True),
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, repository_mount],
         "securityContext": container_security_context(),
@@ -120,6 +162,9 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
     tokenizer from the same repository and calls Triton over gRPC on localhost."""
     api = md.spec.openai
     assert api is not None
+    auth = md.spec.api.auth if md.spec.api is not None else None
+    keys = [f"--api-keys-dir={API_KEYS_MOUNT}"] if auth is not None else []
+    keys_mount = [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True}] if auth else []
     return {
         "name": OPENAI_CONTAINER,
         "image": md.spec.triton.image or settings.triton_image,
@@ -130,6 +175,7 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
             f"--triton-grpc=127.0.0.1:{GRPC_PORT}",
             "--host=0.0.0.0",
             f"--port={api.port}",
+            *keys,
         ],
         # Only the tokenizer is read from the repository; nothing may be fetched from the hub.
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf-home"}],
@@ -140,7 +186,7 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
         "livenessProbe": _probe("/health/live", 10, 3, OPENAI_PORT_NAME),
         "readinessProbe": _probe("/health/ready", 5, 3, OPENAI_PORT_NAME),
         "resources": copy.deepcopy(OPENAI_RESOURCES),
-        "volumeMounts": [_repository_mount(md)],
+        "volumeMounts": [_repository_mount(md), *keys_mount],
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -164,6 +210,15 @@ def build_deployment(
         {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_mib(md)}Mi"}},
     ]
     pod_spec: dict[str, Any] = {}
+    auth = md.spec.api.auth if md.spec.api is not None and md.spec.openai is not None else None
+    if auth is not None:
+        # Not optional: without its Secret the pod waits rather than serve with no keys.
+        volumes.append(
+            {
+                "name": API_KEYS_VOLUME,
+                "secret": {"secretName": auth.secret_name, "defaultMode": API_KEYS_MODE},
+            }
+        )
     if md.spec.cache is not None:
         claim = md.spec.cache.claim_name or names.cache_claim
         # Read-only: only the build Job writes the cache; a pod can never corrupt it.

@@ -25,24 +25,28 @@ def build_service(md: ModelDeployment) -> dict[str, Any]:
                 "appProtocol": "http",
             }
         )
+    triton_ports = [
+        {
+            "name": "http",
+            "port": HTTP_PORT,
+            "targetPort": "http",
+            "protocol": "TCP",
+            "appProtocol": "http",
+        },
+        {
+            "name": "grpc",
+            "port": GRPC_PORT,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        },
+    ]
     spec = {
         "type": "ClusterIP",
         "selector": selector_labels(owner),
         "ports": [
-            {
-                "name": "http",
-                "port": HTTP_PORT,
-                "targetPort": "http",
-                "protocol": "TCP",
-                "appProtocol": "http",
-            },
-            {
-                "name": "grpc",
-                "port": GRPC_PORT,
-                "targetPort": "grpc",
-                "protocol": "TCP",
-                "appProtocol": "kubernetes.io/h2c",
-            },
+            # Triton's own API only where it listens beyond the pod (spec.api.exposeTriton).
+            *(triton_ports if md.spec.triton_exposed else []),
             {
                 "name": "metrics",
                 "port": METRICS_PORT,
@@ -61,11 +65,11 @@ def endpoints(md: ModelDeployment) -> dict[str, str]:
     owner = owner_of(md)
     host = f"{owner.names.service}.{owner.namespace}.svc"
     found = {
-        "http": f"http://{host}:{HTTP_PORT}",
-        "grpc": f"{host}:{GRPC_PORT}",
         "metrics": f"http://{host}:{METRICS_PORT}/metrics",
         "modelName": owner.names.model_name,
     }
+    if md.spec.triton_exposed:
+        found |= {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}
     if md.spec.openai is not None:
         # What OpenAI(base_url=...) takes; the model id is the ModelDeployment's name.
         found["openai"] = f"http://{host}:{md.spec.openai.port}/v1"
