@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from modeldeploy.api import (
     Condition,
@@ -24,7 +24,9 @@ from modeldeploy.api import (
     RolloutStatus,
     TrafficSplit,
 )
-from modeldeploy.kinds import DEPLOYMENT, HTTP_ROUTE, HTTP_ROUTE_CRD, SERVICE
+from modeldeploy.kinds import DEPLOYMENT, HTTP_ROUTE, HTTP_ROUTE_CRD, SERVICE, Kind
+from modeldeploy.kube import Cluster
+from modeldeploy.manifests import DesiredState, Manifest
 from modeldeploy.manifests.canary import (
     build_canary_deployment,
     build_canary_service,
@@ -32,12 +34,42 @@ from modeldeploy.manifests.canary import (
     canary_name,
     is_canary_pod,
 )
+from modeldeploy.observations import Observed, deployed_digest, job_outcome
 from modeldeploy.prometheus import MetricsError, MetricsSource, PrometheusClient, RevisionSelector
 from modeldeploy.rollout import Decision, Seen, advance, analysis_due, canary_replicas
-from modeldeploy.status import deployed_digest, job_outcome
+from modeldeploy.settings import ClusterCapabilities, RenderSettings
 
-if TYPE_CHECKING:
-    from modeldeploy.reconcile import Reconciler, _Round
+
+class _Round(Protocol):
+    """What these steps read and write of one reconciliation in progress (modeldeploy.reconcile's round);
+    a protocol, so that this module does not import the reconciler that calls it."""
+
+    md: ModelDeployment
+    uid: str
+    desired: DesiredState
+    capabilities: ClusterCapabilities
+    observed: Observed
+    refused: list[str]
+    previous: ModelDeploymentStatus | None
+    rollout: Decision | None
+
+
+class Reconciler(Protocol):
+    """What these steps use of the reconciler: its cluster, settings, clocks and apply/prune."""
+
+    @property
+    def cluster(self) -> Cluster: ...
+    @property
+    def settings(self) -> RenderSettings: ...
+    @property
+    def metrics_sources(self) -> MetricsSources: ...
+    @property
+    def wall_clock(self) -> Callable[[], float]: ...
+
+    async def _apply_if_needed(self, current: Any, manifest: Manifest) -> dict[str, Any] | None: ...
+
+    async def _prune(self, current: Any, kind: Kind, name: str) -> None: ...
+
 
 CANARY_CONDITION = "Canary"
 FAILED_PHASES = (RolloutPhase.ROLLED_BACK,)
