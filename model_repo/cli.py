@@ -205,6 +205,55 @@ def with_build_options(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+# Options `serve` takes once per model it packs into one server.
+PER_MODEL = {
+    "source": " Repeat --source (with one --model-name each) to pack several models into one server.",
+    "model_name": " One per --source when several are given.",
+}
+
+
+def with_build_options_per_source(command: Callable[..., None]) -> Callable[..., None]:
+    """Like `with_build_options`, but --source and --model-name repeat: `command` receives one
+    BuildOptions per source (the other build options shared by all)."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [parameter for name, parameter in signature.parameters.items() if name != "options"]
+    names = [parameter.name for parameter in BUILD_PARAMETERS]
+
+    def repeated(parameter: inspect.Parameter) -> inspect.Parameter:
+        info = parameter.default
+        default = ... if parameter.name == "source" else None
+        annotation = list[str] if parameter.name == "source" else list[str] | None
+        return _option(
+            parameter.name, annotation, default, info.param_decls[0], info.help + PER_MODEL[parameter.name]
+        )
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        shared = {name: values.pop(name) for name in names}
+        sources: list[str] = shared.pop("source")
+        model_names: list[str] = shared.pop("model_name") or []
+        if len(sources) > 1 and len(model_names) != len(sources):
+            raise typer.BadParameter(
+                f"{len(sources)} --source options need as many --model-name options (one per model, in the "
+                f"same order), got {len(model_names)}",
+                param_hint="--model-name",
+            )
+        model_names = model_names or ["model"]
+        if len(set(model_names)) != len(model_names):
+            raise typer.BadParameter("each --model-name must be different", param_hint="--model-name")
+        per_source = [
+            _build_options({**shared, "source": source, "model_name": name})
+            for source, name in zip(sources, model_names, strict=True)
+        ]
+        command(per_source, **values)
+
+    parameters = [repeated(p) if p.name in PER_MODEL else p for p in BUILD_PARAMETERS]
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*parameters, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
+    )
+    return run
+
+
 def _progress(message: str) -> None:
     typer.echo(f"modeldeploy: {message}", err=True)
 
@@ -319,9 +368,22 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
     )
 
 
-@with_build_options
+def _load_all(served: Path, results: list[BuildResult], http_url: str) -> None:
+    """Load every built repository into the explicit-mode server at `http_url` (Triton's error if not)."""
+    from model_repo.model_set import TritonRepositoryClient, reconcile
+    from model_repo.triton import TritonError
+
+    desired = {result.model_name: result.path for result in results}
+    report = reconcile(served, desired, TritonRepositoryClient(http_url))
+    if report.failed:
+        raise TritonError(
+            "; ".join(f"model {name} failed to load: {error}" for name, error in report.failed.items())
+        )
+
+
+@with_build_options_per_source
 def serve(
-    options: BuildOptions,
+    per_source: list[BuildOptions],
     force: ForceOption = False,
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
@@ -338,13 +400,25 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Build the repository and serve it with a local tritonserver until Ctrl-C."""
+    """Build the repository and serve it with a local tritonserver until Ctrl-C (several --source: each
+    model built into its own repository, all loaded into one server in explicit model-control mode)."""
     from model_repo.openai_local import FrontendError, openai_frontend_for
     from model_repo.triton import TritonError, TritonServer, triton_server_args
 
     base = workdir or Path(tempfile.gettempdir()) / "modeldeploy-serve"
-    result = _build(options, base / "repository", force)
-    extra = triton_server_args(response_cache=options.response_cache)
+    packed = len(per_source) > 1
+    if packed and openai:
+        raise typer.BadParameter("--openai serves one model; give one --source", param_hint="--openai")
+    if packed:
+        results = [_build(o, base / "repositories" / o.model_name, force) for o in per_source]
+    else:
+        results = [_build(per_source[0], base / "repository", force)]
+    extra = triton_server_args(response_cache=any(o.response_cache for o in per_source))
+    # Several models: one server over a directory of links to their repositories, each model loaded
+    # through Triton's repository API (as a shared server's agent does in the cluster).
+    served = base / "served"
+    if packed:
+        extra += ["--model-control-mode=explicit", f"--model-repository={served}"]
 
     stop = threading.Event()
 
@@ -353,7 +427,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
-        result.path,
+        None if packed else results[0].path,
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,
@@ -362,18 +436,25 @@ def serve(
         log_path=base / "tritonserver.log",
         host="127.0.0.1",
     )
-    frontend = openai_frontend_for(result.path, server.grpc_url, base, enabled=openai)
+    frontend = openai_frontend_for(results[0].path, server.grpc_url, base, enabled=openai)
     try:
         _progress(f"starting tritonserver (log: {server.log_path})")
         server.start()
+        if packed:
+            _load_all(served, results, server.http_url)
         frontend.start()
-        typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")
+        for result in results:
+            typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")
         typer.echo(f"  HTTP    http://{server.http_url}")
         typer.echo(f"  gRPC    {server.grpc_url}")
         typer.echo(f"  metrics {server.metrics_url}")
         if frontend.enabled:
-            typer.echo(f"  OpenAI  {frontend.base_url}  (model {result.model_name!r})")
-        typer.echo("example request:\n" + example_requests(result, server.http_url, server.grpc_url))
+            typer.echo(f"  OpenAI  {frontend.base_url}  (model {results[0].model_name!r})")
+        for result in results:
+            typer.echo(
+                f"example request ({result.model_name}):\n"
+                + example_requests(result, server.http_url, server.grpc_url)
+            )
         typer.echo("Ctrl-C to stop.")
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:

@@ -17,6 +17,7 @@ talks only to the Triton in its own pod.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -106,10 +107,8 @@ class TritonRepositoryClient:
                 text = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
-            try:
+            with contextlib.suppress(json.JSONDecodeError, AttributeError):
                 detail = str(json.loads(detail).get("error", detail))
-            except (json.JSONDecodeError, AttributeError):
-                pass
             raise ModelLoadError(detail) from exc
         return json.loads(text) if text else None
 

@@ -123,7 +123,9 @@ def expected_scores(checkpoint: Path, texts: list[str]) -> np.ndarray:
     with torch.inference_mode():
         return np.stack(
             [
-                torch.softmax(model(**tokenizer(t, return_tensors="pt", truncation=True)).logits[0], -1).numpy()
+                torch.softmax(
+                    model(**tokenizer(t, return_tensors="pt", truncation=True)).logits[0], -1
+                ).numpy()
                 for t in texts
             ]
         )
@@ -152,14 +154,20 @@ def loaded(packed: Packed) -> dict[str, str]:
     return {str(m["name"]): str(m.get("state")) for m in index}
 
 
-def test_three_models_of_three_tasks_share_one_server_and_each_answers_as_transformers(packed: Packed) -> None:
+def test_three_models_of_three_tasks_share_one_server_and_each_answers_as_transformers(
+    packed: Packed,
+) -> None:
     from transformers import pipeline
 
     assert loaded(packed) == {CLASSIFIER: "READY", NER: "READY", GENERATOR: "READY"}
     outputs = classify(packed, CLASSIFIER, SENTENCES)
-    np.testing.assert_allclose(outputs["SCORES"], expected_scores(packed.checkpoints[CLASSIFIER], SENTENCES), atol=1e-5)
+    np.testing.assert_allclose(
+        outputs["SCORES"], expected_scores(packed.checkpoints[CLASSIFIER], SENTENCES), atol=1e-5
+    )
 
-    reference = pipeline("token-classification", model=str(packed.checkpoints[NER]), aggregation_strategy="simple")
+    reference = pipeline(
+        "token-classification", model=str(packed.checkpoints[NER]), aggregation_strategy="simple"
+    )
     entities = classify(packed, NER, SENTENCES)["ENTITIES"]
     found = 0
     for row, sentence in enumerate(SENTENCES):
@@ -231,3 +239,101 @@ def test_replace_and_remove_under_concurrent_load_fail_no_request(packed: Packed
     labels = classify(packed, CLASSIFIER, SENTENCES[:2])["LABEL"]
     assert {row[0].decode() for row in labels} <= set(TOPICS.values())
     assert read_record(packed.repositories[CLASSIFIER])["labels"] == list(TOPICS.values())
+
+
+def test_each_built_repository_records_the_memory_it_needs(packed: Packed) -> None:
+    import transformers
+
+    record = read_record(packed.repositories[NER])
+    assert record is not None
+    model = transformers.AutoModelForTokenClassification.from_pretrained(str(packed.checkpoints[NER]))
+    memory = record["memory"]
+    # float32 on CPU: four bytes a parameter, one instance.
+    assert memory["weights_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    assert memory["activation_bytes"] > 0 and memory["kv_cache_bytes"] == 0
+    assert memory["total_bytes"] == memory["weights_bytes"] + memory["activation_bytes"]
+
+    generator = read_record(packed.root / f"{GENERATOR}-v1")
+    assert generator is not None
+    config = (packed.root / f"{GENERATOR}-v1" / GENERATOR / "config.pbtxt").read_text()
+    sequences = int(
+        config.split('key: "max_concurrent_sequences"')[1].split('string_value: "')[1].split('"')[0]
+    )
+    # GPT-2 tiny: 2 layers x (K and V) x 32 wide x 4 bytes a token, for each slot's whole context.
+    per_token = 2 * 2 * 32 * 4
+    assert generator["memory"]["kv_cache_bytes"] == per_token * generator["max_sequence_length"] * sequences
+
+
+@pytest.mark.parametrize("names", [[], ["one"]], ids=["no-names", "too-few"])
+def test_serve_wants_one_model_name_per_source(names: list[str], tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from model_repo import cli
+
+    app = typer.Typer()
+    app.command("serve")(cli.serve)
+    app.command("build")(cli.build)
+    args = ["serve", "--source", "file:///a", "--source", "file:///b", "--workdir", str(tmp_path)]
+    for name in names:
+        args += ["--model-name", name]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "need as many --model-name" in result.output, result.output
+
+
+def test_serve_packs_repeated_sources_into_one_server(packed: Packed, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from model_repo import cli
+    from model_repo.triton import free_ports
+
+    ports = [str(port) for port in free_ports(3)]
+    command = [sys.executable, "-c", "import typer; from model_repo.cli import serve; typer.run(serve)"]
+    command += ["--source", f"file://{packed.checkpoints[CLASSIFIER]}", "--model-name", "sentiment"]
+    command += ["--source", f"file://{packed.checkpoints[NER]}", "--model-name", "people"]
+    command += ["--max-batch-size", "8", "--workdir", str(tmp_path)]
+    command += ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parent.parent)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C to stop."):
+                break
+        output = "".join(lines)
+        assert "ready: model 'sentiment' (text-classification" in output, output
+        assert "ready: model 'people' (token-classification" in output, output
+        index = TritonRepositoryClient(f"127.0.0.1:{ports[0]}").index()
+        assert {m["name"]: m["state"] for m in index} == {"sentiment": "READY", "people": "READY"}
+        server_processes = [
+            p
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit()
+            and _cmdline(p).startswith(_tritonserver())
+            and f"--http-port={ports[0]}" in _cmdline(p)
+        ]
+        assert len(server_processes) == 1, "two models, one tritonserver"
+        process.send_signal(signal.SIGTERM)
+        remaining, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, remaining
+
+
+def _cmdline(entry: Path) -> str:
+    try:
+        return (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tritonserver() -> str:
+    from model_repo.triton import find_tritonserver
+
+    return str(find_tritonserver().binary)
