@@ -216,7 +216,7 @@ def with_build_options_per_source(command: Callable[..., None]) -> Callable[...,
     """Like `with_build_options`, but --source and --model-name repeat: `command` receives one
     BuildOptions per source (the other build options shared by all)."""
     signature = inspect.signature(command, eval_str=True)
-    own = [parameter for name, parameter in signature.parameters.items() if name != "options"]
+    own = [parameter for name, parameter in signature.parameters.items() if name != "per_source"]
     names = [parameter.name for parameter in BUILD_PARAMETERS]
 
     def repeated(parameter: inspect.Parameter) -> inspect.Parameter:
