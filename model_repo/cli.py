@@ -418,6 +418,7 @@ def serve(
     # through Triton's repository API (as a shared server's agent does in the cluster).
     served = base / "served"
     if packed:
+        served.mkdir(parents=True, exist_ok=True)
         extra += ["--model-control-mode=explicit", f"--model-repository={served}"]
 
     stop = threading.Event()

@@ -199,3 +199,7 @@ def agent_main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr, flush=True)
             last = line
         time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(agent_main())
