@@ -8,6 +8,7 @@ repository API on localhost, so it needs no Kubernetes credentials at all (no se
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, cast
 
@@ -126,7 +127,7 @@ def build_server_deployment(server: ModelServer, settings: RenderSettings) -> di
         "resources": container_resources(resources_spec, with_gpus=True),
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
-            cache,
+            dict(cache),
             {"name": "served", "mountPath": SERVED_MOUNT, "readOnly": True},
         ],
         "securityContext": container_security_context(),
@@ -143,9 +144,9 @@ def build_server_deployment(server: ModelServer, settings: RenderSettings) -> di
             f"--triton=127.0.0.1:{HTTP_PORT}",
             f"--interval={spec.triton.agent_interval_seconds}",
         ],
-        "resources": AGENT_RESOURCES,
+        "resources": copy.deepcopy(AGENT_RESOURCES),
         "volumeMounts": [
-            cache,
+            dict(cache),
             {"name": "served", "mountPath": SERVED_MOUNT},
             {"name": "model-list", "mountPath": DESIRED_MOUNT, "readOnly": True},
         ],

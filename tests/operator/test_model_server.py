@@ -1,0 +1,154 @@
+"""The ModelServer kind and placing ModelDeployments on it, without a cluster: the generated CRD, the
+admission rules (in their Python form; the API server runs the same CEL in tests/e2e), placement by the
+memory each repository records, and the server's children (golden YAML, kubernetes-validate strict)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from modeldeploy.api import DEDICATED_ONLY_CEL, SpecError, parse_spec
+from modeldeploy.manifests.model_server import (
+    build_model_list,
+    build_server_deployment,
+    build_server_pod_disruption_budget,
+    build_server_service,
+    model_endpoint,
+    wants_server_pod_disruption_budget,
+)
+from modeldeploy.placement import AWAITING_BUILD, DOES_NOT_FIT, Candidate, desired_models, place
+from modeldeploy.server_api import GPU_MEMORY_BY_PRODUCT, parse_model_server, parse_server_spec
+from modeldeploy.server_crd import FILE_NAME, build_server_crd, render_server_crd_yaml
+from modeldeploy.settings import RenderSettings
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden" / "model-server.yaml"
+K8S_VERSION = "1.37.0"
+GIB = 1 << 30
+SERVER = {
+    "apiVersion": "modeldeploy.dev/v1alpha1",
+    "kind": "ModelServer",
+    "metadata": {"name": "encoders", "namespace": "models", "uid": "u-1"},
+    "spec": {
+        "replicas": 2,
+        "resources": {"gpus": 1, "gpuProduct": "NVIDIA-L4"},
+        "cache": {"claimName": "shared-models"},
+    },
+}
+
+
+def test_committed_server_crd_is_current_and_valid() -> None:
+    for directory in (REPO / "crds", REPO / "charts" / "modeldeploy" / "crds"):
+        assert (directory / FILE_NAME).read_text() == render_server_crd_yaml(), "run scripts/regenerate.py"
+    kubernetes_validate.validate(build_server_crd(), K8S_VERSION, strict=True)
+    columns = {c["name"] for c in build_server_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert {"Models", "Memory", "Ready"} <= columns
+
+
+def test_capacity_defaults_from_a_known_gpu_product_and_is_required_otherwise() -> None:
+    spec = parse_server_spec(SERVER["spec"])
+    assert spec.capacity_bytes() == int(GPU_MEMORY_BY_PRODUCT["NVIDIA-L4"] * 0.9)
+    assert parse_server_spec({**SERVER["spec"], "capacity": "10Gi"}).capacity_bytes() == 10 * GIB
+    for resources in ({}, {"gpus": 1, "gpuProduct": "Some-Unknown-GPU"}):
+        with pytest.raises(SpecError, match=r"spec.capacity is required unless spec.resources.gpuProduct"):
+            parse_server_spec({"resources": resources, "cache": {"claimName": "c"}})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"replicas": 3},
+        {"autoscaling": {"maxReplicas": 2}},
+        {"resources": {"gpus": 1}},
+        {"cache": {"claimName": "c"}},
+        {"api": {"openai": {"enabled": True}}},
+    ],
+    ids=["replicas", "autoscaling", "resources", "cache", "api"],
+)
+def test_server_refuses_fields_only_a_dedicated_deployment_honours(extra: dict[str, Any]) -> None:
+    base = {"model": {"source": "hf://org/m", "task": "feature-extraction"}, "server": {"name": "encoders"}}
+    assert parse_spec(base).server is not None
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**base, **extra})
+    (message,) = [m for m in caught.value.messages if m.startswith("spec.server")]
+    assert "replicas, autoscaling, resources, cache, api" in message
+    # The CEL rule names each field too, so admission refuses the same specs.
+    for field in ("self.replicas", "self.autoscaling", "self.resources", "self.cache", "self.api"):
+        assert field in DEDICATED_ONLY_CEL
+
+
+def test_models_are_placed_first_come_while_their_recorded_memory_fits() -> None:
+    candidates = [
+        Candidate("late-big", "2026-01-03T00:00:00Z", "d3", 6 * GIB),
+        Candidate("first", "2026-01-01T00:00:00Z", "d1", 3 * GIB),
+        Candidate("second", "2026-01-02T00:00:00Z", "d2", 4 * GIB),
+        Candidate("unbuilt", "2026-01-01T00:00:00Z", None, None),
+        Candidate("small", "2026-01-04T00:00:00Z", "d4", 1 * GIB),
+    ]
+    placement = place("encoders", 8 * GIB, candidates)
+    assert [c.name for c in placement.placed] == ["first", "second", "small"]
+    assert placement.used_bytes == 8 * GIB
+    reason, message = placement.refused["late-big"]
+    assert reason == DOES_NOT_FIT
+    assert "capacity 8.00 GiB, 7.00 GiB used (by first, second)" in message and "needs 6.00 GiB" in message
+    assert placement.refused["unbuilt"][0] == AWAITING_BUILD
+    assert desired_models(placement) == {
+        "models": {
+            "first": {"repository": "d1"},
+            "second": {"repository": "d2"},
+            "small": {"repository": "d4"},
+        }
+    }
+
+
+def _children() -> list[dict[str, Any]]:
+    server = parse_model_server(SERVER)
+    placement = place("encoders", server.spec.capacity_bytes(), [Candidate("minilm", "t", "abc123", GIB)])
+    settings = RenderSettings(triton_image="triton:golden", builder_image="builder:golden")
+    children = [
+        build_model_list(server, desired_models(placement)),
+        build_server_deployment(server, settings),
+        build_server_service(server),
+    ]
+    if wants_server_pod_disruption_budget(server):
+        children.append(build_server_pod_disruption_budget(server))
+    return children
+
+
+def test_server_children_match_the_golden_yaml_and_validate() -> None:
+    children = _children()
+    text = yaml.safe_dump_all(children, sort_keys=False)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "server children changed; if on purpose, rerun with UPDATE_GOLDEN=1"
+    for manifest in children:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    assert [c["kind"] for c in children] == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+
+
+def test_server_pods_need_no_credentials_and_never_write_the_cache() -> None:
+    config_map, deployment, *_ = _children()
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert "--model-control-mode=explicit" in containers["triton"]["args"]
+    assert "--strict-readiness=true" not in containers["triton"]["args"]
+    for container in containers.values():
+        cache = [m for m in container["volumeMounts"] if m["name"] == "model-cache"]
+        assert cache and all(m["readOnly"] for m in cache), container["name"]
+    (claim,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"]["readOnly"] is True
+    # The agent reads the list the operator writes, in the format model_set.read_desired reads.
+    assert json.loads(config_map["data"]["models.json"]) == {"models": {"minilm": {"repository": "abc123"}}}
+
+
+def test_a_placed_model_answers_at_the_server_service_under_its_own_name() -> None:
+    endpoint = model_endpoint(parse_model_server(SERVER), "minilm")
+    assert endpoint["http"] == "http://encoders.models.svc:8000/v2/models/minilm"
+    assert endpoint["modelName"] == "minilm"
