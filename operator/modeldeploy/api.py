@@ -967,6 +967,11 @@ class ModelRepositoryStatus(ApiModel):
         default=None,
         description="The build's accuracy gate: an optimised model against float32.",
     )
+    memory_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Device memory the repository records it needs (weights, activations, KV cache).",
+    )
 
 
 class ModelDeploymentStatus(ApiModel):

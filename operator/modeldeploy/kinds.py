@@ -46,6 +46,9 @@ SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemon
 POD = Kind("v1", "Pod", "pods")
 EVENT = Kind("v1", "Event", "events")
 MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
+# A shared server's kind and its model list (docs/packing.md).
+MODEL_SERVER = Kind(f"{GROUP}/{VERSION}", "ModelServer", "modelservers")
+CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 CHILD_KINDS = (
     PERSISTENT_VOLUME_CLAIM,
     JOB,
@@ -58,7 +61,7 @@ CHILD_KINDS = (
 )
 KEDA_CRD = f"{SCALED_OBJECT.plural}.{SCALED_OBJECT.group}"
 SERVICE_MONITOR_CRD = f"{SERVICE_MONITOR.plural}.{SERVICE_MONITOR.group}"
-_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT)}
+_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, MODEL_DEPLOYMENT, MODEL_SERVER, CONFIG_MAP)}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:

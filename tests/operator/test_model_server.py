@@ -4,6 +4,7 @@ memory each repository records, and the server's children (golden YAML, kubernet
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from modeldeploy.api import DEDICATED_ONLY_CEL, SpecError, parse_spec
+from modeldeploy.kinds import CONFIG_MAP, DEPLOYMENT, MODEL_DEPLOYMENT, MODEL_SERVER
 from modeldeploy.manifests.model_server import (
     build_model_list,
     build_server_deployment,
@@ -25,7 +27,9 @@ from modeldeploy.manifests.model_server import (
 from modeldeploy.placement import AWAITING_BUILD, DOES_NOT_FIT, Candidate, desired_models, place
 from modeldeploy.server_api import GPU_MEMORY_BY_PRODUCT, parse_model_server, parse_server_spec
 from modeldeploy.server_crd import FILE_NAME, build_server_crd, render_server_crd_yaml
+from modeldeploy.server_reconcile import ServerReconciler, combine
 from modeldeploy.settings import RenderSettings
+from modeldeploy_dev.fakecluster import FakeCluster
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "model-server.yaml"
@@ -152,3 +156,72 @@ def test_a_placed_model_answers_at_the_server_service_under_its_own_name() -> No
     endpoint = model_endpoint(parse_model_server(SERVER), "minilm")
     assert endpoint["http"] == "http://encoders.models.svc:8000/v2/models/minilm"
     assert endpoint["modelName"] == "minilm"
+
+
+# -- reconcile on the FakeCluster ------------------------------------------------------------------------
+
+
+class FixedStates:
+    """What the server's Tritons report (on a real cluster: each pod's repository index, tests/e2e)."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[str, tuple[str, str]] = {}
+
+    async def states(self, pods: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+        return dict(self.by_model)
+
+
+def _placed_model(cluster: Any, name: str, created: str, digest: str | None, memory: int | None) -> None:
+    spec = {"model": {"source": "hf://org/m", "task": "feature-extraction"}, "server": {"name": "encoders"}}
+    cluster.create_model_deployment("models", name, spec)
+    cluster.set_status(
+        MODEL_DEPLOYMENT, "models", name, {"modelRepository": {"digest": digest, "memoryBytes": memory}}
+    )
+    cluster.edit(MODEL_DEPLOYMENT, "models", name, {"metadata": {"creationTimestamp": created}})
+
+
+def test_server_reconcile_places_lists_and_reports_each_model() -> None:
+    cluster = FakeCluster()
+    body = {**SERVER, "spec": {**SERVER["spec"], "capacity": "4Gi"}}
+    cluster.create(body)
+    server_body = cluster.body(MODEL_SERVER, "models", "encoders")
+    _placed_model(cluster, "minilm", "2026-01-01T00:00:00Z", "d1", 1 * GIB)
+    _placed_model(cluster, "ner", "2026-01-02T00:00:00Z", "d2", 2 * GIB)
+    _placed_model(cluster, "huge", "2026-01-03T00:00:00Z", "d3", 3 * GIB)
+    states = FixedStates()
+    states.by_model = {"minilm": ("READY", ""), "ner": ("UNAVAILABLE", "failed to load 'ner': boom")}
+    settings = RenderSettings(triton_image="triton:t", builder_image="builder:t")
+    reconciler = ServerReconciler(cluster, settings, states)
+
+    outcome = asyncio.run(reconciler.reconcile(server_body))
+    assert cluster.names(DEPLOYMENT, "models") == ["encoders"], "one Deployment for all placed models"
+    listed = json.loads(cluster.body(CONFIG_MAP, "models", "encoders-models")["data"]["models.json"])
+    assert listed == {"models": {"minilm": {"repository": "d1"}, "ner": {"repository": "d2"}}}
+    status = outcome.status.dump()
+    assert status["modelSummary"] == "1/2" and status["memorySummary"] == "3.00 GiB/4.00 GiB"
+    models = {m["name"]: m for m in status["models"]}
+    assert models["ner"]["state"] == "UNAVAILABLE" and "boom" in models["ner"]["message"]
+    assert models["huge"]["state"] == "InsufficientServerCapacity"
+    assert (
+        "capacity 4.00 GiB, 3.00 GiB used (by minilm, ner); this model needs 3.00 GiB"
+        in models["huge"]["message"]
+    )
+
+    # Converged: a second round writes nothing.
+    assert asyncio.run(reconciler.reconcile(server_body)).writes == 0
+    # Deleting a model drops it from the list the agents load (they unload it).
+    cluster.delete_now(MODEL_DEPLOYMENT, "models", "ner")
+    outcome = asyncio.run(reconciler.reconcile(server_body))
+    listed = json.loads(cluster.body(CONFIG_MAP, "models", "encoders-models")["data"]["models.json"])
+    assert set(listed["models"]) == {"minilm", "huge"}, "freed memory places the waiting model"
+    assert outcome.writes == 1
+
+
+def test_a_model_is_ready_only_where_every_replica_says_ready() -> None:
+    one = [{"name": "a", "state": "READY"}, {"name": "b", "state": "READY"}]
+    two = [{"name": "a", "state": "UNAVAILABLE", "reason": "load failed"}]
+    assert combine([one, two]) == {
+        "a": ("UNAVAILABLE", "load failed"),
+        "b": ("LOADING", "not loaded in every replica yet"),
+    }
+    assert combine([one, one]) == {"a": ("READY", ""), "b": ("READY", "")}

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from model_repo.model_set import DESIRED_FILE
 from model_repo.triton import triton_server_args
-from modeldeploy.api import API_VERSION, ModelDeploymentSpec
-from modeldeploy.kinds import DEPLOYMENT, POD_DISRUPTION_BUDGET, SERVICE, Kind
+from modeldeploy.api import ModelDeploymentSpec
+from modeldeploy.kinds import CONFIG_MAP, DEPLOYMENT, MODEL_SERVER, POD_DISRUPTION_BUDGET, SERVICE
 from modeldeploy.labels import COMPONENT, INFERENCE_SERVER, MANAGED_BY, MANAGED_BY_VALUE
 from modeldeploy.manifests.common import (
     container_resources,
@@ -34,11 +34,9 @@ from modeldeploy.manifests.deployment import (
     TERMINATION_GRACE_SECONDS,
 )
 from modeldeploy.names import dns_label, label_value
-from modeldeploy.server_api import KIND, PLURAL, ModelServer
+from modeldeploy.server_api import ModelServer
 from modeldeploy.settings import RenderSettings
 
-MODEL_SERVER = Kind(API_VERSION, KIND, PLURAL)
-CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 SERVER_LABEL = "modeldeploy.dev/server"
 SERVED_MOUNT = "/served"
 DESIRED_MOUNT = "/etc/modeldeploy/models"
