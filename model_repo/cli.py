@@ -294,14 +294,18 @@ def build(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
         f"model={result.model_name} digest={result.digest})"
     )
-    accuracy = (read_record(result.path) or {}).get("accuracy")
+    record = read_record(result.path) or {}
+    accuracy = record.get("accuracy")
+    # What the operator reads from the build pod: a shared server places the model by its memory.
+    message: dict[str, Any] = {"memoryBytes": (record.get("memory") or {}).get("total_bytes")}
     if accuracy:
         gate = accuracy["gate"]
         typer.echo(
             f"accuracy vs float32: {json.dumps(accuracy['metrics'])} "
             f"(gate: {gate['metric']} {gate['value']} >= {gate['floor']})"
         )
-        _termination_message(json.dumps({"accuracy": accuracy_status(accuracy)}))
+        message["accuracy"] = accuracy_status(accuracy)
+    _termination_message(json.dumps(message))
 
 
 def accuracy_status(accuracy: dict[str, Any]) -> dict[str, Any]:
