@@ -4,7 +4,10 @@ what it read and writes what it returns."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
+
+from modeldeploy.names import ChildNames
 
 # The Ready=False reason of a ModelDeployment its server has no room for.
 DOES_NOT_FIT = "InsufficientServerCapacity"
@@ -18,6 +21,11 @@ class Candidate:
     created: str  # metadata.creationTimestamp: earlier models keep their place
     repository: str | None  # path of its built repository in the cache volume; None until built
     memory_bytes: int | None  # what the repository records (model_repo.memory)
+
+    @property
+    def model_name(self) -> str:
+        """Its Triton model name (the builder's --model-name for this ModelDeployment)."""
+        return ChildNames(self.name).model_name
 
 
 @dataclass(frozen=True)
@@ -35,12 +43,16 @@ def gib(value: int) -> str:
     return f"{value / (1 << 30):.2f} GiB"
 
 
-def place(server: str, capacity_bytes: int, candidates: list[Candidate]) -> Placement:
-    """First come, first placed: by creation time, then name, so adding a model never evicts another."""
+def place(
+    server: str, capacity_bytes: int, candidates: list[Candidate], loaded: Collection[str] = ()
+) -> Placement:
+    """First come, first placed: the models already listed (`loaded`, Triton model names) keep their
+    place, then by creation time and name, so adding a model never evicts another."""
     placed: list[Candidate] = []
     refused: dict[str, tuple[str, str]] = {}
     used = 0
-    for candidate in sorted(candidates, key=lambda c: (c.created, c.name)):
+    order = sorted(candidates, key=lambda c: (c.model_name not in loaded, c.created, c.name))
+    for candidate in order:
         if candidate.repository is None or candidate.memory_bytes is None:
             refused[candidate.name] = (
                 AWAITING_BUILD,
@@ -64,5 +76,7 @@ def place(server: str, capacity_bytes: int, candidates: list[Candidate]) -> Plac
 def desired_models(placement: Placement) -> dict[str, dict[str, dict[str, str]]]:
     """The agent's models.json content (model_repo.model_set.read_desired reads it)."""
     return {
-        "models": {c.name: {"repository": c.repository} for c in placement.placed if c.repository is not None}
+        "models": {
+            c.model_name: {"repository": c.repository} for c in placement.placed if c.repository is not None
+        }
     }

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from model_repo.model_set import DESIRED_FILE
 from modeldeploy.compare import is_subset
-from modeldeploy.kinds import DEPLOYMENT, MODEL_DEPLOYMENT, POD, POD_DISRUPTION_BUDGET, kind_of
+from modeldeploy.kinds import CONFIG_MAP, DEPLOYMENT, MODEL_DEPLOYMENT, POD, POD_DISRUPTION_BUDGET, kind_of
 from modeldeploy.kube import Cluster
 from modeldeploy.labels import is_owned_by
 from modeldeploy.manifests.deployment import HTTP_PORT
@@ -26,6 +27,7 @@ from modeldeploy.manifests.model_server import (
     build_server_deployment,
     build_server_pod_disruption_budget,
     build_server_service,
+    config_map_name,
     selector,
     wants_server_pod_disruption_budget,
 )
@@ -77,6 +79,15 @@ class TritonIndexStates:
         return combine([await asyncio.to_thread(index, ip) for ip in ips if ip])
 
 
+def listed_models(config_map: Mapping[str, Any] | None) -> set[str]:
+    """The models the server's current list holds (they keep their place)."""
+    try:
+        text = ((config_map or {}).get("data") or {}).get(DESIRED_FILE) or "{}"
+        return set((json.loads(text).get("models") or {}).keys())
+    except (ValueError, AttributeError):
+        return set()
+
+
 @dataclass
 class ServerOutcome:
     writes: int
@@ -112,7 +123,7 @@ def server_status(
 ) -> ModelServerStatus:
     models = []
     for candidate in placement.placed:
-        state, reason = states.get(candidate.name, ("LOADING", "not loaded yet"))
+        state, reason = states.get(candidate.model_name, ("LOADING", "not loaded yet"))
         models.append(
             PlacedModel(
                 name=candidate.name,
@@ -160,8 +171,12 @@ class ServerReconciler:
         uid = str(server.metadata.uid)
         namespace = server.metadata.namespace
         model_deployments = await self.cluster.list(MODEL_DEPLOYMENT, namespace, {})
+        listed = await self.cluster.get(CONFIG_MAP, namespace, config_map_name(server))
         placement = place(
-            server.metadata.name, server.spec.capacity_bytes(), candidates_for(server, model_deployments)
+            server.metadata.name,
+            server.spec.capacity_bytes(),
+            candidates_for(server, model_deployments),
+            loaded=listed_models(listed),
         )
         writes = 0
         wanted = [

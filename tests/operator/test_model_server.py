@@ -14,8 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from modeldeploy.api import DEDICATED_ONLY_CEL, SpecError, parse_spec
-from modeldeploy.kinds import CONFIG_MAP, DEPLOYMENT, MODEL_DEPLOYMENT, MODEL_SERVER
+from modeldeploy.api import DEDICATED_ONLY_CEL, SpecError, parse_model_deployment, parse_spec
+from modeldeploy.kinds import CONFIG_MAP, DEPLOYMENT, JOB, MODEL_DEPLOYMENT, MODEL_SERVER, POD
 from modeldeploy.manifests.model_server import (
     build_model_list,
     build_server_deployment,
@@ -24,7 +24,9 @@ from modeldeploy.manifests.model_server import (
     model_endpoint,
     wants_server_pod_disruption_budget,
 )
+from modeldeploy.placed import serving_verdict
 from modeldeploy.placement import AWAITING_BUILD, DOES_NOT_FIT, Candidate, desired_models, place
+from modeldeploy.reconcile import Reconciler
 from modeldeploy.server_api import GPU_MEMORY_BY_PRODUCT, parse_model_server, parse_server_spec
 from modeldeploy.server_crd import FILE_NAME, build_server_crd, render_server_crd_yaml
 from modeldeploy.server_reconcile import ServerReconciler, combine
@@ -225,3 +227,98 @@ def test_a_model_is_ready_only_where_every_replica_says_ready() -> None:
         "b": ("LOADING", "not loaded in every replica yet"),
     }
     assert combine([one, one]) == {"a": ("READY", ""), "b": ("READY", "")}
+
+
+def test_a_placed_model_is_built_into_the_server_cache_and_ready_only_when_loaded() -> None:
+    cluster = FakeCluster()
+    cluster.create({**SERVER, "spec": {**SERVER["spec"], "capacity": "1Gi"}})
+    settings = RenderSettings(triton_image="triton:t", builder_image="builder:t")
+    reconciler = Reconciler(cluster, settings)
+    states = FixedStates()
+    servers = ServerReconciler(cluster, settings, states)
+    spec = {"model": {"source": "hf://org/m", "task": "feature-extraction"}, "server": {"name": "encoders"}}
+    cluster.create_model_deployment("models", "minilm", spec)
+
+    def reconcile_model() -> dict[str, Any]:
+        asyncio.run(reconciler.reconcile(cluster.body(MODEL_DEPLOYMENT, "models", "minilm")))
+        status: dict[str, Any] = cluster.body(MODEL_DEPLOYMENT, "models", "minilm")["status"]
+        return status
+
+    def reconcile_server() -> None:
+        outcome = asyncio.run(servers.reconcile(cluster.body(MODEL_SERVER, "models", "encoders")))
+        cluster.set_status(MODEL_SERVER, "models", "encoders", outcome.status.dump())
+
+    status = reconcile_model()
+    assert status["reason"] in ("Building", "Pending"), status
+    assert cluster.names(DEPLOYMENT, "models") == [], "a placed model has no Deployment of its own"
+    (job_name,) = cluster.names(JOB, "models")
+    job = cluster.body(JOB, "models", job_name)
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert {"claimName": "shared-models"} == {
+        k: v
+        for k, v in next(v for v in volumes if "persistentVolumeClaim" in v)["persistentVolumeClaim"].items()
+        if k == "claimName"
+    }, "built into the server's cache claim"
+    builder_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--device" in builder_args and builder_args[builder_args.index("--device") + 1] == "gpu"
+
+    # The build succeeds and records what the model needs.
+    cluster.set_status(
+        JOB, "models", job_name, {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    )
+    message = json.dumps({"memoryBytes": 300 * 1024 * 1024})
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{job_name}-x",
+                "namespace": "models",
+                "labels": {"batch.kubernetes.io/job-name": job_name},
+            },
+            "spec": {"containers": [{"name": "model-builder", "image": "builder:t"}]},
+        }
+    )
+    cluster.set_status(
+        POD,
+        "models",
+        f"{job_name}-x",
+        {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {"name": "model-builder", "state": {"terminated": {"exitCode": 0, "message": message}}}
+            ],
+        },
+    )
+    status = reconcile_model()
+    assert status["modelRepository"]["memoryBytes"] == 300 * 1024 * 1024
+    assert status["reason"] == "Placing"
+
+    reconcile_server()
+    status = reconcile_model()
+    assert status["reason"] == "Loading" and status["phase"] == "Deploying"
+    states.by_model = {"minilm": ("READY", "")}
+    reconcile_server()
+    status = reconcile_model()
+    assert status["phase"] == "Ready" and status["reason"] == "Loaded"
+    assert status["endpoints"]["http"] == "http://encoders.models.svc:8000/v2/models/minilm"
+
+    # A second model that does not fit gets its own reason, naming the numbers.
+    cluster.create_model_deployment("models", "big", spec)
+    asyncio.run(reconciler.reconcile(cluster.body(MODEL_DEPLOYMENT, "models", "big")))
+    assert len(cluster.names(JOB, "models")) == 2
+    cluster.set_status(
+        MODEL_DEPLOYMENT,
+        "models",
+        "big",
+        {"modelRepository": {"digest": "d9", "memoryBytes": 900 * 1024 * 1024}},
+    )
+    reconcile_server()
+    big = cluster.body(MODEL_SERVER, "models", "encoders")["status"]["models"]
+    (entry,) = [m for m in big if m["name"] == "big"]
+    assert entry["state"] == "InsufficientServerCapacity"
+    verdict = serving_verdict(
+        parse_model_deployment(cluster.body(MODEL_DEPLOYMENT, "models", "big")),
+        cluster.body(MODEL_SERVER, "models", "encoders"),
+    )
+    assert verdict.reason == "InsufficientServerCapacity" and "needs 0.88 GiB" in verdict.message
