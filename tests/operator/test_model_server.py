@@ -254,11 +254,8 @@ def test_a_placed_model_is_built_into_the_server_cache_and_ready_only_when_loade
     (job_name,) = cluster.names(JOB, "models")
     job = cluster.body(JOB, "models", job_name)
     volumes = job["spec"]["template"]["spec"]["volumes"]
-    assert {"claimName": "shared-models"} == {
-        k: v
-        for k, v in next(v for v in volumes if "persistentVolumeClaim" in v)["persistentVolumeClaim"].items()
-        if k == "claimName"
-    }, "built into the server's cache claim"
+    (claim,) = [v["persistentVolumeClaim"] for v in volumes if "persistentVolumeClaim" in v]
+    assert claim["claimName"] == "shared-models", "built into the server's cache claim"
     builder_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--device" in builder_args and builder_args[builder_args.index("--device") + 1] == "gpu"
 
