@@ -139,15 +139,25 @@ def _link(served: Path, name: str, target: Path) -> bool:
     return True
 
 
-def reconcile(served: Path, desired: Mapping[str, Path], client: TritonRepositoryClient) -> ReconcileReport:
+def reconcile(
+    served: Path,
+    desired: Mapping[str, Path],
+    client: TritonRepositoryClient,
+    failed_before: Mapping[str, Path] | None = None,
+) -> ReconcileReport:
     """Make Triton's loaded set (over `served`, a directory of symlinks Triton was started on) exactly the
-    models of `desired` (served model name → built repository). Idempotent: run it again to retry."""
+    models of `desired` (served model name → built repository). Idempotent: run it again to retry.
+    `failed_before` (Triton model → directory whose load failed) is not retried until its directory
+    changes: a broken repository stays broken, and every load of it costs each replica a stub start."""
     served.mkdir(parents=True, exist_ok=True)
     links = desired_links(desired)
     report = ReconcileReport()
     ready = {str(m["name"]) for m in client.index() if m.get("state") == "READY"}
     for name, target in links.items():  # composing models come before the model made of them
         changed = _link(served, name, target)
+        if not changed and (failed_before or {}).get(name) == target:
+            report.failed[name] = "not retried: its last load failed and its repository has not changed"
+            continue
         if changed or name not in ready:
             try:
                 client.load(name)
@@ -189,9 +199,13 @@ def agent_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     client = TritonRepositoryClient(args.triton)
     last = ""
+    failed: dict[str, Path] = {}
     while True:
         try:
-            report = reconcile(args.served, read_desired(args.desired, args.repositories), client)
+            desired = read_desired(args.desired, args.repositories)
+            report = reconcile(args.served, desired, client, failed)
+            links = desired_links(desired)
+            failed = {name: links[name] for name in report.failed if name in links}
             line = json.dumps({"loaded": report.loaded, "unloaded": report.unloaded, "failed": report.failed})
         except (ModelSetError, OSError, ModelLoadError) as exc:
             line = json.dumps({"error": str(exc)})

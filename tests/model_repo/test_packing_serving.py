@@ -241,6 +241,27 @@ def test_replace_and_remove_under_concurrent_load_fail_no_request(packed: Packed
     assert read_record(packed.repositories[CLASSIFIER])["labels"] == list(TOPICS.values())
 
 
+def test_a_model_that_fails_to_load_names_tritons_error_and_disturbs_no_other(packed: Packed) -> None:
+    broken = _build(packed.root, "broken", packed.checkpoints[CLASSIFIER], "v1")
+    (broken / "broken" / "1" / "checkpoint" / "config.json").write_text("{ this is not json")
+    desired = {**packed.repositories, "broken": broken}
+    client = TritonRepositoryClient(packed.server.http_url)
+    report = reconcile(packed.served, desired, client)
+    assert set(report.failed) == {"broken"}, report.failed
+    assert "broken" in report.failed["broken"] and "config.json" in report.failed["broken"], report.failed
+    states = loaded(packed)
+    assert states["broken"] == "UNAVAILABLE"
+    assert all(states[name] == "READY" for name in packed.repositories), states
+    # Not retried while its repository is the same (each load would start a stub for nothing).
+    again = reconcile(
+        packed.served, desired, client, failed_before={"broken": (broken / "broken").absolute()}
+    )
+    assert again.loaded == [] and "not retried" in again.failed["broken"]
+    # Dropping it from the set unloads and unlinks it.
+    assert "broken" in reconcile(packed.served, packed.repositories, client).unloaded
+    assert "broken" not in loaded(packed)
+
+
 def test_each_built_repository_records_the_memory_it_needs(packed: Packed) -> None:
     import transformers
 
