@@ -35,6 +35,9 @@ def test_valid_packing_objects_pass_admission_with_defaults(
     cluster: DevCluster, manifest: dict[str, object], tmp_path: Path
 ) -> None:
     install_crds(cluster)
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/modelservers.modeldeploy.dev", "--timeout=60s"
+    )
     path = tmp_path / "object.json"
     path.write_text(json.dumps(manifest))
     proc = cluster.kubectl(
