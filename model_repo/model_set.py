@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model_repo.build import RECORD_FILE, read_record
-
+# The builder's record in every repository (model_repo.build.RECORD_FILE; a test checks they agree). This
+# module is standard library only: the agent runs it in the Triton image, where the project is not
+# installed (the Dockerfile copies this one file there, as it does the OpenAI frontend).
+RECORD_FILE = "modeldeploy.json"
 # The ConfigMap key the operator writes and the agent reads: {"models": {name: {"repository": path}}}.
 DESIRED_FILE = "models.json"
 REQUEST_TIMEOUT_S = 600.0  # a load blocks until the model is ready or failed (warm-up included)
@@ -53,6 +55,14 @@ class ReconcileReport:
     loaded: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # model → Triton's error
+
+
+def read_record(repository: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((repository / RECORD_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def triton_models(repository: Path) -> list[TritonModel]:

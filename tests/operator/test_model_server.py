@@ -319,3 +319,25 @@ def test_a_placed_model_is_built_into_the_server_cache_and_ready_only_when_loade
         cluster.body(MODEL_SERVER, "models", "encoders"),
     )
     assert verdict.reason == "InsufficientServerCapacity" and "needs 0.88 GiB" in verdict.message
+
+
+def test_the_agent_runs_on_the_standard_library_alone(tmp_path: Path) -> None:
+    """The Triton image has no project installed: the agent file must import nothing but the stdlib."""
+    import shutil
+    import subprocess
+    import sys
+
+    from model_repo import build, model_set
+
+    assert model_set.RECORD_FILE == build.RECORD_FILE
+    shutil.copy(model_set.__file__, tmp_path / "modeldeploy_agent.py")
+    # -S and an empty environment: no site-packages, no PYTHONPATH; the standard library and the file.
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "modeldeploy_agent", "--help"],
+        cwd=tmp_path,
+        env={},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and "--desired" in proc.stdout, proc.stderr

@@ -134,7 +134,8 @@ def build_server_deployment(server: ModelServer, settings: RenderSettings) -> di
     agent = {
         "name": AGENT_CONTAINER,
         "image": settings.triton_image,
-        "command": ["python3", "-m", "model_repo.model_set"],
+        # model_repo/model_set.py, copied into the Triton image as modeldeploy_agent (Dockerfile).
+        "command": ["python3", "-m", "modeldeploy_agent"],
         "args": [
             f"--desired={DESIRED_MOUNT}/{DESIRED_FILE}",
             f"--repositories={CACHE_MOUNT}",
