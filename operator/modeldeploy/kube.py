@@ -19,15 +19,17 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Event, Node, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolumeClaim, Pod, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 
 from modeldeploy.kinds import (
+    CONFIG_MAP,
     DEPLOYMENT,
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
     MODEL_DEPLOYMENT,
+    MODEL_SERVER,
     PERSISTENT_VOLUME_CLAIM,
     POD,
     POD_DISRUPTION_BUDGET,
@@ -67,7 +69,9 @@ class Cluster(Protocol):
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
 
-    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+    async def apply_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], kind: Kind = MODEL_DEPLOYMENT
+    ) -> str | None:
         """Returns the object's resourceVersion after the write (None if it is gone)."""
         ...
 
@@ -91,6 +95,7 @@ def _custom_resource(kind: Kind) -> type[GenericNamespacedResource]:
 
 
 _ModelDeployment = _custom_resource(MODEL_DEPLOYMENT)
+_ModelServer = _custom_resource(MODEL_SERVER)
 _ScaledObject = _custom_resource(SCALED_OBJECT)
 _ServiceMonitor = _custom_resource(SERVICE_MONITOR)
 _RESOURCES: dict[Kind, type[NamespacedResource]] = {
@@ -104,6 +109,12 @@ _RESOURCES: dict[Kind, type[NamespacedResource]] = {
     SERVICE_MONITOR: _ServiceMonitor,
     POD: Pod,
     MODEL_DEPLOYMENT: _ModelDeployment,
+    MODEL_SERVER: _ModelServer,
+    CONFIG_MAP: ConfigMap,
+}
+_STATUS_RESOURCES: dict[Kind, Any] = {
+    MODEL_DEPLOYMENT: _ModelDeployment.Status,
+    MODEL_SERVER: _ModelServer.Status,
 }
 
 
@@ -191,17 +202,19 @@ class LightkubeCluster:
             self._client.delete(_RESOURCES[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND),
         )
 
-    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+    async def apply_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], kind: Kind = MODEL_DEPLOYMENT
+    ) -> str | None:
         body = {
-            "apiVersion": MODEL_DEPLOYMENT.api_version,
-            "kind": MODEL_DEPLOYMENT.kind,
+            "apiVersion": kind.api_version,
+            "kind": kind.kind,
             "metadata": {"name": name, "namespace": namespace},
             "status": dict(status),
         }
         written = await _call_or_none(
             f"update status of {namespace}/{name}",
             self._client.patch(
-                _ModelDeployment.Status,
+                _STATUS_RESOURCES[kind],
                 name,
                 body,
                 namespace=namespace,
