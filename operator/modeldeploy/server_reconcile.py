@@ -67,16 +67,24 @@ def combine(per_pod: list[list[dict[str, Any]]]) -> dict[str, tuple[str, str]]:
 
 
 class TritonIndexStates:
-    """ModelStates over HTTP: each Ready pod's Triton repository index, on its pod IP."""
+    """ModelStates over HTTP: each Ready pod's Triton repository index, on its pod IP. A pod that does not
+    answer counts as having loaded nothing yet (its models are not READY everywhere), never as an error
+    of the reconcile: the other pods' states and the server's children stay current."""
+
+    timeout_s = 3.0
+
+    def _index(self, ip: str) -> list[dict[str, Any]]:
+        request = urllib.request.Request(f"http://{ip}:{HTTP_PORT}/v2/repository/index", data=b"{}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return list(json.loads(response.read() or b"[]"))
+        except (OSError, ValueError):
+            return []
 
     async def states(self, pods: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-        def index(ip: str) -> list[dict[str, Any]]:
-            request = urllib.request.Request(f"http://{ip}:{HTTP_PORT}/v2/repository/index", data=b"{}")
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return list(json.loads(response.read() or b"[]"))
-
-        ips = [str((p.get("status") or {}).get("podIP")) for p in pods if _pod_ready(p)]
-        return combine([await asyncio.to_thread(index, ip) for ip in ips if ip])
+        ips = [str((p.get("status") or {}).get("podIP") or "") for p in pods if _pod_ready(p)]
+        indexes = await asyncio.gather(*(asyncio.to_thread(self._index, ip) for ip in ips if ip))
+        return combine(list(indexes))
 
 
 def listed_models(config_map: Mapping[str, Any] | None) -> set[str]:
