@@ -60,19 +60,38 @@ def register_servers(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
                     if placed_here and server_of(model) == name and runtime.queue is not None:
                         runtime.queue.notify(str(uid), "server")
 
+    known: set[tuple[str, str]] = set()
+    tasks: list[asyncio.Task[None]] = []
+
     @kopf.on.event(*MODEL_SERVERS, registry=registry, id="reconcile-server")
     async def server_changed(event: Mapping[str, Any], namespace: str | None, name: str, **_: Any) -> None:
-        if event.get("type") != "DELETED" and namespace is not None:
-            await reconcile_server(namespace, name)
-
-    @kopf.timer(*MODEL_SERVERS, interval=POLL_SECONDS, registry=registry, id="poll-server-models")
-    async def poll_models(namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None:
             return
-        try:
-            await reconcile_server(namespace, name)
-        except (KubeError, OSError) as exc:  # the next tick retries
-            logger.warning("ModelServer %s/%s: %s", namespace, name, exc)
+        if event.get("type") == "DELETED":
+            known.discard((namespace, name))
+            return
+        known.add((namespace, name))
+        await reconcile_server(namespace, name)
+
+    async def poll_forever() -> None:
+        # Not a kopf timer: kopf would patch the ModelServer to keep its timer's state, and the operator's
+        # role may only write the status.
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            for namespace, name in sorted(known):
+                try:
+                    await reconcile_server(namespace, name)
+                except (KubeError, OSError) as exc:  # the next round retries
+                    logger.warning("ModelServer %s/%s: %s", namespace, name, exc)
+
+    @kopf.on.startup(registry=registry, id="poll-server-models")
+    async def start_polling(**_: Any) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(poll_forever()))
+
+    @kopf.on.cleanup(registry=registry, id="stop-polling-server-models")
+    async def stop_polling(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
 
     @kopf.on.event(*MODEL_DEPLOYMENTS, registry=registry, id="server-of-modeldeployment")
     async def placed_model_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
