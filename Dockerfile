@@ -88,6 +88,8 @@ RUN --mount=type=bind,source=docker/constraints.txt,target=/tmp/constraints.txt 
 # The OpenAI-compatible sidecar (spec.api.openai): `python3 -m openai_frontend`, a self-contained package
 # (no project install: this image's Python is 3.12) whose dependencies come from the requirements above.
 COPY model_repo/openai_frontend/ /opt/modeldeploy/python/openai_frontend/
+# A ModelServer's agent container (`python3 -m modeldeploy_agent`): standard library only.
+COPY model_repo/model_set.py /opt/modeldeploy/python/modeldeploy_agent.py
 ENV PYTHONPATH=/opt/modeldeploy/python
 USER 1000:1000
 WORKDIR /tmp

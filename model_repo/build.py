@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_repo import __version__, onnx_format, python_format, vllm_format
+from model_repo import __version__, memory, onnx_format, python_format, vllm_format
 from model_repo.accuracy import ACCURACY_FILE
 from model_repo.checkpoint import (
     CheckpointInfo,
@@ -418,6 +418,10 @@ def _write_record(
         "mask_token": prepared.tokenizer.mask_token if info.task is Task.FILL_MASK else None,
         "checkpoint_files": list(inspected.fetched.files),
         "allow_new_head": options.allow_new_head,
+        # Expected device memory: what a shared server's placement counts (model_repo.memory).
+        "memory": memory.for_build(
+            options, info, prepared.model, prepared.dtype, prepared.max_length
+        ).as_json(),
         # What the builder wrote: a later build replaces exactly these and refuses anything else.
         "files": tree(repo),
     }

@@ -159,6 +159,58 @@ def with_build_options(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+# Options `serve` takes once per model it packs into one server.
+PER_MODEL = {
+    "source": " Repeat --source (with one --model-name each) to pack several models into one server.",
+    "model_name": " One per --source when several are given.",
+}
+
+
+def with_build_options_per_source(command: Callable[..., None]) -> Callable[..., None]:
+    """Like `with_build_options`, but --source and --model-name repeat: `command` receives one
+    BuildOptions per source (the other build options shared by all)."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [parameter for name, parameter in signature.parameters.items() if name != "per_source"]
+    names = [parameter.name for parameter in BUILD_PARAMETERS]
+
+    def repeated(parameter: inspect.Parameter) -> inspect.Parameter:
+        info = parameter.default
+        default = ... if parameter.name == "source" else None
+        annotation = list[str] if parameter.name == "source" else list[str] | None
+        return parameter.replace(
+            annotation=annotation,
+            default=typer.Option(
+                default, *info.param_decls, help=(info.help or "") + PER_MODEL[parameter.name]
+            ),
+        )
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        shared = {name: values.pop(name) for name in names}
+        sources: list[str] = shared.pop("source")
+        model_names: list[str] = shared.pop("model_name") or []
+        if len(sources) > 1 and len(model_names) != len(sources):
+            raise typer.BadParameter(
+                f"{len(sources)} --source options need as many --model-name options (one per model, in the "
+                f"same order), got {len(model_names)}",
+                param_hint="--model-name",
+            )
+        model_names = model_names or ["model"]
+        if len(set(model_names)) != len(model_names):
+            raise typer.BadParameter("each --model-name must be different", param_hint="--model-name")
+        per_source = [
+            _build_options({**shared, "source": source, "model_name": name})
+            for source, name in zip(sources, model_names, strict=True)
+        ]
+        command(per_source, **values)
+
+    parameters = [repeated(p) if p.name in PER_MODEL else p for p in BUILD_PARAMETERS]
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*parameters, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
+    )
+    return run
+
+
 def _progress(message: str) -> None:
     typer.echo(f"modeldeploy: {message}", err=True)
 
@@ -235,14 +287,18 @@ def build(
         f"{state}: {result.path} (format={result.format.value} task={result.task.value} "
         f"model={result.model_name} digest={result.digest})"
     )
-    accuracy = (read_record(result.path) or {}).get("accuracy")
+    record = read_record(result.path) or {}
+    accuracy = record.get("accuracy")
+    # What the operator reads from the build pod: a shared server places the model by its memory.
+    message: dict[str, Any] = {"memoryBytes": (record.get("memory") or {}).get("total_bytes")}
     if accuracy:
         gate = accuracy["gate"]
         typer.echo(
             f"accuracy vs float32: {json.dumps(accuracy['metrics'])} "
             f"(gate: {gate['metric']} {gate['value']} >= {gate['floor']})"
         )
-        _termination_message(json.dumps({"accuracy": accuracy_status(accuracy)}))
+        message["accuracy"] = accuracy_status(accuracy)
+    _termination_message(json.dumps(message))
 
 
 def accuracy_status(accuracy: dict[str, Any]) -> dict[str, Any]:
@@ -309,16 +365,31 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
     )
 
 
-def default_serve_workdir(options: BuildOptions) -> Path:
+def default_serve_workdir(per_source: list[BuildOptions]) -> Path:
     """`serve`'s work directory without --workdir: one per set of build options (its flags' hash), so a
     serve of another model never builds over a repository that a running serve is serving."""
-    key = hashlib.sha256("\0".join(options.to_args()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "modeldeploy-serve" / f"{options.model_name}-{key}"
+    flags = "\0\0".join("\0".join(options.to_args()) for options in per_source)
+    key = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    name = "+".join(options.model_name for options in per_source)
+    return Path(tempfile.gettempdir()) / "modeldeploy-serve" / f"{name}-{key}"
 
 
-@with_build_options
+def _load_all(served: Path, results: list[BuildResult], http_url: str) -> None:
+    """Load every built repository into the explicit-mode server at `http_url` (Triton's error if not)."""
+    from model_repo.model_set import TritonRepositoryClient, reconcile
+    from model_repo.triton import TritonError
+
+    desired = {result.model_name: result.path for result in results}
+    report = reconcile(served, desired, TritonRepositoryClient(http_url))
+    if report.failed:
+        raise TritonError(
+            "; ".join(f"model {name} failed to load: {error}" for name, error in report.failed.items())
+        )
+
+
+@with_build_options_per_source
 def serve(
-    options: BuildOptions,
+    per_source: list[BuildOptions],
     force: ForceOption = False,
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="Default: 8000, or a free port if 8000 is taken.")
@@ -357,7 +428,8 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Build the repository and serve it with a local tritonserver until Ctrl-C."""
+    """Build the repository and serve it with a local tritonserver until Ctrl-C (several --source: each
+    model built into its own repository, all loaded into one server in explicit model-control mode)."""
     from model_repo.openai_local import FrontendError, openai_frontend_for
     from model_repo.triton import TritonError, TritonServer, port_or_free
     from model_repo.triton_args import loopback_server_args, triton_server_args
@@ -365,12 +437,24 @@ def serve(
     if api_key and not openai:
         typer.echo("modeldeploy serve: error: --api-key applies to the OpenAI API; add --openai", err=True)
         raise typer.Exit(code=2)
-    base = workdir or default_serve_workdir(options)
-    result = _build(options, base / "repository", force)
-    extra = triton_server_args(response_cache=options.response_cache)
+    base = workdir or default_serve_workdir(per_source)
+    packed = len(per_source) > 1
+    if packed and openai:
+        raise typer.BadParameter("--openai serves one model; give one --source", param_hint="--openai")
+    if packed:
+        results = [_build(o, base / "repositories" / o.model_name, force) for o in per_source]
+    else:
+        results = [_build(per_source[0], base / "repository", force)]
+    extra = triton_server_args(response_cache=any(o.response_cache for o in per_source))
     if api_key:
         # The keys guard the OpenAI API only: Triton's own ports must not be a way around them.
         extra += loopback_server_args()
+    # Several models: one server over a directory of links to their repositories, each model loaded
+    # through Triton's repository API (as a shared server's agent does in the cluster).
+    served = base / "served"
+    if packed:
+        served.mkdir(parents=True, exist_ok=True)
+        extra += ["--model-control-mode=explicit", f"--model-repository={served}"]
 
     stop = threading.Event()
 
@@ -379,7 +463,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
-        result.path,
+        None if packed else results[0].path,
         http_port=http_port or port_or_free(8000),
         grpc_port=grpc_port or port_or_free(8001),
         metrics_port=metrics_port or port_or_free(8002),
@@ -388,19 +472,28 @@ def serve(
         log_path=base / "tritonserver.log",
         host="127.0.0.1",
     )
-    frontend = openai_frontend_for(result.path, server.grpc_url, base, enabled=openai, api_keys=api_key or [])
+    frontend = openai_frontend_for(
+        results[0].path, server.grpc_url, base, enabled=openai, api_keys=api_key or []
+    )
     try:
         _progress(f"starting tritonserver (log: {server.log_path})")
         server.start()
+        if packed:
+            _load_all(served, results, server.http_url)
         frontend.start()
-        typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")
+        for result in results:
+            typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")
         typer.echo(f"  HTTP    http://{server.http_url}")
         typer.echo(f"  gRPC    {server.grpc_url}")
         typer.echo(f"  metrics {server.metrics_url}")
         if frontend.enabled:
             keyed = "; API key required" if api_key else ""
-            typer.echo(f"  OpenAI  {frontend.base_url}  (model {result.model_name!r}{keyed})")
-        typer.echo("example request:\n" + example_requests(result, server.http_url, server.grpc_url))
+            typer.echo(f"  OpenAI  {frontend.base_url}  (model {results[0].model_name!r}{keyed})")
+        for result in results:
+            typer.echo(
+                f"example request ({result.model_name}):\n"
+                + example_requests(result, server.http_url, server.grpc_url)
+            )
         typer.echo("Ctrl-C to stop.")
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:

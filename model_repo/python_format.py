@@ -19,7 +19,7 @@ QUEUED_PER_SEQUENCE = 4
 WARMUP_TEXT = "Triton warms this model up so that the first real request is not the slow one."
 
 
-def _kv_bytes_per_token(model: Any, dtype: str) -> int:
+def kv_bytes_per_token(model: Any, dtype: str) -> int:
     """Bytes one token's keys and values take across all layers (what a sequence reserves per position)."""
     config = model.config.get_text_config()
     layers = int(getattr(config, "num_hidden_layers", 1))
@@ -29,7 +29,7 @@ def _kv_bytes_per_token(model: Any, dtype: str) -> int:
     return 2 * layers * kv_heads * head_dim * (4 if dtype == "float32" else 2)
 
 
-def _generation_parameters(options: BuildOptions, model: Any, dtype: str, max_length: int) -> dict[str, str]:
+def generation_parameters(options: BuildOptions, model: Any, dtype: str, max_length: int) -> dict[str, str]:
     from model_repo.runtime.generation import default_max_concurrent_sequences
 
     if options.max_tokens is not None and options.max_tokens >= max_length:
@@ -39,7 +39,7 @@ def _generation_parameters(options: BuildOptions, model: Any, dtype: str, max_le
         )
     limit = options.max_tokens if options.max_tokens is not None else max_length - 1
     sequences = options.max_concurrent_sequences or default_max_concurrent_sequences(
-        options.device, _kv_bytes_per_token(model, dtype), max_length
+        options.device, kv_bytes_per_token(model, dtype), max_length
     )
     return {
         "max_concurrent_sequences": str(sequences),
@@ -74,7 +74,7 @@ def write(
     )
     text_input = python_backend.string_warmup_input(warmup_file)
     if generation:
-        parameters.update(_generation_parameters(options, model, dtype, max_length))
+        parameters.update(generation_parameters(options, model, dtype, max_length))
         (model_dir / "warmup" / "max_tokens").write_bytes(struct.pack("<i", 2))
         # Decoupled: one request streams many responses, so Triton's batcher stays out of the way.
         spec = ModelConfigSpec(

@@ -326,9 +326,11 @@ class FakeCluster:
         self.writes.append(Write("delete", kind.kind, namespace, name))
         self._remove_object((kind, namespace, name))
 
-    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
-        self.writes.append(Write("status", MODEL_DEPLOYMENT.kind, namespace, name))
-        stored = self._stored(MODEL_DEPLOYMENT, namespace, name)
+    async def apply_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], kind: Kind = MODEL_DEPLOYMENT
+    ) -> str | None:
+        self.writes.append(Write("status", kind.kind, namespace, name))
+        stored = self._stored(kind, namespace, name)
         if stored is None:
             return None
         # The status subresource: our manager owns all of it, so an apply replaces it.

@@ -1164,6 +1164,41 @@ class Rollout(ApiModel):
     )
 
 
+class ServerRef(ApiModel):
+    """A shared ModelServer (same namespace) to load this model into instead of a Deployment of its own
+    (docs/packing.md)."""
+
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="The ModelServer's name."),
+    ]
+
+
+# What only a Deployment of the model's own can honour: a model placed on a shared server takes the
+# server's replicas, resources, cache and pods (no sidecars), so each is refused beside spec.server.
+DEDICATED_ONLY_CEL = (
+    "!has(self.server) || (self.replicas == 1 && !has(self.autoscaling) && !has(self.cache) && "
+    "!has(self.api) && !has(self.rollout) && !has(self.network) && "
+    "(!has(self.resources) || (self.resources.gpus == 0 && "
+    "!has(self.resources.gpuProduct) && !has(self.resources.requests) && !has(self.resources.limits) && "
+    "!has(self.resources.nodeSelector) && !has(self.resources.tolerations) && "
+    "!has(self.resources.affinity))))"
+)
+DEDICATED_ONLY_FIELDS = "replicas, autoscaling, resources, cache, api, rollout, network"
+
+
+def _fits_shared_server(spec: ModelDeploymentSpec) -> bool:
+    return spec.server is None or (
+        spec.replicas == 1
+        and spec.autoscaling is None
+        and spec.cache is None
+        and spec.api is None
+        and spec.rollout is None
+        and spec.network is None
+        and spec.resources == Resources()
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment: a checkpoint served by Triton."""
 
@@ -1212,6 +1247,17 @@ class ModelDeploymentSpec(ApiModel):
     network: Annotated[
         Network | None,
         Field(default=None, description="A NetworkPolicy for the model's pods; none when omitted."),
+    ] = None
+
+    server: Annotated[
+        ServerRef | None,
+        Field(
+            default=None,
+            description=(
+                "Load the model into this shared ModelServer (same namespace) instead of running a "
+                "Deployment of its own; placed only where its recorded memory fits the server's capacity."
+            ),
+        ),
     ] = None
 
     @property
@@ -1348,6 +1394,16 @@ class ModelDeploymentSpec(ApiModel):
             ),
             check=lambda s: s.openai is None or s.model.task in OPENAI_TASKS,
             field_path=".api.openai",
+        ),
+        Rule(
+            cel=DEDICATED_ONLY_CEL,
+            message=(
+                "spec.server places the model on a shared ModelServer, which decides "
+                f"{DEDICATED_ONLY_FIELDS}: leave spec.replicas at 1 and spec.autoscaling, spec.resources, "
+                "spec.cache and spec.api unset (set them on the ModelServer)"
+            ),
+            check=_fits_shared_server,
+            field_path=".server",
         ),
     )
 
@@ -1496,6 +1552,12 @@ class RolloutStatus(ApiModel):
     )
     message: str | None = Field(default=None, max_length=1024, description="What is happening, on one line.")
     summary: str | None = Field(default=None, description="For kubectl get, e.g. 'step 2/3 (50%)'.")
+
+    memory_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Device memory the repository records it needs (weights, activations, KV cache).",
+    )
 
 
 class ModelDeploymentStatus(ApiModel):

@@ -274,4 +274,8 @@ def build_registry(config: OperatorConfig, metrics: Metrics) -> tuple[kopf.Opera
         for uid in owners.get((namespace, labels.get(NAME_LABEL)), ()):
             reconcile_owner(str(uid), "pods")
 
+    # Shared servers (docs/packing.md): their own handlers, on the same runtime.
+    from modeldeploy.server_handlers import register_servers
+
+    register_servers(registry, runtime)
     return registry, runtime

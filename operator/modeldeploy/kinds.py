@@ -46,11 +46,14 @@ SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemon
 NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 POD = Kind("v1", "Pod", "pods")
 EVENT = Kind("v1", "Event", "events")
-# Read only: the calibration texts of spec.triton.calibration count in the repository's digest.
+# Read: the calibration texts of spec.triton.calibration (they count in the digest); written: a shared
+# server's model list.
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
 # Gateway API: only where installed (a canary with traffic HTTPRoute); not watched.
 HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
+# A shared server's kind and its model list (docs/packing.md).
+MODEL_SERVER = Kind(f"{GROUP}/{VERSION}", "ModelServer", "modelservers")
 CHILD_KINDS = (
     PERSISTENT_VOLUME_CLAIM,
     JOB,
@@ -65,7 +68,9 @@ CHILD_KINDS = (
 KEDA_CRD = f"{SCALED_OBJECT.plural}.{SCALED_OBJECT.group}"
 SERVICE_MONITOR_CRD = f"{SERVICE_MONITOR.plural}.{SERVICE_MONITOR.group}"
 HTTP_ROUTE_CRD = f"{HTTP_ROUTE.plural}.{HTTP_ROUTE.group}"
-_BY_KIND = {kind.kind: kind for kind in (*CHILD_KINDS, POD, CONFIG_MAP, MODEL_DEPLOYMENT, HTTP_ROUTE)}
+_BY_KIND = {
+    kind.kind: kind for kind in (*CHILD_KINDS, POD, CONFIG_MAP, MODEL_DEPLOYMENT, MODEL_SERVER, HTTP_ROUTE)
+}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:

@@ -30,6 +30,7 @@ from modeldeploy.kinds import (
     HORIZONTAL_POD_AUTOSCALER,
     JOB,
     MODEL_DEPLOYMENT,
+    MODEL_SERVER,
     NETWORK_POLICY,
     PERSISTENT_VOLUME_CLAIM,
     POD,
@@ -70,7 +71,9 @@ class Cluster(Protocol):
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None: ...
 
-    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+    async def apply_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], kind: Kind = MODEL_DEPLOYMENT
+    ) -> str | None:
         """Returns the object's resourceVersion after the write (None if it is gone)."""
         ...
 
@@ -98,6 +101,7 @@ def _custom_resource(kind: Kind) -> type[GenericNamespacedResource]:
 
 
 _ModelDeployment = _custom_resource(MODEL_DEPLOYMENT)
+_ModelServer = _custom_resource(MODEL_SERVER)
 _ScaledObject = _custom_resource(SCALED_OBJECT)
 _ServiceMonitor = _custom_resource(SERVICE_MONITOR)
 _RESOURCES: dict[Kind, type[NamespacedResource]] = {
@@ -113,6 +117,11 @@ _RESOURCES: dict[Kind, type[NamespacedResource]] = {
     POD: Pod,
     CONFIG_MAP: ConfigMap,
     MODEL_DEPLOYMENT: _ModelDeployment,
+    MODEL_SERVER: _ModelServer,
+}
+_STATUS_RESOURCES: dict[Kind, Any] = {
+    MODEL_DEPLOYMENT: _ModelDeployment.Status,
+    MODEL_SERVER: _ModelServer.Status,
 }
 
 
@@ -210,17 +219,19 @@ class LightkubeCluster:
             self._client.delete(_RESOURCES[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND),
         )
 
-    async def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> str | None:
+    async def apply_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], kind: Kind = MODEL_DEPLOYMENT
+    ) -> str | None:
         body = {
-            "apiVersion": MODEL_DEPLOYMENT.api_version,
-            "kind": MODEL_DEPLOYMENT.kind,
+            "apiVersion": kind.api_version,
+            "kind": kind.kind,
             "metadata": {"name": name, "namespace": namespace},
             "status": dict(status),
         }
         written = await _call_or_none(
             f"update status of {namespace}/{name}",
             self._client.patch(
-                _ModelDeployment.Status,
+                _STATUS_RESOURCES[kind],
                 name,
                 body,
                 namespace=namespace,

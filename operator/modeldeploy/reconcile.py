@@ -266,6 +266,10 @@ class Reconciler:
             status = invalid_spec_status(previous, metadata.get("generation"), exc.messages, now_rfc3339())
             writes = await self._publish(body, previous, status)
             return Outcome(invalid_spec=exc.messages, writes=writes, message=str(exc))
+        if md.spec.server is not None:  # loaded into a shared ModelServer: no Deployment of its own
+            from modeldeploy.placed import reconcile_placed
+
+            return await reconcile_placed(self, body, md, previous)
         capabilities = await self.capabilities()
         desired = desired_state(md, self.settings, capabilities, await calibration_sha256(self.cluster, md))
         current = _Round(

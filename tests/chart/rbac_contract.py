@@ -35,6 +35,10 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     # Read only: the operator writes the status subresource, never the object (kopf writes no annotations).
     Permission("modeldeploy.dev", "modeldeployments", READ, "watched"),
     Permission("modeldeploy.dev", "modeldeployments/status", ("get", "patch", "update"), "watched"),
+    # Shared servers (docs/packing.md): read, status written; their model lists are ConfigMaps.
+    Permission("modeldeploy.dev", "modelservers", READ, "watched"),
+    Permission("modeldeploy.dev", "modelservers/status", ("get", "patch", "update"), "watched"),
+    Permission("", "configmaps", CRUD, "watched"),
     Permission("apps", "deployments", CRUD, "watched"),
     Permission("", "services", CRUD, "watched"),
     Permission("", "persistentvolumeclaims", CRUD, "watched"),

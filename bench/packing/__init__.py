@@ -1,0 +1,1 @@
+"""Packing benchmark: N small encoders in one explicit-mode Triton vs N servers of one model each."""

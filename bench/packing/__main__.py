@@ -1,0 +1,3 @@
+from bench.packing.run import main
+
+main()

@@ -1,0 +1,195 @@
+"""The ModelServer API (modeldeploy.dev/v1alpha1): one shared Triton server many ModelDeployments are
+loaded into (`ModelDeployment.spec.server`), in explicit model-control mode (docs/packing.md).
+
+Like api.py, these pydantic models generate the CRD (server_crd.py) and validate what the operator reads.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modeldeploy.api import (
+    API_VERSION,
+    ApiModel,
+    Autoscaling,
+    Condition,
+    ObjectMeta,
+    Quantity,
+    Resources,
+    Rule,
+    SpecError,
+    _format_error,
+    _quantity_schema,
+    _to_camel_path,
+)
+from modeldeploy.names import DNS1123_SUBDOMAIN
+from modeldeploy.quantity import parse_quantity
+
+KIND = "ModelServer"
+PLURAL = "modelservers"
+SINGULAR = "modelserver"
+SHORT_NAMES = ["mserver"]
+
+# GPU memory of the products GPU Feature Discovery names (nvidia.com/gpu.product), in bytes as the
+# vendor states it. The default capacity keeps a tenth back for CUDA contexts, the stubs and Triton.
+GPU_MEMORY_BY_PRODUCT = {
+    "NVIDIA-H200": 141_000_000_000,
+    "NVIDIA-H100-80GB-HBM3": 80_000_000_000,
+    "NVIDIA-A100-SXM4-80GB": 80_000_000_000,
+    "NVIDIA-A100-SXM4-40GB": 40_000_000_000,
+    "NVIDIA-A100-PCIE-40GB": 40_000_000_000,
+    "NVIDIA-L40S": 48_000_000_000,
+    "NVIDIA-L4": 24_000_000_000,
+    "NVIDIA-A10G": 24_000_000_000,
+    "Tesla-T4": 16_000_000_000,
+}
+DEFAULT_CAPACITY_FRACTION = 0.9
+_KNOWN_PRODUCTS_CEL = "[" + ", ".join(f"'{product}'" for product in GPU_MEMORY_BY_PRODUCT) + "]"
+
+
+class ServerCache(ApiModel):
+    """The PersistentVolumeClaim holding the placed models' built repositories (content-addressed: one
+    directory per digest). The server's pods mount it read-only; the operator's build Jobs write it."""
+
+    claim_name: Annotated[
+        str, Field(max_length=253, pattern=DNS1123_SUBDOMAIN, description="An existing PVC (ReadWriteMany).")
+    ]
+
+
+class ServerTriton(ApiModel):
+    """Settings of the shared tritonserver."""
+
+    response_cache: bool = Field(
+        default=False, description="Start the server with a response cache (for models that enable it)."
+    )
+    agent_interval_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=300,
+        description="How often the agent container reconciles Triton's loaded models with the model list.",
+    )
+
+
+class ModelServerSpec(ApiModel):
+    """Desired state of a ModelServer: one Triton Deployment that many ModelDeployments are loaded into."""
+
+    replicas: Annotated[
+        int, Field(default=1, ge=0, le=1000, description="Triton pods (ignored while autoscaling is set).")
+    ] = 1
+    autoscaling: Annotated[
+        Autoscaling | None, Field(default=None, description="Autoscale the server's pods on a Triton metric.")
+    ] = None
+    resources: Annotated[
+        Resources, Field(default_factory=Resources, description="Compute and placement of each pod.")
+    ]
+    capacity: Annotated[
+        Quantity | None,
+        Field(
+            default=None,
+            description=(
+                "Device memory for models (GPU memory with gpus >= 1, else host memory). A model is placed "
+                "only while the memory its repository records fits. Default: 90% of the gpuProduct's memory "
+                "where the product is known; required otherwise."
+            ),
+            json_schema_extra=_quantity_schema(
+                "Device memory for models; default 90% of a known gpuProduct's memory, else required."
+            ),
+        ),
+    ] = None
+    cache: Annotated[ServerCache, Field(description="Where the placed models' repositories are built.")]
+    triton: Annotated[
+        ServerTriton, Field(default_factory=ServerTriton, description="Settings of the shared tritonserver.")
+    ]
+
+    def capacity_bytes(self) -> int:
+        if self.capacity is not None:
+            return int(parse_quantity(str(self.capacity)))
+        product = self.resources.gpu_product
+        assert product is not None and product in GPU_MEMORY_BY_PRODUCT  # the capacity rule holds
+        return int(GPU_MEMORY_BY_PRODUCT[product] * DEFAULT_CAPACITY_FRACTION)
+
+    __rules__ = (
+        Rule(
+            cel=(
+                "has(self.capacity) || (has(self.resources) && has(self.resources.gpuProduct) && "
+                f"self.resources.gpuProduct in {_KNOWN_PRODUCTS_CEL})"
+            ),
+            message=(
+                "spec.capacity is required unless spec.resources.gpuProduct is a GPU whose memory is known ("
+                + ", ".join(GPU_MEMORY_BY_PRODUCT)
+                + ")"
+            ),
+            check=lambda s: s.capacity is not None or s.resources.gpu_product in GPU_MEMORY_BY_PRODUCT,
+            field_path=".capacity",
+        ),
+    )
+
+
+class PlacedModel(ApiModel):
+    """A ModelDeployment placed on (or refused by) this server."""
+
+    name: str = Field(max_length=253, description="The ModelDeployment.")
+    state: str = Field(
+        max_length=64,
+        description="READY, LOADING, UNAVAILABLE (Triton's states), Pending (not built yet) or DoesNotFit.",
+    )
+    memory: str = Field(max_length=32, description="Memory its repository records (bytes, as a quantity).")
+    message: str | None = Field(default=None, max_length=4096, description="Triton's error, or why it waits.")
+
+
+class ModelServerStatus(ApiModel):
+    """Observed state, written only by the operator."""
+
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Available and Ready.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int | None = Field(default=None, description="Pods that exist (scale subresource).")
+    ready_replicas: int | None = Field(default=None, description="Pods that are Ready.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    capacity: str | None = Field(default=None, description="Device memory for models (bytes).")
+    used: str | None = Field(default=None, description="Memory the placed models record (bytes).")
+    memory_summary: str | None = Field(default=None, description="used/capacity, for kubectl get.")
+    model_summary: str | None = Field(default=None, description="ready/placed models, for kubectl get.")
+    models: list[PlacedModel] | None = Field(
+        default=None,
+        description="Each ModelDeployment that names this server.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+class ModelServer(BaseModel):
+    """A ModelServer as the operator sees it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: ObjectMeta
+    spec: ModelServerSpec
+    status: ModelServerStatus | None = None
+
+
+def parse_server_spec(spec: dict[str, Any]) -> ModelServerSpec:
+    """Validate a raw ModelServer `spec`; raise SpecError whose messages each name the offending field."""
+    try:
+        return ModelServerSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError(
+            [
+                _format_error({**error, "loc": ("spec", *_to_camel_path(tuple(error["loc"])))})
+                for error in exc.errors()
+            ]
+        ) from exc
+
+
+def parse_model_server(body: dict[str, Any]) -> ModelServer:
+    return ModelServer(
+        metadata=ObjectMeta.model_validate(dict(body.get("metadata") or {})),
+        spec=parse_server_spec(dict(body.get("spec") or {})),
+        status=ModelServerStatus.model_validate(body["status"]) if body.get("status") else None,
+    )

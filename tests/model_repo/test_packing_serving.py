@@ -1,0 +1,360 @@
+"""Several built repositories (two encoders of different tasks and a generator) packed into one real
+tritonserver (bundled in nvidia-pytriton, CPU) in explicit model-control mode by model_repo.model_set:
+each answers as in-process transformers does; one is replaced and one removed while the others keep
+answering under concurrent load, with no failed request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SENTENCES, make_bert_checkpoint, make_gpt2_checkpoint
+
+from model_repo.build import build_repository, read_record
+from model_repo.model_set import TritonRepositoryClient, reconcile
+from model_repo.options import BuildOptions
+from model_repo.triton import TritonServer, repository_server_args
+
+pytestmark = pytest.mark.triton
+
+CLASSIFIER, NER, GENERATOR = "classifier", "ner", "generator"
+SENTIMENT = {0: "negative", 1: "neutral", 2: "positive"}
+TOPICS = {0: "sport", 1: "politics", 2: "science", 3: "art"}
+
+
+@dataclass
+class Packed:
+    server: TritonServer
+    served: Path
+    root: Path
+    checkpoints: dict[str, Path]
+    repositories: dict[str, Path] = field(default_factory=dict)
+
+    def reconcile(self) -> None:
+        report = reconcile(self.served, self.repositories, TritonRepositoryClient(self.server.http_url))
+        assert not report.failed, report.failed
+
+
+def _build(root: Path, name: str, checkpoint: Path, tag: str) -> Path:
+    options = BuildOptions(source=f"file://{checkpoint}", model_name=name, max_batch_size=8)
+    return build_repository(options, root / f"{name}-{tag}").path
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packed]:
+    root = tmp_path_factory.mktemp("packing")
+    checkpoints = {
+        CLASSIFIER: make_bert_checkpoint(
+            root / "sentiment",
+            "BertForSequenceClassification",
+            num_labels=3,
+            id2label=SENTIMENT,
+            label2id={v: k for k, v in SENTIMENT.items()},
+        ),
+        "topics": make_bert_checkpoint(
+            root / "topics",
+            "BertForSequenceClassification",
+            num_labels=4,
+            id2label=TOPICS,
+            label2id={v: k for k, v in TOPICS.items()},
+        ),
+        NER: make_bert_checkpoint(
+            root / "ner",
+            "BertForTokenClassification",
+            num_labels=3,
+            id2label={0: "O", 1: "B-PER", 2: "I-PER"},
+            label2id={"O": 0, "B-PER": 1, "I-PER": 2},
+        ),
+        GENERATOR: make_gpt2_checkpoint(root / "gpt2"),
+    }
+    served = root / "served"
+    served.mkdir()
+    args = ["--model-control-mode=explicit", f"--model-repository={served}", *repository_server_args()]
+    with TritonServer(None, extra_args=args, ready_timeout_s=300) as server:
+        packed = Packed(server, served, root, checkpoints)
+        for name in (CLASSIFIER, NER, GENERATOR):
+            packed.repositories[name] = _build(root, name, checkpoints[name], "v1")
+        packed.reconcile()
+        yield packed
+
+
+def classify(packed: Packed, model: str, texts: list[str]) -> dict[str, np.ndarray]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(packed.server.http_url)
+    try:
+        text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        result = client.infer(model, [text])
+        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+    finally:
+        client.close()
+
+
+def generate(packed: Packed, prompt: str, max_tokens: int) -> str:
+    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True})
+    request = urllib.request.Request(
+        f"http://{packed.server.http_url}/v2/models/{GENERATOR}/generate_stream", data=body.encode()
+    )
+    pieces = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("data: "):
+                event = json.loads(line[len("data: ") :])
+                assert "error" not in event, event
+                pieces.append(event.get("text_output", ""))
+    return "".join(pieces)
+
+
+def expected_scores(checkpoint: Path, texts: list[str]) -> np.ndarray:
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+    with torch.inference_mode():
+        return np.stack(
+            [
+                torch.softmax(
+                    model(**tokenizer(t, return_tensors="pt", truncation=True)).logits[0], -1
+                ).numpy()
+                for t in texts
+            ]
+        )
+
+
+def expected_generation(checkpoint: Path, prompt: str, max_tokens: int) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def loaded(packed: Packed) -> dict[str, str]:
+    index = TritonRepositoryClient(packed.server.http_url).index()
+    return {str(m["name"]): str(m.get("state")) for m in index}
+
+
+def test_three_models_of_three_tasks_share_one_server_and_each_answers_as_transformers(
+    packed: Packed,
+) -> None:
+    from transformers import pipeline
+
+    assert loaded(packed) == {CLASSIFIER: "READY", NER: "READY", GENERATOR: "READY"}
+    outputs = classify(packed, CLASSIFIER, SENTENCES)
+    np.testing.assert_allclose(
+        outputs["SCORES"], expected_scores(packed.checkpoints[CLASSIFIER], SENTENCES), atol=1e-5
+    )
+
+    reference = pipeline(
+        "token-classification", model=str(packed.checkpoints[NER]), aggregation_strategy="simple"
+    )
+    entities = classify(packed, NER, SENTENCES)["ENTITIES"]
+    found = 0
+    for row, sentence in enumerate(SENTENCES):
+        got = json.loads(entities[row][0])
+        want = reference(sentence)
+        assert [(e["entity_group"], e["start"], e["end"]) for e in got] == [
+            (e["entity_group"], e["start"], e["end"]) for e in want
+        ]
+        found += len(got)
+    assert found, "the random tagger tagged nothing: the comparison would be vacuous"
+
+    prompt = "the quick brown fox"
+    assert generate(packed, prompt, 8) == expected_generation(packed.checkpoints[GENERATOR], prompt, 8)
+
+
+def test_replace_and_remove_under_concurrent_load_fail_no_request(packed: Packed) -> None:
+    sentiment = expected_scores(packed.checkpoints[CLASSIFIER], SENTENCES[:2])
+    topics = expected_scores(packed.checkpoints["topics"], SENTENCES[:2])
+    prompt = "hello world"
+    generated = expected_generation(packed.checkpoints[GENERATOR], prompt, 4)
+    stop = threading.Event()
+    errors: list[str] = []
+    answers = {"sentiment": 0, "topics": 0, "ner": 0}
+
+    def classifier_client() -> None:
+        while not stop.is_set():
+            try:
+                scores = classify(packed, CLASSIFIER, SENTENCES[:2])["SCORES"]
+            except Exception as exc:  # every failure is counted, none hidden
+                errors.append(f"{CLASSIFIER}: {exc}")
+                continue
+            # Either version may answer during the change, but always whole and correct.
+            if scores.shape == sentiment.shape and np.allclose(scores, sentiment, atol=1e-5):
+                answers["sentiment"] += 1
+            elif scores.shape == topics.shape and np.allclose(scores, topics, atol=1e-5):
+                answers["topics"] += 1
+            else:
+                errors.append(f"{CLASSIFIER}: scores of neither version: {scores}")
+
+    def ner_client() -> None:
+        while not stop.is_set():
+            try:
+                classify(packed, NER, SENTENCES[:2])
+                answers["ner"] += 1
+            except Exception as exc:
+                errors.append(f"{NER}: {exc}")
+
+    # Built beforehand, as the operator's cache Job does: the change under load is the swap alone.
+    replacement = _build(packed.root, CLASSIFIER, packed.checkpoints["topics"], "v2")
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(classifier_client) for _ in range(2)]
+        clients += [pool.submit(ner_client) for _ in range(2)]
+        time.sleep(2)
+        assert generate(packed, prompt, 4) == generated
+        # Replace the classifier by another checkpoint (new labels), remove the generator.
+        packed.repositories[CLASSIFIER] = replacement
+        del packed.repositories[GENERATOR]
+        packed.reconcile()
+        time.sleep(2)
+        stop.set()
+        for client in clients:
+            client.result()
+
+    assert not errors, errors[:5]
+    assert answers["sentiment"] > 0 and answers["topics"] > 0 and answers["ner"] > 0, answers
+    # Unloaded and unlinked: Triton no longer lists it at all.
+    assert loaded(packed) == {CLASSIFIER: "READY", NER: "READY"}
+    assert not (packed.served / GENERATOR).exists()
+    labels = classify(packed, CLASSIFIER, SENTENCES[:2])["LABEL"]
+    assert {row[0].decode() for row in labels} <= set(TOPICS.values())
+    assert read_record(packed.repositories[CLASSIFIER])["labels"] == list(TOPICS.values())
+
+
+def test_a_model_that_fails_to_load_names_tritons_error_and_disturbs_no_other(packed: Packed) -> None:
+    broken = _build(packed.root, "broken", packed.checkpoints[CLASSIFIER], "v1")
+    (broken / "broken" / "1" / "checkpoint" / "config.json").write_text("{ this is not json")
+    desired = {**packed.repositories, "broken": broken}
+    client = TritonRepositoryClient(packed.server.http_url)
+    report = reconcile(packed.served, desired, client)
+    assert set(report.failed) == {"broken"}, report.failed
+    assert "broken" in report.failed["broken"] and "config.json" in report.failed["broken"], report.failed
+    states = loaded(packed)
+    assert states["broken"] == "UNAVAILABLE"
+    assert all(states[name] == "READY" for name in packed.repositories), states
+    # Not retried while its repository is the same (each load would start a stub for nothing).
+    again = reconcile(
+        packed.served, desired, client, failed_before={"broken": (broken / "broken").absolute()}
+    )
+    assert again.loaded == [] and "not retried" in again.failed["broken"]
+    # Dropping it from the set unloads and unlinks it.
+    assert "broken" in reconcile(packed.served, packed.repositories, client).unloaded
+    assert "broken" not in loaded(packed)
+
+
+def test_each_built_repository_records_the_memory_it_needs(packed: Packed) -> None:
+    import transformers
+
+    record = read_record(packed.repositories[NER])
+    assert record is not None
+    model = transformers.AutoModelForTokenClassification.from_pretrained(str(packed.checkpoints[NER]))
+    memory = record["memory"]
+    # float32 on CPU: four bytes a parameter, one instance.
+    assert memory["weights_bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    assert memory["activation_bytes"] > 0 and memory["kv_cache_bytes"] == 0
+    assert memory["total_bytes"] == memory["weights_bytes"] + memory["activation_bytes"]
+
+    generator = read_record(packed.root / f"{GENERATOR}-v1")
+    assert generator is not None
+    config = (packed.root / f"{GENERATOR}-v1" / GENERATOR / "config.pbtxt").read_text()
+    sequences = int(
+        config.split('key: "max_concurrent_sequences"')[1].split('string_value: "')[1].split('"')[0]
+    )
+    # GPT-2 tiny: 2 layers x (K and V) x 32 wide x 4 bytes a token, for each slot's whole context.
+    per_token = 2 * 2 * 32 * 4
+    assert generator["memory"]["kv_cache_bytes"] == per_token * generator["max_sequence_length"] * sequences
+
+
+@pytest.mark.parametrize("names", [[], ["one"]], ids=["no-names", "too-few"])
+def test_serve_wants_one_model_name_per_source(names: list[str], tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from model_repo import cli
+
+    app = typer.Typer()
+    app.command("serve")(cli.serve)
+    app.command("build")(cli.build)
+    args = ["serve", "--source", "file:///a", "--source", "file:///b", "--workdir", str(tmp_path)]
+    for name in names:
+        args += ["--model-name", name]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "need as many --model-name" in result.output, result.output
+
+
+def test_serve_packs_repeated_sources_into_one_server(packed: Packed, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from model_repo import cli
+    from model_repo.triton import free_ports
+
+    ports = [str(port) for port in free_ports(3)]
+    command = [sys.executable, "-c", "import typer; from model_repo.cli import serve; typer.run(serve)"]
+    command += ["--source", f"file://{packed.checkpoints[CLASSIFIER]}", "--model-name", "sentiment"]
+    command += ["--source", f"file://{packed.checkpoints[NER]}", "--model-name", "people"]
+    command += ["--max-batch-size", "8", "--workdir", str(tmp_path)]
+    command += ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parent.parent)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C to stop."):
+                break
+        output = "".join(lines)
+        assert "ready: model 'sentiment' (text-classification" in output, output
+        assert "ready: model 'people' (token-classification" in output, output
+        index = TritonRepositoryClient(f"127.0.0.1:{ports[0]}").index()
+        assert {m["name"]: m["state"] for m in index} == {"sentiment": "READY", "people": "READY"}
+        server_processes = [
+            p
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit()
+            and _cmdline(p).startswith(_tritonserver())
+            and f"--http-port={ports[0]}" in _cmdline(p)
+        ]
+        assert len(server_processes) == 1, "two models, one tritonserver"
+        process.send_signal(signal.SIGTERM)
+        remaining, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, remaining
+
+
+def _cmdline(entry: Path) -> str:
+    try:
+        return (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tritonserver() -> str:
+    from model_repo.triton import find_tritonserver
+
+    return str(find_tritonserver().binary)
