@@ -30,7 +30,8 @@ from bench.common.sentences import load_texts
 from model_repo.build import build_repository, read_record
 from model_repo.model_set import TritonRepositoryClient, reconcile
 from model_repo.options import BuildOptions
-from model_repo.triton import TritonServer, repository_server_args
+from model_repo.triton import TritonServer
+from model_repo.triton_args import repository_server_args
 
 CLIENTS = 64
 

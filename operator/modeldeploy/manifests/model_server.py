@@ -13,7 +13,7 @@ import json
 from typing import Any, cast
 
 from model_repo.model_set import DESIRED_FILE
-from model_repo.triton import triton_server_args
+from model_repo.triton_args import triton_server_args
 from modeldeploy.api import ModelDeploymentSpec
 from modeldeploy.kinds import CONFIG_MAP, DEPLOYMENT, MODEL_SERVER, POD_DISRUPTION_BUDGET, SERVICE
 from modeldeploy.labels import COMPONENT, INFERENCE_SERVER, MANAGED_BY, MANAGED_BY_VALUE
