@@ -55,7 +55,7 @@ REVISION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
 SOURCE_PATTERN = r"^(" + "|".join(SOURCE_SCHEMES) + r")://"
 
 
-def _quantity_schema(description: str) -> dict[str, Any]:
+def quantity_schema(description: str) -> dict[str, Any]:
     return {
         "x-kubernetes-int-or-string": True,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
@@ -478,11 +478,11 @@ class ResourceAmounts(ApiModel):
 
     cpu: Quantity | None = Field(
         default=None,
-        json_schema_extra=_quantity_schema("CPU cores, e.g. 2 or 500m."),
+        json_schema_extra=quantity_schema("CPU cores, e.g. 2 or 500m."),
     )
     memory: Quantity | None = Field(
         default=None,
-        json_schema_extra=_quantity_schema("Memory, e.g. 8Gi."),
+        json_schema_extra=quantity_schema("Memory, e.g. 8Gi."),
     )
 
 
@@ -606,7 +606,7 @@ class Autoscaling(ApiModel):
         Field(
             default=None,
             description=_TARGET_DESCRIPTION,
-            json_schema_extra=_quantity_schema(_TARGET_DESCRIPTION),
+            json_schema_extra=quantity_schema(_TARGET_DESCRIPTION),
         ),
     ] = None
     engine: Annotated[
@@ -660,7 +660,7 @@ class Cache(ApiModel):
         Field(
             default=None,
             description="Create a PVC of this size (owned by the ModelDeployment).",
-            json_schema_extra=_quantity_schema("Create a PVC of this size (owned by the ModelDeployment)."),
+            json_schema_extra=quantity_schema("Create a PVC of this size (owned by the ModelDeployment)."),
         ),
     ] = None
     storage_class_name: Annotated[
@@ -1494,6 +1494,11 @@ class ModelRepositoryStatus(ApiModel):
     progress: ProgressStatus | None = Field(
         default=None, description="While a builder runs: its latest progress report (read every few seconds)."
     )
+    memory_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Device memory the repository records it needs (weights, activations, KV cache).",
+    )
 
 
 class RolloutPhase(StrEnum):
@@ -1553,12 +1558,6 @@ class RolloutStatus(ApiModel):
     message: str | None = Field(default=None, max_length=1024, description="What is happening, on one line.")
     summary: str | None = Field(default=None, description="For kubectl get, e.g. 'step 2/3 (50%)'.")
 
-    memory_bytes: int | None = Field(
-        default=None,
-        ge=0,
-        description="Device memory the repository records it needs (weights, activations, KV cache).",
-    )
-
 
 class ModelDeploymentStatus(ApiModel):
     """Observed state, written only by the operator."""
@@ -1617,7 +1616,7 @@ class ModelDeployment(BaseModel):
     status: ModelDeploymentStatus | None = None
 
 
-def _format_error(error: Any) -> str:
+def format_error(error: Any) -> str:
     path = ".".join(str(part) for part in error["loc"])
     message: str = error["msg"]
     if message.startswith("Value error, "):
@@ -1628,7 +1627,7 @@ def _format_error(error: Any) -> str:
     return f"{path}: {message}" if path else message
 
 
-def _to_camel_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+def to_camel_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(to_camel(part) if isinstance(part, str) else part for part in loc)
 
 
@@ -1639,8 +1638,8 @@ def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:
     except ValidationError as exc:
         messages = []
         for error in exc.errors():
-            loc = ("spec", *_to_camel_path(tuple(error["loc"])))
-            messages.append(_format_error({**error, "loc": loc}))
+            loc = ("spec", *to_camel_path(tuple(error["loc"])))
+            messages.append(format_error({**error, "loc": loc}))
         raise SpecError(messages) from exc
 
 

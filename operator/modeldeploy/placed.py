@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from modeldeploy.api import (
     Cache,
@@ -30,25 +30,46 @@ from modeldeploy.kinds import (
     POD_DISRUPTION_BUDGET,
     SCALED_OBJECT,
     SERVICE,
+    Kind,
 )
+from modeldeploy.kube import Cluster
 from modeldeploy.manifests import desired_state
 from modeldeploy.manifests.model_server import model_endpoint
+from modeldeploy.observations import Observed, one_line
+from modeldeploy.round import Outcome, Round
 from modeldeploy.server_api import ModelServer, parse_model_server
+from modeldeploy.settings import ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
     AVAILABLE,
     MODEL_REPOSITORY_READY,
     READY,
-    Observed,
-    Verdict,
-    _previous_conditions,
-    _with_times,
     now_rfc3339,
-    one_line,
+    previous_conditions,
     repository_verdict,
+    with_times,
 )
+from modeldeploy.verdict import Verdict
 
-if TYPE_CHECKING:
-    from modeldeploy.reconcile import Outcome, Reconciler
+
+class Reconciler(Protocol):
+    """What a placed model's reconcile uses of modeldeploy.reconcile's Reconciler (a protocol, so that
+    this module does not import the reconciler that calls it)."""
+
+    @property
+    def cluster(self) -> Cluster: ...
+    @property
+    def settings(self) -> RenderSettings: ...
+
+    async def capabilities(self) -> ClusterCapabilities: ...
+
+    async def ensure_build_job(self, current: Round) -> None: ...
+
+    async def _prune(self, current: Round, kind: Kind, name: str) -> None: ...
+
+    async def _publish(
+        self, body: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
+    ) -> int: ...
+
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 SERVER_NOT_FOUND = "ServerNotFound"
@@ -130,7 +151,7 @@ def placed_status(
         ready = Verdict(READY, FALSE, repository.reason, repository.message, repository.failed)
     else:
         ready = Verdict(READY, serving.status, serving.reason, serving.message, serving.failed)
-    before = _previous_conditions(previous)
+    before = previous_conditions(previous)
     now = now_rfc3339()
     generation = md.metadata.generation
     verdicts = {v.type: v for v in (repository, serving, ready)}
@@ -144,7 +165,7 @@ def placed_status(
     return ModelDeploymentStatus(
         observed_generation=generation,
         phase=phase,
-        conditions=[_with_times(verdicts[kind], before, generation, now) for kind in PLACED_CONDITIONS],
+        conditions=[with_times(verdicts[kind], before, generation, now) for kind in PLACED_CONDITIONS],
         endpoints=Endpoints.model_validate(model_endpoint(server, model_name)) if server else None,
         model_repository=ModelRepositoryStatus(digest=digest, task=md.spec.model.task, memory_bytes=memory),
         reason=ready.reason,
@@ -158,7 +179,6 @@ async def reconcile_placed(
     md: ModelDeployment,
     previous: ModelDeploymentStatus | None,
 ) -> Outcome:
-    from modeldeploy.reconcile import Outcome, _Round
 
     assert md.spec.server is not None
     namespace = md.metadata.namespace
@@ -172,7 +192,7 @@ async def reconcile_placed(
             server = None  # the server's own status says what is wrong with it
     capabilities = await reconciler.capabilities()
     build_md = as_build_on(md, server) if server is not None else md
-    current = _Round(
+    current = Round(
         md=build_md,
         uid=uid,
         desired=desired_state(build_md, reconciler.settings, capabilities),

@@ -17,11 +17,11 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from model_repo.options import needs_gate
-from modeldeploy.api import AutoscalingEngine, ModelDeployment, ModelDeploymentStatus, SpecError
+from modeldeploy.api import AutoscalingEngine, ModelDeploymentStatus, SpecError
 from modeldeploy.calibration import calibration_sha256
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
@@ -52,7 +52,7 @@ from modeldeploy.labels import (
     is_owned_by,
     selector_labels,
 )
-from modeldeploy.manifests import DesiredState, Manifest, desired_state
+from modeldeploy.manifests import Manifest, desired_state
 from modeldeploy.metrics import Metrics
 from modeldeploy.names import label_value
 from modeldeploy.observations import (
@@ -65,7 +65,6 @@ from modeldeploy.observations import (
     running_builders,
 )
 from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS, BuildProgressReader
-from modeldeploy.rollout import Decision
 from modeldeploy.rollout import Event as RolloutEvent
 from modeldeploy.rollout_steps import (
     MetricsSources,
@@ -74,6 +73,8 @@ from modeldeploy.rollout_steps import (
     rollout_status,
     separate_canary_pods,
 )
+from modeldeploy.round import Outcome as Outcome
+from modeldeploy.round import Round
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
     Transition,
@@ -154,36 +155,6 @@ class Inventory(Protocol):
 
 
 @dataclass
-class Outcome:
-    """What a reconciliation found; the queue schedules the next run by it (`retry_after`)."""
-
-    invalid_spec: list[str] | None = None
-    writes: int = 0
-    ready: bool = False
-    # Seconds until it is worth trying again (something was refused or is still settling); None: done.
-    retry_after: float | None = None
-    message: str = ""
-
-
-@dataclass
-class _Round:
-    """One reconciliation in progress."""
-
-    md: ModelDeployment
-    uid: str
-    desired: DesiredState
-    capabilities: ClusterCapabilities
-    observed: Observed
-    writes: int = 0
-    refused: list[str] = field(default_factory=list)
-    # A builder runs (so its progress is worth reading again soon).
-    building: bool = False
-    # The status this round starts from, and the canary step machine's decision (rollout_steps.py).
-    previous: ModelDeploymentStatus | None = None
-    rollout: Decision | None = None
-
-
-@dataclass
 class _StatusMemory:
     """The status we last wrote, the resourceVersion of the object we computed it from, and the one our
     write gave the object."""
@@ -233,7 +204,7 @@ class Reconciler:
         # uid -> (reason, type) -> the Event last posted for it: (name, count, monotonic time).
         self._posted: dict[str, dict[tuple[str, str], tuple[str, int, float]]] = {}
         self._instance = socket.gethostname()
-        self.steps: list[Callable[[_Round], Awaitable[None]]] = [
+        self.steps: list[Callable[[Round], Awaitable[None]]] = [
             self.ensure_cache_claim,
             self.ensure_build_job,
             self.plan_rollout,
@@ -272,7 +243,7 @@ class Reconciler:
             return await reconcile_placed(self, body, md, previous)
         capabilities = await self.capabilities()
         desired = desired_state(md, self.settings, capabilities, await calibration_sha256(self.cluster, md))
-        current = _Round(
+        current = Round(
             md=md,
             uid=uid,
             desired=desired,
@@ -299,7 +270,7 @@ class Reconciler:
         )
 
     @staticmethod
-    def _retry_after(current: _Round) -> float | None:
+    def _retry_after(current: Round) -> float | None:
         """When to look again although no watch event will say so (the queue schedules it)."""
         waits = []
         if current.refused:
@@ -362,7 +333,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------ primitives
 
-    async def _apply_if_needed(self, current: _Round, manifest: Manifest) -> dict[str, Any] | None:
+    async def _apply_if_needed(self, current: Round, manifest: Manifest) -> dict[str, Any] | None:
         """The live object after making it match `manifest`. If the API server refused the apply (noted
         in `current.refused`), the live object as it is, None if there is none; None also when an object
         of that name exists that this ModelDeployment does not own (never overwritten; noted too)."""
@@ -381,7 +352,7 @@ class Reconciler:
         logger.info("%s %s/%s applied", kind, namespace, name)
         return applied
 
-    async def _write(self, current: _Round, kind: Kind, verb: str, request: Awaitable[_T]) -> _T | _Refused:
+    async def _write(self, current: Round, kind: Kind, verb: str, request: Awaitable[_T]) -> _T | _Refused:
         """Send one write request and count it. A refusal that retrying soon will not cure (RBAC, an
         admission webhook, an immutable field) goes to `current.refused` (the status reports it, the queue
         retries slowly); a transient failure raises."""
@@ -407,7 +378,7 @@ class Reconciler:
     def _owned_names(self, kind: Kind, uid: str) -> Collection[str] | None:
         return self.inventory.owned_names(kind, uid) if self.inventory is not None else None
 
-    async def _prune(self, current: _Round, kind: Kind, name: str) -> None:
+    async def _prune(self, current: Round, kind: Kind, name: str) -> None:
         """Delete the named object if, and only if, this ModelDeployment owns it."""
         owned = self._owned_names(kind, current.uid)
         if owned is not None and name not in owned:
@@ -419,7 +390,7 @@ class Reconciler:
             return
         await self._delete(current, kind, name)
 
-    async def _delete(self, current: _Round, kind: Kind, name: str) -> None:
+    async def _delete(self, current: Round, kind: Kind, name: str) -> None:
         namespace = current.md.metadata.namespace
         deleted = await self._write(current, kind, "delete", self.cluster.delete(kind, namespace, name))
         if not isinstance(deleted, _Refused):
@@ -427,7 +398,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------ steps
 
-    async def ensure_cache_claim(self, current: _Round) -> None:
+    async def ensure_cache_claim(self, current: Round) -> None:
         manifest = current.desired.cache_claim
         names = current.desired.owner.names
         if manifest is not None:
@@ -454,7 +425,7 @@ class Reconciler:
                 events = []
             current.observed.claim_events = [event for event in events if event.get("type") == "Warning"]
 
-    async def ensure_build_job(self, current: _Round) -> None:
+    async def ensure_build_job(self, current: Round) -> None:
         manifest = current.desired.build_job
         if manifest is None:
             return
@@ -466,7 +437,7 @@ class Reconciler:
             return
         current.observed.build_job = await self._apply_if_needed(current, manifest)
 
-    async def ensure_deployment(self, current: _Round) -> None:
+    async def ensure_deployment(self, current: Round) -> None:
         manifest = current.desired.deployment
         if current.md.spec.cache is not None:
             outcome, _ = job_outcome(current.observed.build_job)
@@ -481,7 +452,7 @@ class Reconciler:
             await self._hand_replicas_over(current, manifest)
         current.observed.deployment = await self._apply_if_needed(current, manifest)
 
-    async def _hand_replicas_over(self, current: _Round, manifest: Manifest) -> None:
+    async def _hand_replicas_over(self, current: Round, manifest: Manifest) -> None:
         """Before our apply stops setting `replicas` (an autoscaler takes over), let a second field manager
         co-own the current value: a field that its last manager drops is reset to the default of 1, which
         would scale a busy Deployment down to one pod until the autoscaler scales it back up."""
@@ -499,19 +470,19 @@ class Reconciler:
             current, DEPLOYMENT, "apply", self.cluster.apply(handoff, field_manager=REPLICAS_HANDOFF_MANAGER)
         )
 
-    async def plan_rollout(self, current: _Round) -> None:
+    async def plan_rollout(self, current: Round) -> None:
         await plan_rollout(self, current)
 
-    async def ensure_canary(self, current: _Round) -> None:
+    async def ensure_canary(self, current: Round) -> None:
         await ensure_canary(self, current)
 
-    async def separate_canary_pods(self, current: _Round) -> None:
+    async def separate_canary_pods(self, current: Round) -> None:
         await separate_canary_pods(self, current)
 
-    async def ensure_service(self, current: _Round) -> None:
+    async def ensure_service(self, current: Round) -> None:
         await self._apply_if_needed(current, current.desired.service)
 
-    async def ensure_autoscaler(self, current: _Round) -> None:
+    async def ensure_autoscaler(self, current: Round) -> None:
         autoscaling = current.md.spec.autoscaling
         name = current.desired.owner.names.autoscaler
         engine = autoscaling.engine if autoscaling is not None else None
@@ -533,7 +504,7 @@ class Reconciler:
                     HORIZONTAL_POD_AUTOSCALER, current.md.metadata.namespace, str(hpa_name)
                 )
 
-    async def ensure_pod_disruption_budget(self, current: _Round) -> None:
+    async def ensure_pod_disruption_budget(self, current: Round) -> None:
         manifest = current.desired.pod_disruption_budget
         if manifest is not None:
             await self._apply_if_needed(current, manifest)
@@ -542,18 +513,18 @@ class Reconciler:
                 current, POD_DISRUPTION_BUDGET, current.desired.owner.names.pod_disruption_budget
             )
 
-    async def ensure_service_monitor(self, current: _Round) -> None:
+    async def ensure_service_monitor(self, current: Round) -> None:
         if current.desired.service_monitor is not None:
             await self._apply_if_needed(current, current.desired.service_monitor)
 
-    async def ensure_network_policy(self, current: _Round) -> None:
+    async def ensure_network_policy(self, current: Round) -> None:
         manifest = current.desired.network_policy
         if manifest is not None:
             await self._apply_if_needed(current, manifest)
         else:
             await self._prune(current, NETWORK_POLICY, current.desired.owner.names.network_policy)
 
-    async def prune_build_jobs(self, current: _Round) -> None:
+    async def prune_build_jobs(self, current: Round) -> None:
         """Delete build Jobs of repositories neither wanted nor still served."""
         keep = {current.desired.digest} if current.md.spec.cache is not None else set()
         serving = deployed_digest(current.observed.deployment)
@@ -573,7 +544,7 @@ class Reconciler:
                 continue
             await self._delete(current, JOB, job["metadata"]["name"])
 
-    async def observe_pods(self, current: _Round) -> None:
+    async def observe_pods(self, current: Round) -> None:
         namespace, labels = current.md.metadata.namespace, selector_labels(current.desired.owner)
         pods = self.inventory.pods(namespace, labels) if self.inventory is not None else None
         current.observed.pods = pods if pods is not None else await self.cluster.list(POD, namespace, labels)
@@ -588,7 +559,7 @@ class Reconciler:
             build_pods = await self.cluster.list(POD, namespace, {JOB_NAME_LABEL: job["metadata"]["name"]})
             current.observed.build_pods = [pod_summary(pod) for pod in build_pods]
 
-    async def observe_build_progress(self, current: _Round) -> None:
+    async def observe_build_progress(self, current: Round) -> None:
         observed = current.observed
         current_pods = [pod for pod in observed.pods if pod_digest(pod) == observed.digest]
         building = running_builders(observed.build_pods) or running_builders(current_pods)
@@ -597,7 +568,7 @@ class Reconciler:
             current.uid, current.md.metadata.namespace, building
         )
 
-    async def observe_nodes(self, current: _Round) -> None:
+    async def observe_nodes(self, current: Round) -> None:
         if current.md.spec.resources.gpus > 0:
             current.observed.nodes = await self.nodes()
 

@@ -20,9 +20,9 @@ from modeldeploy.api import (
     Resources,
     Rule,
     SpecError,
-    _format_error,
-    _quantity_schema,
-    _to_camel_path,
+    format_error,
+    quantity_schema,
+    to_camel_path,
 )
 from modeldeploy.names import DNS1123_SUBDOMAIN
 from modeldeploy.quantity import parse_quantity
@@ -93,7 +93,7 @@ class ModelServerSpec(ApiModel):
                 "only while the memory its repository records fits. Default: 90% of the gpuProduct's memory "
                 "where the product is known; required otherwise."
             ),
-            json_schema_extra=_quantity_schema(
+            json_schema_extra=quantity_schema(
                 "Device memory for models; default 90% of a known gpuProduct's memory, else required."
             ),
         ),
@@ -181,7 +181,7 @@ def parse_server_spec(spec: dict[str, Any]) -> ModelServerSpec:
     except ValidationError as exc:
         raise SpecError(
             [
-                _format_error({**error, "loc": ("spec", *_to_camel_path(tuple(error["loc"])))})
+                format_error({**error, "loc": ("spec", *to_camel_path(tuple(error["loc"])))})
                 for error in exc.errors()
             ]
         ) from exc

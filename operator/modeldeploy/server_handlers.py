@@ -10,17 +10,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import kopf
 
 from modeldeploy.api import SpecError
 from modeldeploy.kinds import MODEL_DEPLOYMENT, MODEL_SERVER
-from modeldeploy.kube import KubeError
+from modeldeploy.kube import KubeError, LightkubeCluster
+from modeldeploy.queue import ReconcileQueue
 from modeldeploy.server_reconcile import ServerReconciler, TritonIndexStates
+from modeldeploy.settings import RenderSettings
 
-if TYPE_CHECKING:
-    from modeldeploy.handlers import Runtime
+
+class OperatorConfig(Protocol):
+    @property
+    def render(self) -> RenderSettings: ...
+
+
+class Runtime(Protocol):
+    """What the server handlers use of the ModelDeployment handlers' runtime (modeldeploy.handlers; a
+    protocol, so that this module does not import the module that registers it)."""
+
+    @property
+    def cluster(self) -> LightkubeCluster | None: ...
+    @property
+    def config(self) -> OperatorConfig: ...
+    @property
+    def index(self) -> Mapping[str, Any] | None: ...
+    @property
+    def queue(self) -> ReconcileQueue | None: ...
+
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 10.0

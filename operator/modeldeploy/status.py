@@ -343,7 +343,7 @@ def observed_some_pods(verdicts: dict[str, Verdict]) -> bool:
     return verdicts[AVAILABLE].reason != "Pending"
 
 
-def _with_times(
+def with_times(
     verdict: Verdict, previous: dict[str, Condition], generation: int | None, now: str
 ) -> Condition:
     before = previous.get(verdict.type)
@@ -358,7 +358,7 @@ def _with_times(
     )
 
 
-def _previous_conditions(previous: ModelDeploymentStatus | None) -> dict[str, Condition]:
+def previous_conditions(previous: ModelDeploymentStatus | None) -> dict[str, Condition]:
     return {condition.type: condition for condition in (previous.conditions if previous else None) or []}
 
 
@@ -381,7 +381,7 @@ def compute_status(
     scaling = scaling_verdict(md, observed, parts[2])
     verdicts = {verdict.type: verdict for verdict in [*parts, scaling, ready_verdict(md, observed, parts)]}
     generation = md.metadata.generation
-    before = _previous_conditions(previous)
+    before = previous_conditions(previous)
     deployment_status = (observed.deployment or {}).get("status") or {}
     desired = _desired_replicas(md, observed.deployment)
     ready_replicas = int(deployment_status.get("readyReplicas") or 0)
@@ -394,7 +394,7 @@ def compute_status(
     return ModelDeploymentStatus(
         observed_generation=generation,
         phase=phase,
-        conditions=[_with_times(verdicts[kind], before, generation, now) for kind in CONDITION_TYPES],
+        conditions=[with_times(verdicts[kind], before, generation, now) for kind in CONDITION_TYPES],
         replicas=int(deployment_status.get("replicas") or 0),
         ready_replicas=ready_replicas,
         replica_summary=f"{ready_replicas}/{desired}",
@@ -425,9 +425,9 @@ def invalid_spec_status(
     previous: ModelDeploymentStatus | None, generation: int | None, messages: list[str], now: str
 ) -> ModelDeploymentStatus:
     """Ready=False/InvalidSpec; the other conditions keep what they said (the old children still run)."""
-    before = _previous_conditions(previous)
+    before = previous_conditions(previous)
     message = "; ".join(messages)
-    ready = _with_times(Verdict(READY, FALSE, INVALID_SPEC, message), before, generation, now)
+    ready = with_times(Verdict(READY, FALSE, INVALID_SPEC, message), before, generation, now)
     kept = [before[kind] for kind in CONDITION_TYPES[:-1] if kind in before]
     base = previous.model_copy() if previous is not None else ModelDeploymentStatus()
     return base.model_copy(
@@ -481,8 +481,8 @@ def _failing(status: ModelDeploymentStatus | None, ready: Condition | None) -> b
 def transitions(previous: ModelDeploymentStatus | None, current: ModelDeploymentStatus) -> list[Transition]:
     """The change of Ready, if any: one Event per change of its status or reason (or of whether it is a
     failure: an unbound claim becomes one once its Events say why), not one per condition or per pod."""
-    old = _previous_conditions(previous).get(READY)
-    new = _previous_conditions(current).get(READY)
+    old = previous_conditions(previous).get(READY)
+    new = previous_conditions(current).get(READY)
     failing = _failing(current, new)
     if new is None or (
         old is not None

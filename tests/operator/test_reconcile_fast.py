@@ -34,7 +34,8 @@ from modeldeploy.kube import (
     KubeError,
 )
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, is_owned_by
-from modeldeploy.reconcile import REFUSED_RETRY_SECONDS, Outcome, Reconciler, _Round
+from modeldeploy.reconcile import REFUSED_RETRY_SECONDS, Outcome, Reconciler
+from modeldeploy.round import Round
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER
 from modeldeploy_dev.fakecluster import FakeCluster
 
@@ -308,7 +309,7 @@ def test_a_transient_refusal_is_raised_for_the_queue_to_retry(fast: Fast) -> Non
 class WithoutHandOff(Reconciler):
     """The reconciler minus its replicas hand-off: what the rule prevents."""
 
-    async def _hand_replicas_over(self, current: _Round, manifest: dict[str, Any]) -> None:
+    async def _hand_replicas_over(self, current: Round, manifest: dict[str, Any]) -> None:
         return None
 
 
