@@ -35,7 +35,8 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     # Read only: the operator writes the status subresource, never the object (kopf writes no annotations).
     Permission("modeldeploy.dev", "modeldeployments", READ, "watched"),
     Permission("modeldeploy.dev", "modeldeployments/status", ("get", "patch", "update"), "watched"),
-    # Shared servers (docs/packing.md): read, status written; their model lists are ConfigMaps.
+    # Shared servers (docs/packing.md): read, status written; their model lists are ConfigMaps (also read:
+    # the calibration texts a spec names count in its repository's digest).
     Permission("modeldeploy.dev", "modelservers", READ, "watched"),
     Permission("modeldeploy.dev", "modelservers/status", ("get", "patch", "update"), "watched"),
     Permission("", "configmaps", CRUD, "watched"),
@@ -51,8 +52,6 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     # A canary with traffic HTTPRoute (Gateway API).
     Permission("gateway.networking.k8s.io", "httproutes", CRUD, "watched"),
     Permission("", "pods", READ, "watched"),
-    # get: the calibration texts a spec names count in its repository's digest.
-    Permission("", "configmaps", ("get",), "watched"),
     # A running builder's progress reports are lines of its log (status.modelRepository.progress).
     Permission("", "pods/log", ("get",), "watched"),
     # list: the Events of an unbound cache claim say why (status reason CacheClaimPending).

@@ -18,6 +18,8 @@ tests compare the rendered roles with it and the e2e tests run the operator with
 - apiGroups: ["modeldeploy.dev"]
   resources: ["modelservers/status"]
   verbs: ["get", "patch", "update"]
+# configmaps: a shared server's model list is one (written); and the calibration texts of
+# spec.triton.calibration count in the repository's digest (read).
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
@@ -51,10 +53,6 @@ tests compare the rendered roles with it and the e2e tests run the operator with
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# get: the calibration texts of spec.triton.calibration count in the repository's digest.
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get"]
 # get pods/log: the only way to read a running builder's progress reports (status.modelRepository.progress
 # and DownloadStalled). Read only, the builder container's last lines, at most every few seconds while it
 # runs; the builder itself needs no API access (its pods keep automountServiceAccountToken off).
