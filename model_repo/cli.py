@@ -24,7 +24,6 @@ import typer
 
 from model_repo.errors import BuildError
 from model_repo.options import (
-    DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     MAX_BATCH_SIZE_LIMIT,
     BuildOptions,
@@ -82,10 +81,10 @@ BUILD_PARAMETERS: tuple[inspect.Parameter, ...] = (
     _option("dtype", DType, DType.AUTO, "--dtype", "auto: float16 on GPUs, float32 on CPUs."),
     _option(
         "max_batch_size",
-        int,
-        DEFAULT_MAX_BATCH_SIZE,
+        int | None,
+        None,
         "--max-batch-size",
-        f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT}).",
+        f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT}; default: 32 on CPUs, 128 on GPUs).",
     ),
     _option(
         "max_queue_delay_us",
@@ -102,7 +101,13 @@ BUILD_PARAMETERS: tuple[inspect.Parameter, ...] = (
         "--preferred-batch-size",
         "Preferred batch size (repeatable).",
     ),
-    _option("instances_per_device", int, 1, "--instances-per-device", "Model instances per device."),
+    _option(
+        "instances_per_device",
+        int | None,
+        None,
+        "--instances-per-device",
+        "Model instances per device (default: 1 on CPUs, 2 on GPUs).",
+    ),
     _option(
         "max_sequence_length",
         int | None,

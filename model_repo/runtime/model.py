@@ -26,6 +26,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+# OpenMP threads that wait for work spin by default. In a Triton stub they share the cores with the
+# server's and the clients' threads, and a spinning thread holds a core the thread it waits for needs:
+# measured on a 2-core CPU under load, two spinning threads made a pass 3-5x slower than waiting
+# passively, and bfloat16 (oneDNN: many short parallel regions) lost its whole advantage over float32.
+# It must be set before torch loads OpenMP; the stub imports this file before torch. A user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside Triton by tests that exercise the pure helpers

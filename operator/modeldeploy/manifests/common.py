@@ -81,19 +81,18 @@ def builder_arguments(spec: ModelDeploymentSpec, model_name: str, out: str) -> l
         args += ["--revision", spec.model.revision]
     if spec.model.task:
         args += ["--task", spec.model.task.value]
+    args += ["--format", triton.format.value, "--dtype", triton.dtype.value]
+    # Unset: the builder takes the device's defaults (model_repo.options.DEVICE_BATCHING).
+    if triton.max_batch_size is not None:
+        args += ["--max-batch-size", str(triton.max_batch_size)]
     args += [
-        "--format",
-        triton.format.value,
-        "--dtype",
-        triton.dtype.value,
-        "--max-batch-size",
-        str(triton.max_batch_size),
         "--max-queue-delay-us",
         str(triton.dynamic_batching.max_queue_delay_microseconds),
     ]
     for size in triton.dynamic_batching.preferred_batch_sizes or []:
         args += ["--preferred-batch-size", str(size)]
-    args += ["--instances-per-device", str(triton.instances_per_device)]
+    if triton.instances_per_device is not None:
+        args += ["--instances-per-device", str(triton.instances_per_device)]
     if triton.max_sequence_length is not None:
         args += ["--max-sequence-length", str(triton.max_sequence_length)]
     if triton.max_concurrent_sequences is not None:
