@@ -43,6 +43,8 @@ if [ $dry_run = 1 ]; then
   BF16_ARGS=(--models tiny-bert --concurrency 16 --duration 2 --rounds 1 --warmup 0.5
              --raw-batch-sizes 8 --raw-seconds 0.1 --texts 64 --no-readme)
   GENERATION_ARGS=(--layers 2 --hidden 64 --max-tokens 8 --concurrency 1,4 --warmup-s 0.5 --window-s 2)
+  # The dry run checks the steps, not the budget: a 2-core machine shared with other work is slow.
+  T_PROFILE=300 T_DATAPLANE=400 T_SIDECAR=300 T_BF16=400 T_GENERATION=300
 else
   step "environment"
   # shellcheck source=env.sh
@@ -55,6 +57,8 @@ else
   BF16_ARGS=(--models minilm --minilm-path "$MINILM" --concurrency 64,256 --duration 6 --warmup 2 --rounds 1
              --raw-batch-sizes 64,256 --raw-seconds 1 --no-readme)
   GENERATION_ARGS=(--concurrency 1,16,64 --warmup-s 2 --window-s 6)
+  # 540 s in all: inside the device tool's 600 s per command with the environment's start-up.
+  T_PROFILE=80 T_DATAPLANE=250 T_SIDECAR=0 T_BF16=110 T_GENERATION=100
 fi
 
 step "perf_analyzer"
@@ -62,7 +66,7 @@ $PY -c 'from bench.common import perf_analyzer as p; print(p.command_prefix()); 
   || { echo "measure.sh: perf_analyzer does not run" >&2; exit 1; }
 
 step "profile ($DEVICE)"
-timeout 80 $PY -m bench.dataplane.profile --device "$DEVICE" "${PROFILE_ARGS[@]}" --out "$OUT" \
+timeout $T_PROFILE $PY -m bench.dataplane.profile --device "$DEVICE" "${PROFILE_ARGS[@]}" --out "$OUT" \
   > "$OUT/profile.log" 2>&1
 profile_rc=$?
 tail -n 40 "$OUT/profile.log"
@@ -70,26 +74,26 @@ tail -n 40 "$OUT/profile.log"
 step "data plane ($DEVICE): ours (defaults), ours through the OpenAI sidecar, baseline (a)"
 if [ $dry_run = 1 ]; then
   # On the CPU the sidecar is tried on MiniLM apart (tiny-bert is a classifier: no /v1/embeddings).
-  timeout 200 $PY -m bench.dataplane --device "$DEVICE" --contenders ours,baseline-a \
+  timeout $T_DATAPLANE $PY -m bench.dataplane --device "$DEVICE" --contenders ours,baseline-a \
     --max-foreign-cpu 1 "${BENCH_ARGS[@]}" --out "$OUT" > "$OUT/dataplane.log" 2>&1
   dataplane_rc=$?
-  timeout 150 $PY -m bench.dataplane --device "$DEVICE" --max-foreign-cpu 1 --retries 0 "${SIDECAR_ARGS[@]}" \
+  timeout $T_SIDECAR $PY -m bench.dataplane --device "$DEVICE" --max-foreign-cpu 1 --retries 0 "${SIDECAR_ARGS[@]}" \
     --out "$OUT/sidecar" > "$OUT/sidecar.log" 2>&1 || dataplane_rc=$?
 else
-  timeout 250 $PY -m bench.dataplane --device "$DEVICE" --contenders ours,ours-openai,baseline-a \
+  timeout $T_DATAPLANE $PY -m bench.dataplane --device "$DEVICE" --contenders ours,ours-openai,baseline-a \
     --max-foreign-cpu 1 "${BENCH_ARGS[@]}" --out "$OUT" > "$OUT/dataplane.log" 2>&1
   dataplane_rc=$?
 fi
 grep -v -e "Loading weights" -e "Writing model" "$OUT/dataplane.log" | tail -n 60
 
 step "bfloat16 beside float16 ($DEVICE)"
-timeout 110 $PY -m bench.dataplane --device "$DEVICE" --contenders ours,ours-bf16 --max-foreign-cpu 1 \
+timeout $T_BF16 $PY -m bench.dataplane --device "$DEVICE" --contenders ours,ours-bf16 --max-foreign-cpu 1 \
   --retries 0 "${BF16_ARGS[@]}" --out "$OUT/bf16" > "$OUT/bf16.log" 2>&1
 bf16_rc=$?
 grep -v -e "Loading weights" -e "Writing model" "$OUT/bf16.log" | tail -n 20
 
 step "generation ($DEVICE)"
-timeout 100 $PY -m bench.generation --device "$DEVICE" "${GENERATION_ARGS[@]}" --no-write \
+timeout $T_GENERATION $PY -m bench.generation --device "$DEVICE" "${GENERATION_ARGS[@]}" --no-write \
   --workdir "$OUT/generation" > "$OUT/generation.log" 2>&1
 generation_rc=$?
 grep -v -e "Loading weights" -e "Writing model" "$OUT/generation.log" | tail -n 20
