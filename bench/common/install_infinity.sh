@@ -18,7 +18,7 @@ if [ ! -f "$TARGET/.complete" ]; then
   "$TARGET/bin/pip" install --quiet --disable-pip-version-check --no-deps \
     "infinity-emb[server]==0.0.78" "sentence-transformers>=3.0.1,<4" "transformers>=4.47,<4.58" "numpy<2" \
     "click<8.2" "typer<0.13" "uvicorn[standard]<0.33" "rich<14" posthog prometheus-fastapi-instrumentator \
-    orjson "huggingface_hub<1.0" "tokenizers<0.23" >&2
+    orjson "huggingface_hub<1.0" "tokenizers<0.23" distro backoff >&2
   touch "$TARGET/.complete"
 fi
 echo "$TARGET/bin/infinity_emb"

@@ -80,15 +80,18 @@ def openai_embeddings(url: str, model: str, texts: Sequence[str]) -> Any:
 
 
 def triton_embeddings(grpc_url: str, model: str, texts: Sequence[str]) -> Any:
-    """Embeddings straight from Triton (gRPC), one text per row of one request."""
+    """Embeddings straight from Triton (gRPC), one text per request, as the load sends them."""
     import numpy as np
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        tensor = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
-        return client.infer(model, [tensor]).as_numpy("EMBEDDING")
+        rows = []
+        for text in texts:
+            tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+            rows.append(client.infer(model, [tensor]).as_numpy("EMBEDDING")[0])
+        return np.stack(rows)
     finally:
         client.close()
 
