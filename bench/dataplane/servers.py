@@ -259,7 +259,7 @@ def serve_ours_openai(
         with LocalFrontend(
             repository, ours.target.grpc_url, free_port(), log_path=workdir / "ours-openai.log"
         ) as frontend:
-            url = f"{frontend.base_url}/v1/embeddings"
+            url = f"{frontend.base_url}/embeddings"  # base_url ends in /v1
             yield Endpoint(
                 make_sender=lambda: OpenAIEmbeddingSender(url, OURS_MODEL_NAME),
                 embed=functools.partial(openai_embeddings, url, OURS_MODEL_NAME),
