@@ -56,19 +56,20 @@ class BuildResult:
 def _check_options(options: BuildOptions) -> None:
     if options.device not in ("cpu", "gpu"):
         raise BuildError(f"--device must be cpu or gpu, got {options.device!r}")
-    if not 1 <= options.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+    batching = options.batching()
+    if not 1 <= batching.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
         raise BuildError(
-            f"--max-batch-size {options.max_batch_size} must be between 1 and {MAX_BATCH_SIZE_LIMIT}"
+            f"--max-batch-size {batching.max_batch_size} must be between 1 and {MAX_BATCH_SIZE_LIMIT}"
         )
     if options.max_queue_delay_us < 0:
         raise BuildError("--max-queue-delay-us must not be negative")
-    if options.instances_per_device < 1:
+    if batching.instances_per_device < 1:
         raise BuildError("--instances-per-device must be at least 1")
     for size in options.preferred_batch_sizes:
-        if not 1 <= size <= options.max_batch_size:
+        if not 1 <= size <= batching.max_batch_size:
             raise BuildError(
                 f"--preferred-batch-size {size} must be between 1 and "
-                f"--max-batch-size {options.max_batch_size}"
+                f"--max-batch-size {batching.max_batch_size}"
             )
     if options.max_concurrent_sequences is not None and not (
         1 <= options.max_concurrent_sequences <= MAX_CONCURRENT_SEQUENCES
@@ -148,7 +149,8 @@ def _sha256(path: Path) -> str:
 
 def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
     """Identity of a repository: checkpoint content, revision, build options and builder version."""
-    relevant = dataclasses.asdict(options)
+    # What was asked for and the device default it resolves to build the same repository.
+    relevant = dataclasses.asdict(dataclasses.replace(options, **dataclasses.asdict(options.batching())))
     relevant.pop("source")  # the same bytes from another place make the same repository
     calibration = relevant.pop("calibration_file")  # its content counts, not where it lies
     relevant["calibration"] = _sha256(Path(calibration)) if calibration else None

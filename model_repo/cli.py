@@ -65,14 +65,17 @@ _CLI_OPTIONS: dict[str, tuple[Any, str]] = {
     "task": (Task | None, "Task; default: read from the checkpoint."),
     "format": (ModelFormat, "auto: vllm for text-generation on GPUs, python otherwise."),
     "dtype": (DType, "auto: float16 on GPUs, float32 on CPUs."),
-    "max_batch_size": (int, f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT})."),
+    "max_batch_size": (
+        int | None,
+        f"Largest batch Triton forms (1 to {MAX_BATCH_SIZE_LIMIT}; default: 32 on CPUs, 128 on GPUs).",
+    ),
     "max_queue_delay_us": (
         int,
         "How long an idle instance waits for more requests to batch (µs). Busy instances batch "
         "whatever queued meanwhile regardless, so this only costs a lone request; keep it small.",
     ),
     "preferred_batch_sizes": (list[int] | None, "Preferred batch size (repeatable)."),
-    "instances_per_device": (int, "Model instances per device."),
+    "instances_per_device": (int | None, "Model instances per device (default: 1 on CPUs, 2 on GPUs)."),
     "max_sequence_length": (int | None, "Token limit; longer input is truncated."),
     "max_concurrent_sequences": (
         int | None,

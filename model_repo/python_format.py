@@ -84,7 +84,7 @@ def write(
             inputs=GENERATION_INPUTS,
             outputs=task_outputs(info.task, 0, 0, 0),
             instance_kind=python_backend.instance_kind(options.device),
-            instance_count=options.instances_per_device,
+            instance_count=options.batching().instances_per_device,
             decoupled=True,
             parameters=parameters,
             warmups=[
@@ -100,18 +100,18 @@ def write(
         )
     else:
         warmups = [Warmup("single", 1, {"TEXT": text_input})]
-        if options.max_batch_size > 1:
-            warmups.append(Warmup("full_batch", options.max_batch_size, {"TEXT": text_input}))
+        if options.batching().max_batch_size > 1:
+            warmups.append(Warmup("full_batch", options.batching().max_batch_size, {"TEXT": text_input}))
         spec = ModelConfigSpec(
             name=options.model_name,
             backend="python",
-            max_batch_size=options.max_batch_size,
+            max_batch_size=options.batching().max_batch_size,
             inputs=[Tensor("TEXT", "TYPE_STRING", (1,))],
             outputs=task_outputs(
                 info.task, len(info.labels), prepared.hidden_size, python_backend.FILL_MASK_TOP_K
             ),
             instance_kind=python_backend.instance_kind(options.device),
-            instance_count=options.instances_per_device,
+            instance_count=options.batching().instances_per_device,
             dynamic_batching=True,
             max_queue_delay_us=options.max_queue_delay_us,
             preferred_batch_sizes=options.preferred_batch_sizes,

@@ -37,7 +37,8 @@ def test_good_spec_gets_defaults() -> None:
     spec = parse_spec(GOOD)
     dumped = spec.dump()
     assert dumped["triton"]["format"] == "auto"
-    assert dumped["triton"]["maxBatchSize"] == 32
+    # Batching left unset: the builder takes the device's measured defaults (model_repo.options).
+    assert "maxBatchSize" not in dumped["triton"] and "instancesPerDevice" not in dumped["triton"]
     assert dumped["triton"]["dynamicBatching"]["maxQueueDelayMicroseconds"] == 0
     assert dumped["replicas"] == 1
     assert dumped["model"]["trustRemoteCode"] is False

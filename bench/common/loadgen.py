@@ -269,3 +269,15 @@ class HttpJsonSender(PooledHttpSender):
 
     async def __call__(self, text: str) -> None:
         await self.post_json(self.url, {"text": text})
+
+
+class OpenAIEmbeddingSender(PooledHttpSender):
+    """POST one text to an OpenAI-style `/embeddings` route (our sidecar's `/v1/embeddings`, Infinity's
+    `/embeddings`), as an OpenAI client would."""
+
+    def __init__(self, url: str, model: str, connections: int = 100) -> None:
+        super().__init__(connections)
+        self.url, self.model = url, model
+
+    async def __call__(self, text: str) -> None:
+        await self.post_json(self.url, {"model": self.model, "input": text})

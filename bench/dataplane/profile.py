@@ -3,11 +3,12 @@ process on batches like the ones Triton's dynamic batcher hands it, timed per st
 under torch's profiler.
 
 The runtime is the one `modeldeploy build` writes, initialised with the repository's own config (so it
-calibrates its batch planner the same way), and its `execute` path is timed stage by stage: tokenisation,
-each forward pass, post-processing. Only building the response tensors is left out (they need Triton's
-`pb_utils`). Comparing a batch's time here with Triton's compute time per execution under load
-(perf_analyzer's server-side figures in the data-plane run) leaves the cost of the stub's IPC: request
-tensors in, response tensors out, through shared memory.
+calibrates its batch planner the same way), and its encoder's `encode` is timed stage by stage:
+tokenisation, the forward passes (padding, copies to and from the device, the passes and the on-device
+reduction of their outputs), post-processing on the host. Only building the response tensors is left
+out (they need Triton's `pb_utils`). Comparing a batch's time here with Triton's compute time per
+execution under load (perf_analyzer's server-side figures in the data-plane run) leaves the cost of the
+stub's IPC: request tensors in, response tensors out, through shared memory.
 
     .venv/bin/python -m bench.dataplane.profile [--models minilm] [--device cpu|cuda] [--batch 32]
 """
@@ -59,18 +60,26 @@ def model_config_json(repository: Path) -> str:
 
 
 class StageTimer:
-    """Wraps the runtime instance's stage methods and adds up their wall time (device synchronised: the
-    runtime's `_forward` synchronises CUDA before returning)."""
+    """Wraps the encoder's stage methods and adds up their wall time. `forward_groups` covers padding,
+    the copies to and from the device and the forward passes, and ends when the device has finished; it
+    counts the passes through `_forward`."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, encoder: Any) -> None:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.passes = 0
         for stage, method in (
-            ("tokenize", "_tokenize"),
-            ("forward", "_forward"),
-            ("postprocess", "_postprocess_group"),
+            ("tokenize", "tokenize"),
+            ("forward", "forward_groups"),
+            ("postprocess", "host_outputs"),
         ):
-            setattr(runtime, method, self._timed(stage, getattr(runtime, method)))
+            setattr(encoder, method, self._timed(stage, getattr(encoder, method)))
+        forward = encoder._forward
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.passes += 1
+            return forward(*args, **kwargs)
+
+        encoder._forward = counted
 
     def _timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -79,8 +88,6 @@ class StageTimer:
                 return function(*args, **kwargs)
             finally:
                 self.seconds[stage] += time.perf_counter() - started
-                if stage == "forward":
-                    self.passes += 1
 
         return wrapper
 
@@ -109,9 +116,8 @@ def built_runtime(model: BenchModel, device: str, workdir: Path) -> Iterator[Any
             "model_instance_device_id": "0",
         }
     )
-    # Response tensors need Triton's pb_utils; the profile stops at the per-text results.
-    runtime._encoder_response = lambda results: None
-    yield runtime
+    # Response tensors need Triton's pb_utils; the profile stops at the batch's output arrays.
+    yield runtime.role
 
 
 def random_batches(texts: Sequence[str], batch: int, count: int, seed: int) -> list[list[str]]:
@@ -121,9 +127,8 @@ def random_batches(texts: Sequence[str], batch: int, count: int, seed: int) -> l
     return [rng.sample(list(texts), batch) for _ in range(count)]
 
 
-def run_batch(runtime: Any, texts: list[str]) -> None:
-    responses: list[Any] = [None] * len(texts)
-    runtime._run_encoder([(i, i, 1) for i in range(len(texts))], texts, responses)
+def run_batch(encoder: Any, texts: list[str]) -> None:
+    encoder.encode(texts)
 
 
 def _self_us(event: Any, device: str) -> float:
@@ -215,7 +220,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 [[stage, fmt(stages[stage], 2), f"{shares[stage]:.0%}"] for stage in STAGES]
                 + [
                     [
-                        "rest (planning, padding, per-text results)",
+                        "rest (planning, scattering rows into the batch arrays)",
                         fmt(max(0.0, result["batch_ms_mean"] - sum(stages.values())), 2),
                         f"{max(0.0, 1 - sum(shares.values())):.0%}",
                     ]

@@ -13,7 +13,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,6 +418,50 @@ def _print_level(name: str, level: dict[str, Any]) -> None:
         print(f"      first error: {level['first_error']}", flush=True)
 
 
+ANSWER_TEXTS = 64
+ANSWER_COSINE_FLOOR = 0.9999
+
+
+def check_answers(
+    endpoints: Mapping[str, Endpoint], results: dict[str, dict[str, Any]], texts: Sequence[str]
+) -> None:
+    """Every embedding contender against the first one (ours, when it runs) on the same texts: the
+    smallest and mean cosine, recorded with the contender; below ANSWER_COSINE_FLOOR the run says so."""
+    import numpy as np
+
+    embedders = {name: endpoint.embed for name, endpoint in endpoints.items() if endpoint.embed is not None}
+    if len(embedders) < 2:
+        return
+    sample = list(texts[:ANSWER_TEXTS])
+    answers = {}
+    for name, embed in embedders.items():
+        try:
+            answers[name] = np.asarray(embed(sample), dtype=np.float64)
+        except Exception as exc:  # recorded; the speed measurement goes on
+            results[name]["answers"] = {"error": str(exc)[-1000:]}
+            print(f"  answers of {name} FAILED: {exc}", flush=True)
+    if len(answers) < 2:
+        return
+    reference_name = next(iter(answers))
+    reference = answers[reference_name]
+    for name, got in answers.items():
+        if name == reference_name:
+            continue
+        cosines = (got * reference).sum(axis=1) / (
+            np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
+        )
+        check = {
+            "against": reference_name,
+            "texts": len(sample),
+            "cosine_min": round(float(cosines.min()), 6),
+            "cosine_mean": round(float(cosines.mean()), 6),
+            "floor": ANSWER_COSINE_FLOOR,
+            "same_answers": bool(cosines.min() >= ANSWER_COSINE_FLOOR),
+        }
+        results[name]["answers"] = check
+        print(f"  answers of {name} vs {reference_name}: {check}", flush=True)
+
+
 def measure_contenders(
     model: BenchModel, settings: Settings, workdir: Path, texts: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
@@ -446,6 +490,7 @@ def measure_contenders(
             print(f"  {label} (up in {startup_s}s)", flush=True)
             endpoints[name] = endpoint
             results[name] = {"label": label, "startup_s": startup_s, "config": endpoint.config, "levels": []}
+        check_answers(endpoints, results, texts)
         for concurrency in settings.concurrency:
             windows: dict[str, list[Window]] = {name: [] for name in endpoints}
             shares: dict[str, list[float]] = {name: [] for name in endpoints}

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +62,39 @@ class Endpoint:
     config: dict[str, Any] = field(default_factory=dict)
     # A Triton model perf_analyzer can drive; None where only the Python generator can (FastAPI).
     target: Target | None = None
+    # Embeddings of texts (rows in order), for the run's check that contenders give the same answers;
+    # None where the contender is not an embedding server.
+    embed: Callable[[Sequence[str]], Any] | None = None
+
+
+def openai_embeddings(url: str, model: str, texts: Sequence[str]) -> Any:
+    """Embeddings from an OpenAI-style `/embeddings` route, one request for all `texts`."""
+    import json
+
+    import numpy as np
+
+    body = json.dumps({"model": model, "input": list(texts)}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        data = sorted(json.loads(response.read())["data"], key=lambda item: item["index"])
+    return np.array([item["embedding"] for item in data], dtype=np.float32)
+
+
+def triton_embeddings(grpc_url: str, model: str, texts: Sequence[str]) -> Any:
+    """Embeddings straight from Triton (gRPC), one text per request, as the load sends them."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        rows = []
+        for text in texts:
+            tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+            rows.append(client.infer(model, [tensor]).as_numpy("EMBEDDING")[0])
+        return np.stack(rows)
+    finally:
+        client.close()
 
 
 def torch_dtype(device: str) -> str:
@@ -110,14 +143,20 @@ def serve_ours(
             metrics_url=server.metrics_url,
             metrics_model=OURS_MODEL_NAME,
             target=Target(server.grpc_url, OURS_MODEL_NAME, "TEXT"),
+            embed=(
+                functools.partial(triton_embeddings, server.grpc_url, OURS_MODEL_NAME)
+                if model.task == "feature-extraction"
+                else None
+            ),
             config={
                 "format": built.format.value,
                 "build_options": {
-                    "max_batch_size": options.max_batch_size,
+                    "max_batch_size": options.batching().max_batch_size,
                     "max_queue_delay_us": options.max_queue_delay_us,
-                    "instances_per_device": options.instances_per_device,
+                    "instances_per_device": options.batching().instances_per_device,
                     "device": options.device,
                 },
+                "repository": str(built.path),
                 "config_pbtxt": config_text,
                 "accuracy": (read_record(built.path) or {}).get("accuracy"),
                 "triton_args": list(TRITON_ARGS),
@@ -207,6 +246,76 @@ def serve_fastapi(
         stop_process_group(process, 20)
 
 
+@contextlib.contextmanager
+def serve_ours_openai(
+    model: BenchModel, workdir: Path, device: str, build_overrides: Mapping[str, int]
+) -> Iterator[Endpoint]:
+    """Ours as an OpenAI client reaches it: the same repository and tritonserver, behind the OpenAI
+    sidecar (`python -m model_repo.openai_frontend`), `POST /v1/embeddings` one text per request."""
+    from bench.common.loadgen import OpenAIEmbeddingSender
+    from model_repo.openai_local import LocalFrontend
+
+    with serve_ours(model, workdir, device, build_overrides) as ours:
+        assert ours.target is not None
+        repository = Path(ours.config["repository"])
+        with LocalFrontend(
+            repository, ours.target.grpc_url, free_port(), log_path=workdir / "ours-openai.log"
+        ) as frontend:
+            url = f"{frontend.base_url}/embeddings"  # base_url ends in /v1
+            yield Endpoint(
+                make_sender=lambda: OpenAIEmbeddingSender(url, OURS_MODEL_NAME),
+                embed=functools.partial(openai_embeddings, url, OURS_MODEL_NAME),
+                metrics_url=ours.metrics_url,
+                metrics_model=ours.metrics_model,
+                config={**ours.config, "endpoint": url},
+            )
+
+
+INFINITY_MODEL_NAME = "bench-model"
+
+
+@contextlib.contextmanager
+def serve_infinity(
+    model: BenchModel, workdir: Path, device: str, build_overrides: Mapping[str, int]
+) -> Iterator[Endpoint]:
+    """Infinity (`infinity-emb` 0.0.78, torch engine, its default batching) in its own environment
+    (bench/common/install_infinity.sh), `POST /embeddings` one text per request. Embedding models only."""
+    from bench.common.loadgen import OpenAIEmbeddingSender
+
+    if model.task != "feature-extraction":
+        raise ValueError(f"infinity serves embedding models; {model.key} is {model.task}")
+    executable = subprocess.run(
+        ["bash", str(REPO_ROOT / "bench/common/install_infinity.sh"), sys.prefix],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    port = free_port()
+    command = [
+        executable, "v2", "--model-id", str(model.path), "--served-model-name", INFINITY_MODEL_NAME,
+        "--engine", "torch", "--device", device, "--dtype", torch_dtype(device), "--port", str(port),
+        "--host", "127.0.0.1", "--no-model-warmup",
+    ]  # fmt: skip
+    log = workdir / "infinity.log"
+    env = {**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", process, 300, log)
+        url = f"http://127.0.0.1:{port}/embeddings"
+        yield Endpoint(
+            make_sender=lambda: OpenAIEmbeddingSender(url, INFINITY_MODEL_NAME),
+            embed=functools.partial(openai_embeddings, url, INFINITY_MODEL_NAME),
+            metrics_url=None,
+            metrics_model=None,
+            config={"command": " ".join(command[1:]), "endpoint": url, "version": "infinity-emb 0.0.78"},
+        )
+    finally:
+        stop_process_group(process, 20)
+
+
 CONTENDERS: dict[
     str,
     tuple[
@@ -224,6 +333,8 @@ CONTENDERS: dict[
     ),
     "baseline-a": ("baseline (a): Triton HF tutorial model.py, pipeline per request", serve_tutorial),
     "baseline-b": ("baseline (b): FastAPI + uvicorn, pipeline per request", serve_fastapi),
+    "ours-openai": ("ours through the OpenAI sidecar: POST /v1/embeddings", serve_ours_openai),
+    "infinity": ("Infinity 0.0.78 (torch engine): POST /embeddings", serve_infinity),
 }
 
 
@@ -249,7 +360,7 @@ CONTENDERS["ours-gpu"] = (
 )
 # Asked for by name: the optimised ones build and gate their own repositories (minutes for MiniLM); the GPU
 # candidate is for the GPU measurement.
-OPT_IN_CONTENDERS = frozenset({"ours-int8", "ours-bf16", "ours-gpu"})
+OPT_IN_CONTENDERS = frozenset({"ours-int8", "ours-bf16", "ours-gpu", "ours-openai", "infinity"})
 
 
 def onnx_unavailable_reason() -> str | None:

@@ -55,6 +55,7 @@ class Settings:
     workdir: Path
     name: str
     write: bool
+    device: str  # "cpu" or "cuda" (float16 there, ours built for the GPU in the python format)
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -70,6 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-generation"))
     parser.add_argument("--name", default="generation-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     return Settings(**generation_fields(parser.parse_args(argv)))
 
 
@@ -87,6 +89,7 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         workdir=args.workdir,
         name=args.name,
         write=not args.no_write,
+        device=getattr(args, "device", "cpu"),
     )
 
 
@@ -287,10 +290,14 @@ def serve(repository: Path, log: Path) -> Iterator[Any]:
 
 def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
     from model_repo.build import build_repository
-    from model_repo.options import BuildOptions
+    from model_repo.options import BuildOptions, ModelFormat
 
     options = BuildOptions(
-        source=f"file://{checkpoint}", model_name="model", max_concurrent_sequences=max(settings.concurrency)
+        source=f"file://{checkpoint}",
+        model_name="model",
+        max_concurrent_sequences=max(settings.concurrency),
+        device="gpu" if settings.device == "cuda" else "cpu",
+        format=ModelFormat.PYTHON,  # on a GPU `auto` would pick vLLM, which this benchmark does not carry
     )
     built = build_repository(options, settings.workdir / "ours-repository")
     levels = []
@@ -355,7 +362,9 @@ def measure_in_process(checkpoint: Path, settings: Settings, prompts: Sequence[s
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     tokenizer.pad_token = tokenizer.bos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    cuda = settings.device == "cuda"
+    dtype = torch.float16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=dtype).to(settings.device).eval()
     context = int(model.config.max_position_embeddings)
     generation_config = GenerationConfig(max_new_tokens=settings.max_tokens, do_sample=False)
     levels = []
@@ -388,7 +397,7 @@ def measure_in_process(checkpoint: Path, settings: Settings, prompts: Sequence[s
         finally:
             manager.stop(block=True, timeout=30)
         static_best, static_tokens = float("inf"), 0
-        encoded = tokenizer(batch, return_tensors="pt", padding=True)
+        encoded = tokenizer(batch, return_tensors="pt", padding=True).to(settings.device)
         for _ in range(2):
             started = time.perf_counter()
             with torch.inference_mode():

@@ -10,6 +10,8 @@
 #   nvidia-pytriton wheel installed in .venv, with only the shared libraries they load (the wheel itself,
 #   55 MB, leaves too little room for the rest);
 # - wheels.tar.xz: Python 3.12 wheels of what the GPU image lacks (tritonclient, FastAPI, uvicorn, pydantic, ...),
+#   and the project's pinned transformers (with its tokenizers, huggingface-hub and safetensors pins): the
+#   generation runtime reaches into transformers' continuous-batching internals, checked against that pin;
 #   and numpy 1.26: Triton 2.51's Python-backend stub is built against numpy 1 and misreads numpy 2
 #   arrays (string inputs arrive as garbage, "unpack_from requires a buffer of at least 1313754706 bytes");
 # - minilm-architecture/: all-MiniLM-L6-v2's config, tokenizer and sentence-transformers files, without
@@ -56,7 +58,8 @@ $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 
   tritonclient==2.73.0 python-rapidjson==1.25 grpcio==1.85.1 protobuf==6.33.6 \
   numpy==1.26.4 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.3 pydantic-core==2.50.4 \
   annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 \
-  opentelemetry-api==1.45.2 importlib-metadata==10.2.0 zipp==4.1.2
+  opentelemetry-api==1.45.2 importlib-metadata==10.2.0 zipp==4.1.2 \
+  transformers==5.23.0 tokenizers==0.23.3 huggingface-hub==2.4.0 safetensors==0.8.0
 
 # Wheels are zip files compressed file by file; stored (uncompressed) and then xz-compressed together they
 # take ~9 MB less (numpy alone: 18 MB -> 9 MB), which keeps the stage under the 64 MiB transfer limit.

@@ -1,13 +1,14 @@
 """Generic Triton Python-backend runtime for Hugging Face Transformers checkpoints.
 
 The builder copies this one file into every Python model of a generated repository as `model.py`; the
-model's `config.pbtxt` parameters pick its role:
+model's `config.pbtxt` parameter `role` picks, once at load, the class that serves it:
 
-- `encoder`: tokenizer + forward pass + post-processing for text-classification, token-classification,
-  feature-extraction and fill-mask (the `python` format);
-- `generator`: decoupled text generation with continuous batching (the engine is in generation.py,
-  copied next to this file);
-- `tokenizer` / `postprocess`: the two Python halves around an ONNX model (the `onnx` format).
+- `EncoderRole` (`encoder`): tokenizer + forward pass + post-processing for text-classification,
+  token-classification, feature-extraction and fill-mask (the `python` format);
+- `GeneratorFront` (`generator`): decoupled text generation with continuous batching (the engine is in
+  generation.py, copied next to this file);
+- `OnnxTokenizerRole` / `OnnxPostprocessRole` (`tokenizer` / `postprocess`): the two Python halves around an
+  ONNX model (the `onnx` format).
 
 It must stay self-contained: it runs on a stock Triton image where only torch, transformers, numpy and
 tokenizers are installed, so it imports nothing from `model_repo`.
@@ -24,6 +25,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+# OpenMP threads that wait for work spin by default. In a Triton stub they share the cores with the
+# server's and the clients' threads, and a spinning thread holds a core the thread it waits for needs:
+# measured on a 2-core CPU under load, two spinning threads made a pass 3-5x slower than waiting
+# passively, and bfloat16 (oneDNN: many short parallel regions) lost its whole advantage over float32.
+# It must be set before torch loads OpenMP; the stub imports this file before torch. A user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -56,6 +64,11 @@ def plan_length_groups(lengths: list[int], overhead_tokens: int, max_group: int)
     order = sorted(range(len(lengths)), key=lambda index: lengths[index])
     sorted_lengths = [lengths[index] for index in order]
     count = len(order)
+    # Any split into k >= 2 passes costs at least k * overhead plus every sequence's own length; when one
+    # pass costs no more than two overheads plus that, one pass is optimal and the search is skipped (the
+    # usual case on a GPU, where the overhead is a whole batch: the search is O(count * max_group)).
+    if 0 < count <= max_group and count * sorted_lengths[-1] - sum(sorted_lengths) <= overhead_tokens:
+        return [order]
     best = [0.0] + [math.inf] * count
     cut = [0] * (count + 1)
     for end in range(1, count + 1):
@@ -246,22 +259,35 @@ def token_entities(
     return entities
 
 
-def pool_embeddings(hidden: Array, attention_mask: Array, pooling: str, normalize: bool) -> Array:
-    """Sentence embeddings from [batch, length, hidden] states, the way sentence-transformers pools."""
-    hidden = hidden.astype(np.float32)
-    mask = attention_mask.astype(np.float32)[:, :, None]
+def pool_hidden_states(hidden: Any, attention_mask: Any, pooling: str, normalize: bool) -> Any:
+    """Sentence embeddings (float32 torch tensor) from [batch, length, hidden] states on any device, the
+    way sentence-transformers pools. The encoder runs it where the model ran, so only [batch, hidden]
+    leaves the device."""
+    import torch
+
+    hidden = hidden.float()
+    mask = attention_mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
     if pooling == "mean":
-        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
     elif pooling == "max":
-        pooled = np.where(mask > 0, hidden, -1e9).max(axis=1)
+        pooled = hidden.masked_fill(mask == 0, -1e9).amax(dim=1)
     elif pooling == "lasttoken":
-        last = attention_mask.sum(axis=1).astype(np.int64) - 1
-        pooled = hidden[np.arange(hidden.shape[0]), last]
+        last = attention_mask.to(hidden.device).sum(dim=1).long() - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     else:
         pooled = hidden[:, 0]
     if normalize:
-        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-    result: Array = pooled.astype(np.float32)
+        pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return pooled
+
+
+def pool_embeddings(hidden: Array, attention_mask: Array, pooling: str, normalize: bool) -> Array:
+    """`pool_hidden_states` for numpy arrays (the ONNX post-processing and the build's accuracy gate)."""
+    import torch
+
+    states = torch.from_numpy(np.array(hidden, dtype=np.float32))
+    mask = torch.from_numpy(np.array(attention_mask, dtype=np.int64))
+    result: Array = pool_hidden_states(states, mask, pooling, normalize).numpy()
     return result
 
 
@@ -328,9 +354,16 @@ def _error_response(message: str, fault: bool = False) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
 
-def _string_tensor(name: str, values: list[str], shape: tuple[int, ...]) -> Any:
-    array = np.array([value.encode("utf-8") for value in values], dtype=np.object_).reshape(shape)
-    return pb_utils.Tensor(name, array)
+def _string_array(values: list[str], shape: tuple[int, ...]) -> Array:
+    return np.array([value.encode("utf-8") for value in values], dtype=np.object_).reshape(shape)
+
+
+def _response(outputs: dict[str, Array], first: int, count: int) -> Any:
+    """One request's response: its rows of the batch's output arrays (views, not copies)."""
+    part = slice(first, first + count)
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(n, a[part]) for n, a in outputs.items()]
+    )
 
 
 def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
@@ -361,13 +394,31 @@ def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
     )
 
 
-class TritonPythonModel:
-    def initialize(self, args: dict[str, str]) -> None:
+def tokenize_texts(tokenizer: Any, texts: list[str], max_length: int, offsets: bool) -> Any:
+    """The one place the encoder and the ONNX tokenizer turn texts into token ids: truncated, unpadded
+    (the encoder pads per forward pass, the ONNX tokenizer to a length quantum)."""
+    return tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids="token_type_ids" in tokenizer.model_input_names,
+        return_offsets_mapping=offsets,
+        return_special_tokens_mask=offsets,
+    )
+
+
+class Settings:
+    """What every role reads from Triton's arguments and its model's config.pbtxt, parsed once at load."""
+
+    def __init__(self, args: dict[str, str]) -> None:
         import torch
 
+        self.args = args
         self.model_config: dict[str, Any] = json.loads(args["model_config"])
         self.params = _parameters(self.model_config)
-        self.role = self.params["role"]
+        self.name = str(self.model_config.get("name", "model"))
         self.task = self.params["task"]
         self.checkpoint = os.path.join(args["model_repository"], args["model_version"], "checkpoint")
         self.max_length = int(self.params["max_sequence_length"])
@@ -377,8 +428,7 @@ class TritonPythonModel:
         self.top_k = int(self.params.get("top_k", "5"))
         self.multi_label = self.params.get("problem_type") == "multi_label_classification"
         self.max_batch = max(1, int(self.model_config.get("max_batch_size", 1)))
-        trust = self.params.get("trust_remote_code", "false") == "true"
-
+        self.trust = self.params.get("trust_remote_code", "false") == "true"
         if args.get("model_instance_kind") == "GPU":
             self.device = torch.device("cuda", int(args.get("model_instance_device_id", "0")))
         else:
@@ -392,67 +442,276 @@ class TritonPythonModel:
 
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint, trust_remote_code=trust)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint, trust_remote_code=self.trust)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        self.model: Any = None
-        self.generation: Any = None
-        if self.role in ("encoder", "generator"):
-            self._load_model(trust)
-        self._log_accuracy(os.path.join(args["model_repository"], "..", "accuracy.json"))
-        if self.role == "generator":
-            self.generation = _start_generation(self, args)
-        self.group_overhead = DEFAULT_GROUP_OVERHEAD_TOKENS
-        if self.role == "encoder":
-            self.group_overhead = self._calibrate_group_overhead()
-            if pb_utils is not None:
-                pb_utils.Logger.log_info(
-                    f"{self.model_config.get('name', 'model')}: one forward pass costs as much as "
-                    f"{self.group_overhead} tokens on {self.device}; batches are split by length accordingly"
-                )
 
-    def _load_model(self, trust: bool) -> None:
-        import torch
-        import transformers
+    def log_info(self, message: str) -> None:
+        if pb_utils is not None:
+            pb_utils.Logger.log_info(f"{self.name}: {message}")
 
-        auto_class = {
-            "text-classification": transformers.AutoModelForSequenceClassification,
-            "token-classification": transformers.AutoModelForTokenClassification,
-            "feature-extraction": transformers.AutoModel,
-            "fill-mask": transformers.AutoModelForMaskedLM,
-            "text-generation": transformers.AutoModelForCausalLM,
-        }[self.task]
-        dtype_name = self.params.get("dtype", "float32")
-        if dtype_name == "bfloat16" and self.device.type == "cpu" and not this_cpu_has_native_bfloat16():
-            raise RuntimeError(
-                "spec.triton.dtype bfloat16: this node's CPU has no bfloat16 instructions (avx512_bf16, "
-                "amx_bf16 or bf16), so PyTorch would emulate it, slower than float32; schedule on a CPU "
-                "that has them or use float32 (or quantization int8)"
-            )
-        dtype = getattr(torch, dtype_name)
-        self.model = auto_class.from_pretrained(self.checkpoint, dtype=dtype, trust_remote_code=trust)
-        self.model.to(self.device).eval()
-        if self.params.get("quantization", "none") == "int8":
-            self.model = quantize_int8(self.model, json.loads(self.params.get("int8_keep_float", "[]")))
-        self.input_names = [
-            name
-            for name in self.tokenizer.model_input_names
-            if name in ("input_ids", "attention_mask", "token_type_ids")
-        ]
-
-    def _log_accuracy(self, path: str) -> None:
+    def log_accuracy(self) -> None:
         """Log the build's accuracy gate result (an optimised repository carries one) at load."""
-        text = read_text(path)
-        if text is None or pb_utils is None or self.role not in ("encoder", "generator", "postprocess"):
+        text = read_text(os.path.join(self.args["model_repository"], "..", "accuracy.json"))
+        if text is None:
             return
         result = json.loads(text)
         gate = result.get("gate", {})
-        pb_utils.Logger.log_info(
-            f"{self.model_config.get('name', 'model')}: serving {json.dumps(result.get('optimisation'))}; "
+        self.log_info(
+            f"serving {json.dumps(result.get('optimisation'))}; "
             f"the build measured it against float32 on {result.get('texts')} texts: "
             f"{json.dumps(result.get('metrics'))}; gate {gate.get('metric')} >= {gate.get('floor')}"
         )
+
+
+def load_model(settings: Settings) -> Any:
+    """The checkpoint's model for its task, in the config's dtype (and int8 where asked), on the device."""
+    import torch
+    import transformers
+
+    auto_class = {
+        "text-classification": transformers.AutoModelForSequenceClassification,
+        "token-classification": transformers.AutoModelForTokenClassification,
+        "feature-extraction": transformers.AutoModel,
+        "fill-mask": transformers.AutoModelForMaskedLM,
+        "text-generation": transformers.AutoModelForCausalLM,
+    }[settings.task]
+    params = settings.params
+    dtype_name = params.get("dtype", "float32")
+    if dtype_name == "bfloat16" and settings.device.type == "cpu" and not this_cpu_has_native_bfloat16():
+        raise RuntimeError(
+            "spec.triton.dtype bfloat16: this node's CPU has no bfloat16 instructions (avx512_bf16, "
+            "amx_bf16 or bf16), so PyTorch would emulate it, slower than float32; schedule on a CPU "
+            "that has them or use float32 (or quantization int8)"
+        )
+    dtype = getattr(torch, dtype_name)
+    model = auto_class.from_pretrained(settings.checkpoint, dtype=dtype, trust_remote_code=settings.trust)
+    model.to(settings.device).eval()
+    if params.get("quantization", "none") == "int8":
+        model = quantize_int8(model, json.loads(params.get("int8_keep_float", "[]")))
+    return model
+
+
+class TaskOutputs:
+    """The task's output arrays for many texts at once, from host arrays of model outputs: the encoder and
+    the ONNX post-processing share them. Each array's first dimension is the text."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._token_texts: dict[int, str] = {}
+
+    def classification(self, logits: Array) -> dict[str, Array]:
+        s = self.settings
+        names, best, scores = classification_outputs(logits, s.labels, s.multi_label)
+        count = len(names)
+        return {"LABEL": _string_array(names, (count, 1)), "SCORE": best.reshape(count, 1), "SCORES": scores}
+
+    def embeddings(self, pooled: Array) -> dict[str, Array]:
+        return {"EMBEDDING": np.ascontiguousarray(pooled, dtype=np.float32)}
+
+    def entities(
+        self, logits: Array, offsets: list[Any], special: list[Any], texts: list[str]
+    ) -> dict[str, Array]:
+        rows = [
+            json.dumps(token_entities(logits[row], offsets[row], special[row], text, self.settings.labels))
+            for row, text in enumerate(texts)
+        ]
+        return {"ENTITIES": _string_array(rows, (len(rows), 1))}
+
+    def fill_mask(self, mask_logits: Array) -> dict[str, Array]:
+        token_ids, probabilities = top_k_tokens(mask_logits, self.settings.top_k)
+        tokens = [self._token_text(int(token)) for token in token_ids.reshape(-1)]
+        return {"TOKENS": _string_array(tokens, token_ids.shape), "SCORES": probabilities}
+
+    def _token_text(self, token: int) -> str:
+        text = self._token_texts.get(token)
+        if text is None:
+            text = str(self.settings.tokenizer.decode([token]))
+            self._token_texts[token] = text
+        return text
+
+
+def _scatter(batch: dict[str, Array], rows: list[int], part: dict[str, Array], total: int) -> None:
+    """Write one forward pass's outputs into the batch's arrays at the rows of its texts."""
+    for name, values in part.items():
+        if name not in batch:
+            batch[name] = np.empty((total, *values.shape[1:]), dtype=values.dtype)
+        batch[name][rows] = values
+
+
+class DecodedRequests:
+    """The texts of a batch of requests, which request owns which, and the responses so far (a request
+    with a bad input already has its error)."""
+
+    def __init__(self, requests: list[Any]) -> None:
+        self.responses: list[Any] = [None] * len(requests)
+        self.texts: list[str] = []
+        self.owners: list[tuple[int, int, int]] = []  # request index, first text, text count
+        for index, request in enumerate(requests):
+            try:
+                request_texts = _decode_texts(request, "TEXT")
+            except RequestError as exc:
+                self.responses[index] = _error_response(str(exc))
+                continue
+            self.owners.append((index, len(self.texts), len(request_texts)))
+            self.texts.extend(request_texts)
+
+    def fail_unanswered(self, message: str) -> None:
+        for index, _, _ in self.owners:
+            if self.responses[index] is None:
+                self.responses[index] = _error_response(message, fault=True)
+
+
+class EncoderRole:
+    """Tokenizer, forward passes and post-processing in one model. A batch of requests is handled as one:
+    one tokenizer call, forward passes planned by length, outputs reduced on the device (pooling, mask
+    positions) so that only what the client gets is copied back, written into one array per output for
+    the whole batch; each request's response is its rows of those arrays."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = settings.device
+        self.model = load_model(settings)
+        self.input_names = [
+            name
+            for name in settings.tokenizer.model_input_names
+            if name in ("input_ids", "attention_mask", "token_type_ids")
+        ]
+        self.outputs = TaskOutputs(settings)
+        settings.log_accuracy()
+        self.group_overhead = self._calibrate_group_overhead()
+        settings.log_info(
+            f"one forward pass costs as much as {self.group_overhead} tokens on {self.device}; batches are "
+            "split by length accordingly"
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        batch = DecodedRequests(requests)
+        if not batch.texts:
+            return batch.responses
+        try:
+            outputs, failures = self.encode(batch.texts)
+            for index, first, count in batch.owners:
+                bad = [failures[p] for p in range(first, first + count) if p in failures]
+                batch.responses[index] = _error_response(bad[0]) if bad else _response(outputs, first, count)
+        except Exception as exc:  # one bad batch must not take the server down
+            batch.fail_unanswered(f"inference failed: {exc}")
+        return batch.responses
+
+    def encode(self, texts: list[str]) -> tuple[dict[str, Array], dict[int, str]]:
+        """The batch's output arrays (row = text) and the texts refused, with the reason."""
+        import torch
+
+        encoded = self.tokenize(texts)
+        ids: list[list[int]] = encoded["input_ids"]
+        failures: dict[int, str] = {}
+        if self.settings.task == "fill-mask":
+            tokenizer = self.settings.tokenizer
+            for position, seq in enumerate(ids):
+                if tokenizer.mask_token_id not in seq:
+                    failures[position] = (
+                        f"input TEXT must contain the mask token {tokenizer.mask_token} within its "
+                        f"first {self.settings.max_length} tokens"
+                    )
+        runnable = [position for position in range(len(texts)) if position not in failures]
+        groups = plan_length_groups(
+            [len(ids[i]) for i in runnable], self.group_overhead, self.settings.max_batch
+        )
+        with torch.inference_mode():
+            passes = self.forward_groups([[runnable[i] for i in group] for group in groups], encoded)
+        batch: dict[str, Array] = {}
+        for members, host in passes:
+            _scatter(batch, members, self.host_outputs(members, host, encoded, texts), len(texts))
+        return batch, failures
+
+    def tokenize(self, texts: list[str]) -> Any:
+        return tokenize_texts(
+            self.settings.tokenizer,
+            texts,
+            self.settings.max_length,
+            self.settings.task == "token-classification",
+        )
+
+    def forward_groups(
+        self, groups: list[list[int]], encoded: Any
+    ) -> list[tuple[list[int], dict[str, Array]]]:
+        """Run every pass, then bring their reduced outputs to the host. On CUDA the passes are queued
+        back to back (pinned inputs, non-blocking copies both ways) and the host waits once."""
+        pending = []
+        for members in groups:
+            input_ids = pad_batch([encoded["input_ids"][i] for i in members], self.settings.pad_id)
+            lengths = np.array([len(encoded["input_ids"][i]) for i in members])
+            attention = (np.arange(input_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+            types = None
+            if "token_type_ids" in encoded:
+                types = pad_batch([encoded["token_type_ids"][i] for i in members], 0)
+            output = self._forward(input_ids, attention, types)
+            pending.append((members, self._reduce_on_device(output, attention, input_ids)))
+        cuda = self.device.type == "cuda"
+        copies = [
+            (members, {k: v.to("cpu", non_blocking=cuda) for k, v in out.items()}) for members, out in pending
+        ]
+        self._synchronize()
+        return [(members, {k: v.numpy() for k, v in out.items()}) for members, out in copies]
+
+    def _reduce_on_device(self, output: Any, attention: Array, input_ids: Array) -> dict[str, Any]:
+        """What the host needs from one pass's output, computed where the model ran."""
+        import torch
+
+        task = self.settings.task
+        if task == "feature-extraction":
+            mask = torch.from_numpy(attention)
+            pooled = pool_hidden_states(
+                output.last_hidden_state, mask, self.settings.pooling, self.settings.normalize
+            )
+            return {"pooled": pooled}
+        if task == "fill-mask":  # only the first mask position of each text leaves the device
+            logits = output.logits
+            positions = torch.from_numpy((input_ids == self.settings.tokenizer.mask_token_id).argmax(axis=1))
+            rows = torch.arange(input_ids.shape[0], device=logits.device)
+            return {"mask_logits": logits[rows, positions.to(logits.device)].float()}
+        return {"logits": output.logits.float()}
+
+    def host_outputs(
+        self, members: list[int], host: dict[str, Array], encoded: Any, texts: list[str]
+    ) -> dict[str, Array]:
+        task = self.settings.task
+        if task == "feature-extraction":
+            return self.outputs.embeddings(host["pooled"])
+        if task == "fill-mask":
+            return self.outputs.fill_mask(host["mask_logits"])
+        if task == "text-classification":
+            return self.outputs.classification(host["logits"])
+        return self.outputs.entities(
+            host["logits"],
+            [encoded["offset_mapping"][i] for i in members],
+            [encoded["special_tokens_mask"][i] for i in members],
+            [texts[i] for i in members],
+        )
+
+    def _forward(self, input_ids: Array, attention: Array, token_types: Array | None) -> Any:
+        """One padded forward pass, queued: on CUDA nothing waits for the device here."""
+        arrays = {"input_ids": input_ids, "attention_mask": attention}
+        if "token_type_ids" in self.input_names:
+            arrays["token_type_ids"] = token_types if token_types is not None else np.zeros_like(input_ids)
+        return self.model(**{name: self._to_device(array) for name, array in arrays.items()})
+
+    def _to_device(self, array: Array) -> Any:
+        import torch
+
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        # From page-locked memory the copy is a plain DMA that does not block the host; torch's caching
+        # host allocator reuses the buffer once the copy has finished.
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def _synchronize(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _calibrate_group_overhead(self) -> int:
         """Time forward passes from one short text up to a full batch on this instance's device and fit
@@ -465,16 +724,17 @@ class TritonPythonModel:
         """
         import torch
 
-        ceiling = self.max_batch * self.max_length
-        filler = self.tokenizer(
+        s = self.settings
+        ceiling = s.max_batch * s.max_length
+        filler = s.tokenizer(
             "calibration text for the batch planner " * 64,
             add_special_tokens=False,
             truncation=True,
-            max_length=self.max_length,
+            max_length=s.max_length,
         )
-        token_ids = [int(t) for t in filler["input_ids"]] or [self.pad_id]
-        short, long = min(16, self.max_length), min(64, self.max_length)
-        rows = sorted({min(count, self.max_batch) for count in (1, 4, 16, self.max_batch)})
+        token_ids = [int(t) for t in filler["input_ids"]] or [s.pad_id]
+        short, long = min(16, s.max_length), min(64, s.max_length)
+        rows = sorted({min(count, s.max_batch) for count in (1, 4, 16, s.max_batch)})
         shapes = [(1, short)] + [(count, long) for count in rows]
         samples: list[tuple[int, float]] = []
         with torch.inference_mode():
@@ -484,189 +744,44 @@ class TritonPythonModel:
                 for _ in range(3):
                     started = time.perf_counter()
                     self._forward(ids, np.ones_like(ids), None)
+                    self._synchronize()
                     best = min(best, time.perf_counter() - started)
                 samples.append((batch * length, best))
                 if best > CALIBRATION_PASS_SECONDS and len(samples) >= 2:
                     break
         return fit_pass_overhead(samples, ceiling)
 
-    def _forward(self, input_ids: Array, attention: Array, token_types: Array | None) -> Any:
-        """One padded forward pass; returns the model's output with its first tensor synchronised."""
-        import torch
+    def finalize(self) -> None:
+        self.model = None
 
-        inputs = {
-            "input_ids": torch.from_numpy(input_ids).to(self.device),
-            "attention_mask": torch.from_numpy(attention).to(self.device),
-        }
-        if "token_type_ids" in self.input_names:
-            types = token_types if token_types is not None else np.zeros_like(input_ids)
-            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
-        output = self.model(**inputs)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return output
 
-    # -- encoder ------------------------------------------------------------------------------------
+class OnnxTokenizerRole:
+    """The ONNX format's first step: texts to padded token tensors (lengths rounded up to a quantum so
+    that the dynamic batcher in front of the ONNX model can merge consecutive batches)."""
 
-    def execute(self, requests: list[Any]) -> list[Any] | None:
-        if self.role == "generator":
-            for request in requests:
-                self.generation.submit(request)
-            return None
-        if self.role == "postprocess":
-            return [self._postprocess_request(request) for request in requests]
-        responses: list[Any] = [None] * len(requests)
-        texts: list[str] = []
-        owners: list[tuple[int, int, int]] = []  # request index, first text, text count
-        for index, request in enumerate(requests):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.declared = [output["name"] for output in settings.model_config["output"]]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        batch = DecodedRequests(requests)
+        if batch.texts:
             try:
-                request_texts = _decode_texts(request, "TEXT")
-            except RequestError as exc:
-                responses[index] = _error_response(str(exc))
-                continue
-            owners.append((index, len(texts), len(request_texts)))
-            texts.extend(request_texts)
-        if texts:
-            try:
-                if self.role == "tokenizer":
-                    self._tokenize_for_onnx(requests, owners, texts, responses)
-                else:
-                    self._run_encoder(owners, texts, responses)
+                produced = self.tokenize(batch.texts)
+                outputs = {name: produced[name] for name in self.declared}
+                for index, first, count in batch.owners:
+                    batch.responses[index] = _response(outputs, first, count)
             except Exception as exc:  # one bad batch must not take the server down
-                for index, _, _ in owners:
-                    if responses[index] is None:
-                        responses[index] = _error_response(f"inference failed: {exc}", fault=True)
-        return responses
+                batch.fail_unanswered(f"inference failed: {exc}")
+        return batch.responses
 
-    def _tokenize(self, texts: list[str], offsets: bool) -> Any:
-        return self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids="token_type_ids" in self.tokenizer.model_input_names,
-            return_offsets_mapping=offsets,
-            return_special_tokens_mask=offsets,
-        )
-
-    def _run_encoder(
-        self, owners: list[tuple[int, int, int]], texts: list[str], responses: list[Any]
-    ) -> None:
-        import torch
-
-        needs_offsets = self.task == "token-classification"
-        encoded = self._tokenize(texts, needs_offsets)
-        ids: list[list[int]] = encoded["input_ids"]
-        per_text: list[dict[str, Any] | None] = [None] * len(texts)
-        failures: dict[int, str] = {}
-        if self.task == "fill-mask":
-            mask_id = self.tokenizer.mask_token_id
-            for position, seq in enumerate(ids):
-                if mask_id not in seq:
-                    failures[position] = (
-                        f"input TEXT must contain the mask token {self.tokenizer.mask_token} within its "
-                        f"first {self.max_length} tokens"
-                    )
-        runnable = [position for position in range(len(texts)) if position not in failures]
-        groups = plan_length_groups([len(ids[i]) for i in runnable], self.group_overhead, self.max_batch)
-        with torch.inference_mode():
-            for group in groups:
-                members = [runnable[i] for i in group]
-                input_ids = pad_batch([ids[i] for i in members], self.pad_id)
-                attention = np.zeros_like(input_ids)
-                for row, member in enumerate(members):
-                    attention[row, : len(ids[member])] = 1
-                types = None
-                if "token_type_ids" in encoded:
-                    types = pad_batch([encoded["token_type_ids"][i] for i in members], 0)
-                output = self._forward(input_ids, attention, types)
-                self._postprocess_group(members, output, attention, input_ids, encoded, texts, per_text)
-        for index, first, count in owners:
-            bad = [failures[p] for p in range(first, first + count) if p in failures]
-            if bad:
-                responses[index] = _error_response(bad[0])
-                continue
-            responses[index] = self._encoder_response([per_text[p] for p in range(first, first + count)])
-
-    def _postprocess_group(
-        self,
-        members: list[int],
-        output: Any,
-        attention: Array,
-        input_ids: Array,
-        encoded: Any,
-        texts: list[str],
-        per_text: list[dict[str, Any] | None],
-    ) -> None:
-        import torch
-
-        if self.task == "text-classification":
-            logits = output.logits.float().cpu().numpy()
-            names, best, scores = classification_outputs(logits, self.labels, self.multi_label)
-            for row, member in enumerate(members):
-                per_text[member] = {"LABEL": names[row], "SCORE": best[row], "SCORES": scores[row]}
-        elif self.task == "feature-extraction":
-            hidden = output.last_hidden_state.float().cpu().numpy()
-            pooled = pool_embeddings(hidden, attention, self.pooling, self.normalize)
-            for row, member in enumerate(members):
-                per_text[member] = {"EMBEDDING": pooled[row]}
-        elif self.task == "token-classification":
-            logits = output.logits.float().cpu().numpy()
-            for row, member in enumerate(members):
-                entities = token_entities(
-                    logits[row],
-                    encoded["offset_mapping"][member],
-                    encoded["special_tokens_mask"][member],
-                    texts[member],
-                    self.labels,
-                )
-                per_text[member] = {"ENTITIES": json.dumps(entities)}
-        else:  # fill-mask: only the first mask position of each text leaves the device
-            positions = torch.from_numpy((input_ids == self.tokenizer.mask_token_id).argmax(axis=1))
-            rows = torch.arange(len(members))
-            mask_logits = output.logits[rows, positions.to(output.logits.device)].float().cpu().numpy()
-            token_ids, probabilities = top_k_tokens(mask_logits, self.top_k)
-            for row, member in enumerate(members):
-                tokens = [self.tokenizer.decode([int(t)]) for t in token_ids[row]]
-                per_text[member] = {"TOKENS": tokens, "SCORES": probabilities[row]}
-
-    def _encoder_response(self, results: list[dict[str, Any] | None]) -> Any:
-        rows = [result for result in results if result is not None]
-        count = len(rows)
-        tensors = []
-        if self.task == "text-classification":
-            tensors = [
-                _string_tensor("LABEL", [r["LABEL"] for r in rows], (count, 1)),
-                pb_utils.Tensor(
-                    "SCORE", np.array([r["SCORE"] for r in rows], dtype=np.float32).reshape(count, 1)
-                ),
-                pb_utils.Tensor("SCORES", np.stack([r["SCORES"] for r in rows]).astype(np.float32)),
-            ]
-        elif self.task == "feature-extraction":
-            tensors = [
-                pb_utils.Tensor("EMBEDDING", np.stack([r["EMBEDDING"] for r in rows]).astype(np.float32))
-            ]
-        elif self.task == "token-classification":
-            tensors = [_string_tensor("ENTITIES", [r["ENTITIES"] for r in rows], (count, 1))]
-        else:
-            tokens = [token for r in rows for token in r["TOKENS"]]
-            tensors = [
-                _string_tensor("TOKENS", tokens, (count, self.top_k)),
-                pb_utils.Tensor("SCORES", np.stack([r["SCORES"] for r in rows]).astype(np.float32)),
-            ]
-        return pb_utils.InferenceResponse(output_tensors=tensors)
-
-    # -- onnx ensemble halves -------------------------------------------------------------------------
-
-    def _tokenize_for_onnx(
-        self, requests: list[Any], owners: list[tuple[int, int, int]], texts: list[str], responses: list[Any]
-    ) -> None:
-        encoded = self._tokenize(texts, offsets=True)
+    def tokenize(self, texts: list[str]) -> dict[str, Array]:
+        s = self.settings
+        encoded = tokenize_texts(s.tokenizer, texts, s.max_length, offsets=True)
         ids: list[list[int]] = encoded["input_ids"]
         longest = max(len(seq) for seq in ids)
-        width = max(longest, min(-(-longest // ONNX_LENGTH_QUANTUM) * ONNX_LENGTH_QUANTUM, self.max_length))
-        input_ids = pad_batch(ids, self.pad_id, width)
+        width = max(longest, min(-(-longest // ONNX_LENGTH_QUANTUM) * ONNX_LENGTH_QUANTUM, s.max_length))
+        input_ids = pad_batch(ids, s.pad_id, width)
         attention = np.zeros_like(input_ids)
         offsets = np.zeros((len(ids), width, 2), dtype=np.int64)
         special = np.ones_like(input_ids)
@@ -674,68 +789,105 @@ class TritonPythonModel:
             attention[row, : len(seq)] = 1
             offsets[row, : len(seq)] = encoded["offset_mapping"][row]
             special[row, : len(seq)] = encoded["special_tokens_mask"][row]
-        types = pad_batch(encoded["token_type_ids"], 0, width) if "token_type_ids" in encoded else None
         produced = {"input_ids": input_ids, "attention_mask": attention, "OFFSETS": offsets}
         produced["SPECIAL_TOKENS_MASK"] = special
-        if types is not None:
-            produced["token_type_ids"] = types
-        declared = [output["name"] for output in self.model_config["output"]]
-        for index, first, count in owners:
-            part = slice(first, first + count)
-            tensors = [pb_utils.Tensor(name, produced[name][part]) for name in declared]
-            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        if "token_type_ids" in encoded:
+            produced["token_type_ids"] = pad_batch(encoded["token_type_ids"], 0, width)
+        return produced
 
-    def _postprocess_request(self, request: Any) -> Any:
+    def finalize(self) -> None:
+        pass
+
+
+class OnnxPostprocessRole:
+    """The ONNX format's last step: the ONNX model's outputs (one ensemble request = one tokenizer batch)
+    to the task's outputs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.outputs = TaskOutputs(settings)
+        settings.log_accuracy()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return [self._postprocess(request) for request in requests]
+
+    def _postprocess(self, request: Any) -> Any:
+        s = self.settings
+
+        def tensor(name: str) -> Array:
+            result: Array = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            return result
+
         try:
-            attention = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
-            output_name = self.params["onnx_output"]
-            values = pb_utils.get_input_tensor_by_name(request, output_name).as_numpy()
-            results: list[dict[str, Any] | None] = []
-            if self.task == "text-classification":
-                names, best, scores = classification_outputs(values, self.labels, self.multi_label)
-                results = [
-                    {"LABEL": n, "SCORE": b, "SCORES": s} for n, b, s in zip(names, best, scores, strict=True)
-                ]
-            elif self.task == "feature-extraction":
-                pooled = pool_embeddings(values, attention, self.pooling, self.normalize)
-                results = [{"EMBEDDING": row} for row in pooled]
-            elif self.task == "token-classification":
-                texts = _decode_texts(request, "TEXT")
-                offsets = pb_utils.get_input_tensor_by_name(request, "OFFSETS").as_numpy()
-                special = pb_utils.get_input_tensor_by_name(request, "SPECIAL_TOKENS_MASK").as_numpy()
-                for row, text in enumerate(texts):
-                    count = int(attention[row].sum())
-                    entities = token_entities(
-                        values[row],
-                        [tuple(pair) for pair in offsets[row][:count].tolist()],
-                        special[row][:count].tolist(),
-                        text,
-                        self.labels,
-                    )
-                    results.append({"ENTITIES": json.dumps(entities)})
+            attention = tensor("attention_mask")
+            values = tensor(s.params["onnx_output"])
+            if s.task == "text-classification":
+                outputs = self.outputs.classification(values)
+            elif s.task == "feature-extraction":
+                outputs = self.outputs.embeddings(pool_embeddings(values, attention, s.pooling, s.normalize))
+            elif s.task == "token-classification":
+                counts = attention.sum(axis=1).astype(int).tolist()
+                offsets, special = tensor("OFFSETS"), tensor("SPECIAL_TOKENS_MASK")
+                outputs = self.outputs.entities(
+                    values,
+                    [[tuple(pair) for pair in offsets[row][:n].tolist()] for row, n in enumerate(counts)],
+                    [special[row][:n].tolist() for row, n in enumerate(counts)],
+                    _decode_texts(request, "TEXT"),
+                )
             else:
-                input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
-                mask_hits = input_ids == self.tokenizer.mask_token_id
+                mask_hits = tensor("input_ids") == s.tokenizer.mask_token_id
                 if not mask_hits.any(axis=1).all():
                     raise RequestError(
-                        f"input TEXT must contain the mask token {self.tokenizer.mask_token} within its "
-                        f"first {self.max_length} tokens"
+                        f"input TEXT must contain the mask token {s.tokenizer.mask_token} within its "
+                        f"first {s.max_length} tokens"
                     )
-                positions = mask_hits.argmax(axis=1)
-                mask_logits = values[np.arange(values.shape[0]), positions]
-                token_ids, probabilities = top_k_tokens(mask_logits, self.top_k)
-                results = [
-                    {
-                        "TOKENS": [self.tokenizer.decode([int(t)]) for t in token_ids[row]],
-                        "SCORES": probabilities[row],
-                    }
-                    for row in range(len(token_ids))
-                ]
-            return self._encoder_response(results)
+                outputs = self.outputs.fill_mask(values[np.arange(values.shape[0]), mask_hits.argmax(axis=1)])
+            return _response(outputs, 0, attention.shape[0])
         except RequestError as exc:
             return _error_response(str(exc))
 
     def finalize(self) -> None:
-        if self.generation is not None:
-            self.generation.stop()
+        pass
+
+
+class GeneratorFront:
+    """Decoupled text generation: requests go to the continuous-batching engine of generation.py, which
+    sends their responses itself."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.model_config, self.params = settings.model_config, settings.params
+        self.tokenizer, self.max_length = settings.tokenizer, settings.max_length
+        self.model = load_model(settings)
+        settings.log_accuracy()
+        self.generation = _start_generation(self, settings.args)
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self.generation.submit(request)
+
+    def finalize(self) -> None:
+        self.generation.stop()
         self.model = None
+
+
+ROLES: dict[str, Any] = {
+    "encoder": EncoderRole,
+    "tokenizer": OnnxTokenizerRole,
+    "postprocess": OnnxPostprocessRole,
+    "generator": GeneratorFront,
+}
+
+
+class TritonPythonModel:
+    """Triton's entry point: the role's class is chosen once, at load; every call goes to it."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        settings = Settings(args)
+        self.role = ROLES[settings.params["role"]](settings)
+
+    def execute(self, requests: list[Any]) -> list[Any] | None:
+        result: list[Any] | None = self.role.execute(requests)
+        return result
+
+    def finalize(self) -> None:
+        self.role.finalize()

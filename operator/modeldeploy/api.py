@@ -25,8 +25,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from model_repo.options import (
-    DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
+    DEVICE_BATCHING,
     MAX_BATCH_SIZE_LIMIT,
     MAX_CONCURRENT_SEQUENCES,
     SOURCE_SCHEMES,
@@ -308,27 +308,35 @@ class TritonConfig(ApiModel):
         ),
     ] = ModelFormat.AUTO
     max_batch_size: Annotated[
-        int,
+        int | None,
         Field(
-            default=DEFAULT_MAX_BATCH_SIZE,
+            default=None,
             ge=1,
             le=MAX_BATCH_SIZE_LIMIT,
-            description="Largest batch Triton forms (config max_batch_size).",
+            description=(
+                "Largest batch Triton forms (config max_batch_size). Default: chosen per device from "
+                f"measurement, {DEVICE_BATCHING['cpu'].max_batch_size} on CPUs, "
+                f"{DEVICE_BATCHING['gpu'].max_batch_size} on GPUs."
+            ),
         ),
-    ] = DEFAULT_MAX_BATCH_SIZE
+    ] = None
     dynamic_batching: Annotated[
         DynamicBatching,
         Field(default_factory=DynamicBatching, description="Dynamic batching settings."),
     ]
     instances_per_device: Annotated[
-        int,
+        int | None,
         Field(
-            default=1,
+            default=None,
             ge=1,
             le=16,
-            description="Model instances per GPU (or on the CPU when gpus is 0). Each one holds the weights.",
+            description=(
+                "Model instances per GPU (or on the CPU when gpus is 0). Each one holds the weights. "
+                f"Default: {DEVICE_BATCHING['cpu'].instances_per_device} on CPUs, "
+                f"{DEVICE_BATCHING['gpu'].instances_per_device} per GPU."
+            ),
         ),
-    ] = 1
+    ] = None
     max_sequence_length: Annotated[
         int | None,
         Field(
@@ -445,14 +453,17 @@ class TritonConfig(ApiModel):
         ),
         Rule(
             cel=(
-                "!has(self.dynamicBatching) || !has(self.dynamicBatching.preferredBatchSizes) || "
+                "!has(self.maxBatchSize) || !has(self.dynamicBatching) || "
+                "!has(self.dynamicBatching.preferredBatchSizes) || "
                 "self.dynamicBatching.preferredBatchSizes.all(s, s <= self.maxBatchSize)"
             ),
             message=(
                 "spec.triton.dynamicBatching.preferredBatchSizes must each be <= spec.triton.maxBatchSize"
             ),
-            check=lambda t: all(
-                size <= t.max_batch_size for size in (t.dynamic_batching.preferred_batch_sizes or [])
+            # Without maxBatchSize the device's default applies; the build checks against it.
+            check=lambda t: (
+                t.max_batch_size is None
+                or all(size <= t.max_batch_size for size in (t.dynamic_batching.preferred_batch_sizes or []))
             ),
             field_path=".dynamicBatching.preferredBatchSizes",
         ),

@@ -12,6 +12,7 @@ import hashlib
 import json
 from typing import Any
 
+from model_repo.options import device_batching
 from modeldeploy.api import ModelDeploymentSpec
 from modeldeploy.names import ChildNames
 
@@ -31,6 +32,11 @@ def repository_inputs(
     it), so that editing the texts rebuilds; None where it is not known (no such key, or `render`)."""
     triton = spec.triton.dump()
     triton.pop("image", None)
+    # Unset batching is the device's default: spelt out or not, the same repository (and, on a CPU, the
+    # digest every deployment had before the defaults became per device).
+    defaults = device_batching(device(spec))
+    triton.setdefault("maxBatchSize", defaults.max_batch_size)
+    triton.setdefault("instancesPerDevice", defaults.instances_per_device)
     inputs: dict[str, Any] = {
         "schema": DIGEST_SCHEMA,
         "source": spec.model.source,

@@ -419,3 +419,43 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_sigterm(
     assert process.returncode == 0, remaining
     assert "tritonserver stopped" in remaining
     assert _processes_mentioning(str(workdir)) == [], "serve left processes behind"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "kind", "max_batch", "instances"), [(1, "KIND_GPU", 128, 2), (0, "KIND_CPU", 32, 1)]
+)
+def test_batching_defaults_are_the_gpu_ones_on_a_gpu_node_only(
+    checkpoints: dict[str, Path], tmp_path: Path, gpus: int, kind: str, max_batch: int, instances: int
+) -> None:
+    """A ModelDeployment that sets no batching: the operator's builder flags for its pod, run through the
+    real `modeldeploy build`, give the measured GPU defaults (model_repo.options.DEVICE_BATCHING) when it
+    asks for a GPU and the CPU ones when it does not; the pod's /dev/shm is sized for those instances."""
+    from modeldeploy.api import ModelDeployment
+    from modeldeploy.manifests.common import builder_arguments
+    from modeldeploy.manifests.deployment import shm_size_mib
+
+    source = f"file://{checkpoints['feature-extraction']}"
+    md = ModelDeployment.model_validate(
+        {
+            "apiVersion": "modeldeploy.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "embed", "namespace": "ml"},
+            "spec": {"model": {"source": source}, "resources": {"gpus": gpus}},
+        }
+    )
+    args = builder_arguments(md.spec, "model", str(tmp_path / "repo"))
+    assert "--max-batch-size" not in args and "--instances-per-device" not in args
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    config = (tmp_path / "repo" / "model" / "config.pbtxt").read_text()
+    assert f"max_batch_size: {max_batch}\n" in config
+    assert f"kind: {kind} count: {instances}" in config
+    pinned = md.model_copy(
+        update={
+            "spec": md.spec.model_copy(
+                update={"triton": md.spec.triton.model_copy(update={"instances_per_device": 1})}
+            )
+        }
+    )
+    extra_instances = instances - 1
+    assert (shm_size_mib(md) > shm_size_mib(pinned)) == (extra_instances > 0)

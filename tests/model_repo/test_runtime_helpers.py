@@ -172,3 +172,32 @@ def test_default_sequences_follow_the_device_and_the_kv_budget() -> None:
     per_sequence = 4096 * 2048
     assert default_max_concurrent_sequences("cpu", 4096, 2048, budget_bytes=3 * per_sequence) == 3
     assert default_max_concurrent_sequences("cpu", 4096, 2048, budget_bytes=1) == 1
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_runtime_makes_openmp_threads_wait_passively_unless_told(
+    given: str | None, expected: str
+) -> None:
+    """The stub imports model.py before torch loads OpenMP: the policy must be in the environment by then
+    (spinning threads starved the server's on a shared CPU; bench/README.md, served bfloat16)."""
+    import os
+    import subprocess
+    import sys
+
+    from model_repo.python_backend import RUNTIME_FILE
+
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    program = (
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('stub_model', {str(RUNTIME_FILE)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "assert 'torch' not in sys.modules, 'model.py imported torch before the policy was set'\n"
+        "print(os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == expected

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from model_repo.options import device_batching
 from model_repo.triton_args import LOOPBACK, loopback_server_args, triton_server_args
 from modeldeploy.api import RESTRICTED_API_HEADER, ModelDeployment, RolloutStrategy
-from modeldeploy.digest import repository_digest
+from modeldeploy.digest import device, repository_digest
 from modeldeploy.kinds import DEPLOYMENT
 from modeldeploy.labels import MODEL_DIGEST_ANNOTATION, child_manifest, selector_labels, standard_labels
 from modeldeploy.manifests.common import (
@@ -77,7 +78,8 @@ def repository_path(md: ModelDeployment, digest: str) -> str:
 
 def shm_size_mib(md: ModelDeployment) -> int:
     devices = max(md.spec.resources.gpus, 1)
-    return SHM_BASE_MIB + SHM_MIB_PER_INSTANCE * md.spec.triton.instances_per_device * devices
+    instances = md.spec.triton.instances_per_device or device_batching(device(md.spec)).instances_per_device
+    return SHM_BASE_MIB + SHM_MIB_PER_INSTANCE * instances * devices
 
 
 def triton_arguments(md: ModelDeployment, digest: str) -> list[str]:
