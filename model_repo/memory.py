@@ -120,14 +120,15 @@ def for_build(
         sequences = int(
             python_format.generation_parameters(options, model, dtype, max_length)["max_concurrent_sequences"]
         )
+    batching = options.batching()
     return estimate(
         task=info.task,
         config=info.config,
         dtype=dtype,
         weights=weights,
-        max_batch_size=options.max_batch_size,
+        max_batch_size=batching.max_batch_size,
         max_sequence_length=max_length,
-        instances=options.instances_per_device,
+        instances=batching.instances_per_device,
         kv_bytes_per_token=kv_per_token,
         max_concurrent_sequences=sequences,
     )
