@@ -316,16 +316,26 @@ def test_kubectl_get_shows_the_printer_columns(
 
     table = cluster.kubectl("get", "mdeploy", "-n", namespace).stdout.splitlines()
     header = table[0].split()
-    assert header == ["NAME", "READY", "PHASE", "REASON", "MODEL", "FORMAT", "REPLICAS", "PROGRESS", "AGE"], (
-        table
-    )
-    # Read by the header's columns: PROGRESS is empty once nothing builds.
+    assert header == [
+        "NAME",
+        "READY",
+        "PHASE",
+        "REASON",
+        "MODEL",
+        "FORMAT",
+        "REPLICAS",
+        "PROGRESS",
+        "ROLLOUT",
+        "AGE",
+    ], table
+    # Read by the header's columns: PROGRESS is empty once nothing builds, ROLLOUT without a canary.
     starts = [table[0].index(column) for column in header]
     ends = [*starts[1:], None]
     row = {
         column: table[1][start:end].strip() for column, start, end in zip(header, starts, ends, strict=True)
     }
     assert row["PROGRESS"] == ""
+    assert row["ROLLOUT"] == ""
     assert row["NAME"] == name
     assert row["READY"] == "True"
     assert row["PHASE"] == "Ready"
