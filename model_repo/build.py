@@ -38,7 +38,7 @@ from model_repo.options import (
     Task,
     auto_format,
 )
-from model_repo.python_backend import GENERATION_RUNTIME_FILE, RUNTIME_FILE, runtime_parameters
+from model_repo.python_backend import GENERATION_RUNTIME_FILES, RUNTIME_FILE, runtime_parameters
 
 RECORD_FILE = "modeldeploy.json"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -157,7 +157,7 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
     identity = {
         "builder": __version__,
         "runtime": _sha256(RUNTIME_FILE),
-        "generation_runtime": _sha256(GENERATION_RUNTIME_FILE),
+        "generation_runtime": [_sha256(path) for path in GENERATION_RUNTIME_FILES],
         "revision": fetched.revision or options.revision,
         "options": {
             key: (value.value if hasattr(value, "value") else value) for key, value in relevant.items()

@@ -1,28 +1,23 @@
 """Continuous-batching text generation for the Triton Python backend (the `generator` role of model.py).
 
-The builder copies this file next to `model.py` in every text-generation model; model.py loads it by path.
-Like model.py it must stay self-contained (torch, transformers, numpy only).
+The builder copies this file (with decoding.py and hf_adapter.py) next to `model.py` in every
+text-generation model; model.py loads it by path. Like model.py it must stay self-contained (torch,
+transformers, numpy only).
 
-Engine: transformers' own continuous-batching manager (paged attention, iteration-level scheduling: new
-requests join the running batch between decoding steps, finished or cancelled ones leave it at once). Two
-things it lacks for a server are added here rather than re-implementing the scheduler:
+Engine: one thread runs its own iteration-level scheduler over the model's forward (decoding.py): new
+requests are prefilled (reusing a cached prompt prefix where one matches) and join the running batch
+between decoding steps; finished or cancelled ones leave it at once. The same thread chooses each row's
+token with that request's controls and its own `torch.Generator`, checks stop strings and sends the
+responses, so a token reaches its client without another thread's polling cadence in between.
 
-- per-request sampling: the manager decides greedy-or-sample once for all requests and draws from one
-  global generator, so a seed cannot be honoured per request. Its sampling step is replaced by one that
-  picks each row's token with that request's own settings and `torch.Generator` (argmax when greedy, which
-  is what the manager does itself);
-- admission: the manager's own queue blocks its caller for 10 s when full and drains into an unbounded
-  waiting list, so at most `max_concurrent_sequences` requests are handed to it (its KV cache is sized to
-  hold them all at full context) and at most `max_queued_requests` more wait here; beyond that a request
-  is refused at once with UNAVAILABLE.
-
-One dispatcher thread turns the manager's per-token outputs into Triton responses, applies stop strings,
-polls cancellation, admits waiting requests and updates the metrics.
+Admission: at most `max_concurrent_sequences` requests decode together and at most `max_queued_requests`
+more wait here; beyond that a request is refused at once with UNAVAILABLE.
 
 The I/O contract (Triton's LLM convention, the same names as the vLLM backend and the OpenAI frontend):
-inputs `text_input`, `stream`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`,
+inputs `text_input`, `stream`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`, `stop_words`,
 `exclude_input_in_output`, `sampling_parameters` (JSON); outputs `text_output`, `num_input_tokens`,
-`num_output_tokens`.
+`num_output_tokens`, and on the final response `finish_reason` (`stop` or `length`) and `stop_reason`
+(the stop string or stop token id that matched; empty at EOS); `logprobs` (JSON) when asked for.
 """
 
 from __future__ import annotations
@@ -45,6 +40,22 @@ try:
 except ImportError:  # imported outside Triton by tests that exercise the pure helpers
     pb_utils = None
 
+try:
+    from . import decoding
+except ImportError:  # loaded by path inside Triton (model.py's directory is not a package)
+    import importlib.util
+    import sys
+
+    _spec = importlib.util.spec_from_file_location(
+        "modeldeploy_decoding", os.path.join(os.path.dirname(os.path.abspath(__file__)), "decoding.py")
+    )
+    assert _spec is not None and _spec.loader is not None
+    decoding = importlib.util.module_from_spec(_spec)
+    sys.modules[_spec.name] = decoding  # dataclasses resolve annotations through sys.modules
+    _spec.loader.exec_module(decoding)
+
+Sampling = decoding.Sampling
+
 # Parameters a request may set in `sampling_parameters` (JSON) or as request parameters (the JSON body's
 # `parameters` on /generate); the individual input tensors of the same names win over both.
 SAMPLING_KEYS = (
@@ -54,44 +65,34 @@ SAMPLING_KEYS = (
     "top_k",
     "seed",
     "stop",
+    "stop_words",
     "stop_token_ids",
     "truncate_prompt_tokens",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "min_tokens",
+    "logprobs",
+    "top_logprobs",
 )
 REQUEST_PARAMETER_KEYS = (*SAMPLING_KEYS, "stream", "exclude_input_in_output")
+# What a checkpoint's generation_config.json may set as a default for requests that leave it out.
+GENERATION_CONFIG_DEFAULTS = ("temperature", "top_p", "top_k", "repetition_penalty")
 MAX_SEED = 2**64 - 1
 MAX_STOP_STRINGS = 16
-# Seconds between the dispatcher's checks when no token arrives: bounds how long a cancelled request that
+# Seconds the engine waits for work when nothing is running: bounds how long a cancelled request that
 # has not been scheduled yet keeps its place, and how stale the gauges get while idle.
-DISPATCH_POLL_S = 0.01
+IDLE_WAIT_S = 0.01
 # Seconds between cancellation checks: each `is_cancelled()` is a round trip to the server, so they are
 # not made every decoding step of every sequence; a cancelled request still leaves within ~one step.
 CANCEL_POLL_S = 0.02
+# Seconds between metric updates: each is a round trip to the server too, so token counts are summed.
+METRICS_PERIOD_S = 0.05
 TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
 class GenerationRequestError(ValueError):
     """A client mistake in one generation request (Triton INVALID_ARG: HTTP 400, gRPC INVALID_ARGUMENT)."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """What one request asked for, validated."""
-
-    prompt: str
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    truncate_prompt_tokens: int | None = None
-    stream: bool = False
-    exclude_input_in_output: bool = True
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,6 +164,15 @@ _NUMERIC_SETTINGS: dict[str, tuple[Callable[[str, Any], float], Callable[[float]
     "top_p": (_as_float, lambda value: 0 < value <= 1, "must be in (0, 1]"),
     "top_k": (_as_int, lambda value: value >= 0, "must be >= 0 (0 means no limit)"),
     "seed": (_as_int, lambda value: 0 <= value <= MAX_SEED, "must be between 0 and 2**64-1"),
+    "repetition_penalty": (_as_float, lambda value: value > 0, "must be > 0 (1 means none)"),
+    "frequency_penalty": (_as_float, lambda value: -2 <= value <= 2, "must be between -2 and 2"),
+    "presence_penalty": (_as_float, lambda value: -2 <= value <= 2, "must be between -2 and 2"),
+    "min_tokens": (_as_int, lambda value: value >= 0, "must be >= 0"),
+    "top_logprobs": (
+        _as_int,
+        lambda value: 0 <= value <= decoding.MAX_TOP_LOGPROBS,
+        f"must be between 0 and {decoding.MAX_TOP_LOGPROBS}",
+    ),
 }
 
 
@@ -186,8 +196,12 @@ def build_sampling(prompt: str, values: Mapping[str, Any], max_tokens_limit: int
             if not valid(value):
                 raise GenerationRequestError(f"{name} {rule}, got {value}")
             settings[name] = value
-    if values.get("stop") is not None:
-        settings["stop"] = _as_strings("stop", values["stop"])
+    stops: list[str] = []
+    for name in ("stop", "stop_words"):  # stop_words: what Triton's OpenAI frontend sends
+        if values.get(name) is not None:
+            stops += _as_strings(name, values[name])
+    if stops:
+        settings["stop"] = _as_strings("stop", list(dict.fromkeys(stops)))
     if values.get("stop_token_ids") is not None:
         ids = values["stop_token_ids"]
         if not isinstance(ids, (list, tuple)):
@@ -200,9 +214,15 @@ def build_sampling(prompt: str, values: Mapping[str, Any], max_tokens_limit: int
         if keep < 1:
             raise GenerationRequestError(f"truncate_prompt_tokens must be at least 1, got {keep}")
         settings["truncate_prompt_tokens"] = keep
-    for name in ("stream", "exclude_input_in_output"):
+    for name in ("stream", "exclude_input_in_output", "logprobs"):
         if values.get(name) is not None:
             settings[name] = _as_bool(name, values[name])
+    if settings.get("top_logprobs") and not settings.get("logprobs"):
+        raise GenerationRequestError("top_logprobs needs logprobs true")
+    if settings.get("min_tokens", 0) > settings.get("max_tokens", max_tokens_limit):
+        raise GenerationRequestError(
+            f"min_tokens {settings['min_tokens']} exceeds max_tokens {settings.get('max_tokens', max_tokens_limit)}"
+        )
     return Sampling(**settings)
 
 
@@ -228,10 +248,11 @@ def fit_prompt(
     return prompt_ids, min(wanted, room)
 
 
-def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Index where the earliest stop string starts in `text`, or None."""
-    hits = [index for index in (text.find(stop) for stop in stops) if index >= 0]
-    return min(hits) if hits else None
+def find_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:
+    """(index, stop string) of the earliest stop string in `text`, or None."""
+    hits = [(text.find(stop), stop) for stop in stops]
+    found = [hit for hit in hits if hit[0] >= 0]
+    return min(found) if found else None
 
 
 def default_max_concurrent_sequences(
@@ -248,39 +269,14 @@ def default_max_concurrent_sequences(
     return int(max(1, min(typical, fits)))
 
 
-# ---------------------------------------------------------------------------------------------------
-# Per-request sampling inside the manager's step.
-# ---------------------------------------------------------------------------------------------------
-
-
-def sample_rows(scores: Any, settings: list[tuple[Sampling, Any] | None]) -> Any:
-    """Next token of each row of [rows, vocab] scores with its request's own settings and generator.
-
-    Greedy rows take the argmax, like `generate(do_sample=False)`; sampled rows apply temperature, top-k
-    and top-p (nucleus) and draw from their request's `torch.Generator`, so a seed reproduces a request's
-    tokens whatever else shares the batch.
-    """
-    import torch
-
-    tokens = torch.argmax(scores, dim=-1)
-    for row, entry in enumerate(settings):
-        if entry is None or entry[0].greedy:
-            continue
-        sampling, generator = entry
-        logits = scores[row].float() / sampling.temperature
-        if 0 < sampling.top_k < logits.shape[-1]:
-            threshold = torch.topk(logits, sampling.top_k).values[-1]
-            logits = logits.masked_fill(logits < threshold, -math.inf)
-        probabilities = torch.softmax(logits, dim=-1)
-        if sampling.top_p < 1:
-            ordered, order = torch.sort(probabilities, descending=True)
-            cumulative = torch.cumsum(ordered, dim=-1)
-            drop = cumulative - ordered >= sampling.top_p  # keep the smallest prefix reaching top_p
-            ordered = ordered.masked_fill(drop, 0.0)
-            probabilities = torch.zeros_like(probabilities).scatter(0, order, ordered)
-        choice = torch.multinomial(probabilities.cpu(), 1, generator=generator)
-        tokens[row] = choice.to(tokens.device)[0]
-    return tokens
+def checkpoint_defaults(generation_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The request defaults a checkpoint's generation_config sets (only keys it sets explicitly). With
+    `do_sample: false` its temperature/top-p/top-k are inert in `generate`, so only its repetition penalty
+    applies; a request still chooses its own temperature."""
+    defaults = {key: generation_config[key] for key in GENERATION_CONFIG_DEFAULTS if key in generation_config}
+    if generation_config.get("do_sample") is False:
+        defaults = {key: value for key, value in defaults.items() if key == "repetition_penalty"}
+    return defaults
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,8 +316,9 @@ def _utf8(name: str, item: Any) -> str:
     return str(item)
 
 
-def parse_request(request: Any, max_tokens_limit: int) -> Sampling:
-    """Read and validate one Triton request (raises GenerationRequestError)."""
+def parse_request(request: Any, max_tokens_limit: int, defaults: Mapping[str, Any]) -> Sampling:
+    """Read and validate one Triton request (raises GenerationRequestError); `defaults` (the checkpoint's
+    generation_config) fill what the request leaves out."""
     texts = _input_values(request, "text_input")
     if texts is None:
         raise GenerationRequestError("input text_input is required")
@@ -343,10 +340,11 @@ def parse_request(request: Any, max_tokens_limit: int) -> Sampling:
         value = _scalar(request, name)
         if value is not None:
             values[name] = value
-    stops = _input_values(request, "stop")
-    if stops is not None:
-        values["stop"] = [_utf8("stop", item) for item in stops]
-    return build_sampling(prompt, values, max_tokens_limit)
+    for name in ("stop", "stop_words"):
+        stops = _input_values(request, name)
+        if stops is not None:
+            values[name] = [_utf8(name, item) for item in stops]
+    return build_sampling(prompt, {**defaults, **values}, max_tokens_limit)
 
 
 class GenerationMetrics:
@@ -361,8 +359,14 @@ class GenerationMetrics:
             for key, description, kind in (
                 ("requests_waiting", "Generation requests waiting for a sequence slot", family.GAUGE),
                 ("sequences_running", "Sequences in the continuous batch (prefill or decode)", family.GAUGE),
-                ("kv_cache_utilization", "Share of the paged KV cache in use (0..1)", family.GAUGE),
+                (
+                    "kv_cache_utilization",
+                    "Positions the running batch holds, as a share of max_concurrent_sequences full contexts",
+                    family.GAUGE,
+                ),
                 ("tokens_total", "Tokens generated", family.COUNTER),
+                ("prefix_cache_hits_total", "Requests that reused a cached prompt prefix", family.COUNTER),
+                ("prefix_cache_tokens_total", "Prompt tokens taken from the prefix cache", family.COUNTER),
                 (
                     "time_to_first_token_seconds",
                     "Seconds from arrival to first generated token",
@@ -375,6 +379,8 @@ class GenerationMetrics:
         self.kv_cache = self.families["kv_cache_utilization"].Metric(labels=labels)
         self.tokens = self.families["tokens_total"].Metric(labels=labels)
         self.ttft = self.families["time_to_first_token_seconds"].Metric(labels=labels, buckets=TTFT_BUCKETS_S)
+        self.prefix_hits = self.families["prefix_cache_hits_total"].Metric(labels=labels)
+        self.prefix_tokens = self.families["prefix_cache_tokens_total"].Metric(labels=labels)
 
 
 @dataclass
@@ -385,13 +391,18 @@ class Job:
     request: Any
     sender: Any
     sampling: Sampling
-    prompt_ids: list[int]
     max_tokens: int
     arrived: float
-    generator: Any = None
-    tokens: list[int] = field(default_factory=list)
+    row: Any  # decoding.Row
+    choices: list[Any] = field(default_factory=list)  # decoding.Choice per token, when logprobs are asked
     sent_chars: int = 0
+    sent_tokens: int = 0
     first_token_at: float | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        generated: list[int] = self.row.generated
+        return generated
 
 
 class GenerationEngine:
@@ -409,10 +420,10 @@ class GenerationEngine:
         default_max_tokens: int,
         metrics: GenerationMetrics | None,
         log: Callable[[str], None],
+        prefix_cache_tokens: int | None = None,
     ) -> None:
-        from transformers import GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
+        decoding.hf_adapter.check(model)  # refuses a transformers whose internals the batch relies on moved
+        self.model = model
         self.tokenizer = tokenizer
         self.context = context
         self.max_sequences = max_sequences
@@ -421,54 +432,33 @@ class GenerationEngine:
         self.default_max_tokens = default_max_tokens
         self.metrics = metrics
         self.log = log
+        self.defaults = checkpoint_defaults(model.generation_config.to_diff_dict())
         checkpoint_eos = model.generation_config.eos_token_id
         if checkpoint_eos is None:
             checkpoint_eos = model.config.eos_token_id
-        self.eos_ids = (
+        self.eos_ids = frozenset(
             []
             if checkpoint_eos is None
             else [checkpoint_eos]
             if isinstance(checkpoint_eos, int)
-            else list(checkpoint_eos)
+            else checkpoint_eos
         )
-        # Pages as small as the context allows keep short sequences from reserving much; the cache holds
-        # every admitted sequence at full context, so the scheduler never has to evict one.
-        page = 32 if context <= 4096 else 256
-        pages_per_sequence = -(-context // page) + 1
-        config = ContinuousBatchingConfig(
-            page_size=page,
-            num_blocks=max_sequences * pages_per_sequence,
-            max_batch_tokens=context + max_sequences,
-            max_requests_per_batch=max_sequences,
-            allow_block_sharing=False,
-            use_cuda_graph=False,  # the per-request sampling step runs Python per row
-            use_async_batching=False,  # sampling maps rows to requests through the current batch
-            scheduler_type="fifo",
-        )
-        # Greedy in the manager; `sample_rows` replaces its sampling step. No logits processors: the
-        # checkpoint's own (repetition penalties etc.) would apply to every request alike.
-        generation_config = GenerationConfig(do_sample=False, max_new_tokens=default_max_tokens)  # type: ignore[no-untyped-call]
-        self.manager = model.init_continuous_batching(
-            generation_config=generation_config, continuous_batching_config=config
-        )
-        self.manager.warmup()  # creates the batch processor here, so its sampling step can be replaced
-        processor = self.manager.batch_processor
-        self._io = processor.inputs_and_outputs
-        self._cache = processor.cache
-        processor.model_runner._sample = self._sample
+        # Prompts' keys and values kept for reuse: by default as many positions as four full contexts.
+        budget = 4 * context if prefix_cache_tokens is None else prefix_cache_tokens
+        self.prefixes = decoding.PrefixCache(budget) if budget > 0 else None
+        self.batch = decoding.RunningBatch(model)
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: dict[str, Job] = {}
         self._ids = itertools.count()
         self._last_cancel_check = 0.0
-        self.manager.start()
-        self._dispatcher = threading.Thread(
-            target=self._dispatch_loop, name="generation-dispatch", daemon=True
-        )
-        self._dispatcher.start()
+        self._last_metrics = 0.0
+        self._unreported_tokens = 0
+        self._reported_prefix = (0, 0)
+        self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
+        self._thread.start()
 
     # -- called from Triton's execute --------------------------------------------------------------
 
@@ -477,25 +467,27 @@ class GenerationEngine:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         arrived = time.perf_counter()
         try:
-            sampling = parse_request(request, self.max_tokens_limit)
+            sampling = parse_request(request, self.max_tokens_limit, self.defaults)
             prompt_ids = self.tokenizer(sampling.prompt, add_special_tokens=True)["input_ids"]
             prompt_ids, max_tokens = fit_prompt(prompt_ids, sampling, self.context, self.default_max_tokens)
         except GenerationRequestError as exc:
             sender.send(_error(str(exc), "INVALID_ARG"), flags=final)
             return
-        job = Job(f"r{next(self._ids)}", request, sender, sampling, list(prompt_ids), max_tokens, arrived)
+        generator = None
         if not sampling.greedy:
             import torch
 
-            job.generator = torch.Generator(device="cpu")
-            job.generator.manual_seed(
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(
                 sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little")
             )
+        row = decoding.Row(
+            sampling, list(prompt_ids), self.eos_ids | frozenset(sampling.stop_token_ids), generator
+        )
+        job = Job(f"r{next(self._ids)}", request, sender, sampling, max_tokens, arrived, row)
         with self._lock:
-            if len(self._waiting) >= self.max_queued:
-                refused = True
-            else:
-                refused = False
+            refused = len(self._waiting) >= self.max_queued
+            if not refused:
                 self._waiting.append(job)
         if refused:
             sender.send(
@@ -512,83 +504,91 @@ class GenerationEngine:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
-        self._dispatcher.join(timeout=10)
-        self.manager.stop(block=True, timeout=10)
+        self._thread.join(timeout=10)
 
-    # -- the manager's sampling step (generation thread) -------------------------------------------
+    # -- the engine thread --------------------------------------------------------------------------
 
-    def _sample(self, scores: Any, output_ids: Any) -> None:
-        rows = [future.state.request_id for future in self._io.requests_in_batch if future.has_new_token]
-        with self._lock:
-            jobs = [self._running.get(request_id) for request_id in rows]
-        settings = [None if job is None else (job.sampling, job.generator) for job in jobs]
-        tokens = sample_rows(scores[0], settings)
-        output_ids[0, : tokens.shape[0]].copy_(tokens)
+    def _run(self) -> None:
+        import torch
 
-    # -- dispatcher thread --------------------------------------------------------------------------
-
-    def _dispatch_loop(self) -> None:
         last_error = ""
-        while not self._stopping.is_set():
-            try:
-                self._admit()
-                result = self.manager.get_result(timeout=DISPATCH_POLL_S)
-                while result is not None:
-                    self._on_result(result)
-                    result = self.manager.get_result(timeout=0)
-                self._reap_cancelled()
-                self._update_gauges()
-            except Exception as exc:  # the loop must outlive any one bad result
-                if repr(exc) != last_error:  # a persisting fault is logged once, not every poll
-                    self.log(f"generation dispatcher: {exc!r}")
-                    last_error = repr(exc)
-                time.sleep(DISPATCH_POLL_S)
+        with torch.inference_mode():
+            while not self._stopping.is_set():
+                try:
+                    self._wake.clear()
+                    self._reap_cancelled()
+                    for job in self._admit():
+                        self._start(job)
+                    if len(self.batch):
+                        self._step()
+                    else:
+                        self._wake.wait(IDLE_WAIT_S)
+                    self._update_metrics()
+                except Exception as exc:  # one failing step fails its requests, not the engine
+                    if repr(exc) != last_error:  # a persisting fault is logged once, not every step
+                        self.log(f"generation engine: {exc!r}")
+                        last_error = repr(exc)
+                    for job in list(self.batch.rows):
+                        self._send_error(job, f"generation failed: {exc}", "INTERNAL")
+                    self.batch = decoding.RunningBatch(self.model)
 
-    def _admit(self) -> None:
-        while True:
-            with self._lock:
-                if not self._waiting or len(self._running) >= self.max_sequences:
-                    return
-                job = self._waiting.popleft()
-                self._running[job.request_id] = job
-            accepted = self.manager.add_request(
-                job.prompt_ids,
-                request_id=job.request_id,
-                max_new_tokens=job.max_tokens,
-                streaming=True,
-                eos_token_id=[*self.eos_ids, *job.sampling.stop_token_ids] or -1,
-            )
-            if accepted is None:  # the manager stopped (e.g. after a fatal error): fail, don't hang
-                self._finish(job, error="the generation engine is not running")
-
-    def _on_result(self, result: Any) -> None:
+    def _admit(self) -> list[Job]:
         with self._lock:
-            job = self._running.get(result.request_id)
-        if job is None:  # cancelled or stopped already
+            room = self.max_sequences - len(self.batch)
+            admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        return admitted
+
+    def _start(self, job: Job) -> None:
+        """Prefill one request; it joins the batch unless its first token already ends it."""
+        try:
+            logits, tensors, _ = decoding.prefill(self.model, job.row.prompt_ids, self.prefixes)
+        except Exception as exc:
+            self._send_error(job, f"generation failed: {exc}", "INTERNAL")
             return
-        if result.error is not None or str(getattr(result.status, "name", "")) == "FAILED":
-            self._finish(job, error=f"generation failed: {result.error}")
-            return
-        fresh = len(result.generated_tokens) - len(job.tokens)
-        if fresh > 0:
-            if job.first_token_at is None:
-                job.first_token_at = time.perf_counter()
-                if self.metrics is not None:
-                    self.metrics.ttft.observe(job.first_token_at - job.arrived)
+        choice = decoding.choose(logits, job.row)
+        if not self._advance(job, choice):
+            self.batch.join(job, tensors, choice.token)
+
+    def _step(self) -> None:
+        logits = self.batch.step()
+        choices = decoding.choose_rows(logits, [job.row for job in self.batch.rows])
+        gone = set()
+        for index, (job, choice) in enumerate(zip(self.batch.rows, choices, strict=True)):
+            if self._advance(job, choice):
+                gone.add(index)
+            else:
+                self.batch.pending[index] = choice.token
+        self.batch.leave(gone)
+
+    def _advance(self, job: Job, choice: Any) -> bool:
+        """Take one generated token: respond as the request asked; True when the request is finished."""
+        job.row.add(choice.token)
+        if job.sampling.logprobs:
+            job.choices.append(choice)
+        self._unreported_tokens += 1
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
             if self.metrics is not None:
-                self.metrics.tokens.increment(fresh)
-        job.tokens = list(result.generated_tokens)
-        if not (job.sampling.stream or job.sampling.stop or result.is_finished()):
-            return  # nothing to send or check before the end: skip decoding
+                self.metrics.ttft.observe(job.first_token_at - job.arrived)
+        finish: tuple[str, str] | None = None
+        if choice.token in job.row.end_ids:
+            finish = ("stop", "" if choice.token in self.eos_ids else str(choice.token))
+        elif len(job.tokens) >= job.max_tokens:
+            finish = ("length", "")
+        if not (job.sampling.stream or job.sampling.stop or finish):
+            return False  # nothing to send or check before the end: skip decoding
         text = self._text(job)
         stop_at = find_stop(text, job.sampling.stop)
         if stop_at is not None:
-            self.manager.cancel_request(job.request_id)
-            self._finish(job, text=text[:stop_at])
-        elif result.is_finished():
-            self._finish(job, text=text)
-        elif job.sampling.stream:
+            index, matched = stop_at
+            self._finish(job, text[:index], ("stop", matched))
+            return True
+        if finish is not None:
+            self._finish(job, text, finish)
+            return True
+        if job.sampling.stream:
             self._stream_ready_text(job, text)
+        return False
 
     def _text(self, job: Job) -> str:
         text: str = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
@@ -604,61 +604,87 @@ class GenerationEngine:
             job.sender.send(self._response(job, text[job.sent_chars : ready]))
             job.sent_chars = ready
 
-    def _response(self, job: Job, text: str) -> Any:
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
-                pb_utils.Tensor("num_input_tokens", np.array([len(job.prompt_ids)], dtype=np.int32)),
-                pb_utils.Tensor("num_output_tokens", np.array([len(job.tokens)], dtype=np.int32)),
-            ]
-        )
+    def _response(self, job: Job, text: str, finish: tuple[str, str] | None = None) -> Any:
+        tensors = [
+            pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("num_input_tokens", np.array([len(job.row.prompt_ids)], dtype=np.int32)),
+            pb_utils.Tensor("num_output_tokens", np.array([len(job.tokens)], dtype=np.int32)),
+        ]
+        if finish is not None:
+            for name, value in zip(("finish_reason", "stop_reason"), finish, strict=True):
+                tensors.append(pb_utils.Tensor(name, np.array([value.encode("utf-8")], dtype=np.object_)))
+        if job.sampling.logprobs:
+            tensors.append(
+                pb_utils.Tensor(
+                    "logprobs",
+                    np.array([self._logprobs_json(job.choices[job.sent_tokens :])], dtype=np.object_),
+                )
+            )
+            job.sent_tokens = len(job.choices)
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
-    def _finish(self, job: Job, text: str = "", error: str | None = None) -> None:
-        with self._lock:
-            self._running.pop(job.request_id, None)
+    def _logprobs_json(self, choices: list[Any]) -> bytes:
+        """Per token: id, text, log-probability and the top alternatives (OpenAI's and vLLM's content)."""
+        decode = self.tokenizer.decode
+        items = [
+            {
+                "token_id": choice.token,
+                "token": decode([choice.token]),
+                "logprob": choice.logprob,
+                "top_logprobs": [
+                    {"token_id": token, "token": decode([token]), "logprob": value}
+                    for token, value in choice.top
+                ],
+            }
+            for choice in choices
+        ]
+        return json.dumps(items, separators=(",", ":")).encode("utf-8")
+
+    def _finish(self, job: Job, text: str, finish: tuple[str, str]) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        if error is not None:
-            job.sender.send(_error(error, "INTERNAL"), flags=final)
-        elif job.sampling.stream:
-            rest = text[job.sent_chars :]
-            if rest:
-                job.sender.send(self._response(job, rest), flags=final)
-            else:
-                job.sender.send(flags=final)
+        if job.sampling.stream:
+            job.sender.send(self._response(job, text[job.sent_chars :], finish), flags=final)
         else:
             if not job.sampling.exclude_input_in_output:
                 text = job.sampling.prompt + text
-            job.sender.send(self._response(job, text), flags=final)
-        self._wake.set()
+            job.sender.send(self._response(job, text, finish), flags=final)
+
+    def _send_error(self, job: Job, message: str, code: str) -> None:
+        job.sender.send(_error(message, code), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _reap_cancelled(self) -> None:
         now = time.perf_counter()
         if now - self._last_cancel_check < CANCEL_POLL_S:
             return
         self._last_cancel_check = now
+        gone = {index for index, job in enumerate(self.batch.rows) if job.request.is_cancelled()}
+        for index in gone:
+            self._send_error(self.batch.rows[index], "the request was cancelled", "CANCELLED")
+        self.batch.leave(gone)
         with self._lock:
-            jobs = [*self._running.values(), *self._waiting]
-        for job in jobs:
-            if not job.request.is_cancelled():
-                continue
-            with self._lock:
-                if job in self._waiting:
-                    self._waiting.remove(job)
-                running = self._running.pop(job.request_id, None) is not None
-            if running:
-                self.manager.cancel_request(job.request_id)
-            job.sender.send(
-                _error("the request was cancelled", "CANCELLED"),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+            cancelled = [job for job in self._waiting if job.request.is_cancelled()]
+            for job in cancelled:
+                self._waiting.remove(job)
+        for job in cancelled:
+            self._send_error(job, "the request was cancelled", "CANCELLED")
 
-    def _update_gauges(self) -> None:
-        if self.metrics is None:
+    def _update_metrics(self) -> None:
+        now = time.perf_counter()
+        if self.metrics is None or now - self._last_metrics < METRICS_PERIOD_S:
             return
+        self._last_metrics = now
+        if self._unreported_tokens:
+            self.metrics.tokens.increment(self._unreported_tokens)
+            self._unreported_tokens = 0
+        if self.prefixes is not None:
+            hits, reused = self.prefixes.hits, self.prefixes.reused_tokens
+            if (hits, reused) != self._reported_prefix:
+                self.metrics.prefix_hits.increment(hits - self._reported_prefix[0])
+                self.metrics.prefix_tokens.increment(reused - self._reported_prefix[1])
+                self._reported_prefix = (hits, reused)
         with self._lock:
-            waiting, running = len(self._waiting), len(self._running)
+            waiting = len(self._waiting)
         self.metrics.waiting.set(waiting)
-        self.metrics.running.set(running)
-        self.metrics.kv_cache.set(
-            max(0.0, min(1.0, 1.0 - float(self._cache.compute_free_capacity(relative=True))))
-        )
+        self.metrics.running.set(len(self.batch))
+        self.metrics.kv_cache.set(self.batch.positions_held / (self.max_sequences * self.context))
+
