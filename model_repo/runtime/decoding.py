@@ -37,6 +37,11 @@ MAX_TOP_LOGPROBS = 20
 MIN_PREFIX_TOKENS = 8
 
 
+def check_internals(model: Any) -> None:
+    """Refuse the model (hf_adapter.UnsupportedTransformers) unless the internals used here are there."""
+    hf_adapter.check(model)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """What one request asked for, validated (the checkpoint's generation_config fills what it left out)."""
@@ -134,10 +139,7 @@ def choose(scores: Any, row: Row) -> Choice:
     if len(row.generated) < sampling.min_tokens and row.end_ids:
         logits = logits.clone()
         logits[torch.tensor(sorted(row.end_ids), device=raw.device)] = -math.inf
-    if sampling.greedy:
-        token = int(torch.argmax(logits))
-    else:
-        token = draw(logits, sampling, row.generator)
+    token = int(torch.argmax(logits)) if sampling.greedy else draw(logits, sampling, row.generator)
     choice = Choice(token)
     if sampling.logprobs:
         log_probabilities = torch.log_softmax(raw, dim=-1)
@@ -170,7 +172,7 @@ def draw(logits: Any, sampling: Sampling, generator: Any) -> int:
 
 
 def choose_rows(logits: Any, rows: list[Row]) -> list[Choice]:
-    """Next tokens of a [rows, vocab] batch: one batched argmax for plain greedy rows, `choose` for the rest."""
+    """Next tokens of [rows, vocab] logits: one batched argmax for plain greedy rows, `choose` for others."""
     import torch
 
     greedy = torch.argmax(logits, dim=-1).tolist()
@@ -301,12 +303,16 @@ class RunningBatch:
                 joined.append(
                     (
                         torch.cat(
-                            [functional.pad(keys, (0, 0, width - columns, 0)),
-                             functional.pad(new_keys, (0, 0, width - length, 0))]
+                            [
+                                functional.pad(keys, (0, 0, width - columns, 0)),
+                                functional.pad(new_keys, (0, 0, width - length, 0)),
+                            ]
                         ),
                         torch.cat(
-                            [functional.pad(values, (0, 0, width - columns, 0)),
-                             functional.pad(new_values, (0, 0, width - length, 0))]
+                            [
+                                functional.pad(values, (0, 0, width - columns, 0)),
+                                functional.pad(new_values, (0, 0, width - length, 0)),
+                            ]
                         ),
                     )
                 )

@@ -219,10 +219,9 @@ def build_sampling(prompt: str, values: Mapping[str, Any], max_tokens_limit: int
             settings[name] = _as_bool(name, values[name])
     if settings.get("top_logprobs") and not settings.get("logprobs"):
         raise GenerationRequestError("top_logprobs needs logprobs true")
-    if settings.get("min_tokens", 0) > settings.get("max_tokens", max_tokens_limit):
-        raise GenerationRequestError(
-            f"min_tokens {settings['min_tokens']} exceeds max_tokens {settings.get('max_tokens', max_tokens_limit)}"
-        )
+    ceiling = settings.get("max_tokens", max_tokens_limit)
+    if settings.get("min_tokens", 0) > ceiling:
+        raise GenerationRequestError(f"min_tokens {settings['min_tokens']} exceeds max_tokens {ceiling}")
     return Sampling(**settings)
 
 
@@ -422,7 +421,7 @@ class GenerationEngine:
         log: Callable[[str], None],
         prefix_cache_tokens: int | None = None,
     ) -> None:
-        decoding.hf_adapter.check(model)  # refuses a transformers whose internals the batch relies on moved
+        decoding.check_internals(model)  # refuses a transformers whose internals the batch relies on moved
         self.model = model
         self.tokenizer = tokenizer
         self.context = context
@@ -687,4 +686,3 @@ class GenerationEngine:
         self.metrics.waiting.set(waiting)
         self.metrics.running.set(len(self.batch))
         self.metrics.kv_cache.set(self.batch.positions_held / (self.max_sequences * self.context))
-

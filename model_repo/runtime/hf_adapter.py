@@ -38,7 +38,9 @@ def _dynamic_cache_class() -> Any:
     try:
         from transformers.cache_utils import DynamicCache, DynamicLayer
     except ImportError as exc:
-        raise _refuse(f"transformers.cache_utils.DynamicCache/DynamicLayer cannot be imported ({exc})") from exc
+        raise _refuse(
+            f"transformers.cache_utils.DynamicCache/DynamicLayer cannot be imported ({exc})"
+        ) from exc
     return DynamicCache, DynamicLayer
 
 

@@ -5,7 +5,6 @@ between steps) gives `generate`'s greedy tokens."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,7 +53,9 @@ def test_check_refuses_naming_the_attribute_and_the_versions(
         self.layer_list = self.__dict__.pop("layers")
 
     monkeypatch.setattr(DynamicCache, "__init__", without_layers)
-    with pytest.raises(hf_adapter.UnsupportedTransformers, match=r"`layers`.*supported transformers versions: 5\.23\.x"):
+    with pytest.raises(
+        hf_adapter.UnsupportedTransformers, match=r"`layers`.*supported transformers versions: 5\.23\.x"
+    ):
         hf_adapter.check(models["llama"][0])
 
 

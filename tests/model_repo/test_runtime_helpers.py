@@ -185,7 +185,11 @@ def test_controls_follow_their_definitions() -> None:
     row = Row(Sampling("p", temperature=0.0, min_tokens=1), [1], frozenset({0}))
     assert choose(scores, row).token == 1
     # Log-probabilities are the raw logits' log-softmax, whatever the penalties did.
-    row = Row(Sampling("p", temperature=0.0, repetition_penalty=2.0, logprobs=True, top_logprobs=2), [0], frozenset())
+    row = Row(
+        Sampling("p", temperature=0.0, repetition_penalty=2.0, logprobs=True, top_logprobs=2),
+        [0],
+        frozenset(),
+    )
     choice = choose(scores, row)
     expected = torch.log_softmax(scores, dim=-1)
     assert abs(choice.logprob - float(expected[1])) < 1e-6
