@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,11 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
         batch = list(prompts[:size])
         ids = [tokenizer(p)["input_ids"] for p in batch]
         contenders: dict[str, Callable[[], dict[str, float]]] = {
-            "generate": lambda: _generate(model, tokenizer, batch, tokens),
-            "engine": lambda: _engine(model, ids, tokens, stagger=False),
+            "generate": partial(_generate, model, tokenizer, batch, tokens),
+            "engine": partial(_engine, model, ids, tokens, stagger=False),
         }
         if size > 1:
-            contenders["engine, staggered"] = lambda: _engine(model, ids, tokens, stagger=True)
+            contenders["engine, staggered"] = partial(_engine, model, ids, tokens, stagger=True)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
         meter = ForeignCpu()
         meter.start()
