@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.machine import ForeignCpu, describe_machine, machine_line
+from bench.common.quiet import QuietPolicy
 from bench.common.report import RESULTS_DIR, fmt, markdown_table, write_json
 from bench.generation.run import Settings, make_checkpoint, make_prompts
 
@@ -222,11 +223,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         workdir=args.workdir,
         name="generation-profile-cpu",
         write=not args.no_write,
+        quiet=QuietPolicy(max_foreign_share=1.0, retries=0, max_wait_s=0.0),
+        shared_prefix=0,
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     report = {
         "command": "python -m bench.generation.profile " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v.__dict__ if isinstance(v, QuietPolicy) else v)
+            for k, v in settings.__dict__.items()
+        },
         "machine": describe_machine(),
         "repeats": args.repeats,
         **measure(settings, [int(size) for size in args.sizes.split(",")], args.repeats),
