@@ -342,7 +342,10 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
                 print(f"ours shared prefix {clients:>3} clients: {json.dumps(pair)}", flush=True)
                 shared.append(pair)
     config = (built.path / "model" / "config.pbtxt").read_text()
-    return {"levels": levels, "shared_prefix": shared, "config_pbtxt": config}
+    log = (settings.workdir / "ours-triton.log").read_text(errors="replace")
+    # The runtime logs where its engine thread's time went every 30 s of work (generation.py).
+    profile = [line.split("] ", 1)[-1] for line in log.splitlines() if "generation engine profile" in line]
+    return {"levels": levels, "shared_prefix": shared, "config_pbtxt": config, "engine_profile": profile}
 
 
 def _guarded_level(settings: Settings, measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
@@ -566,6 +569,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ". The baseline does not stream: its first token arrives with its whole answer.",
         "",
         *_shared_prefix_lines(report),
+        *(
+            ["Where the engine thread's time went (the runtime's log, one line per 30 s of work):", ""]
+            + [f"- {line}" for line in report[OURS].get("engine_profile", [])]
+            + [""]
+            if report[OURS].get("engine_profile")
+            else []
+        ),
         (
             f"DISTURBED (other processes used more than {limit:.0%} of the CPU after the retries): "
             + ", ".join(disturbed)

@@ -88,6 +88,8 @@ IDLE_WAIT_S = 0.01
 CANCEL_POLL_S = 0.02
 # Seconds between metric updates: each is a round trip to the server too, so token counts are summed.
 METRICS_PERIOD_S = 0.05
+# Seconds between the engine's profile lines in the log (where its time went), while it has work.
+PROFILE_LOG_S = 30.0
 TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
 
@@ -382,6 +384,38 @@ class GenerationMetrics:
         self.prefix_tokens = self.families["prefix_cache_tokens_total"].Metric(labels=labels)
 
 
+class EngineProfile:
+    """Where the engine thread's time goes, by phase; logged every PROFILE_LOG_S while there is work."""
+
+    PHASES = ("prefill", "forward", "choose", "respond", "join_leave", "cancel_checks", "metrics", "idle")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.steps = self.rows = 0
+        self.since = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.steps = self.rows = 0
+        self.since = time.perf_counter()
+
+    def line(self) -> str | None:
+        """The profile since the last line (and start a new period), or None if the engine was idle."""
+        now = time.perf_counter()
+        if self.steps == 0 or now - self.since < PROFILE_LOG_S:
+            return None
+        elapsed = now - self.since
+        shares = ", ".join(f"{phase} {100 * value / elapsed:.1f}%" for phase, value in self.seconds.items())
+        forward_ms = 1000 * self.seconds["forward"] / self.steps
+        text = (
+            f"generation engine profile over {elapsed:.0f} s: {shares}; {self.steps} decoding steps, "
+            f"{self.rows / self.steps:.1f} rows per step, {forward_ms:.2f} ms forward per step"
+        )
+        self.reset()
+        return text
+
+
 @dataclass
 class Job:
     """One request on its way through the engine."""
@@ -431,6 +465,7 @@ class GenerationEngine:
         self.default_max_tokens = default_max_tokens
         self.metrics = metrics
         self.log = log
+        self.log_info: Callable[[str], None] = pb_utils.Logger.log_info if pb_utils is not None else log
         self.defaults = checkpoint_defaults(model.generation_config.to_diff_dict())
         checkpoint_eos = model.generation_config.eos_token_id
         if checkpoint_eos is None:
@@ -456,6 +491,7 @@ class GenerationEngine:
         self._last_metrics = 0.0
         self._unreported_tokens = 0
         self._reported_prefix = (0, 0)
+        self.profile = EngineProfile()
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._thread.start()
 
@@ -515,14 +551,20 @@ class GenerationEngine:
             while not self._stopping.is_set():
                 try:
                     self._wake.clear()
+                    began = time.perf_counter()
                     self._reap_cancelled()
+                    self.profile.seconds["cancel_checks"] += time.perf_counter() - began
                     for job in self._admit():
                         self._start(job)
                     if len(self.batch):
                         self._step()
                     else:
+                        began = time.perf_counter()
                         self._wake.wait(IDLE_WAIT_S)
+                        self.profile.seconds["idle"] += time.perf_counter() - began
+                    began = time.perf_counter()
                     self._update_metrics()
+                    self.profile.seconds["metrics"] += time.perf_counter() - began
                 except Exception as exc:  # one failing step fails its requests, not the engine
                     if repr(exc) != last_error:  # a persisting fault is logged once, not every step
                         self.log(f"generation engine: {exc!r}")
@@ -539,25 +581,52 @@ class GenerationEngine:
 
     def _start(self, job: Job) -> None:
         """Prefill one request; it joins the batch unless its first token already ends it."""
+        seconds = self.profile.seconds
+        began = time.perf_counter()
         try:
             logits, tensors, _ = decoding.prefill(self.model, job.row.prompt_ids, self.prefixes)
         except Exception as exc:
             self._send_error(job, f"generation failed: {exc}", "INTERNAL")
             return
         choice = decoding.choose(logits, job.row)
-        if not self._advance(job, choice):
+        chosen = time.perf_counter()
+        seconds["prefill"] += chosen - began
+        finished = self._advance(job, choice)
+        responded = time.perf_counter()
+        seconds["respond"] += responded - chosen
+        if not finished:
             self.batch.join(job, tensors, choice.token)
+            seconds["join_leave"] += time.perf_counter() - responded
 
     def _step(self) -> None:
+        seconds = self.profile.seconds
+        began = time.perf_counter()
         logits = self.batch.step()
+        if logits.device.type == "cuda":  # the forward's time, not the launch's
+            import torch
+
+            torch.cuda.synchronize(logits.device)
+        forwarded = time.perf_counter()
         choices = decoding.choose_rows(logits, [job.row for job in self.batch.rows])
+        chosen = time.perf_counter()
         gone = set()
         for index, (job, choice) in enumerate(zip(self.batch.rows, choices, strict=True)):
             if self._advance(job, choice):
                 gone.add(index)
             else:
                 self.batch.pending[index] = choice.token
+        responded = time.perf_counter()
+        self.profile.steps += 1
+        self.profile.rows += len(self.batch)
         self.batch.leave(gone)
+        left = time.perf_counter()
+        seconds["forward"] += forwarded - began
+        seconds["choose"] += chosen - forwarded
+        seconds["respond"] += responded - chosen
+        seconds["join_leave"] += left - responded
+        line = self.profile.line()
+        if line is not None:
+            self.log_info(line)
 
     def _advance(self, job: Job, choice: Any) -> bool:
         """Take one generated token: respond as the request asked; True when the request is finished."""
