@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -387,7 +388,18 @@ class GenerationMetrics:
 class EngineProfile:
     """Where the engine thread's time goes, by phase; logged every PROFILE_LOG_S while there is work."""
 
-    PHASES = ("prefill", "forward", "choose", "respond", "join_leave", "cancel_checks", "metrics", "idle")
+    # sender_thread: the responses' own thread, beside the engine's (its share can overlap the others).
+    PHASES = (
+        "prefill",
+        "forward",
+        "choose",
+        "respond",
+        "join_leave",
+        "cancel_checks",
+        "metrics",
+        "idle",
+        "sender_thread",
+    )
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -414,6 +426,29 @@ class EngineProfile:
         )
         self.reset()
         return text
+
+
+@dataclass
+class Outgoing:
+    """One response the engine posted for the sender thread: a piece of text (final when `finish` is
+    set) or an error (always final)."""
+
+    job: Job
+    text: str
+    output_tokens: int
+    logprobs: list[Any]
+    finish: tuple[str, str] | None = None
+    error: tuple[str, str] | None = None  # (message, Triton code name)
+
+    def then(self, later: Outgoing) -> Outgoing:
+        """This piece and a later one of the same request as one response."""
+        return Outgoing(
+            self.job,
+            self.text + later.text,
+            later.output_tokens,
+            self.logprobs + later.logprobs,
+            later.finish,
+        )
 
 
 @dataclass
@@ -492,6 +527,9 @@ class GenerationEngine:
         self._unreported_tokens = 0
         self._reported_prefix = (0, 0)
         self.profile = EngineProfile()
+        self._outbox: queue.SimpleQueue[Outgoing | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="generation-sender", daemon=True)
+        self._sender.start()
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._thread.start()
 
@@ -540,6 +578,8 @@ class GenerationEngine:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=10)
+        self._outbox.put(None)
+        self._sender.join(timeout=10)
 
     # -- the engine thread --------------------------------------------------------------------------
 
@@ -669,27 +709,88 @@ class GenerationEngine:
         if job.sampling.stop:
             ready = min(ready, len(text) - max(len(stop) for stop in job.sampling.stop) + 1)
         if ready > job.sent_chars:
-            job.sender.send(self._response(job, text[job.sent_chars : ready]))
+            self._post(job, text[job.sent_chars : ready])
             job.sent_chars = ready
 
-    def _response(self, job: Job, text: str, finish: tuple[str, str] | None = None) -> Any:
+    def _post(self, job: Job, text: str, finish: tuple[str, str] | None = None) -> None:
+        """Hand one response to the sender thread (with the token count and log-probabilities as of now)."""
+        fresh = job.choices[job.sent_tokens :] if job.sampling.logprobs else []
+        job.sent_tokens = len(job.choices)
+        self._outbox.put(Outgoing(job, text, len(job.tokens), fresh, finish))
+
+    def _finish(self, job: Job, text: str, finish: tuple[str, str]) -> None:
+        # A client that has its answer sees its tokens counted: the counter is brought up to date first.
+        self._flush_tokens()
+        if job.sampling.stream:
+            self._post(job, text[job.sent_chars :], finish)
+        else:
+            if not job.sampling.exclude_input_in_output:
+                text = job.sampling.prompt + text
+            self._post(job, text, finish)
+
+    def _send_error(self, job: Job, message: str, code: str) -> None:
+        self._outbox.put(Outgoing(job, "", len(job.tokens), [], None, (message, code)))
+
+    # -- the sender thread ------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        """Send what the engine posted. Everything waiting is taken at once and a request's pieces are
+        merged into one response, so under load a client gets several tokens per response instead of
+        the engine paying one response per token; alone, each token still leaves at once."""
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        running = True
+        while running:
+            items = [self._outbox.get()]
+            while True:
+                try:
+                    items.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            merged: dict[int, Outgoing] = {}
+            for item in items:
+                if item is None:
+                    running = False
+                    continue
+                key = id(item.job)
+                pending = merged.get(key)
+                if pending is not None and item.error is None and pending.finish is None:
+                    merged[key] = pending.then(item)
+                else:
+                    if pending is not None:  # a piece before an error goes first
+                        self._send(merged.pop(key), final)
+                    merged[key] = item
+            for item in merged.values():
+                self._send(item, final)
+
+    def _send(self, item: Outgoing, final_flag: int) -> None:
+        began = time.perf_counter()
+        try:
+            self._send_now(item, final_flag)
+        except Exception as exc:  # a client gone mid-send must not stop the others' responses
+            self.log(f"generation: sending a response failed: {exc!r}")
+        self.profile.seconds["sender_thread"] += time.perf_counter() - began
+
+    def _send_now(self, item: Outgoing, final_flag: int) -> None:
+        if item.error is not None:
+            item.job.sender.send(_error(*item.error), flags=final_flag)
+            return
+        job = item.job
         tensors = [
-            pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("text_output", np.array([item.text.encode("utf-8")], dtype=np.object_)),
             pb_utils.Tensor("num_input_tokens", np.array([len(job.row.prompt_ids)], dtype=np.int32)),
-            pb_utils.Tensor("num_output_tokens", np.array([len(job.tokens)], dtype=np.int32)),
+            pb_utils.Tensor("num_output_tokens", np.array([item.output_tokens], dtype=np.int32)),
         ]
-        if finish is not None:
-            for name, value in zip(("finish_reason", "stop_reason"), finish, strict=True):
+        if item.finish is not None:
+            for name, value in zip(("finish_reason", "stop_reason"), item.finish, strict=True):
                 tensors.append(pb_utils.Tensor(name, np.array([value.encode("utf-8")], dtype=np.object_)))
         if job.sampling.logprobs:
-            tensors.append(
-                pb_utils.Tensor(
-                    "logprobs",
-                    np.array([self._logprobs_json(job.choices[job.sent_tokens :])], dtype=np.object_),
-                )
-            )
-            job.sent_tokens = len(job.choices)
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+            logprobs = self._logprobs_json(item.logprobs)
+            tensors.append(pb_utils.Tensor("logprobs", np.array([logprobs], dtype=np.object_)))
+        response = pb_utils.InferenceResponse(output_tensors=tensors)
+        if item.finish is not None:
+            job.sender.send(response, flags=final_flag)
+        else:
+            job.sender.send(response)
 
     def _logprobs_json(self, choices: list[Any]) -> bytes:
         """Per token: id, text, log-probability and the top alternatives (OpenAI's and vLLM's content)."""
@@ -708,18 +809,6 @@ class GenerationEngine:
         ]
         return json.dumps(items, separators=(",", ":")).encode("utf-8")
 
-    def _finish(self, job: Job, text: str, finish: tuple[str, str]) -> None:
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        if job.sampling.stream:
-            job.sender.send(self._response(job, text[job.sent_chars :], finish), flags=final)
-        else:
-            if not job.sampling.exclude_input_in_output:
-                text = job.sampling.prompt + text
-            job.sender.send(self._response(job, text, finish), flags=final)
-
-    def _send_error(self, job: Job, message: str, code: str) -> None:
-        job.sender.send(_error(message, code), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
     def _reap_cancelled(self) -> None:
         now = time.perf_counter()
         if now - self._last_cancel_check < CANCEL_POLL_S:
@@ -736,14 +825,17 @@ class GenerationEngine:
         for job in cancelled:
             self._send_error(job, "the request was cancelled", "CANCELLED")
 
+    def _flush_tokens(self) -> None:
+        if self.metrics is not None and self._unreported_tokens:
+            self.metrics.tokens.increment(self._unreported_tokens)
+            self._unreported_tokens = 0
+
     def _update_metrics(self) -> None:
         now = time.perf_counter()
         if self.metrics is None or now - self._last_metrics < METRICS_PERIOD_S:
             return
         self._last_metrics = now
-        if self._unreported_tokens:
-            self.metrics.tokens.increment(self._unreported_tokens)
-            self._unreported_tokens = 0
+        self._flush_tokens()
         if self.prefixes is not None:
             hits, reused = self.prefixes.hits, self.prefixes.reused_tokens
             if (hits, reused) != self._reported_prefix:
