@@ -14,9 +14,10 @@ from model_repo.options import Task
 
 RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
 # The continuous-batching engine model.py loads for text-generation (copied next to it), with the modules
-# it loads by path: its decoding arithmetic and its adapter over transformers' internals.
+# it loads by path: its request contract, its decoding arithmetic, its adapter over transformers' internals.
 GENERATION_RUNTIME_FILES = tuple(
-    Path(__file__).parent / "runtime" / name for name in ("generation.py", "decoding.py", "hf_adapter.py")
+    Path(__file__).parent / "runtime" / name
+    for name in ("generation.py", "request_parsing.py", "decoding.py", "hf_adapter.py")
 )
 FILL_MASK_TOP_K = 5
 

@@ -19,18 +19,10 @@ from typing import Any
 
 try:
     from . import hf_adapter
-except ImportError:  # loaded by path inside Triton (model.py's directory is not a package)
-    import importlib.util
-    import os
+except ImportError:  # loaded by path inside Triton: generation.py loaded its siblings first
     import sys
 
-    _spec = importlib.util.spec_from_file_location(
-        "modeldeploy_hf_adapter", os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_adapter.py")
-    )
-    assert _spec is not None and _spec.loader is not None
-    hf_adapter = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = hf_adapter
-    _spec.loader.exec_module(hf_adapter)
+    hf_adapter = sys.modules["modeldeploy_hf_adapter"]
 
 MAX_TOP_LOGPROBS = 20
 # A reused prefix shorter than this saves less than the lookup and copy cost.
