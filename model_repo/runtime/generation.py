@@ -278,6 +278,7 @@ class GenerationEngine:
         self._last_metrics = 0.0
         self._unreported_tokens = 0
         self._reported_prefix = (0, 0)
+        self._reported_counts = (-1, -1)
         self.profile = EngineProfile()
         self._outbox: queue.SimpleQueue[Outgoing | None] = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="generation-sender", daemon=True)
@@ -583,10 +584,17 @@ class GenerationEngine:
             self._unreported_tokens = 0
 
     def _update_metrics(self) -> None:
+        """Counters and the KV gauge every METRICS_PERIOD_S; the waiting and running gauges as soon as
+        they change (a request joined or left), so they never lag the responses clients already have."""
+        if self.metrics is None:
+            return
+        with self._lock:
+            counts = (len(self._waiting), len(self.batch))
         now = time.perf_counter()
-        if self.metrics is None or now - self._last_metrics < METRICS_PERIOD_S:
+        if counts == self._reported_counts and now - self._last_metrics < METRICS_PERIOD_S:
             return
         self._last_metrics = now
+        self._reported_counts = counts
         self._flush_tokens()
         if self.prefixes is not None:
             hits, reused = self.prefixes.hits, self.prefixes.reused_tokens
@@ -594,8 +602,6 @@ class GenerationEngine:
                 self.metrics.prefix_hits.increment(hits - self._reported_prefix[0])
                 self.metrics.prefix_tokens.increment(reused - self._reported_prefix[1])
                 self._reported_prefix = (hits, reused)
-        with self._lock:
-            waiting = len(self._waiting)
-        self.metrics.waiting.set(waiting)
-        self.metrics.running.set(len(self.batch))
+        self.metrics.waiting.set(counts[0])
+        self.metrics.running.set(counts[1])
         self.metrics.kv_cache.set(self.batch.positions_held / (self.max_sequences * self.context))
