@@ -37,7 +37,7 @@ from model_repo.options import (
 )
 from model_repo.output_dir import RECORD_FILE, check_output, key_list, read_record, replace_directory, tree
 from model_repo.progress import BuildProgress, Stage, build_progress
-from model_repo.python_backend import GENERATION_RUNTIME_FILE, RUNTIME_FILE, runtime_parameters
+from model_repo.python_backend import GENERATION_RUNTIME_FILES, RUNTIME_FILE, runtime_parameters
 from model_repo.staging import staging_directory
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -157,7 +157,7 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
     identity = {
         "builder": __version__,
         "runtime": _sha256(RUNTIME_FILE),
-        "generation_runtime": _sha256(GENERATION_RUNTIME_FILE),
+        "generation_runtime": [_sha256(path) for path in GENERATION_RUNTIME_FILES],
         "revision": fetched.revision or options.revision,
         "options": {
             key: (value.value if hasattr(value, "value") else value) for key, value in relevant.items()

@@ -140,6 +140,7 @@ GENERATION_INPUTS: tuple[Tensor, ...] = (
     Tensor("top_p", "TYPE_FP32", (1,), optional=True),
     Tensor("seed", "TYPE_UINT64", (1,), optional=True),
     Tensor("stop", "TYPE_STRING", (-1,), optional=True),
+    Tensor("stop_words", "TYPE_STRING", (-1,), optional=True),
     Tensor("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True),
     Tensor("sampling_parameters", "TYPE_STRING", (1,), optional=True),
 )
@@ -147,6 +148,11 @@ GENERATION_OUTPUTS: tuple[Tensor, ...] = (
     Tensor("text_output", "TYPE_STRING", (-1,)),
     Tensor("num_input_tokens", "TYPE_INT32", (1,)),
     Tensor("num_output_tokens", "TYPE_INT32", (1,)),
+    # On the final response: why generation ended (stop, length) and which stop matched (empty at EOS).
+    Tensor("finish_reason", "TYPE_STRING", (1,)),
+    Tensor("stop_reason", "TYPE_STRING", (1,)),
+    # When the request asks for logprobs: JSON, the tokens since the previous response.
+    Tensor("logprobs", "TYPE_STRING", (1,)),
 )
 
 

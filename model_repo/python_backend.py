@@ -13,8 +13,12 @@ from model_repo.checkpoint import CheckpointInfo
 from model_repo.options import Task
 
 RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
-# The continuous-batching engine model.py loads for text-generation (copied next to it).
-GENERATION_RUNTIME_FILE = Path(__file__).parent / "runtime" / "generation.py"
+# The continuous-batching engine model.py loads for text-generation (copied next to it), with the modules
+# it loads by path: its request contract, its decoding arithmetic, its adapter over transformers' internals.
+GENERATION_RUNTIME_FILES = tuple(
+    Path(__file__).parent / "runtime" / name
+    for name in ("generation.py", "request_parsing.py", "decoding.py", "hf_adapter.py")
+)
 FILL_MASK_TOP_K = 5
 
 
@@ -23,7 +27,8 @@ def install_runtime(version_dir: Path, generation: bool = False) -> None:
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
     if generation:
-        shutil.copyfile(GENERATION_RUNTIME_FILE, version_dir / GENERATION_RUNTIME_FILE.name)
+        for source in GENERATION_RUNTIME_FILES:
+            shutil.copyfile(source, version_dir / source.name)
 
 
 def runtime_parameters(

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from bench.common.loadgen import percentile
 from bench.common.machine import describe_machine, machine_line
+from bench.common.quiet import QuietPolicy, add_quiet_options, guarded, quiet_policy
 from bench.common.report import (
     RESULTS_DIR,
     fmt,
@@ -40,6 +42,8 @@ from bench.common.sentences import load_texts
 
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "baselines" / "hf_tutorial_generation"
 OURS, BASELINE = "ours", "baseline"
+# A level during which other processes used more of the machine's CPU than this is marked disturbed.
+DISTURBED_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class Settings:
     name: str
     write: bool
     device: str  # "cpu" or "cuda" (float16 there, ours built for the GPU in the python format)
+    quiet: QuietPolicy
+    shared_prefix: int  # tokens; 0: no shared-prefix workload
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -72,6 +78,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--name", default="generation-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--shared-prefix",
+        type=int,
+        default=0,
+        help="also measure ours on prompts sharing a prefix of this many tokens against unique prompts of "
+        "the same length (time to first token with and without prefix-cache hits)",
+    )
+    add_quiet_options(parser, "level", retries=1)
     return Settings(**generation_fields(parser.parse_args(argv)))
 
 
@@ -90,6 +104,12 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         name=args.name,
         write=not args.no_write,
         device=getattr(args, "device", "cpu"),
+        # bench/openai defines neither option: never waits, never repeats.
+        # Waits and repeats only when --max-foreign-cpu asks; disturbed levels are marked either way.
+        quiet=quiet_policy(args, quick=True)
+        if hasattr(args, "max_foreign_cpu")
+        else QuietPolicy(max_foreign_share=1.0, retries=0, max_wait_s=0.0),
+        shared_prefix=getattr(args, "shared_prefix", 0),
     )
 
 
@@ -102,7 +122,7 @@ def make_checkpoint(settings: Settings, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(load_texts()), vocab_size=2048, min_frequency=1, special_tokens=["<s>"])
-    context = settings.max_prompt + settings.max_tokens + 64
+    context = settings.max_prompt + settings.shared_prefix + settings.max_tokens + 64
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer, bos_token="<s>", model_max_length=context
     )
@@ -301,21 +321,69 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
     )
     built = build_repository(options, settings.workdir / "ours-repository")
     levels = []
+    shared: list[dict[str, Any]] = []
     with serve(built.path, settings.workdir / "ours-triton.log") as server:
-        for clients in settings.concurrency:
-            level = closed_loop(
+
+        def level_of(clients: int, inputs: Sequence[str]) -> dict[str, Any]:
+            return closed_loop(
                 ours_request(settings.max_tokens),
                 lambda: _grpc_client(server.grpc_url),
                 lambda handle: (handle[0].stop_stream(), handle[0].close()),
-                prompts,
+                inputs,
                 clients,
                 settings.warmup_s,
                 settings.window_s,
             )
+
+        for clients in settings.concurrency:
+            level = _guarded_level(settings, partial(level_of, clients, prompts), f"ours at {clients}")
             print(f"ours        {clients:>3} clients: {json.dumps(level)}", flush=True)
             levels.append(level)
+        if settings.shared_prefix:
+            with_prefix, unique = prefixed_prompts(checkpoint, settings, prompts)
+            for clients in [c for c in settings.concurrency if c <= 16]:
+                pair = {"clients": clients}
+                for key, inputs in (("unique", unique), ("shared", with_prefix)):
+                    pair[key] = _guarded_level(
+                        settings, partial(level_of, clients, inputs), f"ours {key} prefix at {clients}"
+                    )
+                print(f"ours shared prefix {clients:>3} clients: {json.dumps(pair)}", flush=True)
+                shared.append(pair)
     config = (built.path / "model" / "config.pbtxt").read_text()
-    return {"levels": levels, "config_pbtxt": config}
+    log = (settings.workdir / "ours-triton.log").read_text(errors="replace")
+    # The runtime logs where its engine thread's time went every 30 s of work (generation.py).
+    profile = [line.split("] ", 1)[-1] for line in log.splitlines() if "generation engine profile" in line]
+    return {"levels": levels, "shared_prefix": shared, "config_pbtxt": config, "engine_profile": profile}
+
+
+def _guarded_level(settings: Settings, measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    """One level, repeated while other processes used more than the allowed CPU share; the level records
+    the share it ran with, and is marked disturbed above the policy's limit."""
+    level, record = guarded(settings.quiet, measure, what)
+    level["foreign_cpu_share"] = record["foreign_share"]
+    level["attempts"] = record["attempts"]
+    return level
+
+
+def prefixed_prompts(
+    checkpoint: Path, settings: Settings, prompts: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The workload's prompts after one shared prefix of `shared_prefix` tokens (a system prompt), and the
+    same prompts after a different text of that length each (nothing to reuse)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    words = " ".join(load_texts()).split()
+
+    def filler(start: int) -> str:
+        ids = tokenizer(" ".join(words[start : start + 2 * settings.shared_prefix]))["input_ids"]
+        return str(tokenizer.decode(ids[: settings.shared_prefix], skip_special_tokens=True))
+
+    system = filler(0)
+    step = max(1, (len(words) - 2 * settings.shared_prefix) // max(1, len(prompts)))
+    shared = [f"{system} {prompt}" for prompt in prompts]
+    unique = [f"{filler(1 + index * step)} {prompt}" for index, prompt in enumerate(prompts)]
+    return shared, unique
 
 
 def measure_baseline(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
@@ -333,7 +401,8 @@ def measure_baseline(checkpoint: Path, settings: Settings, prompts: Sequence[str
     levels = []
     with serve(repository, settings.workdir / "baseline-triton.log") as server:
         for clients in settings.concurrency:
-            level = closed_loop(
+            measure = partial(
+                closed_loop,
                 baseline_request(settings.max_tokens),
                 lambda: grpcclient.InferenceServerClient(server.grpc_url),
                 lambda client: client.close(),
@@ -342,6 +411,7 @@ def measure_baseline(checkpoint: Path, settings: Settings, prompts: Sequence[str
                 settings.warmup_s,
                 settings.window_s,
             )
+            level = _guarded_level(settings, measure, f"baseline at {clients}")
             print(f"baseline    {clients:>3} clients: {json.dumps(level)}", flush=True)
             levels.append(level)
     return {"levels": levels, "config_pbtxt": config}
@@ -439,6 +509,10 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
         out[f"ours/in-process tokens/s at {clients}"] = _ratio(
             ours[clients]["tokens_per_s"], limit[clients]["tokens_per_s"]
         )
+    for pair in report[OURS].get("shared_prefix", []):
+        out[f"TTFT p50 shared/unique prefix at {pair['clients']}"] = _ratio(
+            pair["shared"]["ttft_p50_ms"], pair["unique"]["ttft_p50_ms"]
+        )
     first = min(ours)
     out[f"ours/baseline TTFT p50 at {first}"] = _ratio(ours[first]["ttft_p50_ms"], base[first]["ttft_p50_ms"])
     out[f"ours/baseline latency p50 at {first}"] = _ratio(
@@ -463,6 +537,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{fmt(o['ttft_p50_ms'])} / {fmt(o['ttft_p99_ms'])}",
                 f"{fmt(b['ttft_p50_ms'])} / {fmt(b['ttft_p99_ms'])}",
                 f"{o['errors']}/{b['errors']}",
+                f"{_share(o)} / {_share(b)}",
             ]
         )
     table = markdown_table(
@@ -476,9 +551,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             "ours TTFT p50/p99 ms",
             "baseline TTFT p50/p99 ms",
             "errors ours/baseline",
+            "other processes' CPU ours/baseline",
         ],
         rows,
     )
+    limit = min(DISTURBED_SHARE, report["settings"]["quiet"]["max_foreign_share"])
+    disturbed = [
+        f"{key} at {level['clients']}"
+        for key in (OURS, BASELINE)
+        for level in report[key]["levels"]
+        if level.get("foreign_cpu_share", 0) > limit
+    ]
     s = report["settings"]
     lines = [
         f"Model: random-weight Llama, {s['layers']} layers, hidden {s['hidden']}, GQA; prompts "
@@ -495,11 +578,66 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
         + ". The baseline does not stream: its first token arrives with its whole answer.",
         "",
+        *_shared_prefix_lines(report),
+        *(
+            ["Where the engine thread's time went (the runtime's log, one line per 30 s of work):", ""]
+            + [f"- {line}" for line in report[OURS].get("engine_profile", [])]
+            + [""]
+            if report[OURS].get("engine_profile")
+            else []
+        ),
+        (
+            f"DISTURBED (other processes used more than {limit:.0%} of the CPU after the retries): "
+            + ", ".join(disturbed)
+            if disturbed
+            else f"Every level ran with other processes under {limit:.0%} of the CPU."
+        ),
+        "",
         "Ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()),
         "",
         f"Machine: {machine_line(report['machine'])}. Command: `{report['command']}`.",
     ]
     return "\n".join(lines)
+
+
+def _share(level: dict[str, Any]) -> str:
+    share = level.get("foreign_cpu_share")
+    return "-" if share is None else f"{share:.0%}"
+
+
+def _shared_prefix_lines(report: dict[str, Any]) -> list[str]:
+    pairs = report[OURS].get("shared_prefix", [])
+    if not pairs:
+        return []
+    rows = [
+        [
+            str(pair["clients"]),
+            fmt(pair["unique"]["ttft_p50_ms"]),
+            fmt(pair["shared"]["ttft_p50_ms"]),
+            f"{_ratio(pair['shared']['ttft_p50_ms'], pair['unique']['ttft_p50_ms']):.2f}x",
+            fmt(pair["unique"]["tokens_per_s"]),
+            fmt(pair["shared"]["tokens_per_s"]),
+            f"{_share(pair['unique'])} / {_share(pair['shared'])}",
+        ]
+        for pair in pairs
+    ]
+    header = [
+        "clients",
+        "TTFT p50 ms, unique prefixes",
+        "TTFT p50 ms, shared prefix",
+        "shared/unique",
+        "tok/s unique",
+        "tok/s shared",
+        "other processes' CPU",
+    ]
+    tokens = report["settings"]["shared_prefix"]
+    return [
+        f"Shared-prefix workload (ours only): each prompt after one {tokens}-token "
+        "prefix (prefix-cache hits) against the same prompts after a different text of that length each.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -535,7 +673,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     prompts = make_prompts(checkpoint, settings)
     report: dict[str, Any] = {
         "command": "python -m bench.generation " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v.__dict__ if isinstance(v, QuietPolicy) else v)
+            for k, v in settings.__dict__.items()
+        },
         "machine": describe_machine(),
     }
     report["in_process"] = measure_in_process(checkpoint, settings, prompts)

@@ -330,7 +330,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     report: dict[str, Any] = {
         "command": "python -m bench.openai " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v.__dict__ if hasattr(v, "max_wait_s") else v)
+            for k, v in settings.__dict__.items()
+        },
         "machine": describe_machine(),
     }
     report["embeddings"] = run_embeddings(settings)

@@ -30,6 +30,7 @@ from .protocol import (
     invalid,
     refuse_unsupported,
 )
+from .sampling import chat_logprobs, completion_logprobs, runtime_sampling
 
 T = TypeVar("T")
 # HTTP status logged for a request whose client left before the answer (nginx's convention).
@@ -80,9 +81,15 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
-def _choice(key: str, value: Any, finish: str | None) -> dict[str, Any]:
+def _choice(
+    key: str, value: Any, finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The one choice (n=1) of a completion object or chunk: `key` is text, message or delta."""
-    return {"index": 0, key: value, "finish_reason": finish, "logprobs": None}
+    return {"index": 0, key: value, "finish_reason": finish, "logprobs": logprobs}
+
+
+# A chunk of a stream: (new text, finish reason, usage, the new tokens' log-probabilities) -> the chunk.
+Chunk = Callable[[str | None, str | None, dict[str, int] | None, list[dict[str, Any]] | None], dict[str, Any]]
 
 
 def _completion(
@@ -184,19 +191,13 @@ class Frontend:
 
     # -- generation ------------------------------------------------------------------------------------
 
-    def sampling(self, body: GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
+    async def sampling(self, body: GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
         refuse_unsupported(body)
-        values: dict[str, Any] = {}
-        if max_tokens is not None:
-            values["max_tokens"] = max_tokens
-        for name in ("temperature", "top_p", "seed"):
-            value = getattr(body, name)
-            if value is not None:
-                values[name] = value
-        stops = body.stop_strings()
-        if stops:
-            values["stop"] = stops
-        return values
+        if max_tokens is None:
+            # Unset: up to the end of the context (the runtime clamps to the room the prompt leaves),
+            # bounded by the deployment's maxTokens.
+            max_tokens = await self.backend.max_tokens_limit(self.model.triton_name)
+        return runtime_sampling(body, max_tokens)
 
     def usage(self, prompt: str, text: str, last: Piece | None) -> dict[str, int]:
         prompt_tokens = last.input_tokens if last is not None else None
@@ -212,27 +213,33 @@ class Frontend:
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
-    async def finish_reason(self, usage: dict[str, int], max_tokens: int | None) -> str:
-        # Without max_tokens the runtime applies the default its repository was built with (a parameter of
-        # the model's config); a backend that publishes none (vLLM) is never judged cut short.
+    async def finish_reason(self, usage: dict[str, int], max_tokens: int | None, last: Piece | None) -> str:
+        if last is not None and last.finish_reason:  # the runtime says why it stopped
+            return last.finish_reason
+        # A backend without that output (vLLM): judged by the count. Without max_tokens the runtime applies
+        # the default its repository was built with; a backend that publishes none is never cut short.
         limit = max_tokens
         if limit is None:
             limit = await self.backend.default_max_tokens(self.model.triton_name)
         return "length" if limit is not None and usage["completion_tokens"] >= limit else "stop"
 
-    async def complete(self, prompt: str, sampling: dict[str, Any]) -> tuple[str, Piece | None]:
+    async def complete(
+        self, prompt: str, sampling: dict[str, Any]
+    ) -> tuple[str, Piece | None, list[dict[str, Any]]]:
         text, last = "", None
+        tokens: list[dict[str, Any]] = []
         async for piece in self.backend.generate(self.model.triton_name, prompt, False, sampling):
             text += piece.text
             last = piece
-        return text, last
+            tokens += piece.logprobs
+        return text, last, tokens
 
     async def stream(
         self,
         request: Request,
         prompt: str,
         sampling: dict[str, Any],
-        chunk: Callable[[str | None, str | None, dict[str, int] | None], dict[str, Any]],
+        chunk: Chunk,
         include_usage: bool,
         first_text: str | None,
     ) -> StreamingResponse:
@@ -250,20 +257,25 @@ class Frontend:
 
         async def events() -> AsyncIterator[bytes]:
             text, last = "", first
+            wants_logprobs = bool(sampling.get("logprobs"))
             try:
                 if first_text is not None:
-                    yield _sse(chunk(first_text, None, None))
+                    yield _sse(chunk(first_text, None, None, None))
                 if first is not None:
                     text += first.text
-                    yield _sse(chunk(first.text, None, None))
+                    yield _sse(
+                        chunk(first.text, None, None, list(first.logprobs) if wants_logprobs else None)
+                    )
                     async for piece in pieces:
                         text += piece.text
                         last = piece
-                        yield _sse(chunk(piece.text, None, None))
+                        tokens = list(piece.logprobs) if wants_logprobs else None
+                        yield _sse(chunk(piece.text, None, None, tokens))
                 usage = self.usage(prompt, text, last)
-                yield _sse(chunk(None, await self.finish_reason(usage, sampling.get("max_tokens")), None))
+                finish = await self.finish_reason(usage, sampling.get("max_tokens"), last)
+                yield _sse(chunk(None, finish, None, None))
                 if include_usage:
-                    yield _sse(chunk(None, None, usage))
+                    yield _sse(chunk(None, None, usage, None))
             except OpenAIError as exc:  # after the 200: the error goes into the stream, as OpenAI does
                 yield _sse(exc.body())
             finally:
@@ -284,32 +296,48 @@ class Frontend:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise invalid("prompt must be a string", "prompt")
-        sampling = self.sampling(body, body.max_tokens)
+        sampling = await self.sampling(body, body.max_tokens)
         created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
         echo = prompt if body.echo else None
+        offset = len(echo or "")
 
-        def chunk(text: str | None, finish: str | None, usage: dict[str, int] | None) -> dict[str, Any]:
-            choices = [] if usage is not None else [_choice("text", text or "", finish)]
+        def chunk(
+            text: str | None,
+            finish: str | None,
+            usage: dict[str, int] | None,
+            tokens: list[dict[str, Any]] | None,
+        ) -> dict[str, Any]:
+            nonlocal offset
+            logprobs = None if tokens is None else completion_logprobs(tokens, offset)
+            offset += len(text or "")
+            choices = [] if usage is not None else [_choice("text", text or "", finish, logprobs)]
             return _completion(ident, "text_completion", created, body.model, choices, usage, include_usage)
 
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:
             return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
-        text, last = await unless_disconnected(request, self.complete(prompt, sampling))
+        text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
-        choice = _choice("text", (echo or "") + text, await self.finish_reason(usage, body.max_tokens))
+        finish = await self.finish_reason(usage, sampling.get("max_tokens"), last)
+        logprobs = completion_logprobs(tokens, len(echo or "")) if body.logprobs is not None else None
+        choice = _choice("text", (echo or "") + text, finish, logprobs)
         return _completion(ident, "text_completion", created, body.model, [choice], usage)
 
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
         self.check_model(body.model, GENERATION_TASK, "/v1/chat/completions")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        sampling = self.sampling(body, max_tokens)
+        sampling = await self.sampling(body, max_tokens)
         prompt = self.model.render_chat(body.messages)
         created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         sent_role = False
 
-        def chunk(text: str | None, finish: str | None, usage: dict[str, int] | None) -> dict[str, Any]:
+        def chunk(
+            text: str | None,
+            finish: str | None,
+            usage: dict[str, int] | None,
+            tokens: list[dict[str, Any]] | None,
+        ) -> dict[str, Any]:
             nonlocal sent_role
             choices: list[dict[str, Any]] = []
             if usage is None:
@@ -317,17 +345,18 @@ class Frontend:
                 if not sent_role:
                     delta["role"] = "assistant"
                     sent_role = True
-                choices = [_choice("delta", delta, finish)]
+                choices = [_choice("delta", delta, finish, None if tokens is None else chat_logprobs(tokens))]
             return _completion(
                 ident, "chat.completion.chunk", created, body.model, choices, usage, include_usage
             )
 
         if body.stream:
             return await self.stream(request, prompt, sampling, chunk, include_usage, None)
-        text, last = await unless_disconnected(request, self.complete(prompt, sampling))
+        text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
         message = {"role": "assistant", "content": text}
-        choice = _choice("message", message, await self.finish_reason(usage, max_tokens))
+        finish = await self.finish_reason(usage, sampling.get("max_tokens"), last)
+        choice = _choice("message", message, finish, chat_logprobs(tokens) if body.logprobs else None)
         return _completion(ident, "chat.completion", created, body.model, [choice], usage)
 
 

@@ -30,11 +30,23 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class Piece:
     """One response of the generation stream: new text and the runtime's token counts so far (None where
-    the backend does not report them, e.g. Triton's vLLM backend)."""
+    the backend does not report them, e.g. Triton's vLLM backend); on the final response the runtime's
+    finish reason (`stop`, `length`) and the stop that matched; per-token log-probabilities if asked for."""
 
     text: str
     input_tokens: int | None
     output_tokens: int | None
+    finish_reason: str | None = None
+    stop_reason: str | None = None
+    logprobs: tuple[dict[str, Any], ...] = ()
+
+
+def _string_output(result: Any, name: str) -> str | None:
+    values = result.as_numpy(name)
+    if values is None or not values.size:
+        return None
+    item = values.reshape(-1)[0]
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
 
 
 def _status_for(code_name: str) -> tuple[int, str]:
@@ -125,6 +137,14 @@ class TritonBackend:
             return None
         return int(parameters["default_max_tokens"].string_value)
 
+    async def max_tokens_limit(self, model: str) -> int | None:
+        """The most tokens the runtime generates for one request (spec.triton.maxTokens, else the context
+        less one), as the builder wrote it into the model's config; None where the config has none."""
+        parameters = (await self.config(model)).parameters
+        if "max_tokens_limit" not in parameters:
+            return None
+        return int(parameters["max_tokens_limit"].string_value)
+
     async def embed(self, model: str, texts: list[str], output: str = "EMBEDDING") -> np.ndarray[Any, Any]:
         """[len(texts), dims] float32 from one batched request (the caller keeps within max_batch_size)."""
         request = service_pb2.ModelInferRequest(model_name=model)
@@ -164,13 +184,17 @@ class TritonBackend:
                 if response.error_message:
                     raise triton_error(response.error_message)
                 result = InferResult(response.infer_response)
-                text = result.as_numpy("text_output")
-                if text is not None and text.size:
+                text = _string_output(result, "text_output")
+                if text is not None:
                     counts = [result.as_numpy(name) for name in ("num_input_tokens", "num_output_tokens")]
+                    logprobs = _string_output(result, "logprobs")
                     yield Piece(
-                        text[0].decode("utf-8") if isinstance(text[0], bytes) else str(text[0]),
+                        text,
                         None if counts[0] is None else int(counts[0].reshape(-1)[0]),
                         None if counts[1] is None else int(counts[1].reshape(-1)[0]),
+                        _string_output(result, "finish_reason"),
+                        _string_output(result, "stop_reason"),
+                        tuple(json.loads(logprobs)) if logprobs else (),
                     )
                 if response.infer_response.parameters["triton_final_response"].bool_param:
                     return

@@ -2,8 +2,10 @@
 
 Requests are pydantic models (FastAPI validates them; a violation is a 400 in OpenAI's error shape).
 Unknown fields are ignored, as OpenAI-compatible servers commonly do, because SDKs add new optional fields
-faster than servers learn them; fields that would change the result and are not supported (n > 1, logprobs,
-tools, penalties, ...) are refused by `refuse_unsupported` with a message naming them.
+faster than servers learn them; fields that would change the result and are not supported (n > 1,
+logit_bias, tools, ...) are refused by `refuse_unsupported` with a message naming them. The controls
+OpenAI lacks (`repetition_penalty`, `top_k`, `min_tokens`) are taken as extra body fields, as vLLM's
+server takes them.
 
 Responses are written as plain JSON objects in OpenAI's shapes: the runtime image does not carry the
 `openai` SDK, and the tests parse every response with the real SDK's types.
@@ -70,8 +72,12 @@ class GenerationRequest(_Request):
     n: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # Not OpenAI's: vLLM's extra body fields.
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_tokens: int | None = Field(default=None, ge=0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
@@ -83,10 +89,10 @@ class GenerationRequest(_Request):
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    # OpenAI's default for the legacy completions endpoint.
-    max_tokens: int | None = Field(default=16, ge=1)
+    # Unset: the answer may run to the end of the context, bounded by the deployment's maxTokens.
+    max_tokens: int | None = Field(default=None, ge=1)
     echo: bool | None = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -111,7 +117,7 @@ class ChatCompletionRequest(GenerationRequest):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
@@ -128,22 +134,16 @@ def refuse_unsupported(request: GenerationRequest) -> None:
     """400 for every field whose value would change the result in a way this server cannot honour."""
     if request.n not in (None, 1):
         raise invalid(f"n must be 1 (one choice per request), got {request.n}", "n")
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = getattr(request, name)
-        if value not in (None, 0):
-            raise invalid(f"{name} is not supported (only 0), got {value}", name)
     if request.logit_bias:
         raise invalid("logit_bias is not supported", "logit_bias")
     if isinstance(request, CompletionRequest):
-        if request.logprobs is not None:
-            raise invalid("logprobs is not supported", "logprobs")
         if request.best_of not in (None, 1):
             raise invalid(f"best_of must be 1, got {request.best_of}", "best_of")
         if request.suffix:
             raise invalid("suffix is not supported", "suffix")
     if isinstance(request, ChatCompletionRequest):
-        if request.logprobs:
-            raise invalid("logprobs is not supported", "logprobs")
+        if request.top_logprobs and not request.logprobs:
+            raise invalid("top_logprobs needs logprobs true", "top_logprobs")
         if request.tools:
             raise invalid("tools are not supported", "tools")
         if request.response_format and request.response_format.get("type") not in (None, "text"):

@@ -1,28 +1,23 @@
 """Continuous-batching text generation for the Triton Python backend (the `generator` role of model.py).
 
-The builder copies this file next to `model.py` in every text-generation model; model.py loads it by path.
-Like model.py it must stay self-contained (torch, transformers, numpy only).
+The builder copies this file (with request_parsing.py, decoding.py, hf_adapter.py) next to `model.py`
+in every text-generation model; model.py loads it by path. Like model.py it must stay self-contained
+(torch, transformers, numpy only).
 
-Engine: transformers' own continuous-batching manager (paged attention, iteration-level scheduling: new
-requests join the running batch between decoding steps, finished or cancelled ones leave it at once). Two
-things it lacks for a server are added here rather than re-implementing the scheduler:
+Engine: one thread runs its own iteration-level scheduler over the model's forward (decoding.py): new
+requests are prefilled (reusing a cached prompt prefix where one matches) and join the running batch
+between decoding steps; finished or cancelled ones leave it at once. The same thread chooses each row's
+token with that request's controls and its own `torch.Generator`, checks stop strings and sends the
+responses, so a token reaches its client without another thread's polling cadence in between.
 
-- per-request sampling: the manager decides greedy-or-sample once for all requests and draws from one
-  global generator, so a seed cannot be honoured per request. Its sampling step is replaced by one that
-  picks each row's token with that request's own settings and `torch.Generator` (argmax when greedy, which
-  is what the manager does itself);
-- admission: the manager's own queue blocks its caller for 10 s when full and drains into an unbounded
-  waiting list, so at most `max_concurrent_sequences` requests are handed to it (its KV cache is sized to
-  hold them all at full context) and at most `max_queued_requests` more wait here; beyond that a request
-  is refused at once with UNAVAILABLE.
-
-One dispatcher thread turns the manager's per-token outputs into Triton responses, applies stop strings,
-polls cancellation, admits waiting requests and updates the metrics.
+Admission: at most `max_concurrent_sequences` requests decode together and at most `max_queued_requests`
+more wait here; beyond that a request is refused at once with UNAVAILABLE.
 
 The I/O contract (Triton's LLM convention, the same names as the vLLM backend and the OpenAI frontend):
-inputs `text_input`, `stream`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`,
+inputs `text_input`, `stream`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`, `stop_words`,
 `exclude_input_in_output`, `sampling_parameters` (JSON); outputs `text_output`, `num_input_tokens`,
-`num_output_tokens`.
+`num_output_tokens`, and on the final response `finish_reason` (`stop` or `length`) and `stop_reason`
+(the stop string or stop token id that matched; empty at EOS); `logprobs` (JSON) when asked for.
 """
 
 from __future__ import annotations
@@ -30,11 +25,11 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import math
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,242 +40,51 @@ try:
 except ImportError:  # imported outside Triton by tests that exercise the pure helpers
     pb_utils = None
 
-# Parameters a request may set in `sampling_parameters` (JSON) or as request parameters (the JSON body's
-# `parameters` on /generate); the individual input tensors of the same names win over both.
-SAMPLING_KEYS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "truncate_prompt_tokens",
-)
-REQUEST_PARAMETER_KEYS = (*SAMPLING_KEYS, "stream", "exclude_input_in_output")
-MAX_SEED = 2**64 - 1
-MAX_STOP_STRINGS = 16
-# Seconds between the dispatcher's checks when no token arrives: bounds how long a cancelled request that
+try:
+    from . import decoding, hf_adapter, request_parsing
+except ImportError:  # loaded by path inside Triton (model.py's directory is not a package)
+    import importlib.util
+    import sys
+
+    def _load_sibling(name: str) -> Any:
+        """A module copied beside this file, registered as `modeldeploy_<name>` (its own imports of
+        earlier siblings find them there; dataclasses resolve annotations through sys.modules)."""
+        spec = importlib.util.spec_from_file_location(
+            f"modeldeploy_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    hf_adapter = _load_sibling("hf_adapter")
+    decoding = _load_sibling("decoding")
+    request_parsing = _load_sibling("request_parsing")
+
+Sampling = decoding.Sampling
+# The request contract lives in request_parsing.py; these names are part of this module's interface.
+GenerationRequestError = request_parsing.GenerationRequestError
+SAMPLING_KEYS = request_parsing.SAMPLING_KEYS
+build_sampling = request_parsing.build_sampling
+checkpoint_defaults = request_parsing.checkpoint_defaults
+default_max_concurrent_sequences = request_parsing.default_max_concurrent_sequences
+find_stop = request_parsing.find_stop
+fit_prompt = request_parsing.fit_prompt
+parse_request = request_parsing.parse_request
+parse_sampling_json = request_parsing.parse_sampling_json
+
+# Seconds the engine waits for work when nothing is running: bounds how long a cancelled request that
 # has not been scheduled yet keeps its place, and how stale the gauges get while idle.
-DISPATCH_POLL_S = 0.01
+IDLE_WAIT_S = 0.01
 # Seconds between cancellation checks: each `is_cancelled()` is a round trip to the server, so they are
 # not made every decoding step of every sequence; a cancelled request still leaves within ~one step.
 CANCEL_POLL_S = 0.02
+# Seconds between metric updates: each is a round trip to the server too, so token counts are summed.
+METRICS_PERIOD_S = 0.05
+# Seconds between the engine's profile lines in the log (where its time went), while it has work.
+PROFILE_LOG_S = 30.0
 TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
-
-
-class GenerationRequestError(ValueError):
-    """A client mistake in one generation request (Triton INVALID_ARG: HTTP 400, gRPC INVALID_ARGUMENT)."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """What one request asked for, validated."""
-
-    prompt: str
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    truncate_prompt_tokens: int | None = None
-    stream: bool = False
-    exclude_input_in_output: bool = True
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Pure validation (no Triton, no torch): every rule names the input and what it must be.
-# ---------------------------------------------------------------------------------------------------
-
-
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise GenerationRequestError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, (float, np.floating)) and (not math.isfinite(value) or value != int(value)):
-        raise GenerationRequestError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise GenerationRequestError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise GenerationRequestError(f"{name} must be a finite number, got {value!r}")
-    return number
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise GenerationRequestError(f"{name} must be true or false, got {value!r}")
-
-
-def _as_strings(name: str, value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
-        raise GenerationRequestError(f"{name} must be a string or a list of strings, got {value!r}")
-    if any(not item for item in items):
-        raise GenerationRequestError(f"{name} must not contain an empty string")
-    if len(items) > MAX_STOP_STRINGS:
-        raise GenerationRequestError(
-            f"{name} holds {len(items)} strings; at most {MAX_STOP_STRINGS} are allowed"
-        )
-    return tuple(items)
-
-
-def parse_sampling_json(text: str) -> dict[str, Any]:
-    """The `sampling_parameters` input: a JSON object whose keys are all in SAMPLING_KEYS."""
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GenerationRequestError(f"sampling_parameters must be a JSON object: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise GenerationRequestError(
-            f"sampling_parameters must be a JSON object, got {type(parsed).__name__}"
-        )
-    check_known_keys("sampling_parameters", parsed, SAMPLING_KEYS)
-    return parsed
-
-
-def check_known_keys(where: str, values: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
-    unknown = sorted(set(values) - set(accepted))
-    if unknown:
-        raise GenerationRequestError(
-            f"{where} has unknown field(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
-        )
-
-
-# Numeric sampling settings: name -> (parser, whether a value is allowed, the rule an error states).
-_NUMERIC_SETTINGS: dict[str, tuple[Callable[[str, Any], float], Callable[[float], bool], str]] = {
-    "temperature": (_as_float, lambda value: value >= 0, "must be >= 0 (0 means greedy)"),
-    "top_p": (_as_float, lambda value: 0 < value <= 1, "must be in (0, 1]"),
-    "top_k": (_as_int, lambda value: value >= 0, "must be >= 0 (0 means no limit)"),
-    "seed": (_as_int, lambda value: 0 <= value <= MAX_SEED, "must be between 0 and 2**64-1"),
-}
-
-
-def build_sampling(prompt: str, values: Mapping[str, Any], max_tokens_limit: int) -> Sampling:
-    """Validate the merged parameters of one request (inputs over sampling_parameters over parameters)."""
-    if not prompt.strip():
-        raise GenerationRequestError("text_input must not be empty")
-    settings: dict[str, Any] = {"prompt": prompt}
-    if values.get("max_tokens") is not None:
-        max_tokens = _as_int("max_tokens", values["max_tokens"])
-        if max_tokens < 1:
-            raise GenerationRequestError(f"max_tokens must be at least 1, got {max_tokens}")
-        if max_tokens > max_tokens_limit:
-            raise GenerationRequestError(
-                f"max_tokens {max_tokens} exceeds this model's maximum of {max_tokens_limit} tokens"
-            )
-        settings["max_tokens"] = max_tokens
-    for name, (parse, valid, rule) in _NUMERIC_SETTINGS.items():
-        if values.get(name) is not None:
-            value = parse(name, values[name])
-            if not valid(value):
-                raise GenerationRequestError(f"{name} {rule}, got {value}")
-            settings[name] = value
-    if values.get("stop") is not None:
-        settings["stop"] = _as_strings("stop", values["stop"])
-    if values.get("stop_token_ids") is not None:
-        ids = values["stop_token_ids"]
-        if not isinstance(ids, (list, tuple)):
-            raise GenerationRequestError(f"stop_token_ids must be a list of token ids, got {ids!r}")
-        settings["stop_token_ids"] = tuple(_as_int("stop_token_ids", item) for item in ids)
-        if any(token < 0 for token in settings["stop_token_ids"]):
-            raise GenerationRequestError("stop_token_ids must not be negative")
-    if values.get("truncate_prompt_tokens") is not None:
-        keep = _as_int("truncate_prompt_tokens", values["truncate_prompt_tokens"])
-        if keep < 1:
-            raise GenerationRequestError(f"truncate_prompt_tokens must be at least 1, got {keep}")
-        settings["truncate_prompt_tokens"] = keep
-    for name in ("stream", "exclude_input_in_output"):
-        if values.get(name) is not None:
-            settings[name] = _as_bool(name, values[name])
-    return Sampling(**settings)
-
-
-def fit_prompt(
-    prompt_ids: list[int], sampling: Sampling, context: int, default_max_tokens: int
-) -> tuple[list[int], int]:
-    """The prompt to run and how many tokens may follow it within the context.
-
-    A prompt is never cut silently: a too-long one is refused naming both lengths unless the request set
-    `truncate_prompt_tokens` (keep that many of its last tokens). `max_tokens` clamps to the room left;
-    a prompt that leaves no room is refused.
-    """
-    if sampling.truncate_prompt_tokens is not None:
-        prompt_ids = prompt_ids[-sampling.truncate_prompt_tokens :]
-    if len(prompt_ids) >= context:
-        raise GenerationRequestError(
-            f"text_input is {len(prompt_ids)} tokens but this model's context is {context} tokens, which "
-            "must also hold at least one generated token; shorten the prompt or set "
-            "sampling_parameters.truncate_prompt_tokens"
-        )
-    room = context - len(prompt_ids)
-    wanted = sampling.max_tokens if sampling.max_tokens is not None else default_max_tokens
-    return prompt_ids, min(wanted, room)
-
-
-def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Index where the earliest stop string starts in `text`, or None."""
-    hits = [index for index in (text.find(stop) for stop in stops) if index >= 0]
-    return min(hits) if hits else None
-
-
-def default_max_concurrent_sequences(
-    device: str, kv_bytes_per_token: int, context: int, budget_bytes: int | None = None
-) -> int:
-    """Sequences a model serves at once by default: a device-typical batch, capped by a KV-cache budget.
-
-    On a CPU decoding speed stops growing past a few dozen sequences while each one's full-context KV cache
-    stays reserved; a GPU profits from far wider batches. The budget keeps the reserved cache modest.
-    """
-    typical, budget = (64, 8 << 30) if device == "gpu" else (16, 2 << 30)
-    budget = budget if budget_bytes is None else budget_bytes
-    fits = budget // max(1, kv_bytes_per_token * context)
-    return int(max(1, min(typical, fits)))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Per-request sampling inside the manager's step.
-# ---------------------------------------------------------------------------------------------------
-
-
-def sample_rows(scores: Any, settings: list[tuple[Sampling, Any] | None]) -> Any:
-    """Next token of each row of [rows, vocab] scores with its request's own settings and generator.
-
-    Greedy rows take the argmax, like `generate(do_sample=False)`; sampled rows apply temperature, top-k
-    and top-p (nucleus) and draw from their request's `torch.Generator`, so a seed reproduces a request's
-    tokens whatever else shares the batch.
-    """
-    import torch
-
-    tokens = torch.argmax(scores, dim=-1)
-    for row, entry in enumerate(settings):
-        if entry is None or entry[0].greedy:
-            continue
-        sampling, generator = entry
-        logits = scores[row].float() / sampling.temperature
-        if 0 < sampling.top_k < logits.shape[-1]:
-            threshold = torch.topk(logits, sampling.top_k).values[-1]
-            logits = logits.masked_fill(logits < threshold, -math.inf)
-        probabilities = torch.softmax(logits, dim=-1)
-        if sampling.top_p < 1:
-            ordered, order = torch.sort(probabilities, descending=True)
-            cumulative = torch.cumsum(ordered, dim=-1)
-            drop = cumulative - ordered >= sampling.top_p  # keep the smallest prefix reaching top_p
-            ordered = ordered.masked_fill(drop, 0.0)
-            probabilities = torch.zeros_like(probabilities).scatter(0, order, ordered)
-        choice = torch.multinomial(probabilities.cpu(), 1, generator=generator)
-        tokens[row] = choice.to(tokens.device)[0]
-    return tokens
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,58 +101,6 @@ def _error(message: str, code_name: str) -> Any:
     )
 
 
-def _input_values(request: Any, name: str) -> Any | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy().reshape(-1)
-
-
-def _scalar(request: Any, name: str) -> Any | None:
-    values = _input_values(request, name)
-    if values is None:
-        return None
-    if values.size != 1:
-        raise GenerationRequestError(f"{name} must hold exactly one value, got {values.size}")
-    return values[0].item() if hasattr(values[0], "item") else values[0]
-
-
-def _utf8(name: str, item: Any) -> str:
-    if isinstance(item, bytes):
-        try:
-            return item.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise GenerationRequestError(f"{name} must be UTF-8 text") from exc
-    return str(item)
-
-
-def parse_request(request: Any, max_tokens_limit: int) -> Sampling:
-    """Read and validate one Triton request (raises GenerationRequestError)."""
-    texts = _input_values(request, "text_input")
-    if texts is None:
-        raise GenerationRequestError("input text_input is required")
-    if texts.size != 1:
-        raise GenerationRequestError(f"text_input must hold exactly one prompt, got {texts.size}")
-    prompt = _utf8("text_input", texts[0])
-
-    values: dict[str, Any] = {}
-    raw_parameters = request.parameters() if hasattr(request, "parameters") else "{}"
-    parameters = json.loads(raw_parameters) if raw_parameters else {}
-    check_known_keys("request parameters", parameters, REQUEST_PARAMETER_KEYS)
-    values.update(parameters)
-    sampling_json = _input_values(request, "sampling_parameters")
-    if sampling_json is not None:
-        if sampling_json.size != 1:
-            raise GenerationRequestError("sampling_parameters must hold exactly one JSON string")
-        values.update(parse_sampling_json(_utf8("sampling_parameters", sampling_json[0])))
-    for name in ("max_tokens", "temperature", "top_p", "seed", "stream", "exclude_input_in_output"):
-        value = _scalar(request, name)
-        if value is not None:
-            values[name] = value
-    stops = _input_values(request, "stop")
-    if stops is not None:
-        values["stop"] = [_utf8("stop", item) for item in stops]
-    return build_sampling(prompt, values, max_tokens_limit)
-
-
 class GenerationMetrics:
     """The runtime's Prometheus metrics on Triton's metrics port (labels: model, version)."""
 
@@ -361,8 +113,14 @@ class GenerationMetrics:
             for key, description, kind in (
                 ("requests_waiting", "Generation requests waiting for a sequence slot", family.GAUGE),
                 ("sequences_running", "Sequences in the continuous batch (prefill or decode)", family.GAUGE),
-                ("kv_cache_utilization", "Share of the paged KV cache in use (0..1)", family.GAUGE),
+                (
+                    "kv_cache_utilization",
+                    "Positions the running batch holds, as a share of max_concurrent_sequences full contexts",
+                    family.GAUGE,
+                ),
                 ("tokens_total", "Tokens generated", family.COUNTER),
+                ("prefix_cache_hits_total", "Requests that reused a cached prompt prefix", family.COUNTER),
+                ("prefix_cache_tokens_total", "Prompt tokens taken from the prefix cache", family.COUNTER),
                 (
                     "time_to_first_token_seconds",
                     "Seconds from arrival to first generated token",
@@ -375,6 +133,74 @@ class GenerationMetrics:
         self.kv_cache = self.families["kv_cache_utilization"].Metric(labels=labels)
         self.tokens = self.families["tokens_total"].Metric(labels=labels)
         self.ttft = self.families["time_to_first_token_seconds"].Metric(labels=labels, buckets=TTFT_BUCKETS_S)
+        self.prefix_hits = self.families["prefix_cache_hits_total"].Metric(labels=labels)
+        self.prefix_tokens = self.families["prefix_cache_tokens_total"].Metric(labels=labels)
+
+
+class EngineProfile:
+    """Where the engine thread's time goes, by phase; logged every PROFILE_LOG_S while there is work."""
+
+    # sender_thread: the responses' own thread, beside the engine's (its share can overlap the others).
+    PHASES = (
+        "prefill",
+        "forward",
+        "choose",
+        "respond",
+        "join_leave",
+        "cancel_checks",
+        "metrics",
+        "idle",
+        "sender_thread",
+    )
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.steps = self.rows = 0
+        self.since = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.steps = self.rows = 0
+        self.since = time.perf_counter()
+
+    def line(self) -> str | None:
+        """The profile since the last line (and start a new period), or None if the engine was idle."""
+        now = time.perf_counter()
+        if self.steps == 0 or now - self.since < PROFILE_LOG_S:
+            return None
+        elapsed = now - self.since
+        shares = ", ".join(f"{phase} {100 * value / elapsed:.1f}%" for phase, value in self.seconds.items())
+        forward_ms = 1000 * self.seconds["forward"] / self.steps
+        text = (
+            f"generation engine profile over {elapsed:.0f} s: {shares}; {self.steps} decoding steps, "
+            f"{self.rows / self.steps:.1f} rows per step, {forward_ms:.2f} ms forward per step"
+        )
+        self.reset()
+        return text
+
+
+@dataclass
+class Outgoing:
+    """One response the engine posted for the sender thread: a piece of text (final when `finish` is
+    set) or an error (always final)."""
+
+    job: Job
+    text: str
+    output_tokens: int
+    logprobs: list[Any]
+    finish: tuple[str, str] | None = None
+    error: tuple[str, str] | None = None  # (message, Triton code name)
+
+    def then(self, later: Outgoing) -> Outgoing:
+        """This piece and a later one of the same request as one response."""
+        return Outgoing(
+            self.job,
+            self.text + later.text,
+            later.output_tokens,
+            self.logprobs + later.logprobs,
+            later.finish,
+        )
 
 
 @dataclass
@@ -385,13 +211,18 @@ class Job:
     request: Any
     sender: Any
     sampling: Sampling
-    prompt_ids: list[int]
     max_tokens: int
     arrived: float
-    generator: Any = None
-    tokens: list[int] = field(default_factory=list)
+    row: Any  # decoding.Row
+    choices: list[Any] = field(default_factory=list)  # decoding.Choice per token, when logprobs are asked
     sent_chars: int = 0
+    sent_tokens: int = 0
     first_token_at: float | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        generated: list[int] = self.row.generated
+        return generated
 
 
 class GenerationEngine:
@@ -409,10 +240,10 @@ class GenerationEngine:
         default_max_tokens: int,
         metrics: GenerationMetrics | None,
         log: Callable[[str], None],
+        prefix_cache_tokens: int | None = None,
     ) -> None:
-        from transformers import GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
+        decoding.check_internals(model)  # refuses a transformers whose internals the batch relies on moved
+        self.model = model
         self.tokenizer = tokenizer
         self.context = context
         self.max_sequences = max_sequences
@@ -421,54 +252,39 @@ class GenerationEngine:
         self.default_max_tokens = default_max_tokens
         self.metrics = metrics
         self.log = log
+        self.log_info: Callable[[str], None] = pb_utils.Logger.log_info if pb_utils is not None else log
+        self.defaults = checkpoint_defaults(model.generation_config.to_diff_dict())
         checkpoint_eos = model.generation_config.eos_token_id
         if checkpoint_eos is None:
             checkpoint_eos = model.config.eos_token_id
-        self.eos_ids = (
+        self.eos_ids = frozenset(
             []
             if checkpoint_eos is None
             else [checkpoint_eos]
             if isinstance(checkpoint_eos, int)
-            else list(checkpoint_eos)
+            else checkpoint_eos
         )
-        # Pages as small as the context allows keep short sequences from reserving much; the cache holds
-        # every admitted sequence at full context, so the scheduler never has to evict one.
-        page = 32 if context <= 4096 else 256
-        pages_per_sequence = -(-context // page) + 1
-        config = ContinuousBatchingConfig(
-            page_size=page,
-            num_blocks=max_sequences * pages_per_sequence,
-            max_batch_tokens=context + max_sequences,
-            max_requests_per_batch=max_sequences,
-            allow_block_sharing=False,
-            use_cuda_graph=False,  # the per-request sampling step runs Python per row
-            use_async_batching=False,  # sampling maps rows to requests through the current batch
-            scheduler_type="fifo",
-        )
-        # Greedy in the manager; `sample_rows` replaces its sampling step. No logits processors: the
-        # checkpoint's own (repetition penalties etc.) would apply to every request alike.
-        generation_config = GenerationConfig(do_sample=False, max_new_tokens=default_max_tokens)  # type: ignore[no-untyped-call]
-        self.manager = model.init_continuous_batching(
-            generation_config=generation_config, continuous_batching_config=config
-        )
-        self.manager.warmup()  # creates the batch processor here, so its sampling step can be replaced
-        processor = self.manager.batch_processor
-        self._io = processor.inputs_and_outputs
-        self._cache = processor.cache
-        processor.model_runner._sample = self._sample
+        # Prompts' keys and values kept for reuse: by default as many positions as four full contexts.
+        budget = 4 * context if prefix_cache_tokens is None else prefix_cache_tokens
+        self.prefixes = decoding.PrefixCache(budget) if budget > 0 else None
+        self.batch = decoding.RunningBatch(model)
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: dict[str, Job] = {}
         self._ids = itertools.count()
         self._last_cancel_check = 0.0
-        self.manager.start()
-        self._dispatcher = threading.Thread(
-            target=self._dispatch_loop, name="generation-dispatch", daemon=True
-        )
-        self._dispatcher.start()
+        self._last_metrics = 0.0
+        self._unreported_tokens = 0
+        self._reported_prefix = (0, 0)
+        self._reported_counts = (-1, -1)
+        self.profile = EngineProfile()
+        self._outbox: queue.SimpleQueue[Outgoing | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="generation-sender", daemon=True)
+        self._sender.start()
+        self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
+        self._thread.start()
 
     # -- called from Triton's execute --------------------------------------------------------------
 
@@ -477,25 +293,27 @@ class GenerationEngine:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         arrived = time.perf_counter()
         try:
-            sampling = parse_request(request, self.max_tokens_limit)
+            sampling = parse_request(request, self.max_tokens_limit, self.defaults)
             prompt_ids = self.tokenizer(sampling.prompt, add_special_tokens=True)["input_ids"]
             prompt_ids, max_tokens = fit_prompt(prompt_ids, sampling, self.context, self.default_max_tokens)
         except GenerationRequestError as exc:
             sender.send(_error(str(exc), "INVALID_ARG"), flags=final)
             return
-        job = Job(f"r{next(self._ids)}", request, sender, sampling, list(prompt_ids), max_tokens, arrived)
+        generator = None
         if not sampling.greedy:
             import torch
 
-            job.generator = torch.Generator(device="cpu")
-            job.generator.manual_seed(
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(
                 sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little")
             )
+        row = decoding.Row(
+            sampling, list(prompt_ids), self.eos_ids | frozenset(sampling.stop_token_ids), generator
+        )
+        job = Job(f"r{next(self._ids)}", request, sender, sampling, max_tokens, arrived, row)
         with self._lock:
-            if len(self._waiting) >= self.max_queued:
-                refused = True
-            else:
-                refused = False
+            refused = len(self._waiting) >= self.max_queued
+            if not refused:
                 self._waiting.append(job)
         if refused:
             sender.send(
@@ -512,83 +330,126 @@ class GenerationEngine:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
-        self._dispatcher.join(timeout=10)
-        self.manager.stop(block=True, timeout=10)
+        self._thread.join(timeout=10)
+        self._outbox.put(None)
+        self._sender.join(timeout=10)
 
-    # -- the manager's sampling step (generation thread) -------------------------------------------
+    # -- the engine thread --------------------------------------------------------------------------
 
-    def _sample(self, scores: Any, output_ids: Any) -> None:
-        rows = [future.state.request_id for future in self._io.requests_in_batch if future.has_new_token]
-        with self._lock:
-            jobs = [self._running.get(request_id) for request_id in rows]
-        settings = [None if job is None else (job.sampling, job.generator) for job in jobs]
-        tokens = sample_rows(scores[0], settings)
-        output_ids[0, : tokens.shape[0]].copy_(tokens)
+    def _run(self) -> None:
+        import torch
 
-    # -- dispatcher thread --------------------------------------------------------------------------
-
-    def _dispatch_loop(self) -> None:
         last_error = ""
-        while not self._stopping.is_set():
-            try:
-                self._admit()
-                result = self.manager.get_result(timeout=DISPATCH_POLL_S)
-                while result is not None:
-                    self._on_result(result)
-                    result = self.manager.get_result(timeout=0)
-                self._reap_cancelled()
-                self._update_gauges()
-            except Exception as exc:  # the loop must outlive any one bad result
-                if repr(exc) != last_error:  # a persisting fault is logged once, not every poll
-                    self.log(f"generation dispatcher: {exc!r}")
-                    last_error = repr(exc)
-                time.sleep(DISPATCH_POLL_S)
+        with torch.inference_mode():
+            while not self._stopping.is_set():
+                try:
+                    self._wake.clear()
+                    began = time.perf_counter()
+                    self._reap_cancelled()
+                    self.profile.seconds["cancel_checks"] += time.perf_counter() - began
+                    for job in self._admit():
+                        self._start(job)
+                    if len(self.batch):
+                        self._step()
+                    else:
+                        began = time.perf_counter()
+                        self._wake.wait(IDLE_WAIT_S)
+                        self.profile.seconds["idle"] += time.perf_counter() - began
+                    began = time.perf_counter()
+                    self._update_metrics()
+                    self.profile.seconds["metrics"] += time.perf_counter() - began
+                except Exception as exc:  # one failing step fails its requests, not the engine
+                    if repr(exc) != last_error:  # a persisting fault is logged once, not every step
+                        self.log(f"generation engine: {exc!r}")
+                        last_error = repr(exc)
+                    for job in list(self.batch.rows):
+                        self._send_error(job, f"generation failed: {exc}", "INTERNAL")
+                    self.batch = decoding.RunningBatch(self.model)
 
-    def _admit(self) -> None:
-        while True:
-            with self._lock:
-                if not self._waiting or len(self._running) >= self.max_sequences:
-                    return
-                job = self._waiting.popleft()
-                self._running[job.request_id] = job
-            accepted = self.manager.add_request(
-                job.prompt_ids,
-                request_id=job.request_id,
-                max_new_tokens=job.max_tokens,
-                streaming=True,
-                eos_token_id=[*self.eos_ids, *job.sampling.stop_token_ids] or -1,
-            )
-            if accepted is None:  # the manager stopped (e.g. after a fatal error): fail, don't hang
-                self._finish(job, error="the generation engine is not running")
-
-    def _on_result(self, result: Any) -> None:
+    def _admit(self) -> list[Job]:
         with self._lock:
-            job = self._running.get(result.request_id)
-        if job is None:  # cancelled or stopped already
+            room = self.max_sequences - len(self.batch)
+            admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        return admitted
+
+    def _start(self, job: Job) -> None:
+        """Prefill one request; it joins the batch unless its first token already ends it."""
+        seconds = self.profile.seconds
+        began = time.perf_counter()
+        try:
+            logits, tensors, _ = decoding.prefill(self.model, job.row.prompt_ids, self.prefixes)
+        except Exception as exc:
+            self._send_error(job, f"generation failed: {exc}", "INTERNAL")
             return
-        if result.error is not None or str(getattr(result.status, "name", "")) == "FAILED":
-            self._finish(job, error=f"generation failed: {result.error}")
-            return
-        fresh = len(result.generated_tokens) - len(job.tokens)
-        if fresh > 0:
-            if job.first_token_at is None:
-                job.first_token_at = time.perf_counter()
-                if self.metrics is not None:
-                    self.metrics.ttft.observe(job.first_token_at - job.arrived)
+        choice = decoding.choose(logits, job.row)
+        chosen = time.perf_counter()
+        seconds["prefill"] += chosen - began
+        finished = self._advance(job, choice)
+        responded = time.perf_counter()
+        seconds["respond"] += responded - chosen
+        if not finished:
+            self.batch.join(job, tensors, choice.token)
+            seconds["join_leave"] += time.perf_counter() - responded
+
+    def _step(self) -> None:
+        seconds = self.profile.seconds
+        began = time.perf_counter()
+        logits = self.batch.step()
+        if logits.device.type == "cuda":  # the forward's time, not the launch's
+            import torch
+
+            torch.cuda.synchronize(logits.device)
+        forwarded = time.perf_counter()
+        choices = decoding.choose_rows(logits, [job.row for job in self.batch.rows])
+        chosen = time.perf_counter()
+        gone = set()
+        for index, (job, choice) in enumerate(zip(self.batch.rows, choices, strict=True)):
+            if self._advance(job, choice):
+                gone.add(index)
+            else:
+                self.batch.pending[index] = choice.token
+        responded = time.perf_counter()
+        self.profile.steps += 1
+        self.profile.rows += len(self.batch)
+        self.batch.leave(gone)
+        left = time.perf_counter()
+        seconds["forward"] += forwarded - began
+        seconds["choose"] += chosen - forwarded
+        seconds["respond"] += responded - chosen
+        seconds["join_leave"] += left - responded
+        line = self.profile.line()
+        if line is not None:
+            self.log_info(line)
+
+    def _advance(self, job: Job, choice: Any) -> bool:
+        """Take one generated token: respond as the request asked; True when the request is finished."""
+        job.row.add(choice.token)
+        if job.sampling.logprobs:
+            job.choices.append(choice)
+        self._unreported_tokens += 1
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
             if self.metrics is not None:
-                self.metrics.tokens.increment(fresh)
-        job.tokens = list(result.generated_tokens)
-        if not (job.sampling.stream or job.sampling.stop or result.is_finished()):
-            return  # nothing to send or check before the end: skip decoding
+                self.metrics.ttft.observe(job.first_token_at - job.arrived)
+        finish: tuple[str, str] | None = None
+        if choice.token in job.row.end_ids:
+            finish = ("stop", "" if choice.token in self.eos_ids else str(choice.token))
+        elif len(job.tokens) >= job.max_tokens:
+            finish = ("length", "")
+        if not (job.sampling.stream or job.sampling.stop or finish):
+            return False  # nothing to send or check before the end: skip decoding
         text = self._text(job)
         stop_at = find_stop(text, job.sampling.stop)
         if stop_at is not None:
-            self.manager.cancel_request(job.request_id)
-            self._finish(job, text=text[:stop_at])
-        elif result.is_finished():
-            self._finish(job, text=text)
-        elif job.sampling.stream:
+            index, matched = stop_at
+            self._finish(job, text[:index], ("stop", matched))
+            return True
+        if finish is not None:
+            self._finish(job, text, finish)
+            return True
+        if job.sampling.stream:
             self._stream_ready_text(job, text)
+        return False
 
     def _text(self, job: Job) -> str:
         text: str = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
@@ -601,64 +462,146 @@ class GenerationEngine:
         if job.sampling.stop:
             ready = min(ready, len(text) - max(len(stop) for stop in job.sampling.stop) + 1)
         if ready > job.sent_chars:
-            job.sender.send(self._response(job, text[job.sent_chars : ready]))
+            self._post(job, text[job.sent_chars : ready])
             job.sent_chars = ready
 
-    def _response(self, job: Job, text: str) -> Any:
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
-                pb_utils.Tensor("num_input_tokens", np.array([len(job.prompt_ids)], dtype=np.int32)),
-                pb_utils.Tensor("num_output_tokens", np.array([len(job.tokens)], dtype=np.int32)),
-            ]
-        )
+    def _post(self, job: Job, text: str, finish: tuple[str, str] | None = None) -> None:
+        """Hand one response to the sender thread (with the token count and log-probabilities as of now)."""
+        fresh = job.choices[job.sent_tokens :] if job.sampling.logprobs else []
+        job.sent_tokens = len(job.choices)
+        self._outbox.put(Outgoing(job, text, len(job.tokens), fresh, finish))
 
-    def _finish(self, job: Job, text: str = "", error: str | None = None) -> None:
-        with self._lock:
-            self._running.pop(job.request_id, None)
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        if error is not None:
-            job.sender.send(_error(error, "INTERNAL"), flags=final)
-        elif job.sampling.stream:
-            rest = text[job.sent_chars :]
-            if rest:
-                job.sender.send(self._response(job, rest), flags=final)
-            else:
-                job.sender.send(flags=final)
+    def _finish(self, job: Job, text: str, finish: tuple[str, str]) -> None:
+        # A client that has its answer sees its tokens counted: the counter is brought up to date first.
+        self._flush_tokens()
+        if job.sampling.stream:
+            self._post(job, text[job.sent_chars :], finish)
         else:
             if not job.sampling.exclude_input_in_output:
                 text = job.sampling.prompt + text
-            job.sender.send(self._response(job, text), flags=final)
-        self._wake.set()
+            self._post(job, text, finish)
+
+    def _send_error(self, job: Job, message: str, code: str) -> None:
+        self._outbox.put(Outgoing(job, "", len(job.tokens), [], None, (message, code)))
+
+    # -- the sender thread ------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        """Send what the engine posted. Everything waiting is taken at once and a request's pieces are
+        merged into one response, so under load a client gets several tokens per response instead of
+        the engine paying one response per token; alone, each token still leaves at once."""
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        running = True
+        while running:
+            items = [self._outbox.get()]
+            while True:
+                try:
+                    items.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            merged: dict[int, Outgoing] = {}
+            for item in items:
+                if item is None:
+                    running = False
+                    continue
+                key = id(item.job)
+                pending = merged.get(key)
+                if pending is not None and item.error is None and pending.finish is None:
+                    merged[key] = pending.then(item)
+                else:
+                    if pending is not None:  # a piece before an error goes first
+                        self._send(merged.pop(key), final)
+                    merged[key] = item
+            for item in merged.values():
+                self._send(item, final)
+
+    def _send(self, item: Outgoing, final_flag: int) -> None:
+        began = time.perf_counter()
+        try:
+            self._send_now(item, final_flag)
+        except Exception as exc:  # a client gone mid-send must not stop the others' responses
+            self.log(f"generation: sending a response failed: {exc!r}")
+        self.profile.seconds["sender_thread"] += time.perf_counter() - began
+
+    def _send_now(self, item: Outgoing, final_flag: int) -> None:
+        if item.error is not None:
+            item.job.sender.send(_error(*item.error), flags=final_flag)
+            return
+        job = item.job
+        tensors = [
+            pb_utils.Tensor("text_output", np.array([item.text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("num_input_tokens", np.array([len(job.row.prompt_ids)], dtype=np.int32)),
+            pb_utils.Tensor("num_output_tokens", np.array([item.output_tokens], dtype=np.int32)),
+        ]
+        if item.finish is not None:
+            for name, value in zip(("finish_reason", "stop_reason"), item.finish, strict=True):
+                tensors.append(pb_utils.Tensor(name, np.array([value.encode("utf-8")], dtype=np.object_)))
+        if job.sampling.logprobs:
+            logprobs = self._logprobs_json(item.logprobs)
+            tensors.append(pb_utils.Tensor("logprobs", np.array([logprobs], dtype=np.object_)))
+        response = pb_utils.InferenceResponse(output_tensors=tensors)
+        if item.finish is not None:
+            job.sender.send(response, flags=final_flag)
+        else:
+            job.sender.send(response)
+
+    def _logprobs_json(self, choices: list[Any]) -> bytes:
+        """Per token: id, text, log-probability and the top alternatives (OpenAI's and vLLM's content)."""
+        decode = self.tokenizer.decode
+        items = [
+            {
+                "token_id": choice.token,
+                "token": decode([choice.token]),
+                "logprob": choice.logprob,
+                "top_logprobs": [
+                    {"token_id": token, "token": decode([token]), "logprob": value}
+                    for token, value in choice.top
+                ],
+            }
+            for choice in choices
+        ]
+        return json.dumps(items, separators=(",", ":")).encode("utf-8")
 
     def _reap_cancelled(self) -> None:
         now = time.perf_counter()
         if now - self._last_cancel_check < CANCEL_POLL_S:
             return
         self._last_cancel_check = now
+        gone = {index for index, job in enumerate(self.batch.rows) if job.request.is_cancelled()}
+        for index in gone:
+            self._send_error(self.batch.rows[index], "the request was cancelled", "CANCELLED")
+        self.batch.leave(gone)
         with self._lock:
-            jobs = [*self._running.values(), *self._waiting]
-        for job in jobs:
-            if not job.request.is_cancelled():
-                continue
-            with self._lock:
-                if job in self._waiting:
-                    self._waiting.remove(job)
-                running = self._running.pop(job.request_id, None) is not None
-            if running:
-                self.manager.cancel_request(job.request_id)
-            job.sender.send(
-                _error("the request was cancelled", "CANCELLED"),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+            cancelled = [job for job in self._waiting if job.request.is_cancelled()]
+            for job in cancelled:
+                self._waiting.remove(job)
+        for job in cancelled:
+            self._send_error(job, "the request was cancelled", "CANCELLED")
 
-    def _update_gauges(self) -> None:
+    def _flush_tokens(self) -> None:
+        if self.metrics is not None and self._unreported_tokens:
+            self.metrics.tokens.increment(self._unreported_tokens)
+            self._unreported_tokens = 0
+
+    def _update_metrics(self) -> None:
+        """Counters and the KV gauge every METRICS_PERIOD_S; the waiting and running gauges as soon as
+        they change (a request joined or left), so they never lag the responses clients already have."""
         if self.metrics is None:
             return
         with self._lock:
-            waiting, running = len(self._waiting), len(self._running)
-        self.metrics.waiting.set(waiting)
-        self.metrics.running.set(running)
-        self.metrics.kv_cache.set(
-            max(0.0, min(1.0, 1.0 - float(self._cache.compute_free_capacity(relative=True))))
-        )
+            counts = (len(self._waiting), len(self.batch))
+        now = time.perf_counter()
+        if counts == self._reported_counts and now - self._last_metrics < METRICS_PERIOD_S:
+            return
+        self._last_metrics = now
+        self._reported_counts = counts
+        self._flush_tokens()
+        if self.prefixes is not None:
+            hits, reused = self.prefixes.hits, self.prefixes.reused_tokens
+            if (hits, reused) != self._reported_prefix:
+                self.metrics.prefix_hits.increment(hits - self._reported_prefix[0])
+                self.metrics.prefix_tokens.increment(reused - self._reported_prefix[1])
+                self._reported_prefix = (hits, reused)
+        self.metrics.waiting.set(counts[0])
+        self.metrics.running.set(counts[1])
+        self.metrics.kv_cache.set(self.batch.positions_held / (self.max_sequences * self.context))

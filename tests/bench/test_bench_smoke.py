@@ -228,7 +228,7 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
         [
             "--layers", "1", "--hidden", "64", "--max-tokens", "8", "--min-prompt", "8", "--max-prompt", "32",
             "--concurrency", "1,2", "--warmup-s", "0.5", "--window-s", "2", "--workdir", str(tmp_path),
-            "--no-write",
+            "--no-write", "--shared-prefix", "16",
         ]
     )  # fmt: skip
     for name in ("ours", "baseline", "in_process"):
@@ -239,7 +239,29 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
             assert level["errors"] == 0, level["first_error"]
             assert 0 < level["ttft_p50_ms"] <= level["ttft_p99_ms"]
     assert report["ratios"]["ours/baseline tokens/s at 2"] > 0
-    assert "| 2 |" in render_markdown(report)
+    assert all(0 <= level["foreign_cpu_share"] <= 1 for level in report["ours"]["levels"])
+    pairs = report["ours"]["shared_prefix"]
+    assert [pair["clients"] for pair in pairs] == [1, 2]
+    assert all(
+        pair[key]["errors"] == 0 and pair[key]["answers"] > 0
+        for pair in pairs
+        for key in ("shared", "unique")
+    )
+    assert "| 2 |" in render_markdown(report) and "Shared-prefix workload" in render_markdown(report)
+
+
+def test_generation_profile_compares_the_engine_with_generate(tmp_path: Path) -> None:
+    from bench.generation.profile import run
+
+    report = run(
+        [
+            "--layers", "1", "--hidden", "64", "--max-tokens", "8", "--min-prompt", "8", "--max-prompt", "32",
+            "--sizes", "1,2", "--repeats", "1", "--workdir", str(tmp_path), "--no-write",
+        ]
+    )  # fmt: skip
+    assert [level["prompts"] for level in report["levels"]] == [1, 2]
+    for level in report["levels"]:
+        assert level["engine/generate"] > 0 and 0 < level["engine"]["forward_share"] <= 1
 
 
 def test_profile_times_the_generated_runtime_stage_by_stage(tmp_path: Path) -> None:

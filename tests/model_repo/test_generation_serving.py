@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from model_repo.triton_args import repository_server_args
 pytestmark = pytest.mark.triton
 
 LLAMA, GPT2, GPT2_EOS, ONE_SLOT = "llama", "gpt2", "gpt2_eos", "one_slot"
+GPT2_PENALTY = "gpt2_penalty"  # its generation_config sets repetition_penalty 1.5
 EOS_PROMPT = "hello world"
 METRIC = "modeldeploy_generation_"
 
@@ -44,8 +45,9 @@ class Served:
     paths: dict[str, Path]
 
 
-def _reference(path: Path, prompt: str, max_new_tokens: int) -> list[int]:
-    """Greedy tokens of in-process `generate` (EOS from the checkpoint's generation config)."""
+def _reference(path: Path, prompt: str, max_new_tokens: int, **controls: Any) -> list[int]:
+    """Greedy tokens of in-process `generate` (EOS and other defaults from the checkpoint's generation
+    config; `controls` as `generate` takes them)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,6 +61,7 @@ def _reference(path: Path, prompt: str, max_new_tokens: int) -> list[int]:
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.eos_token_id,
+            **controls,
         )
     return [int(t) for t in generated[0, ids.shape[1] :]]
 
@@ -91,6 +94,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     config["eos_token_id"] = third
     config_file.write_text(json.dumps(config))
     paths[ONE_SLOT] = paths[GPT2]
+    paths[GPT2_PENALTY] = root / "gpt2-penalty"
+    shutil.copytree(paths[GPT2], paths[GPT2_PENALTY])
+    config_file = paths[GPT2_PENALTY] / "generation_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "repetition_penalty": 1.5}))
     options = {
         LLAMA: BuildOptions(source=f"file://{paths[LLAMA]}", model_name=LLAMA, max_concurrent_sequences=16),
         GPT2: BuildOptions(source=f"file://{paths[GPT2]}", model_name=GPT2),
@@ -98,6 +105,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         ONE_SLOT: BuildOptions(
             source=f"file://{paths[GPT2]}", model_name=ONE_SLOT, max_concurrent_sequences=1
         ),
+        GPT2_PENALTY: BuildOptions(source=f"file://{paths[GPT2_PENALTY]}", model_name=GPT2_PENALTY),
     }
     repositories = [build_repository(option, root / f"repo-{name}").path for name, option in options.items()]
     args = ["--strict-readiness=true", *repository_server_args()]
@@ -111,6 +119,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 TYPES = {
     "text_input": ("BYTES", np.object_),
     "stop": ("BYTES", np.object_),
+    "stop_words": ("BYTES", np.object_),
     "sampling_parameters": ("BYTES", np.object_),
     "stream": ("BOOL", np.bool_),
     "exclude_input_in_output": ("BOOL", np.bool_),
@@ -126,6 +135,9 @@ class Answer:
     pieces: list[str]
     input_tokens: int
     output_tokens: int
+    finish_reason: str | None = None
+    stop_reason: str | None = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -166,6 +178,13 @@ def grpc_generate(served: Served, model: str, timeout: float = 120, **inputs: An
                 answer.pieces.append(text[0].decode())
                 answer.input_tokens = int(item.as_numpy("num_input_tokens")[0])
                 answer.output_tokens = int(item.as_numpy("num_output_tokens")[0])
+            for name in ("finish_reason", "stop_reason"):
+                value = item.as_numpy(name)
+                if value is not None:
+                    setattr(answer, name, value[0].decode())
+            logprobs = item.as_numpy("logprobs")
+            if logprobs is not None:
+                answer.logprobs += json.loads(logprobs[0])
             if item.get_response().parameters["triton_final_response"].bool_param:
                 return answer
     finally:
@@ -527,3 +546,179 @@ def test_runtime_exports_serving_metrics_on_the_metrics_port(served: Served) -> 
     assert wait_for(
         lambda: metrics(served, GPT2)["sequences_running"] == metrics(served, GPT2)["requests_waiting"] == 0
     ), metrics(served, GPT2)
+
+
+# -- sampling controls, finish reasons, prefix cache --------------------------------------------------------
+
+
+def _token_ids(path: Path, text: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return list(AutoTokenizer.from_pretrained(str(path))(text)["input_ids"])
+
+
+def _answer_ids(served: Served, model: str, answer: Answer) -> list[int]:
+    return [item["token_id"] for item in answer.logprobs]
+
+
+def test_repetition_penalty_and_min_tokens_equal_generate(served: Served) -> None:
+    prompt = "the quick brown fox"
+    for model in (LLAMA, GPT2):
+        expected = _reference(served.paths[model], prompt, 16, repetition_penalty=1.6)
+        answer = grpc_generate(
+            served,
+            model,
+            text_input=prompt,
+            max_tokens=16,
+            temperature=0.0,
+            sampling_parameters=json.dumps({"repetition_penalty": 1.6, "logprobs": True}),
+        )
+        assert _answer_ids(served, model, answer) == expected, model
+    # The checkpoint stops at its EOS on the third token; min_tokens holds it off, as min_new_tokens does.
+    expected = _reference(served.paths[GPT2_EOS], EOS_PROMPT, 8, min_new_tokens=6)
+    answer = grpc_generate(
+        served,
+        GPT2_EOS,
+        text_input=EOS_PROMPT,
+        max_tokens=8,
+        temperature=0.0,
+        sampling_parameters=json.dumps({"min_tokens": 6, "logprobs": True}),
+    )
+    assert _answer_ids(served, GPT2_EOS, answer) == expected and len(expected) >= 6
+
+
+def test_frequency_and_presence_penalties_equal_generate_with_openais_rule(served: Served) -> None:
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    prompt_ids = _token_ids(served.paths[LLAMA], "hello world")
+
+    class OpenAIPenalties(LogitsProcessor):  # OpenAI's definition, over the answer's tokens only
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            answer = input_ids[0, len(prompt_ids) :]
+            if len(answer):
+                counts = torch.bincount(answer, minlength=scores.shape[-1]).to(scores.dtype)
+                scores = scores - 0.7 * counts[None] - 0.4 * (counts[None] > 0).to(scores.dtype)
+            return scores
+
+    expected = _reference(
+        served.paths[LLAMA], "hello world", 24, logits_processor=LogitsProcessorList([OpenAIPenalties()])
+    )
+    plain = _reference(served.paths[LLAMA], "hello world", 24)
+    answer = grpc_generate(
+        served,
+        LLAMA,
+        text_input="hello world",
+        max_tokens=24,
+        temperature=0.0,
+        sampling_parameters=json.dumps({"frequency_penalty": 0.7, "presence_penalty": 0.4, "logprobs": True}),
+    )
+    assert _answer_ids(served, LLAMA, answer) == expected
+    assert expected != plain  # the penalties changed the answer, so the comparison means something
+
+
+def test_logprobs_equal_the_models_own_log_softmax(served: Served) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompt = "paris is the capital"
+    for stream in (False, True):
+        answer = grpc_generate(
+            served,
+            LLAMA,
+            text_input=prompt,
+            max_tokens=10,
+            temperature=0.8,
+            seed=3,
+            stream=stream,
+            sampling_parameters=json.dumps({"logprobs": True, "top_logprobs": 3}),
+        )
+        assert len(answer.logprobs) == answer.output_tokens == 10
+        ids = _token_ids(served.paths[LLAMA], prompt) + [item["token_id"] for item in answer.logprobs]
+        model = AutoModelForCausalLM.from_pretrained(str(served.paths[LLAMA])).eval()
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        expected = torch.log_softmax(logits, dim=-1)
+        start = len(ids) - 10
+        for offset, item in enumerate(answer.logprobs):
+            row = expected[start - 1 + offset]
+            assert abs(item["logprob"] - float(row[item["token_id"]])) < 1e-4
+            best = torch.topk(row, 3)
+            assert [top["token_id"] for top in item["top_logprobs"]] == best.indices.tolist()
+            for top, value in zip(item["top_logprobs"], best.values.tolist(), strict=True):
+                assert abs(top["logprob"] - value) < 1e-4
+
+
+def test_the_checkpoints_generation_config_is_the_default_unless_the_request_overrides_it(
+    served: Served,
+) -> None:
+    prompt = "the quick brown fox"
+    penalised = _reference(served.paths[GPT2_PENALTY], prompt, 16)  # generate reads the same config
+    plain = _reference(served.paths[GPT2], prompt, 16)
+    assert penalised != plain
+    answer = grpc_generate(
+        served,
+        GPT2_PENALTY,
+        text_input=prompt,
+        max_tokens=16,
+        temperature=0.0,
+        sampling_parameters=json.dumps({"logprobs": True}),
+    )
+    assert _answer_ids(served, GPT2_PENALTY, answer) == penalised
+    answer = grpc_generate(
+        served,
+        GPT2_PENALTY,
+        text_input=prompt,
+        max_tokens=16,
+        temperature=0.0,
+        sampling_parameters=json.dumps({"logprobs": True, "repetition_penalty": 1.0}),
+    )
+    assert _answer_ids(served, GPT2_PENALTY, answer) == plain
+
+
+def test_finish_reasons_at_eos_stop_string_stop_token_and_length(served: Served) -> None:
+    tokens = _reference(served.paths[GPT2], EOS_PROMPT, 8)
+    at_eos = grpc_generate(served, GPT2_EOS, text_input=EOS_PROMPT, max_tokens=8, temperature=0.0)
+    assert (at_eos.finish_reason, at_eos.stop_reason) == ("stop", "")
+    at_length = greedy_gpt2(served, EOS_PROMPT, 2)
+    assert (at_length.finish_reason, at_length.stop_reason, at_length.output_tokens) == ("length", "", 2)
+    at_token = greedy_gpt2(served, EOS_PROMPT, 8, stop_token_ids=[tokens[3]])
+    assert (at_token.finish_reason, at_token.stop_reason) == ("stop", str(tokens[3]))
+    full, _ = reference(served.paths[LLAMA], "paris is the capital", 30)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    for stream in (False, True):
+        # stop_words is how Triton's OpenAI frontend sends stop strings.
+        at_stop = grpc_generate(
+            served,
+            LLAMA,
+            text_input="paris is the capital",
+            max_tokens=30,
+            temperature=0.0,
+            stop_words=[stop],
+            stream=stream,
+        )
+        assert (at_stop.text, at_stop.finish_reason, at_stop.stop_reason) == (
+            full[: full.index(stop)],
+            "stop",
+            stop,
+        )
+
+
+def test_a_shared_prefix_is_reused_counted_and_changes_no_answer(served: Served) -> None:
+    system = " ".join(SENTENCES[:3])  # a long shared prefix, like a chat system prompt
+    questions = ["what is the capital of france", "the quick brown fox jumps", "tell me more"]
+    before = metrics(served, LLAMA)
+    for question in questions:
+        prompt = f"{system} {question}"
+        expected = reference(served.paths[LLAMA], prompt, 12)
+        answer = grpc_generate(served, LLAMA, text_input=prompt, max_tokens=12, temperature=0.0)
+        assert (answer.text, answer.output_tokens) == expected
+    shared = len(_token_ids(served.paths[LLAMA], system)) - 1
+
+    def counted() -> bool:
+        after = metrics(served, LLAMA)
+        hits = after["prefix_cache_hits_total"] - before.get("prefix_cache_hits_total", 0)
+        reused = after["prefix_cache_tokens_total"] - before.get("prefix_cache_tokens_total", 0)
+        return hits >= 2 and reused >= 2 * shared
+
+    assert wait_for(counted), metrics(served, LLAMA)

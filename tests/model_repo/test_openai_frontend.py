@@ -262,19 +262,80 @@ def test_chat_uses_the_checkpoints_template_and_equals_generate(stack: Stack) ->
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == count
 
 
-def test_chat_without_a_token_limit_is_judged_against_the_repositorys_default(stack: Stack) -> None:
-    config = httpx.get(f"http://{stack.server.http_url}/v2/models/{CHAT}/config", timeout=30).json()
-    default = int(config["parameters"]["default_max_tokens"]["string_value"])
-    prompt = _chat_prompt(stack.paths[CHAT])
-    text, count = reference(stack.paths[CHAT], prompt, default)
-    result = stack.client(CHAT).chat.completions.create(
+def test_without_a_token_limit_the_answer_runs_to_the_deployments_max_tokens(stack: Stack) -> None:
+    config = httpx.get(f"http://{stack.server.http_url}/v2/models/{PLAIN}/config", timeout=30).json()
+    limit = int(config["parameters"]["max_tokens_limit"]["string_value"])
+    context = int(config["parameters"]["max_sequence_length"]["string_value"])
+    prompt = "hello world"
+    room = context - _prompt_tokens(stack.paths[PLAIN], prompt)
+    text, count = reference(stack.paths[PLAIN], prompt, min(limit, room))
+    result = stack.client(PLAIN).completions.create(model=PLAIN, prompt=prompt, temperature=0)
+    assert result.choices[0].text == text
+    assert result.usage is not None and result.usage.completion_tokens == count > 16  # not OpenAI's 16
+    assert result.choices[0].finish_reason == ("length" if count == min(limit, room) else "stop")
+    chat_prompt = _chat_prompt(stack.paths[CHAT])
+    chat = stack.client(CHAT).chat.completions.create(
         model=CHAT,
-        messages=MESSAGES,
-        temperature=0,  # type: ignore[arg-type]
+        messages=MESSAGES,  # type: ignore[arg-type]
+        temperature=0,
+        extra_body={"min_tokens": 80},  # the tiny Llama may end early by itself; 80 > the old default 64
     )
-    assert result.choices[0].message.content == text
-    assert result.usage is not None and result.usage.completion_tokens == count
-    assert result.choices[0].finish_reason == ("length" if count == default else "stop")
+    assert chat.usage is not None and chat.usage.completion_tokens > 64
+    expected, _ = reference(stack.paths[CHAT], chat_prompt, 40)
+    assert (chat.choices[0].message.content or "").startswith(expected)
+
+
+def test_controls_and_logprobs_in_openais_shapes(stack: Stack) -> None:
+    client = stack.client(CHAT)
+    prompt = "the quick brown fox"
+    plain = client.completions.create(model=CHAT, prompt=prompt, max_tokens=12, temperature=0)
+    penalised = client.completions.create(
+        model=CHAT,
+        prompt=prompt,
+        max_tokens=12,
+        temperature=0,
+        frequency_penalty=1.5,
+        presence_penalty=0.5,
+        extra_body={"repetition_penalty": 1.3, "top_k": 5},
+        logprobs=2,
+    )
+    assert penalised.choices[0].text != plain.choices[0].text  # the controls reached the runtime
+    logprobs = penalised.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs and logprobs.top_logprobs
+    assert "".join(logprobs.tokens) == penalised.choices[0].text
+    assert all(value is not None and value <= 0 for value in logprobs.token_logprobs)
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+    chat = client.chat.completions.create(
+        model=CHAT,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = chat.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 8
+    assert "".join(item.token for item in content) == chat.choices[0].message.content
+    for item in content:
+        assert len(item.top_logprobs) == 3 and item.top_logprobs[0].logprob >= item.logprob - 1e-6
+    chunks = list(
+        client.chat.completions.create(
+            model=CHAT,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+            stream=True,
+        )
+    )
+    streamed = [
+        item
+        for chunk in chunks
+        if chunk.choices and chunk.choices[0].logprobs
+        for item in chunk.choices[0].logprobs.content or []
+    ]
+    assert [(i.token, i.logprob) for i in streamed] == [(i.token, i.logprob) for i in content]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
 def test_sampling_settings_reach_the_runtime(stack: Stack) -> None:
@@ -376,8 +437,11 @@ def test_a_checkpoint_without_a_chat_template_is_a_clear_400(stack: Stack) -> No
     [
         (CHAT, "/completions", {"prompt": "hello", "n": 2}, "n"),
         (CHAT, "/chat/completions", {"messages": MESSAGES, "n": 3}, "n"),
-        (CHAT, "/completions", {"prompt": "hello", "logprobs": 2}, "logprobs"),
-        (CHAT, "/completions", {"prompt": "hello", "presence_penalty": 0.5}, "presence_penalty"),
+        (CHAT, "/completions", {"prompt": "hello", "logprobs": 9}, "logprobs"),
+        (CHAT, "/completions", {"prompt": "hello", "presence_penalty": 2.5}, "presence_penalty"),
+        (CHAT, "/completions", {"prompt": "hello", "repetition_penalty": 0}, "repetition_penalty"),
+        (CHAT, "/chat/completions", {"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
+        (CHAT, "/completions", {"prompt": "hello", "logit_bias": {"1": 5}}, "logit_bias"),
         (CHAT, "/completions", {"prompt": "hello", "temperature": -1}, "temperature"),
         (CHAT, "/completions", {"prompt": "hello", "top_p": 1.5}, "top_p"),
         (CHAT, "/completions", {"prompt": "hello", "max_tokens": 0}, "max_tokens"),

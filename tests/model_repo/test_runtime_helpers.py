@@ -137,31 +137,83 @@ def test_prompts_are_refused_or_truncated_only_on_request_and_max_tokens_clamps(
 def test_find_stop_returns_the_earliest_stop() -> None:
     from model_repo.runtime.generation import find_stop
 
-    assert find_stop("abc STOP def END", ("END", "STOP")) == 4
+    assert find_stop("abc STOP def END", ("END", "STOP")) == (4, "STOP")
     assert find_stop("abc", ("x",)) is None
 
 
-def test_sample_rows_greedy_is_argmax_and_a_seed_reproduces_a_row_whatever_its_neighbours() -> None:
+def test_choose_rows_greedy_is_argmax_and_a_seed_reproduces_a_row_whatever_its_neighbours() -> None:
     import torch
 
-    from model_repo.runtime.generation import Sampling, sample_rows
+    from model_repo.runtime.decoding import Row, Sampling, choose_rows
 
     torch.manual_seed(0)
     scores = torch.randn(3, 50)
 
-    def seeded(seed: int) -> tuple[Sampling, torch.Generator]:
+    def seeded(seed: int) -> Row:
         generator = torch.Generator()
         generator.manual_seed(seed)
-        return Sampling("p", temperature=0.8, top_p=0.9, top_k=20), generator
+        return Row(Sampling("p", temperature=0.8, top_p=0.9, top_k=20), [1], frozenset(), generator)
 
-    first = sample_rows(scores.clone(), [None, seeded(5), (Sampling("p", temperature=0.0), None)])
+    def greedy() -> Row:
+        return Row(Sampling("p", temperature=0.0), [1], frozenset())
+
+    first = [c.token for c in choose_rows(scores.clone(), [greedy(), seeded(5), greedy()])]
     assert first[0] == scores[0].argmax() and first[2] == scores[2].argmax()
-    swapped = sample_rows(scores[[1, 0, 2]].clone(), [seeded(5), seeded(6), None])
+    swapped = [c.token for c in choose_rows(scores[[1, 0, 2]].clone(), [seeded(5), seeded(6), greedy()])]
     assert swapped[0] == first[1]
     # top_k 20 and top_p 0.9 never pick outside the kept tokens.
     for seed in range(20):
-        token = int(sample_rows(scores[1:2].clone(), [seeded(seed)])[0])
+        token = choose_rows(scores[1:2].clone(), [seeded(seed)])[0].token
         assert token in torch.topk(scores[1], 20).indices.tolist()
+
+
+def test_controls_follow_their_definitions() -> None:
+    import torch
+
+    from model_repo.runtime.decoding import Row, Sampling, choose
+
+    scores = torch.tensor([2.0, 1.9, -1.0, 0.5])
+    # Repetition penalty (transformers' rule: divide positive, multiply negative scores of seen tokens).
+    row = Row(Sampling("p", temperature=0.0, repetition_penalty=2.0), [0], frozenset())
+    assert choose(scores, row).token == 1  # 2.0/2 = 1.0 < 1.9
+    # Frequency and presence penalties count the answer's tokens only.
+    row = Row(Sampling("p", temperature=0.0, frequency_penalty=0.05, presence_penalty=0.01), [1], frozenset())
+    row.add(0)
+    row.add(0)
+    assert choose(scores, row).token == 1  # 2.0 - 0.1 - 0.01 < 1.9
+    # min_tokens masks the end tokens until that many are generated.
+    row = Row(Sampling("p", temperature=0.0, min_tokens=1), [1], frozenset({0}))
+    assert choose(scores, row).token == 1
+    # Log-probabilities are the raw logits' log-softmax, whatever the penalties did.
+    row = Row(
+        Sampling("p", temperature=0.0, repetition_penalty=2.0, logprobs=True, top_logprobs=2),
+        [0],
+        frozenset(),
+    )
+    choice = choose(scores, row)
+    expected = torch.log_softmax(scores, dim=-1)
+    assert abs(choice.logprob - float(expected[1])) < 1e-6
+    assert [token for token, _ in choice.top] == [0, 1]
+
+
+def test_prefix_cache_reuses_the_longest_prefix_and_keeps_its_budget() -> None:
+    import torch
+
+    from model_repo.runtime.decoding import PrefixCache
+
+    def tensors(length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.arange(length).float().view(1, 1, length, 1),) * 2]
+
+    cache = PrefixCache(token_budget=40)
+    cache.store(list(range(20)), tensors(20))
+    reused, found = cache.lookup([*range(12), 99, 98])
+    assert reused == 12 and found is not None and found[0][0].shape[2] == 12
+    # A whole stored prompt leaves its last token to run.
+    assert cache.lookup(list(range(20)))[0] == 19
+    assert cache.lookup([5, 6, 7, 8, 9, 10, 11, 12, 13])[0] == 0
+    assert (cache.hits, cache.reused_tokens) == (2, 31)
+    cache.store(list(range(100, 130)), tensors(30))  # 50 tokens > 40: the oldest goes
+    assert cache.lookup(list(range(20)))[0] == 0 and cache.tokens == 30
 
 
 def test_default_sequences_follow_the_device_and_the_kv_budget() -> None:

@@ -1,0 +1,117 @@
+"""The generation runtime's fence over transformers' internals, checked against the pinned transformers
+without Triton: `hf_adapter.check` passes for the tiny checkpoints, refuses (naming the attribute and the
+supported versions) when an internal is gone, and the running batch built on it (rows joining and leaving
+between steps) gives `generate`'s greedy tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import make_gpt2_checkpoint, make_llama_checkpoint
+
+from model_repo.runtime import decoding, hf_adapter
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Any]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("adapter")
+    loaded = {}
+    for name, path in (
+        ("llama", make_llama_checkpoint(root / "llama")),
+        ("gpt2", make_gpt2_checkpoint(root / "gpt2")),
+    ):
+        loaded[name] = (
+            AutoModelForCausalLM.from_pretrained(str(path)).eval(),
+            AutoTokenizer.from_pretrained(str(path)),
+        )
+    return loaded
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_check_passes_against_the_pinned_transformers(models: dict[str, Any], name: str) -> None:
+    import transformers
+
+    assert transformers.__version__.rsplit(".", 1)[0] in hf_adapter.SUPPORTED_TRANSFORMERS
+    hf_adapter.check(models[name][0])
+
+
+def test_check_refuses_naming_the_attribute_and_the_versions(
+    models: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A future transformers cannot be installed here: the rename is simulated on the real class.
+    from transformers.cache_utils import DynamicCache
+
+    monkeypatch.delattr(DynamicCache, "__iter__")  # unrelated attribute: still accepted
+    hf_adapter.check(models["llama"][0])
+    original = DynamicCache.__init__
+
+    def without_layers(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.layer_list = self.__dict__.pop("layers")
+
+    monkeypatch.setattr(DynamicCache, "__init__", without_layers)
+    with pytest.raises(
+        hf_adapter.UnsupportedTransformers, match=r"`layers`.*supported transformers versions: 5\.23\.x"
+    ):
+        hf_adapter.check(models["llama"][0])
+
+
+def _generate(model: Any, ids: list[int], count: int) -> list[int]:
+    import torch
+
+    tensor = torch.tensor([ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=count,
+            min_new_tokens=count,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return [int(t) for t in out[0, len(ids) :]]
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_running_batch_with_joins_and_leaves_equals_generate(models: dict[str, Any], name: str) -> None:
+    import torch
+
+    model, tokenizer = models[name]
+    prompts = ["the quick brown fox", "hello", "paris is the capital of france and", "a b c d e f g"]
+    counts = [9, 4, 7, 6]
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    expected = [_generate(model, ids, n) for ids, n in zip(prompt_ids, counts, strict=True)]
+
+    class Job:
+        def __init__(self, index: int) -> None:
+            self.index = index
+            self.row = decoding.Row(decoding.Sampling("p", temperature=0.0), prompt_ids[index], frozenset())
+
+    batch = decoding.RunningBatch(model)
+    prefixes = decoding.PrefixCache(4096)
+    results: dict[int, list[int]] = {}
+    with torch.inference_mode():
+        for step in range(40):
+            if step in (0, 1, 3, 4):  # rows join while others decode
+                job = Job([0, 1, 3, 4].index(step))
+                logits, tensors, _ = decoding.prefill(model, job.row.prompt_ids, prefixes)
+                token = decoding.choose(logits, job.row).token
+                job.row.add(token)
+                batch.join(job, tensors, token)
+            if not len(batch):
+                break
+            logits = batch.step()
+            gone = set()
+            for index, (job, choice) in enumerate(
+                zip(batch.rows, decoding.choose_rows(logits, [j.row for j in batch.rows]), strict=True)
+            ):
+                job.row.add(choice.token)
+                batch.pending[index] = choice.token
+                if len(job.row.generated) >= counts[job.index]:
+                    results[job.index] = job.row.generated
+                    gone.add(index)
+            batch.leave(gone)
+    assert [results[i] for i in range(4)] == expected
