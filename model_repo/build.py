@@ -124,6 +124,8 @@ def resolve_format(requested: ModelFormat, task: Task, device: str) -> ModelForm
         raise BuildError("--format vllm needs --device gpu (vLLM's Triton backend runs on GPUs)")
     if requested is ModelFormat.ONNX and task is Task.TEXT_GENERATION:
         raise BuildError("--format onnx covers encoder tasks only; text-generation uses python or vllm")
+    if requested is ModelFormat.ONNX and task is Task.TEXT_RANKING:
+        raise BuildError("--format onnx does not cover text-ranking yet; use python (the default)")
     return requested
 
 
@@ -197,6 +199,7 @@ def load_model(info: CheckpointInfo, trust_remote_code: bool) -> tuple[Any, dict
 
     auto_class = {
         Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
+        Task.TEXT_RANKING: transformers.AutoModelForSequenceClassification,
         Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
         Task.FEATURE_EXTRACTION: transformers.AutoModel,
         Task.FILL_MASK: transformers.AutoModelForMaskedLM,
@@ -228,6 +231,11 @@ def _supported_tasks(info: CheckpointInfo, trained_for: Task | None) -> list[Tas
     # serves, and the dropped MLM head is not a task's head.
     if trained_for is Task.FILL_MASK or info.sentence_transformers is not None:
         tasks.append(Task.FEATURE_EXTRACTION)
+    # One head, two readings: a classifier of (pairs of) texts, or a cross-encoder scoring pairs.
+    if trained_for is Task.TEXT_CLASSIFICATION:
+        tasks.append(Task.TEXT_RANKING)
+    if trained_for is Task.TEXT_RANKING:
+        tasks.append(Task.TEXT_CLASSIFICATION)
     return tasks
 
 
@@ -236,6 +244,8 @@ def check_task_fits(info: CheckpointInfo, loading: dict[str, Any] | None, allow_
     random, or a checkpoint whose architectures (and unexpected head weights) say it was trained for
     another task. Serving either gives confident garbage; `allow_new_head` builds it anyway."""
     trained_for = None if info.needs_remote_code else task_of_architectures(info.architectures)
+    if info.cross_encoder:
+        trained_for = Task.TEXT_RANKING
     if info.sentence_transformers is not None and info.task is Task.FEATURE_EXTRACTION:
         trained_for = Task.FEATURE_EXTRACTION
     supported = _supported_tasks(info, trained_for)
@@ -416,6 +426,11 @@ def build_repository(
         info = inspect_checkpoint(fetched.path, fetched.files, options.task, options.trust_remote_code)
         model_format = resolve_format(options.format, info.task, options.device)
         dtype = resolve_dtype(options.dtype, options.device, model_format)
+        if info.task is Task.TEXT_RANKING and needs_gate(options.quantization, dtype):
+            raise BuildError(
+                "text-ranking has no accuracy gate yet, so it is served in float32 or float16 only: "
+                f"not quantization {options.quantization.value} / dtype {dtype}"
+            )
         if options.response_cache and info.task is Task.TEXT_GENERATION:
             raise BuildError(
                 "--response-cache cannot be used with text-generation: streaming models can't cache"

@@ -15,6 +15,8 @@ from model_repo.options import Task
 RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
 # The continuous-batching engine model.py loads for text-generation (copied next to it).
 GENERATION_RUNTIME_FILE = Path(__file__).parent / "runtime" / "generation.py"
+# Text pairs and cross-encoder scores, which model.py loads for the encoder tasks (copied next to it).
+RANKING_RUNTIME_FILE = Path(__file__).parent / "runtime" / "ranking.py"
 FILL_MASK_TOP_K = 5
 
 
@@ -24,6 +26,8 @@ def install_runtime(version_dir: Path, generation: bool = False) -> None:
     shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
     if generation:
         shutil.copyfile(GENERATION_RUNTIME_FILE, version_dir / GENERATION_RUNTIME_FILE.name)
+    else:
+        shutil.copyfile(RANKING_RUNTIME_FILE, version_dir / RANKING_RUNTIME_FILE.name)
 
 
 def runtime_parameters(
@@ -46,6 +50,8 @@ def runtime_parameters(
         st = info.sentence_transformers
         params["pooling"] = st.pooling if st else "cls"
         params["normalize"] = "true" if st and st.normalize else "false"
+    if info.ranking_activation:
+        params["ranking_activation"] = info.ranking_activation
     if info.task is Task.FILL_MASK:
         params["top_k"] = str(FILL_MASK_TOP_K)
     return params

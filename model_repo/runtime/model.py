@@ -31,7 +31,13 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
     pb_utils = None
 
 Array = NDArray[Any]
-ENCODER_TASKS = ("text-classification", "token-classification", "feature-extraction", "fill-mask")
+ENCODER_TASKS = (
+    "text-classification",
+    "text-ranking",
+    "token-classification",
+    "feature-extraction",
+    "fill-mask",
+)
 # Sequence lengths in the ONNX path are rounded up to this so that consecutive tokenizer batches
 # produce few distinct shapes, which Triton's dynamic batcher in front of the ONNX model can merge.
 ONNX_LENGTH_QUANTUM = 16
@@ -297,6 +303,17 @@ def _decode_texts(request: Any, name: str) -> list[str]:
     return texts
 
 
+def _optional_texts(request: Any) -> Any:
+    """`name` -> that input's texts, or None if the request does not send it."""
+
+    def texts_of(name: str) -> list[str] | None:
+        if pb_utils.get_input_tensor_by_name(request, name) is None:
+            return None
+        return _decode_texts(request, name)
+
+    return texts_of
+
+
 def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as handle:
@@ -318,18 +335,25 @@ def _string_tensor(name: str, values: list[str], shape: tuple[int, ...]) -> Any:
     return pb_utils.Tensor(name, array)
 
 
-def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
-    """The continuous-batching engine of generation.py, loaded by path: Triton imports model.py as a file,
-    not as part of a package."""
+def _load_sibling(file_name: str) -> Any:
+    """A runtime module copied next to this file, loaded by path: Triton imports model.py as a file, not
+    as part of a package."""
     import importlib.util
 
+    name = "modeldeploy_" + file_name.removesuffix(".py")
     spec = importlib.util.spec_from_file_location(
-        "modeldeploy_generation", os.path.join(os.path.dirname(os.path.abspath(__file__)), "generation.py")
+        name, os.path.join(os.path.dirname(os.path.abspath(__file__)), file_name)
     )
     assert spec is not None and spec.loader is not None
-    generation = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = generation  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(generation)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
+    """The continuous-batching engine of generation.py."""
+    generation = _load_sibling("generation.py")
     params = runtime.params
     name = runtime.model_config.get("name", "model")
     metrics = generation.GenerationMetrics(name, args.get("model_version", "1")) if pb_utils else None
@@ -361,6 +385,9 @@ class TritonPythonModel:
         self.normalize = self.params.get("normalize", "false") == "true"
         self.top_k = int(self.params.get("top_k", "5"))
         self.multi_label = self.params.get("problem_type") == "multi_label_classification"
+        self.ranking_activation = self.params.get("ranking_activation", "sigmoid")
+        # Text pairs (ranking.py): the role encoder of the tasks that take them.
+        self.pairs: Any = None
         self.max_batch = max(1, int(self.model_config.get("max_batch_size", 1)))
         trust = self.params.get("trust_remote_code", "false") == "true"
 
@@ -385,6 +412,8 @@ class TritonPythonModel:
         self.generation: Any = None
         if self.role in ("encoder", "generator"):
             self._load_model(trust)
+        if self.role == "encoder" and self.task in ("text-classification", "text-ranking"):
+            self.pairs = _load_sibling("ranking.py")
         self._log_accuracy(os.path.join(args["model_repository"], "..", "accuracy.json"))
         if self.role == "generator":
             self.generation = _start_generation(self, args)
@@ -403,6 +432,7 @@ class TritonPythonModel:
 
         auto_class = {
             "text-classification": transformers.AutoModelForSequenceClassification,
+            "text-ranking": transformers.AutoModelForSequenceClassification,
             "token-classification": transformers.AutoModelForTokenClassification,
             "feature-extraction": transformers.AutoModel,
             "fill-mask": transformers.AutoModelForMaskedLM,
@@ -504,46 +534,58 @@ class TritonPythonModel:
             return [self._postprocess_request(request) for request in requests]
         responses: list[Any] = [None] * len(requests)
         texts: list[str] = []
+        pairs: list[str | None] = []  # each text's other text (ranking.py), None where it has none
         owners: list[tuple[int, int, int]] = []  # request index, first text, text count
         for index, request in enumerate(requests):
             try:
                 request_texts = _decode_texts(request, "TEXT")
+                request_pairs: list[str | None] = [None] * len(request_texts)
+                if self.pairs is not None:
+                    request_pairs = self.pairs.read_pairs(
+                        self.task, len(request_texts), _optional_texts(request), RequestError
+                    )
             except RequestError as exc:
                 responses[index] = _error_response(str(exc))
                 continue
             owners.append((index, len(texts), len(request_texts)))
             texts.extend(request_texts)
+            pairs.extend(request_pairs)
         if texts:
             try:
                 if self.role == "tokenizer":
                     self._tokenize_for_onnx(requests, owners, texts, responses)
                 else:
-                    self._run_encoder(owners, texts, responses)
+                    self._run_encoder(owners, texts, responses, pairs)
             except Exception as exc:  # one bad batch must not take the server down
                 for index, _, _ in owners:
                     if responses[index] is None:
                         responses[index] = _error_response(f"inference failed: {exc}", fault=True)
         return responses
 
-    def _tokenize(self, texts: list[str], offsets: bool) -> Any:
-        return self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids="token_type_ids" in self.tokenizer.model_input_names,
-            return_offsets_mapping=offsets,
-            return_special_tokens_mask=offsets,
-        )
+    def _tokenize(self, texts: list[str], offsets: bool, pairs: list[str | None] | None = None) -> Any:
+        options = {
+            "max_length": self.max_length,
+            "padding": False,
+            "return_attention_mask": False,
+            "return_token_type_ids": "token_type_ids" in self.tokenizer.model_input_names,
+            "return_offsets_mapping": offsets,
+            "return_special_tokens_mask": offsets,
+        }
+        if pairs is not None and any(pair is not None for pair in pairs):
+            return self.pairs.tokenize_pairs(self.tokenizer, self.task, texts, pairs, **options)
+        return self.tokenizer(texts, truncation=True, **options)
 
     def _run_encoder(
-        self, owners: list[tuple[int, int, int]], texts: list[str], responses: list[Any]
+        self,
+        owners: list[tuple[int, int, int]],
+        texts: list[str],
+        responses: list[Any],
+        pairs: list[str | None] | None = None,
     ) -> None:
         import torch
 
         needs_offsets = self.task == "token-classification"
-        encoded = self._tokenize(texts, needs_offsets)
+        encoded = self._tokenize(texts, needs_offsets, pairs)
         ids: list[list[int]] = encoded["input_ids"]
         per_text: list[dict[str, Any] | None] = [None] * len(texts)
         failures: dict[int, str] = {}
@@ -593,6 +635,11 @@ class TritonPythonModel:
             names, best, scores = classification_outputs(logits, self.labels, self.multi_label)
             for row, member in enumerate(members):
                 per_text[member] = {"LABEL": names[row], "SCORE": best[row], "SCORES": scores[row]}
+        elif self.task == "text-ranking":
+            logits = output.logits.float().cpu().numpy()
+            relevance = self.pairs.relevance_scores(logits, self.ranking_activation)
+            for row, member in enumerate(members):
+                per_text[member] = {"SCORE": relevance[row]}
         elif self.task == "feature-extraction":
             hidden = output.last_hidden_state.float().cpu().numpy()
             pooled = pool_embeddings(hidden, attention, self.pooling, self.normalize)
@@ -630,6 +677,9 @@ class TritonPythonModel:
                 ),
                 pb_utils.Tensor("SCORES", np.stack([r["SCORES"] for r in rows]).astype(np.float32)),
             ]
+        elif self.task == "text-ranking":
+            scores = np.array([r["SCORE"] for r in rows], dtype=np.float32).reshape(count, 1)
+            tensors = [pb_utils.Tensor("SCORE", scores)]
         elif self.task == "feature-extraction":
             tensors = [
                 pb_utils.Tensor("EMBEDDING", np.stack([r["EMBEDDING"] for r in rows]).astype(np.float32))
