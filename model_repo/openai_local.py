@@ -98,12 +98,14 @@ class LocalFrontend(ChildProcess):
 DEFAULT_LOCAL_PORT = 9000
 
 
-def openai_frontend_for(repository: Path, triton_grpc: str, workdir: Path, *, enabled: bool) -> LocalFrontend:
-    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on port 9000."""
+def openai_frontend_for(
+    repository: Path, triton_grpc: str, workdir: Path, *, enabled: bool, port: int = DEFAULT_LOCAL_PORT
+) -> LocalFrontend:
+    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on `port`."""
     return LocalFrontend(
         repository,
         triton_grpc,
-        DEFAULT_LOCAL_PORT,
+        port,
         log_path=workdir / "openai-frontend.log",
         ready_timeout_s=600,
         enabled=enabled,

@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -339,7 +339,18 @@ class Frontend:
         return _completion(ident, "chat.completion", created, body.model, [choice], usage)
 
 
-def create_app(model: ServedModel, backend: TritonBackend) -> FastAPI:
+# The route groups spec.api enables (`--routes`); /v1/models and the health routes are always served.
+ROUTE_GROUPS: dict[str, tuple[str, ...]] = {
+    "openai": ("/v1/embeddings", "/v1/completions", "/v1/chat/completions"),
+    "rerank": rerank.RERANK_PATHS,
+    "classify": rerank.CLASSIFY_PATHS,
+    "tei": tei.PATHS,
+}
+
+
+def create_app(
+    model: ServedModel, backend: TritonBackend, routes: Collection[str] = tuple(ROUTE_GROUPS)
+) -> FastAPI:
     frontend = Frontend(model, backend)
 
     @contextlib.asynccontextmanager
@@ -413,4 +424,8 @@ def create_app(model: ServedModel, backend: TritonBackend) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "triton not ready"}, status_code=503)
 
+    disabled = {path for group, paths in ROUTE_GROUPS.items() if group not in routes for path in paths}
+    app.router.routes[:] = [
+        route for route in app.router.routes if getattr(route, "path", None) not in disabled
+    ]
     return app

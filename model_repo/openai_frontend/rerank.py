@@ -180,6 +180,10 @@ async def classify(frontend: Frontend, body: ClassifyRequest) -> dict[str, Any]:
     }
 
 
+RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/v1/score")
+CLASSIFY_PATHS = ("/v1/classify",)
+
+
 def _rerank_route(frontend: Frontend, version: str) -> Any:
     async def route(request: Request, body: RerankRequest) -> Response:
         from .app import unless_disconnected  # app.py registers these routes: imported when called

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # Texts one request may carry (TEI's --max-client-batch-size); larger requests are split for Triton.
 MAX_CLIENT_BATCH_SIZE = 1024
 VERSION = "modeldeploy-tei-compatible"
+PATHS = ("/embed", "/rerank", "/predict", "/tokenize", "/decode", "/info", "/")
 
 
 class TEIError(Exception):

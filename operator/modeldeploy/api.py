@@ -671,6 +671,13 @@ class Cache(ApiModel):
 # Triton's own ports in the pod (HTTP, gRPC, metrics): the OpenAI sidecar must not take one of them.
 TRITON_PORTS = (8000, 8001, 8002)
 OPENAI_TASKS = (Task.FEATURE_EXTRACTION, Task.TEXT_GENERATION)
+# The sidecar's other route groups and the tasks each fits (model_repo/openai_frontend: rerank.py, tei.py).
+ROUTE_TASKS: dict[str, tuple[Task, ...]] = {
+    "rerank": (Task.TEXT_RANKING,),
+    "classify": (Task.TEXT_CLASSIFICATION,),
+    "tei": (Task.FEATURE_EXTRACTION, Task.TEXT_RANKING, Task.TEXT_CLASSIFICATION),
+}
+DEFAULT_API_PORT = 9000
 
 
 class OpenAIApi(ApiModel):
@@ -697,10 +704,39 @@ class OpenAIApi(ApiModel):
 
 
 class Api(ApiModel):
-    """Protocols served besides Triton's own KServe v2 HTTP and gRPC."""
+    """Protocols served besides Triton's own KServe v2 HTTP and gRPC. One sidecar serves every enabled
+    one, on spec.api.openai.port (9000 unless set)."""
 
     openai: OpenAIApi | None = Field(
         default=None, description="The OpenAI-compatible API (off when omitted)."
+    )
+    rerank: bool = Field(
+        default=False,
+        description=(
+            "Serve /v1/rerank and /v2/rerank (Cohere/Jina shape) and /v1/score (vLLM's): text-ranking."
+        ),
+    )
+    classify: bool = Field(
+        default=False, description="Serve /v1/classify (vLLM's shape): text-classification."
+    )
+    tei: bool = Field(
+        default=False,
+        description=(
+            "Serve Hugging Face TEI's routes (/embed, /rerank, /predict, /tokenize, /decode, /info and "
+            "POST /): feature-extraction, text-ranking or text-classification."
+        ),
+    )
+
+
+def _route_rule(name: str, tasks: tuple[Task, ...]) -> Rule:
+    """spec.api.<name> only for the tasks its routes fit, refused at admission naming the field."""
+    listed = ", ".join(f"'{task.value}'" for task in tasks)
+    return Rule(
+        cel=f"!has(self.api) || !has(self.api.{name}) || !self.api.{name} || "
+        f"(has(self.model.task) && self.model.task in [{listed}])",
+        message=f"spec.api.{name} needs spec.model.task set to {' or '.join(t.value for t in tasks)}",
+        check=lambda s: s.api is None or not getattr(s.api, name) or s.model.task in tasks,
+        field_path=f".api.{name}",
     )
 
 
@@ -743,6 +779,21 @@ class ModelDeploymentSpec(ApiModel):
         if self.api is None or self.api.openai is None or not self.api.openai.enabled:
             return None
         return self.api.openai
+
+    @property
+    def api_routes(self) -> tuple[str, ...]:
+        """The sidecar's enabled route groups (openai, rerank, classify, tei); empty: no sidecar."""
+        if self.api is None:
+            return ()
+        groups = ["openai"] if self.openai is not None else []
+        groups += [name for name in ROUTE_TASKS if getattr(self.api, name)]
+        return tuple(groups)
+
+    @property
+    def api_port(self) -> int:
+        return (
+            self.api.openai.port if self.api is not None and self.api.openai is not None else DEFAULT_API_PORT
+        )
 
     __rules__ = (
         Rule(
@@ -845,6 +896,7 @@ class ModelDeploymentSpec(ApiModel):
             check=lambda s: s.openai is None or s.model.task in OPENAI_TASKS,
             field_path=".api.openai",
         ),
+        *(_route_rule(name, tasks) for name, tasks in ROUTE_TASKS.items()),
     )
 
 
@@ -891,6 +943,17 @@ class Endpoints(ApiModel):
     model_name: str | None = Field(default=None, description="Triton model name to call.")
     openai: str | None = Field(
         default=None, description="Base URL of the OpenAI-compatible API (with spec.api.openai enabled)."
+    )
+    rerank: str | None = Field(
+        default=None,
+        description=(
+            "Base URL of /v1/rerank, /v2/rerank and /v1/score (with spec.api.rerank), e.g. Cohere's base_url."
+        ),
+    )
+    classify: str | None = Field(default=None, description="URL of /v1/classify (with spec.api.classify).")
+    tei: str | None = Field(
+        default=None,
+        description="Base URL of the TEI routes (with spec.api.tei), e.g. InferenceClient's base_url.",
     )
 
 

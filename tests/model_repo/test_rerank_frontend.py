@@ -369,3 +369,45 @@ def test_tei_tokenize_decode_info_and_errors(stack: Stack) -> None:
     assert cut.status_code == 200
     wrong_task = stack.post(MINILM, "/rerank", {"query": "q", "texts": ["d"]})
     assert wrong_task.status_code == 400 and "text-ranking" in wrong_task.json()["error"]
+
+
+def test_modeldeploy_serve_openai_port_serves_rerank_and_prints_a_working_example(tmp_path: Path) -> None:
+    """`--openai-port` lets a second local server run beside one on the default port; the example
+    request `serve` prints for a text-ranking model sends the query too, and works."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from test_generation_serving import wait_for
+
+    checkpoint = make_cross_encoder(tmp_path / "ce")
+    ports = [str(free_port()) for _ in range(4)]
+    command = [
+        str(Path(sys.executable).parent / "modeldeploy"), "serve",
+        "--source", f"file://{checkpoint}", "--model-name", "ranker", "--openai", "--max-batch-size", "2",
+        "--workdir", str(tmp_path / "work"), "--http-port", ports[0], "--grpc-port", ports[1],
+        "--metrics-port", ports[2], "--openai-port", ports[3],
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: b"Ctrl-C to stop" in log.read_bytes() or process.poll() is not None, 300)
+        assert process.poll() is None, log.read_text()
+        text = log.read_text()
+        assert f"OpenAI  http://127.0.0.1:{ports[3]}/v1" in text
+        body = {"model": "ranker", "query": QUERY, "documents": DOCUMENTS[:3]}
+        answer = httpx.post(f"http://127.0.0.1:{ports[3]}/v2/rerank", json=body, timeout=60).json()
+        assert sorted(result["index"] for result in answer["results"]) == [0, 1, 2]
+        example = re.search(r"python - <<'EOF'\n(.*?)\nEOF", text, re.DOTALL)
+        assert example is not None, text
+        ran = subprocess.run(
+            [sys.executable, "-c", example.group(1)], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert "'SCORE'" in ran.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 0, log.read_text()

@@ -116,10 +116,11 @@ def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str)
 
 
 def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str) -> dict[str, Any]:
-    """The OpenAI-compatible sidecar (model_repo/openai_frontend, in the Triton image): it reads the
-    tokenizer from the same repository and calls Triton over gRPC on localhost."""
-    api = md.spec.openai
-    assert api is not None
+    """The API sidecar (model_repo/openai_frontend, in the Triton image) serving the enabled route groups
+    of spec.api: it reads the tokenizer from the same repository and calls Triton over gRPC on localhost."""
+    routes = md.spec.api_routes
+    assert routes
+    port = md.spec.api_port
     return {
         "name": OPENAI_CONTAINER,
         "image": md.spec.triton.image or settings.triton_image,
@@ -129,11 +130,12 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
             f"--model-id={md.metadata.name}",
             f"--triton-grpc=127.0.0.1:{GRPC_PORT}",
             "--host=0.0.0.0",
-            f"--port={api.port}",
+            f"--port={port}",
+            f"--routes={','.join(routes)}",
         ],
         # Only the tokenizer is read from the repository; nothing may be fetched from the hub.
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf-home"}],
-        "ports": [{"name": OPENAI_PORT_NAME, "containerPort": api.port, "protocol": "TCP"}],
+        "ports": [{"name": OPENAI_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         # Ready exactly when Triton and the model are (the sidecar asks Triton over gRPC), so the pod's
         # readiness is Triton's whether or not the API is on.
         "startupProbe": _probe("/health/live", 2, 60, OPENAI_PORT_NAME),
@@ -176,7 +178,7 @@ def build_deployment(md: ModelDeployment, settings: RenderSettings) -> dict[str,
         {
             "containers": [
                 triton_container(md, settings, digest),
-                *([openai_container(md, settings, digest)] if md.spec.openai is not None else []),
+                *([openai_container(md, settings, digest)] if md.spec.api_routes else []),
             ],
             "volumes": volumes,
             "securityContext": pod_security_context(),
