@@ -410,7 +410,7 @@ def create_app(
         return _json(await frontend.chat(request, body))
 
     # Rerank, score and classify (rerank.py) and Hugging Face TEI's routes (tei.py), for the tasks they fit.
-    rerank.register(app, frontend)
+    rerank.register(app, frontend, unless_disconnected)
     tei.register(app, frontend)
 
     @app.get("/health/live")

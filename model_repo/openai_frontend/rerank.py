@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -25,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from . import scoring
 from .model import CLASSIFICATION_TASK, RANKING_TASK
 from .protocol import invalid
+from .scoring import Frontend
 
-if TYPE_CHECKING:
-    from .app import Frontend
+# app.py's unless_disconnected: the work, cancelled if the HTTP client leaves first.
+Guard = Callable[[Request, Awaitable[Any]], Awaitable[Any]]
 
 
 class _Strict(BaseModel):
@@ -184,18 +186,16 @@ RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/v1/score")
 CLASSIFY_PATHS = ("/v1/classify",)
 
 
-def _rerank_route(frontend: Frontend, version: str) -> Any:
+def _rerank_route(frontend: Frontend, version: str, guard: Guard) -> Any:
     async def route(request: Request, body: RerankRequest) -> Response:
-        from .app import unless_disconnected  # app.py registers these routes: imported when called
-
-        return JSONResponse(await unless_disconnected(request, rerank(frontend, body, version)))
+        return JSONResponse(await guard(request, rerank(frontend, body, version)))
 
     return route
 
 
-def register(app: FastAPI, frontend: Frontend) -> None:
+def register(app: FastAPI, frontend: Frontend, guard: Guard) -> None:
     for version in ("v1", "v2"):
-        app.post(f"/{version}/rerank")(_rerank_route(frontend, version))
+        app.post(f"/{version}/rerank")(_rerank_route(frontend, version, guard))
 
     @app.post("/v1/score")
     async def score_route(body: ScoreRequest) -> Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,17 @@ from .protocol import OpenAIError, invalid
 
 Item = TypeVar("Item")
 Array = np.ndarray[Any, Any]
+
+
+class Frontend(Protocol):
+    """What the rerank and TEI routes use of app.py's Frontend (imported from neither side)."""
+
+    model: ServedModel
+    backend: TritonBackend
+
+    def check_model(self, requested: str, task: str, endpoint: str) -> None: ...
+
+    async def embed_texts(self, texts: list[str]) -> Array: ...
 
 
 async def max_batch_size(backend: TritonBackend, model: ServedModel) -> int:

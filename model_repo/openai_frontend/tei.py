@@ -13,7 +13,7 @@ body that does not parse (naming the field), 400 for empty input and 424 when th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -23,9 +23,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 from . import scoring
 from .model import CLASSIFICATION_TASK, EMBEDDING_TASK, RANKING_TASK
 from .protocol import OpenAIError
-
-if TYPE_CHECKING:
-    from .app import Frontend
+from .scoring import Frontend
 
 # Texts one request may carry (TEI's --max-client-batch-size); larger requests are split for Triton.
 MAX_CLIENT_BATCH_SIZE = 1024
