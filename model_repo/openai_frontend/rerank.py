@@ -96,9 +96,9 @@ async def rerank(frontend: Frontend, body: RerankRequest, version: str) -> dict[
         if body.return_documents:
             result["document"] = {"text": documents[index]}
         results.append(result)
-    tokens = frontend.model.count_tokens([body.query] * len(documents)) + frontend.model.count_tokens(
-        documents
-    )
+    # Each pair holds the query: counted once per document, as the model reads it.
+    query_tokens = frontend.model.count_tokens([body.query])
+    tokens = query_tokens * len(documents) + frontend.model.count_tokens(documents)
     return {
         "id": f"rerank-{uuid.uuid4().hex}",
         "model": frontend.model.model_id,
