@@ -20,13 +20,14 @@ RANKING_RUNTIME_FILE = Path(__file__).parent / "runtime" / "ranking.py"
 FILL_MASK_TOP_K = 5
 
 
-def install_runtime(version_dir: Path, generation: bool = False) -> None:
-    """Make `version_dir` a Python model: the runtime as its model.py (and the generation engine)."""
+def install_runtime(version_dir: Path, generation: bool = False, pairs: bool = False) -> None:
+    """Make `version_dir` a Python model: the runtime as its model.py (and the generation engine, or the
+    text-pair helpers of text-classification and text-ranking)."""
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
     if generation:
         shutil.copyfile(GENERATION_RUNTIME_FILE, version_dir / GENERATION_RUNTIME_FILE.name)
-    else:
+    if pairs:
         shutil.copyfile(RANKING_RUNTIME_FILE, version_dir / RANKING_RUNTIME_FILE.name)
 
 

@@ -70,7 +70,8 @@ def write(
     model_dir = repo / options.model_name
     version_dir = model_dir / "1"
     generation = info.task is Task.TEXT_GENERATION
-    python_backend.install_runtime(version_dir, generation=generation)
+    pairs = info.task in (Task.TEXT_CLASSIFICATION, Task.TEXT_RANKING)
+    python_backend.install_runtime(version_dir, generation=generation, pairs=pairs)
     copy_checkpoint(info, version_dir / "checkpoint", model)
     role = "generator" if generation else "encoder"
     parameters = python_backend.runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
