@@ -156,14 +156,14 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from model_repo.build import build_repository
-    from model_repo.options import BuildOptions
+    from model_repo.options import BuildOptions, Task
 
     settings = parse_args(argv)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     checkpoint = make_cross_encoder(settings.workdir / "cross-encoder")
     built = build_repository(
-        BuildOptions(source=f"file://{checkpoint}", model_name="ranker", task=None),
+        BuildOptions(source=f"file://{checkpoint}", model_name="ranker", task=Task.TEXT_RANKING),
         settings.workdir / "ranker-repository",
         force=True,
     )
