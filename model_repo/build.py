@@ -37,7 +37,12 @@ from model_repo.options import (
 )
 from model_repo.output_dir import RECORD_FILE, check_output, key_list, read_record, replace_directory, tree
 from model_repo.progress import BuildProgress, Stage, build_progress
-from model_repo.python_backend import GENERATION_RUNTIME_FILES, RUNTIME_FILE, runtime_parameters
+from model_repo.python_backend import (
+    GENERATION_RUNTIME_FILES,
+    RANKING_RUNTIME_FILE,
+    RUNTIME_FILE,
+    runtime_parameters,
+)
 from model_repo.staging import staging_directory
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -123,6 +128,8 @@ def resolve_format(requested: ModelFormat, task: Task, device: str) -> ModelForm
         raise BuildError("--format vllm needs --device gpu (vLLM's Triton backend runs on GPUs)")
     if requested is ModelFormat.ONNX and task is Task.TEXT_GENERATION:
         raise BuildError("--format onnx covers encoder tasks only; text-generation uses python or vllm")
+    if requested is ModelFormat.ONNX and task is Task.TEXT_RANKING:
+        raise BuildError("--format onnx does not cover text-ranking yet; use python (the default)")
     return requested
 
 
@@ -158,6 +165,7 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
         "builder": __version__,
         "runtime": _sha256(RUNTIME_FILE),
         "generation_runtime": [_sha256(path) for path in GENERATION_RUNTIME_FILES],
+        "ranking_runtime": _sha256(RANKING_RUNTIME_FILE),
         "revision": fetched.revision or options.revision,
         "options": {
             key: (value.value if hasattr(value, "value") else value) for key, value in relevant.items()
@@ -189,6 +197,7 @@ def load_model(info: CheckpointInfo, trust_remote_code: bool) -> tuple[Any, dict
 
     auto_class = {
         Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
+        Task.TEXT_RANKING: transformers.AutoModelForSequenceClassification,
         Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
         Task.FEATURE_EXTRACTION: transformers.AutoModel,
         Task.FILL_MASK: transformers.AutoModelForMaskedLM,
@@ -220,6 +229,11 @@ def _supported_tasks(info: CheckpointInfo, trained_for: Task | None) -> list[Tas
     # serves, and the dropped MLM head is not a task's head.
     if trained_for is Task.FILL_MASK or info.sentence_transformers is not None:
         tasks.append(Task.FEATURE_EXTRACTION)
+    # One head, two readings: a classifier of (pairs of) texts, or a cross-encoder scoring pairs.
+    if trained_for is Task.TEXT_CLASSIFICATION:
+        tasks.append(Task.TEXT_RANKING)
+    if trained_for is Task.TEXT_RANKING:
+        tasks.append(Task.TEXT_CLASSIFICATION)
     return tasks
 
 
@@ -228,6 +242,8 @@ def check_task_fits(info: CheckpointInfo, loading: dict[str, Any] | None, allow_
     random, or a checkpoint whose architectures (and unexpected head weights) say it was trained for
     another task. Serving either gives confident garbage; `allow_new_head` builds it anyway."""
     trained_for = None if info.needs_remote_code else task_of_architectures(info.architectures)
+    if info.cross_encoder:
+        trained_for = Task.TEXT_RANKING
     if info.sentence_transformers is not None and info.task is Task.FEATURE_EXTRACTION:
         trained_for = Task.FEATURE_EXTRACTION
     supported = _supported_tasks(info, trained_for)
@@ -303,6 +319,11 @@ def _inspect(options: BuildOptions, fetched: FetchedCheckpoint, progress: BuildP
     info = inspect_checkpoint(fetched.path, fetched.files, options.task, options.trust_remote_code)
     model_format = resolve_format(options.format, info.task, options.device)
     dtype = resolve_dtype(options.dtype, options.device, model_format)
+    if info.task is Task.TEXT_RANKING and needs_gate(options.quantization, dtype):
+        raise BuildError(
+            "text-ranking has no accuracy gate yet, so it is served in float32 or float16 only: "
+            f"not quantization {options.quantization.value} / dtype {dtype}"
+        )
     if options.response_cache and info.task is Task.TEXT_GENERATION:
         raise BuildError("--response-cache cannot be used with text-generation: streaming models can't cache")
     digest = compute_digest(fetched, options)

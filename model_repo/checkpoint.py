@@ -49,6 +49,16 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 _SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+# Activations sentence-transformers' CrossEncoder may save (by the torch class's import path), as the
+# runtime names them. Its default without one: sigmoid for a single logit, identity otherwise.
+CROSS_ENCODER_ACTIVATIONS: dict[str, str] = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.Identity": "identity",
+    "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.Tanh": "tanh",
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,10 @@ class CheckpointInfo:
     max_positions: int | None = None
     hidden_size: int | None = None
     problem_type: str | None = field(default=None)
+    # text-ranking: the activation applied to the single logit ("sigmoid", "identity", "tanh").
+    ranking_activation: str | None = None
+    # A sentence-transformers CrossEncoder checkpoint (its files say it was saved as one).
+    cross_encoder: bool = False
 
 
 def _mapping(task: Task) -> dict[str, Any]:
@@ -87,7 +101,49 @@ def _class_names(value: Any) -> set[str]:
 
 
 def tasks_for_model_type(model_type: str) -> list[Task]:
-    return [task for task in _INFERENCE_ORDER if model_type in _mapping(task)]
+    tasks = [task for task in _INFERENCE_ORDER if model_type in _mapping(task)]
+    return _with_ranking(tasks)
+
+
+def _with_ranking(tasks: list[Task]) -> list[Task]:
+    """A sequence-classification head can score text pairs: text-ranking comes with text-classification."""
+    if Task.TEXT_CLASSIFICATION in tasks:
+        tasks.insert(tasks.index(Task.TEXT_CLASSIFICATION) + 1, Task.TEXT_RANKING)
+    return tasks
+
+
+def cross_encoder_activation_path(root: Path, files: tuple[str, ...], config: dict[str, Any]) -> str | None:
+    """The activation a sentence-transformers CrossEncoder checkpoint names ("" for its default); None
+    when the checkpoint was not saved as a CrossEncoder. Versions >= 5 write config_sentence_transformers.json
+    with model_type CrossEncoder, 4.x wrote config.json's `sentence_transformers`, older ones
+    `sbert_ce_default_activation_function`."""
+    if "config_sentence_transformers.json" in files:
+        name = "config_sentence_transformers.json"
+        st_config = _read_json(root / name, name)
+        if isinstance(st_config, dict) and st_config.get("model_type") == "CrossEncoder":
+            return str(st_config.get("activation_fn") or "")
+    nested = config.get("sentence_transformers")
+    if isinstance(nested, dict) and "activation_fn" in nested:
+        return str(nested.get("activation_fn") or "")
+    if config.get("sbert_ce_default_activation_function"):
+        return str(config["sbert_ce_default_activation_function"])
+    return None
+
+
+def _ranking_activation(path: str | None, num_labels: int) -> str:
+    if num_labels != 1:
+        raise BuildError(
+            f"text-ranking needs a single relevance logit (num_labels 1); this checkpoint has {num_labels} "
+            "labels: serve it as text-classification (which also accepts text pairs)"
+        )
+    if not path:
+        return "sigmoid"
+    if path not in CROSS_ENCODER_ACTIVATIONS:
+        raise BuildError(
+            f"the CrossEncoder activation {path!r} is not supported; supported: "
+            f"{', '.join(sorted(CROSS_ENCODER_ACTIVATIONS))}"
+        )
+    return CROSS_ENCODER_ACTIVATIONS[path]
 
 
 def task_of_architectures(architectures: tuple[str, ...]) -> Task | None:
@@ -203,10 +259,14 @@ def inspect_checkpoint(
     else:
         raise BuildError("no weights in the checkpoint: expected *.safetensors or pytorch_model*.bin")
 
-    st_info = _sentence_transformers(root, files)
+    activation_path = cross_encoder_activation_path(root, files, config)
+    cross_encoder = activation_path is not None
+    # A CrossEncoder's modules.json describes its scoring pipeline, not an embedding one.
+    st_info = None if cross_encoder else _sentence_transformers(root, files)
     if needs_remote_code:
-        supported = [t for key, t in _AUTO_MAP_TASKS.items() if key in auto_map]
-        resolved = task or (Task.FEATURE_EXTRACTION if st_info else (supported[0] if supported else None))
+        supported = _with_ranking([t for key, t in _AUTO_MAP_TASKS.items() if key in auto_map])
+        default = Task.TEXT_RANKING if cross_encoder else (supported[0] if supported else None)
+        resolved = task or (Task.FEATURE_EXTRACTION if st_info else default)
         if resolved is None or resolved not in supported:
             raise BuildError(
                 f"task {resolved or '(none)'} is not provided by this checkpoint's code; "
@@ -216,6 +276,8 @@ def inspect_checkpoint(
         supported = tasks_for_model_type(model_type)
         if task is not None:
             resolved = task
+        elif cross_encoder:
+            resolved = Task.TEXT_RANKING
         elif st_info is not None:
             resolved = Task.FEATURE_EXTRACTION
         else:
@@ -245,6 +307,12 @@ def inspect_checkpoint(
             raise BuildError("config.json id2label must number labels 0..N-1 without gaps")
         labels = tuple(value for _, value in ordered)
 
+    ranking_activation = None
+    if resolved is Task.TEXT_RANKING:
+        id2label = config.get("id2label")
+        num_labels = len(id2label) if isinstance(id2label, dict) and id2label else config.get("num_labels", 2)
+        ranking_activation = _ranking_activation(activation_path, int(num_labels))
+
     max_positions = None
     for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"):
         if isinstance(config.get(key), int) and config[key] > 0:
@@ -265,6 +333,8 @@ def inspect_checkpoint(
         max_positions=max_positions,
         hidden_size=int(hidden) if isinstance(hidden, int) else None,
         problem_type=config.get("problem_type"),
+        ranking_activation=ranking_activation,
+        cross_encoder=cross_encoder,
     )
 
 

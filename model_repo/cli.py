@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from model_repo.errors import BuildError
+from model_repo.openai_local import DEFAULT_LOCAL_PORT
 from model_repo.options import (
     BUILD_FLAGS,
     MAX_BATCH_SIZE_LIMIT,
@@ -351,19 +352,31 @@ def example_requests(result: BuildResult, http_url: str, grpc_url: str) -> str:
             "EOF"
         )
     sample = "Triton serves this model."
+    query = ""
+    if result.task is Task.TEXT_RANKING:
+        # A cross-encoder scores a (QUERY, TEXT) pair per batch item.
+        query = (
+            '{"name": "QUERY", "shape": [1, 1], "datatype": "BYTES", "data": ["what does Triton serve?"]}, '
+        )
     if result.task is Task.FILL_MASK:
         sample = f"Paris is the {record.get('mask_token') or '[MASK]'} of France."
     return (
         f"curl -s -X POST http://{http_url}/v2/models/{name}/infer -H 'Content-Type: application/json' "
-        f'-d \'{{"inputs": [{{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", '
+        f'-d \'{{"inputs": [{query}{{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", '
         f'"data": ["{sample}"]}}]}}\'\n\n'
         "python - <<'EOF'\n"
         "import numpy as np, tritonclient.http as h\n"
         f'c = h.InferenceServerClient("{http_url}")\n'
         't = h.InferInput("TEXT", [1, 1], "BYTES")\n'
         f't.set_data_from_numpy(np.array([[b"{sample}"]], dtype=object))\n'
-        f'r = c.infer("{name}", [t])\n'
-        'print({o["name"]: r.as_numpy(o["name"]).tolist() for o in r.get_response()["outputs"]})\n'
+        + (
+            'q = h.InferInput("QUERY", [1, 1], "BYTES")\n'
+            'q.set_data_from_numpy(np.array([[b"what does Triton serve?"]], dtype=object))\n'
+            f'r = c.infer("{name}", [q, t])\n'
+            if query
+            else f'r = c.infer("{name}", [t])\n'
+        )
+        + 'print({o["name"]: r.as_numpy(o["name"]).tolist() for o in r.get_response()["outputs"]})\n'
         "EOF"
     )
 
@@ -416,7 +429,8 @@ def serve(
         bool,
         typer.Option(
             "--openai",
-            help="Also serve the OpenAI-compatible API (embeddings, completions, chat) on port 9000.",
+            help="Also serve the sidecar's APIs (OpenAI-compatible embeddings, completions, chat; rerank, "
+            "score, classify; TEI's routes) on --openai-port.",
         ),
     ] = False,
     api_key: Annotated[
@@ -430,6 +444,12 @@ def serve(
             ),
         ),
     ] = None,
+    openai_port: Annotated[
+        int,
+        typer.Option(
+            "--openai-port", min=1, max=65535, help="Port of the --openai API (two local servers need two)."
+        ),
+    ] = DEFAULT_LOCAL_PORT,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C (several --source: each
     model built into its own repository, all loaded into one server in explicit model-control mode)."""
@@ -476,7 +496,7 @@ def serve(
         host="127.0.0.1",
     )
     frontend = openai_frontend_for(
-        results[0].path, server.grpc_url, base, enabled=openai, api_keys=api_key or []
+        results[0].path, server.grpc_url, base, enabled=openai, api_keys=api_key or [], port=openai_port
     )
     try:
         _progress(f"starting tritonserver (log: {server.log_path})")

@@ -122,6 +122,8 @@ def task_outputs(task: Task, num_labels: int, hidden_size: int, top_k: int) -> l
             Tensor("SCORE", "TYPE_FP32", (1,)),
             Tensor("SCORES", "TYPE_FP32", (num_labels,)),
         ]
+    if task is Task.TEXT_RANKING:
+        return [Tensor("SCORE", "TYPE_FP32", (1,))]
     if task is Task.TOKEN_CLASSIFICATION:
         return [Tensor("ENTITIES", "TYPE_STRING", (1,))]
     if task is Task.FEATURE_EXTRACTION:
@@ -129,6 +131,17 @@ def task_outputs(task: Task, num_labels: int, hidden_size: int, top_k: int) -> l
     if task is Task.FILL_MASK:
         return [Tensor("TOKENS", "TYPE_STRING", (top_k,)), Tensor("SCORES", "TYPE_FP32", (top_k,))]
     return list(GENERATION_OUTPUTS)
+
+
+def encoder_inputs(task: Task) -> list[Tensor]:
+    """The python format's inputs per encoder task: one text per batch item, or a pair of texts (a
+    cross-encoder's query and text; a classifier's optional second text, as NLI checkpoints take)."""
+    if task is Task.TEXT_RANKING:
+        return [Tensor("QUERY", "TYPE_STRING", (1,)), Tensor("TEXT", "TYPE_STRING", (1,))]
+    text = Tensor("TEXT", "TYPE_STRING", (1,))
+    if task is Task.TEXT_CLASSIFICATION:
+        return [text, Tensor("TEXT_PAIR", "TYPE_STRING", (1,), optional=True)]
+    return [text]
 
 
 # Triton's LLM convention (vLLM backend, OpenAI frontend, GenAI-Perf): one contract for every format.

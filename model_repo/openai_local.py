@@ -114,15 +114,21 @@ def write_api_keys(directory: Path, keys: Sequence[str]) -> Path:
 
 
 def openai_frontend_for(
-    repository: Path, triton_grpc: str, workdir: Path, *, enabled: bool, api_keys: Sequence[str] = ()
+    repository: Path,
+    triton_grpc: str,
+    workdir: Path,
+    *,
+    enabled: bool,
+    api_keys: Sequence[str] = (),
+    port: int = DEFAULT_LOCAL_PORT,
 ) -> LocalFrontend:
-    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on port 9000;
+    """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on `port`;
     with `api_keys`, only requests carrying one of them are served."""
     keys_dir = write_api_keys(workdir / "api-keys", api_keys) if enabled and api_keys else None
     return LocalFrontend(
         repository,
         triton_grpc,
-        DEFAULT_LOCAL_PORT,
+        port,
         log_path=workdir / "openai-frontend.log",
         ready_timeout_s=600,
         enabled=enabled,

@@ -13,6 +13,8 @@ Progress = Callable[[str], None]
 
 class Task(StrEnum):
     TEXT_CLASSIFICATION = "text-classification"
+    # A cross-encoder: a sequence-classification head with one logit scoring (query, text) pairs.
+    TEXT_RANKING = "text-ranking"
     TOKEN_CLASSIFICATION = "token-classification"
     FEATURE_EXTRACTION = "feature-extraction"
     FILL_MASK = "fill-mask"

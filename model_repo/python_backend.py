@@ -19,16 +19,21 @@ GENERATION_RUNTIME_FILES = tuple(
     Path(__file__).parent / "runtime" / name
     for name in ("generation.py", "request_parsing.py", "decoding.py", "hf_adapter.py")
 )
+# Text pairs and cross-encoder scores, which model.py loads for the encoder tasks (copied next to it).
+RANKING_RUNTIME_FILE = Path(__file__).parent / "runtime" / "ranking.py"
 FILL_MASK_TOP_K = 5
 
 
-def install_runtime(version_dir: Path, generation: bool = False) -> None:
-    """Make `version_dir` a Python model: the runtime as its model.py (and the generation engine)."""
+def install_runtime(version_dir: Path, generation: bool = False, pairs: bool = False) -> None:
+    """Make `version_dir` a Python model: the runtime as its model.py (and the generation engine, or the
+    text-pair helpers of text-classification and text-ranking)."""
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
     if generation:
         for source in GENERATION_RUNTIME_FILES:
             shutil.copyfile(source, version_dir / source.name)
+    if pairs:
+        shutil.copyfile(RANKING_RUNTIME_FILE, version_dir / RANKING_RUNTIME_FILE.name)
 
 
 def runtime_parameters(
@@ -51,6 +56,8 @@ def runtime_parameters(
         st = info.sentence_transformers
         params["pooling"] = st.pooling if st else "cls"
         params["normalize"] = "true" if st and st.normalize else "false"
+    if info.ranking_activation:
+        params["ranking_activation"] = info.ranking_activation
     if info.task is Task.FILL_MASK:
         params["top_k"] = str(FILL_MASK_TOP_K)
     return params

@@ -9,7 +9,13 @@ from typing import Any
 
 from model_repo import python_backend
 from model_repo.checkpoint import CheckpointInfo, PreparedCheckpoint, copy_checkpoint
-from model_repo.configs import GENERATION_INPUTS, ModelConfigSpec, Tensor, Warmup, task_outputs
+from model_repo.configs import (
+    GENERATION_INPUTS,
+    ModelConfigSpec,
+    Warmup,
+    encoder_inputs,
+    task_outputs,
+)
 from model_repo.errors import BuildError
 from model_repo.options import BuildOptions, Task
 
@@ -17,6 +23,7 @@ DEFAULT_MAX_TOKENS = 64
 # Requests that may wait for a sequence slot, per slot, before new ones are refused as UNAVAILABLE.
 QUEUED_PER_SEQUENCE = 4
 WARMUP_TEXT = "Triton warms this model up so that the first real request is not the slow one."
+WARMUP_QUERY = "what does Triton warm up?"
 
 
 def kv_bytes_per_token(model: Any, dtype: str) -> int:
@@ -63,7 +70,8 @@ def write(
     model_dir = repo / options.model_name
     version_dir = model_dir / "1"
     generation = info.task is Task.TEXT_GENERATION
-    python_backend.install_runtime(version_dir, generation=generation)
+    pairs = info.task in (Task.TEXT_CLASSIFICATION, Task.TEXT_RANKING)
+    python_backend.install_runtime(version_dir, generation=generation, pairs=pairs)
     copy_checkpoint(info, version_dir / "checkpoint", model)
     role = "generator" if generation else "encoder"
     parameters = python_backend.runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
@@ -99,14 +107,18 @@ def write(
             ],
         )
     else:
-        warmups = [Warmup("single", 1, {"TEXT": text_input})]
+        warmup_inputs = {"TEXT": text_input}
+        if info.task is Task.TEXT_RANKING:
+            python_backend.write_string_warmup(model_dir / "warmup" / "QUERY", WARMUP_QUERY)
+            warmup_inputs["QUERY"] = python_backend.string_warmup_input("QUERY")
+        warmups = [Warmup("single", 1, warmup_inputs)]
         if options.batching().max_batch_size > 1:
-            warmups.append(Warmup("full_batch", options.batching().max_batch_size, {"TEXT": text_input}))
+            warmups.append(Warmup("full_batch", options.batching().max_batch_size, warmup_inputs))
         spec = ModelConfigSpec(
             name=options.model_name,
             backend="python",
             max_batch_size=options.batching().max_batch_size,
-            inputs=[Tensor("TEXT", "TYPE_STRING", (1,))],
+            inputs=encoder_inputs(info.task),
             outputs=task_outputs(
                 info.task, len(info.labels), prepared.hidden_size, python_backend.FILL_MASK_TOP_K
             ),

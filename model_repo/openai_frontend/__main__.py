@@ -28,6 +28,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--routes",
+        default="openai,rerank,classify,tei",
+        help="Route groups to serve, comma-separated (spec.api): openai, rerank, classify, tei.",
+    )
     return parser.parse_args(argv)
 
 
@@ -35,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import uvicorn
 
-    from .app import create_app
+    from .app import ROUTE_GROUPS, create_app
     from .backend import TritonBackend
     from .model import RepositoryError, ServedModel
 
@@ -44,7 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RepositoryError as exc:
         print(f"openai_frontend: error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(model, TritonBackend(args.triton_grpc), api_keys=args.api_keys_dir)
+    routes = [group.strip() for group in args.routes.split(",") if group.strip()]
+    unknown = sorted(set(routes) - set(ROUTE_GROUPS))
+    if unknown:
+        print(
+            f"openai_frontend: error: unknown route groups {unknown}; known: {sorted(ROUTE_GROUPS)}",
+            file=sys.stderr,
+        )
+        return 2
+    app = create_app(model, TritonBackend(args.triton_grpc), routes, api_keys=args.api_keys_dir)
     print(
         f"openai_frontend: serving {model.model_id} ({model.task}, Triton model {model.triton_name}) "
         f"on http://{args.host}:{args.port}/v1 via Triton gRPC {args.triton_grpc}"

@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import rerank, scoring, tei
 from .auth import require_api_keys
 from .backend import Piece, TritonBackend
 from .model import EMBEDDING_TASK, GENERATION_TASK, ServedModel
@@ -150,17 +151,7 @@ class Frontend:
 
     async def embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
         self.check_model(body.model, EMBEDDING_TASK, "/v1/embeddings")
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts:
-            raise invalid("input must not be empty", "input")
-        if not all(isinstance(text, str) for text in texts):
-            raise invalid(
-                "input must be a string or a list of strings (token arrays are not supported)", "input"
-            )
-        strings: list[str] = [str(text) for text in texts]
-        for index, text in enumerate(strings):
-            if not text.strip():
-                raise invalid(f"input[{index}] must be non-empty text", "input")
+        strings = self.embedding_texts(body.input)
         config = await self.backend.config(self.model.triton_name)
         output = next((o for o in config.output if o.name == "EMBEDDING"), None)
         dims = int(output.dims[-1]) if output is not None else None
@@ -170,10 +161,7 @@ class Frontend:
                 f"{dims}-dimensional embeddings and cannot shorten them (omit dimensions or pass {dims})",
                 "dimensions",
             )
-        batch = max(1, int(config.max_batch_size))
-        chunks = [strings[start : start + batch] for start in range(0, len(strings), batch)]
-        parts = await asyncio.gather(*(self.backend.embed(self.model.triton_name, chunk) for chunk in chunks))
-        vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        vectors = await self.embed_texts(strings)
         tokens = self.model.count_tokens(strings)
         data = []
         for index, vector in enumerate(vectors):
@@ -188,6 +176,28 @@ class Frontend:
             "model": self.model.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    def embedding_texts(self, value: str | list[str] | list[int] | list[list[int]]) -> list[str]:
+        """The texts of an embeddings `input`: a string, strings, or token arrays (one or several)."""
+        items: list[Any] = [value] if isinstance(value, str) else list(value)
+        if not items:
+            raise invalid("input must not be empty", "input")
+        if all(isinstance(item, int) for item in items):
+            return scoring.texts_of_token_arrays(self.model, [items], "input", invalid)
+        if all(isinstance(item, list) for item in items):
+            return scoring.texts_of_token_arrays(self.model, items, "input", invalid)
+        strings = [str(item) for item in items]
+        scoring.check_texts(strings, "input", invalid)
+        return strings
+
+    async def embed_texts(self, texts: list[str]) -> np.ndarray[Any, Any]:
+        """[len(texts), dims] embeddings, in requests within the model's max batch size."""
+        batch = await scoring.max_batch_size(self.backend, self.model)
+
+        async def run(part: Sequence[str]) -> np.ndarray[Any, Any]:
+            return await self.backend.embed(self.model.triton_name, list(part))
+
+        return await scoring.in_batches(texts, batch, run)
 
     # -- generation ------------------------------------------------------------------------------------
 
@@ -360,8 +370,23 @@ class Frontend:
         return _completion(ident, "chat.completion", created, body.model, [choice], usage)
 
 
-def create_app(model: ServedModel, backend: TritonBackend, api_keys: Path | None = None) -> FastAPI:
-    """The app; with `api_keys` (a directory of key files) every route but the health checks needs one."""
+# The route groups spec.api enables (`--routes`); /v1/models and the health routes are always served.
+ROUTE_GROUPS: dict[str, tuple[str, ...]] = {
+    "openai": ("/v1/embeddings", "/v1/completions", "/v1/chat/completions"),
+    "rerank": rerank.RERANK_PATHS,
+    "classify": rerank.CLASSIFY_PATHS,
+    "tei": tei.PATHS,
+}
+
+
+def create_app(
+    model: ServedModel,
+    backend: TritonBackend,
+    routes: Collection[str] = tuple(ROUTE_GROUPS),
+    api_keys: Path | None = None,
+) -> FastAPI:
+    """The app serving the route groups in `routes`; with `api_keys` (a directory of key files) every route
+    but the health checks needs one."""
     frontend = Frontend(model, backend)
 
     @contextlib.asynccontextmanager
@@ -422,6 +447,10 @@ def create_app(model: ServedModel, backend: TritonBackend, api_keys: Path | None
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         return _json(await frontend.chat(request, body))
 
+    # Rerank, score and classify (rerank.py) and Hugging Face TEI's routes (tei.py), for the tasks they fit.
+    rerank.register(app, frontend, unless_disconnected)
+    tei.register(app, frontend)
+
     @app.get("/health/live")
     async def live() -> dict[str, str]:
         return {"status": "live"}
@@ -433,4 +462,8 @@ def create_app(model: ServedModel, backend: TritonBackend, api_keys: Path | None
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "triton not ready"}, status_code=503)
 
+    disabled = {path for group, paths in ROUTE_GROUPS.items() if group not in routes for path in paths}
+    app.router.routes[:] = [
+        route for route in app.router.routes if getattr(route, "path", None) not in disabled
+    ]
     return app

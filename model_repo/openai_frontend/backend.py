@@ -158,6 +158,24 @@ class TritonBackend:
         result: np.ndarray[Any, Any] = InferResult(response).as_numpy(output)
         return result.astype(np.float32, copy=False)
 
+    async def infer_texts(
+        self, model: str, inputs: dict[str, list[str]], outputs: list[str]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """One batched request whose inputs are texts, one per batch item (the caller keeps within
+        max_batch_size); returns the named outputs."""
+        request = service_pb2.ModelInferRequest(model_name=model)
+        for name, texts in inputs.items():
+            array = np.array([[text.encode("utf-8")] for text in texts], dtype=np.object_)
+            _add_input(request, name, array, "BYTES")
+        for name in outputs:
+            request.outputs.add().name = name
+        try:
+            response = await self._stub.ModelInfer(request)
+        except grpc.aio.AioRpcError as exc:
+            raise triton_error(exc.details() or str(exc), exc.code()) from exc
+        result = InferResult(response)
+        return {name: result.as_numpy(name) for name in outputs}
+
     async def generate(
         self, model: str, prompt: str, stream: bool, sampling: dict[str, Any]
     ) -> AsyncGenerator[Piece, None]:

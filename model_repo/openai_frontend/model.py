@@ -19,7 +19,9 @@ from .protocol import ChatMessage, invalid
 RECORD_FILE = "modeldeploy.json"
 EMBEDDING_TASK = "feature-extraction"
 GENERATION_TASK = "text-generation"
-TASKS = (EMBEDDING_TASK, GENERATION_TASK)
+RANKING_TASK = "text-ranking"
+CLASSIFICATION_TASK = "text-classification"
+TASKS = (EMBEDDING_TASK, GENERATION_TASK, RANKING_TASK, CLASSIFICATION_TASK)
 _TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
 
 
@@ -49,6 +51,7 @@ class ServedModel:
     max_sequence_length: int
     tokenizer: Any
     created: int
+    labels: tuple[str, ...] = ()  # text-classification: the checkpoint's id2label, in id order
 
     @classmethod
     def load(cls, repository: Path, model_id: str | None = None) -> ServedModel:
@@ -58,9 +61,7 @@ class ServedModel:
             raise RepositoryError(f"{repository} holds no readable {RECORD_FILE}: {exc}") from exc
         task = str(record["task"])
         if task not in TASKS:
-            raise RepositoryError(
-                f"the OpenAI API serves {' and '.join(TASKS)} models; this repository is {task}"
-            )
+            raise RepositoryError(f"the frontend serves {', '.join(TASKS)} models; this repository is {task}")
         from transformers import AutoTokenizer
 
         name = str(record["model_name"])
@@ -76,6 +77,7 @@ class ServedModel:
             max_sequence_length=int(record.get("max_sequence_length") or 0),
             tokenizer=tokenizer,
             created=created or int(time.time()),
+            labels=tuple(str(label) for label in record.get("labels") or ()),
         )
 
     def count_tokens(self, texts: list[str]) -> int:
@@ -83,6 +85,9 @@ class ServedModel:
         limit = self.max_sequence_length or None
         encoded = self.tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]
         return sum(len(ids) for ids in encoded)
+
+    def vocabulary_size(self) -> int:
+        return len(self.tokenizer)
 
     def render_chat(self, messages: list[ChatMessage]) -> str:
         """The prompt for a chat: the checkpoint's chat template with the generation prompt appended."""

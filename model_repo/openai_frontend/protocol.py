@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 
 class OpenAIError(Exception):
@@ -124,7 +124,8 @@ class ChatCompletionRequest(GenerationRequest):
 
 
 class EmbeddingRequest(_Request):
-    input: str | list[str] | list[int] | list[list[int]]
+    # Strict: a list mixing strings and token ids is refused, not coerced.
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None

@@ -3,8 +3,10 @@
 The builder copies this one file into every Python model of a generated repository as `model.py`; the
 model's `config.pbtxt` parameter `role` picks, once at load, the class that serves it:
 
-- `EncoderRole` (`encoder`): tokenizer + forward pass + post-processing for text-classification,
-  token-classification, feature-extraction and fill-mask (the `python` format);
+- `EncoderRole` (`encoder`): tokenizer + forward pass + post-processing for text-classification (with an
+  optional TEXT_PAIR), text-ranking (QUERY + TEXT -> SCORE), token-classification, feature-extraction and
+  fill-mask (the `python` format; text pairs and cross-encoder scores are in ranking.py, copied next to
+  this file for the two pair tasks);
 - `GeneratorFront` (`generator`): decoupled text generation with continuous batching (the engine is in
   generation.py, copied next to this file);
 - `OnnxTokenizerRole` / `OnnxPostprocessRole` (`tokenizer` / `postprocess`): the two Python halves around an
@@ -39,7 +41,13 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
     pb_utils = None
 
 Array = NDArray[Any]
-ENCODER_TASKS = ("text-classification", "token-classification", "feature-extraction", "fill-mask")
+ENCODER_TASKS = (
+    "text-classification",
+    "text-ranking",
+    "token-classification",
+    "feature-extraction",
+    "fill-mask",
+)
 # Sequence lengths in the ONNX path are rounded up to this so that consecutive tokenizer batches
 # produce few distinct shapes, which Triton's dynamic batcher in front of the ONNX model can merge.
 ONNX_LENGTH_QUANTUM = 16
@@ -338,6 +346,17 @@ def _decode_texts(request: Any, name: str) -> list[str]:
     return texts
 
 
+def _optional_texts(request: Any) -> Any:
+    """`name` -> that input's texts, or None if the request does not send it."""
+
+    def texts_of(name: str) -> list[str] | None:
+        if pb_utils.get_input_tensor_by_name(request, name) is None:
+            return None
+        return _decode_texts(request, name)
+
+    return texts_of
+
+
 def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as handle:
@@ -366,18 +385,25 @@ def _response(outputs: dict[str, Array], first: int, count: int) -> Any:
     )
 
 
-def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
-    """The continuous-batching engine of generation.py, loaded by path: Triton imports model.py as a file,
-    not as part of a package."""
+def _load_sibling(file_name: str) -> Any:
+    """A runtime module copied next to this file, loaded by path: Triton imports model.py as a file, not
+    as part of a package."""
     import importlib.util
 
+    name = "modeldeploy_" + file_name.removesuffix(".py")
     spec = importlib.util.spec_from_file_location(
-        "modeldeploy_generation", os.path.join(os.path.dirname(os.path.abspath(__file__)), "generation.py")
+        name, os.path.join(os.path.dirname(os.path.abspath(__file__)), file_name)
     )
     assert spec is not None and spec.loader is not None
-    generation = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = generation  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(generation)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
+    """The continuous-batching engine of generation.py."""
+    generation = _load_sibling("generation.py")
     params = runtime.params
     name = runtime.model_config.get("name", "model")
     metrics = generation.GenerationMetrics(name, args.get("model_version", "1")) if pb_utils else None
@@ -394,19 +420,22 @@ def _start_generation(runtime: Any, args: dict[str, str]) -> Any:
     )
 
 
+def tokenizer_options(tokenizer: Any, max_length: int, offsets: bool) -> dict[str, Any]:
+    """How the encoder and the ONNX tokenizer call the tokenizer (texts alone or in pairs): unpadded (the
+    encoder pads per forward pass, the ONNX tokenizer to a length quantum), truncated to `max_length`."""
+    return {
+        "max_length": max_length,
+        "padding": False,
+        "return_attention_mask": False,
+        "return_token_type_ids": "token_type_ids" in tokenizer.model_input_names,
+        "return_offsets_mapping": offsets,
+        "return_special_tokens_mask": offsets,
+    }
+
+
 def tokenize_texts(tokenizer: Any, texts: list[str], max_length: int, offsets: bool) -> Any:
-    """The one place the encoder and the ONNX tokenizer turn texts into token ids: truncated, unpadded
-    (the encoder pads per forward pass, the ONNX tokenizer to a length quantum)."""
-    return tokenizer(
-        texts,
-        truncation=True,
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=False,
-        return_token_type_ids="token_type_ids" in tokenizer.model_input_names,
-        return_offsets_mapping=offsets,
-        return_special_tokens_mask=offsets,
-    )
+    """The one place the encoder and the ONNX tokenizer turn single texts into token ids."""
+    return tokenizer(texts, truncation=True, **tokenizer_options(tokenizer, max_length, offsets))
 
 
 class Settings:
@@ -427,6 +456,7 @@ class Settings:
         self.normalize = self.params.get("normalize", "false") == "true"
         self.top_k = int(self.params.get("top_k", "5"))
         self.multi_label = self.params.get("problem_type") == "multi_label_classification"
+        self.ranking_activation = self.params.get("ranking_activation", "sigmoid")
         self.max_batch = max(1, int(self.model_config.get("max_batch_size", 1)))
         self.trust = self.params.get("trust_remote_code", "false") == "true"
         if args.get("model_instance_kind") == "GPU":
@@ -472,6 +502,7 @@ def load_model(settings: Settings) -> Any:
 
     auto_class = {
         "text-classification": transformers.AutoModelForSequenceClassification,
+        "text-ranking": transformers.AutoModelForSequenceClassification,
         "token-classification": transformers.AutoModelForTokenClassification,
         "feature-extraction": transformers.AutoModel,
         "fill-mask": transformers.AutoModelForMaskedLM,
@@ -507,6 +538,9 @@ class TaskOutputs:
         count = len(names)
         return {"LABEL": _string_array(names, (count, 1)), "SCORE": best.reshape(count, 1), "SCORES": scores}
 
+    def ranking(self, relevance: Array) -> dict[str, Array]:
+        return {"SCORE": np.ascontiguousarray(relevance, dtype=np.float32).reshape(-1, 1)}
+
     def embeddings(self, pooled: Array) -> dict[str, Array]:
         return {"EMBEDDING": np.ascontiguousarray(pooled, dtype=np.float32)}
 
@@ -541,21 +575,28 @@ def _scatter(batch: dict[str, Array], rows: list[int], part: dict[str, Array], t
 
 
 class DecodedRequests:
-    """The texts of a batch of requests, which request owns which, and the responses so far (a request
-    with a bad input already has its error)."""
+    """The texts of a batch of requests (with each text's other text where the task takes pairs), which
+    request owns which, and the responses so far (a request with a bad input already has its error)."""
 
-    def __init__(self, requests: list[Any]) -> None:
+    def __init__(self, requests: list[Any], pairs: Any = None, task: str = "") -> None:
         self.responses: list[Any] = [None] * len(requests)
         self.texts: list[str] = []
+        self.pairs: list[str | None] = []  # each text's other text (ranking.py), None where it has none
         self.owners: list[tuple[int, int, int]] = []  # request index, first text, text count
         for index, request in enumerate(requests):
             try:
                 request_texts = _decode_texts(request, "TEXT")
+                request_pairs: list[str | None] = [None] * len(request_texts)
+                if pairs is not None:
+                    request_pairs = pairs.read_pairs(
+                        task, len(request_texts), _optional_texts(request), RequestError
+                    )
             except RequestError as exc:
                 self.responses[index] = _error_response(str(exc))
                 continue
             self.owners.append((index, len(self.texts), len(request_texts)))
             self.texts.extend(request_texts)
+            self.pairs.extend(request_pairs)
 
     def fail_unanswered(self, message: str) -> None:
         for index, _, _ in self.owners:
@@ -573,6 +614,10 @@ class EncoderRole:
         self.settings = settings
         self.device = settings.device
         self.model = load_model(settings)
+        # Text pairs and cross-encoder scores (ranking.py, copied beside this file for these tasks).
+        self.pairs: Any = None
+        if settings.task in ("text-classification", "text-ranking"):
+            self.pairs = _load_sibling("ranking.py")
         self.input_names = [
             name
             for name in settings.tokenizer.model_input_names
@@ -587,11 +632,11 @@ class EncoderRole:
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        batch = DecodedRequests(requests)
+        batch = DecodedRequests(requests, self.pairs, self.settings.task)
         if not batch.texts:
             return batch.responses
         try:
-            outputs, failures = self.encode(batch.texts)
+            outputs, failures = self.encode(batch.texts, batch.pairs)
             for index, first, count in batch.owners:
                 bad = [failures[p] for p in range(first, first + count) if p in failures]
                 batch.responses[index] = _error_response(bad[0]) if bad else _response(outputs, first, count)
@@ -599,11 +644,14 @@ class EncoderRole:
             batch.fail_unanswered(f"inference failed: {exc}")
         return batch.responses
 
-    def encode(self, texts: list[str]) -> tuple[dict[str, Array], dict[int, str]]:
-        """The batch's output arrays (row = text) and the texts refused, with the reason."""
+    def encode(
+        self, texts: list[str], pairs: list[str | None] | None = None
+    ) -> tuple[dict[str, Array], dict[int, str]]:
+        """The batch's output arrays (row = text) and the texts refused, with the reason; `pairs` holds
+        each text's other text (None where it has none) for the tasks that take pairs."""
         import torch
 
-        encoded = self.tokenize(texts)
+        encoded = self.tokenize(texts, pairs)
         ids: list[list[int]] = encoded["input_ids"]
         failures: dict[int, str] = {}
         if self.settings.task == "fill-mask":
@@ -625,13 +673,13 @@ class EncoderRole:
             _scatter(batch, members, self.host_outputs(members, host, encoded, texts), len(texts))
         return batch, failures
 
-    def tokenize(self, texts: list[str]) -> Any:
-        return tokenize_texts(
-            self.settings.tokenizer,
-            texts,
-            self.settings.max_length,
-            self.settings.task == "token-classification",
-        )
+    def tokenize(self, texts: list[str], pairs: list[str | None] | None = None) -> Any:
+        s = self.settings
+        offsets = s.task == "token-classification"
+        if pairs is not None and any(pair is not None for pair in pairs):
+            options = tokenizer_options(s.tokenizer, s.max_length, offsets)
+            return self.pairs.tokenize_pairs(s.tokenizer, s.task, texts, pairs, **options)
+        return tokenize_texts(s.tokenizer, texts, s.max_length, offsets)
 
     def forward_groups(
         self, groups: list[list[int]], encoded: Any
@@ -683,6 +731,10 @@ class EncoderRole:
             return self.outputs.fill_mask(host["mask_logits"])
         if task == "text-classification":
             return self.outputs.classification(host["logits"])
+        if task == "text-ranking":
+            return self.outputs.ranking(
+                self.pairs.relevance_scores(host["logits"], self.settings.ranking_activation)
+            )
         return self.outputs.entities(
             host["logits"],
             [encoded["offset_mapping"][i] for i in members],

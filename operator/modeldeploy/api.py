@@ -701,6 +701,22 @@ class Cache(ApiModel):
 # Triton's own ports in the pod (HTTP, gRPC, metrics): the OpenAI sidecar must not take one of them.
 TRITON_PORTS = (8000, 8001, 8002)
 OPENAI_TASKS = (Task.FEATURE_EXTRACTION, Task.TEXT_GENERATION)
+# The sidecar's other route groups and the tasks each fits (model_repo/openai_frontend: rerank.py, tei.py).
+ROUTE_TASKS: dict[str, tuple[Task, ...]] = {
+    "rerank": (Task.TEXT_RANKING,),
+    "classify": (Task.TEXT_CLASSIFICATION,),
+    "tei": (Task.FEATURE_EXTRACTION, Task.TEXT_RANKING, Task.TEXT_CLASSIFICATION),
+}
+DEFAULT_API_PORT = 9000
+# Any route group of the sidecar enabled: what API keys and a loopback-only Triton need.
+SIDECAR_ENABLED_CEL = (
+    "((has(self.openai) && self.openai.enabled) || "
+    + " || ".join(f"(has(self.{name}) && self.{name})" for name in ROUTE_TASKS)
+    + ")"
+)
+SIDECAR_GROUPS = "spec.api.openai.enabled true or one of " + ", ".join(
+    f"spec.api.{name}" for name in ROUTE_TASKS
+)
 
 
 class OpenAIApi(ApiModel):
@@ -748,14 +764,34 @@ RESTRICTED_API_HEADER = "modeldeploy-restricted"
 
 
 class Api(ApiModel):
-    """Protocols served besides Triton's own KServe v2 HTTP and gRPC, and who may call them."""
+    """Protocols served besides Triton's own KServe v2 HTTP and gRPC, and who may call them. One sidecar
+    serves every enabled one, on spec.api.openai.port (9000 unless set)."""
 
     openai: OpenAIApi | None = Field(
         default=None, description="The OpenAI-compatible API (off when omitted)."
     )
+    rerank: bool = Field(
+        default=False,
+        description=(
+            "Serve /v1/rerank and /v2/rerank (Cohere/Jina shape) and /v1/score (vLLM's): text-ranking."
+        ),
+    )
+    classify: bool = Field(
+        default=False, description="Serve /v1/classify (vLLM's shape): text-classification."
+    )
+    tei: bool = Field(
+        default=False,
+        description=(
+            "Serve Hugging Face TEI's routes (/embed, /rerank, /predict, /tokenize, /decode, /info and "
+            "POST /): feature-extraction, text-ranking or text-classification."
+        ),
+    )
     auth: ApiAuth | None = Field(
         default=None,
-        description="API keys for the sidecar's routes (needs spec.api.openai.enabled); none when omitted.",
+        description=(
+            "API keys for the sidecar's routes (needs one of its route groups enabled: spec.api.openai, "
+            "rerank, classify or tei); none when omitted."
+        ),
     )
     expose_triton: bool | None = Field(
         default=None,
@@ -770,21 +806,28 @@ class Api(ApiModel):
 
     __rules__ = (
         Rule(
-            cel="!has(self.auth) || (has(self.openai) && self.openai.enabled)",
-            message="spec.api.auth protects the sidecar's API: it needs spec.api.openai.enabled true",
-            check=lambda a: a.auth is None or (a.openai is not None and a.openai.enabled),
+            cel=f"!has(self.auth) || {SIDECAR_ENABLED_CEL}",
+            message=f"spec.api.auth protects the sidecar's API: it needs {SIDECAR_GROUPS}",
+            check=lambda a: a.auth is None or a.sidecar_enabled,
             field_path=".auth",
         ),
         Rule(
-            cel="!has(self.exposeTriton) || self.exposeTriton || (has(self.openai) && self.openai.enabled)",
+            cel=f"!has(self.exposeTriton) || self.exposeTriton || {SIDECAR_ENABLED_CEL}",
             message=(
                 "spec.api.exposeTriton false leaves the sidecar as the only way in: it needs "
-                "spec.api.openai.enabled true"
+                + SIDECAR_GROUPS
             ),
-            check=lambda a: a.expose_triton is not False or (a.openai is not None and a.openai.enabled),
+            check=lambda a: a.expose_triton is not False or a.sidecar_enabled,
             field_path=".exposeTriton",
         ),
     )
+
+    @property
+    def sidecar_enabled(self) -> bool:
+        """Whether any of the sidecar's route groups is on (so that the sidecar runs)."""
+        return (self.openai is not None and self.openai.enabled) or any(
+            getattr(self, name) for name in ROUTE_TASKS
+        )
 
     @property
     def triton_exposed(self) -> bool:
@@ -1210,6 +1253,18 @@ def _fits_shared_server(spec: ModelDeploymentSpec) -> bool:
     )
 
 
+def _route_rule(name: str, tasks: tuple[Task, ...]) -> Rule:
+    """spec.api.<name> only for the tasks its routes fit, refused at admission naming the field."""
+    listed = ", ".join(f"'{task.value}'" for task in tasks)
+    return Rule(
+        cel=f"!has(self.api) || !has(self.api.{name}) || !self.api.{name} || "
+        f"(has(self.model.task) && self.model.task in [{listed}])",
+        message=f"spec.api.{name} needs spec.model.task set to {' or '.join(t.value for t in tasks)}",
+        check=lambda s: s.api is None or not getattr(s.api, name) or s.model.task in tasks,
+        field_path=f".api.{name}",
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment: a checkpoint served by Triton."""
 
@@ -1282,6 +1337,21 @@ class ModelDeploymentSpec(ApiModel):
     def triton_exposed(self) -> bool:
         """Whether Triton's HTTP and gRPC listen beyond the pod's loopback (spec.api.exposeTriton)."""
         return self.api is None or self.api.triton_exposed
+
+    @property
+    def api_routes(self) -> tuple[str, ...]:
+        """The sidecar's enabled route groups (openai, rerank, classify, tei); empty: no sidecar."""
+        if self.api is None:
+            return ()
+        groups = ["openai"] if self.openai is not None else []
+        groups += [name for name in ROUTE_TASKS if getattr(self.api, name)]
+        return tuple(groups)
+
+    @property
+    def api_port(self) -> int:
+        return (
+            self.api.openai.port if self.api is not None and self.api.openai is not None else DEFAULT_API_PORT
+        )
 
     __rules__ = (
         Rule(
@@ -1416,6 +1486,7 @@ class ModelDeploymentSpec(ApiModel):
             check=_fits_shared_server,
             field_path=".server",
         ),
+        *(_route_rule(name, tasks) for name, tasks in ROUTE_TASKS.items()),
     )
 
 
@@ -1462,6 +1533,17 @@ class Endpoints(ApiModel):
     model_name: str | None = Field(default=None, description="Triton model name to call.")
     openai: str | None = Field(
         default=None, description="Base URL of the OpenAI-compatible API (with spec.api.openai enabled)."
+    )
+    rerank: str | None = Field(
+        default=None,
+        description=(
+            "Base URL of /v1/rerank, /v2/rerank and /v1/score (with spec.api.rerank), e.g. Cohere's base_url."
+        ),
+    )
+    classify: str | None = Field(default=None, description="URL of /v1/classify (with spec.api.classify).")
+    tei: str | None = Field(
+        default=None,
+        description="Base URL of the TEI routes (with spec.api.tei), e.g. InferenceClient's base_url.",
     )
 
 

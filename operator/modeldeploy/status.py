@@ -319,7 +319,7 @@ def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict])
         return Verdict(READY, FALSE, "RollingOut", gap)
     serving = endpoints(md)
     # With Triton kept inside the pod (spec.api.exposeTriton false) the sidecar's API is the way in.
-    url = serving.get("http") or serving["openai"]
+    url = next(serving[key] for key in ("http", "openai", "rerank", "classify", "tei") if key in serving)
     return Verdict(READY, TRUE, "Serving", f"model {serving['modelName']} is served at {url}")
 
 

@@ -323,3 +323,17 @@ def test_gpu_measurement_script_dry_run_publishes(tmp_path: Path) -> None:
     text = readme.read_text()
     assert "<!-- dataplane-cpu-tiny-bert:begin -->\nCommit measured: `abc123`." in text
     assert "| ours | 64 |" in text and "| forward |" in text
+
+
+def test_rerank_benchmark_runs_both_contenders(tmp_path: Path) -> None:
+    from bench.rerank.run import DIRECT, RERANK, render_markdown, run
+
+    report = run(
+        ["--concurrency", "1,2", "--warmup-s", "0.5", "--window-s", "2", "--repeats", "1",
+         "--workdir", str(tmp_path), "--no-write"]
+    )  # fmt: skip
+    for name in (DIRECT, RERANK):
+        assert [level["concurrency"] for level in report["levels"][name]] == [1, 2]
+        assert all(level["errors"] == 0 and level["throughput_rps"] > 0 for level in report["levels"][name])
+    assert report["ratios"]["2"] > 0
+    assert "| 2 |" in render_markdown(report)

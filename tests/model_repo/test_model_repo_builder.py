@@ -69,7 +69,7 @@ def test_build_writes_record_and_hits_cache(checkpoints: dict[str, Path], tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]
 
 
-@pytest.mark.parametrize("task", ["fill-mask", "text-generation"])
+@pytest.mark.parametrize("task", ["fill-mask", "text-generation", "text-classification"])
 def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Path, task: str) -> None:
     """The runtime files copied into a repository import only the standard library and what a stock
     Triton image with torch and transformers has."""
@@ -78,9 +78,17 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
     out = tmp_path / "repo"
     build_repository(BuildOptions(source=f"file://{checkpoints[task]}"), out)
     runtime_files = sorted((out / "model" / "1").glob("*.py"))
-    generation = ["decoding.py", "generation.py", "hf_adapter.py", "model.py", "request_parsing.py"]
-    expected = generation if task == "text-generation" else ["model.py"]
-    assert [path.name for path in runtime_files] == expected
+    expected = {
+        "text-generation": [
+            "decoding.py",
+            "generation.py",
+            "hf_adapter.py",
+            "model.py",
+            "request_parsing.py",
+        ],
+        "text-classification": ["model.py", "ranking.py"],
+    }
+    assert [path.name for path in runtime_files] == expected.get(task, ["model.py"])
     for path in runtime_files:
         imports = {
             line.split()[1].split(".")[0]

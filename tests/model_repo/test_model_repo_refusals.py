@@ -160,7 +160,8 @@ def test_task_that_does_not_fit_the_checkpoint_is_refused_unless_allowed(
     message = " ".join(refused.output.split())  # rich wraps nothing, but be safe about line breaks
     assert f"task {task.value} does not fit this checkpoint" in message, message
     assert f"Its architectures: {ARCHITECTURES[checkpoint]}" in message
-    supported = checkpoint + (", feature-extraction" if checkpoint == "fill-mask" else "")
+    also = {"fill-mask": ", feature-extraction", "text-classification": ", text-ranking"}
+    supported = checkpoint + also.get(checkpoint, "")
     assert f"tasks it supports: {supported}." in message
     assert "--allow-new-head" in message and "spec.model.allowNewHead" in message
     assert re.search(why, message), message

@@ -592,6 +592,7 @@ def test_enabled_openai_api_adds_a_locked_down_probed_sidecar_and_a_service_port
         "triton-grpc": "127.0.0.1:8001",
         "host": "0.0.0.0",
         "port": "9000",
+        "routes": "openai",
     }
     # It reads the repository Triton reads, read-only, and nothing else.
     assert sidecar["volumeMounts"] == [mount for mount in triton["volumeMounts"] if mount["name"] != "dshm"]
@@ -623,6 +624,62 @@ def test_openai_api_needs_an_embedding_or_generation_task(task: str | None) -> N
         model["task"] = task
     with pytest.raises(ValueError, match=r"spec\.api\.openai needs spec\.model\.task"):
         md_of({"model": model}, OPENAI)
+
+
+RANKING = {"model": {"source": "hf://org/reranker", "task": "text-ranking"}}
+CLASSIFICATION = {"model": {"source": "hf://org/nli", "task": "text-classification"}}
+
+
+@pytest.mark.parametrize(
+    ("task", "api", "routes", "found"),
+    [
+        (RANKING, {"rerank": True}, "rerank", {"rerank": "http://m.ml.svc:9000"}),
+        (RANKING, {"rerank": True, "tei": True}, "rerank,tei", {"rerank", "tei"}),
+        (CLASSIFICATION, {"classify": True}, "classify", {"classify": "http://m.ml.svc:9000/v1/classify"}),
+        (
+            EMBEDDINGS,
+            {"openai": {"enabled": True, "port": 9100}, "tei": True},
+            "openai,tei",
+            {"openai", "tei"},
+        ),
+    ],
+)
+def test_api_route_groups_run_the_sidecar_with_those_routes_and_list_their_endpoints(
+    task: dict[str, Any], api: dict[str, Any], routes: str, found: Any
+) -> None:
+    from modeldeploy.manifests.service import endpoints
+
+    md = md_of(task, {"api": api}, name="m")
+    state = desired_state(md, SETTINGS, EVERYTHING)
+    _validate(state.deployment)
+    sidecar = state.deployment["spec"]["template"]["spec"]["containers"][1]
+    assert f"--routes={routes}" in sidecar["args"]
+    port = api.get("openai", {}).get("port", 9000)
+    assert f"--port={port}" in sidecar["args"] and state.service["spec"]["ports"][-1]["port"] == port
+    listed = {
+        key: value for key, value in endpoints(md).items() if key in ("openai", "rerank", "classify", "tei")
+    }
+    if isinstance(found, dict):
+        assert listed == found
+    else:
+        assert set(listed) == found
+
+
+@pytest.mark.parametrize(
+    ("task", "api", "field"),
+    [
+        (GENERATION, {"rerank": True}, "rerank"),
+        (EMBEDDINGS, {"rerank": True}, "rerank"),
+        (RANKING, {"classify": True}, "classify"),
+        (GENERATION, {"tei": True}, "tei"),
+        ({"model": {"source": "hf://org/m", "task": "fill-mask"}}, {"tei": True}, "tei"),
+    ],
+)
+def test_api_routes_are_refused_for_tasks_they_do_not_fit(
+    task: dict[str, Any], api: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"spec\.api\.{field} needs spec\.model\.task"):
+        md_of(task, {"api": api})
 
 
 def test_turning_the_openai_api_on_keeps_the_repository_digest() -> None:

@@ -87,6 +87,19 @@ def test_exposing_triton_explicitly_wins_over_the_auth_default() -> None:
     assert len(_listen_args(_containers(unkeyed)["triton"])) == 2
 
 
+def test_auth_and_a_hidden_triton_accept_a_sidecar_serving_only_tei_or_rerank() -> None:
+    # No OpenAI API: TEI's routes alone are the sidecar, and the keys guard them.
+    state = _state({"api": {"tei": True, "auth": {"secretName": "model-keys"}}})
+    triton, sidecar = _containers(state)["triton"], _containers(state)["openai"]
+    assert _listen_args(triton) == ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]
+    assert "--routes=tei" in sidecar["args"] and f"--api-keys-dir={API_KEYS_MOUNT}" in sidecar["args"]
+    assert [port["name"] for port in state.service["spec"]["ports"]] == ["metrics", "openai"]
+    ranking = {"model": {"source": "hf://cross-encoder/ms-marco-MiniLM-L6-v2", "task": "text-ranking"}}
+    hidden = md_of(ranking, {"api": {"rerank": True, "exposeTriton": False}})
+    found = endpoints(hidden)
+    assert "http" not in found and found["rerank"].endswith(":9000")
+
+
 @pytest.mark.parametrize(
     ("api", "message"),
     [

@@ -160,10 +160,11 @@ def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str)
 
 
 def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str) -> dict[str, Any]:
-    """The OpenAI-compatible sidecar (model_repo/openai_frontend, in the Triton image): it reads the
-    tokenizer from the same repository and calls Triton over gRPC on localhost."""
-    api = md.spec.openai
-    assert api is not None
+    """The API sidecar (model_repo/openai_frontend, in the Triton image) serving the enabled route groups
+    of spec.api: it reads the tokenizer from the same repository and calls Triton over gRPC on localhost."""
+    routes = md.spec.api_routes
+    assert routes
+    port = md.spec.api_port
     auth = md.spec.api.auth if md.spec.api is not None else None
     keys = [f"--api-keys-dir={API_KEYS_MOUNT}"] if auth is not None else []
     keys_mount = [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True}] if auth else []
@@ -176,12 +177,13 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
             f"--model-id={md.metadata.name}",
             f"--triton-grpc=127.0.0.1:{GRPC_PORT}",
             "--host=0.0.0.0",
-            f"--port={api.port}",
+            f"--port={port}",
+            f"--routes={','.join(routes)}",
             *keys,
         ],
         # Only the tokenizer is read from the repository; nothing may be fetched from the hub.
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf-home"}],
-        "ports": [{"name": OPENAI_PORT_NAME, "containerPort": api.port, "protocol": "TCP"}],
+        "ports": [{"name": OPENAI_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         # Ready exactly when Triton and the model are (the sidecar asks Triton over gRPC), so the pod's
         # readiness is Triton's whether or not the API is on.
         "startupProbe": _probe("/health/live", 2, 60, OPENAI_PORT_NAME),
@@ -212,7 +214,7 @@ def build_deployment(
         {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_mib(md)}Mi"}},
     ]
     pod_spec: dict[str, Any] = {}
-    auth = md.spec.api.auth if md.spec.api is not None and md.spec.openai is not None else None
+    auth = md.spec.api.auth if md.spec.api is not None and md.spec.api_routes else None
     if auth is not None:
         # Not optional: without its Secret the pod waits rather than serve with no keys.
         volumes.append(
@@ -243,7 +245,7 @@ def build_deployment(
         {
             "containers": [
                 triton_container(md, settings, digest),
-                *([openai_container(md, settings, digest)] if md.spec.openai is not None else []),
+                *([openai_container(md, settings, digest)] if md.spec.api_routes else []),
             ],
             "volumes": volumes,
             "securityContext": pod_security_context(),

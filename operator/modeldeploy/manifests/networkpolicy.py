@@ -37,8 +37,8 @@ def _tcp(*ports: int) -> list[dict[str, Any]]:
 def serving_ports(md: ModelDeployment) -> list[int]:
     """The ports clients call: the sidecar's, and Triton's HTTP and gRPC while they leave the pod."""
     ports = [HTTP_PORT, GRPC_PORT] if md.spec.triton_exposed else []
-    if md.spec.openai is not None:
-        ports.append(md.spec.openai.port)
+    if md.spec.api_routes:
+        ports.append(md.spec.api_port)
     return ports
 
 

@@ -13,13 +13,12 @@ from modeldeploy.manifests.deployment import GRPC_PORT, HTTP_PORT, METRICS_PORT,
 
 def build_service(md: ModelDeployment) -> dict[str, Any]:
     owner = owner_of(md)
-    openai = md.spec.openai
     extra_ports = []
-    if openai is not None:
+    if md.spec.api_routes:
         extra_ports.append(
             {
                 "name": OPENAI_PORT_NAME,
-                "port": openai.port,
+                "port": md.spec.api_port,
                 "targetPort": OPENAI_PORT_NAME,
                 "protocol": "TCP",
                 "appProtocol": "http",
@@ -70,7 +69,15 @@ def endpoints(md: ModelDeployment) -> dict[str, str]:
     }
     if md.spec.triton_exposed:
         found |= {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}"}
-    if md.spec.openai is not None:
+    api = f"http://{host}:{md.spec.api_port}"
+    routes = md.spec.api_routes
+    if "openai" in routes:
         # What OpenAI(base_url=...) takes; the model id is the ModelDeployment's name.
-        found["openai"] = f"http://{host}:{md.spec.openai.port}/v1"
+        found["openai"] = f"{api}/v1"
+    if "rerank" in routes:
+        found["rerank"] = api  # cohere.ClientV2(base_url=...) appends /v2/rerank itself
+    if "classify" in routes:
+        found["classify"] = f"{api}/v1/classify"
+    if "tei" in routes:
+        found["tei"] = api
     return found

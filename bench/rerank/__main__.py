@@ -1,0 +1,4 @@
+from bench.rerank.run import run
+
+if __name__ == "__main__":
+    run()

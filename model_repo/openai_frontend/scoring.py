@@ -1,0 +1,125 @@
+"""What the rerank, score, classify and TEI routes share: the model's Triton contract for pairs and
+classes, requests split within the model's max batch size (parts run concurrently, results in order),
+and token arrays mapped back to text.
+
+The runtime takes texts, not token ids, so a token array is decoded with the model's own tokenizer
+(special tokens dropped: the runtime adds them again) and the runtime tokenises the text. For ids the
+model's tokenizer produced from text this gives the runtime those same ids back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from .backend import TritonBackend
+from .model import ServedModel
+from .protocol import OpenAIError, invalid
+
+Item = TypeVar("Item")
+Array = np.ndarray[Any, Any]
+
+
+class Frontend(Protocol):
+    """What the rerank and TEI routes use of app.py's Frontend (imported from neither side)."""
+
+    model: ServedModel
+    backend: TritonBackend
+
+    def check_model(self, requested: str, task: str, endpoint: str) -> None: ...
+
+    async def embed_texts(self, texts: list[str]) -> Array: ...
+
+
+async def max_batch_size(backend: TritonBackend, model: ServedModel) -> int:
+    return max(1, int((await backend.config(model.triton_name)).max_batch_size))
+
+
+async def in_batches(
+    items: Sequence[Item], batch: int, run: Callable[[Sequence[Item]], Awaitable[Array]]
+) -> Array:
+    """`run` over slices of at most `batch` items, concurrently; the results concatenated in order."""
+    parts = await asyncio.gather(
+        *(run(items[start : start + batch]) for start in range(0, len(items), batch))
+    )
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+async def relevance(backend: TritonBackend, model: ServedModel, query: str, texts: Sequence[str]) -> Array:
+    """[len(texts)] scores of (query, text) from a text-ranking model, in the order of `texts`."""
+    return await pair_scores(backend, model, [query] * len(texts), texts)
+
+
+async def pair_scores(
+    backend: TritonBackend, model: ServedModel, queries: Sequence[str], texts: Sequence[str]
+) -> Array:
+    batch = await max_batch_size(backend, model)
+    pairs = list(zip(queries, texts, strict=True))
+
+    async def run(part: Sequence[tuple[str, str]]) -> Array:
+        inputs = {"QUERY": [query for query, _ in part], "TEXT": [text for _, text in part]}
+        result = await backend.infer_texts(model.triton_name, inputs, ["SCORE"])
+        return result["SCORE"].reshape(-1).astype(np.float32)
+
+    return await in_batches(pairs, batch, run)
+
+
+async def class_probabilities(
+    backend: TritonBackend, model: ServedModel, texts: Sequence[str], pairs: Sequence[str | None]
+) -> Array:
+    """[len(texts), labels] probabilities from a text-classification model; an item with a second text
+    is classified as a pair. Items with and without one go in separate requests (an input is per request)."""
+    batch = await max_batch_size(backend, model)
+    result = np.zeros((len(texts), len(model.labels)), dtype=np.float32)
+    for with_pair in (False, True):
+        members = [i for i, pair in enumerate(pairs) if (pair is not None) == with_pair]
+        if not members:
+            continue
+
+        async def run(part: Sequence[int], with_pair: bool = with_pair) -> Array:
+            inputs = {"TEXT": [texts[i] for i in part]}
+            if with_pair:
+                inputs["TEXT_PAIR"] = [str(pairs[i]) for i in part]
+            answer = await backend.infer_texts(model.triton_name, inputs, ["SCORES"])
+            return answer["SCORES"].astype(np.float32)
+
+        result[members] = await in_batches(members, batch, run)
+    return result
+
+
+def check_texts(texts: Sequence[str], field: str, error: Callable[[str, str], Exception]) -> None:
+    """Each text non-empty (the runtime refuses empty ones; say which item here)."""
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise error(f"{field}[{index}] must be non-empty text", f"{field}[{index}]")
+
+
+def texts_of_token_arrays(
+    model: ServedModel, arrays: Sequence[Sequence[int]], field: str, error: Callable[[str, str], Exception]
+) -> list[str]:
+    """The text of each token array (see the module's docstring); ids outside the vocabulary refused."""
+    size = model.vocabulary_size()
+    texts = []
+    for row, ids in enumerate(arrays):
+        where = f"{field}[{row}]" if len(arrays) > 1 else field
+        if not ids:
+            raise error(f"{where} must hold at least one token id", where)
+        bad = [token for token in ids if token < 0 or token >= size]
+        if bad:
+            raise error(
+                f"{where} holds token id {bad[0]}, outside the model's vocabulary "
+                f"of {size} ids (0..{size - 1})",
+                where,
+            )
+        text = str(model.tokenizer.decode(list(ids), skip_special_tokens=True))
+        if not text.strip():
+            raise error(f"{where} decodes to no text (only special tokens)", where)
+        texts.append(text)
+    return texts
+
+
+def openai_invalid(message: str, field: str) -> OpenAIError:
+    return invalid(message, field)
