@@ -223,6 +223,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         workdir=args.workdir,
         name="generation-profile-cpu",
         write=not args.no_write,
+        device="cpu",
         quiet=QuietPolicy(max_foreign_share=1.0, retries=0, max_wait_s=0.0),
         shared_prefix=0,
     )
