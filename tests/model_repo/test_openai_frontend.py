@@ -394,14 +394,22 @@ def test_client_disconnect_mid_stream_stops_generation(stack: Stack) -> None:
 
 
 def test_client_disconnect_before_a_whole_answer_stops_generation(stack: Stack) -> None:
-    before = metrics(stack.served, CHAT)["tokens_total"]
     body = {"model": CHAT, "prompt": "the quick brown fox", "max_tokens": 1000, "temperature": 0}
+    url = stack.urls[CHAT] + "/completions"
+    # How long the whole (greedy, so repeatable) answer takes here: the client below leaves at a quarter
+    # of that, whatever this machine's speed (a fixed read timeout was shorter than a fast machine's
+    # whole answer, the requested length being clamped to the model's maxTokens).
+    started = time.monotonic()
+    whole = httpx.post(url, json=body, timeout=60).json()
+    whole_s = time.monotonic() - started
+    whole_tokens = whole["usage"]["completion_tokens"]
+    before = metrics(stack.served, CHAT)["tokens_total"]
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(stack.urls[CHAT] + "/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+        httpx.post(url, json=body, timeout=httpx.Timeout(60, read=whole_s / 4))
     assert wait_for(lambda: _running(stack) == 0), metrics(stack.served, CHAT)
     generated = metrics(stack.served, CHAT)["tokens_total"] - before
     time.sleep(0.5)
-    assert metrics(stack.served, CHAT)["tokens_total"] - before == generated < 1000
+    assert metrics(stack.served, CHAT)["tokens_total"] - before == generated < whole_tokens
 
 
 # -- errors ---------------------------------------------------------------------------------------------
