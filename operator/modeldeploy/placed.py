@@ -36,6 +36,7 @@ from modeldeploy.kube import Cluster
 from modeldeploy.manifests import desired_state
 from modeldeploy.manifests.model_server import model_endpoint
 from modeldeploy.observations import Observed, one_line
+from modeldeploy.publish import StatusPublisher
 from modeldeploy.round import Outcome, Round
 from modeldeploy.server_api import ModelServer, parse_model_server
 from modeldeploy.settings import ClusterCapabilities, RenderSettings
@@ -66,9 +67,8 @@ class Reconciler(Protocol):
 
     async def _prune(self, current: Round, kind: Kind, name: str) -> None: ...
 
-    async def _publish(
-        self, body: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
-    ) -> int: ...
+    @property
+    def publisher(self) -> StatusPublisher: ...
 
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
@@ -225,6 +225,6 @@ async def reconcile_placed(
     status = placed_status(
         md, repository, serving_verdict(md, server_body), server, current.desired.digest, memory, previous
     )
-    current.writes += await reconciler._publish(body, previous, status)
+    current.writes += await reconciler.publisher.publish(body, previous, status)
     ready = status.phase is Phase.READY
     return Outcome(writes=current.writes, ready=ready, message=status.message or "")
