@@ -8,21 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from modeldeploy.api import (
-    API_VERSION,
     ApiModel,
     Autoscaling,
     Condition,
-    ObjectMeta,
+    KubeObject,
     Quantity,
     Resources,
     Rule,
-    SpecError,
-    format_error,
+    parse_object,
     quantity_schema,
-    to_camel_path,
+    validate_spec,
 )
 from modeldeploy.names import DNS1123_SUBDOMAIN
 from modeldeploy.quantity import parse_quantity
@@ -162,34 +160,18 @@ class ModelServerStatus(ApiModel):
     )
 
 
-class ModelServer(BaseModel):
+class ModelServer(KubeObject):
     """A ModelServer as the operator sees it."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    api_version: str = Field(default=API_VERSION, alias="apiVersion")
     kind: str = KIND
-    metadata: ObjectMeta
     spec: ModelServerSpec
     status: ModelServerStatus | None = None
 
 
 def parse_server_spec(spec: dict[str, Any]) -> ModelServerSpec:
     """Validate a raw ModelServer `spec`; raise SpecError whose messages each name the offending field."""
-    try:
-        return ModelServerSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise SpecError(
-            [
-                format_error({**error, "loc": ("spec", *to_camel_path(tuple(error["loc"])))})
-                for error in exc.errors()
-            ]
-        ) from exc
+    return validate_spec(ModelServerSpec, spec)
 
 
 def parse_model_server(body: dict[str, Any]) -> ModelServer:
-    return ModelServer(
-        metadata=ObjectMeta.model_validate(dict(body.get("metadata") or {})),
-        spec=parse_server_spec(dict(body.get("spec") or {})),
-        status=ModelServerStatus.model_validate(body["status"]) if body.get("status") else None,
-    )
+    return parse_object(ModelServer, ModelServerSpec, ModelServerStatus, body)

@@ -41,13 +41,16 @@ from modeldeploy.api.base import (
     SINGULAR,
     VERSION,
     ApiModel,
+    KubeObject,
     ObjectMeta,
     Quantity,
     Rule,
     SpecError,
     format_error,
+    parse_object,
     quantity_schema,
     to_camel_path,
+    validate_spec,
 )
 from modeldeploy.api.resource import ModelDeployment, parse_model_deployment, parse_spec
 from modeldeploy.api.resources import (
@@ -140,6 +143,7 @@ __all__ = [
     "EgressPeer",
     "Endpoints",
     "GatewayRef",
+    "KubeObject",
     "LabelSelector",
     "LabelSelectorRequirement",
     "ModelDeployment",
@@ -170,7 +174,9 @@ __all__ = [
     "TritonConfig",
     "format_error",
     "parse_model_deployment",
+    "parse_object",
     "parse_spec",
     "quantity_schema",
     "to_camel_path",
+    "validate_spec",
 ]

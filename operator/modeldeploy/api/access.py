@@ -7,18 +7,10 @@ import re
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import (
-    AfterValidator,
-    Field,
-)
+from pydantic import AfterValidator, Field
 
-from model_repo.options import (
-    Task,
-)
-from modeldeploy.api.base import (
-    ApiModel,
-    Rule,
-)
+from model_repo.options import Task
+from modeldeploy.api.base import ApiModel, Rule
 from modeldeploy.names import DNS1123_SUBDOMAIN, LABEL_VALUE
 
 # Triton's own ports in the pod (HTTP, gRPC, metrics): the OpenAI sidecar must not take one of them.

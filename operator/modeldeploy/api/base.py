@@ -6,14 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "modeldeploy.dev"
@@ -130,3 +125,43 @@ def format_error(error: Any) -> str:
 
 def to_camel_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(to_camel(part) if isinstance(part, str) else part for part in loc)
+
+
+_SpecT = TypeVar("_SpecT", bound=ApiModel)
+
+
+def validate_spec(model: type[_SpecT], spec: dict[str, Any]) -> _SpecT:
+    """Validate a raw `spec` dict; raise SpecError whose messages each name the offending field."""
+    try:
+        return model.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError(
+            [
+                format_error({**error, "loc": ("spec", *to_camel_path(tuple(error["loc"])))})
+                for error in exc.errors()
+            ]
+        ) from exc
+
+
+class KubeObject(BaseModel):
+    """An object of one of this API's kinds as the operator sees it; each kind adds its spec and status."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+
+
+_ObjectT = TypeVar("_ObjectT", bound=KubeObject)
+
+
+def parse_object(
+    kind: type[_ObjectT], spec: type[ApiModel], status: type[ApiModel], body: dict[str, Any]
+) -> _ObjectT:
+    """Validate a whole object (as kopf hands it over): its spec first, so a bad one raises SpecError."""
+    # The kind's own spec and status fields (KubeObject declares neither).
+    fields: dict[str, Any] = {"spec": validate_spec(spec, dict(body.get("spec") or {}))}
+    metadata = ObjectMeta.model_validate(dict(body.get("metadata") or {}))
+    fields["status"] = status.model_validate(body["status"]) if body.get("status") else None
+    return kind(metadata=metadata, **fields)

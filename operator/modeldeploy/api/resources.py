@@ -6,16 +6,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from modeldeploy.api.base import (
-    ApiModel,
-    Quantity,
-    Rule,
-    quantity_schema,
-)
+from modeldeploy.api.base import ApiModel, Quantity, Rule, quantity_schema
 from modeldeploy.names import DNS1123_SUBDOMAIN, LABEL_VALUE
 
 

@@ -6,14 +6,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from modeldeploy.api.base import (
-    ApiModel,
-    Rule,
-)
+from modeldeploy.api.base import ApiModel, Rule
 from modeldeploy.names import DNS1123_SUBDOMAIN
 
 

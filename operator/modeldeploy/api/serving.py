@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
 from model_repo.options import (
     DEFAULT_MAX_QUEUE_DELAY_US,
@@ -20,10 +18,7 @@ from model_repo.options import (
     Quantization,
     Task,
 )
-from modeldeploy.api.base import (
-    ApiModel,
-    Rule,
-)
+from modeldeploy.api.base import ApiModel, Rule
 from modeldeploy.names import DNS1123_SUBDOMAIN
 
 # A branch, tag or commit: git's ref rules, without "..", leading "/" or "-", or whitespace.

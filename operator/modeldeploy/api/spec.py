@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from model_repo.options import (
-    DType,
-    ModelFormat,
-    Quantization,
-    Task,
-)
+from model_repo.options import DType, ModelFormat, Quantization, Task
 from modeldeploy.api.access import DEFAULT_API_PORT, OPENAI_TASKS, ROUTE_TASKS, Api, Network, OpenAIApi
-from modeldeploy.api.base import (
-    ApiModel,
-    Rule,
-)
+from modeldeploy.api.base import ApiModel, Rule
 from modeldeploy.api.resources import Autoscaling, AutoscalingEngine, AutoscalingMetric, Cache, Resources
 from modeldeploy.api.rollout import Canary, Rollout
 from modeldeploy.api.serving import ModelSource, TritonConfig

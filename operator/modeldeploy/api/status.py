@@ -5,17 +5,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from model_repo.options import (
-    ModelFormat,
-    Task,
-)
-from modeldeploy.api.base import (
-    ApiModel,
-)
+from model_repo.options import ModelFormat, Task
+from modeldeploy.api.base import ApiModel
 
 
 class ConditionStatus(StrEnum):
