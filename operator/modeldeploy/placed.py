@@ -111,12 +111,10 @@ def serving_verdict(md: ModelDeployment, server_body: Mapping[str, Any] | None) 
     assert md.spec.server is not None
     name = md.spec.server.name
     if server_body is None:
-        return Verdict(
+        return Verdict.failure(
             AVAILABLE,
-            FALSE,
             SERVER_NOT_FOUND,
             f"ModelServer {name} does not exist in namespace {md.metadata.namespace}",
-            failed=True,
         )
     entries = ((server_body.get("status") or {}).get("models")) or []
     entry = next((e for e in entries if e.get("name") == md.metadata.name), None)
@@ -126,12 +124,10 @@ def serving_verdict(md: ModelDeployment, server_body: Mapping[str, Any] | None) 
     if state == "READY":
         return Verdict(AVAILABLE, TRUE, "Loaded", f"READY in every replica of ModelServer {name}")
     if state == "UNAVAILABLE":
-        return Verdict(
+        return Verdict.failure(
             AVAILABLE,
-            FALSE,
             MODEL_LOAD_FAILED,
             f"ModelServer {name} could not load it: {one_line(message)}",
-            failed=True,
         )
     if state[:1].isupper() and state != state.upper():  # a placement reason (InsufficientServerCapacity…)
         return Verdict(AVAILABLE, FALSE, state, message, failed=state != "RepositoryNotBuilt")

@@ -15,9 +15,14 @@ from modeldeploy.api import (
     Autoscaling,
     Condition,
     KubeObject,
+    ObservedGeneration,
+    PodSelector,
     Quantity,
+    ReadyReplicas,
+    Replicas,
     Resources,
     Rule,
+    conditions_field,
     parse_object,
     quantity_schema,
     validate_spec,
@@ -140,15 +145,11 @@ class PlacedModel(ApiModel):
 class ModelServerStatus(ApiModel):
     """Observed state, written only by the operator."""
 
-    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
-    conditions: list[Condition] | None = Field(
-        default=None,
-        description="Available and Ready.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    replicas: int | None = Field(default=None, description="Pods that exist (scale subresource).")
-    ready_replicas: int | None = Field(default=None, description="Pods that are Ready.")
-    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    observed_generation: ObservedGeneration = None
+    conditions: list[Condition] | None = conditions_field("Available and Ready.")
+    replicas: Replicas = None
+    ready_replicas: ReadyReplicas = None
+    selector: PodSelector = None
     capacity: str | None = Field(default=None, description="Device memory for models (bytes).")
     used: str | None = Field(default=None, description="Memory the placed models record (bytes).")
     memory_summary: str | None = Field(default=None, description="used/capacity, for kubectl get.")

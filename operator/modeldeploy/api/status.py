@@ -4,6 +4,7 @@ repository's build, the canary's progress)."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -31,6 +32,24 @@ class Condition(ApiModel):
         description="When the status last changed (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
+
+
+def conditions_field(types: str) -> Any:
+    """status.conditions: one Condition per type, of the `types` named (a list the API server merges by
+    type)."""
+    return Field(
+        default=None,
+        description=types,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+# Fields of every status this API writes (a ModelDeployment's, a ModelServer's); status.replicas and
+# status.selector are the scale subresource's.
+ObservedGeneration = Annotated[int | None, Field(description="Generation last reconciled.")]
+Replicas = Annotated[int | None, Field(description="Pods that exist (scale subresource).")]
+ReadyReplicas = Annotated[int | None, Field(description="Pods that are Ready.")]
+PodSelector = Annotated[str | None, Field(description="Label selector of the pods (scale subresource).")]
 
 
 class Phase(StrEnum):
@@ -173,19 +192,17 @@ class RolloutStatus(ApiModel):
 class ModelDeploymentStatus(ApiModel):
     """Observed state, written only by the operator."""
 
-    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    observed_generation: ObservedGeneration = None
     phase: Phase | None = Field(
         default=None, description="Summary: Pending, Building, Deploying, Ready, Degraded, Failed."
     )
-    conditions: list[Condition] | None = Field(
-        default=None,
-        description="ModelRepositoryReady, Available, AutoscalerReady, ScalingReady and Ready.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    conditions: list[Condition] | None = conditions_field(
+        "ModelRepositoryReady, Available, AutoscalerReady, ScalingReady and Ready."
     )
-    replicas: int | None = Field(default=None, description="Pods that exist (scale subresource).")
-    ready_replicas: int | None = Field(default=None, description="Pods that are Ready.")
+    replicas: Replicas = None
+    ready_replicas: ReadyReplicas = None
     replica_summary: str | None = Field(default=None, description="ready/desired, for kubectl get.")
-    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    selector: PodSelector = None
     endpoints: Endpoints | None = Field(default=None, description="Where to send requests.")
     model_repository: ModelRepositoryStatus | None = Field(
         default=None, description="The generated repository."
