@@ -1,4 +1,5 @@
-"""Generate the ModelDeployment CustomResourceDefinition from the pydantic models.
+"""Generate the ModelDeployment CustomResourceDefinition from the pydantic models (and, for server_crd.py,
+the parts every CRD of this API shares: the definition, its printer columns, its reference tables).
 
 Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no nullable `anyOf`, no
 `title`. Pydantic's JSON schema is close; this module inlines the references and rewrites the rest.

@@ -1,7 +1,8 @@
 """The ModelServer API (modeldeploy.dev/v1alpha1): one shared Triton server many ModelDeployments are
 loaded into (`ModelDeployment.spec.server`), in explicit model-control mode (docs/packing.md).
 
-Like api.py, these pydantic models generate the CRD (server_crd.py) and validate what the operator reads.
+Like modeldeploy.api, these pydantic models generate the CRD (server_crd.py) and validate what the
+operator reads.
 """
 
 from __future__ import annotations

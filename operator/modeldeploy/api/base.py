@@ -1,5 +1,6 @@
-"""What every ModelDeployment API model shares: the group/version/kind, ApiModel (camelCase, CEL rules in
-the schema and checked in Python), Rule, SpecError, Kubernetes quantities, and the error formatting."""
+"""What every model of this API shares, a ModelServer's (server_api.py) too: the group/version/kind, ApiModel
+(camelCase, CEL rules in the schema and checked in Python), Rule, Kubernetes quantities, and KubeObject with
+the parsing whose SpecError names each bad field."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """ModelDeploymentStatus: the observed state the operator writes (conditions, phase, endpoints, the
-repository's build, the canary's progress)."""
+repository's build, the canary's progress), and the fields every status of this API has."""
 
 from __future__ import annotations
 
