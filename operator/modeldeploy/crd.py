@@ -1,4 +1,5 @@
-"""Generate the ModelDeployment CustomResourceDefinition from the pydantic models.
+"""Generate the ModelDeployment CustomResourceDefinition from the pydantic models (and, for server_crd.py,
+the parts every CRD of this API shares: the definition, its printer columns, its reference tables).
 
 Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no nullable `anyOf`, no
 `title`. Pydantic's JSON schema is close; this module inlines the references and rewrites the rest.
@@ -68,44 +69,45 @@ def _fix_enums(node: Any) -> None:
             _fix_enums(item)
 
 
-def _printer_columns() -> list[dict[str, Any]]:
+def column(name: str, json_path: str, kind: str = "string") -> dict[str, Any]:
+    """An additionalPrinterColumn of `kubectl get`."""
+    return {"name": name, "type": kind, "jsonPath": json_path}
+
+
+def printer_columns(*columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ready first and Age last, as kubectl shows built-in kinds; `columns` between them."""
     return [
-        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
-        {"name": "Model", "type": "string", "jsonPath": ".spec.model.source"},
-        {"name": "Format", "type": "string", "jsonPath": ".status.modelRepository.format"},
-        {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
-        {"name": "Progress", "type": "string", "jsonPath": ".status.modelRepository.progress.summary"},
-        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.summary"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+        *columns,
+        column("Age", ".metadata.creationTimestamp", "date"),
     ]
 
 
-def build_crd() -> dict[str, Any]:
-    spec_schema = structural(api.ModelDeploymentSpec)
-    status_schema = structural(api.ModelDeploymentStatus)
-    # Nested objects with defaults: the API server only defaults inside an object that exists, so
-    # default the parent to {} and let its children's defaults fill it (no perpetual GitOps diff).
-    for name in ("triton", "resources"):
-        spec_schema["properties"][name]["default"] = {}
-    spec_schema["properties"]["triton"]["properties"]["dynamicBatching"]["default"] = {}
+def custom_resource_definition(
+    names: dict[str, Any],
+    description: str,
+    spec_schema: dict[str, Any],
+    status_schema: dict[str, Any],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A namespaced kind of this API group with status and scale subresources (spec.replicas,
+    status.replicas and status.selector); `names` as in the CRD (kind, plural, singular, shortNames)."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{api.PLURAL}.{api.GROUP}",
+            "name": f"{names['plural']}.{api.GROUP}",
             "labels": {"app.kubernetes.io/name": "modeldeploy", "app.kubernetes.io/part-of": "modeldeploy"},
         },
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": api.SHORT_NAMES,
+                "kind": names["kind"],
+                "listKind": f"{names['kind']}List",
+                "plural": names["plural"],
+                "singular": names["singular"],
+                "shortNames": names["shortNames"],
                 "categories": ["all", "modeldeploy"],
             },
             "versions": [
@@ -121,15 +123,11 @@ def build_crd() -> dict[str, Any]:
                             "labelSelectorPath": ".status.selector",
                         },
                     },
-                    "additionalPrinterColumns": _printer_columns(),
+                    "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": (
-                                "ModelDeployment serves a Hugging Face Transformers checkpoint with NVIDIA "
-                                "Triton Inference Server: the operator generates the Triton model "
-                                "repository from the checkpoint and runs the pods, Service and autoscaler."
-                            ),
+                            "description": description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
@@ -144,6 +142,34 @@ def build_crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = structural(api.ModelDeploymentSpec)
+    # Nested objects with defaults: the API server only defaults inside an object that exists, so
+    # default the parent to {} and let its children's defaults fill it (no perpetual GitOps diff).
+    for name in ("triton", "resources"):
+        spec_schema["properties"][name]["default"] = {}
+    spec_schema["properties"]["triton"]["properties"]["dynamicBatching"]["default"] = {}
+    return custom_resource_definition(
+        {"kind": api.KIND, "plural": api.PLURAL, "singular": api.SINGULAR, "shortNames": api.SHORT_NAMES},
+        (
+            "ModelDeployment serves a Hugging Face Transformers checkpoint with NVIDIA Triton Inference "
+            "Server: the operator generates the Triton model repository from the checkpoint and runs the "
+            "pods, Service and autoscaler."
+        ),
+        spec_schema,
+        structural(api.ModelDeploymentStatus),
+        printer_columns(
+            column("Phase", ".status.phase"),
+            column("Reason", ".status.reason"),
+            column("Model", ".spec.model.source"),
+            column("Format", ".status.modelRepository.format"),
+            column("Replicas", ".status.replicaSummary"),
+            column("Progress", ".status.modelRepository.progress.summary"),
+            column("Rollout", ".status.rollout.summary"),
+        ),
+    )
 
 
 class Dumper(yaml.SafeDumper):
@@ -188,9 +214,9 @@ def reference_rows(node: dict[str, Any], path: str) -> list[str]:
     return rows
 
 
-def render_api_reference() -> str:
-    """Markdown tables of every spec and status field, from the same schema as the CRD."""
-    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+def reference_markdown(crd: dict[str, Any], spec_title: str, rules_title: str, status_title: str) -> str:
+    """Markdown tables of every spec and status field of a CRD, and its cross-field rules."""
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
     header = "| field | type | description |\n|---|---|---|\n"
     rules = [
         f"- {rule['message']} (`{rule['rule']}`)"
@@ -198,15 +224,25 @@ def render_api_reference() -> str:
         for rule in node.get("x-kubernetes-validations", [])
     ]
     return (
-        "### spec\n\n"
+        f"### {spec_title}\n\n"
         + header
         + "\n".join(reference_rows(schema["spec"], "spec"))
-        + "\n\n### Cross-field rules (CEL, enforced at admission and again by the operator)\n\n"
+        + f"\n\n### {rules_title}\n\n"
         + "\n".join(rules)
-        + "\n\n### status\n\n"
+        + f"\n\n### {status_title}\n\n"
         + header
         + "\n".join(reference_rows(schema["status"], "status"))
         + "\n"
+    )
+
+
+def render_api_reference() -> str:
+    """Markdown tables of every spec and status field, from the same schema as the CRD."""
+    return reference_markdown(
+        build_crd(),
+        "spec",
+        "Cross-field rules (CEL, enforced at admission and again by the operator)",
+        "status",
     )
 
 

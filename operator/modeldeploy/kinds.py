@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modeldeploy.api import GROUP, KIND, PLURAL, VERSION
+from modeldeploy import server_api
+from modeldeploy.api import API_VERSION, KIND, PLURAL
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,11 @@ EVENT = Kind("v1", "Event", "events")
 # Read: the calibration texts of spec.triton.calibration (they count in the digest); written: a shared
 # server's model list.
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
-MODEL_DEPLOYMENT = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
+MODEL_DEPLOYMENT = Kind(API_VERSION, KIND, PLURAL)
 # Gateway API: only where installed (a canary with traffic HTTPRoute); not watched.
 HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 # A shared server's kind and its model list (docs/packing.md).
-MODEL_SERVER = Kind(f"{GROUP}/{VERSION}", "ModelServer", "modelservers")
+MODEL_SERVER = Kind(API_VERSION, server_api.KIND, server_api.PLURAL)
 CHILD_KINDS = (
     PERSISTENT_VOLUME_CLAIM,
     JOB,

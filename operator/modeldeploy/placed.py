@@ -36,6 +36,7 @@ from modeldeploy.kube import Cluster
 from modeldeploy.manifests import desired_state
 from modeldeploy.manifests.model_server import model_endpoint
 from modeldeploy.observations import Observed, one_line
+from modeldeploy.publish import StatusPublisher
 from modeldeploy.round import Outcome, Round
 from modeldeploy.server_api import ModelServer, parse_model_server
 from modeldeploy.settings import ClusterCapabilities, RenderSettings
@@ -66,9 +67,8 @@ class Reconciler(Protocol):
 
     async def _prune(self, current: Round, kind: Kind, name: str) -> None: ...
 
-    async def _publish(
-        self, body: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
-    ) -> int: ...
+    @property
+    def publisher(self) -> StatusPublisher: ...
 
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
@@ -111,12 +111,10 @@ def serving_verdict(md: ModelDeployment, server_body: Mapping[str, Any] | None) 
     assert md.spec.server is not None
     name = md.spec.server.name
     if server_body is None:
-        return Verdict(
+        return Verdict.failure(
             AVAILABLE,
-            FALSE,
             SERVER_NOT_FOUND,
             f"ModelServer {name} does not exist in namespace {md.metadata.namespace}",
-            failed=True,
         )
     entries = ((server_body.get("status") or {}).get("models")) or []
     entry = next((e for e in entries if e.get("name") == md.metadata.name), None)
@@ -126,12 +124,10 @@ def serving_verdict(md: ModelDeployment, server_body: Mapping[str, Any] | None) 
     if state == "READY":
         return Verdict(AVAILABLE, TRUE, "Loaded", f"READY in every replica of ModelServer {name}")
     if state == "UNAVAILABLE":
-        return Verdict(
+        return Verdict.failure(
             AVAILABLE,
-            FALSE,
             MODEL_LOAD_FAILED,
             f"ModelServer {name} could not load it: {one_line(message)}",
-            failed=True,
         )
     if state[:1].isupper() and state != state.upper():  # a placement reason (InsufficientServerCapacity…)
         return Verdict(AVAILABLE, FALSE, state, message, failed=state != "RepositoryNotBuilt")
@@ -225,6 +221,6 @@ async def reconcile_placed(
     status = placed_status(
         md, repository, serving_verdict(md, server_body), server, current.desired.digest, memory, previous
     )
-    current.writes += await reconciler._publish(body, previous, status)
+    current.writes += await reconciler.publisher.publish(body, previous, status)
     ready = status.phase is Phase.READY
     return Outcome(writes=current.writes, ready=ready, message=status.message or "")

@@ -5,8 +5,8 @@ resync). It is an ordered list of small idempotent `ensure_*` steps; each reads 
 the desired manifest with server-side apply (field manager `modeldeploy`, force) only when the live object
 does not already say everything the manifest says, and prunes the children this ModelDeployment owns but
 no longer wants. The status is written only when it changed, and an Event is posted per change of Ready
-(a repeat of a recent one bumps that Event's count instead) — so a converged cluster sees no write
-requests at all.
+(a repeat of a recent one bumps that Event's count instead; publish.py) — so a converged cluster sees no
+write requests at all.
 """
 
 from __future__ import annotations
@@ -14,25 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from model_repo.options import needs_gate
-from modeldeploy.api import AutoscalingEngine, ModelDeploymentStatus, SpecError
+from modeldeploy.api import AutoscalingEngine, SpecError
 from modeldeploy.calibration import calibration_sha256
 from modeldeploy.checks import parse_for_reconcile
 from modeldeploy.compare import is_subset
 from modeldeploy.kinds import (
     DEPLOYMENT,
-    EVENT,
     HORIZONTAL_POD_AUTOSCALER,
     HTTP_ROUTE_CRD,
     JOB,
     KEDA_CRD,
-    MODEL_DEPLOYMENT,
     NETWORK_POLICY,
     PERSISTENT_VOLUME_CLAIM,
     POD,
@@ -65,7 +61,7 @@ from modeldeploy.observations import (
     running_builders,
 )
 from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS, BuildProgressReader
-from modeldeploy.rollout import Event as RolloutEvent
+from modeldeploy.publish import StatusPublisher
 from modeldeploy.rollout_steps import (
     MetricsSources,
     ensure_canary,
@@ -77,12 +73,9 @@ from modeldeploy.round import Outcome as Outcome
 from modeldeploy.round import Round
 from modeldeploy.settings import FIELD_MANAGER, REPLICAS_HANDOFF_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy.status import (
-    Transition,
-    comparable,
     compute_status,
     invalid_spec_status,
     now_rfc3339,
-    transitions,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,8 +87,6 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 REFUSED_RETRY_SECONDS = 30.0
 # While the cache claim is unbound: what explains it are Events, which do not trigger a reconciliation.
 UNBOUND_CLAIM_RETRY_SECONDS = 10.0
-# An Event repeating a recent one (same reason and type) within this window bumps its count instead.
-EVENT_AGGREGATION_SECONDS = 600.0
 
 
 _T = TypeVar("_T")
@@ -154,27 +145,6 @@ class Inventory(Protocol):
         ...
 
 
-@dataclass
-class _StatusMemory:
-    """The status we last wrote, the resourceVersion of the object we computed it from, and the one our
-    write gave the object."""
-
-    based_on_resource_version: str | None
-    written_resource_version: str | None
-    status: ModelDeploymentStatus
-
-    def newer_than(self, resource_version: str | None) -> bool:
-        """Whether an object at `resource_version` predates our write (so its status is not ours yet)."""
-        if resource_version == self.based_on_resource_version:
-            return True
-        try:
-            # The API server's resourceVersions are etcd revisions; a watch or index can lag behind our
-            # own write by several of them (other writers, or our earlier status writes).
-            return int(resource_version or "") < int(self.written_resource_version or "")
-        except ValueError:
-            return False
-
-
 class Reconciler:
     def __init__(
         self,
@@ -198,12 +168,9 @@ class Reconciler:
         self._capabilities_ttl = capabilities_ttl
         self._clock = clock
         self._capabilities: tuple[float, ClusterCapabilities] | None = None
-        self._status_memory: dict[str, _StatusMemory] = {}
         self._nodes: tuple[float, list[dict[str, Any]] | None] | None = None
         self._progress = BuildProgressReader(cluster, clock)
-        # uid -> (reason, type) -> the Event last posted for it: (name, count, monotonic time).
-        self._posted: dict[str, dict[tuple[str, str], tuple[str, int, float]]] = {}
-        self._instance = socket.gethostname()
+        self.publisher = StatusPublisher(cluster, self.metrics, clock)
         self.steps: list[Callable[[Round], Awaitable[None]]] = [
             self.ensure_cache_claim,
             self.ensure_build_job,
@@ -230,12 +197,12 @@ class Reconciler:
             # Being deleted: the garbage collector takes the children; nothing to converge to.
             return Outcome(message="being deleted")
         uid = str(metadata["uid"])
-        previous = self._previous_status(body)
+        previous = self.publisher.previous(body)
         try:
             md = parse_for_reconcile(dict(body))
         except SpecError as exc:
             status = invalid_spec_status(previous, metadata.get("generation"), exc.messages, now_rfc3339())
-            writes = await self._publish(body, previous, status)
+            writes = await self.publisher.publish(body, previous, status)
             return Outcome(invalid_spec=exc.messages, writes=writes, message=str(exc))
         if md.spec.server is not None:  # loaded into a shared ModelServer: no Deployment of its own
             from modeldeploy.placed import reconcile_placed
@@ -258,9 +225,9 @@ class Reconciler:
         status = rollout_status(
             compute_status(md, current.observed, previous, now), current.rollout, previous, now
         )
-        current.writes += await self._publish(body, previous, status)
+        current.writes += await self.publisher.publish(body, previous, status)
         if current.rollout is not None:
-            current.writes += await self._post_rollout_events(body, current.rollout.events)
+            current.writes += await self.publisher.post_rollout_events(body, current.rollout.events)
         ready_condition = next(c for c in status.conditions or [] if c.type == "Ready")
         return Outcome(
             writes=current.writes,
@@ -287,8 +254,7 @@ class Reconciler:
 
     def forget(self, uid: str) -> None:
         """Drop what we remember about a deleted ModelDeployment."""
-        self._status_memory.pop(uid, None)
-        self._posted.pop(uid, None)
+        self.publisher.forget(uid)
         self._progress.forget(uid)
 
     async def nodes(self) -> list[dict[str, Any]] | None:
@@ -571,111 +537,3 @@ class Reconciler:
     async def observe_nodes(self, current: Round) -> None:
         if current.md.spec.resources.gpus > 0:
             current.observed.nodes = await self.nodes()
-
-    # ------------------------------------------------------------------------------------ status
-
-    def _previous_status(self, body: Mapping[str, Any]) -> ModelDeploymentStatus | None:
-        metadata = body.get("metadata") or {}
-        memory = self._status_memory.get(str(metadata.get("uid")))
-        if memory is not None and memory.newer_than(metadata.get("resourceVersion")):
-            # `body` predates our last status write (an index or event that lags behind): trust our own
-            # record, or the status would be written again and its transitions posted twice.
-            return memory.status
-        raw = body.get("status")
-        if not raw:
-            return None
-        # Only our own fields: anything another writer left in the status is not ours to compare.
-        known = {field.alias or name for name, field in ModelDeploymentStatus.model_fields.items()}
-        try:
-            return ModelDeploymentStatus.model_validate({k: v for k, v in raw.items() if k in known})
-        except ValueError:
-            logger.warning("ignoring an unreadable status on %s", metadata.get("name"))
-            return None
-
-    async def _publish(
-        self, body: Mapping[str, Any], previous: ModelDeploymentStatus | None, status: ModelDeploymentStatus
-    ) -> int:
-        """Write `status` if it differs from `previous`, with an Event if Ready changed (`transitions`)."""
-        if comparable(previous) == comparable(status):
-            return 0
-        metadata = body["metadata"]
-        namespace, name = metadata.get("namespace", "default"), metadata["name"]
-        written = await self.cluster.apply_status(namespace, name, status.dump())
-        self.metrics.writes.labels(kind=MODEL_DEPLOYMENT.kind, verb="status").inc()
-        self._status_memory[str(metadata["uid"])] = _StatusMemory(
-            metadata.get("resourceVersion"), written, status
-        )
-        writes = 1
-        for transition in transitions(previous, status):
-            try:
-                writes += await self._post(body, transition)
-            except KubeError as exc:
-                logger.warning("could not post an Event on %s/%s: %s", namespace, name, exc)
-        return writes
-
-    async def _post_rollout_events(self, body: Mapping[str, Any], events: list[RolloutEvent]) -> int:
-        """The canary's Events (a step passed, promoted, rolled back with the metric, value and threshold),
-        posted after the status that records the change, so a retried round does not post them twice."""
-        posted = 0
-        for event in events:
-            try:
-                await self.cluster.create_event(self._event(body, event.type, event.reason, event.message))
-            except KubeError as exc:
-                logger.warning("could not post an Event on %s: %s", body["metadata"]["name"], exc)
-                continue
-            self.metrics.writes.labels(kind=EVENT.kind, verb="create").inc()
-            posted += 1
-        return posted
-
-    async def _post(self, body: Mapping[str, Any], transition: Transition) -> int:
-        """Post the Event of a change of Ready; a repeat of a recent one (a flapping pod) bumps its count
-        instead, as the kubelet's Event correlator does."""
-        metadata = body["metadata"]
-        namespace = metadata.get("namespace", "default")
-        message = f"Ready is {transition.status.value}: {transition.message}"
-        posted = self._posted.setdefault(str(metadata["uid"]), {})
-        key = (transition.reason, transition.event_type)
-        now = self._clock()
-        recent = posted.get(key)
-        if recent is not None and now - recent[2] < EVENT_AGGREGATION_SECONDS:
-            event_name, count, _ = recent
-            patch = {"count": count + 1, "lastTimestamp": now_rfc3339(), "message": message[:1024]}
-            if await self.cluster.patch_event(namespace, event_name, patch):
-                posted[key] = (event_name, count + 1, now)
-                self.metrics.writes.labels(kind=EVENT.kind, verb="patch").inc()
-                return 1
-        event = self._event(body, transition.event_type, transition.reason, message)
-        await self.cluster.create_event(event)
-        posted[key] = (event["metadata"]["name"], 1, now)
-        self.metrics.writes.labels(kind=EVENT.kind, verb="create").inc()
-        return 1
-
-    def _event(self, body: Mapping[str, Any], event_type: str, reason: str, message: str) -> dict[str, Any]:
-        metadata = body["metadata"]
-        namespace = metadata.get("namespace", "default")
-        stamp = now_rfc3339()
-        return {
-            "apiVersion": EVENT.api_version,
-            "kind": EVENT.kind,
-            "metadata": {
-                "name": f"{metadata['name'][:236]}.{time.time_ns():x}",
-                "namespace": namespace,
-            },
-            "involvedObject": {
-                "apiVersion": body.get("apiVersion", MODEL_DEPLOYMENT.api_version),
-                "kind": body.get("kind", MODEL_DEPLOYMENT.kind),
-                "name": metadata["name"],
-                "namespace": namespace,
-                "uid": metadata["uid"],
-                "resourceVersion": metadata.get("resourceVersion"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": event_type,
-            "source": {"component": FIELD_MANAGER},
-            "reportingComponent": FIELD_MANAGER,
-            "reportingInstance": self._instance,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }

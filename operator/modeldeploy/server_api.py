@@ -1,28 +1,32 @@
 """The ModelServer API (modeldeploy.dev/v1alpha1): one shared Triton server many ModelDeployments are
 loaded into (`ModelDeployment.spec.server`), in explicit model-control mode (docs/packing.md).
 
-Like api.py, these pydantic models generate the CRD (server_crd.py) and validate what the operator reads.
+Like modeldeploy.api, these pydantic models generate the CRD (server_crd.py) and validate what the
+operator reads.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from modeldeploy.api import (
-    API_VERSION,
     ApiModel,
     Autoscaling,
     Condition,
-    ObjectMeta,
+    KubeObject,
+    ObservedGeneration,
+    PodSelector,
     Quantity,
+    ReadyReplicas,
+    Replicas,
     Resources,
     Rule,
-    SpecError,
-    format_error,
+    conditions_field,
+    parse_object,
     quantity_schema,
-    to_camel_path,
+    validate_spec,
 )
 from modeldeploy.names import DNS1123_SUBDOMAIN
 from modeldeploy.quantity import parse_quantity
@@ -142,15 +146,11 @@ class PlacedModel(ApiModel):
 class ModelServerStatus(ApiModel):
     """Observed state, written only by the operator."""
 
-    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
-    conditions: list[Condition] | None = Field(
-        default=None,
-        description="Available and Ready.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    replicas: int | None = Field(default=None, description="Pods that exist (scale subresource).")
-    ready_replicas: int | None = Field(default=None, description="Pods that are Ready.")
-    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    observed_generation: ObservedGeneration = None
+    conditions: list[Condition] | None = conditions_field("Available and Ready.")
+    replicas: Replicas = None
+    ready_replicas: ReadyReplicas = None
+    selector: PodSelector = None
     capacity: str | None = Field(default=None, description="Device memory for models (bytes).")
     used: str | None = Field(default=None, description="Memory the placed models record (bytes).")
     memory_summary: str | None = Field(default=None, description="used/capacity, for kubectl get.")
@@ -162,34 +162,18 @@ class ModelServerStatus(ApiModel):
     )
 
 
-class ModelServer(BaseModel):
+class ModelServer(KubeObject):
     """A ModelServer as the operator sees it."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    api_version: str = Field(default=API_VERSION, alias="apiVersion")
     kind: str = KIND
-    metadata: ObjectMeta
     spec: ModelServerSpec
     status: ModelServerStatus | None = None
 
 
 def parse_server_spec(spec: dict[str, Any]) -> ModelServerSpec:
     """Validate a raw ModelServer `spec`; raise SpecError whose messages each name the offending field."""
-    try:
-        return ModelServerSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise SpecError(
-            [
-                format_error({**error, "loc": ("spec", *to_camel_path(tuple(error["loc"])))})
-                for error in exc.errors()
-            ]
-        ) from exc
+    return validate_spec(ModelServerSpec, spec)
 
 
 def parse_model_server(body: dict[str, Any]) -> ModelServer:
-    return ModelServer(
-        metadata=ObjectMeta.model_validate(dict(body.get("metadata") or {})),
-        spec=parse_server_spec(dict(body.get("spec") or {})),
-        status=ModelServerStatus.model_validate(body["status"]) if body.get("status") else None,
-    )
+    return parse_object(ModelServer, ModelServerSpec, ModelServerStatus, body)

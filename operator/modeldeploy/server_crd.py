@@ -8,80 +8,43 @@ from typing import Any
 import yaml
 
 from modeldeploy import api, server_api
-from modeldeploy.crd import Dumper, all_nodes, reference_rows, structural
+from modeldeploy.crd import (
+    Dumper,
+    column,
+    custom_resource_definition,
+    printer_columns,
+    reference_markdown,
+    structural,
+)
 
 FILE_NAME = f"{api.GROUP}_{server_api.PLURAL}.yaml"
 
 
-def _printer_columns() -> list[dict[str, Any]]:
-    return [
-        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-        {"name": "Models", "type": "string", "jsonPath": ".status.modelSummary"},
-        {"name": "Memory", "type": "string", "jsonPath": ".status.memorySummary"},
-        {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ]
-
-
 def build_server_crd() -> dict[str, Any]:
     spec_schema = structural(server_api.ModelServerSpec)
-    status_schema = structural(server_api.ModelServerStatus)
     for name in ("triton", "resources"):
         spec_schema["properties"][name]["default"] = {}
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{server_api.PLURAL}.{api.GROUP}",
-            "labels": {"app.kubernetes.io/name": "modeldeploy", "app.kubernetes.io/part-of": "modeldeploy"},
-        },
-        "spec": {
-            "group": api.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": server_api.KIND,
-                "listKind": f"{server_api.KIND}List",
-                "plural": server_api.PLURAL,
-                "singular": server_api.SINGULAR,
-                "shortNames": server_api.SHORT_NAMES,
-                "categories": ["all", "modeldeploy"],
-            },
-            "versions": [
-                {
-                    "name": api.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": _printer_columns(),
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (
-                                "ModelServer is one shared Triton Inference Server (explicit model control) "
-                                "that ModelDeployments naming it in spec.server are loaded into, each placed "
-                                "only where its recorded memory fits the server's capacity."
-                            ),
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string", "description": "API version."},
-                                "kind": {"type": "string", "description": "Kind."},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
+    names = {
+        "kind": server_api.KIND,
+        "plural": server_api.PLURAL,
+        "singular": server_api.SINGULAR,
+        "shortNames": server_api.SHORT_NAMES,
     }
+    return custom_resource_definition(
+        names,
+        (
+            "ModelServer is one shared Triton Inference Server (explicit model control) that "
+            "ModelDeployments naming it in spec.server are loaded into, each placed only where its recorded "
+            "memory fits the server's capacity."
+        ),
+        spec_schema,
+        structural(server_api.ModelServerStatus),
+        printer_columns(
+            column("Models", ".status.modelSummary"),
+            column("Memory", ".status.memorySummary"),
+            column("Replicas", ".status.readyReplicas", "integer"),
+        ),
+    )
 
 
 def render_server_crd_yaml() -> str:
@@ -90,21 +53,6 @@ def render_server_crd_yaml() -> str:
 
 
 def render_server_reference() -> str:
-    schema = build_server_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
-    header = "| field | type | description |\n|---|---|---|\n"
-    rules = [
-        f"- {rule['message']} (`{rule['rule']}`)"
-        for _, node in all_nodes(schema["spec"])
-        for rule in node.get("x-kubernetes-validations", [])
-    ]
-    return (
-        "### ModelServer spec\n\n"
-        + header
-        + "\n".join(reference_rows(schema["spec"], "spec"))
-        + "\n\n### ModelServer cross-field rules (CEL)\n\n"
-        + "\n".join(rules)
-        + "\n\n### ModelServer status\n\n"
-        + header
-        + "\n".join(reference_rows(schema["status"], "status"))
-        + "\n"
+    return reference_markdown(
+        build_server_crd(), "ModelServer spec", "ModelServer cross-field rules (CEL)", "ModelServer status"
     )

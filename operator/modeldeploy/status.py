@@ -92,7 +92,7 @@ def claim_verdict(observed: Observed) -> Verdict | None:
             f"cache claim {name_of(claim)}{of_class} is {phase or 'not bound'}: "
             f"{latest.get('reason')}: {one_line(str(latest.get('message', '')))}"
         )
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, CACHE_CLAIM_PENDING, message, failed=True)
+        return Verdict.failure(MODEL_REPOSITORY_READY, CACHE_CLAIM_PENDING, message)
     message = f"cache claim {name_of(claim)}{of_class} is {phase or 'not bound'} yet"
     return Verdict(MODEL_REPOSITORY_READY, FALSE, CACHE_CLAIM_PENDING, message)
 
@@ -105,13 +105,11 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
         if outcome == "succeeded":
             return Verdict(MODEL_REPOSITORY_READY, TRUE, "Built", f"repository {digest} is in the cache")
         if outcome == "failed":
-            return Verdict(
+            return Verdict.failure(
                 MODEL_REPOSITORY_READY,
-                FALSE,
                 BUILD_FAILED,
                 f"build Job {name_of(job)} failed: {one_line(detail)} "
                 "(fix the spec, or delete the Job to retry)",
-                failed=True,
             )
         pending = claim_verdict(observed)
         if pending is not None:
@@ -119,7 +117,7 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
         problem = summarize_pod_problems(observed.build_pods)
         if problem is not None:
             message = f"build Job {name_of(job)}: {problem.detail.replace('pods', 'builder pods', 1)}"
-            return Verdict(MODEL_REPOSITORY_READY, FALSE, problem.reason, message, failed=True)
+            return Verdict.failure(MODEL_REPOSITORY_READY, problem.reason, message)
         if job is None:
             return Verdict(
                 MODEL_REPOSITORY_READY,
@@ -134,7 +132,7 @@ def repository_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
         problem = summarize_pod_problems(builds)
         assert problem is not None
         message = problem.detail.replace(f"of {len(builds)} pods", f"of {len(current)} pods", 1)
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, problem.reason, message, failed=True)
+        return Verdict.failure(MODEL_REPOSITORY_READY, problem.reason, message)
     if any(pod_is_ready(pod) for pod in current):
         return Verdict(
             MODEL_REPOSITORY_READY,
@@ -174,7 +172,7 @@ def building_verdict(md: ModelDeployment, observed: Observed, building: str) -> 
             f"{building}: the checkpoint's {said} (pod {found.pod}); check the source's reachability and "
             "credentials, or raise spec.model.downloadStallSeconds"
         )
-        return Verdict(MODEL_REPOSITORY_READY, FALSE, DOWNLOAD_STALLED, message, failed=True)
+        return Verdict.failure(MODEL_REPOSITORY_READY, DOWNLOAD_STALLED, message)
     return Verdict(MODEL_REPOSITORY_READY, FALSE, "Building", f"{building}: {found.report.describe()}")
 
 
@@ -193,7 +191,7 @@ def replica_failure(deployment: dict[str, Any] | None) -> Verdict | None:
     reason = QUOTA_EXCEEDED if "exceeded quota" in text else CREATE_FAILED
     fix = "raise the namespace's ResourceQuota or lower the request" if reason == QUOTA_EXCEEDED else ""
     message = f"the ReplicaSet cannot create pods: {text}" + (f"; {fix}" if fix else "")
-    return Verdict(AVAILABLE, FALSE, reason, message, failed=True)
+    return Verdict.failure(AVAILABLE, reason, message)
 
 
 def _serving_pods_problem(md: ModelDeployment, observed: Observed) -> PodProblem | None:
@@ -227,22 +225,18 @@ def available_verdict(md: ModelDeployment, observed: Observed) -> Verdict:
         return refused
     problem = _serving_pods_problem(md, observed)
     if problem is not None:
-        return Verdict(AVAILABLE, FALSE, problem.reason, problem.detail, failed=True)
+        return Verdict.failure(AVAILABLE, problem.reason, problem.detail)
     progressing = conditions_of(deployment).get("Progressing", {})
     if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return Verdict(
-            AVAILABLE,
-            FALSE,
-            "ProgressDeadlineExceeded",
-            one_line(str(progressing.get("message", ""))),
-            failed=True,
+        return Verdict.failure(
+            AVAILABLE, "ProgressDeadlineExceeded", one_line(str(progressing.get("message", "")))
         )
     warning = placement_warning(md, observed.nodes)
     if warning is not None:
-        return Verdict(AVAILABLE, FALSE, UNSCHEDULABLE, warning, failed=True)
+        return Verdict.failure(AVAILABLE, UNSCHEDULABLE, warning)
     if progressing.get("reason") == "NewReplicaSetAvailable":
         # The rollout had finished, yet nothing serves now: pods failed after starting.
-        return Verdict(AVAILABLE, FALSE, "NoReplicasAvailable", f"0 of {desired} pods available", failed=True)
+        return Verdict.failure(AVAILABLE, "NoReplicasAvailable", f"0 of {desired} pods available")
     return Verdict(AVAILABLE, FALSE, "PodsStarting", f"0 of {desired} pods available yet")
 
 
@@ -279,7 +273,7 @@ def _stuck_rollout(md: ModelDeployment, observed: Observed, available: Verdict) 
         summary = _serving_pods_problem(md, observed)
         if summary is None:
             return None
-        problem = Verdict(READY, FALSE, summary.reason, summary.detail, failed=True)
+        problem = Verdict.failure(READY, summary.reason, summary.detail)
     serving = f"{ready} of {desired} pods still serve"
     # A rollout: pods of an older template remain, or the Deployment controller has not even counted the
     # new one yet (our own apply's response, read in the same round as the new revision's first pods).
@@ -291,14 +285,14 @@ def _stuck_rollout(md: ModelDeployment, observed: Observed, available: Verdict) 
             f"the new revision cannot come up ({problem.reason}): {problem.message}; "
             f"the previous revision still serves ({ready} of {desired} pods ready)"
         )
-        return Verdict(READY, FALSE, ROLLOUT_STUCK, message, failed=True)
-    return Verdict(READY, FALSE, problem.reason, f"{problem.message}; {serving}", failed=True)
+        return Verdict.failure(READY, ROLLOUT_STUCK, message)
+    return Verdict.failure(READY, problem.reason, f"{problem.message}; {serving}")
 
 
 def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict]) -> Verdict:
     if observed.apply_errors:
         message = "; ".join(one_line(error) for error in observed.apply_errors)
-        return Verdict(READY, FALSE, "ApplyFailed", message, failed=True)
+        return Verdict.failure(READY, "ApplyFailed", message)
     repository, available, _autoscaler = parts
     if repository.status is FALSE and (repository.failed or repository.reason == CACHE_CLAIM_PENDING):
         message = repository.message
@@ -309,7 +303,7 @@ def ready_verdict(md: ModelDeployment, observed: Observed, parts: list[Verdict])
     if stuck is not None:
         return stuck
     if available.failed:
-        return Verdict(READY, FALSE, available.reason, available.message, failed=True)
+        return Verdict.failure(READY, available.reason, available.message)
     if repository.status is FALSE:
         return Verdict(READY, FALSE, repository.reason, repository.message)
     if available.status is not TRUE:

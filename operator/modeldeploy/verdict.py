@@ -20,3 +20,8 @@ class Verdict:
     message: str
     # Someone has to act (a Warning; phase Failed, or Degraded while something still serves).
     failed: bool = False
+
+    @classmethod
+    def failure(cls, type: str, reason: str, message: str) -> Verdict:
+        """A False condition that someone has to act on."""
+        return cls(type, FALSE, reason, message, failed=True)
