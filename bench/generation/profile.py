@@ -5,10 +5,15 @@ Side by side, interleaved (A B A B ...; the best of `--repeats` runs each, so a 
 machine costs one run, not the comparison):
 
 - `generate`: transformers' `generate` on one prompt, and one static left-padded batch of N prompts;
-- `engine`: the runtime's decoding loop (model_repo/runtime/decoding.py) on the same prompts: prefill each
-  prompt alone, join the running batch, decode until every row has its tokens; its time split into the
-  model's forward passes and everything else (token choice, joins, leaves, mask upkeep);
+- `engine`: the runtime's decoding loop (model_repo/runtime/decoding.py) on the same prompts: prefill the
+  waiting prompts in groups (one left-padded forward per token budget, as the server's engine does), join
+  the running batch, decode until every row has its tokens; its time split into the model's forward
+  passes and everything else (token choice, joins, leaves, mask upkeep);
+- `engine, one at a time`: the same loop prefilling each prompt alone (one forward per prompt, how the
+  engine prefilled before grouping), so what grouping gains is measured in the same interleaved run;
 - `engine, staggered`: the N prompts join one decoding step apart, as arrivals do in a server;
+- first tokens: the prefill alone (every prompt's first token, its rows joined), `generate` with one new
+  token against the engine's grouped and one-at-a-time prefill;
 - detokenisation: the per-token cost of decoding a growing answer to text (what streaming pays).
 
 What this cannot show is the serving path's own cost (Triton's response per token, gRPC): that is ours
@@ -33,15 +38,55 @@ from bench.common.report import RESULTS_DIR, fmt, markdown_table, write_json
 from bench.generation.run import Settings, make_checkpoint, make_prompts
 
 
-def _engine(model: Any, prompt_ids: list[list[int]], tokens: int, stagger: bool) -> dict[str, float]:
-    """Seconds of one engine run: total, in the model's forward passes, and tokens generated."""
+class _Job:
+    """What the running batch holds per row (the server's jobs carry their `Row` the same way)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        from model_repo.runtime import decoding
+
+        self.row = decoding.Row(decoding.Sampling("p", temperature=0.0), ids, frozenset())
+
+
+def _prefill_arrivals(model: Any, batch: Any, arrived: list[_Job], token_budget: int | None) -> int:
+    """As the server's engine takes new work: the arrived prompts prefilled in groups (each alone when the
+    budget is 0), each row's first token chosen, the rows joined; returns the tokens generated."""
+    from model_repo.runtime import decoding
+
+    prompts = [job.row.prompt_ids for job in arrived]
+    budget = decoding.PREFILL_TOKEN_BUDGET if token_budget is None else token_budget
+    for group in decoding.plan_prefill(prompts, None, token_budget=budget):
+        members = [arrived[index] for index in group.indices]
+        logits, tensors = decoding.prefill_group(model, group, None)
+        choices = decoding.choose_rows(logits, [job.row for job in members])
+        for job, choice in zip(members, choices, strict=True):
+            job.row.add(choice.token)
+        batch.join_many(
+            [(job, rows, c.token) for job, rows, c in zip(members, tensors, choices, strict=True)]
+        )
+    return len(arrived)
+
+
+def _first_tokens(model: Any, prompt_ids: list[list[int]], token_budget: int | None) -> dict[str, float]:
+    """Seconds until every prompt has its first token and its row in the running batch."""
     import torch
 
     from model_repo.runtime import decoding
 
-    class Job:
-        def __init__(self, ids: list[int]) -> None:
-            self.row = decoding.Row(decoding.Sampling("p", temperature=0.0), ids, frozenset())
+    began = time.perf_counter()
+    with torch.inference_mode():
+        generated = _prefill_arrivals(
+            model, decoding.RunningBatch(model), [_Job(ids) for ids in prompt_ids], token_budget
+        )
+    return {"seconds": time.perf_counter() - began, "tokens": generated}
+
+
+def _engine(
+    model: Any, prompt_ids: list[list[int]], tokens: int, stagger: bool, token_budget: int | None = None
+) -> dict[str, float]:
+    """Seconds of one engine run: total, in the model's forward passes, and tokens generated."""
+    import torch
+
+    from model_repo.runtime import decoding
 
     forward_s = 0.0
     original = model.forward
@@ -57,17 +102,13 @@ def _engine(model: Any, prompt_ids: list[list[int]], tokens: int, stagger: bool)
     try:
         began = time.perf_counter()
         batch = decoding.RunningBatch(model)
-        waiting = [Job(ids) for ids in prompt_ids]
+        waiting = [_Job(ids) for ids in prompt_ids]
         generated = 0
         with torch.inference_mode():
             while waiting or len(batch):
-                for job in waiting[: 1 if stagger else len(waiting)]:
-                    logits, tensors, _ = decoding.prefill(model, job.row.prompt_ids, None)
-                    choice = decoding.choose(logits, job.row)
-                    job.row.add(choice.token)
-                    batch.join(job, tensors, choice.token)
-                    generated += 1
-                waiting = waiting[1 if stagger else len(waiting) :]
+                taken = 1 if stagger else len(waiting)
+                arrived, waiting = waiting[:taken], waiting[taken:]
+                generated += _prefill_arrivals(model, batch, arrived, token_budget)
                 logits = batch.step()
                 gone = set()
                 rows = [job.row for job in batch.rows]
@@ -128,7 +169,15 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
             "engine": partial(_engine, model, ids, tokens, stagger=False),
         }
         if size > 1:
+            contenders["engine, one at a time"] = partial(_engine, model, ids, tokens, False, 0)
             contenders["engine, staggered"] = partial(_engine, model, ids, tokens, stagger=True)
+        first_tokens: dict[str, Callable[[], dict[str, float]]] = {
+            "generate": partial(_generate, model, tokenizer, batch, 1),
+            "engine": partial(_first_tokens, model, ids, None),
+        }
+        if size > 1:
+            first_tokens["engine, one at a time"] = partial(_first_tokens, model, ids, 0)
+        contenders.update({f"first tokens: {name}": run for name, run in first_tokens.items()})
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
         meter = ForeignCpu()
         meter.start()
@@ -139,12 +188,19 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
         level: dict[str, Any] = {"prompts": size, "foreign_cpu_share": round(foreign_share, 3)}
         for name, results in runs.items():
             best = _best(results[1:])
+            if name.startswith("first tokens: "):
+                level[name] = {"ms": 1000 * best["seconds"]}
+                continue
             level[name] = {
                 "tokens_per_s": best["tokens"] / best["seconds"],
                 "ms_per_step": 1000 * best["seconds"] / tokens,
                 "forward_share": best.get("forward_s", float("nan")) / best["seconds"],
             }
-        level["engine/generate"] = level["engine"]["tokens_per_s"] / level["generate"]["tokens_per_s"]
+        for name in ("engine", "engine, one at a time"):
+            if name in level:  # a speed ratio: above 1 the engine is faster
+                level[f"{name}/generate"] = level[name]["tokens_per_s"] / level["generate"]["tokens_per_s"]
+                first = level[f"first tokens: {name}"]["ms"]
+                level[f"first tokens: {name}/generate"] = level["first tokens: generate"]["ms"] / first
         print(json.dumps(level), flush=True)
         levels.append(level)
     answer = tokenizer(prompts[0])["input_ids"][:tokens]
@@ -156,7 +212,10 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    rows = []
+    def ratio(level: dict[str, Any], key: str) -> str:
+        return f"{level[key]:.2f}x" if key in level else "-"
+
+    rows, first_rows = [], []
     for level in report["levels"]:
         staggered = level.get("engine, staggered")
         rows.append(
@@ -165,9 +224,21 @@ def render_markdown(report: dict[str, Any]) -> str:
                 fmt(level["generate"]["tokens_per_s"]),
                 fmt(level["engine"]["tokens_per_s"]),
                 fmt(staggered["tokens_per_s"]) if staggered else "-",
-                f"{level['engine/generate']:.2f}x",
+                ratio(level, "engine/generate"),
+                ratio(level, "engine, one at a time/generate"),
                 f"{level['engine']['forward_share']:.0%}",
                 f"{level['foreign_cpu_share']:.0%}",
+            ]
+        )
+        one_at_a_time = level.get("first tokens: engine, one at a time")
+        first_rows.append(
+            [
+                str(level["prompts"]),
+                f"{level['first tokens: generate']['ms']:.1f}",
+                f"{level['first tokens: engine']['ms']:.1f}",
+                f"{one_at_a_time['ms']:.1f}" if one_at_a_time else "-",
+                ratio(level, "first tokens: engine/generate"),
+                ratio(level, "first tokens: engine, one at a time/generate"),
             ]
         )
     table = markdown_table(
@@ -177,10 +248,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             "engine tok/s",
             "engine staggered tok/s",
             "engine/generate",
+            "one at a time/generate",
             "engine time in forward",
             "other processes' CPU",
         ],
         rows,
+    )
+    first_table = markdown_table(
+        [
+            "prompts",
+            "generate ms",
+            "engine (grouped) ms",
+            "engine, one at a time ms",
+            "engine/generate",
+            "one at a time/generate",
+        ],
+        first_rows,
     )
     s = report["settings"]
     return "\n".join(
@@ -190,6 +273,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{report['repeats']} interleaved runs.",
             "",
             table,
+            "",
+            "Every prompt's first token (the prefill alone; ratios are speeds, above 1 is faster):",
+            "",
+            first_table,
             "",
             f"Detokenising a growing answer (what each streamed token pays): "
             f"{report['detokenise_us_per_token']:.0f} µs per token.",

@@ -6,8 +6,9 @@ Why an own scheduler rather than transformers' continuous-batching manager: on a
 attention path reached half of a static `generate` batch at 4-16 sequences, and handing its per-token
 results to another thread added a polling cadence per token. The running batch here is what `generate`
 itself runs for a left-padded batch (one `DynamicCache`, a 2-D attention mask, explicit positions), made
-continuous: a request is prefilled alone and joins between decoding steps by left-padding, a finished
-one leaves by dropping its row, and columns no row needs any more are trimmed.
+continuous: requests that arrive together are prefilled together (one left-padded forward, as `generate`
+prefills its batch) and join between decoding steps by left-padding, a finished one leaves by dropping
+its row, and columns no row needs any more are trimmed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ except ImportError:  # loaded by path inside Triton: generation.py loaded its si
 MAX_TOP_LOGPROBS = 20
 # A reused prefix shorter than this saves less than the lookup and copy cost.
 MIN_PREFIX_TOKENS = 8
+# Most padded tokens (rows x the longest prompt) one grouped prefill runs. Past a few thousand tokens a
+# forward is already compute-bound (larger groups gain nothing per token), while every running row waits
+# for the whole group before its next token and the attention scratch grows with rows x length^2; 4096
+# still takes 16 prompts of 256 tokens in one pass. A longer prompt runs alone, as it did before grouping.
+PREFILL_TOKEN_BUDGET = 4096
 
 
 def check_internals(model: Any) -> None:
@@ -239,24 +245,91 @@ class PrefixCache:
             self.tokens -= len(evicted)
 
 
-def prefill(
-    model: Any, prompt_ids: list[int], prefixes: PrefixCache | None
-) -> tuple[Any, list[tuple[Any, Any]], int]:
-    """Run one prompt: (its last position's [vocab] logits, per-layer keys/values [1, heads, len, dim],
-    prompt tokens taken from the prefix cache)."""
+@dataclass
+class PrefillGroup:
+    """Prompts prefilled by one forward: either prompts with no cached prefix (left-padded together) or one
+    prompt whose first `reused` tokens' keys/values come from the prefix cache."""
+
+    indices: list[int]  # positions in the list handed to `plan_prefill`
+    prompts: list[list[int]]
+    reused: int = 0
+    prefix: list[tuple[Any, Any]] | None = None
+
+
+def plan_prefill(
+    prompts: list[list[int]], prefixes: PrefixCache | None, token_budget: int = PREFILL_TOKEN_BUDGET
+) -> list[PrefillGroup]:
+    """Group prompts waiting together into few forwards.
+
+    A prompt with a prefix-cache hit runs alone on its cached prefix: only its suffix is computed (little
+    to gain from company), and grouping it would mean padding cached prefixes of other lengths into one
+    cache. The others, shortest first (so neighbours pad little), fill groups while rows x the group's
+    longest prompt stays within `token_budget`.
+    """
+    groups: list[PrefillGroup] = []
+    fresh: list[int] = []
+    for index, prompt_ids in enumerate(prompts):
+        reused, tensors = (0, None) if prefixes is None else prefixes.lookup(prompt_ids)
+        if tensors is None:
+            fresh.append(index)
+        else:
+            groups.append(PrefillGroup([index], [prompt_ids], reused, tensors))
+    current: list[int] = []
+    for index in sorted(fresh, key=lambda i: len(prompts[i])):
+        if current and (len(current) + 1) * len(prompts[index]) > token_budget:
+            groups.append(PrefillGroup(current, [prompts[i] for i in current]))
+            current = []
+        current.append(index)
+    if current:
+        groups.append(PrefillGroup(current, [prompts[i] for i in current]))
+    return groups
+
+
+def prefill_group(
+    model: Any, group: PrefillGroup, prefixes: PrefixCache | None
+) -> tuple[Any, list[list[tuple[Any, Any]]]]:
+    """Run one group: ([rows, vocab] logits of each prompt's last position, each prompt's own per-layer
+    keys/values [1, heads, its length, dim], its padding columns dropped). Each prompt is stored in the
+    prefix cache on its own tensors (copies when it shared the forward, so an entry holds no other row)."""
     import torch
 
     device = next(model.parameters()).device
-    reused, tensors = (0, None) if prefixes is None else prefixes.lookup(prompt_ids)
-    cache = hf_adapter.new_cache(model) if tensors is None else hf_adapter.cache_from_tensors(tensors)
-    rest = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=device)
-    positions = torch.arange(reused, len(prompt_ids), device=device)[None]
-    mask = torch.ones((1, len(prompt_ids)), dtype=torch.long, device=device)
-    logits = last_logits(model, rest, mask, positions, cache)
+    width = max(len(prompt_ids) for prompt_ids in group.prompts)
+    cache = (
+        hf_adapter.new_cache(model) if group.prefix is None else hf_adapter.cache_from_tensors(group.prefix)
+    )
+    # Left padding (masked; pad id 0, position 0): every row's last token is the last column.
+    ids = [[0] * (width - len(p)) + p[group.reused :] for p in group.prompts]
+    mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in group.prompts], dtype=torch.long, device=device
+    )
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, group.reused :]
+    logits = last_logits(model, torch.tensor(ids, dtype=torch.long, device=device), mask, positions, cache)
     layers = hf_adapter.layer_tensors(cache)
-    if prefixes is not None:
-        prefixes.store(prompt_ids, layers)
-    return logits[0], layers, reused
+    shared = len(group.prompts) > 1
+    rows = []
+    for index, prompt_ids in enumerate(group.prompts):
+        start = width - len(prompt_ids)
+        own = [
+            (keys[index : index + 1, :, start:], values[index : index + 1, :, start:])
+            for keys, values in layers
+        ]
+        if prefixes is not None:
+            if shared:
+                own = [(keys.clone(), values.clone()) for keys, values in own]
+            prefixes.store(prompt_ids, own)
+        rows.append(own)
+    return logits, rows
+
+
+def prefill(
+    model: Any, prompt_ids: list[int], prefixes: PrefixCache | None
+) -> tuple[Any, list[tuple[Any, Any]], int]:
+    """Run one prompt alone: (its last position's [vocab] logits, per-layer keys/values
+    [1, heads, len, dim], prompt tokens taken from the prefix cache)."""
+    (group,) = plan_prefill([prompt_ids], prefixes)
+    logits, rows = prefill_group(model, group, prefixes)
+    return logits[0], rows[0], group.reused
 
 
 class RunningBatch:
@@ -278,42 +351,45 @@ class RunningBatch:
         return int(self.mask.sum()) if self.mask is not None else 0
 
     def join(self, job: Any, tensors: list[tuple[Any, Any]], first_token: int) -> None:
-        import torch
-        import torch.nn.functional as functional
+        self.join_many([(job, tensors, first_token)])
 
-        length = tensors[0][0].shape[2]
+    def join_many(self, joining: list[tuple[Any, list[tuple[Any, Any]], int]]) -> None:
+        """Add rows (each: the caller's job, its per-layer keys/values [1, heads, length, dim], its first
+        token, not yet in the cache), copying the batch's tensors once for all of them."""
+        import torch
+
+        if not joining:
+            return
+        held = len(self.rows)
+        columns = 0 if self.mask is None else self.mask.shape[1]
+        lengths = [tensors[0][0].shape[2] for _, tensors, _ in joining]
+        width = max(columns, *lengths)
+        old = [] if self.cache is None else hf_adapter.layer_tensors(self.cache)
+        layers = []
+        for layer, first_row in enumerate(joining[0][1]):
+            pair = []
+            for side, sample in enumerate(first_row):
+                heads, dim = sample.shape[1], sample.shape[3]
+                merged = sample.new_zeros((held + len(joining), heads, width, dim))
+                if held:
+                    merged[:held, :, width - columns :] = old[layer][side]
+                for offset, (_, tensors, _) in enumerate(joining):
+                    new = tensors[layer][side]
+                    merged[held + offset, :, width - new.shape[2] :] = new[0]
+                pair.append(merged)
+            layers.append((pair[0], pair[1]))
+        mask = torch.zeros((held + len(joining), width), dtype=torch.long, device=layers[0][0].device)
+        if held:
+            mask[:held, width - columns :] = self.mask
+        for offset, length in enumerate(lengths):
+            mask[held + offset, width - length :] = 1
+        self.mask = mask
         if self.cache is None:
-            self.cache = hf_adapter.cache_from_tensors(tensors)
-            self.mask = torch.ones((1, length), dtype=torch.long, device=tensors[0][0].device)
+            self.cache = hf_adapter.cache_from_tensors(layers)
         else:
-            columns = self.mask.shape[1]
-            width = max(columns, length)
-            joined = []
-            for (keys, values), (new_keys, new_values) in zip(
-                hf_adapter.layer_tensors(self.cache), tensors, strict=True
-            ):
-                joined.append(
-                    (
-                        torch.cat(
-                            [
-                                functional.pad(keys, (0, 0, width - columns, 0)),
-                                functional.pad(new_keys, (0, 0, width - length, 0)),
-                            ]
-                        ),
-                        torch.cat(
-                            [
-                                functional.pad(values, (0, 0, width - columns, 0)),
-                                functional.pad(new_values, (0, 0, width - length, 0)),
-                            ]
-                        ),
-                    )
-                )
-            hf_adapter.set_layer_tensors(self.cache, joined)
-            row_mask = torch.zeros((1, width), dtype=torch.long, device=self.mask.device)
-            row_mask[0, width - length :] = 1
-            self.mask = torch.cat([functional.pad(self.mask, (width - columns, 0)), row_mask])
-        self.rows.append(job)
-        self.pending.append(first_token)
+            hf_adapter.set_layer_tensors(self.cache, layers)
+        self.rows.extend(job for job, _, _ in joining)
+        self.pending.extend(token for _, _, token in joining)
 
     def leave(self, gone: set[int]) -> None:
         """Drop the rows at these indices, and the columns no remaining row uses."""

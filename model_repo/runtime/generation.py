@@ -347,8 +347,7 @@ class GenerationEngine:
                     began = time.perf_counter()
                     self._reap_cancelled()
                     self.profile.seconds["cancel_checks"] += time.perf_counter() - began
-                    for job in self._admit():
-                        self._start(job)
+                    self._start(self._admit())
                     if len(self.batch):
                         self._step()
                     else:
@@ -372,23 +371,29 @@ class GenerationEngine:
             admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         return admitted
 
-    def _start(self, job: Job) -> None:
-        """Prefill one request; it joins the batch unless its first token already ends it."""
+    def _start(self, jobs: list[Job]) -> None:
+        """Prefill new requests in groups; each joins the batch unless its first token already ends it."""
         seconds = self.profile.seconds
-        began = time.perf_counter()
-        try:
-            logits, tensors, _ = decoding.prefill(self.model, job.row.prompt_ids, self.prefixes)
-        except Exception as exc:
-            self._send_error(job, f"generation failed: {exc}", "INTERNAL")
-            return
-        choice = decoding.choose(logits, job.row)
-        chosen = time.perf_counter()
-        seconds["prefill"] += chosen - began
-        finished = self._advance(job, choice)
-        responded = time.perf_counter()
-        seconds["respond"] += responded - chosen
-        if not finished:
-            self.batch.join(job, tensors, choice.token)
+        for group in decoding.plan_prefill([job.row.prompt_ids for job in jobs], self.prefixes):
+            began = time.perf_counter()
+            members = [jobs[index] for index in group.indices]
+            try:
+                logits, tensors = decoding.prefill_group(self.model, group, self.prefixes)
+            except Exception as exc:
+                for job in members:
+                    self._send_error(job, f"generation failed: {exc}", "INTERNAL")
+                continue
+            choices = decoding.choose_rows(logits, [job.row for job in members])
+            chosen = time.perf_counter()
+            seconds["prefill"] += chosen - began
+            joining = [
+                (job, rows, choice.token)
+                for job, rows, choice in zip(members, tensors, choices, strict=True)
+                if not self._advance(job, choice)
+            ]
+            responded = time.perf_counter()
+            seconds["respond"] += responded - chosen
+            self.batch.join_many(joining)
             seconds["join_leave"] += time.perf_counter() - responded
 
     def _step(self) -> None:

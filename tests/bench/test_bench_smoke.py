@@ -262,6 +262,9 @@ def test_generation_profile_compares_the_engine_with_generate(tmp_path: Path) ->
     assert [level["prompts"] for level in report["levels"]] == [1, 2]
     for level in report["levels"]:
         assert level["engine/generate"] > 0 and 0 < level["engine"]["forward_share"] <= 1
+        assert level["first tokens: engine/generate"] > 0
+    assert "engine, one at a time/generate" not in report["levels"][0]  # one prompt: nothing to group
+    assert report["levels"][1]["first tokens: engine, one at a time/generate"] > 0
 
 
 def test_profile_times_the_generated_runtime_stage_by_stage(tmp_path: Path) -> None:

@@ -1,0 +1,191 @@
+"""Grouped prefill (decoding.plan_prefill / prefill_group / RunningBatch.join_many) without Triton, on the
+tiny random Llama and GPT-2: prompts of different lengths prefilled together in one left-padded forward
+give each prompt what prefilling it alone gives (first token, logits, keys/values), the prefix cache keeps
+each prompt's own unpadded tensors, and a group's rows join a running batch in one copy and decode as
+`generate` alone does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import make_gpt2_checkpoint, make_llama_checkpoint
+
+from model_repo.runtime import decoding
+
+PROMPTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello",
+    "paris is the capital of france and triton serves the model over http and grpc",
+    "a b c d e f g",
+    "short",
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, list[list[int]]]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("grouped")
+    loaded = {}
+    for name, path in (
+        ("llama", make_llama_checkpoint(root / "llama")),
+        ("gpt2", make_gpt2_checkpoint(root / "gpt2")),
+    ):
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+        loaded[name] = (model, [tokenizer(p)["input_ids"] for p in PROMPTS])
+    return loaded
+
+
+class Job:
+    def __init__(self, prompt_ids: list[int]) -> None:
+        self.row = decoding.Row(decoding.Sampling("p", temperature=0.0), prompt_ids, frozenset())
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_a_group_gives_each_prompt_what_it_gets_alone(models: dict[str, Any], name: str) -> None:
+    import torch
+
+    model, prompt_ids = models[name]
+    assert len({len(ids) for ids in prompt_ids}) > 2  # the group really pads
+    with torch.inference_mode():
+        alone = [decoding.prefill(model, ids, None) for ids in prompt_ids]
+        (group,) = decoding.plan_prefill(prompt_ids, None)
+        logits, tensors = decoding.prefill_group(model, group, None)
+    assert sorted(group.indices) == list(range(len(prompt_ids)))
+    assert logits.shape[0] == len(prompt_ids)
+    for row, index in enumerate(group.indices):
+        alone_logits, alone_tensors, _ = alone[index]
+        assert int(torch.argmax(logits[row])) == int(torch.argmax(alone_logits))
+        torch.testing.assert_close(logits[row], alone_logits, atol=1e-4, rtol=1e-4)
+        assert len(tensors[row]) == len(alone_tensors)
+        for (keys, values), (alone_keys, alone_values) in zip(tensors[row], alone_tensors, strict=True):
+            assert keys.shape == alone_keys.shape == (1, keys.shape[1], len(prompt_ids[index]), keys.shape[3])
+            torch.testing.assert_close(keys, alone_keys, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(values, alone_values, atol=1e-4, rtol=1e-4)
+
+
+def test_groups_keep_the_token_budget_and_cache_hits_run_alone() -> None:
+    prompts = [[7] * 100, [1] * 10, [2] * 30, [3] * 20, [4] * 300]
+    groups = decoding.plan_prefill(prompts, None, token_budget=200)
+    assert sorted(index for group in groups for index in group.indices) == list(range(len(prompts)))
+    for group in groups:
+        assert group.prompts == [prompts[index] for index in group.indices]
+        assert len(group.prompts) == 1 or len(group.prompts) * max(map(len, group.prompts)) <= 200
+    assert [group.indices for group in groups] == [[1, 3, 2], [0], [4]]  # shortest first; 300 runs alone
+    assert len(decoding.plan_prefill(prompts, None)) == 1  # the default budget takes all 460 tokens at once
+
+    import torch
+
+    prefixes = decoding.PrefixCache(4096)
+    layer = (torch.zeros((1, 2, 100, 4)), torch.zeros((1, 2, 100, 4)))
+    prefixes.store(prompts[0], [layer])
+    extended = prompts[0] + [5, 6]
+    groups = decoding.plan_prefill([prompts[1], extended, prompts[2]], prefixes)
+    hit = next(group for group in groups if group.prefix is not None)
+    assert (hit.indices, hit.reused) == ([1], 100)
+    assert [group.indices for group in groups if group.prefix is None] == [[0, 2]]
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_the_prefix_cache_stores_each_prompt_unpadded_on_its_own_tensors(
+    models: dict[str, Any], name: str
+) -> None:
+    import torch
+
+    model, prompt_ids = models[name]
+    prefixes = decoding.PrefixCache(4096)
+    with torch.inference_mode():
+        (group,) = decoding.plan_prefill(prompt_ids, prefixes)
+        _, tensors = decoding.prefill_group(model, group, prefixes)
+    stored = [ids for ids in prompt_ids if len(ids) >= decoding.MIN_PREFIX_TOKENS]
+    assert stored and set(prefixes.entries) == {tuple(ids) for ids in stored}
+    storages = set()
+    for key, layers in prefixes.entries.items():
+        row = group.prompts.index(list(key))
+        for (keys, values), (row_keys, row_values) in zip(layers, tensors[row], strict=True):
+            assert keys.shape[0] == 1 and keys.shape[2] == len(key)
+            assert torch.equal(keys, row_keys) and torch.equal(values, row_values)
+            # its own storage, holding its positions only (not a view into the group's padded batch)
+            assert keys.untyped_storage().nbytes() == keys.numel() * keys.element_size()
+            storages.add(keys.untyped_storage().data_ptr())
+    assert len(storages) == len(stored) * len(model.model.layers if name == "llama" else model.transformer.h)
+
+
+def _generate(model: Any, ids: list[int], count: int) -> list[int]:
+    import torch
+
+    tensor = torch.tensor([ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=count,
+            min_new_tokens=count,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return [int(t) for t in out[0, len(ids) :]]
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_grouped_joins_decode_as_generate_alone(models: dict[str, Any], name: str) -> None:
+    """Two groups join a running batch (the second while the first decodes), each with one join_many."""
+    import torch
+
+    model, prompt_ids = models[name]
+    count = 6
+    expected = [_generate(model, ids, count) for ids in prompt_ids]
+    jobs = [Job(ids) for ids in prompt_ids]
+    batch = decoding.RunningBatch(model)
+    arrivals = {0: jobs[:3], 2: jobs[3:]}
+    with torch.inference_mode():
+        for step in range(3 * count):
+            arrived = arrivals.get(step, [])
+            for group in decoding.plan_prefill([job.row.prompt_ids for job in arrived], None):
+                members = [arrived[index] for index in group.indices]
+                logits, tensors = decoding.prefill_group(model, group, None)
+                choices = decoding.choose_rows(logits, [job.row for job in members])
+                for job, choice in zip(members, choices, strict=True):
+                    job.row.add(choice.token)
+                batch.join_many([(j, t, c.token) for j, t, c in zip(members, tensors, choices, strict=True)])
+            if not len(batch):
+                break
+            logits = batch.step()
+            gone = set()
+            for index, (job, choice) in enumerate(
+                zip(batch.rows, decoding.choose_rows(logits, [j.row for j in batch.rows]), strict=True)
+            ):
+                job.row.add(choice.token)
+                batch.pending[index] = choice.token
+                if len(job.row.generated) >= count:
+                    gone.add(index)
+            batch.leave(gone)
+    assert [job.row.generated for job in jobs] == expected
+
+
+def test_join_many_equals_one_join_at_a_time() -> None:
+    import torch
+
+    def rows(length: int, seed: int) -> list[tuple[Any, Any]]:
+        generator = torch.Generator().manual_seed(seed)
+        return [(torch.randn((1, 2, length, 4), generator=generator),) * 2 for _ in range(3)]  # type: ignore[misc]
+
+    class Model:
+        pass
+
+    arrivals = [[(0, rows(5, 0), 11)], [(1, rows(3, 1), 12), (2, rows(9, 2), 13), (3, rows(1, 3), 14)]]
+    one_by_one, many = decoding.RunningBatch(Model()), decoding.RunningBatch(Model())
+    for joining in arrivals:
+        for job, tensors, token in joining:
+            one_by_one.join(job, tensors, token)
+        many.join_many(joining)
+    assert many.rows == one_by_one.rows == [0, 1, 2, 3] and many.pending == one_by_one.pending
+    assert torch.equal(many.mask, one_by_one.mask) and many.mask.shape == (4, 9)
+    from model_repo.runtime import hf_adapter
+
+    for (keys, values), (keys_one, values_one) in zip(
+        hf_adapter.layer_tensors(many.cache), hf_adapter.layer_tensors(one_by_one.cache), strict=True
+    ):
+        assert torch.equal(keys, keys_one) and torch.equal(values, values_one)
