@@ -1,8 +1,8 @@
 """Grouped prefill (decoding.plan_prefill / prefill_group / RunningBatch.join_many) without Triton, on the
 tiny random Llama and GPT-2: prompts of different lengths prefilled together in one left-padded forward
 give each prompt what prefilling it alone gives (first token, logits, keys/values), the prefix cache keeps
-each prompt's own unpadded tensors, and a group's rows join a running batch in one copy and decode as
-`generate` alone does."""
+each prompt's own unpadded tensors, and `join_many` builds the batch one join at a time would (that a
+group then decodes as `generate` alone is test_hf_adapter.py's running-batch test)."""
 
 from __future__ import annotations
 
@@ -36,11 +36,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, lis
         model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
         loaded[name] = (model, [tokenizer(p)["input_ids"] for p in PROMPTS])
     return loaded
-
-
-class Job:
-    def __init__(self, prompt_ids: list[int]) -> None:
-        self.row = decoding.Row(decoding.Sampling("p", temperature=0.0), prompt_ids, frozenset())
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
@@ -111,58 +106,6 @@ def test_the_prefix_cache_stores_each_prompt_unpadded_on_its_own_tensors(
             assert keys.untyped_storage().nbytes() == keys.numel() * keys.element_size()
             storages.add(keys.untyped_storage().data_ptr())
     assert len(storages) == len(stored) * len(model.model.layers if name == "llama" else model.transformer.h)
-
-
-def _generate(model: Any, ids: list[int], count: int) -> list[int]:
-    import torch
-
-    tensor = torch.tensor([ids])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=tensor,
-            attention_mask=torch.ones_like(tensor),
-            max_new_tokens=count,
-            min_new_tokens=count,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    return [int(t) for t in out[0, len(ids) :]]
-
-
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_grouped_joins_decode_as_generate_alone(models: dict[str, Any], name: str) -> None:
-    """Two groups join a running batch (the second while the first decodes), each with one join_many."""
-    import torch
-
-    model, prompt_ids = models[name]
-    count = 6
-    expected = [_generate(model, ids, count) for ids in prompt_ids]
-    jobs = [Job(ids) for ids in prompt_ids]
-    batch = decoding.RunningBatch(model)
-    arrivals = {0: jobs[:3], 2: jobs[3:]}
-    with torch.inference_mode():
-        for step in range(3 * count):
-            arrived = arrivals.get(step, [])
-            for group in decoding.plan_prefill([job.row.prompt_ids for job in arrived], None):
-                members = [arrived[index] for index in group.indices]
-                logits, tensors = decoding.prefill_group(model, group, None)
-                choices = decoding.choose_rows(logits, [job.row for job in members])
-                for job, choice in zip(members, choices, strict=True):
-                    job.row.add(choice.token)
-                batch.join_many([(j, t, c.token) for j, t, c in zip(members, tensors, choices, strict=True)])
-            if not len(batch):
-                break
-            logits = batch.step()
-            gone = set()
-            for index, (job, choice) in enumerate(
-                zip(batch.rows, decoding.choose_rows(logits, [j.row for j in batch.rows]), strict=True)
-            ):
-                job.row.add(choice.token)
-                batch.pending[index] = choice.token
-                if len(job.row.generated) >= count:
-                    gone.add(index)
-            batch.leave(gone)
-    assert [job.row.generated for job in jobs] == expected
 
 
 def test_join_many_equals_one_join_at_a_time() -> None:

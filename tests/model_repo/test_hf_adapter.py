@@ -1,7 +1,7 @@
 """The generation runtime's fence over transformers' internals, checked against the pinned transformers
 without Triton: `hf_adapter.check` passes for the tiny checkpoints, refuses (naming the attribute and the
-supported versions) when an internal is gone, and the running batch built on it (rows joining and leaving
-between steps) gives `generate`'s greedy tokens."""
+supported versions) when an internal is gone, and the running batch built on it (rows joining, alone or
+prefilled as a group, and leaving between steps) gives `generate`'s greedy tokens."""
 
 from __future__ import annotations
 
@@ -76,7 +76,14 @@ def _generate(model: Any, ids: list[int], count: int) -> list[int]:
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_running_batch_with_joins_and_leaves_equals_generate(models: dict[str, Any], name: str) -> None:
+@pytest.mark.parametrize(
+    "arrivals", [{0: [0], 1: [1], 3: [2], 4: [3]}, {0: [0, 1, 2], 2: [3]}], ids=["one-by-one", "grouped"]
+)
+def test_running_batch_with_joins_and_leaves_equals_generate(
+    models: dict[str, Any], name: str, arrivals: dict[int, list[int]]
+) -> None:
+    """Rows join while others decode: alone, or a group prefilled together (one left-padded forward)
+    joining with one `join_many`."""
     import torch
 
     model, tokenizer = models[name]
@@ -95,12 +102,14 @@ def test_running_batch_with_joins_and_leaves_equals_generate(models: dict[str, A
     results: dict[int, list[int]] = {}
     with torch.inference_mode():
         for step in range(40):
-            if step in (0, 1, 3, 4):  # rows join while others decode
-                job = Job([0, 1, 3, 4].index(step))
-                logits, tensors, _ = decoding.prefill(model, job.row.prompt_ids, prefixes)
-                token = decoding.choose(logits, job.row).token
-                job.row.add(token)
-                batch.join(job, tensors, token)
+            arrived = [Job(index) for index in arrivals.get(step, [])]
+            for group in decoding.plan_prefill([job.row.prompt_ids for job in arrived], prefixes):
+                members = [arrived[index] for index in group.indices]
+                logits, tensors = decoding.prefill_group(model, group, prefixes)
+                choices = decoding.choose_rows(logits, [job.row for job in members])
+                for job, choice in zip(members, choices, strict=True):
+                    job.row.add(choice.token)
+                batch.join_many([(j, t, c.token) for j, t, c in zip(members, tensors, choices, strict=True)])
             if not len(batch):
                 break
             logits = batch.step()
