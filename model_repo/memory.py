@@ -10,12 +10,14 @@ not a model's and are left to the server's own overhead.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model_repo.checkpoint import CheckpointInfo
 from model_repo.options import BuildOptions, Task
+from model_repo.runtime.decoding import PREFILL_TOKEN_BUDGET
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Live tensors of one encoder layer, in hidden-size units per token: input, Q, K, V, attention output,
@@ -94,8 +96,10 @@ def estimate(
     max_concurrent_sequences: int = 0,
 ) -> MemoryEstimate:
     if task is Task.TEXT_GENERATION:
-        # Prefill runs one prompt at a time; decoding moves one token per live sequence.
-        activations = activation_bytes(config, dtype, 1, max_sequence_length)
+        # Prefill runs prompts that arrive together as one padded batch of up to PREFILL_TOKEN_BUDGET tokens
+        # (a longer prompt alone); decoding moves one token per live sequence.
+        rows = max(1, math.ceil(PREFILL_TOKEN_BUDGET / max(1, max_sequence_length)))
+        activations = activation_bytes(config, dtype, rows, max_sequence_length)
         kv = kv_bytes_per_token * max_sequence_length * max_concurrent_sequences
     else:
         activations = activation_bytes(config, dtype, max_batch_size, max_sequence_length)

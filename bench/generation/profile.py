@@ -54,7 +54,7 @@ def _prefill_arrivals(model: Any, batch: Any, arrived: list[_Job], token_budget:
 
     prompts = [job.row.prompt_ids for job in arrived]
     budget = decoding.PREFILL_TOKEN_BUDGET if token_budget is None else token_budget
-    for group in decoding.plan_prefill(prompts, None, token_budget=budget):
+    for group in decoding.plan_prefill(model, prompts, None, token_budget=budget):
         members = [arrived[index] for index in group.indices]
         logits, tensors = decoding.prefill_group(model, group, None)
         choices = decoding.choose_rows(logits, [job.row for job in members])

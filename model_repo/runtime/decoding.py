@@ -33,6 +33,10 @@ MIN_PREFIX_TOKENS = 8
 # for the whole group before its next token and the attention scratch grows with rows x length^2; 4096
 # still takes 16 prompts of 256 tokens in one pass. A longer prompt runs alone, as it did before grouping.
 PREFILL_TOKEN_BUDGET = 4096
+# The fixed cost of one more forward on a CPU, in prompt tokens (model.py's `fit_pass_overhead` measures a
+# few dozen for real encoders): a prompt that would make its group pad more than this starts a new group.
+# On an accelerator a pass costs about the same whatever its size below saturation: one group per budget.
+CPU_PASS_OVERHEAD_TOKENS = 64
 
 
 def check_internals(model: Any) -> None:
@@ -257,15 +261,23 @@ class PrefillGroup:
 
 
 def plan_prefill(
-    prompts: list[list[int]], prefixes: PrefixCache | None, token_budget: int = PREFILL_TOKEN_BUDGET
+    model: Any,
+    prompts: list[list[int]],
+    prefixes: PrefixCache | None,
+    token_budget: int = PREFILL_TOKEN_BUDGET,
+    overhead_tokens: int | None = None,
 ) -> list[PrefillGroup]:
     """Group prompts waiting together into few forwards.
 
     A prompt with a prefix-cache hit runs alone on its cached prefix: only its suffix is computed (little
     to gain from company), and grouping it would mean padding cached prefixes of other lengths into one
-    cache. The others, shortest first (so neighbours pad little), fill groups while rows x the group's
-    longest prompt stays within `token_budget`.
+    cache. The others, shortest first, fill groups while rows x the group's longest prompt stays within
+    `token_budget` and the padding a prompt adds to its group (rows x how much longer it is) costs less
+    than another forward (`overhead_tokens`; by default what the model's device suggests).
     """
+    if overhead_tokens is None:
+        on_cpu = model is None or next(model.parameters()).device.type == "cpu"
+        overhead_tokens = CPU_PASS_OVERHEAD_TOKENS if on_cpu else token_budget
     groups: list[PrefillGroup] = []
     fresh: list[int] = []
     for index, prompt_ids in enumerate(prompts):
@@ -276,7 +288,10 @@ def plan_prefill(
             groups.append(PrefillGroup([index], [prompt_ids], reused, tensors))
     current: list[int] = []
     for index in sorted(fresh, key=lambda i: len(prompts[i])):
-        if current and (len(current) + 1) * len(prompts[index]) > token_budget:
+        length, width = len(prompts[index]), len(prompts[current[-1]]) if current else 0
+        if current and (
+            (len(current) + 1) * length > token_budget or len(current) * (length - width) > overhead_tokens
+        ):
             groups.append(PrefillGroup(current, [prompts[i] for i in current]))
             current = []
         current.append(index)
@@ -327,7 +342,7 @@ def prefill(
 ) -> tuple[Any, list[tuple[Any, Any]], int]:
     """Run one prompt alone: (its last position's [vocab] logits, per-layer keys/values
     [1, heads, len, dim], prompt tokens taken from the prefix cache)."""
-    (group,) = plan_prefill([prompt_ids], prefixes)
+    (group,) = plan_prefill(model, [prompt_ids], prefixes)
     logits, rows = prefill_group(model, group, prefixes)
     return logits[0], rows[0], group.reused
 

@@ -374,7 +374,7 @@ class GenerationEngine:
     def _start(self, jobs: list[Job]) -> None:
         """Prefill new requests in groups; each joins the batch unless its first token already ends it."""
         seconds = self.profile.seconds
-        for group in decoding.plan_prefill([job.row.prompt_ids for job in jobs], self.prefixes):
+        for group in decoding.plan_prefill(self.model, [job.row.prompt_ids for job in jobs], self.prefixes):
             began = time.perf_counter()
             members = [jobs[index] for index in group.indices]
             try:

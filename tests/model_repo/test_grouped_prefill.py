@@ -46,7 +46,10 @@ def test_a_group_gives_each_prompt_what_it_gets_alone(models: dict[str, Any], na
     assert len({len(ids) for ids in prompt_ids}) > 2  # the group really pads
     with torch.inference_mode():
         alone = [decoding.prefill(model, ids, None) for ids in prompt_ids]
-        (group,) = decoding.plan_prefill(prompt_ids, None)
+        # the accelerator's plan (no cut for padding): every prompt in one left-padded forward
+        (group,) = decoding.plan_prefill(
+            model, prompt_ids, None, overhead_tokens=decoding.PREFILL_TOKEN_BUDGET
+        )
         logits, tensors = decoding.prefill_group(model, group, None)
     assert sorted(group.indices) == list(range(len(prompt_ids)))
     assert logits.shape[0] == len(prompt_ids)
@@ -61,15 +64,21 @@ def test_a_group_gives_each_prompt_what_it_gets_alone(models: dict[str, Any], na
             torch.testing.assert_close(values, alone_values, atol=1e-4, rtol=1e-4)
 
 
-def test_groups_keep_the_token_budget_and_cache_hits_run_alone() -> None:
+def test_groups_keep_the_token_budget_cut_where_padding_costs_a_pass_and_cache_hits_run_alone() -> None:
     prompts = [[7] * 100, [1] * 10, [2] * 30, [3] * 20, [4] * 300]
-    groups = decoding.plan_prefill(prompts, None, token_budget=200)
+    groups = decoding.plan_prefill(None, prompts, None, token_budget=200, overhead_tokens=10**6)
     assert sorted(index for group in groups for index in group.indices) == list(range(len(prompts)))
     for group in groups:
         assert group.prompts == [prompts[index] for index in group.indices]
         assert len(group.prompts) == 1 or len(group.prompts) * max(map(len, group.prompts)) <= 200
     assert [group.indices for group in groups] == [[1, 3, 2], [0], [4]]  # shortest first; 300 runs alone
-    assert len(decoding.plan_prefill(prompts, None)) == 1  # the default budget takes all 460 tokens at once
+    # Without a padding cut the default budget takes all 5 x 300 padded tokens in one forward ...
+    assert len(decoding.plan_prefill(None, prompts, None, overhead_tokens=decoding.PREFILL_TOKEN_BUDGET)) == 1
+    # ... a CPU's does not pad 10-30 token prompts to 100 or 300 (3 x 70 and 1 x 200 padded tokens > 64).
+    assert decoding.CPU_PASS_OVERHEAD_TOKENS == 64
+    assert [group.indices for group in decoding.plan_prefill(None, prompts, None)] == [[1, 3, 2], [0], [4]]
+    same = [[9] * 200] * 25
+    assert [len(group.indices) for group in decoding.plan_prefill(None, same, None)] == [20, 5]  # 4096 // 200
 
     import torch
 
@@ -77,7 +86,7 @@ def test_groups_keep_the_token_budget_and_cache_hits_run_alone() -> None:
     layer = (torch.zeros((1, 2, 100, 4)), torch.zeros((1, 2, 100, 4)))
     prefixes.store(prompts[0], [layer])
     extended = prompts[0] + [5, 6]
-    groups = decoding.plan_prefill([prompts[1], extended, prompts[2]], prefixes)
+    groups = decoding.plan_prefill(None, [prompts[1], extended, prompts[2]], prefixes)
     hit = next(group for group in groups if group.prefix is not None)
     assert (hit.indices, hit.reused) == ([1], 100)
     assert [group.indices for group in groups if group.prefix is None] == [[0, 2]]
@@ -92,7 +101,7 @@ def test_the_prefix_cache_stores_each_prompt_unpadded_on_its_own_tensors(
     model, prompt_ids = models[name]
     prefixes = decoding.PrefixCache(4096)
     with torch.inference_mode():
-        (group,) = decoding.plan_prefill(prompt_ids, prefixes)
+        (group,) = decoding.plan_prefill(model, prompt_ids, prefixes)
         _, tensors = decoding.prefill_group(model, group, prefixes)
     stored = [ids for ids in prompt_ids if len(ids) >= decoding.MIN_PREFIX_TOKENS]
     assert stored and set(prefixes.entries) == {tuple(ids) for ids in stored}
@@ -132,3 +141,24 @@ def test_join_many_equals_one_join_at_a_time() -> None:
         hf_adapter.layer_tensors(many.cache), hf_adapter.layer_tensors(one_by_one.cache), strict=True
     ):
         assert torch.equal(keys, keys_one) and torch.equal(values, values_one)
+
+
+@pytest.mark.parametrize(("context", "rows"), [(512, 8), (1000, 5), (8192, 1)])
+def test_the_memory_estimate_covers_a_full_prefill_group(context: int, rows: int) -> None:
+    """The builder's activation budget is a group's (token budget / context rows at the full context), not
+    one prompt's; a context past the budget prefills alone."""
+    from model_repo import memory
+    from model_repo.options import Task
+
+    config = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
+    estimate = memory.estimate(
+        task=Task.TEXT_GENERATION,
+        config=config,
+        dtype="float32",
+        weights=0,
+        max_batch_size=1,
+        max_sequence_length=context,
+        instances=1,
+    )
+    assert decoding.PREFILL_TOKEN_BUDGET == 4096
+    assert estimate.activation_bytes == memory.activation_bytes(config, "float32", rows, context)

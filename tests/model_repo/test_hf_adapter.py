@@ -103,7 +103,7 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
     with torch.inference_mode():
         for step in range(40):
             arrived = [Job(index) for index in arrivals.get(step, [])]
-            for group in decoding.plan_prefill([job.row.prompt_ids for job in arrived], prefixes):
+            for group in decoding.plan_prefill(model, [job.row.prompt_ids for job in arrived], prefixes):
                 members = [arrived[index] for index in group.indices]
                 logits, tensors = decoding.prefill_group(model, group, prefixes)
                 choices = decoding.choose_rows(logits, [job.row for job in members])
