@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,38 +267,49 @@ def plan_prefill(
     prefixes: PrefixCache | None,
     token_budget: int = PREFILL_TOKEN_BUDGET,
     overhead_tokens: int | None = None,
-) -> list[PrefillGroup]:
-    """Group prompts waiting together into few forwards.
+) -> Iterator[PrefillGroup]:
+    """Group prompts waiting together into few forwards (lazily: run each group before taking the next).
 
     A prompt with a prefix-cache hit runs alone on its cached prefix: only its suffix is computed (little
     to gain from company), and grouping it would mean padding cached prefixes of other lengths into one
     cache. The others, shortest first, fill groups while rows x the group's longest prompt stays within
     `token_budget` and the padding a prompt adds to its group (rows x how much longer it is) costs less
-    than another forward (`overhead_tokens`; by default what the model's device suggests).
+    than another forward (`overhead_tokens`; by default what the model's device suggests). With a prefix
+    cache, a prompt sharing more than `overhead_tokens` leading tokens with another one waiting waits for
+    that one's group to store them, then reuses them: a burst behind one system prompt computes it once.
     """
     if overhead_tokens is None:
         on_cpu = model is None or next(model.parameters()).device.type == "cpu"
         overhead_tokens = CPU_PASS_OVERHEAD_TOKENS if on_cpu else token_budget
-    groups: list[PrefillGroup] = []
-    fresh: list[int] = []
-    for index, prompt_ids in enumerate(prompts):
-        reused, tensors = (0, None) if prefixes is None else prefixes.lookup(prompt_ids)
-        if tensors is None:
-            fresh.append(index)
-        else:
-            groups.append(PrefillGroup([index], [prompt_ids], reused, tensors))
-    current: list[int] = []
-    for index in sorted(fresh, key=lambda i: len(prompts[i])):
-        length, width = len(prompts[index]), len(prompts[current[-1]]) if current else 0
-        if current and (
-            (len(current) + 1) * length > token_budget or len(current) * (length - width) > overhead_tokens
-        ):
-            groups.append(PrefillGroup(current, [prompts[i] for i in current]))
-            current = []
-        current.append(index)
-    if current:
-        groups.append(PrefillGroup(current, [prompts[i] for i in current]))
-    return groups
+    waiting = list(range(len(prompts)))
+    while waiting:
+        fresh: list[int] = []
+        later: list[int] = []
+        heads: set[tuple[int, ...]] = set()
+        for index in waiting:
+            prompt_ids = prompts[index]
+            reused, tensors = (0, None) if prefixes is None else prefixes.lookup(prompt_ids)
+            head = tuple(prompt_ids[: overhead_tokens + 1])
+            if tensors is not None:
+                yield PrefillGroup([index], [prompt_ids], reused, tensors)
+            elif prefixes is not None and head in heads:
+                later.append(index)
+            else:
+                heads.add(head)
+                fresh.append(index)
+        current: list[int] = []
+        for index in sorted(fresh, key=lambda i: len(prompts[i])):
+            length, width = len(prompts[index]), len(prompts[current[-1]]) if current else 0
+            if current and (
+                (len(current) + 1) * length > token_budget
+                or len(current) * (length - width) > overhead_tokens
+            ):
+                yield PrefillGroup(current, [prompts[i] for i in current])
+                current = []
+            current.append(index)
+        if current:
+            yield PrefillGroup(current, [prompts[i] for i in current])
+        waiting = later
 
 
 def prefill_group(
@@ -342,7 +354,7 @@ def prefill(
 ) -> tuple[Any, list[tuple[Any, Any]], int]:
     """Run one prompt alone: (its last position's [vocab] logits, per-layer keys/values
     [1, heads, len, dim], prompt tokens taken from the prefix cache)."""
-    (group,) = plan_prefill(model, [prompt_ids], prefixes)
+    (group,) = list(plan_prefill(model, [prompt_ids], prefixes))
     logits, rows = prefill_group(model, group, prefixes)
     return logits[0], rows[0], group.reused
 

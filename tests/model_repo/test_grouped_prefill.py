@@ -66,14 +66,15 @@ def test_a_group_gives_each_prompt_what_it_gets_alone(models: dict[str, Any], na
 
 def test_groups_keep_the_token_budget_cut_where_padding_costs_a_pass_and_cache_hits_run_alone() -> None:
     prompts = [[7] * 100, [1] * 10, [2] * 30, [3] * 20, [4] * 300]
-    groups = decoding.plan_prefill(None, prompts, None, token_budget=200, overhead_tokens=10**6)
+    groups = list(decoding.plan_prefill(None, prompts, None, token_budget=200, overhead_tokens=10**6))
     assert sorted(index for group in groups for index in group.indices) == list(range(len(prompts)))
     for group in groups:
         assert group.prompts == [prompts[index] for index in group.indices]
         assert len(group.prompts) == 1 or len(group.prompts) * max(map(len, group.prompts)) <= 200
     assert [group.indices for group in groups] == [[1, 3, 2], [0], [4]]  # shortest first; 300 runs alone
     # Without a padding cut the default budget takes all 5 x 300 padded tokens in one forward ...
-    assert len(decoding.plan_prefill(None, prompts, None, overhead_tokens=decoding.PREFILL_TOKEN_BUDGET)) == 1
+    everything = decoding.plan_prefill(None, prompts, None, overhead_tokens=decoding.PREFILL_TOKEN_BUDGET)
+    assert len(list(everything)) == 1
     # ... a CPU's does not pad 10-30 token prompts to 100 or 300 (3 x 70 and 1 x 200 padded tokens > 64).
     assert decoding.CPU_PASS_OVERHEAD_TOKENS == 64
     assert [group.indices for group in decoding.plan_prefill(None, prompts, None)] == [[1, 3, 2], [0], [4]]
@@ -86,7 +87,7 @@ def test_groups_keep_the_token_budget_cut_where_padding_costs_a_pass_and_cache_h
     layer = (torch.zeros((1, 2, 100, 4)), torch.zeros((1, 2, 100, 4)))
     prefixes.store(prompts[0], [layer])
     extended = prompts[0] + [5, 6]
-    groups = decoding.plan_prefill(None, [prompts[1], extended, prompts[2]], prefixes)
+    groups = list(decoding.plan_prefill(None, [prompts[1], extended, prompts[2]], prefixes))
     hit = next(group for group in groups if group.prefix is not None)
     assert (hit.indices, hit.reused) == ([1], 100)
     assert [group.indices for group in groups if group.prefix is None] == [[0, 2]]
@@ -162,3 +163,28 @@ def test_the_memory_estimate_covers_a_full_prefill_group(context: int, rows: int
     )
     assert decoding.PREFILL_TOKEN_BUDGET == 4096
     assert estimate.activation_bytes == memory.activation_bytes(config, "float32", rows, context)
+
+
+def test_a_burst_behind_one_long_prefix_computes_it_once(models: dict[str, Any]) -> None:
+    """With a prefix cache, prompts sharing more than a pass's worth of leading tokens wait for the first
+    one's group to store them and reuse them (as they did prefilled one at a time); without one they group."""
+    import torch
+
+    model, _ = models["llama"]  # the tiny GPT-2 has 64 positions
+    shared = [(7 * index) % 300 + 3 for index in range(decoding.CPU_PASS_OVERHEAD_TOKENS - 4)]
+    burst = [[*shared, 11 + index, 12, 13 + index] for index in range(4)]
+    # Sharing fewer leading tokens than a pass costs (a chat template's header): grouped, no waiting.
+    assert len(list(decoding.plan_prefill(model, burst, decoding.PrefixCache(4096)))) == 1
+    other = [(5 * index) % 300 + 4 for index in range(110)]
+    prompts = [*[[*shared, *prompt] for prompt in burst], other]
+    assert [g.indices for g in decoding.plan_prefill(model, prompts, None)] == [[4, 0, 1, 2, 3]]
+    prefixes = decoding.PrefixCache(4096)
+    seen = []
+    with torch.inference_mode():
+        for group in decoding.plan_prefill(model, prompts, prefixes):
+            seen.append((group.indices, group.reused))
+            logits, _ = decoding.prefill_group(model, group, prefixes)
+            for row, index in enumerate(group.indices):
+                alone_logits, _, _ = decoding.prefill(model, prompts[index], None)
+                torch.testing.assert_close(logits[row], alone_logits, atol=1e-4, rtol=1e-4)
+    assert seen == [([4, 0], 0)] + [([index], 2 * len(shared)) for index in (1, 2, 3)]
