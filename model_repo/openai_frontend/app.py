@@ -91,6 +91,8 @@ def _choice(
 
 # A chunk of a stream: (new text, finish reason, usage, the new tokens' log-probabilities) -> the chunk.
 Chunk = Callable[[str | None, str | None, dict[str, int] | None, list[dict[str, Any]] | None], dict[str, Any]]
+# The one choice of a chunk that carries one: (new text, finish reason, the new tokens' log-probabilities).
+ChunkChoice = Callable[[str | None, str | None, list[dict[str, Any]] | None], dict[str, Any]]
 
 
 def _completion(
@@ -108,6 +110,23 @@ def _completion(
     if with_usage:
         data["usage"] = usage
     return data
+
+
+def _chunks(
+    ident: str, kind: str, created: int, model: str, include_usage: bool, choice: ChunkChoice
+) -> Chunk:
+    """A stream's chunks: each has the one choice `choice` makes, except the usage chunk, which has none."""
+
+    def chunk(
+        text: str | None,
+        finish: str | None,
+        usage: dict[str, int] | None,
+        tokens: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        choices = [] if usage is not None else [choice(text, finish, tokens)]
+        return _completion(ident, kind, created, model, choices, usage, include_usage)
+
+    return chunk
 
 
 class Frontend:
@@ -311,20 +330,17 @@ class Frontend:
         echo = prompt if body.echo else None
         offset = len(echo or "")
 
-        def chunk(
-            text: str | None,
-            finish: str | None,
-            usage: dict[str, int] | None,
-            tokens: list[dict[str, Any]] | None,
+        def text_choice(
+            text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
         ) -> dict[str, Any]:
             nonlocal offset
             logprobs = None if tokens is None else completion_logprobs(tokens, offset)
             offset += len(text or "")
-            choices = [] if usage is not None else [_choice("text", text or "", finish, logprobs)]
-            return _completion(ident, "text_completion", created, body.model, choices, usage, include_usage)
+            return _choice("text", text or "", finish, logprobs)
 
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:
+            chunk = _chunks(ident, "text_completion", created, body.model, include_usage, text_choice)
             return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
         text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
@@ -342,25 +358,18 @@ class Frontend:
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         sent_role = False
 
-        def chunk(
-            text: str | None,
-            finish: str | None,
-            usage: dict[str, int] | None,
-            tokens: list[dict[str, Any]] | None,
+        def delta_choice(
+            text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
         ) -> dict[str, Any]:
             nonlocal sent_role
-            choices: list[dict[str, Any]] = []
-            if usage is None:
-                delta: dict[str, Any] = {} if text is None else {"content": text}
-                if not sent_role:
-                    delta["role"] = "assistant"
-                    sent_role = True
-                choices = [_choice("delta", delta, finish, None if tokens is None else chat_logprobs(tokens))]
-            return _completion(
-                ident, "chat.completion.chunk", created, body.model, choices, usage, include_usage
-            )
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if not sent_role:
+                delta["role"] = "assistant"
+                sent_role = True
+            return _choice("delta", delta, finish, None if tokens is None else chat_logprobs(tokens))
 
         if body.stream:
+            chunk = _chunks(ident, "chat.completion.chunk", created, body.model, include_usage, delta_choice)
             return await self.stream(request, prompt, sampling, chunk, include_usage, None)
         text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)

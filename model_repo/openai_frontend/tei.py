@@ -327,30 +327,22 @@ def register(app: FastAPI, frontend: Frontend) -> None:
 
         return await answer(work())
 
-    @app.post("/embed")
-    async def embed(request: Request) -> JSONResponse:
-        return await call(request, EmbedRequest, tei.embed)
+    def post(path: str, model: type[BaseModel], run: Any) -> None:
+        async def route(request: Request) -> JSONResponse:
+            return await call(request, model, run)
 
-    @app.post("/rerank")
-    async def rerank(request: Request) -> JSONResponse:
-        return await call(request, RerankRequest, tei.rerank)
+        app.add_api_route(path, route, methods=["POST"], name=run.__name__)
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        return await call(request, PredictRequest, tei.predict)
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> JSONResponse:
-        return await call(request, TokenizeRequest, tei.tokenize)
-
-    @app.post("/decode")
-    async def decode(request: Request) -> JSONResponse:
-        return await call(request, DecodeRequest, tei.decode)
+    for path, model, run in (
+        ("/embed", EmbedRequest, tei.embed),
+        ("/rerank", RerankRequest, tei.rerank),
+        ("/predict", PredictRequest, tei.predict),
+        ("/tokenize", TokenizeRequest, tei.tokenize),
+        ("/decode", DecodeRequest, tei.decode),
+        ("/", InferenceApiRequest, tei.inference_api),
+    ):
+        post(path, model, run)
 
     @app.get("/info")
     async def info() -> JSONResponse:
         return await answer(tei.info())
-
-    @app.post("/")
-    async def inference_api(request: Request) -> JSONResponse:
-        return await call(request, InferenceApiRequest, tei.inference_api)

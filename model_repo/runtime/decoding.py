@@ -17,12 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-try:
-    from . import hf_adapter
-except ImportError:  # loaded by path inside Triton: generation.py loaded its siblings first
-    import sys
-
-    hf_adapter = sys.modules["modeldeploy_hf_adapter"]
+from . import hf_adapter
 
 MAX_TOP_LOGPROBS = 20
 # A reused prefix shorter than this saves less than the lookup and copy cost.

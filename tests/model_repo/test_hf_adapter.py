@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import make_gpt2_checkpoint, make_llama_checkpoint
 
+from model_repo.accuracy import greedy_generate
 from model_repo.runtime import decoding, hf_adapter
 
 
@@ -62,16 +63,8 @@ def test_check_refuses_naming_the_attribute_and_the_versions(
 def _generate(model: Any, ids: list[int], count: int) -> list[int]:
     import torch
 
-    tensor = torch.tensor([ids])
     with torch.inference_mode():
-        out = model.generate(
-            input_ids=tensor,
-            attention_mask=torch.ones_like(tensor),
-            max_new_tokens=count,
-            min_new_tokens=count,
-            do_sample=False,
-            pad_token_id=0,
-        )
+        out = greedy_generate(model, torch.tensor([ids]), count, pad_token_id=0, exact=True)
     return [int(t) for t in out[0, len(ids) :]]
 
 

@@ -82,13 +82,19 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
         "text-generation": [
             "decoding.py",
             "generation.py",
+            "generation_metrics.py",
+            "generator_front.py",
+            "helpers.py",
             "hf_adapter.py",
             "model.py",
             "request_parsing.py",
+            "serving.py",
         ],
-        "text-classification": ["model.py", "ranking.py"],
+        "text-classification": ["encoder.py", "helpers.py", "model.py", "ranking.py", "serving.py"],
     }
-    assert [path.name for path in runtime_files] == expected.get(task, ["model.py"])
+    assert [path.name for path in runtime_files] == expected.get(
+        task, ["encoder.py", "helpers.py", "model.py", "serving.py"]
+    )
     for path in runtime_files:
         imports = {
             line.split()[1].split(".")[0]
