@@ -32,6 +32,7 @@ from .protocol import (
     refuse_unsupported,
 )
 from .sampling import chat_logprobs, completion_logprobs, runtime_sampling
+from .token_arrays import Vocabulary
 
 T = TypeVar("T")
 # HTTP status logged for a request whose client left before the answer (nginx's convention).
@@ -132,9 +133,13 @@ def _chunks(
 class Frontend:
     """Route handlers for one model (kept thin: validate, map, call Triton, shape the answer)."""
 
-    def __init__(self, model: ServedModel, backend: TritonBackend) -> None:
+    def __init__(
+        self, model: ServedModel, backend: TritonBackend, token_arrays: Vocabulary | None = None
+    ) -> None:
         self.model = model
         self.backend = backend
+        # Whose ids the token arrays of /v1/embeddings hold (--token-arrays; token_arrays.py).
+        self.token_arrays = token_arrays if token_arrays is not None else model.vocabulary()
 
     # -- shared checks ---------------------------------------------------------------------------------
 
@@ -202,9 +207,9 @@ class Frontend:
         if not items:
             raise invalid("input must not be empty", "input")
         if all(isinstance(item, int) for item in items):
-            return scoring.texts_of_token_arrays(self.model, [items], "input", invalid)
+            return scoring.texts_of_token_arrays(self.token_arrays, [items], "input", invalid)
         if all(isinstance(item, list) for item in items):
-            return scoring.texts_of_token_arrays(self.model, items, "input", invalid)
+            return scoring.texts_of_token_arrays(self.token_arrays, items, "input", invalid)
         strings = [str(item) for item in items]
         scoring.check_texts(strings, "input", invalid)
         return strings
@@ -393,10 +398,12 @@ def create_app(
     backend: TritonBackend,
     routes: Collection[str] = tuple(ROUTE_GROUPS),
     api_keys: Path | None = None,
+    token_arrays: Vocabulary | None = None,
 ) -> FastAPI:
     """The app serving the route groups in `routes`; with `api_keys` (a directory of key files) every route
-    but the health checks needs one."""
-    frontend = Frontend(model, backend)
+    but the health checks needs one; `token_arrays`: whose ids /v1/embeddings' token arrays hold (default:
+    the model's)."""
+    frontend = Frontend(model, backend, token_arrays)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

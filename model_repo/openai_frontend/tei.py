@@ -138,7 +138,9 @@ class TEI:
         if items and all(isinstance(item, int) for item in items):
             items = [items]
         if items and all(isinstance(item, list) for item in items):
-            texts = scoring.texts_of_token_arrays(self.model, items, "inputs", lambda m, f: TEIError(422, m))
+            texts = scoring.texts_of_token_arrays(
+                self.model.vocabulary(), items, "inputs", lambda m, f: TEIError(422, m)
+            )
         else:
             texts = [str(item) for item in items]
         self.check_batch(texts, body.truncate)
