@@ -256,3 +256,19 @@ def serving(
             process.kill()
             raise
     assert code == 0, log.read_text()
+
+
+def infer_texts(http_url: str, model: str, texts: list[str]) -> dict[str, Any]:
+    """Every output (a numpy array each) of one HTTP inference of a batch of texts (TEXT, [n, 1] BYTES)."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    # One client per call, closed in the calling thread: gevent-based clients must not cross threads.
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        result = client.infer(model, [text])
+        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+    finally:
+        client.close()

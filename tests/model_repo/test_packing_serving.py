@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SENTENCES, greedy_text, make_bert_checkpoint, make_gpt2_checkpoint, serving
+from conftest import SENTENCES, greedy_text, infer_texts, make_bert_checkpoint, make_gpt2_checkpoint, serving
 
 from model_repo.build import build_repository, read_record
 from model_repo.model_set import TritonRepositoryClient, reconcile
@@ -88,16 +88,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packed]:
 
 
 def classify(packed: Packed, model: str, texts: list[str]) -> dict[str, np.ndarray]:
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(packed.server.http_url)
-    try:
-        text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
-        result = client.infer(model, [text])
-        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
-    finally:
-        client.close()
+    return infer_texts(packed.server.http_url, model, texts)
 
 
 def generate(packed: Packed, prompt: str, max_tokens: int) -> str:
