@@ -23,21 +23,12 @@ from modeldeploy.settings import RenderSettings
 from modeldeploy_dev.devcluster import BUILDER_LOG_NAMESPACE, FAULT_PREFIX, DevCluster
 from modeldeploy_dev.direct_reconciler import DirectReconciler
 from modeldeploy_dev.harness import wait_until
+from modeldeploy_dev.manual_clock import ManualClock
 
 pytestmark = pytest.mark.cluster
 
 NAME = f"{FAULT_PREFIX}building-bert"
 GIB, MIB = 1024**3, 1024**2
-
-
-class Clock:
-    """The reconciler's clock, moved on by the test instead of waiting out the poll interval."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def cri_lines(*lines: str) -> str:
@@ -48,7 +39,8 @@ def cri_lines(*lines: str) -> str:
 
 class Harness(DirectReconciler):
     def __init__(self, cluster: DevCluster) -> None:
-        self.clock = Clock()
+        # The reconciler's clock, moved on by the test instead of waiting out the poll interval.
+        self.clock = ManualClock(time.monotonic())
         super().__init__(
             cluster, RenderSettings(triton_image="triton:t", builder_image="builder:t"), self.clock
         )
