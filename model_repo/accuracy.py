@@ -272,11 +272,12 @@ def encoder_metrics(
 
 
 def greedy_generate(
-    model: Any, input_ids: Any, new_tokens: int, pad_token_id: int, exact: bool = False
+    model: Any, input_ids: Any, new_tokens: int, pad_token_id: int, exact: bool = False, **controls: Any
 ) -> Any:
     """transformers' `generate`, greedy, for unpadded `input_ids` ([batch, length] torch tensor): the prompt
     and up to `new_tokens` more tokens (with `exact`, that many: the end-of-sequence token does not stop
-    it). The reference the accuracy gate and the runtime's tests compare against."""
+    it; `controls`: more of `generate`'s arguments). The reference the accuracy gate and the runtime's tests
+    compare against."""
     import torch
 
     at_least = {"min_new_tokens": new_tokens} if exact else {}
@@ -287,6 +288,7 @@ def greedy_generate(
         do_sample=False,
         pad_token_id=pad_token_id,
         **at_least,
+        **controls,
     )
 
 

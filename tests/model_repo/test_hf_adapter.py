@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import make_gpt2_checkpoint, make_llama_checkpoint
+from conftest import greedy_continuation, make_gpt2_checkpoint, make_llama_checkpoint
 
-from model_repo.accuracy import greedy_generate
 from model_repo.runtime import decoding, hf_adapter
 
 
@@ -60,14 +59,6 @@ def test_check_refuses_naming_the_attribute_and_the_versions(
         hf_adapter.check(models["llama"][0])
 
 
-def _generate(model: Any, ids: list[int], count: int) -> list[int]:
-    import torch
-
-    with torch.inference_mode():
-        out = greedy_generate(model, torch.tensor([ids]), count, pad_token_id=0, exact=True)
-    return [int(t) for t in out[0, len(ids) :]]
-
-
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_running_batch_with_joins_and_leaves_equals_generate(models: dict[str, Any], name: str) -> None:
     import torch
@@ -76,7 +67,10 @@ def test_running_batch_with_joins_and_leaves_equals_generate(models: dict[str, A
     prompts = ["the quick brown fox", "hello", "paris is the capital of france and", "a b c d e f g"]
     counts = [9, 4, 7, 6]
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    expected = [_generate(model, ids, n) for ids, n in zip(prompt_ids, counts, strict=True)]
+    expected = [
+        greedy_continuation(model, torch.tensor([ids]), n, pad_token_id=0, min_new_tokens=n)
+        for ids, n in zip(prompt_ids, counts, strict=True)
+    ]
 
     class Job:
         def __init__(self, index: int) -> None:
