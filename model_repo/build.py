@@ -40,7 +40,9 @@ from model_repo.progress import BuildProgress, Stage, build_progress
 from model_repo.python_backend import (
     GENERATION_RUNTIME_FILES,
     RANKING_RUNTIME_FILE,
+    ROLE_RUNTIME_FILES,
     RUNTIME_FILE,
+    SHARED_RUNTIME_FILES,
     runtime_parameters,
 )
 from model_repo.staging import staging_directory
@@ -163,7 +165,8 @@ def compute_digest(fetched: FetchedCheckpoint, options: BuildOptions) -> str:
     relevant["calibration"] = _sha256(Path(calibration)) if calibration else None
     identity = {
         "builder": __version__,
-        "runtime": _sha256(RUNTIME_FILE),
+        "runtime": [_sha256(path) for path in (RUNTIME_FILE, *SHARED_RUNTIME_FILES)],
+        "role_runtime": {role: _sha256(path) for role, path in ROLE_RUNTIME_FILES.items()},
         "generation_runtime": [_sha256(path) for path in GENERATION_RUNTIME_FILES],
         "ranking_runtime": _sha256(RANKING_RUNTIME_FILE),
         "revision": fetched.revision or options.revision,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from model_repo.errors import BuildError
+from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.openai_local import DEFAULT_LOCAL_PORT
 from model_repo.options import (
     BUILD_FLAGS,
@@ -450,6 +451,15 @@ def serve(
             "--openai-port", min=1, max=65535, help="Port of the --openai API (two local servers need two)."
         ),
     ] = DEFAULT_LOCAL_PORT,
+    token_arrays: Annotated[
+        TokenArrays,
+        typer.Option(
+            "--token-arrays",
+            help="With --openai: whose ids the token arrays of /v1/embeddings hold (spec.api.openai."
+            "tokenArrays): model (the model's tokenizer) or cl100k_base (tiktoken's, what LangChain's "
+            "OpenAIEmbeddings sends by default; decoded to text, then embedded).",
+        ),
+    ] = TokenArrays.MODEL,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C (several --source: each
     model built into its own repository, all loaded into one server in explicit model-control mode)."""
@@ -457,9 +467,15 @@ def serve(
     from model_repo.triton import TritonError, TritonServer, port_or_free
     from model_repo.triton_args import loopback_server_args, triton_server_args
 
-    if api_key and not openai:
-        typer.echo("modeldeploy serve: error: --api-key applies to the OpenAI API; add --openai", err=True)
-        raise typer.Exit(code=2)
+    for given, option in (
+        (bool(api_key), "--api-key"),
+        (token_arrays is not TokenArrays.MODEL, "--token-arrays"),
+    ):
+        if given and not openai:
+            typer.echo(
+                f"modeldeploy serve: error: {option} applies to the OpenAI API; add --openai", err=True
+            )
+            raise typer.Exit(code=2)
     base = workdir or default_serve_workdir(per_source)
     packed = len(per_source) > 1
     if packed and openai:
@@ -496,7 +512,13 @@ def serve(
         host="127.0.0.1",
     )
     frontend = openai_frontend_for(
-        results[0].path, server.grpc_url, base, enabled=openai, api_keys=api_key or [], port=openai_port
+        results[0].path,
+        server.grpc_url,
+        base,
+        enabled=openai,
+        api_keys=api_key or [],
+        port=openai_port,
+        token_arrays=token_arrays,
     )
     try:
         _progress(f"starting tritonserver (log: {server.log_path})")

@@ -10,6 +10,7 @@ not a model's and are left to the server's own overhead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,7 @@ class MemoryEstimate:
         return self.instances * (self.weights_bytes + self.activation_bytes + self.kv_cache_bytes)
 
     def as_json(self) -> dict[str, int]:
-        return {
-            "weights_bytes": self.weights_bytes,
-            "activation_bytes": self.activation_bytes,
-            "kv_cache_bytes": self.kv_cache_bytes,
-            "instances": self.instances,
-            "total_bytes": self.total_bytes,
-        }
+        return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
 
 
 def weights_bytes(model: Any, dtype: str, quantization: str = "none") -> int:
@@ -83,28 +78,10 @@ def activation_bytes(config: dict[str, Any], dtype: str, batch: int, sequence: i
     return int((tokens * per_token + scores) * size)
 
 
-def estimate(
-    *,
-    task: Task,
-    config: dict[str, Any],
-    dtype: str,
-    weights: int,
-    max_batch_size: int,
-    max_sequence_length: int,
-    instances: int,
-    kv_bytes_per_token: int = 0,
-    max_concurrent_sequences: int = 0,
-) -> MemoryEstimate:
-    if task is Task.TEXT_GENERATION:
-        # Prefill runs prompts that arrive together as one padded batch of up to PREFILL_TOKEN_BUDGET tokens
-        # (a longer prompt alone); decoding moves one token per live sequence.
-        rows = max(1, math.ceil(PREFILL_TOKEN_BUDGET / max(1, max_sequence_length)))
-        activations = activation_bytes(config, dtype, rows, max_sequence_length)
-        kv = kv_bytes_per_token * max_sequence_length * max_concurrent_sequences
-    else:
-        activations = activation_bytes(config, dtype, max_batch_size, max_sequence_length)
-        kv = 0
-    return MemoryEstimate(weights, activations, kv, instances)
+def prefill_group_rows(max_sequence_length: int) -> int:
+    """Rows of the largest prefill group at the full context: the generation runtime prefills prompts that
+    arrive together as one padded batch of up to PREFILL_TOKEN_BUDGET tokens (a longer prompt alone)."""
+    return max(1, math.ceil(PREFILL_TOKEN_BUDGET / max(1, max_sequence_length)))
 
 
 def for_build(
@@ -118,21 +95,16 @@ def for_build(
         if model is not None
         else checkpoint_weights_bytes(info.path, info.files)
     )
-    kv_per_token = sequences = 0
-    if info.task is Task.TEXT_GENERATION and model is not None:
-        kv_per_token = python_format.kv_bytes_per_token(model, dtype)
-        sequences = int(
-            python_format.generation_parameters(options, model, dtype, max_length)["max_concurrent_sequences"]
-        )
     batching = options.batching()
-    return estimate(
-        task=info.task,
-        config=info.config,
-        dtype=dtype,
-        weights=weights,
-        max_batch_size=batching.max_batch_size,
-        max_sequence_length=max_length,
-        instances=batching.instances_per_device,
-        kv_bytes_per_token=kv_per_token,
-        max_concurrent_sequences=sequences,
-    )
+    kv = 0
+    if info.task is Task.TEXT_GENERATION:
+        # Prefill runs the largest group; decoding moves one token per live sequence, and each sequence
+        # slot reserves its full context in the KV cache.
+        activations = activation_bytes(info.config, dtype, prefill_group_rows(max_length), max_length)
+        if model is not None:
+            slots = python_format.generation_parameters(options, model, dtype, max_length)
+            sequences = int(slots["max_concurrent_sequences"])
+            kv = python_format.kv_bytes_per_token(model, dtype) * max_length * sequences
+    else:
+        activations = activation_bytes(info.config, dtype, batching.max_batch_size, max_length)
+    return MemoryEstimate(weights, activations, kv, batching.instances_per_device)

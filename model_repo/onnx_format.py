@@ -193,9 +193,9 @@ def write(repo: Path, options: BuildOptions, prepared: PreparedCheckpoint, progr
     text = Tensor("TEXT", "TYPE_STRING", (1,))
     configs = []
 
-    for model_name in (tokenizer_name, post_name):
+    for model_name, role in ((tokenizer_name, "tokenizer"), (post_name, "postprocess")):
         version = repo / model_name / "1"
-        python_backend.install_runtime(version)
+        python_backend.install_runtime(version, role)
         _copy_tokenizer(info, version / "checkpoint")
     params = python_backend.runtime_parameters(
         info, "tokenizer", "float32", max_length, options.trust_remote_code

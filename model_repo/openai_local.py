@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.triton import ChildProcess, http_ok, stop_process_group
 
 
@@ -35,6 +36,7 @@ class LocalFrontend(ChildProcess):
         ready_timeout_s: float = 120.0,
         enabled: bool = True,
         api_keys_dir: Path | None = None,
+        token_arrays: TokenArrays = TokenArrays.MODEL,
     ) -> None:
         self.enabled = enabled
         self.command = [
@@ -46,6 +48,7 @@ class LocalFrontend(ChildProcess):
             f"--host={host}",
             f"--port={port}",
             "--log-level=warning",
+            f"--token-arrays={token_arrays.value}",
         ]
         if model_id:
             self.command.append(f"--model-id={model_id}")
@@ -121,9 +124,11 @@ def openai_frontend_for(
     enabled: bool,
     api_keys: Sequence[str] = (),
     port: int = DEFAULT_LOCAL_PORT,
+    token_arrays: TokenArrays = TokenArrays.MODEL,
 ) -> LocalFrontend:
     """The frontend `modeldeploy serve --openai` runs (a no-op one without --openai), on `port`;
-    with `api_keys`, only requests carrying one of them are served."""
+    with `api_keys`, only requests carrying one of them are served; `token_arrays`: whose ids the token
+    arrays of /v1/embeddings hold."""
     keys_dir = write_api_keys(workdir / "api-keys", api_keys) if enabled and api_keys else None
     return LocalFrontend(
         repository,
@@ -133,4 +138,5 @@ def openai_frontend_for(
         ready_timeout_s=600,
         enabled=enabled,
         api_keys_dir=keys_dir,
+        token_arrays=token_arrays,
     )

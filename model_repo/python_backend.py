@@ -1,4 +1,4 @@
-"""The contract between the builder and the Python-backend runtime (`runtime/model.py`): which file a
+"""The contract between the builder and the Python-backend runtime (`runtime/model.py`): which files a
 Python model runs, the config.pbtxt parameters it reads, how warm-up texts are encoded, and where its
 instances run. The `python` format and the `onnx` format's tokenizer and post-processing models share it."""
 
@@ -11,29 +11,37 @@ from pathlib import Path
 
 from model_repo.checkpoint import CheckpointInfo
 from model_repo.options import Task
+from model_repo.runtime.model import ROLE_CLASSES, SHARED_MODULES
 
-RUNTIME_FILE = Path(__file__).parent / "runtime" / "model.py"
-# The continuous-batching engine model.py loads for text-generation (copied next to it), with the modules
-# it loads by path: its request contract, its decoding arithmetic, its adapter over transformers' internals.
+RUNTIME_DIR = Path(__file__).parent / "runtime"
+RUNTIME_FILE = RUNTIME_DIR / "model.py"
+# Beside model.py in every Python model: the modules all roles share, and the one of the model's role.
+SHARED_RUNTIME_FILES = tuple(RUNTIME_DIR / f"{module}.py" for module in SHARED_MODULES)
+ROLE_RUNTIME_FILES = {role: RUNTIME_DIR / f"{module}.py" for role, (module, _) in ROLE_CLASSES.items()}
+# The continuous-batching engine the generator role imports (copied with it), with the modules it
+# imports: its metrics, its request contract, its decoding arithmetic, its adapter over transformers.
 GENERATION_RUNTIME_FILES = tuple(
-    Path(__file__).parent / "runtime" / name
-    for name in ("generation.py", "request_parsing.py", "decoding.py", "hf_adapter.py")
+    RUNTIME_DIR / f"{module}.py"
+    for module in ("generation", "generation_metrics", "request_parsing", "decoding", "hf_adapter")
 )
-# Text pairs and cross-encoder scores, which model.py loads for the encoder tasks (copied next to it).
-RANKING_RUNTIME_FILE = Path(__file__).parent / "runtime" / "ranking.py"
+# Text pairs and cross-encoder scores, which the encoder role imports for the pair tasks (copied with it).
+RANKING_RUNTIME_FILE = RUNTIME_DIR / "ranking.py"
 FILL_MASK_TOP_K = 5
 
 
-def install_runtime(version_dir: Path, generation: bool = False, pairs: bool = False) -> None:
-    """Make `version_dir` a Python model: the runtime as its model.py (and the generation engine, or the
-    text-pair helpers of text-classification and text-ranking)."""
+def install_runtime(version_dir: Path, role: str, pairs: bool = False) -> None:
+    """Make `version_dir` a Python model serving `role`: the runtime as its model.py, the modules every
+    role shares, the role's module (with the generation engine for the generator, or the text-pair
+    helpers of text-classification and text-ranking)."""
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
-    if generation:
-        for source in GENERATION_RUNTIME_FILES:
-            shutil.copyfile(source, version_dir / source.name)
+    sources = [*SHARED_RUNTIME_FILES, ROLE_RUNTIME_FILES[role]]
+    if role == "generator":
+        sources += GENERATION_RUNTIME_FILES
     if pairs:
-        shutil.copyfile(RANKING_RUNTIME_FILE, version_dir / RANKING_RUNTIME_FILE.name)
+        sources.append(RANKING_RUNTIME_FILE)
+    for source in sources:
+        shutil.copyfile(source, version_dir / source.name)
 
 
 def runtime_parameters(

@@ -71,9 +71,9 @@ def write(
     version_dir = model_dir / "1"
     generation = info.task is Task.TEXT_GENERATION
     pairs = info.task in (Task.TEXT_CLASSIFICATION, Task.TEXT_RANKING)
-    python_backend.install_runtime(version_dir, generation=generation, pairs=pairs)
-    copy_checkpoint(info, version_dir / "checkpoint", model)
     role = "generator" if generation else "encoder"
+    python_backend.install_runtime(version_dir, role, pairs=pairs)
+    copy_checkpoint(info, version_dir / "checkpoint", model)
     parameters = python_backend.runtime_parameters(info, role, dtype, max_length, options.trust_remote_code)
     parameters.update(extra_parameters)
     warmup_file = "text_input" if generation else "TEXT"

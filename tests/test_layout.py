@@ -9,6 +9,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _python_from_root_dir(*args: str) -> subprocess.CompletedProcess[str]:
+    """This interpreter run from / (not the checkout), so that only what is installed imports."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, cwd="/")
+
+
 def test_operator_dir_is_not_a_package() -> None:
     assert not (ROOT / "operator" / "__init__.py").exists()
 
@@ -22,20 +27,12 @@ def test_stdlib_operator_module_is_not_shadowed() -> None:
         "assert 'site-packages' not in location and sys.argv[1] not in location; "
         "print(operator.__file__)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=False, cwd="/"
-    )
+    result = _python_from_root_dir("-c", code, str(ROOT))
     assert result.returncode == 0, result.stderr
 
 
 def test_both_packages_import() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "import modeldeploy, model_repo; print(modeldeploy.__version__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd="/",
-    )
+    result = _python_from_root_dir("-c", "import modeldeploy, model_repo; print(modeldeploy.__version__)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0.1.0"
 
@@ -80,12 +77,6 @@ def test_the_product_folder_holds_only_the_product() -> None:
     distribution file (dev/pyproject.toml), and is imported from there (installed editable)."""
     assert sorted(path.name for path in (ROOT / "operator").iterdir()) == ["modeldeploy"]
     assert (ROOT / "dev" / "pyproject.toml").is_file() and (ROOT / "dev" / "modeldeploy_dev").is_dir()
-    result = subprocess.run(
-        [sys.executable, "-c", "import modeldeploy_dev; print(modeldeploy_dev.__file__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd="/",
-    )
+    result = _python_from_root_dir("-c", "import modeldeploy_dev; print(modeldeploy_dev.__file__)")
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).parent == ROOT / "dev" / "modeldeploy_dev", result.stdout

@@ -64,6 +64,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
+def write_results(name: str, report: Any, markdown: str, readme: bool = True) -> None:
+    """bench/results/<name>.json and <name>.md and, with ``readme``, bench/README.md's section ``name``."""
+    write_json(RESULTS_DIR / f"{name}.json", report)
+    (RESULTS_DIR / f"{name}.md").write_text(markdown + "\n")
+    if readme:
+        update_readme_section(name, markdown)
+
+
 def update_readme_section(section: str, body: str, readme: Path = README) -> None:
     """Replace the text between `<!-- section:begin -->` and `<!-- section:end -->` (appended if absent)."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"

@@ -25,17 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common.machine import ForeignCpu, describe_machine, machine_line
-from bench.common.quiet import QuietPolicy
-from bench.common.report import RESULTS_DIR, fmt, markdown_table, write_json
-from bench.generation.run import Settings, make_checkpoint, make_prompts
+from bench.common.machine import ForeignCpu, machine_line
+from bench.common.report import fmt, markdown_table, write_results
+from bench.generation.run import (
+    NEVER_WAIT,
+    Settings,
+    add_model_arguments,
+    make_checkpoint,
+    make_prompts,
+    model_fields,
+    report_head,
+)
 
 
 class _Job:
@@ -288,22 +294,14 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.generation.profile", description=__doc__)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--min-prompt", type=int, default=16)
-    parser.add_argument("--max-prompt", type=int, default=256)
+    add_model_arguments(parser)
     parser.add_argument("--sizes", default="1,4,16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-generation-profile"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     settings = Settings(
-        layers=args.layers,
-        hidden=args.hidden,
-        max_tokens=args.max_tokens,
-        min_prompt=args.min_prompt,
-        max_prompt=args.max_prompt,
+        **model_fields(args),
         concurrency=(),
         warmup_s=0,
         window_s=0,
@@ -311,24 +309,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name="generation-profile-cpu",
         write=not args.no_write,
         device="cpu",
-        quiet=QuietPolicy(max_foreign_share=1.0, retries=0, max_wait_s=0.0),
+        quiet=NEVER_WAIT,
         shared_prefix=0,
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     report = {
-        "command": "python -m bench.generation.profile " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v.__dict__ if isinstance(v, QuietPolicy) else v)
-            for k, v in settings.__dict__.items()
-        },
-        "machine": describe_machine(),
+        **report_head("bench.generation.profile", argv, settings),
         "repeats": args.repeats,
         **measure(settings, [int(size) for size in args.sizes.split(",")], args.repeats),
     }
     print(render_markdown(report))
     if settings.write:
-        write_json(RESULTS_DIR / f"{settings.name}.json", report)
-        (RESULTS_DIR / f"{settings.name}.md").write_text(render_markdown(report) + "\n")
+        write_results(settings.name, report, render_markdown(report), readme=False)
     return report
 
 

@@ -35,8 +35,7 @@ from bench.common.report import (
     fmt,
     markdown_table,
     save_figure,
-    update_readme_section,
-    write_json,
+    write_results,
 )
 from bench.common.sentences import load_texts
 
@@ -64,13 +63,22 @@ class Settings:
     shared_prefix: int  # tokens; 0: no shared-prefix workload
 
 
-def parse_args(argv: Sequence[str] | None) -> Settings:
-    parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
+# On the CPU of a shared machine: never waits for a quiet machine nor repeats (other CPU is reported).
+NEVER_WAIT = QuietPolicy(max_foreign_share=1.0, retries=0, max_wait_s=0.0)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The random-weight Llama's shape and the prompts' and answers' lengths (see :func:`model_fields`)."""
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--min-prompt", type=int, default=16)
     parser.add_argument("--max-prompt", type=int, default=256)
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
+    add_model_arguments(parser)
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--window-s", type=float, default=20.0)
@@ -89,28 +97,54 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     return Settings(**generation_fields(parser.parse_args(argv)))
 
 
-def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings' fields from the arguments parse_args defines (bench/openai defines them too)."""
+def model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings' fields from the arguments :func:`add_model_arguments` defines."""
     return dict(
         layers=args.layers,
         hidden=args.hidden,
         max_tokens=args.max_tokens,
         min_prompt=args.min_prompt,
         max_prompt=args.max_prompt,
+    )
+
+
+def measurement_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings' fields of the load and of where results go, from the arguments --concurrency, --warmup-s,
+    --window-s, --workdir, --name and --no-write (bench/openai and bench/rerank define them too)."""
+    return dict(
         concurrency=tuple(int(c) for c in args.concurrency.split(",")),
         warmup_s=args.warmup_s,
         window_s=args.window_s,
         workdir=args.workdir,
         name=args.name,
         write=not args.no_write,
+    )
+
+
+def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings' fields from the arguments parse_args defines (bench/openai defines them too)."""
+    return dict(
+        **model_fields(args),
+        **measurement_fields(args),
         device=getattr(args, "device", "cpu"),
         # bench/openai defines neither option: never waits, never repeats.
         # Waits and repeats only when --max-foreign-cpu asks; disturbed levels are marked either way.
-        quiet=quiet_policy(args, quick=True)
-        if hasattr(args, "max_foreign_cpu")
-        else QuietPolicy(max_foreign_share=1.0, retries=0, max_wait_s=0.0),
+        quiet=quiet_policy(args, quick=True) if hasattr(args, "max_foreign_cpu") else NEVER_WAIT,
         shared_prefix=getattr(args, "shared_prefix", 0),
     )
+
+
+def report_head(module: str, argv: Sequence[str] | None, settings: Settings) -> dict[str, Any]:
+    """How the reports of ``python -m <module>`` begin, for every benchmark on these Settings: the command
+    line, the settings (as JSON takes them) and the machine."""
+    return {
+        "command": f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v.__dict__ if isinstance(v, QuietPolicy) else v)
+            for k, v in settings.__dict__.items()
+        },
+        "machine": describe_machine(),
+    }
 
 
 def make_checkpoint(settings: Settings, directory: Path) -> Path:
@@ -671,22 +705,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings.workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = make_checkpoint(settings, settings.workdir / "checkpoint")
     prompts = make_prompts(checkpoint, settings)
-    report: dict[str, Any] = {
-        "command": "python -m bench.generation " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v.__dict__ if isinstance(v, QuietPolicy) else v)
-            for k, v in settings.__dict__.items()
-        },
-        "machine": describe_machine(),
-    }
+    report = report_head("bench.generation", argv, settings)
     report["in_process"] = measure_in_process(checkpoint, settings, prompts)
     report[OURS] = measure_ours(checkpoint, settings, prompts)
     report[BASELINE] = measure_baseline(checkpoint, settings, prompts)
     report["ratios"] = ratios(report)
     print(render_markdown(report))
     if settings.write:
-        write_json(RESULTS_DIR / f"{settings.name}.json", report)
-        (RESULTS_DIR / f"{settings.name}.md").write_text(render_markdown(report) + "\n")
         plot(report, RESULTS_DIR / f"{settings.name}.png")
-        update_readme_section(settings.name, render_markdown(report))
+        write_results(settings.name, report, render_markdown(report))
     return report

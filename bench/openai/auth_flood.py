@@ -255,7 +255,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     combined = {condition: _combine(found) for condition, found in runs.items()}
     quiet, bad, health = (combined[c] for c in CONDITIONS)
     report: dict[str, Any] = {
-        "command": "python -m bench.openai.auth_flood " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python -m bench.openai.auth_flood", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if v is not None
         },

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,11 +33,11 @@ import numpy as np
 
 from bench.common.checkpoints import minilm
 from bench.common.loadgen import PooledHttpSender, TritonGrpcSender, closed_loop
-from bench.common.machine import ForeignCpu, describe_machine, machine_line
-from bench.common.report import RESULTS_DIR, fmt, markdown_table, update_readme_section, write_json
+from bench.common.machine import ForeignCpu, machine_line
+from bench.common.report import fmt, markdown_table, write_results
 from bench.common.sentences import load_texts
 from bench.generation.run import Settings as GenerationSettings
-from bench.generation.run import generation_fields, make_checkpoint, make_prompts
+from bench.generation.run import generation_fields, make_checkpoint, make_prompts, report_head
 
 DIRECT, OPENAI = "direct gRPC", "OpenAI API"
 
@@ -283,39 +282,43 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
     return found
 
 
+def against_direct_headers(other: str, other_requests: str | None = None) -> list[str]:
+    """The headers of :func:`against_direct_cells`; ``other`` names the contender (``other_requests`` in
+    its req/s column, where that name differs)."""
+    return [
+        "direct req/s",
+        f"{other_requests or other} req/s",
+        f"{other} / direct",
+        "direct p50 ms",
+        f"{other} p50 ms",
+        "errors",
+        "other CPU",
+    ]
+
+
+def against_direct_cells(direct: dict[str, Any], other: dict[str, Any], ratio: float) -> list[str]:
+    """One level of a contender against direct gRPC (summaries of the same level): throughputs and their
+    ratio, median latencies, errors and the CPU share other processes took, each side."""
+    return [
+        fmt(direct["throughput_rps"]),
+        fmt(other["throughput_rps"]),
+        fmt(ratio, 3),
+        fmt(direct["p50_ms"]),
+        fmt(other["p50_ms"]),
+        f"{direct['errors']}/{other['errors']}",
+        f"{direct['other_cpu_share']:.0%}/{other['other_cpu_share']:.0%}",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     rows = []
     for workload in ("embeddings", "generation"):
         levels = report[workload]["levels"]
         for direct, openai in zip(levels[DIRECT], levels[OPENAI], strict=True):
             clients = direct["concurrency"]
-            rows.append(
-                [
-                    workload,
-                    str(clients),
-                    fmt(direct["throughput_rps"]),
-                    fmt(openai["throughput_rps"]),
-                    fmt(report["ratios"][f"{workload}@{clients}"], 3),
-                    fmt(direct["p50_ms"]),
-                    fmt(openai["p50_ms"]),
-                    f"{direct['errors']}/{openai['errors']}",
-                    f"{direct['other_cpu_share']:.0%}/{openai['other_cpu_share']:.0%}",
-                ]
-            )
-    table = markdown_table(
-        [
-            "workload",
-            "clients",
-            "direct req/s",
-            "OpenAI req/s",
-            "OpenAI / direct",
-            "direct p50 ms",
-            "OpenAI p50 ms",
-            "errors",
-            "other CPU",
-        ],
-        rows,
-    )
+            ratio = report["ratios"][f"{workload}@{clients}"]
+            rows.append([workload, str(clients), *against_direct_cells(direct, openai, ratio)])
+    table = markdown_table(["workload", "clients", *against_direct_headers("OpenAI")], rows)
     return (
         f"{machine_line(report['machine'])}\n\n"
         f"Embeddings: {report['embeddings']['model']}. Generation: {report['generation']['model']}, "
@@ -328,22 +331,21 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = parse_args(argv)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    report: dict[str, Any] = {
-        "command": "python -m bench.openai " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v.__dict__ if hasattr(v, "max_wait_s") else v)
-            for k, v in settings.__dict__.items()
-        },
-        "machine": describe_machine(),
-    }
+    report = report_head("bench.openai", argv, settings)
     report["embeddings"] = run_embeddings(settings)
     report["generation"] = run_generation(settings)
     report["ratios"] = ratios(report)
+    return finish(report, settings, started, render_markdown)
+
+
+def finish(
+    report: dict[str, Any], settings: Settings, started: float, render: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
+    """Times the report from ``started``, prints it as markdown and, unless --no-write, writes both to
+    bench/results and the README (bench/rerank ends so too)."""
     report["duration_s"] = round(time.monotonic() - started, 1)
-    markdown = render_markdown(report)
+    markdown = render(report)
     print(markdown)
     if settings.write:
-        write_json(RESULTS_DIR / f"{settings.name}.json", report)
-        (RESULTS_DIR / f"{settings.name}.md").write_text(markdown + "\n")
-        update_readme_section(settings.name, markdown)
+        write_results(settings.name, report, markdown)
     return report

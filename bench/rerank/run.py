@@ -17,7 +17,6 @@ throughput; the target is >= 0.9 at 16 clients. Contenders alternate within each
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,11 +26,18 @@ import numpy as np
 
 from bench.common.checkpoints import make_tiny_bert_classifier
 from bench.common.loadgen import PooledHttpSender
-from bench.common.machine import describe_machine, machine_line
-from bench.common.quiet import QuietPolicy
-from bench.common.report import RESULTS_DIR, fmt, markdown_table, update_readme_section, write_json
+from bench.common.machine import machine_line
+from bench.common.report import markdown_table
 from bench.common.sentences import load_texts
-from bench.openai.run import Settings, measure, serving
+from bench.generation.run import NEVER_WAIT, measurement_fields, report_head
+from bench.openai.run import (
+    Settings,
+    against_direct_cells,
+    against_direct_headers,
+    finish,
+    measure,
+    serving,
+)
 
 DIRECT, RERANK = "direct gRPC", "/v1/rerank"
 DOCUMENTS = 32
@@ -53,15 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         max_tokens=0,
         min_prompt=0,
         max_prompt=0,
-        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
-        warmup_s=args.warmup_s,
-        window_s=args.window_s,
-        workdir=args.workdir,
-        name=args.name,
-        write=not args.no_write,
+        **measurement_fields(args),
         # As bench/openai: on the CPU, never waits for a quiet machine nor repeats (other CPU is reported).
         device="cpu",
-        quiet=QuietPolicy(max_foreign_share=1.0, retries=0, max_wait_s=0.0),
+        quiet=NEVER_WAIT,
         shared_prefix=0,
         repeats=args.repeats,
     )
@@ -125,31 +126,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     rows = []
     for direct, rerank in zip(levels[DIRECT], levels[RERANK], strict=True):
         clients = direct["concurrency"]
-        rows.append(
-            [
-                str(clients),
-                fmt(direct["throughput_rps"]),
-                fmt(rerank["throughput_rps"]),
-                fmt(report["ratios"][str(clients)], 3),
-                fmt(direct["p50_ms"]),
-                fmt(rerank["p50_ms"]),
-                f"{direct['errors']}/{rerank['errors']}",
-                f"{direct['other_cpu_share']:.0%}/{rerank['other_cpu_share']:.0%}",
-            ]
-        )
-    table = markdown_table(
-        [
-            "clients",
-            "direct req/s",
-            "/v1/rerank req/s",
-            "rerank / direct",
-            "direct p50 ms",
-            "rerank p50 ms",
-            "errors",
-            "other CPU",
-        ],
-        rows,
-    )
+        rows.append([str(clients), *against_direct_cells(direct, rerank, report["ratios"][str(clients)])])
+    table = markdown_table(["clients", *against_direct_headers("rerank", "/v1/rerank")], rows)
     return (
         f"{machine_line(report['machine'])}\n\n{report['model']}; each request 1 query x {DOCUMENTS} "
         f"documents.\n\n{table}\n\nCommand: `{report['command']}`"
@@ -178,9 +156,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         levels = measure("rerank", contenders, texts, settings)
     report: dict[str, Any] = {
-        "command": "python -m bench.rerank " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
-        "machine": describe_machine(),
+        **report_head("bench.rerank", argv, settings),
         "model": "random-weight BERT cross-encoder (2 layers, hidden 128, one logit, workload WordPiece)",
         "levels": levels,
         "ratios": {
@@ -190,11 +166,4 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for direct, rerank in zip(levels[DIRECT], levels[RERANK], strict=True)
         },
     }
-    report["duration_s"] = round(time.monotonic() - started, 1)
-    markdown = render_markdown(report)
-    print(markdown)
-    if settings.write:
-        write_json(RESULTS_DIR / f"{settings.name}.json", report)
-        (RESULTS_DIR / f"{settings.name}.md").write_text(markdown + "\n")
-        update_readme_section(settings.name, markdown)
-    return report
+    return finish(report, settings, started, render_markdown)

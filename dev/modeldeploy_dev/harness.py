@@ -71,17 +71,26 @@ T = TypeVar("T")
 # Small utilities
 
 
+# Errors wait_until takes for "not yet": the cluster may answer a moment later (an object not created yet,
+# a watch cache lagging).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (DevClusterError, KubeApiError, OSError, KeyError, ValueError)
+
+
 def wait_until(
-    what: str, predicate: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2
+    what: str,
+    predicate: Callable[[], T | None],
+    timeout: float = 60.0,
+    interval: float = 0.2,
+    tolerate: tuple[type[Exception], ...] = TRANSIENT_ERRORS,
 ) -> T:
-    """Polls ``predicate`` until it returns something truthy, and returns that."""
+    """Polls ``predicate`` until it returns something truthy, and returns that. An error of a type in
+    ``tolerate`` counts as a falsy answer; ``tolerate=()`` fails the wait on the predicate's first error."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
         try:
             value = predicate()
-        except (DevClusterError, KubeApiError, OSError, KeyError, ValueError) as err:
-            # The cluster may answer a moment later (an object not created yet, a watch cache lagging).
+        except tolerate as err:
             value, last_error = None, err
         if value:
             return value
@@ -286,6 +295,13 @@ def create_namespace(cluster: DevCluster, name: str) -> str:
     return name
 
 
+def apply_objects(cluster: DevCluster, namespace: str, directory: Path, *objects: Mapping[str, Any]) -> None:
+    """``kubectl apply -f`` of a file in ``directory`` listing ``objects``, as a user would do it."""
+    path = directory / f"{unique_name(objects[0]['metadata']['name'])}.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+    cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+
+
 @contextlib.contextmanager
 def models_namespace(cluster: DevCluster, prefix: str) -> Iterator[str]:
     """A fresh namespace (see :func:`create_namespace`) for a test's ModelDeployments, removed after."""
@@ -297,6 +313,15 @@ def models_namespace(cluster: DevCluster, prefix: str) -> Iterator[str]:
         "delete", "modeldeployments", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False
     )
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@contextlib.contextmanager
+def chart_rbac_installed(cluster: DevCluster, release: str) -> Iterator[ChartRbac]:
+    """``crds/`` and the chart's RBAC for ``release`` in a fresh namespace of its own, removed after."""
+    install_crds(cluster)
+    chart_rbac = install_chart_rbac(cluster, release=release, namespace=unique_name("modeldeploy-system"))
+    yield chart_rbac
+    chart_rbac.uninstall(cluster)
 
 
 # --------------------------------------------------------------------------------------------------

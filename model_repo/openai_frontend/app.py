@@ -32,6 +32,7 @@ from .protocol import (
     refuse_unsupported,
 )
 from .sampling import chat_logprobs, completion_logprobs, runtime_sampling
+from .token_arrays import Vocabulary
 
 T = TypeVar("T")
 # HTTP status logged for a request whose client left before the answer (nginx's convention).
@@ -91,6 +92,8 @@ def _choice(
 
 # A chunk of a stream: (new text, finish reason, usage, the new tokens' log-probabilities) -> the chunk.
 Chunk = Callable[[str | None, str | None, dict[str, int] | None, list[dict[str, Any]] | None], dict[str, Any]]
+# The one choice of a chunk that carries one: (new text, finish reason, the new tokens' log-probabilities).
+ChunkChoice = Callable[[str | None, str | None, list[dict[str, Any]] | None], dict[str, Any]]
 
 
 def _completion(
@@ -110,12 +113,33 @@ def _completion(
     return data
 
 
+def _chunks(
+    ident: str, kind: str, created: int, model: str, include_usage: bool, choice: ChunkChoice
+) -> Chunk:
+    """A stream's chunks: each has the one choice `choice` makes, except the usage chunk, which has none."""
+
+    def chunk(
+        text: str | None,
+        finish: str | None,
+        usage: dict[str, int] | None,
+        tokens: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        choices = [] if usage is not None else [choice(text, finish, tokens)]
+        return _completion(ident, kind, created, model, choices, usage, include_usage)
+
+    return chunk
+
+
 class Frontend:
     """Route handlers for one model (kept thin: validate, map, call Triton, shape the answer)."""
 
-    def __init__(self, model: ServedModel, backend: TritonBackend) -> None:
+    def __init__(
+        self, model: ServedModel, backend: TritonBackend, token_arrays: Vocabulary | None = None
+    ) -> None:
         self.model = model
         self.backend = backend
+        # Whose ids the token arrays of /v1/embeddings hold (--token-arrays; token_arrays.py).
+        self.token_arrays = token_arrays if token_arrays is not None else model.vocabulary()
 
     # -- shared checks ---------------------------------------------------------------------------------
 
@@ -183,9 +207,9 @@ class Frontend:
         if not items:
             raise invalid("input must not be empty", "input")
         if all(isinstance(item, int) for item in items):
-            return scoring.texts_of_token_arrays(self.model, [items], "input", invalid)
+            return scoring.texts_of_token_arrays(self.token_arrays, [items], "input", invalid)
         if all(isinstance(item, list) for item in items):
-            return scoring.texts_of_token_arrays(self.model, items, "input", invalid)
+            return scoring.texts_of_token_arrays(self.token_arrays, items, "input", invalid)
         strings = [str(item) for item in items]
         scoring.check_texts(strings, "input", invalid)
         return strings
@@ -311,20 +335,17 @@ class Frontend:
         echo = prompt if body.echo else None
         offset = len(echo or "")
 
-        def chunk(
-            text: str | None,
-            finish: str | None,
-            usage: dict[str, int] | None,
-            tokens: list[dict[str, Any]] | None,
+        def text_choice(
+            text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
         ) -> dict[str, Any]:
             nonlocal offset
             logprobs = None if tokens is None else completion_logprobs(tokens, offset)
             offset += len(text or "")
-            choices = [] if usage is not None else [_choice("text", text or "", finish, logprobs)]
-            return _completion(ident, "text_completion", created, body.model, choices, usage, include_usage)
+            return _choice("text", text or "", finish, logprobs)
 
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:
+            chunk = _chunks(ident, "text_completion", created, body.model, include_usage, text_choice)
             return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
         text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
@@ -342,25 +363,18 @@ class Frontend:
         include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         sent_role = False
 
-        def chunk(
-            text: str | None,
-            finish: str | None,
-            usage: dict[str, int] | None,
-            tokens: list[dict[str, Any]] | None,
+        def delta_choice(
+            text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
         ) -> dict[str, Any]:
             nonlocal sent_role
-            choices: list[dict[str, Any]] = []
-            if usage is None:
-                delta: dict[str, Any] = {} if text is None else {"content": text}
-                if not sent_role:
-                    delta["role"] = "assistant"
-                    sent_role = True
-                choices = [_choice("delta", delta, finish, None if tokens is None else chat_logprobs(tokens))]
-            return _completion(
-                ident, "chat.completion.chunk", created, body.model, choices, usage, include_usage
-            )
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if not sent_role:
+                delta["role"] = "assistant"
+                sent_role = True
+            return _choice("delta", delta, finish, None if tokens is None else chat_logprobs(tokens))
 
         if body.stream:
+            chunk = _chunks(ident, "chat.completion.chunk", created, body.model, include_usage, delta_choice)
             return await self.stream(request, prompt, sampling, chunk, include_usage, None)
         text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
         usage = self.usage(prompt, text, last)
@@ -384,10 +398,12 @@ def create_app(
     backend: TritonBackend,
     routes: Collection[str] = tuple(ROUTE_GROUPS),
     api_keys: Path | None = None,
+    token_arrays: Vocabulary | None = None,
 ) -> FastAPI:
     """The app serving the route groups in `routes`; with `api_keys` (a directory of key files) every route
-    but the health checks needs one."""
-    frontend = Frontend(model, backend)
+    but the health checks needs one; `token_arrays`: whose ids /v1/embeddings' token arrays hold (default:
+    the model's)."""
+    frontend = Frontend(model, backend, token_arrays)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

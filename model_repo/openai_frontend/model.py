@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .protocol import ChatMessage, invalid
+from .token_arrays import ModelVocabulary
 
 RECORD_FILE = "modeldeploy.json"
 EMBEDDING_TASK = "feature-extraction"
@@ -112,6 +113,10 @@ class ServedModel:
 
     def vocabulary_size(self) -> int:
         return len(self.tokenizer)
+
+    def vocabulary(self) -> ModelVocabulary:
+        """The model's own ids, as token arrays hold them (TEI's routes; /v1/embeddings by default)."""
+        return ModelVocabulary(self.tokenizer)
 
     def render_chat(self, messages: list[ChatMessage]) -> str:
         """The prompt for a chat: the checkpoint's chat template with the generation prompt appended."""

@@ -1,10 +1,6 @@
 """What the rerank, score, classify and TEI routes share: the model's Triton contract for pairs and
 classes, requests split within the model's max batch size (parts run concurrently, results in order),
-and token arrays mapped back to text.
-
-The runtime takes texts, not token ids, so a token array is decoded with the model's own tokenizer
-(special tokens dropped: the runtime adds them again) and the runtime tokenises the text. For ids the
-model's tokenizer produced from text this gives the runtime those same ids back.
+and token arrays mapped back to text (whose ids they are: token_arrays.py).
 """
 
 from __future__ import annotations
@@ -18,6 +14,7 @@ import numpy as np
 from .backend import TritonBackend
 from .model import ServedModel
 from .protocol import OpenAIError, invalid
+from .token_arrays import Vocabulary
 
 Item = TypeVar("Item")
 Array = np.ndarray[Any, Any]
@@ -98,23 +95,21 @@ def check_texts(texts: Sequence[str], field: str, error: Callable[[str, str], Ex
 
 
 def texts_of_token_arrays(
-    model: ServedModel, arrays: Sequence[Sequence[int]], field: str, error: Callable[[str, str], Exception]
+    vocabulary: Vocabulary,
+    arrays: Sequence[Sequence[int]],
+    field: str,
+    error: Callable[[str, str], Exception],
 ) -> list[str]:
-    """The text of each token array (see the module's docstring); ids outside the vocabulary refused."""
-    size = model.vocabulary_size()
+    """The text of each token array, read in `vocabulary` (token_arrays.py); ids outside it refused."""
     texts = []
     for row, ids in enumerate(arrays):
         where = f"{field}[{row}]" if len(arrays) > 1 else field
         if not ids:
             raise error(f"{where} must hold at least one token id", where)
-        bad = [token for token in ids if token < 0 or token >= size]
-        if bad:
-            raise error(
-                f"{where} holds token id {bad[0]}, outside the model's vocabulary "
-                f"of {size} ids (0..{size - 1})",
-                where,
-            )
-        text = str(model.tokenizer.decode(list(ids), skip_special_tokens=True))
+        refusal = vocabulary.refusal(ids)
+        if refusal is not None:
+            raise error(f"{where} holds {refusal}", where)
+        text = vocabulary.text(ids)
         if not text.strip():
             raise error(f"{where} decodes to no text (only special tokens)", where)
         texts.append(text)

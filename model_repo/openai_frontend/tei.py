@@ -138,7 +138,9 @@ class TEI:
         if items and all(isinstance(item, int) for item in items):
             items = [items]
         if items and all(isinstance(item, list) for item in items):
-            texts = scoring.texts_of_token_arrays(self.model, items, "inputs", lambda m, f: TEIError(422, m))
+            texts = scoring.texts_of_token_arrays(
+                self.model.vocabulary(), items, "inputs", lambda m, f: TEIError(422, m)
+            )
         else:
             texts = [str(item) for item in items]
         self.check_batch(texts, body.truncate)
@@ -327,30 +329,22 @@ def register(app: FastAPI, frontend: Frontend) -> None:
 
         return await answer(work())
 
-    @app.post("/embed")
-    async def embed(request: Request) -> JSONResponse:
-        return await call(request, EmbedRequest, tei.embed)
+    def post(path: str, model: type[BaseModel], run: Any) -> None:
+        async def route(request: Request) -> JSONResponse:
+            return await call(request, model, run)
 
-    @app.post("/rerank")
-    async def rerank(request: Request) -> JSONResponse:
-        return await call(request, RerankRequest, tei.rerank)
+        app.add_api_route(path, route, methods=["POST"], name=run.__name__)
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        return await call(request, PredictRequest, tei.predict)
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> JSONResponse:
-        return await call(request, TokenizeRequest, tei.tokenize)
-
-    @app.post("/decode")
-    async def decode(request: Request) -> JSONResponse:
-        return await call(request, DecodeRequest, tei.decode)
+    for path, model, run in (
+        ("/embed", EmbedRequest, tei.embed),
+        ("/rerank", RerankRequest, tei.rerank),
+        ("/predict", PredictRequest, tei.predict),
+        ("/tokenize", TokenizeRequest, tei.tokenize),
+        ("/decode", DecodeRequest, tei.decode),
+        ("/", InferenceApiRequest, tei.inference_api),
+    ):
+        post(path, model, run)
 
     @app.get("/info")
     async def info() -> JSONResponse:
         return await answer(tei.info())
-
-    @app.post("/")
-    async def inference_api(request: Request) -> JSONResponse:
-        return await call(request, InferenceApiRequest, tei.inference_api)

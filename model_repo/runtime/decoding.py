@@ -19,12 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-try:
-    from . import hf_adapter
-except ImportError:  # loaded by path inside Triton: generation.py loaded its siblings first
-    import sys
-
-    hf_adapter = sys.modules["modeldeploy_hf_adapter"]
+from . import hf_adapter
 
 MAX_TOP_LOGPROBS = 20
 # A reused prefix shorter than this saves less than the lookup and copy cost.
@@ -34,7 +29,7 @@ MIN_PREFIX_TOKENS = 8
 # for the whole group before its next token and the attention scratch grows with rows x length^2; 4096
 # still takes 16 prompts of 256 tokens in one pass. A longer prompt runs alone, as it did before grouping.
 PREFILL_TOKEN_BUDGET = 4096
-# The fixed cost of one more forward on a CPU, in prompt tokens (model.py's `fit_pass_overhead` measures a
+# The fixed cost of one more forward on a CPU, in prompt tokens (helpers.py's `fit_pass_overhead` measures a
 # few dozen for real encoders): a prompt that would make its group pad more than this starts a new group.
 # On an accelerator a pass costs about the same whatever its size below saturation: one group per budget.
 CPU_PASS_OVERHEAD_TOKENS = 64

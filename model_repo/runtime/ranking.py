@@ -2,7 +2,7 @@
 optional second text of text-classification (NLI-style checkpoints), with the score a cross-encoder's own
 library returns (sentence-transformers' CrossEncoder applies its activation to the single logit).
 
-Copied next to model.py and loaded by path (Triton imports model.py as a file); like model.py it imports
+Copied next to model.py for those two tasks and imported by the encoder role; like model.py it imports
 only numpy, so the builder and tests import it as `model_repo.runtime.ranking`.
 """
 

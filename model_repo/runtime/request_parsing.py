@@ -1,7 +1,7 @@
 """The generation runtime's request contract: what a request may set, validated, with messages that name
 the input and the rule (Triton INVALID_ARG). Pure except `parse_request`, which reads a Triton request.
 
-Copied beside `model.py` with generation.py, which loads it by path (and re-exports its names).
+Copied beside `model.py` with generation.py, which imports it (and re-exports its names).
 """
 
 from __future__ import annotations
@@ -18,12 +18,7 @@ try:
 except ImportError:  # imported outside Triton by tests that exercise the pure helpers
     pb_utils = None
 
-try:
-    from . import decoding
-except ImportError:  # loaded by path inside Triton: generation.py loaded its siblings first
-    import sys
-
-    decoding = sys.modules["modeldeploy_decoding"]
+from . import decoding
 
 Sampling = decoding.Sampling
 

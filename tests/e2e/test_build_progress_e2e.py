@@ -9,50 +9,26 @@ builder writes (model_repo.progress.Report.to_line); everything between the file
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from lightkube import AsyncClient
-from lightkube.config.kubeconfig import KubeConfig
 
 from model_repo.progress import Report, Stage
-from modeldeploy.kube import LightkubeCluster
 from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS
-from modeldeploy.reconcile import Reconciler
-from modeldeploy.settings import FIELD_MANAGER, RenderSettings
+from modeldeploy.settings import RenderSettings
 from modeldeploy_dev.devcluster import BUILDER_LOG_NAMESPACE, FAULT_PREFIX, DevCluster
+from modeldeploy_dev.direct_reconciler import DirectReconciler
+from modeldeploy_dev.harness import wait_until
+from modeldeploy_dev.manual_clock import ManualClock
 
 pytestmark = pytest.mark.cluster
 
 NAME = f"{FAULT_PREFIX}building-bert"
 GIB, MIB = 1024**3, 1024**2
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-class Clock:
-    """The reconciler's clock, moved on by the test instead of waiting out the poll interval."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def cri_lines(*lines: str) -> str:
@@ -61,19 +37,13 @@ def cri_lines(*lines: str) -> str:
     return "".join(f"{stamp} stdout F {line}\n" for line in lines)
 
 
-class Harness:
+class Harness(DirectReconciler):
     def __init__(self, cluster: DevCluster) -> None:
-        self.cluster = cluster
-        self.loop = asyncio.new_event_loop()
-        client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), field_manager=FIELD_MANAGER)
-        self.api = LightkubeCluster(client)
-        self.clock = Clock()
-        settings = RenderSettings(triton_image="triton:t", builder_image="builder:t")
-        self.reconciler = Reconciler(self.api, settings, clock=self.clock)
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.api.close())
-        self.loop.close()
+        # The reconciler's clock, moved on by the test instead of waiting out the poll interval.
+        self.clock = ManualClock(time.monotonic())
+        super().__init__(
+            cluster, RenderSettings(triton_image="triton:t", builder_image="builder:t"), self.clock
+        )
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         return self.cluster.kubectl(*args, "-n", BUILDER_LOG_NAMESPACE, input=input).stdout
@@ -83,7 +53,7 @@ class Harness:
         return body
 
     def reconcile(self) -> dict[str, Any]:
-        self.loop.run_until_complete(self.reconciler.reconcile(self.body()))
+        self.run(self.reconciler.reconcile(self.body()))
         status: dict[str, Any] = self.body().get("status") or {}
         return status
 
@@ -121,7 +91,7 @@ def test_progressing_then_stalled_download_through_pods_log(harness: Harness) ->
     body = {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME}}
     harness.kubectl("apply", "-f", "-", input=json.dumps({**body, "spec": spec}))
     harness.reconcile()
-    pod = wait_for(
+    pod = wait_until(
         "a pod whose builder runs",
         lambda: next(
             (
@@ -132,6 +102,8 @@ def test_progressing_then_stalled_download_through_pods_log(harness: Harness) ->
             ),
             None,
         ),
+        timeout=90,
+        tolerate=(),
     )
     downloading = Report(
         Stage.DOWNLOAD, "downloading", percent=25.0, bytes_done=int(1.2 * GIB), bytes_total=int(4.8 * GIB),
@@ -140,9 +112,11 @@ def test_progressing_then_stalled_download_through_pods_log(harness: Harness) ->
     harness.feed(downloading)
     # The API server proxies pods/log to KWOK, which serves the file: what `kubectl logs` shows too.
     assert downloading.to_line() in harness.kubectl("logs", pod, "-c", "model-builder")
-    status = wait_for(
+    status = wait_until(
         "the report in the status",
         lambda: (found := harness.reconcile()).get("modelRepository", {}).get("progress") and found,
+        timeout=90,
+        tolerate=(),
     )
     progress = status["modelRepository"]["progress"]
     assert (progress["stage"], progress["percent"], progress["bytesDone"], progress["pod"]) == (

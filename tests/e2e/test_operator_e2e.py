@@ -28,12 +28,12 @@ from modeldeploy_dev.harness import (
     KubeApi,
     OperatorProcess,
     applied_by_us,
+    apply_objects,
     assert_no_forbidden,
+    chart_rbac_installed,
     condition,
     events_of,
     example_model_deployments,
-    install_chart_rbac,
-    install_crds,
     is_ready,
     load_gitops_health,
     model_deployment,
@@ -42,7 +42,6 @@ from modeldeploy_dev.harness import (
     pods_of,
     reserve_volume,
     running_ready,
-    unique_name,
     wait_until,
     watching,
 )
@@ -64,23 +63,8 @@ READY_TIMEOUT = 90.0
 
 @pytest.fixture(scope="module")
 def rbac(cluster: DevCluster) -> Iterator[ChartRbac]:
-    install_crds(cluster)
-    chart_rbac = install_chart_rbac(cluster, release="md-e2e", namespace=unique_name("modeldeploy-system"))
-    yield chart_rbac
-    chart_rbac.uninstall(cluster)
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: DevCluster, rbac: ChartRbac, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(rbac.kubeconfig, log, scope=("--all-namespaces",))
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+    with chart_rbac_installed(cluster, release="md-e2e") as chart_rbac:
+        yield chart_rbac
 
 
 @pytest.fixture(autouse=True)
@@ -109,13 +93,6 @@ def namespace(cluster: DevCluster, api: KubeApi) -> Iterator[str]:
 # Helpers
 
 
-def apply(cluster: DevCluster, namespace: str, tmp_path: Path, *objects: dict[str, Any]) -> None:
-    """``kubectl apply -f`` of a file, as a user would do it."""
-    path = tmp_path / f"{objects[0]['metadata']['name']}.json"
-    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
-    cluster.kubectl("apply", "-n", namespace, "-f", str(path))
-
-
 def deploy(
     cluster: DevCluster,
     api: KubeApi,
@@ -126,7 +103,7 @@ def deploy(
     timeout: float = READY_TIMEOUT,
 ) -> dict[str, Any]:
     """Apply a ModelDeployment and wait until it is Ready; the object then."""
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec))
     return wait_ready(api, namespace, name, timeout)
 
 
@@ -241,7 +218,7 @@ def test_gpu_model_is_served_by_owned_children_on_the_right_nodes(
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     name = "bert-h100"
-    apply(
+    apply_objects(
         cluster, namespace, tmp_path, model_deployment(name, spec_for(replicas=2, gpus=1, gpu_product=H100))
     )
 
@@ -421,7 +398,7 @@ def test_unrelated_changes_do_not_restart_pods(
 ) -> None:
     name = "bert-steady"
     autoscaling = {"minReplicas": 2, "maxReplicas": 4, "metric": "queueTime"}
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(autoscaling=autoscaling)))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec_for(autoscaling=autoscaling)))
     wait_observed(api, namespace, name)
     wait_until(
         "2 pods running (HPA minReplicas)",
@@ -465,7 +442,7 @@ def test_turning_autoscaling_off_removes_the_autoscaler_and_the_disruption_budge
     that knowledge must still make it delete the ones it no longer wants."""
     name = "bert-unscale"
     autoscaling = {"minReplicas": 2, "maxReplicas": 3, "metric": "queueTime"}
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(autoscaling=autoscaling)))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec_for(autoscaling=autoscaling)))
     wait_observed(api, namespace, name)
     for resource in ("horizontalpodautoscalers", "poddisruptionbudgets"):
         wait_until(f"the {resource}", lambda r=resource: api.child(r, namespace, name), timeout=30)
@@ -484,7 +461,7 @@ def test_openai_api_adds_the_sidecar_port_and_endpoint_only_while_enabled(
     name = "minilm-openai"
     model = {"source": "hf://sentence-transformers/all-MiniLM-L6-v2", "task": "feature-extraction"}
     spec = {"model": model, "replicas": 1, "api": {"openai": {"enabled": True}}}
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec))
     md = wait_ready(api, namespace, name)
     assert md["status"]["endpoints"]["openai"] == f"http://{name}.{namespace}.svc:9000/v1"
     deployment = api.child("deployments", namespace, name)
@@ -543,7 +520,7 @@ def test_network_policy_is_created_owned_updated_and_pruned_with_api_keys_and_tr
     }
     api_spec = {"openai": {"enabled": True}, "auth": {"secretName": "minilm-keys"}}
     spec = {"model": model, "replicas": 1, "api": api_spec, "network": network}
-    apply(cluster, namespace, tmp_path, secret, model_deployment(name, spec))
+    apply_objects(cluster, namespace, tmp_path, secret, model_deployment(name, spec))
     md = wait_ready(api, namespace, name)
     uid = md["metadata"]["uid"]
     policy = wait_until(
@@ -700,7 +677,7 @@ def test_example_is_served(
         volumes.append(reserve_volume(cluster, namespace, f"{name}-cache"))
     try:
         if example.namespaced:
-            apply(cluster, namespace, tmp_path, example.manifest)
+            apply_objects(cluster, namespace, tmp_path, example.manifest)
         else:
             cluster.kubectl("apply", "-n", namespace, "-f", str(example.path))
         md = wait_ready(api, namespace, name, timeout=READY_TIMEOUT + 30)
@@ -758,7 +735,7 @@ def test_semantically_invalid_spec_gets_invalid_spec_and_an_event(
     """
     name = "bert-invalid"
     spec = spec_for(autoscaling={"minReplicas": 1, "maxReplicas": 3, "metric": "cpu"})
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec))
 
     def invalid() -> dict[str, Any] | None:
         md = api.model_deployment(namespace, name)
@@ -873,7 +850,7 @@ def test_deleting_the_model_deployment_garbage_collects_every_child(
 ) -> None:
     name = "bert-gc"
     spec = spec_for(autoscaling={"minReplicas": 2, "maxReplicas": 3})
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec))
     wait_until(
         "2 pods running",
         lambda: len([p for p in pods_of(api, namespace, name) if running_ready(p)]) == 2,
@@ -989,7 +966,7 @@ def test_a_gpu_product_no_node_has_and_more_gpus_than_any_node_are_unschedulable
     cluster: DevCluster, api: KubeApi, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     """The issue's two first-user cases: never `Building`; the scheduler's own words and the nodes'."""
-    apply(
+    apply_objects(
         cluster,
         namespace,
         tmp_path,
@@ -1059,7 +1036,7 @@ def test_what_the_kubelet_reports_is_named(
 ) -> None:
     """KWOK Stages (selected by the pod template's modeldeploy.dev/name label) play the kubelet."""
     name = f"{FAULT_PREFIX}{fault}-bert"
-    apply(cluster, namespace, tmp_path, model_deployment(name, {**spec_for(), **extra}))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, {**spec_for(), **extra}))
     md = assert_reported(cluster, api, namespace, name, reason=reason, phase="Failed", fragment=fragment)
     # Nothing builds (the init container completed): never Building.
     assert (condition(md, "ModelRepositoryReady") or {}).get("reason") == "NotStarted"
@@ -1079,7 +1056,7 @@ def test_a_resource_quota_refusing_the_pods_is_quota_exceeded(
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(quota))
     name = "bert-quota"
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec_for(gpus=1, gpu_product=H100)))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec_for(gpus=1, gpu_product=H100)))
     assert_reported(
         cluster,
         api,
@@ -1098,7 +1075,7 @@ def test_a_cache_claim_with_a_missing_storage_class_is_cache_claim_pending(
 ) -> None:
     name = "bert-noclass"
     spec = spec_for(cache={"size": "5Gi", "storageClassName": "no-such-class"})
-    apply(cluster, namespace, tmp_path, model_deployment(name, spec))
+    apply_objects(cluster, namespace, tmp_path, model_deployment(name, spec))
     md = assert_reported(
         cluster,
         api,

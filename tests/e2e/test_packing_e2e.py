@@ -10,7 +10,6 @@ FakeCluster (tests/operator/test_model_server.py) and with the real tritonserver
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,11 @@ from modeldeploy_dev.harness import (
     ChartRbac,
     KubeApi,
     OperatorProcess,
+    apply_objects,
     assert_no_forbidden,
-    install_chart_rbac,
-    install_crds,
+    chart_rbac_installed,
     models_namespace,
     reserve_volume,
-    unique_name,
     wait_until,
 )
 
@@ -39,34 +37,11 @@ MODEL = {"source": "hf://sentence-transformers/all-MiniLM-L6-v2", "task": "featu
 
 @pytest.fixture(scope="module")
 def rbac(cluster: DevCluster) -> Iterator[ChartRbac]:
-    install_crds(cluster)
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modelservers.modeldeploy.dev", "--timeout=60s"
-    )
-    chart_rbac = install_chart_rbac(
-        cluster, release="md-packing", namespace=unique_name("modeldeploy-system")
-    )
-    yield chart_rbac
-    chart_rbac.uninstall(cluster)
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: DevCluster, rbac: ChartRbac, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(rbac.kubeconfig, log, scope=("--all-namespaces",))
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-def _apply(cluster: DevCluster, namespace: str, tmp_path: Path, *objects: dict[str, Any]) -> None:
-    path = tmp_path / f"{unique_name('objects')}.json"
-    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
-    cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+    with chart_rbac_installed(cluster, release="md-packing") as chart_rbac:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/modelservers.modeldeploy.dev", "--timeout=60s"
+        )
+        yield chart_rbac
 
 
 def test_server_with_three_placed_models_runs_one_deployment_and_forgets_a_deleted_model(
@@ -100,7 +75,7 @@ def test_server_with_three_placed_models_runs_one_deployment_and_forgets_a_delet
             }
             for name in ("alpha", "beta", "gamma")
         ]
-        _apply(cluster, namespace, tmp_path, claim, server, *models)
+        apply_objects(cluster, namespace, tmp_path, claim, server, *models)
         path = SERVERS_PATH.format(namespace=namespace, name="encoders")
 
         def listed(names: set[str]) -> dict[str, Any] | None:

@@ -40,16 +40,14 @@ from modeldeploy_dev.harness import (
     ChartRbac,
     KubeApi,
     OperatorProcess,
+    chart_rbac_installed,
     condition,
     events_of,
-    install_chart_rbac,
-    install_crds,
     is_ready,
     model_deployment,
     models_namespace,
     pods_of,
     running_ready,
-    unique_name,
     wait_until,
 )
 
@@ -224,10 +222,8 @@ def tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Trit
 
 @pytest.fixture(scope="module")
 def rbac(cluster: DevCluster) -> Iterator[ChartRbac]:
-    install_crds(cluster)
-    chart_rbac = install_chart_rbac(cluster, release="md-canary", namespace=unique_name("modeldeploy-system"))
-    yield chart_rbac
-    chart_rbac.uninstall(cluster)
+    with chart_rbac_installed(cluster, release="md-canary") as chart_rbac:
+        yield chart_rbac
 
 
 def start_operator(rbac: ChartRbac, log: Path, prometheus: Prometheus) -> OperatorProcess:

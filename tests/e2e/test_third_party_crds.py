@@ -9,45 +9,29 @@ ScaledObject's status, it writes what KEDA writes (its condition types and reaso
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
-from lightkube import AsyncClient
-from lightkube.config.kubeconfig import KubeConfig
 
 from modeldeploy.api import AutoscalingMetric
 from modeldeploy.compare import is_subset
-from modeldeploy.kube import LightkubeCluster
 from modeldeploy.manifests import desired_state
-from modeldeploy.reconcile import Reconciler
 from modeldeploy.settings import FIELD_MANAGER, ClusterCapabilities, RenderSettings
 from modeldeploy_dev.devcluster import DevCluster
+from modeldeploy_dev.direct_reconciler import DirectReconciler
+from modeldeploy_dev.harness import wait_until
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "hf://google-bert/bert-base-uncased"
 SETTINGS = RenderSettings(triton_image="triton:t", builder_image="builder:t")
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def third_party_crds() -> Path:
@@ -153,18 +137,10 @@ def test_the_charts_monitoring_objects_are_accepted(cluster: DevCluster, namespa
         assert is_subset(obj["spec"], stored["spec"])
 
 
-class Reconciling:
+class Reconciling(DirectReconciler):
     def __init__(self, cluster: DevCluster, namespace: str) -> None:
-        self.cluster = cluster
+        super().__init__(cluster, SETTINGS)
         self.namespace = namespace
-        self.loop = asyncio.new_event_loop()
-        client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), field_manager=FIELD_MANAGER)
-        self.api = LightkubeCluster(client)
-        self.reconciler = Reconciler(self.api, SETTINGS)
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.api.close())
-        self.loop.close()
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
         out = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json")
@@ -177,7 +153,7 @@ class Reconciling:
         self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(body))
 
     def condition(self, name: str, kind: str) -> tuple[str, str, str]:
-        self.loop.run_until_complete(self.reconciler.reconcile(self.get("modeldeployment", name)))
+        self.run(self.reconciler.reconcile(self.get("modeldeployment", name)))
         status = self.get("modeldeployment", name).get("status") or {}
         (found,) = [c for c in status.get("conditions") or [] if c["type"] == kind]
         return found["status"], found["reason"], found["message"]
@@ -225,10 +201,11 @@ def test_scaling_ready_from_a_real_hpa_controller_without_its_metric(reconciling
     spec = {"autoscaling": {"engine": "hpa", "minReplicas": 1, "maxReplicas": 3, "metric": "pendingRequests"}}
     reconciling.create("bert", {**spec, "model": {"source": SOURCE, "task": "text-classification"}})
     # The controller-manager's HPA controller finds no custom metrics API in this cluster (15 s a round).
-    _state, reason, message = wait_for(
+    _state, reason, message = wait_until(
         "the HPA controller's verdict",
         lambda: (c := reconciling.condition("bert", "ScalingReady"))[0] == "False" and c,
         timeout=120,
+        tolerate=(),
     )
     assert reason == "FailedGetPodsMetric", message
     assert message.startswith("HorizontalPodAutoscaler bert: ScalingActive=False (FailedGetPodsMetric): ")

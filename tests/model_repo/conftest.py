@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import string
-from collections.abc import Callable
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +188,82 @@ def copy_checkpoint(tmp_path: Path) -> Callable[[Path], Path]:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data))
+
+
+def greedy_continuation(
+    model: Any, ids: Any, max_new_tokens: int, pad_token_id: int, **controls: Any
+) -> list[int]:
+    """The tokens in-process greedy `generate` adds after ``ids`` (a [1, n] tensor); ``controls`` as
+    `generate` takes them."""
+    import torch
+
+    from model_repo.accuracy import greedy_generate
+
+    with torch.inference_mode():
+        generated = greedy_generate(model, ids, max_new_tokens, pad_token_id, **controls)
+    return [int(t) for t in generated[0, ids.shape[1] :]]
+
+
+def greedy_tokens(checkpoint: Path, prompt: str, max_new_tokens: int, **controls: Any) -> list[int]:
+    """Greedy tokens of in-process `generate` on a checkpoint (EOS and other defaults from its generation
+    config)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    return greedy_continuation(model, ids, max_new_tokens, tokenizer.eos_token_id, **controls)
+
+
+def greedy_text(checkpoint: Path, prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """(text, token count) of :func:`greedy_tokens`, decoded without special tokens."""
+    from transformers import AutoTokenizer
+
+    tokens = greedy_tokens(checkpoint, prompt, max_new_tokens)
+    text = AutoTokenizer.from_pretrained(str(checkpoint)).decode(tokens, skip_special_tokens=True)
+    return str(text), len(tokens)
+
+
+@contextmanager
+def serving(
+    command: list[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    startup_s: float = 600.0,
+    stop_s: float = 120.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs a `serve` command line, its output in ``log``, until it says "Ctrl-C to stop"; yields the
+    process, then stops it with SIGTERM (what Ctrl-C does) and checks that it exited cleanly."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + startup_s
+        while b"Ctrl-C to stop" not in log.read_bytes() and process.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert process.poll() is None, log.read_text()
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=stop_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, log.read_text()
+
+
+def infer_texts(http_url: str, model: str, texts: list[str]) -> dict[str, Any]:
+    """Every output (a numpy array each) of one HTTP inference of a batch of texts (TEXT, [n, 1] BYTES)."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    # One client per call, closed in the calling thread: gevent-based clients must not cross threads.
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        result = client.infer(model, [text])
+        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+    finally:
+        client.close()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SENTENCES, make_gpt2_checkpoint, make_llama_checkpoint
+from conftest import SENTENCES, greedy_text, greedy_tokens, make_gpt2_checkpoint, make_llama_checkpoint
 
 from model_repo.build import build_repository
 from model_repo.options import BuildOptions
@@ -45,39 +45,14 @@ class Served:
     paths: dict[str, Path]
 
 
-def _reference(path: Path, prompt: str, max_new_tokens: int, **controls: Any) -> list[int]:
-    """Greedy tokens of in-process `generate` (EOS and other defaults from the checkpoint's generation
-    config; `controls` as `generate` takes them)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        generated = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
-            **controls,
-        )
-    return [int(t) for t in generated[0, ids.shape[1] :]]
-
-
 _REFERENCES: dict[tuple[Path, str, int], tuple[str, int]] = {}
 
 
 def reference(path: Path, prompt: str, max_new_tokens: int) -> tuple[str, int]:
     """(text, token count) of in-process greedy generation, cached per prompt."""
-    from transformers import AutoTokenizer
-
     key = (path, prompt, max_new_tokens)
     if key not in _REFERENCES:
-        tokens = _reference(path, prompt, max_new_tokens)
-        text = AutoTokenizer.from_pretrained(str(path)).decode(tokens, skip_special_tokens=True)
-        _REFERENCES[key] = (text, len(tokens))
+        _REFERENCES[key] = greedy_text(path, prompt, max_new_tokens)
     return _REFERENCES[key]
 
 
@@ -88,7 +63,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     # A copy whose generation config names the third token it generates for EOS_PROMPT as end-of-sequence.
     paths[GPT2_EOS] = root / "gpt2-eos"
     shutil.copytree(paths[GPT2], paths[GPT2_EOS])
-    third = _reference(paths[GPT2], EOS_PROMPT, 8)[2]
+    third = greedy_tokens(paths[GPT2], EOS_PROMPT, 8)[2]
     config_file = paths[GPT2_EOS] / "generation_config.json"
     config = json.loads(config_file.read_text())
     config["eos_token_id"] = third
@@ -369,7 +344,7 @@ def test_stop_strings_end_the_text_before_them(served: Served) -> None:
 
 
 def test_stop_token_ids_and_checkpoint_eos_end_generation(served: Served) -> None:
-    tokens = _reference(served.paths[GPT2], EOS_PROMPT, 8)
+    tokens = greedy_tokens(served.paths[GPT2], EOS_PROMPT, 8)
     answer = grpc_generate(served, GPT2_EOS, text_input=EOS_PROMPT, max_tokens=8, temperature=0.0)
     assert answer.output_tokens == tokens.index(tokens[2]) + 1  # stopped at the checkpoint's EOS
     stop_id = tokens[3]
@@ -557,34 +532,27 @@ def _token_ids(path: Path, text: str) -> list[int]:
     return list(AutoTokenizer.from_pretrained(str(path))(text)["input_ids"])
 
 
-def _answer_ids(served: Served, model: str, answer: Answer) -> list[int]:
+def greedy_answer_ids(served: Served, model: str, prompt: str, max_tokens: int, **sampling: Any) -> list[int]:
+    """The token ids of a greedy answer over gRPC; ``sampling`` goes in its sampling_parameters."""
+    answer = grpc_generate(
+        served,
+        model,
+        text_input=prompt,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        sampling_parameters=json.dumps({**sampling, "logprobs": True}),
+    )
     return [item["token_id"] for item in answer.logprobs]
 
 
 def test_repetition_penalty_and_min_tokens_equal_generate(served: Served) -> None:
     prompt = "the quick brown fox"
     for model in (LLAMA, GPT2):
-        expected = _reference(served.paths[model], prompt, 16, repetition_penalty=1.6)
-        answer = grpc_generate(
-            served,
-            model,
-            text_input=prompt,
-            max_tokens=16,
-            temperature=0.0,
-            sampling_parameters=json.dumps({"repetition_penalty": 1.6, "logprobs": True}),
-        )
-        assert _answer_ids(served, model, answer) == expected, model
+        expected = greedy_tokens(served.paths[model], prompt, 16, repetition_penalty=1.6)
+        assert greedy_answer_ids(served, model, prompt, 16, repetition_penalty=1.6) == expected, model
     # The checkpoint stops at its EOS on the third token; min_tokens holds it off, as min_new_tokens does.
-    expected = _reference(served.paths[GPT2_EOS], EOS_PROMPT, 8, min_new_tokens=6)
-    answer = grpc_generate(
-        served,
-        GPT2_EOS,
-        text_input=EOS_PROMPT,
-        max_tokens=8,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"min_tokens": 6, "logprobs": True}),
-    )
-    assert _answer_ids(served, GPT2_EOS, answer) == expected and len(expected) >= 6
+    expected = greedy_tokens(served.paths[GPT2_EOS], EOS_PROMPT, 8, min_new_tokens=6)
+    assert greedy_answer_ids(served, GPT2_EOS, EOS_PROMPT, 8, min_tokens=6) == expected and len(expected) >= 6
 
 
 def test_frequency_and_presence_penalties_equal_generate_with_openais_rule(served: Served) -> None:
@@ -601,19 +569,12 @@ def test_frequency_and_presence_penalties_equal_generate_with_openais_rule(serve
                 scores = scores - 0.7 * counts[None] - 0.4 * (counts[None] > 0).to(scores.dtype)
             return scores
 
-    expected = _reference(
+    expected = greedy_tokens(
         served.paths[LLAMA], "hello world", 24, logits_processor=LogitsProcessorList([OpenAIPenalties()])
     )
-    plain = _reference(served.paths[LLAMA], "hello world", 24)
-    answer = grpc_generate(
-        served,
-        LLAMA,
-        text_input="hello world",
-        max_tokens=24,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"frequency_penalty": 0.7, "presence_penalty": 0.4, "logprobs": True}),
-    )
-    assert _answer_ids(served, LLAMA, answer) == expected
+    plain = greedy_tokens(served.paths[LLAMA], "hello world", 24)
+    answer = greedy_answer_ids(served, LLAMA, "hello world", 24, frequency_penalty=0.7, presence_penalty=0.4)
+    assert answer == expected
     assert expected != plain  # the penalties changed the answer, so the comparison means something
 
 
@@ -653,31 +614,15 @@ def test_the_checkpoints_generation_config_is_the_default_unless_the_request_ove
     served: Served,
 ) -> None:
     prompt = "the quick brown fox"
-    penalised = _reference(served.paths[GPT2_PENALTY], prompt, 16)  # generate reads the same config
-    plain = _reference(served.paths[GPT2], prompt, 16)
+    penalised = greedy_tokens(served.paths[GPT2_PENALTY], prompt, 16)  # generate reads the same config
+    plain = greedy_tokens(served.paths[GPT2], prompt, 16)
     assert penalised != plain
-    answer = grpc_generate(
-        served,
-        GPT2_PENALTY,
-        text_input=prompt,
-        max_tokens=16,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"logprobs": True}),
-    )
-    assert _answer_ids(served, GPT2_PENALTY, answer) == penalised
-    answer = grpc_generate(
-        served,
-        GPT2_PENALTY,
-        text_input=prompt,
-        max_tokens=16,
-        temperature=0.0,
-        sampling_parameters=json.dumps({"logprobs": True, "repetition_penalty": 1.0}),
-    )
-    assert _answer_ids(served, GPT2_PENALTY, answer) == plain
+    assert greedy_answer_ids(served, GPT2_PENALTY, prompt, 16) == penalised
+    assert greedy_answer_ids(served, GPT2_PENALTY, prompt, 16, repetition_penalty=1.0) == plain
 
 
 def test_finish_reasons_at_eos_stop_string_stop_token_and_length(served: Served) -> None:
-    tokens = _reference(served.paths[GPT2], EOS_PROMPT, 8)
+    tokens = greedy_tokens(served.paths[GPT2], EOS_PROMPT, 8)
     at_eos = grpc_generate(served, GPT2_EOS, text_input=EOS_PROMPT, max_tokens=8, temperature=0.0)
     assert (at_eos.finish_reason, at_eos.stop_reason) == ("stop", "")
     at_length = greedy_gpt2(served, EOS_PROMPT, 2)

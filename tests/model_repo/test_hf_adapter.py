@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import make_gpt2_checkpoint, make_llama_checkpoint
+from conftest import greedy_continuation, make_gpt2_checkpoint, make_llama_checkpoint
 
 from model_repo.runtime import decoding, hf_adapter
 
@@ -59,22 +59,6 @@ def test_check_refuses_naming_the_attribute_and_the_versions(
         hf_adapter.check(models["llama"][0])
 
 
-def _generate(model: Any, ids: list[int], count: int) -> list[int]:
-    import torch
-
-    tensor = torch.tensor([ids])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=tensor,
-            attention_mask=torch.ones_like(tensor),
-            max_new_tokens=count,
-            min_new_tokens=count,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    return [int(t) for t in out[0, len(ids) :]]
-
-
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 @pytest.mark.parametrize(
     "arrivals", [{0: [0], 1: [1], 3: [2], 4: [3]}, {0: [0, 1, 2], 2: [3]}], ids=["one-by-one", "grouped"]
@@ -90,7 +74,10 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
     prompts = ["the quick brown fox", "hello", "paris is the capital of france and", "a b c d e f g"]
     counts = [9, 4, 7, 6]
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    expected = [_generate(model, ids, n) for ids, n in zip(prompt_ids, counts, strict=True)]
+    expected = [
+        greedy_continuation(model, torch.tensor([ids]), n, pad_token_id=0, min_new_tokens=n)
+        for ids, n in zip(prompt_ids, counts, strict=True)
+    ]
 
     class Job:
         def __init__(self, index: int) -> None:

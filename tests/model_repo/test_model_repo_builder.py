@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import write_json
+from conftest import serving, write_json
 from typer.testing import CliRunner
 
 from model_repo import cli
@@ -82,13 +82,19 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
         "text-generation": [
             "decoding.py",
             "generation.py",
+            "generation_metrics.py",
+            "generator_front.py",
+            "helpers.py",
             "hf_adapter.py",
             "model.py",
             "request_parsing.py",
+            "serving.py",
         ],
-        "text-classification": ["model.py", "ranking.py"],
+        "text-classification": ["encoder.py", "helpers.py", "model.py", "ranking.py", "serving.py"],
     }
-    assert [path.name for path in runtime_files] == expected.get(task, ["model.py"])
+    assert [path.name for path in runtime_files] == expected.get(
+        task, ["encoder.py", "helpers.py", "model.py", "serving.py"]
+    )
     for path in runtime_files:
         imports = {
             line.split()[1].split(".")[0]
@@ -376,10 +382,7 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_serve_prints_endpoints_and_stops_cleanly_on_sigterm(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
-    import signal
-    import subprocess
     import sys
-    import time
 
     from model_repo.triton import free_port
 
@@ -403,31 +406,15 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_sigterm(
         ports[2],
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parent.parent)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Ctrl-C to stop."):
-                break
-        output = "".join(lines)
+    log = tmp_path / "serve.log"
+    with serving(command, log, env=env, startup_s=300, stop_s=60):
+        output = log.read_text()
         assert f"HTTP    http://127.0.0.1:{ports[0]}" in output, output
         assert f"gRPC    127.0.0.1:{ports[1]}" in output and f":{ports[2]}/metrics" in output
         assert "curl -s -X POST" in output and "tritonclient.http" in output
-        serving = _processes_mentioning(f"--model-repository={workdir / 'repository'}")
-        assert serving, "no tritonserver is serving the workdir"
-        process.send_signal(signal.SIGTERM)
-        remaining, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, remaining
-    assert "tritonserver stopped" in remaining
+        serving_workdir = _processes_mentioning(f"--model-repository={workdir / 'repository'}")
+        assert serving_workdir, "no tritonserver is serving the workdir"
+    assert "tritonserver stopped" in log.read_text()
     assert _processes_mentioning(str(workdir)) == [], "serve left processes behind"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SENTENCES
+from conftest import SENTENCES, infer_texts
 
 from model_repo.build import build_repository
 from model_repo.options import BuildOptions
@@ -59,19 +59,7 @@ def served(
 
 
 def http_infer(served: Served, model: str, texts: list[str]) -> dict[str, np.ndarray]:
-    import tritonclient.http as httpclient
-
-    # One client per call, closed in the calling thread: gevent-based clients must not cross threads.
-    client = httpclient.InferenceServerClient(served.server.http_url)
-    try:
-        text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
-        result = client.infer(model, [text])
-        return {
-            output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]
-        }
-    finally:
-        client.close()
+    return infer_texts(served.server.http_url, model, texts)
 
 
 def grpc_infer(served: Served, model: str, texts: list[str]) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from conftest import serving
 
 from model_repo.build import BuildOptions, build_repository
 from model_repo.openai_frontend.auth import (
@@ -341,8 +342,6 @@ def _command_lines() -> list[str]:
 def test_modeldeploy_serve_openai_takes_a_key_and_keeps_triton_on_loopback(
     minilm_path: Path, tmp_path: Path
 ) -> None:
-    import signal
-    import subprocess
     import sys
 
     import openai
@@ -361,15 +360,7 @@ def test_modeldeploy_serve_openai_takes_a_key_and_keeps_triton_on_loopback(
     ]  # fmt: skip
     log = tmp_path / "serve.log"
     # The key through the environment, as the help advises: it must not show in any process's arguments.
-    environment = {**os.environ, "MODELDEPLOY_API_KEY": KEY_C}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
-    try:
-        deadline = time.monotonic() + 600
-        while b"Ctrl-C to stop" not in log.read_bytes() and process.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        assert process.poll() is None, log.read_text()
+    with serving(command, log, env={**os.environ, "MODELDEPLOY_API_KEY": KEY_C}, stop_s=60):
         assert "API key required" in log.read_text()
         base = f"http://127.0.0.1:{DEFAULT_LOCAL_PORT}/v1"
         keyed = openai.OpenAI(base_url=base, api_key=KEY_C, max_retries=0, timeout=60)
@@ -380,7 +371,3 @@ def test_modeldeploy_serve_openai_takes_a_key_and_keeps_triton_on_loopback(
         outward = _outward_address()
         if outward is not None:
             assert _refused(outward, ports[0]) and _refused(outward, ports[1])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
-    assert code == 0, log.read_text()

@@ -102,6 +102,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Iterat
                 frontend.stop()
 
 
+def _greedy_chat_chunks(client: Any, max_tokens: int, **options: Any) -> list[Any]:
+    """The chunks of CHAT's greedy answer to MESSAGES, streamed; ``options`` as the SDK takes them."""
+    return list(
+        client.chat.completions.create(
+            model=CHAT, messages=MESSAGES, max_tokens=max_tokens, temperature=0, stream=True, **options
+        )
+    )
+
+
 def _prompt_tokens(path: Path, prompt: str) -> int:
     from transformers import AutoTokenizer
 
@@ -246,16 +255,7 @@ def test_chat_uses_the_checkpoints_template_and_equals_generate(stack: Stack) ->
         temperature=0,  # type: ignore[arg-type]
     )
     assert legacy.choices[0].message.content == text
-    chunks = list(
-        client.chat.completions.create(
-            model=CHAT,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            max_tokens=10,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
+    chunks = _greedy_chat_chunks(client, 10, stream_options={"include_usage": True})
     deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
     assert deltas[0].role == "assistant"
     assert "".join(delta.content or "" for delta in deltas) == text
@@ -318,16 +318,7 @@ def test_controls_and_logprobs_in_openais_shapes(stack: Stack) -> None:
     assert "".join(item.token for item in content) == chat.choices[0].message.content
     for item in content:
         assert len(item.top_logprobs) == 3 and item.top_logprobs[0].logprob >= item.logprob - 1e-6
-    chunks = list(
-        client.chat.completions.create(
-            model=CHAT,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            max_tokens=8,
-            temperature=0,
-            logprobs=True,
-            stream=True,
-        )
-    )
+    chunks = _greedy_chat_chunks(client, 8, logprobs=True)
     streamed = [
         item
         for chunk in chunks

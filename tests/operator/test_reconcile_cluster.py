@@ -8,17 +8,14 @@ tests/e2e's job.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
-from lightkube import AsyncClient
-from lightkube.config.kubeconfig import KubeConfig
 from reconcile_contract import Scenario
 
 from modeldeploy.kinds import Kind
@@ -28,42 +25,22 @@ from modeldeploy.observations import pod_summary
 from modeldeploy.reconcile import Outcome, Reconciler
 from modeldeploy.settings import FIELD_MANAGER, RenderSettings
 from modeldeploy_dev.devcluster import ADMIN_USER, DevCluster
+from modeldeploy_dev.direct_reconciler import DirectReconciler
 from modeldeploy_dev.fakecluster import FakeCluster
+from modeldeploy_dev.harness import wait_until
 
 pytestmark = pytest.mark.cluster
 
 REPO_CRDS = "crds/"
 SOURCE = "hf://google-bert/bert-base-uncased"
-T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
-
-
-class Harness:
+class Harness(DirectReconciler):
     """One namespace, one reconciler, and kubectl as the admin."""
 
     def __init__(self, cluster: DevCluster, namespace: str) -> None:
-        self.cluster = cluster
+        super().__init__(cluster, RenderSettings(triton_image="triton:t", builder_image="builder:t"))
         self.namespace = namespace
-        self.loop = asyncio.new_event_loop()
-        client = AsyncClient(config=KubeConfig.from_file(cluster.kubeconfig), field_manager=FIELD_MANAGER)
-        self.api = LightkubeCluster(client)
-        self.reconciler = Reconciler(
-            self.api, RenderSettings(triton_image="triton:t", builder_image="builder:t")
-        )
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.api.close())
-        self.loop.close()
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         return self.cluster.kubectl(*args, "-n", self.namespace, input=input, check=check).stdout
@@ -91,11 +68,13 @@ class Harness:
     def reconcile(self, name: str) -> Outcome:
         body = self.get("modeldeployment", name)
         assert body is not None
-        return self.loop.run_until_complete(self.reconciler.reconcile(body))
+        return self.run(self.reconciler.reconcile(body))
 
     def converge(self, name: str, timeout: float = 60.0) -> Outcome:
         """Reconcile until a pass writes nothing (pods coming up legitimately change the status)."""
-        return wait_for(f"{name} to converge", lambda: (o := self.reconcile(name)).writes == 0 and o, timeout)
+        return wait_until(
+            f"{name} to converge", lambda: (o := self.reconcile(name)).writes == 0 and o, timeout, tolerate=()
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         body = self.get("modeldeployment", name)
@@ -144,7 +123,7 @@ def test_converged_reconcile_sends_no_write_requests(harness: Harness) -> None:
         (reference,) = child["metadata"]["ownerReferences"]
         assert reference["uid"] == md["metadata"]["uid"] and reference["controller"] is True
 
-    wait_for("2 Ready pods", lambda: harness.converge("bert").ready)
+    wait_until("2 Ready pods", lambda: harness.converge("bert").ready, tolerate=())
     mark = harness.cluster.audit_log.mark()
     for _ in range(3):
         assert harness.reconcile("bert").writes == 0
@@ -309,10 +288,11 @@ def test_the_cache_job_gates_the_deployment(harness: Harness) -> None:
         # Waiting for the controller-manager to bind the claim, or building: either way not a failure.
         assert harness.conditions("cached")["ModelRepositoryReady"][1] in {"CacheClaimPending", "Building"}
         assert harness.status("cached")["phase"] in {"Pending", "Building"}
-        wait_for(
+        wait_until(
             "the build Job to succeed (KWOK completes its pod)",
             lambda: (harness.get("job", job["metadata"]["name"]) or {}).get("status", {}).get("succeeded"),
             timeout=90,
+            tolerate=(),
         )
         harness.reconcile("cached")
         deployment = harness.get("deployment", "cached")
@@ -352,13 +332,15 @@ def test_a_copy_older_than_our_last_status_write_writes_nothing(harness: Harness
     stale = harness.get("modeldeployment", "lagging")
     assert stale is not None
     harness.kubectl("label", "modeldeployment", "lagging", "team=search")  # someone else's write
-    wait_for("Ready", lambda: harness.converge("lagging").ready)  # at least one more status write
+    wait_until(
+        "Ready", lambda: harness.converge("lagging").ready, tolerate=()
+    )  # at least one more status write
     fresh = harness.get("modeldeployment", "lagging")
     assert fresh is not None
     assert int(stale["metadata"]["resourceVersion"]) < int(fresh["metadata"]["resourceVersion"])
     assert stale["status"] != fresh["status"]
     mark = harness.cluster.audit_log.mark()
-    outcome = harness.loop.run_until_complete(harness.reconciler.reconcile(stale))
+    outcome = harness.run(harness.reconciler.reconcile(stale))
     assert outcome.writes == 0 and outcome.ready
     time.sleep(1)
     assert harness.cluster.audit_log.writes(user=ADMIN_USER, since=mark) == []
@@ -410,7 +392,7 @@ def test_with_an_inventory_only_wanted_children_are_read_and_unwanted_ones_still
     def reconcile(name: str) -> Outcome:
         body = harness.get("modeldeployment", name)
         assert body is not None
-        return harness.loop.run_until_complete(reconciler.reconcile(body))
+        return harness.run(reconciler.reconcile(body))
 
     spec: dict[str, Any] = {
         "model": {"source": SOURCE, "task": "text-classification"},
@@ -441,8 +423,8 @@ def test_the_fake_cluster_keeps_its_contract_with_the_api_server(harness: Harnes
     replicas hand-off, pruning beside someone else's autoscaler) must leave the same children, send the
     same write requests to them, hand over `replicas` to the same field managers and leave an untouched
     child's resourceVersion alone, on both."""
-    real = harness.loop.run_until_complete(Scenario(harness.api, harness.namespace).run())
-    fake = harness.loop.run_until_complete(Scenario(FakeCluster(), harness.namespace).run())
+    real = harness.run(Scenario(harness.api, harness.namespace).run())
+    fake = harness.run(Scenario(FakeCluster(), harness.namespace).run())
     assert [step.label for step in real] == [step.label for step in fake]
     for on_real, on_fake in zip(real, fake, strict=True):
         assert on_real == on_fake, on_real.label

@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field
 
+from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.options import Task
 from modeldeploy.api.base import ApiModel, Rule
 from modeldeploy.names import DNS1123_SUBDOMAIN, LABEL_VALUE
@@ -45,6 +46,15 @@ class OpenAIApi(ApiModel):
         ge=1024,
         le=65535,
         description="Container and Service port of the API (the Service port is named openai).",
+    )
+    token_arrays: TokenArrays = Field(
+        default=TokenArrays.MODEL,
+        description=(
+            "Whose token ids the token arrays of /v1/embeddings hold (the ids alone cannot say: most "
+            "cl100k_base ids are valid model ids too). model: the served model's tokenizer. cl100k_base: "
+            "tiktoken's cl100k_base, what LangChain's OpenAIEmbeddings (with its defaults) and OpenAI's "
+            "own tooling send; decoded to text with tiktoken, then embedded as text."
+        ),
     )
 
     __rules__ = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.options import device_batching
 from model_repo.triton_args import LOOPBACK, loopback_server_args, triton_server_args
 from modeldeploy.api import RESTRICTED_API_HEADER, ModelDeployment, RolloutStrategy
@@ -168,6 +169,13 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
     auth = md.spec.api.auth if md.spec.api is not None else None
     keys = [f"--api-keys-dir={API_KEYS_MOUNT}"] if auth is not None else []
     keys_mount = [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True}] if auth else []
+    # Written only when not the default (the sidecar's too): an operator upgrade leaves existing pods alone.
+    openai = md.spec.openai
+    token_arrays = (
+        [f"--token-arrays={openai.token_arrays.value}"]
+        if openai is not None and openai.token_arrays is not TokenArrays.MODEL
+        else []
+    )
     return {
         "name": OPENAI_CONTAINER,
         "image": md.spec.triton.image or settings.triton_image,
@@ -180,6 +188,7 @@ def openai_container(md: ModelDeployment, settings: RenderSettings, digest: str)
             f"--port={port}",
             f"--routes={','.join(routes)}",
             *keys,
+            *token_arrays,
         ],
         # Only the tokenizer is read from the repository; nothing may be fetched from the hub.
         "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HOME", "value": "/tmp/hf-home"}],

@@ -1,0 +1,240 @@
+"""The `encoder` role of the Python-backend runtime (the `python` format of the encoder tasks): tokenizer,
+forward passes planned by length and post-processing in one model. Text pairs and cross-encoder scores are
+in ranking.py, copied beside it for text-classification and text-ranking.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from .helpers import Array, fit_pass_overhead, pad_batch, plan_length_groups, pool_hidden_states
+from .serving import (
+    DecodedRequests,
+    Settings,
+    TaskOutputs,
+    error_response,
+    load_model,
+    response,
+    tokenize_texts,
+    tokenizer_options,
+)
+
+# The batch planner's fixed cost of a forward pass (in tokens) when it cannot be measured at load.
+DEFAULT_GROUP_OVERHEAD_TOKENS = 96
+CALIBRATION_PASS_SECONDS = 0.25
+
+
+def _scatter(batch: dict[str, Array], rows: list[int], part: dict[str, Array], total: int) -> None:
+    """Write one forward pass's outputs into the batch's arrays at the rows of its texts."""
+    for name, values in part.items():
+        if name not in batch:
+            batch[name] = np.empty((total, *values.shape[1:]), dtype=values.dtype)
+        batch[name][rows] = values
+
+
+class EncoderRole:
+    """Tokenizer, forward passes and post-processing in one model. A batch of requests is handled as one:
+    one tokenizer call, forward passes planned by length, outputs reduced on the device (pooling, mask
+    positions) so that only what the client gets is copied back, written into one array per output for
+    the whole batch; each request's response is its rows of those arrays."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = settings.device
+        self.model = load_model(settings)
+        # Text pairs and cross-encoder scores (ranking.py, copied beside this file for these tasks only).
+        self.pairs: Any = None
+        if settings.task in ("text-classification", "text-ranking"):
+            self.pairs = importlib.import_module(".ranking", __package__)
+        self.input_names = [
+            name
+            for name in settings.tokenizer.model_input_names
+            if name in ("input_ids", "attention_mask", "token_type_ids")
+        ]
+        self.outputs = TaskOutputs(settings)
+        settings.log_accuracy()
+        self.group_overhead = self._calibrate_group_overhead()
+        settings.log_info(
+            f"one forward pass costs as much as {self.group_overhead} tokens on {self.device}; batches are "
+            "split by length accordingly"
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        batch = DecodedRequests(requests, self.pairs, self.settings.task)
+        if not batch.texts:
+            return batch.responses
+        try:
+            outputs, failures = self.encode(batch.texts, batch.pairs)
+            for index, first, count in batch.owners:
+                bad = [failures[p] for p in range(first, first + count) if p in failures]
+                batch.responses[index] = error_response(bad[0]) if bad else response(outputs, first, count)
+        except Exception as exc:  # one bad batch must not take the server down
+            batch.fail_unanswered(f"inference failed: {exc}")
+        return batch.responses
+
+    def encode(
+        self, texts: list[str], pairs: list[str | None] | None = None
+    ) -> tuple[dict[str, Array], dict[int, str]]:
+        """The batch's output arrays (row = text) and the texts refused, with the reason; `pairs` holds
+        each text's other text (None where it has none) for the tasks that take pairs."""
+        import torch
+
+        encoded = self.tokenize(texts, pairs)
+        ids: list[list[int]] = encoded["input_ids"]
+        failures: dict[int, str] = {}
+        if self.settings.task == "fill-mask":
+            tokenizer = self.settings.tokenizer
+            for position, seq in enumerate(ids):
+                if tokenizer.mask_token_id not in seq:
+                    failures[position] = (
+                        f"input TEXT must contain the mask token {tokenizer.mask_token} within its "
+                        f"first {self.settings.max_length} tokens"
+                    )
+        runnable = [position for position in range(len(texts)) if position not in failures]
+        groups = plan_length_groups(
+            [len(ids[i]) for i in runnable], self.group_overhead, self.settings.max_batch
+        )
+        with torch.inference_mode():
+            passes = self.forward_groups([[runnable[i] for i in group] for group in groups], encoded)
+        batch: dict[str, Array] = {}
+        for members, host in passes:
+            _scatter(batch, members, self.host_outputs(members, host, encoded, texts), len(texts))
+        return batch, failures
+
+    def tokenize(self, texts: list[str], pairs: list[str | None] | None = None) -> Any:
+        s = self.settings
+        offsets = s.task == "token-classification"
+        if pairs is not None and any(pair is not None for pair in pairs):
+            options = tokenizer_options(s.tokenizer, s.max_length, offsets)
+            return self.pairs.tokenize_pairs(s.tokenizer, s.task, texts, pairs, **options)
+        return tokenize_texts(s.tokenizer, texts, s.max_length, offsets)
+
+    def forward_groups(
+        self, groups: list[list[int]], encoded: Any
+    ) -> list[tuple[list[int], dict[str, Array]]]:
+        """Run every pass, then bring their reduced outputs to the host. On CUDA the passes are queued
+        back to back (pinned inputs, non-blocking copies both ways) and the host waits once."""
+        pending = []
+        for members in groups:
+            input_ids = pad_batch([encoded["input_ids"][i] for i in members], self.settings.pad_id)
+            lengths = np.array([len(encoded["input_ids"][i]) for i in members])
+            attention = (np.arange(input_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+            types = None
+            if "token_type_ids" in encoded:
+                types = pad_batch([encoded["token_type_ids"][i] for i in members], 0)
+            output = self._forward(input_ids, attention, types)
+            pending.append((members, self._reduce_on_device(output, attention, input_ids)))
+        cuda = self.device.type == "cuda"
+        copies = [
+            (members, {k: v.to("cpu", non_blocking=cuda) for k, v in out.items()}) for members, out in pending
+        ]
+        self._synchronize()
+        return [(members, {k: v.numpy() for k, v in out.items()}) for members, out in copies]
+
+    def _reduce_on_device(self, output: Any, attention: Array, input_ids: Array) -> dict[str, Any]:
+        """What the host needs from one pass's output, computed where the model ran."""
+        import torch
+
+        task = self.settings.task
+        if task == "feature-extraction":
+            mask = torch.from_numpy(attention)
+            pooled = pool_hidden_states(
+                output.last_hidden_state, mask, self.settings.pooling, self.settings.normalize
+            )
+            return {"pooled": pooled}
+        if task == "fill-mask":  # only the first mask position of each text leaves the device
+            logits = output.logits
+            positions = torch.from_numpy((input_ids == self.settings.tokenizer.mask_token_id).argmax(axis=1))
+            rows = torch.arange(input_ids.shape[0], device=logits.device)
+            return {"mask_logits": logits[rows, positions.to(logits.device)].float()}
+        return {"logits": output.logits.float()}
+
+    def host_outputs(
+        self, members: list[int], host: dict[str, Array], encoded: Any, texts: list[str]
+    ) -> dict[str, Array]:
+        task = self.settings.task
+        if task == "feature-extraction":
+            return self.outputs.embeddings(host["pooled"])
+        if task == "fill-mask":
+            return self.outputs.fill_mask(host["mask_logits"])
+        if task == "text-classification":
+            return self.outputs.classification(host["logits"])
+        if task == "text-ranking":
+            return self.outputs.ranking(
+                self.pairs.relevance_scores(host["logits"], self.settings.ranking_activation)
+            )
+        return self.outputs.entities(
+            host["logits"],
+            [encoded["offset_mapping"][i] for i in members],
+            [encoded["special_tokens_mask"][i] for i in members],
+            [texts[i] for i in members],
+        )
+
+    def _forward(self, input_ids: Array, attention: Array, token_types: Array | None) -> Any:
+        """One padded forward pass, queued: on CUDA nothing waits for the device here."""
+        arrays = {"input_ids": input_ids, "attention_mask": attention}
+        if "token_type_ids" in self.input_names:
+            arrays["token_type_ids"] = token_types if token_types is not None else np.zeros_like(input_ids)
+        return self.model(**{name: self._to_device(array) for name, array in arrays.items()})
+
+    def _to_device(self, array: Array) -> Any:
+        import torch
+
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        # From page-locked memory the copy is a plain DMA that does not block the host; torch's caching
+        # host allocator reuses the buffer once the copy has finished.
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def _synchronize(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _calibrate_group_overhead(self) -> int:
+        """Time forward passes from one short text up to a full batch on this instance's device and fit
+        the fixed cost of a pass (see `fit_pass_overhead`).
+
+        The shapes span the passes the planner chooses between: small passes are inefficient on a CPU
+        in ways a fit over small shapes alone underrates. Each shape runs three times and its fastest run
+        counts, so a momentarily busy machine skews the fit less; shapes stop growing once a pass takes
+        longer than CALIBRATION_PASS_SECONDS, which bounds the time a large model spends on this at load.
+        """
+        import torch
+
+        s = self.settings
+        ceiling = s.max_batch * s.max_length
+        filler = s.tokenizer(
+            "calibration text for the batch planner " * 64,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=s.max_length,
+        )
+        token_ids = [int(t) for t in filler["input_ids"]] or [s.pad_id]
+        short, long = min(16, s.max_length), min(64, s.max_length)
+        rows = sorted({min(count, s.max_batch) for count in (1, 4, 16, s.max_batch)})
+        shapes = [(1, short)] + [(count, long) for count in rows]
+        samples: list[tuple[int, float]] = []
+        with torch.inference_mode():
+            for batch, length in shapes:
+                ids = np.array([(token_ids * length)[:length]] * batch, dtype=np.int64)
+                best = math.inf
+                for _ in range(3):
+                    started = time.perf_counter()
+                    self._forward(ids, np.ones_like(ids), None)
+                    self._synchronize()
+                    best = min(best, time.perf_counter() - started)
+                samples.append((batch * length, best))
+                if best > CALIBRATION_PASS_SECONDS and len(samples) >= 2:
+                    break
+        return fit_pass_overhead(samples, ceiling)
+
+    def finalize(self) -> None:
+        self.model = None

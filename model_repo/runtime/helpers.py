@@ -1,0 +1,270 @@
+"""Pure helpers of the Python-backend runtime (no Triton, no torch at import): the batch planner, the
+CPU probe, int8 quantisation, padding and the tasks' post-processing arithmetic.
+
+Copied beside model.py into every Python model; the builder's accuracy gate and the tests import the same
+functions (through `model_repo.runtime.model`), so the served arithmetic is the measured one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[Any]
+
+
+def plan_length_groups(lengths: list[int], overhead_tokens: int, max_group: int) -> list[list[int]]:
+    """Split sequences into forward passes so that padding waste and per-pass overhead are minimal.
+
+    Sequences are sorted by length and cut into contiguous runs; a run costs `overhead_tokens` (the fixed
+    price of one forward pass, in token-equivalents) plus its size times its longest length (what padding
+    to that length computes). A dynamic program finds the cheapest cut, so a batch of equal lengths stays
+    one pass and a batch mixing 8- and 120-token texts is split. Returns lists of original indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    sorted_lengths = [lengths[index] for index in order]
+    count = len(order)
+    # Any split into k >= 2 passes costs at least k * overhead plus every sequence's own length; when one
+    # pass costs no more than two overheads plus that, one pass is optimal and the search is skipped (the
+    # usual case on a GPU, where the overhead is a whole batch: the search is O(count * max_group)).
+    if 0 < count <= max_group and count * sorted_lengths[-1] - sum(sorted_lengths) <= overhead_tokens:
+        return [order]
+    best = [0.0] + [math.inf] * count
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        for start in range(max(0, end - max_group), end):
+            cost = best[start] + overhead_tokens + (end - start) * sorted_lengths[end - 1]
+            if cost < best[end]:
+                best[end] = cost
+                cut[end] = start
+    groups: list[list[int]] = []
+    end = count
+    while end > 0:
+        start = cut[end]
+        groups.append(order[start:end])
+        end = start
+    groups.reverse()
+    return groups
+
+
+def usable_cpus(affinity: int, cpu_max: str | None) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (`cpu.max`).
+
+    A Kubernetes CPU limit is a quota, not an affinity: a pod limited to 4 CPUs on a 64-core node sees
+    64 cores, and 64 torch threads on a 4-CPU quota get throttled most of the time.
+    """
+    if cpu_max:
+        quota, _, period = cpu_max.strip().partition(" ")
+        if quota != "max" and period:
+            with_quota = math.ceil(int(quota) / int(period))
+            return max(1, min(affinity, with_quota))
+    return max(1, affinity)
+
+
+def fit_pass_overhead(samples: list[tuple[int, float]], ceiling: int) -> int:
+    """Fixed cost of one forward pass in token-equivalents, from (tokens, seconds) timings.
+
+    The cost of one more token is the slope between the two largest passes (where a device runs at
+    its full rate); the fixed cost is what the smallest pass takes beyond its tokens at that rate. A
+    least-squares line would let the large passes' noise swamp the intercept. On a CPU the answer is a
+    few dozen tokens for a real model (split a batch whenever padding would waste more than that); on
+    a GPU below saturation a pass costs about the same whatever its size, and the answer is `ceiling`
+    (keep the batch in one pass).
+    """
+    points = sorted(samples)
+    if len(points) < 2 or points[-1][0] == points[-2][0]:
+        return ceiling
+    (tokens_before, seconds_before), (tokens_last, seconds_last) = points[-2], points[-1]
+    per_token = (seconds_last - seconds_before) / (tokens_last - tokens_before)
+    if per_token <= 0:
+        return ceiling
+    smallest_tokens, smallest_seconds = points[0]
+    fixed = smallest_seconds - per_token * smallest_tokens
+    return round(min(ceiling, max(1.0, fixed / per_token)))
+
+
+def cpu_has_native_bfloat16(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo lists bfloat16 arithmetic (x86 avx512_bf16 or amx_bf16, Arm bf16).
+
+    Without it PyTorch emulates bfloat16 on the CPU, slower than float32: serving it would cost more.
+    """
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+# Names a file read instead of /proc/cpuinfo: a test, or a whole suite run, stands in for another CPU
+# with it (docs/testing.md: `MODELDEPLOY_CPUINFO=tests/cpuinfo/no-bf16 make test`).
+CPUINFO_ENV = "MODELDEPLOY_CPUINFO"
+
+
+def this_cpu_has_native_bfloat16() -> bool:
+    """`cpu_has_native_bfloat16` of this machine's cpuinfo (or of the file MODELDEPLOY_CPUINFO names).
+    True where there is no cpuinfo to read (not Linux): nothing to refuse on."""
+    path = os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo"
+    cpuinfo = read_text(path)
+    if cpuinfo is None and path != "/proc/cpuinfo":
+        raise RuntimeError(f"{CPUINFO_ENV}={path} is not a readable file")
+    return cpuinfo is None or cpu_has_native_bfloat16(cpuinfo)
+
+
+def quantize_int8(model: Any, keep_float: list[str] | tuple[str, ...] = ()) -> Any:
+    """Dynamic int8 quantisation of the model's Linear layers (int8 weights per output channel, int8
+    activations scaled per batch), except the layers named in `keep_float`.
+
+    The builder's accuracy gate and the runtime both call this, so the served model is the measured one.
+    """
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    kept = set(keep_float)
+    layers = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name not in kept
+    }
+    with warnings.catch_warnings():
+        # torch 2.15 announces torch.ao.quantization's move to torchao; the API still works unchanged.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, layers, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+
+
+def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = None) -> Array:
+    width = length if length is not None else max(len(seq) for seq in sequences)
+    out = np.full((len(sequences), width), pad_value, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
+
+
+def softmax(values: Array, axis: int = -1) -> Array:
+    shifted = values - values.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    result: Array = exp / exp.sum(axis=axis, keepdims=True)
+    return result
+
+
+def classification_outputs(
+    logits: Array, labels: list[str], multi_label: bool
+) -> tuple[list[str], Array, Array]:
+    """LABEL, SCORE, SCORES for a [batch, num_labels] logits array (transformers' pipeline rules)."""
+    logits = logits.astype(np.float32)
+    if multi_label or logits.shape[-1] == 1:
+        scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    else:
+        scores = softmax(logits).astype(np.float32)
+    best = scores.argmax(axis=-1)
+    return [labels[i] for i in best], scores.max(axis=-1).astype(np.float32), scores
+
+
+def _split_tag(label: str) -> tuple[str, str]:
+    if label.startswith(("B-", "I-")):
+        return label[0], label[2:]
+    return "I", label
+
+
+def token_entities(
+    logits: Array,
+    offsets: list[tuple[int, int]],
+    special: list[int],
+    text: str,
+    labels: list[str],
+) -> list[dict[str, Any]]:
+    """Entities of one sequence, grouped like transformers' `aggregation_strategy="simple"`.
+
+    Consecutive tokens with the same entity type join unless a token starts a new entity (`B-`);
+    the group's score is the mean of its tokens' scores; `O` groups are dropped; `word` is the span of
+    the original text.
+    """
+    count = len(offsets)
+    probabilities = softmax(logits[:count].astype(np.float32))
+    tokens = []
+    for index in range(count):
+        if special[index]:
+            continue
+        label_id = int(probabilities[index].argmax())
+        tokens.append(
+            (labels[label_id], float(probabilities[index][label_id]), offsets[index][0], offsets[index][1])
+        )
+    groups: list[list[tuple[str, float, int, int]]] = []
+    for token in tokens:
+        if groups:
+            bi, tag = _split_tag(token[0])
+            _, last_tag = _split_tag(groups[-1][-1][0])
+            if tag == last_tag and bi != "B":
+                groups[-1].append(token)
+                continue
+        groups.append([token])
+    entities = []
+    for group in groups:
+        tag = group[0][0].split("-", 1)[-1]
+        if tag == "O":
+            continue
+        start, end = group[0][2], group[-1][3]
+        entities.append(
+            {
+                "entity_group": tag,
+                "score": float(np.mean([token[1] for token in group])),
+                "word": text[start:end],
+                "start": int(start),
+                "end": int(end),
+            }
+        )
+    return entities
+
+
+def pool_hidden_states(hidden: Any, attention_mask: Any, pooling: str, normalize: bool) -> Any:
+    """Sentence embeddings (float32 torch tensor) from [batch, length, hidden] states on any device, the
+    way sentence-transformers pools. The encoder runs it where the model ran, so only [batch, hidden]
+    leaves the device."""
+    import torch
+
+    hidden = hidden.float()
+    mask = attention_mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
+    if pooling == "mean":
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    elif pooling == "max":
+        pooled = hidden.masked_fill(mask == 0, -1e9).amax(dim=1)
+    elif pooling == "lasttoken":
+        last = attention_mask.to(hidden.device).sum(dim=1).long() - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    else:
+        pooled = hidden[:, 0]
+    if normalize:
+        pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return pooled
+
+
+def pool_embeddings(hidden: Array, attention_mask: Array, pooling: str, normalize: bool) -> Array:
+    """`pool_hidden_states` for numpy arrays (the ONNX post-processing and the build's accuracy gate)."""
+    import torch
+
+    states = torch.from_numpy(np.array(hidden, dtype=np.float32))
+    mask = torch.from_numpy(np.array(attention_mask, dtype=np.int64))
+    result: Array = pool_hidden_states(states, mask, pooling, normalize).numpy()
+    return result
+
+
+def top_k_tokens(mask_logits: Array, top_k: int) -> tuple[Array, Array]:
+    """Token ids and probabilities of the `top_k` best fillers for [batch, vocab] mask logits."""
+    probabilities = softmax(mask_logits.astype(np.float32))
+    ids = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
+    return ids, np.take_along_axis(probabilities, ids, axis=-1).astype(np.float32)
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read()
+    except OSError:
+        return None
