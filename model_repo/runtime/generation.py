@@ -42,6 +42,7 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
 
 from . import decoding, request_parsing
 from .generation_metrics import EngineProfile, GenerationMetrics
+from .helpers import generation_cpu_threads
 
 Sampling = decoding.Sampling
 # The request contract lives in request_parsing.py; these names are part of this module's interface.
@@ -140,6 +141,7 @@ class GenerationEngine:
         metrics: GenerationMetrics | None,
         log: Callable[[str], None],
         prefix_cache_tokens: int | None = None,
+        cpus: int | None = None,
     ) -> None:
         decoding.check_internals(model)  # refuses a transformers whose internals the batch relies on moved
         self.model = model
@@ -167,6 +169,9 @@ class GenerationEngine:
         budget = 4 * context if prefix_cache_tokens is None else prefix_cache_tokens
         self.prefixes = decoding.PrefixCache(budget) if budget > 0 else None
         self.batch = decoding.RunningBatch(model)
+        # On a CPU, the CPUs this engine may use: each forward takes generation_cpu_threads of them.
+        self.cpus = cpus
+        self._threads = 0
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -276,6 +281,7 @@ class GenerationEngine:
         for group in decoding.plan_prefill(self.model, [job.row.prompt_ids for job in jobs], self.prefixes):
             began = time.perf_counter()
             members = [jobs[index] for index in group.indices]
+            self._use_threads(sum(len(prompt) for prompt in group.prompts) - group.reused)
             try:
                 logits, tensors = decoding.prefill_group(self.model, group, self.prefixes)
             except Exception as exc:
@@ -295,9 +301,20 @@ class GenerationEngine:
             self.batch.join_many(joining)
             seconds["join_leave"] += time.perf_counter() - responded
 
+    def _use_threads(self, tokens: int) -> None:
+        if self.cpus is None:
+            return
+        threads = generation_cpu_threads(self.cpus, tokens)
+        if threads != self._threads:
+            import torch
+
+            torch.set_num_threads(threads)  # this thread's, where the engine's forwards run
+            self._threads = threads
+
     def _step(self) -> None:
         seconds = self.profile.seconds
         began = time.perf_counter()
+        self._use_threads(len(self.batch))
         logits = self.batch.step()
         if logits.device.type == "cuda":  # the forward's time, not the launch's
             import torch

@@ -15,7 +15,7 @@ from .generation_metrics import GenerationMetrics
 from .serving import Settings, load_model
 
 
-def start_generation(runtime: Any, args: dict[str, str]) -> Any:
+def start_generation(runtime: Any, args: dict[str, str], cpus: int | None) -> Any:
     """The continuous-batching engine of generation.py."""
     params = runtime.params
     name = runtime.model_config.get("name", "model")
@@ -30,6 +30,7 @@ def start_generation(runtime: Any, args: dict[str, str]) -> Any:
         default_max_tokens=int(params["default_max_tokens"]),
         metrics=metrics,
         log=pb_utils.Logger.log_warn if pb_utils else print,
+        cpus=cpus,
     )
 
 
@@ -42,7 +43,8 @@ class GeneratorFront:
         self.tokenizer, self.max_length = settings.tokenizer, settings.max_length
         self.model = load_model(settings)
         settings.log_accuracy()
-        self.generation = start_generation(self, settings.args)
+        cpus = settings.cpu_threads if settings.device.type == "cpu" else None
+        self.generation = start_generation(self, settings.args, cpus)
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:

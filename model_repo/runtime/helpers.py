@@ -65,6 +65,28 @@ def usable_cpus(affinity: int, cpu_max: str | None) -> int:
     return max(1, affinity)
 
 
+# A forward over this many tokens (rows of a decoding step, or prompt tokens of a prefill) is wide enough to
+# keep every CPU busy; a narrower one runs faster with a CPU left to the server (see below).
+WIDE_FORWARD_TOKENS = 16
+
+
+def generation_cpu_threads(cpus: int, tokens: int) -> int:
+    """torch threads for one forward pass of the generation engine on a CPU over `tokens` tokens: every
+    CPU for a wide pass, all but one for a narrow one.
+
+    A decoding step of a few rows is many short parallel regions. The CPU left free serves what runs
+    beside the engine for every token (Triton's threads, the stream sender, the gRPC path); without it
+    those preempt an OpenMP worker in the middle of a region and the whole region waits for it. Wide
+    passes are long enough that the work per region outweighs that. Measured on 2 cores
+    (bench/README.md, text generation): with one engine thread a single stream went from 119 to 188
+    tokens/s and 4 clients from 290 to 337; at 64 clients (16-26 rows a step) one thread lost a third
+    (819 to 546 tokens/s), which the wide passes keep.
+    """
+    if cpus <= 1 or tokens >= WIDE_FORWARD_TOKENS:
+        return max(1, cpus)
+    return cpus - 1
+
+
 def fit_pass_overhead(samples: list[tuple[int, float]], ceiling: int) -> int:
     """Fixed cost of one forward pass in token-equivalents, from (tokens, seconds) timings.
 

@@ -151,6 +151,7 @@ class Settings:
         self.trust = self.params.get("trust_remote_code", "false") == "true"
         if args.get("model_instance_kind") == "GPU":
             self.device = torch.device("cuda", int(args.get("model_instance_device_id", "0")))
+            self.cpu_threads = torch.get_num_threads()
         else:
             self.device = torch.device("cpu")
             # Instances run side by side in their own processes: share the cores instead of having each
@@ -158,7 +159,8 @@ class Settings:
             instance_groups = self.model_config.get("instance_group", [])
             instances = sum(int(group.get("count", 1)) for group in instance_groups)
             cores = usable_cpus(len(os.sched_getaffinity(0)), read_text("/sys/fs/cgroup/cpu.max"))
-            torch.set_num_threads(max(1, cores // max(1, instances)))
+            self.cpu_threads = max(1, cores // max(1, instances))
+            torch.set_num_threads(self.cpu_threads)
 
         from transformers import AutoTokenizer
 

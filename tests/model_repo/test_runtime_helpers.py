@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from model_repo.runtime.helpers import WIDE_FORWARD_TOKENS, generation_cpu_threads
 from model_repo.runtime.model import fit_pass_overhead, plan_length_groups, usable_cpus
 
 
@@ -253,3 +254,9 @@ def test_the_runtime_makes_openmp_threads_wait_passively_unless_told(
         [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
     )
     assert completed.stdout.strip() == expected
+
+
+def test_the_generation_engine_leaves_a_cpu_to_the_server_on_narrow_passes() -> None:
+    narrow = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS - 1) for cpus in (1, 2, 4, 64)]
+    wide = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS) for cpus in (1, 2, 4, 64)]
+    assert (narrow, wide) == ([1, 1, 3, 63], [1, 2, 4, 64])
