@@ -139,7 +139,7 @@ class Frontend:
         self.model = model
         self.backend = backend
         # Whose ids the token arrays of /v1/embeddings hold (--token-arrays; token_arrays.py).
-        self.token_arrays = token_arrays if token_arrays is not None else model.vocabulary()
+        self.token_arrays = token_arrays if token_arrays is not None else model.vocabulary
 
     # -- shared checks ---------------------------------------------------------------------------------
 

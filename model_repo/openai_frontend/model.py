@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ GENERATION_TASK = "text-generation"
 RANKING_TASK = "text-ranking"
 CLASSIFICATION_TASK = "text-classification"
 TASKS = (EMBEDDING_TASK, GENERATION_TASK, RANKING_TASK, CLASSIFICATION_TASK)
-_UNSET: Any = object()
 _TOKENIZER_MARKERS = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
 
 
@@ -54,7 +54,6 @@ class ServedModel:
     tokenizer: Any
     created: int
     labels: tuple[str, ...] = ()  # text-classification: the checkpoint's id2label, in id order
-    _counter: Any = field(default=_UNSET, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, repository: Path, model_id: str | None = None) -> ServedModel:
@@ -87,7 +86,7 @@ class ServedModel:
         """Tokens the encoder sees for these texts (special tokens included, truncated as it truncates:
         a single text truncated to the limit keeps its special tokens, so its count is min(length, limit))."""
         limit = self.max_sequence_length
-        counter = self._token_counter()
+        counter = self.token_counter
         if counter is not None:
             # The Rust tokenizer alone: transformers' per-call Python (padding/truncation set-up, the
             # conversion of every encoding) was a third of the rerank route's own CPU, for a count.
@@ -96,26 +95,24 @@ class ServedModel:
             lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
         return sum(min(length, limit) if limit else length for length in lengths)
 
-    def _token_counter(self) -> Any:
+    @cached_property
+    def token_counter(self) -> Any:
         """A private copy of the fast tokenizer's Rust backend without padding or truncation (transformers
         changes those on the shared backend per call); None for a slow tokenizer."""
-        if self._counter is _UNSET:
-            backend = getattr(self.tokenizer, "backend_tokenizer", None)
-            counter = None
-            if backend is not None:
-                from tokenizers import Tokenizer
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        from tokenizers import Tokenizer
 
-                counter = Tokenizer.from_str(backend.to_str())
-                counter.no_padding()
-                counter.no_truncation()
-            self._counter = counter
-        return self._counter
+        counter = Tokenizer.from_str(backend.to_str())
+        counter.no_padding()
+        counter.no_truncation()
+        return counter
 
-    def vocabulary_size(self) -> int:
-        return len(self.tokenizer)
-
+    @cached_property
     def vocabulary(self) -> ModelVocabulary:
-        """The model's own ids, as token arrays hold them (TEI's routes; /v1/embeddings by default)."""
+        """The model's own ids, as token arrays hold them (TEI's routes; /v1/embeddings by default); made
+        once: its size is the tokenizer's length, which transformers recomputes on every call."""
         return ModelVocabulary(self.tokenizer)
 
     def render_chat(self, messages: list[ChatMessage]) -> str:

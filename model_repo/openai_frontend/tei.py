@@ -139,7 +139,7 @@ class TEI:
             items = [items]
         if items and all(isinstance(item, list) for item in items):
             texts = scoring.texts_of_token_arrays(
-                self.model.vocabulary(), items, "inputs", lambda m, f: TEIError(422, m)
+                self.model.vocabulary, items, "inputs", lambda m, f: TEIError(422, m)
             )
         else:
             texts = [str(item) for item in items]
@@ -225,7 +225,7 @@ class TEI:
         rows: list[Any] = [body.ids] if body.ids and isinstance(body.ids[0], int) else list(body.ids)
         if not rows:
             raise _empty("`ids` cannot be empty")
-        size = self.model.vocabulary_size()
+        size = self.model.vocabulary.size
         for index, row in enumerate(rows):
             bad = [token for token in row if token < 0 or token >= size]
             if bad:
