@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 from modeldeploy.api import (
     Cache,
-    ConditionStatus,
     Endpoints,
     ModelDeployment,
     ModelDeploymentStatus,
@@ -45,11 +44,10 @@ from modeldeploy.status import (
     MODEL_REPOSITORY_READY,
     READY,
     now_rfc3339,
-    previous_conditions,
     repository_verdict,
-    with_times,
+    status_of,
 )
-from modeldeploy.verdict import Verdict
+from modeldeploy.verdict import FALSE, TRUE, UNKNOWN, Verdict
 
 
 class Reconciler(Protocol):
@@ -71,7 +69,6 @@ class Reconciler(Protocol):
     def publisher(self) -> StatusPublisher: ...
 
 
-TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 SERVER_NOT_FOUND = "ServerNotFound"
 MODEL_LOAD_FAILED = "ModelLoadFailed"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -147,9 +144,6 @@ def placed_status(
         ready = Verdict(READY, FALSE, repository.reason, repository.message, repository.failed)
     else:
         ready = Verdict(READY, serving.status, serving.reason, serving.message, serving.failed)
-    before = previous_conditions(previous)
-    now = now_rfc3339()
-    generation = md.metadata.generation
     verdicts = {v.type: v for v in (repository, serving, ready)}
     if ready.status is TRUE:
         phase = Phase.READY
@@ -158,14 +152,16 @@ def placed_status(
     else:
         phase = Phase.BUILDING if repository.status is not TRUE else Phase.DEPLOYING
     model_name = md.metadata.name
-    return ModelDeploymentStatus(
-        observed_generation=generation,
-        phase=phase,
-        conditions=[with_times(verdicts[kind], before, generation, now) for kind in PLACED_CONDITIONS],
+    return status_of(
+        verdicts,
+        PLACED_CONDITIONS,
+        ready,
+        phase,
+        previous,
+        md.metadata.generation,
+        now_rfc3339(),
         endpoints=Endpoints.model_validate(model_endpoint(server, model_name)) if server else None,
         model_repository=ModelRepositoryStatus(digest=digest, task=md.spec.model.task, memory_bytes=memory),
-        reason=ready.reason,
-        message=one_line(ready.message, limit=1024) if phase is not Phase.READY else None,
     )
 
 

@@ -8,6 +8,7 @@ observations.py; the verdicts on the conditions are here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -374,8 +375,6 @@ def compute_status(
     ]
     scaling = scaling_verdict(md, observed, parts[2])
     verdicts = {verdict.type: verdict for verdict in [*parts, scaling, ready_verdict(md, observed, parts)]}
-    generation = md.metadata.generation
-    before = previous_conditions(previous)
     deployment_status = (observed.deployment or {}).get("status") or {}
     desired = _desired_replicas(md, observed.deployment)
     ready_replicas = int(deployment_status.get("readyReplicas") or 0)
@@ -385,10 +384,14 @@ def compute_status(
     headline = ready
     if ready.status is TRUE and verdicts[AUTOSCALER_READY].status is FALSE:
         headline = verdicts[AUTOSCALER_READY]
-    return ModelDeploymentStatus(
-        observed_generation=generation,
-        phase=phase,
-        conditions=[with_times(verdicts[kind], before, generation, now) for kind in CONDITION_TYPES],
+    return status_of(
+        verdicts,
+        CONDITION_TYPES,
+        headline,
+        phase,
+        previous,
+        md.metadata.generation,
+        now,
         replicas=int(deployment_status.get("replicas") or 0),
         ready_replicas=ready_replicas,
         replica_summary=f"{ready_replicas}/{desired}",
@@ -406,8 +409,29 @@ def compute_status(
                 else None
             ),
         ),
+    )
+
+
+def status_of(
+    verdicts: Mapping[str, Verdict],
+    condition_types: Sequence[str],
+    headline: Verdict,
+    phase: Phase,
+    previous: ModelDeploymentStatus | None,
+    generation: int | None,
+    now: str,
+    **observed: Any,
+) -> ModelDeploymentStatus:
+    """The status a reconcile writes, a placed model's too: the conditions of `condition_types` in that
+    order, the headline verdict's reason (and message while not Ready), and what else was `observed`."""
+    before = previous_conditions(previous)
+    return ModelDeploymentStatus(
+        observed_generation=generation,
+        phase=phase,
+        conditions=[with_times(verdicts[kind], before, generation, now) for kind in condition_types],
         reason=headline.reason,
         message=one_line(headline.message, limit=1024) if phase is not Phase.READY else None,
+        **observed,
     )
 
 
