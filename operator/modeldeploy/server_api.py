@@ -7,7 +7,7 @@ operator reads.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
@@ -24,9 +24,7 @@ from modeldeploy.api import (
     Resources,
     Rule,
     conditions_field,
-    parse_object,
     quantity_schema,
-    validate_spec,
 )
 from modeldeploy.names import DNS1123_SUBDOMAIN
 from modeldeploy.quantity import parse_quantity
@@ -162,18 +160,11 @@ class ModelServerStatus(ApiModel):
     )
 
 
-class ModelServer(KubeObject):
+class ModelServer(KubeObject[ModelServerSpec, ModelServerStatus]):
     """A ModelServer as the operator sees it."""
 
     kind: str = KIND
-    spec: ModelServerSpec
-    status: ModelServerStatus | None = None
 
 
-def parse_server_spec(spec: dict[str, Any]) -> ModelServerSpec:
-    """Validate a raw ModelServer `spec`; raise SpecError whose messages each name the offending field."""
-    return validate_spec(ModelServerSpec, spec)
-
-
-def parse_model_server(body: dict[str, Any]) -> ModelServer:
-    return parse_object(ModelServer, ModelServerSpec, ModelServerStatus, body)
+parse_server_spec = ModelServer.parse_spec
+parse_model_server = ModelServer.parse

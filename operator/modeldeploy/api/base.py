@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -144,25 +144,31 @@ def validate_spec(model: type[_SpecT], spec: dict[str, Any]) -> _SpecT:
         ) from exc
 
 
-class KubeObject(BaseModel):
-    """An object of one of this API's kinds as the operator sees it; each kind adds its spec and status."""
+_StatusT = TypeVar("_StatusT", bound=ApiModel)
+
+
+class KubeObject(BaseModel, Generic[_SpecT, _StatusT]):
+    """An object of one of this API's kinds as the operator sees it; each kind names its spec and status
+    models (`KubeObject[Spec, Status]`) and its kind."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     api_version: str = Field(default=API_VERSION, alias="apiVersion")
     kind: str
     metadata: ObjectMeta
+    spec: _SpecT
+    status: _StatusT | None = None
 
+    @classmethod
+    def parse_spec(cls: type[KubeObject[_SpecT, Any]], spec: dict[str, Any]) -> _SpecT:
+        """Validate a raw `spec` dict; raise SpecError whose messages each name the offending field."""
+        # The spec field's annotation, in a kind's class, is the spec model it was parametrized with.
+        return validate_spec(cast("type[_SpecT]", cls.model_fields["spec"].annotation), spec)
 
-_ObjectT = TypeVar("_ObjectT", bound=KubeObject)
-
-
-def parse_object(
-    kind: type[_ObjectT], spec: type[ApiModel], status: type[ApiModel], body: dict[str, Any]
-) -> _ObjectT:
-    """Validate a whole object (as kopf hands it over): its spec first, so a bad one raises SpecError."""
-    # The kind's own spec and status fields (KubeObject declares neither).
-    fields: dict[str, Any] = {"spec": validate_spec(spec, dict(body.get("spec") or {}))}
-    metadata = ObjectMeta.model_validate(dict(body.get("metadata") or {}))
-    fields["status"] = status.model_validate(body["status"]) if body.get("status") else None
-    return kind(metadata=metadata, **fields)
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> Self:
+        """Validate a whole object (as kopf hands it over): its spec first, so a bad one raises SpecError.
+        apiVersion and kind keep their defaults."""
+        spec = cls.parse_spec(dict(body.get("spec") or {}))
+        metadata = dict(body.get("metadata") or {})
+        return cls.model_validate({"metadata": metadata, "spec": spec, "status": body.get("status") or None})

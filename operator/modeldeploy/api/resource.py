@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from modeldeploy.api.base import KIND, KubeObject, parse_object, validate_spec
+from modeldeploy.api.base import KIND, KubeObject
 from modeldeploy.api.spec import ModelDeploymentSpec
 from modeldeploy.api.status import ModelDeploymentStatus
 
 
-class ModelDeployment(KubeObject):
+class ModelDeployment(KubeObject[ModelDeploymentSpec, ModelDeploymentStatus]):
     """A ModelDeployment as the operator sees it."""
 
     kind: str = KIND
-    spec: ModelDeploymentSpec
-    status: ModelDeploymentStatus | None = None
 
 
-def parse_spec(spec: dict[str, Any]) -> ModelDeploymentSpec:
-    """Validate a raw `spec` dict; raise SpecError whose messages each name the offending field."""
-    return validate_spec(ModelDeploymentSpec, spec)
-
-
-def parse_model_deployment(body: dict[str, Any]) -> ModelDeployment:
-    """Validate a whole object (as kopf hands it over)."""
-    return parse_object(ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, body)
+parse_spec = ModelDeployment.parse_spec
+parse_model_deployment = ModelDeployment.parse
