@@ -1,4 +1,5 @@
-"""ModelDeployment bodies for the operator's tests (imported by the test modules)."""
+"""ModelDeployment bodies, and what a builder reports of them, for the operator's tests (imported by the test
+modules)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from modeldeploy.checks import parse_for_reconcile
 
 BASE_SPEC: dict[str, Any] = {
     "model": {"source": "hf://google-bert/bert-base-uncased", "task": "text-classification"},
+}
+# The accuracy gate's report of an int8 text-classification build (status.modelRepository.accuracy), as a
+# builder's termination message carries it.
+ACCURACY: dict[str, Any] = {
+    "optimisation": "int8 (dynamic, per-channel weights), 11 of 12 linear layers int8",
+    "metric": "label_agreement",
+    "value": 1.0,
+    "floor": 0.98,
+    "metrics": {"label_agreement": 1.0, "max_probability_difference": 0.01},
+    "texts": 48,
 }
 
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+from md_fixtures import ACCURACY
 from reconcile_contract import SETTINGS, SOURCE
 
 from modeldeploy.kinds import JOB, MODEL_DEPLOYMENT, PERSISTENT_VOLUME_CLAIM, POD
@@ -16,14 +17,6 @@ from modeldeploy.reconcile import JOB_NAME_LABEL, Reconciler
 from modeldeploy_dev.fakecluster import FakeCluster
 
 NAMESPACE = "models"
-ACCURACY = {
-    "optimisation": "int8 (dynamic, per-channel weights), 11 of 12 linear layers int8",
-    "metric": "label_agreement",
-    "value": 1.0,
-    "floor": 0.98,
-    "metrics": {"label_agreement": 1.0, "max_probability_difference": 0.01},
-    "texts": 48,
-}
 
 
 def _reconcile(cluster: FakeCluster, reconciler: Reconciler, name: str) -> dict[str, Any]:

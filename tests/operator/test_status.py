@@ -6,7 +6,7 @@ import copy
 import json
 from typing import Any
 
-from md_fixtures import md_of
+from md_fixtures import ACCURACY, md_of
 
 from modeldeploy.api import ConditionStatus, ModelDeployment, ModelDeploymentStatus, Phase
 from modeldeploy.digest import repository_digest
@@ -132,21 +132,13 @@ def test_init_container_build_failure_is_reported_with_its_message() -> None:
 def test_the_accuracy_gate_result_reaches_the_status_from_the_builders_termination_message() -> None:
     md = md_of({"triton": {"quantization": "int8"}})
     digest = digest_of(md)
-    accuracy = {
-        "optimisation": "int8 (dynamic, per-channel weights), 31 of 37 linear layers int8",
-        "metric": "cosine_mean",
-        "value": 0.9931,
-        "floor": 0.99,
-        "metrics": {"cosine_mean": 0.9931, "cosine_min": 0.95},
-        "texts": 48,
-    }
-    done = {"state": {"terminated": {"exitCode": 0, "message": json.dumps({"accuracy": accuracy})}}}
+    done = {"state": {"terminated": {"exitCode": 0, "message": json.dumps({"accuracy": ACCURACY})}}}
     observed = Observed(
         digest=digest, deployment=deployment(digest, replicas=1, ready=1), pods=[pod(digest, builder=done)]
     )
     status = compute_status(md, observed, None, T0)
     assert status.model_repository is not None and status.model_repository.accuracy is not None
-    assert status.model_repository.accuracy.dump() == accuracy
+    assert status.model_repository.accuracy.dump() == ACCURACY
     # A pod of an older repository, or a builder that left no message, contributes nothing.
     stale = Observed(digest=digest, deployment=deployment(digest), pods=[pod("0" * 16, builder=done)])
     assert compute_status(md, stale, None, T0).model_repository.accuracy is None  # type: ignore[union-attr]
