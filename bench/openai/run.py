@@ -271,14 +271,18 @@ def run_generation(settings: Settings) -> dict[str, Any]:
     return {"model": model, "levels": levels, "max_tokens": settings.max_tokens}
 
 
+def throughput_ratio(direct: dict[str, Any], other: dict[str, Any]) -> float:
+    """A contender's throughput over direct gRPC's at one level (summaries of it); 0 where direct served
+    nothing."""
+    return round(other["throughput_rps"] / direct["throughput_rps"] if direct["throughput_rps"] else 0.0, 3)
+
+
 def ratios(report: dict[str, Any]) -> dict[str, float]:
     found = {}
     for workload in ("embeddings", "generation"):
         levels = report[workload]["levels"]
         for direct, openai in zip(levels[DIRECT], levels[OPENAI], strict=True):
-            found[f"{workload}@{direct['concurrency']}"] = round(
-                openai["throughput_rps"] / direct["throughput_rps"] if direct["throughput_rps"] else 0.0, 3
-            )
+            found[f"{workload}@{direct['concurrency']}"] = throughput_ratio(direct, openai)
     return found
 
 
@@ -318,13 +322,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             clients = direct["concurrency"]
             ratio = report["ratios"][f"{workload}@{clients}"]
             rows.append([workload, str(clients), *against_direct_cells(direct, openai, ratio)])
-    table = markdown_table(["workload", "clients", *against_direct_headers("OpenAI")], rows)
-    return (
-        f"{machine_line(report['machine'])}\n\n"
+    measured = (
         f"Embeddings: {report['embeddings']['model']}. Generation: {report['generation']['model']}, "
-        f"{report['generation']['max_tokens']} tokens per answer, streamed.\n\n{table}\n\n"
-        f"Command: `{report['command']}`"
+        f"{report['generation']['max_tokens']} tokens per answer, streamed."
     )
+    return against_direct_markdown(
+        report, measured, ["workload", "clients", *against_direct_headers("OpenAI")], rows
+    )
+
+
+def against_direct_markdown(
+    report: dict[str, Any], measured: str, headers: list[str], rows: list[list[str]]
+) -> str:
+    """A report of contenders against direct gRPC as markdown: the machine, what was `measured`, a table
+    of the levels and the command."""
+    table = markdown_table(headers, rows)
+    return f"{machine_line(report['machine'])}\n\n{measured}\n\n{table}\n\nCommand: `{report['command']}`"
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:

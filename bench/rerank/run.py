@@ -26,17 +26,17 @@ import numpy as np
 
 from bench.common.checkpoints import make_tiny_bert_classifier
 from bench.common.loadgen import PooledHttpSender
-from bench.common.machine import machine_line
-from bench.common.report import markdown_table
 from bench.common.sentences import load_texts
 from bench.generation.run import NEVER_WAIT, measurement_fields, report_head
 from bench.openai.run import (
     Settings,
     against_direct_cells,
     against_direct_headers,
+    against_direct_markdown,
     finish,
     measure,
     serving,
+    throughput_ratio,
 )
 
 DIRECT, RERANK = "direct gRPC", "/v1/rerank"
@@ -127,10 +127,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for direct, rerank in zip(levels[DIRECT], levels[RERANK], strict=True):
         clients = direct["concurrency"]
         rows.append([str(clients), *against_direct_cells(direct, rerank, report["ratios"][str(clients)])])
-    table = markdown_table(["clients", *against_direct_headers("rerank", "/v1/rerank")], rows)
-    return (
-        f"{machine_line(report['machine'])}\n\n{report['model']}; each request 1 query x {DOCUMENTS} "
-        f"documents.\n\n{table}\n\nCommand: `{report['command']}`"
+    measured = f"{report['model']}; each request 1 query x {DOCUMENTS} documents."
+    return against_direct_markdown(
+        report, measured, ["clients", *against_direct_headers("rerank", "/v1/rerank")], rows
     )
 
 
@@ -160,9 +159,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "model": "random-weight BERT cross-encoder (2 layers, hidden 128, one logit, workload WordPiece)",
         "levels": levels,
         "ratios": {
-            str(direct["concurrency"]): round(
-                rerank["throughput_rps"] / direct["throughput_rps"] if direct["throughput_rps"] else 0.0, 3
-            )
+            str(direct["concurrency"]): throughput_ratio(direct, rerank)
             for direct, rerank in zip(levels[DIRECT], levels[RERANK], strict=True)
         },
     }
