@@ -24,6 +24,7 @@ from modeldeploy.api import (
     Resources,
     Rule,
     conditions_field,
+    optional_field,
     quantity_schema,
 )
 from modeldeploy.names import DNS1123_SUBDOMAIN
@@ -80,26 +81,18 @@ class ModelServerSpec(ApiModel):
     replicas: Annotated[
         int, Field(default=1, ge=0, le=1000, description="Triton pods (ignored while autoscaling is set).")
     ] = 1
-    autoscaling: Annotated[
-        Autoscaling | None, Field(default=None, description="Autoscale the server's pods on a Triton metric.")
-    ] = None
+    autoscaling: Autoscaling | None = optional_field("Autoscale the server's pods on a Triton metric.")
     resources: Annotated[
         Resources, Field(default_factory=Resources, description="Compute and placement of each pod.")
     ]
-    capacity: Annotated[
-        Quantity | None,
-        Field(
-            default=None,
-            description=(
-                "Device memory for models (GPU memory with gpus >= 1, else host memory). A model is placed "
-                "only while the memory its repository records fits. Default: 90% of the gpuProduct's memory "
-                "where the product is known; required otherwise."
-            ),
-            json_schema_extra=quantity_schema(
-                "Device memory for models; default 90% of a known gpuProduct's memory, else required."
-            ),
+    capacity: Quantity | None = optional_field(
+        "Device memory for models (GPU memory with gpus >= 1, else host memory). A model is placed "
+        "only while the memory its repository records fits. Default: 90% of the gpuProduct's memory "
+        "where the product is known; required otherwise.",
+        json_schema_extra=quantity_schema(
+            "Device memory for models; default 90% of a known gpuProduct's memory, else required."
         ),
-    ] = None
+    )
     cache: Annotated[ServerCache, Field(description="Where the placed models' repositories are built.")]
     triton: Annotated[
         ServerTriton, Field(default_factory=ServerTriton, description="Settings of the shared tritonserver.")
@@ -138,7 +131,7 @@ class PlacedModel(ApiModel):
         description="READY, LOADING, UNAVAILABLE (Triton's states), Pending (not built yet) or DoesNotFit.",
     )
     memory: str = Field(max_length=32, description="Memory its repository records (bytes, as a quantity).")
-    message: str | None = Field(default=None, max_length=4096, description="Triton's error, or why it waits.")
+    message: str | None = optional_field("Triton's error, or why it waits.", max_length=4096)
 
 
 class ModelServerStatus(ApiModel):
@@ -149,13 +142,12 @@ class ModelServerStatus(ApiModel):
     replicas: Replicas = None
     ready_replicas: ReadyReplicas = None
     selector: PodSelector = None
-    capacity: str | None = Field(default=None, description="Device memory for models (bytes).")
-    used: str | None = Field(default=None, description="Memory the placed models record (bytes).")
-    memory_summary: str | None = Field(default=None, description="used/capacity, for kubectl get.")
-    model_summary: str | None = Field(default=None, description="ready/placed models, for kubectl get.")
-    models: list[PlacedModel] | None = Field(
-        default=None,
-        description="Each ModelDeployment that names this server.",
+    capacity: str | None = optional_field("Device memory for models (bytes).")
+    used: str | None = optional_field("Memory the placed models record (bytes).")
+    memory_summary: str | None = optional_field("used/capacity, for kubectl get.")
+    model_summary: str | None = optional_field("ready/placed models, for kubectl get.")
+    models: list[PlacedModel] | None = optional_field(
+        "Each ModelDeployment that names this server.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, Field
 
 from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.options import Task
-from modeldeploy.api.base import ApiModel, Rule
+from modeldeploy.api.base import ApiModel, Rule, optional_field
 from modeldeploy.names import DNS1123_SUBDOMAIN, LABEL_VALUE
 
 # Triton's own ports in the pod (HTTP, gRPC, metrics): the OpenAI sidecar must not take one of them.
@@ -92,9 +92,7 @@ class Api(ApiModel):
     """Protocols served besides Triton's own KServe v2 HTTP and gRPC, and who may call them. One sidecar
     serves every enabled one, on spec.api.openai.port (9000 unless set)."""
 
-    openai: OpenAIApi | None = Field(
-        default=None, description="The OpenAI-compatible API (off when omitted)."
-    )
+    openai: OpenAIApi | None = optional_field("The OpenAI-compatible API (off when omitted).")
     rerank: bool = Field(
         default=False,
         description=(
@@ -111,22 +109,16 @@ class Api(ApiModel):
             "POST /): feature-extraction, text-ranking or text-classification."
         ),
     )
-    auth: ApiAuth | None = Field(
-        default=None,
-        description=(
-            "API keys for the sidecar's routes (needs one of its route groups enabled: spec.api.openai, "
-            "rerank, classify or tei); none when omitted."
-        ),
+    auth: ApiAuth | None = optional_field(
+        "API keys for the sidecar's routes (needs one of its route groups enabled: spec.api.openai, "
+        "rerank, classify or tei); none when omitted."
     )
-    expose_triton: bool | None = Field(
-        default=None,
-        description=(
-            "Whether Triton's own HTTP and gRPC APIs listen on the pod's address (and the Service offers "
-            "them). false keeps them on the pod's loopback: the sidecar is the only way in. Default: false "
-            "with spec.api.auth (keys are pointless if Triton can be called around them), true otherwise "
-            "(Triton's API is then how clients reach the model). Either way Triton's model-repository, "
-            "shared-memory, trace and logging APIs answer no request from outside the container."
-        ),
+    expose_triton: bool | None = optional_field(
+        "Whether Triton's own HTTP and gRPC APIs listen on the pod's address (and the Service offers "
+        "them). false keeps them on the pod's loopback: the sidecar is the only way in. Default: false "
+        "with spec.api.auth (keys are pointless if Triton can be called around them), true otherwise "
+        "(Triton's API is then how clients reach the model). Either way Triton's model-repository, "
+        "shared-memory, trace and logging APIs answer no request from outside the container."
     )
 
     __rules__ = (
@@ -182,10 +174,8 @@ class LabelSelectorRequirement(ApiModel):
 
     key: str = Field(min_length=1, max_length=316, pattern=LABEL_KEY, description="The label key.")
     operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
-    values: list[Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None = Field(
-        default=None,
-        max_length=64,
-        description="Label values: at least one for In and NotIn, none for Exists and DoesNotExist.",
+    values: list[Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None = optional_field(
+        "Label values: at least one for In and NotIn, none for Exists and DoesNotExist.", max_length=64
     )
 
     __rules__ = (
@@ -220,14 +210,11 @@ class LabelSelector(ApiModel):
     match_labels: Annotated[
         dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None,
         AfterValidator(_check_label_keys),
-    ] = Field(
-        default=None,
-        max_length=64,
-        description="Labels that must all match (key: value).",
-        json_schema_extra={"maxProperties": 64},
+    ] = optional_field(
+        "Labels that must all match (key: value).", max_length=64, json_schema_extra={"maxProperties": 64}
     )
-    match_expressions: list[LabelSelectorRequirement] | None = Field(
-        default=None, max_length=32, description="Requirements that must all hold."
+    match_expressions: list[LabelSelectorRequirement] | None = optional_field(
+        "Requirements that must all hold.", max_length=32
     )
 
 
@@ -236,10 +223,10 @@ class NetworkPeer(ApiModel):
     With only namespaceSelector, every pod of those namespaces; with only podSelector, those pods of the
     model's own namespace."""
 
-    namespace_selector: LabelSelector | None = Field(
-        default=None, description="Namespaces, by their labels (kubernetes.io/metadata.name is the name)."
+    namespace_selector: LabelSelector | None = optional_field(
+        "Namespaces, by their labels (kubernetes.io/metadata.name is the name)."
     )
-    pod_selector: LabelSelector | None = Field(default=None, description="Pods, by their labels.")
+    pod_selector: LabelSelector | None = optional_field("Pods, by their labels.")
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -253,10 +240,8 @@ class NetworkPeer(ApiModel):
 class EgressPeer(NetworkPeer):
     """A destination the pods may connect to: pods (as for ingress) or an IP block."""
 
-    cidr: str | None = Field(
-        default=None,
-        max_length=64,
-        description="An IP block (CIDR), e.g. 10.0.0.0/8 or 0.0.0.0/0, instead of selectors.",
+    cidr: str | None = optional_field(
+        "An IP block (CIDR), e.g. 10.0.0.0/8 or 0.0.0.0/0, instead of selectors.", max_length=64
     )
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -292,26 +277,19 @@ class Network(ApiModel):
     """A NetworkPolicy for this model's pods (docs/security.md). Enforced only where the cluster's network
     plugin implements NetworkPolicy (Calico, Cilium, ...); elsewhere it is accepted and has no effect."""
 
-    allow_from: list[NetworkPeer] | None = Field(
-        default=None,
+    allow_from: list[NetworkPeer] | None = optional_field(
+        "Who may reach the serving ports (the sidecar's API, and Triton's HTTP and gRPC while exposed). "
+        "Default: pods of the model's own namespace. An empty list: no one outside the pod.",
         max_length=32,
-        description=(
-            "Who may reach the serving ports (the sidecar's API, and Triton's HTTP and gRPC while exposed). "
-            "Default: pods of the model's own namespace. An empty list: no one outside the pod."
-        ),
     )
-    monitoring_namespace: str | None = Field(
-        default=None,
+    monitoring_namespace: str | None = optional_field(
+        "The namespace whose pods may scrape Triton's metrics port; closed to all when omitted.",
         max_length=63,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="The namespace whose pods may scrape Triton's metrics port; closed to all when omitted.",
     )
-    egress_to: list[EgressPeer] | None = Field(
-        default=None,
+    egress_to: list[EgressPeer] | None = optional_field(
+        "Where the pods may connect (DNS to any namespace is always allowed). Omitted: egress is left "
+        "alone (not part of the policy). Note the builder init container downloads the checkpoint "
+        "from the pods, so hf://, s3:// and gs:// sources need those endpoints listed.",
         max_length=32,
-        description=(
-            "Where the pods may connect (DNS to any namespace is always allowed). Omitted: egress is left "
-            "alone (not part of the policy). Note the builder init container downloads the checkpoint "
-            "from the pods, so hf://, s3:// and gs:// sources need those endpoints listed."
-        ),
     )

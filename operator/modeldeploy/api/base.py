@@ -45,6 +45,11 @@ def _check_quantity(value: int | str) -> int | str:
 Quantity = Annotated[int | str, AfterValidator(_check_quantity)]
 
 
+def optional_field(description: str, **constraints: Any) -> Any:
+    """A field that may be omitted: None then, and left out of the dumped object (ApiModel.dump)."""
+    return Field(default=None, description=description, **constraints)
+
+
 @dataclass(frozen=True)
 class Rule:
     """A cross-field rule, written once: a CEL expression for the API server and a Python check for the

@@ -8,22 +8,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from modeldeploy.api.base import ApiModel, Quantity, Rule, quantity_schema
+from modeldeploy.api.base import ApiModel, Quantity, Rule, optional_field, quantity_schema
 from modeldeploy.names import DNS1123_SUBDOMAIN, LABEL_VALUE
 
 
 class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key to tolerate.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value (with Equal).")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect to tolerate; all effects when empty."
+    key: str | None = optional_field("Taint key to tolerate.", max_length=316)
+    operator: Literal["Exists", "Equal"] | None = optional_field("Exists or Equal.")
+    value: str | None = optional_field("Taint value (with Equal).", max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = optional_field(
+        "Taint effect to tolerate; all effects when empty."
     )
-    toleration_seconds: int | None = Field(
-        default=None, description="How long a NoExecute taint is tolerated."
-    )
+    toleration_seconds: int | None = optional_field("How long a NoExecute taint is tolerated.")
 
 
 class ResourceAmounts(ApiModel):
@@ -48,45 +46,22 @@ class Resources(ApiModel):
             default=0, ge=0, le=16, description="NVIDIA GPUs per pod (nvidia.com/gpu). 0 serves on the CPU."
         ),
     ] = 0
-    gpu_product: Annotated[
-        str | None,
-        Field(
-            default=None,
-            max_length=63,
-            pattern=LABEL_VALUE,
-            description=(
-                "Required value of the nvidia.com/gpu.product node label (GPU Feature Discovery), e.g. "
-                "NVIDIA-A100-SXM4-80GB."
-            ),
-        ),
-    ] = None
-    requests: Annotated[
-        ResourceAmounts | None,
-        Field(default=None, description="CPU/memory requests of the Triton container."),
-    ] = None
-    limits: Annotated[
-        ResourceAmounts | None, Field(default=None, description="CPU/memory limits of the Triton container.")
-    ] = None
-    node_selector: Annotated[
-        dict[str, str] | None,
-        Field(default=None, description="Extra node labels the pods must match."),
-    ] = None
-    tolerations: Annotated[
-        list[Toleration] | None,
-        Field(
-            default=None,
-            max_length=32,
-            description="Extra tolerations (the nvidia.com/gpu toleration is added when gpus > 0).",
-        ),
-    ] = None
-    affinity: Annotated[
-        dict[str, Any] | None,
-        Field(
-            default=None,
-            description="A core/v1 Affinity for the pods, merged with the GPU product affinity.",
-            json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-        ),
-    ] = None
+    gpu_product: str | None = optional_field(
+        "Required value of the nvidia.com/gpu.product node label (GPU Feature Discovery), e.g. "
+        "NVIDIA-A100-SXM4-80GB.",
+        max_length=63,
+        pattern=LABEL_VALUE,
+    )
+    requests: ResourceAmounts | None = optional_field("CPU/memory requests of the Triton container.")
+    limits: ResourceAmounts | None = optional_field("CPU/memory limits of the Triton container.")
+    node_selector: dict[str, str] | None = optional_field("Extra node labels the pods must match.")
+    tolerations: list[Toleration] | None = optional_field(
+        "Extra tolerations (the nvidia.com/gpu toleration is added when gpus > 0).", max_length=32
+    )
+    affinity: dict[str, Any] | None = optional_field(
+        "A core/v1 Affinity for the pods, merged with the GPU product affinity.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
 
     __rules__ = (
         Rule(
@@ -154,14 +129,9 @@ class Autoscaling(ApiModel):
             ),
         ),
     ] = AutoscalingMetric.QUEUE_COMPUTE_RATIO
-    target: Annotated[
-        Quantity | None,
-        Field(
-            default=None,
-            description=_TARGET_DESCRIPTION,
-            json_schema_extra=quantity_schema(_TARGET_DESCRIPTION),
-        ),
-    ] = None
+    target: Quantity | None = optional_field(
+        _TARGET_DESCRIPTION, json_schema_extra=quantity_schema(_TARGET_DESCRIPTION)
+    )
     engine: Annotated[
         AutoscalingEngine,
         Field(
@@ -204,26 +174,16 @@ class Autoscaling(ApiModel):
 class Cache(ApiModel):
     """A PersistentVolumeClaim keeping built model repositories, so restarts and scale-ups skip the build."""
 
-    claim_name: Annotated[
-        str | None,
-        Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Use this existing PVC."),
-    ] = None
-    size: Annotated[
-        Quantity | None,
-        Field(
-            default=None,
-            description="Create a PVC of this size (owned by the ModelDeployment).",
-            json_schema_extra=quantity_schema("Create a PVC of this size (owned by the ModelDeployment)."),
-        ),
-    ] = None
-    storage_class_name: Annotated[
-        str | None,
-        Field(
-            default=None,
-            max_length=253,
-            description="Storage class of the created PVC (with size); the cluster default when omitted.",
-        ),
-    ] = None
+    claim_name: str | None = optional_field(
+        "Use this existing PVC.", max_length=253, pattern=DNS1123_SUBDOMAIN
+    )
+    size: Quantity | None = optional_field(
+        "Create a PVC of this size (owned by the ModelDeployment).",
+        json_schema_extra=quantity_schema("Create a PVC of this size (owned by the ModelDeployment)."),
+    )
+    storage_class_name: str | None = optional_field(
+        "Storage class of the created PVC (with size); the cluster default when omitted.", max_length=253
+    )
 
     __rules__ = (
         Rule(

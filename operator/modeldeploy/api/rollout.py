@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from modeldeploy.api.base import ApiModel, Rule
+from modeldeploy.api.base import ApiModel, Rule, optional_field
 from modeldeploy.names import DNS1123_SUBDOMAIN
 
 
@@ -61,18 +61,12 @@ class CanaryAnalysis(ApiModel):
     """What the canary is judged on, each interval, against the stable revision (Triton's own metrics,
     read from Prometheus over the last interval)."""
 
-    prometheus_url: Annotated[
-        str | None,
-        Field(
-            default=None,
-            max_length=2048,
-            pattern=r"^https?://",
-            description=(
-                "Base URL of the Prometheus query API (e.g. http://prometheus-operated.monitoring:9090). "
-                "Default: the operator's --prometheus-url."
-            ),
-        ),
-    ] = None
+    prometheus_url: str | None = optional_field(
+        "Base URL of the Prometheus query API (e.g. http://prometheus-operated.monitoring:9090). "
+        "Default: the operator's --prometheus-url.",
+        max_length=2048,
+        pattern=r"^https?://",
+    )
     interval_seconds: Annotated[
         int,
         Field(
@@ -141,15 +135,9 @@ class GatewayRef(ApiModel):
         str,
         Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Name of the Gateway."),
     ]
-    namespace: Annotated[
-        str | None,
-        Field(
-            default=None,
-            max_length=63,
-            pattern=DNS1123_SUBDOMAIN,
-            description="Namespace of the Gateway (default: the ModelDeployment's).",
-        ),
-    ] = None
+    namespace: str | None = optional_field(
+        "Namespace of the Gateway (default: the ModelDeployment's).", max_length=63, pattern=DNS1123_SUBDOMAIN
+    )
 
 
 class Canary(ApiModel):
@@ -176,10 +164,7 @@ class Canary(ApiModel):
             ),
         ),
     ] = TrafficSplit.REPLICAS
-    gateway_ref: Annotated[
-        GatewayRef | None,
-        Field(default=None, description="The Gateway of the HTTPRoute (traffic HTTPRoute only)."),
-    ] = None
+    gateway_ref: GatewayRef | None = optional_field("The Gateway of the HTTPRoute (traffic HTTPRoute only).")
     analysis: Annotated[
         CanaryAnalysis,
         Field(default_factory=CanaryAnalysis, description="How each step is judged."),
@@ -216,10 +201,7 @@ class Rollout(ApiModel):
             ),
         ),
     ] = RolloutStrategy.ROLLING_UPDATE
-    canary: Annotated[
-        Canary | None,
-        Field(default=None, description="Canary settings (strategy Canary; defaults when omitted)."),
-    ] = None
+    canary: Canary | None = optional_field("Canary settings (strategy Canary; defaults when omitted).")
 
     @property
     def effective_canary(self) -> Canary | None:

@@ -18,7 +18,7 @@ from model_repo.options import (
     Quantization,
     Task,
 )
-from modeldeploy.api.base import ApiModel, Rule
+from modeldeploy.api.base import ApiModel, Rule, optional_field
 from modeldeploy.names import DNS1123_SUBDOMAIN
 
 # A branch, tag or commit: git's ref rules, without "..", leading "/" or "-", or whitespace.
@@ -42,40 +42,22 @@ class ModelSource(ApiModel):
             ),
         ),
     ]
-    revision: Annotated[
-        str | None,
-        Field(
-            default=None,
-            max_length=255,
-            pattern=REVISION_PATTERN,
-            description=(
-                "Branch, tag or commit of the checkpoint (hf:// only). Pinning a commit is recommended: a "
-                "moving branch changes what a pod restart serves."
-            ),
-        ),
-    ] = None
-    task: Annotated[
-        Task | None,
-        Field(
-            default=None,
-            description=(
-                "What the model is served for. Detected from the checkpoint's architecture when omitted."
-            ),
-        ),
-    ] = None
-    credentials_secret: Annotated[
-        str | None,
-        Field(
-            default=None,
-            max_length=253,
-            pattern=DNS1123_SUBDOMAIN,
-            description=(
-                "Name of a Secret in the same namespace whose keys become the builder's environment, e.g. "
-                "HF_TOKEN, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS. "
-                "Referenced, never copied."
-            ),
-        ),
-    ] = None
+    revision: str | None = optional_field(
+        "Branch, tag or commit of the checkpoint (hf:// only). Pinning a commit is recommended: a "
+        "moving branch changes what a pod restart serves.",
+        max_length=255,
+        pattern=REVISION_PATTERN,
+    )
+    task: Task | None = optional_field(
+        "What the model is served for. Detected from the checkpoint's architecture when omitted."
+    )
+    credentials_secret: str | None = optional_field(
+        "Name of a Secret in the same namespace whose keys become the builder's environment, e.g. "
+        "HF_TOKEN, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS. "
+        "Referenced, never copied.",
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+    )
     trust_remote_code: Annotated[
         bool,
         Field(
@@ -99,19 +81,13 @@ class ModelSource(ApiModel):
             ),
         ),
     ] = False
-    download_stall_seconds: Annotated[
-        int | None,
-        Field(
-            default=None,
-            ge=0,
-            le=86400,
-            description=(
-                "A download that receives no bytes for this many seconds fails (status reason "
-                "DownloadStalled) instead of hanging; 0 never fails it. Default: 300. The builder's "
-                "argument: setting or changing it builds the repository again."
-            ),
-        ),
-    ] = None
+    download_stall_seconds: int | None = optional_field(
+        "A download that receives no bytes for this many seconds fails (status reason "
+        "DownloadStalled) instead of hanging; 0 never fails it. Default: 300. The builder's "
+        "argument: setting or changing it builds the repository again.",
+        ge=0,
+        le=86400,
+    )
 
     __rules__ = (
         Rule(
@@ -161,14 +137,9 @@ class DynamicBatching(ApiModel):
             ),
         ),
     ] = DEFAULT_MAX_QUEUE_DELAY_US
-    preferred_batch_sizes: Annotated[
-        list[Annotated[int, Field(ge=1, le=4096)]] | None,
-        Field(
-            default=None,
-            max_length=16,
-            description="Batch sizes the scheduler aims for; each must be <= triton.maxBatchSize.",
-        ),
-    ] = None
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = optional_field(
+        "Batch sizes the scheduler aims for; each must be <= triton.maxBatchSize.", max_length=16
+    )
 
 
 class Calibration(ApiModel):
@@ -199,73 +170,43 @@ class TritonConfig(ApiModel):
             ),
         ),
     ] = ModelFormat.AUTO
-    max_batch_size: Annotated[
-        int | None,
-        Field(
-            default=None,
-            ge=1,
-            le=MAX_BATCH_SIZE_LIMIT,
-            description=(
-                "Largest batch Triton forms (config max_batch_size). Default: chosen per device from "
-                f"measurement, {DEVICE_BATCHING['cpu'].max_batch_size} on CPUs, "
-                f"{DEVICE_BATCHING['gpu'].max_batch_size} on GPUs."
-            ),
-        ),
-    ] = None
+    max_batch_size: int | None = optional_field(
+        "Largest batch Triton forms (config max_batch_size). Default: chosen per device from "
+        f"measurement, {DEVICE_BATCHING['cpu'].max_batch_size} on CPUs, "
+        f"{DEVICE_BATCHING['gpu'].max_batch_size} on GPUs.",
+        ge=1,
+        le=MAX_BATCH_SIZE_LIMIT,
+    )
     dynamic_batching: Annotated[
         DynamicBatching,
         Field(default_factory=DynamicBatching, description="Dynamic batching settings."),
     ]
-    instances_per_device: Annotated[
-        int | None,
-        Field(
-            default=None,
-            ge=1,
-            le=16,
-            description=(
-                "Model instances per GPU (or on the CPU when gpus is 0). Each one holds the weights. "
-                f"Default: {DEVICE_BATCHING['cpu'].instances_per_device} on CPUs, "
-                f"{DEVICE_BATCHING['gpu'].instances_per_device} per GPU."
-            ),
-        ),
-    ] = None
-    max_sequence_length: Annotated[
-        int | None,
-        Field(
-            default=None,
-            ge=8,
-            le=131072,
-            description=(
-                "Longest input in tokens; longer texts are truncated. Defaults to the checkpoint's "
-                "maximum positions."
-            ),
-        ),
-    ] = None
-    max_concurrent_sequences: Annotated[
-        int | None,
-        Field(
-            default=None,
-            ge=1,
-            le=MAX_CONCURRENT_SEQUENCES,
-            description=(
-                "text-generation: sequences one instance decodes together (continuous batching); up to 4x "
-                "as many more wait, beyond that requests are refused as UNAVAILABLE. Default: 64 on a GPU, "
-                "16 on the CPU, fewer when their full-context KV cache would not fit the budget."
-            ),
-        ),
-    ] = None
-    max_tokens: Annotated[
-        int | None,
-        Field(
-            default=None,
-            ge=1,
-            le=131072,
-            description=(
-                "text-generation: the most tokens one request may ask for; more is refused as INVALID_ARG. "
-                "Default: the context length - 1."
-            ),
-        ),
-    ] = None
+    instances_per_device: int | None = optional_field(
+        "Model instances per GPU (or on the CPU when gpus is 0). Each one holds the weights. "
+        f"Default: {DEVICE_BATCHING['cpu'].instances_per_device} on CPUs, "
+        f"{DEVICE_BATCHING['gpu'].instances_per_device} per GPU.",
+        ge=1,
+        le=16,
+    )
+    max_sequence_length: int | None = optional_field(
+        "Longest input in tokens; longer texts are truncated. Defaults to the checkpoint's "
+        "maximum positions.",
+        ge=8,
+        le=131072,
+    )
+    max_concurrent_sequences: int | None = optional_field(
+        "text-generation: sequences one instance decodes together (continuous batching); up to 4x "
+        "as many more wait, beyond that requests are refused as UNAVAILABLE. Default: 64 on a GPU, "
+        "16 on the CPU, fewer when their full-context KV cache would not fit the budget.",
+        ge=1,
+        le=MAX_CONCURRENT_SEQUENCES,
+    )
+    max_tokens: int | None = optional_field(
+        "text-generation: the most tokens one request may ask for; more is refused as INVALID_ARG. "
+        "Default: the context length - 1.",
+        ge=1,
+        le=131072,
+    )
     dtype: Annotated[
         DType,
         Field(
@@ -273,14 +214,9 @@ class TritonConfig(ApiModel):
             description="Weights' dtype at serving time. auto: float16 on GPUs, float32 on the CPU.",
         ),
     ] = DType.AUTO
-    image: Annotated[
-        str | None,
-        Field(
-            default=None,
-            max_length=512,
-            description="Triton server image override (default: the operator's triton-runtime image).",
-        ),
-    ] = None
+    image: str | None = optional_field(
+        "Triton server image override (default: the operator's triton-runtime image).", max_length=512
+    )
     response_cache: Annotated[
         bool,
         Field(
@@ -305,30 +241,18 @@ class TritonConfig(ApiModel):
             ),
         ),
     ] = Quantization.NONE
-    accuracy_floor: Annotated[
-        float | None,
-        Field(
-            default=None,
-            ge=0.0,
-            le=1.0,
-            description=(
-                "Accuracy gate of an optimised model (quantization int8, or dtype bfloat16): the lowest "
-                "acceptable value of the task's metric against float32 on the calibration texts. Metrics: "
-                "label agreement (text-classification), entity agreement (token-classification), mean "
-                "cosine (feature-extraction), top-1 agreement (fill-mask), greedy token agreement "
-                "(text-generation). Default 0.99 for cosine, 0.98 for agreements."
-            ),
-        ),
-    ] = None
-    calibration: Annotated[
-        Calibration | None,
-        Field(
-            default=None,
-            description=(
-                "Calibration texts for the accuracy gate (default: a built-in set of English sentences)."
-            ),
-        ),
-    ] = None
+    accuracy_floor: float | None = optional_field(
+        "Accuracy gate of an optimised model (quantization int8, or dtype bfloat16): the lowest "
+        "acceptable value of the task's metric against float32 on the calibration texts. Metrics: "
+        "label agreement (text-classification), entity agreement (token-classification), mean "
+        "cosine (feature-extraction), top-1 agreement (fill-mask), greedy token agreement "
+        "(text-generation). Default 0.99 for cosine, 0.98 for agreements.",
+        ge=0.0,
+        le=1.0,
+    )
+    calibration: Calibration | None = optional_field(
+        "Calibration texts for the accuracy gate (default: a built-in set of English sentences)."
+    )
 
     __rules__ = (
         Rule(

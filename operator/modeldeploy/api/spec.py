@@ -8,7 +8,7 @@ from pydantic import Field
 
 from model_repo.options import DType, ModelFormat, Quantization, Task
 from modeldeploy.api.access import DEFAULT_API_PORT, OPENAI_TASKS, ROUTE_TASKS, Api, Network, OpenAIApi
-from modeldeploy.api.base import ApiModel, Rule
+from modeldeploy.api.base import ApiModel, Rule, optional_field
 from modeldeploy.api.resources import Autoscaling, AutoscalingEngine, AutoscalingMetric, Cache, Resources
 from modeldeploy.api.rollout import Canary, Rollout
 from modeldeploy.api.serving import ModelSource, TritonConfig
@@ -82,46 +82,26 @@ class ModelDeploymentSpec(ApiModel):
             description="Number of Triton pods (ignored while autoscaling is set). kubectl scale sets it.",
         ),
     ] = 1
-    autoscaling: Annotated[
-        Autoscaling | None,
-        Field(default=None, description="Autoscale on a Triton metric; a fixed replica count when omitted."),
-    ] = None
-    cache: Annotated[
-        Cache | None,
-        Field(default=None, description="Keep built repositories on a PVC; built in every pod when omitted."),
-    ] = None
-    api: Annotated[
-        Api | None,
-        Field(default=None, description="Extra APIs in front of the model, e.g. OpenAI-compatible."),
-    ] = None
-    rollout: Annotated[
-        Rollout | None,
-        Field(
-            default=None,
-            description="How a new model repository reaches the pods; RollingUpdate when omitted.",
-        ),
-    ] = None
+    autoscaling: Autoscaling | None = optional_field(
+        "Autoscale on a Triton metric; a fixed replica count when omitted."
+    )
+    cache: Cache | None = optional_field("Keep built repositories on a PVC; built in every pod when omitted.")
+    api: Api | None = optional_field("Extra APIs in front of the model, e.g. OpenAI-compatible.")
+    rollout: Rollout | None = optional_field(
+        "How a new model repository reaches the pods; RollingUpdate when omitted."
+    )
 
     @property
     def canary(self) -> Canary | None:
         """The canary settings when the rollout strategy is Canary, else None."""
         return self.rollout.effective_canary if self.rollout is not None else None
 
-    network: Annotated[
-        Network | None,
-        Field(default=None, description="A NetworkPolicy for the model's pods; none when omitted."),
-    ] = None
+    network: Network | None = optional_field("A NetworkPolicy for the model's pods; none when omitted.")
 
-    server: Annotated[
-        ServerRef | None,
-        Field(
-            default=None,
-            description=(
-                "Load the model into this shared ModelServer (same namespace) instead of running a "
-                "Deployment of its own; placed only where its recorded memory fits the server's capacity."
-            ),
-        ),
-    ] = None
+    server: ServerRef | None = optional_field(
+        "Load the model into this shared ModelServer (same namespace) instead of running a "
+        "Deployment of its own; placed only where its recorded memory fits the server's capacity."
+    )
 
     @property
     def openai(self) -> OpenAIApi | None:
