@@ -62,6 +62,30 @@ def _route_rule(name: str, tasks: tuple[Task, ...]) -> Rule:
     )
 
 
+def _generation_metric_rule(metric: AutoscalingMetric, needs: str, keda: bool = False) -> Rule:
+    """spec.autoscaling.metric `metric` only for text-generation served by the python format (the runtime
+    exports the generation metrics), and with `keda` only with that engine; refused naming the field."""
+    engine_cel = "has(self.autoscaling.engine) && self.autoscaling.engine == 'keda' && " if keda else ""
+    return Rule(
+        cel=(
+            f"!has(self.autoscaling) || self.autoscaling.metric != '{metric.value}' || "
+            f"({engine_cel}has(self.model.task) && self.model.task == 'text-generation' && "
+            "(!has(self.triton) || self.triton.format != 'vllm'))"
+        ),
+        message=f"spec.autoscaling.metric {metric.value} needs {needs}",
+        check=lambda s: (
+            s.autoscaling is None
+            or s.autoscaling.metric != metric
+            or (
+                (not keda or s.autoscaling.engine == AutoscalingEngine.KEDA)
+                and s.model.task == Task.TEXT_GENERATION
+                and s.triton.format != ModelFormat.VLLM
+            )
+        ),
+        field_path=".autoscaling.metric",
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment: a checkpoint served by Triton."""
 
@@ -202,44 +226,15 @@ class ModelDeploymentSpec(ApiModel):
             check=lambda s: s.triton.dtype != DType.FLOAT16 or s.resources.gpus >= 1,
             field_path=".triton.dtype",
         ),
-        Rule(
-            cel=(
-                "!has(self.autoscaling) || self.autoscaling.metric != 'runningSequences' || "
-                "(has(self.model.task) && self.model.task == 'text-generation' && "
-                "(!has(self.triton) || self.triton.format != 'vllm'))"
-            ),
-            message=(
-                "spec.autoscaling.metric runningSequences needs spec.model.task text-generation served by "
-                "the python format (the runtime exports it)"
-            ),
-            check=lambda s: (
-                s.autoscaling is None
-                or s.autoscaling.metric != AutoscalingMetric.RUNNING_SEQUENCES
-                or (s.model.task == Task.TEXT_GENERATION and s.triton.format != ModelFormat.VLLM)
-            ),
-            field_path=".autoscaling.metric",
+        _generation_metric_rule(
+            AutoscalingMetric.RUNNING_SEQUENCES,
+            "spec.model.task text-generation served by the python format (the runtime exports it)",
         ),
-        Rule(
-            cel=(
-                "!has(self.autoscaling) || self.autoscaling.metric != 'generationPressure' || "
-                "(has(self.autoscaling.engine) && self.autoscaling.engine == 'keda' && "
-                "has(self.model.task) && self.model.task == 'text-generation' && "
-                "(!has(self.triton) || self.triton.format != 'vllm'))"
-            ),
-            message=(
-                "spec.autoscaling.metric generationPressure needs engine keda (its scalingModifiers combine "
-                "the signals) and spec.model.task text-generation served by the python format"
-            ),
-            check=lambda s: (
-                s.autoscaling is None
-                or s.autoscaling.metric != AutoscalingMetric.GENERATION_PRESSURE
-                or (
-                    s.autoscaling.engine == AutoscalingEngine.KEDA
-                    and s.model.task == Task.TEXT_GENERATION
-                    and s.triton.format != ModelFormat.VLLM
-                )
-            ),
-            field_path=".autoscaling.metric",
+        _generation_metric_rule(
+            AutoscalingMetric.GENERATION_PRESSURE,
+            "engine keda (its scalingModifiers combine the signals) and spec.model.task text-generation "
+            "served by the python format",
+            keda=True,
         ),
         Rule(
             cel=(
