@@ -31,6 +31,23 @@ class Permission:
     scope: Scope
 
 
+# What the operator creates, changes and deletes for its models (every verb, in each watched namespace):
+# (api group, resource).
+MANAGED: tuple[tuple[str, str], ...] = (
+    ("", "configmaps"),
+    ("apps", "deployments"),
+    ("", "services"),
+    ("", "persistentvolumeclaims"),
+    ("batch", "jobs"),
+    ("autoscaling", "horizontalpodautoscalers"),
+    ("policy", "poddisruptionbudgets"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("keda.sh", "scaledobjects"),
+    ("monitoring.coreos.com", "servicemonitors"),
+    # A canary with traffic HTTPRoute (Gateway API).
+    ("gateway.networking.k8s.io", "httproutes"),
+)
+
 OPERATOR_RBAC: tuple[Permission, ...] = (
     # Read only: the operator writes the status subresource, never the object (kopf writes no annotations).
     Permission("modeldeploy.dev", "modeldeployments", READ, "watched"),
@@ -39,18 +56,7 @@ OPERATOR_RBAC: tuple[Permission, ...] = (
     # the calibration texts a spec names count in its repository's digest).
     Permission("modeldeploy.dev", "modelservers", READ, "watched"),
     Permission("modeldeploy.dev", "modelservers/status", ("get", "patch", "update"), "watched"),
-    Permission("", "configmaps", CRUD, "watched"),
-    Permission("apps", "deployments", CRUD, "watched"),
-    Permission("", "services", CRUD, "watched"),
-    Permission("", "persistentvolumeclaims", CRUD, "watched"),
-    Permission("batch", "jobs", CRUD, "watched"),
-    Permission("autoscaling", "horizontalpodautoscalers", CRUD, "watched"),
-    Permission("policy", "poddisruptionbudgets", CRUD, "watched"),
-    Permission("networking.k8s.io", "networkpolicies", CRUD, "watched"),
-    Permission("keda.sh", "scaledobjects", CRUD, "watched"),
-    Permission("monitoring.coreos.com", "servicemonitors", CRUD, "watched"),
-    # A canary with traffic HTTPRoute (Gateway API).
-    Permission("gateway.networking.k8s.io", "httproutes", CRUD, "watched"),
+    *(Permission(group, resource, CRUD, "watched") for group, resource in MANAGED),
     Permission("", "pods", READ, "watched"),
     # A running builder's progress reports are lines of its log (status.modelRepository.progress).
     Permission("", "pods/log", ("get",), "watched"),
