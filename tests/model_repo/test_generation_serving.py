@@ -167,16 +167,19 @@ def grpc_generate(served: Served, model: str, timeout: float = 120, **inputs: An
         client.close()
 
 
+def ask(
+    served: Served, model: str, prompt: str, max_tokens: int, temperature: float = 0.0, **inputs: Any
+) -> Answer:
+    """`prompt` to `model` for at most `max_tokens`, greedy unless a `temperature` is given; `inputs` are the
+    request's other inputs."""
+    return grpc_generate(
+        served, model, text_input=prompt, max_tokens=max_tokens, temperature=temperature, **inputs
+    )
+
+
 def greedy_gpt2(served: Served, prompt: str, max_tokens: int, **sampling: Any) -> Answer:
     """A greedy GPT-2 request whose `sampling` settings travel in sampling_parameters."""
-    return grpc_generate(
-        served,
-        GPT2,
-        text_input=prompt,
-        max_tokens=max_tokens,
-        temperature=0.0,
-        sampling_parameters=json.dumps(sampling),
-    )
+    return ask(served, GPT2, prompt, max_tokens, sampling_parameters=json.dumps(sampling))
 
 
 def http_generate_stream(
@@ -227,7 +230,7 @@ def wait_for(condition: Any, timeout: float = 10.0) -> bool:
 def test_greedy_alone_equals_in_process_generate(served: Served, model: str) -> None:
     prompt = "the quick brown fox"
     expected_text, expected_count = reference(served.paths[model], prompt, 12)
-    answer = grpc_generate(served, model, text_input=prompt, max_tokens=12, temperature=0.0)
+    answer = ask(served, model, prompt, 12)
     assert len(answer.pieces) == 1  # not streaming: one response with the whole text
     assert answer.text == expected_text
     assert answer.output_tokens == expected_count
@@ -247,14 +250,7 @@ def test_greedy_under_16_concurrent_clients_equals_generate(served: Served) -> N
     def one(index: int) -> Answer:
         start.wait()
         stream = index % 2 == 0
-        return grpc_generate(
-            served,
-            LLAMA,
-            text_input=prompts[index],
-            max_tokens=lengths[index],
-            temperature=0.0,
-            stream=stream,
-        )
+        return ask(served, LLAMA, prompts[index], lengths[index], stream=stream)
 
     before = metrics(served, LLAMA).get("tokens_total", 0.0)
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -267,9 +263,7 @@ def test_greedy_under_16_concurrent_clients_equals_generate(served: Served) -> N
 
 def test_sampling_honours_the_seed_per_request(served: Served) -> None:
     def sample(seed: int) -> str:
-        return grpc_generate(
-            served, LLAMA, text_input="hello", max_tokens=16, temperature=1.0, top_p=0.9, seed=seed
-        ).text
+        return ask(served, LLAMA, "hello", 16, temperature=1.0, top_p=0.9, seed=seed).text
 
     # The same seed alone and among concurrent requests with other seeds gives the same tokens.
     alone = sample(7)
@@ -285,7 +279,7 @@ def test_sampling_honours_the_seed_per_request(served: Served) -> None:
 def test_streaming_over_grpc_sends_pieces_that_add_up_to_generate(served: Served) -> None:
     prompt = "triton serves the model"
     expected_text, expected_count = reference(served.paths[LLAMA], prompt, 20)
-    answer = grpc_generate(served, LLAMA, text_input=prompt, max_tokens=20, temperature=0.0, stream=True)
+    answer = ask(served, LLAMA, prompt, 20, stream=True)
     assert len(answer.pieces) > 1
     assert answer.text == expected_text
     assert answer.output_tokens == expected_count
@@ -331,21 +325,13 @@ def test_stop_strings_end_the_text_before_them(served: Served) -> None:
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     cut = full[: full.index(stop)]
     for stream in (False, True):
-        answer = grpc_generate(
-            served,
-            LLAMA,
-            text_input=prompt,
-            max_tokens=30,
-            temperature=0.0,
-            stop=[stop, "never-generated"],
-            stream=stream,
-        )
+        answer = ask(served, LLAMA, prompt, 30, stop=[stop, "never-generated"], stream=stream)
         assert answer.text == cut, stream
 
 
 def test_stop_token_ids_and_checkpoint_eos_end_generation(served: Served) -> None:
     tokens = greedy_tokens(served.paths[GPT2], EOS_PROMPT, 8)
-    answer = grpc_generate(served, GPT2_EOS, text_input=EOS_PROMPT, max_tokens=8, temperature=0.0)
+    answer = ask(served, GPT2_EOS, EOS_PROMPT, 8)
     assert answer.output_tokens == tokens.index(tokens[2]) + 1  # stopped at the checkpoint's EOS
     stop_id = tokens[3]
     answer = greedy_gpt2(served, EOS_PROMPT, 8, stop_token_ids=[stop_id])
@@ -392,7 +378,7 @@ def test_cancelling_a_stream_frees_its_slot_and_cache(served: Served) -> None:
     generated = idle["tokens_total"] - before
     time.sleep(0.5)
     assert metrics(served, LLAMA)["tokens_total"] - before == generated < 1000  # nothing runs on
-    assert grpc_generate(served, LLAMA, text_input="hello", max_tokens=4, temperature=0.0).output_tokens >= 1
+    assert ask(served, LLAMA, "hello", 4).output_tokens >= 1
 
 
 def test_a_full_queue_refuses_at_once_with_unavailable(served: Served) -> None:
@@ -404,7 +390,7 @@ def test_a_full_queue_refuses_at_once_with_unavailable(served: Served) -> None:
     def one(_index: int) -> str:
         start.wait()
         try:
-            grpc_generate(served, ONE_SLOT, text_input="hello", max_tokens=60, temperature=0.0)
+            ask(served, ONE_SLOT, "hello", 60)
             return "ok"
         except InferenceServerException as exc:
             return f"{exc.status()}: {exc.message()}"
@@ -509,7 +495,7 @@ def test_bad_requests_among_good_ones_fail_alone(served: Served) -> None:
 
 
 def test_runtime_exports_serving_metrics_on_the_metrics_port(served: Served) -> None:
-    grpc_generate(served, GPT2, text_input="hello world", max_tokens=5, temperature=0.0)
+    ask(served, GPT2, "hello world", 5)
     values = metrics(served, GPT2)
     for name in ("requests_waiting", "sequences_running", "kv_cache_utilization", "tokens_total"):
         assert name in values, sorted(values)
@@ -534,13 +520,8 @@ def _token_ids(path: Path, text: str) -> list[int]:
 
 def greedy_answer_ids(served: Served, model: str, prompt: str, max_tokens: int, **sampling: Any) -> list[int]:
     """The token ids of a greedy answer over gRPC; ``sampling`` goes in its sampling_parameters."""
-    answer = grpc_generate(
-        served,
-        model,
-        text_input=prompt,
-        max_tokens=max_tokens,
-        temperature=0.0,
-        sampling_parameters=json.dumps({**sampling, "logprobs": True}),
+    answer = ask(
+        served, model, prompt, max_tokens, sampling_parameters=json.dumps({**sampling, "logprobs": True})
     )
     return [item["token_id"] for item in answer.logprobs]
 
@@ -584,11 +565,11 @@ def test_logprobs_equal_the_models_own_log_softmax(served: Served) -> None:
 
     prompt = "paris is the capital"
     for stream in (False, True):
-        answer = grpc_generate(
+        answer = ask(
             served,
             LLAMA,
-            text_input=prompt,
-            max_tokens=10,
+            prompt,
+            10,
             temperature=0.8,
             seed=3,
             stream=stream,
@@ -623,7 +604,7 @@ def test_the_checkpoints_generation_config_is_the_default_unless_the_request_ove
 
 def test_finish_reasons_at_eos_stop_string_stop_token_and_length(served: Served) -> None:
     tokens = greedy_tokens(served.paths[GPT2], EOS_PROMPT, 8)
-    at_eos = grpc_generate(served, GPT2_EOS, text_input=EOS_PROMPT, max_tokens=8, temperature=0.0)
+    at_eos = ask(served, GPT2_EOS, EOS_PROMPT, 8)
     assert (at_eos.finish_reason, at_eos.stop_reason) == ("stop", "")
     at_length = greedy_gpt2(served, EOS_PROMPT, 2)
     assert (at_length.finish_reason, at_length.stop_reason, at_length.output_tokens) == ("length", "", 2)
@@ -633,15 +614,7 @@ def test_finish_reasons_at_eos_stop_string_stop_token_and_length(served: Served)
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     for stream in (False, True):
         # stop_words is how Triton's OpenAI frontend sends stop strings.
-        at_stop = grpc_generate(
-            served,
-            LLAMA,
-            text_input="paris is the capital",
-            max_tokens=30,
-            temperature=0.0,
-            stop_words=[stop],
-            stream=stream,
-        )
+        at_stop = ask(served, LLAMA, "paris is the capital", 30, stop_words=[stop], stream=stream)
         assert (at_stop.text, at_stop.finish_reason, at_stop.stop_reason) == (
             full[: full.index(stop)],
             "stop",
@@ -656,7 +629,7 @@ def test_a_shared_prefix_is_reused_counted_and_changes_no_answer(served: Served)
     for question in questions:
         prompt = f"{system} {question}"
         expected = reference(served.paths[LLAMA], prompt, 12)
-        answer = grpc_generate(served, LLAMA, text_input=prompt, max_tokens=12, temperature=0.0)
+        answer = ask(served, LLAMA, prompt, 12)
         assert (answer.text, answer.output_tokens) == expected
     shared = len(_token_ids(served.paths[LLAMA], system)) - 1
 
