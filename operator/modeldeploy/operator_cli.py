@@ -23,25 +23,27 @@ from modeldeploy.settings import (
     RenderSettings,
 )
 
+
+def env_option(*names: str, **settings: Any) -> Any:
+    """A typer option that the environment variable MODELDEPLOY_<its long name> also sets."""
+    envvar = "MODELDEPLOY_" + names[0].removeprefix("--").replace("-", "_").upper()
+    return typer.Option(*names, envvar=envvar, **settings)
+
+
 TritonImage = Annotated[
     str,
-    typer.Option(
-        "--triton-image", envvar="MODELDEPLOY_TRITON_IMAGE", help="Triton server image for the model pods."
-    ),
+    env_option("--triton-image", help="Triton server image for the model pods."),
 ]
 BuilderImage = Annotated[
     str,
-    typer.Option(
-        "--builder-image",
-        envvar="MODELDEPLOY_BUILDER_IMAGE",
-        help="Image that runs `modeldeploy build` (init container / cache build Job).",
+    env_option(
+        "--builder-image", help="Image that runs `modeldeploy build` (init container / cache build Job)."
     ),
 ]
 PrometheusUrl = Annotated[
     str,
-    typer.Option(
+    env_option(
         "--prometheus-url",
-        envvar="MODELDEPLOY_PROMETHEUS_URL",
         help=(
             "Prometheus that KEDA's triggers and the canary analyses query for Triton's metrics "
             "(spec.rollout.canary.analysis.prometheusUrl overrides it per ModelDeployment)."
@@ -53,50 +55,34 @@ PrometheusUrl = Annotated[
 def run_operator(
     namespace: Annotated[
         list[str] | None,
-        typer.Option(
+        env_option(
             "--namespace",
             "-n",
-            envvar="MODELDEPLOY_NAMESPACE",
             help="Namespace to watch (repeatable; globs allowed). All namespaces when omitted.",
         ),
     ] = None,
     all_namespaces: Annotated[
-        bool,
-        typer.Option(
-            "--all-namespaces", "-A", envvar="MODELDEPLOY_ALL_NAMESPACES", help="Watch every namespace."
-        ),
+        bool, env_option("--all-namespaces", "-A", help="Watch every namespace.")
     ] = False,
-    health_port: Annotated[
-        int, typer.Option("--health-port", envvar="MODELDEPLOY_HEALTH_PORT", help="Serves GET /healthz.")
-    ] = 8080,
-    metrics_port: Annotated[
-        int,
-        typer.Option("--metrics-port", envvar="MODELDEPLOY_METRICS_PORT", help="Serves Prometheus /metrics."),
-    ] = 9090,
+    health_port: Annotated[int, env_option("--health-port", help="Serves GET /healthz.")] = 8080,
+    metrics_port: Annotated[int, env_option("--metrics-port", help="Serves Prometheus /metrics.")] = 9090,
     peering: Annotated[
         str | None,
-        typer.Option(
+        env_option(
             "--peering",
-            envvar="MODELDEPLOY_PEERING",
             help="kopf peering object to coordinate replicas through (needed with more than one replica).",
         ),
     ] = None,
     standalone: Annotated[
-        bool,
-        typer.Option(
-            "--standalone",
-            envvar="MODELDEPLOY_STANDALONE",
-            help="No peering (the default without --peering).",
-        ),
+        bool, env_option("--standalone", help="No peering (the default without --peering).")
     ] = False,
     triton_image: TritonImage = DEFAULT_TRITON_IMAGE,
     builder_image: BuilderImage = DEFAULT_BUILDER_IMAGE,
     prometheus_url: PrometheusUrl = DEFAULT_PROMETHEUS_URL,
     resync_seconds: Annotated[
         float,
-        typer.Option(
+        env_option(
             "--resync-seconds",
-            envvar="MODELDEPLOY_RESYNC_SECONDS",
             min=1,
             help="Reconcile every ModelDeployment this often even without events (a safety net).",
         ),
