@@ -41,6 +41,14 @@ from model_repo.runtime.model import this_cpu_has_native_bfloat16
 
 MODEL_KEYS = ("tiny-bert", "minilm")
 LOAD_GENERATORS = ("perf_analyzer", "python")
+# The measurement's lengths, each an option whose default --quick shortens: (type, with --quick, without,
+# help).
+QUICK_DEFAULTS: dict[str, tuple[type[float] | type[int], float, float, str]] = {
+    "duration": (float, 4.0, 20.0, "measurement window per level, s"),
+    "warmup": (float, 1.0, 3.0, "unmeasured load before each window, s"),
+    "rounds": (int, 1, 2, "windows per contender and level, alternating; --duration is split between them"),
+    "raw_seconds": (float, 1.0, 4.0, "minimum time per raw batch size, s"),
+}
 
 
 @dataclass(frozen=True)
@@ -101,17 +109,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help=f"default: all but {', '.join(sorted(OPT_IN_CONTENDERS))}",
     )
     parser.add_argument("--concurrency", type=_int_list, default=(1, 4, 16, 64))
-    parser.add_argument("--duration", type=float, default=None, help="measurement window per level, s")
-    parser.add_argument("--warmup", type=float, default=None, help="unmeasured load before each window, s")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=None,
-        help="windows per contender and level, in alternating order (default 2; --quick: 1); "
-        "--duration is split between them",
-    )
+    for name, (kind, quick_default, default, text) in QUICK_DEFAULTS.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            help=f"{text} (default {default}; --quick: {quick_default})",
+        )
     parser.add_argument("--raw-batch-sizes", type=_int_list, default=None)
-    parser.add_argument("--raw-seconds", type=float, default=None, help="minimum time per raw batch size, s")
     parser.add_argument("--texts", type=int, default=None, help="use only the first N texts of the workload")
     parser.add_argument(
         "--minilm-path",
@@ -143,6 +148,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
+    lengths = {
+        name: given if (given := getattr(args, name)) is not None else (quick_default if quick else default)
+        for name, (_, quick_default, default, _) in QUICK_DEFAULTS.items()
+    }
     default_sizes: tuple[int, ...] = (1, 8, 32) if quick else (1, 2, 4, 8, 16, 32, 64)
     if args.device == "cuda":
         default_sizes = (1, 8, 32, 128) if quick else (1, 4, 16, 32, 64, 128, 256)
@@ -151,11 +160,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         models=args.models,
         contenders=args.contenders,
         concurrency=args.concurrency,
-        duration_s=args.duration if args.duration is not None else (4.0 if quick else 20.0),
-        warmup_s=args.warmup if args.warmup is not None else (1.0 if quick else 3.0),
-        rounds=max(1, args.rounds if args.rounds is not None else (1 if quick else 2)),
+        duration_s=lengths["duration"],
+        warmup_s=lengths["warmup"],
+        rounds=max(1, int(lengths["rounds"])),
         raw_batch_sizes=args.raw_batch_sizes or default_sizes,
-        raw_seconds=args.raw_seconds if args.raw_seconds is not None else (1.0 if quick else 4.0),
+        raw_seconds=lengths["raw_seconds"],
         text_count=args.texts or len(load_texts()),
         quick=quick,
         minilm_path=args.minilm_path,
