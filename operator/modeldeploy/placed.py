@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Protocol
 
 from modeldeploy.api import (
@@ -107,28 +108,24 @@ def serving_verdict(md: ModelDeployment, server_body: Mapping[str, Any] | None) 
     """Available, from the server's status entry of this model."""
     assert md.spec.server is not None
     name = md.spec.server.name
+    # Every verdict here is the Available condition's.
+    available, failure = partial(Verdict, AVAILABLE), partial(Verdict.failure, AVAILABLE)
     if server_body is None:
-        return Verdict.failure(
-            AVAILABLE,
-            SERVER_NOT_FOUND,
-            f"ModelServer {name} does not exist in namespace {md.metadata.namespace}",
+        return failure(
+            SERVER_NOT_FOUND, f"ModelServer {name} does not exist in namespace {md.metadata.namespace}"
         )
     entries = ((server_body.get("status") or {}).get("models")) or []
     entry = next((e for e in entries if e.get("name") == md.metadata.name), None)
     if entry is None:
-        return Verdict(AVAILABLE, UNKNOWN, "Placing", f"ModelServer {name} has not placed this model yet")
+        return available(UNKNOWN, "Placing", f"ModelServer {name} has not placed this model yet")
     state, message = str(entry.get("state")), str(entry.get("message") or "")
     if state == "READY":
-        return Verdict(AVAILABLE, TRUE, "Loaded", f"READY in every replica of ModelServer {name}")
+        return available(TRUE, "Loaded", f"READY in every replica of ModelServer {name}")
     if state == "UNAVAILABLE":
-        return Verdict.failure(
-            AVAILABLE,
-            MODEL_LOAD_FAILED,
-            f"ModelServer {name} could not load it: {one_line(message)}",
-        )
+        return failure(MODEL_LOAD_FAILED, f"ModelServer {name} could not load it: {one_line(message)}")
     if state[:1].isupper() and state != state.upper():  # a placement reason (InsufficientServerCapacity…)
-        return Verdict(AVAILABLE, FALSE, state, message, failed=state != "RepositoryNotBuilt")
-    return Verdict(AVAILABLE, FALSE, "Loading", f"{state} on ModelServer {name}: {message}".rstrip(": "))
+        return available(FALSE, state, message, failed=state != "RepositoryNotBuilt")
+    return available(FALSE, "Loading", f"{state} on ModelServer {name}: {message}".rstrip(": "))
 
 
 def placed_status(
