@@ -391,13 +391,12 @@ class RunningBatch:
         for layer, first_row in enumerate(joining[0][1]):
             pair = []
             for side, sample in enumerate(first_row):
-                heads, dim = sample.shape[1], sample.shape[3]
-                merged = sample.new_zeros((held + len(joining), heads, width, dim))
+                merged = hf_adapter.zeros_with_room(sample, held + len(joining), width)
                 if held:
-                    merged[:held, :, width - columns :] = old[layer][side]
+                    merged[:held, :, width - columns : width] = old[layer][side]
                 for offset, (_, tensors, _) in enumerate(joining):
                     new = tensors[layer][side]
-                    merged[held + offset, :, width - new.shape[2] :] = new[0]
+                    merged[held + offset, :, width - new.shape[2] : width] = new[0]
                 pair.append(merged)
             layers.append((pair[0], pair[1]))
         mask = torch.zeros((held + len(joining), width), dtype=torch.long, device=layers[0][0].device)
@@ -407,9 +406,9 @@ class RunningBatch:
             mask[held + offset, width - length :] = 1
         self.mask = mask
         if self.cache is None:
-            self.cache = hf_adapter.cache_from_tensors(layers)
+            self.cache = hf_adapter.growing_cache(layers, width)
         else:
-            hf_adapter.set_layer_tensors(self.cache, layers)
+            hf_adapter.adopt_buffers(self.cache, layers, width)
         self.rows.extend(job for job, _, _ in joining)
         self.pending.extend(token for _, _, token in joining)
 

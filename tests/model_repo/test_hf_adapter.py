@@ -63,12 +63,20 @@ def test_check_refuses_naming_the_attribute_and_the_versions(
 @pytest.mark.parametrize(
     "arrivals", [{0: [0], 1: [1], 3: [2], 4: [3]}, {0: [0, 1, 2], 2: [3]}], ids=["one-by-one", "grouped"]
 )
+@pytest.mark.parametrize("room", [hf_adapter.GROWTH_POSITIONS, 1], ids=["room", "growing-every-step"])
 def test_running_batch_with_joins_and_leaves_equals_generate(
-    models: dict[str, Any], name: str, arrivals: dict[int, list[int]]
+    models: dict[str, Any],
+    name: str,
+    arrivals: dict[int, list[int]],
+    room: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Rows join while others decode: alone, or a group prefilled together (one left-padded forward)
-    joining with one `join_many`."""
+    joining with one `join_many`. The running batch's cache layers write each step in place; with one free
+    position they run out of room every other step and grow, which must change nothing."""
     import torch
+
+    monkeypatch.setattr(hf_adapter, "GROWTH_POSITIONS", room)
 
     model, tokenizer = models[name]
     prompts = ["the quick brown fox", "hello", "paris is the capital of france and", "a b c d e f g"]
@@ -87,6 +95,7 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
     batch = decoding.RunningBatch(model)
     prefixes = decoding.PrefixCache(4096)
     results: dict[int, list[int]] = {}
+    layer_types: set[str] = set()
     with torch.inference_mode():
         for step in range(40):
             arrived = [Job(index) for index in arrivals.get(step, [])]
@@ -100,6 +109,7 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
             if not len(batch):
                 break
             logits = batch.step()
+            layer_types.update(type(layer).__name__ for layer in batch.cache.layers)
             gone = set()
             for index, (job, choice) in enumerate(
                 zip(batch.rows, decoding.choose_rows(logits, [j.row for j in batch.rows]), strict=True)
@@ -111,3 +121,4 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
                     gone.add(index)
             batch.leave(gone)
     assert [results[i] for i in range(4)] == expected
+    assert layer_types == {"GrowingLayer"}
