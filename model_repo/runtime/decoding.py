@@ -356,14 +356,21 @@ def prefill(
 
 class RunningBatch:
     """The sequences decoding together: one cache whose rows are right-aligned (each row's newest position
-    is the last column; shorter rows are padded on the left and masked)."""
+    is the last column; shorter rows are padded on the left and masked).
+
+    A finished row is not copied out of the cache at once: dropping it means copying every other row's
+    keys and values, and under load a new request joins (one copy of the whole batch anyway) a few steps
+    later, so that copy drops the finished rows too. Until then they ride along masked; they are dropped
+    on their own once they are a quarter of the rows.
+    """
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.rows: list[Any] = []  # the caller's jobs, each with a `.row: Row`
-        self.cache: Any = None
-        self.mask: Any = None  # [rows, columns] 1 where a row has a position
         self.pending: list[int] = []  # each row's newest token, not yet in the cache
+        self.slots: list[int] = []  # each row's row in the cache (finished rows may sit in the others)
+        self.cache: Any = None
+        self.mask: Any = None  # [cache rows, columns] 1 where a row has a position
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -372,28 +379,42 @@ class RunningBatch:
     def positions_held(self) -> int:
         return int(self.mask.sum()) if self.mask is not None else 0
 
+    @property
+    def finished_held(self) -> int:
+        """Cache rows of finished requests not dropped yet."""
+        return 0 if self.mask is None else self.mask.shape[0] - len(self.rows)
+
     def join(self, job: Any, tensors: list[tuple[Any, Any]], first_token: int) -> None:
         self.join_many([(job, tensors, first_token)])
 
     def join_many(self, joining: list[tuple[Any, list[tuple[Any, Any]], int]]) -> None:
         """Add rows (each: the caller's job, its per-layer keys/values [1, heads, length, dim], its first
-        token, not yet in the cache), copying the batch's tensors once for all of them."""
+        token, not yet in the cache), copying the batch's tensors once for all of them (and dropping the
+        finished rows on the way)."""
         import torch
 
         if not joining:
             return
         held = len(self.rows)
-        columns = 0 if self.mask is None else self.mask.shape[1]
+        old: list[tuple[Any, Any]] = []
+        columns = 0
+        if self.cache is not None:
+            live, first = self._live_rows_and_first_column()
+            columns = self.mask.shape[1] - first
+            old = [
+                (keys if live is None else keys[live])[:, :, first:]
+                for keys in (side for pair in hf_adapter.layer_tensors(self.cache) for side in pair)
+            ]
+            old_mask = (self.mask if live is None else self.mask[live])[:, first:]
         lengths = [tensors[0][0].shape[2] for _, tensors, _ in joining]
         width = max(columns, *lengths)
-        old = [] if self.cache is None else hf_adapter.layer_tensors(self.cache)
         layers = []
         for layer, first_row in enumerate(joining[0][1]):
             pair = []
             for side, sample in enumerate(first_row):
                 merged = hf_adapter.zeros_with_room(sample, held + len(joining), width)
                 if held:
-                    merged[:held, :, width - columns : width] = old[layer][side]
+                    merged[:held, :, width - columns : width] = old[2 * layer + side]
                 for offset, (_, tensors, _) in enumerate(joining):
                     new = tensors[layer][side]
                     merged[held + offset, :, width - new.shape[2] : width] = new[0]
@@ -401,7 +422,7 @@ class RunningBatch:
             layers.append((pair[0], pair[1]))
         mask = torch.zeros((held + len(joining), width), dtype=torch.long, device=layers[0][0].device)
         if held:
-            mask[:held, width - columns :] = self.mask
+            mask[:held, width - columns :] = old_mask
         for offset, length in enumerate(lengths):
             mask[held + offset, width - length :] = 1
         self.mask = mask
@@ -411,37 +432,64 @@ class RunningBatch:
             hf_adapter.adopt_buffers(self.cache, layers, width)
         self.rows.extend(job for job, _, _ in joining)
         self.pending.extend(token for _, _, token in joining)
+        self.slots = list(range(len(self.rows)))
 
     def leave(self, gone: set[int]) -> None:
-        """Drop the rows at these indices, and the columns no remaining row uses."""
-        import torch
-
+        """Take the rows at these indices out of the batch (their cache rows are dropped later, see above)."""
         if not gone:
             return
         keep = [index for index in range(len(self.rows)) if index not in gone]
         self.rows = [self.rows[index] for index in keep]
         self.pending = [self.pending[index] for index in keep]
+        self.slots = [self.slots[index] for index in keep]
         if not keep:
-            self.cache, self.mask = None, None
-            return
-        index = torch.tensor(keep, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
-        first = int(torch.nonzero(mask.any(dim=0))[0, 0])
-        self.mask = mask[:, first:]
+            self.cache, self.mask, self.slots = None, None, []
+        elif 4 * self.finished_held >= self.mask.shape[0]:
+            self._drop_finished()
+
+    def _live_rows_and_first_column(self) -> tuple[Any, int]:
+        """(the live rows' cache rows as an index tensor, or None when every cache row is live; the first
+        column a live row uses)."""
+        import torch
+
+        live = None
+        mask = self.mask
+        if len(self.slots) != mask.shape[0]:
+            live = torch.tensor(self.slots, device=mask.device)
+            mask = mask.index_select(0, live)
+        return live, int(torch.nonzero(mask.any(dim=0))[0, 0])
+
+    def _drop_finished(self) -> None:
+        live, first = self._live_rows_and_first_column()
+        rows = self.mask if live is None else self.mask.index_select(0, live)
+        self.mask = rows[:, first:]
         hf_adapter.set_layer_tensors(
             self.cache,
             [
-                (keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:])
+                (
+                    (keys if live is None else keys.index_select(0, live))[:, :, first:],
+                    (values if live is None else values.index_select(0, live))[:, :, first:],
+                )
                 for keys, values in hf_adapter.layer_tensors(self.cache)
             ],
         )
+        self.slots = list(range(len(self.rows)))
 
     def step(self) -> Any:
         """One decoding step for every row: feeds each row's pending token, returns [rows, vocab] logits."""
         import torch
 
         device = self.mask.device
-        ids = torch.tensor(self.pending, dtype=torch.long, device=device)[:, None]
+        fed = self.pending
+        finished = self.finished_held
+        if finished:  # finished rows are fed a token too (masked, never read): one forward for the cache
+            fed = [0] * self.mask.shape[0]
+            for slot, token in zip(self.slots, self.pending, strict=True):
+                fed[slot] = token
+        ids = torch.tensor(fed, dtype=torch.long, device=device)[:, None]
         positions = self.mask.sum(dim=1, keepdim=True)  # a row's positions so far = the new token's index
         self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
-        return last_logits(self.model, ids, self.mask, positions, self.cache)
+        logits = last_logits(self.model, ids, self.mask, positions, self.cache)
+        if finished:
+            logits = logits.index_select(0, torch.tensor(self.slots, device=device))
+        return logits

@@ -61,7 +61,9 @@ def test_check_refuses_naming_the_attribute_and_the_versions(
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 @pytest.mark.parametrize(
-    "arrivals", [{0: [0], 1: [1], 3: [2], 4: [3]}, {0: [0, 1, 2], 2: [3]}], ids=["one-by-one", "grouped"]
+    "arrivals",
+    [{0: [0], 1: [1], 3: [2], 4: [3]}, {0: [0, 1, 2], 2: [3]}, {0: [0, 1, 2, 3, 4], 6: [5]}],
+    ids=["one-by-one", "grouped", "finished-rows-ride-along"],
 )
 @pytest.mark.parametrize("room", [hf_adapter.GROWTH_POSITIONS, 1], ids=["room", "growing-every-step"])
 def test_running_batch_with_joins_and_leaves_equals_generate(
@@ -73,14 +75,23 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
 ) -> None:
     """Rows join while others decode: alone, or a group prefilled together (one left-padded forward)
     joining with one `join_many`. The running batch's cache layers write each step in place; with one free
-    position they run out of room every other step and grow, which must change nothing."""
+    position they run out of room every other step and grow, which must change nothing. A finished row
+    stays in the cache (masked) until a join or enough finished rows drop it: in the last case "hello"
+    (4 tokens) finishes among five rows and rides along until the sixth prompt joins."""
     import torch
 
     monkeypatch.setattr(hf_adapter, "GROWTH_POSITIONS", room)
 
     model, tokenizer = models[name]
-    prompts = ["the quick brown fox", "hello", "paris is the capital of france and", "a b c d e f g"]
-    counts = [9, 4, 7, 6]
+    prompts = [
+        "the quick brown fox",
+        "hello",
+        "paris is the capital of france and",
+        "a b c d e f g",
+        "one two three four five six",
+        "the weather today is",
+    ]
+    counts = [9, 4, 7, 6, 8, 5]
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
     expected = [
         greedy_continuation(model, torch.tensor([ids]), n, pad_token_id=0, min_new_tokens=n)
@@ -96,6 +107,7 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
     prefixes = decoding.PrefixCache(4096)
     results: dict[int, list[int]] = {}
     layer_types: set[str] = set()
+    finished_held = []
     with torch.inference_mode():
         for step in range(40):
             arrived = [Job(index) for index in arrivals.get(step, [])]
@@ -110,6 +122,7 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
                 break
             logits = batch.step()
             layer_types.update(type(layer).__name__ for layer in batch.cache.layers)
+            finished_held.append(batch.finished_held)
             gone = set()
             for index, (job, choice) in enumerate(
                 zip(batch.rows, decoding.choose_rows(logits, [j.row for j in batch.rows]), strict=True)
@@ -120,5 +133,7 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
                     results[job.index] = job.row.generated
                     gone.add(index)
             batch.leave(gone)
-    assert [results[i] for i in range(4)] == expected
+    arrived = sorted(index for indices in arrivals.values() for index in indices)
+    assert results == {index: expected[index] for index in arrived}
+    assert (max(finished_held) > 0) == (len(arrived) == 6)
     assert layer_types == {"GrowingLayer"}
