@@ -247,13 +247,33 @@ class PrefixCache:
 
 @dataclass
 class PrefillGroup:
-    """Prompts prefilled by one forward: either prompts with no cached prefix (left-padded together) or one
-    prompt whose first `reused` tokens' keys/values come from the prefix cache."""
+    """Prompts prefilled by one forward, left-padded together: either prompts with no cached prefix, or
+    prompts whose first `reused` tokens are the same cached prefix (its keys/values, [1, heads, reused,
+    dim] per layer, shared by every row; each row's padding then sits between the prefix and its own
+    tokens)."""
 
     indices: list[int]  # positions in the list handed to `plan_prefill`
     prompts: list[list[int]]
     reused: int = 0
     prefix: list[tuple[Any, Any]] | None = None
+
+
+def _chunks(
+    indices: list[int], lengths: list[int], token_budget: int, overhead_tokens: int
+) -> Iterator[list[int]]:
+    """These prompts, shortest first, in groups whose rows x longest prompt stays within `token_budget` and
+    where no prompt pads its group by more than `overhead_tokens` (rows x how much longer it is)."""
+    current: list[int] = []
+    for index in sorted(indices, key=lambda i: lengths[i]):
+        length, width = lengths[index], lengths[current[-1]] if current else 0
+        if current and (
+            (len(current) + 1) * length > token_budget or len(current) * (length - width) > overhead_tokens
+        ):
+            yield current
+            current = []
+        current.append(index)
+    if current:
+        yield current
 
 
 def plan_prefill(
@@ -265,45 +285,40 @@ def plan_prefill(
 ) -> Iterator[PrefillGroup]:
     """Group prompts waiting together into few forwards (lazily: run each group before taking the next).
 
-    A prompt with a prefix-cache hit runs alone on its cached prefix: only its suffix is computed (little
-    to gain from company), and grouping it would mean padding cached prefixes of other lengths into one
-    cache. The others, shortest first, fill groups while rows x the group's longest prompt stays within
-    `token_budget` and the padding a prompt adds to its group (rows x how much longer it is) costs less
-    than another forward (`overhead_tokens`; by default what the model's device suggests). With a prefix
-    cache, a prompt sharing more than `overhead_tokens` leading tokens with another one waiting waits for
-    that one's group to store them, then reuses them: a burst behind one system prompt computes it once.
+    Prompts with a prefix-cache hit on the same cached tokens (a burst behind one system prompt) run
+    together on that prefix: only their own tokens are computed. The others, shortest first, fill groups.
+    Either way a group closes when rows x its longest prompt would pass `token_budget`, or when the
+    padding a prompt adds (rows x how much longer it is) costs more than another forward
+    (`overhead_tokens`; by default what the model's device suggests). With a prefix cache, a prompt
+    sharing more than `overhead_tokens` leading tokens with another one waiting waits for that one's group
+    to store them, then reuses them: a burst behind one system prompt computes it once.
     """
     if overhead_tokens is None:
         on_cpu = model is None or next(model.parameters()).device.type == "cpu"
         overhead_tokens = CPU_PASS_OVERHEAD_TOKENS if on_cpu else token_budget
+    lengths = [len(prompt_ids) for prompt_ids in prompts]
     waiting = list(range(len(prompts)))
     while waiting:
         fresh: list[int] = []
         later: list[int] = []
         heads: set[tuple[int, ...]] = set()
+        hits: dict[tuple[int, ...], tuple[list[int], list[tuple[Any, Any]]]] = {}
         for index in waiting:
             prompt_ids = prompts[index]
             reused, tensors = (0, None) if prefixes is None else prefixes.lookup(prompt_ids)
             head = tuple(prompt_ids[: overhead_tokens + 1])
             if tensors is not None:
-                yield PrefillGroup([index], [prompt_ids], reused, tensors)
+                hits.setdefault(tuple(prompt_ids[:reused]), ([], tensors))[0].append(index)
             elif prefixes is not None and head in heads:
                 later.append(index)
             else:
                 heads.add(head)
                 fresh.append(index)
-        current: list[int] = []
-        for index in sorted(fresh, key=lambda i: len(prompts[i])):
-            length, width = len(prompts[index]), len(prompts[current[-1]]) if current else 0
-            if current and (
-                (len(current) + 1) * length > token_budget
-                or len(current) * (length - width) > overhead_tokens
-            ):
-                yield PrefillGroup(current, [prompts[i] for i in current])
-                current = []
-            current.append(index)
-        if current:
-            yield PrefillGroup(current, [prompts[i] for i in current])
+        for shared, (members, tensors) in hits.items():
+            for chunk in _chunks(members, lengths, token_budget, overhead_tokens):
+                yield PrefillGroup(chunk, [prompts[i] for i in chunk], len(shared), tensors)
+        for chunk in _chunks(fresh, lengths, token_budget, overhead_tokens):
+            yield PrefillGroup(chunk, [prompts[i] for i in chunk])
         waiting = later
 
 
@@ -316,32 +331,53 @@ def prefill_group(
     import torch
 
     device = next(model.parameters()).device
+    reused, rows = group.reused, len(group.prompts)
     width = max(len(prompt_ids) for prompt_ids in group.prompts)
-    cache = (
-        hf_adapter.new_cache(model) if group.prefix is None else hf_adapter.cache_from_tensors(group.prefix)
-    )
-    # Left padding (masked; pad id 0, position 0): every row's last token is the last column.
-    ids = [[0] * (width - len(p)) + p[group.reused :] for p in group.prompts]
+    if group.prefix is None:
+        cache = hf_adapter.new_cache(model)
+    else:
+        cache = hf_adapter.cache_from_tensors(
+            [
+                (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+                for keys, values in group.prefix
+            ]
+        )
+    # Padding (masked; pad id 0) goes after the shared prefix, before each prompt's own tokens, so every
+    # row's last token is the last column; positions count a row's own tokens only.
+    pads = [width - len(p) for p in group.prompts]
+    ids = [[0] * pad + p[reused:] for pad, p in zip(pads, group.prompts, strict=True)]
     mask = torch.tensor(
-        [[0] * (width - len(p)) + [1] * len(p) for p in group.prompts], dtype=torch.long, device=device
+        [
+            [1] * reused + [0] * pad + [1] * (len(p) - reused)
+            for pad, p in zip(pads, group.prompts, strict=True)
+        ],
+        dtype=torch.long,
+        device=device,
     )
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, group.reused :]
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, reused:]
     logits = last_logits(model, torch.tensor(ids, dtype=torch.long, device=device), mask, positions, cache)
     layers = hf_adapter.layer_tensors(cache)
-    shared = len(group.prompts) > 1
-    rows = []
-    for index, prompt_ids in enumerate(group.prompts):
-        start = width - len(prompt_ids)
-        own = [
-            (keys[index : index + 1, :, start:], values[index : index + 1, :, start:])
-            for keys, values in layers
-        ]
+    shared = rows > 1
+    own_rows = []
+    for index, pad in enumerate(pads):
+        own: list[tuple[Any, Any]] = []
+        for keys, values in layers:
+            if pad and reused:  # the prefix and the row's own positions, without the padding between
+                keys, values = (
+                    torch.cat(
+                        [side[index : index + 1, :, :reused], side[index : index + 1, :, reused + pad :]], 2
+                    )
+                    for side in (keys, values)
+                )
+            else:
+                keys, values = keys[index : index + 1, :, pad:], values[index : index + 1, :, pad:]
+                if prefixes is not None and shared:
+                    keys, values = keys.clone(), values.clone()
+            own.append((keys, values))
         if prefixes is not None:
-            if shared:
-                own = [(keys.clone(), values.clone()) for keys, values in own]
-            prefixes.store(prompt_ids, own)
-        rows.append(own)
-    return logits, rows
+            prefixes.store(group.prompts[index], own)
+        own_rows.append(own)
+    return logits, own_rows
 
 
 def prefill(

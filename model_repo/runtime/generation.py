@@ -283,7 +283,7 @@ class GenerationEngine:
         for group in decoding.plan_prefill(self.model, [job.row.prompt_ids for job in jobs], self.prefixes):
             began = time.perf_counter()
             members = [jobs[index] for index in group.indices]
-            self._use_threads(sum(len(prompt) for prompt in group.prompts) - group.reused)
+            self._use_threads(sum(len(prompt) - group.reused for prompt in group.prompts))
             try:
                 logits, tensors = decoding.prefill_group(self.model, group, self.prefixes)
             except Exception as exc:

@@ -64,7 +64,7 @@ def test_a_group_gives_each_prompt_what_it_gets_alone(models: dict[str, Any], na
             torch.testing.assert_close(values, alone_values, atol=1e-4, rtol=1e-4)
 
 
-def test_groups_keep_the_token_budget_cut_where_padding_costs_a_pass_and_cache_hits_run_alone() -> None:
+def test_groups_keep_the_token_budget_cut_where_padding_costs_a_pass_and_cache_hits_group_apart() -> None:
     prompts = [[7] * 100, [1] * 10, [2] * 30, [3] * 20, [4] * 300]
     groups = list(decoding.plan_prefill(None, prompts, None, token_budget=200, overhead_tokens=10**6))
     assert sorted(index for group in groups for index in group.indices) == list(range(len(prompts)))
@@ -161,7 +161,7 @@ def test_a_burst_behind_one_long_prefix_computes_it_once(models: dict[str, Any])
 
     model, _ = models["llama"]  # the tiny GPT-2 has 64 positions
     shared = [(7 * index) % 300 + 3 for index in range(decoding.CPU_PASS_OVERHEAD_TOKENS - 4)]
-    burst = [[*shared, 11 + index, 12, 13 + index] for index in range(4)]
+    burst = [[*shared, 11 + index, 12, *[13 + index] * (index + 1)] for index in range(4)]
     # Sharing fewer leading tokens than a pass costs (a chat template's header): grouped, no waiting.
     assert len(list(decoding.plan_prefill(model, burst, decoding.PrefixCache(4096)))) == 1
     other = [(5 * index) % 300 + 4 for index in range(110)]
@@ -172,8 +172,16 @@ def test_a_burst_behind_one_long_prefix_computes_it_once(models: dict[str, Any])
     with torch.inference_mode():
         for group in decoding.plan_prefill(model, prompts, prefixes):
             seen.append((group.indices, group.reused))
-            logits, _ = decoding.prefill_group(model, group, prefixes)
+            logits, tensors = decoding.prefill_group(model, group, prefixes)
             for row, index in enumerate(group.indices):
-                alone_logits, _, _ = decoding.prefill(model, prompts[index], None)
+                alone_logits, alone_tensors, _ = decoding.prefill(model, prompts[index], None)
                 torch.testing.assert_close(logits[row], alone_logits, atol=1e-4, rtol=1e-4)
-    assert seen == [([4, 0], 0)] + [([index], 2 * len(shared)) for index in (1, 2, 3)]
+                # each row's keys/values: the prefix and its own positions, the padding between them gone
+                for (keys, values), (alone_keys, alone_values) in zip(
+                    tensors[row], alone_tensors, strict=True
+                ):
+                    torch.testing.assert_close(keys, alone_keys, atol=1e-4, rtol=1e-4)
+                    torch.testing.assert_close(values, alone_values, atol=1e-4, rtol=1e-4)
+    # The three that waited hit the prefix the first group stored, and run together on it (4, 5 and 6 own
+    # tokens: two rows padded between the shared prefix and their own tokens).
+    assert seen == [([4, 0], 0), ([1, 2, 3], 2 * len(shared))]
