@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import rerank, scoring, tei
+from . import choices, rerank, scoring, tei
 from .auth import require_api_keys
 from .backend import Piece, TritonBackend
 from .model import EMBEDDING_TASK, GENERATION_TASK, ServedModel
@@ -84,15 +84,19 @@ def _sse(data: dict[str, Any]) -> bytes:
 
 
 def _choice(
-    key: str, value: Any, finish: str | None, logprobs: dict[str, Any] | None = None
+    index: int, key: str, value: Any, finish: str | None, logprobs: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The one choice (n=1) of a completion object or chunk: `key` is text, message or delta."""
-    return {"index": 0, key: value, "finish_reason": finish, "logprobs": logprobs}
+    """Choice `index` of a completion object or chunk: `key` is text, message or delta."""
+    return {"index": index, key: value, "finish_reason": finish, "logprobs": logprobs}
 
 
-# A chunk of a stream: (new text, finish reason, usage, the new tokens' log-probabilities) -> the chunk.
-Chunk = Callable[[str | None, str | None, dict[str, int] | None, list[dict[str, Any]] | None], dict[str, Any]]
-# The one choice of a chunk that carries one: (new text, finish reason, the new tokens' log-probabilities).
+# A chunk of a stream: (choice index, new text, finish reason, usage, the new tokens' log-probabilities) ->
+# the chunk.
+Chunk = Callable[
+    [int, str | None, str | None, dict[str, int] | None, list[dict[str, Any]] | None], dict[str, Any]
+]
+# One choice of the chunks that carry it: (new text, finish reason, the new tokens' log-probabilities).
+# Each choice has its own (its text offset, whether its role was sent).
 ChunkChoice = Callable[[str | None, str | None, list[dict[str, Any]] | None], dict[str, Any]]
 
 
@@ -114,18 +118,20 @@ def _completion(
 
 
 def _chunks(
-    ident: str, kind: str, created: int, model: str, include_usage: bool, choice: ChunkChoice
+    ident: str, kind: str, created: int, model: str, include_usage: bool, per_choice: Sequence[ChunkChoice]
 ) -> Chunk:
-    """A stream's chunks: each has the one choice `choice` makes, except the usage chunk, which has none."""
+    """A stream's chunks: each has one choice, made by that choice's function in `per_choice`, except the
+    usage chunk, which has none."""
 
     def chunk(
+        index: int,
         text: str | None,
         finish: str | None,
         usage: dict[str, int] | None,
         tokens: list[dict[str, Any]] | None,
     ) -> dict[str, Any]:
-        choices = [] if usage is not None else [choice(text, finish, tokens)]
-        return _completion(ident, kind, created, model, choices, usage, include_usage)
+        made = [] if usage is not None else [per_choice[index](text, finish, tokens)]
+        return _completion(ident, kind, created, model, made, usage, include_usage)
 
     return chunk
 
@@ -225,13 +231,17 @@ class Frontend:
 
     # -- generation ------------------------------------------------------------------------------------
 
-    async def sampling(self, body: GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
+    async def samplings(self, body: GenerationRequest, max_tokens: int | None) -> list[dict[str, Any]]:
+        """The runtime's sampling parameters of each of the request's `n` choices (choices.py)."""
         refuse_unsupported(body)
+        n = body.n or 1
+        if n > 1:
+            choices.check_n(n, await self.backend.max_concurrent_sequences(self.model.triton_name))
         if max_tokens is None:
             # Unset: up to the end of the context (the runtime clamps to the room the prompt leaves),
             # bounded by the deployment's maxTokens.
             max_tokens = await self.backend.max_tokens_limit(self.model.triton_name)
-        return runtime_sampling(body, max_tokens)
+        return choices.fan_out(runtime_sampling(body, max_tokens), n)
 
     def usage(self, prompt: str, text: str, last: Piece | None) -> dict[str, int]:
         prompt_tokens = last.input_tokens if last is not None else None
@@ -257,67 +267,108 @@ class Frontend:
             limit = await self.backend.default_max_tokens(self.model.triton_name)
         return "length" if limit is not None and usage["completion_tokens"] >= limit else "stop"
 
+    async def outcome(
+        self, prompt: str, answer: choices.Answer, max_tokens: int | None
+    ) -> tuple[dict[str, int], str]:
+        """A finished choice's usage and finish reason."""
+        usage = self.usage(prompt, answer.text, answer.last)
+        return usage, await self.finish_reason(usage, max_tokens, answer.last)
+
+    def generate(
+        self, prompt: str, stream: bool, samplings: list[dict[str, Any]]
+    ) -> AsyncGenerator[tuple[int, Piece | None], None]:
+        """The runtime's responses for every choice, sent together (choices.merged)."""
+        return choices.merged(
+            [
+                self.backend.generate(self.model.triton_name, prompt, stream, sampling)
+                for sampling in samplings
+            ]
+        )
+
     async def complete(
-        self, prompt: str, sampling: dict[str, Any]
-    ) -> tuple[str, Piece | None, list[dict[str, Any]]]:
-        text, last = "", None
-        tokens: list[dict[str, Any]] = []
-        async for piece in self.backend.generate(self.model.triton_name, prompt, False, sampling):
-            text += piece.text
-            last = piece
-            tokens += piece.logprobs
-        return text, last, tokens
+        self, request: Request, prompt: str, samplings: list[dict[str, Any]]
+    ) -> tuple[list[tuple[choices.Answer, str]], dict[str, int]]:
+        """Each choice's whole answer with its finish reason, and the usage of them all."""
+        work = choices.collect(self.generate(prompt, False, samplings), len(samplings))
+        answers = await unless_disconnected(request, work)
+        outcomes = [await self.outcome(prompt, answer, samplings[0].get("max_tokens")) for answer in answers]
+        finished = [(answer, finish) for answer, (_, finish) in zip(answers, outcomes, strict=True)]
+        return finished, choices.total_usage([usage for usage, _ in outcomes])
 
     async def stream(
         self,
         request: Request,
         prompt: str,
-        sampling: dict[str, Any],
+        samplings: list[dict[str, Any]],
         chunk: Chunk,
         include_usage: bool,
         first_text: str | None,
     ) -> StreamingResponse:
-        """An SSE stream; the first runtime response is awaited before the HTTP status is sent, so a
-        request the runtime refuses gets its 4xx rather than an error inside a 200 stream."""
-        pieces = self.backend.generate(self.model.triton_name, prompt, True, sampling)
+        """An SSE stream; every choice's first runtime response is awaited before the HTTP status is sent,
+        so a request the runtime refuses gets its 4xx rather than an error inside a 200 stream. Each choice
+        ends with its own finish_reason chunk; the usage chunk, if asked for, comes after all of them."""
+        events = self.generate(prompt, True, samplings)
+        # A client that leaves while the request waits for its first tokens cancels it too.
+        first = await unless_disconnected(request, choices.first_events(events, len(samplings)))
+        answers = [choices.Answer() for _ in samplings]
+        usages: list[dict[str, int]] = []
+        wants_logprobs = bool(samplings[0].get("logprobs"))
 
-        async def first_piece() -> Piece | None:
-            async for piece in pieces:  # leaving the loop early does not close the generator
-                return piece
-            return None
+        async def event(index: int, piece: Piece | None) -> bytes:
+            if piece is not None:
+                answers[index].add(piece)
+                return _sse(
+                    chunk(index, piece.text, None, None, list(piece.logprobs) if wants_logprobs else None)
+                )
+            usage, finish = await self.outcome(prompt, answers[index], samplings[0].get("max_tokens"))
+            usages.append(usage)
+            return _sse(chunk(index, None, finish, None, None))
 
-        # A client that leaves while the request waits for its first token cancels it too.
-        first = await unless_disconnected(request, first_piece())
-
-        async def events() -> AsyncIterator[bytes]:
-            text, last = "", first
-            wants_logprobs = bool(sampling.get("logprobs"))
+        async def body() -> AsyncIterator[bytes]:
             try:
                 if first_text is not None:
-                    yield _sse(chunk(first_text, None, None, None))
-                if first is not None:
-                    text += first.text
-                    yield _sse(
-                        chunk(first.text, None, None, list(first.logprobs) if wants_logprobs else None)
-                    )
-                    async for piece in pieces:
-                        text += piece.text
-                        last = piece
-                        tokens = list(piece.logprobs) if wants_logprobs else None
-                        yield _sse(chunk(piece.text, None, None, tokens))
-                usage = self.usage(prompt, text, last)
-                finish = await self.finish_reason(usage, sampling.get("max_tokens"), last)
-                yield _sse(chunk(None, finish, None, None))
+                    for index in range(len(samplings)):
+                        yield _sse(chunk(index, first_text, None, None, None))
+                for index, piece in first:
+                    yield await event(index, piece)
+                async for index, piece in events:
+                    yield await event(index, piece)
                 if include_usage:
-                    yield _sse(chunk(None, None, usage, None))
+                    yield _sse(chunk(0, None, None, choices.total_usage(usages), None))
             except OpenAIError as exc:  # after the 200: the error goes into the stream, as OpenAI does
                 yield _sse(exc.body())
             finally:
-                # Closing the generator (client gone) cancels the Triton request.
-                await pieces.aclose()
+                # Closing the generator (client gone) cancels the Triton requests.
+                await events.aclose()
             yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def answer(
+        self,
+        request: Request,
+        body: GenerationRequest,
+        prompt: str,
+        samplings: list[dict[str, Any]],
+        kinds: tuple[str, str],
+        stream_choice: Callable[[int], ChunkChoice],
+        whole_choice: Callable[[int, choices.Answer, str], dict[str, Any]],
+        first_text: str | None = None,
+    ) -> Any:
+        """The completion object, or the stream of its chunks, of `prompt` with one choice per sampling.
+        `kinds`: the object's and the chunks' `object`; `whole_choice` makes a choice of the object from
+        (its index, its answer, its finish reason); `stream_choice` makes, for an index, the function that
+        makes that choice of each chunk; `first_text` leads each choice's stream (the echo)."""
+        (kind, chunk_kind), created = kinds, int(time.time())
+        ident = f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            made = [stream_choice(index) for index in range(len(samplings))]
+            chunk = _chunks(ident, chunk_kind, created, body.model, include_usage, made)
+            return await self.stream(request, prompt, samplings, chunk, include_usage, first_text)
+        finished, usage = await self.complete(request, prompt, samplings)
+        whole = [whole_choice(index, answer, finish) for index, (answer, finish) in enumerate(finished)]
+        return _completion(ident, kind, created, body.model, whole, usage)
 
     async def completions(self, request: Request, body: CompletionRequest) -> Any:
         self.check_model(body.model, GENERATION_TASK, "/v1/completions")
@@ -330,58 +381,61 @@ class Frontend:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise invalid("prompt must be a string", "prompt")
-        sampling = await self.sampling(body, body.max_tokens)
-        created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
-        echo = prompt if body.echo else None
-        offset = len(echo or "")
+        samplings = await self.samplings(body, body.max_tokens)
+        echo = prompt if body.echo else ""
 
-        def text_choice(
-            text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
-        ) -> dict[str, Any]:
-            nonlocal offset
-            logprobs = None if tokens is None else completion_logprobs(tokens, offset)
-            offset += len(text or "")
-            return _choice("text", text or "", finish, logprobs)
+        def text_choice(index: int) -> ChunkChoice:
+            offset = 0  # the echo's chunk, the first, counts the echo
 
-        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-        if body.stream:
-            chunk = _chunks(ident, "text_completion", created, body.model, include_usage, text_choice)
-            return await self.stream(request, prompt, sampling, chunk, include_usage, echo)
-        text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
-        usage = self.usage(prompt, text, last)
-        finish = await self.finish_reason(usage, sampling.get("max_tokens"), last)
-        logprobs = completion_logprobs(tokens, len(echo or "")) if body.logprobs is not None else None
-        choice = _choice("text", (echo or "") + text, finish, logprobs)
-        return _completion(ident, "text_completion", created, body.model, [choice], usage)
+            def choice(
+                text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
+            ) -> dict[str, Any]:
+                nonlocal offset
+                logprobs = None if tokens is None else completion_logprobs(tokens, offset)
+                offset += len(text or "")
+                return _choice(index, "text", text or "", finish, logprobs)
+
+            return choice
+
+        def whole_choice(index: int, answer: choices.Answer, finish: str) -> dict[str, Any]:
+            logprobs = completion_logprobs(answer.tokens, len(echo)) if body.logprobs is not None else None
+            return _choice(index, "text", echo + answer.text, finish, logprobs)
+
+        kinds = ("text_completion", "text_completion")
+        return await self.answer(
+            request, body, prompt, samplings, kinds, text_choice, whole_choice, echo if body.echo else None
+        )
 
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
         self.check_model(body.model, GENERATION_TASK, "/v1/chat/completions")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        sampling = await self.sampling(body, max_tokens)
+        samplings = await self.samplings(body, max_tokens)
         prompt = self.model.render_chat(body.messages)
-        created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
-        include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-        sent_role = False
 
-        def delta_choice(
-            text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
-        ) -> dict[str, Any]:
-            nonlocal sent_role
-            delta: dict[str, Any] = {} if text is None else {"content": text}
-            if not sent_role:
-                delta["role"] = "assistant"
-                sent_role = True
-            return _choice("delta", delta, finish, None if tokens is None else chat_logprobs(tokens))
+        def delta_choice(index: int) -> ChunkChoice:
+            sent_role = False
 
-        if body.stream:
-            chunk = _chunks(ident, "chat.completion.chunk", created, body.model, include_usage, delta_choice)
-            return await self.stream(request, prompt, sampling, chunk, include_usage, None)
-        text, last, tokens = await unless_disconnected(request, self.complete(prompt, sampling))
-        usage = self.usage(prompt, text, last)
-        message = {"role": "assistant", "content": text}
-        finish = await self.finish_reason(usage, sampling.get("max_tokens"), last)
-        choice = _choice("message", message, finish, chat_logprobs(tokens) if body.logprobs else None)
-        return _completion(ident, "chat.completion", created, body.model, [choice], usage)
+            def choice(
+                text: str | None, finish: str | None, tokens: list[dict[str, Any]] | None
+            ) -> dict[str, Any]:
+                nonlocal sent_role
+                delta: dict[str, Any] = {} if text is None else {"content": text}
+                if not sent_role:
+                    delta["role"] = "assistant"
+                    sent_role = True
+                logprobs = None if tokens is None else chat_logprobs(tokens)
+                return _choice(index, "delta", delta, finish, logprobs)
+
+            return choice
+
+        def whole_choice(index: int, answer: choices.Answer, finish: str) -> dict[str, Any]:
+            message = {"role": "assistant", "content": answer.text}
+            return _choice(
+                index, "message", message, finish, chat_logprobs(answer.tokens) if body.logprobs else None
+            )
+
+        kinds = ("chat.completion", "chat.completion.chunk")
+        return await self.answer(request, body, prompt, samplings, kinds, delta_choice, whole_choice)
 
 
 # The route groups spec.api enables (`--routes`); /v1/models and the health routes are always served.

@@ -129,21 +129,27 @@ class TritonBackend:
             self._configs[model] = response.config
         return self._configs[model]
 
+    async def _int_parameter(self, model: str, name: str) -> int | None:
+        """An integer the builder wrote into the model's config parameters; None where it has none."""
+        parameters = (await self.config(model)).parameters
+        if name not in parameters:
+            return None
+        return int(parameters[name].string_value)
+
     async def default_max_tokens(self, model: str) -> int | None:
         """The generation runtime's `max_tokens` for a request that sets none, as the builder wrote it
         into the model's config; None where the config has no such parameter."""
-        parameters = (await self.config(model)).parameters
-        if "default_max_tokens" not in parameters:
-            return None
-        return int(parameters["default_max_tokens"].string_value)
+        return await self._int_parameter(model, "default_max_tokens")
 
     async def max_tokens_limit(self, model: str) -> int | None:
         """The most tokens the runtime generates for one request (spec.triton.maxTokens, else the context
         less one), as the builder wrote it into the model's config; None where the config has none."""
-        parameters = (await self.config(model)).parameters
-        if "max_tokens_limit" not in parameters:
-            return None
-        return int(parameters["max_tokens_limit"].string_value)
+        return await self._int_parameter(model, "max_tokens_limit")
+
+    async def max_concurrent_sequences(self, model: str) -> int | None:
+        """The sequences the runtime decodes together (spec.triton.maxConcurrentSequences), as the builder
+        wrote it into the model's config; None where the config has none (Triton's vLLM backend)."""
+        return await self._int_parameter(model, "max_concurrent_sequences")
 
     async def embed(self, model: str, texts: list[str], output: str = "EMBEDDING") -> np.ndarray[Any, Any]:
         """[len(texts), dims] float32 from one batched request (the caller keeps within max_batch_size)."""

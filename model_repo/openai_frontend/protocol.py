@@ -2,10 +2,10 @@
 
 Requests are pydantic models (FastAPI validates them; a violation is a 400 in OpenAI's error shape).
 Unknown fields are ignored, as OpenAI-compatible servers commonly do, because SDKs add new optional fields
-faster than servers learn them; fields that would change the result and are not supported (n > 1,
-logit_bias, tools, ...) are refused by `refuse_unsupported` with a message naming them. The controls
-OpenAI lacks (`repetition_penalty`, `top_k`, `min_tokens`) are taken as extra body fields, as vLLM's
-server takes them.
+faster than servers learn them; fields that would change the result and are not supported (best_of
+other than n, logit_bias, tools, ...) are refused by `refuse_unsupported` with a message naming them.
+The controls OpenAI lacks (`repetition_penalty`, `top_k`, `min_tokens`) are taken as extra body fields,
+as vLLM's server takes them.
 
 Responses are written as plain JSON objects in OpenAI's shapes: the runtime image does not carry the
 `openai` SDK, and the tests parse every response with the real SDK's types.
@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+# OpenAI's own bound on `n`; a deployment bounds it further by the sequences it decodes together.
+MAX_CHOICES = 128
 
 
 class OpenAIError(Exception):
@@ -69,7 +72,7 @@ class GenerationRequest(_Request):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0, le=2**64 - 1)
     stop: str | list[str] | None = None
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -133,13 +136,13 @@ class EmbeddingRequest(_Request):
 
 def refuse_unsupported(request: GenerationRequest) -> None:
     """400 for every field whose value would change the result in a way this server cannot honour."""
-    if request.n not in (None, 1):
-        raise invalid(f"n must be 1 (one choice per request), got {request.n}", "n")
     if request.logit_bias:
         raise invalid("logit_bias is not supported", "logit_bias")
     if isinstance(request, CompletionRequest):
-        if request.best_of not in (None, 1):
-            raise invalid(f"best_of must be 1, got {request.best_of}", "best_of")
+        choices = request.n or 1
+        if request.best_of not in (None, choices):
+            # best_of > n would rank candidates by log-probability; the n choices come back unranked.
+            raise invalid(f"best_of must equal n ({choices}), got {request.best_of}", "best_of")
         if request.suffix:
             raise invalid("suffix is not supported", "suffix")
     if isinstance(request, ChatCompletionRequest):

@@ -350,6 +350,119 @@ def test_sampling_settings_reach_the_runtime(stack: Stack) -> None:
         assert stopped.choices[0].text == text[: text.find(stop)]
 
 
+# -- several choices (n) ----------------------------------------------------------------------------------
+
+# Longer than the prefix cache's least reusable prefix (8 tokens), so the choices can share it.
+SHARED_PROMPT = "the choices of this completion share one prompt of more than eight tokens"
+
+
+def _chunk_choices(chunks: list[Any]) -> dict[int, list[Any]]:
+    """Each choice's chunk choices, by index, in order."""
+    by_index: dict[int, list[Any]] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            by_index.setdefault(choice.index, []).append(choice)
+    return by_index
+
+
+def test_greedy_choices_are_the_one_choice_answer_and_share_the_prompt(stack: Stack) -> None:
+    client = stack.client(CHAT)
+    before = metrics(stack.served, CHAT)
+    three = client.completions.create(model=CHAT, prompt=SHARED_PROMPT, max_tokens=12, temperature=0, n=3)
+    # The n requests went out together: the first stores the prompt, the other two reuse it.
+    shared = _prompt_tokens(stack.paths[CHAT], SHARED_PROMPT) - 1
+
+    def counted() -> bool:
+        after = metrics(stack.served, CHAT)
+        hits = after["prefix_cache_hits_total"] - before.get("prefix_cache_hits_total", 0)
+        reused = after["prefix_cache_tokens_total"] - before.get("prefix_cache_tokens_total", 0)
+        return hits >= 2 and reused >= 2 * shared
+
+    assert wait_for(counted), (before, metrics(stack.served, CHAT))
+    one = client.completions.create(model=CHAT, prompt=SHARED_PROMPT, max_tokens=12, temperature=0)
+    text, count = reference(stack.paths[CHAT], SHARED_PROMPT, 12)
+    assert one.choices[0].text == text
+    assert [choice.index for choice in three.choices] == [0, 1, 2]
+    assert [choice.text for choice in three.choices] == [text] * 3
+    assert {choice.finish_reason for choice in three.choices} == {one.choices[0].finish_reason}
+    assert three.usage is not None and one.usage is not None
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counted once
+    assert three.usage.completion_tokens == 3 * count
+    assert three.usage.total_tokens == three.usage.prompt_tokens + 3 * count
+    chat = client.chat.completions.create(
+        model=CHAT,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+        n=2,
+    )
+    expected, _ = reference(stack.paths[CHAT], _chat_prompt(stack.paths[CHAT]), 8)
+    assert [(choice.index, choice.message.content) for choice in chat.choices] == [
+        (0, expected),
+        (1, expected),
+    ]
+
+
+def test_seeded_choices_are_the_one_choice_answers_of_seed_plus_index(stack: Stack) -> None:
+    client = stack.client(CHAT)
+    options: dict[str, Any] = {"max_tokens": 12, "temperature": 1.0, "top_p": 0.9, "logprobs": 1}
+    three = client.completions.create(model=CHAT, prompt=SHARED_PROMPT, n=3, seed=40, **options)
+    alone = [
+        client.completions.create(model=CHAT, prompt=SHARED_PROMPT, seed=seed, **options).choices[0]
+        for seed in (40, 41, 42)
+    ]
+    assert [choice.text for choice in three.choices] == [choice.text for choice in alone]
+    assert len({choice.text for choice in alone}) > 1  # sampling: the seeds make different choices
+    for choice, single in zip(three.choices, alone, strict=True):
+        assert choice.logprobs is not None and single.logprobs is not None
+        assert "".join(choice.logprobs.tokens or []) == choice.text
+        assert choice.logprobs.token_logprobs == pytest.approx(single.logprobs.token_logprobs, abs=1e-4)
+    again = client.completions.create(model=CHAT, prompt=SHARED_PROMPT, n=3, seed=40, **options)
+    assert [choice.text for choice in again.choices] == [choice.text for choice in three.choices]
+
+
+def test_streamed_choices_reassemble_to_the_whole_answer(stack: Stack) -> None:
+    client = stack.client(CHAT)
+    options: dict[str, Any] = {"max_tokens": 10, "temperature": 1.0, "seed": 3, "n": 2}
+    whole = client.completions.create(model=CHAT, prompt=SHARED_PROMPT, echo=True, logprobs=1, **options)
+    chunks = list(
+        client.completions.create(
+            model=CHAT,
+            prompt=SHARED_PROMPT,
+            echo=True,
+            logprobs=1,
+            stream=True,
+            stream_options={"include_usage": True},
+            **options,
+        )
+    )
+    by_index = _chunk_choices(chunks)
+    assert sorted(by_index) == [0, 1]
+    for index, pieces in by_index.items():
+        expected = whole.choices[index]
+        assert "".join(piece.text for piece in pieces) == expected.text
+        assert [piece.finish_reason for piece in pieces if piece.finish_reason] == [expected.finish_reason]
+        assert pieces[-1].finish_reason is not None  # each choice's own last chunk
+        offsets = [o for piece in pieces if piece.logprobs for o in piece.logprobs.text_offset or []]
+        assert expected.logprobs is not None and offsets == expected.logprobs.text_offset
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    chat_options: dict[str, Any] = {
+        "messages": MESSAGES,
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": 5,
+        "n": 2,
+    }
+    chat = client.chat.completions.create(model=CHAT, **chat_options)
+    streamed = _chunk_choices(list(client.chat.completions.create(model=CHAT, stream=True, **chat_options)))
+    for index, pieces in streamed.items():
+        assert pieces[0].delta.role == "assistant"
+        assert "".join(piece.delta.content or "" for piece in pieces) == chat.choices[index].message.content
+        assert pieces[-1].finish_reason == chat.choices[index].finish_reason
+    assert sorted(streamed) == [0, 1]
+
+
 # -- cancellation ---------------------------------------------------------------------------------------
 
 
@@ -434,8 +547,10 @@ def test_a_checkpoint_without_a_chat_template_is_a_clear_400(stack: Stack) -> No
 @pytest.mark.parametrize(
     ("model", "path", "body", "param"),
     [
-        (CHAT, "/completions", {"prompt": "hello", "n": 2}, "n"),
-        (CHAT, "/chat/completions", {"messages": MESSAGES, "n": 3}, "n"),
+        # CHAT decodes 8 sequences together: 9 choices are more than it would run at once.
+        (CHAT, "/completions", {"prompt": "hello", "n": 9}, "n"),
+        (CHAT, "/chat/completions", {"messages": MESSAGES, "n": 0}, "n"),
+        (CHAT, "/completions", {"prompt": "hello", "n": 2, "best_of": 3}, "best_of"),
         (CHAT, "/completions", {"prompt": "hello", "logprobs": 9}, "logprobs"),
         (CHAT, "/completions", {"prompt": "hello", "presence_penalty": 2.5}, "presence_penalty"),
         (CHAT, "/completions", {"prompt": "hello", "repetition_penalty": 0}, "repetition_penalty"),
@@ -479,6 +594,11 @@ def test_runtime_refusals_keep_their_400_and_message(stack: Stack) -> None:
     # The same refusal for a streaming request arrives as the HTTP status, before any event.
     with pytest.raises(openai.BadRequestError):
         list(client.completions.create(model=PLAIN, prompt="hello", max_tokens=500, stream=True))
+    # Several choices: the refusal of any is the answer (streaming too: the SDK raises on the status).
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.completions.create(model=PLAIN, prompt="hello", max_tokens=500, n=2, stream=stream)
+        assert "max_tokens 500 exceeds this model's maximum" in refused.value.message
 
 
 def test_readiness_follows_triton(stack: Stack, tmp_path: Path) -> None:
