@@ -260,3 +260,44 @@ def test_the_generation_engine_leaves_a_cpu_to_the_server_on_narrow_passes() -> 
     narrow = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS - 1) for cpus in (1, 2, 4, 64)]
     wide = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS) for cpus in (1, 2, 4, 64)]
     assert (narrow, wide) == ([1, 1, 3, 63], [1, 2, 4, 64])
+
+
+@pytest.mark.parametrize(
+    ("role", "given", "expected"),
+    [("generator", None, "100000"), ("generator", "5", "5"), ("encoder", None, "unset")],
+)
+def test_the_generation_engine_spins_its_openmp_threads_briefly_before_torch_loads(
+    role: str, given: str | None, expected: str
+) -> None:
+    """A generator sets GOMP_SPINCOUNT in `initialize`, before the role's modules import torch (libgomp
+    reads it once, at load); other roles keep passive waiting alone, and a user's value wins."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from model_repo.python_backend import RUNTIME_FILE
+
+    env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    config = json.dumps({"parameters": {"role": {"string_value": role}}})
+    program = (
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('stub_model', {str(RUNTIME_FILE)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "loads = []\n"
+        "def package():\n"
+        "    loads.append(('torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT', 'unset')))\n"
+        "    raise SystemExit(0)\n"
+        "module.runtime_package = package\n"
+        f"try:\n    module.TritonPythonModel().initialize({{'model_config': {config!r}}})\n"
+        "except SystemExit:\n    pass\n"
+        "assert loads and not loads[0][0], 'torch was loaded before the role was read'\n"
+        "print(loads[0][1])\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == expected
