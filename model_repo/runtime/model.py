@@ -33,7 +33,10 @@ from typing import Any
 # measured on a 2-core CPU under load, two spinning threads made a pass 3-5x slower than waiting
 # passively, and bfloat16 (oneDNN: many short parallel regions) lost its whole advantage over float32.
 # It must be set before torch loads OpenMP; the stub imports this file before torch. A user's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Only in a stub (Triton loads this file alone, not as part of the package): a process that imports the
+# package (the builder, a benchmark's in-process reference) keeps OpenMP's own default.
+if not __package__:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The generation engine's wide passes (prefill groups, decoding steps of 16+ rows) are many short parallel
 # regions in a row. Waiting passively between them cost a 4-layer model 12-15% of its throughput at 64

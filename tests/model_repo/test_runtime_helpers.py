@@ -301,3 +301,18 @@ def test_the_generation_engine_spins_its_openmp_threads_briefly_before_torch_loa
         [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
     )
     assert completed.stdout.strip() == expected
+
+
+def test_importing_the_runtime_as_a_package_leaves_openmp_alone() -> None:
+    """The builder and the benchmarks' in-process references import the package: they keep OpenMP's own
+    default (spinning), so a raw in-process limit is the model's best, not the stub's shared-core choice."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    program = "import os, model_repo.runtime.model\nprint(os.environ.get('OMP_WAIT_POLICY', 'unset'))\n"
+    completed = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "unset"
