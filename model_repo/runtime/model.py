@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
-import json
 import os
 import sys
 from typing import Any
@@ -37,21 +36,6 @@ from typing import Any
 # package (the builder, a benchmark's in-process reference) keeps OpenMP's own default.
 if not __package__:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-# The generation engine's wide passes (prefill groups, decoding steps of 16+ rows) are many short parallel
-# regions in a row. Waiting passively between them cost a 4-layer model 12-15% of its throughput at 64
-# clients on 2 cores (bench/README.md, text generation); spinning about a millisecond (GOMP_SPINCOUNT
-# 100000) before sleeping keeps a pass's threads busy and still lets go of the core soon after the pass, so
-# narrow one-thread passes and the server beside them were unchanged. Read by libgomp when torch loads,
-# which for a model is in `initialize`, after its role is known. A user's value wins.
-ROLE_OPENMP_ENVIRONMENT: dict[str, dict[str, str]] = {"generator": {"GOMP_SPINCOUNT": "100000"}}
-
-
-def role_of(model_config: str) -> str:
-    """The runtime role named in a model's config (Triton hands it over as JSON)."""
-    role: str = json.loads(model_config)["parameters"]["role"]["string_value"]
-    return role
-
 
 # The modules copied beside this file into every Python model, and each role's (module, class): the
 # builder copies the module of a model's role, this file imports it at load.
@@ -98,8 +82,6 @@ class TritonPythonModel:
     """Triton's entry point: the role's class is chosen once, at load; every call goes to it."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        for name, value in ROLE_OPENMP_ENVIRONMENT.get(role_of(args["model_config"]), {}).items():
-            os.environ.setdefault(name, value)
         package = runtime_package()
         settings = importlib.import_module(f"{package}.serving").Settings(args)
         module, name = ROLE_CLASSES[settings.params["role"]]

@@ -262,47 +262,6 @@ def test_the_generation_engine_leaves_a_cpu_to_the_server_on_narrow_passes() -> 
     assert (narrow, wide) == ([1, 1, 3, 63], [1, 2, 4, 64])
 
 
-@pytest.mark.parametrize(
-    ("role", "given", "expected"),
-    [("generator", None, "100000"), ("generator", "5", "5"), ("encoder", None, "unset")],
-)
-def test_the_generation_engine_spins_its_openmp_threads_briefly_before_torch_loads(
-    role: str, given: str | None, expected: str
-) -> None:
-    """A generator sets GOMP_SPINCOUNT in `initialize`, before the role's modules import torch (libgomp
-    reads it once, at load); other roles keep passive waiting alone, and a user's value wins."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from model_repo.python_backend import RUNTIME_FILE
-
-    env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
-    if given is not None:
-        env["GOMP_SPINCOUNT"] = given
-    config = json.dumps({"parameters": {"role": {"string_value": role}}})
-    program = (
-        "import importlib.util, os, sys\n"
-        f"spec = importlib.util.spec_from_file_location('stub_model', {str(RUNTIME_FILE)!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "loads = []\n"
-        "def package():\n"
-        "    loads.append(('torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT', 'unset')))\n"
-        "    raise SystemExit(0)\n"
-        "module.runtime_package = package\n"
-        f"try:\n    module.TritonPythonModel().initialize({{'model_config': {config!r}}})\n"
-        "except SystemExit:\n    pass\n"
-        "assert loads and not loads[0][0], 'torch was loaded before the role was read'\n"
-        "print(loads[0][1])\n"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
-    )
-    assert completed.stdout.strip() == expected
-
-
 def test_importing_the_runtime_as_a_package_leaves_openmp_alone() -> None:
     """The builder and the benchmarks' in-process references import the package: they keep OpenMP's own
     default (spinning), so a raw in-process limit is the model's best, not the stub's shared-core choice."""
