@@ -59,10 +59,10 @@ parse_sampling_json = request_parsing.parse_sampling_json
 # Seconds the engine waits for work when nothing is running: bounds how long a cancelled request that
 # has not been scheduled yet keeps its place, and how stale the gauges get while idle.
 IDLE_WAIT_S = 0.01
-# Seconds between cancellation checks of each request. Each `is_cancelled()` is a round trip to the server
-# (90-300 µs on a 2-core CPU under load): made on the engine thread every 20 ms they took 7.5% of it at 16
-# sequences (bench/README.md, text generation), so a watcher thread makes them and the engine reads a
-# flag. A cancelled request leaves within this and one step.
+# Seconds between cancellation checks: each `is_cancelled()` is a round trip to the server (about 90 µs
+# on a 2-core CPU), so they are not made every decoding step of every sequence: at 16 sequences, checks
+# every 20 ms took 7.5% of the engine thread (bench/README.md, text generation). A cancelled request
+# leaves within this and one step.
 CANCEL_POLL_S = 0.1
 # Seconds between metric updates: each is a round trip to the server too, so token counts are summed.
 METRICS_PERIOD_S = 0.05
@@ -120,8 +120,6 @@ class Job:
     sent_chars: int = 0
     sent_tokens: int = 0
     first_token_at: float | None = None
-    cancelled: bool = False  # set by the watcher thread once the client cancelled
-    answered: bool = False  # its final response is posted: nothing more to watch
 
     @property
     def tokens(self) -> list[int]:
@@ -182,6 +180,7 @@ class GenerationEngine:
         self._stopping = threading.Event()
         self._waiting: collections.deque[Job] = collections.deque()
         self._ids = itertools.count()
+        self._last_cancel_check = 0.0
         self._last_metrics = 0.0
         self._unreported_tokens = 0
         self._reported_prefix = (0, 0)
@@ -192,10 +191,6 @@ class GenerationEngine:
         self._sender.start()
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         self._thread.start()
-        self._watcher = threading.Thread(
-            target=self._watch_cancellations, name="generation-cancellations", daemon=True
-        )
-        self._watcher.start()
 
     # -- called from Triton's execute --------------------------------------------------------------
 
@@ -242,7 +237,6 @@ class GenerationEngine:
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=10)
-        self._watcher.join(timeout=10)
         self._outbox.put(None)
         self._sender.join(timeout=10)
 
@@ -403,7 +397,6 @@ class GenerationEngine:
     def _finish(self, job: Job, text: str, finish: tuple[str, str]) -> None:
         # A client that has its answer sees its tokens counted: the counter is brought up to date first.
         self._flush_tokens()
-        job.answered = True
         if job.sampling.stream:
             self._post(job, text[job.sent_chars :], finish)
         else:
@@ -412,7 +405,6 @@ class GenerationEngine:
             self._post(job, text, finish)
 
     def _send_error(self, job: Job, message: str, code: str) -> None:
-        job.answered = True
         self._outbox.put(Outgoing(job, "", len(job.tokens), [], None, (message, code)))
 
     # -- the sender thread ------------------------------------------------------------------------------
@@ -493,32 +485,17 @@ class GenerationEngine:
         ]
         return json.dumps(items, separators=(",", ":")).encode("utf-8")
 
-    def _watch_cancellations(self) -> None:
-        """Every CANCEL_POLL_S, ask the server whether each running or waiting request was cancelled (the
-        round trips release the GIL, so the engine keeps decoding meanwhile) and flag the ones that were."""
-        while not self._stopping.wait(CANCEL_POLL_S):
-            with self._lock:
-                jobs = [*self.batch.rows, *self._waiting]
-            flagged = False
-            for job in jobs:
-                if job.cancelled or job.answered:
-                    continue
-                try:
-                    job.cancelled = bool(job.request.is_cancelled())
-                except Exception as exc:  # a server that cannot answer must not stop the watch
-                    self.log(f"generation: checking a cancellation failed: {exc!r}")
-                    continue
-                flagged = flagged or job.cancelled
-            if flagged:
-                self._wake.set()
-
     def _reap_cancelled(self) -> None:
-        gone = {index for index, job in enumerate(self.batch.rows) if job.cancelled}
+        now = time.perf_counter()
+        if now - self._last_cancel_check < CANCEL_POLL_S:
+            return
+        self._last_cancel_check = now
+        gone = {index for index, job in enumerate(self.batch.rows) if job.request.is_cancelled()}
         for index in gone:
             self._send_error(self.batch.rows[index], "the request was cancelled", "CANCELLED")
         self.batch.leave(gone)
         with self._lock:
-            cancelled = [job for job in self._waiting if job.cancelled]
+            cancelled = [job for job in self._waiting if job.request.is_cancelled()]
             for job in cancelled:
                 self._waiting.remove(job)
         for job in cancelled:
