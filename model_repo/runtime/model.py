@@ -32,9 +32,11 @@ from typing import Any
 # measured on a 2-core CPU under load, two spinning threads made a pass 3-5x slower than waiting
 # passively, and bfloat16 (oneDNN: many short parallel regions) lost its whole advantage over float32.
 # It must be set before torch loads OpenMP; the stub imports this file before torch. A user's value wins.
-# Only in a stub (Triton loads this file alone, not as part of the package): a process that imports the
-# package (the builder, a benchmark's in-process reference) keeps OpenMP's own default.
-if not __package__:
+# Only in a stub: a process that imports the package (the builder, a benchmark's in-process reference)
+# keeps OpenMP's own default. Triton's stub imports this file as `<version>.model` (the model directory on
+# sys.path), so `__package__` is the version directory's name there, never the project's package.
+IN_PROJECT_PACKAGE = __package__ == "model_repo.runtime"
+if not IN_PROJECT_PACKAGE:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The modules copied beside this file into every Python model, and each role's (module, class): the
@@ -47,7 +49,7 @@ ROLE_CLASSES: dict[str, tuple[str, str]] = {
     "generator": ("generator_front", "GeneratorFront"),
 }
 
-if __package__:  # imported as model_repo.runtime.model: the builder and tests use the pure helpers here
+if IN_PROJECT_PACKAGE:  # the builder and tests use the pure helpers here
     from .helpers import CPUINFO_ENV as CPUINFO_ENV
     from .helpers import classification_outputs as classification_outputs
     from .helpers import cpu_has_native_bfloat16 as cpu_has_native_bfloat16
@@ -67,8 +69,8 @@ def runtime_package() -> str:
     and tests import this file, else (Triton imports model.py alone, as a file) a package made of this
     file's directory, named after the directory so that two repositories loaded in one process stay
     apart."""
-    if __package__:
-        return __package__
+    if IN_PROJECT_PACKAGE:
+        return "model_repo.runtime"
     directory = os.path.dirname(os.path.abspath(__file__))
     name = "modeldeploy_runtime_" + hashlib.sha256(directory.encode()).hexdigest()[:16]
     if name not in sys.modules:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 
@@ -229,24 +230,28 @@ def test_default_sequences_follow_the_device_and_the_kv_budget() -> None:
 
 @pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_the_runtime_makes_openmp_threads_wait_passively_unless_told(
-    given: str | None, expected: str
+    given: str | None, expected: str, tmp_path: Path
 ) -> None:
     """The stub imports model.py before torch loads OpenMP: the policy must be in the environment by then
-    (spinning threads starved the server's on a shared CPU; bench/README.md, served bfloat16)."""
+    (spinning threads starved the server's on a shared CPU; bench/README.md, served bfloat16). Imported
+    as Triton's Python-backend stub does: the model directory on sys.path, then `<version>.model` (so
+    `__package__` is "1" there: a check of `__package__` alone missed the stub)."""
     import os
+    import shutil
     import subprocess
     import sys
 
     from model_repo.python_backend import RUNTIME_FILE
 
+    (tmp_path / "1").mkdir()
+    shutil.copyfile(RUNTIME_FILE, tmp_path / "1" / "model.py")
     env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
     if given is not None:
         env["OMP_WAIT_POLICY"] = given
     program = (
-        "import importlib.util, os, sys\n"
-        f"spec = importlib.util.spec_from_file_location('stub_model', {str(RUNTIME_FILE)!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
+        "import importlib, os, sys\n"
+        f"sys.path.append({str(tmp_path)!r})\n"
+        "importlib.import_module('1.model')\n"
         "assert 'torch' not in sys.modules, 'model.py imported torch before the policy was set'\n"
         "print(os.environ['OMP_WAIT_POLICY'])\n"
     )
