@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from model_repo.errors import BuildError
+from model_repo.model_set import SharedRuntime
 from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.openai_local import DEFAULT_LOCAL_PORT
 from model_repo.options import (
@@ -391,13 +392,13 @@ def default_serve_workdir(per_source: list[BuildOptions]) -> Path:
     return Path(tempfile.gettempdir()) / "modeldeploy-serve" / f"{name}-{key}"
 
 
-def _load_all(served: Path, results: list[BuildResult], http_url: str) -> None:
+def _load_all(served: Path, results: list[BuildResult], http_url: str, shared: SharedRuntime | None) -> None:
     """Load every built repository into the explicit-mode server at `http_url` (Triton's error if not)."""
     from model_repo.model_set import TritonRepositoryClient, reconcile
     from model_repo.triton import TritonError
 
     desired = {result.model_name: result.path for result in results}
-    report = reconcile(served, desired, TritonRepositoryClient(http_url))
+    report = reconcile(served, desired, TritonRepositoryClient(http_url), shared_runtime=shared)
     if report.failed:
         raise TritonError(
             "; ".join(f"model {name} failed to load: {error}" for name, error in report.failed.items())
@@ -460,6 +461,14 @@ def serve(
             "OpenAIEmbeddings sends by default; decoded to text, then embedded).",
         ),
     ] = TokenArrays.MODEL,
+    separate_stubs: Annotated[
+        bool,
+        typer.Option(
+            "--separate-stubs",
+            help="With several --source: give every encoder its own Python stub (each imports torch) "
+            "instead of running them all in one shared host model (less memory; docs/packing.md).",
+        ),
+    ] = False,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C (several --source: each
     model built into its own repository, all loaded into one server in explicit model-control mode)."""
@@ -491,8 +500,14 @@ def serve(
     # Several models: one server over a directory of links to their repositories, each model loaded
     # through Triton's repository API (as a shared server's agent does in the cluster).
     served = base / "served"
+    shared = None
     if packed:
         served.mkdir(parents=True, exist_ok=True)
+        if not separate_stubs:
+            from model_repo.python_backend import instance_kind
+
+            kind = instance_kind("gpu" if any(o.device == "gpu" for o in per_source) else "cpu")
+            shared = SharedRuntime(base / "served.shared", kind)
         extra += ["--model-control-mode=explicit", f"--model-repository={served}"]
 
     stop = threading.Event()
@@ -524,7 +539,7 @@ def serve(
         _progress(f"starting tritonserver (log: {server.log_path})")
         server.start()
         if packed:
-            _load_all(served, results, server.http_url)
+            _load_all(served, results, server.http_url, shared)
         frontend.start()
         for result in results:
             typer.echo(f"ready: model {result.model_name!r} ({result.task.value}, {result.format.value})")

@@ -9,6 +9,14 @@ read-only; `served` holds one symlink per Triton model, pointing into it. Reconc
   loaded version until the new one is ready, and keeps it if the new one fails to load;
 - a removed model: unload, then unlink.
 
+With a **shared runtime** (`SharedRuntime`), every shareable encoder (a Python model of the `encoder`
+role built with the forwarder beside it) is served through one host model (`modeldeploy_host`): its
+Triton model is a generated directory (outside `served`: Triton would list it as a model) with its own
+config rewritten to the `forward` role on one CPU instance, next to links to its built version and
+warm-up directories. The forwarder's stub imports neither torch nor transformers; the host loads every
+packed model in one process (runtime/forwarder.py and runtime/host.py say how). Generators, ONNX models
+and repositories built before the forwarder existed keep their own stubs.
+
 `modeldeploy serve --source … --source …` and the server pods' agent container (`agent_main`) both run
 this; the agent needs no Kubernetes credentials: it reads the desired set from a mounted ConfigMap and
 talks only to the Triton in its own pod.
@@ -18,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import time
 import urllib.error
@@ -36,6 +47,36 @@ RECORD_FILE = "modeldeploy.json"
 # The ConfigMap key the operator writes and the agent reads: {"models": {name: {"repository": path}}}.
 DESIRED_FILE = "models.json"
 REQUEST_TIMEOUT_S = 600.0  # a load blocks until the model is ready or failed (warm-up included)
+# The shared runtime: the host model's name (model_repo.runtime.forwarder.HOST_MODEL; a test checks they
+# agree), where the generated model directories live, and the files the host runs (copied from a packed
+# repository: this module ships alone in the agent's image).
+SHARED_HOST = "modeldeploy_host"
+HOST_RUNTIME_FILES = ("model.py", "host.py", "forwarder.py")
+ENCODER_ROLE_LINE = 'parameters { key: "role" value { string_value: "encoder" } }'
+FORWARD_ROLE_LINE = 'parameters { key: "role" value { string_value: "forward" } }'
+INSTANCE_GROUP = re.compile(r"^instance_group \[.*\]$", re.MULTILINE)
+# Every packed encoder's inputs and outputs (model_repo.configs.encoder_inputs / task_outputs): the host
+# declares them all; each forwarder asks for its own outputs only.
+HOST_CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: 1024
+input [
+  {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "TEXT_PAIR" data_type: TYPE_STRING dims: [ 1 ] optional: true }},
+  {{ name: "QUERY" data_type: TYPE_STRING dims: [ 1 ] optional: true }}
+]
+output [
+  {{ name: "LABEL" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "SCORE" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "ENTITIES" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "TOKENS" data_type: TYPE_STRING dims: [ -1 ] }}
+]
+instance_group [ {{ kind: {kind} count: 1 }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 0 }}
+parameters {{ key: "role" value {{ string_value: "host" }} }}
+"""
 
 
 class ModelSetError(RuntimeError):
@@ -50,11 +91,22 @@ class TritonModel:
     directory: Path
 
 
+@dataclass(frozen=True)
+class SharedRuntime:
+    """Serve the shareable encoders through one host model on `host_kind` (KIND_CPU, KIND_GPU), from
+    model directories generated in `directory` (both Triton and the reconciler must see it at this
+    path)."""
+
+    directory: Path
+    host_kind: str = "KIND_CPU"
+
+
 @dataclass
 class ReconcileReport:
     loaded: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # model → Triton's error
+    links: dict[str, Path] = field(default_factory=dict)  # Triton model → the directory it was linked to
 
 
 def read_record(repository: Path) -> dict[str, Any] | None:
@@ -93,6 +145,10 @@ def desired_links(desired: Mapping[str, Path]) -> dict[str, Path]:
                 "build it with --model-name " + served_name
             )
         for model in triton_models(repository):
+            if model.name == SHARED_HOST:
+                raise ModelSetError(
+                    f"{SHARED_HOST!r} is the shared runtime's own model: name the model otherwise"
+                )
             if model.name in links:
                 raise ModelSetError(
                     f"Triton model {model.name!r} is in both {owners[model.name]!r} and {served_name!r}"
@@ -100,6 +156,99 @@ def desired_links(desired: Mapping[str, Path]) -> dict[str, Path]:
             links[model.name] = model.directory.absolute()
             owners[model.name] = served_name
     return links
+
+
+def shareable_version(directory: Path) -> Path | None:
+    """The version directory of a Triton model that the shared host can serve (an `encoder` Python model
+    with batching, built with the host's runtime files beside it), else None."""
+    try:
+        config = (directory / "config.pbtxt").read_text()
+    except OSError:
+        return None
+    batching = re.search(r"^max_batch_size: (\d+)$", config, re.MULTILINE)
+    if ENCODER_ROLE_LINE not in config or not batching or int(batching.group(1)) == 0:
+        return None
+    versions = sorted(entry for entry in directory.iterdir() if entry.is_dir() and entry.name.isdigit())
+    if len(versions) != 1 or not all((versions[0] / name).is_file() for name in HOST_RUNTIME_FILES):
+        return None
+    return versions[0]
+
+
+def forwarder_config(config: str) -> str:
+    """A packed encoder's config.pbtxt as its forwarder: the `forward` role on one CPU instance (the host
+    holds the model on the server's device; a forwarder must not create a CUDA context of its own)."""
+    config = config.replace(ENCODER_ROLE_LINE, FORWARD_ROLE_LINE)
+    return INSTANCE_GROUP.sub("instance_group [ { kind: KIND_CPU count: 1 } ]", config)
+
+
+def _generated(shared: Path, name: str, files: Mapping[str, str], links: Mapping[str, Path]) -> Path:
+    """A generated model directory under `shared`, named by its content, written whole before it appears
+    (a rename), and kept as it is when it already exists."""
+    digest = hashlib.sha256(json.dumps([files, {k: str(v) for k, v in links.items()}]).encode()).hexdigest()
+    directory = shared / f"{name}-{digest[:16]}"
+    if directory.is_dir():
+        return directory
+    staging = shared / f".{directory.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for relative, text in files.items():
+        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+        (staging / relative).write_text(text)
+    for relative, target in links.items():
+        (staging / relative).symlink_to(target, target_is_directory=target.is_dir())
+    os.replace(staging, directory)
+    return directory
+
+
+def forwarder_directory(shared: Path, name: str, model: Path) -> Path:
+    """The Triton model directory serving the built model `model` through the host."""
+    files = {"config.pbtxt": forwarder_config((model / "config.pbtxt").read_text())}
+    links = {entry.name: entry.absolute() for entry in model.iterdir() if entry.name != "config.pbtxt"}
+    return _generated(shared, name, files, links)
+
+
+def host_directory(shared: Path, runtime: Path, kind: str) -> Path:
+    """The host model's directory: its config on `kind` (KIND_CPU, KIND_GPU) and the runtime files it
+    runs, copied from `runtime` (a packed model's version directory)."""
+    files = {"config.pbtxt": HOST_CONFIG.format(name=SHARED_HOST, kind=kind)}
+    files |= {f"1/{name}": (runtime / name).read_text() for name in HOST_RUNTIME_FILES}
+    return _generated(shared, SHARED_HOST, files, {})
+
+
+def shared_links(served: Path, links: Mapping[str, Path], runtime: SharedRuntime) -> dict[str, Path]:
+    """`links` with every shareable encoder served through the host, the host first; `links` as given
+    when none is shareable. A host already served is kept while it exists, so that adding a model does
+    not restart the models already packed."""
+    versions = {name: shareable_version(directory) for name, directory in links.items()}
+    runtimes = [version for version in versions.values() if version is not None]
+    if not runtimes:
+        return dict(links)
+    shared = runtime.directory
+    current_host = served / SHARED_HOST
+    host = current_host.resolve() if current_host.is_symlink() and current_host.exists() else None
+    if host is None or host.parent != shared.resolve() or runtime.host_kind not in _config_of(host):
+        host = host_directory(shared, runtimes[0], runtime.host_kind)
+    result = {SHARED_HOST: host}
+    for name, directory in links.items():
+        is_shared = versions[name] is not None
+        result[name] = forwarder_directory(shared, name, directory) if is_shared else directory
+    return result
+
+
+def _config_of(directory: Path) -> str:
+    with contextlib.suppress(OSError):
+        return (directory / "config.pbtxt").read_text()
+    return ""
+
+
+def remove_unused_generated(served: Path, shared: Path) -> None:
+    """Delete the generated directories no served link points at any more."""
+    if not shared.is_dir():
+        return
+    used = {entry.resolve() for entry in served.iterdir() if entry.is_symlink()}
+    for directory in shared.iterdir():
+        if directory.resolve() not in used:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 class TritonRepositoryClient:
@@ -154,14 +303,18 @@ def reconcile(
     desired: Mapping[str, Path],
     client: TritonRepositoryClient,
     failed_before: Mapping[str, Path] | None = None,
+    shared_runtime: SharedRuntime | None = None,
 ) -> ReconcileReport:
     """Make Triton's loaded set (over `served`, a directory of symlinks Triton was started on) exactly the
     models of `desired` (served model name → built repository). Idempotent: run it again to retry.
     `failed_before` (Triton model → directory whose load failed) is not retried until its directory
-    changes: a broken repository stays broken, and every load of it costs each replica a stub start."""
+    changes: a broken repository stays broken, and every load of it costs each replica a stub start.
+    `shared_runtime` serves the shareable encoders through one host model."""
     served.mkdir(parents=True, exist_ok=True)
     links = desired_links(desired)
-    report = ReconcileReport()
+    if shared_runtime is not None:
+        links = shared_links(served, links, shared_runtime)
+    report = ReconcileReport(links=links)
     ready = {str(m["name"]) for m in client.index() if m.get("state") == "READY"}
     for name, target in links.items():  # composing models come before the model made of them
         changed = _link(served, name, target)
@@ -184,6 +337,8 @@ def reconcile(
             report.failed[entry.name] = str(exc)
             continue
         entry.unlink()
+    if shared_runtime is not None:
+        remove_unused_generated(served, shared_runtime.directory)
     return report
 
 
@@ -206,6 +361,13 @@ def agent_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--served", type=Path, required=True, help="Triton's --model-repository (writable)")
     parser.add_argument("--triton", default="127.0.0.1:8000")
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument(
+        "--shared-runtime",
+        type=Path,
+        help="serve the shareable encoders through one host model, generating its model directories here "
+        "(a writable directory Triton sees at the same path)",
+    )
+    parser.add_argument("--host-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU")
     args = parser.parse_args(argv)
     client = TritonRepositoryClient(args.triton)
     last = ""
@@ -213,9 +375,14 @@ def agent_main(argv: list[str] | None = None) -> int:
     while True:
         try:
             desired = read_desired(args.desired, args.repositories)
-            report = reconcile(args.served, desired, client, failed)
-            links = desired_links(desired)
-            failed = {name: links[name] for name in report.failed if name in links}
+            report = reconcile(
+                args.served,
+                desired,
+                client,
+                failed,
+                SharedRuntime(args.shared_runtime, args.host_kind) if args.shared_runtime else None,
+            )
+            failed = {name: report.links[name] for name in report.failed if name in report.links}
             line = json.dumps({"loaded": report.loaded, "unloaded": report.unloaded, "failed": report.failed})
         except (ModelSetError, OSError, ModelLoadError) as exc:
             line = json.dumps({"error": str(exc)})

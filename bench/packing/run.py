@@ -1,5 +1,7 @@
 """N small encoders (N = 1, 4, 8) packed into one tritonserver (explicit model control, model_repo.model_set)
-vs N tritonservers of one model each, side by side in one run on this machine:
+with the shared runtime (one host model runs every encoder; a forwarder stub per model, no torch in it)
+and with a Python stub per model, vs N tritonservers of one model each, side by side in one run on this
+machine:
 
 - resident memory of everything each layout runs: every tritonserver and every Python-backend stub,
   as RSS (what `ps` shows; libraries shared between processes counted in each) and PSS (shared pages
@@ -28,7 +30,7 @@ from bench.common.loadgen import TritonGrpcSender, closed_loop
 from bench.common.machine import _descendants, describe_machine, load_average
 from bench.common.sentences import load_texts
 from model_repo.build import build_repository, read_record
-from model_repo.model_set import TritonRepositoryClient, reconcile
+from model_repo.model_set import SharedRuntime, TritonRepositoryClient, reconcile
 from model_repo.options import BuildOptions
 from model_repo.triton import TritonServer
 from model_repo.triton_args import repository_server_args
@@ -70,13 +72,14 @@ def build_models(root: Path, count: int) -> list[Path]:
 
 
 @contextlib.contextmanager
-def packed(repositories: list[Path], root: Path) -> Iterator[list[tuple[TritonServer, str]]]:
-    served = root / f"served-{len(repositories)}"
+def packed(repositories: list[Path], root: Path, shared: bool) -> Iterator[list[tuple[TritonServer, str]]]:
+    served = root / f"served-{len(repositories)}-{'shared' if shared else 'stubs'}"
     served.mkdir(exist_ok=True)
+    runtime = SharedRuntime(served.with_name(served.name + ".shared")) if shared else None
     args = ["--model-control-mode=explicit", f"--model-repository={served}", *repository_server_args()]
     with TritonServer(None, extra_args=args, ready_timeout_s=600) as server:
         desired = {f"encoder{i}": path for i, path in enumerate(repositories)}
-        report = reconcile(served, desired, TritonRepositoryClient(server.http_url))
+        report = reconcile(served, desired, TritonRepositoryClient(server.http_url), shared_runtime=runtime)
         if report.failed:
             raise RuntimeError(f"load failed: {report.failed}")
         yield [(server, name) for name in desired]
@@ -92,6 +95,19 @@ def separate(repositories: list[Path]) -> Iterator[list[tuple[TritonServer, str]
                 (stack.enter_context(TritonServer(None, extra_args=args, ready_timeout_s=600)), f"encoder{i}")
             )
         yield servers
+
+
+LAYOUTS = ("shared", "packed", "separate")
+
+
+def layout_servers(
+    layout: str, repositories: list[Path], root: Path
+) -> contextlib.AbstractContextManager[list[tuple[TritonServer, str]]]:
+    """`shared`: one server, the shared runtime; `packed`: one server, a stub per model; `separate`: a
+    server per model."""
+    if layout == "separate":
+        return separate(repositories)
+    return packed(repositories, root, shared=layout == "shared")
 
 
 async def mixed_traffic(targets: list[tuple[TritonServer, str]], duration_s: float) -> dict[str, Any]:
@@ -133,6 +149,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/packing.json"))
+    parser.add_argument(
+        "--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS), help="which layouts to run, in order"
+    )
     args = parser.parse_args()
     machine = describe_machine()
     rows = []
@@ -142,12 +161,10 @@ def main() -> None:
         weights = (read_record(repositories[0]) or {}).get("memory", {}).get("weights_bytes")
         for size in args.sizes:
             chosen = repositories[:size]
-            with packed(chosen, root) as targets:
-                rows.append(measure("packed", targets, args.duration))
-            print(json.dumps(rows[-1]), flush=True)
-            with separate(chosen) as targets:
-                rows.append(measure("separate", targets, args.duration))
-            print(json.dumps(rows[-1]), flush=True)
+            for layout in args.layouts:
+                with layout_servers(layout, chosen, root) as targets:
+                    rows.append(measure(layout, targets, args.duration))
+                print(json.dumps(rows[-1]), flush=True)
     result = {"machine": machine, "clients": CLIENTS, "weights_bytes_per_model": weights, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -167,6 +184,22 @@ def summary(result: dict[str, Any]) -> str:
             f"{memory['pss_kib'] / 1024:.0f} | {traffic['throughput_rps']:.1f} | {traffic['errors']} | "
             f"{row['load_average'][0]:.1f} |"
         )
+    lines.append("")
+    weights = (result.get("weights_bytes_per_model") or 0) / 2**20
+    for layout in LAYOUTS:
+        rows = sorted((r for r in result["rows"] if r["layout"] == layout), key=lambda r: r["models"])
+        if len(rows) >= 2 and rows[-1]["models"] > rows[0]["models"]:
+            added = rows[-1]["models"] - rows[0]["models"]
+            per_model = {
+                kind: (rows[-1]["memory_after_traffic"][kind] - rows[0]["memory_after_traffic"][kind])
+                / added
+                / 1024
+                for kind in ("pss_kib", "rss_kib")
+            }
+            lines.append(
+                f"{layout}: each model added costs {per_model['pss_kib']:.0f} MiB PSS "
+                f"({per_model['rss_kib']:.0f} MiB RSS); its weights are {weights:.1f} MiB"
+            )
     return "\n".join(lines)
 
 

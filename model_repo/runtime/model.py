@@ -11,7 +11,10 @@ modules every role shares (helpers.py, serving.py) and the module of the model's
 - `GeneratorFront` (`generator`, generator_front.py): decoupled text generation with continuous batching
   (the engine is in generation.py, copied beside it with the modules it imports);
 - `OnnxTokenizerRole` / `OnnxPostprocessRole` (`tokenizer` / `postprocess`, onnx_tokenizer.py /
-  onnx_postprocess.py): the two Python halves around an ONNX model (the `onnx` format).
+  onnx_postprocess.py): the two Python halves around an ONNX model (the `onnx` format);
+- `ForwarderRole` / `SharedHost` (`forward` / `host`, forwarder.py / host.py): a packed encoder served
+  through one shared host model (`model_repo.model_set` with a shared runtime). These two are built from
+  Triton's arguments alone: the forwarder must not import torch, the host has no checkpoint of its own.
 
 It must stay self-contained: it runs on a stock Triton image where only torch, transformers, numpy and
 tokenizers are installed, so it imports nothing from `model_repo`.
@@ -23,6 +26,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 from typing import Any
@@ -47,6 +51,8 @@ ROLE_CLASSES: dict[str, tuple[str, str]] = {
     "tokenizer": ("onnx_tokenizer", "OnnxTokenizerRole"),
     "postprocess": ("onnx_postprocess", "OnnxPostprocessRole"),
     "generator": ("generator_front", "GeneratorFront"),
+    "forward": ("forwarder", "ForwarderRole"),
+    "host": ("host", "SharedHost"),
 }
 
 if IN_PROJECT_PACKAGE:  # the builder and tests use the pure helpers here
@@ -64,14 +70,14 @@ if IN_PROJECT_PACKAGE:  # the builder and tests use the pure helpers here
     from .helpers import usable_cpus as usable_cpus
 
 
-def runtime_package() -> str:
+def runtime_package(directory: str | None = None) -> str:
     """The package the runtime's modules import each other through: `model_repo.runtime` where the builder
     and tests import this file, else (Triton imports model.py alone, as a file) a package made of this
-    file's directory, named after the directory so that two repositories loaded in one process stay
-    apart."""
-    if IN_PROJECT_PACKAGE:
+    file's directory (or of `directory`, a packed model's, for the shared host), named after the directory
+    so that two repositories loaded in one process stay apart."""
+    if IN_PROJECT_PACKAGE and directory is None:
         return "model_repo.runtime"
-    directory = os.path.dirname(os.path.abspath(__file__))
+    directory = os.path.abspath(directory or os.path.dirname(os.path.abspath(__file__)))
     name = "modeldeploy_runtime_" + hashlib.sha256(directory.encode()).hexdigest()[:16]
     if name not in sys.modules:
         spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
@@ -85,13 +91,20 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         package = runtime_package()
-        settings = importlib.import_module(f"{package}.serving").Settings(args)
-        module, name = ROLE_CLASSES[settings.params["role"]]
-        self.role = getattr(importlib.import_module(f"{package}.{module}"), name)(settings)
+        role = json.loads(args["model_config"])["parameters"]["role"]["string_value"]
+        module, name = ROLE_CLASSES[role]
+        role_class = getattr(importlib.import_module(f"{package}.{module}"), name)
+        if role == "forward":
+            self.role = role_class(args)
+        elif role == "host":
+            self.role = role_class(args, runtime_package)
+        else:
+            self.role = role_class(importlib.import_module(f"{package}.serving").Settings(args))
 
-    def execute(self, requests: list[Any]) -> list[Any] | None:
-        result: list[Any] | None = self.role.execute(requests)
-        return result
+    def execute(self, requests: list[Any]) -> Any:
+        # A list of responses, None (decoupled roles answer through response senders), or a coroutine
+        # (the forwarder and the host): the stub runs a coroutine on its event loop.
+        return self.role.execute(requests)
 
     def finalize(self) -> None:
         self.role.finalize()

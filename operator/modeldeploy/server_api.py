@@ -73,6 +73,15 @@ class ServerTriton(ApiModel):
         le=300,
         description="How often the agent container reconciles Triton's loaded models with the model list.",
     )
+    shared_runtime: bool = Field(
+        default=True,
+        description="Run every packed encoder (text-classification, text-ranking, token-classification, "
+        "feature-extraction, fill-mask; python format) in one shared host model behind a light forwarder "
+        "per model: torch is imported once and a GPU holds one CUDA context, so each model costs little "
+        "more than its weights. false gives each model its own Python stub (a model's fault or slow "
+        "batch touches no other; about 450 MiB more per model). Generators and onnx models always get "
+        "their own. docs/packing.md.",
+    )
 
 
 class ModelServerSpec(ApiModel):

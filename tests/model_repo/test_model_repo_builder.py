@@ -90,10 +90,19 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
             "request_parsing.py",
             "serving.py",
         ],
-        "text-classification": ["encoder.py", "helpers.py", "model.py", "ranking.py", "serving.py"],
+        # Every encoder also carries the shared runtime's two roles (forwarder.py, host.py).
+        "text-classification": [
+            "encoder.py",
+            "forwarder.py",
+            "helpers.py",
+            "host.py",
+            "model.py",
+            "ranking.py",
+            "serving.py",
+        ],
     }
     assert [path.name for path in runtime_files] == expected.get(
-        task, ["encoder.py", "helpers.py", "model.py", "serving.py"]
+        task, ["encoder.py", "forwarder.py", "helpers.py", "host.py", "model.py", "serving.py"]
     )
     for path in runtime_files:
         imports = {

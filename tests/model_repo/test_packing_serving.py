@@ -1,25 +1,29 @@
 """Several built repositories (two encoders of different tasks and a generator) packed into one real
 tritonserver (bundled in nvidia-pytriton, CPU) in explicit model-control mode by model_repo.model_set:
 each answers as in-process transformers does; one is replaced and one removed while the others keep
-answering under concurrent load, with no failed request."""
+answering under concurrent load, with no failed request. Every test runs twice: each model in its own
+Python stub, and with the shared runtime (the encoders in one host model, each behind a forwarder stub
+that imports no torch)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import SENTENCES, greedy_text, infer_texts, make_bert_checkpoint, make_gpt2_checkpoint, serving
 
 from model_repo.build import build_repository, read_record
-from model_repo.model_set import TritonRepositoryClient, reconcile
+from model_repo.model_set import SHARED_HOST, SharedRuntime, TritonRepositoryClient, reconcile
 from model_repo.options import BuildOptions
 from model_repo.triton import TritonServer
 from model_repo.triton_args import repository_server_args
@@ -37,11 +41,16 @@ class Packed:
     served: Path
     root: Path
     checkpoints: dict[str, Path]
+    shared: SharedRuntime | None
     repositories: dict[str, Path] = field(default_factory=dict)
 
     def reconcile(self) -> None:
-        report = reconcile(self.served, self.repositories, TritonRepositoryClient(self.server.http_url))
+        report = self.reconcile_to(self.repositories)
         assert not report.failed, report.failed
+
+    def reconcile_to(self, desired: dict[str, Path], failed_before: dict[str, Path] | None = None) -> Any:
+        client = TritonRepositoryClient(self.server.http_url)
+        return reconcile(self.served, desired, client, failed_before, shared_runtime=self.shared)
 
 
 def _build(root: Path, name: str, checkpoint: Path, tag: str) -> Path:
@@ -49,8 +58,8 @@ def _build(root: Path, name: str, checkpoint: Path, tag: str) -> Path:
     return build_repository(options, root / f"{name}-{tag}").path
 
 
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packed]:
+@pytest.fixture(scope="module", params=[False, True], ids=["own-stubs", "shared-runtime"])
+def packed(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Packed]:
     root = tmp_path_factory.mktemp("packing")
     checkpoints = {
         CLASSIFIER: make_bert_checkpoint(
@@ -79,8 +88,9 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packed]:
     served = root / "served"
     served.mkdir()
     args = ["--model-control-mode=explicit", f"--model-repository={served}", *repository_server_args()]
+    shared = SharedRuntime(root / "served.shared") if request.param else None
     with TritonServer(None, extra_args=args, ready_timeout_s=300) as server:
-        packed = Packed(server, served, root, checkpoints)
+        packed = Packed(server, served, root, checkpoints, shared)
         for name in (CLASSIFIER, NER, GENERATOR):
             packed.repositories[name] = _build(root, name, checkpoints[name], "v1")
         packed.reconcile()
@@ -124,8 +134,12 @@ def expected_scores(checkpoint: Path, texts: list[str]) -> np.ndarray:
 
 
 def loaded(packed: Packed) -> dict[str, str]:
+    """The served models' states (the shared runtime's host checked on its own: READY whenever used)."""
     index = TritonRepositoryClient(packed.server.http_url).index()
-    return {str(m["name"]): str(m.get("state")) for m in index}
+    states = {str(m["name"]): str(m.get("state")) for m in index}
+    host = states.pop(SHARED_HOST, None)
+    assert host == ("READY" if packed.shared else None), states
+    return states
 
 
 def test_three_models_of_three_tasks_share_one_server_and_each_answers_as_transformers(
@@ -219,20 +233,17 @@ def test_a_model_that_fails_to_load_names_tritons_error_and_disturbs_no_other(pa
     broken = _build(packed.root, "broken", packed.checkpoints[CLASSIFIER], "v1")
     (broken / "broken" / "1" / "checkpoint" / "config.json").write_text("{ this is not json")
     desired = {**packed.repositories, "broken": broken}
-    client = TritonRepositoryClient(packed.server.http_url)
-    report = reconcile(packed.served, desired, client)
+    report = packed.reconcile_to(desired)
     assert set(report.failed) == {"broken"}, report.failed
     assert "broken" in report.failed["broken"] and "config.json" in report.failed["broken"], report.failed
     states = loaded(packed)
     assert states["broken"] == "UNAVAILABLE"
     assert all(states[name] == "READY" for name in packed.repositories), states
     # Not retried while its repository is the same (each load would start a stub for nothing).
-    again = reconcile(
-        packed.served, desired, client, failed_before={"broken": (broken / "broken").absolute()}
-    )
+    again = packed.reconcile_to(desired, failed_before={"broken": report.links["broken"]})
     assert again.loaded == [] and "not retried" in again.failed["broken"]
     # Dropping it from the set unloads and unlinks it.
-    assert "broken" in reconcile(packed.served, packed.repositories, client).unloaded
+    assert "broken" in packed.reconcile_to(packed.repositories).unloaded
     assert "broken" not in loaded(packed)
 
 
@@ -296,7 +307,9 @@ def test_serve_packs_repeated_sources_into_one_server(packed: Packed, tmp_path: 
         assert "ready: model 'sentiment' (text-classification" in output, output
         assert "ready: model 'people' (token-classification" in output, output
         index = TritonRepositoryClient(f"127.0.0.1:{ports[0]}").index()
-        assert {m["name"]: m["state"] for m in index} == {"sentiment": "READY", "people": "READY"}
+        # Several sources share one runtime by default: the two encoders run in its host model.
+        states = {m["name"]: m["state"] for m in index}
+        assert states == {"sentiment": "READY", "people": "READY", SHARED_HOST: "READY"}, states
         server_processes = [
             p
             for p in Path("/proc").iterdir()
@@ -305,6 +318,57 @@ def test_serve_packs_repeated_sources_into_one_server(packed: Packed, tmp_path: 
             and f"--http-port={ports[0]}" in _cmdline(p)
         ]
         assert len(server_processes) == 1, "two models, one tritonserver"
+
+
+def _stubs(packed: Packed) -> dict[str, Path]:
+    """Served model name -> /proc entry of its Python-backend stub (one instance each here)."""
+    assert packed.server.process is not None
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        command = _cmdline(entry)
+        if entry.name.isdigit() and "triton_python_backend_stub" in command and str(packed.served) in command:
+            stubs[command.split(str(packed.served) + "/")[1].split("/")[0]] = entry
+    return stubs
+
+
+def _maps_torch(entry: Path) -> bool:
+    return "libtorch_cpu" in (entry / "maps").read_text()
+
+
+def test_the_shared_runtime_imports_torch_once_for_all_encoders(packed: Packed) -> None:
+    if packed.shared is None:
+        pytest.skip("each model has its own stub in this layout")
+    stubs = _stubs(packed)
+    assert set(stubs) == {SHARED_HOST, CLASSIFIER, NER}, stubs  # the generator was removed above
+    assert _maps_torch(stubs[SHARED_HOST])
+    assert not _maps_torch(stubs[CLASSIFIER]) and not _maps_torch(stubs[NER])
+
+
+def test_removing_a_packed_encoder_frees_it_in_the_shared_host(packed: Packed) -> None:
+    if packed.shared is None:
+        pytest.skip("each model has its own stub in this layout")
+    remaining = {name: path for name, path in packed.repositories.items() if name != NER}
+    assert packed.reconcile_to(remaining).unloaded == [NER]
+    deadline = time.monotonic() + 30
+    while f"released model {NER} " not in packed.server.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert f"released model {NER} " in packed.server.log()
+    packed.reconcile()  # back as it was: loaded again through the host, answering as before
+    assert loaded(packed) == {CLASSIFIER: "READY", NER: "READY"}
+    assert classify(packed, NER, SENTENCES[:1])["ENTITIES"].shape == (1, 1)
+
+
+def test_a_bad_request_stays_the_clients_error(packed: Packed) -> None:
+    """The forwarder passes the host's answer on as it is: a client's mistake is HTTP 400 with the
+    runtime's reason, not a server error."""
+    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [""]}]}
+    request = urllib.request.Request(
+        f"http://{packed.server.http_url}/v2/models/{CLASSIFIER}/infer", data=json.dumps(body).encode()
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400
+    assert "must be non-empty text" in refused.value.read().decode()
 
 
 def _cmdline(entry: Path) -> str:

@@ -154,6 +154,40 @@ def test_server_pods_need_no_credentials_and_never_write_the_cache() -> None:
     assert json.loads(config_map["data"]["models.json"]) == {"models": {"minilm": {"repository": "abc123"}}}
 
 
+@pytest.mark.parametrize(
+    ("resources", "triton", "expected"),
+    [
+        ({"gpus": 1, "gpuProduct": "NVIDIA-L4"}, {}, "KIND_GPU"),
+        ({"requests": {"cpu": "4"}}, {}, "KIND_CPU"),
+        ({"gpus": 1, "gpuProduct": "NVIDIA-L4"}, {"sharedRuntime": False}, None),
+    ],
+    ids=["gpu", "cpu", "own-stubs"],
+)
+def test_the_shared_runtime_runs_its_host_on_the_servers_device_unless_turned_off(
+    resources: dict[str, Any], triton: dict[str, Any], expected: str | None
+) -> None:
+    spec = {**SERVER["spec"], "resources": resources, "triton": triton, "capacity": "10Gi"}
+    server = parse_model_server({**SERVER, "spec": spec})
+    settings = RenderSettings(triton_image="triton:golden", builder_image="builder:golden")
+    pod = build_server_deployment(server, settings)["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    shared_args = [
+        a for a in containers["agent"]["args"] if a.startswith(("--shared-runtime", "--host-kind"))
+    ]
+    mounts = {
+        name: [m for m in c["volumeMounts"] if m["name"] == "shared-runtime"]
+        for name, c in containers.items()
+    }
+    if expected is None:
+        assert shared_args == [] and mounts == {"triton": [], "agent": []}
+        assert all(v["name"] != "shared-runtime" for v in pod["volumes"])
+        return
+    assert shared_args == ["--shared-runtime=/served-shared", f"--host-kind={expected}"]
+    # The agent writes the generated directories; Triton only reads them, at the same path.
+    assert mounts["triton"] == [{"name": "shared-runtime", "mountPath": "/served-shared", "readOnly": True}]
+    assert mounts["agent"] == [{"name": "shared-runtime", "mountPath": "/served-shared"}]
+
+
 def test_a_placed_model_answers_at_the_server_service_under_its_own_name() -> None:
     endpoint = model_endpoint(parse_model_server(SERVER), "minilm")
     assert endpoint["http"] == "http://encoders.models.svc:8000/v2/models/minilm"

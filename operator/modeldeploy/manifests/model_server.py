@@ -39,6 +39,9 @@ from modeldeploy.settings import RenderSettings
 
 SERVER_LABEL = "modeldeploy.dev/server"
 SERVED_MOUNT = "/served"
+# The shared runtime's generated model directories (model_repo.model_set.SharedRuntime): written by the
+# agent, read by Triton through the links in SERVED_MOUNT, so both containers mount it at this path.
+SHARED_RUNTIME_MOUNT = "/served-shared"
 DESIRED_MOUNT = "/etc/modeldeploy/models"
 AGENT_CONTAINER = "agent"
 AGENT_RESOURCES: dict[str, Any] = {
@@ -93,6 +96,20 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
 
+def _shared_runtime_args(server: ModelServer) -> list[str]:
+    if not server.spec.triton.shared_runtime:
+        return []
+    kind = "KIND_GPU" if server.spec.resources.gpus >= 1 else "KIND_CPU"
+    return [f"--shared-runtime={SHARED_RUNTIME_MOUNT}", f"--host-kind={kind}"]
+
+
+def _shared_runtime_mounts(server: ModelServer, read_only: bool) -> list[dict[str, Any]]:
+    if not server.spec.triton.shared_runtime:
+        return []
+    mount: dict[str, Any] = {"name": "shared-runtime", "mountPath": SHARED_RUNTIME_MOUNT}
+    return [{**mount, "readOnly": True}] if read_only else [mount]
+
+
 def build_server_deployment(server: ModelServer, settings: RenderSettings) -> dict[str, Any]:
     spec = server.spec
     # The shared helpers read only spec.resources, which both kinds define alike.
@@ -127,6 +144,7 @@ def build_server_deployment(server: ModelServer, settings: RenderSettings) -> di
             {"name": "dshm", "mountPath": "/dev/shm"},
             dict(cache),
             {"name": "served", "mountPath": SERVED_MOUNT, "readOnly": True},
+            *_shared_runtime_mounts(server, read_only=True),
         ],
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -142,12 +160,14 @@ def build_server_deployment(server: ModelServer, settings: RenderSettings) -> di
             f"--served={SERVED_MOUNT}",
             f"--triton=127.0.0.1:{HTTP_PORT}",
             f"--interval={spec.triton.agent_interval_seconds}",
+            *_shared_runtime_args(server),
         ],
         "resources": copy.deepcopy(AGENT_RESOURCES),
         "volumeMounts": [
             dict(cache),
             {"name": "served", "mountPath": SERVED_MOUNT},
             {"name": "model-list", "mountPath": DESIRED_MOUNT, "readOnly": True},
+            *_shared_runtime_mounts(server, read_only=False),
         ],
         "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -163,6 +183,11 @@ def build_server_deployment(server: ModelServer, settings: RenderSettings) -> di
             },
             {"name": "served", "emptyDir": {"sizeLimit": "16Mi"}},
             {"name": "model-list", "configMap": {"name": config_map_name(server)}},
+            *(
+                [{"name": "shared-runtime", "emptyDir": {"sizeLimit": "16Mi"}}]
+                if server.spec.triton.shared_runtime
+                else []
+            ),
         ],
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

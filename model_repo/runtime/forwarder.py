@@ -1,0 +1,151 @@
+"""The `forward` role: a packed encoder whose model runs in the server's shared host (host.py).
+
+Triton's Python backend starts one stub process per model instance. A stub that imports torch and
+transformers holds ~450 MiB of its own before any weights, so packing N encoders as N full stubs costs N
+times that. With a shared runtime, `model_repo.model_set` serves each shareable encoder under its own
+name (its own config, inputs, outputs, dynamic batching, warm-up, state in Triton's index) through this
+role instead: the stub imports neither torch nor transformers, and passes every request to the host model
+by BLS. The host loads the model's checkpoint from the model's own directory with the model's own runtime
+files, once, and runs every packed model in one process (one CUDA context on a GPU).
+
+Protocol (request parameters, JSON strings):
+- an inference request carries `modeldeploy_model` (this instance's key);
+- the host answers a key it does not hold with an error whose message starts with UNKNOWN_MODEL; the
+  forwarder then sends `modeldeploy_load` (its Triton arguments, the repository resolved) and retries.
+  Python models may call BLS only from `execute`, so the first request loads the model: the model's
+  warm-up at load (config.pbtxt `model_warmup`) makes that happen before Triton marks it READY.
+- the host drops a key whose forwarder process has exited (see host.py): unloading the forwarder in
+  Triton frees its model in the host without a message (`finalize` may not call BLS).
+
+Like model.py this module imports only the standard library and what Triton's stub provides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton by tests of the pure parts
+    pb_utils = None
+
+HOST_MODEL = "modeldeploy_host"
+MODEL_PARAMETER = "modeldeploy_model"
+LOAD_PARAMETER = "modeldeploy_load"
+UNKNOWN_MODEL = "modeldeploy-host: unknown model"
+CODE_PREFIX = "modeldeploy-code="
+# The text inputs an encoder may take (model_repo.configs.encoder_inputs); the host declares them all.
+TEXT_INPUTS = ("TEXT", "TEXT_PAIR", "QUERY")
+
+
+def process_start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the pid, it
+    names one process even after the pid is reused. Empty when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return ""
+    # The command name (field 2) is in parentheses and may contain spaces: count fields after it.
+    return text.rsplit(")", 1)[1].split()[19]
+
+
+def instance_key(pid: int, model_name: str, version_dir: str) -> str:
+    """The host's key for one forwarder instance: its process (pid and start time), its model, and the
+    built version directory it serves, so that two versions of a model during a replacement stay apart."""
+    return json.dumps([pid, process_start_time(pid), model_name, version_dir])
+
+
+def host_arguments(args: dict[str, str]) -> dict[str, str]:
+    """The Triton arguments the host loads this model with: the forwarder's own, with the repository
+    resolved to the built directory (the served name is a symlink the model set swaps on a change)."""
+    version_dir = os.path.realpath(os.path.join(args["model_repository"], args["model_version"]))
+    return {
+        **args,
+        "model_repository": os.path.dirname(version_dir),
+        "model_version": os.path.basename(version_dir),
+    }
+
+
+class ForwarderRole:
+    """Each request goes to the host as one BLS request, all of a batch's at once; the host's dynamic
+    batcher gathers what every packed model sends."""
+
+    def __init__(self, args: dict[str, str]) -> None:
+        self.args = host_arguments(args)
+        model_config = json.loads(args["model_config"])
+        self.outputs = [str(output["name"]) for output in model_config.get("output", [])]
+        version_dir = os.path.join(self.args["model_repository"], self.args["model_version"])
+        self.key = instance_key(os.getpid(), str(model_config.get("name", "")), version_dir)
+        self.load_lock = asyncio.Lock()
+
+    async def execute(self, requests: list[Any]) -> list[Any]:
+        return list(await asyncio.gather(*(self._forward(request) for request in requests)))
+
+    async def _forward(self, request: Any) -> Any:
+        inputs = [
+            tensor
+            for tensor in (pb_utils.get_input_tensor_by_name(request, name) for name in TEXT_INPUTS)
+            if tensor is not None
+        ]
+        answer = await self._ask_host(inputs)
+        if answer.has_error() and UNKNOWN_MODEL in answer.error().message():
+            error = await self._load()
+            if error is not None:
+                return pb_utils.InferenceResponse(output_tensors=[], error=error)
+            answer = await self._ask_host(inputs)
+        if answer.has_error():
+            return pb_utils.InferenceResponse(output_tensors=[], error=restored_error(answer.error()))
+        return pb_utils.InferenceResponse(output_tensors=answer.output_tensors())
+
+    async def _ask_host(self, inputs: list[Any], load: bool = False) -> Any:
+        parameters = {MODEL_PARAMETER: self.key}
+        if load:
+            parameters[LOAD_PARAMETER] = json.dumps(self.args)
+        request = pb_utils.InferenceRequest(
+            model_name=HOST_MODEL,
+            inputs=inputs,
+            requested_output_names=[] if load else self.outputs,
+            parameters=parameters,
+        )
+        return await request.async_exec()
+
+    async def _load(self) -> Any:
+        """Have the host load this model; the host's error when it cannot, else None. Requests that
+        found it missing together load it one after the other: the host loads a key once and answers
+        the others at once (it may also have been restarted since this instance's last load)."""
+        async with self.load_lock:
+            placeholder = pb_utils.Tensor("TEXT", _text_array(["load"]))
+            answer = await self._ask_host([placeholder], load=True)
+            return restored_error(answer.error()) if answer.has_error() else None
+
+    def finalize(self) -> None:
+        """Nothing to send: the host notices that this process has exited."""
+
+
+def coded_message(error: Any) -> str:
+    """The host's error message with its code in front: a BLS response's error reaches the caller as
+    INTERNAL whatever its code, and a client's mistake (INVALID_ARG, HTTP 400) must stay the client's."""
+    return f"{CODE_PREFIX}{str(error.code()).rsplit('.', 1)[-1]}:{error.message()}"
+
+
+def split_coded_message(message: str) -> tuple[str, str]:
+    """(code name, message) of a `coded_message`; ("INTERNAL", message) for any other message."""
+    if message.startswith(CODE_PREFIX):
+        code, _, text = message[len(CODE_PREFIX) :].partition(":")
+        return code, text
+    return "INTERNAL", message
+
+
+def restored_error(error: Any) -> Any:
+    code, message = split_coded_message(error.message())
+    return pb_utils.TritonError(message, getattr(pb_utils.TritonError, code, pb_utils.TritonError.INTERNAL))
+
+
+def _text_array(texts: list[str]) -> Any:
+    import numpy as np
+
+    return np.array([[text.encode()] for text in texts], dtype=np.object_)
