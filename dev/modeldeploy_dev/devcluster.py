@@ -294,7 +294,7 @@ _CLIENT_IDENTITIES: Final = {
     "kube-controller-manager": ("system:kube-controller-manager", ""),
     "kube-scheduler": ("system:kube-scheduler", ""),
     "kwok": ("kwok-controller", "system:masters"),
-    # Bound to the RBAC of metrics-server's own release manifests (METRICS_SERVER_RBAC), nothing more.
+    # Bound to the RBAC of metrics-server's own release manifests (metrics_server_objects), nothing more.
     "metrics-server": ("system:metrics-server", ""),
 }
 FRONT_PROXY_CLIENT: Final = "front-proxy-client"

@@ -10,14 +10,15 @@ controller-manager's HPA controller and the operator under the chart's RBAC, is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modeldeploy.quantity import parse_quantity
-from modeldeploy_dev.devcluster import DevCluster
+from modeldeploy_dev.devcluster import COMPONENTS, METRICS_API_SERVICE, METRICS_SERVER, DevCluster
 from modeldeploy_dev.harness import (
     ChartRbac,
     KubeApi,
@@ -71,11 +72,26 @@ def namespace(cluster: DevCluster) -> Iterator[str]:
         yield name
 
 
-def scaling_ready(api: KubeApi, namespace: str, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(ScalingReady, Ready) of the ModelDeployment, once it has both."""
-    md = api.model_deployment(namespace, name) or {}
-    scaling, ready = condition(md, "ScalingReady"), condition(md, "Ready")
-    return (scaling, ready) if scaling and ready else None
+def wait_scaling_ready(
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    what: str,
+    accept: Callable[[dict[str, Any]], bool],
+    *,
+    ready_too: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ScalingReady, Ready) of the ModelDeployment, read together, once ``accept`` takes its ScalingReady
+    (and, with ``ready_too``, Ready is True)."""
+
+    def found() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        md = api.model_deployment(namespace, name) or {}
+        scaling, ready = condition(md, "ScalingReady"), condition(md, "Ready")
+        if not (scaling and ready and accept(scaling)):
+            return None
+        return (scaling, ready) if ready["status"] == "True" or not ready_too else None
+
+    return wait_until(what, found, METRICS_TIMEOUT)
 
 
 def usage_for_utilization(api: KubeApi, namespace: str, name: str, percent: int) -> str:
@@ -116,11 +132,9 @@ def test_scaling_ready_from_a_real_hpa_on_cpu_working_then_at_its_maximum(
     # Working: the pods use 40% of their request against a 50% target; the HPA keeps one replica.
     cluster.set_cpu_usage(namespace, usage_for_utilization(api, namespace, name, 40))
 
-    def working() -> tuple[dict[str, Any], dict[str, Any]] | None:
-        found = scaling_ready(api, namespace, name)
-        return found if found and found[0]["status"] == "True" else None
-
-    scaling, ready = wait_until("ScalingReady=True from the HPA controller", working, METRICS_TIMEOUT)
+    scaling, ready = wait_scaling_ready(
+        api, namespace, name, "ScalingReady=True from the HPA controller", lambda c: c["status"] == "True"
+    )
     assert scaling["reason"] == "ScalingActive", scaling
     assert scaling["message"].startswith(
         f"HorizontalPodAutoscaler {name}: ScalingActive=True (ValidMetricFound)"
@@ -137,25 +151,45 @@ def test_scaling_ready_from_a_real_hpa_on_cpu_working_then_at_its_maximum(
     # At its maximum: 400% of the request wants 8 replicas; the HPA stops at maxReplicas.
     cluster.set_cpu_usage(namespace, usage_for_utilization(api, namespace, name, 400))
 
-    def at_maximum() -> tuple[dict[str, Any], dict[str, Any]] | None:
-        found = scaling_ready(api, namespace, name)
-        return found if found and found[0]["reason"] == "TooManyReplicas" else None
-
-    scaling, ready = wait_until("ScalingReady=False (TooManyReplicas)", at_maximum, METRICS_TIMEOUT)
+    scaling, ready = wait_scaling_ready(
+        api,
+        namespace,
+        name,
+        "ScalingReady=False (TooManyReplicas)",
+        lambda c: c["reason"] == "TooManyReplicas",
+    )
     assert scaling["status"] == "False", scaling
     assert scaling["message"] == (
         f"at its maximum of {MAX_REPLICAS} replicas while the metric asks for more; raise "
         f"spec.autoscaling.maxReplicas. HorizontalPodAutoscaler {name}: ScalingLimited=True "
         "(TooManyReplicas): the desired replica count is more than the maximum replica count"
     )
-    # The model still serves: a scaling limit does not turn Ready off.
-    assert ready["status"] == "True", ready
-    md = api.model_deployment(namespace, name)
-    assert md is not None and is_ready(md), md
+    # The model serves at its maximum: a scaling limit does not turn Ready off. (While the HPA's new pods
+    # start, Ready reads RollingOut, as for any change of the replica count; that is not ScalingReady's.)
     wait_until(
         f"{MAX_REPLICAS} pods running",
         lambda: len([p for p in pods_of(api, namespace, name) if running_ready(p)]) == MAX_REPLICAS,
         timeout=60,
     )
+    _, ready = wait_scaling_ready(
+        api,
+        namespace,
+        name,
+        "Ready=True beside ScalingReady=False (TooManyReplicas)",
+        lambda c: c["reason"] == "TooManyReplicas",
+        ready_too=True,
+    )
+    assert ready["reason"] == "Serving", ready
+    md = api.model_deployment(namespace, name)
+    assert md is not None and is_ready(md), md
     assert operator.running, operator.log_tail()
     assert_no_forbidden(cluster, operator, rbac.user, since=mark)
+
+
+def test_another_process_attaches_to_the_cluster_with_its_metrics_server(cluster: DevCluster) -> None:
+    attached = DevCluster.attach(cluster.state_dir)
+    assert attached is not None and attached.metrics_server
+    assert sorted(attached.running()) == sorted([*COMPONENTS, METRICS_SERVER])
+    service = json.loads(cluster.kubectl("get", "apiservice", METRICS_API_SERVICE, "-o", "json").stdout)
+    available = condition(service, "Available")
+    assert available is not None and available["status"] == "True", service["status"]
