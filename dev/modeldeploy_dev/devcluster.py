@@ -4,7 +4,10 @@ It runs the actual components, built from pinned Go modules by ``tests/cluster/b
 needed): etcd, kube-apiserver (RBAC, service-account tokens, audit log), kube-controller-manager,
 kube-scheduler, and the KWOK controller, which plays the kubelet for fake nodes so that pods get
 scheduled and become Running without containers. Two fake GPU nodes of different products and one
-CPU-only node are registered.
+CPU-only node are registered. The apiserver's aggregation layer is configured (front-proxy client
+certificate, request-header CA); ``metrics_server=True`` also runs the real metrics-server behind it, with
+KWOK serving each node's kubelet resource metrics, so that the HorizontalPodAutoscaler controller reads
+pods' CPU use (:meth:`DevCluster.set_cpu_usage` sets it).
 
 Everything binds to free loopback ports and lives in one state directory. Each component runs in its
 own process group, whose pid is recorded in the state directory, so ``down`` from another process
@@ -39,9 +42,18 @@ from modeldeploy_dev.kubeapi import KubeApi
 
 COMPONENTS: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 REQUIRED_BINARIES: Final = (*COMPONENTS, "kubectl")
+METRICS_SERVER: Final = "metrics-server"
+# What KWOK needs, next to its binary (tests/cluster/build.sh copies them from the pinned KWOK module), to
+# play the kubelet's /metrics/resource: the Metric that serves it and the CRD of the usage it reports.
+KWOK_METRIC_FILE: Final = "kwok-metrics-resource.yaml"
+KWOK_USAGE_CRD_FILE: Final = "kwok-clusterresourceusages-crd.yaml"
+METRICS_SERVER_FILES: Final = (METRICS_SERVER, KWOK_METRIC_FILE, KWOK_USAGE_CRD_FILE)
 
 GPU_TAINT: Final = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 KWOK_NODE_ANNOTATION: Final = ("kwok.x-k8s.io/node", "fake")
+# Where metrics-server finds a node's resource metrics; KWOK's Metric serves every node under one path.
+RESOURCE_METRICS_PATH_ANNOTATION: Final = "metrics.k8s.io/resource-metrics-path"
+METRICS_API_SERVICE: Final = "v1beta1.metrics.k8s.io"
 
 SERVICE_CLUSTER_IP_RANGE: Final = "10.96.0.0/16"
 POD_CIDR: Final = "10.244.0.0/16"
@@ -82,7 +94,8 @@ class FakeNode:
     gpu_product: str | None = None
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self, *, resource_metrics: bool = False) -> dict[str, Any]:
+        """The Node; ``resource_metrics`` points metrics-server at KWOK's metrics for it."""
         labels = {
             "kubernetes.io/hostname": self.name,
             "kubernetes.io/os": "linux",
@@ -105,17 +118,13 @@ class FakeNode:
             taints.append(dict(GPU_TAINT))
         if self.gpu_product:
             labels[GPU_PRODUCT_LABEL] = self.gpu_product
+        annotations = {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1], "node.alpha.kubernetes.io/ttl": "0"}
+        if resource_metrics:
+            annotations[RESOURCE_METRICS_PATH_ANNOTATION] = f"/metrics/nodes/{self.name}/metrics/resource"
         return {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {
-                "name": self.name,
-                "labels": labels,
-                "annotations": {
-                    KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
-                    "node.alpha.kubernetes.io/ttl": "0",
-                },
-            },
+            "metadata": {"name": self.name, "labels": labels, "annotations": annotations},
             "spec": {"taints": taints} if taints else {},
             "status": {
                 "capacity": capacity,
@@ -224,6 +233,7 @@ def _issue_cert(
     client: bool = False,
     server_names: Sequence[str] = (),
     server_ips: Sequence[str] = (),
+    ca: str = "ca",
 ) -> tuple[Path, Path]:
     key = _new_key(pki, name)
     csr = pki / f"{name}.csr"
@@ -241,13 +251,25 @@ def _issue_cert(
     ext_file.write_text("\n".join(extensions) + "\n")
     cert = pki / f"{name}.crt"
     _openssl(
-        "x509", "-req", "-in", csr.name, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "x509", "-req", "-in", csr.name, "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
         "-days", "365", "-sha256", "-extfile", ext_file.name, "-out", cert.name,
         cwd=pki,
     )  # fmt: skip
     csr.unlink()
     ext_file.unlink()
     return cert, key
+
+
+def _new_ca(pki: Path, name: str, common_name: str) -> tuple[Path, Path]:
+    key = _new_key(pki, name)
+    _openssl(
+        "req", "-x509", "-new", "-key", key.name, "-subj", f"/CN={common_name}",
+        "-days", "365", "-sha256", "-out", f"{name}.crt",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        cwd=pki,
+    )  # fmt: skip
+    return pki / f"{name}.crt", key
 
 
 @dataclass(frozen=True)
@@ -259,6 +281,11 @@ class _Pki:
     sa_key: Path
     sa_pub: Path
     clients: Mapping[str, tuple[Path, Path]]
+    # The aggregation layer: the apiserver proxies to extension API servers with the front-proxy client
+    # certificate, which they trust through the request-header CA (a CA of its own, as kubeadm has it).
+    front_proxy_ca_cert: Path
+    front_proxy_client: tuple[Path, Path]
+    metrics_server_serving: tuple[Path, Path]
 
 
 # Identity (CN, O) of each client of the apiserver; distinct users keep the audit log readable.
@@ -267,19 +294,19 @@ _CLIENT_IDENTITIES: Final = {
     "kube-controller-manager": ("system:kube-controller-manager", ""),
     "kube-scheduler": ("system:kube-scheduler", ""),
     "kwok": ("kwok-controller", "system:masters"),
+    # Bound to the RBAC of metrics-server's own release manifests (metrics_server_objects), nothing more.
+    "metrics-server": ("system:metrics-server", ""),
 }
+FRONT_PROXY_CLIENT: Final = "front-proxy-client"
+METRICS_NAMESPACE: Final = "kube-system"
+# The aggregator dials `<service>.<namespace>.svc` and checks the serving certificate for that name.
+METRICS_SERVICE_DNS: Final = f"{METRICS_SERVER}.{METRICS_NAMESPACE}.svc"
 
 
 def _make_pki(pki: Path) -> _Pki:
     pki.mkdir(parents=True, exist_ok=True)
-    ca_key = _new_key(pki, "ca")
-    _openssl(
-        "req", "-x509", "-new", "-key", ca_key.name, "-subj", "/CN=modeldeploy-dev-cluster-ca",
-        "-days", "365", "-sha256", "-out", "ca.crt",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-        cwd=pki,
-    )  # fmt: skip
+    ca_cert, ca_key = _new_ca(pki, "ca", "modeldeploy-dev-cluster-ca")
+    front_proxy_ca_cert, _ = _new_ca(pki, "front-proxy-ca", "modeldeploy-dev-cluster-front-proxy-ca")
     serving_cert, serving_key = _issue_cert(
         pki,
         "apiserver",
@@ -300,13 +327,24 @@ def _make_pki(pki: Path) -> _Pki:
         subject = f"/CN={common_name}" + (f"/O={organization}" if organization else "")
         clients[name] = _issue_cert(pki, f"client-{name}", subject, client=True)
     return _Pki(
-        ca_cert=pki / "ca.crt",
+        ca_cert=ca_cert,
         ca_key=ca_key,
         serving_cert=serving_cert,
         serving_key=serving_key,
         sa_key=sa_key,
         sa_pub=pki / "service-account.pub",
         clients=clients,
+        front_proxy_ca_cert=front_proxy_ca_cert,
+        front_proxy_client=_issue_cert(
+            pki, FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}", client=True, ca="front-proxy-ca"
+        ),
+        metrics_server_serving=_issue_cert(
+            pki,
+            "metrics-server",
+            f"/CN={METRICS_SERVICE_DNS}",
+            server_names=(METRICS_SERVICE_DNS, "localhost"),
+            server_ips=("127.0.0.1",),
+        ),
     )
 
 
@@ -536,6 +574,7 @@ class _Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    metrics_server: int
 
 
 class DevCluster:
@@ -553,11 +592,13 @@ class DevCluster:
         nodes: Sequence[FakeNode] = DEFAULT_NODES,
         detached: bool = False,
         ready_timeout: float = 90.0,
+        metrics_server: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.bin_dir = bin_dir if bin_dir is not None else ensure_binaries(build=False)
         self.nodes = tuple(nodes)
         self.detached = detached
+        self.metrics_server = metrics_server
         self.ready_timeout = ready_timeout
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.audit_log = AuditLog(self.state_dir / "audit.log")
@@ -609,13 +650,15 @@ class DevCluster:
         component is alive and the apiserver answers; None otherwise."""
         state_dir = state_dir.resolve()
         procs = _read_pids(state_dir)
-        if sorted(p.name for p in procs if p.alive()) != sorted(COMPONENTS):
-            return None
         try:
             info = json.loads((state_dir / _CLUSTER_FILE).read_text())
         except (OSError, ValueError):
             return None
-        cluster = cls(state_dir, Path(info["bin_dir"]), detached=True)
+        metrics_server = bool(info.get("metrics_server"))
+        expected = [*COMPONENTS, METRICS_SERVER] if metrics_server else COMPONENTS
+        if sorted(p.name for p in procs if p.alive()) != sorted(expected):
+            return None
+        cluster = cls(state_dir, Path(info["bin_dir"]), detached=True, metrics_server=metrics_server)
         cluster._procs = procs
         try:
             status, _ = cluster._admin_api().request("GET", "/readyz", timeout=5)
@@ -741,15 +784,31 @@ class DevCluster:
 
     def _start(self) -> None:
         started = time.monotonic()
-        ports = _Ports(*free_ports(5))
+        if self.metrics_server:
+            missing = [f for f in METRICS_SERVER_FILES if not (self.bin_dir / f).is_file()]
+            if missing:
+                raise DevClusterError(
+                    f"{self.bin_dir} lacks {', '.join(missing)}, which metrics_server=True needs; "
+                    "run tests/cluster/build.sh"
+                )
+        ports = _Ports(*free_ports(6))
         pki, component_kubeconfigs = self._start_pki(ports.apiserver)
         etcd_url = self._start_etcd(ports.etcd)
         self._start_apiserver(pki, etcd_url, ports.apiserver)
         self._start_controllers(pki, component_kubeconfigs, ports)
+        if self.metrics_server:
+            self._install_usage_crd()
         self._start_kwok_nodes(pki, component_kubeconfigs, ports)
         self._wait_until_settled(ports)
+        if self.metrics_server:
+            self._start_metrics_server(pki, component_kubeconfigs, ports.metrics_server)
         elapsed = time.monotonic() - started
-        info = {"server": self.server, "bin_dir": str(self.bin_dir), "startup_seconds": round(elapsed, 2)}
+        info = {
+            "server": self.server,
+            "bin_dir": str(self.bin_dir),
+            "metrics_server": self.metrics_server,
+            "startup_seconds": round(elapsed, 2),
+        }
         (self.state_dir / _CLUSTER_FILE).write_text(json.dumps(info) + "\n")
 
     def _start_pki(self, apiserver_port: int) -> tuple[_Pki, dict[str, Path]]:
@@ -763,13 +822,17 @@ class DevCluster:
         _write_private(self.kubeconfig, _cert_kubeconfig(self.server, pki, "admin"))
         self._api = KubeApi(self.kubeconfig)
         component_kubeconfigs: dict[str, Path] = {}
-        for client in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        clients = ["kube-controller-manager", "kube-scheduler", "kwok"]
+        if self.metrics_server:
+            clients.append(METRICS_SERVER)
+        for client in clients:
             path = sd / f"{client}.kubeconfig"
             _write_private(path, _cert_kubeconfig(self.server, pki, client))
             component_kubeconfigs[client] = path
         (sd / "audit-policy.yaml").write_text(AUDIT_POLICY)
         kwok_config = sd / "kwok.yaml"
-        kwok_config.write_text(_kwok_config(self.bin_dir / "kwok-stages.yaml", self.builder_log))
+        metric = self.bin_dir / KWOK_METRIC_FILE if self.metrics_server else None
+        kwok_config.write_text(_kwok_config(self.bin_dir / "kwok-stages.yaml", self.builder_log, metric))
         return pki, component_kubeconfigs
 
     def _start_etcd(self, etcd_port: int) -> str:
@@ -831,6 +894,19 @@ class DevCluster:
                 "--profiling=false",
                 # pods/log reaches KWOK (the nodes' kubelet) at the node's InternalIP, not its hostname.
                 "--kubelet-preferred-address-types=InternalIP",
+                # The aggregation layer (what kubeadm sets): requests for an APIService's group are proxied
+                # with the front-proxy client certificate and the user in X-Remote-* headers.
+                f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.front_proxy_client[0]}",
+                f"--proxy-client-key-file={pki.front_proxy_client[1]}",
+                # No --enable-aggregator-routing: it would dial an EndpointSlice address, which validation
+                # refuses to be a loopback one, and nothing here may be reached at any other address.
+                # Without it the aggregator dials the Service, and an ExternalName Service (localhost)
+                # is dialled as named (see metrics_server_objects).
             ],
         )
         ca_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -905,11 +981,14 @@ class DevCluster:
                 f"--tls-cert-file={kwok_cert}",
                 f"--tls-private-key-file={kwok_key}",
                 "--node-lease-duration-seconds=40",
+                # The usage KWOK reports for pods is set by ClusterResourceUsage objects (set_cpu_usage).
+                *(["--enable-crds=ClusterResourceUsage"] if self.metrics_server else []),
             ],
         )
 
         for node in self.nodes:
-            status, body = self._api.request("POST", "/api/v1/nodes", node.manifest())
+            manifest = node.manifest(resource_metrics=self.metrics_server)
+            status, body = self._api.request("POST", "/api/v1/nodes", manifest)
             if status != 201:
                 raise DevClusterError(f"creating node {node.name} failed ({status}): {body}")
 
@@ -948,6 +1027,110 @@ class DevCluster:
             self.ready_timeout,
             [self.log_dir / "kube-controller-manager.log"],
         )
+
+    def _install_usage_crd(self) -> None:
+        """KWOK's ClusterResourceUsage CRD, Established before KWOK starts watching it."""
+        assert self._api is not None
+        crd = yaml.safe_load((self.bin_dir / KWOK_USAGE_CRD_FILE).read_text())
+        path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        status, body = self._api.request("POST", path, crd)
+        if status != 201:
+            raise DevClusterError(f"creating CRD {crd['metadata']['name']} failed ({status}): {body}")
+
+        def established() -> bool:
+            assert self._api is not None
+            got = self._api.get(f"{path}/{crd['metadata']['name']}") or {}
+            conditions = (got.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        _wait_for(f"CRD {crd['metadata']['name']} Established", established, self.ready_timeout)
+
+    def _start_metrics_server(self, pki: _Pki, component_kubeconfigs: dict[str, Path], port: int) -> None:
+        """metrics-server behind the aggregation layer, scraping KWOK's kubelet resource metrics."""
+        kubeconfig = component_kubeconfigs[METRICS_SERVER]
+        objects = metrics_server_objects(port, pki.ca_cert.read_bytes())
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+        )
+        # metrics-server exits at once if it cannot read the request-header CA: wait until its RBAC counts.
+        as_metrics_server = KubeApi(kubeconfig)
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": METRICS_NAMESPACE,
+                    "verb": "get",
+                    "resource": "configmaps",
+                    "name": "extension-apiserver-authentication",
+                }
+            },
+        }
+
+        def authorized() -> bool:
+            path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+            status, body = as_metrics_server.request("POST", path, review)
+            return status == 201 and bool(body["status"].get("allowed"))
+
+        _wait_for("metrics-server's RBAC", authorized, self.ready_timeout)
+        cert, key = pki.metrics_server_serving
+        self._spawn(
+            METRICS_SERVER,
+            [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={cert}",
+                f"--tls-private-key-file={key}",
+                # KWOK serves the nodes' kubelet port with a certificate for no node name (as kwokctl's
+                # metrics-server setup, which passes the same flag).
+                "--kubelet-insecure-tls",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--kubelet-use-node-status-port",
+                # The shortest it accepts: a change of usage reaches the HPA within two scrapes. The request
+                # timeout must stay under 90% of it (KWOK answers on loopback in milliseconds).
+                "--metric-resolution=10s",
+                "--kubelet-request-timeout=5s",
+            ],
+        )
+
+        def available() -> bool:
+            api = self._admin_api()
+            service = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{METRICS_API_SERVICE}") or {}
+            conditions = (service.get("status") or {}).get("conditions") or []
+            return self._alive_or_raise(METRICS_SERVER) and any(
+                c["type"] == "Available" and c["status"] == "True" for c in conditions
+            )
+
+        _wait_for(
+            f"APIService {METRICS_API_SERVICE} Available (metrics-server behind the aggregation layer)",
+            available,
+            self.ready_timeout,
+            [self.log_dir / f"{METRICS_SERVER}.log", self.log_dir / "kube-apiserver.log"],
+        )
+
+    def set_cpu_usage(self, namespace: str, cpu: str, memory: str = "1Gi") -> None:
+        """Every container of the pods in ``namespace`` uses ``cpu`` (a quantity: "1500m") from now on,
+        as KWOK's kubelet reports it to metrics-server. Needs ``metrics_server=True``."""
+        if not self.metrics_server:
+            raise DevClusterError("set_cpu_usage needs a cluster started with metrics_server=True")
+        usage = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "ClusterResourceUsage",
+            "metadata": {"name": f"usage-{namespace}"},
+            "spec": {
+                "selector": {"matchNamespaces": [namespace]},
+                # metrics-server drops a container whose CPU or memory reads zero: both are set.
+                "usages": [{"usage": {"cpu": {"value": cpu}, "memory": {"value": memory}}}],
+            },
+        }
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(usage))
 
     def _nodes_ready(self) -> bool:
         assert self._api is not None
@@ -1111,7 +1294,80 @@ def fault_stages() -> list[dict[str, Any]]:
     ]
 
 
-def _kwok_config(stages_file: Path, builder_log: Path) -> str:
+def metrics_server_objects(port: int, ca_bundle: bytes) -> list[dict[str, Any]]:
+    """What metrics-server's release manifests create around it, less its Deployment (it runs here as a
+    process on ``port``): its RBAC, its Service and the APIService that puts it behind the aggregation layer.
+
+    The Service is an ExternalName one for localhost: the aggregator dials it as named (it would dial a
+    ClusterIP Service's cluster IP, which nothing here serves). The APIService trusts the cluster CA,
+    which signed metrics-server's serving certificate for the Service's DNS name.
+    """
+    rbac_group = "rbac.authorization.k8s.io"
+    user = {"apiGroup": rbac_group, "kind": "User", "name": _CLIENT_IDENTITIES[METRICS_SERVER][0]}
+    return [
+        {
+            "apiVersion": f"{rbac_group}/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:metrics-server"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
+            ],
+        },
+        {
+            "apiVersion": f"{rbac_group}/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:metrics-server"},
+            "roleRef": {"apiGroup": rbac_group, "kind": "ClusterRole", "name": "system:metrics-server"},
+            "subjects": [user],
+        },
+        {
+            # Delegated authentication and authorization: TokenReviews and SubjectAccessReviews.
+            "apiVersion": f"{rbac_group}/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "metrics-server:system:auth-delegator"},
+            "roleRef": {"apiGroup": rbac_group, "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [user],
+        },
+        {
+            # The request-header CA and allowed names, which the apiserver publishes in kube-system.
+            "apiVersion": f"{rbac_group}/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "metrics-server-auth-reader", "namespace": METRICS_NAMESPACE},
+            "roleRef": {
+                "apiGroup": rbac_group,
+                "kind": "Role",
+                "name": "extension-apiserver-authentication-reader",
+            },
+            "subjects": [user],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": METRICS_SERVER, "namespace": METRICS_NAMESPACE},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": "localhost",
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            },
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": METRICS_API_SERVICE},
+            "spec": {
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "service": {"name": METRICS_SERVER, "namespace": METRICS_NAMESPACE, "port": port},
+                "caBundle": base64.b64encode(ca_bundle).decode(),
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    ]
+
+
+def _kwok_config(stages_file: Path, builder_log: Path, metric_file: Path | None = None) -> str:
     # The node and pod stages kwokctl gives this KWOK release (copied by build.sh from its module), the
     # pod stages kept off the fault pods, plus the fault stages.
     # Options go on the command line instead: a KwokConfiguration in this file would replace KWOK's
@@ -1134,7 +1390,10 @@ def _kwok_config(stages_file: Path, builder_log: Path) -> str:
             "logs": [{"containers": ["model-builder"], "logsFile": str(builder_log), "follow": False}],
         },
     }
-    return yaml.safe_dump_all([*stages, *fault_stages(), logs], sort_keys=False)
+    # KWOK's Metric for the kubelet's /metrics/resource, served per node under the path the nodes'
+    # RESOURCE_METRICS_PATH_ANNOTATION names.
+    metrics = [doc for doc in yaml.safe_load_all(metric_file.read_text()) if doc] if metric_file else []
+    return yaml.safe_dump_all([*stages, *fault_stages(), logs, *metrics], sort_keys=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1142,19 +1401,26 @@ def _kwok_config(stages_file: Path, builder_log: Path) -> str:
 
 
 def cluster_up(
-    state_dir: Path | None = None, *, build: bool = True, restart: bool = False, ready_timeout: float = 90.0
+    state_dir: Path | None = None,
+    *,
+    build: bool = True,
+    restart: bool = False,
+    ready_timeout: float = 90.0,
+    metrics_server: bool = False,
 ) -> DevCluster:
     """Starts a detached control plane in ``state_dir`` and waits until it is ready.
 
     One that is already running there is kept (its objects too) unless ``restart``, which replaces it
-    with a fresh, empty one.
+    with a fresh, empty one; so is one without metrics-server when ``metrics_server`` asks for it.
     """
     state_dir = (state_dir or default_state_dir()).resolve()
     running = DevCluster.attach(state_dir) if not restart else None
-    if running is not None:
+    if running is not None and (running.metrics_server or not metrics_server):
         return running
     bin_dir = ensure_binaries(build=build)
-    return DevCluster(state_dir, bin_dir, detached=True, ready_timeout=ready_timeout).start()
+    return DevCluster(
+        state_dir, bin_dir, detached=True, ready_timeout=ready_timeout, metrics_server=metrics_server
+    ).start()
 
 
 def cluster_down(state_dir: Path | None = None) -> list[str]:
@@ -1196,12 +1462,20 @@ def up_command(
     build: bool = typer.Option(True, help="Build the binaries first (tests/cluster/build.sh) if missing"),
     timeout: float = typer.Option(90.0, help="Seconds to wait for the cluster to become ready"),
     restart: bool = typer.Option(False, help="Replace a running cluster with a fresh, empty one"),
+    metrics_server: bool = typer.Option(
+        False,
+        "--metrics-server",
+        help="Also run metrics-server behind the aggregation layer (`kubectl top`, HPAs on cpu)",
+    ),
 ) -> None:
     """Start the control plane in the background and wait until it is ready (prints the kubeconfig path)."""
     resolved = (state_dir or default_state_dir()).resolve()
-    already_running = not restart and DevCluster.attach(resolved) is not None
+    attached = DevCluster.attach(resolved) if not restart else None
+    already_running = attached is not None and (attached.metrics_server or not metrics_server)
     try:
-        cluster = cluster_up(resolved, build=build, restart=restart, ready_timeout=timeout)
+        cluster = cluster_up(
+            resolved, build=build, restart=restart, ready_timeout=timeout, metrics_server=metrics_server
+        )
     except DevClusterError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-# KWOK, Helm) and Prometheus (the canary analysis's query API) from the pinned wrapper modules under go/
-# into a cache directory outside the repository:
+# KWOK, Helm), Prometheus (the canary analysis's query API) and metrics-server (the HPA's cpu metric) from
+# the pinned wrapper modules under go/ into a cache directory outside the repository:
 #
 #   ${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}/bin/k8s-<version>/
 #
@@ -30,6 +30,7 @@ binaries=(
   "kwok:kwok:sigs.k8s.io/kwok/cmd/kwok:$KWOK_VERSION"
   "helm:helm:helm.sh/helm/v3/cmd/helm:$HELM_VERSION"
   "prometheus:prometheus:github.com/prometheus/prometheus/cmd/prometheus:$PROMETHEUS_VERSION"
+  "metrics-server:metrics-server:sigs.k8s.io/metrics-server/cmd/metrics-server:$METRICS_SERVER_VERSION"
 )
 
 log() { echo "build.sh: $*" >&2; }
@@ -65,7 +66,9 @@ case "${1:-}" in
       IFS=: read -r name wrapper _ version <<<"$entry"
       is_built "$name" "$wrapper" "$version" || exit 1
     done
-    [[ -f "$bin_dir/kwok-stages.yaml" ]] || exit 1
+    for f in kwok-stages.yaml kwok-metrics-resource.yaml kwok-clusterresourceusages-crd.yaml; do
+      [[ -f "$bin_dir/$f" ]] || exit 1
+    done
     exit 0
     ;;
   "") ;;
@@ -141,11 +144,15 @@ ldflags_for() {
       printf -- "-X github.com/prometheus/common/version.Version=3.%s.%s " "$((10#$minor))" "${version##*.}"
       printf -- "-X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.BuildDate=%s " "$build_date"
       ;;
+    metrics-server)
+      # What metrics-server's Makefile sets (`metrics-server --version`).
+      printf -- "-X k8s.io/client-go/pkg/version.gitVersion=%s -X k8s.io/client-go/pkg/version.buildDate=%s " "$version" "$build_date"
+      ;;
     etcd) ;; # etcd's version is a constant in go.etcd.io/etcd/api/v3/version, already right.
   esac
 }
 
-for wrapper in etcd kwok kubernetes helm prometheus; do
+for wrapper in etcd kwok kubernetes helm prometheus metrics-server; do
   names=()
   packages=()
   version=""
@@ -205,6 +212,24 @@ if [[ ! -f "$stages" || "$(cat "$bin_dir/.kwok-stages.stamp" 2>/dev/null)" != "$
   mv -f "$tmp" "$stages"
   echo "$stages_stamp" >"$bin_dir/.kwok-stages.stamp"
   log "kwok $KWOK_VERSION: wrote default stages to $stages"
+fi
+
+# KWOK's emulated kubelet resource metrics, for metrics-server (`DevCluster(metrics_server=True)`): the
+# Metric that serves /metrics/nodes/<node>/metrics/resource and the ClusterResourceUsage CRD that sets what
+# pods use, both from the pinned module, as kwokctl's metrics-server setup takes them.
+metrics_stamp="version=$KWOK_VERSION"
+if [[ ! -f "$bin_dir/kwok-metrics-resource.yaml" || ! -f "$bin_dir/kwok-clusterresourceusages-crd.yaml" ||
+  "$(cat "$bin_dir/.kwok-metrics.stamp" 2>/dev/null)" != "$metrics_stamp" ]]; then
+  kwok_src="$(cd "$here/go/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+  for pair in metrics/resource/metrics-resource.yaml:kwok-metrics-resource.yaml \
+    crd/bases/kwok.x-k8s.io_clusterresourceusages.yaml:kwok-clusterresourceusages-crd.yaml; do
+    tmp="$(mktemp "$bin_dir/.tmp-metrics.XXXXXX")"
+    cp "$kwok_src/kustomize/${pair%%:*}" "$tmp"
+    chmod 644 "$tmp"
+    mv -f "$tmp" "$bin_dir/${pair##*:}"
+  done
+  echo "$metrics_stamp" >"$bin_dir/.kwok-metrics.stamp"
+  log "kwok $KWOK_VERSION: wrote the resource-metrics Metric and the ClusterResourceUsage CRD to $bin_dir"
 fi
 
 echo "$bin_dir"

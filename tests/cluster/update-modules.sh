@@ -72,8 +72,10 @@ write_wrapper kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 write_wrapper helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 write_wrapper prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
   github.com/prometheus/prometheus/cmd/prometheus
+write_wrapper metrics-server sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" \
+  sigs.k8s.io/metrics-server/cmd/metrics-server
 
-for name in kubernetes etcd kwok helm prometheus; do
+for name in kubernetes etcd kwok helm prometheus metrics-server; do
   echo "go mod tidy: $name"
   (cd "$here/go/$name" && go mod tidy)
 done
