@@ -256,6 +256,11 @@ def _rollout_gap(md: ModelDeployment, observed: Observed) -> str | None:
     updated = int(status.get("updatedReplicas") or 0)
     ready = int(status.get("readyReplicas") or 0)
     total = int(status.get("replicas") or 0)
+    if md.spec.autoscaling is not None and total == updated and ready >= 1:
+        # Every pod runs the current revision and one serves: the autoscaler changing the pod count is
+        # scaling, not a rollout, and ScalingReady tells it. Ready stays True (kserve#5530: a model that
+        # serves must not read not-Ready for the minutes new pods take to start on each scale-up).
+        return None
     if updated < desired or ready < desired or total > desired:
         return f"rolling out: {updated} updated, {ready} ready, {total} total of {desired}"
     return None

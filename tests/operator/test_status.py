@@ -245,6 +245,34 @@ def test_autoscaler_conditions_from_the_hpa() -> None:
     assert healthy.phase is Phase.READY
 
 
+def test_an_autoscaler_adding_or_removing_pods_of_the_current_revision_leaves_ready_true() -> None:
+    """Scaling is not a rollout: while the HPA's new pods start (or old ones stop), the pods that run the
+    current revision serve, so Ready stays True; a real rollout (pods of an older revision remain) and a
+    fixed-replicas change still read RollingOut."""
+    md = md_of({"autoscaling": {"minReplicas": 1, "maxReplicas": 3}})
+    digest = digest_of(md)
+    scaling_up = deployment(digest, replicas=3, ready=1)  # 3 pods of the current revision, 1 ready yet
+    scaling_up["status"]["replicas"] = scaling_up["status"]["updatedReplicas"] = 3
+    status = compute_status(md, Observed(digest=digest, deployment=scaling_up, pods=[pod(digest)]), None, T0)
+    assert conditions(status)["Ready"] == ("True", "Serving")
+    scaling_down = deployment(digest, replicas=1, ready=3)
+    scaling_down["status"]["replicas"] = scaling_down["status"]["updatedReplicas"] = 3
+    status = compute_status(
+        md, Observed(digest=digest, deployment=scaling_down, pods=[pod(digest)]), None, T0
+    )
+    assert conditions(status)["Ready"] == ("True", "Serving")
+    # A rollout under the autoscaler: 1 pod of the new revision among 3.
+    rolling = deployment(digest, replicas=3, ready=3, updated=1)
+    status = compute_status(md, Observed(digest=digest, deployment=rolling, pods=[pod(digest)]), None, T0)
+    assert conditions(status)["Ready"] == ("False", "RollingOut")
+    # Fixed replicas: the user asked for 3 and 1 is ready: still coming up.
+    fixed = md_of({"replicas": 3})
+    fixed_digest = digest_of(fixed)
+    growing = deployment(fixed_digest, replicas=3, ready=1)
+    observed = Observed(digest=fixed_digest, deployment=growing, pods=[pod(fixed_digest)])
+    assert conditions(compute_status(fixed, observed, None, T0))["Ready"] == ("False", "RollingOut")
+
+
 def test_keda_missing_and_scaled_to_zero() -> None:
     md = md_of({"autoscaling": {"engine": "keda", "minReplicas": 0, "maxReplicas": 2, "scaleToZero": True}})
     digest = digest_of(md)
