@@ -65,16 +65,29 @@ class EncoderRole:
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        batch = DecodedRequests(requests, self.pairs, self.settings.task)
+        batch = self.decode(requests)
         if not batch.texts:
             return batch.responses
         try:
             outputs, failures = self.encode(batch.texts, batch.pairs)
-            for index, first, count in batch.owners:
-                bad = [failures[p] for p in range(first, first + count) if p in failures]
-                batch.responses[index] = error_response(bad[0]) if bad else response(outputs, first, count)
         except Exception as exc:  # one bad batch must not take the server down
             batch.fail_unanswered(f"inference failed: {exc}")
+            return batch.responses
+        return self.respond(batch, outputs, failures)
+
+    def decode(self, requests: list[Any]) -> DecodedRequests:
+        """The batch's texts (a request with a bad input already answered with its error)."""
+        return DecodedRequests(requests, self.pairs, self.settings.task)
+
+    def respond(
+        self, batch: DecodedRequests, outputs: dict[str, Array], failures: dict[int, str]
+    ) -> list[Any]:
+        """Each request's response: its rows of the batch's outputs, or the first of its texts' errors.
+        `decode` and `respond` touch Triton's objects, `encode` only arrays: the shared host runs
+        `encode` on a worker thread and the other two on the stub's own."""
+        for index, first, count in batch.owners:
+            bad = [failures[p] for p in range(first, first + count) if p in failures]
+            batch.responses[index] = error_response(bad[0]) if bad else response(outputs, first, count)
         return batch.responses
 
     def encode(

@@ -9,7 +9,7 @@ by BLS. The host loads the model's checkpoint from the model's own directory wit
 files, once, and runs every packed model in one process (one CUDA context on a GPU).
 
 Protocol (request parameters, JSON strings):
-- an inference request carries `modeldeploy_model` (this instance's key);
+- an inference request carries `modeldeploy_model` (this instance's key) and the texts of a whole batch;
 - the host answers a key it does not hold with an error whose message starts with UNKNOWN_MODEL; the
   forwarder then sends `modeldeploy_load` (its Triton arguments, the repository resolved) and retries.
   Python models may call BLS only from `execute`, so the first request loads the model: the model's
@@ -71,8 +71,10 @@ def host_arguments(args: dict[str, str]) -> dict[str, str]:
 
 
 class ForwarderRole:
-    """Each request goes to the host as one BLS request, all of a batch's at once; the host's dynamic
-    batcher gathers what every packed model sends."""
+    """A batch of requests goes to the host as one BLS request: the texts of every request sending the
+    same inputs, concatenated; each request's response is its rows of the answer (every encoder output
+    is row-aligned with the texts). One bad text would fail the whole merged request, so a merged request
+    that fails is retried request by request, and only the request at fault gets the error."""
 
     def __init__(self, args: dict[str, str]) -> None:
         self.args = host_arguments(args)
@@ -83,23 +85,51 @@ class ForwarderRole:
         self.load_lock = asyncio.Lock()
 
     async def execute(self, requests: list[Any]) -> list[Any]:
-        return list(await asyncio.gather(*(self._forward(request) for request in requests)))
+        inputs = [_text_inputs(request) for request in requests]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for position, arrays in enumerate(inputs):
+            groups.setdefault(tuple(arrays), []).append(position)
+        responses: list[Any] = [None] * len(requests)
+        parts = [[inputs[p] for p in positions] for positions in groups.values()]
+        answers = await asyncio.gather(*(self._forward(part) for part in parts))
+        for positions, answered in zip(groups.values(), answers, strict=True):
+            for position, response in zip(positions, answered, strict=True):
+                responses[position] = response
+        return responses
 
-    async def _forward(self, request: Any) -> Any:
-        inputs = [
-            tensor
-            for tensor in (pb_utils.get_input_tensor_by_name(request, name) for name in TEXT_INPUTS)
-            if tensor is not None
-        ]
+    async def _forward(self, requests: list[dict[str, Any]]) -> list[Any]:
+        """Responses for requests that send the same inputs (name -> array), in one host request."""
+        import numpy as np
+
+        merged = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+        answer = await self._answer(merged)
+        if answer.has_error():
+            if len(requests) > 1:
+                alone = await asyncio.gather(*(self._forward([request]) for request in requests))
+                return [response for (response,) in alone]
+            return [pb_utils.InferenceResponse(output_tensors=[], error=restored_error(answer.error()))]
+        outputs = {tensor.name(): tensor.as_numpy() for tensor in answer.output_tensors()}
+        responses, first = [], 0
+        for request in requests:
+            rows = slice(first, first + len(request["TEXT"]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, array[rows]) for name, array in outputs.items()]
+                )
+            )
+            first = rows.stop
+        return responses
+
+    async def _answer(self, arrays: dict[str, Any]) -> Any:
+        """The host's answer to `arrays`, loading the model there first if it does not hold it."""
+        inputs = [pb_utils.Tensor(name, array) for name, array in arrays.items()]
         answer = await self._ask_host(inputs)
         if answer.has_error() and UNKNOWN_MODEL in answer.error().message():
             error = await self._load()
             if error is not None:
                 return pb_utils.InferenceResponse(output_tensors=[], error=error)
             answer = await self._ask_host(inputs)
-        if answer.has_error():
-            return pb_utils.InferenceResponse(output_tensors=[], error=restored_error(answer.error()))
-        return pb_utils.InferenceResponse(output_tensors=answer.output_tensors())
+        return answer
 
     async def _ask_host(self, inputs: list[Any], load: bool = False) -> Any:
         parameters = {MODEL_PARAMETER: self.key}
@@ -143,6 +173,12 @@ def split_coded_message(message: str) -> tuple[str, str]:
 def restored_error(error: Any) -> Any:
     code, message = split_coded_message(error.message())
     return pb_utils.TritonError(message, getattr(pb_utils.TritonError, code, pb_utils.TritonError.INTERNAL))
+
+
+def _text_inputs(request: Any) -> dict[str, Any]:
+    """The request's text inputs that it sends (name -> array), in TEXT_INPUTS order."""
+    found = {name: pb_utils.get_input_tensor_by_name(request, name) for name in TEXT_INPUTS}
+    return {name: tensor.as_numpy() for name, tensor in found.items() if tensor is not None}
 
 
 def _text_array(texts: list[str]) -> Any:

@@ -5,8 +5,12 @@ model.py makes of that directory), exactly as its own stub would load it; the ho
 instances and routes each request to the model its forwarder names. A batch from Triton's dynamic
 batcher may mix models: it is split by model and each part goes to that model's role as one batch.
 
-Loads run on a worker thread while `execute` goes on serving the other models (the stub runs an async
-`execute` on its event loop), so placing or replacing a model does not stall its neighbours.
+The models of one batch encode side by side on worker threads; everything that touches Triton's objects
+(reading requests, making responses) stays on the stub's own thread. A model loads on the stub's thread
+too, inside `execute`: while it loads (warm-up and the batch planner's calibration included) the other
+packed models' requests wait. An earlier version loaded on a worker thread in a decoupled host whose
+batch threads answered through response senders; tritonserver crashed (SIGSEGV) in one of three runs
+of the packing tests, so the host is kept simple.
 
 A model is released when the forwarder process that loaded it has exited: Triton stops a model's stub
 when the model is unloaded, and a Python model may not call BLS from `finalize` to say so itself.
@@ -14,11 +18,11 @@ when the model is unloaded, and a Python model may not call BLS from `finalize` 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .forwarder import LOAD_PARAMETER, MODEL_PARAMETER, UNKNOWN_MODEL, coded_message, process_start_time
@@ -29,6 +33,7 @@ except ImportError:  # imported outside Triton by tests of the pure parts
     pb_utils = None
 
 RELEASE_CHECK_S = 2.0
+ENCODE_THREADS = 4
 
 
 def owner_alive(key: str) -> bool:
@@ -82,47 +87,55 @@ class SharedHost:
         self.args = args
         self.package_of = package_of
         self.models = HostedModels()
-        self.loading: dict[str, asyncio.Future[Any]] = {}
+        # The models of one batch encode side by side (torch and the tokenizers release the GIL); only
+        # `encode` runs there: Triton's objects are read and made on the stub's own thread.
+        self.workers = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="modeldeploy-host")
         self.stopped = threading.Event()
         threading.Thread(target=self._release_loop, name="modeldeploy-host-release", daemon=True).start()
 
-    async def execute(self, requests: list[Any]) -> list[Any]:
+    def execute(self, requests: list[Any]) -> list[Any]:
         parameters = [json.loads(request.parameters() or "{}") for request in requests]
         responses: list[Any] = [None] * len(requests)
-        keys: list[str | None] = [p.get(MODEL_PARAMETER) for p in parameters]
+        keys: list[str | None] = []
         for position, params in enumerate(parameters):
+            key = params.get(MODEL_PARAMETER)
             if LOAD_PARAMETER in params:
-                responses[position] = await self._load(str(params[MODEL_PARAMETER]), params[LOAD_PARAMETER])
+                responses[position] = self._load(str(key), params[LOAD_PARAMETER])
+                keys.append("")  # answered by its load
+            else:
+                keys.append(key)
+        running = []
         for key, positions in split_by_model(keys).items():
-            positions = [p for p in positions if responses[p] is None]
-            if not positions:
+            if key == "":
                 continue
             role = self.models.get(key) if key is not None else None
             if role is None:
-                for p in positions:
-                    responses[p] = _error(f"{UNKNOWN_MODEL} {key!r}")
+                for position in positions:
+                    responses[position] = _error(f"{UNKNOWN_MODEL} {key!r}")
                 continue
-            answers = role.execute([requests[p] for p in positions])
-            for p, answer in zip(positions, answers, strict=True):
-                responses[p] = answer
-        return [_with_coded_error(response) for response in responses]
+            batch = role.decode([requests[p] for p in positions])
+            if batch.texts:
+                encoding = self.workers.submit(role.encode, batch.texts, batch.pairs)
+                running.append((positions, role, batch, encoding))
+            else:
+                _place(responses, positions, batch.responses)
+        for positions, role, batch, encoding in running:
+            try:
+                outputs, failures = encoding.result()
+                answers = role.respond(batch, outputs, failures)
+            except Exception as exc:  # one bad batch must not take the others down
+                batch.fail_unanswered(f"inference failed: {exc}")
+                answers = batch.responses
+            _place(responses, positions, answers)
+        return [_coded(response) for response in responses]
 
-    async def _load(self, key: str, load_arguments: str) -> Any:
-        """Load the model once per key, on a worker thread; concurrent loads of one key share it."""
-        if self.models.get(key) is not None:
-            return pb_utils.InferenceResponse(output_tensors=[])
-        pending = self.loading.get(key)
-        if pending is None:
-            pending = asyncio.get_running_loop().run_in_executor(None, self._build_role, load_arguments)
-            self.loading[key] = pending
-        try:
-            role = await pending
-        except Exception as exc:  # the model's own load error, for its forwarder to report
-            return _error(f"modeldeploy-host: loading the model failed: {exc}")
-        finally:
-            self.loading.pop(key, None)
+    def _load(self, key: str, load_arguments: str) -> Any:
+        """Load the model once per key (further requests to load it are answered at once)."""
         if self.models.get(key) is None:
-            self.models.add(key, role)
+            try:
+                self.models.add(key, self._build_role(load_arguments))
+            except Exception as exc:  # the model's own load error, for its forwarder to report
+                return _error(f"modeldeploy-host: loading the model failed: {exc}")
             self._log(f"loaded {_describe(key)}")
         return pb_utils.InferenceResponse(output_tensors=[])
 
@@ -150,6 +163,7 @@ class SharedHost:
 
     def finalize(self) -> None:
         self.stopped.set()
+        self.workers.shutdown(wait=True)
 
 
 def _describe(key: str) -> str:
@@ -157,12 +171,17 @@ def _describe(key: str) -> str:
     return f"model {name} ({version_dir}, forwarder pid {pid})"
 
 
-def _with_coded_error(response: Any) -> Any:
+def _place(responses: list[Any], positions: list[int], answers: list[Any]) -> None:
+    for position, answer in zip(positions, answers, strict=True):
+        responses[position] = answer
+
+
+def _coded(response: Any) -> Any:
+    """An error's code written into its message (a BLS answer reaches the forwarder as INTERNAL)."""
     if not response.has_error():
         return response
-    return pb_utils.InferenceResponse(
-        output_tensors=[], error=pb_utils.TritonError(coded_message(response.error()))
-    )
+    error = pb_utils.TritonError(coded_message(response.error()))
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
 def _error(message: str) -> Any:

@@ -358,17 +358,31 @@ def test_removing_a_packed_encoder_frees_it_in_the_shared_host(packed: Packed) -
     assert classify(packed, NER, SENTENCES[:1])["ENTITIES"].shape == (1, 1)
 
 
-def test_a_bad_request_stays_the_clients_error(packed: Packed) -> None:
-    """The forwarder passes the host's answer on as it is: a client's mistake is HTTP 400 with the
-    runtime's reason, not a server error."""
-    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [""]}]}
-    request = urllib.request.Request(
-        f"http://{packed.server.http_url}/v2/models/{CLASSIFIER}/infer", data=json.dumps(body).encode()
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=60)
-    assert refused.value.code == 400
-    assert "must be non-empty text" in refused.value.read().decode()
+def test_a_bad_request_stays_the_clients_error_and_fails_no_other(packed: Packed) -> None:
+    """A client's mistake is HTTP 400 with the runtime's reason, not a server error (a BLS answer loses
+    its code: the shared runtime carries it), and it fails only its own request: sent at once with good
+    ones, which the batcher may merge into one host request with it, those still get their answers."""
+
+    def post(text: str) -> tuple[int, str]:
+        body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]}
+        request = urllib.request.Request(
+            f"http://{packed.server.http_url}/v2/models/{CLASSIFIER}/infer", data=json.dumps(body).encode()
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    texts = [*SENTENCES[:3], "", *SENTENCES[3:7]]
+    for _ in range(3):
+        with ThreadPoolExecutor(len(texts)) as pool:
+            outcomes = list(pool.map(post, texts))
+        for text, (status, body) in zip(texts, outcomes, strict=True):
+            if text:
+                assert status == 200 and '"name":"SCORES"' in body, (status, body)
+            else:
+                assert status == 400 and "must be non-empty text" in body, (status, body)
 
 
 def _cmdline(entry: Path) -> str:
