@@ -77,10 +77,10 @@ def generation_cpu_threads(cpus: int, tokens: int) -> int:
     A decoding step of a few rows is many short parallel regions. The CPU left free serves what runs
     beside the engine for every token (Triton's threads, the stream sender, the gRPC path); without it
     those preempt an OpenMP worker in the middle of a region and the whole region waits for it. Wide
-    passes are long enough that the work per region outweighs that. Measured on 2 cores
-    (bench/README.md, text generation): with one engine thread a single stream went from 119 to 188
-    tokens/s and 4 clients from 290 to 337; at 64 clients (16-26 rows a step) one thread lost a third
-    (819 to 546 tokens/s), which the wide passes keep.
+    passes are long enough that the work per region outweighs that. Measured on 2 cores with the
+    stub's passive OpenMP waits (bench/README.md, text generation): one stream made 132 tokens/s with two
+    engine threads and 196-200 with one; at 64 clients (16-26 rows a step) one thread lost about a third,
+    which the wide passes keep.
     """
     if cpus <= 1 or tokens >= WIDE_FORWARD_TOKENS:
         return max(1, cpus)
