@@ -17,8 +17,53 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.0f} s"
 
 
+# Digits each signal is shown with.
+DIGITS = {
+    "queueTime": 0,
+    "queueComputeRatio": 3,
+    "pendingRequests": 2,
+    "runningSequences": 2,
+    "requestsWaiting": 2,
+    "kvCacheUtilization": 3,
+    "generationPressure": 3,
+}
+SIGNAL_HEADERS = {"queueTime": "queueTime µs"}
+
+
+def _generation(report: dict[str, Any]) -> bool:
+    return bool(report.get("workload") == "generation")
+
+
+def _ttft_table(report: dict[str, Any]) -> list[str]:
+    """Time to first token per phase of each run (generation), by the phase a request was sent in."""
+    rows = []
+    for key, run in report["runs"].items():
+        for phase in run.get("ttft_by_phase", []):
+            rows.append(
+                [
+                    f"{key} (target {run['target']:g})",
+                    f"{phase['phase']} ({phase['start_s']:g}-{phase['end_s']:g} s)",
+                    str(phase["requests"]),
+                    str(phase["refused_or_failed"]),
+                    _value(phase["ttft_p50_ms"], 0),
+                    _value(phase["ttft_p99_ms"], 0),
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Time to first token per phase (requests by the phase they were sent in):",
+        "",
+        markdown_table(["metric", "phase", "requests", "refused", "TTFT p50 ms", "TTFT p99 ms"], rows),
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
+    generation = _generation(report)
+    # Generation's latency is the time to first token (the answer's own length is the client's choice).
+    latency, prefix = ("TTFT ", "ttft_") if generation else ("", "")
     steps = ", ".join(
         f"{step['name']} {step['load_x_capacity']:g}x for {step['duration_s']:g} s"
         for step in settings["steps"]
@@ -31,21 +76,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"({report['model']['description']}), device {report['device']}.",
         "",
         "One real tritonserver stands in for each of N pods (it gets 1/N of the offered load). One pod's "
-        f"capacity (64 closed-loop clients): **{report['capacity_rps']:.1f} requests/s**. Scrape + HPA sync "
+        f"capacity ({report.get('calibration_clients', 64)} closed-loop clients): "
+        f"**{report['capacity_rps']:.1f} requests/s**. Scrape + HPA sync "
         f"every {settings['interval_s']:g} s; adapter window {settings['adapter_window_s']:g} s; scale-down "
         f"stabilisation {300 * settings['time_scale']:g} s (300 s x {settings['time_scale']:g}); open-loop "
         f"Poisson arrivals, shed beyond {settings['max_in_flight']} in flight. Steps: {steps}.",
     ]
     if report.get("sweep"):
+        keys = [key for key in DIGITS if key in report["sweep"][0]]
         rows = [
             [
                 f"{row['utilisation_offered']:g}x",
                 fmt(row["served_rps"]),
-                _value(row["p50_ms"], 1),
-                _value(row["p99_ms"], 1),
-                _value(row["queueTime"], 0),
-                _value(row["queueComputeRatio"], 3),
-                _value(row["pendingRequests"], 2),
+                _value(row[f"{prefix}p50_ms"], 1),
+                _value(row[f"{prefix}p99_ms"], 1),
+                *([str(row["refused_or_failed"])] if generation else []),
+                *(_value(row[key], DIGITS[key]) for key in keys),
                 f"{row.get('foreign_cpu_share', 0):.0%}",
             ]
             for row in report["sweep"]
@@ -58,11 +104,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 [
                     "offered / capacity",
                     "served req/s",
-                    "p50 ms",
-                    "p99 ms",
-                    "queueTime µs",
-                    "queueComputeRatio",
-                    "pendingRequests",
+                    f"{latency}p50 ms",
+                    f"{latency}p99 ms",
+                    *(["refused"] if generation else []),
+                    *(SIGNAL_HEADERS.get(key, key) for key in keys),
                     "other CPU",
                 ],
                 rows,
@@ -70,10 +115,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         at80 = report.get("at_80pct_utilisation", {})
         defaults = report["api_default_targets"]
+        target_header = "target (API default; alone: the composite's)" if generation else "API default target"
         lines += [
             "",
             markdown_table(
-                ["metric", "API default target", "value at 80% of one pod's capacity"],
+                ["metric", target_header, "value at 80% of one pod's capacity"],
                 [[key, fmt(defaults[key], 3), _value(at80.get(key), 3)] for key in defaults if key in at80],
             ),
         ]
@@ -110,13 +156,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                     "reached needed",
                     "flaps",
                     "shed (2nd half of heavy)",
-                    "p99 ms (2nd half)",
+                    "answer p99 ms (2nd half)" if generation else "p99 ms (2nd half)",
                     "idle: back to 1 pod",
                     "other CPU mean / max",
                 ],
                 rows,
             ),
         ]
+    lines += _ttft_table(report)
     return "\n".join(lines) + "\n"
 
 

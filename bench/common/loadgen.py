@@ -232,6 +232,82 @@ class TritonGrpcSender:
         await self.client.close()
 
 
+@dataclass(frozen=True)
+class FirstToken:
+    """One generation request as its client saw it (`time.monotonic()` seconds)."""
+
+    sent: float
+    ttft_ms: float | None  # None: refused or failed before its first token
+    output_tokens: int
+    finished: float
+
+
+class TritonGenerationSender:
+    """One prompt per request to a Triton generation model (the runtime's LLM contract), streamed over a
+    gRPC stream of its own (`tritonclient.grpc.aio`), greedy; each answer asks for a number of tokens drawn
+    evenly from [min_tokens, max_tokens] (seeded). Every request's time to first token is kept in
+    `first_tokens` for whoever reads (and clears) it with `take_first_tokens`."""
+
+    def __init__(self, url: str, model: str, min_tokens: int, max_tokens: int, seed: int = 0) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self._module = grpcclient
+        self.client = grpcclient.InferenceServerClient(url)
+        self.model = model
+        self.min_tokens, self.max_tokens = min_tokens, max_tokens
+        self.random = random.Random(seed)
+        self.first_tokens: list[FirstToken] = []
+
+    def _inputs(self, text: str, max_tokens: int) -> list[Any]:
+        module = self._module
+        values = (
+            ("text_input", "BYTES", np.array([text.encode()], dtype=np.object_)),
+            ("stream", "BOOL", np.array([True])),
+            ("max_tokens", "INT32", np.array([max_tokens], dtype=np.int32)),
+            ("temperature", "FP32", np.array([0.0], dtype=np.float32)),
+        )
+        inputs = []
+        for name, datatype, value in values:
+            tensor = module.InferInput(name, [1], datatype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        return inputs
+
+    async def __call__(self, text: str) -> None:
+        request = {
+            "model_name": self.model,
+            "inputs": self._inputs(text, self.random.randint(self.min_tokens, self.max_tokens)),
+        }
+
+        async def one_request() -> Any:
+            yield request
+
+        sent = time.monotonic()
+        first: float | None = None
+        tokens = 0
+        try:
+            # The stream ends once its one request has had its final response.
+            async for result, error in self.client.stream_infer(one_request()):
+                if error is not None:
+                    raise error
+                counted = result.as_numpy("num_output_tokens")
+                if counted is not None:
+                    first = first or time.monotonic()
+                    tokens = int(counted[0])
+        finally:
+            ttft = None if first is None else (first - sent) * 1000.0
+            self.first_tokens.append(FirstToken(sent, ttft, tokens, time.monotonic()))
+        if first is None:
+            raise RuntimeError(f"{self.model} answered without a token")
+
+    def take_first_tokens(self) -> list[FirstToken]:
+        taken, self.first_tokens = self.first_tokens, []
+        return taken
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
 class PooledHttpSender:
     """A sender over one pooled aiohttp session, opened on first use (inside the load generator's loop)."""
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Cumulative counters (µs or counts) and the one gauge the benchmarks read, per model.
+# Cumulative counters (µs or counts) and the gauges the benchmarks read, per model (the last three are the
+# generation runtime's own, model_repo/runtime/generation_metrics.py).
 COUNTERS = (
     "nv_inference_request_success",
     "nv_inference_count",
@@ -22,7 +23,12 @@ COUNTERS = (
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
 )
-GAUGES = ("nv_inference_pending_request_count",)
+GAUGES = (
+    "nv_inference_pending_request_count",
+    "modeldeploy_generation_requests_waiting",
+    "modeldeploy_generation_sequences_running",
+    "modeldeploy_generation_kv_cache_utilization",
+)
 
 
 @dataclass(frozen=True)

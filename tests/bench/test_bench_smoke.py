@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,21 +185,31 @@ def test_perf_analyzer_drives_triton_with_the_workload_texts(tmp_path: Path) -> 
     assert served >= sum(run.client_requests for run in runs)
 
 
-def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
-    from bench.autoscaling.run import STEPS, SWEEP_FRACTIONS, run
+def _autoscaling_run(tmp_path: Path, stem: str, metric: str, *arguments: str) -> tuple[dict[str, Any], str]:
+    """One short run replaying `metric` alone; its JSON, plot and Markdown are written. Returns the report
+    and the Markdown."""
+    from bench.autoscaling.run import run
 
     report = run(
         [
-            "--model", "tiny-bert", "--interval", "0.2", "--metrics", "queueComputeRatio",
-            "--sweep-level", "0.3", "--calibration", "0.8", "--max-replicas", "4", "--max-foreign-cpu", "1",
-            "--out", str(tmp_path),
+            "--interval", "0.2", "--metrics", metric, "--calibration", "1", "--max-replicas", "4",
+            "--max-foreign-cpu", "1", "--out", str(tmp_path), *arguments,
         ]
     )  # fmt: skip
-    stem = tmp_path / "autoscaling-cpu"
-    assert json.loads(stem.with_suffix(".json").read_text())["runs"].keys() == {"queueComputeRatio"}
-    assert stem.with_suffix(".png").stat().st_size > 0
-    assert "queueComputeRatio (target" in stem.with_suffix(".md").read_text()
+    path = tmp_path / stem
+    assert json.loads(path.with_suffix(".json").read_text())["runs"].keys() == {metric}
+    assert path.with_suffix(".png").stat().st_size > 0
+    markdown = path.with_suffix(".md").read_text()
+    assert f"{metric} (target" in markdown
+    return report, markdown
 
+
+def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
+    from bench.autoscaling.run import STEPS, SWEEP_FRACTIONS
+
+    report, _ = _autoscaling_run(
+        tmp_path, "autoscaling-cpu", "queueComputeRatio", "--model", "tiny-bert", "--sweep-level", "0.3"
+    )
     assert report["capacity_rps"] > 0
     assert [row["utilisation_offered"] for row in report["sweep"]] == list(SWEEP_FRACTIONS)
     run_ = report["runs"]["queueComputeRatio"]
@@ -219,6 +230,39 @@ def test_autoscaling_benchmark_replays_the_hpa(tmp_path: Path) -> None:
         "heavy_final_replicas",
         "idle_back_to_min_after_s",
     }
+
+
+def test_autoscaling_benchmark_replays_the_hpa_on_generation(tmp_path: Path) -> None:
+    from bench.autoscaling.run import SWEEP_FRACTIONS
+
+    report, markdown = _autoscaling_run(
+        tmp_path, "autoscaling-generation-cpu", "generationPressure", "--workload", "generation",
+        "--sweep-level", "0.6",
+    )  # fmt: skip
+    assert "generationPressure (target 1)" in markdown and "TTFT p99 ms" in markdown
+
+    assert report["capacity_rps"] > 0 and report["calibration_clients"] >= 2
+    sweep = report["sweep"]
+    assert [row["utilisation_offered"] for row in sweep] == list(SWEEP_FRACTIONS)
+    for row in sweep:
+        assert set(row) >= {"runningSequences", "requestsWaiting", "kvCacheUtilization", "generationPressure"}
+        assert row["ttft_p50_ms"] is None or row["ttft_p50_ms"] > 0
+        assert 0 <= (row["kvCacheUtilization"] or 0) <= 1
+    # Sequences ran while the pod was loaded, and the composite never read below either of its parts.
+    assert max(row["runningSequences"] or 0 for row in sweep) > 0
+    run_ = report["runs"]["generationPressure"]
+    assert run_["target"] == 1.0
+    for point in run_["timeline"]:
+        assert 1 <= point["replicas"] <= 4
+        signals = point["signals"]
+        if point["metric"] is not None:
+            assert point["metric"] == signals["generationPressure"]
+            # Each value is rounded to 4 digits in the report.
+            assert point["metric"] >= signals["requestsWaiting"] / 4 - 1e-4
+            assert point["metric"] >= signals["kvCacheUtilization"] / 0.8 - 1e-4
+    phases = {phase["phase"]: phase for phase in run_["ttft_by_phase"]}
+    assert set(phases) == {"light", "heavy", "heavy, 2nd half"}
+    assert phases["heavy"]["requests"] > 0 and phases["heavy"]["ttft_p50_ms"] > 0
 
 
 def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:

@@ -10,7 +10,19 @@ import pytest
 
 from bench.autoscaling.hpa import Hpa, HpaBehavior, raw_desired_replicas
 from bench.autoscaling.run import api_defaults, parse_quantity
-from bench.autoscaling.signals import SIGNALS, pending_requests, queue_compute_ratio, queue_time_us
+from bench.autoscaling.signals import (
+    GENERATION_SIGNALS,
+    SIGNALS,
+    generation_pressure,
+    kv_cache_utilization,
+    level_value,
+    pending_requests,
+    pressure,
+    queue_compute_ratio,
+    queue_time_us,
+    requests_waiting,
+    running_sequences,
+)
 from bench.common.metrics import Breakdown, Scrape, parse_metrics
 from bench.common.sentences import MAX_WORDS, MIN_WORDS, TEXT_COUNT, compose_texts, load_texts, word_count
 
@@ -162,6 +174,12 @@ def test_formulas_match_the_charts_adapter_rules() -> None:
         "sum by (<<.GroupBy>>) (avg_over_time(nv_inference_pending_request_count{<<.LabelMatchers>>}"
         "[{{ $window }}]))"
     ) in rules
+    assert "as: modeldeploy_running_sequences" in rules
+    assert (
+        "sum by (<<.GroupBy>>) (avg_over_time(modeldeploy_generation_sequences_running{<<.LabelMatchers>>}"
+        "[{{ $window }}]))"
+    ) in rules
+    assert GENERATION_SIGNALS["runningSequences"].adapter_name == "modeldeploy_running_sequences"
     assert {signal.adapter_name for signal in SIGNALS.values()} == {
         "modeldeploy_queue_time_us",
         "modeldeploy_queue_compute_ratio",
@@ -175,6 +193,142 @@ def test_default_targets_come_from_the_api() -> None:
     assert set(SIGNALS) <= set(targets)
     assert parse_quantity("500m") == 0.5
     assert parse_quantity("8") == 8
+
+
+GENERATION_METRICS = """# TYPE modeldeploy_generation_requests_waiting gauge
+modeldeploy_generation_requests_waiting{model="model",version="1"} 6
+modeldeploy_generation_requests_waiting{model="other",version="1"} 50
+# TYPE modeldeploy_generation_sequences_running gauge
+modeldeploy_generation_sequences_running{model="model",version="1"} 16
+# TYPE modeldeploy_generation_kv_cache_utilization gauge
+modeldeploy_generation_kv_cache_utilization{model="model",version="1"} 0.36
+# TYPE modeldeploy_generation_tokens_total counter
+modeldeploy_generation_tokens_total{model="model",version="1"} 90000
+"""
+
+
+def _generation_scrape(time: float, waiting: float, running: float, kv_cache: float) -> Scrape:
+    return Scrape(
+        time,
+        {
+            "modeldeploy_generation_requests_waiting": waiting,
+            "modeldeploy_generation_sequences_running": running,
+            "modeldeploy_generation_kv_cache_utilization": kv_cache,
+        },
+    )
+
+
+def test_generation_signals_from_a_scrape() -> None:
+    sample = Scrape(30.0, parse_metrics(GENERATION_METRICS, "model"))
+    assert sample.get("modeldeploy_generation_requests_waiting") == 6  # the other model's 50 not added
+    assert "modeldeploy_generation_tokens_total" not in sample.values
+    assert requests_waiting([sample], 30, 60) == 6
+    assert kv_cache_utilization([sample], 30, 60) == pytest.approx(0.36)
+    assert running_sequences([sample], 30, 60) == 16
+    # max(6 / 4, 0.36 / 0.8): the queue is the further past its target.
+    assert generation_pressure([sample], 30, 60) == pytest.approx(1.5)
+    assert generation_pressure([], 30, 60) is None  # no sample: KEDA's query is empty (ignoreNullValues)
+
+
+def test_generation_pressure_is_the_scaled_objects_formula() -> None:
+    """The benchmark's composite is what KEDA evaluates: the ScaledObject's formula over the same values."""
+    from modeldeploy.manifests.scaledobject import PRESSURE_SIGNALS, pressure_formula
+
+    assert set(PRESSURE_SIGNALS) == {"waiting", "kvcache"}
+    for waiting, kv_cache in ((0, 0), (6, 0.36), (1, 0.72), (2, 0.8), (40, 0.95)):
+        values = {"waiting": float(waiting), "kvcache": kv_cache}
+        # expr-lang's max and arithmetic read the formula as Python does.
+        expected = eval(pressure_formula(), {"__builtins__": {}, "max": max}, values)
+        assert pressure(values) == pytest.approx(expected)
+        sample = _generation_scrape(0, waiting, 3, kv_cache)
+        assert generation_pressure([sample], 0, 1) == pytest.approx(expected)
+    # Each signal's target and query are the operator's, not restated here.
+    assert GENERATION_SIGNALS["requestsWaiting"].default_target == float(PRESSURE_SIGNALS["waiting"][1])
+    assert GENERATION_SIGNALS["kvCacheUtilization"].default_target == float(PRESSURE_SIGNALS["kvcache"][1])
+    assert GENERATION_SIGNALS["generationPressure"].adapter_name == pressure_formula()
+
+
+def test_generation_instant_signals_read_the_latest_sample_and_running_sequences_the_window() -> None:
+    history = [
+        _generation_scrape(0, 40, 16, 0.5),  # outside a 60 s window ending at 75 s
+        _generation_scrape(15, 0, 2, 0.1),
+        _generation_scrape(45, 4, 10, 0.2),
+        _generation_scrape(75, 8, 12, 0.3),
+    ]
+    assert requests_waiting(history, 75, 60) == 8
+    assert generation_pressure(history, 75, 60) == pytest.approx(2.0)
+    # avg_over_time of the samples in (15, 75], as the adapter rule
+    assert running_sequences(history, 75, 60) == pytest.approx(11.0)
+    # Over a sweep level, an instant signal is the mean of what it read at each sample.
+    pressure_signal, running = (
+        GENERATION_SIGNALS["generationPressure"],
+        GENERATION_SIGNALS["runningSequences"],
+    )
+    assert level_value(pressure_signal, history[1:]) == pytest.approx((0.125 + 1.0 + 2.0) / 3)
+    assert level_value(running, history[1:]) == pytest.approx(8.0)
+    assert level_value(SIGNALS["pendingRequests"], []) is None
+
+
+def test_generation_targets_come_from_the_api_and_the_scaled_object() -> None:
+    from bench.autoscaling.run import DEFAULT_METRICS, parse_args, workload_targets
+
+    targets = workload_targets(GENERATION_SIGNALS)
+    assert targets == {
+        "runningSequences": 12.0,
+        "requestsWaiting": 4.0,
+        "kvCacheUtilization": 0.8,
+        "generationPressure": 1.0,
+    }
+    settings = parse_args(["--workload", "generation"])
+    assert settings.metrics == DEFAULT_METRICS["generation"]
+    assert settings.interval_s == 1.5 and settings.scale == pytest.approx(0.1)
+    with pytest.raises(SystemExit):
+        parse_args(["--workload", "generation", "--metrics", "queueTime"])
+    assert parse_args([]).metrics == tuple(SIGNALS)  # the encoder workload as before
+
+
+def test_time_to_first_token_by_the_phase_a_request_was_sent_in() -> None:
+    from bench.autoscaling.generation import ttft_by_phase
+    from bench.autoscaling.run import STEPS, ttft_phases
+    from bench.common.loadgen import FirstToken
+
+    boundaries = []
+    begin = 0.0
+    for step in STEPS:
+        boundaries.append((begin, begin + step.duration_s, step))
+        begin += step.duration_s
+    phases = ttft_phases(boundaries)
+    assert [name for name, _, _ in phases] == ["light", "heavy", "heavy, 2nd half"]
+    assert phases[2][1:] == (240 + 450, 240 + 900)
+    started = 1000.0
+    requests = [
+        FirstToken(started + 100, 20.0, 40, started + 100 + 1),  # light
+        FirstToken(
+            started + 239.9, 900.0, 40, started + 239.9 + 1
+        ),  # light, however late its first token came
+        FirstToken(started + 250, 300.0, 40, started + 250 + 1),  # heavy, first half
+        FirstToken(started + 700, None, 0, started + 700 + 1),  # heavy, second half: refused
+        FirstToken(started + 800, 100.0, 40, started + 800 + 1),
+        FirstToken(started + 1200, 5.0, 40, started + 1200 + 1),  # idle: no phase
+    ]
+    light, heavy, settled = ttft_by_phase(requests, started, phases)
+    assert (light["requests"], light["refused_or_failed"], light["ttft_p50_ms"]) == (2, 0, 460.0)
+    assert (heavy["requests"], heavy["refused_or_failed"], heavy["ttft_p50_ms"]) == (3, 1, 200.0)
+    assert (settled["requests"], settled["refused_or_failed"], settled["ttft_p99_ms"]) == (2, 1, 100.0)
+    assert ttft_by_phase([], started, phases[:1])[0]["ttft_p50_ms"] is None
+
+
+def test_the_generators_slots_are_read_from_its_config() -> None:
+    from bench.autoscaling.generation import config_parameter
+
+    config = (
+        'parameters { key: "max_concurrent_sequences" value { string_value: "16" } }\n'
+        'parameters { key: "max_queued_requests" value { string_value: "64" } }\n'
+    )
+    assert config_parameter(config, "max_concurrent_sequences") == "16"
+    assert config_parameter(config, "max_queued_requests") == "64"
+    with pytest.raises(ValueError, match="max_tokens_limit"):
+        config_parameter(config, "max_tokens_limit")
 
 
 def test_hpa_formula_and_tolerance() -> None:

@@ -16,8 +16,10 @@ from modeldeploy.settings import RenderSettings
 WINDOW = "1m"
 # generationPressure's signals and the level of each that counts as 1 (its target): requests waiting for
 # a sequence slot, per pod, and the share of the paged KV cache in use. Chosen from the engine's design
-# (a few waiting requests mean the continuous batch is full; past 0.8 the cache starts evicting), not yet
-# from a measured sweep in bench/autoscaling.
+# (a few waiting requests mean the continuous batch is full; past 0.8 the cache starts evicting).
+# bench/autoscaling --workload generation replays them (bench/README.md): the waiting signal scaled up at
+# the first sync, where runningSequences took five; the KV share, a share of full contexts, stayed under
+# 0.5 on short requests and never decided.
 PRESSURE_SIGNALS: dict[str, tuple[str, str]] = {
     "waiting": ("modeldeploy_generation_requests_waiting", "4"),
     "kvcache": ("modeldeploy_generation_kv_cache_utilization", "0.8"),
