@@ -74,7 +74,8 @@ class ForwarderRole:
     """A batch of requests goes to the host as one BLS request: the texts of every request sending the
     same inputs, concatenated; each request's response is its rows of the answer (every encoder output
     is row-aligned with the texts). One bad text would fail the whole merged request, so a merged request
-    that fails is retried request by request, and only the request at fault gets the error."""
+    refused as the client's mistake is retried request by request, and only the request at fault gets the
+    error."""
 
     def __init__(self, args: dict[str, str]) -> None:
         self.args = host_arguments(args)
@@ -104,7 +105,9 @@ class ForwarderRole:
         merged = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
         answer = await self._answer(merged)
         if answer.has_error():
-            if len(requests) > 1:
+            # Only a client's mistake can be one request's alone; a load or inference failure is the
+            # model's, and retrying each request would repeat it (a failed load once per request).
+            if len(requests) > 1 and split_coded_message(answer.error().message())[0] != "INTERNAL":
                 alone = await asyncio.gather(*(self._forward([request]) for request in requests))
                 return [response for (response,) in alone]
             return [pb_utils.InferenceResponse(output_tensors=[], error=restored_error(answer.error()))]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -159,7 +158,7 @@ class SharedHost:
 
     def _log(self, message: str) -> None:
         if pb_utils is not None:
-            pb_utils.Logger.log_info(f"{time.strftime('%H:%M:%S')} modeldeploy_host: {message}")
+            pb_utils.Logger.log_info(f"modeldeploy_host: {message}")
 
     def finalize(self) -> None:
         self.stopped.set()
