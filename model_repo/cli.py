@@ -39,6 +39,7 @@ from model_repo.options import (
     Task,
 )
 from model_repo.progress import DEFAULT_STALL_SECONDS, BuildProgress, Report
+from model_repo.triton_args import CpuWaitPolicy
 
 if TYPE_CHECKING:
     from model_repo.build import BuildResult
@@ -469,12 +470,21 @@ def serve(
             "instead of running them all in one shared host model (less memory; docs/packing.md).",
         ),
     ] = False,
+    cpu_wait_policy: Annotated[
+        CpuWaitPolicy,
+        typer.Option(
+            "--cpu-wait-policy",
+            help="spec.triton.cpuWaitPolicy: passive (OpenMP threads sleep at once; right when other work "
+            "shares the cores) or spin (they spin for tens of microseconds first; faster on cores the "
+            "server has to itself).",
+        ),
+    ] = CpuWaitPolicy.PASSIVE,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C (several --source: each
     model built into its own repository, all loaded into one server in explicit model-control mode)."""
     from model_repo.openai_local import FrontendError, openai_frontend_for
     from model_repo.triton import TritonError, TritonServer, port_or_free
-    from model_repo.triton_args import loopback_server_args, triton_server_args
+    from model_repo.triton_args import cpu_wait_environment, loopback_server_args, triton_server_args
 
     for given, option in (
         (bool(api_key), "--api-key"),
@@ -525,6 +535,7 @@ def serve(
         ready_timeout_s=600,
         log_path=base / "tritonserver.log",
         host="127.0.0.1",
+        environment=cpu_wait_environment(cpu_wait_policy),
     )
     frontend = openai_frontend_for(
         results[0].path,

@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -210,8 +210,11 @@ class TritonServer(ChildProcess):
         ready_timeout_s: float = 180.0,
         log_path: Path | None = None,
         host: str = "127.0.0.1",
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.model_repository = model_repository
+        # Variables set for this server and its stubs only (e.g. OpenMP settings a benchmark compares).
+        self.environment = dict(environment or {})
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -256,13 +259,16 @@ class TritonServer(ChildProcess):
         args.extend(extra)
         return args
 
+    def process_environment(self) -> dict[str, str]:
+        return {**server_environment(self.installation), **self.environment}
+
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=server_environment(self.installation),
+                env=self.process_environment(),
                 start_new_session=True,
             )
         try:

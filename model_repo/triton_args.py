@@ -4,6 +4,8 @@ manifest builders can import it (`model_repo.triton` runs the server)."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 # Each Python-backend stub exchanges a whole batch of requests and responses through one shared-memory
 # region. Triton's 1 MiB default has to grow while a full batch is in flight, which stalls the stub
 # (bench/dataplane: p99 0.85 s instead of 0.06 s at 64 clients); 16 MiB holds a full batch of text.
@@ -40,3 +42,27 @@ def loopback_server_args() -> list[str]:
     every interface, where Prometheus scrapes them: tritonserver would otherwise bind them to the HTTP
     address too."""
     return [f"--http-address={LOOPBACK}", f"--grpc-address={LOOPBACK}", "--metrics-address=0.0.0.0"]
+
+
+class CpuWaitPolicy(StrEnum):
+    """How the runtime's OpenMP threads wait for each other between a forward pass's parallel regions."""
+
+    PASSIVE = "passive"
+    SPIN = "spin"
+
+
+# libgomp's spin count before a waiting thread sleeps; it overrides OMP_WAIT_POLICY, which the runtime sets
+# to PASSIVE in every stub. 10,000 spins are tens of microseconds: enough to bridge the gaps between a
+# pass's parallel regions, short enough to give the core back soon. Measured on 2 cores (bench/README.md,
+# "OpenMP waiting"): one-text requests +52% (MiniLM) and +63% (tiny BERT) on a quiet machine, 64 clients
+# +12-18%; beside one busy process one-text requests lost 46% and 64 clients 14%. OpenMP's own default
+# (300,000 spins) collapsed there: 2.8 requests/s against 49 waiting passively.
+SHORT_SPIN_COUNT = 10_000
+
+
+def cpu_wait_environment(policy: CpuWaitPolicy) -> dict[str, str]:
+    """Environment of a tritonserver (inherited by its stubs) for `policy`; empty for the runtime's
+    default, passive waiting."""
+    if policy is CpuWaitPolicy.SPIN:
+        return {"GOMP_SPINCOUNT": str(SHORT_SPIN_COUNT)}
+    return {}

@@ -114,6 +114,19 @@ def _process_ticks(pids: set[int]) -> int:
     return total
 
 
+def _tree_ticks(root: int) -> int:
+    """CPU ticks of `root` and its descendants, counting those that have exited too: a reaped child's
+    time moves into its parent's cutime/cstime (a load generator that ran for one level and exited)."""
+    total = 0
+    for pid in _descendants(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total
+
+
 def _busy_ticks() -> int:
     fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
@@ -137,7 +150,7 @@ class ForeignCpu:
 
         if not self.available:
             return (time.monotonic(), 0, 0)
-        return (time.monotonic(), _busy_ticks(), _process_ticks(_descendants(os.getpid())))
+        return (time.monotonic(), _busy_ticks(), _tree_ticks(os.getpid()))
 
     def start(self) -> None:
         self._start = self._sample()

@@ -27,7 +27,7 @@ from bench.common.checkpoints import BenchModel
 from bench.common.perf_analyzer import Target
 from model_repo.options import DType, Quantization
 from model_repo.triton import free_port, stop_process_group
-from model_repo.triton_args import repository_server_args
+from model_repo.triton_args import CpuWaitPolicy, cpu_wait_environment, repository_server_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OURS_MODEL_NAME = "model"
@@ -44,6 +44,9 @@ OPTIMISATIONS: dict[str, dict[str, Any]] = {
     "ours-int8": {"quantization": Quantization.INT8},
     "ours-bf16": {"dtype": DType.BFLOAT16},
 }
+
+
+OPENMP_SHORT_SPIN = cpu_wait_environment(CpuWaitPolicy.SPIN)
 
 
 class ClosableSender(Protocol):
@@ -113,6 +116,7 @@ def serve_ours(
     device: str,
     build_overrides: Mapping[str, int],
     optimisation: Mapping[str, Any] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[Endpoint]:
     from bench.common.loadgen import TritonGrpcSender
     from model_repo.build import build_repository
@@ -136,7 +140,11 @@ def serve_ours(
     config_text = (built.path / OURS_MODEL_NAME / "config.pbtxt").read_text()
     args = [*TRITON_ARGS, f"--model-repository={built.path}"]
     with TritonServer(
-        None, extra_args=args, ready_timeout_s=600, log_path=workdir / "ours-triton.log"
+        None,
+        extra_args=args,
+        ready_timeout_s=600,
+        log_path=workdir / "ours-triton.log",
+        environment=environment,
     ) as server:
         yield Endpoint(
             make_sender=lambda: TritonGrpcSender(server.grpc_url, OURS_MODEL_NAME, "TEXT", batched=True),
@@ -331,6 +339,11 @@ CONTENDERS: dict[
         "ours, --dtype bfloat16 (python format) on tritonserver",
         functools.partial(serve_ours, optimisation=OPTIMISATIONS["ours-bf16"]),
     ),
+    # spec.triton.cpuWaitPolicy spin against ours (passive, the default): the same repository.
+    "ours-spin": (
+        "ours, cpuWaitPolicy spin (GOMP_SPINCOUNT=10000: a short OpenMP spin)",
+        functools.partial(serve_ours, environment=OPENMP_SHORT_SPIN),
+    ),
     "baseline-a": ("baseline (a): Triton HF tutorial model.py, pipeline per request", serve_tutorial),
     "baseline-b": ("baseline (b): FastAPI + uvicorn, pipeline per request", serve_fastapi),
     "ours-openai": ("ours through the OpenAI sidecar: POST /v1/embeddings", serve_ours_openai),
@@ -360,7 +373,7 @@ CONTENDERS["ours-gpu"] = (
 )
 # Asked for by name: the optimised ones build and gate their own repositories (minutes for MiniLM); the GPU
 # candidate is for the GPU measurement.
-OPT_IN_CONTENDERS = frozenset({"ours-int8", "ours-bf16", "ours-gpu", "ours-openai", "infinity"})
+OPT_IN_CONTENDERS = frozenset({"ours-int8", "ours-bf16", "ours-gpu", "ours-openai", "infinity", "ours-spin"})
 
 
 def onnx_unavailable_reason() -> str | None:

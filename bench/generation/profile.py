@@ -311,6 +311,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device="cpu",
         quiet=NEVER_WAIT,
         shared_prefix=0,
+        cpu_wait_policy="passive",
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     report = {

@@ -61,6 +61,7 @@ class Settings:
     device: str  # "cpu" or "cuda" (float16 there, ours built for the GPU in the python format)
     quiet: QuietPolicy
     shared_prefix: int  # tokens; 0: no shared-prefix workload
+    cpu_wait_policy: str  # ours' spec.triton.cpuWaitPolicy (model_repo.triton_args)
 
 
 # On the CPU of a shared machine: never waits for a quiet machine nor repeats (other CPU is reported).
@@ -92,6 +93,13 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         default=0,
         help="also measure ours on prompts sharing a prefix of this many tokens against unique prompts of "
         "the same length (time to first token with and without prefix-cache hits)",
+    )
+    parser.add_argument(
+        "--cpu-wait-policy",
+        choices=("passive", "spin"),
+        default="passive",
+        help="ours served with this spec.triton.cpuWaitPolicy (the baseline and in-process keep OpenMP's "
+        "own default)",
     )
     add_quiet_options(parser, "level", retries=1)
     return Settings(**generation_fields(parser.parse_args(argv)))
@@ -131,6 +139,7 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         # Waits and repeats only when --max-foreign-cpu asks; disturbed levels are marked either way.
         quiet=quiet_policy(args, quick=True) if hasattr(args, "max_foreign_cpu") else NEVER_WAIT,
         shared_prefix=getattr(args, "shared_prefix", 0),
+        cpu_wait_policy=getattr(args, "cpu_wait_policy", "passive"),
     )
 
 
@@ -328,7 +337,7 @@ def baseline_request(max_tokens: int) -> Callable[[Any, str], Completed]:
 
 
 @contextlib.contextmanager
-def serve(repository: Path, log: Path) -> Iterator[Any]:
+def serve(repository: Path, log: Path, environment: dict[str, str] | None = None) -> Iterator[Any]:
     from model_repo.triton import TritonServer
     from model_repo.triton_args import repository_server_args
 
@@ -338,7 +347,9 @@ def serve(repository: Path, log: Path) -> Iterator[Any]:
         *repository_server_args(),
         f"--model-repository={repository}",
     ]
-    with TritonServer(None, extra_args=args, ready_timeout_s=600, log_path=log) as server:
+    with TritonServer(
+        None, extra_args=args, ready_timeout_s=600, log_path=log, environment=environment
+    ) as server:
         yield server
 
 
@@ -356,7 +367,10 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
     built = build_repository(options, settings.workdir / "ours-repository")
     levels = []
     shared: list[dict[str, Any]] = []
-    with serve(built.path, settings.workdir / "ours-triton.log") as server:
+    from model_repo.triton_args import CpuWaitPolicy, cpu_wait_environment
+
+    environment = cpu_wait_environment(CpuWaitPolicy(settings.cpu_wait_policy))
+    with serve(built.path, settings.workdir / "ours-triton.log", environment) as server:
 
         def level_of(clients: int, inputs: Sequence[str]) -> dict[str, Any]:
             return closed_loop(

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.common.checkpoints import make_tiny_bert_classifier
 from bench.common.loadgen import TritonGrpcSender, closed_loop
-from bench.common.machine import _descendants, describe_machine, load_average
+from bench.common.machine import _descendants, _process_ticks, describe_machine, load_average
 from bench.common.sentences import load_texts
 from model_repo.build import build_repository, read_record
 from model_repo.model_set import SharedRuntime, TritonRepositoryClient, reconcile
@@ -49,6 +49,28 @@ def _memory_kib(pids: set[int]) -> dict[str, int]:
                 elif line.startswith("Pss:"):
                     pss += int(line.split()[1])
     return {"rss_kib": rss, "pss_kib": pss, "processes": len(pids)}
+
+
+def _role(pid: int) -> str:
+    """`tritonserver`, or the model a Python-backend stub serves (its model directory's name)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    program = os.path.basename(argv[0].decode(errors="replace"))
+    if "stub" in program and len(argv) > 1:
+        return "stub " + Path(argv[1].decode(errors="replace")).parents[1].name
+    return program
+
+
+def _cpu_seconds_by_role(pids: set[int]) -> dict[str, float]:
+    """CPU seconds (user + system) each role's processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for pid in pids:
+        role = _role(pid)
+        seconds[role] = seconds.get(role, 0.0) + _process_ticks({pid}) / tick
+    return seconds
 
 
 def _server_pids(servers: list[TritonServer]) -> set[int]:
@@ -128,8 +150,16 @@ async def mixed_traffic(targets: list[tuple[TritonServer, str]], duration_s: flo
 def measure(layout: str, targets: list[tuple[TritonServer, str]], duration_s: float) -> dict[str, Any]:
     servers = list({id(server): server for server, _ in targets}.values())
     time.sleep(2)  # let loads and warm-ups settle
-    idle = _memory_kib(_server_pids(servers))
+    pids = _server_pids(servers)
+    idle = _memory_kib(pids)
+    cpu_before, client_before, began = _cpu_seconds_by_role(pids), time.process_time(), time.monotonic()
     traffic = asyncio.run(mixed_traffic(targets, duration_s))
+    elapsed = time.monotonic() - began
+    cpu_after = _cpu_seconds_by_role(pids)
+    # Cores each role kept busy while the traffic ran (warm-up included): on a machine with few cores,
+    # every core-second a layout spends outside the model is taken from it.
+    busy = {role: round((cpu_after[role] - cpu_before.get(role, 0.0)) / elapsed, 3) for role in cpu_after}
+    busy["client (this process)"] = round((time.process_time() - client_before) / elapsed, 3)
     loaded = _memory_kib(_server_pids(servers))
     return {
         "layout": layout,
@@ -138,6 +168,7 @@ def measure(layout: str, targets: list[tuple[TritonServer, str]], duration_s: fl
         "memory_idle": idle,
         "memory_after_traffic": loaded,
         "traffic": traffic,
+        "cores_busy_by_role": busy,
         "load_average": load_average(),
     }
 

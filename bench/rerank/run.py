@@ -64,6 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         device="cpu",
         quiet=NEVER_WAIT,
         shared_prefix=0,
+        cpu_wait_policy="passive",
         repeats=args.repeats,
     )
 

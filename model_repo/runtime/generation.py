@@ -42,7 +42,7 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
 
 from . import decoding, request_parsing
 from .generation_metrics import EngineProfile, GenerationMetrics
-from .helpers import generation_cpu_threads
+from .helpers import generation_cpu_threads, openmp_spins
 
 Sampling = decoding.Sampling
 # The request contract lives in request_parsing.py; these names are part of this module's interface.
@@ -173,6 +173,7 @@ class GenerationEngine:
         self.batch = decoding.RunningBatch(model)
         # On a CPU, the CPUs this engine may use: each forward takes generation_cpu_threads of them.
         self.cpus = cpus
+        self._spinning = openmp_spins()
         self._threads = 0
 
         self._lock = threading.Lock()
@@ -306,7 +307,7 @@ class GenerationEngine:
     def _use_threads(self, tokens: int) -> None:
         if self.cpus is None:
             return
-        threads = generation_cpu_threads(self.cpus, tokens)
+        threads = generation_cpu_threads(self.cpus, tokens, self._spinning)
         if threads != self._threads:
             import torch
 

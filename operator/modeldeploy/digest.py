@@ -2,8 +2,8 @@
 
 It names the cache directory and build Job, and sits on the pod template as an annotation, so a change
 of anything that shapes the generated repository rolls the pods, and nothing else does: the Triton image,
-resources, replicas or autoscaling are deliberately left out. Computed from the parsed spec, so spelling a
-default out explicitly does not change it.
+spec.triton.cpuWaitPolicy, resources, replicas or autoscaling are deliberately left out. Computed from the
+parsed spec, so spelling a default out explicitly does not change it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def repository_inputs(
     it), so that editing the texts rebuilds; None where it is not known (no such key, or `render`)."""
     triton = spec.triton.dump()
     triton.pop("image", None)
+    # How the server's threads wait is the pods' environment, not the repository's.
+    triton.pop("cpuWaitPolicy", None)
     # Unset batching is the device's default: spelt out or not, the same repository (and, on a CPU, the
     # digest every deployment had before the defaults became per device).
     defaults = device_batching(device(spec))

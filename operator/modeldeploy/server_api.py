@@ -11,7 +11,9 @@ from typing import Annotated
 
 from pydantic import Field
 
+from model_repo.triton_args import CpuWaitPolicy
 from modeldeploy.api import (
+    CPU_WAIT_POLICY_DESCRIPTION,
     ApiModel,
     Autoscaling,
     Condition,
@@ -72,6 +74,9 @@ class ServerTriton(ApiModel):
         ge=1,
         le=300,
         description="How often the agent container reconciles Triton's loaded models with the model list.",
+    )
+    cpu_wait_policy: CpuWaitPolicy = Field(
+        default=CpuWaitPolicy.PASSIVE, description=CPU_WAIT_POLICY_DESCRIPTION
     )
     shared_runtime: bool = Field(
         default=True,

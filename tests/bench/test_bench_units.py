@@ -489,3 +489,26 @@ def test_perf_analyzer_windows_are_fixed_and_warmup_is_separate(tmp_path: Path) 
     assert options["--max-trials"] == str(WINDOWS) and options["--warmup-request-count"] == "128"
     short = measure_command(["pa"], Load(target, tmp_path / "d.json", 1, 0.3, 8), tmp_path / "o.csv")
     assert dict(zip(short[1::2], short[2::2], strict=False))["--measurement-interval"] == str(MIN_WINDOW_MS)
+
+
+def test_a_child_that_has_exited_still_counts_as_the_benchmarks_own_cpu() -> None:
+    """A load generator runs for one level and exits before the level's CPU is read: its time must not be
+    counted as another process's (it moved into this process's cutime when it was reaped)."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.common.machine import _descendants, _process_ticks, _tree_ticks
+
+    before_tree, before_live = _tree_ticks(os.getpid()), _process_ticks(_descendants(os.getpid()))
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass",
+        ],
+        check=True,
+    )
+    tick = os.sysconf("SC_CLK_TCK")
+    assert _process_ticks(_descendants(os.getpid())) - before_live < 0.1 * tick  # gone from the live tree
+    assert _tree_ticks(os.getpid()) - before_tree >= 0.25 * tick

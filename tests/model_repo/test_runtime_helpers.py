@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model_repo.runtime.helpers import WIDE_FORWARD_TOKENS, generation_cpu_threads
+from model_repo.runtime.helpers import WIDE_FORWARD_TOKENS, generation_cpu_threads, openmp_spins
 from model_repo.runtime.model import fit_pass_overhead, plan_length_groups, usable_cpus
 
 
@@ -265,6 +265,22 @@ def test_the_generation_engine_leaves_a_cpu_to_the_server_on_narrow_passes() -> 
     narrow = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS - 1) for cpus in (1, 2, 4, 64)]
     wide = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS) for cpus in (1, 2, 4, 64)]
     assert (narrow, wide) == ([1, 1, 3, 63], [1, 2, 4, 64])
+    # Spinning threads (the pod owns its cores): every pass takes every CPU.
+    spinning = [generation_cpu_threads(cpus, 1, spinning=True) for cpus in (1, 2, 4, 64)]
+    assert spinning == [1, 2, 4, 64]
+
+
+@pytest.mark.parametrize(
+    ("value", "spins"), [(None, False), ("10000", True), ("0", False), ("INFINITE", True), ("lots", False)]
+)
+def test_openmp_spins_reads_libgomps_spin_count(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, spins: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    else:
+        monkeypatch.setenv("GOMP_SPINCOUNT", value)
+    assert openmp_spins() is spins
 
 
 def test_importing_the_runtime_as_a_package_leaves_openmp_alone() -> None:

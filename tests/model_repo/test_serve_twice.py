@@ -42,10 +42,16 @@ def test_bytecode_of_the_builders_own_files_is_not_foreign(
 
 
 @contextmanager
-def _serve(source: Path, tmp: Path, log: Path) -> Iterator[str]:
-    """`modeldeploy serve --source file://<source>` with every other option at its default, until ready;
-    yields its HTTP address, then stops it with SIGTERM and checks it exited cleanly."""
-    command = [str(Path(sys.executable).parent / "modeldeploy"), "serve", "--source", f"file://{source}"]
+def _serve(source: Path, tmp: Path, log: Path, *options: str) -> Iterator[str]:
+    """`modeldeploy serve --source file://<source>` with every other option at its default (or `options`),
+    until ready; yields its HTTP address, then stops it with SIGTERM and checks it exited cleanly."""
+    command = [
+        str(Path(sys.executable).parent / "modeldeploy"),
+        "serve",
+        "--source",
+        f"file://{source}",
+        *options,
+    ]
     with serving(command, log, env={**os.environ, "TMPDIR": str(tmp)}):
         match = re.search(r"HTTP +http://([\d.]+:\d+)", log.read_text())
         assert match, log.read_text()
@@ -85,3 +91,31 @@ def test_serve_twice_one_after_the_other_and_at_the_same_time(
     # What the server wrote into the repositories (Python's bytecode of model.py), which the third serve,
     # and the concurrent ones, found and did not count as the user's.
     assert all(list(path.glob("model/1/__pycache__/model.*.pyc")) for path in repositories)
+
+
+def _stub_environments(under: Path) -> list[dict[str, str]]:
+    """The environments the Python-backend stubs serving a repository under `under` were started with."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if "stub" not in Path(argv[0].decode()).name or str(under) not in argv[1].decode():
+                continue
+            pairs = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        found.append(dict(p.decode().partition("=")[::2] for p in pairs if b"=" in p))
+    return found
+
+
+def test_the_cpu_wait_policy_reaches_the_stubs(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """spin gives the stubs libgomp's short spin count (it overrides the OMP_WAIT_POLICY=PASSIVE that
+    model.py sets); the default leaves it out."""
+    source = checkpoints["text-classification"]
+    for policy, expected in (("passive", None), ("spin", "10000")):
+        options = ("--cpu-wait-policy", policy, "--workdir", str(tmp_path / policy))
+        with _serve(source, tmp_path, tmp_path / f"serve-{policy}.log", *options) as address:
+            assert _outputs(address) == {"LABEL", "SCORE", "SCORES"}
+            environments = _stub_environments(tmp_path / policy)
+            assert environments, "no stub found"
+            assert {env.get("GOMP_SPINCOUNT") for env in environments} == {expected}

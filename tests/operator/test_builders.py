@@ -122,6 +122,19 @@ def _triton(state: DesiredState) -> dict[str, Any]:
     return container
 
 
+def test_the_cpu_wait_policy_reaches_tritons_environment_only_when_it_spins() -> None:
+    # Passive is the runtime's own default: no env at all, so an upgrade leaves existing pods unchanged.
+    assert "env" not in _triton(_state({}))
+    assert "env" not in _triton(_state({"triton": {"cpuWaitPolicy": "passive"}}))
+    spinning = _state({"triton": {"cpuWaitPolicy": "spin"}})
+    assert _triton(spinning)["env"] == [{"name": "GOMP_SPINCOUNT", "value": "10000"}]
+    # Only the pods change: the repository (its digest) is the same.
+    assert _state({}).digest == spinning.digest
+    for manifest in spinning.manifests():
+        if manifest["kind"] not in CRD_KINDS:
+            _validate(manifest)
+
+
 def test_triton_container_is_locked_down_probed_and_configured() -> None:
     state = _state({"triton": {"responseCache": True}})
     triton = _triton(state)

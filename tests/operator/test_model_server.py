@@ -74,8 +74,9 @@ def test_capacity_defaults_from_a_known_gpu_product_and_is_required_otherwise() 
         {"resources": {"gpus": 1}},
         {"cache": {"claimName": "c"}},
         {"api": {"openai": {"enabled": True}}},
+        {"triton": {"cpuWaitPolicy": "spin"}},
     ],
-    ids=["replicas", "autoscaling", "resources", "cache", "api"],
+    ids=["replicas", "autoscaling", "resources", "cache", "api", "cpu-wait-policy"],
 )
 def test_server_refuses_fields_only_a_dedicated_deployment_honours(extra: dict[str, Any]) -> None:
     base = {"model": {"source": "hf://org/m", "task": "feature-extraction"}, "server": {"name": "encoders"}}
@@ -83,9 +84,16 @@ def test_server_refuses_fields_only_a_dedicated_deployment_honours(extra: dict[s
     with pytest.raises(SpecError) as caught:
         parse_spec({**base, **extra})
     (message,) = [m for m in caught.value.messages if m.startswith("spec.server")]
-    assert "replicas, autoscaling, resources, cache, api" in message
+    assert "replicas, autoscaling, resources, cache, api, rollout, network, triton.cpuWaitPolicy" in message
     # The CEL rule names each field too, so admission refuses the same specs.
-    for field in ("self.replicas", "self.autoscaling", "self.resources", "self.cache", "self.api"):
+    for field in (
+        "self.replicas",
+        "self.autoscaling",
+        "self.resources",
+        "self.cache",
+        "self.api",
+        "self.triton.cpuWaitPolicy",
+    ):
         assert field in DEDICATED_ONLY_CEL
 
 
@@ -186,6 +194,19 @@ def test_the_shared_runtime_runs_its_host_on_the_servers_device_unless_turned_of
     # The agent writes the generated directories; Triton only reads them, at the same path.
     assert mounts["triton"] == [{"name": "shared-runtime", "mountPath": "/served-shared", "readOnly": True}]
     assert mounts["agent"] == [{"name": "shared-runtime", "mountPath": "/served-shared"}]
+
+
+def test_the_servers_cpu_wait_policy_reaches_tritons_environment() -> None:
+    settings = RenderSettings(triton_image="triton:golden", builder_image="builder:golden")
+    for triton, env in (
+        ({}, None),
+        ({"cpuWaitPolicy": "spin"}, [{"name": "GOMP_SPINCOUNT", "value": "10000"}]),
+    ):
+        server = parse_model_server({**SERVER, "spec": {**SERVER["spec"], "triton": triton}})
+        pod = build_server_deployment(server, settings)["spec"]["template"]["spec"]
+        containers = {c["name"]: c for c in pod["containers"]}
+        assert containers["triton"].get("env") == env
+        assert "env" not in containers["agent"]
 
 
 def test_a_placed_model_answers_at_the_server_service_under_its_own_name() -> None:

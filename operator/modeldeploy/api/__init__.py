@@ -75,6 +75,7 @@ from modeldeploy.api.rollout import (
     TrafficSplit,
 )
 from modeldeploy.api.serving import (
+    CPU_WAIT_POLICY_DESCRIPTION,
     REVISION_PATTERN,
     SOURCE_PATTERN,
     Calibration,
@@ -106,6 +107,7 @@ from modeldeploy.api.status import (
 
 __all__ = [
     "API_VERSION",
+    "CPU_WAIT_POLICY_DESCRIPTION",
     "DEDICATED_ONLY_CEL",
     "DEDICATED_ONLY_FIELDS",
     "DEFAULT_API_PORT",

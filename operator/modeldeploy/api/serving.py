@@ -18,6 +18,7 @@ from model_repo.options import (
     Quantization,
     Task,
 )
+from model_repo.triton_args import CpuWaitPolicy
 from modeldeploy.api.base import ApiModel, Rule, optional_field
 from modeldeploy.names import DNS1123_SUBDOMAIN
 
@@ -156,6 +157,16 @@ class Calibration(ApiModel):
     ]
 
 
+CPU_WAIT_POLICY_DESCRIPTION = (
+    "How the runtime's OpenMP threads wait for each other between a forward pass's parallel regions. "
+    "passive: they sleep at once; right wherever the pod shares its cores. spin: they spin briefly "
+    "(tens of microseconds) first; for pods that own their cores (Guaranteed QoS with whole CPUs under "
+    "the kubelet's static CPU manager). Measured on 2 cores: spin served one-text requests 1.5x as fast "
+    "on an idle machine and half as fast beside one busy process. Changing it restarts the pods; the "
+    "repository is not rebuilt."
+)
+
+
 class TritonConfig(ApiModel):
     """How the Triton model repository is generated and served."""
 
@@ -253,6 +264,10 @@ class TritonConfig(ApiModel):
     calibration: Calibration | None = optional_field(
         "Calibration texts for the accuracy gate (default: a built-in set of English sentences)."
     )
+    cpu_wait_policy: Annotated[
+        CpuWaitPolicy,
+        Field(default=CpuWaitPolicy.PASSIVE, description=CPU_WAIT_POLICY_DESCRIPTION),
+    ] = CpuWaitPolicy.PASSIVE
 
     __rules__ = (
         Rule(

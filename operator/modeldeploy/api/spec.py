@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from model_repo.options import DType, ModelFormat, Quantization, Task
+from model_repo.triton_args import CpuWaitPolicy
 from modeldeploy.api.access import DEFAULT_API_PORT, OPENAI_TASKS, ROUTE_TASKS, Api, Network, OpenAIApi
 from modeldeploy.api.base import ApiModel, Rule, optional_field
 from modeldeploy.api.resources import Autoscaling, AutoscalingEngine, AutoscalingMetric, Cache, Resources
@@ -33,9 +34,10 @@ DEDICATED_ONLY_CEL = (
     "(!has(self.resources) || (self.resources.gpus == 0 && "
     "!has(self.resources.gpuProduct) && !has(self.resources.requests) && !has(self.resources.limits) && "
     "!has(self.resources.nodeSelector) && !has(self.resources.tolerations) && "
-    "!has(self.resources.affinity))))"
+    "!has(self.resources.affinity))) && "
+    "(!has(self.triton) || !has(self.triton.cpuWaitPolicy) || self.triton.cpuWaitPolicy == 'passive'))"
 )
-DEDICATED_ONLY_FIELDS = "replicas, autoscaling, resources, cache, api, rollout, network"
+DEDICATED_ONLY_FIELDS = "replicas, autoscaling, resources, cache, api, rollout, network, triton.cpuWaitPolicy"
 
 
 def _fits_shared_server(spec: ModelDeploymentSpec) -> bool:
@@ -47,6 +49,7 @@ def _fits_shared_server(spec: ModelDeploymentSpec) -> bool:
         and spec.rollout is None
         and spec.network is None
         and spec.resources == Resources()
+        and spec.triton.cpu_wait_policy is CpuWaitPolicy.PASSIVE
     )
 
 
@@ -252,8 +255,9 @@ class ModelDeploymentSpec(ApiModel):
             cel=DEDICATED_ONLY_CEL,
             message=(
                 "spec.server places the model on a shared ModelServer, which decides "
-                f"{DEDICATED_ONLY_FIELDS}: leave spec.replicas at 1 and spec.autoscaling, spec.resources, "
-                "spec.cache and spec.api unset (set them on the ModelServer)"
+                f"{DEDICATED_ONLY_FIELDS}: leave spec.replicas at 1, spec.autoscaling, spec.resources, "
+                "spec.cache and spec.api unset and spec.triton.cpuWaitPolicy passive (set them on the "
+                "ModelServer)"
             ),
             check=_fits_shared_server,
             field_path=".server",

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from model_repo.options import BuildOptions
+from model_repo.triton_args import CpuWaitPolicy, cpu_wait_environment
 from modeldeploy.api import ModelDeployment, ModelDeploymentSpec, ResourceAmounts
 from modeldeploy.digest import device
 from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE, MODEL_BUILDER, Owner
@@ -34,6 +35,13 @@ def pod_security_context() -> dict[str, Any]:
         "fsGroup": RUN_AS_USER,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def triton_environment(policy: CpuWaitPolicy) -> dict[str, Any]:
+    """The Triton container's `env` for spec.triton.cpuWaitPolicy; nothing for the default, so that an
+    operator upgrade leaves existing pods alone."""
+    variables = cpu_wait_environment(policy)
+    return {"env": [{"name": name, "value": value} for name, value in variables.items()]} if variables else {}
 
 
 def container_security_context() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from modeldeploy.manifests.common import (
     owner_of,
     placement,
     pod_security_context,
+    triton_environment,
 )
 from modeldeploy.settings import RenderSettings
 
@@ -151,6 +152,7 @@ def triton_container(md: ModelDeployment, settings: RenderSettings, digest: str)
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         **_triton_probes(md),
+        **triton_environment(md.spec.triton.cpu_wait_policy),
         "resources": container_resources(md.spec, with_gpus=True),
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, repository_mount],
         "securityContext": container_security_context(),

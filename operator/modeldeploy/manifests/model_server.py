@@ -22,6 +22,7 @@ from modeldeploy.manifests.common import (
     container_security_context,
     placement,
     pod_security_context,
+    triton_environment,
 )
 from modeldeploy.manifests.deployment import (
     CACHE_MOUNT,
@@ -139,6 +140,7 @@ def build_server_deployment(server: ModelServer, settings: RenderSettings) -> di
         "startupProbe": _probe("/v2/health/live", 10, 60),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        **triton_environment(spec.triton.cpu_wait_policy),
         "resources": container_resources(resources_spec, with_gpus=True),
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
