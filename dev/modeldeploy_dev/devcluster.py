@@ -722,6 +722,23 @@ class DevCluster:
         )
         return path
 
+    def issue_serving_certificate(
+        self, name: str, server_names: Sequence[str], directory: Path
+    ) -> tuple[Path, Path, Path]:
+        """A serving certificate and key for ``server_names`` (and 127.0.0.1), signed by the cluster CA,
+        written into ``directory`` as tls.crt, tls.key and ca.crt (a TLS Secret's file names, which the
+        components that mount one expect)."""
+        pki = self.state_dir / "pki"
+        cert, key = _issue_cert(
+            pki, name, f"/CN={server_names[0]}", server_names=server_names, server_ips=("127.0.0.1",)
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = (directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
+        for source, target in zip((cert, key, pki / "ca.crt"), paths, strict=True):
+            shutil.copyfile(source, target)
+        paths[1].chmod(0o600)
+        return paths
+
     def version(self) -> dict[str, Any]:
         status, body = self._admin_api().request("GET", "/version")
         if status != 200:

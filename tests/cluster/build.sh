@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
 # KWOK, Helm), Prometheus (the canary analysis's query API) and metrics-server (the HPA's cpu metric) from
-# the pinned wrapper modules under go/ into a cache directory outside the repository:
+# the pinned wrapper modules under go/, and KEDA's operator (the e2e's scaling decision) from KEDA's own
+# module, pinned in crds.env, into a cache directory outside the repository:
 #
 #   ${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}/bin/k8s-<version>/
 #
@@ -16,6 +17,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# KEDA's module, version and hash: the same pin as its CRDs (crds.sh), so the operator matches them.
+# shellcheck source=crds.env
+source "$here/crds.env"
 
 cache="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
 bin_dir="$cache/bin/k8s-$K8S_VERSION"
@@ -33,6 +37,10 @@ binaries=(
   "metrics-server:metrics-server:sigs.k8s.io/metrics-server/cmd/metrics-server:$METRICS_SERVER_VERSION"
 )
 
+# Built from KEDA's module directory itself (see build_keda_operator), with KEDA's release RBAC beside it.
+KEDA_OPERATOR=keda-operator
+KEDA_RBAC_FILE=keda-operator-rbac.yaml
+
 log() { echo "build.sh: $*" >&2; }
 
 stamp_of() {
@@ -42,6 +50,20 @@ stamp_of() {
   local sum
   sum="$(sha256sum "$here/go/$wrapper/go.sum" | cut -c1-16)"
   echo "version=$version go.sum=$sum go=$go_version"
+}
+
+keda_stamp() {
+  echo "version=$KEDA_VERSION sum=$KEDA_SUM go=$go_version"
+}
+
+keda_is_built() {
+  [[ -x "$bin_dir/$KEDA_OPERATOR" && -f "$bin_dir/.$KEDA_OPERATOR.stamp" && -f "$bin_dir/$KEDA_RBAC_FILE" ]] ||
+    return 1
+  if [[ -n "${go_version:-}" ]]; then
+    [[ "$(cat "$bin_dir/.$KEDA_OPERATOR.stamp")" == "$(keda_stamp)" ]]
+  else
+    grep -q "^version=$KEDA_VERSION " "$bin_dir/.$KEDA_OPERATOR.stamp"
+  fi
 }
 
 is_built() {
@@ -66,6 +88,7 @@ case "${1:-}" in
       IFS=: read -r name wrapper _ version <<<"$entry"
       is_built "$name" "$wrapper" "$version" || exit 1
     done
+    keda_is_built || exit 1
     for f in kwok-stages.yaml kwok-metrics-resource.yaml kwok-clusterresourceusages-crd.yaml; do
       [[ -f "$bin_dir/$f" ]] || exit 1
     done
@@ -192,6 +215,45 @@ for wrapper in etcd kwok kubernetes helm prometheus metrics-server; do
   rmdir "$out"
   log "$wrapper $version: built in $((SECONDS - started)) s"
 done
+
+# KEDA's operator cannot be built from a wrapper module like the others: its go.mod pins its Kubernetes
+# libraries with replace directives, which Go applies only in the main module (from a wrapper, KEDA's
+# controller-runtime meets a client-go it does not compile with). So it is built inside KEDA's own module
+# directory, from the module zip checked against crds.env's hash, with its own go.mod and go.sum.
+build_keda_operator() {
+  local info dir sum out started
+  info="$(cd / && GOFLAGS=-mod=mod go mod download -json "$KEDA_MODULE@$KEDA_VERSION")"
+  dir="$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' <<<"$info")"
+  sum="$(sed -n 's/^\t"Sum": "\(.*\)",$/\1/p' <<<"$info")"
+  if [[ "$sum" != "$KEDA_SUM" ]]; then
+    log "$KEDA_MODULE@$KEDA_VERSION has hash $sum, crds.env pins $KEDA_SUM"
+    exit 1
+  fi
+  log "keda $KEDA_VERSION: building $KEDA_OPERATOR (this takes long the first time; -p $jobs)"
+  started=$SECONDS
+  out="$(mktemp -d "$bin_dir/.tmp-keda.XXXXXX")"
+  # What KEDA's Makefile sets (the operator logs it at start-up).
+  (cd "$dir" && go build -p "$jobs" -trimpath \
+    -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}" \
+    -o "$out/$KEDA_OPERATOR" ./cmd/operator)
+  # The ClusterRole, Role and bindings of KEDA's release manifests (config/rbac), which the e2e binds the
+  # operator's ServiceAccount to: the permissions this version of the operator was written against.
+  cat "$dir/config/rbac/role.yaml" >"$out/$KEDA_RBAC_FILE"
+  echo "---" >>"$out/$KEDA_RBAC_FILE"
+  cat "$dir/config/rbac/role_binding.yaml" >>"$out/$KEDA_RBAC_FILE"
+  chmod 644 "$out/$KEDA_RBAC_FILE"
+  mv -f "$out/$KEDA_RBAC_FILE" "$bin_dir/$KEDA_RBAC_FILE"
+  mv -f "$out/$KEDA_OPERATOR" "$bin_dir/$KEDA_OPERATOR"
+  keda_stamp >"$bin_dir/.$KEDA_OPERATOR.stamp"
+  rmdir "$out"
+  log "keda $KEDA_VERSION: built $KEDA_OPERATOR in $((SECONDS - started)) s"
+}
+
+if keda_is_built; then
+  log "keda $KEDA_VERSION: up to date"
+else
+  build_keda_operator
+fi
 
 # KWOK >= 0.5 does nothing to nodes or pods without Stage resources. kwokctl hands its controller the
 # default node and pod stages of its own release in a config file; keep the same files next to the

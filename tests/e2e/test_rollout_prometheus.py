@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 import threading
 import time
 import urllib.request
@@ -31,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from model_repo.triton import TritonServer, free_port, http_ok, stop_process_group
+from model_repo.triton import TritonServer
 from modeldeploy.api import AnalysisOutcome, CanaryAnalysis, RevisionMetrics
 from modeldeploy.prometheus import PrometheusClient, RevisionSelector
 from modeldeploy.rollout import judge
@@ -50,6 +49,7 @@ from modeldeploy_dev.harness import (
     running_ready,
     wait_until,
 )
+from modeldeploy_dev.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.cluster
 
@@ -126,66 +126,18 @@ class Load(threading.Thread):
             time.sleep(0.02)
 
 
-class Prometheus:
-    """A real Prometheus with one file_sd job, whose targets the test rewrites as pods come and go."""
-
-    def __init__(self, binary: Path, directory: Path) -> None:
-        self.binary = binary
-        self.directory = directory
-        self.port = free_port()
-        self.targets = directory / "targets.json"
-        self.targets.write_text("[]")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        config = self.directory / "prometheus.yml"
-        config.write_text(
-            json.dumps(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "scrape_configs": [
-                        {
-                            "job_name": "triton",
-                            "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}],
-                        }
-                    ],
-                }
-            )
-        )
-        log = (self.directory / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                str(self.binary),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_until("Prometheus ready", lambda: http_ok(f"{self.url}/-/ready"), timeout=60)
-
+class Prometheus(PrometheusServer):
     def point(self, pods: dict[str, tuple[str, TritonServer]]) -> None:
         """Scrape `server`'s metrics as pod `name` in `namespace`, for each name: (namespace, server)."""
-        groups = [
-            {
-                "targets": [server.metrics_url.removeprefix("http://").removesuffix("/metrics")],
-                "labels": {"namespace": namespace, "pod": pod},
-            }
-            for pod, (namespace, server) in pods.items()
-        ]
-        partial = self.targets.with_suffix(".tmp")
-        partial.write_text(json.dumps(groups))
-        partial.replace(self.targets)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_group(self.process, 10)
+        self.scrape(
+            [
+                (
+                    server.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+                    {"namespace": ns, "pod": pod},
+                )
+                for pod, (ns, server) in pods.items()
+            ]
+        )
 
 
 @pytest.fixture(scope="module")

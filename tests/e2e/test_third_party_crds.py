@@ -1,18 +1,23 @@
-"""Our KEDA and prometheus-operator objects against those projects' real CRDs, and ScalingReady from a
-real HorizontalPodAutoscaler controller, on the local control plane.
+"""Our KEDA and prometheus-operator objects against those projects' real CRDs, ScalingReady from a
+real HorizontalPodAutoscaler controller, and one scaling decision made by the real KEDA operator, on the
+local control plane.
 
 The CRDs come from KEDA's and prometheus-operator's pinned Go modules (tests/cluster/crds.sh, run at
 setup; no network here). They are installed for this module only and removed after it, so the rest of the
-suite keeps seeing a cluster without KEDA. Nothing runs the KEDA operator here: where this test writes a
-ScaledObject's status, it writes what KEDA writes (its condition types and reasons), and says so.
+suite keeps seeing a cluster without KEDA. The KEDA operator (tests/cluster/build.sh builds it from the
+same KEDA module; modeldeploy_dev.keda runs it under KEDA's release RBAC) runs only in the test that drives
+its decision, watching that test's namespace; elsewhere, where a test writes a ScaledObject's status, it
+writes what KEDA writes (its condition types and reasons), and says so.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,8 @@ from modeldeploy.settings import FIELD_MANAGER, ClusterCapabilities, RenderSetti
 from modeldeploy_dev.devcluster import DevCluster
 from modeldeploy_dev.direct_reconciler import DirectReconciler
 from modeldeploy_dev.harness import wait_until
+from modeldeploy_dev.keda import KedaOperator
+from modeldeploy_dev.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.cluster
 
@@ -138,8 +145,8 @@ def test_the_charts_monitoring_objects_are_accepted(cluster: DevCluster, namespa
 
 
 class Reconciling(DirectReconciler):
-    def __init__(self, cluster: DevCluster, namespace: str) -> None:
-        super().__init__(cluster, SETTINGS)
+    def __init__(self, cluster: DevCluster, namespace: str, settings: RenderSettings = SETTINGS) -> None:
+        super().__init__(cluster, settings)
         self.namespace = namespace
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
@@ -210,3 +217,136 @@ def test_scaling_ready_from_a_real_hpa_controller_without_its_metric(reconciling
     assert reason == "FailedGetPodsMetric", message
     assert message.startswith("HorizontalPodAutoscaler bert: ScalingActive=False (FailedGetPodsMetric): ")
     assert "unable to get metric" in message, message
+
+
+class PendingRequests(ThreadingHTTPServer):
+    """A /metrics endpoint that plays a Triton pod's: `nv_inference_pending_request_count`, the series our
+    pendingRequests trigger sums, at whatever `value` the test sets."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        super().__init__(("127.0.0.1", 0), _PendingRequestsHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _PendingRequestsHandler(BaseHTTPRequestHandler):
+    server: PendingRequests
+
+    def do_GET(self) -> None:
+        body = (
+            "# TYPE nv_inference_pending_request_count gauge\n"
+            f'nv_inference_pending_request_count{{model="gen",version="1"}} {self.server.value}\n'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: Prometheus scrapes every second."""
+
+
+def keda_events(cluster: DevCluster, namespace: str, reason: str) -> list[str]:
+    listed = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return [str(e.get("message") or e.get("note")) for e in listed if e.get("reason") == reason]
+
+
+def test_the_keda_operator_scales_our_scaled_object_and_scaling_ready_reads_it(
+    cluster: DevCluster, namespace: str, tmp_path: Path
+) -> None:
+    """KEDA itself decides: our ScaledObject (scale to zero, pendingRequests on Prometheus) deactivates the
+    idle Deployment, 1 -> 0, and activates it, 0 -> 1, once Prometheus has scraped pending requests;
+    ScalingReady and AutoscalerReady quote the conditions KEDA wrote each time."""
+    pending = PendingRequests()
+    prometheus = PrometheusServer(cluster.bin_dir / "prometheus", tmp_path).start()
+    keda = KedaOperator(cluster, tmp_path / "keda", watch_namespace=namespace).start()
+    settings = RenderSettings(
+        triton_image="triton:t", builder_image="builder:t", prometheus_url=prometheus.url
+    )
+    reconciling = Reconciling(cluster, namespace, settings)
+    try:
+        # The Service's series, as a ServiceMonitor's scrape labels them: what the trigger's query selects.
+        prometheus.scrape([(pending.address, {"namespace": namespace, "service": "gen"})])
+        autoscaling = {
+            "engine": "keda",
+            "minReplicas": 0,
+            "maxReplicas": 3,
+            "scaleToZero": True,
+            "metric": "pendingRequests",
+        }
+        reconciling.create("gen", {"autoscaling": autoscaling})
+        reconciling.condition("gen", "ScalingReady")  # a reconcile: our Deployment and ScaledObject
+
+        def replicas() -> int | None:
+            count: int | None = reconciling.get("deployment", "gen")["spec"].get("replicas")
+            return count
+
+        def active() -> str | None:
+            conditions = (reconciling.get("scaledobject", "gen").get("status") or {}).get("conditions") or []
+            return next((str(c["status"]) for c in conditions if c["type"] == "Active"), None)
+
+        def decided(what: str, expected: int, reason: str) -> str:
+            """KEDA's decision: the Deployment's replicas, KEDA's Event saying it made the change, and the
+            Active condition it writes after; returns the Event's message."""
+            try:
+                wait_until(what, lambda: replicas() == expected, timeout=60, interval=1)
+                (event,) = wait_until(
+                    f"KEDA's {reason} Event", lambda: keda_events(cluster, namespace, reason), 30, interval=1
+                )
+                state = "True" if expected else "False"
+                wait_until(f"KEDA's Active={state} condition", lambda: active() == state, 30, interval=1)
+            except AssertionError as err:
+                raise AssertionError(f"{err}\n--- KEDA operator log ---\n{keda.log_tail()}") from None
+            return event
+
+        # The Deployment starts at 1 (it leaves replicas to the autoscaler); nothing is pending: KEDA scales
+        # it to zero at its first poll (no cooldown before any activity).
+        deactivated = decided(
+            "KEDA to deactivate the idle Deployment (1 -> 0)", 0, "KEDAScaleTargetDeactivated"
+        )
+        assert deactivated == f"Deactivated apps/v1.Deployment {namespace}/gen from 1 to 0", deactivated
+        state, reason, message = reconciling.condition("gen", "ScalingReady")
+        assert (state, reason) == ("True", "ScalingActive"), message
+        assert message == (
+            "ScaledObject gen: Active=False (ScalerNotActive): "
+            "Scaling is not performed because triggers are not active"
+        )
+        assert reconciling.condition("gen", "AutoscalerReady") == (
+            "True",
+            "ScaledObjectReady",
+            "ScaledObject is defined correctly and is ready for scaling",
+        )
+
+        # Three requests wait: above the trigger's activationThreshold (0), at KEDA's next poll (15 s).
+        pending.value = 3
+        activated = decided("KEDA to activate the Deployment (0 -> 1)", 1, "KEDAScaleTargetActivated")
+        # s0-prometheus: KEDA's name for the metric of our first (only) trigger, a prometheus one.
+        assert activated == (
+            f"Scaled apps/v1.Deployment {namespace}/gen from 0 to 1, triggered by s0-prometheus"
+        ), activated
+        state, reason, message = reconciling.condition("gen", "ScalingReady")
+        assert (state, reason) == ("True", "ScalingActive"), message
+        assert message == (
+            "ScaledObject gen: Active=True (ScalerActive): Scaling is performed because triggers are active"
+        )
+        # Past the minimum, KEDA hands the replica count to the HorizontalPodAutoscaler it made for our
+        # trigger (its external metric would come from KEDA's metrics adapter, which does not run here).
+        hpa = reconciling.get("hpa", "keda-hpa-gen")
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["type"] == "External", metric
+        (trigger,) = reconciling.get("scaledobject", "gen")["spec"]["triggers"]
+        target = {"type": trigger["metricType"], "averageValue": trigger["metadata"]["threshold"]}
+        assert metric["external"]["target"] == target, (metric, trigger)
+    finally:
+        # Deleted while KEDA runs, which removes its finalizer: the module's CRDs can then be deleted.
+        cluster.kubectl("delete", "scaledobject", "--all", "-n", namespace, "--timeout=60s", check=False)
+        reconciling.close()
+        keda.stop()
+        prometheus.stop()
+        pending.shutdown()
