@@ -1,6 +1,6 @@
 """Where a prefix-cache hit's time goes, in-process: the runtime's prefill (`decoding.prefill`) of prompts
 after one cached 200-token prefix against the same-length prompts after a different prefix each (nothing
-to reuse), on the random Llama of `bench.generation` (4 layers, hidden 512), with torch's profiler.
+to reuse), on `bench.generation`'s random Llama (4 layers, hidden 512), with torch's profiler.
 
     .venv/bin/python -m bench.generation.prefix_probe [--suffix 136] [--prompts 10]
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -25,27 +26,23 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=10)
     args = parser.parse_args()
 
+    import tempfile
+
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
+    from bench.generation.run import make_checkpoint, parse_args
     from model_repo.runtime import decoding
 
-    torch.manual_seed(0)
+    settings = parse_args(["--shared-prefix", str(args.prefix)])  # the benchmark's model, 4 layers x 512
     draw = random.Random(0)
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-    )
-    model = LlamaForCausalLM(config).eval()
+    with tempfile.TemporaryDirectory(prefix="prefix-probe-") as directory:
+        model = AutoModelForCausalLM.from_pretrained(make_checkpoint(settings, Path(directory))).eval()
+    vocabulary = int(model.config.vocab_size)
 
     def tokens(count: int) -> list[int]:
-        return [draw.randrange(1, config.vocab_size) for _ in range(count)]
+        return [draw.randrange(1, vocabulary) for _ in range(count)]
 
     prefix = tokens(args.prefix)
     cache = decoding.PrefixCache(4 * 2048)
