@@ -26,5 +26,7 @@ def test_ruff_format() -> None:
 
 
 def test_mypy_strict() -> None:
-    result = _run(str(BIN / "mypy"), "--strict", "operator/modeldeploy", "dev/modeldeploy_dev", "model_repo")
+    result = _run(
+        str(BIN / "mypy"), "--strict", "operator/modeldeploy", "dev/modeldeploy_dev", "model_repo", "bench"
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -322,7 +322,8 @@ def combine(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 @contextlib.contextmanager
 def _serving(settings: Settings, checkpoint: Path) -> Iterator[str]:
     from bench.openai.run import serving
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
+    from model_repo.options import BuildOptions
 
     built = build_repository(
         BuildOptions(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def main() -> None:
     settings = parse_args(["--shared-prefix", str(args.prefix)])  # the benchmark's model, 4 layers x 512
     draw = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="prefix-probe-") as directory:
-        model = AutoModelForCausalLM.from_pretrained(make_checkpoint(settings, Path(directory))).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(make_checkpoint(settings, Path(directory)))
+    model.eval()
     vocabulary = int(model.config.vocab_size)
 
     def tokens(count: int) -> list[int]:
@@ -50,10 +52,11 @@ def main() -> None:
         decoding.prefill(model, prefix + tokens(args.suffix), cache)  # stores the prefix; warms up
         decoding.prefill(model, tokens(args.prefix + args.suffix), None)
         timings: dict[str, Any] = {}
-        for name, prompt_of, prefixes in (
+        conditions: list[tuple[str, Callable[[], list[int]], Any]] = [
             ("hit", lambda: prefix + tokens(args.suffix), cache),
             ("no hit", lambda: tokens(args.prefix + args.suffix), None),
-        ):
+        ]
+        for name, prompt_of, prefixes in conditions:
             prompts = [prompt_of() for _ in range(args.prompts)]
             with profile(activities=[ProfilerActivity.CPU]) as profiled:
                 began = time.perf_counter()

@@ -164,7 +164,8 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     tokenizer.pad_token = tokenizer.bos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(checkpoint))
+    model.eval()
     tokens = settings.max_tokens
     levels = []
     for size in sizes:

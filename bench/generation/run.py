@@ -166,7 +166,7 @@ def make_checkpoint(settings: Settings, directory: Path) -> Path:
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(load_texts()), vocab_size=2048, min_frequency=1, special_tokens=["<s>"])
     context = settings.max_prompt + settings.shared_prefix + settings.max_tokens + 64
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe._tokenizer, bos_token="<s>", model_max_length=context
     )
     tokenizer.save_pretrained(str(directory))
@@ -183,8 +183,11 @@ def make_checkpoint(settings: Settings, directory: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=None,  # no EOS: every answer is max_tokens long
     )
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=None)
+    model: Any = LlamaForCausalLM(config)
+    model.eval()
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=None
+    )
     model.save_pretrained(str(directory))
     return directory
 
@@ -210,7 +213,7 @@ def make_prompts(checkpoint: Path, settings: Settings, count: int = 256) -> list
                 break
             length += max(1, (target - tokens) // 2)
         ids = tokenizer(text)["input_ids"][:target]
-        prompts.append(tokenizer.decode(ids, skip_special_tokens=True))
+        prompts.append(str(tokenizer.decode(ids, skip_special_tokens=True)))
     rng.shuffle(prompts)
     return prompts
 
@@ -353,6 +356,11 @@ def serve(repository: Path, log: Path, environment: dict[str, str] | None = None
         yield server
 
 
+def _close_stream(handle: Any) -> None:
+    handle[0].stop_stream()
+    handle[0].close()
+
+
 def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
     from model_repo.build import build_repository
     from model_repo.options import BuildOptions, ModelFormat
@@ -376,7 +384,7 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
             return closed_loop(
                 ours_request(settings.max_tokens),
                 lambda: _grpc_client(server.grpc_url),
-                lambda handle: (handle[0].stop_stream(), handle[0].close()),
+                _close_stream,
                 inputs,
                 clients,
                 settings.warmup_s,
@@ -390,7 +398,7 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
         if settings.shared_prefix:
             with_prefix, unique = prefixed_prompts(checkpoint, settings, prompts)
             for clients in [c for c in settings.concurrency if c <= 16]:
-                pair = {"clients": clients}
+                pair: dict[str, Any] = {"clients": clients}
                 for key, inputs in (("unique", unique), ("shared", with_prefix)):
                     pair[key] = _guarded_level(
                         settings, partial(level_of, clients, inputs), f"ours {key} prefix at {clients}"
@@ -482,9 +490,12 @@ def measure_in_process(checkpoint: Path, settings: Settings, prompts: Sequence[s
     tokenizer.padding_side = "left"
     cuda = settings.device == "cuda"
     dtype = torch.float16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=dtype).to(settings.device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=dtype)
+    model = model.to(settings.device).eval()
     context = int(model.config.max_position_embeddings)
-    generation_config = GenerationConfig(max_new_tokens=settings.max_tokens, do_sample=False)
+    generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=settings.max_tokens, do_sample=False
+    )
     levels = []
     for clients in settings.concurrency:
         batch = list(prompts[:clients])

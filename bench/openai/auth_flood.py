@@ -183,8 +183,9 @@ def process_cpu_s(pid: int) -> float:
 
 @contextlib.contextmanager
 def serving(workdir: Path) -> Iterator[tuple[str, int]]:
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
     from model_repo.openai_local import LocalFrontend, write_api_keys
+    from model_repo.options import BuildOptions
     from model_repo.triton import TritonServer, free_port
     from model_repo.triton_args import loopback_server_args, repository_server_args
 
@@ -226,7 +227,7 @@ def measure_condition(
         foreign.start()
         result = asyncio.run(good())
         _, share = foreign.stop()
-    summary = result.summary()
+    summary: dict[str, Any] = result.summary()
     summary["other_cpu_share"] = round(share, 3)
     # The sidecar's own CPU over the whole condition (warm-up, window and the flood's tail): unlike
     # latency, barely moved by other work on the machine.

@@ -226,7 +226,8 @@ def serving(repository: Path, name: str, settings: Settings) -> Iterator[tuple[s
 
 
 def run_embeddings(settings: Settings) -> dict[str, Any]:
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
+    from model_repo.options import BuildOptions
 
     model = minilm()
     built = build_repository(
@@ -245,7 +246,8 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
 
 
 def run_generation(settings: Settings) -> dict[str, Any]:
-    from model_repo.build import BuildOptions, build_repository
+    from model_repo.build import build_repository
+    from model_repo.options import BuildOptions
 
     checkpoint = make_checkpoint(settings, settings.workdir / "llama")
     prompts = make_prompts(checkpoint, settings)

@@ -29,9 +29,10 @@ from bench.common.checkpoints import make_tiny_bert_classifier
 from bench.common.loadgen import TritonGrpcSender, closed_loop
 from bench.common.machine import _descendants, _process_ticks, describe_machine, load_average
 from bench.common.sentences import load_texts
-from model_repo.build import build_repository, read_record
+from model_repo.build import build_repository
 from model_repo.model_set import SharedRuntime, TritonRepositoryClient, reconcile
 from model_repo.options import BuildOptions
+from model_repo.output_dir import read_record
 from model_repo.triton import TritonServer
 from model_repo.triton_args import repository_server_args
 
