@@ -259,16 +259,13 @@ class TritonServer(ChildProcess):
         args.extend(extra)
         return args
 
-    def process_environment(self) -> dict[str, str]:
-        return {**server_environment(self.installation), **self.environment}
-
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.process_environment(),
+                env={**server_environment(self.installation), **self.environment},
                 start_new_session=True,
             )
         try:

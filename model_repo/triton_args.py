@@ -54,9 +54,9 @@ class CpuWaitPolicy(StrEnum):
 # libgomp's spin count before a waiting thread sleeps; it overrides OMP_WAIT_POLICY, which the runtime sets
 # to PASSIVE in every stub. 10,000 spins are tens of microseconds: enough to bridge the gaps between a
 # pass's parallel regions, short enough to give the core back soon. Measured on 2 cores (bench/README.md,
-# "OpenMP waiting"): one-text requests +52% (MiniLM) and +63% (tiny BERT) on a quiet machine, 64 clients
-# +12-18%; beside one busy process one-text requests lost 46% and 64 clients 14%. OpenMP's own default
-# (300,000 spins) collapsed there: 2.8 requests/s against 49 waiting passively.
+# data plane, "Session 5"), MiniLM / tiny BERT: one-text requests +52% / +63% on a quiet machine, 64
+# clients +12% / +18%; beside one busy process one-text requests lost 46% / 54% and 64 clients 14% / 31%.
+# OpenMP's own default (300,000 spins) collapsed there: 2.8 requests/s against 49 waiting passively.
 SHORT_SPIN_COUNT = 10_000
 
 

@@ -46,9 +46,6 @@ OPTIMISATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-OPENMP_SHORT_SPIN = cpu_wait_environment(CpuWaitPolicy.SPIN)
-
-
 class ClosableSender(Protocol):
     async def __call__(self, text: str) -> None: ...
 
@@ -342,7 +339,7 @@ CONTENDERS: dict[
     # spec.triton.cpuWaitPolicy spin against ours (passive, the default): the same repository.
     "ours-spin": (
         "ours, cpuWaitPolicy spin (GOMP_SPINCOUNT=10000: a short OpenMP spin)",
-        functools.partial(serve_ours, environment=OPENMP_SHORT_SPIN),
+        functools.partial(serve_ours, environment=cpu_wait_environment(CpuWaitPolicy.SPIN)),
     ),
     "baseline-a": ("baseline (a): Triton HF tutorial model.py, pipeline per request", serve_tutorial),
     "baseline-b": ("baseline (b): FastAPI + uvicorn, pipeline per request", serve_fastapi),
