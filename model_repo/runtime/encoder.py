@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from .helpers import Array, fit_pass_overhead, pad_batch, plan_length_groups, pool_hidden_states
+from .helpers import (
+    Array,
+    ThreadTuner,
+    fit_pass_overhead,
+    pad_batch,
+    plan_length_groups,
+    pool_hidden_states,
+)
 from .serving import (
     DecodedRequests,
     Settings,
@@ -57,6 +64,8 @@ class EncoderRole:
             if name in ("input_ids", "attention_mask", "token_type_ids")
         ]
         self.outputs = TaskOutputs(settings)
+        # On a CPU each pass's thread count is chosen from measured passes (helpers.ThreadTuner).
+        self.threads = ThreadTuner(settings.cpu_threads) if self.device.type == "cpu" else None
         settings.log_accuracy()
         self.group_overhead = self._calibrate_group_overhead()
         settings.log_info(
@@ -140,14 +149,21 @@ class EncoderRole:
             types = None
             if "token_type_ids" in encoded:
                 types = pad_batch([encoded["token_type_ids"][i] for i in members], 0)
-            output = self._forward(input_ids, attention, types)
-            pending.append((members, self._reduce_on_device(output, attention, input_ids)))
+            pending.append((members, self._reduced_pass(input_ids, attention, types)))
         cuda = self.device.type == "cuda"
         copies = [
             (members, {k: v.to("cpu", non_blocking=cuda) for k, v in out.items()}) for members, out in pending
         ]
         self._synchronize()
         return [(members, {k: v.numpy() for k, v in out.items()}) for members, out in copies]
+
+    def _reduced_pass(self, input_ids: Array, attention: Array, types: Array | None) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            return self._reduce_on_device(self._forward(input_ids, attention, types), attention, input_ids)
+
+        if self.threads is None:
+            return run()
+        return self.threads.run(int(input_ids.size), run)
 
     def _reduce_on_device(self, output: Any, attention: Array, input_ids: Array) -> dict[str, Any]:
         """What the host needs from one pass's output, computed where the model ran."""

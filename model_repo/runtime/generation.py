@@ -23,6 +23,7 @@ inputs `text_input`, `stream`, `max_tokens`, `temperature`, `top_p`, `seed`, `st
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import json
 import os
@@ -42,7 +43,7 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
 
 from . import decoding, request_parsing
 from .generation_metrics import EngineProfile, GenerationMetrics
-from .helpers import generation_cpu_threads, openmp_spins
+from .helpers import Result, ThreadTuner
 
 Sampling = decoding.Sampling
 # The request contract lives in request_parsing.py; these names are part of this module's interface.
@@ -171,10 +172,9 @@ class GenerationEngine:
         budget = 4 * context if prefix_cache_tokens is None else prefix_cache_tokens
         self.prefixes = decoding.PrefixCache(budget) if budget > 0 else None
         self.batch = decoding.RunningBatch(model)
-        # On a CPU, the CPUs this engine may use: each forward takes generation_cpu_threads of them.
-        self.cpus = cpus
-        self._spinning = openmp_spins()
-        self._threads = 0
+        # On a CPU, each forward's thread count (of the CPUs this engine may use) is chosen from measured
+        # passes: helpers.ThreadTuner.
+        self.threads = ThreadTuner(cpus) if cpus is not None else None
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -284,9 +284,11 @@ class GenerationEngine:
         for group in decoding.plan_prefill(self.model, [job.row.prompt_ids for job in jobs], self.prefixes):
             began = time.perf_counter()
             members = [jobs[index] for index in group.indices]
-            self._use_threads(sum(len(prompt) - group.reused for prompt in group.prompts))
+            tokens = sum(len(prompt) - group.reused for prompt in group.prompts)
             try:
-                logits, tensors = decoding.prefill_group(self.model, group, self.prefixes)
+                logits, tensors = self._forward(
+                    tokens, functools.partial(decoding.prefill_group, self.model, group, self.prefixes)
+                )
             except Exception as exc:
                 for job in members:
                     self._send_error(job, f"generation failed: {exc}", "INTERNAL")
@@ -304,21 +306,13 @@ class GenerationEngine:
             self.batch.join_many(joining)
             seconds["join_leave"] += time.perf_counter() - responded
 
-    def _use_threads(self, tokens: int) -> None:
-        if self.cpus is None:
-            return
-        threads = generation_cpu_threads(self.cpus, tokens, self._spinning)
-        if threads != self._threads:
-            import torch
-
-            torch.set_num_threads(threads)  # this thread's, where the engine's forwards run
-            self._threads = threads
+    def _forward(self, tokens: int, forward: Callable[[], Result]) -> Result:
+        return forward() if self.threads is None else self.threads.run(tokens, forward)
 
     def _step(self) -> None:
         seconds = self.profile.seconds
         began = time.perf_counter()
-        self._use_threads(len(self.batch))
-        logits = self.batch.step()
+        logits = self._forward(len(self.batch), self.batch.step)
         if logits.device.type == "cuda":  # the forward's time, not the launch's
             import torch
 
@@ -343,6 +337,8 @@ class GenerationEngine:
         seconds["join_leave"] += left - responded
         line = self.profile.line()
         if line is not None:
+            if self.threads is not None:
+                line += f"; threads by width group: {self.threads.choices()}"
             self.log_info(line)
 
     def _advance(self, job: Job, choice: Any) -> bool:

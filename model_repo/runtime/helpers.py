@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[Any]
+Result = TypeVar("Result")
 
 
 def plan_length_groups(lengths: list[int], overhead_tokens: int, max_group: int) -> list[list[int]]:
@@ -65,40 +69,104 @@ def usable_cpus(affinity: int, cpu_max: str | None) -> int:
     return max(1, affinity)
 
 
-# A forward over this many tokens (rows of a decoding step, or prompt tokens of a prefill) is wide enough to
-# keep every CPU busy; a narrower one runs faster with a CPU left to the server (see below).
-WIDE_FORWARD_TOKENS = 16
+class ThreadTuner:
+    """torch's thread count for each CPU forward pass, chosen from the passes' own measured times.
 
+    Why measured and not fixed: what an OpenMP team of every CPU gains depends on what else runs on those
+    CPUs, which changes while the server runs. On 2 cores (bench/README.md, "Session 6"), one MiniLM
+    text took 10.2 ms with two spinning threads against 16.8 ms with one on a quiet machine; beside one
+    busy process the two spinning threads took 34 ms (a region waits for a thread the scheduler has
+    parked) and one thread 16 ms. Two threads waiting passively took 16 ms in both cases: on this VM a
+    sleeping thread's wake-up costs what the second core gains.
 
-def openmp_spins() -> bool:
-    """Whether this process's OpenMP threads spin before they sleep: GOMP_SPINCOUNT (spec.triton.
-    cpuWaitPolicy spin) overrides the OMP_WAIT_POLICY=PASSIVE that model.py sets in every stub."""
-    value = os.environ.get("GOMP_SPINCOUNT", "0").strip().lower()
-    if value in ("infinite", "infinity"):
-        return True
-    try:
-        return int(value) > 0
-    except ValueError:
-        return False
-
-
-def generation_cpu_threads(cpus: int, tokens: int, spinning: bool = False) -> int:
-    """torch threads for one forward pass of the generation engine on a CPU over `tokens` tokens: every
-    CPU for a wide pass, all but one for a narrow one, unless the threads spin (`spinning`: the pod owns
-    its cores, spec.triton.cpuWaitPolicy spin), where every pass takes every CPU.
-
-    A decoding step of a few rows is many short parallel regions. The CPU left free serves what runs
-    beside the engine for every token (Triton's threads, the stream sender, the gRPC path); without it
-    those preempt an OpenMP worker in the middle of a region and the whole region waits for it. Wide
-    passes are long enough that the work per region outweighs that. Measured on 2 cores with the
-    stub's passive OpenMP waits (bench/README.md, text generation): one stream made 132 tokens/s with two
-    engine threads and 196-200 with one; at 64 clients (16-26 rows a step) one thread lost about a third,
-    which the wide passes keep. With a short spin (GOMP_SPINCOUNT=10000) on a quiet machine, both
-    threads for every pass made 217.6 tokens/s at one stream against 172.8 with the narrow rule.
+    Passes are grouped by width (tokens, in powers of two), since a narrow pass and a wide one gain
+    differently from more threads. Each group keeps a moving average of seconds per token for every thread
+    count it has run and uses the best. Now and then a pass of a group tries a neighbouring count instead,
+    so the choice follows the machine: after `explore_every` passes, and after twice as many each time the
+    neighbours lose clearly, up to `MAX_EXPLORE_EVERY` (a neighbour can be twice as slow: its tries cost
+    at most 1/64 of the passes then); a switch starts the count again. The candidates are every CPU, all
+    but one, and halvings down to one.
     """
-    if cpus <= 1 or tokens >= WIDE_FORWARD_TOKENS or spinning:
-        return max(1, cpus)
-    return cpus - 1
+
+    SMOOTHING = 0.3
+    # A neighbour replaces the current choice only when clearly faster: single passes are noisy.
+    SWITCH_MARGIN = 0.9
+    # A neighbour this much slower than the choice "loses clearly": the next try waits twice as long.
+    CLEAR_LOSS = 1.25
+    MAX_EXPLORE_EVERY = 64
+
+    def __init__(self, cpus: int, explore_every: int = 16) -> None:
+        cpus = max(1, cpus)
+        ladder = {cpus, max(1, cpus - 1)}
+        count = cpus
+        while count > 1:
+            count //= 2
+            ladder.add(max(1, count))
+        self.candidates = sorted(ladder)
+        self.explore_every = explore_every
+        self._chosen: dict[int, int] = {}  # width group -> thread count in use
+        self._passes: dict[int, int] = {}  # width group -> passes until its next try of a neighbour
+        self._interval: dict[int, int] = {}  # width group -> passes between its tries
+        self._cost: dict[tuple[int, int], float] = {}  # (width group, threads) -> seconds per token
+        self._explored: dict[int, int] = {}  # width group -> which neighbour was tried last
+        self._applied = threading.local()  # OpenMP's thread count is the calling thread's own setting
+
+    @staticmethod
+    def width_group(tokens: int) -> int:
+        return max(1, tokens).bit_length()
+
+    def threads_for(self, tokens: int) -> int:
+        group = self.width_group(tokens)
+        chosen = self._chosen.setdefault(group, self.candidates[-1])
+        interval = self._interval.setdefault(group, self.explore_every)
+        until = self._passes.get(group, interval) - 1
+        self._passes[group] = until if until > 0 else interval
+        if len(self.candidates) == 1 or until > 0:
+            return chosen
+        index = self.candidates.index(chosen)
+        neighbours = [self.candidates[i] for i in (index - 1, index + 1) if 0 <= i < len(self.candidates)]
+        turn = self._explored.get(group, 0) + 1
+        self._explored[group] = turn
+        return neighbours[turn % len(neighbours)]
+
+    def record(self, tokens: int, threads: int, seconds: float) -> None:
+        """The time a pass of `tokens` tokens took with `threads` threads."""
+        group = self.width_group(tokens)
+        per_token = seconds / max(1, tokens)
+        key = (group, threads)
+        chosen = self._chosen.get(group)
+        previous = self._cost.get(key)
+        if threads != chosen or previous is None:
+            # A neighbour's last try may be long past (another load then): its fresh time replaces it.
+            self._cost[key] = per_token
+        else:
+            self._cost[key] = previous + self.SMOOTHING * (per_token - previous)
+        if chosen is None or threads == chosen:
+            return
+        chosen_cost = self._cost.get((group, chosen))
+        if chosen_cost is None or self._cost[key] < self.SWITCH_MARGIN * chosen_cost:
+            self._chosen[group] = threads
+            self._interval[group] = self._passes[group] = self.explore_every
+        elif per_token > self.CLEAR_LOSS * chosen_cost:
+            interval = min(2 * self._interval[group], self.MAX_EXPLORE_EVERY)
+            self._interval[group] = self._passes[group] = interval
+
+    def run(self, tokens: int, forward: Callable[[], Result]) -> Result:
+        """`forward()` (one pass over `tokens` tokens) with the thread count chosen for it, timed."""
+        threads = self.threads_for(tokens)
+        if getattr(self._applied, "threads", None) != threads:
+            import torch
+
+            torch.set_num_threads(threads)
+            self._applied.threads = threads
+        started = time.perf_counter()
+        result = forward()
+        self.record(tokens, threads, time.perf_counter() - started)
+        return result
+
+    def choices(self) -> dict[int, int]:
+        """Thread count in use per width group (the group's widest pass has 2**group - 1 tokens)."""
+        return dict(sorted(self._chosen.items()))
 
 
 def fit_pass_overhead(samples: list[tuple[int, float]], ceiling: int) -> int:

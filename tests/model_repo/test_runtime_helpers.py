@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model_repo.runtime.helpers import WIDE_FORWARD_TOKENS, generation_cpu_threads, openmp_spins
+from model_repo.runtime.helpers import ThreadTuner
 from model_repo.runtime.model import fit_pass_overhead, plan_length_groups, usable_cpus
 
 
@@ -261,26 +261,80 @@ def test_the_runtime_makes_openmp_threads_wait_passively_unless_told(
     assert completed.stdout.strip() == expected
 
 
-def test_the_generation_engine_leaves_a_cpu_to_the_server_on_narrow_passes() -> None:
-    narrow = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS - 1) for cpus in (1, 2, 4, 64)]
-    wide = [generation_cpu_threads(cpus, WIDE_FORWARD_TOKENS) for cpus in (1, 2, 4, 64)]
-    assert (narrow, wide) == ([1, 1, 3, 63], [1, 2, 4, 64])
-    # Spinning threads (the pod owns its cores): every pass takes every CPU.
-    spinning = [generation_cpu_threads(cpus, 1, spinning=True) for cpus in (1, 2, 4, 64)]
-    assert spinning == [1, 2, 4, 64]
+def _drive(tuner: ThreadTuner, tokens: int, seconds_per_token: dict[int, float], passes: int) -> list[int]:
+    """Run `passes` simulated passes whose cost per token depends only on the thread count."""
+    used = []
+    for _ in range(passes):
+        threads = tuner.threads_for(tokens)
+        tuner.record(tokens, threads, tokens * seconds_per_token[threads])
+        used.append(threads)
+    return used
 
 
-@pytest.mark.parametrize(
-    ("value", "spins"), [(None, False), ("10000", True), ("0", False), ("INFINITE", True), ("lots", False)]
-)
-def test_openmp_spins_reads_libgomps_spin_count(
-    monkeypatch: pytest.MonkeyPatch, value: str | None, spins: bool
-) -> None:
-    if value is None:
-        monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    else:
-        monkeypatch.setenv("GOMP_SPINCOUNT", value)
-    assert openmp_spins() is spins
+def test_the_thread_tuner_tries_every_cpu_all_but_one_and_halvings() -> None:
+    assert [ThreadTuner(cpus).candidates for cpus in (1, 2, 4, 16)] == [
+        [1],
+        [1, 2],
+        [1, 2, 3, 4],
+        [1, 2, 4, 8, 15, 16],
+    ]
+
+
+def test_the_thread_tuner_keeps_every_cpu_while_that_is_fastest() -> None:
+    tuner = ThreadTuner(2, explore_every=8)
+    used = _drive(tuner, 40, {2: 10e-6, 1: 16e-6}, 256)
+    # Starts with every CPU and tries the neighbour after 8 passes; it loses clearly each time, so the
+    # next try waits twice as long, up to 64 passes.
+    assert [index + 1 for index, threads in enumerate(used) if threads == 1] == [8, 24, 56, 120, 184, 248]
+    assert tuner.choices() == {ThreadTuner.width_group(40): 2}
+
+
+def test_the_thread_tuner_moves_to_fewer_threads_under_contention_and_back_when_it_ends() -> None:
+    tuner = ThreadTuner(2, explore_every=8)
+    group = ThreadTuner.width_group(40)
+    _drive(tuner, 40, {2: 10e-6, 1: 16e-6}, 16)
+    # A busy neighbour parks one of two spinning threads: two threads now cost twice one.
+    busy = _drive(tuner, 40, {2: 34e-6, 1: 16e-6}, 256)
+    assert tuner.choices() == {group: 1}
+    assert busy[-192:].count(2) <= 4  # only the tries pay the slow count, less often as they keep losing
+    # Back to a quiet machine: the next try (at most 64 passes away) finds two threads faster again.
+    _drive(tuner, 40, {2: 10e-6, 1: 16e-6}, 65)
+    assert tuner.choices() == {group: 2}
+
+
+def test_the_thread_tuner_ignores_a_neighbour_that_is_only_marginally_faster() -> None:
+    tuner = ThreadTuner(2, explore_every=4)
+    _drive(tuner, 40, {2: 10e-6, 1: 9.5e-6}, 64)
+    assert tuner.choices() == {ThreadTuner.width_group(40): 2}
+
+
+def test_the_thread_tuner_chooses_per_width_group() -> None:
+    tuner = ThreadTuner(4, explore_every=4)
+    # Narrow passes run best on 3 threads (one CPU left to the server), wide ones on all 4.
+    _drive(tuner, 3, {4: 30e-6, 3: 20e-6, 2: 25e-6, 1: 40e-6}, 64)
+    _drive(tuner, 500, {4: 1e-6, 3: 1.3e-6, 2: 1.9e-6, 1: 3.7e-6}, 64)
+    assert tuner.choices() == {ThreadTuner.width_group(3): 3, ThreadTuner.width_group(500): 4}
+
+
+def test_the_thread_tuner_sets_torchs_threads_in_the_calling_thread() -> None:
+    import threading
+
+    import torch
+
+    tuner = ThreadTuner(2, explore_every=2)
+    seen: list[int] = []
+
+    def in_a_thread() -> None:
+        for _ in range(4):
+            seen.append(tuner.run(40, torch.get_num_threads))
+
+    outside = torch.get_num_threads()
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    # Passes 2 and 4 explore the neighbour (1 thread); the others use every CPU.
+    assert seen[0] == 2 and seen[1] == 1
+    assert torch.get_num_threads() == outside
 
 
 def test_importing_the_runtime_as_a_package_leaves_openmp_alone() -> None:
