@@ -39,7 +39,7 @@ from model_repo.options import (
     Task,
 )
 from model_repo.progress import DEFAULT_STALL_SECONDS, BuildProgress, Report
-from model_repo.triton_args import CpuWaitPolicy
+from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY, CpuWaitPolicy
 
 if TYPE_CHECKING:
     from model_repo.build import BuildResult
@@ -474,11 +474,11 @@ def serve(
         CpuWaitPolicy,
         typer.Option(
             "--cpu-wait-policy",
-            help="spec.triton.cpuWaitPolicy: passive (OpenMP threads sleep at once; right when other work "
-            "shares the cores) or spin (they spin for tens of microseconds first; faster on cores the "
-            "server has to itself).",
+            help="spec.triton.cpuWaitPolicy: spin (OpenMP threads spin for tens of microseconds before "
+            "they sleep; the default) or passive (they sleep at once: the least CPU time beside other "
+            "work).",
         ),
-    ] = CpuWaitPolicy.PASSIVE,
+    ] = DEFAULT_CPU_WAIT_POLICY,
 ) -> None:
     """Build the repository and serve it with a local tritonserver until Ctrl-C (several --source: each
     model built into its own repository, all loaded into one server in explicit model-control mode)."""

@@ -51,18 +51,25 @@ class CpuWaitPolicy(StrEnum):
     SPIN = "spin"
 
 
+# What the operator and `modeldeploy serve` use where a spec leaves cpuWaitPolicy unset. The runtime's own
+# default, in a repository served by anything else, stays passive (model.py). Measured on 2 cores
+# (bench/README.md, data plane, "Session 6"), spin against passive with the runtime choosing each pass's
+# thread count (helpers.ThreadTuner), MiniLM / tiny BERT: one-text requests +46% / +5% on a quiet machine
+# (p50 0.95x / 1.0x the tutorial model), 64 clients +6% / +14%; beside one busy process -7% / +2% and
+# -12% / -2%. Before the tuner, spin lost 46-54% beside a busy process, and passive was the default.
+DEFAULT_CPU_WAIT_POLICY = CpuWaitPolicy.SPIN
+
 # libgomp's spin count before a waiting thread sleeps; it overrides OMP_WAIT_POLICY, which the runtime sets
 # to PASSIVE in every stub. 10,000 spins are tens of microseconds: enough to bridge the gaps between a
-# pass's parallel regions, short enough to give the core back soon. Measured on 2 cores (bench/README.md,
-# data plane, "Session 5"), MiniLM / tiny BERT: one-text requests +52% / +63% on a quiet machine, 64
-# clients +12% / +18%; beside one busy process one-text requests lost 46% / 54% and 64 clients 14% / 31%.
-# OpenMP's own default (300,000 spins) collapsed there: 2.8 requests/s against 49 waiting passively.
+# pass's parallel regions, short enough to give the core back soon. OpenMP's own default (300,000 spins)
+# collapsed beside a busy process (bench/README.md, "Session 5"): 2.8 requests/s against 49 waiting
+# passively.
 SHORT_SPIN_COUNT = 10_000
 
 
 def cpu_wait_environment(policy: CpuWaitPolicy) -> dict[str, str]:
-    """Environment of a tritonserver (inherited by its stubs) for `policy`; empty for the runtime's
-    default, passive waiting."""
+    """Environment of a tritonserver (inherited by its stubs) for `policy`; empty for passive waiting,
+    the runtime's own default."""
     if policy is CpuWaitPolicy.SPIN:
         return {"GOMP_SPINCOUNT": str(SHORT_SPIN_COUNT)}
     return {}

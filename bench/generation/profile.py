@@ -42,6 +42,7 @@ from bench.generation.run import (
     model_fields,
     report_head,
 )
+from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY
 
 
 class _Job:
@@ -312,7 +313,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device="cpu",
         quiet=NEVER_WAIT,
         shared_prefix=0,
-        cpu_wait_policy="passive",
+        cpu_wait_policy=DEFAULT_CPU_WAIT_POLICY.value,
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     report = {

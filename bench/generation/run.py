@@ -38,6 +38,7 @@ from bench.common.report import (
     write_results,
 )
 from bench.common.sentences import load_texts
+from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY, CpuWaitPolicy, cpu_wait_environment
 
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "baselines" / "hf_tutorial_generation"
 OURS, BASELINE = "ours", "baseline"
@@ -96,10 +97,10 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     )
     parser.add_argument(
         "--cpu-wait-policy",
-        choices=("passive", "spin"),
-        default="passive",
-        help="ours served with this spec.triton.cpuWaitPolicy (the baseline and in-process keep OpenMP's "
-        "own default)",
+        choices=[policy.value for policy in CpuWaitPolicy],
+        default=DEFAULT_CPU_WAIT_POLICY.value,
+        help="ours served with this spec.triton.cpuWaitPolicy (default: the operator's; the baseline and "
+        "in-process keep OpenMP's own default)",
     )
     add_quiet_options(parser, "level", retries=1)
     return Settings(**generation_fields(parser.parse_args(argv)))
@@ -139,7 +140,7 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         # Waits and repeats only when --max-foreign-cpu asks; disturbed levels are marked either way.
         quiet=quiet_policy(args, quick=True) if hasattr(args, "max_foreign_cpu") else NEVER_WAIT,
         shared_prefix=getattr(args, "shared_prefix", 0),
-        cpu_wait_policy=getattr(args, "cpu_wait_policy", "passive"),
+        cpu_wait_policy=getattr(args, "cpu_wait_policy", DEFAULT_CPU_WAIT_POLICY.value),
     )
 
 
@@ -375,8 +376,6 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
     built = build_repository(options, settings.workdir / "ours-repository")
     levels = []
     shared: list[dict[str, Any]] = []
-    from model_repo.triton_args import CpuWaitPolicy, cpu_wait_environment
-
     environment = cpu_wait_environment(CpuWaitPolicy(settings.cpu_wait_policy))
     with serve(built.path, settings.workdir / "ours-triton.log", environment) as server:
 

@@ -38,6 +38,7 @@ from bench.openai.run import (
     serving,
     throughput_ratio,
 )
+from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY
 
 DIRECT, RERANK = "direct gRPC", "/v1/rerank"
 DOCUMENTS = 32
@@ -64,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         device="cpu",
         quiet=NEVER_WAIT,
         shared_prefix=0,
-        cpu_wait_policy="passive",
+        cpu_wait_policy=DEFAULT_CPU_WAIT_POLICY.value,
         repeats=args.repeats,
     )
 

@@ -73,11 +73,13 @@ class ThreadTuner:
     """torch's thread count for each CPU forward pass, chosen from the passes' own measured times.
 
     Why measured and not fixed: what an OpenMP team of every CPU gains depends on what else runs on those
-    CPUs, which changes while the server runs. On 2 cores (bench/README.md, "Session 6"), one MiniLM
-    text took 10.2 ms with two spinning threads against 16.8 ms with one on a quiet machine; beside one
-    busy process the two spinning threads took 34 ms (a region waits for a thread the scheduler has
-    parked) and one thread 16 ms. Two threads waiting passively took 16 ms in both cases: on this VM a
-    sleeping thread's wake-up costs what the second core gains.
+    CPUs, which changes while the server runs. On 2 cores (bench/README.md, "Session 6"; MiniLM, one
+    text per pass, in-process), a pass took 10.2 ms with two spinning threads against 16.8 ms with one on
+    a quiet machine; beside one busy process the two spinning threads took 34 ms (a region waits for a
+    thread the scheduler has parked) and one thread 16 ms. Two threads waiting passively took 16 ms in
+    both cases: on this VM a sleeping thread's wake-up costs what the second core gains. Served, with
+    this choice, spinning no longer collapses beside a busy process (one-text requests 0.93x passive's,
+    against 0.54x with both threads always).
 
     Passes are grouped by width (tokens, in powers of two), since a narrow pass and a wide one gain
     differently from more threads. Each group keeps a moving average of seconds per token for every thread
@@ -90,7 +92,12 @@ class ThreadTuner:
 
     SMOOTHING = 0.3
     # A neighbour replaces the current choice only when clearly faster: single passes are noisy.
-    SWITCH_MARGIN = 0.9
+    # More threads must earn their CPUs: a larger count replaces the choice only when clearly faster
+    # (single passes are noisy), a smaller one when it is no slower. A pass's own time misses what its
+    # extra threads take from the server's threads beside it (the stream sender, Triton, gRPC): with
+    # passive waits, two engine threads on narrow passes timed no slower than one, and the served
+    # generator lost a fifth of its tokens/s at 4 and 16 clients (bench/README.md, "Session 6").
+    MORE_THREADS_MARGIN = 0.85
     # A neighbour this much slower than the choice "loses clearly": the next try waits twice as long.
     CLEAR_LOSS = 1.25
     MAX_EXPLORE_EVERY = 64
@@ -144,7 +151,12 @@ class ThreadTuner:
         if chosen is None or threads == chosen:
             return
         chosen_cost = self._cost.get((group, chosen))
-        if chosen_cost is None or self._cost[key] < self.SWITCH_MARGIN * chosen_cost:
+        cost = self._cost[key]
+        if (
+            chosen_cost is None
+            or (threads > chosen and cost < self.MORE_THREADS_MARGIN * chosen_cost)
+            or (threads < chosen and cost <= chosen_cost)
+        ):
             self._chosen[group] = threads
             self._interval[group] = self._passes[group] = self.explore_every
         elif per_token > self.CLEAR_LOSS * chosen_cost:

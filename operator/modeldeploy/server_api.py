@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from model_repo.triton_args import CpuWaitPolicy
+from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY, CpuWaitPolicy
 from modeldeploy.api import (
     CPU_WAIT_POLICY_DESCRIPTION,
     ApiModel,
@@ -76,7 +76,7 @@ class ServerTriton(ApiModel):
         description="How often the agent container reconciles Triton's loaded models with the model list.",
     )
     cpu_wait_policy: CpuWaitPolicy = Field(
-        default=CpuWaitPolicy.PASSIVE, description=CPU_WAIT_POLICY_DESCRIPTION
+        default=DEFAULT_CPU_WAIT_POLICY, description=CPU_WAIT_POLICY_DESCRIPTION
     )
     shared_runtime: bool = Field(
         default=True,

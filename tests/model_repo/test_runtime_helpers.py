@@ -302,10 +302,15 @@ def test_the_thread_tuner_moves_to_fewer_threads_under_contention_and_back_when_
     assert tuner.choices() == {group: 2}
 
 
-def test_the_thread_tuner_ignores_a_neighbour_that_is_only_marginally_faster() -> None:
+def test_more_threads_must_be_clearly_faster_and_fewer_only_no_slower() -> None:
+    group = ThreadTuner.width_group(40)
     tuner = ThreadTuner(2, explore_every=4)
-    _drive(tuner, 40, {2: 10e-6, 1: 9.5e-6}, 64)
-    assert tuner.choices() == {ThreadTuner.width_group(40): 2}
+    _drive(tuner, 40, {2: 10e-6, 1: 10e-6}, 64)
+    assert tuner.choices() == {group: 1}  # a tie leaves the CPU to the rest of the server
+    _drive(tuner, 40, {2: 9e-6, 1: 10e-6}, 256)
+    assert tuner.choices() == {group: 1}  # 10% faster does not earn the second CPU
+    _drive(tuner, 40, {2: 8e-6, 1: 10e-6}, 256)
+    assert tuner.choices() == {group: 2}
 
 
 def test_the_thread_tuner_chooses_per_width_group() -> None:

@@ -110,7 +110,7 @@ def _stub_environments(under: Path) -> list[dict[str, str]]:
 
 def test_the_cpu_wait_policy_reaches_the_stubs(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     """spin gives the stubs libgomp's short spin count (it overrides the OMP_WAIT_POLICY=PASSIVE that
-    model.py sets); the default leaves it out."""
+    model.py sets); passive leaves it out."""
     source = checkpoints["text-classification"]
     for policy, expected in (("passive", None), ("spin", "10000")):
         options = ("--cpu-wait-policy", policy, "--workdir", str(tmp_path / policy))

@@ -97,6 +97,14 @@ def test_server_refuses_fields_only_a_dedicated_deployment_honours(extra: dict[s
         assert field in DEDICATED_ONLY_CEL
 
 
+def test_a_placed_model_may_keep_the_passive_wait_policy_stored_when_passive_was_the_default() -> None:
+    # The CRD used to default cpuWaitPolicy to passive, so placed models made then have it stored; the
+    # rule must not refuse their next update. Only an explicit spin is refused (see above).
+    base = {"model": {"source": "hf://org/m", "task": "feature-extraction"}, "server": {"name": "encoders"}}
+    assert parse_spec({**base, "triton": {"cpuWaitPolicy": "passive"}}).server is not None
+    assert "self.triton.cpuWaitPolicy == 'passive'" in DEDICATED_ONLY_CEL
+
+
 def test_models_are_placed_first_come_while_their_recorded_memory_fits() -> None:
     candidates = [
         Candidate("late-big", "2026-01-03T00:00:00Z", "d3", 6 * GIB),
@@ -199,8 +207,9 @@ def test_the_shared_runtime_runs_its_host_on_the_servers_device_unless_turned_of
 def test_the_servers_cpu_wait_policy_reaches_tritons_environment() -> None:
     settings = RenderSettings(triton_image="triton:golden", builder_image="builder:golden")
     for triton, env in (
-        ({}, None),
+        ({}, [{"name": "GOMP_SPINCOUNT", "value": "10000"}]),
         ({"cpuWaitPolicy": "spin"}, [{"name": "GOMP_SPINCOUNT", "value": "10000"}]),
+        ({"cpuWaitPolicy": "passive"}, None),
     ):
         server = parse_model_server({**SERVER, "spec": {**SERVER["spec"], "triton": triton}})
         pod = build_server_deployment(server, settings)["spec"]["template"]["spec"]

@@ -49,7 +49,8 @@ def _fits_shared_server(spec: ModelDeploymentSpec) -> bool:
         and spec.rollout is None
         and spec.network is None
         and spec.resources == Resources()
-        and spec.triton.cpu_wait_policy is CpuWaitPolicy.PASSIVE
+        # passive was the field's stored default before spin became the default: still accepted, ignored
+        and spec.triton.cpu_wait_policy in (None, CpuWaitPolicy.PASSIVE)
     )
 
 
@@ -256,8 +257,7 @@ class ModelDeploymentSpec(ApiModel):
             message=(
                 "spec.server places the model on a shared ModelServer, which decides "
                 f"{DEDICATED_ONLY_FIELDS}: leave spec.replicas at 1, spec.autoscaling, spec.resources, "
-                "spec.cache and spec.api unset and spec.triton.cpuWaitPolicy passive (set them on the "
-                "ModelServer)"
+                "spec.cache, spec.api and spec.triton.cpuWaitPolicy unset (set them on the ModelServer)"
             ),
             check=_fits_shared_server,
             field_path=".server",

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from model_repo.options import BuildOptions
-from model_repo.triton_args import CpuWaitPolicy, cpu_wait_environment
+from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY, CpuWaitPolicy, cpu_wait_environment
 from modeldeploy.api import ModelDeployment, ModelDeploymentSpec, ResourceAmounts
 from modeldeploy.digest import device
 from modeldeploy.labels import GPU_PRODUCT_LABEL, GPU_RESOURCE, MODEL_BUILDER, Owner
@@ -37,10 +37,10 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
-def triton_environment(policy: CpuWaitPolicy) -> dict[str, Any]:
-    """The Triton container's `env` for spec.triton.cpuWaitPolicy; nothing for the default, so that an
-    operator upgrade leaves existing pods alone."""
-    variables = cpu_wait_environment(policy)
+def triton_environment(policy: CpuWaitPolicy | None) -> dict[str, Any]:
+    """The Triton container's `env` for spec.triton.cpuWaitPolicy (unset: the default); nothing for
+    passive, so that pods made when passive was the default stay as they are."""
+    variables = cpu_wait_environment(policy or DEFAULT_CPU_WAIT_POLICY)
     return {"env": [{"name": name, "value": value} for name, value in variables.items()]} if variables else {}
 
 
