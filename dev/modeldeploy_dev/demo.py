@@ -196,7 +196,8 @@ def _has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
 
 
-def _triton_args(pod: dict[str, Any], workdir: Path) -> tuple[list[str], dict[str, int]]:
+def _triton_args(pod: dict[str, Any], workdir: Path) -> tuple[list[str], dict[str, int], dict[str, str]]:
+    """The Triton container's arguments (volumes mapped here, ports freed), ports and plain env."""
     triton = next(
         c for c in pod["spec"]["containers"] if any(p.get("name") == "http" for p in c.get("ports", []))
     )
@@ -208,7 +209,8 @@ def _triton_args(pod: dict[str, Any], workdir: Path) -> tuple[list[str], dict[st
     port_flags = ("--http-port", "--grpc-port", "--metrics-port")
     kept = [_map_arg(arg, mounts) for arg in args if not arg.startswith(port_flags)]
     ports = dict(zip(("http", "grpc", "metrics"), free_ports(3), strict=True))
-    return kept, ports
+    env = {item["name"]: item["value"] for item in triton.get("env", []) if "value" in item}
+    return kept, ports, env
 
 
 def _embed(http_url: str, model: str, texts: list[str]) -> list[list[float]]:
@@ -310,8 +312,9 @@ def run_demo(
         pod = _pod_of(cluster, namespace, name)
         console.rule("KWOK runs no containers: the demo plays the kubelet for one pod")
         _step("Run the pod's builder init container here", lambda: _play_kubelet_build(pod, workdir))
-        args, ports = _triton_args(pod, workdir)
-        console.print(Panel("tritonserver " + " ".join(args), title="triton container args"))
+        args, ports, env = _triton_args(pod, workdir)
+        command = " ".join([*(f"{name}={value}" for name, value in env.items()), "tritonserver", *args])
+        console.print(Panel(command, title="triton container env and args"))
         from model_repo.triton import TritonServer
 
         server = TritonServer(
@@ -321,6 +324,7 @@ def run_demo(
             metrics_port=ports["metrics"],
             extra_args=args,
             log_path=workdir / "tritonserver.log",
+            environment=env,
         )
         _step("Start tritonserver with the container's arguments", lambda: exit_stack.enter_context(server))
         _show_requests(server.http_url, model)

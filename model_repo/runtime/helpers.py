@@ -86,8 +86,9 @@ class ThreadTuner:
     count it has run and uses the best. Now and then a pass of a group tries a neighbouring count instead,
     so the choice follows the machine: after `explore_every` passes, and after twice as many each time the
     neighbours lose clearly, up to `MAX_EXPLORE_EVERY` (a neighbour can be twice as slow: its tries cost
-    at most 1/64 of the passes then); a switch starts the count again. The candidates are every CPU, all
-    but one, and halvings down to one.
+    at most 1/64 of the passes then). A neighbour that wins a try is tried again `explore_every` passes
+    later and becomes the choice only if it wins again. The candidates are every CPU, all but one, and
+    halvings down to one.
     """
 
     SMOOTHING = 0.3
@@ -116,6 +117,7 @@ class ThreadTuner:
         self._interval: dict[int, int] = {}  # width group -> passes between its tries
         self._cost: dict[tuple[int, int], float] = {}  # (width group, threads) -> seconds per token
         self._explored: dict[int, int] = {}  # width group -> which neighbour was tried last
+        self._pending: dict[int, int] = {}  # width group -> a neighbour that won its last try once
         self._applied = threading.local()  # OpenMP's thread count is the calling thread's own setting
 
     @staticmethod
@@ -130,6 +132,8 @@ class ThreadTuner:
         self._passes[group] = until if until > 0 else interval
         if len(self.candidates) == 1 or until > 0:
             return chosen
+        if group in self._pending:  # a win is confirmed by a second try before the choice moves
+            return self._pending[group]
         index = self.candidates.index(chosen)
         neighbours = [self.candidates[i] for i in (index - 1, index + 1) if 0 <= i < len(self.candidates)]
         turn = self._explored.get(group, 0) + 1
@@ -151,13 +155,18 @@ class ThreadTuner:
         if chosen is None or threads == chosen:
             return
         chosen_cost = self._cost.get((group, chosen))
+        if chosen_cost is None:  # the choice runs before any try, so this is not expected
+            return
         cost = self._cost[key]
-        if (
-            chosen_cost is None
-            or (threads > chosen and cost < self.MORE_THREADS_MARGIN * chosen_cost)
-            or (threads < chosen and cost <= chosen_cost)
-        ):
+        won = (threads > chosen and cost < self.MORE_THREADS_MARGIN * chosen_cost) or (
+            threads < chosen and cost <= chosen_cost
+        )
+        confirmed = self._pending.pop(group, None) == threads
+        if won and confirmed:
             self._chosen[group] = threads
+            self._interval[group] = self._passes[group] = self.explore_every
+        elif won:  # try it again soon: one lucky pass must not move the choice
+            self._pending[group] = threads
             self._interval[group] = self._passes[group] = self.explore_every
         elif per_token > self.CLEAR_LOSS * chosen_cost:
             interval = min(2 * self._interval[group], self.MAX_EXPLORE_EVERY)
