@@ -54,9 +54,10 @@ class CpuWaitPolicy(StrEnum):
 # What the operator and `modeldeploy serve` use where a spec leaves cpuWaitPolicy unset. The runtime's own
 # default, in a repository served by anything else, stays passive (model.py). Measured on 2 cores
 # (bench/README.md, data plane, "Session 6"), spin against passive with the runtime choosing each pass's
-# thread count (helpers.ThreadTuner), MiniLM / tiny BERT: one-text requests +46% / +5% on a quiet machine
-# (p50 0.95x / 1.0x the tutorial model), 64 clients +6% / +14%; beside one busy process -7% / +2% and
-# -12% / -2%. Before the tuner, spin lost 46-54% beside a busy process, and passive was the default.
+# thread count (helpers.ThreadTuner), MiniLM / tiny BERT: one text per request at one client +46% / -0%
+# on a quiet machine (p50 1.05x / 1.04x the tutorial model), 64 clients +16% / +17%; beside one busy
+# process -10% / -6% at one client and -2% / -16% at 64. Before the tuner, spin lost 46-54% beside a busy
+# process at one client, and passive was the default.
 DEFAULT_CPU_WAIT_POLICY = CpuWaitPolicy.SPIN
 
 # libgomp's spin count before a waiting thread sleeps; it overrides OMP_WAIT_POLICY, which the runtime sets

@@ -73,13 +73,13 @@ class ThreadTuner:
     """torch's thread count for each CPU forward pass, chosen from the passes' own measured times.
 
     Why measured and not fixed: what an OpenMP team of every CPU gains depends on what else runs on those
-    CPUs, which changes while the server runs. On 2 cores (bench/README.md, "Session 6"; MiniLM, one
-    text per pass, in-process), a pass took 10.2 ms with two spinning threads against 16.8 ms with one on
-    a quiet machine; beside one busy process the two spinning threads took 34 ms (a region waits for a
-    thread the scheduler has parked) and one thread 16 ms. Two threads waiting passively took 16 ms in
-    both cases: on this VM a sleeping thread's wake-up costs what the second core gains. Served, with
-    this choice, spinning no longer collapses beside a busy process (one-text requests 0.93x passive's,
-    against 0.54x with both threads always).
+    CPUs, which changes while the server runs. On 2 cores (bench/README.md, data plane, "Session 6";
+    MiniLM, one text per pass, in-process), a pass took 11.2 ms with two briefly spinning threads against
+    16.6 ms with one on a quiet machine; beside one busy process the two spinning threads took 35.5 ms (a
+    region waits for a thread the scheduler has parked) and one thread 15.6 ms. Two threads waiting
+    passively took 17.4-17.8 ms in both cases: on this VM a sleeping thread's wake-up costs what the
+    second core gains. Served, with this choice, spinning no longer collapses beside a busy process
+    (one-text requests 0.90-0.94x passive's, against 0.46-0.54x with both threads always).
 
     Passes are grouped by width (tokens, in powers of two), since a narrow pass and a wide one gain
     differently from more threads. Each group keeps a moving average of seconds per token for every thread

@@ -162,7 +162,7 @@ CPU_WAIT_POLICY_DESCRIPTION = (
     "(on a CPU; the runtime also chooses each pass's thread count from measured passes). spin: they spin "
     "briefly (tens of microseconds) before they sleep. passive: they sleep at once, which spends the "
     "least CPU time beside other work (e.g. a tight CPU limit). Measured on 2 cores: spin served "
-    "one-text requests up to 1.46x as fast on an idle machine and 0.88-1.02x beside one busy process. "
+    "one-text requests up to 1.46x as fast on an idle machine and 0.84-1.02x beside one busy process. "
     "Changing it restarts the pods; the repository is not rebuilt."
 )
 
