@@ -26,6 +26,8 @@ GENERATION_RUNTIME_FILES = tuple(
 )
 # Text pairs and cross-encoder scores, which the encoder role imports for the pair tasks (copied with it).
 RANKING_RUNTIME_FILE = RUNTIME_DIR / "ranking.py"
+# The encoder's forward over real tokens only (unpadded.py), copied with the encoder role.
+UNPADDED_RUNTIME_FILE = RUNTIME_DIR / "unpadded.py"
 # Beside every encoder: the roles that let a packed server run it in its shared host (model_set.py).
 SHARED_RUNTIME_ROLE_FILES = (ROLE_RUNTIME_FILES["forward"], ROLE_RUNTIME_FILES["host"])
 FILL_MASK_TOP_K = 5
@@ -34,8 +36,8 @@ FILL_MASK_TOP_K = 5
 def install_runtime(version_dir: Path, role: str, pairs: bool = False) -> None:
     """Make `version_dir` a Python model serving `role`: the runtime as its model.py, the modules every
     role shares, the role's module (with the generation engine for the generator, or the text-pair
-    helpers of text-classification and text-ranking; with an encoder, the forwarder and the host that
-    serve it through a packed server's shared runtime)."""
+    helpers of text-classification and text-ranking; with an encoder, its unpadded forward and the
+    forwarder and the host that serve it through a packed server's shared runtime)."""
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(RUNTIME_FILE, version_dir / "model.py")
     sources = [*SHARED_RUNTIME_FILES, ROLE_RUNTIME_FILES[role]]
@@ -44,7 +46,7 @@ def install_runtime(version_dir: Path, role: str, pairs: bool = False) -> None:
     if pairs:
         sources.append(RANKING_RUNTIME_FILE)
     if role == "encoder":
-        sources += SHARED_RUNTIME_ROLE_FILES
+        sources += [UNPADDED_RUNTIME_FILE, *SHARED_RUNTIME_ROLE_FILES]
     for source in sources:
         shutil.copyfile(source, version_dir / source.name)
 

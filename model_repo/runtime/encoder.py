@@ -30,6 +30,7 @@ from .serving import (
     tokenize_texts,
     tokenizer_options,
 )
+from .unpadded import PackedBatch, UnpaddedEncoder, Unsupported, agreement_tolerance
 
 # The batch planner's fixed cost of a forward pass (in tokens) when it cannot be measured at load.
 DEFAULT_GROUP_OVERHEAD_TOKENS = 96
@@ -67,11 +68,19 @@ class EncoderRole:
         # On a CPU each pass's thread count is chosen from measured passes (helpers.ThreadTuner).
         self.threads = ThreadTuner(settings.cpu_threads) if self.device.type == "cpu" else None
         settings.log_accuracy()
-        self.group_overhead = self._calibrate_group_overhead()
-        settings.log_info(
-            f"one forward pass costs as much as {self.group_overhead} tokens on {self.device}; batches are "
-            "split by length accordingly"
-        )
+        # A batch runs as one pass over its real tokens where the model's layout allows (unpadded.py);
+        # otherwise as padded passes of similar lengths, planned from the measured cost of a pass.
+        self.unpadded: UnpaddedEncoder | None = None
+        self.group_overhead: int | None = None
+        self.unpadded, self.padded_reason = self._attach_unpadded()
+        if self.unpadded is not None:
+            settings.log_info(f"each batch runs as one forward pass over its real tokens on {self.device}")
+        else:
+            self.group_overhead = self._calibrate_group_overhead()
+            settings.log_info(
+                f"padded forward passes ({self.padded_reason}); one pass costs as much as "
+                f"{self.group_overhead} tokens on {self.device}; batches are split by length accordingly"
+            )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         batch = self.decode(requests)
@@ -118,11 +127,16 @@ class EncoderRole:
                         f"first {self.settings.max_length} tokens"
                     )
         runnable = [position for position in range(len(texts)) if position not in failures]
-        groups = plan_length_groups(
-            [len(ids[i]) for i in runnable], self.group_overhead, self.settings.max_batch
-        )
+        if not runnable:
+            groups: list[list[int]] = []
+        elif self.group_overhead is None:  # unpadded: the whole batch in one pass
+            groups = [runnable]
+        else:
+            lengths = [len(ids[i]) for i in runnable]
+            planned = plan_length_groups(lengths, self.group_overhead, self.settings.max_batch)
+            groups = [[runnable[i] for i in group] for group in planned]
         with torch.inference_mode():
-            passes = self.forward_groups([[runnable[i] for i in group] for group in groups], encoded)
+            passes = self.forward_groups(groups, encoded)
         batch: dict[str, Array] = {}
         for members, host in passes:
             _scatter(batch, members, self.host_outputs(members, host, encoded, texts), len(texts))
@@ -143,6 +157,9 @@ class EncoderRole:
         back to back (pinned inputs, non-blocking copies both ways) and the host waits once."""
         pending = []
         for members in groups:
+            if self.unpadded is not None:
+                pending.append((members, self._unpadded_pass(members, encoded)))
+                continue
             input_ids = pad_batch([encoded["input_ids"][i] for i in members], self.settings.pad_id)
             lengths = np.array([len(encoded["input_ids"][i]) for i in members])
             attention = (np.arange(input_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
@@ -164,6 +181,93 @@ class EncoderRole:
         if self.threads is None:
             return run()
         return self.threads.run(int(input_ids.size), run)
+
+    def _unpadded_pass(self, members: list[int], encoded: Any) -> dict[str, Any]:
+        assert self.unpadded is not None
+        unpadded = self.unpadded
+        types = encoded.get("token_type_ids") if "token_type_ids" in self.input_names else None
+        batch = PackedBatch(
+            [encoded["input_ids"][i] for i in members], [types[i] for i in members] if types else None
+        )
+
+        def run() -> dict[str, Any]:
+            return unpadded.run(batch, self._to_device, self._pool)  # type: ignore[no-any-return]
+
+        if self.threads is None:
+            return run()
+        return self.threads.run(batch.tokens, run)
+
+    def _pool(self, hidden: Any, mask: Any) -> Any:
+        return pool_hidden_states(hidden, mask, self.settings.pooling, self.settings.normalize)
+
+    def _attach_unpadded(self) -> tuple[UnpaddedEncoder | None, str]:
+        """The unpadded forward if this model's layout allows it and it agrees with the model's own padded
+        forward on texts of several lengths; else None and why."""
+        s = self.settings
+        try:
+            unpadded = UnpaddedEncoder(self.model, s.task, s.tokenizer.mask_token_id)
+        except Unsupported as exc:
+            return None, f"no unpadded forward for {exc}"
+        except AttributeError as exc:  # a transformers whose modules are laid out otherwise
+            return None, f"no unpadded forward: the model's modules are not laid out as expected ({exc})"
+        try:
+            difference = self._unpadded_difference(unpadded)
+        except Exception as exc:  # any failure of the unpadded path leaves the padded one serving
+            return None, f"the unpadded forward failed on this model ({type(exc).__name__}: {exc})"
+        quantized = s.params.get("quantization", "none") != "none"
+        tolerance = agreement_tolerance(s.params.get("dtype", "float32"), quantized)
+        if difference > tolerance:
+            return None, (
+                f"the unpadded forward differs from the model's own by {difference:.3g} of the outputs' "
+                f"scale (at most {tolerance:g} allowed)"
+            )
+        return unpadded, ""
+
+    def _unpadded_difference(self, unpadded: UnpaddedEncoder) -> float:
+        """The largest difference between the unpadded and the padded forward's reduced outputs on texts of
+        several lengths, relative to the outputs' scale."""
+        import torch
+
+        s = self.settings
+        seq = self._filler_ids()[0]
+        if s.task == "fill-mask":
+            seq = [*seq[:1], int(s.tokenizer.mask_token_id), *seq[2:]]
+        lengths = sorted({min(n, s.max_length, len(seq)) for n in (3, 9, 24, 64)})
+        texts = [seq[:n] for n in lengths]
+        typed = "token_type_ids" in self.input_names
+        encoded: dict[str, list[list[int]]] = {"input_ids": texts}
+        if typed:
+            encoded["token_type_ids"] = [[0] * n for n in lengths]
+        input_ids = pad_batch(texts, s.pad_id)
+        attention = (np.arange(input_ids.shape[1])[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+        with torch.inference_mode():
+            self.unpadded = unpadded
+            try:
+                ours = self._unpadded_pass(list(range(len(texts))), encoded)
+            finally:
+                self.unpadded = None
+            theirs = self._reduced_pass(input_ids, attention, np.zeros_like(input_ids) if typed else None)
+        worst = 0.0
+        for name, reference in theirs.items():
+            got, want = ours[name].float().cpu(), reference.float().cpu()
+            if got.shape != want.shape:
+                return math.inf
+            if s.task == "token-classification":  # only real tokens' rows are compared
+                real = torch.from_numpy(attention.astype(bool))
+                got, want = got[real], want[real]
+            scale = max(1.0, float(want.abs().max()))
+            worst = max(worst, float((got - want).abs().max()) / scale)
+        return worst
+
+    def _filler_ids(self) -> list[list[int]]:
+        s = self.settings
+        filler = s.tokenizer(
+            "calibration text for the batch planner " * 64,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=s.max_length,
+        )
+        return [[int(t) for t in filler["input_ids"]] or [s.pad_id]]
 
     def _reduce_on_device(self, output: Any, attention: Array, input_ids: Array) -> dict[str, Any]:
         """What the host needs from one pass's output, computed where the model ran."""
@@ -240,13 +344,7 @@ class EncoderRole:
 
         s = self.settings
         ceiling = s.max_batch * s.max_length
-        filler = s.tokenizer(
-            "calibration text for the batch planner " * 64,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=s.max_length,
-        )
-        token_ids = [int(t) for t in filler["input_ids"]] or [s.pad_id]
+        token_ids = self._filler_ids()[0]
         short, long = min(16, s.max_length), min(64, s.max_length)
         rows = sorted({min(count, s.max_batch) for count in (1, 4, 16, s.max_batch)})
         shapes = [(1, short)] + [(count, long) for count in rows]

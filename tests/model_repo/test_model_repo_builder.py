@@ -90,7 +90,8 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
             "request_parsing.py",
             "serving.py",
         ],
-        # Every encoder also carries the shared runtime's two roles (forwarder.py, host.py).
+        # Every encoder also carries its unpadded forward and the shared runtime's two roles
+        # (forwarder.py, host.py).
         "text-classification": [
             "encoder.py",
             "forwarder.py",
@@ -99,10 +100,11 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
             "model.py",
             "ranking.py",
             "serving.py",
+            "unpadded.py",
         ],
     }
     assert [path.name for path in runtime_files] == expected.get(
-        task, ["encoder.py", "forwarder.py", "helpers.py", "host.py", "model.py", "serving.py"]
+        task, ["encoder.py", "forwarder.py", "helpers.py", "host.py", "model.py", "serving.py", "unpadded.py"]
     )
     for path in runtime_files:
         imports = {
