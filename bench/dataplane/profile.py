@@ -73,13 +73,16 @@ class StageTimer:
             ("postprocess", "host_outputs"),
         ):
             setattr(encoder, method, self._timed(stage, getattr(encoder, method)))
-        forward = encoder._forward
+        # Padded passes go through `_forward`, unpadded ones (one per batch) through `_unpadded_pass`.
+        for method in ("_forward", "_unpadded_pass"):
+            setattr(encoder, method, self._counted(getattr(encoder, method)))
 
+    def _counted(self, function: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.passes += 1
-            return forward(*args, **kwargs)
+            return function(*args, **kwargs)
 
-        encoder._forward = counted
+        return counted
 
     def _timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -176,6 +179,7 @@ def profile_model(
             for event in top
         ]
         overhead = runtime.group_overhead
+        unpadded = runtime.unpadded is not None
         del runtime
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -185,6 +189,7 @@ def profile_model(
         "batch": batch,
         "batches": len(draws),
         "planner_overhead_tokens": overhead,
+        "unpadded": unpadded,
         "forward_passes_per_batch": round(passes / len(draws), 2),
         "batch_ms_median": round(1000 * statistics.median(per_batch), 2),
         "batch_ms_mean": round(1000 * total / len(draws), 2),
@@ -206,13 +211,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     for key, result in report["models"].items():
         stages = result["stages_ms_per_batch"]
         shares = result["stages_share"]
+        forward = (
+            "Forward: unpadded (one pass over the batch's real tokens)"
+            if result.get("unpadded")
+            else f"Batch planner: one pass costs {result['planner_overhead_tokens']} tokens"
+        )
         lines += [
             "",
             f"#### {key}: the runtime in-process, {result['batches']} random batches of {result['batch']} "
             "workload texts",
             "",
-            f"Batch planner: one pass costs {result['planner_overhead_tokens']} tokens → "
-            f"{result['forward_passes_per_batch']} forward passes per batch; median batch "
+            f"{forward} → {result['forward_passes_per_batch']} forward passes per batch; median batch "
             f"{fmt(result['batch_ms_median'], 2)} ms, {fmt(result['texts_per_s'])} texts/s.",
             "",
             markdown_table(

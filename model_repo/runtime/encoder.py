@@ -14,6 +14,7 @@ import numpy as np
 
 from .helpers import (
     Array,
+    StageProfile,
     ThreadTuner,
     fit_pass_overhead,
     pad_batch,
@@ -65,6 +66,7 @@ class EncoderRole:
             if name in ("input_ids", "attention_mask", "token_type_ids")
         ]
         self.outputs = TaskOutputs(settings)
+        self.profile = StageProfile("encoder", ("decode", "tokenize", "forward", "outputs", "respond"))
         # On a CPU each pass's thread count is chosen from measured passes (helpers.ThreadTuner).
         self.threads = ThreadTuner(settings.cpu_threads) if self.device.type == "cpu" else None
         settings.log_accuracy()
@@ -72,6 +74,7 @@ class EncoderRole:
         # otherwise as padded passes of similar lengths, planned from the measured cost of a pass.
         self.unpadded: UnpaddedEncoder | None = None
         self.group_overhead: int | None = None
+        self._last_tokens = 0
         self.unpadded, self.padded_reason = self._attach_unpadded()
         if self.unpadded is not None:
             settings.log_info(f"each batch runs as one forward pass over its real tokens on {self.device}")
@@ -83,7 +86,10 @@ class EncoderRole:
             )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        started = time.perf_counter()
+        self.profile.started(started)
         batch = self.decode(requests)
+        self.profile.add("decode", time.perf_counter() - started)
         if not batch.texts:
             return batch.responses
         try:
@@ -91,7 +97,16 @@ class EncoderRole:
         except Exception as exc:  # one bad batch must not take the server down
             batch.fail_unanswered(f"inference failed: {exc}")
             return batch.responses
-        return self.respond(batch, outputs, failures)
+        responding = time.perf_counter()
+        responses = self.respond(batch, outputs, failures)
+        finished = time.perf_counter()
+        self.profile.add("respond", finished - responding)
+        line = self.profile.finished(finished, len(batch.texts), self._last_tokens)
+        if line is not None:
+            if self.threads is not None:
+                line += f"; threads by width group: {self.threads.choices()}"
+            self.settings.log_info(line)
+        return responses
 
     def decode(self, requests: list[Any]) -> DecodedRequests:
         """The batch's texts (a request with a bad input already answered with its error)."""
@@ -115,8 +130,11 @@ class EncoderRole:
         each text's other text (None where it has none) for the tasks that take pairs."""
         import torch
 
+        began = time.perf_counter()
         encoded = self.tokenize(texts, pairs)
         ids: list[list[int]] = encoded["input_ids"]
+        self._last_tokens = sum(len(seq) for seq in ids)
+        tokenized = time.perf_counter()
         failures: dict[int, str] = {}
         if self.settings.task == "fill-mask":
             tokenizer = self.settings.tokenizer
@@ -129,7 +147,7 @@ class EncoderRole:
         runnable = [position for position in range(len(texts)) if position not in failures]
         if not runnable:
             groups: list[list[int]] = []
-        elif self.group_overhead is None:  # unpadded: the whole batch in one pass
+        elif self.unpadded is not None or self.group_overhead is None:  # one pass over its real tokens
             groups = [runnable]
         else:
             lengths = [len(ids[i]) for i in runnable]
@@ -137,9 +155,13 @@ class EncoderRole:
             groups = [[runnable[i] for i in group] for group in planned]
         with torch.inference_mode():
             passes = self.forward_groups(groups, encoded)
+        forwarded = time.perf_counter()
         batch: dict[str, Array] = {}
         for members, host in passes:
             _scatter(batch, members, self.host_outputs(members, host, encoded, texts), len(texts))
+        self.profile.add("tokenize", tokenized - began)
+        self.profile.add("forward", forwarded - tokenized)
+        self.profile.add("outputs", time.perf_counter() - forwarded)
         return batch, failures
 
     def tokenize(self, texts: list[str], pairs: list[str | None] | None = None) -> Any:

@@ -69,6 +69,50 @@ def usable_cpus(affinity: int, cpu_max: str | None) -> int:
     return max(1, affinity)
 
 
+class StageProfile:
+    """Where a role's time goes, by stage, and how long it waits between calls: one log line every
+    `period` seconds while there is work (the encoder's: decode, tokenize, forward, outputs, respond,
+    and the wait for Triton's next batch)."""
+
+    def __init__(self, name: str, stages: tuple[str, ...], period: float = 30.0) -> None:
+        self.name, self.stages, self.period = name, stages, period
+        self.seconds: dict[str, float] = {}
+        self.calls = self.items = self.tokens = 0
+        self.since = time.perf_counter()
+        self.last_end: float | None = None
+        self.reset(self.since)
+
+    def reset(self, now: float) -> None:
+        self.seconds = dict.fromkeys((*self.stages, "waiting"), 0.0)
+        self.calls = self.items = self.tokens = 0
+        self.since = now
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+    def started(self, now: float) -> None:
+        """A call begins: the time since the last one ended was spent waiting for work."""
+        if self.last_end is not None:
+            self.seconds["waiting"] += now - self.last_end
+
+    def finished(self, now: float, items: int, tokens: int) -> str | None:
+        """A call ends; the profile line (and a new period) once `period` has passed, else None."""
+        self.last_end = now
+        self.calls += 1
+        self.items += items
+        self.tokens += tokens
+        elapsed = now - self.since
+        if elapsed < self.period:
+            return None
+        shares = ", ".join(f"{stage} {100 * value / elapsed:.1f}%" for stage, value in self.seconds.items())
+        line = (
+            f"{self.name} profile over {elapsed:.0f} s: {shares}; {self.calls} batches of "
+            f"{self.items / self.calls:.1f} texts, {self.tokens / self.calls:.0f} tokens on average"
+        )
+        self.reset(now)
+        return line
+
+
 class ThreadTuner:
     """torch's thread count for each CPU forward pass, chosen from the passes' own measured times.
 

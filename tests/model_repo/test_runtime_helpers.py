@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model_repo.runtime.helpers import ThreadTuner
+from model_repo.runtime.helpers import StageProfile, ThreadTuner
 from model_repo.runtime.model import fit_pass_overhead, plan_length_groups, usable_cpus
 
 
@@ -366,3 +366,21 @@ def test_importing_the_runtime_as_a_package_leaves_openmp_alone() -> None:
         [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
     )
     assert completed.stdout.strip() == "unset"
+
+
+def test_the_stage_profile_reports_shares_of_the_period_and_the_wait_between_calls() -> None:
+    profile = StageProfile("encoder", ("forward", "respond"), period=10.0)
+    profile.reset(0.0)
+    profile.started(0.0)
+    profile.add("forward", 3.0)
+    assert profile.finished(4.0, items=32, tokens=1300) is None  # the period has not passed
+    profile.started(5.0)  # one second waiting for the next batch
+    profile.add("forward", 4.0)
+    profile.add("respond", 1.0)
+    line = profile.finished(10.0, items=30, tokens=1200)
+    assert line == (
+        "encoder profile over 10 s: forward 70.0%, respond 10.0%, waiting 10.0%; 2 batches of 31.0 "
+        "texts, 1250 tokens on average"
+    )
+    profile.started(12.0)
+    assert profile.seconds == {"forward": 0.0, "respond": 0.0, "waiting": 2.0}  # a new period
