@@ -72,9 +72,9 @@ class EncoderRole:
         settings.log_accuracy()
         # A batch runs as one pass over its real tokens where the model's layout allows (unpadded.py);
         # otherwise as padded passes of similar lengths, planned from the measured cost of a pass.
-        self.unpadded: UnpaddedEncoder | None = None
+        self.unpadded: UnpaddedEncoder | None = None  # set only once the check below passes
         self.group_overhead: int | None = None
-        self._last_tokens = 0
+        self._last_tokens = 0  # the last batch's token count, for the profile line
         self.unpadded, self.padded_reason = self._attach_unpadded()
         if self.unpadded is not None:
             settings.log_info(f"each batch runs as one forward pass over its real tokens on {self.device}")
@@ -251,7 +251,7 @@ class EncoderRole:
         import torch
 
         s = self.settings
-        seq = self._filler_ids()[0]
+        seq = self._filler_tokens()
         if s.task == "fill-mask":
             seq = [*seq[:1], int(s.tokenizer.mask_token_id), *seq[2:]]
         lengths = sorted({min(n, s.max_length, len(seq)) for n in (3, 9, 24, 64)})
@@ -281,7 +281,8 @@ class EncoderRole:
             worst = max(worst, float((got - want).abs().max()) / scale)
         return worst
 
-    def _filler_ids(self) -> list[list[int]]:
+    def _filler_tokens(self) -> list[int]:
+        """Token ids of a repeated English filler, up to the model's max length (load-time passes)."""
         s = self.settings
         filler = s.tokenizer(
             "calibration text for the batch planner " * 64,
@@ -289,7 +290,7 @@ class EncoderRole:
             truncation=True,
             max_length=s.max_length,
         )
-        return [[int(t) for t in filler["input_ids"]] or [s.pad_id]]
+        return [int(t) for t in filler["input_ids"]] or [s.pad_id]
 
     def _reduce_on_device(self, output: Any, attention: Array, input_ids: Array) -> dict[str, Any]:
         """What the host needs from one pass's output, computed where the model ran."""
@@ -366,7 +367,7 @@ class EncoderRole:
 
         s = self.settings
         ceiling = s.max_batch * s.max_length
-        token_ids = self._filler_ids()[0]
+        token_ids = self._filler_tokens()
         short, long = min(16, s.max_length), min(64, s.max_length)
         rows = sorted({min(count, s.max_batch) for count in (1, 4, 16, s.max_batch)})
         shapes = [(1, short)] + [(count, long) for count in rows]
