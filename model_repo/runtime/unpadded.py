@@ -108,8 +108,8 @@ class UnpaddedEncoder:
         self.token_type = embeddings.token_type_embeddings
         self.embedding_norm = embeddings.LayerNorm
         self.padding_id = getattr(embeddings, "padding_idx", None)
+        self.head = _head(model, task)  # before the layers fuse their projections: a refusal changes nothing
         self.layers = [_Layer(layer) for layer in self.base.encoder.layer]
-        self.head = _head(model, task)
 
     def run(self, batch: PackedBatch, to_device: Callable[[Array], Any], pooling: Callable[..., Any]) -> Any:
         import torch
