@@ -72,7 +72,6 @@ class EncoderRole:
         settings.log_accuracy()
         # A batch runs as one pass over its real tokens where the model's layout allows (unpadded.py);
         # otherwise as padded passes of similar lengths, planned from the measured cost of a pass.
-        self.unpadded: UnpaddedEncoder | None = None  # set only once the check below passes
         self.group_overhead: int | None = None
         self._last_tokens = 0  # the last batch's token count, for the profile line
         self.unpadded, self.padded_reason = self._attach_unpadded()
@@ -180,7 +179,7 @@ class EncoderRole:
         pending = []
         for members in groups:
             if self.unpadded is not None:
-                pending.append((members, self._unpadded_pass(members, encoded)))
+                pending.append((members, self._unpadded_pass(self.unpadded, members, encoded)))
                 continue
             input_ids = pad_batch([encoded["input_ids"][i] for i in members], self.settings.pad_id)
             lengths = np.array([len(encoded["input_ids"][i]) for i in members])
@@ -204,9 +203,7 @@ class EncoderRole:
             return run()
         return self.threads.run(int(input_ids.size), run)
 
-    def _unpadded_pass(self, members: list[int], encoded: Any) -> dict[str, Any]:
-        assert self.unpadded is not None
-        unpadded = self.unpadded
+    def _unpadded_pass(self, unpadded: UnpaddedEncoder, members: list[int], encoded: Any) -> dict[str, Any]:
         types = encoded.get("token_type_ids") if "token_type_ids" in self.input_names else None
         batch = PackedBatch(
             [encoded["input_ids"][i] for i in members], [types[i] for i in members] if types else None
@@ -263,11 +260,7 @@ class EncoderRole:
         input_ids = pad_batch(texts, s.pad_id)
         attention = (np.arange(input_ids.shape[1])[None, :] < np.array(lengths)[:, None]).astype(np.int64)
         with torch.inference_mode():
-            self.unpadded = unpadded
-            try:
-                ours = self._unpadded_pass(list(range(len(texts))), encoded)
-            finally:
-                self.unpadded = None
+            ours = self._unpadded_pass(unpadded, list(range(len(texts))), encoded)
             theirs = self._reduced_pass(input_ids, attention, np.zeros_like(input_ids) if typed else None)
         worst = 0.0
         for name, reference in theirs.items():
