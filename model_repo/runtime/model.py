@@ -102,8 +102,7 @@ class TritonPythonModel:
             self.role = role_class(importlib.import_module(f"{package}.serving").Settings(args))
 
     def execute(self, requests: list[Any]) -> Any:
-        # A list of responses, None (decoupled roles answer through response senders), or a coroutine
-        # (the forwarder and the host): the stub runs a coroutine on its event loop.
+        # A list of responses, or None (decoupled roles answer through response senders).
         return self.role.execute(requests)
 
     def finalize(self) -> None:

@@ -7,6 +7,7 @@ that imports no torch)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import time
@@ -335,13 +336,35 @@ def _maps_torch(entry: Path) -> bool:
     return "libtorch_cpu" in (entry / "maps").read_text()
 
 
-def test_the_shared_runtime_imports_torch_once_for_all_encoders(packed: Packed) -> None:
+def _mapped_cuda_libraries(entry: Path) -> set[str]:
+    """The CUDA libraries a process has loaded (torch's libtorch_cuda and libc10_cuda, cuBLAS, cuDNN,
+    NCCL), except the CUDA runtime that Triton's own stub binary links: every stub maps that one, and it
+    creates no CUDA context until it is called."""
+    paths = {line.split()[-1] for line in (entry / "maps").read_text().splitlines() if "/" in line}
+    names = {Path(path).name for path in paths}
+    return {
+        name
+        for name in names
+        if any(part in name.lower() for part in ("cuda", "cublas", "cudnn", "nccl"))
+        and not name.startswith("libcudart")
+    }
+
+
+def test_the_shared_runtime_loads_torch_and_cuda_once_for_all_encoders(packed: Packed) -> None:
     if packed.shared is None:
         pytest.skip("each model has its own stub in this layout")
     stubs = _stubs(packed)
     assert set(stubs) == {SHARED_HOST, CLASSIFIER, NER}, stubs  # the generator was removed above
     assert _maps_torch(stubs[SHARED_HOST])
     assert not _maps_torch(stubs[CLASSIFIER]) and not _maps_torch(stubs[NER])
+    # On a GPU node only the host's stub can create a CUDA context through torch: the forwarders load
+    # none of torch's CUDA libraries. (With a CUDA build of torch, as PyPI's on Linux, the host maps
+    # libtorch_cuda even on this CPU.)
+    torch_spec = importlib.util.find_spec("torch")
+    assert torch_spec is not None and torch_spec.origin is not None
+    if (Path(torch_spec.origin).parent / "lib" / "libtorch_cuda.so").exists():
+        assert "libtorch_cuda.so" in _mapped_cuda_libraries(stubs[SHARED_HOST])
+    assert _mapped_cuda_libraries(stubs[CLASSIFIER]) == set() == _mapped_cuda_libraries(stubs[NER])
 
 
 def test_removing_a_packed_encoder_frees_it_in_the_shared_host(packed: Packed) -> None:

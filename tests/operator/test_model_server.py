@@ -283,6 +283,31 @@ def test_server_reconcile_places_lists_and_reports_each_model() -> None:
     assert outcome.writes == 1
 
 
+def test_eight_small_models_need_one_gpu_not_eight() -> None:
+    """Issue 26's "8 models need one GPU": the GPUs a server asks for do not grow with its models, and
+    with the shared runtime one process (the host) runs them all on it. That only the host loads torch
+    and its CUDA libraries is checked with the real tritonserver (test_packing_serving.py)."""
+    cluster = FakeCluster()
+    cluster.create(SERVER)  # one NVIDIA L4 per replica; capacity from the product (0.9 of 24 GB)
+    server_body = cluster.body(MODEL_SERVER, "models", "encoders")
+    names = [f"encoder-{i}" for i in range(8)]
+    for i, name in enumerate(names):
+        # About what an fp16 MiniLM records: weights plus the activations of its max batch.
+        _placed_model(cluster, name, f"2026-01-0{i + 1}T00:00:00Z", f"d{i}", 300 * 1024 * 1024)
+    settings = RenderSettings(triton_image="triton:t", builder_image="builder:t")
+    outcome = asyncio.run(ServerReconciler(cluster, settings, FixedStates()).reconcile(server_body))
+
+    listed = json.loads(cluster.body(CONFIG_MAP, "models", "encoders-models")["data"]["models.json"])
+    assert sorted(listed["models"]) == names, "all eight fit one GPU's capacity"
+    assert outcome.status.dump()["memorySummary"] == "2.34 GiB/20.12 GiB"
+    assert cluster.names(DEPLOYMENT, "models") == ["encoders"]
+    pod = cluster.body(DEPLOYMENT, "models", "encoders")["spec"]["template"]["spec"]
+    gpus = [c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") for c in pod["containers"]]
+    assert gpus == ["1", None], "the Triton container asks for one GPU, the agent for none"
+    (agent,) = [c for c in pod["containers"] if c["name"] == "agent"]
+    assert "--host-kind=KIND_GPU" in agent["args"], "the shared host runs the models on that GPU"
+
+
 def test_a_model_is_ready_only_where_every_replica_says_ready() -> None:
     one = [{"name": "a", "state": "READY"}, {"name": "b", "state": "READY"}]
     two = [{"name": "a", "state": "UNAVAILABLE", "reason": "load failed"}]
