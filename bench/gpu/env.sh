@@ -9,6 +9,21 @@ nvidia-smi -L || true
 rm -rf /tmp/bench-wheels && mkdir -p /tmp/bench-wheels
 tar -xJf "$STAGE/wheels.tar.xz" -C /tmp/bench-wheels
 PY=$($PY bench/gpu/make_env.py /tmp/bench-wheels /tmp/bench-env)
+# Say at once what the environment lacks (a staged package's dependency the image does not have), rather
+# than deep inside the first benchmark step.
+$PY - <<'PYTHON'
+import importlib
+
+MODULES = ("numpy", "torch", "transformers", "tokenizers", "huggingface_hub", "safetensors",
+           "tritonclient.grpc", "tritonclient.http", "fastapi", "uvicorn", "pydantic")
+missing = []
+for name in MODULES:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # an ImportError, or a module that fails while importing
+        missing.append(f"{name} ({type(exc).__name__}: {exc})")
+print("env.sh: environment", "complete" if not missing else "INCOMPLETE: " + "; ".join(missing), flush=True)
+PYTHON
 mkdir -p "$SITE"
 tar -xJf "$STAGE/tritonserver.tar.xz" -C "$SITE"
 export PYTHONPATH="$PWD"
