@@ -127,6 +127,32 @@ def _tree_ticks(root: int) -> int:
     return total
 
 
+def _role(pid: int, own: int) -> str:
+    """What a process of the benchmark's tree is, for the CPU split: this process, a Python-backend stub,
+    or its command name (tritonserver, python for a sidecar, ...)."""
+    if pid == own:
+        return "this benchmark's process"
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "exited"
+    # /proc/<pid>/comm is cut at 15 characters: "triton_python_b".
+    return "Python-backend stubs" if name.startswith("triton_python") else name
+
+
+def _ticks_by_role(root: int) -> dict[str, int]:
+    """CPU ticks (user + system) of the running processes of `root`'s tree, summed per `_role`."""
+    totals: dict[str, int] = {}
+    for pid in _descendants(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        role = _role(pid, root)
+        totals[role] = totals.get(role, 0) + int(fields[11]) + int(fields[12])
+    return totals
+
+
 def _busy_ticks() -> int:
     fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
@@ -144,6 +170,11 @@ class ForeignCpu:
         self.available = Path("/proc/stat").exists()
         self._tick = os.sysconf("SC_CLK_TCK") if self.available else 100
         self._start: tuple[float, int, int] = (0.0, 0, 0)
+        self._start_by_role: dict[str, int] = {}
+        # Cores each kind of the benchmark's own processes kept busy between the last start and stop
+        # (tritonserver, the stubs, this process as client or in-process model, a sidecar): on a machine
+        # with few cores what the client and the server's helpers take is taken from the model.
+        self.cores_by_role: dict[str, float] = {}
 
     def _sample(self) -> tuple[float, int, int]:
         import time
@@ -154,6 +185,7 @@ class ForeignCpu:
 
     def start(self) -> None:
         self._start = self._sample()
+        self._start_by_role = _ticks_by_role(os.getpid()) if self.available else {}
 
     def stop(self) -> tuple[float, float]:
         """(foreign CPU seconds, share of the whole machine's capacity) since `start`."""
@@ -161,4 +193,12 @@ class ForeignCpu:
         ended, busy1, own1 = self._sample()
         foreign = max(0.0, ((busy1 - busy0) - (own1 - own0)) / self._tick)
         capacity = max(1e-9, (ended - began) * (os.cpu_count() or 1))
+        if self.available:
+            # A process that started after `start` counts from zero; one that exited is not counted.
+            by_role = _ticks_by_role(os.getpid())
+            seconds = max(1e-9, ended - began)
+            self.cores_by_role = {
+                role: round(max(0, ticks - self._start_by_role.get(role, 0)) / self._tick / seconds, 3)
+                for role, ticks in sorted(by_role.items())
+            }
         return foreign, foreign / capacity

@@ -77,7 +77,12 @@ def guarded(policy: QuietPolicy, measure: Callable[[], T], describe: str = "") -
         value = measure()
         foreign_s, share = meter.stop()
         attempts.append(
-            {"foreign_cpu_s": round(foreign_s, 2), "foreign_share": round(share, 3), "waited_s": waited}
+            {
+                "foreign_cpu_s": round(foreign_s, 2),
+                "foreign_share": round(share, 3),
+                "waited_s": waited,
+                "own_cores_by_role": meter.cores_by_role,
+            }
         )
         if best is None or share < best[0]:
             best = (share, value)

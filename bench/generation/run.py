@@ -637,6 +637,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ". The baseline does not stream: its first token arrives with its whole answer.",
         "",
         *_shared_prefix_lines(report),
+        *_own_cpu_lines(report),
         *(
             ["Where the engine thread's time went (the runtime's log, one line per 30 s of work):", ""]
             + [f"- {line}" for line in report[OURS].get("engine_profile", [])]
@@ -656,6 +657,27 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Machine: {machine_line(report['machine'])}. Command: `{report['command']}`.",
     ]
     return "\n".join(lines)
+
+
+def _own_cpu_lines(report: dict[str, Any]) -> list[str]:
+    """Cores each of ours' processes kept busy per level (the kept attempt): on a small machine the
+    client's and the server's own threads take CPU the model would otherwise have."""
+    lines = []
+    for level in report[OURS]["levels"]:
+        attempts = level.get("attempts") or []
+        kept: dict[str, Any] = min(attempts, key=lambda a: a.get("foreign_share", 0), default={})
+        cores = kept.get("own_cores_by_role")
+        if cores:
+            split = ", ".join(f"{role} {value:.2f}" for role, value in cores.items() if value >= 0.005)
+            lines.append(f"- {level['clients']} clients: {split}")
+    if not lines:
+        return []
+    return [
+        "Cores ours' processes kept busy (warm-up and window; the client is this benchmark's process):",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def _share(level: dict[str, Any]) -> str:

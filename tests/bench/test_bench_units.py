@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from bench.autoscaling.signals import (
     requests_waiting,
     running_sequences,
 )
+from bench.common.machine import ForeignCpu
 from bench.common.metrics import Breakdown, Scrape, parse_metrics
 from bench.common.sentences import MAX_WORDS, MIN_WORDS, TEXT_COUNT, compose_texts, load_texts, word_count
 
@@ -512,3 +516,21 @@ def test_a_child_that_has_exited_still_counts_as_the_benchmarks_own_cpu() -> Non
     tick = os.sysconf("SC_CLK_TCK")
     assert _process_ticks(_descendants(os.getpid())) - before_live < 0.1 * tick  # gone from the live tree
     assert _tree_ticks(os.getpid()) - before_tree >= 0.25 * tick
+
+
+def test_the_cpu_meter_splits_the_benchmarks_own_processes_by_kind() -> None:
+    """A real busy child process: its CPU is reported under its command name, apart from this process's,
+    and not as other processes' CPU (it is the benchmark's own)."""
+    meter = ForeignCpu()
+    meter.start()
+    busy = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        time.sleep(1.5)
+        meter.stop()
+    finally:
+        child.kill()
+        child.wait()
+    name = Path(sys.executable).name[:15]  # /proc/<pid>/comm keeps 15 characters
+    assert meter.cores_by_role[name] > 0.2, meter.cores_by_role  # one busy thread: up to a core
+    assert meter.cores_by_role["this benchmark's process"] < meter.cores_by_role[name]
