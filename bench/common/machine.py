@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -127,29 +128,25 @@ def _tree_ticks(root: int) -> int:
     return total
 
 
-def _role(pid: int, own: int) -> str:
-    """What a process of the benchmark's tree is, for the CPU split: this process, a Python-backend stub,
-    or its command name (tritonserver, python for a sidecar, ...)."""
-    if pid == own:
-        return "this benchmark's process"
+def process_role(pid: int) -> str:
+    """`tritonserver`, `stub <model>` for a Python-backend stub (its model directory's name), or the
+    program's name; "gone" once the process has exited."""
     try:
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return "exited"
-    # /proc/<pid>/comm is cut at 15 characters: "triton_python_b".
-    return "Python-backend stubs" if name.startswith("triton_python") else name
+        return "gone"
+    program = os.path.basename(argv[0].decode(errors="replace"))
+    if "stub" in program and len(argv) > 1:
+        return "stub " + Path(argv[1].decode(errors="replace")).parents[1].name
+    return program
 
 
-def _ticks_by_role(root: int) -> dict[str, int]:
-    """CPU ticks (user + system) of the running processes of `root`'s tree, summed per `_role`."""
+def cpu_ticks_by_role(pids: Iterable[int], role: Callable[[int], str] = process_role) -> dict[str, int]:
+    """CPU ticks (user + system) the running processes `pids` have used so far, summed per `role`."""
     totals: dict[str, int] = {}
-    for pid in _descendants(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        role = _role(pid, root)
-        totals[role] = totals.get(role, 0) + int(fields[11]) + int(fields[12])
+    for pid in pids:
+        name = role(pid)
+        totals[name] = totals.get(name, 0) + _process_ticks({pid})
     return totals
 
 
@@ -183,9 +180,18 @@ class ForeignCpu:
             return (time.monotonic(), 0, 0)
         return (time.monotonic(), _busy_ticks(), _tree_ticks(os.getpid()))
 
+    @staticmethod
+    def _ticks_by_role() -> dict[str, int]:
+        own = os.getpid()
+
+        def role(pid: int) -> str:
+            return "this benchmark's process" if pid == own else process_role(pid)
+
+        return cpu_ticks_by_role(_descendants(own), role)
+
     def start(self) -> None:
         self._start = self._sample()
-        self._start_by_role = _ticks_by_role(os.getpid()) if self.available else {}
+        self._start_by_role = self._ticks_by_role() if self.available else {}
 
     def stop(self) -> tuple[float, float]:
         """(foreign CPU seconds, share of the whole machine's capacity) since `start`."""
@@ -195,7 +201,7 @@ class ForeignCpu:
         capacity = max(1e-9, (ended - began) * (os.cpu_count() or 1))
         if self.available:
             # A process that started after `start` counts from zero; one that exited is not counted.
-            by_role = _ticks_by_role(os.getpid())
+            by_role = self._ticks_by_role()
             seconds = max(1e-9, ended - began)
             self.cores_by_role = {
                 role: round(max(0, ticks - self._start_by_role.get(role, 0)) / self._tick / seconds, 3)

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.common.checkpoints import make_tiny_bert_classifier
 from bench.common.loadgen import TritonGrpcSender, closed_loop
-from bench.common.machine import _descendants, _process_ticks, describe_machine, load_average
+from bench.common.machine import _descendants, cpu_ticks_by_role, describe_machine, load_average
 from bench.common.sentences import load_texts
 from model_repo.build import build_repository
 from model_repo.model_set import SharedRuntime, TritonRepositoryClient, reconcile
@@ -52,26 +52,10 @@ def _memory_kib(pids: set[int]) -> dict[str, int]:
     return {"rss_kib": rss, "pss_kib": pss, "processes": len(pids)}
 
 
-def _role(pid: int) -> str:
-    """`tritonserver`, or the model a Python-backend stub serves (its model directory's name)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "gone"
-    program = os.path.basename(argv[0].decode(errors="replace"))
-    if "stub" in program and len(argv) > 1:
-        return "stub " + Path(argv[1].decode(errors="replace")).parents[1].name
-    return program
-
-
 def _cpu_seconds_by_role(pids: set[int]) -> dict[str, float]:
     """CPU seconds (user + system) each role's processes have used so far."""
     tick = os.sysconf("SC_CLK_TCK")
-    seconds: dict[str, float] = {}
-    for pid in pids:
-        role = _role(pid)
-        seconds[role] = seconds.get(role, 0.0) + _process_ticks({pid}) / tick
-    return seconds
+    return {role: ticks / tick for role, ticks in cpu_ticks_by_role(pids).items()}
 
 
 def _server_pids(servers: list[TritonServer]) -> set[int]:

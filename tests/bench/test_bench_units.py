@@ -531,6 +531,6 @@ def test_the_cpu_meter_splits_the_benchmarks_own_processes_by_kind() -> None:
     finally:
         child.kill()
         child.wait()
-    name = Path(sys.executable).name[:15]  # /proc/<pid>/comm keeps 15 characters
+    name = Path(sys.executable).name  # the program's name (bench.common.machine.process_role)
     assert meter.cores_by_role[name] > 0.2, meter.cores_by_role  # one busy thread: up to a core
     assert meter.cores_by_role["this benchmark's process"] < meter.cores_by_role[name]
