@@ -62,6 +62,16 @@ class Settings(GenerationSettings):
 
     rounds: int
     aiperf_venv: Path
+    aiperf_request_rate: float
+
+
+# aiperf's --request-rate beside --concurrency. With --concurrency alone aiperf 0.13 issues requests in
+# its "concurrency burst" mode, whose loop yields to the event loop without sleeping while every slot is
+# taken: its timing manager kept 52-81% of a core busy (py-spy: the stop-condition checks and
+# `yield_to_event_loop`), on the 2 cores that also run the server. With a rate far above what the server
+# completes (about 11 requests/s at 16 clients here) the clients stay the bound, and a freed slot waits
+# at most one 10 ms tick, against requests of about 1.5 s.
+AIPERF_REQUEST_RATE = 100.0
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -75,13 +85,24 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds per level (aiperf, then ours)")
     parser.add_argument("--aiperf-venv", type=Path, default=DEFAULT_AIPERF_VENV)
+    parser.add_argument(
+        "--aiperf-request-rate",
+        type=float,
+        default=AIPERF_REQUEST_RATE,
+        help="aiperf's --request-rate beside --concurrency (0: concurrency alone, aiperf's busy loop)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-loadgen"))
     parser.add_argument("--name", default="loadgen-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
     args = parser.parse_args(argv)
     args.min_prompt = args.max_prompt = args.isl
     args.max_tokens = args.osl
-    return Settings(**generation_fields(args), rounds=args.rounds, aiperf_venv=args.aiperf_venv)
+    return Settings(
+        **generation_fields(args),
+        rounds=args.rounds,
+        aiperf_venv=args.aiperf_venv,
+        aiperf_request_rate=args.aiperf_request_rate,
+    )
 
 
 # -- aiperf ----------------------------------------------------------------------------------------------
@@ -120,6 +141,7 @@ def aiperf_command(
         f"--extra-inputs={json.dumps(extra)}",
         "--use-server-token-count",
         f"--concurrency={clients}",
+        *([f"--request-rate={settings.aiperf_request_rate:g}"] if settings.aiperf_request_rate > 0 else []),
         f"--warmup-duration={settings.warmup_s:g}",
         f"--benchmark-duration={settings.window_s:g}",
         "--benchmark-grace-period=120",
@@ -403,7 +425,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"Model: random-weight Llama, {s['layers']} layers, hidden {s['hidden']}, GQA. Workload: the "
             f"same prompts of {s['max_prompt']} tokens for both clients, {s['max_tokens']}-token answers "
             "(min_tokens = max_tokens), greedy, streamed `/v1/completions` through the OpenAI sidecar. "
-            f"aiperf {report['aiperf_version']} and ours alternate (A B) for {s['rounds']} round(s) per "
+            f"aiperf {report['aiperf_version']} runs as a closed loop of the level's clients "
+            + (
+                f"with `--request-rate {s['aiperf_request_rate']:g}` beside `--concurrency` (far above what "
+                "the server completes, so the clients are the bound; without it aiperf's timing manager "
+                "spins on a core). "
+                if s.get("aiperf_request_rate")
+                else "(`--concurrency` alone). "
+            )
+            + f"aiperf and ours alternate (A B) for {s['rounds']} round(s) per "
             f"level, each {s['warmup_s']:g} s warm-up + {s['window_s']:g} s window; tokens/s over all "
             "rounds, latencies the median of the rounds' p50s.",
             "",

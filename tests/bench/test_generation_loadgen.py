@@ -12,6 +12,7 @@ import pytest
 
 from bench.generation.loadgen import (
     AIPERF,
+    AIPERF_REQUEST_RATE,
     OURS,
     Answer,
     aiperf_command,
@@ -92,6 +93,13 @@ def test_the_command_gives_aiperf_our_prompts_and_exact_answer_lengths(tmp_path:
     assert json.loads(options["extra-inputs"]) == {"min_tokens": 16, "temperature": 0}
     assert (options["concurrency"], options["benchmark-duration"]) == ("16", "12")
     assert {"--streaming", "--use-server-token-count"} <= set(command)
+    # A request rate far above what the server completes, so the 16 clients bind: aiperf's closed loop
+    # without one spins its timing manager on a core of the server's machine.
+    assert float(options["request-rate"]) == AIPERF_REQUEST_RATE >= 50
+    alone = aiperf_command(
+        parse_args(["--aiperf-request-rate", "0"]), "http://h/v1", tmp_path, dataset, 16, tmp_path / "o"
+    )
+    assert not any(arg.startswith("--request-rate") for arg in alone)
 
 
 def _run(tokens_per_s: float, ttft: float, cpu: float, **extra: Any) -> dict[str, Any]:
