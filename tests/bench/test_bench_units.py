@@ -534,3 +534,16 @@ def test_the_cpu_meter_splits_the_benchmarks_own_processes_by_kind() -> None:
     name = Path(sys.executable).name  # the program's name (bench.common.machine.process_role)
     assert meter.cores_by_role[name] > 0.2, meter.cores_by_role  # one busy thread: up to a core
     assert meter.cores_by_role["this benchmark's process"] < meter.cores_by_role[name]
+
+
+def test_generation_throughput_counts_the_tokens_that_arrive_inside_the_window() -> None:
+    from bench.generation.run import Completed, tokens_inside
+
+    streamed = Completed(0.5, 1.0, 3.0, 9, ((1.0, 1), (2.0, 5), (3.0, 9)))
+    assert tokens_inside(streamed, 0.0, 10.0) == 9
+    assert tokens_inside(streamed, 1.5, 2.5) == 4  # only the response at 2.0, four tokens
+    assert tokens_inside(streamed, 2.5, 10.0) == 4  # an answer finishing after the window opened
+    assert tokens_inside(streamed, 0.0, 1.5) == 1  # an answer still running when it closed
+    # Not streamed (the baseline): every token arrives with the answer.
+    whole = Completed(0.5, 2.0, 2.0, 10)
+    assert (tokens_inside(whole, 1.0, 2.0), tokens_inside(whole, 2.1, 3.0)) == (10, 0)
