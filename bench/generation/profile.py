@@ -314,6 +314,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         quiet=NEVER_WAIT,
         shared_prefix=0,
         cpu_wait_policy=DEFAULT_CPU_WAIT_POLICY.value,
+        whole_answers=(),
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     report = {

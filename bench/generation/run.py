@@ -65,6 +65,9 @@ class Settings:
     quiet: QuietPolicy
     shared_prefix: int  # tokens; 0: no shared-prefix workload
     cpu_wait_policy: str  # ours' spec.triton.cpuWaitPolicy (model_repo.triton_args)
+    # Levels (client counts) at which ours is measured again with `stream` false: whole answers, like the
+    # per-request baseline's, so the two compare like for like.
+    whole_answers: tuple[int, ...]
 
 
 # On the CPU of a shared machine: never waits for a quiet machine nor repeats (other CPU is reported).
@@ -103,6 +106,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         default=DEFAULT_CPU_WAIT_POLICY.value,
         help="ours served with this spec.triton.cpuWaitPolicy (default: the operator's; the baseline and "
         "in-process keep OpenMP's own default)",
+    )
+    parser.add_argument(
+        "--whole-answers",
+        default="1",
+        help="client counts (comma-separated; empty: none) at which ours is measured again without "
+        "streaming, each answer in one response as the baseline sends it",
     )
     add_quiet_options(parser, "level", retries=1)
     return Settings(**generation_fields(parser.parse_args(argv)))
@@ -143,6 +152,7 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         quiet=quiet_policy(args, quick=True) if hasattr(args, "max_foreign_cpu") else NEVER_WAIT,
         shared_prefix=getattr(args, "shared_prefix", 0),
         cpu_wait_policy=getattr(args, "cpu_wait_policy", DEFAULT_CPU_WAIT_POLICY.value),
+        whole_answers=tuple(int(c) for c in getattr(args, "whole_answers", "").split(",") if c.strip()),
     )
 
 
@@ -313,7 +323,9 @@ def _grpc_client(url: str) -> Any:
     return client, results
 
 
-def ours_request(max_tokens: int) -> Callable[[Any, str], Completed]:
+def ours_request(max_tokens: int, streamed: bool = True) -> Callable[[Any, str], Completed]:
+    """One request to ours over the gRPC stream; not `streamed`, the answer comes as one response (the
+    decoupled model's only one), and its first token arrives with it, as the baseline's does."""
     import tritonclient.grpc as grpcclient
 
     def request(handle: Any, prompt: str) -> Completed:
@@ -321,7 +333,7 @@ def ours_request(max_tokens: int) -> Callable[[Any, str], Completed]:
         text = grpcclient.InferInput("text_input", [1], "BYTES")
         text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
         stream = grpcclient.InferInput("stream", [1], "BOOL")
-        stream.set_data_from_numpy(np.array([True]))
+        stream.set_data_from_numpy(np.array([streamed]))
         tokens = grpcclient.InferInput("max_tokens", [1], "INT32")
         tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
         temperature = grpcclient.InferInput("temperature", [1], "FP32")
@@ -399,13 +411,14 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
     )
     built = build_repository(options, settings.workdir / "ours-repository")
     levels = []
+    whole: list[dict[str, Any]] = []
     shared: list[dict[str, Any]] = []
     environment = cpu_wait_environment(CpuWaitPolicy(settings.cpu_wait_policy))
     with serve(built.path, settings.workdir / "ours-triton.log", environment) as server:
 
-        def level_of(clients: int, inputs: Sequence[str]) -> dict[str, Any]:
+        def level_of(clients: int, inputs: Sequence[str], streamed: bool = True) -> dict[str, Any]:
             return closed_loop(
-                ours_request(settings.max_tokens),
+                ours_request(settings.max_tokens, streamed),
                 lambda: _grpc_client(server.grpc_url),
                 _close_stream,
                 inputs,
@@ -418,6 +431,12 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
             level = _guarded_level(settings, partial(level_of, clients, prompts), f"ours at {clients}")
             print(f"ours        {clients:>3} clients: {json.dumps(level)}", flush=True)
             levels.append(level)
+        for clients in [c for c in settings.concurrency if c in settings.whole_answers]:
+            level = _guarded_level(
+                settings, partial(level_of, clients, prompts, False), f"ours whole answers at {clients}"
+            )
+            print(f"ours whole  {clients:>3} clients: {json.dumps(level)}", flush=True)
+            whole.append(level)
         if settings.shared_prefix:
             with_prefix, unique = prefixed_prompts(checkpoint, settings, prompts)
             for clients in [c for c in settings.concurrency if c <= 16]:
@@ -432,7 +451,13 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
     log = (settings.workdir / "ours-triton.log").read_text(errors="replace")
     # The runtime logs where its engine thread's time went every 30 s of work (generation.py).
     profile = [line.split("] ", 1)[-1] for line in log.splitlines() if "generation engine profile" in line]
-    return {"levels": levels, "shared_prefix": shared, "config_pbtxt": config, "engine_profile": profile}
+    return {
+        "levels": levels,
+        "whole_answer_levels": whole,
+        "shared_prefix": shared,
+        "config_pbtxt": config,
+        "engine_profile": profile,
+    }
 
 
 def _guarded_level(settings: Settings, measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
@@ -591,6 +616,11 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
         out[f"ours/in-process tokens/s at {clients}"] = _ratio(
             ours[clients]["tokens_per_s"], limit[clients]["tokens_per_s"]
         )
+    for level in report[OURS].get("whole_answer_levels", []):
+        clients = level["clients"]
+        out[f"ours whole answers/baseline tokens/s at {clients}"] = _ratio(
+            level["tokens_per_s"], base[clients]["tokens_per_s"]
+        )
     for pair in report[OURS].get("shared_prefix", []):
         out[f"TTFT p50 shared/unique prefix at {pair['clients']}"] = _ratio(
             pair["shared"]["ttft_p50_ms"], pair["unique"]["ttft_p50_ms"]
@@ -661,6 +691,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
         + ". The baseline does not stream: its first token arrives with its whole answer.",
         "",
+        *_whole_answer_lines(report),
         *_shared_prefix_lines(report),
         *_own_cpu_lines(report),
         *(
@@ -708,6 +739,42 @@ def _own_cpu_lines(report: dict[str, Any]) -> list[str]:
 def _share(level: dict[str, Any]) -> str:
     share = level.get("foreign_cpu_share")
     return "-" if share is None else f"{share:.0%}"
+
+
+def _whole_answer_lines(report: dict[str, Any]) -> list[str]:
+    """Ours without streaming (each answer one response, as the baseline answers) beside the baseline."""
+    levels = report[OURS].get("whole_answer_levels", [])
+    if not levels:
+        return []
+    ours, base = _by_clients(report[OURS]), _by_clients(report[BASELINE])
+    rows = [
+        [
+            str(level["clients"]),
+            fmt(level["tokens_per_s"]),
+            fmt(ours[level["clients"]]["tokens_per_s"]),
+            fmt(base[level["clients"]]["tokens_per_s"]),
+            f"{_ratio(level['tokens_per_s'], base[level['clients']]['tokens_per_s']):.2f}x",
+            f"{fmt(level['latency_p50_ms'])} / {fmt(base[level['clients']]['latency_p50_ms'])}",
+            _share(level),
+        ]
+        for level in levels
+    ]
+    header = [
+        "clients",
+        "ours whole answers tok/s",
+        "ours streamed tok/s",
+        "baseline tok/s",
+        "whole answers/baseline",
+        "answer latency p50 ms, ours whole / baseline",
+        "other processes' CPU",
+    ]
+    return [
+        "Ours without streaming (`stream` false: each answer one response, as the baseline answers), on the "
+        "same server right after the streamed levels:",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
 
 
 def _shared_prefix_lines(report: dict[str, Any]) -> list[str]:

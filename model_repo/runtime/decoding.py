@@ -407,6 +407,10 @@ class RunningBatch:
         self.slots: list[int] = []  # each row's row in the cache (finished rows may sit in the others)
         self.cache: Any = None
         self.mask: Any = None  # [cache rows, columns] 1 where a row has a position
+        # Whether any row has a padding column: without one (one row, or rows of equal length) the forward
+        # gets no mask, and transformers neither checks nor builds one; at one sequence that was 3-6% of a
+        # step on a 2-core CPU (bench/README.md, text generation, session 10).
+        self.padded = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -462,6 +466,7 @@ class RunningBatch:
         for offset, length in enumerate(lengths):
             mask[held + offset, width - length :] = 1
         self.mask = mask
+        self.padded = not bool(mask.all())
         if self.cache is None:
             self.cache = hf_adapter.growing_cache(layers, width)
         else:
@@ -479,7 +484,7 @@ class RunningBatch:
         self.pending = [self.pending[index] for index in keep]
         self.slots = [self.slots[index] for index in keep]
         if not keep:
-            self.cache, self.mask, self.slots = None, None, []
+            self.cache, self.mask, self.slots, self.padded = None, None, [], False
         elif 4 * self.finished_held >= self.mask.shape[0]:
             self._drop_finished()
 
@@ -499,6 +504,7 @@ class RunningBatch:
         live, first = self._live_rows_and_first_column()
         rows = self.mask if live is None else self.mask.index_select(0, live)
         self.mask = rows[:, first:]
+        self.padded = not bool(self.mask.all())
         hf_adapter.set_layer_tensors(
             self.cache,
             [
@@ -525,7 +531,8 @@ class RunningBatch:
         ids = torch.tensor(fed, dtype=torch.long, device=device)[:, None]
         positions = self.mask.sum(dim=1, keepdim=True)  # a row's positions so far = the new token's index
         self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
-        logits = last_logits(self.model, ids, self.mask, positions, self.cache)
+        # A new column is every row's: whether any row is padded does not change here.
+        logits = last_logits(self.model, ids, self.mask if self.padded else None, positions, self.cache)
         if finished:
             logits = logits.index_select(0, torch.tensor(self.slots, device=device))
         return logits

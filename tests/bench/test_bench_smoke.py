@@ -292,7 +292,13 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
         for pair in pairs
         for key in ("shared", "unique")
     )
-    assert "| 2 |" in render_markdown(report) and "Shared-prefix workload" in render_markdown(report)
+    # --whole-answers defaults to 1 client: ours again without streaming, every answer in one response.
+    (whole,) = report["ours"]["whole_answer_levels"]
+    assert whole["clients"] == 1 and whole["errors"] == 0, whole["first_error"]
+    assert whole["answers"] > 0 and 0.9 * whole["latency_p50_ms"] <= whole["ttft_p50_ms"]
+    assert report["ratios"]["ours whole answers/baseline tokens/s at 1"] > 0
+    markdown = render_markdown(report)
+    assert "| 2 |" in markdown and "Shared-prefix workload" in markdown and "ours whole answers" in markdown
 
 
 def test_generation_profile_compares_the_engine_with_generate(tmp_path: Path) -> None:
