@@ -26,7 +26,6 @@ from model_repo.optimize import GateSettings, Optimised, optimise_onnx, optimise
 from model_repo.options import (
     MAX_BATCH_SIZE_LIMIT,
     MAX_CONCURRENT_SEQUENCES,
-    MAX_STREAM_INTERVAL,
     BuildOptions,
     DType,
     ModelFormat,
@@ -85,8 +84,6 @@ def _check_options(options: BuildOptions) -> None:
         raise BuildError(f"--max-concurrent-sequences must be between 1 and {MAX_CONCURRENT_SEQUENCES}")
     if options.max_tokens is not None and options.max_tokens < 1:
         raise BuildError("--max-tokens must be at least 1")
-    if options.stream_interval is not None and not 1 <= options.stream_interval <= MAX_STREAM_INTERVAL:
-        raise BuildError(f"--stream-interval must be between 1 and {MAX_STREAM_INTERVAL}")
     if options.max_sequence_length is not None and options.max_sequence_length < 2:
         raise BuildError("--max-sequence-length must be at least 2")
     if not _MODEL_NAME.match(options.model_name):

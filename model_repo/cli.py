@@ -90,11 +90,6 @@ _CLI_OPTIONS: dict[str, tuple[Any, str]] = {
         int | None,
         "text-generation: the most tokens one request may ask for (default: the context length - 1).",
     ),
-    "stream_interval": (
-        int | None,
-        "text-generation: generated tokens per streamed response after the first (default: 1, every "
-        "token). More per response costs the server less work beside the model.",
-    ),
     "device": (str, "cpu or gpu."),
     "response_cache": (bool, "Enable Triton's response cache."),
     "quantization": (

@@ -75,12 +75,6 @@ MAX_BATCH_SIZE_LIMIT = 4096
 DEFAULT_MAX_QUEUE_DELAY_US = 0
 # Upper bound of max_concurrent_sequences (text-generation) for the API and the CLI alike.
 MAX_CONCURRENT_SEQUENCES = 4096
-# text-generation: generated tokens per streamed response (the first token always leaves alone), as vLLM's
-# and SGLang's `--stream-interval`. 1 streams every token. Each response costs the server work beside the
-# model: on a 2-core CPU, one stream at 2 tokens a response served 7-10% more tokens/s than at 1
-# (bench/README.md, text generation, session 10).
-DEFAULT_STREAM_INTERVAL = 1
-MAX_STREAM_INTERVAL = 256
 
 
 def auto_format(task: Task | None, device: str) -> ModelFormat | None:
@@ -126,7 +120,6 @@ BUILD_FLAGS: tuple[BuildFlag, ...] = (
     BuildFlag("max_sequence_length", "--max-sequence-length"),
     BuildFlag("max_concurrent_sequences", "--max-concurrent-sequences"),
     BuildFlag("max_tokens", "--max-tokens"),
-    BuildFlag("stream_interval", "--stream-interval"),
     BuildFlag("device", "--device"),
     BuildFlag("response_cache", "--response-cache", "toggle"),
     BuildFlag("quantization", "--quantization"),
@@ -168,8 +161,6 @@ class BuildOptions:
     # text-generation only; None: derived from the device and the KV cache per sequence / the context.
     max_concurrent_sequences: int | None = None
     max_tokens: int | None = None
-    # text-generation only; None: DEFAULT_STREAM_INTERVAL.
-    stream_interval: int | None = None
 
     def to_args(self) -> list[str]:
         """These options as `modeldeploy build` flags (BUILD_FLAGS): what the CLI parses back into them."""

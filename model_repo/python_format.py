@@ -17,7 +17,7 @@ from model_repo.configs import (
     task_outputs,
 )
 from model_repo.errors import BuildError
-from model_repo.options import DEFAULT_STREAM_INTERVAL, BuildOptions, Task
+from model_repo.options import BuildOptions, Task
 
 DEFAULT_MAX_TOKENS = 64
 # Requests that may wait for a sequence slot, per slot, before new ones are refused as UNAVAILABLE.
@@ -53,7 +53,6 @@ def generation_parameters(options: BuildOptions, model: Any, dtype: str, max_len
         "max_queued_requests": str(QUEUED_PER_SEQUENCE * sequences),
         "max_tokens_limit": str(limit),
         "default_max_tokens": str(min(DEFAULT_MAX_TOKENS, limit)),
-        "stream_interval": str(options.stream_interval or DEFAULT_STREAM_INTERVAL),
     }
 
 

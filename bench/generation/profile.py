@@ -315,7 +315,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shared_prefix=0,
         cpu_wait_policy=DEFAULT_CPU_WAIT_POLICY.value,
         whole_answers=(),
-        stream_interval=1,
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     report = {

@@ -68,7 +68,6 @@ class Settings:
     # Levels (client counts) at which ours is measured again with `stream` false: whole answers, like the
     # per-request baseline's, so the two compare like for like.
     whole_answers: tuple[int, ...]
-    stream_interval: int  # ours' spec.triton.streamInterval: tokens per streamed response after the first
 
 
 # On the CPU of a shared machine: never waits for a quiet machine nor repeats (other CPU is reported).
@@ -107,13 +106,6 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         default=DEFAULT_CPU_WAIT_POLICY.value,
         help="ours served with this spec.triton.cpuWaitPolicy (default: the operator's; the baseline and "
         "in-process keep OpenMP's own default)",
-    )
-    parser.add_argument(
-        "--stream-interval",
-        type=int,
-        default=1,
-        help="ours built with this spec.triton.streamInterval (tokens per streamed response after the "
-        "first; default 1, every token, the operator's default)",
     )
     parser.add_argument(
         "--whole-answers",
@@ -161,7 +153,6 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         shared_prefix=getattr(args, "shared_prefix", 0),
         cpu_wait_policy=getattr(args, "cpu_wait_policy", DEFAULT_CPU_WAIT_POLICY.value),
         whole_answers=tuple(int(c) for c in getattr(args, "whole_answers", "").split(",") if c.strip()),
-        stream_interval=getattr(args, "stream_interval", 1),
     )
 
 
@@ -417,7 +408,6 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
         max_concurrent_sequences=max(settings.concurrency),
         device="gpu" if settings.device == "cuda" else "cpu",
         format=ModelFormat.PYTHON,  # on a GPU `auto` would pick vLLM, which this benchmark does not carry
-        stream_interval=settings.stream_interval,
     )
     built = build_repository(options, settings.workdir / "ours-repository")
     levels = []

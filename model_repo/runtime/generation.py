@@ -10,9 +10,6 @@ between decoding steps; finished or cancelled ones leave it at once. The same th
 token with that request's controls and its own `torch.Generator`, checks stop strings and sends the
 responses, so a token reaches its client without another thread's polling cadence in between.
 
-Streaming: a streamed request's first token leaves at once, later ones in responses of `stream_interval`
-tokens (a config parameter, 1 by default: every token), as vLLM's and SGLang's `--stream-interval`.
-
 Admission: at most `max_concurrent_sequences` requests decode together and at most `max_queued_requests`
 more wait here; beyond that a request is refused at once with UNAVAILABLE.
 
@@ -148,7 +145,6 @@ class GenerationEngine:
         log: Callable[[str], None],
         prefix_cache_tokens: int | None = None,
         cpus: int | None = None,
-        stream_interval: int = 1,
     ) -> None:
         decoding.check_internals(model)  # refuses a transformers whose internals the batch relies on moved
         self.model = model
@@ -158,9 +154,6 @@ class GenerationEngine:
         self.max_queued = max_queued
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = default_max_tokens
-        # A streamed request's first token leaves at once, later ones in responses of this many tokens
-        # (the last response holds what is left): fewer responses, less of the server's work per token.
-        self.stream_interval = stream_interval
         self.metrics = metrics
         self.log = log
         self.log_info: Callable[[str], None] = pb_utils.Logger.log_info if pb_utils is not None else log
@@ -365,9 +358,6 @@ class GenerationEngine:
             finish = ("length", "")
         if not (job.sampling.stream or job.sampling.stop or finish):
             return False  # nothing to send or check before the end: skip decoding
-        due = (len(job.tokens) - 1) % self.stream_interval == 0  # a streamed response is due
-        if not (due or job.sampling.stop or finish):
-            return False
         text = self._text(job)
         stop_at = find_stop(text, job.sampling.stop)
         if stop_at is not None:
@@ -377,7 +367,7 @@ class GenerationEngine:
         if finish is not None:
             self._finish(job, text, finish)
             return True
-        if job.sampling.stream and due:
+        if job.sampling.stream:
             self._stream_ready_text(job, text)
         return False
 

@@ -30,8 +30,6 @@ def start_generation(runtime: Any, args: dict[str, str], cpus: int | None) -> An
         max_queued=int(params["max_queued_requests"]),
         max_tokens_limit=int(params["max_tokens_limit"]),
         default_max_tokens=int(params["default_max_tokens"]),
-        # Repositories built before the setting existed stream every token.
-        stream_interval=int(params.get("stream_interval", "1")),
         metrics=metrics,
         log=pb_utils.Logger.log_warn if pb_utils else print,
         cpus=cpus,

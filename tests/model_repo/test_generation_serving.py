@@ -35,7 +35,6 @@ pytestmark = pytest.mark.triton
 
 LLAMA, GPT2, GPT2_EOS, ONE_SLOT = "llama", "gpt2", "gpt2_eos", "one_slot"
 GPT2_PENALTY = "gpt2_penalty"  # its generation_config sets repetition_penalty 1.5
-LLAMA_INTERVAL = "llama_interval"  # the llama built with --stream-interval 3
 EOS_PROMPT = "hello world"
 METRIC = "modeldeploy_generation_"
 
@@ -82,9 +81,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             source=f"file://{paths[GPT2]}", model_name=ONE_SLOT, max_concurrent_sequences=1
         ),
         GPT2_PENALTY: BuildOptions(source=f"file://{paths[GPT2_PENALTY]}", model_name=GPT2_PENALTY),
-        LLAMA_INTERVAL: BuildOptions(
-            source=f"file://{paths[LLAMA]}", model_name=LLAMA_INTERVAL, stream_interval=3
-        ),
     }
     repositories = [build_repository(option, root / f"repo-{name}").path for name, option in options.items()]
     args = ["--strict-readiness=true", *repository_server_args()]
@@ -287,55 +283,6 @@ def test_streaming_over_grpc_sends_pieces_that_add_up_to_generate(served: Served
     assert len(answer.pieces) > 1
     assert answer.text == expected_text
     assert answer.output_tokens == expected_count
-
-
-def _streamed_token_counts(served: Served, model: str, **inputs: Any) -> tuple[list[int], list[str]]:
-    """num_output_tokens and text_output of every response of one streamed request, in order."""
-    import tritonclient.grpc as grpcclient
-
-    results: queue.Queue[Any] = queue.Queue()
-    client = grpcclient.InferenceServerClient(served.server.grpc_url)
-    client.start_stream(callback=lambda result, error: results.put(error or result))
-    counts: list[int] = []
-    pieces: list[str] = []
-    try:
-        client.async_stream_infer(model, _grpc_inputs({**inputs, "stream": True}))
-        while True:
-            item = results.get(timeout=120)
-            if isinstance(item, Exception):
-                raise item
-            counts.append(int(item.as_numpy("num_output_tokens")[0]))
-            pieces.append(item.as_numpy("text_output")[0].decode())
-            if item.as_numpy("finish_reason") is not None:
-                return counts, pieces
-    finally:
-        client.stop_stream()
-        client.close()
-
-
-def test_a_stream_interval_sends_the_first_token_alone_then_that_many_per_response(served: Served) -> None:
-    prompt = "triton serves the model"
-    expected_text, expected_count = reference(served.paths[LLAMA], prompt, 11)
-    assert expected_count == 11  # the random llama has no EOS to end it sooner
-    counts, pieces = _streamed_token_counts(
-        served, LLAMA_INTERVAL, text_input=prompt, max_tokens=11, temperature=0.0
-    )
-    # A response leaves after the first token and after every third one since (the sender may merge
-    # responses that wait for it, and a partial character waits for its last byte), and the last one
-    # holds the rest: no response ever ends elsewhere.
-    assert counts[-1] == 11 and counts == sorted(set(counts)), counts
-    assert set(counts) <= {1, 4, 7, 10, 11}, counts
-    assert "".join(pieces) == expected_text
-    # Log-probabilities still come one per token, across the grouped responses.
-    answer = ask(
-        served,
-        LLAMA_INTERVAL,
-        prompt,
-        11,
-        stream=True,
-        sampling_parameters=json.dumps({"logprobs": True}),
-    )
-    assert len(answer.logprobs) == answer.output_tokens == 11 and answer.text == expected_text
 
 
 def test_generate_stream_endpoint_speaks_the_contract(served: Served) -> None:

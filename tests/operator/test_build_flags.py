@@ -63,12 +63,7 @@ SPECS: dict[str, list[dict[str, Any]]] = {
     "generation-gpu": [
         {
             "model": {"source": "hf://org/chat", "task": "text-generation"},
-            "triton": {
-                "dtype": "bfloat16",
-                "maxConcurrentSequences": 8,
-                "maxTokens": 256,
-                "streamInterval": 4,
-            },
+            "triton": {"dtype": "bfloat16", "maxConcurrentSequences": 8, "maxTokens": 256},
             "resources": {"gpus": 1},
         }
     ],
@@ -104,7 +99,6 @@ EXPECTED = {
         model_name="bert",
         max_concurrent_sequences=8,
         max_tokens=256,
-        stream_interval=4,
     ),
 }
 
@@ -121,12 +115,7 @@ def test_a_spec_reaches_the_builder_as_its_build_options(name: str) -> None:
 # Every option away from its default: the int8-everything spec's build options with the options of generation
 # on a GPU set too.
 EVERY_OPTION_SET = dataclasses.replace(
-    EXPECTED["int8-everything"],
-    dtype=DType.BFLOAT16,
-    device="gpu",
-    max_concurrent_sequences=5,
-    max_tokens=77,
-    stream_interval=2,
+    EXPECTED["int8-everything"], dtype=DType.BFLOAT16, device="gpu", max_concurrent_sequences=5, max_tokens=77
 )
 
 

@@ -9,11 +9,9 @@ from pydantic import Field
 
 from model_repo.options import (
     DEFAULT_MAX_QUEUE_DELAY_US,
-    DEFAULT_STREAM_INTERVAL,
     DEVICE_BATCHING,
     MAX_BATCH_SIZE_LIMIT,
     MAX_CONCURRENT_SEQUENCES,
-    MAX_STREAM_INTERVAL,
     SOURCE_SCHEMES,
     DType,
     ModelFormat,
@@ -219,13 +217,6 @@ class TritonConfig(ApiModel):
         "Default: the context length - 1.",
         ge=1,
         le=131072,
-    )
-    stream_interval: int | None = optional_field(
-        "text-generation (the Python runtime): generated tokens per streamed response after the first, "
-        "which always leaves at once. Fewer responses cost the server less work beside the model. "
-        f"Default: {DEFAULT_STREAM_INTERVAL} (every token).",
-        ge=1,
-        le=MAX_STREAM_INTERVAL,
     )
     dtype: Annotated[
         DType,

@@ -108,7 +108,6 @@ def build_options(spec: ModelDeploymentSpec, model_name: str) -> BuildOptions:
         ),
         max_concurrent_sequences=triton.max_concurrent_sequences,
         max_tokens=triton.max_tokens,
-        stream_interval=triton.stream_interval,
     )
 
 
