@@ -1,6 +1,7 @@
 """bench/generation: generated tokens/s and time to first token at 1-64 concurrent clients, side by side:
 
-(a) ours: the generated `python`-format repository (continuous batching), streaming over gRPC;
+(a) ours: the generated `python`-format repository (continuous batching), streaming over gRPC, and at the
+    `--whole-answers` levels again without streaming (each answer one response, as the baseline's);
 (b) the per-request baseline: Triton's tutorial-style Python model calling a `pipeline` per request;
 (c) the in-process limit: transformers' `generate_batch` over the same number of prompts at once.
 
