@@ -66,6 +66,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         quiet=NEVER_WAIT,
         shared_prefix=0,
         cpu_wait_policy=DEFAULT_CPU_WAIT_POLICY.value,
+        whole_answers=(),
         repeats=args.repeats,
     )
 

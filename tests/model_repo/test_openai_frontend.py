@@ -325,7 +325,10 @@ def test_controls_and_logprobs_in_openais_shapes(stack: Stack) -> None:
         if chunk.choices and chunk.choices[0].logprobs
         for item in chunk.choices[0].logprobs.content or []
     ]
-    assert [(i.token, i.logprob) for i in streamed] == [(i.token, i.logprob) for i in content]
+    assert [i.token for i in streamed] == [i.token for i in content]
+    # Two requests may run with different thread counts (the runtime measures each pass's), so their
+    # float sums may differ in the last bits: within 1e-5, well inside the 1e-4 the logprob tests allow.
+    assert all(abs(s.logprob - c.logprob) <= 1e-5 for s, c in zip(streamed, content, strict=True))
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
