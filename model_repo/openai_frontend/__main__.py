@@ -85,7 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # No proxy-header rewriting: nothing here reads the client's address (no access log), and uvicorn's
+    # middleware parsed every request's headers for it.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        proxy_headers=False,
+    )
     return 0
 
 

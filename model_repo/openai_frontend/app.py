@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -15,12 +14,14 @@ from typing import Any, TypeVar
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import choices, rerank, scoring, tei
 from .auth import require_api_keys
 from .backend import Piece, TritonBackend
+from .json_body import JSONAnswer, dumps
 from .model import EMBEDDING_TASK, GENERATION_TASK, ServedModel
 from .protocol import (
     ChatCompletionRequest,
@@ -35,6 +36,10 @@ from .sampling import chat_logprobs, completion_logprobs, runtime_sampling
 from .token_arrays import Vocabulary
 
 T = TypeVar("T")
+# FastAPI's built-in OpenTelemetry instrumentation, off: this sidecar configures no OpenTelemetry provider,
+# and unconfigured FastAPI still asked the three global providers on every request (8% of the sidecar's
+# CPU at 64 clients, one text per request; bench/README.md, "Session 11"). Its metrics are Triton's.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 # HTTP status logged for a request whose client left before the answer (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -66,8 +71,8 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
-def _error_response(error: OpenAIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+def _error_response(error: OpenAIError) -> JSONAnswer:
+    return JSONAnswer(error.body(), status_code=error.status)
 
 
 def _param_of(location: tuple[Any, ...]) -> str | None:
@@ -76,11 +81,11 @@ def _param_of(location: tuple[Any, ...]) -> str | None:
 
 
 def _json(answer: Any) -> Response:
-    return answer if isinstance(answer, Response) else JSONResponse(answer)
+    return answer if isinstance(answer, Response) else JSONAnswer(answer)
 
 
 def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
+    return b"data: " + dumps(data) + b"\n\n"
 
 
 def _choice(
@@ -198,7 +203,7 @@ class Frontend:
             if body.encoding_format == "base64":
                 encoded: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
             else:
-                encoded = vector.tolist()
+                encoded = vector  # a float32 row, written by the JSON body's encoder (json_body.py)
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         return {
             "object": "list",
@@ -464,12 +469,14 @@ def create_app(
         yield
         await backend.close()
 
-    app = FastAPI(title=f"modeldeploy OpenAI API: {model.model_id}", lifespan=lifespan)
+    app = FastAPI(
+        title=f"modeldeploy OpenAI API: {model.model_id}", lifespan=lifespan, telemetry=NO_TELEMETRY
+    )
     if api_keys is not None:
         require_api_keys(app, api_keys)
 
     @app.exception_handler(OpenAIError)
-    async def openai_error(_request: Request, exc: OpenAIError) -> JSONResponse:
+    async def openai_error(_request: Request, exc: OpenAIError) -> JSONAnswer:
         return _error_response(exc)
 
     @app.exception_handler(ClientGone)
@@ -477,7 +484,7 @@ def create_app(
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONAnswer:
         first = exc.errors()[0] if exc.errors() else {}
         param = _param_of(tuple(first.get("loc", ())))
         message = "; ".join(
@@ -487,7 +494,7 @@ def create_app(
         return _error_response(invalid(message or "invalid request body", param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONAnswer:
         code = "not_found" if exc.status_code == 404 else None
         return _error_response(OpenAIError(exc.status_code, str(exc.detail), code=code))
 
@@ -503,7 +510,7 @@ def create_app(
             )
         return frontend.model_card()
 
-    # Answers are JSONResponse objects already: FastAPI's own encoder would walk every float of an
+    # Answers are JSONAnswer objects already: FastAPI's own encoder would walk every float of an
     # embedding through jsonable_encoder first.
     @app.post("/v1/embeddings")
     async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
@@ -526,11 +533,11 @@ def create_app(
         return {"status": "live"}
 
     @app.get("/health/ready")
-    async def ready() -> JSONResponse:
+    async def ready() -> JSONAnswer:
         # Follows Triton's own readiness: the sidecar is ready exactly when the model can answer.
         if await backend.ready(model.triton_name):
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "triton not ready"}, status_code=503)
+            return JSONAnswer({"status": "ready"})
+        return JSONAnswer({"status": "triton not ready"}, status_code=503)
 
     disabled = {path for group, paths in ROUTE_GROUPS.items() if group not in routes for path in paths}
     app.router.routes[:] = [

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from . import scoring
+from .json_body import JSONAnswer
 from .model import CLASSIFICATION_TASK, RANKING_TASK
 from .protocol import invalid
 from .scoring import Frontend
@@ -188,7 +189,7 @@ CLASSIFY_PATHS = ("/v1/classify",)
 
 def _rerank_route(frontend: Frontend, version: str, guard: Guard) -> Any:
     async def route(request: Request, body: RerankRequest) -> Response:
-        return JSONResponse(await guard(request, rerank(frontend, body, version)))
+        return JSONAnswer(await guard(request, rerank(frontend, body, version)))
 
     return route
 
@@ -199,8 +200,8 @@ def register(app: FastAPI, frontend: Frontend, guard: Guard) -> None:
 
     @app.post("/v1/score")
     async def score_route(body: ScoreRequest) -> Response:
-        return JSONResponse(await score(frontend, body))
+        return JSONAnswer(await score(frontend, body))
 
     @app.post("/v1/classify")
     async def classify_route(body: ClassifyRequest) -> Response:
-        return JSONResponse(await classify(frontend, body))
+        return JSONAnswer(await classify(frontend, body))

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from . import scoring
+from .json_body import JSONAnswer
 from .model import CLASSIFICATION_TASK, EMBEDDING_TASK, RANKING_TASK
 from .protocol import OpenAIError
 from .scoring import Frontend
@@ -36,8 +36,8 @@ class TEIError(Exception):
         super().__init__(message)
         self.status, self.message, self.error_type = status, message, error_type
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.message, "error_type": self.error_type}, status_code=self.status)
+    def response(self) -> JSONAnswer:
+        return JSONAnswer({"error": self.message, "error_type": self.error_type}, status_code=self.status)
 
 
 def _empty(message: str, _field: str = "") -> TEIError:
@@ -310,9 +310,9 @@ class TEI:
 def register(app: FastAPI, frontend: Frontend) -> None:
     tei = TEI(frontend)
 
-    async def answer(work: Any) -> JSONResponse:
+    async def answer(work: Any) -> JSONAnswer:
         try:
-            return JSONResponse(await work)
+            return JSONAnswer(await work)
         except TEIError as exc:
             return exc.response()
         except OpenAIError as exc:  # from Triton: the model failed or refused the input
@@ -322,7 +322,7 @@ def register(app: FastAPI, frontend: Frontend) -> None:
     async def parsed(request: Request, model: type[BaseModel], run: Any) -> Any:
         return run(await _parse(request, model))
 
-    async def call(request: Request, model: type[BaseModel], run: Any) -> JSONResponse:
+    async def call(request: Request, model: type[BaseModel], run: Any) -> JSONAnswer:
         async def work() -> Any:
             result = await parsed(request, model, run)
             return await result if hasattr(result, "__await__") else result
@@ -330,7 +330,7 @@ def register(app: FastAPI, frontend: Frontend) -> None:
         return await answer(work())
 
     def post(path: str, model: type[BaseModel], run: Any) -> None:
-        async def route(request: Request) -> JSONResponse:
+        async def route(request: Request) -> JSONAnswer:
             return await call(request, model, run)
 
         app.add_api_route(path, route, methods=["POST"], name=run.__name__)
@@ -346,5 +346,5 @@ def register(app: FastAPI, frontend: Frontend) -> None:
         post(path, model, run)
 
     @app.get("/info")
-    async def info() -> JSONResponse:
+    async def info() -> JSONAnswer:
         return await answer(tei.info())
