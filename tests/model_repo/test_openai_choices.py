@@ -178,3 +178,39 @@ def test_collect_assembles_each_choices_text_last_response_and_logprobs() -> Non
     assert first.last is not None and first.last.finish_reason == "stop" and first.last.output_tokens == 2
     assert second.last is not None and second.last.finish_reason == "length"
     assert [token["token"] for token in first.tokens] == ["he", "llo"]
+
+
+def test_one_stream_is_merged_as_its_items_then_its_end_and_closed_with_the_merge() -> None:
+    async def run() -> tuple[list[tuple[int, str | None]], list[str], list[str]]:
+        closed: list[str] = []
+        whole = [event async for event in choices.merged([_items("a", 3, closed)])]
+        left: list[str] = []
+        merge = choices.merged([_items("b", 100, left)])
+        assert await anext(merge) == (0, "b0")
+        await merge.aclose()  # the client went away: the Triton stream is closed at once
+        return whole, closed, left
+
+    whole, closed, left = asyncio.run(run())
+    assert whole == [(0, "a0"), (0, "a1"), (0, "a2"), (0, None)]
+    assert closed == ["a"] and left == ["b"]
+
+
+def test_an_error_in_a_lone_stream_ends_the_merge_and_closes_it() -> None:
+    closed: list[str] = []
+
+    async def failing() -> AsyncGenerator[str, None]:
+        try:
+            yield "x0"
+            raise OpenAIError(400, "refused")
+        finally:
+            closed.append("x")
+
+    async def run() -> list[tuple[int, str | None]]:
+        seen: list[tuple[int, str | None]] = []
+        with pytest.raises(OpenAIError, match="refused"):
+            async for event in choices.merged([failing()]):
+                seen.append(event)
+        return seen
+
+    assert asyncio.run(run()) == [(0, "x0")]
+    assert closed == ["x"]
