@@ -107,26 +107,30 @@ def test_merged_gives_every_streams_items_in_order_then_its_end_without_waiting_
     assert sorted(closed) == ["a", "b", "c"]
 
 
-def test_an_error_in_one_stream_ends_the_merge_and_closes_the_others() -> None:
-    closed: list[str] = []
+async def _refused_after_one(closed: list[str]) -> AsyncGenerator[str, None]:
+    try:
+        yield "x0"
+        raise OpenAIError(400, "refused")
+    finally:
+        closed.append("x")
 
-    async def failing() -> AsyncGenerator[str, None]:
-        try:
-            yield "x0"
-            raise OpenAIError(400, "refused")
-        finally:
-            closed.append("x")
+
+@pytest.mark.parametrize("alone", [False, True], ids=["beside-a-waiting-stream", "alone"])
+def test_an_error_in_one_stream_ends_the_merge_and_closes_every_stream(alone: bool) -> None:
+    closed: list[str] = []
+    never = asyncio.Event()
+    others = [] if alone else [_items("a", 1, closed, never)]
 
     async def run() -> list[tuple[int, str | None]]:
-        never = asyncio.Event()
         seen: list[tuple[int, str | None]] = []
         with pytest.raises(OpenAIError, match="refused"):
-            async for event in choices.merged([_items("a", 1, closed, never), failing()]):
+            async for event in choices.merged([*others, _refused_after_one(closed)]):
                 seen.append(event)
         return seen
 
-    assert asyncio.run(run()) == [(1, "x0")]
-    assert sorted(closed) == ["a", "x"]  # the waiting stream was cancelled, not left running
+    assert asyncio.run(run()) == [(len(others), "x0")]
+    # A waiting stream is cancelled, not left running.
+    assert sorted(closed) == (["x"] if alone else ["a", "x"])
 
 
 def test_closing_the_merge_early_closes_every_stream() -> None:
@@ -193,24 +197,3 @@ def test_one_stream_is_merged_as_its_items_then_its_end_and_closed_with_the_merg
     whole, closed, left = asyncio.run(run())
     assert whole == [(0, "a0"), (0, "a1"), (0, "a2"), (0, None)]
     assert closed == ["a"] and left == ["b"]
-
-
-def test_an_error_in_a_lone_stream_ends_the_merge_and_closes_it() -> None:
-    closed: list[str] = []
-
-    async def failing() -> AsyncGenerator[str, None]:
-        try:
-            yield "x0"
-            raise OpenAIError(400, "refused")
-        finally:
-            closed.append("x")
-
-    async def run() -> list[tuple[int, str | None]]:
-        seen: list[tuple[int, str | None]] = []
-        with pytest.raises(OpenAIError, match="refused"):
-            async for event in choices.merged([failing()]):
-                seen.append(event)
-        return seen
-
-    assert asyncio.run(run()) == [(0, "x0")]
-    assert closed == ["x"]
