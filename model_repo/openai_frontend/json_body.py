@@ -2,7 +2,7 @@
 
 Why not the standard library's encoder (Starlette's `JSONResponse`): it walked every float of an embedding
 as a Python float and took 18% of the sidecar's CPU at 64 clients, one text per request (bench/README.md,
-"Session 11"); the sidecar shares the pod's CPUs with the model. orjson writes numpy arrays itself, and a
+"Session 11"), CPU the pod requests beside the model's. orjson writes numpy arrays itself, and a
 float32 as the shortest text that reads back to the same float32, so clients get the same vectors.
 Non-finite floats are written as `null` (the standard encoder either refused them with a 500, or wrote
 `-Infinity`, which is not JSON).
