@@ -15,7 +15,7 @@ $PY - <<'PYTHON'
 import importlib
 
 MODULES = ("numpy", "torch", "transformers", "tokenizers", "huggingface_hub", "safetensors",
-           "tritonclient.grpc", "tritonclient.http", "fastapi", "uvicorn", "pydantic")
+           "tritonclient.grpc", "tritonclient.http", "fastapi", "uvicorn", "orjson", "pydantic")
 missing = []
 for name in MODULES:
     try:

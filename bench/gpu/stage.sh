@@ -60,7 +60,7 @@ $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 
   --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
   -d "$STAGE/wheels" \
   tritonclient==2.73.0 python-rapidjson==1.25 grpcio==1.85.1 protobuf==6.33.6 \
-  numpy==1.26.4 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.3 pydantic-core==2.50.4 \
+  numpy==1.26.4 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 orjson==3.13.0 pydantic==2.14.3 pydantic-core==2.50.4 \
   annotated-types==0.8.0 typing-inspection==0.4.5 annotated-doc==0.0.7 \
   opentelemetry-api==1.45.2 importlib-metadata==10.2.0 zipp==4.1.2 \
   transformers==5.23.0 tokenizers==0.23.3 huggingface-hub==2.4.0 safetensors==0.8.0 \
