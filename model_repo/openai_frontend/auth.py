@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
+
+from .json_body import dumps
 
 logger = logging.getLogger("openai_frontend.auth")
 
@@ -174,7 +175,7 @@ class ApiKeyMiddleware:
         if token is not None and self.keys.accepts(token):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(error_body_for(str(scope.get("path") or ""))).encode("utf-8")
+        body = dumps(error_body_for(str(scope.get("path") or "")))
         await send(
             {
                 "type": "http.response.start",

@@ -130,7 +130,7 @@ class TEI:
                         "(set truncate to true to cut it instead)",
                     )
 
-    async def embed(self, body: EmbedRequest) -> list[list[float]]:
+    async def embed(self, body: EmbedRequest) -> list[np.ndarray[Any, Any]]:
         self.require(EMBEDDING_TASK, "/embed")
         if body.dimensions is not None:
             raise TEIError(422, "dimensions: this model cannot shorten its embeddings")
@@ -147,7 +147,7 @@ class TEI:
         vectors = await self.frontend.embed_texts(texts)
         if body.normalize:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
-        return [[float(value) for value in row] for row in vectors]
+        return list(vectors.astype(np.float32, copy=False))  # rows written by the JSON encoder (json_body.py)
 
     async def rerank(self, body: RerankRequest) -> list[dict[str, Any]]:
         self.require(RANKING_TASK, "/rerank")
