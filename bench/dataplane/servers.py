@@ -259,10 +259,15 @@ def serve_fastapi(
 
 @contextlib.contextmanager
 def serve_ours_openai(
-    model: BenchModel, workdir: Path, device: str, build_overrides: Mapping[str, int]
+    model: BenchModel,
+    workdir: Path,
+    device: str,
+    build_overrides: Mapping[str, int],
+    embedding_calls: int | None = None,
 ) -> Iterator[Endpoint]:
     """Ours as an OpenAI client reaches it: the same repository and tritonserver, behind the OpenAI
-    sidecar (`python -m model_repo.openai_frontend`), `POST /v1/embeddings` one text per request."""
+    sidecar (`python -m model_repo.openai_frontend`), `POST /v1/embeddings` one text per request;
+    `embedding_calls`: the sidecar's --embedding-calls (None: its default)."""
     from bench.common.loadgen import OpenAIEmbeddingSender
     from model_repo.openai_local import LocalFrontend
 
@@ -270,7 +275,11 @@ def serve_ours_openai(
         assert ours.target is not None
         repository = Path(ours.config["repository"])
         with LocalFrontend(
-            repository, ours.target.grpc_url, free_port(), log_path=workdir / "ours-openai.log"
+            repository,
+            ours.target.grpc_url,
+            free_port(),
+            log_path=workdir / f"ours-openai-{embedding_calls}.log",
+            embedding_calls=embedding_calls,
         ) as frontend:
             url = f"{frontend.base_url}/embeddings"  # base_url ends in /v1
             yield Endpoint(
@@ -351,6 +360,11 @@ CONTENDERS: dict[
     "baseline-b": ("baseline (b): FastAPI + uvicorn, pipeline per request", serve_fastapi),
     "ours-openai": ("ours through the OpenAI sidecar: POST /v1/embeddings", serve_ours_openai),
     "infinity": ("Infinity 0.0.78 (torch engine): POST /embeddings", serve_infinity),
+    # The sidecar as it was before requests shared Triton calls (coalescing.py), for the side-by-side.
+    "ours-openai-one-call-each": (
+        "ours through the OpenAI sidecar, each request its own Triton call (--embedding-calls 0)",
+        functools.partial(serve_ours_openai, embedding_calls=0),
+    ),
 }
 
 
@@ -393,7 +407,16 @@ CONTENDERS["ours-2-instances"] = ("ours, 2 instances per device", serve_ours_two
 # Asked for by name: the optimised ones build and gate their own repositories (minutes for MiniLM); the GPU
 # candidate is for the GPU measurement.
 OPT_IN_CONTENDERS = frozenset(
-    {"ours-int8", "ours-bf16", "ours-gpu", "ours-openai", "infinity", "ours-passive", "ours-2-instances"}
+    {
+        "ours-int8",
+        "ours-bf16",
+        "ours-gpu",
+        "ours-openai",
+        "ours-openai-one-call-each",
+        "infinity",
+        "ours-passive",
+        "ours-2-instances",
+    }
 )
 
 

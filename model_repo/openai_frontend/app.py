@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import choices, rerank, scoring, tei
 from .auth import require_api_keys
 from .backend import Piece, TritonBackend
+from .coalescing import Coalescer, calls_in_flight_default
 from .json_body import JSONAnswer, dumps
 from .model import EMBEDDING_TASK, GENERATION_TASK, ServedModel
 from .protocol import (
@@ -145,12 +147,20 @@ class Frontend:
     """Route handlers for one model (kept thin: validate, map, call Triton, shape the answer)."""
 
     def __init__(
-        self, model: ServedModel, backend: TritonBackend, token_arrays: Vocabulary | None = None
+        self,
+        model: ServedModel,
+        backend: TritonBackend,
+        token_arrays: Vocabulary | None = None,
+        embedding_calls: int | None = None,
     ) -> None:
         self.model = model
         self.backend = backend
         # Whose ids the token arrays of /v1/embeddings hold (--token-arrays; token_arrays.py).
         self.token_arrays = token_arrays if token_arrays is not None else model.vocabulary
+        # Embedding calls to Triton in flight at once (--embedding-calls; coalescing.py): None, the model's
+        # default from its config, read at the first embedding request.
+        self.embedding_calls = embedding_calls
+        self._coalescer: Coalescer | None = None
 
     # -- shared checks ---------------------------------------------------------------------------------
 
@@ -226,13 +236,29 @@ class Frontend:
         return strings
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray[Any, Any]:
-        """[len(texts), dims] embeddings, in requests within the model's max batch size."""
-        batch = await scoring.max_batch_size(self.backend, self.model)
+        """[len(texts), dims] embeddings, in requests within the model's max batch size; texts of other
+        requests that wait meanwhile share those requests (coalescing.py)."""
+        coalescer = await self._embedding_coalescer()
 
         async def run(part: Sequence[str]) -> np.ndarray[Any, Any]:
-            return await self.backend.embed(self.model.triton_name, list(part))
+            return await coalescer.submit(list(part))
 
-        return await scoring.in_batches(texts, batch, run)
+        return await scoring.in_batches(texts, coalescer.max_batch, run)
+
+    async def _embedding_coalescer(self) -> Coalescer:
+        if self._coalescer is None:
+            config = await self.backend.config(self.model.triton_name)
+            limit = (
+                self.embedding_calls if self.embedding_calls is not None else calls_in_flight_default(config)
+            )
+            coalescer = Coalescer(
+                functools.partial(self.backend.embed, self.model.triton_name),
+                max_batch=max(1, int(config.max_batch_size)),
+                limit=limit,
+            )
+            # Another request may have made one while this one awaited the config: keep the first.
+            self._coalescer = self._coalescer or coalescer
+        return self._coalescer
 
     # -- generation ------------------------------------------------------------------------------------
 
@@ -458,11 +484,13 @@ def create_app(
     routes: Collection[str] = tuple(ROUTE_GROUPS),
     api_keys: Path | None = None,
     token_arrays: Vocabulary | None = None,
+    embedding_calls: int | None = None,
 ) -> FastAPI:
     """The app serving the route groups in `routes`; with `api_keys` (a directory of key files) every route
     but the health checks needs one; `token_arrays`: whose ids /v1/embeddings' token arrays hold (default:
-    the model's)."""
-    frontend = Frontend(model, backend, token_arrays)
+    the model's); `embedding_calls`: embedding calls to Triton in flight at once, beyond which requests
+    wait and share the next call (default: twice the model's instances; 0: no limit, no sharing)."""
+    frontend = Frontend(model, backend, token_arrays, embedding_calls)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -54,6 +54,7 @@ class Stack:
     server: TritonServer
     paths: dict[str, Path]
     urls: dict[str, str]
+    repositories: dict[str, Path]
 
     @property
     def served(self) -> Served:  # the generation tests' helpers (metrics) take this shape
@@ -96,7 +97,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Iterat
                 name: frontend.base_url
                 for name, frontend in zip((CHAT, PLAIN, MINILM), frontends, strict=True)
             }
-            yield Stack(server, paths, urls)
+            yield Stack(server, paths, urls, repositories)
         finally:
             for frontend in frontends:
                 frontend.stop()
@@ -187,6 +188,70 @@ def test_embeddings_dimensions_only_when_the_model_has_them(stack: Stack) -> Non
     with pytest.raises(openai.BadRequestError) as refused:
         client.embeddings.create(model=MINILM, input="hello", dimensions=128)
     assert refused.value.param == "dimensions" and "384" in refused.value.message
+
+
+def _triton_requests(stack: Stack, model: str) -> float:
+    """Triton's count of the model's successful requests (its own metric: one per gRPC call)."""
+    with urllib.request.urlopen(stack.server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("nv_inference_request_success{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no nv_inference_request_success for {model} in Triton's metrics")
+
+
+def _settled_triton_requests(stack: Stack, model: str) -> float:
+    """The count once it stops moving: Triton may count a request just after its response went out."""
+    last = _triton_requests(stack, model)
+    while True:
+        time.sleep(0.5)
+        now = _triton_requests(stack, model)
+        if now == last:
+            return now
+        last = now
+
+
+def test_concurrent_embedding_requests_share_triton_calls_and_keep_their_answers(
+    stack: Stack, tmp_path: Path
+) -> None:
+    import threading
+
+    from sentence_transformers import SentenceTransformer
+
+    texts = [f"{SENTENCES[i % 3]} (request {i})" for i in range(12)]
+    want = SentenceTransformer(str(stack.paths[MINILM]), device="cpu").encode(texts, convert_to_numpy=True)
+    # One call in flight at a time: requests that arrive while it runs wait and share the next one.
+    with LocalFrontend(
+        stack.repositories[MINILM],
+        stack.server.grpc_url,
+        free_port(),
+        log_path=tmp_path / "one-call.log",
+        embedding_calls=1,
+    ) as frontend:
+        url = f"{frontend.base_url}/embeddings"
+        before = _triton_requests(stack, MINILM)
+        start = threading.Barrier(len(texts))
+        answers: dict[int, list[float]] = {}
+
+        def ask(index: int) -> None:
+            start.wait()
+            response = httpx.post(url, json={"model": MINILM, "input": texts[index]}, timeout=120)
+            response.raise_for_status()
+            answers[index] = response.json()["data"][0]["embedding"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        calls = _settled_triton_requests(stack, MINILM) - before
+    assert sorted(answers) == list(range(len(texts)))
+    for index, expected in enumerate(want):
+        got = np.array(answers[index], dtype=np.float32)
+        cosine = float(np.dot(got, expected) / (np.linalg.norm(got) * np.linalg.norm(expected)))
+        assert cosine >= 0.9999, (texts[index], cosine)
+    # max_batch_size 2: at least 6 calls; fewer than 12 means some requests went to Triton together.
+    assert len(texts) / 2 <= calls < len(texts), calls
 
 
 # -- completions and chat -------------------------------------------------------------------------------

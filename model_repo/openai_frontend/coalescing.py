@@ -1,0 +1,132 @@
+"""Texts from many HTTP requests sent to Triton as one request, while Triton is busy.
+
+One `/v1/embeddings` request per text is how clients call (LangChain's retrievers, a RAG pipeline's
+chunks): each costs a gRPC call here, a request object in Triton, the request's tensors through the
+Python backend's shared memory and a response back, work that is the same for one text as for 32. While
+`limit` calls are in flight, texts that arrive wait here and leave together in the next call, up to the
+model's max batch size; with fewer in flight a text leaves at once, so a lone client waits for nothing.
+Triton's dynamic batcher still forms the model's batches from whatever calls wait in its queue.
+
+A call that fails for several requests is retried for each alone, so that one request's bad input is
+its own error and not its neighbours'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Rows = np.ndarray[Any, Any]
+Call = Callable[[list[str]], Awaitable[Rows]]
+
+
+@dataclass
+class _Waiting:
+    texts: list[str]
+    answer: asyncio.Future[Rows] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Coalescer:
+    """`submit(texts)` answers `call(texts)`'s rows; at most `limit` calls run at once (0: no limit, each
+    submission its own call), each with at most `max_batch` texts (a submission is never split)."""
+
+    def __init__(self, call: Call, *, max_batch: int, limit: int) -> None:
+        if max_batch < 1 or limit < 0:
+            raise ValueError(f"max_batch must be >= 1 and limit >= 0 (got {max_batch}, {limit})")
+        self._call = call
+        self.max_batch = max_batch
+        self.limit = limit
+        self._queue: deque[_Waiting] = deque()
+        self._in_flight = 0
+        # The running calls' tasks, held so that they are not collected while they run.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0  # Triton calls made, for tests and the log
+
+    async def submit(self, texts: list[str]) -> Rows:
+        if not 0 < len(texts) <= self.max_batch:
+            raise ValueError(f"a submission holds 1 to {self.max_batch} texts (got {len(texts)})")
+        waiting = _Waiting(list(texts))
+        self._queue.append(waiting)
+        self._dispatch()
+        # A cancelled caller (its client went away) cancels its future; the call it rides in goes on
+        # for the others and its rows are dropped.
+        return await waiting.answer
+
+    def _dispatch(self) -> None:
+        while self._queue and (self.limit == 0 or self._in_flight < self.limit):
+            group = self._take()
+            if not group:
+                return
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._run(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Waiting]:
+        """The oldest waiting submissions that fit one call, skipping those whose callers left."""
+        group: list[_Waiting] = []
+        size = 0
+        while self._queue:
+            head = self._queue[0]
+            if head.answer.done():
+                self._queue.popleft()
+                continue
+            if group and size + len(head.texts) > self.max_batch:
+                break
+            group.append(self._queue.popleft())
+            size += len(head.texts)
+            if self.limit == 0:
+                break
+        return group
+
+    async def _run(self, group: list[_Waiting]) -> None:
+        try:
+            await self._answer(group)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+    async def _answer(self, group: list[_Waiting]) -> None:
+        texts = [text for waiting in group for text in waiting.texts]
+        self.calls += 1
+        try:
+            rows = await self._call(texts)
+        except asyncio.CancelledError:
+            for waiting in group:
+                waiting.answer.cancel()
+            raise
+        except Exception as exc:  # each caller gets its own call's outcome below
+            if len(group) == 1:
+                _settle(group[0].answer, error=exc)
+                return
+            await asyncio.gather(*(self._answer([waiting]) for waiting in group if not waiting.answer.done()))
+            return
+        start = 0
+        for waiting in group:
+            stop = start + len(waiting.texts)
+            _settle(waiting.answer, rows=rows[start:stop])
+            start = stop
+
+
+def _settle(
+    answer: asyncio.Future[Rows], *, rows: Rows | None = None, error: Exception | None = None
+) -> None:
+    if answer.done():
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        assert rows is not None
+        answer.set_result(rows)
+
+
+def calls_in_flight_default(config: Any) -> int:
+    """Twice the model's instances (Triton's model config): one batch running on each instance and one
+    waiting in Triton's queue for it, so that an instance never waits for the sidecar's next call."""
+    instances = sum(max(1, int(group.count)) * max(1, len(group.gpus)) for group in config.instance_group)
+    return 2 * max(1, instances)
