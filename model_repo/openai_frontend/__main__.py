@@ -50,8 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         help=(
             "Embedding calls to Triton in flight at once; texts of requests that arrive meanwhile wait and "
-            "go together in the next call, up to the max batch size (default: twice the model's instances; "
-            "0: each request its own call, none waiting)."
+            "go together in the next call, up to the max batch size. Up to the model's instances a call "
+            "leaves at once, beyond them only a full one (default: twice the model's instances; 0: each "
+            "request its own call, none waiting)."
         ),
     )
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import choices, rerank, scoring, tei
 from .auth import require_api_keys
 from .backend import Piece, TritonBackend
-from .coalescing import Coalescer, calls_in_flight_default
+from .coalescing import Coalescer, model_instances
 from .json_body import JSONAnswer, dumps
 from .model import EMBEDDING_TASK, GENERATION_TASK, ServedModel
 from .protocol import (
@@ -248,12 +248,12 @@ class Frontend:
     async def _embedding_coalescer(self) -> Coalescer:
         if self._coalescer is None:
             config = await self.backend.config(self.model.triton_name)
-            limit = (
-                self.embedding_calls if self.embedding_calls is not None else calls_in_flight_default(config)
-            )
+            instances = model_instances(config)
+            limit = self.embedding_calls if self.embedding_calls is not None else 2 * instances
             coalescer = Coalescer(
                 functools.partial(self.backend.embed, self.model.triton_name),
                 max_batch=max(1, int(config.max_batch_size)),
+                eager=min(instances, limit) if limit else 1,
                 limit=limit,
             )
             # Another request may have made one while this one awaited the config: keep the first.
@@ -489,7 +489,8 @@ def create_app(
     """The app serving the route groups in `routes`; with `api_keys` (a directory of key files) every route
     but the health checks needs one; `token_arrays`: whose ids /v1/embeddings' token arrays hold (default:
     the model's); `embedding_calls`: embedding calls to Triton in flight at once, beyond which requests
-    wait and share the next call (default: twice the model's instances; 0: no limit, no sharing)."""
+    wait and share the next call; beyond the model's instances only full calls go (coalescing.py; default:
+    twice the model's instances; 0: no limit, no sharing)."""
     frontend = Frontend(model, backend, token_arrays, embedding_calls)
 
     @contextlib.asynccontextmanager

@@ -2,10 +2,13 @@
 
 One `/v1/embeddings` request per text is how clients call (LangChain's retrievers, a RAG pipeline's
 chunks): each costs a gRPC call here, a request object in Triton, the request's tensors through the
-Python backend's shared memory and a response back, work that is the same for one text as for 32. While
-`limit` calls are in flight, texts that arrive wait here and leave together in the next call, up to the
-model's max batch size; with fewer in flight a text leaves at once, so a lone client waits for nothing.
-Triton's dynamic batcher still forms the model's batches from whatever calls wait in its queue.
+Python backend's shared memory and a response back, work that is the same for one text as for 32.
+
+While fewer calls than the model has instances are in flight, what waits leaves at once (a lone client
+waits for nothing). Beyond that, up to `limit` calls, a call leaves only once a whole batch
+(`max_batch` texts) waits: a call's texts are fixed when it leaves, so a part-filled call queued in
+Triton would run as a small batch while the texts that arrive after it wait for the next one. That
+keeps every instance one full batch ahead, as Triton's own queue does with one request per text.
 
 A call that fails for several requests is retried for each alone, so that one request's bad input is
 its own error and not its neighbours'.
@@ -32,16 +35,22 @@ class _Waiting:
 
 
 class Coalescer:
-    """`submit(texts)` answers `call(texts)`'s rows; at most `limit` calls run at once (0: no limit, each
-    submission its own call), each with at most `max_batch` texts (a submission is never split)."""
+    """`submit(texts)` answers `call(texts)`'s rows; each call holds at most `max_batch` texts (a
+    submission is never split). Up to `eager` calls run at once whatever they hold, up to `limit` when
+    the extra ones are full; `limit` 0: no limit, each submission its own call."""
 
-    def __init__(self, call: Call, *, max_batch: int, limit: int) -> None:
-        if max_batch < 1 or limit < 0:
-            raise ValueError(f"max_batch must be >= 1 and limit >= 0 (got {max_batch}, {limit})")
+    def __init__(self, call: Call, *, max_batch: int, eager: int, limit: int) -> None:
+        if max_batch < 1 or limit < 0 or not (0 < eager <= limit or limit == 0):
+            raise ValueError(
+                f"max_batch >= 1, limit >= 0 and 1 <= eager <= limit, or limit 0 (got {max_batch}, "
+                f"{eager}, {limit})"
+            )
         self._call = call
         self.max_batch = max_batch
+        self.eager = eager
         self.limit = limit
         self._queue: deque[_Waiting] = deque()
+        self._waiting_texts = 0
         self._in_flight = 0
         # The running calls' tasks, held so that they are not collected while they run.
         self._tasks: set[asyncio.Task[None]] = set()
@@ -52,13 +61,19 @@ class Coalescer:
             raise ValueError(f"a submission holds 1 to {self.max_batch} texts (got {len(texts)})")
         waiting = _Waiting(list(texts))
         self._queue.append(waiting)
+        self._waiting_texts += len(waiting.texts)
         self._dispatch()
         # A cancelled caller (its client went away) cancels its future; the call it rides in goes on
         # for the others and its rows are dropped.
         return await waiting.answer
 
+    def _may_send(self) -> bool:
+        if self.limit == 0 or self._in_flight < self.eager:
+            return True
+        return self._in_flight < self.limit and self._waiting_texts >= self.max_batch
+
     def _dispatch(self) -> None:
-        while self._queue and (self.limit == 0 or self._in_flight < self.limit):
+        while self._queue and self._may_send():
             group = self._take()
             if not group:
                 return
@@ -75,11 +90,13 @@ class Coalescer:
             head = self._queue[0]
             if head.answer.done():
                 self._queue.popleft()
+                self._waiting_texts -= len(head.texts)
                 continue
             if group and size + len(head.texts) > self.max_batch:
                 break
             group.append(self._queue.popleft())
             size += len(head.texts)
+            self._waiting_texts -= len(head.texts)
             if self.limit == 0:
                 break
         return group
@@ -125,8 +142,8 @@ def _settle(
         answer.set_result(rows)
 
 
-def calls_in_flight_default(config: Any) -> int:
-    """Twice the model's instances (Triton's model config): one batch running on each instance and one
-    waiting in Triton's queue for it, so that an instance never waits for the sidecar's next call."""
+def model_instances(config: Any) -> int:
+    """The model's instances in Triton's model config (at least 1): the calls the sidecar sends at once
+    whatever they hold; twice that is its default limit (a full batch waiting for each instance)."""
     instances = sum(max(1, int(group.count)) * max(1, len(group.gpus)) for group in config.instance_group)
-    return 2 * max(1, instances)
+    return max(1, instances)

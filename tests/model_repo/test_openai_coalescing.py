@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_repo.openai_frontend.coalescing import Coalescer, calls_in_flight_default
+from model_repo.openai_frontend.coalescing import Coalescer, model_instances
 
 
 class RecordingCall:
@@ -40,7 +40,7 @@ async def _settle() -> None:
 def test_a_lone_submission_goes_at_once() -> None:
     async def scenario() -> None:
         call = RecordingCall()
-        coalescer = Coalescer(call, max_batch=4, limit=2)
+        coalescer = Coalescer(call, max_batch=4, eager=1, limit=2)
         answer = asyncio.create_task(coalescer.submit(["abc"]))
         await _settle()
         assert call.calls == [["abc"]]
@@ -53,7 +53,7 @@ def test_a_lone_submission_goes_at_once() -> None:
 def test_submissions_that_wait_share_the_next_call_without_passing_max_batch() -> None:
     async def scenario() -> None:
         call = RecordingCall()
-        coalescer = Coalescer(call, max_batch=4, limit=1)
+        coalescer = Coalescer(call, max_batch=4, eager=1, limit=1)
         first = asyncio.create_task(coalescer.submit(["a"]))
         await _settle()
         waiting = [
@@ -72,10 +72,36 @@ def test_submissions_that_wait_share_the_next_call_without_passing_max_batch() -
     asyncio.run(scenario())
 
 
+def test_beyond_the_eager_calls_only_a_full_call_leaves() -> None:
+    async def scenario() -> None:
+        call = RecordingCall()
+        coalescer = Coalescer(call, max_batch=3, eager=1, limit=2)
+        first = asyncio.create_task(coalescer.submit(["a"]))
+        await _settle()
+        # One call runs (the eager one): two texts wait, not a whole batch, so nothing more leaves...
+        pair = [asyncio.create_task(coalescer.submit([text])) for text in ("bb", "ccc")]
+        await _settle()
+        assert call.calls == [["a"]]
+        # ...until a third makes a batch of 3: the second call leaves full, while the first still runs.
+        third = asyncio.create_task(coalescer.submit(["dddd"]))
+        await _settle()
+        assert call.calls == [["a"], ["bb", "ccc", "dddd"]]
+        # The limit (2) is reached: a whole batch more waits for a call to end.
+        later = [asyncio.create_task(coalescer.submit([text])) for text in ("e", "ff", "ggg", "h")]
+        await _settle()
+        assert len(call.calls) == 2
+        call.release.set()
+        answers = [(await task)[:, 0].tolist() for task in (first, *pair, third, *later)]
+        assert answers == [[1], [2], [3], [4], [1], [2], [3], [1]]
+        assert call.calls[2:] == [["e", "ff", "ggg"], ["h"]]
+
+    asyncio.run(scenario())
+
+
 def test_without_a_limit_each_submission_is_its_own_call() -> None:
     async def scenario() -> None:
         call = RecordingCall()
-        coalescer = Coalescer(call, max_batch=4, limit=0)
+        coalescer = Coalescer(call, max_batch=4, eager=1, limit=0)
         tasks = [asyncio.create_task(coalescer.submit([text])) for text in ("a", "bb", "ccc")]
         await _settle()
         assert call.calls == [["a"], ["bb"], ["ccc"]]  # all in flight at once
@@ -88,7 +114,7 @@ def test_without_a_limit_each_submission_is_its_own_call() -> None:
 def test_a_refused_shared_call_is_retried_alone_for_each_so_only_the_bad_one_fails() -> None:
     async def scenario() -> None:
         call = RecordingCall(refuse="bad")
-        coalescer = Coalescer(call, max_batch=8, limit=1)
+        coalescer = Coalescer(call, max_batch=8, eager=1, limit=1)
         first = asyncio.create_task(coalescer.submit(["a"]))
         await _settle()
         good = asyncio.create_task(coalescer.submit(["good"]))
@@ -109,7 +135,7 @@ def test_a_refused_shared_call_is_retried_alone_for_each_so_only_the_bad_one_fai
 def test_a_caller_that_leaves_is_dropped_and_the_others_are_answered() -> None:
     async def scenario() -> None:
         call = RecordingCall()
-        coalescer = Coalescer(call, max_batch=8, limit=1)
+        coalescer = Coalescer(call, max_batch=8, eager=1, limit=1)
         first = asyncio.create_task(coalescer.submit(["a"]))
         await _settle()
         gone_before = asyncio.create_task(coalescer.submit(["never sent"]))
@@ -128,27 +154,28 @@ def test_a_caller_that_leaves_is_dropped_and_the_others_are_answered() -> None:
 
 def test_submissions_outside_one_call_or_a_bad_limit_are_refused() -> None:
     async def scenario() -> None:
-        coalescer = Coalescer(RecordingCall(), max_batch=2, limit=1)
+        coalescer = Coalescer(RecordingCall(), max_batch=2, eager=1, limit=1)
         with pytest.raises(ValueError, match="1 to 2 texts"):
             await coalescer.submit(["a", "b", "c"])
         with pytest.raises(ValueError, match="1 to 2 texts"):
             await coalescer.submit([])
 
     asyncio.run(scenario())
-    with pytest.raises(ValueError, match="limit >= 0"):
-        Coalescer(RecordingCall(), max_batch=2, limit=-1)
+    for eager, limit in ((1, -1), (0, 2), (3, 2)):
+        with pytest.raises(ValueError, match="eager <= limit"):
+            Coalescer(RecordingCall(), max_batch=2, eager=eager, limit=limit)
 
 
 @pytest.mark.parametrize(
     ("groups", "expected"),
     [
-        ([("KIND_CPU", 1, [])], 2),
-        ([("KIND_GPU", 2, [])], 4),
-        ([("KIND_GPU", 2, [0, 1])], 8),
-        ([], 2),
+        ([("KIND_CPU", 1, [])], 1),
+        ([("KIND_GPU", 2, [])], 2),
+        ([("KIND_GPU", 2, [0, 1])], 4),
+        ([], 1),
     ],
 )
-def test_the_default_limit_is_twice_the_models_instances(
+def test_the_models_instances_come_from_its_config(
     groups: list[tuple[str, int, list[int]]], expected: int
 ) -> None:
     from tritonclient.grpc import model_config_pb2
@@ -159,4 +186,4 @@ def test_the_default_limit_is_twice_the_models_instances(
         group.kind = model_config_pb2.ModelInstanceGroup.Kind.Value(kind)
         group.count = count
         group.gpus.extend(gpus)
-    assert calls_in_flight_default(config) == expected
+    assert model_instances(config) == expected
