@@ -1,7 +1,9 @@
-"""The two checkpoints the benchmarks serve: a tiny random BERT classifier and the real all-MiniLM-L6-v2."""
+"""The checkpoints the benchmarks serve: a tiny random BERT classifier, a tiny random BERT sentence
+embedder and the real all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +35,72 @@ def make_tiny_bert_classifier(
     Training the vocabulary on the benchmark texts makes token counts realistic (whole words, not
     characters), so the tiny model sees the same length spread as a real one.
     """
-    import torch
+    from transformers import BertForSequenceClassification
+
+    settings = _tiny_bert_settings(directory, texts, hidden_size, layers, max_length)
+    settings.update(
+        num_labels=len(TINY_LABELS),
+        id2label=dict(enumerate(TINY_LABELS)),
+        label2id={label: index for index, label in enumerate(TINY_LABELS)},
+    )
+    _save_random(BertForSequenceClassification, settings, directory)
+    return BenchModel(
+        key="tiny-bert",
+        description=f"random BERT classifier ({layers} layers, hidden {hidden_size}, "
+        f"{len(TINY_LABELS)} labels)",
+        path=directory,
+        task="text-classification",
+        max_length=max_length,
+    )
+
+
+def make_tiny_bert_embedder(
+    directory: Path,
+    texts: Sequence[str] | None = None,
+    hidden_size: int = 64,
+    layers: int = 2,
+    max_length: int = 128,
+) -> BenchModel:
+    """The tiny BERT as a sentence-transformers embedder (mean pooling, normalized, as all-MiniLM-L6-v2):
+    an embedding model whose compute per text is small beside a server's work per request."""
+    from transformers import BertModel
+
+    settings = _tiny_bert_settings(directory, texts, hidden_size, layers, max_length)
+    _save_random(BertModel, settings, directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_length, "do_lower_case": False})
+    )
+    return BenchModel(
+        key="tiny-embed",
+        description=f"random BERT sentence embedder ({layers} layers, hidden {hidden_size}, mean pooling, "
+        "normalized)",
+        path=directory,
+        task="feature-extraction",
+        max_length=max_length,
+    )
+
+
+def _tiny_bert_settings(
+    directory: Path, texts: Sequence[str] | None, hidden_size: int, layers: int, max_length: int
+) -> dict[str, Any]:
+    """Writes the tokenizer into `directory`; returns the BertConfig settings of the tiny models."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+    from transformers import BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     corpus = list(texts if texts is not None else load_texts())
@@ -48,8 +113,7 @@ def make_tiny_bert_classifier(
     vocab = {word: index for index, word in enumerate(words)}
     tokenizer = BertTokenizer(vocab=vocab, model_max_length=max_length)
     tokenizer.save_pretrained(str(directory))
-    torch.manual_seed(0)
-    settings: dict[str, Any] = dict(
+    return dict(
         vocab_size=tokenizer.vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=layers,
@@ -57,20 +121,16 @@ def make_tiny_bert_classifier(
         intermediate_size=hidden_size * 2,
         max_position_embeddings=max_length,
         pad_token_id=tokenizer.pad_token_id,
-        num_labels=len(TINY_LABELS),
-        id2label=dict(enumerate(TINY_LABELS)),
-        label2id={label: index for index, label in enumerate(TINY_LABELS)},
     )
-    model: Any = BertForSequenceClassification(BertConfig(**settings))
+
+
+def _save_random(model_class: Any, settings: dict[str, Any], directory: Path) -> None:
+    import torch
+    from transformers import BertConfig
+
+    torch.manual_seed(0)
+    model: Any = model_class(BertConfig(**settings))
     model.eval().save_pretrained(str(directory))
-    return BenchModel(
-        key="tiny-bert",
-        description=f"random BERT classifier ({layers} layers, hidden {hidden_size}, "
-        f"{len(TINY_LABELS)} labels)",
-        path=directory,
-        task="text-classification",
-        max_length=max_length,
-    )
 
 
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"

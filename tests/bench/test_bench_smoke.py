@@ -96,6 +96,28 @@ def test_dataplane_benchmark_runs_every_contender(tmp_path: Path) -> None:
     assert "onnx" in next(iter(report["not_run"]))
 
 
+def test_the_tiny_embedder_runs_through_the_sidecar_with_and_without_shared_calls(tmp_path: Path) -> None:
+    from bench.dataplane.run import run
+
+    report = run(
+        [
+            "--quick", "--models", "tiny-embed", "--contenders", "ours,ours-openai,ours-openai-one-call-each",
+            "--concurrency", "8", "--duration", "1.2", "--rounds", "1", "--warmup", "0.3",
+            "--raw-batch-sizes", "8", "--raw-seconds", "0.05", "--texts", "24", "--loadgen", "python",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    model = report["models"]["tiny-embed"]
+    assert model["task"] == "feature-extraction"
+    assert set(model["contenders"]) == {"ours", "ours-openai", "ours-openai-one-call-each"}
+    for name in ("ours-openai", "ours-openai-one-call-each"):
+        contender = model["contenders"][name]
+        # The sidecar's answers against Triton's, whether requests shared calls or not.
+        assert contender["answers"]["same_answers"] is True, contender["answers"]
+        assert contender["answers"]["cosine_min"] >= 0.9999
+        assert all(level["errors"] == 0 and level["throughput_rps"] > 0 for level in contender["levels"])
+
+
 def test_dataplane_benchmark_runs_the_optimised_contenders_beside_float32(tmp_path: Path) -> None:
     """ours-bf16 runs where the CPU has bf16 arithmetic; elsewhere it is reported as not run, with why,
     and the others run all the same."""
