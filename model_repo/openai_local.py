@@ -37,7 +37,7 @@ class LocalFrontend(ChildProcess):
         enabled: bool = True,
         api_keys_dir: Path | None = None,
         token_arrays: TokenArrays = TokenArrays.MODEL,
-        embedding_calls: int | None = None,
+        calls_in_flight: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.command = [
@@ -55,8 +55,8 @@ class LocalFrontend(ChildProcess):
             self.command.append(f"--model-id={model_id}")
         if api_keys_dir is not None:
             self.command.append(f"--api-keys-dir={api_keys_dir}")
-        if embedding_calls is not None:
-            self.command.append(f"--embedding-calls={embedding_calls}")
+        if calls_in_flight is not None:
+            self.command.append(f"--calls-in-flight={calls_in_flight}")
         self.host, self.port = host, port
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s

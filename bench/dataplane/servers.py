@@ -263,11 +263,11 @@ def serve_ours_openai(
     workdir: Path,
     device: str,
     build_overrides: Mapping[str, int],
-    embedding_calls: int | None = None,
+    calls_in_flight: int | None = None,
 ) -> Iterator[Endpoint]:
     """Ours as an OpenAI client reaches it: the same repository and tritonserver, behind the OpenAI
     sidecar (`python -m model_repo.openai_frontend`), `POST /v1/embeddings` one text per request;
-    `embedding_calls`: the sidecar's --embedding-calls (None: its default)."""
+    `calls_in_flight`: the sidecar's --calls-in-flight (None: its default)."""
     from bench.common.loadgen import OpenAIEmbeddingSender
     from model_repo.openai_local import LocalFrontend
 
@@ -278,8 +278,8 @@ def serve_ours_openai(
             repository,
             ours.target.grpc_url,
             free_port(),
-            log_path=workdir / f"ours-openai-{embedding_calls}.log",
-            embedding_calls=embedding_calls,
+            log_path=workdir / f"ours-openai-{calls_in_flight}.log",
+            calls_in_flight=calls_in_flight,
         ) as frontend:
             url = f"{frontend.base_url}/embeddings"  # base_url ends in /v1
             yield Endpoint(
@@ -362,8 +362,8 @@ CONTENDERS: dict[
     "infinity": ("Infinity 0.0.78 (torch engine): POST /embeddings", serve_infinity),
     # The sidecar as it was before requests shared Triton calls (coalescing.py), for the side-by-side.
     "ours-openai-one-call-each": (
-        "ours through the OpenAI sidecar, each request its own Triton call (--embedding-calls 0)",
-        functools.partial(serve_ours_openai, embedding_calls=0),
+        "ours through the OpenAI sidecar, each request its own Triton call (--calls-in-flight 0)",
+        functools.partial(serve_ours_openai, calls_in_flight=0),
     ),
 }
 

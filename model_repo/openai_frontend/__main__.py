@@ -46,18 +46,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     parser.add_argument(
-        "--embedding-calls",
+        "--calls-in-flight",
         type=int,
         help=(
-            "Embedding calls to Triton in flight at once; texts of requests that arrive meanwhile wait and "
-            "go together in the next call, up to the max batch size. Up to the model's instances a call "
-            "leaves at once, beyond them only a full one (default: twice the model's instances; 0: each "
-            "request its own call, none waiting)."
+            "Embedding, classification and ranking calls to Triton in flight at once (per input set); "
+            "texts of requests that arrive meanwhile wait and go together in the next call, up to the max "
+            "batch size. Up to the model's instances a call leaves at once, beyond them only a full one "
+            "(default: twice the model's instances; 0: each request its own call, none waiting)."
         ),
     )
     args = parser.parse_args(argv)
-    if args.embedding_calls is not None and args.embedding_calls < 0:
-        parser.error("--embedding-calls must be 0 or more")
+    if args.calls_in_flight is not None and args.calls_in_flight < 0:
+        parser.error("--calls-in-flight must be 0 or more")
     return args
 
 
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         routes,
         api_keys=args.api_keys_dir,
         token_arrays=token_arrays,
-        embedding_calls=args.embedding_calls,
+        calls_in_flight=args.calls_in_flight,
     )
     print(
         f"openai_frontend: serving {model.model_id} ({model.task}, Triton model {model.triton_name}) "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -151,16 +150,16 @@ class Frontend:
         model: ServedModel,
         backend: TritonBackend,
         token_arrays: Vocabulary | None = None,
-        embedding_calls: int | None = None,
+        calls_in_flight: int | None = None,
     ) -> None:
         self.model = model
         self.backend = backend
         # Whose ids the token arrays of /v1/embeddings hold (--token-arrays; token_arrays.py).
         self.token_arrays = token_arrays if token_arrays is not None else model.vocabulary
-        # Embedding calls to Triton in flight at once (--embedding-calls; coalescing.py): None, the model's
-        # default from its config, read at the first embedding request.
-        self.embedding_calls = embedding_calls
-        self._coalescer: Coalescer | None = None
+        # Calls to Triton in flight at once per input set (--calls-in-flight; coalescing.py): None, twice
+        # the model's instances, read from its config at the first request.
+        self.calls_in_flight = calls_in_flight
+        self._coalescers: dict[tuple[tuple[str, ...], str], Coalescer[tuple[str, ...]]] = {}
 
     # -- shared checks ---------------------------------------------------------------------------------
 
@@ -236,29 +235,45 @@ class Frontend:
         return strings
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray[Any, Any]:
-        """[len(texts), dims] embeddings, in requests within the model's max batch size; texts of other
-        requests that wait meanwhile share those requests (coalescing.py)."""
-        coalescer = await self._embedding_coalescer()
+        """[len(texts), dims] float32 embeddings (infer_rows)."""
+        rows = await self.infer_rows(("TEXT",), "EMBEDDING", [(text,) for text in texts])
+        return rows.astype(np.float32, copy=False)
 
-        async def run(part: Sequence[str]) -> np.ndarray[Any, Any]:
+    async def infer_rows(
+        self, inputs: tuple[str, ...], output: str, items: Sequence[tuple[str, ...]]
+    ) -> np.ndarray[Any, Any]:
+        """`output`'s rows for `items` (one text per name in `inputs`), in requests within the model's max
+        batch size; the items of other requests that wait meanwhile share those requests (coalescing.py)."""
+        coalescer = await self._coalescer(inputs, output)
+
+        async def run(part: Sequence[tuple[str, ...]]) -> np.ndarray[Any, Any]:
             return await coalescer.submit(list(part))
 
-        return await scoring.in_batches(texts, coalescer.max_batch, run)
+        return await scoring.in_batches(items, coalescer.max_batch, run)
 
-    async def _embedding_coalescer(self) -> Coalescer:
-        if self._coalescer is None:
+    async def _coalescer(self, inputs: tuple[str, ...], output: str) -> Coalescer[tuple[str, ...]]:
+        key = (inputs, output)
+        if key not in self._coalescers:
             config = await self.backend.config(self.model.triton_name)
             instances = model_instances(config)
-            limit = self.embedding_calls if self.embedding_calls is not None else 2 * instances
-            coalescer = Coalescer(
-                functools.partial(self.backend.embed, self.model.triton_name),
-                max_batch=max(1, int(config.max_batch_size)),
-                eager=min(instances, limit) if limit else 1,
-                limit=limit,
-            )
+            limit = self.calls_in_flight if self.calls_in_flight is not None else 2 * instances
+
+            async def call(items: list[tuple[str, ...]]) -> np.ndarray[Any, Any]:
+                columns = {name: [item[i] for item in items] for i, name in enumerate(inputs)}
+                answer = await self.backend.infer_texts(self.model.triton_name, columns, [output])
+                return answer[output]
+
             # Another request may have made one while this one awaited the config: keep the first.
-            self._coalescer = self._coalescer or coalescer
-        return self._coalescer
+            self._coalescers.setdefault(
+                key,
+                Coalescer(
+                    call,
+                    max_batch=max(1, int(config.max_batch_size)),
+                    eager=min(instances, limit) if limit else 1,
+                    limit=limit,
+                ),
+            )
+        return self._coalescers[key]
 
     # -- generation ------------------------------------------------------------------------------------
 
@@ -484,14 +499,14 @@ def create_app(
     routes: Collection[str] = tuple(ROUTE_GROUPS),
     api_keys: Path | None = None,
     token_arrays: Vocabulary | None = None,
-    embedding_calls: int | None = None,
+    calls_in_flight: int | None = None,
 ) -> FastAPI:
     """The app serving the route groups in `routes`; with `api_keys` (a directory of key files) every route
     but the health checks needs one; `token_arrays`: whose ids /v1/embeddings' token arrays hold (default:
-    the model's); `embedding_calls`: embedding calls to Triton in flight at once, beyond which requests
-    wait and share the next call; beyond the model's instances only full calls go (coalescing.py; default:
-    twice the model's instances; 0: no limit, no sharing)."""
-    frontend = Frontend(model, backend, token_arrays, embedding_calls)
+    the model's); `calls_in_flight`: embedding, classification and ranking calls to Triton in flight at
+    once, beyond which requests wait and share the next call; beyond the model's instances only full calls
+    go (coalescing.py; default: twice the model's instances; 0: no limit, no sharing)."""
+    frontend = Frontend(model, backend, token_arrays, calls_in_flight)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -1,8 +1,10 @@
 """Texts from many HTTP requests sent to Triton as one request, while Triton is busy.
 
 One `/v1/embeddings` request per text is how clients call (LangChain's retrievers, a RAG pipeline's
-chunks): each costs a gRPC call here, a request object in Triton, the request's tensors through the
-Python backend's shared memory and a response back, work that is the same for one text as for 32.
+chunks), and so do classification clients (TEI's /predict) and rerankers with few documents. Each
+request costs a gRPC call here, a request object in Triton, the request's tensors through the Python
+backend's shared memory and a response back: work that is the same for one text as for 32. The same
+holds per input set: texts alone, text pairs, (query, text) pairs each have their own queue.
 
 While fewer calls than the model has instances are in flight, what waits leaves at once (a lone client
 waits for nothing). Beyond that, up to `limit` calls, a call leaves only once a whole batch
@@ -20,26 +22,29 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 Rows = np.ndarray[Any, Any]
-Call = Callable[[list[str]], Awaitable[Rows]]
+Item = TypeVar("Item")
 
 
 @dataclass
-class _Waiting:
-    texts: list[str]
+class _Waiting(Generic[Item]):
+    items: list[Item]
     answer: asyncio.Future[Rows] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class Coalescer:
-    """`submit(texts)` answers `call(texts)`'s rows; each call holds at most `max_batch` texts (a
-    submission is never split). Up to `eager` calls run at once whatever they hold, up to `limit` when
-    the extra ones are full; `limit` 0: no limit, each submission its own call."""
+class Coalescer(Generic[Item]):
+    """`submit(items)` answers `call(items)`'s rows (one per item: a text, or a pair's texts); each call
+    holds at most `max_batch` items (a submission is never split). Up to `eager` calls run at once
+    whatever they hold, up to `limit` when the extra ones are full; `limit` 0: no limit, each submission
+    its own call."""
 
-    def __init__(self, call: Call, *, max_batch: int, eager: int, limit: int) -> None:
+    def __init__(
+        self, call: Callable[[list[Item]], Awaitable[Rows]], *, max_batch: int, eager: int, limit: int
+    ) -> None:
         if max_batch < 1 or limit < 0 or not (0 < eager <= limit or limit == 0):
             raise ValueError(
                 f"max_batch >= 1, limit >= 0 and 1 <= eager <= limit, or limit 0 (got {max_batch}, "
@@ -49,19 +54,19 @@ class Coalescer:
         self.max_batch = max_batch
         self.eager = eager
         self.limit = limit
-        self._queue: deque[_Waiting] = deque()
-        self._waiting_texts = 0
+        self._queue: deque[_Waiting[Item]] = deque()
+        self._waiting_items = 0
         self._in_flight = 0
         # The running calls' tasks, held so that they are not collected while they run.
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # Triton calls made, for tests and the log
 
-    async def submit(self, texts: list[str]) -> Rows:
-        if not 0 < len(texts) <= self.max_batch:
-            raise ValueError(f"a submission holds 1 to {self.max_batch} texts (got {len(texts)})")
-        waiting = _Waiting(list(texts))
+    async def submit(self, items: list[Item]) -> Rows:
+        if not 0 < len(items) <= self.max_batch:
+            raise ValueError(f"a submission holds 1 to {self.max_batch} items (got {len(items)})")
+        waiting = _Waiting(list(items))
         self._queue.append(waiting)
-        self._waiting_texts += len(waiting.texts)
+        self._waiting_items += len(waiting.items)
         self._dispatch()
         # A cancelled caller (its client went away) cancels its future; the call it rides in goes on
         # for the others and its rows are dropped.
@@ -70,7 +75,7 @@ class Coalescer:
     def _may_send(self) -> bool:
         if self.limit == 0 or self._in_flight < self.eager:
             return True
-        return self._in_flight < self.limit and self._waiting_texts >= self.max_batch
+        return self._in_flight < self.limit and self._waiting_items >= self.max_batch
 
     def _dispatch(self) -> None:
         while self._queue and self._may_send():
@@ -82,37 +87,37 @@ class Coalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[_Waiting]:
+    def _take(self) -> list[_Waiting[Item]]:
         """The oldest waiting submissions that fit one call, skipping those whose callers left."""
-        group: list[_Waiting] = []
+        group: list[_Waiting[Item]] = []
         size = 0
         while self._queue:
             head = self._queue[0]
             if head.answer.done():
                 self._queue.popleft()
-                self._waiting_texts -= len(head.texts)
+                self._waiting_items -= len(head.items)
                 continue
-            if group and size + len(head.texts) > self.max_batch:
+            if group and size + len(head.items) > self.max_batch:
                 break
             group.append(self._queue.popleft())
-            size += len(head.texts)
-            self._waiting_texts -= len(head.texts)
+            size += len(head.items)
+            self._waiting_items -= len(head.items)
             if self.limit == 0:
                 break
         return group
 
-    async def _run(self, group: list[_Waiting]) -> None:
+    async def _run(self, group: list[_Waiting[Item]]) -> None:
         try:
             await self._answer(group)
         finally:
             self._in_flight -= 1
             self._dispatch()
 
-    async def _answer(self, group: list[_Waiting]) -> None:
-        texts = [text for waiting in group for text in waiting.texts]
+    async def _answer(self, group: list[_Waiting[Item]]) -> None:
+        items = [item for waiting in group for item in waiting.items]
         self.calls += 1
         try:
-            rows = await self._call(texts)
+            rows = await self._call(items)
         except asyncio.CancelledError:
             for waiting in group:
                 waiting.answer.cancel()
@@ -125,7 +130,7 @@ class Coalescer:
             return
         start = 0
         for waiting in group:
-            stop = start + len(waiting.texts)
+            stop = start + len(waiting.items)
             _settle(waiting.answer, rows=rows[start:stop])
             start = stop
 

@@ -88,7 +88,7 @@ async def rerank(frontend: Frontend, body: RerankRequest, version: str) -> dict[
     scoring.check_texts([body.query], "query", invalid)
     documents = _document_texts(body.documents)
     scores = await scoring.relevance(
-        frontend.backend, frontend.model, body.query, _truncate(frontend, documents, body.max_tokens_per_doc)
+        frontend, body.query, _truncate(frontend, documents, body.max_tokens_per_doc)
     )
     order = np.argsort(-scores, kind="stable")[: body.top_n or len(documents)]
     results = []
@@ -125,7 +125,7 @@ async def score(frontend: Frontend, body: ScoreRequest) -> dict[str, Any]:
             "give one text_1, or as many as text_2",
             "text_2",
         )
-    scores = await scoring.pair_scores(frontend.backend, frontend.model, firsts, seconds)
+    scores = await scoring.pair_scores(frontend, firsts, seconds)
     tokens = frontend.model.count_tokens(firsts) + frontend.model.count_tokens(seconds)
     return {
         "id": f"score-{uuid.uuid4().hex}",
@@ -161,7 +161,7 @@ async def classify(frontend: Frontend, body: ClassifyRequest) -> dict[str, Any]:
     if not items:
         raise invalid("input must not be empty", "input")
     texts, pairs = split_pairs(items, "input")
-    probabilities = await scoring.class_probabilities(frontend.backend, frontend.model, texts, pairs)
+    probabilities = await scoring.class_probabilities(frontend, texts, pairs)
     labels = frontend.model.labels
     data = [
         {

@@ -30,6 +30,10 @@ class Frontend(Protocol):
 
     async def embed_texts(self, texts: list[str]) -> Array: ...
 
+    async def infer_rows(
+        self, inputs: tuple[str, ...], output: str, items: Sequence[tuple[str, ...]]
+    ) -> Array: ...
+
 
 async def max_batch_size(backend: TritonBackend, model: ServedModel) -> int:
     return max(1, int((await backend.config(model.triton_name)).max_batch_size))
@@ -45,45 +49,32 @@ async def in_batches(
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-async def relevance(backend: TritonBackend, model: ServedModel, query: str, texts: Sequence[str]) -> Array:
+async def relevance(frontend: Frontend, query: str, texts: Sequence[str]) -> Array:
     """[len(texts)] scores of (query, text) from a text-ranking model, in the order of `texts`."""
-    return await pair_scores(backend, model, [query] * len(texts), texts)
+    return await pair_scores(frontend, [query] * len(texts), texts)
 
 
-async def pair_scores(
-    backend: TritonBackend, model: ServedModel, queries: Sequence[str], texts: Sequence[str]
-) -> Array:
-    batch = await max_batch_size(backend, model)
+async def pair_scores(frontend: Frontend, queries: Sequence[str], texts: Sequence[str]) -> Array:
     pairs = list(zip(queries, texts, strict=True))
-
-    async def run(part: Sequence[tuple[str, str]]) -> Array:
-        inputs = {"QUERY": [query for query, _ in part], "TEXT": [text for _, text in part]}
-        result = await backend.infer_texts(model.triton_name, inputs, ["SCORE"])
-        return result["SCORE"].reshape(-1).astype(np.float32)
-
-    return await in_batches(pairs, batch, run)
+    scores = await frontend.infer_rows(("QUERY", "TEXT"), "SCORE", pairs)
+    return scores.reshape(-1).astype(np.float32)
 
 
-async def class_probabilities(
-    backend: TritonBackend, model: ServedModel, texts: Sequence[str], pairs: Sequence[str | None]
-) -> Array:
+async def class_probabilities(frontend: Frontend, texts: Sequence[str], pairs: Sequence[str | None]) -> Array:
     """[len(texts), labels] probabilities from a text-classification model; an item with a second text
     is classified as a pair. Items with and without one go in separate requests (an input is per request)."""
-    batch = await max_batch_size(backend, model)
-    result = np.zeros((len(texts), len(model.labels)), dtype=np.float32)
+    result = np.zeros((len(texts), len(frontend.model.labels)), dtype=np.float32)
     for with_pair in (False, True):
         members = [i for i, pair in enumerate(pairs) if (pair is not None) == with_pair]
         if not members:
             continue
-
-        async def run(part: Sequence[int], with_pair: bool = with_pair) -> Array:
-            inputs = {"TEXT": [texts[i] for i in part]}
-            if with_pair:
-                inputs["TEXT_PAIR"] = [str(pairs[i]) for i in part]
-            answer = await backend.infer_texts(model.triton_name, inputs, ["SCORES"])
-            return answer["SCORES"].astype(np.float32)
-
-        result[members] = await in_batches(members, batch, run)
+        if with_pair:
+            rows = await frontend.infer_rows(
+                ("TEXT", "TEXT_PAIR"), "SCORES", [(texts[i], str(pairs[i])) for i in members]
+            )
+        else:
+            rows = await frontend.infer_rows(("TEXT",), "SCORES", [(texts[i],) for i in members])
+        result[members] = rows.astype(np.float32)
     return result
 
 

@@ -155,7 +155,7 @@ class TEI:
             raise TEIError(422, "raw_scores: this server returns the model's activated scores only")
         scoring.check_texts([body.query], "query", _empty)
         self.check_batch(body.texts, body.truncate)
-        scores = await scoring.relevance(self.frontend.backend, self.model, body.query, body.texts)
+        scores = await scoring.relevance(self.frontend, body.query, body.texts)
         results = []
         for index in np.argsort(-scores, kind="stable"):
             result: dict[str, Any] = {"index": int(index), "score": float(scores[index])}
@@ -186,7 +186,7 @@ class TEI:
         return answer[0] if single else answer
 
     async def classify(self, texts: list[str], pairs: list[str | None]) -> Any:
-        return await scoring.class_probabilities(self.frontend.backend, self.model, texts, pairs)
+        return await scoring.class_probabilities(self.frontend, texts, pairs)
 
     def labelled(self, row: Any, top_k: int | None = None) -> list[dict[str, Any]]:
         order = np.argsort(-row, kind="stable")[: top_k or len(row)]
@@ -279,7 +279,7 @@ class TEI:
             texts = [str(s) for s in sentences]
             self.check_batch([source, *texts], parameters.get("truncate"))
             if self.model.task == RANKING_TASK:
-                scores = await scoring.relevance(self.frontend.backend, self.model, source, texts)
+                scores = await scoring.relevance(self.frontend, source, texts)
                 return [float(value) for value in scores]
             self.require(EMBEDDING_TASK, "sentence similarity")
             vectors = await self.frontend.embed_texts([source, *texts])

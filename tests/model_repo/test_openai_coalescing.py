@@ -155,9 +155,9 @@ def test_a_caller_that_leaves_is_dropped_and_the_others_are_answered() -> None:
 def test_submissions_outside_one_call_or_a_bad_limit_are_refused() -> None:
     async def scenario() -> None:
         coalescer = Coalescer(RecordingCall(), max_batch=2, eager=1, limit=1)
-        with pytest.raises(ValueError, match="1 to 2 texts"):
+        with pytest.raises(ValueError, match="1 to 2 items"):
             await coalescer.submit(["a", "b", "c"])
-        with pytest.raises(ValueError, match="1 to 2 texts"):
+        with pytest.raises(ValueError, match="1 to 2 items"):
             await coalescer.submit([])
 
     asyncio.run(scenario())

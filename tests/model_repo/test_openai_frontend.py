@@ -226,7 +226,7 @@ def test_concurrent_embedding_requests_share_triton_calls_and_keep_their_answers
         stack.server.grpc_url,
         free_port(),
         log_path=tmp_path / "one-call.log",
-        embedding_calls=1,
+        calls_in_flight=1,
     ) as frontend:
         url = f"{frontend.base_url}/embeddings"
         before = _triton_requests(stack, MINILM)

@@ -104,6 +104,7 @@ class Stack:
     server: TritonServer
     paths: dict[str, Path]
     roots: dict[str, str]  # http://host:port of each model's frontend
+    repositories: dict[str, Path]
 
     def openai(self, model: str) -> Any:
         from openai import OpenAI
@@ -153,7 +154,7 @@ def stack(
             for frontend in frontends.values():
                 frontend.start()
             roots = {name: f"http://{f.host}:{f.port}" for name, f in frontends.items()}
-            yield Stack(server, paths, roots)
+            yield Stack(server, paths, roots, repositories)
         finally:
             for frontend in frontends.values():
                 frontend.stop()
@@ -276,6 +277,74 @@ def test_classify_texts_and_pairs_equal_transformers(stack: Stack) -> None:
         _classifier_probabilities(path, SENTENCES[:5], None),
         atol=1e-4,
     )
+
+
+def _triton_requests(stack: Stack, model: str) -> float:
+    """Triton's own count of the model's successful requests (one per gRPC call), once it stops moving:
+    Triton may count a request just after its response went out."""
+    import time
+    import urllib.request
+
+    def read() -> float:
+        with urllib.request.urlopen(stack.server.metrics_url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("nv_inference_request_success{") and f'model="{model}"' in line:
+                    return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no nv_inference_request_success for {model}")
+
+    last = read()
+    while True:
+        time.sleep(0.5)
+        now = read()
+        if now == last:
+            return now
+        last = now
+
+
+def test_concurrent_tei_predictions_share_triton_calls_per_input_set(stack: Stack, tmp_path: Path) -> None:
+    import threading
+
+    path = stack.paths[CLASSIFIER]
+    premises = [f"{SENTENCES[i % len(SENTENCES)]} ({i})" for i in range(12)]
+    hypotheses = [SENTENCES[(i + 2) % len(SENTENCES)] for i in range(12)]
+    # Even requests are pairs, odd ones single texts: two input sets, two queues.
+    want_pairs = _classifier_probabilities(path, premises[0::2], hypotheses[0::2])
+    want_singles = _classifier_probabilities(path, premises[1::2], None)
+    with LocalFrontend(
+        stack.repositories[CLASSIFIER],
+        stack.server.grpc_url,
+        free_port(),
+        log_path=tmp_path / "one-call.log",
+        calls_in_flight=1,
+    ) as frontend:
+        url = f"http://{frontend.host}:{frontend.port}/predict"
+        before = _triton_requests(stack, CLASSIFIER)
+        start = threading.Barrier(len(premises))
+        answers: dict[int, list[dict[str, Any]]] = {}
+
+        def ask(index: int) -> None:
+            inputs: Any = [premises[index], hypotheses[index]] if index % 2 == 0 else premises[index]
+            start.wait()
+            response = httpx.post(url, json={"inputs": inputs}, timeout=120)
+            response.raise_for_status()
+            answers[index] = response.json()
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(premises))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        calls = _triton_requests(stack, CLASSIFIER) - before
+    labels = ["negative", "neutral", "positive"]
+
+    def probabilities(answer: list[dict[str, Any]]) -> list[float]:
+        by_label = {item["label"]: item["score"] for item in answer}
+        return [by_label[label] for label in labels]
+
+    np.testing.assert_allclose([probabilities(answers[i]) for i in range(0, 12, 2)], want_pairs, atol=1e-4)
+    np.testing.assert_allclose([probabilities(answers[i]) for i in range(1, 12, 2)], want_singles, atol=1e-4)
+    # Max batch 4: at least 2 calls per input set; fewer than 12 means requests went to Triton together.
+    assert 6 <= calls < len(premises), calls
 
 
 # -- embeddings: token arrays ---------------------------------------------------------------------------
