@@ -47,6 +47,7 @@ class Settings(GenerationSettings):
     """bench/generation's (the random-weight Llama's shape, its prompts, the load), plus repeats."""
 
     repeats: int
+    calls_in_flight: int | None = None  # the sidecar's --calls-in-flight (None: its default)
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -63,8 +64,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-openai"))
     parser.add_argument("--name", default="openai-cpu")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
+    parser.add_argument(
+        "--calls-in-flight",
+        type=int,
+        default=None,
+        help="the sidecar's --calls-in-flight (0: each request its own Triton call; default: its own)",
+    )
     args = parser.parse_args(argv)
-    return Settings(**generation_fields(args), repeats=args.repeats)
+    return Settings(**generation_fields(args), repeats=args.repeats, calls_in_flight=args.calls_in_flight)
 
 
 # -- senders ---------------------------------------------------------------------------------------------
@@ -219,7 +226,12 @@ def serving(repository: Path, name: str, settings: Settings) -> Iterator[tuple[s
             None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / f"{name}-triton.log"
         ) as server,
         LocalFrontend(
-            repository, server.grpc_url, free_port(), log_path=settings.workdir / f"{name}-openai.log"
+            repository,
+            server.grpc_url,
+            free_port(),
+            log_path=settings.workdir / f"{name}-openai.log",
+            # bench/generation/loadgen passes its own settings, which have no such field.
+            calls_in_flight=getattr(settings, "calls_in_flight", None),
         ) as frontend,
     ):
         yield server.grpc_url, frontend.base_url

@@ -151,19 +151,6 @@ class TritonBackend:
         wrote it into the model's config; None where the config has none (Triton's vLLM backend)."""
         return await self._int_parameter(model, "max_concurrent_sequences")
 
-    async def embed(self, model: str, texts: list[str], output: str = "EMBEDDING") -> np.ndarray[Any, Any]:
-        """[len(texts), dims] float32 from one batched request (the caller keeps within max_batch_size)."""
-        request = service_pb2.ModelInferRequest(model_name=model)
-        array = np.array([[text.encode("utf-8")] for text in texts], dtype=np.object_)
-        _add_input(request, "TEXT", array, "BYTES")
-        request.outputs.add().name = output
-        try:
-            response = await self._stub.ModelInfer(request)
-        except grpc.aio.AioRpcError as exc:
-            raise triton_error(exc.details() or str(exc), exc.code()) from exc
-        result: np.ndarray[Any, Any] = InferResult(response).as_numpy(output)
-        return result.astype(np.float32, copy=False)
-
     async def infer_texts(
         self, model: str, inputs: dict[str, list[str]], outputs: list[str]
     ) -> dict[str, np.ndarray[Any, Any]]:
