@@ -267,3 +267,41 @@ def infer_texts(http_url: str, model: str, texts: list[str]) -> dict[str, Any]:
         return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
     finally:
         client.close()
+
+
+def triton_request_count(metrics_url: str, model: str) -> float:
+    """Triton's own count of the model's successful requests (one per gRPC call), once it stops moving:
+    Triton may count a request just after its response went out."""
+    import urllib.request
+
+    def read() -> float:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("nv_inference_request_success{") and f'model="{model}"' in line:
+                    return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no nv_inference_request_success for {model} in Triton's metrics")
+
+    last = read()
+    while True:
+        time.sleep(0.5)
+        now = read()
+        if now == last:
+            return now
+        last = now
+
+
+def all_at_once(count: int, ask: Callable[[int], None]) -> None:
+    """`ask(0)` ... `ask(count - 1)`, each on its own thread, released together."""
+    import threading
+
+    start = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        start.wait()
+        ask(index)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -21,7 +21,7 @@ from typing import Any
 import httpx2 as httpx
 import numpy as np
 import pytest
-from conftest import make_gpt2_checkpoint, make_llama_checkpoint
+from conftest import all_at_once, make_gpt2_checkpoint, make_llama_checkpoint, triton_request_count
 from test_generation_serving import Served, metrics, reference, wait_for
 
 from model_repo.build import BuildOptions, build_repository
@@ -190,32 +190,9 @@ def test_embeddings_dimensions_only_when_the_model_has_them(stack: Stack) -> Non
     assert refused.value.param == "dimensions" and "384" in refused.value.message
 
 
-def _triton_requests(stack: Stack, model: str) -> float:
-    """Triton's count of the model's successful requests (its own metric: one per gRPC call)."""
-    with urllib.request.urlopen(stack.server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith("nv_inference_request_success{") and f'model="{model}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no nv_inference_request_success for {model} in Triton's metrics")
-
-
-def _settled_triton_requests(stack: Stack, model: str) -> float:
-    """The count once it stops moving: Triton may count a request just after its response went out."""
-    last = _triton_requests(stack, model)
-    while True:
-        time.sleep(0.5)
-        now = _triton_requests(stack, model)
-        if now == last:
-            return now
-        last = now
-
-
 def test_concurrent_embedding_requests_share_triton_calls_and_keep_their_answers(
     stack: Stack, tmp_path: Path
 ) -> None:
-    import threading
-
     from sentence_transformers import SentenceTransformer
 
     texts = [f"{SENTENCES[i % 3]} (request {i})" for i in range(12)]
@@ -229,22 +206,16 @@ def test_concurrent_embedding_requests_share_triton_calls_and_keep_their_answers
         calls_in_flight=1,
     ) as frontend:
         url = f"{frontend.base_url}/embeddings"
-        before = _triton_requests(stack, MINILM)
-        start = threading.Barrier(len(texts))
+        before = triton_request_count(stack.server.metrics_url, MINILM)
         answers: dict[int, list[float]] = {}
 
         def ask(index: int) -> None:
-            start.wait()
             response = httpx.post(url, json={"model": MINILM, "input": texts[index]}, timeout=120)
             response.raise_for_status()
             answers[index] = response.json()["data"][0]["embedding"]
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        calls = _settled_triton_requests(stack, MINILM) - before
+        all_at_once(len(texts), ask)
+        calls = triton_request_count(stack.server.metrics_url, MINILM) - before
     assert sorted(answers) == list(range(len(texts)))
     for index, expected in enumerate(want):
         got = np.array(answers[index], dtype=np.float32)

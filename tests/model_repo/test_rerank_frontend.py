@@ -20,7 +20,7 @@ from typing import Any
 import httpx2 as httpx
 import numpy as np
 import pytest
-from conftest import SENTENCES, make_bert_checkpoint
+from conftest import SENTENCES, all_at_once, make_bert_checkpoint, triton_request_count
 
 from model_repo.build import BuildOptions, build_repository
 from model_repo.checkpoint import inspect_checkpoint
@@ -279,31 +279,7 @@ def test_classify_texts_and_pairs_equal_transformers(stack: Stack) -> None:
     )
 
 
-def _triton_requests(stack: Stack, model: str) -> float:
-    """Triton's own count of the model's successful requests (one per gRPC call), once it stops moving:
-    Triton may count a request just after its response went out."""
-    import time
-    import urllib.request
-
-    def read() -> float:
-        with urllib.request.urlopen(stack.server.metrics_url, timeout=10) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("nv_inference_request_success{") and f'model="{model}"' in line:
-                    return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"no nv_inference_request_success for {model}")
-
-    last = read()
-    while True:
-        time.sleep(0.5)
-        now = read()
-        if now == last:
-            return now
-        last = now
-
-
 def test_concurrent_tei_predictions_share_triton_calls_per_input_set(stack: Stack, tmp_path: Path) -> None:
-    import threading
-
     path = stack.paths[CLASSIFIER]
     premises = [f"{SENTENCES[i % len(SENTENCES)]} ({i})" for i in range(12)]
     hypotheses = [SENTENCES[(i + 2) % len(SENTENCES)] for i in range(12)]
@@ -318,23 +294,17 @@ def test_concurrent_tei_predictions_share_triton_calls_per_input_set(stack: Stac
         calls_in_flight=1,
     ) as frontend:
         url = f"http://{frontend.host}:{frontend.port}/predict"
-        before = _triton_requests(stack, CLASSIFIER)
-        start = threading.Barrier(len(premises))
+        before = triton_request_count(stack.server.metrics_url, CLASSIFIER)
         answers: dict[int, list[dict[str, Any]]] = {}
 
         def ask(index: int) -> None:
             inputs: Any = [premises[index], hypotheses[index]] if index % 2 == 0 else premises[index]
-            start.wait()
             response = httpx.post(url, json={"inputs": inputs}, timeout=120)
             response.raise_for_status()
             answers[index] = response.json()
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(premises))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        calls = _triton_requests(stack, CLASSIFIER) - before
+        all_at_once(len(premises), ask)
+        calls = triton_request_count(stack.server.metrics_url, CLASSIFIER) - before
     labels = ["negative", "neutral", "positive"]
 
     def probabilities(answer: list[dict[str, Any]]) -> list[float]:
