@@ -59,7 +59,7 @@ class Coalescer(Generic[Item]):
         self._in_flight = 0
         # The running calls' tasks, held so that they are not collected while they run.
         self._tasks: set[asyncio.Task[None]] = set()
-        self.calls = 0  # Triton calls made, for tests and the log
+        self.calls = 0  # Triton calls made (the tests read it)
 
     async def submit(self, items: list[Item]) -> Rows:
         if not 0 < len(items) <= self.max_batch:
