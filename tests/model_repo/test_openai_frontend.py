@@ -32,6 +32,7 @@ from model_repo.triton_args import repository_server_args
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 CHAT, PLAIN, MINILM = "chat-llama", "plain-gpt2", "minilm"
+MINILM_HELD = "minilm-held"
 # A template of the kind checkpoints ship (role markers, generation prompt), written into the tokenizer
 # config the way `tokenizer.save_pretrained` stores one.
 CHAT_TEMPLATE = (
@@ -79,6 +80,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Iterat
         CHAT: BuildOptions(source=f"file://{paths[CHAT]}", model_name=CHAT, max_concurrent_sequences=8),
         PLAIN: BuildOptions(source=f"file://{paths[PLAIN]}", model_name=PLAIN),
         MINILM: BuildOptions(source=f"file://{minilm_path}", model_name=MINILM, max_batch_size=2),
+        # MiniLM again, each batch held in Triton's queue for 200 ms: a call stays in flight long enough
+        # that requests sent together reach the sidecar while it runs (the sharing test).
+        MINILM_HELD: BuildOptions(
+            source=f"file://{minilm_path}",
+            model_name=MINILM_HELD,
+            max_batch_size=2,
+            max_queue_delay_us=200_000,
+        ),
     }
     repositories = {
         name: build_repository(option, root / f"repo-{name}").path for name, option in options.items()
@@ -199,23 +208,23 @@ def test_concurrent_embedding_requests_share_triton_calls_and_keep_their_answers
     want = SentenceTransformer(str(stack.paths[MINILM]), device="cpu").encode(texts, convert_to_numpy=True)
     # One call in flight at a time: requests that arrive while it runs wait and share the next one.
     with LocalFrontend(
-        stack.repositories[MINILM],
+        stack.repositories[MINILM_HELD],
         stack.server.grpc_url,
         free_port(),
         log_path=tmp_path / "one-call.log",
         calls_in_flight=1,
     ) as frontend:
         url = f"{frontend.base_url}/embeddings"
-        before = triton_request_count(stack.server.metrics_url, MINILM)
+        before = triton_request_count(stack.server.metrics_url, MINILM_HELD)
         answers: dict[int, list[float]] = {}
 
         def ask(index: int) -> None:
-            response = httpx.post(url, json={"model": MINILM, "input": texts[index]}, timeout=120)
+            response = httpx.post(url, json={"model": MINILM_HELD, "input": texts[index]}, timeout=120)
             response.raise_for_status()
             answers[index] = response.json()["data"][0]["embedding"]
 
         all_at_once(len(texts), ask)
-        calls = triton_request_count(stack.server.metrics_url, MINILM) - before
+        calls = triton_request_count(stack.server.metrics_url, MINILM_HELD) - before
     assert sorted(answers) == list(range(len(texts)))
     for index, expected in enumerate(want):
         got = np.array(answers[index], dtype=np.float32)

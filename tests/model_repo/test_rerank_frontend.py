@@ -35,6 +35,7 @@ from model_repo.triton_args import repository_server_args
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 RANKER, CLASSIFIER, MINILM = "ranker", "nli", "minilm"
+CLASSIFIER_HELD = "nli-held"
 # A second sidecar on the same Triton model, reading token arrays as tiktoken's cl100k_base ids.
 MINILM_CL100K = "minilm-cl100k"
 # Small, so that a rerank of more documents than this is split into several Triton requests.
@@ -135,6 +136,17 @@ def stack(
         ).path
         for name, path in paths.items()
     }
+    # The classifier again, each batch held in Triton's queue for 200 ms: a call stays in flight long
+    # enough that requests sent together reach the sidecar while it runs (the sharing test).
+    repositories[CLASSIFIER_HELD] = build_repository(
+        BuildOptions(
+            source=f"file://{paths[CLASSIFIER]}",
+            model_name=CLASSIFIER_HELD,
+            max_batch_size=batches[CLASSIFIER],
+            max_queue_delay_us=200_000,
+        ),
+        root / f"repo-{CLASSIFIER_HELD}",
+    ).path
     args = ["--strict-readiness=true", *repository_server_args()]
     args += [f"--model-repository={path}" for path in repositories.values()]
     sidecars = {name: (repositories[name], TokenArrays.MODEL) for name in paths}
@@ -287,14 +299,14 @@ def test_concurrent_tei_predictions_share_triton_calls_per_input_set(stack: Stac
     want_pairs = _classifier_probabilities(path, premises[0::2], hypotheses[0::2])
     want_singles = _classifier_probabilities(path, premises[1::2], None)
     with LocalFrontend(
-        stack.repositories[CLASSIFIER],
+        stack.repositories[CLASSIFIER_HELD],
         stack.server.grpc_url,
         free_port(),
         log_path=tmp_path / "one-call.log",
         calls_in_flight=1,
     ) as frontend:
         url = f"http://{frontend.host}:{frontend.port}/predict"
-        before = triton_request_count(stack.server.metrics_url, CLASSIFIER)
+        before = triton_request_count(stack.server.metrics_url, CLASSIFIER_HELD)
         answers: dict[int, list[dict[str, Any]]] = {}
 
         def ask(index: int) -> None:
@@ -304,7 +316,7 @@ def test_concurrent_tei_predictions_share_triton_calls_per_input_set(stack: Stac
             answers[index] = response.json()
 
         all_at_once(len(premises), ask)
-        calls = triton_request_count(stack.server.metrics_url, CLASSIFIER) - before
+        calls = triton_request_count(stack.server.metrics_url, CLASSIFIER_HELD) - before
     labels = ["negative", "neutral", "positive"]
 
     def probabilities(answer: list[dict[str, Any]]) -> list[float]:
