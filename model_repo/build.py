@@ -22,7 +22,7 @@ from model_repo.checkpoint import (
 from model_repo.configs import validate_config
 from model_repo.errors import BuildError
 from model_repo.fetch import FetchedCheckpoint, fetch
-from model_repo.optimize import GateSettings, Optimised, optimise_onnx, optimise_python
+from model_repo.optimize import GateSettings, Optimised, optimise_onnx, optimise_python, save_smoothing
 from model_repo.options import (
     MAX_BATCH_SIZE_LIMIT,
     MAX_CONCURRENT_SEQUENCES,
@@ -45,6 +45,7 @@ from model_repo.python_backend import (
     SHARED_RUNTIME_FILES,
     runtime_parameters,
 )
+from model_repo.runtime.model import SMOOTHING_FILE
 from model_repo.staging import staging_directory
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -396,8 +397,12 @@ def _export(
             extra = {"quantization": options.quantization.value}
             if optimised.keep_float:
                 extra["int8_keep_float"] = json.dumps(optimised.keep_float)
+            if optimised.smoothing:
+                extra["int8_smoothing"] = SMOOTHING_FILE
         progress.stage(Stage.EXPORT, "writing the python repository")
         configs = python_format.write(repo, options, prepared, extra)
+        if optimised is not None and optimised.smoothing:
+            save_smoothing(repo / options.model_name / "1", optimised.smoothing)
     elif model_format is ModelFormat.VLLM:
         progress.stage(Stage.EXPORT, "writing the vllm repository")
         configs = vllm_format.write(repo, options, prepared, final_path=out)

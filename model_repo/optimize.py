@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from model_repo.accuracy import (
 from model_repo.checkpoint import CheckpointInfo
 from model_repo.errors import BuildError
 from model_repo.options import Quantization, Task
-from model_repo.runtime.model import quantize_int8
+from model_repo.runtime.model import SMOOTHING_FILE, SMOOTHING_STRENGTH, quantize_int8, smoothing_scales
 
 Progress = Callable[[str], None]
 SELECTION_MARGIN = 0.25
@@ -48,6 +48,18 @@ class GateSettings:
 class Optimised:
     report: AccuracyReport
     keep_float: list[str]
+    # Layer name -> the input scales its int8 version is smoothed with (float32, one per input channel).
+    smoothing: dict[str, Any] = field(default_factory=dict)
+
+
+def save_smoothing(version_dir: Path, smoothing: dict[str, Any]) -> str:
+    """Write the scales where the runtime reads them (`read_smoothing`); returns the file's name."""
+    target = version_dir / SMOOTHING_FILE
+    partial = target.with_name(f".{SMOOTHING_FILE}.partial")
+    with partial.open("wb") as handle:
+        np.savez(handle, **{name: np.asarray(scales, dtype=np.float32) for name, scales in smoothing.items()})
+    partial.replace(target)
+    return SMOOTHING_FILE
 
 
 def _output_name(task: Task) -> str:
@@ -80,6 +92,43 @@ def _raw_outputs(forward: Forward, tokenizer: Any, texts: Sequence[str], max_len
             forward(batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64), types)
         )
     return outputs
+
+
+def _input_maxima(
+    reference: Forward, model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
+) -> dict[str, Any]:
+    """Each Linear layer's largest input per channel over the calibration texts' real tokens (padding
+    rows left out: the runtime's unpadded forward never sees them)."""
+    import torch
+
+    current: dict[str, Any] = {}
+    maxima: dict[str, Any] = {}
+
+    def recorder(name: str) -> Callable[..., None]:
+        def record(_module: Any, inputs: tuple[Any, ...], _output: Any) -> None:
+            x = inputs[0].detach()
+            mask = current.get("mask")
+            rows = x[mask] if mask is not None and tuple(x.shape[:2]) == tuple(mask.shape) else x
+            peak = rows.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+            maxima[name] = torch.maximum(maxima[name], peak) if name in maxima else peak
+
+        return record
+
+    def tracking(input_ids: Any, attention: Any, types: Any) -> Any:
+        current["mask"] = torch.from_numpy(attention).bool()
+        return reference(input_ids, attention, types)
+
+    hooks = [
+        module.register_forward_hook(recorder(name))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    try:
+        _raw_outputs(tracking, tokenizer, texts, max_length)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return maxima
 
 
 def _select_float_layers(
@@ -165,22 +214,57 @@ def optimise_python(
             gate(task, measure(candidate_model), optimisation, label, len(texts), settings.floor), []
         )
 
-    layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    modules = dict(model.named_modules())
+    layers = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
     baseline = _raw_outputs(reference, tokenizer, texts, max_length)
 
-    def alone(layer: str) -> float:
-        only = quantize_int8(model, [n for n in layers if n != layer])
-        return _distortion(
-            baseline, _raw_outputs(torch_forward(only, output, names), tokenizer, texts, max_length)
-        )
+    def distortion(candidate_model: Any) -> float:
+        candidate = _raw_outputs(torch_forward(candidate_model, output, names), tokenizer, texts, max_length)
+        return _distortion(baseline, candidate)
 
-    kept, metrics = _select_float_layers(
-        layers, lambda keep: measure(quantize_int8(model, keep)), alone, metric, floor, progress
+    smoothing: dict[str, Any] = {}
+    whole = measure(quantize_int8(model, []))
+    if whole[metric] >= floor + (1.0 - floor) * SELECTION_MARGIN:
+        progress(f"int8, all {len(layers)} linear layers: {metric} {whole[metric]:.4f} (floor {floor})")
+        kept: list[str] = []
+        metrics = whole
+    else:
+        # Each layer quantised alone, plain and smoothed: smoothed where that distorts less, and ranked by
+        # the better of the two.
+        maxima = _input_maxima(reference, model, tokenizer, texts, max_length)
+        distortions: dict[str, float] = {}
+        for layer in layers:
+            others = [n for n in layers if n != layer]
+            distortions[layer] = distortion(quantize_int8(model, others))
+            if layer not in maxima:  # not run on these texts
+                continue
+            scales = smoothing_scales(maxima[layer], modules[layer].weight)
+            smoothed = distortion(quantize_int8(model, others, {layer: scales}))
+            if smoothed < distortions[layer]:
+                smoothing[layer], distortions[layer] = scales, smoothed
+        progress(
+            f"int8: all {len(layers)} linear layers, {metric} {whole[metric]:.4f}; smoothing the inputs of "
+            f"{len(smoothing)} (those it makes more accurate alone)"
+        )
+        kept, metrics = _select_float_layers(
+            layers,
+            lambda keep: measure(quantize_int8(model, keep, smoothing)),
+            distortions.__getitem__,
+            metric,
+            floor,
+            progress,
+        )
+    smoothed_layers = sorted(name for name in smoothing if name not in kept)
+    optimisation["scheme"] = "dynamic, per-channel weights" + (
+        f", inputs smoothed (SmoothQuant, strength {SMOOTHING_STRENGTH}) on {len(smoothed_layers)} layers"
+        if smoothed_layers
+        else ""
     )
-    optimisation["scheme"] = "dynamic, per-channel weights"
     optimisation["layers_int8"] = len(layers) - len(kept)
     optimisation["layers_float32"] = kept
-    return Optimised(gate(task, metrics, optimisation, label, len(texts), settings.floor), kept)
+    optimisation["layers_smoothed"] = smoothed_layers
+    report = gate(task, metrics, optimisation, label, len(texts), settings.floor)
+    return Optimised(report, kept, {name: smoothing[name] for name in smoothed_layers})
 
 
 def _onnx_weight_matmuls(path: Path) -> list[str]:

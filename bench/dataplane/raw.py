@@ -16,9 +16,15 @@ class RawModel:
     """Tokenizer and model loaded the way the served runtimes load them, for in-process batches."""
 
     def __init__(
-        self, model: BenchModel, device: str, dtype: str, int8_keep_float: Sequence[str] | None = None
+        self,
+        model: BenchModel,
+        device: str,
+        dtype: str,
+        int8_keep_float: Sequence[str] | None = None,
+        int8_smoothing: dict[str, Any] | None = None,
     ) -> None:
-        """`int8_keep_float` (a list, maybe empty): quantise like the runtime does, these layers kept."""
+        """`int8_keep_float` (a list, maybe empty): quantise like the runtime does, these layers kept and
+        those in `int8_smoothing` smoothed (the repository's scales)."""
         import torch
         import transformers
 
@@ -35,7 +41,7 @@ class RawModel:
         if int8_keep_float is not None:
             from model_repo.runtime.model import quantize_int8
 
-            self.model = quantize_int8(self.model, list(int8_keep_float))
+            self.model = quantize_int8(self.model, list(int8_keep_float), int8_smoothing)
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.bench_model.max_length)

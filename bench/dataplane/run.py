@@ -200,9 +200,15 @@ def prepare_model(key: str, workdir: Path, minilm_path: Path | None) -> BenchMod
 
 
 def measure_raw(
-    model: BenchModel, settings: Settings, texts: Sequence[str], int8_keep_float: Sequence[str] | None = None
+    model: BenchModel,
+    settings: Settings,
+    texts: Sequence[str],
+    int8_keep_float: Sequence[str] | None = None,
+    int8_smoothing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    runner = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device), int8_keep_float)
+    runner = raw_limit.RawModel(
+        model, settings.device, torch_dtype(settings.device), int8_keep_float, int8_smoothing
+    )
 
     def guard(measure_point: Callable[[], raw_limit.RawPoint], what: str) -> raw_limit.RawPoint:
         point, record = guarded(settings.quiet, measure_point, what)
@@ -236,6 +242,7 @@ def measure_optimised(
     from model_repo.errors import BuildError
     from model_repo.options import BuildOptions
     from model_repo.output_dir import read_record
+    from model_repo.runtime.model import SMOOTHING_FILE, read_smoothing
 
     result: dict[str, Any] = {}
     reference = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))
@@ -258,9 +265,11 @@ def measure_optimised(
             continue
         gate = (read_record(built.path) or {}).get("accuracy") or {}
         keep = (gate.get("optimisation") or {}).get("layers_float32")
+        smoothing_file = built.path / OURS_MODEL_NAME / "1" / SMOOTHING_FILE
+        smoothing = read_smoothing(str(smoothing_file)) if smoothing_file.exists() else None
         entry: dict[str, Any] = {"build_s": round(time.monotonic() - started, 1), "gate": gate}
         if name == "ours-int8":
-            candidate = raw_limit.RawModel(model, settings.device, "float32", keep or [])
+            candidate = raw_limit.RawModel(model, settings.device, "float32", keep or [], smoothing)
         else:
             candidate = raw_limit.RawModel(model, settings.device, "bfloat16")
         entry["workload_accuracy"] = raw_limit.agreement(reference, candidate, texts)
@@ -270,7 +279,7 @@ def measure_optimised(
         )
         if name == "ours-int8":
             print("  raw in-process limit, int8", flush=True)
-            entry["raw"] = measure_raw(model, settings, texts, keep or [])
+            entry["raw"] = measure_raw(model, settings, texts, keep or [], smoothing)
         result[name] = entry
     del reference
     gc.collect()

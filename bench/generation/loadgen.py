@@ -356,7 +356,7 @@ def _serving(settings: Settings, checkpoint: Path) -> Iterator[str]:
         settings.workdir / "llama-repository",
         force=True,
     )
-    with serving(built.path, MODEL, settings) as (_grpc_url, base_url):  # type: ignore[arg-type]
+    with serving(built.path, MODEL, settings.workdir) as (_grpc_url, base_url):
         yield base_url
 
 

@@ -214,8 +214,11 @@ def measure(
 
 
 @contextlib.contextmanager
-def serving(repository: Path, name: str, settings: Settings) -> Iterator[tuple[str, str]]:
-    """tritonserver on `repository` and the frontend next to it: (Triton's gRPC URL, the API's base URL)."""
+def serving(
+    repository: Path, name: str, workdir: Path, calls_in_flight: int | None = None
+) -> Iterator[tuple[str, str]]:
+    """tritonserver on `repository` and the frontend next to it: (Triton's gRPC URL, the API's base URL).
+    Their logs go to `workdir`; `calls_in_flight` is the sidecar's --calls-in-flight (None: its default)."""
     from model_repo.openai_local import LocalFrontend
     from model_repo.triton import TritonServer, free_port
     from model_repo.triton_args import repository_server_args
@@ -223,15 +226,14 @@ def serving(repository: Path, name: str, settings: Settings) -> Iterator[tuple[s
     args = ["--strict-readiness=true", *repository_server_args(), f"--model-repository={repository}"]
     with (
         TritonServer(
-            None, extra_args=args, ready_timeout_s=600, log_path=settings.workdir / f"{name}-triton.log"
+            None, extra_args=args, ready_timeout_s=600, log_path=workdir / f"{name}-triton.log"
         ) as server,
         LocalFrontend(
             repository,
             server.grpc_url,
             free_port(),
-            log_path=settings.workdir / f"{name}-openai.log",
-            # bench/generation/loadgen passes its own settings, which have no such field.
-            calls_in_flight=getattr(settings, "calls_in_flight", None),
+            log_path=workdir / f"{name}-openai.log",
+            calls_in_flight=calls_in_flight,
         ) as frontend,
     ):
         yield server.grpc_url, frontend.base_url
@@ -248,7 +250,7 @@ def run_embeddings(settings: Settings) -> dict[str, Any]:
         force=True,  # the benchmark's own directory (Triton's stub leaves __pycache__ in it)
     )
     texts = list(load_texts())
-    with serving(built.path, "minilm", settings) as (grpc_url, base_url):
+    with serving(built.path, "minilm", settings.workdir, settings.calls_in_flight) as (grpc_url, base_url):
         contenders: dict[str, Callable[[list[int]], Any]] = {
             DIRECT: lambda _tokens: TritonGrpcSender(grpc_url, "minilm"),
             OPENAI: lambda _tokens: OpenAIEmbeddings(base_url, "minilm"),
@@ -272,7 +274,7 @@ def run_generation(settings: Settings) -> dict[str, Any]:
         settings.workdir / "llama-repository",
         force=True,
     )
-    with serving(built.path, "llama", settings) as (grpc_url, base_url):
+    with serving(built.path, "llama", settings.workdir, settings.calls_in_flight) as (grpc_url, base_url):
         contenders: dict[str, Callable[[list[int]], Any]] = {
             DIRECT: lambda tokens: DirectStream(grpc_url, "llama", settings.max_tokens, tokens),
             OPENAI: lambda tokens: OpenAIStream(base_url, "llama", settings.max_tokens, tokens),

@@ -151,7 +151,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     texts = list(load_texts())
     documents = documents_for(texts)
-    with serving(built.path, "ranker", settings) as (grpc_url, base_url):
+    with serving(built.path, "ranker", settings.workdir) as (grpc_url, base_url):
         contenders: dict[str, Callable[[list[int]], Any]] = {
             DIRECT: lambda _tokens: DirectPairs(grpc_url, "ranker", documents),
             RERANK: lambda _tokens: RerankRoute(base_url, "ranker", documents),

@@ -284,18 +284,72 @@ def this_cpu_has_native_bfloat16() -> bool:
     return cpuinfo is None or cpu_has_native_bfloat16(cpuinfo)
 
 
-def quantize_int8(model: Any, keep_float: list[str] | tuple[str, ...] = ()) -> Any:
+# SmoothQuant's migration strength (Xiao et al., 2023): how much of an input channel's range moves from the
+# activations into the weights. 0.5 splits it evenly; on all-MiniLM-L6-v2 it let the gate keep 2 of 37
+# layers in float32 instead of 8-9 (bench/README.md, data plane, "Session 13").
+SMOOTHING_STRENGTH = 0.5
+# The file (in the version directory, beside the runtime) holding each smoothed layer's input scales; the
+# config's `int8_smoothing` parameter names it.
+SMOOTHING_FILE = "int8_smoothing.npz"
+
+
+def smoothing_scales(activation_max: Any, weight: Any, strength: float = SMOOTHING_STRENGTH) -> Any:
+    """Per input channel j of a Linear layer: s_j = max|x_j|^a / max|W_:,j|^(1-a). The layer then runs
+    (x / s) @ (W * s)^T, the same product, with the activations' outlier channels scaled down so that one
+    int8 scale per batch fits them all, and the weights' columns scaled up, each output channel still
+    quantised with its own scale."""
+    import torch
+
+    weight_max = weight.detach().abs().amax(dim=0).float().clamp(min=1e-5)
+    scales = activation_max.float().clamp(min=1e-5) ** strength / weight_max ** (1.0 - strength)
+    return scales.clamp(min=1e-5).to(torch.float32)
+
+
+def smoothed_linear(linear: Any, scales: Any) -> Any:
+    """`linear` with its input scaled down by `scales` and its weight's columns up: equal in float32 up to
+    rounding. Its `linear` stays an nn.Linear, so dynamic quantisation swaps it like any other."""
+    import torch
+
+    class SmoothedLinear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("inverse_scales", (1.0 / scales).to(linear.weight.dtype))
+            self.linear = linear
+
+        def forward(self, x: Any) -> Any:
+            return self.linear(x * self.inverse_scales)
+
+    linear.weight.data = linear.weight.data * scales.to(linear.weight.dtype)[None, :]
+    return SmoothedLinear()
+
+
+def quantize_int8(
+    model: Any, keep_float: list[str] | tuple[str, ...] = (), smoothing: dict[str, Any] | None = None
+) -> Any:
     """Dynamic int8 quantisation of the model's Linear layers (int8 weights per output channel, int8
-    activations scaled per batch), except the layers named in `keep_float`.
+    activations scaled per batch), except the layers named in `keep_float`; the layers named in
+    `smoothing` (name -> input scales, see `smoothing_scales`) are smoothed first. `model` is left as it was.
 
     The builder's accuracy gate and the runtime both call this, so the served model is the measured one.
     """
+    import copy
     import warnings
 
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     kept = set(keep_float)
+    smoothed = {name: scales for name, scales in (smoothing or {}).items() if name not in kept}
+    if smoothed:
+        model = copy.deepcopy(model)
+        modules = dict(model.named_modules())
+        for name, scales in smoothed.items():
+            parent, _, attribute = name.rpartition(".")
+            linear = modules[name]
+            if not isinstance(linear, torch.nn.Linear):
+                raise ValueError(f"int8 smoothing names {name}, which is not a Linear layer of this model")
+            holder = modules[parent] if parent else model
+            setattr(holder, attribute, smoothed_linear(linear, torch.as_tensor(scales)))
     layers = {
         name: per_channel_dynamic_qconfig
         for name, module in model.named_modules()
@@ -305,7 +359,15 @@ def quantize_int8(model: Any, keep_float: list[str] | tuple[str, ...] = ()) -> A
         # torch 2.15 announces torch.ao.quantization's move to torchao; the API still works unchanged.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, layers, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+        return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=bool(smoothed))  # type: ignore[no-untyped-call]
+
+
+def read_smoothing(path: str) -> dict[str, Any]:
+    """The smoothed layers' input scales, as the build saved them (`save_smoothing`)."""
+    import torch
+
+    with np.load(path, allow_pickle=False) as saved:
+        return {name: torch.from_numpy(saved[name].astype(np.float32)) for name in saved.files}
 
 
 def pad_batch(sequences: list[list[int]], pad_value: int, length: int | None = None) -> Array:

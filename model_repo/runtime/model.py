@@ -57,12 +57,16 @@ ROLE_CLASSES: dict[str, tuple[str, str]] = {
 
 if IN_PROJECT_PACKAGE:  # the builder and tests use the pure helpers here
     from .helpers import CPUINFO_ENV as CPUINFO_ENV
+    from .helpers import SMOOTHING_FILE as SMOOTHING_FILE
+    from .helpers import SMOOTHING_STRENGTH as SMOOTHING_STRENGTH
     from .helpers import classification_outputs as classification_outputs
     from .helpers import cpu_has_native_bfloat16 as cpu_has_native_bfloat16
     from .helpers import fit_pass_overhead as fit_pass_overhead
     from .helpers import plan_length_groups as plan_length_groups
     from .helpers import pool_embeddings as pool_embeddings
     from .helpers import quantize_int8 as quantize_int8
+    from .helpers import read_smoothing as read_smoothing
+    from .helpers import smoothing_scales as smoothing_scales
     from .helpers import softmax as softmax
     from .helpers import this_cpu_has_native_bfloat16 as this_cpu_has_native_bfloat16
     from .helpers import token_entities as token_entities

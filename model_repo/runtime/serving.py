@@ -17,6 +17,7 @@ from .helpers import (
     Array,
     classification_outputs,
     quantize_int8,
+    read_smoothing,
     read_text,
     this_cpu_has_native_bfloat16,
     token_entities,
@@ -212,7 +213,13 @@ def load_model(settings: Settings) -> Any:
     model = auto_class.from_pretrained(settings.checkpoint, dtype=dtype, trust_remote_code=settings.trust)
     model.to(settings.device).eval()
     if params.get("quantization", "none") == "int8":
-        model = quantize_int8(model, json.loads(params.get("int8_keep_float", "[]")))
+        smoothing_file = params.get("int8_smoothing")
+        smoothing = (
+            read_smoothing(os.path.join(os.path.dirname(settings.checkpoint), smoothing_file))
+            if smoothing_file
+            else None
+        )
+        model = quantize_int8(model, json.loads(params.get("int8_keep_float", "[]")), smoothing)
     return model
 
 

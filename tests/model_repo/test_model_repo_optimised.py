@@ -21,10 +21,13 @@ from model_repo.options import BuildOptions, DType, ModelFormat, Quantization
 from model_repo.output_dir import read_record
 from model_repo.runtime.model import (
     CPUINFO_ENV,
+    SMOOTHING_FILE,
     classification_outputs,
     cpu_has_native_bfloat16,
     pool_embeddings,
     quantize_int8,
+    read_smoothing,
+    smoothing_scales,
     this_cpu_has_native_bfloat16,
     token_entities,
     top_k_tokens,
@@ -34,6 +37,8 @@ from model_repo.triton_args import repository_server_args
 
 ENCODER_TASKS = ["text-classification", "token-classification", "feature-extraction", "fill-mask"]
 BF16 = "bf16_classifier"
+# The real all-MiniLM-L6-v2: its activations have the outlier channels that int8 smoothing is for.
+MINILM = "int8_minilm"
 MASKED = [f"{s.split()[0]} [MASK] {' '.join(s.split()[1:])}".strip() for s in SENTENCES]
 
 
@@ -56,7 +61,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    checkpoints: dict[str, Path], minilm_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     """One server for every optimised variant, each built on its own: a variant the builder refuses fails
     its own tests only, and the bfloat16 one is built only where the CPU has bf16 arithmetic (elsewhere its
     tests are skipped and the refusal is tested with a given cpuinfo)."""
@@ -70,6 +77,9 @@ def served(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         )
         for task in ENCODER_TASKS
     }
+    variants[MINILM] = BuildOptions(
+        source=f"file://{minilm_path}", model_name=MINILM, max_batch_size=8, quantization=Quantization.INT8
+    )
     if this_cpu_has_native_bfloat16():
         variants[BF16] = BuildOptions(
             source=f"file://{checkpoints['text-classification']}",
@@ -137,9 +147,17 @@ def _in_process(task: str, checkpoint: Path, optimise: Any, text: str) -> dict[s
     return {"TOKENS": [tokenizer.decode([int(t)]) for t in ids[0]], "SCORES": probabilities[0]}
 
 
-def _int8(repository: Path) -> Any:
+def _int8(repository: Path, smoothed: bool = True) -> Any:
+    """The int8 model the build chose (its float32 layers, and its smoothing unless `smoothed` is False)."""
     keep = read_record(repository)["accuracy"]["optimisation"]["layers_float32"]  # type: ignore[index]
-    return lambda model: quantize_int8(model, keep)
+    path = _smoothing_file(repository)
+    smoothing = read_smoothing(str(path)) if smoothed and path.exists() else None
+    return lambda model: quantize_int8(model, keep, smoothing)
+
+
+def _smoothing_file(repository: Path) -> Path:
+    (config,) = repository.glob("*/config.pbtxt")
+    return config.parent / "1" / SMOOTHING_FILE
 
 
 def _texts(task: str) -> list[str]:
@@ -205,8 +223,87 @@ def test_the_runtime_logs_the_accuracy_result_at_load(served: Served) -> None:
     log = served.server.log()
     assert served.repositories, "nothing was built"
     for key in served.repositories:
-        assert f"{BF16 if key == BF16 else _name(key)}: serving " in log
+        assert f"{key if key in (BF16, MINILM) else _name(key)}: serving " in log
     assert "the build measured it against float32 on 48 texts" in log
+
+
+def _minilm_embeddings(checkpoint: Path, optimise: Any, texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2's sentence embeddings (mean pooling, normalised), one text at a time as served."""
+    import torch
+    import transformers
+
+    model = optimise(transformers.AutoModel.from_pretrained(str(checkpoint), dtype=torch.float32).eval())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    rows = []
+    for text in texts:
+        encoded = tokenizer(text, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**encoded).last_hidden_state.float().numpy()
+        rows.append(pool_embeddings(hidden, encoded["attention_mask"].numpy(), "mean", True)[0])
+    return np.stack(rows)
+
+
+@pytest.mark.triton
+def test_int8_smooths_the_inputs_with_outliers_and_serves_the_smoothed_model(
+    served: Served, minilm_path: Path
+) -> None:
+    repository = served.repository(MINILM)
+    optimisation = read_record(repository)["accuracy"]["optimisation"]  # type: ignore[index]
+    smoothed, kept = optimisation["layers_smoothed"], optimisation["layers_float32"]
+    assert smoothed, optimisation
+    assert not set(smoothed) & set(kept)
+    assert f"inputs smoothed (SmoothQuant, strength 0.5) on {len(smoothed)} layers" in optimisation["scheme"]
+    config = (repository / MINILM / "config.pbtxt").read_text()
+    assert f'key: "int8_smoothing" value {{ string_value: "{SMOOTHING_FILE}" }}' in config
+    scales = read_smoothing(str(_smoothing_file(repository)))
+    assert sorted(scales) == smoothed
+    import transformers
+
+    layers = dict(transformers.AutoModel.from_pretrained(str(minilm_path)).named_modules())
+    for name, values in scales.items():
+        assert values.shape == (layers[name].in_features,) and bool((values > 0).all()), name
+
+    served_rows = np.stack([_infer(served, MINILM, text)["EMBEDDING"] for text in SENTENCES])
+    gated = _minilm_embeddings(minilm_path, _int8(repository), SENTENCES)
+    np.testing.assert_allclose(served_rows, gated, atol=1e-5)
+    # The same float32 layers without the smoothing is another model: the served one is smoothed.
+    unsmoothed = _minilm_embeddings(minilm_path, _int8(repository, smoothed=False), SENTENCES)
+    assert float(np.abs(served_rows - unsmoothed).max()) > 1e-3
+    fp32 = _minilm_embeddings(minilm_path, lambda model: model, SENTENCES)
+    assert float((served_rows * fp32).sum(axis=1).mean()) >= 0.99
+
+
+def test_a_smoothed_linear_layer_is_the_same_product_in_float32() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(5, 16)
+    x[:, 3] *= 60.0  # an outlier channel
+    expected = layer(x).detach()
+    model = torch.nn.Sequential(layer)
+    scales = smoothing_scales(x.abs().amax(dim=0), layer.weight)
+    # s_j = max|x_j|^0.5 / max|W_:,j|^0.5: the outlier channel gets the largest scale.
+    weight_max = layer.weight.detach().abs().amax(dim=0)
+    torch.testing.assert_close(scales, (x.abs().amax(dim=0) / weight_max).sqrt())
+    assert int(scales.argmax()) == 3
+    quantized = quantize_int8(model, (), {"0": scales})
+    assert torch.equal(model[0].weight, layer.weight) and isinstance(model[0], torch.nn.Linear)
+    smoothed = quantized[0]
+    assert type(smoothed).__name__ == "SmoothedLinear"
+    # The int8 product of the smoothed layer is close; its float32 product (the same weights before
+    # quantisation) is equal up to rounding.
+    float_version = torch.nn.functional.linear(x * smoothed.inverse_scales, layer.weight * scales, layer.bias)
+    torch.testing.assert_close(float_version.detach(), expected, rtol=1e-5, atol=1e-5)
+    assert float((smoothed(x) - expected).abs().max()) < 0.05 * float(expected.abs().max())
+
+
+def test_smoothing_refuses_a_name_that_is_not_a_linear_layer() -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with pytest.raises(ValueError, match="int8 smoothing names 1, which is not a Linear layer"):
+        quantize_int8(model, (), {"1": torch.ones(4)})
 
 
 def test_an_impossible_floor_fails_the_build_naming_metric_value_and_floor(
