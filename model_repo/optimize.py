@@ -108,7 +108,8 @@ def _input_maxima(
         def record(_module: Any, inputs: tuple[Any, ...], _output: Any) -> None:
             x = inputs[0].detach()
             mask = current.get("mask")
-            rows = x[mask] if mask is not None and tuple(x.shape[:2]) == tuple(mask.shape) else x
+            token_rows = mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape)
+            rows = x[mask] if token_rows else x
             peak = rows.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
             maxima[name] = torch.maximum(maxima[name], peak) if name in maxima else peak
 

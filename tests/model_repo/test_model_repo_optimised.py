@@ -488,3 +488,29 @@ def test_bfloat16_is_refused_on_a_given_cpu_without_it(
     cpuinfo.unlink()
     with pytest.raises(RuntimeError, match=f"{CPUINFO_ENV}=.* is not a readable file"):
         this_cpu_has_native_bfloat16()
+
+
+def test_smoothing_sees_the_largest_inputs_of_real_tokens_only(checkpoints: dict[str, Path]) -> None:
+    """The input maxima come from the texts' own tokens: each text run alone (no padding) gives the same."""
+    import torch
+    import transformers
+
+    from model_repo.accuracy import torch_forward
+    from model_repo.optimize import _input_maxima
+
+    checkpoint = checkpoints["text-classification"]
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+    texts = [*SENTENCES, "a much longer text than the others, so that every other one is padded in its batch"]
+    batched = _input_maxima(torch_forward(model, "logits", names), model, tokenizer, texts, 64)
+    alone: dict[str, Any] = {}
+    for text in texts:
+        for name, peak in _input_maxima(
+            torch_forward(model, "logits", names), model, tokenizer, [text], 64
+        ).items():
+            alone[name] = torch.maximum(alone[name], peak) if name in alone else peak
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(batched) == sorted(alone) == sorted(linear)
+    for name in linear:
+        torch.testing.assert_close(batched[name], alone[name], rtol=1e-4, atol=1e-5)
