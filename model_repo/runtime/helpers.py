@@ -285,8 +285,8 @@ def this_cpu_has_native_bfloat16() -> bool:
 
 
 # SmoothQuant's migration strength (Xiao et al., 2023): how much of an input channel's range moves from the
-# activations into the weights. 0.5 splits it evenly; on all-MiniLM-L6-v2 it let the gate keep 2 of 37
-# layers in float32 instead of 8-9 (bench/README.md, data plane, "Session 13").
+# activations into the weights. 0.5 splits it evenly; on all-MiniLM-L6-v2 it let the gate keep 3 of 37
+# layers in float32 instead of 9 (bench/README.md, data plane, "Session 13").
 SMOOTHING_STRENGTH = 0.5
 # The file (in the version directory, beside the runtime) holding each smoothed layer's input scales; the
 # config's `int8_smoothing` parameter names it.
@@ -345,7 +345,7 @@ def quantize_int8(
         modules = dict(model.named_modules())
         for name, scales in smoothed.items():
             parent, _, attribute = name.rpartition(".")
-            linear = modules[name]
+            linear = modules.get(name)
             if not isinstance(linear, torch.nn.Linear):
                 raise ValueError(f"int8 smoothing names {name}, which is not a Linear layer of this model")
             holder = modules[parent] if parent else model
