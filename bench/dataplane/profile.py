@@ -11,6 +11,7 @@ execution under load (perf_analyzer's server-side figures in the data-plane run)
 stub's IPC: request tensors in, response tensors out, through shared memory.
 
     .venv/bin/python -m bench.dataplane.profile [--models minilm] [--device cpu|cuda] [--batch 32]
+        [--quantization int8]
 """
 
 from __future__ import annotations
@@ -100,14 +101,33 @@ class StageTimer:
 
 
 @contextlib.contextmanager
-def built_runtime(model: BenchModel, device: str, workdir: Path) -> Iterator[Any]:
+def built_runtime(
+    model: BenchModel,
+    device: str,
+    workdir: Path,
+    quantization: str = "none",
+    notes: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """The runtime of the repository `modeldeploy build` writes (`quantization` int8: behind its accuracy
+    gate, whose choice of layers goes into `notes`)."""
     from model_repo.build import build_repository
-    from model_repo.options import BuildOptions
+    from model_repo.options import BuildOptions, Quantization
+    from model_repo.output_dir import read_record
 
     options = BuildOptions(
-        source=f"file://{model.path}", model_name=OURS_MODEL_NAME, device="gpu" if device == "cuda" else "cpu"
+        source=f"file://{model.path}",
+        model_name=OURS_MODEL_NAME,
+        device="gpu" if device == "cuda" else "cpu",
+        quantization=Quantization(quantization),
     )
     built = build_repository(options, workdir / "repository")
+    optimisation = ((read_record(built.path) or {}).get("accuracy") or {}).get("optimisation") or {}
+    if notes is not None and optimisation:
+        notes["int8"] = {
+            "layers_int8": optimisation.get("layers_int8"),
+            "layers_float32": optimisation.get("layers_float32"),
+            "layers_smoothed": len(optimisation.get("layers_smoothed") or []),
+        }
     module = load_runtime(built.path)
     runtime = module.TritonPythonModel()
     runtime.initialize(
@@ -142,14 +162,21 @@ def _self_us(event: Any, device: str) -> float:
 
 
 def profile_model(
-    model: BenchModel, device: str, batch: int, batches: int, profiled: int, workdir: Path
+    model: BenchModel,
+    device: str,
+    batch: int,
+    batches: int,
+    profiled: int,
+    workdir: Path,
+    quantization: str = "none",
 ) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     texts = load_texts()
     draws = random_batches(texts, batch, batches, seed=0)
-    with built_runtime(model, device, workdir) as runtime:
+    notes: dict[str, Any] = {}
+    with built_runtime(model, device, workdir, quantization, notes) as runtime:
         timer = StageTimer(runtime)
         for texts_ in draws[:2]:  # untimed: one-off per-shape costs
             run_batch(runtime, texts_)
@@ -199,6 +226,7 @@ def profile_model(
         "profiled_batches": profiled,
         "profile_sorted_by": sort_key,
         "top_operators": operators,
+        **notes,
     }
 
 
@@ -222,7 +250,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "workload texts",
             "",
             f"{forward} → {result['forward_passes_per_batch']} forward passes per batch; median batch "
-            f"{fmt(result['batch_ms_median'], 2)} ms, {fmt(result['texts_per_s'])} texts/s.",
+            f"{fmt(result['batch_ms_median'], 2)} ms, {fmt(result['texts_per_s'])} texts/s."
+            + (
+                f" int8: {result['int8']['layers_int8']} linear layers int8 "
+                f"({result['int8']['layers_smoothed']} of them with smoothed inputs), "
+                f"{len(result['int8']['layers_float32'] or [])} kept in float32."
+                if "int8" in result
+                else ""
+            ),
             "",
             markdown_table(
                 ["stage", "ms per batch (mean)", "share of the batch"],
@@ -263,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--profiled", type=int, default=5, help="batches under torch's profiler")
     parser.add_argument("--minilm-path", type=Path, default=None)
+    parser.add_argument(
+        "--quantization", choices=("none", "int8"), default="none", help="int8: the build's gated int8 model"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
@@ -279,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": "dataplane-profile",
         "command": " ".join([".venv/bin/python", "-m", "bench.dataplane.profile", *arguments]),
         "device": args.device,
-        "dtype": torch_dtype(args.device),
+        "dtype": torch_dtype(args.device) + (", int8" if args.quantization == "int8" else ""),
         "machine": machine,
         "models": {},
     }
@@ -289,9 +327,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             model = prepare_model(key, workdir, args.minilm_path)
             (workdir / key).mkdir()
             report["models"][key] = profile_model(
-                model, args.device, args.batch, args.batches, args.profiled, workdir / key
+                model, args.device, args.batch, args.batches, args.profiled, workdir / key, args.quantization
             )
-    stem = f"dataplane-profile-{args.device}"
+    stem = f"dataplane-profile-{args.device}" + ("-int8" if args.quantization == "int8" else "")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{stem}.json", report)
     markdown = render_markdown(report)

@@ -355,6 +355,19 @@ def test_profile_times_the_generated_runtime_stage_by_stage(tmp_path: Path) -> N
     assert "| forward |" in (tmp_path / "dataplane-profile-cpu.md").read_text()
 
 
+def test_profile_of_the_int8_repository_names_its_layers(tmp_path: Path) -> None:
+    from bench.dataplane.profile import main
+
+    arguments = ["--models", "tiny-bert", "--batch", "8", "--batches", "2", "--profiled", "1"]
+    report = main([*arguments, "--quantization", "int8", "--out", str(tmp_path)])
+    result = report["models"]["tiny-bert"]
+    assert report["dtype"] == "float32, int8"
+    assert result["int8"]["layers_int8"] > 0 and result["texts_per_s"] > 0
+    assert any(op["name"] == "quantized::linear_dynamic" for op in result["top_operators"])
+    markdown = (tmp_path / "dataplane-profile-cpu-int8.md").read_text()
+    assert f"int8: {result['int8']['layers_int8']} linear layers int8" in markdown
+
+
 @pytest.mark.slow
 def test_gpu_measurement_script_dry_run_publishes(tmp_path: Path) -> None:
     """bench/gpu/measure.sh --dry-run: the GPU script's steps on this CPU (tiny model, tiny budgets), then
