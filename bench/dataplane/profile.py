@@ -207,6 +207,8 @@ def profile_model(
         ]
         overhead = runtime.group_overhead
         unpadded = runtime.unpadded is not None
+        # The runtime's thread count per pass width (CPU), as its tuner left it after these batches.
+        threads = runtime.threads.choices() if runtime.threads is not None else None
         del runtime
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -226,6 +228,7 @@ def profile_model(
         "profiled_batches": profiled,
         "profile_sorted_by": sort_key,
         "top_operators": operators,
+        "threads_by_width_group": threads,
         **notes,
     }
 
@@ -256,6 +259,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"({result['int8']['layers_smoothed']} of them with smoothed inputs), "
                 f"{len(result['int8']['layers_float32'] or [])} kept in float32."
                 if "int8" in result
+                else ""
+            )
+            + (
+                f" Threads per pass by width group: {result['threads_by_width_group']}."
+                if result.get("threads_by_width_group")
                 else ""
             ),
             "",
