@@ -6,7 +6,8 @@ a random draw of lengths (MiniLM's workload: 9 to 71 tokens, 60% real), and spli
 similar lengths trades padding for the fixed cost of more passes. Here the texts' tokens are concatenated
 into one [tokens, hidden] matrix: embeddings, the query/key/value projections (one fused matrix product in
 float32), the attention output, the feed-forward layers and the task's head run on real tokens only;
-only the attention itself runs per text, on a padded view with a key mask. The model's own modules and
+only the attention itself runs per text, on padded views with a key mask (on a CPU one view per group of
+texts of similar lengths, `plan_attention_groups`). The model's own modules and
 weights do the arithmetic, so the outputs equal the model's own forward up to float rounding.
 
 What this needs from transformers beyond its public API is the module layout of BERT, RoBERTa and
@@ -19,6 +20,7 @@ The builder copies this file next to `model.py` for the encoder role; it imports
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,36 @@ SUPPORTED_MODEL_TYPES = POSITIONS_FROM_ZERO + POSITIONS_AFTER_PADDING
 # bfloat16/float16; int8 quantises each pass's activations with its own scale). A wrong layout differs by
 # the outputs' own size.
 AGREEMENT = {"float32": 1e-3, "other": 5e-2}
+
+
+# On a CPU, attention runs on texts of similar lengths together: a group of n texts padded to its longest
+# L costs about n * L * L, and every group one more call, here worth this many (query, key) pairs (about
+# one 64-token text's). 32 texts of MiniLM's workload (9-71 tokens) took 3.4-3.9 ms a layer in one group and
+# 2.0-3.0 ms in 2-8 (bench/README.md, data plane, "Session 13"). On an accelerator a call costs more than
+# the padding it saves, so there the batch stays one group.
+ATTENTION_GROUP_COST = 4096
+
+
+def plan_attention_groups(lengths: Array, group_cost: float) -> list[Array]:
+    """The texts (indices into `lengths`) of each attention group, shortest first: consecutive runs of the
+    texts sorted by length, chosen to minimise the sum over groups of count * longest**2 + `group_cost`."""
+    order = np.argsort(lengths, kind="stable")
+    ordered = lengths[order].astype(np.float64)
+    count = len(ordered)
+    best = np.zeros(count + 1)
+    start_of = np.zeros(count + 1, dtype=np.int64)
+    for end in range(1, count + 1):
+        starts = np.arange(end)
+        # A group of texts starts..end-1 (sorted), its longest the last one.
+        costs = best[:end] + (end - starts) * ordered[end - 1] ** 2 + group_cost
+        choice = int(np.argmin(costs))
+        best[end], start_of[end] = costs[choice], choice
+    groups: list[Array] = []
+    end = count
+    while end > 0:
+        groups.append(order[start_of[end] : end])
+        end = int(start_of[end])
+    return groups[::-1]
 
 
 class Unsupported(Exception):
@@ -137,16 +169,39 @@ class UnpaddedEncoder:
 
 
 class _Attention:
-    """The padded view of one batch that attention runs on, built once and used by every layer."""
+    """The padded views of one batch that attention runs on, built once and used by every layer.
+
+    Attention runs per group of texts of similar lengths (`plan_attention_groups`; one group on an
+    accelerator). Every group's padded block sits in one buffer: [its texts, its longest] rows, one after
+    the other; `padded` (the pooling's and the token heads' view) keeps all texts in batch order."""
 
     def __init__(self, batch: PackedBatch, to_device: Callable[[Array], Any], device: Any) -> None:
         import torch
 
         self.count, self.longest = batch.count, batch.longest
         self.rows = None if batch.uniform else to_device(batch.padded_rows)
-        # Keys beyond a text's end are masked; with texts of one length there is nothing to mask (as in the
-        # model's own forward, which then passes no mask either).
-        self.mask = None if batch.uniform else torch.from_numpy(batch.valid[:, None, None, :]).to(device)
+        group_cost = ATTENTION_GROUP_COST if device.type == "cpu" else math.inf
+        groups = (
+            [np.arange(batch.count)] if batch.uniform else plan_attention_groups(batch.lengths, group_cost)
+        )
+        # (first buffer row, texts, longest, key mask or None) per group, and each packed row's buffer row.
+        self.groups: list[tuple[int, int, int, Any]] = []
+        first_row = np.empty(batch.count, dtype=np.int64)  # each text's first row in the buffer
+        base = 0
+        for members in groups:
+            lengths = batch.lengths[members]
+            longest = int(lengths.max())
+            first_row[members] = base + np.arange(len(members)) * longest
+            # Keys beyond a text's end are masked; texts of one length need no mask (as in the model's own
+            # forward, which then passes none either).
+            valid = np.arange(longest)[None, :] < lengths[:, None]
+            mask = None if valid.all() else torch.from_numpy(valid[:, None, None, :]).to(device)
+            self.groups.append((base, len(members), longest, mask))
+            base += len(members) * longest
+        self.buffer_rows = base
+        # With one group whose texts all have one length the packed rows are the padded view itself.
+        self.direct = len(self.groups) == 1 and self.groups[0][3] is None and batch.uniform
+        self.places = None if self.direct else to_device(np.repeat(first_row, batch.lengths) + batch.offsets)
 
     def padded(self, packed: Any) -> Any:
         width = packed.shape[-1]
@@ -156,9 +211,29 @@ class _Attention:
         padded[self.rows] = packed
         return padded.view(self.count, self.longest, width)
 
-    def packed(self, padded: Any) -> Any:
-        flat = padded.reshape(self.count * self.longest, -1)
-        return flat if self.rows is None else flat[self.rows]
+    def attend(self, query: Any, key: Any, value: Any, heads: int, size: int, scale: float) -> Any:
+        """Packed [tokens, heads * size] attention output of packed query, key and value rows."""
+        import torch
+
+        attention = torch.nn.functional.scaled_dot_product_attention
+        if self.direct:
+            shape = (self.count, self.longest, heads, size)
+            q, k, v = (t.view(shape).transpose(1, 2) for t in (query, key, value))
+            return attention(q, k, v, scale=scale).transpose(1, 2).reshape(-1, heads * size)
+        buffers = []
+        for packed in (query, key, value):
+            # Padding rows must be finite: a masked key still enters its product before the mask applies.
+            buffer = packed.new_zeros(self.buffer_rows, packed.shape[-1])
+            buffer[self.places] = packed
+            buffers.append(buffer)
+        output = query.new_empty(self.buffer_rows, heads * size)
+        for base, texts, longest, mask in self.groups:
+            block = slice(base, base + texts * longest)
+            shape = (texts, longest, heads, size)
+            q, k, v = (buffer[block].view(shape).transpose(1, 2) for buffer in buffers)
+            context = attention(q, k, v, attn_mask=mask, scale=scale)
+            output[block].view(shape).copy_(context.transpose(1, 2))
+        return output[self.places]
 
 
 class _Layer:
@@ -199,12 +274,7 @@ class _Layer:
             query, key, value = functional.linear(x, *self.fused).chunk(3, dim=-1)
         else:
             query, key, value = (projection(x) for projection in self.projections)
-        shape = (layout.count, layout.longest, self.heads, self.head_size)
-        query, key, value = (layout.padded(t).view(shape).transpose(1, 2) for t in (query, key, value))
-        context = functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=layout.mask, scale=self.scaling
-        )
-        context = layout.packed(context.transpose(1, 2))
+        context = layout.attend(query, key, value, self.heads, self.head_size, self.scaling)
         x = self.output_norm(self.output_dense(context) + x)
         return self.ffn_norm(self.ffn_dense(self.intermediate(x)) + x)
 

@@ -14,7 +14,14 @@ import pytest
 from conftest import make_bert_checkpoint, save_bert_tokenizer
 
 from model_repo.runtime.helpers import pad_batch, pool_hidden_states, quantize_int8
-from model_repo.runtime.unpadded import PackedBatch, UnpaddedEncoder, Unsupported
+from model_repo.runtime.unpadded import (
+    ATTENTION_GROUP_COST,
+    PackedBatch,
+    UnpaddedEncoder,
+    Unsupported,
+    _Attention,
+    plan_attention_groups,
+)
 
 VOCAB = 120
 PAD = 1  # RoBERTa's padding id; BERT's configs below use it too, so pad positions mean the same
@@ -111,6 +118,30 @@ def test_the_unpadded_forward_equals_the_models_own_on_a_batch_of_mixed_lengths(
     # The fused projections are the modules' own weights: the model's own forward is unchanged.
     again, _ = _own_forward(model, task, texts, types)
     torch.testing.assert_close(again, reference, atol=0, rtol=0)
+
+
+def test_the_mixed_batch_runs_its_attention_in_several_length_groups_on_a_cpu() -> None:
+    """So the test above covers the grouped attention, not only one padded block."""
+    import torch
+
+    batch = PackedBatch(_texts(), None)
+    layout = _Attention(batch, torch.from_numpy, torch.device("cpu"))
+    assert len(layout.groups) > 1
+    # Every real token has its own row in the groups' buffer, inside its text's group block.
+    places = layout.places.numpy()
+    assert len(set(places.tolist())) == batch.tokens and places.max() < layout.buffer_rows
+
+
+def test_attention_groups_are_consecutive_runs_of_the_texts_sorted_by_length() -> None:
+    lengths = np.array([3, 17, 9, 40, 1, 25])
+    groups = plan_attention_groups(lengths, ATTENTION_GROUP_COST)
+    flat = np.concatenate(groups)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert (np.diff(lengths[flat]) >= 0).all()  # shortest first, no group overlaps another
+    assert len(groups) == 2  # 1-25 tokens, then the 40-token text alone
+    # The cost decides: free groups give one per text; an expensive one keeps the batch whole.
+    assert [g.tolist() for g in plan_attention_groups(lengths, 0)] == [[4], [0], [2], [1], [5], [3]]
+    assert len(plan_attention_groups(lengths, 1e9)) == 1
 
 
 def test_roberta_positions_skip_padding_tokens_inside_a_text_as_the_model_does() -> None:
