@@ -40,11 +40,13 @@ AGREEMENT = {"float32": 1e-3, "other": 5e-2}
 
 
 # On a CPU, attention runs on texts of similar lengths together: a group of n texts padded to its longest
-# L costs about n * L * L, and every group one more call, here worth this many (query, key) pairs (about
-# one 64-token text's). 32 texts of MiniLM's workload (9-71 tokens) took 3.4-3.9 ms a layer in one group and
-# 2.0-3.0 ms in 2-8 (bench/README.md, data plane, "Session 13"). On an accelerator a call costs more than
-# the padding it saves, so there the batch stays one group.
-ATTENTION_GROUP_COST = 4096
+# L costs about n * L * L (query, key) pairs times the model's width, and every group one more call, here
+# worth this many pairs times width: at MiniLM's width (384) 4,096 pairs, about one 64-token text's. 32
+# texts of MiniLM's workload (9-71 tokens) took 3.4-3.9 ms a layer in one group and 2.0-3.0 ms in 2-8; a
+# 64-wide model, whose pairs cost a sixth as much, ran 0.94x slower with MiniLM's 4,096 pairs
+# (bench/README.md, data plane, "Session 13"). On an accelerator a call costs more than the padding it
+# saves, so there the batch stays one group.
+ATTENTION_GROUP_COST = 4096 * 384
 
 
 def plan_attention_groups(lengths: Array, group_cost: float) -> list[Array]:
@@ -153,7 +155,7 @@ class UnpaddedEncoder:
         # The model's own order of additions: words + token types, then positions.
         x = x + (self.token_type(types) if types is not None else self.token_type.weight[0])
         x = self.embedding_norm(x + self.position(positions))
-        layout = _Attention(batch, to_device, x.device)
+        layout = _Attention(batch, to_device, x.device, x.shape[-1])
         for layer in self.layers:
             x = layer(x, layout)
         if self.task == "feature-extraction":
@@ -175,12 +177,14 @@ class _Attention:
     accelerator). Every group's padded block sits in one buffer: [its texts, its longest] rows, one after
     the other; `padded` (the pooling's and the token heads' view) keeps all texts in batch order."""
 
-    def __init__(self, batch: PackedBatch, to_device: Callable[[Array], Any], device: Any) -> None:
+    def __init__(
+        self, batch: PackedBatch, to_device: Callable[[Array], Any], device: Any, width: int
+    ) -> None:
         import torch
 
         self.count, self.longest = batch.count, batch.longest
         self.rows = None if batch.uniform else to_device(batch.padded_rows)
-        group_cost = ATTENTION_GROUP_COST if device.type == "cpu" else math.inf
+        group_cost = ATTENTION_GROUP_COST / width if device.type == "cpu" else math.inf
         groups = (
             [np.arange(batch.count)] if batch.uniform else plan_attention_groups(batch.lengths, group_cost)
         )

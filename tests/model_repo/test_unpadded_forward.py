@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import make_bert_checkpoint, save_bert_tokenizer
 
+from model_repo.runtime import unpadded
 from model_repo.runtime.helpers import pad_batch, pool_hidden_states, quantize_int8
 from model_repo.runtime.unpadded import (
     ATTENTION_GROUP_COST,
@@ -85,6 +86,11 @@ def _own_forward(model: Any, task: str, texts: list[list[int]], types: list[list
     return output.logits, attention
 
 
+# The test models are 32 wide, where the runtime's cost of a group keeps these short texts in one; at
+# MiniLM's 4,096 pairs per group they run in two groups, so the grouped attention is what is compared.
+GROUPED = 4096 * 32
+
+
 def _unpadded(model: Any, task: str, texts: list[list[int]], types: list[list[int]] | None) -> Any:
     import torch
 
@@ -101,10 +107,11 @@ def _unpadded(model: Any, task: str, texts: list[list[int]], types: list[list[in
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("task", sorted(HEADS))
 def test_the_unpadded_forward_equals_the_models_own_on_a_batch_of_mixed_lengths(
-    model_type: str, task: str
+    model_type: str, task: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
 
+    monkeypatch.setattr(unpadded, "ATTENTION_GROUP_COST", GROUPED)
     model = _model(model_type, task)
     texts = _texts()
     types = [[0] * (len(t) // 2) + [1] * (len(t) - len(t) // 2) for t in texts]
@@ -120,12 +127,16 @@ def test_the_unpadded_forward_equals_the_models_own_on_a_batch_of_mixed_lengths(
     torch.testing.assert_close(again, reference, atol=0, rtol=0)
 
 
-def test_the_mixed_batch_runs_its_attention_in_several_length_groups_on_a_cpu() -> None:
+def test_the_mixed_batch_runs_its_attention_in_several_length_groups_on_a_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """So the test above covers the grouped attention, not only one padded block."""
     import torch
 
     batch = PackedBatch(_texts(), None)
-    layout = _Attention(batch, torch.from_numpy, torch.device("cpu"))
+    assert len(_Attention(batch, torch.from_numpy, torch.device("cpu"), 32).groups) == 1  # the default
+    monkeypatch.setattr(unpadded, "ATTENTION_GROUP_COST", GROUPED)
+    layout = _Attention(batch, torch.from_numpy, torch.device("cpu"), 32)
     assert len(layout.groups) > 1
     # Every real token has its own row in the groups' buffer, inside its text's group block.
     places = layout.places.numpy()
@@ -134,7 +145,7 @@ def test_the_mixed_batch_runs_its_attention_in_several_length_groups_on_a_cpu() 
 
 def test_attention_groups_are_consecutive_runs_of_the_texts_sorted_by_length() -> None:
     lengths = np.array([3, 17, 9, 40, 1, 25])
-    groups = plan_attention_groups(lengths, ATTENTION_GROUP_COST)
+    groups = plan_attention_groups(lengths, ATTENTION_GROUP_COST / 384)  # MiniLM's width
     flat = np.concatenate(groups)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     assert (np.diff(lengths[flat]) >= 0).all()  # shortest first, no group overlaps another
