@@ -20,7 +20,6 @@ The builder copies this file next to `model.py` for the encoder role; it imports
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -184,9 +183,11 @@ class _Attention:
 
         self.count, self.longest = batch.count, batch.longest
         self.rows = None if batch.uniform else to_device(batch.padded_rows)
-        group_cost = ATTENTION_GROUP_COST / width if device.type == "cpu" else math.inf
+        grouped = device.type == "cpu" and not batch.uniform
         groups = (
-            [np.arange(batch.count)] if batch.uniform else plan_attention_groups(batch.lengths, group_cost)
+            plan_attention_groups(batch.lengths, ATTENTION_GROUP_COST / width)
+            if grouped
+            else [np.arange(batch.count)]
         )
         # (first buffer row, texts, longest, key mask or None) per group, and each packed row's buffer row.
         self.groups: list[tuple[int, int, int, Any]] = []
