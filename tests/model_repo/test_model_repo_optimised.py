@@ -304,7 +304,7 @@ def test_smoothing_refuses_a_name_that_is_not_a_linear_layer() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     with pytest.raises(ValueError, match="int8 smoothing names 1, which is not a Linear layer"):
         quantize_int8(model, (), {"1": torch.ones(4)})
-    with pytest.raises(ValueError, match="int8 smoothing names 2.dense, which is not a Linear layer"):
+    with pytest.raises(ValueError, match=r"int8 smoothing names 2\.dense, which is not a Linear layer"):
         quantize_int8(model, (), {"2.dense": torch.ones(4)})
 
 
