@@ -32,7 +32,14 @@ from model_repo.accuracy import (
 from model_repo.checkpoint import CheckpointInfo
 from model_repo.errors import BuildError
 from model_repo.options import Quantization, Task
-from model_repo.runtime.model import SMOOTHING_FILE, SMOOTHING_STRENGTH, quantize_int8, smoothing_scales
+from model_repo.output_dir import read_record
+from model_repo.runtime.model import (
+    SMOOTHING_FILE,
+    SMOOTHING_STRENGTH,
+    quantize_int8,
+    read_smoothing,
+    smoothing_scales,
+)
 
 Progress = Callable[[str], None]
 SELECTION_MARGIN = 0.25
@@ -52,14 +59,36 @@ class Optimised:
     smoothing: dict[str, Any] = field(default_factory=dict)
 
 
-def save_smoothing(version_dir: Path, smoothing: dict[str, Any]) -> str:
-    """Write the scales where the runtime reads them (`read_smoothing`); returns the file's name."""
+def save_smoothing(version_dir: Path, smoothing: dict[str, Any]) -> None:
+    """Write the scales into the model's version directory as `SMOOTHING_FILE`, the name the config's
+    `int8_smoothing` parameter gives the runtime (`read_smoothing`)."""
     target = version_dir / SMOOTHING_FILE
     partial = target.with_name(f".{SMOOTHING_FILE}.partial")
     with partial.open("wb") as handle:
         np.savez(handle, **{name: np.asarray(scales, dtype=np.float32) for name, scales in smoothing.items()})
     partial.replace(target)
-    return SMOOTHING_FILE
+
+
+@dataclass(frozen=True)
+class Int8Choice:
+    """What a built python-format int8 model serves: `quantize_int8(model, keep_float, smoothing)`."""
+
+    keep_float: list[str]
+    smoothing: dict[str, Any] | None
+
+
+def built_int8_choice(repository: Path) -> Int8Choice:
+    """The int8 choice of the one model in a built repository, as its runtime loads it: the layers kept in
+    float32 (the build's record) and the smoothed layers' scales (its version directory's file, if any)."""
+    record = read_record(repository) or {}
+    optimisation = (record.get("accuracy") or {}).get("optimisation") or {}
+    if "layers_float32" not in optimisation:
+        raise BuildError(f"{repository} holds no int8 build (its record has no int8 layer choice)")
+    (config,) = repository.glob("*/config.pbtxt")
+    scales = config.parent / "1" / SMOOTHING_FILE
+    return Int8Choice(
+        list(optimisation["layers_float32"]), read_smoothing(str(scales)) if scales.exists() else None
+    )
 
 
 def _output_name(task: Task) -> str:

@@ -240,9 +240,9 @@ def measure_optimised(
     """
     from model_repo.build import build_repository
     from model_repo.errors import BuildError
+    from model_repo.optimize import built_int8_choice
     from model_repo.options import BuildOptions
     from model_repo.output_dir import read_record
-    from model_repo.runtime.model import SMOOTHING_FILE, read_smoothing
 
     result: dict[str, Any] = {}
     reference = raw_limit.RawModel(model, settings.device, torch_dtype(settings.device))
@@ -264,12 +264,12 @@ def measure_optimised(
             result[name] = {"error": str(exc)}
             continue
         gate = (read_record(built.path) or {}).get("accuracy") or {}
-        keep = (gate.get("optimisation") or {}).get("layers_float32")
-        smoothing_file = built.path / OURS_MODEL_NAME / "1" / SMOOTHING_FILE
-        smoothing = read_smoothing(str(smoothing_file)) if smoothing_file.exists() else None
         entry: dict[str, Any] = {"build_s": round(time.monotonic() - started, 1), "gate": gate}
         if name == "ours-int8":
-            candidate = raw_limit.RawModel(model, settings.device, "float32", keep or [], smoothing)
+            choice = built_int8_choice(built.path)
+            candidate = raw_limit.RawModel(
+                model, settings.device, "float32", choice.keep_float, choice.smoothing
+            )
         else:
             candidate = raw_limit.RawModel(model, settings.device, "bfloat16")
         entry["workload_accuracy"] = raw_limit.agreement(reference, candidate, texts)
@@ -279,7 +279,7 @@ def measure_optimised(
         )
         if name == "ours-int8":
             print("  raw in-process limit, int8", flush=True)
-            entry["raw"] = measure_raw(model, settings, texts, keep or [], smoothing)
+            entry["raw"] = measure_raw(model, settings, texts, choice.keep_float, choice.smoothing)
         result[name] = entry
     del reference
     gc.collect()

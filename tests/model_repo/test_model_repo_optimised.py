@@ -17,6 +17,7 @@ from conftest import SENTENCES
 from model_repo.accuracy import ACCURACY_FILE, CALIBRATION_TEXTS
 from model_repo.build import build_repository
 from model_repo.errors import BuildError
+from model_repo.optimize import built_int8_choice
 from model_repo.options import BuildOptions, DType, ModelFormat, Quantization
 from model_repo.output_dir import read_record
 from model_repo.runtime.model import (
@@ -26,7 +27,6 @@ from model_repo.runtime.model import (
     cpu_has_native_bfloat16,
     pool_embeddings,
     quantize_int8,
-    read_smoothing,
     smoothing_scales,
     this_cpu_has_native_bfloat16,
     token_entities,
@@ -149,15 +149,8 @@ def _in_process(task: str, checkpoint: Path, optimise: Any, text: str) -> dict[s
 
 def _int8(repository: Path, smoothed: bool = True) -> Any:
     """The int8 model the build chose (its float32 layers, and its smoothing unless `smoothed` is False)."""
-    keep = read_record(repository)["accuracy"]["optimisation"]["layers_float32"]  # type: ignore[index]
-    path = _smoothing_file(repository)
-    smoothing = read_smoothing(str(path)) if smoothed and path.exists() else None
-    return lambda model: quantize_int8(model, keep, smoothing)
-
-
-def _smoothing_file(repository: Path) -> Path:
-    (config,) = repository.glob("*/config.pbtxt")
-    return config.parent / "1" / SMOOTHING_FILE
+    choice = built_int8_choice(repository)
+    return lambda model: quantize_int8(model, choice.keep_float, choice.smoothing if smoothed else None)
 
 
 def _texts(task: str) -> list[str]:
@@ -255,7 +248,9 @@ def test_int8_smooths_the_inputs_with_outliers_and_serves_the_smoothed_model(
     assert f"inputs smoothed (SmoothQuant, strength 0.5) on {len(smoothed)} layers" in optimisation["scheme"]
     config = (repository / MINILM / "config.pbtxt").read_text()
     assert f'key: "int8_smoothing" value {{ string_value: "{SMOOTHING_FILE}" }}' in config
-    scales = read_smoothing(str(_smoothing_file(repository)))
+    choice = built_int8_choice(repository)
+    assert choice.keep_float == kept and choice.smoothing is not None
+    scales = choice.smoothing
     assert sorted(scales) == smoothed
     import transformers
 
@@ -358,6 +353,21 @@ def test_the_digest_covers_the_optimisation(checkpoints: dict[str, Path], tmp_pa
         BuildOptions(source=source, quantization=Quantization.INT8, accuracy_floor=0.9), tmp_path / "repo"
     )
     assert floor.digest not in (plain.digest, int8.digest)
+
+
+def test_the_int8_choice_of_a_build_is_read_back_and_a_float32_build_has_none(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    source = f"file://{checkpoints['text-classification']}"
+    int8 = build_repository(BuildOptions(source=source, quantization=Quantization.INT8), tmp_path / "int8")
+    choice = built_int8_choice(int8.path)
+    optimisation = read_record(int8.path)["accuracy"]["optimisation"]  # type: ignore[index]
+    assert choice.keep_float == optimisation["layers_float32"]
+    # The tiny classifier passes the gate without smoothing: no scales file, and the choice says so.
+    assert choice.smoothing is None and not optimisation["layers_smoothed"]
+    plain = build_repository(BuildOptions(source=source), tmp_path / "plain")
+    with pytest.raises(BuildError, match="holds no int8 build"):
+        built_int8_choice(plain.path)
 
 
 def test_a_user_calibration_file_is_used_and_counted_in_the_digest(
