@@ -196,7 +196,10 @@ class TritonServer(ChildProcess):
 
     `extra_args` are raw tritonserver flags appended as given, so a caller can start the server with
     exactly the flags a Kubernetes container would use; flags it sets itself (ports, repository) are
-    only added when `extra_args` does not already carry them.
+    only added when `extra_args` does not already carry them. `launcher`, when given, is a command that
+    execs `tritonserver` itself with the flags appended (a container's shell wrapper, such as the pods'
+    `/bin/sh -c '... exec tritonserver "$@" ...' tritonserver`); it finds this installation's
+    `tritonserver` first on its PATH.
     """
 
     def __init__(
@@ -211,8 +214,10 @@ class TritonServer(ChildProcess):
         log_path: Path | None = None,
         host: str = "127.0.0.1",
         environment: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.model_repository = model_repository
+        self.launcher = list(launcher)
         # Variables set for this server and its stubs only (e.g. OpenMP settings a benchmark compares).
         self.environment = dict(environment or {})
         self.http_port = http_port or free_port()
@@ -257,16 +262,15 @@ class TritonServer(ChildProcess):
         if self.installation.cache_directory is not None and not _has_flag(extra, "--cache-directory"):
             args.append(f"--cache-directory={self.installation.cache_directory}")
         args.extend(extra)
-        return args
+        return [*self.launcher, *args[1:]] if self.launcher else args
 
     def start(self) -> None:
+        env = {**server_environment(self.installation), **self.environment}
+        if self.launcher:
+            env["PATH"] = f"{self.installation.binary.parent}:{env.get('PATH', '')}"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**server_environment(self.installation), **self.environment},
-                start_new_session=True,
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         try:
             self.wait_ready()

@@ -4,7 +4,8 @@ A real local control plane (built from Go modules) with KWOK GPU nodes, the CRD,
 as a ServiceAccount with exactly the Helm chart's RBAC, a ModelDeployment of the real all-MiniLM-L6-v2
 checkpoint, and then, because KWOK runs no containers, the demo plays the kubelet for one pod: it runs
 the builder command the operator wrote into the pod, serves the result with a real `tritonserver`
-started with the Triton container's own arguments, and sends real requests to it.
+started by the Triton container's own command and arguments (`kubelet.triton_command`), and sends real
+requests to it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from rich.table import Table
 from model_repo.triton import free_ports, stop_process_group
 from modeldeploy.labels import GPU_PRODUCT_LABEL
 from modeldeploy_dev.devcluster import DevCluster, default_cache_dir, ensure_binaries
+from modeldeploy_dev.kubelet import TritonCommand, triton_command
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "minilm-embeddings.yaml"
@@ -196,21 +199,19 @@ def _has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
 
 
-def _triton_args(pod: dict[str, Any], workdir: Path) -> tuple[list[str], dict[str, int], dict[str, str]]:
-    """The Triton container's arguments (volumes mapped here, ports freed), ports and plain env."""
+def _triton_command(pod: dict[str, Any], workdir: Path) -> tuple[TritonCommand, dict[str, int]]:
+    """The Triton container's command line as the kubelet runs it (volumes mapped here, ports freed),
+    and the ports."""
     triton = next(
         c for c in pod["spec"]["containers"] if any(p.get("name") == "http" for p in c.get("ports", []))
     )
     mounts = _volume_mounts(triton, workdir)
-    args = [*triton.get("command", []), *triton.get("args", [])]
-    if args and args[0].endswith("tritonserver"):
-        args = args[1:]
+    command = triton_command(triton)
     # Ports are the container runtime's business: this machine gets free ones.
     port_flags = ("--http-port", "--grpc-port", "--metrics-port")
-    kept = [_map_arg(arg, mounts) for arg in args if not arg.startswith(port_flags)]
+    flags = [_map_arg(arg, mounts) for arg in command.flags if not arg.startswith(port_flags)]
     ports = dict(zip(("http", "grpc", "metrics"), free_ports(3), strict=True))
-    env = {item["name"]: item["value"] for item in triton.get("env", []) if "value" in item}
-    return kept, ports, env
+    return TritonCommand(command.launcher, flags, command.env), ports
 
 
 def _embed(http_url: str, model: str, texts: list[str]) -> list[list[float]]:
@@ -312,9 +313,10 @@ def run_demo(
         pod = _pod_of(cluster, namespace, name)
         console.rule("KWOK runs no containers: the demo plays the kubelet for one pod")
         _step("Run the pod's builder init container here", lambda: _play_kubelet_build(pod, workdir))
-        args, ports, env = _triton_args(pod, workdir)
-        command = " ".join([*(f"{name}={value}" for name, value in env.items()), "tritonserver", *args])
-        console.print(Panel(command, title="triton container env and args"))
+        triton, ports = _triton_command(pod, workdir)
+        shown = [*(f"{name}={value}" for name, value in triton.env.items())]
+        shown += [shlex.join(triton.launcher)] if triton.launcher else ["tritonserver"]
+        console.print(Panel(" ".join([*shown, *triton.flags]), title="triton container env and args"))
         from model_repo.triton import TritonServer
 
         server = TritonServer(
@@ -322,9 +324,10 @@ def run_demo(
             http_port=ports["http"],
             grpc_port=ports["grpc"],
             metrics_port=ports["metrics"],
-            extra_args=args,
+            extra_args=triton.flags,
             log_path=workdir / "tritonserver.log",
-            environment=env,
+            environment=triton.env,
+            launcher=triton.launcher,
         )
         _step("Start tritonserver with the container's arguments", lambda: exit_stack.enter_context(server))
         _show_requests(server.http_url, model)

@@ -35,6 +35,7 @@ from model_repo.openai_local import LocalFrontend
 from model_repo.triton import TritonServer, free_port
 from model_repo.triton_args import loopback_server_args, repository_server_args
 from modeldeploy.manifests.deployment import TRITON_LAUNCHER
+from modeldeploy_dev.kubelet import triton_command
 
 MODEL = "minilm"
 KEY_A, KEY_B, KEY_C = "sk-first-0123456789abcdef", "sk-second-fedcba9876543210", "sk-third-00112233"
@@ -128,16 +129,6 @@ def test_only_a_bearer_token_is_read(header: bytes, token: bytes | None) -> None
 # ------------------------------------------------------------------------------------------ real stack
 
 
-class LauncherTriton(TritonServer):
-    """tritonserver started by the pod's launcher command (as the kubelet runs it, after its `$$(`
-    expansion), so the restricted-API flags are exactly the pod's."""
-
-    def command(self) -> list[str]:
-        binary, *args = super().command()
-        script = TRITON_LAUNCHER.replace("$$(", "$(").replace("exec tritonserver", f"exec {binary}")
-        return ["/bin/sh", "-c", script, "tritonserver", *args]
-
-
 @dataclass
 class Stack:
     server: TritonServer
@@ -162,7 +153,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Iterat
     keys_dir = root / "api-keys"
     _secret_volume(keys_dir, {"keys": f"{KEY_A}\n", "next": f"{KEY_B}\n"}, 1)
     args = ["--strict-readiness=true", *loopback_server_args(), *repository_server_args()]
-    with LauncherTriton(repository, extra_args=args, ready_timeout_s=300) as server:
+    # Started by the pod's launcher as the kubelet runs it, so the restricted-API flags are the pod's.
+    launcher = triton_command({"command": ["/bin/sh", "-c", TRITON_LAUNCHER, "tritonserver"]}).launcher
+    with TritonServer(repository, extra_args=args, ready_timeout_s=300, launcher=launcher) as server:
         frontend = LocalFrontend(
             repository, server.grpc_url, free_port(), log_path=root / "frontend.log", api_keys_dir=keys_dir
         )

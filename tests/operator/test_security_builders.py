@@ -18,6 +18,7 @@ from modeldeploy.manifests import DesiredState, desired_state
 from modeldeploy.manifests.deployment import API_KEYS_MOUNT, RESTRICTED_APIS, TRITON_LAUNCHER
 from modeldeploy.manifests.service import endpoints
 from modeldeploy.settings import ClusterCapabilities, RenderSettings
+from modeldeploy_dev.kubelet import expand, triton_command
 
 SETTINGS = RenderSettings(triton_image="triton:test", builder_image="builder:test")
 NOTHING = ClusterCapabilities(service_monitors=False, keda=False)
@@ -128,12 +129,14 @@ def test_every_pod_restricts_tritons_administrative_apis_to_a_value_drawn_inside
 @pytest.mark.skipif(shutil.which("od") is None, reason="needs coreutils' od")
 def test_the_launcher_passes_the_args_through_and_draws_a_fresh_value_each_start() -> None:
     # What the kubelet runs, after its $(VAR) expansion turned `$$(` into `$(`; `echo` stands in for
-    # tritonserver (the real server runs it in tests/model_repo/test_triton_loopback.py).
-    script = TRITON_LAUNCHER.replace("$$(", "$(").replace("exec tritonserver", "exec echo")
+    # tritonserver (the real server runs it in tests/model_repo/test_openai_auth.py and the demo).
+    launcher = triton_command(_containers(_state())["triton"]).launcher
+    assert "$$(" not in launcher[2] and "restricted=$(od " in launcher[2]
+    script = launcher[2].replace("exec tritonserver", "exec echo")
 
     def run() -> list[str]:
         out = subprocess.run(
-            ["/bin/sh", "-c", script, "tritonserver", "--model-repository=/m", "--http-port=8000"],
+            [*launcher[:2], script, *launcher[3:], "--model-repository=/m", "--http-port=8000"],
             capture_output=True,
             text=True,
             check=True,
@@ -149,6 +152,28 @@ def test_the_launcher_passes_the_args_through_and_draws_a_fresh_value_each_start
     assert len(value) == 32 and int(value, 16) >= 0
     assert grpc == f"--grpc-restricted-protocol={RESTRICTED_APIS}:modeldeploy-restricted={value}"
     assert second[2] != http
+
+
+@pytest.mark.parametrize(
+    ("written", "expanded"),
+    [
+        ("a=$$(od -N1) && b=$(HOME)", "a=$(od -N1) && b=/home/x"),  # `$$(` is a literal `$(`
+        ("$(UNSET) $ $$ $(", "$(UNSET) $ $ $("),  # an unknown name stays as written
+        ("$$(HOME)", "$(HOME)"),
+    ],
+)
+def test_the_kubelet_expansion_is_kubernetes_own(written: str, expanded: str) -> None:
+    assert expand(written, {"HOME": "/home/x"}) == expanded
+
+
+def test_the_triton_container_runs_its_launcher_or_the_binary_with_its_flags() -> None:
+    triton = _containers(_state())["triton"]
+    command = triton_command(triton)
+    assert command.launcher[:2] == ["/bin/sh", "-c"] and command.launcher[3] == "tritonserver"
+    assert command.flags == triton["args"] and any(f.startswith("--model-repository=") for f in command.flags)
+    plain = triton_command({"command": ["tritonserver", "--strict-readiness=true"], "args": ["--a=1"]})
+    assert plain.launcher == [] and plain.flags == ["--strict-readiness=true", "--a=1"]
+    assert triton_command({"args": ["--a=$(X)"], "env": [{"name": "X", "value": "1"}]}).flags == ["--a=1"]
 
 
 # -------------------------------------------------------------------------------------- NetworkPolicy
