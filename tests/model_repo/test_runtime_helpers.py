@@ -384,3 +384,18 @@ def test_the_stage_profile_reports_shares_of_the_period_and_the_wait_between_cal
     )
     profile.started(12.0)
     assert profile.seconds == {"forward": 0.0, "respond": 0.0, "waiting": 2.0}  # a new period
+
+
+def test_tritonserver_gets_the_callers_relative_paths_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server runs in its binary's directory (TritonServer.start), not the caller's.
+    import os
+
+    from model_repo.triton import TritonServer
+
+    monkeypatch.chdir(tmp_path)
+    command = TritonServer(Path("repo"), extra_args=["--cache-directory=cache", "--log-verbose=0"]).command()
+    assert os.path.isabs(command[0])
+    assert f"--model-repository={tmp_path / 'repo'}" in command
+    assert f"--cache-directory={tmp_path / 'cache'}" in command and "--log-verbose=0" in command
