@@ -258,6 +258,12 @@ class TritonServer(ChildProcess):
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    @property
+    def binary_directory(self) -> str:
+        """The installation's `tritonserver` directory: the server's working directory, first on a
+        launcher's PATH."""
+        return os.path.dirname(os.path.abspath(self.installation.binary))
+
     def command(self) -> list[str]:
         args = [os.path.abspath(self.installation.binary)]
         extra = self.extra_args
@@ -281,9 +287,8 @@ class TritonServer(ChildProcess):
 
     def start(self) -> None:
         env = {**server_environment(self.installation), **self.environment}
-        directory = os.path.dirname(os.path.abspath(self.installation.binary))
         if self.launcher:
-            env["PATH"] = f"{directory}:{env.get('PATH', '')}"
+            env["PATH"] = f"{self.binary_directory}:{env.get('PATH', '')}"
         with self.log_path.open("wb") as log:
             # In the binary's directory, as in its container (the image's working directory), not in the
             # caller's: started from the project's root, the generation engine's decoding steps at 64
@@ -294,7 +299,7 @@ class TritonServer(ChildProcess):
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                cwd=directory,
+                cwd=self.binary_directory,
             )
         try:
             self.wait_ready()

@@ -34,7 +34,7 @@ from rich.table import Table
 from model_repo.triton import free_ports, stop_process_group
 from modeldeploy.labels import GPU_PRODUCT_LABEL
 from modeldeploy_dev.devcluster import DevCluster, default_cache_dir, ensure_binaries
-from modeldeploy_dev.kubelet import TritonCommand, triton_command
+from modeldeploy_dev.kubelet import TritonCommand, container_command, triton_command
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "minilm-embeddings.yaml"
@@ -178,7 +178,8 @@ def _play_kubelet_build(pod: dict[str, Any], workdir: Path) -> list[str]:
         raise DemoError("the pod has no builder init container (a cached build runs in a Job instead)")
     builder = init_containers[0]
     mounts = {**_volume_mounts(builder, workdir), **_local_paths(workdir)}
-    in_pod = [*builder.get("command", []), *builder.get("args", [])]
+    run = container_command(builder)
+    in_pod = run.argv
     local = [_map_arg(arg, mounts) for arg in in_pod]
     if local and local[0] == "modeldeploy":
         local[0] = str(Path(sys.executable).parent / "modeldeploy")
@@ -188,8 +189,7 @@ def _play_kubelet_build(pod: dict[str, Any], workdir: Path) -> list[str]:
         local[local.index("--device") + 1] = "cpu"
         notes.append("[yellow]this machine has no GPU: --device gpu → --device cpu[/yellow]")
     console.print(Panel("\n".join([" ".join(in_pod), *notes, " ".join(local)]), title="builder"))
-    env = {**os.environ, **{e["name"]: e["value"] for e in builder.get("env", []) if "value" in e}}
-    result = subprocess.run(local, env=env, check=False)
+    result = subprocess.run(local, env={**os.environ, **run.env}, check=False)
     if result.returncode != 0:
         raise DemoError(f"the builder exited with {result.returncode}")
     return local

@@ -31,6 +31,29 @@ def expand(value: str, env: Mapping[str, str]) -> str:
 
 
 @dataclass(frozen=True)
+class ContainerCommand:
+    """A container's command, args and env (the variables given by value), expanded as the kubelet
+    would."""
+
+    command: list[str]
+    args: list[str]
+    env: dict[str, str]
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.command, *self.args]
+
+
+def container_command(container: dict[str, Any]) -> ContainerCommand:
+    env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+    return ContainerCommand(
+        [expand(part, env) for part in container.get("command", [])],
+        [expand(part, env) for part in container.get("args", [])],
+        env,
+    )
+
+
+@dataclass(frozen=True)
 class TritonCommand:
     """The Triton container's command line, expanded as the kubelet would: `launcher` is what execs
     `tritonserver` (empty when the container runs the binary itself), `flags` are tritonserver's."""
@@ -41,10 +64,8 @@ class TritonCommand:
 
 
 def triton_command(container: dict[str, Any]) -> TritonCommand:
-    env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
-    command = [expand(part, env) for part in container.get("command", [])]
-    args = [expand(part, env) for part in container.get("args", [])]
-    if not command or command[0].rsplit("/", 1)[-1] == "tritonserver":
+    run = container_command(container)
+    if not run.command or run.command[0].rsplit("/", 1)[-1] == "tritonserver":
         # The image's entrypoint, or the binary named outright: every argument is a flag.
-        return TritonCommand([], [*command[1:], *args], env)
-    return TritonCommand(command, args, env)
+        return TritonCommand([], [*run.command[1:], *run.args], run.env)
+    return TritonCommand(run.command, run.args, run.env)

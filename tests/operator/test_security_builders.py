@@ -18,7 +18,7 @@ from modeldeploy.manifests import DesiredState, desired_state
 from modeldeploy.manifests.deployment import API_KEYS_MOUNT, RESTRICTED_APIS, TRITON_LAUNCHER
 from modeldeploy.manifests.service import endpoints
 from modeldeploy.settings import ClusterCapabilities, RenderSettings
-from modeldeploy_dev.kubelet import expand, triton_command
+from modeldeploy_dev.kubelet import container_command, expand, triton_command
 
 SETTINGS = RenderSettings(triton_image="triton:test", builder_image="builder:test")
 NOTHING = ClusterCapabilities(service_monitors=False, keda=False)
@@ -174,6 +174,22 @@ def test_the_triton_container_runs_its_launcher_or_the_binary_with_its_flags() -
     plain = triton_command({"command": ["tritonserver", "--strict-readiness=true"], "args": ["--a=1"]})
     assert plain.launcher == [] and plain.flags == ["--strict-readiness=true", "--a=1"]
     assert triton_command({"args": ["--a=$(X)"], "env": [{"name": "X", "value": "1"}]}).flags == ["--a=1"]
+
+
+def test_any_container_runs_as_the_kubelet_expands_it() -> None:
+    """The demo runs the builder init container through the same expansion as the Triton container."""
+    pod = _state().deployment["spec"]["template"]["spec"]
+    (builder,) = pod["initContainers"]
+    run = container_command(builder)
+    assert run.argv == [*builder.get("command", []), *builder.get("args", [])]  # nothing to expand
+    assert run.env == {e["name"]: e["value"] for e in builder.get("env", []) if "value" in e}
+    given = {
+        "command": ["sh", "-c", "echo $(A) $$(B)"],
+        "args": ["--x=$(A)", "--y=$(FROM_SECRET)"],
+        "env": [{"name": "A", "value": "1"}, {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {}}}],
+    }
+    assert container_command(given).argv == ["sh", "-c", "echo 1 $(B)", "--x=1", "--y=$(FROM_SECRET)"]
+    assert container_command(given).env == {"A": "1"}
 
 
 # -------------------------------------------------------------------------------------- NetworkPolicy
