@@ -11,8 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Cumulative counters (µs or counts) and the gauges the benchmarks read, per model (the last three are the
-# generation runtime's own, model_repo/runtime/generation_metrics.py).
+# The generation runtime's time to first token, from a request's arrival in the model to its first token
+# (model_repo/runtime/generation_metrics.py): a histogram's cumulative sum (seconds) and count.
+GENERATION_TTFT_SUM = "modeldeploy_generation_time_to_first_token_seconds_sum"
+GENERATION_TTFT_COUNT = "modeldeploy_generation_time_to_first_token_seconds_count"
+
+# Cumulative counters (µs, seconds or counts) and the gauges the benchmarks read, per model (the
+# `modeldeploy_generation_` ones are the generation runtime's own).
 COUNTERS = (
     "nv_inference_request_success",
     "nv_inference_count",
@@ -22,6 +27,8 @@ COUNTERS = (
     "nv_inference_compute_input_duration_us",
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
+    GENERATION_TTFT_SUM,
+    GENERATION_TTFT_COUNT,
 )
 GAUGES = (
     "nv_inference_pending_request_count",
@@ -83,6 +90,12 @@ async def scrape_async(url: str, model: str) -> Scrape:
 
 def _per(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
+
+
+def generation_ttft_mean_ms(before: Scrape, after: Scrape) -> float:
+    """The runtime's own mean time to first token (ms) over the requests that got one between the scrapes."""
+    seconds = after.get(GENERATION_TTFT_SUM) - before.get(GENERATION_TTFT_SUM)
+    return 1000 * _per(seconds, after.get(GENERATION_TTFT_COUNT) - before.get(GENERATION_TTFT_COUNT))
 
 
 @dataclass(frozen=True)

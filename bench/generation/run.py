@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import queue
 import shutil
 import sys
@@ -32,6 +33,7 @@ import numpy as np
 
 from bench.common.loadgen import percentile
 from bench.common.machine import describe_machine, machine_line
+from bench.common.metrics import generation_ttft_mean_ms, scrape
 from bench.common.quiet import QuietPolicy, add_quiet_options, guarded, quiet_policy
 from bench.common.report import (
     RESULTS_DIR,
@@ -298,6 +300,7 @@ def closed_loop(
         thread.join(timeout=warmup_s + window_s + 600)
     inside = [c for c in done if window_start <= c.finished <= window_end]
     ttft = [(c.first_token - c.started) * 1000 for c in inside]
+    every_ttft = [(c.first_token - c.started) * 1000 for c in done]
     latency = [(c.finished - c.started) * 1000 for c in inside]
     return {
         "clients": clients,
@@ -312,6 +315,8 @@ def closed_loop(
         "ttft_p50_ms": percentile(ttft, 50),
         "ttft_p99_ms": percentile(ttft, 99),
         "latency_p50_ms": percentile(latency, 50),
+        # Over every answer of the level, warm-up included: the requests a server's own counters cover.
+        "ttft_mean_all_ms": sum(every_ttft) / len(every_ttft) if every_ttft else None,
     }
 
 
@@ -418,7 +423,8 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
     with serve(built.path, settings.workdir / "ours-triton.log", environment) as server:
 
         def level_of(clients: int, inputs: Sequence[str], streamed: bool = True) -> dict[str, Any]:
-            return closed_loop(
+            before = scrape(server.metrics_url, "model")
+            level = closed_loop(
                 ours_request(settings.max_tokens, streamed),
                 lambda: _grpc_client(server.grpc_url),
                 _close_stream,
@@ -427,6 +433,11 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
                 settings.warmup_s,
                 settings.window_s,
             )
+            # The runtime's mean from arrival to first token over the same answers: the rest of the
+            # client's mean is the way in and out (gRPC, Triton, the stub's messages, the client).
+            after = scrape(server.metrics_url, "model")
+            level["server_ttft_mean_ms"] = generation_ttft_mean_ms(before, after)
+            return level
 
         for clients in settings.concurrency:
             level = _guarded_level(settings, partial(level_of, clients, prompts), f"ours at {clients}")
@@ -694,6 +705,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_whole_answer_lines(report),
         *_shared_prefix_lines(report),
+        *_first_token_split_lines(report),
         *_own_cpu_lines(report),
         *(
             ["Where the engine thread's time went (the runtime's log, one line per 30 s of work):", ""]
@@ -772,6 +784,38 @@ def _whole_answer_lines(report: dict[str, Any]) -> list[str]:
     return [
         "Ours without streaming (`stream` false: each answer one response, as the baseline answers), on the "
         "same server right after the streamed levels:",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+
+
+def _first_token_split_lines(report: dict[str, Any]) -> list[str]:
+    """Ours' mean time to first token as its client saw it and as the runtime counted it (arrival in the
+    model to the first token chosen), over every answer of each streamed level."""
+    ours = report[OURS]
+    measured: list[tuple[str, dict[str, Any]]] = [("standard", level) for level in ours["levels"]]
+    for pair in ours.get("shared_prefix", []):
+        measured += [("unique prefixes", pair["unique"]), ("shared prefix", pair["shared"])]
+    rows = [
+        [
+            workload,
+            str(level["clients"]),
+            fmt(level["ttft_mean_all_ms"]),
+            fmt(level["server_ttft_mean_ms"]),
+            fmt(level["ttft_mean_all_ms"] - level["server_ttft_mean_ms"]),
+        ]
+        for workload, level in measured
+        if level.get("ttft_mean_all_ms") is not None
+        and math.isfinite(level.get("server_ttft_mean_ms", math.nan))
+    ]
+    if not rows:
+        return []
+    header = ["workload", "clients", "client ms", "runtime ms", "the rest ms"]
+    return [
+        "Ours' time to first token, mean over every answer of a level (warm-up included): as the client "
+        "saw it, as the runtime counted it (arrival in the model to the first token chosen), and the rest "
+        "(gRPC, Triton, the stub's messages, the response's way back, the client).",
         "",
         markdown_table(header, rows),
         "",

@@ -321,6 +321,10 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
     assert report["ratios"]["ours whole answers/baseline tokens/s at 1"] > 0
     markdown = render_markdown(report)
     assert "| 2 |" in markdown and "Shared-prefix workload" in markdown and "ours whole answers" in markdown
+    # The runtime's own time to first token is inside the client's (same answers, arrival to first token).
+    for level in [*report["ours"]["levels"], *(pair[k] for pair in pairs for k in ("shared", "unique"))]:
+        assert 0 < level["server_ttft_mean_ms"] < level["ttft_mean_all_ms"]
+    assert "as the runtime counted it" in markdown
 
 
 def test_generation_profile_compares_the_engine_with_generate(tmp_path: Path) -> None:

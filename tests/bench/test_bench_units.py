@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -27,7 +28,14 @@ from bench.autoscaling.signals import (
     running_sequences,
 )
 from bench.common.machine import ForeignCpu
-from bench.common.metrics import Breakdown, Scrape, parse_metrics
+from bench.common.metrics import (
+    GENERATION_TTFT_COUNT,
+    GENERATION_TTFT_SUM,
+    Breakdown,
+    Scrape,
+    generation_ttft_mean_ms,
+    parse_metrics,
+)
 from bench.common.sentences import MAX_WORDS, MIN_WORDS, TEXT_COUNT, compose_texts, load_texts, word_count
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +65,10 @@ nv_inference_request_failure{model="model",reason="BACKEND",version="1"} 2
 # TYPE nv_inference_pending_request_count gauge
 nv_inference_pending_request_count{model="model",version="1"} 3
 nv_inference_pending_request_count{model="model",version="2"} 1
+# TYPE modeldeploy_generation_time_to_first_token_seconds histogram
+modeldeploy_generation_time_to_first_token_seconds_bucket{le="0.05",model="model",version="1"} 3
+modeldeploy_generation_time_to_first_token_seconds_sum{model="model",version="1"} 0.25
+modeldeploy_generation_time_to_first_token_seconds_count{model="model",version="1"} 5
 """
 
 
@@ -66,6 +78,13 @@ def test_metrics_are_parsed_under_triton_names_and_summed_over_versions() -> Non
     assert values["nv_inference_pending_request_count"] == 4
     assert "nv_inference_request_failure" not in values  # not a series the benchmarks read
     assert parse_metrics(TRITON_METRICS, "missing") == {}
+
+
+def test_the_generation_runtimes_mean_time_to_first_token_between_two_scrapes() -> None:
+    after = Scrape(1.0, parse_metrics(TRITON_METRICS, "model"))
+    before = Scrape(0.0, {GENERATION_TTFT_SUM: 0.05, GENERATION_TTFT_COUNT: 1})
+    assert generation_ttft_mean_ms(before, after) == pytest.approx(1000 * 0.2 / 4)
+    assert math.isnan(generation_ttft_mean_ms(after, after))  # no first token between them
 
 
 def test_breakdown_between_two_scrapes() -> None:
