@@ -317,6 +317,12 @@ def closed_loop(
         "latency_p50_ms": percentile(latency, 50),
         # Over every answer of the level, warm-up included: the requests a server's own counters cover.
         "ttft_mean_all_ms": sum(every_ttft) / len(every_ttft) if every_ttft else None,
+        # Streamed answers whose first text came with their last token: a stream holds back text that
+        # ends in a partial character, and a random model's answer can be bytes that never form one.
+        "text_at_end_answers": sum(
+            1 for c in done if c.tokens > 1 and c.arrivals[:1] == ((c.finished, c.tokens),)
+        ),
+        "all_answers": len(done),
     }
 
 
@@ -804,6 +810,7 @@ def _first_token_split_lines(report: dict[str, Any]) -> list[str]:
             fmt(level["ttft_mean_all_ms"]),
             fmt(level["server_ttft_mean_ms"]),
             fmt(level["ttft_mean_all_ms"] - level["server_ttft_mean_ms"]),
+            f"{level['text_at_end_answers']} of {level['all_answers']}",
         ]
         for workload, level in measured
         if level.get("ttft_mean_all_ms") is not None
@@ -811,11 +818,20 @@ def _first_token_split_lines(report: dict[str, Any]) -> list[str]:
     ]
     if not rows:
         return []
-    header = ["workload", "clients", "client ms", "runtime ms", "the rest ms"]
+    header = [
+        "workload",
+        "clients",
+        "client ms",
+        "runtime ms",
+        "the rest ms",
+        "answers with text only at the end",
+    ]
     return [
         "Ours' time to first token, mean over every answer of a level (warm-up included): as the client "
         "saw it, as the runtime counted it (arrival in the model to the first token chosen), and the rest "
-        "(gRPC, Triton, the stub's messages, the response's way back, the client).",
+        "(gRPC, Triton, the stub's messages, the response's way back, the client). The rest also holds "
+        "the answers whose first text came with their last token: a stream holds back text ending in a "
+        "partial character, and this random model's answer is sometimes bytes that never form one.",
         "",
         markdown_table(header, rows),
         "",

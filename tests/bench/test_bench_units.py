@@ -597,3 +597,19 @@ def test_charts_are_saved_in_a_palette_a_third_of_full_colour(tmp_path: Path) ->
     )
     assert sum(difference) / len(difference) < 0.1 and difference[len(difference) * 999 // 1000] <= 8
     assert (tmp_path / "chart.png").stat().st_size < len(full.getvalue()) / 2
+
+
+def test_closed_loop_counts_answers_whose_text_came_only_with_their_last_token() -> None:
+    from bench.generation.run import Completed, closed_loop
+
+    def request(_client: Any, prompt: str) -> Completed:
+        time.sleep(0.01)
+        now = time.perf_counter()
+        if prompt == "held":  # every token in the final response: nothing could be shown before it
+            return Completed(now - 0.01, now, now, 4, ((now, 4),))
+        return Completed(now - 0.01, now - 0.005, now, 4, ((now - 0.005, 1), (now, 4)))
+
+    level = closed_loop(request, lambda: None, lambda _client: None, ["held", "streamed"], 1, 0.0, 0.3)
+    assert level["all_answers"] >= 10 and level["errors"] == 0
+    assert level["text_at_end_answers"] == (level["all_answers"] + 1) // 2  # every other prompt
+    assert level["ttft_mean_all_ms"] > 0
