@@ -320,7 +320,7 @@ def closed_loop(
         # Streamed answers whose first text came with their last token: a stream holds back text that
         # ends in a partial character, and a random model's answer can be bytes that never form one.
         "text_at_end_answers": sum(
-            1 for c in done if c.tokens > 1 and c.arrivals[:1] == ((c.finished, c.tokens),)
+            1 for c in done if c.tokens > 1 and c.arrivals[:1] == ((c.first_token, c.tokens),)
         ),
         "all_answers": len(done),
     }

@@ -605,9 +605,10 @@ def test_closed_loop_counts_answers_whose_text_came_only_with_their_last_token()
     def request(_client: Any, prompt: str) -> Completed:
         time.sleep(0.01)
         now = time.perf_counter()
-        if prompt == "held":  # every token in the final response: nothing could be shown before it
-            return Completed(now - 0.01, now, now, 4, ((now, 4),))
-        return Completed(now - 0.01, now - 0.005, now, 4, ((now - 0.005, 1), (now, 4)))
+        # The final flag is read after the last response's tokens, so an answer finishes a little later.
+        if prompt == "held":  # every token in the last response: nothing could be shown before it
+            return Completed(now - 0.01, now - 0.001, now, 4, ((now - 0.001, 4),))
+        return Completed(now - 0.01, now - 0.005, now, 4, ((now - 0.005, 1), (now - 0.001, 4)))
 
     level = closed_loop(request, lambda: None, lambda _client: None, ["held", "streamed"], 1, 0.0, 0.3)
     assert level["all_answers"] >= 10 and level["errors"] == 0
