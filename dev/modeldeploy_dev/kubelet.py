@@ -1,5 +1,6 @@
 """What the kubelet would run for a container, for the pods that KWOK runs no containers of: the demo
-plays the kubelet for one pod's Triton container, and the tests start Triton the same way."""
+plays the kubelet for one pod's builder init container and its Triton container, and the tests start
+Triton the same way."""
 
 from __future__ import annotations
 
