@@ -410,47 +410,62 @@ def _close_stream(handle: Any) -> None:
     handle[0].close()
 
 
-def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
+def build_ours(checkpoint: Path, settings: Settings, sequences: int | None = None) -> Path:
+    """Ours' repository for the checkpoint (the python format; `sequences` decoded together, by default
+    as many as the most clients)."""
     from model_repo.build import build_repository
     from model_repo.options import BuildOptions, ModelFormat
 
     options = BuildOptions(
         source=f"file://{checkpoint}",
         model_name="model",
-        max_concurrent_sequences=max(settings.concurrency),
+        max_concurrent_sequences=sequences or max(settings.concurrency),
         device="gpu" if settings.device == "cuda" else "cpu",
         format=ModelFormat.PYTHON,  # on a GPU `auto` would pick vLLM, which this benchmark does not carry
     )
-    built = build_repository(options, settings.workdir / "ours-repository")
+    return build_repository(options, settings.workdir / "ours-repository").path
+
+
+def serve_ours(repository: Path, settings: Settings) -> contextlib.AbstractContextManager[Any]:
+    """Ours served with its CPU wait policy, logging to the workdir's ours-triton.log."""
+    environment = cpu_wait_environment(CpuWaitPolicy(settings.cpu_wait_policy))
+    return serve(repository, settings.workdir / "ours-triton.log", environment)
+
+
+def ours_level(
+    server: Any, settings: Settings, clients: int, inputs: Sequence[str], streamed: bool = True
+) -> dict[str, Any]:
+    """One closed-loop level of ours served by `server`, with the runtime's own time to first token."""
+    before = scrape(server.metrics_url, "model")
+    level = closed_loop(
+        ours_request(settings.max_tokens, streamed),
+        lambda: _grpc_client(server.grpc_url),
+        _close_stream,
+        inputs,
+        clients,
+        settings.warmup_s,
+        settings.window_s,
+    )
+    # The runtime's mean from arrival to first token over the same answers: the rest of the client's
+    # mean is the way in and out (gRPC, Triton, the stub's messages, the client).
+    after = scrape(server.metrics_url, "model")
+    level["server_ttft_mean_ms"] = generation_ttft_mean_ms(before, after)
+    return level
+
+
+def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
+    repository = build_ours(checkpoint, settings)
     levels = []
     whole: list[dict[str, Any]] = []
     shared: list[dict[str, Any]] = []
-    environment = cpu_wait_environment(CpuWaitPolicy(settings.cpu_wait_policy))
-    with serve(built.path, settings.workdir / "ours-triton.log", environment) as server:
-
-        def level_of(clients: int, inputs: Sequence[str], streamed: bool = True) -> dict[str, Any]:
-            before = scrape(server.metrics_url, "model")
-            level = closed_loop(
-                ours_request(settings.max_tokens, streamed),
-                lambda: _grpc_client(server.grpc_url),
-                _close_stream,
-                inputs,
-                clients,
-                settings.warmup_s,
-                settings.window_s,
-            )
-            # The runtime's mean from arrival to first token over the same answers: the rest of the
-            # client's mean is the way in and out (gRPC, Triton, the stub's messages, the client).
-            after = scrape(server.metrics_url, "model")
-            level["server_ttft_mean_ms"] = generation_ttft_mean_ms(before, after)
-            return level
-
+    with serve_ours(repository, settings) as server:
+        level_of = partial(ours_level, server, settings)
         for clients in settings.concurrency:
-            level = _guarded_level(settings, partial(level_of, clients, prompts), f"ours at {clients}")
+            level = guarded_level(settings, partial(level_of, clients, prompts), f"ours at {clients}")
             print(f"ours        {clients:>3} clients: {json.dumps(level)}", flush=True)
             levels.append(level)
         for clients in [c for c in settings.concurrency if c in settings.whole_answers]:
-            level = _guarded_level(
+            level = guarded_level(
                 settings, partial(level_of, clients, prompts, False), f"ours whole answers at {clients}"
             )
             print(f"ours whole  {clients:>3} clients: {json.dumps(level)}", flush=True)
@@ -460,12 +475,12 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
             for clients in [c for c in settings.concurrency if c <= 16]:
                 pair: dict[str, Any] = {"clients": clients}
                 for key, inputs in (("unique", unique), ("shared", with_prefix)):
-                    pair[key] = _guarded_level(
+                    pair[key] = guarded_level(
                         settings, partial(level_of, clients, inputs), f"ours {key} prefix at {clients}"
                     )
                 print(f"ours shared prefix {clients:>3} clients: {json.dumps(pair)}", flush=True)
                 shared.append(pair)
-    config = (built.path / "model" / "config.pbtxt").read_text()
+    config = (repository / "model" / "config.pbtxt").read_text()
     log = (settings.workdir / "ours-triton.log").read_text(errors="replace")
     # The runtime logs where its engine thread's time went every 30 s of work (generation.py).
     profile = [line.split("] ", 1)[-1] for line in log.splitlines() if "generation engine profile" in line]
@@ -478,7 +493,7 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
     }
 
 
-def _guarded_level(settings: Settings, measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+def guarded_level(settings: Settings, measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
     """One level, repeated while other processes used more than the allowed CPU share; the level records
     the share it ran with, and is marked disturbed above the policy's limit."""
     level, record = guarded(settings.quiet, measure, what)
@@ -508,9 +523,8 @@ def prefixed_prompts(
     return shared, unique
 
 
-def measure_baseline(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
-    import tritonclient.grpc as grpcclient
-
+def write_baseline(checkpoint: Path, settings: Settings) -> tuple[Path, str]:
+    """The per-request baseline's repository and its config.pbtxt."""
     repository = settings.workdir / "baseline-repository"
     shutil.rmtree(repository, ignore_errors=True)
     (repository / "baseline" / "1").mkdir(parents=True)
@@ -520,20 +534,34 @@ def measure_baseline(checkpoint: Path, settings: Settings, prompts: Sequence[str
         "MAX_NEW_TOKENS_TAG", str(settings.max_tokens)
     )
     (repository / "baseline" / "config.pbtxt").write_text(config)
+    return repository, config
+
+
+def baseline_loop(
+    server: Any, settings: Settings, prompts: Sequence[str], clients: int
+) -> Callable[[], dict[str, Any]]:
+    """One closed-loop level of the baseline served by `server`."""
+    import tritonclient.grpc as grpcclient
+
+    return partial(
+        closed_loop,
+        baseline_request(settings.max_tokens),
+        lambda: grpcclient.InferenceServerClient(server.grpc_url),
+        lambda client: client.close(),
+        prompts,
+        clients,
+        settings.warmup_s,
+        settings.window_s,
+    )
+
+
+def measure_baseline(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -> dict[str, Any]:
+    repository, config = write_baseline(checkpoint, settings)
     levels = []
     with serve(repository, settings.workdir / "baseline-triton.log") as server:
         for clients in settings.concurrency:
-            measure = partial(
-                closed_loop,
-                baseline_request(settings.max_tokens),
-                lambda: grpcclient.InferenceServerClient(server.grpc_url),
-                lambda client: client.close(),
-                prompts,
-                clients,
-                settings.warmup_s,
-                settings.window_s,
-            )
-            level = _guarded_level(settings, measure, f"baseline at {clients}")
+            measure = baseline_loop(server, settings, prompts, clients)
+            level = guarded_level(settings, measure, f"baseline at {clients}")
             print(f"baseline    {clients:>3} clients: {json.dumps(level)}", flush=True)
             levels.append(level)
     return {"levels": levels, "config_pbtxt": config}

@@ -614,3 +614,39 @@ def test_closed_loop_counts_answers_whose_text_came_only_with_their_last_token()
     assert level["all_answers"] >= 10 and level["errors"] == 0
     assert level["text_at_end_answers"] == (level["all_answers"] + 1) // 2  # every other prompt
     assert level["ttft_mean_all_ms"] > 0
+
+
+def test_paired_rounds_rotate_the_order_and_take_each_ratio_within_its_round() -> None:
+    from bench.generation.paired import (
+        BASELINE,
+        CONTENDERS,
+        IN_PROCESS,
+        STREAMED,
+        WHOLE,
+        round_order,
+        round_ratios,
+        summarise,
+    )
+
+    orders = [round_order(index) for index in range(len(CONTENDERS) + 1)]
+    assert all(sorted(order) == sorted(CONTENDERS) for order in orders)
+    assert [order[0] for order in orders[: len(CONTENDERS)]] == list(CONTENDERS)  # each goes first once
+    assert orders[len(CONTENDERS)] == orders[0]
+
+    def round_of(streamed: float, whole: float, baseline: float, in_process: float) -> dict[str, Any]:
+        served = {STREAMED: streamed, WHOLE: whole, BASELINE: baseline, IN_PROCESS: in_process}
+        return {"ratios": round_ratios({name: {"tokens_per_s": value} for name, value in served.items()})}
+
+    # A machine that runs every contender 20% slower in round 2 leaves each ratio where it was.
+    rounds = [round_of(90.0, 110.0, 100.0, 120.0), round_of(72.0, 88.0, 80.0, 96.0), round_of(99, 99, 100, 0)]
+    assert rounds[0]["ratios"][f"{STREAMED}/{BASELINE}"] == pytest.approx(0.9)
+    assert rounds[1]["ratios"][f"{STREAMED}/{BASELINE}"] == pytest.approx(0.9)
+    assert rounds[2]["ratios"][f"{STREAMED}/{IN_PROCESS}"] is None  # nothing served in-process
+    summary = summarise(rounds)
+    assert summary[f"{STREAMED}/{BASELINE}"]["median"] == pytest.approx(0.9)
+    assert summary[f"{STREAMED}/{BASELINE}"]["max"] == pytest.approx(0.99)
+    assert summary[f"{WHOLE}/{IN_PROCESS}"] == {
+        "median": pytest.approx(110 / 120),
+        "min": pytest.approx(110 / 120),
+        "max": pytest.approx(110 / 120),
+    }

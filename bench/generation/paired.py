@@ -1,0 +1,254 @@
+"""bench/generation/paired: the contenders at one client, their windows interleaved round by round.
+
+`python -m bench.generation` measures ours at every level, then the baseline, then in-process: the same
+level of two contenders runs minutes apart, and a shared machine's speed drifts by several percent over
+minutes (sessions 14-15 measured ours against the baseline at one client at 0.78-0.94 with the same
+runtime). Here every contender stays up and they take turns: each round gives one window to each of
+
+- ours, streamed (as `bench.generation`'s ours);
+- ours, whole answers (`stream` false: one response per answer, as the baseline answers);
+- the per-request baseline (Triton's tutorial-style `pipeline` model);
+- in-process `generate`, one prompt after another over the same prompts in the same order (the
+  one-stream limit issue 24 names: no server, no client).
+
+The order rotates from round to round. Each ratio is taken within its round, seconds apart, and the report
+gives every round's ratios and their median. The idle contenders' servers wait on their queues meanwhile
+(their CPU is counted with the other processes' and reported per window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.common.machine import machine_line
+from bench.common.quiet import add_quiet_options
+from bench.common.report import fmt, markdown_table, write_results
+from bench.generation.run import (
+    Completed,
+    Settings,
+    add_model_arguments,
+    baseline_loop,
+    build_ours,
+    closed_loop,
+    generation_fields,
+    guarded_level,
+    make_checkpoint,
+    make_prompts,
+    ours_level,
+    report_head,
+    serve,
+    serve_ours,
+    write_baseline,
+)
+from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY, CpuWaitPolicy
+
+STREAMED, WHOLE, BASELINE, IN_PROCESS = "ours streamed", "ours whole answers", "baseline", "in-process"
+CONTENDERS = (STREAMED, WHOLE, BASELINE, IN_PROCESS)
+# Each ratio: (numerator, denominator), both measured in the same round.
+RATIOS = (
+    (STREAMED, BASELINE),
+    (WHOLE, BASELINE),
+    (STREAMED, IN_PROCESS),
+    (WHOLE, IN_PROCESS),
+    (BASELINE, IN_PROCESS),
+)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int]:
+    parser = argparse.ArgumentParser(prog="python -m bench.generation.paired", description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--sequences",
+        type=int,
+        default=16,
+        help="ours' maxConcurrentSequences (default: as bench.generation's 1,4,16 run builds it)",
+    )
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--window-s", type=float, default=15.0)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-generation-paired"))
+    parser.add_argument("--name", default="generation-paired-cpu")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
+    parser.add_argument(
+        "--cpu-wait-policy",
+        choices=[policy.value for policy in CpuWaitPolicy],
+        default=DEFAULT_CPU_WAIT_POLICY.value,
+        help="ours served with this spec.triton.cpuWaitPolicy (default: the operator's)",
+    )
+    add_quiet_options(parser, "window", retries=1)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    args.concurrency = "1"
+    args.whole_answers = ""
+    return Settings(**generation_fields(args)), args.rounds, args.sequences
+
+
+def in_process_request(checkpoint: Path, settings: Settings) -> Callable[[Any, str], Completed]:
+    """A closed-loop request answered by `generate` in this process: its first token arrives with its
+    whole answer, as the baseline's does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+    model.eval()
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=settings.max_tokens, do_sample=False, pad_token_id=tokenizer.bos_token_id
+    )
+
+    def request(_client: Any, prompt: str) -> Completed:
+        started = time.perf_counter()
+        encoded = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(**encoded, generation_config=config)
+        finished = time.perf_counter()
+        return Completed(started, finished, finished, int(output.shape[1] - encoded["input_ids"].shape[1]))
+
+    return request
+
+
+def round_order(round_index: int) -> list[str]:
+    """The contenders' order in one round: rotated by one each round, so none always goes first."""
+    shift = round_index % len(CONTENDERS)
+    return [*CONTENDERS[shift:], *CONTENDERS[:shift]]
+
+
+def round_ratios(windows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Tokens/s ratios of one round's windows (None where the denominator served nothing)."""
+    ratios: dict[str, float | None] = {}
+    for numerator, denominator in RATIOS:
+        below = windows[denominator]["tokens_per_s"]
+        ratios[f"{numerator}/{denominator}"] = windows[numerator]["tokens_per_s"] / below if below else None
+    return ratios
+
+
+def summarise(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per ratio the median over the rounds, with the lowest and highest."""
+    summary: dict[str, Any] = {}
+    for numerator, denominator in RATIOS:
+        key = f"{numerator}/{denominator}"
+        values = [r["ratios"][key] for r in rounds if r["ratios"][key] is not None]
+        summary[key] = (
+            {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else None
+        )
+    return summary
+
+
+def measure(
+    checkpoint: Path, settings: Settings, rounds: int, sequences: int, prompts: Sequence[str]
+) -> list[dict[str, Any]]:
+    clients = 1  # the level where a streamed server's per-token work is not shared by a batch
+    baseline_repository, _config = write_baseline(checkpoint, settings)
+    ours_repository = build_ours(checkpoint, settings, sequences)
+    generate = in_process_request(checkpoint, settings)
+    measured: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        ours = stack.enter_context(serve_ours(ours_repository, settings))
+        baseline = stack.enter_context(serve(baseline_repository, settings.workdir / "baseline-triton.log"))
+        windows: dict[str, Callable[[], dict[str, Any]]] = {
+            STREAMED: partial(ours_level, ours, settings, clients, prompts, True),
+            WHOLE: partial(ours_level, ours, settings, clients, prompts, False),
+            BASELINE: baseline_loop(baseline, settings, prompts, clients),
+            IN_PROCESS: partial(
+                closed_loop,
+                generate,
+                lambda: None,
+                lambda _client: None,
+                prompts,
+                clients,
+                settings.warmup_s,
+                settings.window_s,
+            ),
+        }
+        for index in range(rounds):
+            order = round_order(index)
+            results = {
+                name: guarded_level(settings, windows[name], f"{name}, round {index + 1}") for name in order
+            }
+            entry = {"round": index + 1, "order": order, "windows": results, "ratios": round_ratios(results)}
+            print(f"round {index + 1}: {json.dumps(entry['ratios'])}", flush=True)
+            measured.append(entry)
+    return measured
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    settings = report["settings"]
+    lines = [
+        f"Model: random-weight Llama, {settings['layers']} layers, hidden {settings['hidden']}, GQA; prompts "
+        f"{settings['min_prompt']}-{settings['max_prompt']} tokens, {settings['max_tokens']}-token answers "
+        f"(no EOS), greedy. One client, closed loop; per round one window of each contender "
+        f"({settings['warmup_s']:g} s warm-up + {settings['window_s']:g} s), the order rotated each round. "
+        f"Ours built with maxConcurrentSequences {report['sequences']}. Tokens/s counts the tokens that "
+        "reached the client inside the window.",
+        "",
+    ]
+    headers = ["round", *(f"{name} tok/s" for name in CONTENDERS)]
+    headers += [f"{numerator} / {denominator}" for numerator, denominator in RATIOS]
+    headers += ["other processes' CPU, most in a window"]
+    rows = []
+    for entry in report["rounds"]:
+        windows = entry["windows"]
+        rows.append(
+            [
+                str(entry["round"]),
+                *(fmt(windows[name]["tokens_per_s"]) for name in CONTENDERS),
+                *(
+                    "-" if value is None else f"{value:.2f}x"
+                    for value in (entry["ratios"][f"{n}/{d}"] for n, d in RATIOS)
+                ),
+                f"{max(window['foreign_cpu_share'] for window in windows.values()):.0%}",
+            ]
+        )
+    median_row = ["median (min-max)", *("" for _ in CONTENDERS)]
+    for numerator, denominator in RATIOS:
+        spread = report["summary"][f"{numerator}/{denominator}"]
+        median_row.append(
+            "-"
+            if spread is None
+            else f"**{spread['median']:.2f}x** ({spread['min']:.2f}-{spread['max']:.2f})"
+        )
+    median_row.append("")
+    rows.append(median_row)
+    lines.append(markdown_table(headers, rows))
+    ttft = [
+        f"{name} {statistics.median(e['windows'][name]['ttft_p50_ms'] for e in report['rounds']):,.1f} ms"
+        for name in (STREAMED, WHOLE, BASELINE)
+    ]
+    lines += [
+        "",
+        "Time to first token, the median of the rounds' p50s: " + ", ".join(ttft) + ".",
+        "",
+        f"Machine: {machine_line(report['machine'])}. Command: `{report['command']}`.",
+    ]
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    settings, rounds, sequences = parse_args(argv)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = make_checkpoint(settings, settings.workdir / "checkpoint")
+    prompts = make_prompts(checkpoint, settings)
+    report = report_head("bench.generation.paired", argv, settings)
+    report["sequences"] = sequences
+    report["rounds"] = measure(checkpoint, settings, rounds, sequences, prompts)
+    report["summary"] = summarise(report["rounds"])
+    markdown = render_markdown(report)
+    print(markdown)
+    if settings.write:
+        write_results(settings.name, report, markdown, readme=False)
+    return report
+
+
+if __name__ == "__main__":
+    run()
