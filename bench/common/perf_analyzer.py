@@ -210,6 +210,8 @@ class Load:
     concurrency: int
     window_s: float
     warmup_requests: int
+    # A decoupled model's responses over a gRPC stream; a request completes with its final response.
+    streaming: bool = False
 
 
 def measure_command(prefix: Sequence[str], load: Load, csv_path: Path) -> list[str]:
@@ -230,6 +232,7 @@ def measure_command(prefix: Sequence[str], load: Load, csv_path: Path) -> list[s
         "--warmup-request-count", str(load.warmup_requests),
         "-f", str(csv_path),
         "--verbose-csv",
+        *(["--streaming"] if load.streaming else []),
     ]  # fmt: skip
 
 

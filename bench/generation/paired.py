@@ -12,8 +12,12 @@ runtime). Here every contender stays up and they take turns: each round gives on
   one-stream limit issue 24 names: no server, no client).
 
 The order rotates from round to round. Each ratio is taken within its round, seconds apart, and the report
-gives every round's ratios and their median. The idle contenders' servers wait on their queues meanwhile
-(their CPU is counted with the other processes' and reported per window).
+gives every round's ratios and their median. The idle contenders' servers wait on their queues meanwhile.
+
+`--client perf_analyzer` drives the three served contenders with Triton's C++ load generator instead of
+this process's Python gRPC client (`--streaming` for ours), so that a streamed answer's 64 responses cost
+the measuring client next to nothing on a machine whose cores it shares with the servers. Every answer is
+exactly `--max-tokens` tokens (no EOS), so tokens/s is its requests/s times that.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench.common import perf_analyzer
 from bench.common.machine import machine_line
 from bench.common.quiet import add_quiet_options
 from bench.common.report import fmt, markdown_table, write_results
@@ -51,8 +56,11 @@ from bench.generation.run import (
 )
 from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY, CpuWaitPolicy
 
+PYTHON_CLIENT, PERF_ANALYZER = "python", "perf_analyzer"
 STREAMED, WHOLE, BASELINE, IN_PROCESS = "ours streamed", "ours whole answers", "baseline", "in-process"
 CONTENDERS = (STREAMED, WHOLE, BASELINE, IN_PROCESS)
+# perf_analyzer's unmeasured requests before its windows (about a second of answers at one client).
+WARMUP_REQUESTS = 4
 # Each ratio: (numerator, denominator), both measured in the same round.
 RATIOS = (
     (STREAMED, BASELINE),
@@ -63,7 +71,7 @@ RATIOS = (
 )
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int]:
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int, str]:
     parser = argparse.ArgumentParser(prog="python -m bench.generation.paired", description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5)
@@ -72,6 +80,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int]:
         type=int,
         default=16,
         help="ours' maxConcurrentSequences (default: as bench.generation's 1,4,16 run builds it)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=(PYTHON_CLIENT, PERF_ANALYZER),
+        default=PYTHON_CLIENT,
+        help="what drives the served contenders: this process's gRPC client (as bench.generation) or "
+        "perf_analyzer",
     )
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--window-s", type=float, default=15.0)
@@ -90,7 +105,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int]:
         parser.error("--rounds must be at least 1")
     args.concurrency = "1"
     args.whole_answers = ""
-    return Settings(**generation_fields(args)), args.rounds, args.sequences
+    return Settings(**generation_fields(args)), args.rounds, args.sequences, args.client
 
 
 def in_process_request(checkpoint: Path, settings: Settings) -> Callable[[Any, str], Completed]:
@@ -145,10 +160,69 @@ def summarise(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def perf_analyzer_window(
+    target: perf_analyzer.Target, data_file: Path, streaming: bool, settings: Settings
+) -> Callable[[], dict[str, Any]]:
+    """One window of a served contender driven by perf_analyzer at one client, in the closed loop's
+    terms (tokens/s from its requests/s: every answer is exactly max_tokens tokens)."""
+    prefix = perf_analyzer.command_prefix()
+    load = perf_analyzer.Load(target, data_file, 1, settings.window_s, WARMUP_REQUESTS, streaming)
+
+    def window() -> dict[str, Any]:
+        (run,) = perf_analyzer.measure(prefix, load, settings.workdir / "perf_analyzer")
+        return {
+            "clients": 1,
+            "answers": run.requests,
+            "errors": 0,  # perf_analyzer exits non-zero on a failed request: measure raises
+            "first_error": None,
+            "tokens_per_s": run.throughput_rps * settings.max_tokens,
+            "latency_p50_ms": run.p50_ms,
+            "ttft_p50_ms": None,  # perf_analyzer's latencies are the whole answer's
+            "client_cpu_s": run.client_cpu_s,
+            "client_wall_s": run.client_wall_s,
+        }
+
+    return window
+
+
+def served_windows(
+    ours: Any, baseline: Any, settings: Settings, client: str, prompts: Sequence[str]
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    """The served contenders' windows, driven by `client`."""
+    if client == PYTHON_CLIENT:
+        return {
+            STREAMED: partial(ours_level, ours, settings, 1, prompts, True),
+            WHOLE: partial(ours_level, ours, settings, 1, prompts, False),
+            BASELINE: baseline_loop(baseline, settings, prompts, 1),
+        }
+    files = settings.workdir / "perf_analyzer"
+    files.mkdir(parents=True, exist_ok=True)
+    ours_target = perf_analyzer.Target(ours.grpc_url, "model", "text_input")
+    windows = {}
+    for name, streamed in ((STREAMED, True), (WHOLE, False)):
+        rows = [
+            {
+                "text_input": {"content": [prompt], "shape": [1]},
+                "stream": {"content": [streamed], "shape": [1]},
+                "max_tokens": {"content": [settings.max_tokens], "shape": [1]},
+                "temperature": {"content": [0.0], "shape": [1]},
+            }
+            for prompt in prompts
+        ]
+        data_file = files / f"ours-{'streamed' if streamed else 'whole'}.json"
+        data_file.write_text(json.dumps({"data": rows}))
+        # Ours is a decoupled model: perf_analyzer reaches it over a stream either way.
+        windows[name] = perf_analyzer_window(ours_target, data_file, True, settings)
+    baseline_data = perf_analyzer.write_input_data(prompts, "prompt", files / "baseline.json")
+    windows[BASELINE] = perf_analyzer_window(
+        perf_analyzer.Target(baseline.grpc_url, "baseline", "prompt"), baseline_data, False, settings
+    )
+    return windows
+
+
 def measure(
-    checkpoint: Path, settings: Settings, rounds: int, sequences: int, prompts: Sequence[str]
+    checkpoint: Path, settings: Settings, rounds: int, sequences: int, client: str, prompts: Sequence[str]
 ) -> list[dict[str, Any]]:
-    clients = 1  # the level where a streamed server's per-token work is not shared by a batch
     baseline_repository, _config = write_baseline(checkpoint, settings)
     ours_repository = build_ours(checkpoint, settings, sequences)
     generate = in_process_request(checkpoint, settings)
@@ -156,21 +230,17 @@ def measure(
     with contextlib.ExitStack() as stack:
         ours = stack.enter_context(serve_ours(ours_repository, settings))
         baseline = stack.enter_context(serve(baseline_repository, settings.workdir / "baseline-triton.log"))
-        windows: dict[str, Callable[[], dict[str, Any]]] = {
-            STREAMED: partial(ours_level, ours, settings, clients, prompts, True),
-            WHOLE: partial(ours_level, ours, settings, clients, prompts, False),
-            BASELINE: baseline_loop(baseline, settings, prompts, clients),
-            IN_PROCESS: partial(
-                closed_loop,
-                generate,
-                lambda: None,
-                lambda _client: None,
-                prompts,
-                clients,
-                settings.warmup_s,
-                settings.window_s,
-            ),
-        }
+        windows = served_windows(ours, baseline, settings, client, prompts)
+        windows[IN_PROCESS] = partial(
+            closed_loop,
+            generate,
+            lambda: None,
+            lambda _client: None,
+            prompts,
+            1,
+            settings.warmup_s,
+            settings.window_s,
+        )
         for index in range(rounds):
             order = round_order(index)
             results = {
@@ -189,8 +259,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{settings['min_prompt']}-{settings['max_prompt']} tokens, {settings['max_tokens']}-token answers "
         f"(no EOS), greedy. One client, closed loop; per round one window of each contender "
         f"({settings['warmup_s']:g} s warm-up + {settings['window_s']:g} s), the order rotated each round. "
-        f"Ours built with maxConcurrentSequences {report['sequences']}. Tokens/s counts the tokens that "
-        "reached the client inside the window.",
+        f"Ours built with maxConcurrentSequences {report['sequences']}. "
+        + (
+            "The served contenders driven by perf_analyzer (C++; ours over a gRPC stream): tokens/s is its "
+            "answers/s times the answer length."
+            if report["client"] == PERF_ANALYZER
+            else "The served contenders driven by this process's Python gRPC client, as in bench.generation; "
+            "tokens/s counts the tokens that reached the client inside the window."
+        ),
         "",
     ]
     headers = ["round", *(f"{name} tok/s" for name in CONTENDERS)]
@@ -221,13 +297,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     median_row.append("")
     rows.append(median_row)
     lines.append(markdown_table(headers, rows))
-    ttft = [
-        f"{name} {statistics.median(e['windows'][name]['ttft_p50_ms'] for e in report['rounds']):,.1f} ms"
-        for name in (STREAMED, WHOLE, BASELINE)
-    ]
+    for key, what in (("ttft_p50_ms", "Time to first token"), ("latency_p50_ms", "Answer latency")):
+        medians = [
+            f"{name} {statistics.median(e['windows'][name][key] for e in report['rounds']):,.1f} ms"
+            for name in (STREAMED, WHOLE, BASELINE)
+            if all(e["windows"][name].get(key) is not None for e in report["rounds"])
+        ]
+        if medians:
+            lines += ["", f"{what}, the median of the rounds' p50s: " + ", ".join(medians) + "."]
     lines += [
-        "",
-        "Time to first token, the median of the rounds' p50s: " + ", ".join(ttft) + ".",
         "",
         f"Machine: {machine_line(report['machine'])}. Command: `{report['command']}`.",
     ]
@@ -235,13 +313,14 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    settings, rounds, sequences = parse_args(argv)
+    settings, rounds, sequences, client = parse_args(argv)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = make_checkpoint(settings, settings.workdir / "checkpoint")
     prompts = make_prompts(checkpoint, settings)
     report = report_head("bench.generation.paired", argv, settings)
     report["sequences"] = sequences
-    report["rounds"] = measure(checkpoint, settings, rounds, sequences, prompts)
+    report["client"] = client
+    report["rounds"] = measure(checkpoint, settings, rounds, sequences, client, prompts)
     report["summary"] = summarise(report["rounds"])
     markdown = render_markdown(report)
     print(markdown)
