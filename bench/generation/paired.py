@@ -40,6 +40,8 @@ from bench.common.report import fmt, markdown_table, write_results
 from bench.generation.run import (
     Completed,
     Settings,
+    add_cpu_wait_argument,
+    add_measurement_arguments,
     add_model_arguments,
     baseline_loop,
     build_ours,
@@ -54,7 +56,6 @@ from bench.generation.run import (
     serve_ours,
     write_baseline,
 )
-from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY, CpuWaitPolicy
 
 PYTHON_CLIENT, PERF_ANALYZER = "python", "perf_analyzer"
 STREAMED, WHOLE, BASELINE, IN_PROCESS = "ours streamed", "ours whole answers", "baseline", "in-process"
@@ -88,17 +89,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int, str]:
         help="what drives the served contenders: this process's gRPC client (as bench.generation) or "
         "perf_analyzer",
     )
-    parser.add_argument("--warmup-s", type=float, default=3.0)
-    parser.add_argument("--window-s", type=float, default=15.0)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-generation-paired"))
-    parser.add_argument("--name", default="generation-paired-cpu")
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
-    parser.add_argument(
-        "--cpu-wait-policy",
-        choices=[policy.value for policy in CpuWaitPolicy],
-        default=DEFAULT_CPU_WAIT_POLICY.value,
-        help="ours served with this spec.triton.cpuWaitPolicy (default: the operator's)",
+    add_measurement_arguments(
+        parser,
+        concurrency=None,  # one client
+        warmup_s=3.0,
+        window_s=15.0,
+        workdir="/tmp/modeldeploy-bench-generation-paired",
+        name="generation-paired-cpu",
     )
+    add_cpu_wait_argument(parser)
     add_quiet_options(parser, "window", retries=1)
     args = parser.parse_args(argv)
     if args.rounds < 1:

@@ -86,15 +86,47 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt", type=int, default=256)
 
 
+def add_measurement_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    concurrency: str | None,
+    warmup_s: float,
+    window_s: float,
+    workdir: str,
+    name: str,
+) -> None:
+    """The load's and the results' arguments that :func:`measurement_fields` reads (--concurrency left
+    out where the caller fixes it)."""
+    if concurrency is not None:
+        parser.add_argument("--concurrency", default=concurrency)
+    parser.add_argument("--warmup-s", type=float, default=warmup_s)
+    parser.add_argument("--window-s", type=float, default=window_s)
+    parser.add_argument("--workdir", type=Path, default=Path(workdir))
+    parser.add_argument("--name", default=name)
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
+
+
+def add_cpu_wait_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cpu-wait-policy",
+        choices=[policy.value for policy in CpuWaitPolicy],
+        default=DEFAULT_CPU_WAIT_POLICY.value,
+        help="ours served with this spec.triton.cpuWaitPolicy (default: the operator's; the baseline and "
+        "in-process keep OpenMP's own default)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
     add_model_arguments(parser)
-    parser.add_argument("--concurrency", default="1,4,16,64")
-    parser.add_argument("--warmup-s", type=float, default=5.0)
-    parser.add_argument("--window-s", type=float, default=20.0)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-generation"))
-    parser.add_argument("--name", default="generation-cpu")
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
+    add_measurement_arguments(
+        parser,
+        concurrency="1,4,16,64",
+        warmup_s=5.0,
+        window_s=20.0,
+        workdir="/tmp/modeldeploy-bench-generation",
+        name="generation-cpu",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--shared-prefix",
@@ -103,13 +135,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         help="also measure ours on prompts sharing a prefix of this many tokens against unique prompts of "
         "the same length (time to first token with and without prefix-cache hits)",
     )
-    parser.add_argument(
-        "--cpu-wait-policy",
-        choices=[policy.value for policy in CpuWaitPolicy],
-        default=DEFAULT_CPU_WAIT_POLICY.value,
-        help="ours served with this spec.triton.cpuWaitPolicy (default: the operator's; the baseline and "
-        "in-process keep OpenMP's own default)",
-    )
+    add_cpu_wait_argument(parser)
     parser.add_argument(
         "--whole-answers",
         default="1",

@@ -37,7 +37,13 @@ from bench.common.machine import ForeignCpu, machine_line
 from bench.common.report import fmt, markdown_table, write_results
 from bench.common.sentences import load_texts
 from bench.generation.run import Settings as GenerationSettings
-from bench.generation.run import generation_fields, make_checkpoint, make_prompts, report_head
+from bench.generation.run import (
+    add_measurement_arguments,
+    generation_fields,
+    make_checkpoint,
+    make_prompts,
+    report_head,
+)
 
 DIRECT, OPENAI = "direct gRPC", "OpenAI API"
 
@@ -52,18 +58,20 @@ class Settings(GenerationSettings):
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.openai", description=__doc__)
-    parser.add_argument("--concurrency", default="1,64")
-    parser.add_argument("--warmup-s", type=float, default=6.0)
-    parser.add_argument("--window-s", type=float, default=20.0)
+    add_measurement_arguments(
+        parser,
+        concurrency="1,64",
+        warmup_s=6.0,
+        window_s=20.0,
+        workdir="/tmp/modeldeploy-bench-openai",
+        name="openai-cpu",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--min-prompt", type=int, default=16)
     parser.add_argument("--max-prompt", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="runs per level, contenders alternating")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/modeldeploy-bench-openai"))
-    parser.add_argument("--name", default="openai-cpu")
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/results or READMEs")
     parser.add_argument(
         "--calls-in-flight",
         type=int,
