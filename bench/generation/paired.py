@@ -2,7 +2,7 @@
 
 `python -m bench.generation` measures ours at every level, then the baseline, then in-process: the same
 level of two contenders runs minutes apart, and a shared machine's speed drifts by several percent over
-minutes (sessions 14-15 measured ours against the baseline at one client at 0.78-0.94 with the same
+minutes (sessions 14-15 measured ours against the baseline at one client at 0.78-1.01 with the same
 runtime). Here every contender stays up and they take turns: each round gives one window to each of
 
 - ours, streamed (as `bench.generation`'s ours);
