@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from model_repo.triton import free_port, http_ok, stop_process_group
+from model_repo.triton import free_ports, http_ok, stop_process_group
 from modeldeploy_dev.devcluster import DevCluster, DevClusterError
 from modeldeploy_dev.kubeapi import KubeApi, KubeApiError
 
@@ -384,8 +384,10 @@ class OperatorProcess:
     def start(self, ready_timeout: float = 60.0) -> OperatorProcess:
         if self.running:
             raise RuntimeError("the operator is already running")
-        self.health_port = self.health_port or free_port()
-        self.metrics_port = self.metrics_port or free_port()
+        # Picked together: two separate picks can return the same port (each frees it at once).
+        spare = iter(port for port in free_ports(3) if port not in (self.health_port, self.metrics_port))
+        self.health_port = self.health_port or next(spare)
+        self.metrics_port = self.metrics_port or next(spare)
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),

@@ -99,6 +99,10 @@ def run_operator(
         raise typer.BadParameter("--peering and --standalone exclude each other")
     if namespace and all_namespaces:
         raise typer.BadParameter("--namespace and --all-namespaces exclude each other")
+    if health_port == metrics_port:
+        # The metrics server would take the port first and answer every path, /healthz included, while
+        # kopf's health reporter fails to bind and stops the operator.
+        raise typer.BadParameter(f"--health-port and --metrics-port are both {health_port}; they must differ")
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)

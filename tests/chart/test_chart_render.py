@@ -385,6 +385,12 @@ def test_service_monitor_without_service_is_refused(helm: Helm) -> None:
     assert "metrics.serviceMonitor.enabled needs metrics.service.enabled" in result.stderr
 
 
+def test_one_port_for_health_and_metrics_is_refused(helm: Helm) -> None:
+    result = helm.template({"healthPort": 9090, "metricsPort": 9090})
+    assert result.returncode != 0
+    assert "healthPort and metricsPort must differ" in result.stderr
+
+
 def _documented_formulas() -> dict[str, str]:
     readme = (CHART / "README.md").read_text()
     block = re.search(r"```promql\n(.*?)```", readme, re.S)
