@@ -395,10 +395,10 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_sigterm(
 ) -> None:
     import sys
 
-    from model_repo.triton import free_port
+    from model_repo.triton import free_ports
 
     workdir = tmp_path / "serve-workdir"
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(port) for port in free_ports(3)]
     command = [
         sys.executable,
         "-c",

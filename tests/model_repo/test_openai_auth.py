@@ -32,7 +32,7 @@ from model_repo.openai_frontend.auth import (
     bearer_token,
 )
 from model_repo.openai_local import LocalFrontend
-from model_repo.triton import TritonServer, free_port
+from model_repo.triton import TritonServer, free_port, free_ports
 from model_repo.triton_args import loopback_server_args, repository_server_args
 from modeldeploy.manifests.deployment import TRITON_LAUNCHER
 from modeldeploy_dev.kubelet import triton_command
@@ -344,7 +344,7 @@ def test_modeldeploy_serve_openai_takes_a_key_and_keeps_triton_on_loopback(
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", DEFAULT_LOCAL_PORT)) == 0:
             pytest.skip(f"port {DEFAULT_LOCAL_PORT} is taken on this machine")
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     command = [
         str(Path(sys.executable).parent / "modeldeploy"), "serve",
         "--source", f"file://{minilm_path}", "--model-name", MODEL, "--max-batch-size", "2", "--openai",

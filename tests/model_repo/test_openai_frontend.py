@@ -26,7 +26,7 @@ from test_generation_serving import Served, metrics, reference, wait_for
 
 from model_repo.build import BuildOptions, build_repository
 from model_repo.openai_local import LocalFrontend
-from model_repo.triton import TritonServer, free_port
+from model_repo.triton import TritonServer, free_port, free_ports
 from model_repo.triton_args import repository_server_args
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -655,7 +655,8 @@ def test_readiness_follows_triton(stack: Stack, tmp_path: Path) -> None:
         assert reply.status == 200
     # A frontend whose Triton is not there is live but never ready.
     repository = Path(stack.server.extra_args[-1].split("=", 1)[1])
-    orphan = LocalFrontend(repository, f"127.0.0.1:{free_port()}", free_port(), ready_timeout_s=3)
+    triton_port, frontend_port = free_ports(2)
+    orphan = LocalFrontend(repository, f"127.0.0.1:{triton_port}", frontend_port, ready_timeout_s=3)
     with pytest.raises(Exception, match="not ready"):
         orphan.start()
     orphan.stop()
@@ -674,7 +675,7 @@ def test_modeldeploy_serve_openai_starts_the_frontend_and_stops_it(stack: Stack,
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", DEFAULT_LOCAL_PORT)) == 0:
             pytest.skip(f"port {DEFAULT_LOCAL_PORT} is taken on this machine")
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(port) for port in free_ports(3)]
     command = [
         str(Path(sys.executable).parent / "modeldeploy"), "serve",
         "--source", f"file://{stack.paths[PLAIN]}", "--model-name", "tiny", "--openai",

@@ -28,7 +28,7 @@ from model_repo.errors import BuildError
 from model_repo.openai_frontend.token_arrays import TokenArrays
 from model_repo.openai_local import LocalFrontend
 from model_repo.options import Task
-from model_repo.triton import TritonServer, free_port
+from model_repo.triton import TritonServer, free_port, free_ports
 from model_repo.triton_args import repository_server_args
 
 # The builder tests at the top need no server; the module's fixture starts one for the rest.
@@ -443,7 +443,7 @@ def test_modeldeploy_serve_openai_port_serves_rerank_and_prints_a_working_exampl
     from test_generation_serving import wait_for
 
     checkpoint = make_cross_encoder(tmp_path / "ce")
-    ports = [str(free_port()) for _ in range(4)]
+    ports = [str(port) for port in free_ports(4)]
     command = [
         str(Path(sys.executable).parent / "modeldeploy"), "serve",
         "--source", f"file://{checkpoint}", "--model-name", "ranker", "--openai", "--max-batch-size", "2",
