@@ -432,6 +432,34 @@ def test_rerank_benchmark_runs_both_contenders(tmp_path: Path) -> None:
     assert "| 2 |" in render_markdown(report)
 
 
+def test_openai_benchmark_runs_both_workloads_both_ways(tmp_path: Path) -> None:
+    from bench.openai.run import DIRECT, OPENAI, render_markdown, run
+
+    report = run(
+        [
+            "--layers", "1", "--hidden", "64", "--max-tokens", "8", "--min-prompt", "8", "--max-prompt", "32",
+            "--concurrency", "1,2", "--warmup-s", "0.5", "--window-s", "1.5", "--repeats", "2",
+            "--workdir", str(tmp_path), "--no-write",
+        ]
+    )  # fmt: skip
+    for workload in ("embeddings", "generation"):
+        levels = report[workload]["levels"]
+        for name in (DIRECT, OPENAI):
+            assert [level["concurrency"] for level in levels[name]] == [1, 2]
+            for level in levels[name]:
+                # Two repeats per level, combined: both windows counted, every request answered.
+                assert len(level["runs"]) == 2 and level["window_s"] == pytest.approx(3.0)
+                assert level["errors"] == 0 and level["requests"] > 0, (workload, name, level)
+                assert 0 <= level["other_cpu_share"] <= 1
+        for level in levels[OPENAI] if workload == "generation" else ():
+            # Every streamed answer had exactly --max-tokens tokens (the sender raises otherwise).
+            assert level["tokens_per_s"] == pytest.approx(level["requests"] * 8 / level["window_s"], rel=0.01)
+    assert set(report["ratios"]) == {"embeddings@1", "embeddings@2", "generation@1", "generation@2"}
+    assert all(ratio > 0 for ratio in report["ratios"].values())
+    markdown = render_markdown(report)
+    assert "| embeddings | 2 |" in markdown and "| generation | 1 |" in markdown
+
+
 @pytest.mark.parametrize("client", ["python", "perf_analyzer"])
 def test_paired_generation_benchmark_interleaves_every_contender(tmp_path: Path, client: str) -> None:
     from bench.generation.paired import CONTENDERS, render_markdown, run
