@@ -19,10 +19,18 @@ RUNTIME_FILE = RUNTIME_DIR / "model.py"
 SHARED_RUNTIME_FILES = tuple(RUNTIME_DIR / f"{module}.py" for module in SHARED_MODULES)
 ROLE_RUNTIME_FILES = {role: RUNTIME_DIR / f"{module}.py" for role, (module, _) in ROLE_CLASSES.items()}
 # The continuous-batching engine the generator role imports (copied with it), with the modules it
-# imports: its metrics, its request contract, its decoding arithmetic, its adapter over transformers.
+# imports: its metrics, its request contract, its decoding arithmetic, its adapter over transformers, the
+# decoding step's own forward.
 GENERATION_RUNTIME_FILES = tuple(
     RUNTIME_DIR / f"{module}.py"
-    for module in ("generation", "generation_metrics", "request_parsing", "decoding", "hf_adapter")
+    for module in (
+        "generation",
+        "generation_metrics",
+        "request_parsing",
+        "decoding",
+        "hf_adapter",
+        "decode_step",
+    )
 )
 # Text pairs and cross-encoder scores, which the encoder role imports for the pair tasks (copied with it).
 RANKING_RUNTIME_FILE = RUNTIME_DIR / "ranking.py"

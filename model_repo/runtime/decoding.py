@@ -400,8 +400,11 @@ class RunningBatch:
     on their own once they are a quarter of the rows.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, decode_step: Any = None) -> None:
         self.model = model
+        # A decoding step's own forward (decode_step.DecodeStep) where the model has one, else None: the
+        # model's forward.
+        self.decode_step = decode_step
         self.rows: list[Any] = []  # the caller's jobs, each with a `.row: Row`
         self.pending: list[int] = []  # each row's newest token, not yet in the cache
         self.slots: list[int] = []  # each row's row in the cache (finished rows may sit in the others)
@@ -532,7 +535,11 @@ class RunningBatch:
         positions = self.mask.sum(dim=1, keepdim=True)  # a row's positions so far = the new token's index
         self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
         # A new column is every row's: whether any row is padded does not change here.
-        logits = last_logits(self.model, ids, self.mask if self.padded else None, positions, self.cache)
+        mask = self.mask if self.padded else None
+        if self.decode_step is not None:
+            logits = self.decode_step(ids, mask, positions, self.cache)
+        else:
+            logits = last_logits(self.model, ids, mask, positions, self.cache)
         if finished:
             logits = logits.index_select(0, torch.tensor(self.slots, device=device))
         return logits

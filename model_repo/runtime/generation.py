@@ -42,6 +42,7 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
     pb_utils = None
 
 from . import decoding, request_parsing
+from .decode_step import DecodeStep
 from .generation_metrics import EngineProfile, GenerationMetrics
 from .helpers import Result, ThreadTuner
 
@@ -171,7 +172,10 @@ class GenerationEngine:
         # Prompts' keys and values kept for reuse: by default as many positions as four full contexts.
         budget = 4 * context if prefix_cache_tokens is None else prefix_cache_tokens
         self.prefixes = decoding.PrefixCache(budget) if budget > 0 else None
-        self.batch = decoding.RunningBatch(model)
+        # Decoding steps through their own forward where the model's layout allows (decode_step.py).
+        self.decode_step, why = DecodeStep.attach(model)
+        self.log_info(f"generation engine: {why}")
+        self.batch = decoding.RunningBatch(model, self.decode_step)
         # On a CPU, each forward's thread count (of the CPUs this engine may use) is chosen from measured
         # passes: helpers.ThreadTuner.
         self.threads = ThreadTuner(cpus) if cpus is not None else None
@@ -270,7 +274,7 @@ class GenerationEngine:
                         last_error = repr(exc)
                     for job in list(self.batch.rows):
                         self._send_error(job, f"generation failed: {exc}", "INTERNAL")
-                    self.batch = decoding.RunningBatch(self.model)
+                    self.batch = decoding.RunningBatch(self.model, self.decode_step)
 
     def _admit(self) -> list[Job]:
         with self._lock:

@@ -1,7 +1,8 @@
 """The generation runtime's fence over transformers' internals, checked against the pinned transformers
 without Triton: `hf_adapter.check` passes for the tiny checkpoints, refuses (naming the attribute and the
 supported versions) when an internal is gone, and the running batch built on it (rows joining, alone or
-prefilled as a group, and leaving between steps) gives `generate`'s greedy tokens."""
+prefilled as a group, and leaving between steps) gives `generate`'s greedy tokens, its steps through the
+model's forward or through decode_step.py's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import greedy_continuation, make_gpt2_checkpoint, make_llama_checkpoint
 
 from model_repo.runtime import decoding, hf_adapter
+from model_repo.runtime.decode_step import DecodeStep
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_check_refuses_naming_the_attribute_and_the_versions(
         hf_adapter.check(models["llama"][0])
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "llama-own-step", "gpt2"])
 @pytest.mark.parametrize(
     "arrivals",
     [{0: [0], 1: [1], 3: [2], 4: [3]}, {0: [0, 1, 2], 2: [3]}, {0: [0, 1, 2, 3, 4], 6: [5]}],
@@ -82,7 +84,10 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
 
     monkeypatch.setattr(hf_adapter, "GROWTH_POSITIONS", room)
 
-    model, tokenizer = models[name]
+    model, tokenizer = models[name.removesuffix("-own-step")]
+    # "-own-step": decoding steps through decode_step.py's forward instead of the model's.
+    own_step, why = DecodeStep.attach(model) if name.endswith("-own-step") else (None, "")
+    assert own_step is not None or not name.endswith("-own-step"), why
     prompts = [
         "the quick brown fox",
         "hello",
@@ -103,7 +108,7 @@ def test_running_batch_with_joins_and_leaves_equals_generate(
             self.index = index
             self.row = decoding.Row(decoding.Sampling("p", temperature=0.0), prompt_ids[index], frozenset())
 
-    batch = decoding.RunningBatch(model)
+    batch = decoding.RunningBatch(model, own_step)
     prefixes = decoding.PrefixCache(4096)
     results: dict[int, list[int]] = {}
     layer_types: set[str] = set()
