@@ -90,25 +90,30 @@ def _first_tokens(model: Any, prompt_ids: list[list[int]], token_budget: int | N
 def _engine(
     model: Any, prompt_ids: list[list[int]], tokens: int, stagger: bool, token_budget: int | None = None
 ) -> dict[str, float]:
-    """Seconds of one engine run: total, in the model's forward passes, and tokens generated."""
+    """Seconds of one engine run: total, in the forward passes (the model's prefills and the decoding
+    steps, through decode_step.py's forward where the runtime would use it), and tokens generated."""
     import torch
 
     from model_repo.runtime import decoding
+    from model_repo.runtime.decode_step import DecodeStep
 
     forward_s = 0.0
-    original = model.forward
 
-    def timed_forward(*args: Any, **kwargs: Any) -> Any:
-        nonlocal forward_s
-        began = time.perf_counter()
-        output = original(*args, **kwargs)
-        forward_s += time.perf_counter() - began
-        return output
+    def timed(forward: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal forward_s
+            began = time.perf_counter()
+            output = forward(*args, **kwargs)
+            forward_s += time.perf_counter() - began
+            return output
 
-    model.forward = timed_forward
+        return call
+
+    own_step, _ = DecodeStep.attach(model)
+    model.forward = timed(model.forward)
     try:
         began = time.perf_counter()
-        batch = decoding.RunningBatch(model)
+        batch = decoding.RunningBatch(model, None if own_step is None else timed(own_step))
         waiting = [_Job(ids) for ids in prompt_ids]
         generated = 0
         with torch.inference_mode():
