@@ -176,7 +176,7 @@ class DecodeStep:
         hidden = self._rms_norm(hidden, self.norm)
         return self.head(hidden[:, -1:, :])[:, -1, :]
 
-    def difference_from_model(self, steps: int = 4) -> float:
+    def difference_from_model(self, steps: int = 3) -> float:
         """The largest difference between this step's logits and the model's own, relative to their
         largest magnitude, over `steps` steps of two rows of different lengths (padded) and of one row."""
         import torch
