@@ -88,14 +88,19 @@ def _first_tokens(model: Any, prompt_ids: list[list[int]], token_budget: int | N
 
 
 def _engine(
-    model: Any, prompt_ids: list[list[int]], tokens: int, stagger: bool, token_budget: int | None = None
+    model: Any,
+    prompt_ids: list[list[int]],
+    tokens: int,
+    stagger: bool,
+    token_budget: int | None = None,
+    own_step: Any = None,
 ) -> dict[str, float]:
     """Seconds of one engine run: total, in the forward passes (the model's prefills and the decoding
-    steps, through decode_step.py's forward where the runtime would use it), and tokens generated."""
+    steps, through `own_step`, decode_step.py's forward, where the runtime uses one), and tokens
+    generated."""
     import torch
 
     from model_repo.runtime import decoding
-    from model_repo.runtime.decode_step import DecodeStep
 
     forward_s = 0.0
 
@@ -109,7 +114,6 @@ def _engine(
 
         return call
 
-    own_step, _ = DecodeStep.attach(model)
     model.forward = timed(model.forward)
     try:
         began = time.perf_counter()
@@ -164,6 +168,8 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from model_repo.runtime.decode_step import DecodeStep
+
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     checkpoint = make_checkpoint(settings, settings.workdir / "checkpoint")
     prompts = make_prompts(checkpoint, settings)
@@ -172,6 +178,8 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
     tokenizer.padding_side = "left"
     model: Any = AutoModelForCausalLM.from_pretrained(str(checkpoint))
     model.eval()
+    own_step, why = DecodeStep.attach(model)  # as the runtime's engine decodes
+    print(why, flush=True)
     tokens = settings.max_tokens
     levels = []
     for size in sizes:
@@ -179,11 +187,11 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
         ids = [tokenizer(p)["input_ids"] for p in batch]
         contenders: dict[str, Callable[[], dict[str, float]]] = {
             "generate": partial(_generate, model, tokenizer, batch, tokens),
-            "engine": partial(_engine, model, ids, tokens, stagger=False),
+            "engine": partial(_engine, model, ids, tokens, stagger=False, own_step=own_step),
         }
         if size > 1:
-            contenders["engine, one at a time"] = partial(_engine, model, ids, tokens, False, 0)
-            contenders["engine, staggered"] = partial(_engine, model, ids, tokens, stagger=True)
+            contenders["engine, one at a time"] = partial(_engine, model, ids, tokens, False, 0, own_step)
+            contenders["engine, staggered"] = partial(_engine, model, ids, tokens, True, None, own_step)
         first_tokens: dict[str, Callable[[], dict[str, float]]] = {
             "generate": partial(_generate, model, tokenizer, batch, 1),
             "engine": partial(_first_tokens, model, ids, None),

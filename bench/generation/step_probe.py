@@ -39,14 +39,38 @@ def _steps(model: Any, own: Any, prompts: list[list[int]], steps: int) -> tuple[
     return seconds, torch.as_tensor(logits)
 
 
-def main() -> None:
+def compare(
+    model: Any, own: Any, prompt_ids: list[list[int]], size: int, rounds: int, steps: int
+) -> dict[str, Any]:
+    """One batch size: each way's milliseconds a step (every round's, interleaved) and the largest
+    difference between the two ways' logits, relative to their largest magnitude."""
+    prompts = prompt_ids[:size]
+    times: dict[str, list[float]] = {"model": [], "own": []}
+    difference = 0.0
+    _steps(model, own, prompts, 4)  # warm-up
+    _steps(model, None, prompts, 4)
+    for round_ in range(rounds):
+        order = [("model", None), ("own", own)]
+        logits = {}
+        for name, step in order if round_ % 2 == 0 else reversed(order):
+            seconds, logits[name] = _steps(model, step, prompts, steps)
+            times[name].append(seconds * 1e3)
+        theirs = logits["model"]
+        scale = float(theirs.abs().max()) or 1.0
+        difference = max(difference, float((logits["own"] - theirs).abs().max()) / scale)
+    return {"rows": size, "ms": times, "difference": difference}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="1,4,16,64")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=48)
-    args = parser.parse_args()
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=512)
+    args = parser.parse_args(argv)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -54,7 +78,8 @@ def main() -> None:
     from bench.generation.run import make_checkpoint, make_prompts, parse_args
     from model_repo.runtime.decode_step import DecodeStep
 
-    settings = parse_args(["--layers", "4", "--hidden", "512", "--min-prompt", "16", "--max-prompt", "256"])
+    shape = ["--layers", str(args.layers), "--hidden", str(args.hidden), "--min-prompt", "16"]
+    settings = parse_args([*shape, "--max-prompt", "256"])
     with tempfile.TemporaryDirectory(prefix="step-probe-") as directory:
         checkpoint = make_checkpoint(settings, Path(directory))
         model: Any = AutoModelForCausalLM.from_pretrained(checkpoint)
@@ -65,29 +90,19 @@ def main() -> None:
     if own is None:
         raise SystemExit(why)
     print(f"{why}; {torch.get_num_threads()} torch threads")
+    found = []
     with torch.inference_mode():
         for size in (int(part) for part in args.sizes.split(",")):
-            prompts = prompt_ids[:size]
-            times: dict[str, list[float]] = {"model": [], "own": []}
-            difference = 0.0
-            _steps(model, own, prompts, 4)  # warm-up
-            _steps(model, None, prompts, 4)
-            for round_ in range(args.rounds):
-                order = [("model", None), ("own", own)]
-                logits = {}
-                for name, step in order if round_ % 2 == 0 else reversed(order):
-                    seconds, logits[name] = _steps(model, step, prompts, args.steps)
-                    times[name].append(seconds * 1e3)
-                theirs = logits["model"]
-                scale = float(theirs.abs().max()) or 1.0
-                difference = max(difference, float((logits["own"] - theirs).abs().max()) / scale)
-            medians = {name: statistics.median(values) for name, values in times.items()}
-            spans = {name: f"{min(values):.2f}-{max(values):.2f}" for name, values in times.items()}
+            result = compare(model, own, prompt_ids, size, args.rounds, args.steps)
+            medians = {name: statistics.median(values) for name, values in result["ms"].items()}
+            spans = {name: f"{min(values):.2f}-{max(values):.2f}" for name, values in result["ms"].items()}
             print(
                 f"{size:>3} rows: the model's forward {medians['model']:.2f} ms a step ({spans['model']}), "
                 f"its own {medians['own']:.2f} ({spans['own']}); own/model's time "
-                f"{medians['own'] / medians['model']:.2f}; logits within {difference:.3g}"
+                f"{medians['own'] / medians['model']:.2f}; logits within {result['difference']:.3g}"
             )
+            found.append(result)
+    return found
 
 
 if __name__ == "__main__":
