@@ -54,7 +54,8 @@ class DecodeStep:
         inner = model.model
         rope_type = getattr(inner.rotary_emb, "rope_type", None)
         if rope_type not in POSITION_ONLY_ROPE_TYPES:
-            raise Unsupported(f"rotary type {rope_type!r} is not one of {', '.join(POSITION_ONLY_ROPE_TYPES)}")
+            kinds = ", ".join(POSITION_ONLY_ROPE_TYPES)
+            raise Unsupported(f"rotary type {rope_type!r} is not one of {kinds}")
         self.model, self.inner = model, inner
         self.embed, self.norm, self.head = inner.embed_tokens, inner.norm, model.lm_head
         self.rotary = inner.rotary_emb
