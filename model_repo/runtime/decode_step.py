@@ -108,13 +108,13 @@ class DecodeStep:
             )
         return step, f"decoding steps run through their own forward (logits within {difference:.3g})"
 
-    def _angles(self, positions: Any, sample: Any) -> tuple[Any, Any]:
-        """[rows, 1, 1, head_dim] cos and sin of these positions, from the model's own rotary module."""
+    def _angles(self, positions: Any, bound: int, sample: Any) -> tuple[Any, Any]:
+        """[rows, 1, 1, head_dim] cos and sin of these positions (all below `bound`, a host-side count, so
+        that no device value is read back), from the model's own rotary module."""
         import torch
 
-        needed = int(positions.max()) + 1
-        if self.cos is None or self.cos.shape[0] < needed or self.cos.dtype != sample.dtype:
-            count = max(needed, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
+        if self.cos is None or self.cos.shape[0] < bound or self.cos.dtype != sample.dtype:
+            count = max(bound, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
             every = torch.arange(count, device=sample.device)[None]
             cos, sin = self.rotary(sample, every)
             self.cos, self.sin = cos[0], sin[0]
@@ -148,7 +148,8 @@ class DecodeStep:
 
         rows = ids.shape[0]
         hidden = self.embed(ids)
-        cos, sin = self._angles(positions, hidden)
+        # A row's position is below the cache's columns after this step's (the longest row's count).
+        cos, sin = self._angles(positions, cache.get_seq_length() + ids.shape[1], hidden)
         attend = None if mask is None else mask.to(torch.bool)[:, None, None, :]
         shape = (rows, 1, -1, self.head_dim)
         for index, (norm_in, q, k, v, o, norm_post, gate, up, down) in enumerate(self.layers):

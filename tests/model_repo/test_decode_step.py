@@ -150,3 +150,25 @@ def test_a_running_batch_through_it_decodes_as_generate_with_the_model_s_log_pro
                     found[row].append(token)
             tokens[name] = found
     assert tokens["own"] == tokens["hf"] == [tokens_ for tokens_, _ in expected]
+
+
+def test_rotary_angles_are_extended_as_positions_pass_the_first_table() -> None:
+    """The angles are kept for 256 positions at first and extended when a row passes them: steps across that
+    boundary give the model's own logits."""
+    import torch
+
+    model = _model("llama", max_position_embeddings=1024)
+    step, why = DecodeStep.attach(model)
+    assert step is not None, why
+    prompt = torch.randint(0, 300, (250,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.inference_mode():
+        batches = [decoding.RunningBatch(model, forward) for forward in (None, step)]
+        for batch in batches:
+            logits, tensors, _ = decoding.prefill(model, prompt, None)
+            batch.join(None, tensors, int(logits.argmax()))
+        for _ in range(12):  # positions 250-261
+            theirs, ours = (batch.step() for batch in batches)
+            assert torch.equal(ours, theirs)
+            for batch in batches:
+                batch.pending = theirs.argmax(dim=-1).tolist()
+    assert step.cos is not None and step.cos.shape[0] >= 262
