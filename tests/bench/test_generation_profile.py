@@ -11,10 +11,7 @@ from bench.generation import profile
 from model_repo.runtime import decoding
 
 
-@pytest.mark.parametrize("stagger", [False, True])
-def test_the_engine_loop_prefills_waiting_prompts_in_one_group(
-    monkeypatch: pytest.MonkeyPatch, stagger: bool
-) -> None:
+def _tiny_llama() -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -28,7 +25,14 @@ def test_the_engine_loop_prefills_waiting_prompts_in_one_group(
         num_key_value_heads=2,
         max_position_embeddings=128,
     )
-    model = LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("stagger", [False, True])
+def test_the_engine_loop_prefills_waiting_prompts_in_one_group(
+    monkeypatch: pytest.MonkeyPatch, stagger: bool
+) -> None:
+    model = _tiny_llama()
     prompt_ids = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18]]
     group_sizes: list[int] = []
     original = decoding.prefill_group
@@ -50,22 +54,9 @@ def test_the_engine_loop_counts_decoding_steps_through_their_own_forward(
 ) -> None:
     """The runtime decodes a Llama through decode_step.py's forward: the profile's forward time must hold
     those steps too, not only the model's prefills."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from model_repo.runtime.decode_step import DecodeStep
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = _tiny_llama()
     calls = []
     original = DecodeStep.__call__
 
