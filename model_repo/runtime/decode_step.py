@@ -14,16 +14,19 @@ without a mask, packed per key/value head with one), the rotary angles come from
 module (once per position, kept), and RMSNorm computes in float32 as transformers' does.
 
 What it needs beyond public API is the module layout of Llama, Mistral and Qwen2 (their decoder layers
-are the same). `DecodeStep.attach` checks that layout and then compares this forward with the model's own
-over a few steps of two rows, padded and not; a difference, another architecture or another layout keeps
-the model's forward and says why.
+are the same); the cache it writes through is hf_adapter.py's. `DecodeStep.attach` checks that layout
+and then compares this forward with the model's own over a few steps of two rows, padded and not; a
+difference, another architecture or another layout keeps the model's forward and says why.
 
-The builder copies this file next to `model.py` for the generator role; it imports torch only.
+The builder copies this file next to `model.py` for the generator role; it imports torch (and
+hf_adapter.py) only.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from . import hf_adapter
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # Rotary variants whose angles depend on the position alone (so they can be computed once per position);
@@ -157,7 +160,7 @@ class DecodeStep:
             query = self._rotate(q(states).view(shape).transpose(1, 2), cos, sin)
             key = self._rotate(k(states).view(shape).transpose(1, 2), cos, sin)
             value = v(states).view(shape).transpose(1, 2)
-            keys, values = cache.layers[index].update(key, value)
+            keys, values = hf_adapter.layer_update(cache, index, key, value)
             if self.groups == 1:
                 attended = functional.scaled_dot_product_attention(
                     query, keys, values, attn_mask=attend, scale=self.scaling

@@ -1,13 +1,15 @@
-"""Every transformers internal the generation runtime touches, behind one adapter checked at model load.
+"""Every transformers cache internal the generation runtime touches, behind one adapter checked at model load.
 
-The engine (decoding.py) runs its own scheduler over the model's public `forward`; what it needs beyond
-public API is the layout of transformers' `DynamicCache`: a `layers` list of full-attention layers whose
-`keys`/`values` tensors are [batch, kv_heads, positions, head_dim], and the `update` a layer gets from the
-attention each forward. Rows join and leave the running batch by editing those tensors, and the running
-batch's layers (`growing_cache`) write each step's positions in place rather than concatenating. A future
-transformers that renames or reshapes any of this would otherwise fail in odd ways (or, worse, silently
-attend to the wrong positions), so `check` runs once at load and refuses the model naming the attribute
-and the supported versions.
+The engine (decoding.py) runs its own scheduler over the model's public `forward`; its decoding steps
+run, for Llama-family models, over decode_step.py's forward, which checks the model's module layout
+itself. What both need of transformers' `DynamicCache` beyond public API is its layout: a `layers` list of
+full-attention layers whose `keys`/`values` tensors are [batch, kv_heads, positions, head_dim], and the
+`update` a layer gets from the attention each forward (decode_step.py calls it through `layer_update`).
+Rows join and leave the running batch by editing those tensors, and the running batch's layers
+(`growing_cache`) write each step's positions in place rather than concatenating. A future transformers
+that renames or reshapes any of this would otherwise fail in odd ways (or, worse, silently attend to the
+wrong positions), so `check` runs once at load and refuses the model naming the attribute and the
+supported versions.
 
 The builder copies this file next to `model.py`; it imports torch and transformers only.
 """
@@ -137,6 +139,12 @@ def adopt_buffers(cache: Any, buffers: list[tuple[Any, Any]], positions: int) ->
     """Refill a `growing_cache` with new buffers (rows joined)."""
     for layer, (keys, values) in zip(cache.layers, buffers, strict=True):
         layer.adopt(keys, values, positions)
+
+
+def layer_update(cache: Any, index: int, keys: Any, values: Any) -> tuple[Any, Any]:
+    """Layer `index` takes one forward's new [batch, kv_heads, new positions, head_dim] keys and values, as
+    the model's attention hands them over; returns the layer's keys and values, the new ones included."""
+    return cache.layers[index].update(keys, values)  # type: ignore[no-any-return]
 
 
 def layer_tensors(cache: Any) -> list[tuple[Any, Any]]:
