@@ -174,11 +174,14 @@ def shareable_version(directory: Path) -> Path | None:
     return versions[0]
 
 
-def forwarder_config(config: str) -> str:
+def forwarder_config(config: str, server: str) -> str:
     """A packed encoder's config.pbtxt as its forwarder: the `forward` role on one CPU instance (the host
-    holds the model on the server's device; a forwarder must not create a CUDA context of its own)."""
+    holds the model on the server's device; a forwarder must not create a CUDA context of its own), and
+    `server`, the HTTP address through which it has the host load its model while it loads
+    (runtime/forwarder.py says why not at warm-up)."""
     config = config.replace(ENCODER_ROLE_LINE, FORWARD_ROLE_LINE)
-    return INSTANCE_GROUP.sub("instance_group [ { kind: KIND_CPU count: 1 } ]", config)
+    config = INSTANCE_GROUP.sub("instance_group [ { kind: KIND_CPU count: 1 } ]", config)
+    return config.rstrip("\n") + f'\nparameters {{ key: "server" value {{ string_value: "{server}" }} }}\n'
 
 
 def _generated(shared: Path, name: str, files: Mapping[str, str], links: Mapping[str, Path]) -> Path:
@@ -200,9 +203,9 @@ def _generated(shared: Path, name: str, files: Mapping[str, str], links: Mapping
     return directory
 
 
-def forwarder_directory(shared: Path, name: str, model: Path) -> Path:
-    """The Triton model directory serving the built model `model` through the host."""
-    files = {"config.pbtxt": forwarder_config((model / "config.pbtxt").read_text())}
+def forwarder_directory(shared: Path, name: str, model: Path, server: str) -> Path:
+    """The Triton model directory serving the built model `model` through the host of `server`."""
+    files = {"config.pbtxt": forwarder_config((model / "config.pbtxt").read_text(), server)}
     links = {entry.name: entry.absolute() for entry in model.iterdir() if entry.name != "config.pbtxt"}
     return _generated(shared, name, files, links)
 
@@ -215,10 +218,13 @@ def host_directory(shared: Path, runtime: Path, kind: str) -> Path:
     return _generated(shared, SHARED_HOST, files, {})
 
 
-def shared_links(served: Path, links: Mapping[str, Path], runtime: SharedRuntime) -> dict[str, Path]:
-    """`links` with every shareable encoder served through the host, the host first; `links` as given
-    when none is shareable. A host already served is kept while it exists, so that adding a model does
-    not restart the models already packed."""
+def shared_links(
+    served: Path, links: Mapping[str, Path], runtime: SharedRuntime, server: str
+) -> dict[str, Path]:
+    """`links` with every shareable encoder served through the host of `server` (tritonserver's HTTP
+    address, as the forwarders reach it), the host first; `links` as given when none is shareable. A host
+    already served is kept while it exists, so that adding a model does not restart the models already
+    packed."""
     versions = {name: shareable_version(directory) for name, directory in links.items()}
     runtimes = [version for version in versions.values() if version is not None]
     if not runtimes:
@@ -231,7 +237,7 @@ def shared_links(served: Path, links: Mapping[str, Path], runtime: SharedRuntime
     result = {SHARED_HOST: host}
     for name, directory in links.items():
         is_shared = versions[name] is not None
-        result[name] = forwarder_directory(shared, name, directory) if is_shared else directory
+        result[name] = forwarder_directory(shared, name, directory, server) if is_shared else directory
     return result
 
 
@@ -313,7 +319,7 @@ def reconcile(
     served.mkdir(parents=True, exist_ok=True)
     links = desired_links(desired)
     if shared_runtime is not None:
-        links = shared_links(served, links, shared_runtime)
+        links = shared_links(served, links, shared_runtime, client.base)
     report = ReconcileReport(links=links)
     ready = {str(m["name"]) for m in client.index() if m.get("state") == "READY"}
     for name, target in links.items():  # composing models come before the model made of them

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -244,6 +245,7 @@ class TritonServer(ChildProcess):
         self._own_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = False
         self.installation = find_tritonserver()
 
     @property
@@ -301,11 +303,27 @@ class TritonServer(ChildProcess):
                 start_new_session=True,
                 cwd=self.binary_directory,
             )
+        self._stopping = False
+        threading.Thread(
+            target=self._reap, args=(self.process,), name="tritonserver-reaper", daemon=True
+        ).start()
         try:
             self.wait_ready()
         except BaseException:
             self.stop()
             raise
+
+    def _reap(self, process: subprocess.Popen[bytes]) -> None:
+        """Collect the server's exit status the moment it exits, and take its stubs with it unless `stop()`
+        asked it to go.
+
+        Unreaped, a crashed server stays a zombie, which its Python-backend stubs still take for a live
+        parent: they keep running and keep the sockets they inherited open, so a client in the middle of a
+        request (a model load waits up to ten minutes) hangs until its own timeout instead of failing."""
+        process.wait()
+        if not self._stopping:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def log(self) -> str:
         try:
@@ -334,6 +352,7 @@ class TritonServer(ChildProcess):
         process = self.process
         if process is None:
             return
+        self._stopping = True
         stop_process_group(process, timeout_s)
         # Python-backend stubs live in the server's process group; make sure none outlives it.
         with contextlib.suppress(ProcessLookupError, PermissionError):

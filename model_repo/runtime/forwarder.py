@@ -10,10 +10,16 @@ files, once, and runs every packed model in one process (one CUDA context on a G
 
 Protocol (request parameters, JSON strings):
 - an inference request carries `modeldeploy_model` (this instance's key) and the texts of a whole batch;
-- the host answers a key it does not hold with an error whose message starts with UNKNOWN_MODEL; the
-  forwarder then sends `modeldeploy_load` (its Triton arguments, the repository resolved) and retries.
-  Python models may call BLS only from `execute`, so the first request loads the model: the model's
-  warm-up at load (config.pbtxt `model_warmup`) makes that happen before Triton marks it READY.
+- the forwarder loads its model in the host while Triton loads the forwarder (`initialize`): it sends
+  `modeldeploy_load` (its Triton arguments, the repository resolved) to the host through the server's
+  HTTP endpoint (the `server` parameter model_set writes into the forwarder's config), since a Python
+  model may call BLS only from `execute`. A model that fails to load there fails the forwarder's
+  `initialize`, with the host's reason. It must not fail at warm-up instead: tritonserver 2.51 (the one
+  nvidia-pytriton bundles) crashes with SIGSEGV in about one load in four whose warm-up fails
+  (docs/packing.md), taking every packed model down with it.
+- the host answers a key it does not hold with an error whose message starts with UNKNOWN_MODEL (it was
+  restarted since, or the forwarder had no `server` to load through); the forwarder then sends
+  `modeldeploy_load` by BLS and retries.
 - the host drops a key whose forwarder process has exited (see host.py): unloading the forwarder in
   Triton frees its model in the host without a message (`finalize` may not call BLS).
 
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
+import urllib.request
 from typing import Any
 
 try:
@@ -36,6 +44,8 @@ MODEL_PARAMETER = "modeldeploy_model"
 LOAD_PARAMETER = "modeldeploy_load"
 UNKNOWN_MODEL = "modeldeploy-host: unknown model"
 CODE_PREFIX = "modeldeploy-code="
+SERVER_PARAMETER = "server"  # the forwarder's config parameter: tritonserver's HTTP address (host:port)
+LOAD_TIMEOUT_S = 600.0  # the host's load includes the model's warm-up and the batch planner's calibration
 # The text inputs an encoder may take (model_repo.configs.encoder_inputs); the host declares them all.
 TEXT_INPUTS = ("TEXT", "TEXT_PAIR", "QUERY")
 
@@ -88,6 +98,32 @@ class ForwarderRole:
         self.outputs = [str(output["name"]) for output in model_config.get("output", [])]
         version_dir = os.path.join(self.args["model_repository"], self.args["model_version"])
         self.key = instance_key(os.getpid(), str(model_config.get("name", "")), version_dir)
+        server = model_config.get("parameters", {}).get(SERVER_PARAMETER, {}).get("string_value", "")
+        if server:
+            self._load_through_server(str(server))
+
+    def _load_through_server(self, server: str) -> None:
+        """Have the host load this model now, through the server's HTTP endpoint; raise with the host's
+        reason if it cannot. An unreachable endpoint leaves the load to the first request (the warm-up)."""
+        body = {
+            "inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["load"]}],
+            "parameters": {MODEL_PARAMETER: self.key, LOAD_PARAMETER: json.dumps(self.args)},
+        }
+        base = server if server.startswith("http") else f"http://{server}"
+        request = urllib.request.Request(
+            f"{base}/v2/models/{HOST_MODEL}/infer", data=json.dumps(body).encode(), method="POST"
+        )
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=LOAD_TIMEOUT_S) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise ModelLoadFailed(_error_text(exc.read().decode(errors="replace"))) from None
+        except (urllib.error.URLError, OSError) as exc:
+            if pb_utils is not None:
+                pb_utils.Logger.log_warn(
+                    f"{HOST_MODEL} not reachable at {server} ({exc}): the model loads at its first request"
+                )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [_text_inputs(request) for request in requests]
@@ -152,6 +188,19 @@ class ForwarderRole:
 
     def finalize(self) -> None:
         """Nothing to send: the host notices that this process has exited."""
+
+
+class ModelLoadFailed(RuntimeError):
+    """The host could not load this forwarder's model (the message is the host's reason)."""
+
+
+def _error_text(body: str) -> str:
+    """The host's reason from a Triton HTTP error body ({"error": "..."}), its code prefix removed."""
+    try:
+        message = str(json.loads(body).get("error", body))
+    except (json.JSONDecodeError, AttributeError):
+        message = body
+    return split_coded_message(message)[1]
 
 
 def coded_message(error: Any) -> str:

@@ -95,8 +95,10 @@ def test_the_host_releases_exactly_the_models_whose_forwarder_exited() -> None:
 
 
 def test_a_forwarder_config_runs_one_cpu_instance_of_the_forward_role() -> None:
-    config = model_set.forwarder_config(ENCODER_CONFIG)
+    config = model_set.forwarder_config(ENCODER_CONFIG, "http://127.0.0.1:8000")
     assert 'string_value: "forward"' in config and 'string_value: "encoder"' not in config
+    assert 'parameters { key: "server" value { string_value: "http://127.0.0.1:8000" } }' in config
+    assert forwarder.SERVER_PARAMETER == "server"
     assert "instance_group [ { kind: KIND_CPU count: 1 } ]" in config and "KIND_GPU" not in config
     assert 'name: "sentiment"' in config and "max_batch_size: 8" in config
 
@@ -136,7 +138,7 @@ def test_generated_directories_are_kept_while_linked_and_removed_after(tmp_path:
     served, shared = tmp_path / "served", tmp_path / "served.shared"
     served.mkdir()
     runtime = model_set.SharedRuntime(shared, "KIND_GPU")
-    links = model_set.shared_links(served, {"sentiment": model}, runtime)
+    links = model_set.shared_links(served, {"sentiment": model}, runtime, "127.0.0.1:8000")
     assert list(links) == [model_set.SHARED_HOST, "sentiment"]
     host, generated = links[model_set.SHARED_HOST], links["sentiment"]
     assert "kind: KIND_GPU" in (host / "config.pbtxt").read_text()
@@ -144,7 +146,7 @@ def test_generated_directories_are_kept_while_linked_and_removed_after(tmp_path:
     assert (generated / "1").resolve() == (model / "1").resolve()
     assert (generated / "warmup").resolve() == (model / "warmup").resolve()
     # The same model again: the same directory, not a new one.
-    assert model_set.shared_links(served, {"sentiment": model}, runtime) == links
+    assert model_set.shared_links(served, {"sentiment": model}, runtime, "127.0.0.1:8000") == links
     (served / "sentiment").symlink_to(generated)
     model_set.remove_unused_generated(served, shared)
     assert generated.is_dir() and not host.exists()  # the host is not linked yet in this test
