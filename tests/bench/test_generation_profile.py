@@ -82,3 +82,11 @@ def test_step_probe_compares_both_forwards_with_equal_logits() -> None:
     for result in results:
         assert all(len(times) == 2 and min(times) > 0 for times in result["ms"].values())
         assert result["difference"] == 0.0
+
+
+def test_lookup_probe_times_hits_and_misses_on_a_filled_cache() -> None:
+    from bench.generation import lookup_probe
+
+    (result,) = lookup_probe.main(["--prefixes", "20", "--budget-per-prefix", "8", "--lookups", "5"])
+    assert result["prefix"] == 20 and result["entries"] > 1
+    assert result["hit_ms"] > 0 and result["miss_ms"] > 0

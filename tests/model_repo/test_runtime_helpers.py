@@ -218,6 +218,28 @@ def test_prefix_cache_reuses_the_longest_prefix_and_keeps_its_budget() -> None:
     assert cache.lookup(list(range(20)))[0] == 0 and cache.tokens == 30
 
 
+def test_the_common_length_of_two_prompts_is_their_shared_leading_run() -> None:
+    import random
+
+    import numpy as np
+
+    from model_repo.runtime.decoding import common_length
+
+    def by_hand(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+        count = 0
+        while count < min(len(a), len(b)) and a[count] == b[count]:
+            count += 1
+        return count
+
+    draw = random.Random(0)
+    for _ in range(500):
+        shared = tuple(draw.randrange(4) for _ in range(draw.randrange(0, 40)))
+        a = shared + tuple(draw.randrange(4) for _ in range(draw.randrange(0, 20)))
+        b = shared + tuple(draw.randrange(4) for _ in range(draw.randrange(0, 20)))
+        arrays = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
+        assert common_length(*arrays) == by_hand(a, b) == common_length(*reversed(arrays))
+
+
 def test_default_sequences_follow_the_device_and_the_kv_budget() -> None:
     from model_repo.runtime.generation import default_max_concurrent_sequences
 
