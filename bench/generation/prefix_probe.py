@@ -2,7 +2,7 @@
 after one cached 200-token prefix against the same-length prompts after a different prefix each (nothing
 to reuse), on `bench.generation`'s random Llama (4 layers, hidden 512), with torch's profiler.
 
-    .venv/bin/python -m bench.generation.prefix_probe [--suffix 136] [--prompts 10]
+    .venv/bin/python -m bench.generation.prefix_probe [--suffix 136] [--prompts 10] [--ops 8]
 
 Prints the time per prefill of each and the matrix multiplications' share: a hit computes only the new
 tokens, so the ratio of the two is the floor for served time to first token with a shared prefix.
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--prefix", type=int, default=200)
     parser.add_argument("--suffix", type=int, default=136, help="new tokens per prompt (the workload's mean)")
     parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--ops", type=int, default=0, help="print the N costliest operations too")
     args = parser.parse_args()
 
     import tempfile
@@ -65,6 +66,9 @@ def main() -> None:
                 seconds = (time.perf_counter() - began) / args.prompts
             mm = sum(e.self_cpu_time_total for e in profiled.key_averages() if e.key == "aten::mm")
             timings[name] = (seconds, mm / 1e6 / args.prompts)
+            if args.ops:
+                print(f"== {name} ({args.prompts} prefills)")
+                print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
     (hit, hit_mm), (cold, cold_mm) = timings["hit"], timings["no hit"]
     print(
         f"prefill of {args.suffix} new tokens after {args.prefix} cached: {hit * 1e3:.1f} ms "

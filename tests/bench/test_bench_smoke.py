@@ -494,3 +494,17 @@ def test_paired_generation_benchmark_interleaves_every_contender(tmp_path: Path,
     assert "median (min-max)" in markdown and ("perf_analyzer (C++" in markdown) == (
         client == "perf_analyzer"
     )
+
+
+def test_warmup_failure_counts_failed_loads_and_crashes() -> None:
+    """The crash itself is Triton's and comes at random (about one load in four failing at warm-up), so
+    only the variant that must not crash is run here; its loads fail as the model says."""
+    from bench.packing import warmup_failure
+
+    (result,) = warmup_failure.main(["--where", "in-initialize", "--runs", "1", "--loads", "3"])
+    assert result == {
+        "where": "in-initialize",
+        "loads": 3,
+        "crashes": 0,
+        "runs": [{"where": "in-initialize", "failed_loads": 3, "crashed": False}],
+    }
