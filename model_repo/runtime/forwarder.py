@@ -15,7 +15,7 @@ Protocol (request parameters, JSON strings):
   HTTP endpoint (the `server` parameter model_set writes into the forwarder's config), since a Python
   model may call BLS only from `execute`. A model that fails to load there fails the forwarder's
   `initialize`, with the host's reason. It must not fail at warm-up instead: tritonserver 2.51 (the one
-  nvidia-pytriton bundles) crashes with SIGSEGV in about one load in four whose warm-up fails
+  nvidia-pytriton bundles) crashes with SIGSEGV in about one load in three whose warm-up fails
   (docs/packing.md), taking every packed model down with it.
 - the host answers a key it does not hold with an error whose message starts with UNKNOWN_MODEL (it was
   restarted since, or the forwarder had no `server` to load through); the forwarder then sends

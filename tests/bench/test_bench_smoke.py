@@ -497,7 +497,7 @@ def test_paired_generation_benchmark_interleaves_every_contender(tmp_path: Path,
 
 
 def test_warmup_failure_counts_failed_loads_and_crashes() -> None:
-    """The crash itself is Triton's and comes at random (about one load in four failing at warm-up), so
+    """The crash itself is Triton's and comes at random (about one load in three failing at warm-up), so
     only the variant that must not crash is run here; its loads fail as the model says."""
     from bench.packing import warmup_failure
 

@@ -251,7 +251,7 @@ def test_a_model_that_fails_to_load_names_tritons_error_and_disturbs_no_other(pa
 
 
 def test_a_model_that_cannot_load_fails_as_triton_initialises_it_not_at_its_warm_up(packed: Packed) -> None:
-    """tritonserver 2.51 crashes in about one load in four whose warm-up fails (docs/packing.md); with the
+    """tritonserver 2.51 crashes in about one load in three whose warm-up fails (docs/packing.md); with the
     shared runtime, every model that could not load used to fail there, at its forwarder's warm-up. Now
     the host's reason reaches Triton from the forwarder's `initialize`, load after load, and the server
     and its other models stay up."""
