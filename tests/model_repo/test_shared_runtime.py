@@ -73,6 +73,12 @@ def test_codes_survive_the_trip_through_bls() -> None:
     assert forwarder.split_coded_message("stub crashed") == ("INTERNAL", "stub crashed")
 
 
+def test_a_load_refused_over_http_keeps_the_hosts_reason_alone() -> None:
+    body = json.dumps({"error": "modeldeploy-code=INTERNAL:modeldeploy-host: loading the model failed: x"})
+    assert forwarder._error_text(body) == "modeldeploy-host: loading the model failed: x"
+    assert forwarder._error_text("<html>bad gateway</html>") == "<html>bad gateway</html>"
+
+
 def test_the_host_splits_a_mixed_batch_by_model_in_arrival_order() -> None:
     assert split_by_model(["a", "b", "a", None, "b"]) == {"a": [0, 2], "b": [1, 4], None: [3]}
 
