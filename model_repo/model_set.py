@@ -51,6 +51,9 @@ REQUEST_TIMEOUT_S = 600.0  # a load blocks until the model is ready or failed (w
 # agree), where the generated model directories live, and the files the host runs (copied from a packed
 # repository: this module ships alone in the agent's image).
 SHARED_HOST = "modeldeploy_host"
+# The forwarder's config parameter naming the server's HTTP address (runtime/forwarder.py SERVER_PARAMETER;
+# a test checks they agree).
+SERVER_PARAMETER = "server"
 HOST_RUNTIME_FILES = ("model.py", "host.py", "forwarder.py")
 ENCODER_ROLE_LINE = 'parameters { key: "role" value { string_value: "encoder" } }'
 FORWARD_ROLE_LINE = 'parameters { key: "role" value { string_value: "forward" } }'
@@ -181,7 +184,8 @@ def forwarder_config(config: str, server: str) -> str:
     (runtime/forwarder.py says why not at warm-up)."""
     config = config.replace(ENCODER_ROLE_LINE, FORWARD_ROLE_LINE)
     config = INSTANCE_GROUP.sub("instance_group [ { kind: KIND_CPU count: 1 } ]", config)
-    return config.rstrip("\n") + f'\nparameters {{ key: "server" value {{ string_value: "{server}" }} }}\n'
+    parameter = f'parameters {{ key: "{SERVER_PARAMETER}" value {{ string_value: "{server}" }} }}'
+    return f"{config.rstrip()}\n{parameter}\n"
 
 
 def _generated(shared: Path, name: str, files: Mapping[str, str], links: Mapping[str, Path]) -> Path:

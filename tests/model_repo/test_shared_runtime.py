@@ -104,7 +104,7 @@ def test_a_forwarder_config_runs_one_cpu_instance_of_the_forward_role() -> None:
     config = model_set.forwarder_config(ENCODER_CONFIG, "http://127.0.0.1:8000")
     assert 'string_value: "forward"' in config and 'string_value: "encoder"' not in config
     assert 'parameters { key: "server" value { string_value: "http://127.0.0.1:8000" } }' in config
-    assert forwarder.SERVER_PARAMETER == "server"
+    assert model_set.SERVER_PARAMETER == forwarder.SERVER_PARAMETER
     assert "instance_group [ { kind: KIND_CPU count: 1 } ]" in config and "KIND_GPU" not in config
     assert 'name: "sentiment"' in config and "max_batch_size: 8" in config
 
