@@ -13,8 +13,12 @@ from typing import Any
 
 # The generation runtime's time to first token, from a request's arrival in the model to its first token
 # (model_repo/runtime/generation_metrics.py): a histogram's cumulative sum (seconds) and count.
-GENERATION_TTFT_SUM = "modeldeploy_generation_time_to_first_token_seconds_sum"
-GENERATION_TTFT_COUNT = "modeldeploy_generation_time_to_first_token_seconds_count"
+GENERATION_TTFT = "modeldeploy_generation_time_to_first_token_seconds"
+GENERATION_TTFT_SUM = f"{GENERATION_TTFT}_sum"
+GENERATION_TTFT_COUNT = f"{GENERATION_TTFT}_count"
+# Its two parts: arrival to the prompt's prefill, and the prefill forward.
+GENERATION_QUEUE = "modeldeploy_generation_queue_time_seconds"
+GENERATION_PREFILL = "modeldeploy_generation_prefill_time_seconds"
 
 # Cumulative counters (µs, seconds or counts) and the gauges the benchmarks read, per model (the
 # `modeldeploy_generation_` ones are the generation runtime's own).
@@ -29,6 +33,7 @@ COUNTERS = (
     "nv_inference_compute_output_duration_us",
     GENERATION_TTFT_SUM,
     GENERATION_TTFT_COUNT,
+    *(f"{name}_{part}" for name in (GENERATION_QUEUE, GENERATION_PREFILL) for part in ("sum", "count")),
 )
 GAUGES = (
     "nv_inference_pending_request_count",
@@ -94,8 +99,13 @@ def _per(numerator: float, denominator: float) -> float:
 
 def generation_ttft_mean_ms(before: Scrape, after: Scrape) -> float:
     """The runtime's own mean time to first token (ms) over the requests that got one between the scrapes."""
-    seconds = after.get(GENERATION_TTFT_SUM) - before.get(GENERATION_TTFT_SUM)
-    return 1000 * _per(seconds, after.get(GENERATION_TTFT_COUNT) - before.get(GENERATION_TTFT_COUNT))
+    return histogram_mean_ms(before, after, GENERATION_TTFT)
+
+
+def histogram_mean_ms(before: Scrape, after: Scrape, histogram: str) -> float:
+    """The mean (ms) of a seconds histogram's observations between the scrapes (NaN if none)."""
+    seconds = after.get(f"{histogram}_sum") - before.get(f"{histogram}_sum")
+    return 1000 * _per(seconds, after.get(f"{histogram}_count") - before.get(f"{histogram}_count"))
 
 
 @dataclass(frozen=True)

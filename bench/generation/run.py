@@ -33,7 +33,13 @@ import numpy as np
 
 from bench.common.loadgen import percentile
 from bench.common.machine import describe_machine, machine_line
-from bench.common.metrics import generation_ttft_mean_ms, scrape
+from bench.common.metrics import (
+    GENERATION_PREFILL,
+    GENERATION_QUEUE,
+    generation_ttft_mean_ms,
+    histogram_mean_ms,
+    scrape,
+)
 from bench.common.quiet import QuietPolicy, add_quiet_options, guarded, quiet_policy
 from bench.common.report import (
     RESULTS_DIR,
@@ -476,6 +482,9 @@ def ours_level(
     # mean is the way in and out (gRPC, Triton, the stub's messages, the client).
     after = scrape(server.metrics_url, "model")
     level["server_ttft_mean_ms"] = generation_ttft_mean_ms(before, after)
+    # Its two parts: arrival to the prompt's prefill (the engine busy with others), and the prefill.
+    level["server_queue_mean_ms"] = histogram_mean_ms(before, after, GENERATION_QUEUE)
+    level["server_prefill_mean_ms"] = histogram_mean_ms(before, after, GENERATION_PREFILL)
     return level
 
 
@@ -863,6 +872,8 @@ def _first_token_split_lines(report: dict[str, Any]) -> list[str]:
             str(level["clients"]),
             fmt(level["ttft_mean_all_ms"]),
             fmt(level["server_ttft_mean_ms"]),
+            fmt(level.get("server_queue_mean_ms", math.nan)),
+            fmt(level.get("server_prefill_mean_ms", math.nan)),
             fmt(level["ttft_mean_all_ms"] - level["server_ttft_mean_ms"]),
             f"{level['text_at_end_answers']} of {level['all_answers']}",
         ]
@@ -877,12 +888,16 @@ def _first_token_split_lines(report: dict[str, Any]) -> list[str]:
         "clients",
         "client ms",
         "runtime ms",
+        "of which queued ms",
+        "of which prefill ms",
         "the rest ms",
         "answers with text only at the end",
     ]
     return [
         "Ours' time to first token, mean over every answer of a level (warm-up included): as the client "
-        "saw it, as the runtime counted it (arrival in the model to the first token chosen), and the rest "
+        "saw it, as the runtime counted it (arrival in the model to the first token chosen; of that, the "
+        "wait before the prompt's prefill began, for tokenising, the step running and prompts prefilled "
+        "before it, and the prefill forward, shared by the prompts prefilled with it), and the rest "
         "(gRPC, Triton, the stub's messages, the response's way back, the client). The rest also holds "
         "the answers whose first text came with their last token: a stream holds back text ending in a "
         "partial character, and this random model's answer is sometimes bytes that never form one.",

@@ -300,6 +300,12 @@ class GenerationEngine:
             choices = decoding.choose_rows(logits, [job.row for job in members])
             chosen = time.perf_counter()
             seconds["prefill"] += chosen - began
+            queued = [began - job.arrived for job in members]
+            self.profile.prefilled(queued, chosen - began)
+            if self.metrics is not None:
+                for wait in queued:
+                    self.metrics.queue_time.observe(wait)
+                    self.metrics.prefill_time.observe(chosen - began)
             joining = [
                 (job, rows, choice.token)
                 for job, rows, choice in zip(members, tensors, choices, strict=True)

@@ -43,13 +43,28 @@ class GenerationMetrics:
                     "Seconds from arrival to first generated token",
                     family.HISTOGRAM,
                 ),
+                (
+                    "queue_time_seconds",
+                    "Seconds from arrival to the start of the request's prefill (tokenising, waiting for a "
+                    "sequence slot, the step running, prompts prefilled before it)",
+                    family.HISTOGRAM,
+                ),
+                (
+                    "prefill_time_seconds",
+                    "Seconds of the prefill forward that computed the request's first token (shared by the "
+                    "prompts prefilled together with it)",
+                    family.HISTOGRAM,
+                ),
             )
         }
         self.waiting = self.families["requests_waiting"].Metric(labels=labels)
         self.running = self.families["sequences_running"].Metric(labels=labels)
         self.kv_cache = self.families["kv_cache_utilization"].Metric(labels=labels)
         self.tokens = self.families["tokens_total"].Metric(labels=labels)
-        self.ttft = self.families["time_to_first_token_seconds"].Metric(labels=labels, buckets=TTFT_BUCKETS_S)
+        self.ttft, self.queue_time, self.prefill_time = (
+            self.families[key].Metric(labels=labels, buckets=TTFT_BUCKETS_S)
+            for key in ("time_to_first_token_seconds", "queue_time_seconds", "prefill_time_seconds")
+        )
         self.prefix_hits = self.families["prefix_cache_hits_total"].Metric(labels=labels)
         self.prefix_tokens = self.families["prefix_cache_tokens_total"].Metric(labels=labels)
 
@@ -73,13 +88,24 @@ class EngineProfile:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.steps = self.rows = 0
+        self.prompts = self.groups = 0
+        self.queue_s = self.prompt_prefill_s = 0.0
         self.since = 0.0
         self.reset()
 
     def reset(self) -> None:
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self.steps = self.rows = 0
+        self.prompts = self.groups = 0  # prompts prefilled, and the forwards that prefilled them
+        self.queue_s = self.prompt_prefill_s = 0.0  # summed over prompts: arrival to prefill, prefill
         self.since = time.perf_counter()
+
+    def prefilled(self, queued_s: list[float], prefill_s: float) -> None:
+        """One prefill forward: each of its prompts' time from arrival to the forward, and the forward's."""
+        self.groups += 1
+        self.prompts += len(queued_s)
+        self.queue_s += sum(queued_s)
+        self.prompt_prefill_s += prefill_s * len(queued_s)
 
     def line(self) -> str | None:
         """The profile since the last line (and start a new period), or None if the engine was idle."""
@@ -93,5 +119,11 @@ class EngineProfile:
             f"generation engine profile over {elapsed:.0f} s: {shares}; {self.steps} decoding steps, "
             f"{self.rows / self.steps:.1f} rows per step, {forward_ms:.2f} ms forward per step"
         )
+        if self.prompts:
+            text += (
+                f"; {self.prompts} prompts prefilled in {self.groups} forwards, a prompt's mean "
+                f"{1000 * self.queue_s / self.prompts:.1f} ms queued and "
+                f"{1000 * self.prompt_prefill_s / self.prompts:.1f} ms in its prefill"
+            )
         self.reset()
         return text

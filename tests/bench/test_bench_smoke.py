@@ -324,7 +324,10 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
     # The runtime's own time to first token is inside the client's (same answers, arrival to first token).
     for level in [*report["ours"]["levels"], *(pair[k] for pair in pairs for k in ("shared", "unique"))]:
         assert 0 < level["server_ttft_mean_ms"] < level["ttft_mean_all_ms"]
-    assert "as the runtime counted it" in markdown
+        # Of which the wait before the prompt's prefill and the prefill (the same answers, scraped alike).
+        queued, prefill = level["server_queue_mean_ms"], level["server_prefill_mean_ms"]
+        assert min(queued, prefill) > 0 and queued + prefill <= level["server_ttft_mean_ms"] * 1.01, level
+    assert "as the runtime counted it" in markdown and "of which queued ms" in markdown
 
 
 def test_generation_profile_compares_the_engine_with_generate(tmp_path: Path) -> None:

@@ -29,11 +29,14 @@ from bench.autoscaling.signals import (
 )
 from bench.common.machine import ForeignCpu
 from bench.common.metrics import (
+    GENERATION_PREFILL,
+    GENERATION_QUEUE,
     GENERATION_TTFT_COUNT,
     GENERATION_TTFT_SUM,
     Breakdown,
     Scrape,
     generation_ttft_mean_ms,
+    histogram_mean_ms,
     parse_metrics,
 )
 from bench.common.sentences import MAX_WORDS, MIN_WORDS, TEXT_COUNT, compose_texts, load_texts, word_count
@@ -69,6 +72,8 @@ nv_inference_pending_request_count{model="model",version="2"} 1
 modeldeploy_generation_time_to_first_token_seconds_bucket{le="0.05",model="model",version="1"} 3
 modeldeploy_generation_time_to_first_token_seconds_sum{model="model",version="1"} 0.25
 modeldeploy_generation_time_to_first_token_seconds_count{model="model",version="1"} 5
+modeldeploy_generation_queue_time_seconds_sum{model="model",version="1"} 0.07
+modeldeploy_generation_queue_time_seconds_count{model="model",version="1"} 5
 """
 
 
@@ -85,6 +90,9 @@ def test_the_generation_runtimes_mean_time_to_first_token_between_two_scrapes() 
     before = Scrape(0.0, {GENERATION_TTFT_SUM: 0.05, GENERATION_TTFT_COUNT: 1})
     assert generation_ttft_mean_ms(before, after) == pytest.approx(1000 * 0.2 / 4)
     assert math.isnan(generation_ttft_mean_ms(after, after))  # no first token between them
+    # Its parts the same way; a histogram the server does not export has no mean.
+    assert histogram_mean_ms(before, after, GENERATION_QUEUE) == pytest.approx(1000 * 0.07 / 5)
+    assert math.isnan(histogram_mean_ms(before, after, GENERATION_PREFILL))
 
 
 def test_breakdown_between_two_scrapes() -> None:

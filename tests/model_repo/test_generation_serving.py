@@ -537,6 +537,14 @@ def test_runtime_exports_serving_metrics_on_the_metrics_port(served: Served) -> 
     assert values["time_to_first_token_seconds_count"] >= 1
     assert 0 < values["time_to_first_token_seconds_sum"] < 60
     assert values['time_to_first_token_seconds_bucket{"+Inf"}'] == values["time_to_first_token_seconds_count"]
+    # Each first token is chosen after its prompt's wait and its prefill: the two split the runtime's TTFT.
+    for part in ("queue_time_seconds", "prefill_time_seconds"):
+        assert values[f"{part}_count"] == values["time_to_first_token_seconds_count"], part
+        assert values[f"{part}_sum"] > 0, part
+    assert (
+        values["queue_time_seconds_sum"] + values["prefill_time_seconds_sum"]
+        <= values["time_to_first_token_seconds_sum"]
+    )
     # The gauges are sampled by the runtime's dispatcher loop, a moment after the last response.
     assert wait_for(
         lambda: metrics(served, GPT2)["sequences_running"] == metrics(served, GPT2)["requests_waiting"] == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from model_repo.runtime.generation_metrics import EngineProfile
 from model_repo.runtime.helpers import StageProfile, ThreadTuner
 from model_repo.runtime.model import fit_pass_overhead, plan_length_groups, usable_cpus
 
@@ -421,3 +422,19 @@ def test_tritonserver_gets_the_callers_relative_paths_made_absolute(
     assert os.path.isabs(command[0])
     assert f"--model-repository={tmp_path / 'repo'}" in command
     assert f"--cache-directory={tmp_path / 'cache'}" in command and "--log-verbose=0" in command
+
+
+def test_the_engine_profile_splits_a_prompts_first_token_into_its_wait_and_its_prefill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    profile = EngineProfile()
+    profile.prefilled([0.004], 0.030)  # alone: waited 4 ms, then a 30 ms forward
+    profile.prefilled([0.010, 0.050], 0.020)  # two prompts in one 20 ms forward
+    profile.steps, profile.rows = 10, 20
+    monkeypatch.setattr("model_repo.runtime.generation_metrics.time.perf_counter", lambda: profile.since + 31)
+    line = profile.line()
+    assert line is not None
+    assert line.endswith(
+        "; 3 prompts prefilled in 2 forwards, a prompt's mean 21.3 ms queued and 23.3 ms in its prefill"
+    )
+    assert (profile.prompts, profile.groups, profile.queue_s) == (0, 0, 0.0)  # a new period
