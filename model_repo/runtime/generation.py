@@ -188,6 +188,9 @@ class GenerationEngine:
         self._last_cancel_check = 0.0
         self._last_metrics = 0.0
         self._unreported_tokens = 0
+        # Histogram observations not yet sent: each is a message to Triton (about 0.1 ms), so they leave
+        # after the step, not between a first token and its response.
+        self._observations: list[tuple[Any, float]] = []
         self._reported_prefix = (0, 0)
         self._reported_counts = (-1, -1)
         self.profile = EngineProfile()
@@ -304,8 +307,8 @@ class GenerationEngine:
             self.profile.prefilled(queued, chosen - began)
             if self.metrics is not None:
                 for wait in queued:
-                    self.metrics.queue_time.observe(wait)
-                    self.metrics.prefill_time.observe(chosen - began)
+                    self._observations.append((self.metrics.queue_time, wait))
+                    self._observations.append((self.metrics.prefill_time, chosen - began))
             joining = [
                 (job, rows, choice.token)
                 for job, rows, choice in zip(members, tensors, choices, strict=True)
@@ -360,7 +363,7 @@ class GenerationEngine:
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
             if self.metrics is not None:
-                self.metrics.ttft.observe(job.first_token_at - job.arrived)
+                self._observations.append((self.metrics.ttft, job.first_token_at - job.arrived))
         finish: tuple[str, str] | None = None
         if choice.token in job.row.end_ids:
             finish = ("stop", "" if choice.token in self.eos_ids else str(choice.token))
@@ -402,8 +405,10 @@ class GenerationEngine:
         self._outbox.put(Outgoing(job, text, len(job.tokens), fresh, finish))
 
     def _finish(self, job: Job, text: str, finish: tuple[str, str]) -> None:
-        # A client that has its answer sees its tokens counted: the counter is brought up to date first.
+        # A client that has its answer sees its tokens counted and its first token timed: both are brought
+        # up to date first.
         self._flush_tokens()
+        self._flush_observations()
         if job.sampling.stream:
             self._post(job, text[job.sent_chars :], finish)
         else:
@@ -508,6 +513,11 @@ class GenerationEngine:
         for job in cancelled:
             self._send_error(job, "the request was cancelled", "CANCELLED")
 
+    def _flush_observations(self) -> None:
+        for histogram, seconds in self._observations:
+            histogram.observe(seconds)
+        self._observations.clear()
+
     def _flush_tokens(self) -> None:
         if self.metrics is not None and self._unreported_tokens:
             self.metrics.tokens.increment(self._unreported_tokens)
@@ -518,6 +528,7 @@ class GenerationEngine:
         they change (a request joined or left), so they never lag the responses clients already have."""
         if self.metrics is None:
             return
+        self._flush_observations()
         with self._lock:
             counts = (len(self._waiting), len(self.batch))
         now = time.perf_counter()
