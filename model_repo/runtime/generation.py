@@ -405,8 +405,14 @@ class GenerationEngine:
         self._outbox.put(Outgoing(job, text, len(job.tokens), fresh, finish))
 
     def _finish(self, job: Job, text: str, finish: tuple[str, str]) -> None:
-        # A client that has its answer sees its tokens counted and its first token timed: both are brought
-        # up to date first.
+        if self.metrics is not None and job.first_token_at is not None:
+            now = time.perf_counter()
+            self._observations.append((self.metrics.e2e, now - job.arrived))
+            if len(job.tokens) > 1:
+                per_token = (now - job.first_token_at) / (len(job.tokens) - 1)
+                self._observations.append((self.metrics.time_per_output_token, per_token))
+        # A client that has its answer sees its tokens counted and its request timed: both are brought up to
+        # date first.
         self._flush_tokens()
         self._flush_observations()
         if job.sampling.stream:

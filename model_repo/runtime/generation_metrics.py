@@ -16,6 +16,16 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
 # Seconds between the engine's profile lines in the log (where its time went), while it has work.
 PROFILE_LOG_S = 30.0
 TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+# vLLM's buckets for the same two measures (vllm:time_per_output_token_seconds,
+# vllm:e2e_request_latency_seconds), so dashboards built for it read ours alike.
+TIME_PER_OUTPUT_TOKEN_BUCKETS_S = [
+    *(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75),
+    *(1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0),
+]
+E2E_BUCKETS_S = [
+    *(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0),
+    *(120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0),
+]
 
 
 class GenerationMetrics:
@@ -55,6 +65,17 @@ class GenerationMetrics:
                     "prompts prefilled together with it)",
                     family.HISTOGRAM,
                 ),
+                (
+                    "time_per_output_token_seconds",
+                    "Per finished request of two tokens or more: seconds from its first token to its last, "
+                    "per token after the first",
+                    family.HISTOGRAM,
+                ),
+                (
+                    "e2e_request_latency_seconds",
+                    "Seconds from a finished request's arrival to its last token",
+                    family.HISTOGRAM,
+                ),
             )
         }
         self.waiting = self.families["requests_waiting"].Metric(labels=labels)
@@ -65,6 +86,10 @@ class GenerationMetrics:
             self.families[key].Metric(labels=labels, buckets=TTFT_BUCKETS_S)
             for key in ("time_to_first_token_seconds", "queue_time_seconds", "prefill_time_seconds")
         )
+        self.time_per_output_token = self.families["time_per_output_token_seconds"].Metric(
+            labels=labels, buckets=TIME_PER_OUTPUT_TOKEN_BUCKETS_S
+        )
+        self.e2e = self.families["e2e_request_latency_seconds"].Metric(labels=labels, buckets=E2E_BUCKETS_S)
         self.prefix_hits = self.families["prefix_cache_hits_total"].Metric(labels=labels)
         self.prefix_tokens = self.families["prefix_cache_tokens_total"].Metric(labels=labels)
 

@@ -529,7 +529,8 @@ def test_bad_requests_among_good_ones_fail_alone(served: Served) -> None:
 
 
 def test_runtime_exports_serving_metrics_on_the_metrics_port(served: Served) -> None:
-    ask(served, GPT2, "hello world", 5)
+    before = metrics(served, GPT2)
+    answer = ask(served, GPT2, "hello world", 5)
     values = metrics(served, GPT2)
     for name in ("requests_waiting", "sequences_running", "kv_cache_utilization", "tokens_total"):
         assert name in values, sorted(values)
@@ -544,6 +545,17 @@ def test_runtime_exports_serving_metrics_on_the_metrics_port(served: Served) -> 
     assert (
         values["queue_time_seconds_sum"] + values["prefill_time_seconds_sum"]
         <= values["time_to_first_token_seconds_sum"]
+    )
+
+    # The request finished: its latency from arrival to last token, and per token after the first.
+    def grew(name: str) -> float:
+        return values[name] - before.get(name, 0.0)
+
+    assert grew("e2e_request_latency_seconds_count") == 1
+    assert grew("time_per_output_token_seconds_count") == (1 if answer.output_tokens > 1 else 0)
+    assert grew("e2e_request_latency_seconds_sum") >= grew("time_to_first_token_seconds_sum") > 0
+    assert grew("time_per_output_token_seconds_sum") * (answer.output_tokens - 1) <= grew(
+        "e2e_request_latency_seconds_sum"
     )
     # The gauges are sampled by the runtime's dispatcher loop, a moment after the last response.
     assert wait_for(
