@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# The generation runtime's time to first token, from a request's arrival in the model to its first token
-# (model_repo/runtime/generation_metrics.py): a histogram's cumulative sum (seconds) and count.
+# The generation runtime's time to first token, from a request's arrival in the model to its first token,
+# and its two parts: arrival to the prompt's prefill, and the prefill forward
+# (model_repo/runtime/generation_metrics.py). Histograms: the benchmarks read their `_sum` (seconds) and
+# `_count`.
 GENERATION_TTFT = "modeldeploy_generation_time_to_first_token_seconds"
-GENERATION_TTFT_SUM = f"{GENERATION_TTFT}_sum"
-GENERATION_TTFT_COUNT = f"{GENERATION_TTFT}_count"
-# Its two parts: arrival to the prompt's prefill, and the prefill forward.
 GENERATION_QUEUE = "modeldeploy_generation_queue_time_seconds"
 GENERATION_PREFILL = "modeldeploy_generation_prefill_time_seconds"
+GENERATION_HISTOGRAMS = (GENERATION_TTFT, GENERATION_QUEUE, GENERATION_PREFILL)
 
 # Cumulative counters (µs, seconds or counts) and the gauges the benchmarks read, per model (the
 # `modeldeploy_generation_` ones are the generation runtime's own).
@@ -31,9 +31,7 @@ COUNTERS = (
     "nv_inference_compute_input_duration_us",
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
-    GENERATION_TTFT_SUM,
-    GENERATION_TTFT_COUNT,
-    *(f"{name}_{part}" for name in (GENERATION_QUEUE, GENERATION_PREFILL) for part in ("sum", "count")),
+    *(f"{name}_{part}" for name in GENERATION_HISTOGRAMS for part in ("sum", "count")),
 )
 GAUGES = (
     "nv_inference_pending_request_count",
@@ -95,11 +93,6 @@ async def scrape_async(url: str, model: str) -> Scrape:
 
 def _per(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
-
-
-def generation_ttft_mean_ms(before: Scrape, after: Scrape) -> float:
-    """The runtime's own mean time to first token (ms) over the requests that got one between the scrapes."""
-    return histogram_mean_ms(before, after, GENERATION_TTFT)
 
 
 def histogram_mean_ms(before: Scrape, after: Scrape, histogram: str) -> float:

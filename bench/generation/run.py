@@ -36,7 +36,7 @@ from bench.common.machine import describe_machine, machine_line
 from bench.common.metrics import (
     GENERATION_PREFILL,
     GENERATION_QUEUE,
-    generation_ttft_mean_ms,
+    GENERATION_TTFT,
     histogram_mean_ms,
     scrape,
 )
@@ -481,7 +481,7 @@ def ours_level(
     # The runtime's mean from arrival to first token over the same answers: the rest of the client's
     # mean is the way in and out (gRPC, Triton, the stub's messages, the client).
     after = scrape(server.metrics_url, "model")
-    level["server_ttft_mean_ms"] = generation_ttft_mean_ms(before, after)
+    level["server_ttft_mean_ms"] = histogram_mean_ms(before, after, GENERATION_TTFT)
     # Its two parts: arrival to the prompt's prefill (the engine busy with others), and the prefill.
     level["server_queue_mean_ms"] = histogram_mean_ms(before, after, GENERATION_QUEUE)
     level["server_prefill_mean_ms"] = histogram_mean_ms(before, after, GENERATION_PREFILL)

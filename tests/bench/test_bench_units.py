@@ -31,11 +31,9 @@ from bench.common.machine import ForeignCpu
 from bench.common.metrics import (
     GENERATION_PREFILL,
     GENERATION_QUEUE,
-    GENERATION_TTFT_COUNT,
-    GENERATION_TTFT_SUM,
+    GENERATION_TTFT,
     Breakdown,
     Scrape,
-    generation_ttft_mean_ms,
     histogram_mean_ms,
     parse_metrics,
 )
@@ -87,9 +85,9 @@ def test_metrics_are_parsed_under_triton_names_and_summed_over_versions() -> Non
 
 def test_the_generation_runtimes_mean_time_to_first_token_between_two_scrapes() -> None:
     after = Scrape(1.0, parse_metrics(TRITON_METRICS, "model"))
-    before = Scrape(0.0, {GENERATION_TTFT_SUM: 0.05, GENERATION_TTFT_COUNT: 1})
-    assert generation_ttft_mean_ms(before, after) == pytest.approx(1000 * 0.2 / 4)
-    assert math.isnan(generation_ttft_mean_ms(after, after))  # no first token between them
+    before = Scrape(0.0, {f"{GENERATION_TTFT}_sum": 0.05, f"{GENERATION_TTFT}_count": 1})
+    assert histogram_mean_ms(before, after, GENERATION_TTFT) == pytest.approx(1000 * 0.2 / 4)
+    assert math.isnan(histogram_mean_ms(after, after, GENERATION_TTFT))  # no first token between them
     # Its parts the same way; a histogram the server does not export has no mean.
     assert histogram_mean_ms(before, after, GENERATION_QUEUE) == pytest.approx(1000 * 0.07 / 5)
     assert math.isnan(histogram_mean_ms(before, after, GENERATION_PREFILL))
