@@ -19,14 +19,15 @@ RUNTIME_FILE = RUNTIME_DIR / "model.py"
 SHARED_RUNTIME_FILES = tuple(RUNTIME_DIR / f"{module}.py" for module in SHARED_MODULES)
 ROLE_RUNTIME_FILES = {role: RUNTIME_DIR / f"{module}.py" for role, (module, _) in ROLE_CLASSES.items()}
 # The continuous-batching engine the generator role imports (copied with it), with the modules it
-# imports: its metrics, its request contract, its decoding arithmetic, its adapter over transformers, the
-# decoding step's own forward.
+# imports: its metrics, its request contract, its answers' text, its decoding arithmetic, its adapter over
+# transformers, the decoding step's own forward.
 GENERATION_RUNTIME_FILES = tuple(
     RUNTIME_DIR / f"{module}.py"
     for module in (
         "generation",
         "generation_metrics",
         "request_parsing",
+        "answer_text",
         "decoding",
         "hf_adapter",
         "decode_step",

@@ -42,6 +42,7 @@ except ImportError:  # imported outside Triton by tests that exercise the pure h
     pb_utils = None
 
 from . import decoding, request_parsing
+from .answer_text import AnswerText
 from .decode_step import DecodeStep
 from .generation_metrics import EngineProfile, GenerationMetrics
 from .helpers import Result, ThreadTuner
@@ -118,6 +119,7 @@ class Job:
     max_tokens: int
     arrived: float
     row: Any  # decoding.Row
+    answer: AnswerText
     choices: list[Any] = field(default_factory=list)  # decoding.Choice per token, when logprobs are asked
     sent_chars: int = 0
     sent_tokens: int = 0
@@ -224,7 +226,8 @@ class GenerationEngine:
         row = decoding.Row(
             sampling, list(prompt_ids), self.eos_ids | frozenset(sampling.stop_token_ids), generator
         )
-        job = Job(f"r{next(self._ids)}", request, sender, sampling, max_tokens, arrived, row)
+        answer = AnswerText(self.tokenizer)
+        job = Job(f"r{next(self._ids)}", request, sender, sampling, max_tokens, arrived, row, answer)
         with self._lock:
             refused = len(self._waiting) >= self.max_queued
             if not refused:
@@ -371,8 +374,11 @@ class GenerationEngine:
             finish = ("length", "")
         if not (job.sampling.stream or job.sampling.stop or finish):
             return False  # nothing to send or check before the end: skip decoding
-        text = self._text(job)
-        stop_at = find_stop(text, job.sampling.stop)
+        searched = max(0, len(job.answer.text) - max(map(len, job.sampling.stop), default=0) + 1)
+        job.answer.add(job.tokens, final=finish is not None)
+        text = job.answer.text
+        # Earlier text held no stop string: only one ending in the new text can start after `searched`.
+        stop_at = find_stop(text, job.sampling.stop, searched)
         if stop_at is not None:
             index, matched = stop_at
             self._finish(job, text[:index], ("stop", matched))
@@ -383,10 +389,6 @@ class GenerationEngine:
         if job.sampling.stream:
             self._stream_ready_text(job, text)
         return False
-
-    def _text(self, job: Job) -> str:
-        text: str = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
-        return text
 
     def _stream_ready_text(self, job: Job, text: str) -> None:
         # Hold back a trailing partial character (U+FFFD until its last byte arrives) and anything that

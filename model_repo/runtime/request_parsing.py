@@ -204,9 +204,9 @@ def fit_prompt(
     return prompt_ids, min(wanted, room)
 
 
-def find_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:
-    """(index, stop string) of the earliest stop string in `text`, or None."""
-    hits = [(text.find(stop), stop) for stop in stops]
+def find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> tuple[int, str] | None:
+    """(index, stop string) of the earliest stop string in `text` from `start` on, or None."""
+    hits = [(text.find(stop, start), stop) for stop in stops]
     found = [hit for hit in hits if hit[0] >= 0]
     return min(found) if found else None
 

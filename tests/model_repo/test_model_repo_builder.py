@@ -80,6 +80,7 @@ def test_repository_is_self_contained(checkpoints: dict[str, Path], tmp_path: Pa
     runtime_files = sorted((out / "model" / "1").glob("*.py"))
     expected = {
         "text-generation": [
+            "answer_text.py",
             "decode_step.py",
             "decoding.py",
             "generation.py",
