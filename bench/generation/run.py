@@ -23,7 +23,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -77,6 +77,9 @@ class Settings:
     # Levels (client counts) at which ours is measured again with `stream` false: whole answers, like the
     # per-request baseline's, so the two compare like for like.
     whole_answers: tuple[int, ...]
+    # The shared-prefix workload's answer lengths, (fewest, most) tokens, one length per prompt, the same in
+    # both of its workloads; None: every answer max_tokens long.
+    prefix_answer_tokens: tuple[int, int] | None
 
 
 # On the CPU of a shared machine: never waits for a quiet machine nor repeats (other CPU is reported).
@@ -141,6 +144,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         help="also measure ours on prompts sharing a prefix of this many tokens against unique prompts of "
         "the same length (time to first token with and without prefix-cache hits)",
     )
+    parser.add_argument(
+        "--prefix-answer-tokens",
+        default="",
+        metavar="FEWEST-MOST",
+        help="the shared-prefix workload's answers spread evenly over this many tokens, one length per "
+        "prompt (the same in both of its workloads), instead of every answer --max-tokens long: clients "
+        "then finish, and come back, at different times, as a chat service's clients do",
+    )
     add_cpu_wait_argument(parser)
     parser.add_argument(
         "--whole-answers",
@@ -188,7 +199,27 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         shared_prefix=getattr(args, "shared_prefix", 0),
         cpu_wait_policy=getattr(args, "cpu_wait_policy", DEFAULT_CPU_WAIT_POLICY.value),
         whole_answers=tuple(int(c) for c in getattr(args, "whole_answers", "").split(",") if c.strip()),
+        prefix_answer_tokens=token_range(getattr(args, "prefix_answer_tokens", "")),
     )
+
+
+def token_range(text: str) -> tuple[int, int] | None:
+    """ "16-112" as (16, 112); "" as None."""
+    if not text.strip():
+        return None
+    fewest, _, most = text.partition("-")
+    low, high = int(fewest), int(most or fewest)
+    if not 1 <= low <= high:
+        raise ValueError(f"a token range needs 1 <= fewest <= most, got {text!r}")
+    return low, high
+
+
+def answer_lengths(count: int, low: int, high: int) -> list[int]:
+    """`count` answer lengths spread evenly over [low, high] (their mean is the range's middle), in a fixed
+    shuffled order."""
+    lengths: list[int] = np.rint(np.linspace(low, high, count)).astype(int).tolist()
+    np.random.default_rng(1).shuffle(lengths)
+    return lengths
 
 
 def report_head(module: str, argv: Sequence[str] | None, settings: Settings) -> dict[str, Any]:
@@ -213,7 +244,8 @@ def make_checkpoint(settings: Settings, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(load_texts()), vocab_size=2048, min_frequency=1, special_tokens=["<s>"])
-    context = settings.max_prompt + settings.shared_prefix + settings.max_tokens + 64
+    longest_answer = max(settings.max_tokens, *(settings.prefix_answer_tokens or ()))
+    context = settings.max_prompt + settings.shared_prefix + longest_answer + 64
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe._tokenizer, bos_token="<s>", model_max_length=context
     )
@@ -367,9 +399,12 @@ def _grpc_client(url: str) -> Any:
     return client, results
 
 
-def ours_request(max_tokens: int, streamed: bool = True) -> Callable[[Any, str], Completed]:
-    """One request to ours over the gRPC stream; not `streamed`, the answer comes as one response (the
-    decoupled model's only one), and its first token arrives with it, as the baseline's does."""
+def ours_request(
+    max_tokens: int | Mapping[str, int], streamed: bool = True
+) -> Callable[[Any, str], Completed]:
+    """One request to ours over the gRPC stream, for `max_tokens` tokens (or the prompt's own number); not
+    `streamed`, the answer comes as one response (the decoupled model's only one), and its first token
+    arrives with it, as the baseline's does."""
     import tritonclient.grpc as grpcclient
 
     def request(handle: Any, prompt: str) -> Completed:
@@ -379,7 +414,8 @@ def ours_request(max_tokens: int, streamed: bool = True) -> Callable[[Any, str],
         stream = grpcclient.InferInput("stream", [1], "BOOL")
         stream.set_data_from_numpy(np.array([streamed]))
         tokens = grpcclient.InferInput("max_tokens", [1], "INT32")
-        tokens.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
+        limit = max_tokens if isinstance(max_tokens, int) else max_tokens[prompt]
+        tokens.set_data_from_numpy(np.array([limit], dtype=np.int32))
         temperature = grpcclient.InferInput("temperature", [1], "FP32")
         temperature.set_data_from_numpy(np.array([0.0], dtype=np.float32))
         started = time.perf_counter()
@@ -465,12 +501,18 @@ def serve_ours(repository: Path, settings: Settings) -> contextlib.AbstractConte
 
 
 def ours_level(
-    server: Any, settings: Settings, clients: int, inputs: Sequence[str], streamed: bool = True
+    server: Any,
+    settings: Settings,
+    clients: int,
+    inputs: Sequence[str],
+    streamed: bool = True,
+    answer_tokens: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """One closed-loop level of ours served by `server`, with the runtime's own time to first token."""
+    """One closed-loop level of ours served by `server` (each answer `answer_tokens[prompt]` tokens long
+    where given, else max_tokens), with the runtime's own time to first token."""
     before = scrape(server.metrics_url, "model")
     level = closed_loop(
-        ours_request(settings.max_tokens, streamed),
+        ours_request(settings.max_tokens if answer_tokens is None else answer_tokens, streamed),
         lambda: _grpc_client(server.grpc_url),
         _close_stream,
         inputs,
@@ -507,11 +549,18 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
             whole.append(level)
         if settings.shared_prefix:
             with_prefix, unique = prefixed_prompts(checkpoint, settings, prompts)
+            answer_tokens = None
+            if settings.prefix_answer_tokens is not None:
+                lengths = answer_lengths(len(prompts), *settings.prefix_answer_tokens)
+                answer_tokens = dict(zip(with_prefix, lengths, strict=True))
+                answer_tokens.update(zip(unique, lengths, strict=True))
             for clients in [c for c in settings.concurrency if c <= 16]:
                 pair: dict[str, Any] = {"clients": clients}
                 for key, inputs in (("unique", unique), ("shared", with_prefix)):
                     pair[key] = guarded_level(
-                        settings, partial(level_of, clients, inputs), f"ours {key} prefix at {clients}"
+                        settings,
+                        partial(level_of, clients, inputs, True, answer_tokens),
+                        f"ours {key} prefix at {clients}",
                     )
                 print(f"ours shared prefix {clients:>3} clients: {json.dumps(pair)}", flush=True)
                 shared.append(pair)
@@ -933,9 +982,16 @@ def _shared_prefix_lines(report: dict[str, Any]) -> list[str]:
         "other processes' CPU",
     ]
     tokens = report["settings"]["shared_prefix"]
+    spread = report["settings"].get("prefix_answer_tokens")
+    answers = (
+        f" Answers of {spread[0]}-{spread[1]} tokens, one length per prompt, the same in both workloads."
+        if spread
+        else ""
+    )
     return [
         f"Shared-prefix workload (ours only): each prompt after one {tokens}-token "
-        "prefix (prefix-cache hits) against the same prompts after a different text of that length each.",
+        "prefix (prefix-cache hits) against the same prompts after a different text of that length each."
+        + answers,
         "",
         markdown_table(header, rows),
         "",

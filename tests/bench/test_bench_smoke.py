@@ -295,7 +295,7 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
         [
             "--layers", "1", "--hidden", "64", "--max-tokens", "8", "--min-prompt", "8", "--max-prompt", "32",
             "--concurrency", "1,2", "--warmup-s", "0.5", "--window-s", "2", "--workdir", str(tmp_path),
-            "--no-write", "--shared-prefix", "16",
+            "--no-write", "--shared-prefix", "16", "--prefix-answer-tokens", "4-12",
         ]
     )  # fmt: skip
     for name in ("ours", "baseline", "in_process"):
@@ -321,6 +321,7 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
     assert report["ratios"]["ours whole answers/baseline tokens/s at 1"] > 0
     markdown = render_markdown(report)
     assert "| 2 |" in markdown and "Shared-prefix workload" in markdown and "ours whole answers" in markdown
+    assert "Answers of 4-12 tokens, one length per prompt" in markdown
     # The runtime's own time to first token is inside the client's (same answers, arrival to first token).
     for level in [*report["ours"]["levels"], *(pair[k] for pair in pairs for k in ("shared", "unique"))]:
         assert 0 < level["server_ttft_mean_ms"] < level["ttft_mean_all_ms"]

@@ -93,6 +93,19 @@ def test_the_generation_runtimes_mean_time_to_first_token_between_two_scrapes() 
     assert math.isnan(histogram_mean_ms(before, after, GENERATION_PREFILL))
 
 
+def test_the_shared_prefix_workloads_answer_lengths_spread_over_their_range() -> None:
+    from bench.generation.run import answer_lengths, token_range
+
+    assert token_range("") is None and token_range("16-112") == (16, 112) and token_range("8") == (8, 8)
+    for bad in ("0-4", "12-8", "x"):
+        with pytest.raises(ValueError):
+            token_range(bad)
+    lengths = answer_lengths(256, 16, 112)
+    assert min(lengths) == 16 and max(lengths) == 112 and sum(lengths) / len(lengths) == 64
+    # A fixed order (both workloads and every run get the same lengths), not the sorted one.
+    assert lengths == answer_lengths(256, 16, 112) and lengths != sorted(lengths)
+
+
 def test_breakdown_between_two_scrapes() -> None:
     before = Scrape(0.0, parse_metrics(TRITON_METRICS, "model"))
     after_values = dict(before.values)
