@@ -244,7 +244,7 @@ def make_checkpoint(settings: Settings, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(load_texts()), vocab_size=2048, min_frequency=1, special_tokens=["<s>"])
-    longest_answer = max(settings.max_tokens, *(settings.prefix_answer_tokens or ()))
+    longest_answer = max((settings.max_tokens, *(settings.prefix_answer_tokens or ())))
     context = settings.max_prompt + settings.shared_prefix + longest_answer + 64
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe._tokenizer, bos_token="<s>", model_max_length=context

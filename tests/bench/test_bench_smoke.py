@@ -331,6 +331,32 @@ def test_generation_benchmark_runs_every_contender(tmp_path: Path) -> None:
     assert "as the runtime counted it" in markdown and "of which queued ms" in markdown
 
 
+def test_generation_revisions_benchmark_serves_both_runtimes_in_turn(tmp_path: Path) -> None:
+    from bench.generation.revisions import render_markdown, run
+
+    report = run(
+        [
+            "--base", "HEAD", "--layers", "1", "--hidden", "64", "--max-tokens", "8", "--min-prompt", "8",
+            "--max-prompt", "32", "--concurrency", "1,2", "--rounds", "2", "--warmup-s", "0.5",
+            "--window-s", "2", "--workdir", str(tmp_path), "--no-write",
+        ]
+    )  # fmt: skip
+    assert [(entry["round"], entry["clients"]) for entry in report["rounds"]] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    ]
+    assert [entry["order"] for entry in report["rounds"][::2]] == [["current", "base"], ["base", "current"]]
+    for entry in report["rounds"]:
+        for window in entry["windows"].values():
+            assert window["errors"] == 0 and window["answers"] > 0, window["first_error"]
+        assert entry["current/base tokens/s"] > 0
+    assert [level["clients"] for level in report["summary"]] == [1, 2]
+    assert "current/base tok/s" in render_markdown(report)
+    assert (tmp_path / "base" / "ours-triton.log").exists() and (tmp_path / "ours-triton.log").exists()
+
+
 def test_generation_profile_compares_the_engine_with_generate(tmp_path: Path) -> None:
     from bench.generation.profile import run
 

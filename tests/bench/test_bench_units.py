@@ -106,6 +106,35 @@ def test_the_shared_prefix_workloads_answer_lengths_spread_over_their_range() ->
     assert lengths == answer_lengths(256, 16, 112) and lengths != sorted(lengths)
 
 
+def test_a_base_revisions_repository_runs_that_revisions_runtime(tmp_path: Path) -> None:
+    from bench.generation.revisions import ROOT, RUNTIME, with_runtime_of
+
+    repository = tmp_path / "current"
+    (repository / "model" / "1").mkdir(parents=True)
+    (repository / "model" / "config.pbtxt").write_text('backend: "python"\n')
+    for name in ("model.py", "generation.py"):
+        (repository / "model" / "1" / name).write_text("# this checkout's, whatever it holds\n")
+    base = with_runtime_of(repository, "HEAD", tmp_path / "base")
+    committed = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"HEAD:{RUNTIME}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    version_dir = base / "model" / "1"
+    assert sorted(path.name for path in version_dir.glob("*.py")) == sorted(
+        name for name in committed if name.endswith(".py")
+    )
+    for name in ("model.py", "generation.py"):
+        shown = subprocess.run(
+            ["git", "show", f"HEAD:{RUNTIME}/{name}"], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        assert (version_dir / name).read_bytes() == shown
+    assert (base / "model" / "config.pbtxt").read_text() == 'backend: "python"\n'
+    assert (repository / "model" / "1" / "model.py").read_text().startswith("# this checkout's")
+
+
 def test_breakdown_between_two_scrapes() -> None:
     before = Scrape(0.0, parse_metrics(TRITON_METRICS, "model"))
     after_values = dict(before.values)
