@@ -14,7 +14,8 @@ machine costs one run, not the comparison):
 - `engine, staggered`: the N prompts join one decoding step apart, as arrivals do in a server;
 - first tokens: the prefill alone (every prompt's first token, its rows joined), `generate` with one new
   token against the engine's grouped and one-at-a-time prefill;
-- detokenisation: the per-token cost of decoding a growing answer to text (what streaming pays).
+- detokenisation: the per-token cost of turning a growing answer into text as the runtime does (what
+  streaming pays).
 
 What this cannot show is the serving path's own cost (Triton's response per token, gRPC): that is ours
 in `bench.generation` against these in-process figures.
@@ -42,6 +43,7 @@ from bench.generation.run import (
     model_fields,
     report_head,
 )
+from bench.generation.text_probe import incremental
 from model_repo.triton_args import DEFAULT_CPU_WAIT_POLICY
 
 
@@ -225,10 +227,8 @@ def measure(settings: Settings, sizes: Sequence[int], repeats: int) -> dict[str,
         print(json.dumps(level), flush=True)
         levels.append(level)
     answer = tokenizer(prompts[0])["input_ids"][:tokens]
-    began = time.perf_counter()
-    for end in range(1, len(answer) + 1):
-        tokenizer.decode(answer[:end], skip_special_tokens=True)
-    detokenise_us = 1e6 * (time.perf_counter() - began) / len(answer)
+    # As the runtime turns a streamed answer into text (runtime/answer_text.py), token by token.
+    detokenise_us = 1e6 * incremental(tokenizer, answer)[0] / len(answer)
     return {"levels": levels, "detokenise_us_per_token": detokenise_us}
 
 
