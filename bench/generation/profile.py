@@ -328,7 +328,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shared_prefix=0,
         cpu_wait_policy=DEFAULT_CPU_WAIT_POLICY.value,
         whole_answers=(),
-        prefix_answer_tokens=None,
+        spread_answer_tokens=None,
     )
     settings.workdir.mkdir(parents=True, exist_ok=True)
     report = {

@@ -32,6 +32,7 @@ from bench.generation.run import (
     add_cpu_wait_argument,
     add_measurement_arguments,
     add_model_arguments,
+    answer_lengths,
     build_ours,
     generation_fields,
     guarded_level,
@@ -52,6 +53,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, str, int]:
     add_model_arguments(parser)
     parser.add_argument("--base", required=True, help="the git revision whose runtime is the base")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--answer-tokens",
+        dest="spread_answer_tokens",
+        default="",
+        metavar="FEWEST-MOST",
+        help="answers spread evenly over this many tokens, one length per prompt, instead of every answer "
+        "--max-tokens long: clients stop finishing together, so a window sees a steady mix of short and "
+        "long contexts rather than one phase of a lockstep cycle",
+    )
     add_measurement_arguments(
         parser,
         concurrency="16",
@@ -111,6 +121,11 @@ def round_order(round_index: int) -> list[str]:
 def measure(
     checkpoint: Path, settings: Settings, base: str, rounds: int, prompts: Sequence[str]
 ) -> list[dict[str, Any]]:
+    lengths = None
+    if settings.spread_answer_tokens is not None:
+        lengths = dict(
+            zip(prompts, answer_lengths(len(prompts), *settings.spread_answer_tokens), strict=True)
+        )
     current_repository = build_ours(checkpoint, settings)
     base_repository = with_runtime_of(current_repository, base, settings.workdir / "base-repository")
     measured: list[dict[str, Any]] = []
@@ -124,7 +139,7 @@ def measure(
                 windows = {
                     name: guarded_level(
                         settings,
-                        partial(ours_level, servers[name], settings, clients, prompts),
+                        partial(ours_level, servers[name], settings, clients, prompts, True, lengths),
                         f"{name} at {clients}, round {index + 1}",
                     )
                     for name in round_order(index)
@@ -179,8 +194,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['base']}'s ({report['base_commit']}), both served at once, one window of each per round "
         f"and level ({settings['warmup_s']:g} s warm-up + {settings['window_s']:g} s), the order swapped "
         f"every round. Model: random-weight Llama, {settings['layers']} layers, hidden {settings['hidden']}, "
-        f"GQA; prompts {settings['min_prompt']}-{settings['max_prompt']} tokens, {settings['max_tokens']}-"
-        "token answers (no EOS), greedy, streamed.",
+        f"GQA; prompts {settings['min_prompt']}-{settings['max_prompt']} tokens, {_answers(settings)} "
+        "(no EOS), greedy, streamed.",
         "",
     ]
     headers = [
@@ -221,6 +236,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(markdown_table(headers, rows))
     lines += ["", f"Machine: {machine_line(report['machine'])}. Command: `{report['command']}`."]
     return "\n".join(lines)
+
+
+def _answers(settings: dict[str, Any]) -> str:
+    spread = settings.get("spread_answer_tokens")
+    if spread:
+        return f"answers of {spread[0]}-{spread[1]} tokens (one length per prompt)"
+    return f"{settings['max_tokens']}-token answers"
 
 
 def _commit(revision: str) -> str:

@@ -77,9 +77,10 @@ class Settings:
     # Levels (client counts) at which ours is measured again with `stream` false: whole answers, like the
     # per-request baseline's, so the two compare like for like.
     whole_answers: tuple[int, ...]
-    # The shared-prefix workload's answer lengths, (fewest, most) tokens, one length per prompt, the same in
-    # both of its workloads; None: every answer max_tokens long.
-    prefix_answer_tokens: tuple[int, int] | None
+    # Answer lengths, (fewest, most) tokens, one length per prompt, where a workload spreads them (this
+    # module's shared-prefix workload, the same in both of its halves; every level of
+    # bench.generation.revisions); None: every answer max_tokens long.
+    spread_answer_tokens: tuple[int, int] | None
 
 
 # On the CPU of a shared machine: never waits for a quiet machine nor repeats (other CPU is reported).
@@ -146,6 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     )
     parser.add_argument(
         "--prefix-answer-tokens",
+        dest="spread_answer_tokens",
         default="",
         metavar="FEWEST-MOST",
         help="the shared-prefix workload's answers spread evenly over this many tokens, one length per "
@@ -199,7 +201,7 @@ def generation_fields(args: argparse.Namespace) -> dict[str, Any]:
         shared_prefix=getattr(args, "shared_prefix", 0),
         cpu_wait_policy=getattr(args, "cpu_wait_policy", DEFAULT_CPU_WAIT_POLICY.value),
         whole_answers=tuple(int(c) for c in getattr(args, "whole_answers", "").split(",") if c.strip()),
-        prefix_answer_tokens=token_range(getattr(args, "prefix_answer_tokens", "")),
+        spread_answer_tokens=token_range(getattr(args, "spread_answer_tokens", "")),
     )
 
 
@@ -244,7 +246,7 @@ def make_checkpoint(settings: Settings, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(list(load_texts()), vocab_size=2048, min_frequency=1, special_tokens=["<s>"])
-    longest_answer = max((settings.max_tokens, *(settings.prefix_answer_tokens or ())))
+    longest_answer = max((settings.max_tokens, *(settings.spread_answer_tokens or ())))
     context = settings.max_prompt + settings.shared_prefix + longest_answer + 64
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe._tokenizer, bos_token="<s>", model_max_length=context
@@ -550,8 +552,8 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
         if settings.shared_prefix:
             with_prefix, unique = prefixed_prompts(checkpoint, settings, prompts)
             answer_tokens = None
-            if settings.prefix_answer_tokens is not None:
-                lengths = answer_lengths(len(prompts), *settings.prefix_answer_tokens)
+            if settings.spread_answer_tokens is not None:
+                lengths = answer_lengths(len(prompts), *settings.spread_answer_tokens)
                 answer_tokens = dict(zip(with_prefix, lengths, strict=True))
                 answer_tokens.update(zip(unique, lengths, strict=True))
             for clients in [c for c in settings.concurrency if c <= 16]:
@@ -982,7 +984,7 @@ def _shared_prefix_lines(report: dict[str, Any]) -> list[str]:
         "other processes' CPU",
     ]
     tokens = report["settings"]["shared_prefix"]
-    spread = report["settings"].get("prefix_answer_tokens")
+    spread = report["settings"].get("spread_answer_tokens")
     answers = (
         f" Answers of {spread[0]}-{spread[1]} tokens, one length per prompt, the same in both workloads."
         if spread

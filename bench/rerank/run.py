@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         shared_prefix=0,
         cpu_wait_policy=DEFAULT_CPU_WAIT_POLICY.value,
         whole_answers=(),
-        prefix_answer_tokens=None,
+        spread_answer_tokens=None,
         repeats=args.repeats,
     )
 

@@ -338,7 +338,7 @@ def test_generation_revisions_benchmark_serves_both_runtimes_in_turn(tmp_path: P
         [
             "--base", "HEAD", "--layers", "1", "--hidden", "64", "--max-tokens", "8", "--min-prompt", "8",
             "--max-prompt", "32", "--concurrency", "1,2", "--rounds", "2", "--warmup-s", "0.5",
-            "--window-s", "2", "--workdir", str(tmp_path), "--no-write",
+            "--window-s", "2", "--answer-tokens", "4-12", "--workdir", str(tmp_path), "--no-write",
         ]
     )  # fmt: skip
     assert [(entry["round"], entry["clients"]) for entry in report["rounds"]] == [
@@ -353,7 +353,8 @@ def test_generation_revisions_benchmark_serves_both_runtimes_in_turn(tmp_path: P
             assert window["errors"] == 0 and window["answers"] > 0, window["first_error"]
         assert entry["current/base tokens/s"] > 0
     assert [level["clients"] for level in report["summary"]] == [1, 2]
-    assert "current/base tok/s" in render_markdown(report)
+    markdown = render_markdown(report)
+    assert "current/base tok/s" in markdown and "answers of 4-12 tokens (one length per prompt)" in markdown
     assert (tmp_path / "base" / "ours-triton.log").exists() and (tmp_path / "ours-triton.log").exists()
 
 
