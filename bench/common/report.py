@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,11 @@ def fmt(value: float | int | None, digits: int = 1) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:,.{digits}f}"
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Repeated measurements (rounds' ratios) as their median, lowest and highest."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

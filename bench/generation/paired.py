@@ -35,14 +35,13 @@ from typing import Any
 
 from bench.common import perf_analyzer
 from bench.common.machine import machine_line
-from bench.common.quiet import add_quiet_options
-from bench.common.report import fmt, markdown_table, write_results
+from bench.common.report import fmt, markdown_table, spread, write_results
 from bench.generation.run import (
     Completed,
     Settings,
-    add_cpu_wait_argument,
     add_measurement_arguments,
     add_model_arguments,
+    add_round_arguments,
     baseline_loop,
     build_ours,
     closed_loop,
@@ -51,6 +50,7 @@ from bench.generation.run import (
     make_checkpoint,
     make_prompts,
     ours_level,
+    parse_round_arguments,
     report_head,
     serve,
     serve_ours,
@@ -75,7 +75,6 @@ RATIOS = (
 def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int, str]:
     parser = argparse.ArgumentParser(prog="python -m bench.generation.paired", description=__doc__)
     add_model_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--sequences",
         type=int,
@@ -97,13 +96,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, int, int, str]:
         workdir="/tmp/modeldeploy-bench-generation-paired",
         name="generation-paired-cpu",
     )
-    add_cpu_wait_argument(parser)
-    add_quiet_options(parser, "window", retries=1)
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    add_round_arguments(parser, rounds=5)
+    args = parse_round_arguments(parser, argv)
     args.concurrency = "1"
-    args.whole_answers = ""
     return Settings(**generation_fields(args)), args.rounds, args.sequences, args.client
 
 
@@ -153,9 +148,7 @@ def summarise(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for numerator, denominator in RATIOS:
         key = f"{numerator}/{denominator}"
         values = [r["ratios"][key] for r in rounds if r["ratios"][key] is not None]
-        summary[key] = (
-            {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else None
-        )
+        summary[key] = spread(values) if values else None
     return summary
 
 
@@ -287,11 +280,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     median_row = ["median (min-max)", *("" for _ in CONTENDERS)]
     for numerator, denominator in RATIOS:
-        spread = report["summary"][f"{numerator}/{denominator}"]
+        over_rounds = report["summary"][f"{numerator}/{denominator}"]
         median_row.append(
             "-"
-            if spread is None
-            else f"**{spread['median']:.2f}x** ({spread['min']:.2f}-{spread['max']:.2f})"
+            if over_rounds is None
+            else f"**{over_rounds['median']:.2f}x** ({over_rounds['min']:.2f}-{over_rounds['max']:.2f})"
         )
     median_row.append("")
     rows.append(median_row)

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import statistics
 import subprocess
 from collections.abc import Sequence
 from functools import partial
@@ -25,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.machine import machine_line
-from bench.common.quiet import add_quiet_options
-from bench.common.report import fmt, markdown_table, write_results
+from bench.common.report import fmt, markdown_table, spread, write_results
 from bench.generation.run import (
     Settings,
-    add_cpu_wait_argument,
     add_measurement_arguments,
     add_model_arguments,
+    add_round_arguments,
     answer_lengths,
     build_ours,
     generation_fields,
@@ -39,6 +37,7 @@ from bench.generation.run import (
     make_checkpoint,
     make_prompts,
     ours_level,
+    parse_round_arguments,
     report_head,
     serve_ours,
 )
@@ -52,7 +51,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, str, int]:
     parser = argparse.ArgumentParser(prog="python -m bench.generation.revisions", description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--base", required=True, help="the git revision whose runtime is the base")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--answer-tokens",
         dest="spread_answer_tokens",
@@ -70,12 +68,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, str, int]:
         workdir="/tmp/modeldeploy-bench-generation-revisions",
         name="generation-revisions-cpu",
     )
-    add_cpu_wait_argument(parser)
-    add_quiet_options(parser, "window", retries=1)
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    args.whole_answers = ""
+    add_round_arguments(parser, rounds=3)
+    args = parse_round_arguments(parser, argv)
     return Settings(**generation_fields(args)), args.base, args.rounds
 
 
@@ -182,7 +176,7 @@ def summarise(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         level: dict[str, Any] = {"clients": clients}
         for key in ("current/base tokens/s", "current/base TTFT p50"):
             values = [entry[key] for entry in entries if entry["clients"] == clients]
-            level[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+            level[key] = spread(values)
         summary.append(level)
     return summary
 
@@ -220,7 +214,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         for entry in report["rounds"]
     ]
     for level in report["summary"]:
-        spread = level["current/base tokens/s"]
+        tokens = level["current/base tokens/s"]
         ttft = level["current/base TTFT p50"]
         rows.append(
             [
@@ -228,7 +222,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 str(level["clients"]),
                 "",
                 "",
-                f"**{spread['median']:.3f}x** ({spread['min']:.3f}-{spread['max']:.3f})",
+                f"**{tokens['median']:.3f}x** ({tokens['min']:.3f}-{tokens['max']:.3f})",
                 f"{ttft['median']:.3f}x ({ttft['min']:.3f}-{ttft['max']:.3f})",
                 "",
             ]
@@ -239,9 +233,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _answers(settings: dict[str, Any]) -> str:
-    spread = settings.get("spread_answer_tokens")
-    if spread:
-        return f"answers of {spread[0]}-{spread[1]} tokens (one length per prompt)"
+    lengths = settings.get("spread_answer_tokens")
+    if lengths:
+        return f"answers of {lengths[0]}-{lengths[1]} tokens (one length per prompt)"
     return f"{settings['max_tokens']}-token answers"
 
 

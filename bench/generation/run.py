@@ -126,6 +126,24 @@ def add_cpu_wait_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_round_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """What a benchmark whose contenders take windows in turn, round by round, takes beside the model's
+    and the load's arguments: --rounds, ours' CPU wait policy and the quiet-machine options per window."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    add_cpu_wait_argument(parser)
+    add_quiet_options(parser, "window", retries=1)
+
+
+def parse_round_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments of a parser given :func:`add_round_arguments`, its --rounds checked (no levels
+    without streaming: those benchmarks measure streamed windows)."""
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    args.whole_answers = ""
+    return args
+
+
 def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
     add_model_arguments(parser)
