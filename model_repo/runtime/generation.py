@@ -391,9 +391,9 @@ class GenerationEngine:
         return False
 
     def _stream_ready_text(self, job: Job, text: str) -> None:
-        # Hold back a trailing partial character (U+FFFD until its last byte arrives) and anything that
-        # could still become a stop string.
-        ready = len(text.rstrip("\ufffd"))
+        # The text never ends in a partial character before the last token (AnswerText waits for its last
+        # byte); what could still become a stop string is held back.
+        ready = len(text)
         if job.sampling.stop:
             ready = min(ready, len(text) - max(len(stop) for stop in job.sampling.stop) + 1)
         if ready > job.sent_chars:
