@@ -2,12 +2,13 @@
 
 Decoding the whole answer again for every token (what the engine did) costs in proportion to the answer:
 0.25 ms for 1,024 tokens and 1.0 ms for 4,096 with a byte-level BPE on this project's CPU, per row and per
-decoding step, so 64 streams of 1,024 tokens would spend 16 ms of every step on text (bench/README.md, text
-generation, session 20). Here each token decodes a window of a few tokens, as vLLM's incremental
-detokenizer does: the tokens since the last complete text, after the ones before it (`prefix`), whose text
-is cut off the front. Decoding from a token boundary inside the answer and cutting off what the earlier
-tokens decode to keeps the decoders' boundary effects (SentencePiece's dropped leading space, byte-level
-BPE's characters split over tokens) where the whole answer's decode puts them.
+decoding step, so 64 streams 1,024 tokens into their answers would spend 16 ms of every step on text
+(bench/README.md, text generation, session 20). Here each token decodes a window of a few tokens, as
+vLLM's incremental detokenizer does: the tokens since the last complete text, after the ones before it
+(`prefix`), whose text is cut off the front. Decoding from a token boundary inside the answer and
+cutting off what the earlier tokens decode to keeps the decoders' boundary effects (SentencePiece's
+dropped leading space, byte-level BPE's characters split over tokens) where the whole answer's decode
+puts them.
 
 No torch or Triton here; the tokenizer is any transformers tokenizer.
 """
