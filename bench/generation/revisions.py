@@ -30,7 +30,7 @@ from bench.generation.run import (
     add_measurement_arguments,
     add_model_arguments,
     add_round_arguments,
-    answer_lengths,
+    answer_tokens,
     build_ours,
     generation_fields,
     guarded_level,
@@ -115,11 +115,7 @@ def round_order(round_index: int) -> list[str]:
 def measure(
     checkpoint: Path, settings: Settings, base: str, rounds: int, prompts: Sequence[str]
 ) -> list[dict[str, Any]]:
-    lengths = None
-    if settings.spread_answer_tokens is not None:
-        lengths = dict(
-            zip(prompts, answer_lengths(len(prompts), *settings.spread_answer_tokens), strict=True)
-        )
+    lengths = answer_tokens(settings, prompts)
     current_repository = build_ours(checkpoint, settings)
     base_repository = with_runtime_of(current_repository, base, settings.workdir / "base-repository")
     measured: list[dict[str, Any]] = []

@@ -242,6 +242,18 @@ def answer_lengths(count: int, low: int, high: int) -> list[int]:
     return lengths
 
 
+def answer_tokens(settings: Settings, *workloads: Sequence[str]) -> dict[str, int] | None:
+    """Each prompt's answer length where `settings` spread them (the i-th prompt of every workload gets
+    the same one), for `ours_level`; None where every answer is max_tokens long."""
+    if settings.spread_answer_tokens is None:
+        return None
+    lengths: dict[str, int] = {}
+    for prompts in workloads:
+        spread = answer_lengths(len(prompts), *settings.spread_answer_tokens)
+        lengths.update(zip(prompts, spread, strict=True))
+    return lengths
+
+
 def report_head(module: str, argv: Sequence[str] | None, settings: Settings) -> dict[str, Any]:
     """How the reports of ``python -m <module>`` begin, for every benchmark on these Settings: the command
     line, the settings (as JSON takes them) and the machine."""
@@ -569,17 +581,13 @@ def measure_ours(checkpoint: Path, settings: Settings, prompts: Sequence[str]) -
             whole.append(level)
         if settings.shared_prefix:
             with_prefix, unique = prefixed_prompts(checkpoint, settings, prompts)
-            answer_tokens = None
-            if settings.spread_answer_tokens is not None:
-                lengths = answer_lengths(len(prompts), *settings.spread_answer_tokens)
-                answer_tokens = dict(zip(with_prefix, lengths, strict=True))
-                answer_tokens.update(zip(unique, lengths, strict=True))
+            lengths = answer_tokens(settings, with_prefix, unique)
             for clients in [c for c in settings.concurrency if c <= 16]:
                 pair: dict[str, Any] = {"clients": clients}
                 for key, inputs in (("unique", unique), ("shared", with_prefix)):
                     pair[key] = guarded_level(
                         settings,
-                        partial(level_of, clients, inputs, True, answer_tokens),
+                        partial(level_of, clients, inputs, True, lengths),
                         f"ours {key} prefix at {clients}",
                     )
                 print(f"ours shared prefix {clients:>3} clients: {json.dumps(pair)}", flush=True)

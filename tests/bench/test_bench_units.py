@@ -94,7 +94,7 @@ def test_the_generation_runtimes_mean_time_to_first_token_between_two_scrapes() 
 
 
 def test_the_shared_prefix_workloads_answer_lengths_spread_over_their_range() -> None:
-    from bench.generation.run import answer_lengths, token_range
+    from bench.generation.run import answer_lengths, answer_tokens, parse_args, token_range
 
     assert token_range("") is None and token_range("16-112") == (16, 112) and token_range("8") == (8, 8)
     for bad in ("0-4", "12-8", "x"):
@@ -104,6 +104,14 @@ def test_the_shared_prefix_workloads_answer_lengths_spread_over_their_range() ->
     assert min(lengths) == 16 and max(lengths) == 112 and sum(lengths) / len(lengths) == 64
     # A fixed order (both workloads and every run get the same lengths), not the sorted one.
     assert lengths == answer_lengths(256, 16, 112) and lengths != sorted(lengths)
+    # Per prompt, the same length for the i-th prompt of each workload; none without a spread.
+    spread = parse_args(["--prefix-answer-tokens", "16-112"])
+    shared, unique = [f"shared {i}" for i in range(256)], [f"unique {i}" for i in range(256)]
+    by_prompt = answer_tokens(spread, shared, unique)
+    assert (
+        by_prompt is not None and [by_prompt[p] for p in shared] == [by_prompt[p] for p in unique] == lengths
+    )
+    assert answer_tokens(parse_args([]), shared) is None
 
 
 def test_a_base_revisions_repository_runs_that_revisions_runtime(tmp_path: Path) -> None:
